@@ -1,0 +1,24 @@
+"""fundus-diffusion: synthetic retinal fundus photographs together with their segmentation masks."""
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+__all__ = ["FundusPipeline", "FundusGANPipeline", "FundusPipelineOutput"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pipelines.pipeline_fundus import FundusPipeline, FundusPipelineOutput
+    from .pipelines.pipeline_fundus_gan import FundusGANPipeline
+
+
+def __getattr__(name):
+    # Lazy, so that `import fundus_diffusion.data` does not pay for diffusers' import.
+    if name in ("FundusPipeline", "FundusPipelineOutput"):
+        from .pipelines import pipeline_fundus
+
+        return getattr(pipeline_fundus, name)
+    if name == "FundusGANPipeline":
+        from .pipelines.pipeline_fundus_gan import FundusGANPipeline
+
+        return FundusGANPipeline
+    raise AttributeError(f"module 'fundus_diffusion' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Model-card templates, installed as ``fundus_diffusion.model_cards``."""

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+import torch
+
+from fundus_diffusion.data import draw_phantom, parse_mask_names
+from fundus_diffusion.data.transforms import array_to_tensor, pair_to_array, tensor_to_outputs
+from fundus_diffusion.visualization import contact_sheet
+
+
+def test_phantom_is_deterministic_and_masks_are_binary():
+    a, b = draw_phantom(3, size=96), draw_phantom(3, size=96)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert not np.array_equal(np.asarray(a.image), np.asarray(draw_phantom(4, size=96).image))
+    for mask in (a.disc_mask, a.atrophy_mask):
+        assert set(np.unique(np.asarray(mask))) <= {0, 255}
+    assert np.asarray(a.disc_mask).any()
+
+
+def test_pm_phantoms_have_atrophy_outside_the_disc_and_non_pm_none():
+    pm, normal = draw_phantom(1, size=128, label=1), draw_phantom(1, size=128, label=0)
+    atrophy, disc = np.asarray(pm.atrophy_mask) > 0, np.asarray(pm.disc_mask) > 0
+    assert atrophy.any() and not (atrophy & disc).any()
+    assert not np.asarray(normal.atrophy_mask).any()
+
+
+def test_tensor_round_trip_keeps_masks_exact():
+    p = draw_phantom(0, size=128, label=1)
+    names = parse_mask_names("disc,atrophy")
+    x = array_to_tensor(pair_to_array(p.image, {"disc": p.disc_mask, "atrophy": p.atrophy_mask}, names, 64))
+    assert x.shape == (5, 64, 64) and x.min() >= -1 and x.max() <= 1
+    assert set(torch.unique(x[3:]).tolist()) <= {-1.0, 1.0}
+    images, masks = tensor_to_outputs(x[None], names, "pil")
+    assert images[0].mode == "RGB" and masks[0]["disc"].mode == "L"
+    assert np.array_equal(np.asarray(masks[0]["disc"]) > 0, (x[3] > 0).numpy())
+    np_images, np_masks = tensor_to_outputs(x[None], names, "np")
+    assert np_images.shape == (1, 64, 64, 3) and np_masks[0]["atrophy"].shape == (64, 64)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="Unknown mask"):
+        parse_mask_names("disc,drusen")
+    with pytest.raises(ValueError, match="output_type"):
+        tensor_to_outputs(torch.zeros(1, 4, 8, 8), ("disc",), "rgba")
+    with pytest.raises(ValueError, match="Expected"):
+        tensor_to_outputs(torch.zeros(1, 5, 8, 8), ("disc",), "pil")
+
+
+def test_contact_sheet_size():
+    p = draw_phantom(0, size=64)
+    sheet = contact_sheet([p.image] * 5, [{"disc": p.disc_mask}] * 5, captions=["a"] * 5, columns=3, tile=32)
+    assert sheet.size == (96, 2 * (32 + 12))
