@@ -49,3 +49,16 @@ def test_contact_sheet_size():
     p = draw_phantom(0, size=64)
     sheet = contact_sheet([p.image] * 5, [{"disc": p.disc_mask}] * 5, captions=["a"] * 5, columns=3, tile=32)
     assert sheet.size == (96, 2 * (32 + 12))
+
+
+def test_training_view_cache_matches_uncached(tmp_path):
+    from fundus_diffusion.data import FundusTrainingView, load_phantom_dataset
+
+    ds = load_phantom_dataset(4, size=64, seed=7)
+    cached = FundusTrainingView(ds, 32, ("disc", "atrophy"), flip=False, cache_dir=str(tmp_path))
+    plain = FundusTrainingView(ds, 32, ("disc", "atrophy"), flip=False, use_cache=False)
+    assert cached.cache_path and (tmp_path / cached.cache_path.split("/")[-1]).exists()
+    for i in range(4):
+        assert torch.equal(cached[i]["pixel_values"], plain[i]["pixel_values"])
+    assert cached[0]["pixel_values"].shape == (5, 32, 32)
+    assert cached[1]["class_labels"].item() == 1 and cached[0]["class_labels"].item() == 0
