@@ -62,3 +62,11 @@ def test_training_view_cache_matches_uncached(tmp_path):
         assert torch.equal(cached[i]["pixel_values"], plain[i]["pixel_values"])
     assert cached[0]["pixel_values"].shape == (5, 32, 32)
     assert cached[1]["class_labels"].item() == 1 and cached[0]["class_labels"].item() == 0
+
+
+def test_image_only_models_have_three_channels():
+    assert parse_mask_names("none") == () and parse_mask_names("disc, atrophy") == ("disc", "atrophy")
+    images, masks = tensor_to_outputs(torch.zeros(2, 3, 8, 8), (), "pil")
+    assert len(images) == 2 and masks == [{}, {}]
+    with pytest.raises(ValueError, match="first"):
+        parse_mask_names("atrophy")

@@ -15,15 +15,19 @@ IMAGE_CHANNELS = 3
 
 
 def parse_mask_names(masks) -> Tuple[str, ...]:
-    """``"disc,atrophy"`` or a sequence -> a validated tuple in channel order (disc is channel 3, atrophy 4)."""
-    names = [m.strip() for m in masks.split(",")] if isinstance(masks, str) else list(masks)
-    names = [m for m in names if m]
+    """``"disc,atrophy"``, ``"none"`` (image only) or a sequence -> a validated tuple in channel order.
+
+    Channel 3 is the disc and channel 4 the atrophy; ``()`` means an image-only (3-channel) model.
+    """
+    if isinstance(masks, str):
+        masks = [] if masks.strip().lower() in ("", "none") else masks.split(",")
+    names = [m.strip() for m in masks if m.strip()]
     unknown = [m for m in names if m not in MASK_NAMES]
-    if unknown or not names:
-        raise ValueError(f"Unknown mask name(s) {unknown or names!r}: choose from {', '.join(MASK_NAMES)} (e.g. 'disc' or 'disc,atrophy').")
+    if unknown:
+        raise ValueError(f"Unknown mask name(s) {unknown!r}: choose from {', '.join(MASK_NAMES)} (e.g. 'disc', 'disc,atrophy' or 'none').")
     if len(set(names)) != len(names):
         raise ValueError(f"Mask names repeat in {names!r}.")
-    if names[0] != "disc":
+    if names and names[0] != "disc":
         raise ValueError(f"The disc mask must come first (channel 3); got {names!r}. Use 'disc' or 'disc,atrophy'.")
     return tuple(names)
 
