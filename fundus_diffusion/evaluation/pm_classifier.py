@@ -1,0 +1,98 @@
+"""A small PM / non-PM fundus classifier, trained on real images, that judges class-conditional samples.
+
+The question it answers: when a class-conditional model is asked for PM (or non-PM), how often does a classifier
+trained on real photographs agree? The recipe is fixed and seeded so numbers are comparable across models.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..data.schema import LABEL_NAMES
+
+
+class PMClassifier(nn.Module):
+    """Four conv-BN-ReLU stages with max pooling, global average pooling and a linear head (two classes)."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        layers, channels = [], 3
+        for out in (width, 2 * width, 4 * width, 8 * width):
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            layers.append(nn.MaxPool2d(2))
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, len(LABEL_NAMES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+@dataclass
+class ClassifierRecipe:
+    steps: int = 600
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    width: int = 32
+    seed: int = 0
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and brightness / contrast jitter (a PM label survives all of them)."""
+    flip = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    gain = (1 + 0.2 * (torch.rand(x.shape[0], 1, 1, 1, generator=generator) - 0.5)).to(x.device)
+    bias = (0.2 * (torch.rand(x.shape[0], 1, 1, 1, generator=generator) - 0.5)).to(x.device)
+    return (x * gain + bias).clamp(-1, 1)
+
+
+def train_pm_classifier(
+    images: torch.Tensor, labels: torch.Tensor, recipe: ClassifierRecipe = ClassifierRecipe(), device="cpu", progress=None
+) -> PMClassifier:
+    """Train on ``images`` (float ``[N, 3, H, W]`` in [-1, 1]) with ``labels`` (0 non-PM, 1 PM)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"Expected RGB images [N, 3, H, W], got {list(images.shape)}.")
+    if set(labels.unique().tolist()) - {0, 1}:
+        raise ValueError("Labels must be 0 (non-PM) or 1 (PM); drop unknown (-1) labels before training.")
+    torch.manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    model = PMClassifier(recipe.width).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.learning_rate, total_steps=recipe.steps)
+    images, labels = images.to(device), labels.to(device)
+    # Balance the classes by sampling each batch with weights inverse to class frequency.
+    counts = torch.bincount(labels.cpu(), minlength=2).clamp(min=1).float()
+    weights = (1.0 / counts)[labels.cpu()]
+    model.train()
+    for _ in progress(range(recipe.steps)) if progress else range(recipe.steps):
+        idx = torch.multinomial(weights, recipe.batch_size, replacement=True, generator=generator).to(device)
+        loss = F.cross_entropy(model(_augment(images[idx], generator)), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: PMClassifier, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """Predicted class ids for float ``[N, 3, H, W]`` images in [-1, 1]."""
+    device = next(model.parameters()).device
+    return torch.cat([model(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)])
+
+
+def label_agreement(predicted: Sequence[int], intended: Sequence[int]) -> Dict[str, float]:
+    """Share of samples whose predicted class equals the intended one, overall and per class (with counts)."""
+    predicted, intended = np.asarray(predicted), np.asarray(intended)
+    report = {"overall": float((predicted == intended).mean()), "n": int(len(intended))}
+    for class_id, name in enumerate(LABEL_NAMES):
+        chosen = intended == class_id
+        report[name] = float((predicted[chosen] == class_id).mean()) if chosen.any() else float("nan")
+        report[f"n_{name}"] = int(chosen.sum())
+    return report
