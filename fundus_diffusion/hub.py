@@ -1,0 +1,46 @@
+"""Model cards and Hub uploads for saved pipelines."""
+
+import os
+from importlib import resources
+from typing import Optional, Sequence
+
+DEFAULT_IGNORE = ("checkpoint-*", ".tmp-*", "logs/*")
+
+
+def render_model_card(template: str, **context) -> str:
+    """Render ``model_cards/<template>.md`` (Jinja) with ``context``; undefined variables are errors."""
+    import jinja2
+    from huggingface_hub import ModelCard
+
+    source = resources.files("fundus_diffusion.model_cards").joinpath(f"{template}.md").read_text(encoding="utf-8")
+    text = (
+        jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        .from_string(source)
+        .render(**context)
+    )
+    return str(ModelCard(text))  # parses the YAML header, so a broken template fails here and not on the Hub
+
+
+def save_model_card(folder: str, template: str, **context) -> str:
+    """Write the rendered card as ``folder/README.md`` and return its path."""
+    path = os.path.join(folder, "README.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(render_model_card(template, **context))
+    return path
+
+
+def push_folder(
+    folder: str, repo_id: str, token: Optional[str] = None, ignore_patterns: Sequence[str] = DEFAULT_IGNORE
+) -> str:
+    """Create ``repo_id`` if needed and upload ``folder`` without checkpoints, temporaries and logs; return the URL."""
+    from huggingface_hub import create_repo, upload_folder
+
+    repo_id = create_repo(repo_id, exist_ok=True, token=token).repo_id
+    upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        ignore_patterns=list(ignore_patterns),
+        token=token,
+        commit_message="Upload fundus-diffusion model",
+    )
+    return f"https://huggingface.co/{repo_id}"

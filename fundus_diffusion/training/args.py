@@ -1,0 +1,72 @@
+"""Command-line flags shared by the DDPM and DCGAN trainers (names follow diffusers' example scripts)."""
+
+import argparse
+import math
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        default="phantom",
+        help="A folder saved by scripts/build_dataset.py, a Hub dataset id, 'phantom' or 'phantom:N' (N built-in phantoms).",
+    )
+    data.add_argument("--resolution", type=int, default=None, help="Square training resolution in pixels.")
+    data.add_argument(
+        "--masks", default="disc", help="Mask channels after RGB: 'disc' (4 channels) or 'disc,atrophy' (5)."
+    )
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument(
+        "--cache_dir",
+        default=None,
+        help="Where the preprocessed per-resolution training arrays are cached (default $FUNDUS_CACHE or ~/.cache/fundus_diffusion).",
+    )
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", required=True, help="Checkpoints, validation grids, logs and the final model.")
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--train_batch_size", type=int, default=None, help="Per-device batch size.")
+    run.add_argument("--num_epochs", type=int, default=None)
+    run.add_argument(
+        "--max_train_steps", type=int, default=None, help="Optimizer steps in total; overrides --num_epochs."
+    )
+    run.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    run.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="Default: the value chosen with `accelerate config` (bf16 needs an Ampere or newer GPU).",
+    )
+
+    ckpt = parser.add_argument_group("checkpoints and logging")
+    ckpt.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
+    ckpt.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep only the newest N checkpoints.")
+    ckpt.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="'latest', a checkpoint folder, or a checkpoint-N name in --output_dir.",
+    )
+    ckpt.add_argument("--validation_steps", type=int, default=500, help="Write a fixed-seed sample grid every N steps.")
+    ckpt.add_argument("--logger", choices=["tensorboard", "none"], default="tensorboard")
+    ckpt.add_argument("--logging_dir", default="logs", help="TensorBoard folder, relative to --output_dir.")
+
+    hub = parser.add_argument_group("hub")
+    hub.add_argument("--push_to_hub", action="store_true", help="Upload the final model (not the checkpoints).")
+    hub.add_argument("--hub_model_id", default=None, help="Repository id; default: the name of --output_dir.")
+    hub.add_argument("--hub_token", default=None, help="Default: the token saved by `hf auth login`.")
+    return parser
+
+
+def check_finite(loss, step: int) -> None:
+    """Raise ``NonFiniteLossError`` if ``loss`` (a tensor or a number) is NaN or infinite."""
+    value = float(loss.detach().float().sum()) if hasattr(loss, "detach") else float(loss)
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"The training loss became {value} at or before step {step}. Stopping without saving, so the last "
+            "checkpoint stays good. Try a lower learning rate, bf16 instead of fp16, or gradient clipping, then "
+            "--resume_from_checkpoint latest."
+        )
