@@ -12,7 +12,7 @@ import json
 import os
 import re
 import shutil
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 STATE_FILE = "training_state.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -115,3 +115,29 @@ def load_checkpoint(accelerator, path: str) -> int:
     accelerator.load_state(path)
     with open(os.path.join(path, STATE_FILE)) as f:
         return int(json.load(f)["step"])
+
+
+def save_folder_atomically(save_fn: Callable[[str], None], output_dir: str) -> None:
+    """Run ``save_fn(tmp)`` into ``output_dir/.tmp-save``, then move what it wrote into ``output_dir``.
+
+    For the final ``save_pretrained`` of a run: an earlier model in ``output_dir`` is only replaced, entry by entry
+    (the ``model_index.json`` or config file last), once the new one is complete on disk; a save that fails leaves
+    it untouched.
+    """
+    tmp = os.path.join(output_dir, f"{TMP_PREFIX}save")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_fn(tmp)
+    _fsync_tree(tmp)
+    names = sorted(os.listdir(tmp), key=lambda n: n in ("model_index.json", "config.json"))
+    for name in names:
+        target = os.path.join(output_dir, name)
+        if os.path.isdir(target):
+            old = os.path.join(output_dir, f"{TMP_PREFIX}old-{name}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(os.path.join(tmp, name), target)
+            shutil.rmtree(old)
+        else:
+            os.replace(os.path.join(tmp, name), target)
+    os.rmdir(tmp)

@@ -1,0 +1,65 @@
+"""``UNet2DModel`` presets for C-channel fundus tensors (stock diffusers model, configured, never subclassed)."""
+
+from typing import Dict
+
+from diffusers import UNet2DModel
+
+from ..data.schema import NUM_CLASS_EMBEDS
+
+# Each preset: channels per resolution level, resnets per level, which levels get self-attention (by index, 0 =
+# full resolution), head width, dropout and norm groups. Attention sits where feature maps are 8-32 px at the
+# preset's intended resolution; 64-wide heads suit the fused attention kernels.
+UNET_PRESETS: Dict[str, dict] = {
+    # CPU tests and the demo: about 1.1M parameters and no attention (on a CPU it costs more than it gives here).
+    "tiny": dict(channels=(32, 64, 64), layers=1, attention=(), head_dim=32, dropout=0.0, groups=8),
+    # The paper's 64 px DDPM (after dome272 / Rampas' UNet: 64-128-256 with attention at 32, 16 and 8 px).
+    "paper": dict(channels=(64, 128, 256, 256), layers=2, attention=(1, 2, 3), head_dim=64, dropout=0.0, groups=32),
+    # Our 64 px model: the widths of Ho et al.'s CIFAR-10 DDPM (128-256-256-256), attention at 16 px, dropout 0.1.
+    "base64": dict(channels=(128, 256, 256, 256), layers=2, attention=(2,), head_dim=64, dropout=0.1, groups=32),
+    # Our 256 px model: the widths of diffusers' unconditional example (about 114M parameters), attention at 16 px.
+    "base256": dict(
+        channels=(128, 128, 256, 256, 512, 512), layers=2, attention=(4,), head_dim=64, dropout=0.1, groups=32
+    ),
+}
+
+
+def downsampling_factor(config) -> int:
+    """How many pixels one bottleneck cell covers: sample sizes must be a multiple of it."""
+    return 2 ** (len(config.block_out_channels) - 1)
+
+
+def check_resolution(config, resolution: int) -> None:
+    factor = downsampling_factor(config)
+    if resolution < factor or resolution % factor:
+        raise ValueError(
+            f"A UNet with {len(config.block_out_channels)} resolution levels takes square sizes that are multiples "
+            f"of {factor} px; got {resolution}."
+        )
+
+
+def build_unet(preset: str, resolution: int, in_channels: int, class_conditional: bool = True) -> UNet2DModel:
+    """A ``UNet2DModel`` mapping ``in_channels`` to ``in_channels`` at ``resolution`` px.
+
+    Class-conditional models get ``NUM_CLASS_EMBEDS`` class embeddings: non-PM, PM and the null class that unknown
+    labels and classifier-free guidance use.
+    """
+    if preset not in UNET_PRESETS:
+        raise ValueError(f"Unknown UNet preset {preset!r}; choose from {', '.join(UNET_PRESETS)}.")
+    p = UNET_PRESETS[preset]
+    levels = range(len(p["channels"]))
+    unet = UNet2DModel(
+        sample_size=resolution,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=p["channels"],
+        layers_per_block=p["layers"],
+        down_block_types=tuple("AttnDownBlock2D" if i in p["attention"] else "DownBlock2D" for i in levels),
+        up_block_types=tuple("AttnUpBlock2D" if i in p["attention"] else "UpBlock2D" for i in reversed(levels)),
+        attention_head_dim=p["head_dim"],
+        dropout=p["dropout"],
+        norm_num_groups=p["groups"],
+        resnet_time_scale_shift="scale_shift",
+        num_class_embeds=NUM_CLASS_EMBEDS if class_conditional else None,
+    )
+    check_resolution(unet.config, resolution)
+    return unet

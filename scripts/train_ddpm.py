@@ -1,0 +1,15 @@
+"""Train a DDPM on fundus images and their masks: `accelerate launch scripts/train_ddpm.py --help`.
+
+The logic lives in fundus_diffusion.training.ddpm; this file only parses flags and calls it.
+"""
+
+from fundus_diffusion.training.ddpm import parse_args, train
+
+
+def main(args):
+    folder = train(args)
+    print(f"Saved the EMA pipeline to {folder}")
+
+
+if __name__ == "__main__":
+    main(parse_args())
