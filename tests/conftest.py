@@ -17,3 +17,32 @@ def fundus_od_dir():
     if not path.is_dir():
         pytest.skip("../shared/data/fundus-od is not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def palm224_dir():
+    """The real PALM 2019 training images (224 px, no masks) beside the repository; skips where absent."""
+    path = SHARED_DATA / "palm-224"
+    if not (path / "PALM-Training400").is_dir():
+        pytest.skip("../shared/data/palm-224/PALM-Training400 is not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def phantom_trees(tmp_path_factory):
+    """Small phantom trees in each official layout, written once per session; tests must not modify them."""
+    pytest.importorskip("openpyxl")
+    from fundus_diffusion.data.phantom_layouts import (
+        write_adam_tree,
+        write_folder_tree,
+        write_palm2019_tree,
+        write_palm2024_tree,
+    )
+
+    root = tmp_path_factory.mktemp("phantom_trees")
+    return {
+        "palm2019": Path(write_palm2019_tree(str(root / "palm2019"), skip_disc=("N0002",))),
+        "palm2024": Path(write_palm2024_tree(str(root / "palm2024"))),
+        "adam": Path(write_adam_tree(str(root / "adam"))),
+        "folder": Path(write_folder_tree(str(root / "folder"), atrophy=True)),
+    }

@@ -1,7 +1,9 @@
 """Fundus data: the sample schema, readers, the training view and the phantom default."""
 
+from .build import BuildReport, build_dataset, detect_layout, scan_sources
 from .loading import load_fundus_dataset
 from .phantom import draw_phantom, load_phantom_dataset, phantom_rows
+from .readers import BadFileError, FundusDataError, MissingLayoutError
 from .schema import (
     LABEL_NAMES,
     MASK_COLUMNS,
@@ -17,8 +19,15 @@ from .schema import (
 from .training_view import FundusTrainingView
 
 __all__ = [
+    "BadFileError",
+    "BuildReport",
+    "FundusDataError",
     "FundusTrainingView",
+    "MissingLayoutError",
+    "build_dataset",
+    "detect_layout",
     "load_fundus_dataset",
+    "scan_sources",
     "LABEL_NAMES",
     "MASK_COLUMNS",
     "MASK_NAMES",

@@ -1,13 +1,38 @@
 """``load_fundus_dataset``: one entry point for every place a dataset can come from."""
 
+import logging
 import os
+from typing import Optional
+
+logger = logging.getLogger(__name__)
 
 PHANTOM_DEFAULT_SAMPLES = 256
 PHANTOM_DEFAULT_SIZE = 256
+SAVED_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 
 
-def load_fundus_dataset(path_or_hub_id: str, split: str = "train"):
-    """A schema ``datasets.Dataset`` from ``phantom[:N]``, a folder written by ``save_to_disk`` or a Hub id."""
+def load_fundus_dataset(
+    path_or_hub_id: str,
+    split: str = "train",
+    labels: Optional[str] = None,
+    include_amd: bool = False,
+    require_masks: bool = True,
+    skip_bad: bool = False,
+    cache_dir: Optional[str] = None,
+):
+    """A schema ``datasets.Dataset`` from any of:
+
+    - ``phantom`` or ``phantom:N``: N deterministic phantoms (the embedded default);
+    - a folder written by ``scripts/build_dataset.py`` (``save_to_disk``);
+    - a raw PALM (2019 or 2024), ADAM or generic folder, detected by its layout and built on first use (the rows
+      are cached under ``cache_dir``, by default ``$FUNDUS_CACHE`` or ``~/.cache/fundus_diffusion``, keyed by the
+      files' sizes and times); ``labels``, ``include_amd``, ``require_masks`` and ``skip_bad`` mean what they mean
+      for ``build_dataset.py``;
+    - a Hub dataset id.
+
+    ``split`` picks a split of a ``DatasetDict`` or Hub dataset; rows keep their source's split in the ``split``
+    column either way.
+    """
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     from .phantom import load_phantom_dataset
@@ -17,16 +42,70 @@ def load_fundus_dataset(path_or_hub_id: str, split: str = "train"):
         num = int(spec.split(":", 1)[1]) if ":" in spec else PHANTOM_DEFAULT_SAMPLES
         return load_phantom_dataset(num, size=PHANTOM_DEFAULT_SIZE)
     if os.path.isdir(spec):
-        if not any(os.path.exists(os.path.join(spec, f)) for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
-            raise FileNotFoundError(
-                f"{spec} is a folder but not a dataset saved by scripts/build_dataset.py (no dataset_info.json or "
-                "dataset_dict.json). Build one first: python scripts/build_dataset.py --folder_dir ... --output_dir ..."
-            )
-        dataset = load_from_disk(spec)
+        if any(os.path.exists(os.path.join(spec, f)) for f in SAVED_MARKERS):
+            dataset = load_from_disk(spec)
+        else:
+            options = dict(labels=labels, include_amd=include_amd, require_masks=require_masks, skip_bad=skip_bad)
+            return load_raw_folder(spec, cache_dir=cache_dir, **options)
+    elif os.path.exists(spec) or spec.startswith((".", os.sep, "~")) or spec.count("/") > 1:
+        raise FileNotFoundError(
+            f"{spec} is not a folder. Fix: pass a folder written by scripts/build_dataset.py, a raw PALM / ADAM / "
+            "generic folder, 'phantom[:N]' or a Hub dataset id (user/name)."
+        )
     else:
-        dataset = load_dataset(spec, split=split)
+        try:
+            dataset = load_dataset(spec, split=split)
+        except Exception as err:  # the Hub's errors do not say that a local folder was looked for first
+            raise FileNotFoundError(
+                f"{spec} is neither a local folder nor a loadable Hub dataset ({type(err).__name__}: {err}). Fix: check "
+                "the path (build a dataset with scripts/build_dataset.py), or the Hub id and your connection."
+            ) from err
     if isinstance(dataset, DatasetDict):
         if split not in dataset:
-            raise ValueError(f"{spec} has splits {list(dataset)}, not {split!r}.")
+            raise ValueError(f"{spec} has splits {list(dataset)}, not {split!r}. Fix: pass split= one of them.")
         dataset = dataset[split]
     return dataset
+
+
+def load_raw_folder(
+    path: str,
+    labels: Optional[str] = None,
+    include_amd: bool = False,
+    require_masks: bool = True,
+    skip_bad: bool = False,
+    cache_dir: Optional[str] = None,
+    progress: bool = True,
+):
+    """Read a raw PALM / ADAM / generic folder into a schema dataset, cached as one Arrow file per content.
+
+    Several processes (``accelerate launch``) may call this at once: one builds under a file lock, the others
+    wait and then memory-map the same file.
+    """
+    from datasets import Dataset, DatasetInfo
+    from filelock import FileLock
+
+    from .build import detect_layout, scan_signature, scan_sources, write_rows
+    from .folder import FOLDER_LAYOUT
+    from .readers import MissingLayoutError
+    from .schema import fundus_features
+    from .training_view import default_cache_dir
+
+    layout = detect_layout(path)
+    if layout is None:
+        raise MissingLayoutError(
+            f"{path} is a folder but neither a dataset saved by scripts/build_dataset.py (no dataset_info.json) nor a "
+            "raw PALM (PALM-Training400/ or PALM/<split>/Images/), ADAM (Training400/{AMD,Non-AMD}/) or generic "
+            f"folder. Expected, for your own data, the {FOLDER_LAYOUT}\nFix: lay the folder out as above, or build "
+            "it: python scripts/build_dataset.py --palm_dir/--adam_dir/--folder_dir ... --output_dir ..."
+        )
+    roots = {f"{layout}_dirs": [path]}
+    candidates, report = scan_sources(**roots, labels=labels, include_amd=include_amd, require_masks=require_masks)
+    cache = os.path.join(cache_dir or default_cache_dir(), "raw")
+    os.makedirs(cache, exist_ok=True)
+    arrow = os.path.join(cache, f"{layout}-{scan_signature(candidates, skip_bad=skip_bad)}.arrow")
+    with FileLock(f"{arrow}.lock"):
+        if not os.path.exists(arrow):
+            write_rows(candidates, arrow, report, skip_bad=skip_bad, progress=progress)
+            if report.excluded or report.skipped or report.thresholded:
+                logger.warning(report.summary())
+    return Dataset.from_file(arrow, info=DatasetInfo(features=fundus_features()))

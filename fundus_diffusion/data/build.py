@@ -1,0 +1,484 @@
+"""Raw PALM / ADAM / generic folders -> one schema dataset, with a build report and a dataset card.
+
+``scan_sources`` lists the images of every root (nothing decoded yet), ``write_rows`` decodes and checks each pair
+and streams the rows into an Arrow file, and ``build_dataset`` turns that into a ``save_to_disk`` folder with a
+``README.md`` card. The folder appears at ``output_dir`` only when everything succeeded.
+"""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from .adam import find_adam_training, scan_adam
+from .folder import scan_folder
+from .palm import is_palm_2019, palm_2024_root, scan_palm
+from .readers import BadFileError, Candidate, FundusDataError, SourceScan, read_label_table, stem
+from .schema import LABEL_NAMES, UNKNOWN_LABEL, fundus_features
+
+ROWS_FORMAT_VERSION = 1  # bump when the rows written for the same files change, to invalidate cached raw builds
+INVERTED_DISC_FRACTION = 0.5  # a real optic disc covers a few percent of a fundus photograph, never half of it
+_EXAMPLES = 5  # file names listed per reason in reports
+
+CITATIONS = {
+    "PALM": """@article{fang2024palm,
+  title   = {Open fundus photograph dataset with pathologic myopia recognition and anatomical structure annotation},
+  author  = {Fang, Huihui and Li, Fei and Wu, Junde and Fu, Huazhu and Sun, Xu and Orlando, Jos{\\'e} Ignacio and
+             Bogunovi{\\'c}, Hrvoje and Zhang, Xiulan and Xu, Yanwu},
+  journal = {Scientific Data}, volume = {11}, pages = {99}, year = {2024}, doi = {10.1038/s41597-024-02911-2}
+}""",
+    "ADAM": """@article{fang2022adam,
+  title   = {{ADAM} Challenge: Detecting Age-Related Macular Degeneration From Fundus Images},
+  author  = {Fang, Huihui and Li, Fei and Fu, Huazhu and others},
+  journal = {IEEE Transactions on Medical Imaging}, volume = {41}, number = {10}, pages = {2828--2847}, year = {2022},
+  doi     = {10.1109/TMI.2022.3172773}
+}""",
+    "DRISHTI-GS1": """@inproceedings{sivaswamy2014drishti,
+  title     = {Drishti-{GS}: Retinal image dataset for optic nerve head ({ONH}) segmentation},
+  author    = {Sivaswamy, Jayanthi and Krishnadas, S. R. and Joshi, Gopal Datt and Jain, Madhulika and Tabish, A. Ujjwaft Syed},
+  booktitle = {IEEE 11th International Symposium on Biomedical Imaging (ISBI)}, pages = {53--56}, year = {2014},
+  doi       = {10.1109/ISBI.2014.6867807}
+}
+@article{sivaswamy2015drishti,
+  title   = {A comprehensive retinal image dataset for the assessment of glaucoma from the optic nerve head analysis},
+  author  = {Sivaswamy, Jayanthi and Krishnadas, S. and Chakravarty, Arunava and Joshi, Gopal and Tabish, A. Syed},
+  journal = {JSM Biomedical Imaging Data Papers}, volume = {2}, number = {1}, pages = {1004}, year = {2015}
+}""",
+    "DRIONS-DB": """@article{carmona2008drions,
+  title   = {Identification of the optic nerve head with genetic algorithms},
+  author  = {Carmona, Enrique J. and Rinc{\\'o}n, Mariano and Garc{\\'i}a-Feijo{\\'o}, Julián and Mart{\\'i}nez-de-la-Casa, José M.},
+  journal = {Artificial Intelligence in Medicine}, volume = {43}, number = {3}, pages = {243--259}, year = {2008},
+  doi     = {10.1016/j.artmed.2008.04.005}
+}""",
+}
+
+
+@dataclass
+class BuildReport:
+    """What a build kept, excluded and changed; ``summary()`` is what ``build_dataset.py`` prints."""
+
+    roots: List[Tuple[str, str]] = field(default_factory=list)  # (layout, path)
+    kept: List[Tuple[str, str, int, str]] = field(default_factory=list)  # (source, split, label, origin)
+    excluded: List[Tuple[str, str]] = field(default_factory=list)  # (image, reason) found by the readers
+    skipped: List[Tuple[str, str]] = field(default_factory=list)  # (file, reason) bad files left out by skip_bad
+    thresholded: List[str] = field(default_factory=list)  # non-binary masks thresholded at 128
+    notes: List[str] = field(default_factory=list)
+
+    def counts(self, column: str) -> Dict[str, int]:
+        """Kept images per ``source``, ``split``, ``label`` (by name) or ``origin``."""
+        index = ("source", "split", "label", "origin").index(column)
+        values = [k[index] for k in self.kept]
+        if column == "label":
+            values = [LABEL_NAMES[v] if v != UNKNOWN_LABEL else "unknown" for v in values]
+        return dict(sorted(Counter(values).items()))
+
+    def summary(self) -> str:
+        lines = ["Build report", *(f"  read {layout} {path}" for layout, path in self.roots), f"  kept: {len(self.kept)} images"]
+        for column in ("source", "split", "label"):
+            counts = ", ".join(f"{k} {v}" for k, v in self.counts(column).items())
+            lines.append(f"    by {column}: {counts or '-'}")
+        lines.append(f"  excluded: {len(self.excluded)} images")
+        lines += [f"    {reason}: {len(paths)}{_examples(paths)}" for reason, paths in _by_reason(self.excluded).items()]
+        lines.append(f"  skipped bad files (--skip_bad): {len(self.skipped)}")
+        lines += [f"    {path}: {reason}" for path, reason in self.skipped]
+        lines.append(f"  masks thresholded at 128 (not binary): {len(self.thresholded)}{_examples(self.thresholded)}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _examples(paths: Sequence[str], limit: int = _EXAMPLES) -> str:
+    if not paths:
+        return ""
+    names = [os.path.basename(p) for p in paths[:limit]]
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return f" ({', '.join(names)}{more})"
+
+
+def _by_reason(items: Sequence[Tuple[str, str]]) -> Dict[str, List[str]]:
+    by_reason: Dict[str, List[str]] = {}
+    for path, reason in items:
+        by_reason.setdefault(reason, []).append(path)
+    return by_reason
+
+
+def detect_layout(path: str) -> Optional[str]:
+    """``"folder"``, ``"palm"`` or ``"adam"`` for a raw dataset folder, None when it is none of them."""
+    if os.path.isdir(os.path.join(path, "images")):
+        return "folder"
+    if palm_2024_root(path) is not None or is_palm_2019(path):
+        return "palm"
+    if find_adam_training(path)[0] is not None:
+        return "adam"
+    return None
+
+
+def scan_sources(
+    palm_dirs: Iterable[str] = (),
+    adam_dirs: Iterable[str] = (),
+    folder_dirs: Iterable[str] = (),
+    labels: Optional[str] = None,
+    include_amd: bool = False,
+    require_masks: bool = True,
+) -> Tuple[List[Candidate], BuildReport]:
+    """List every image of every root, apply ``labels`` (a CSV / XLSX of image name, label) and check ids are unique.
+
+    Names in ``labels`` may be an id (``palm/Training/P0001``, unambiguous across sources), a file name or a stem.
+    """
+    scans: List[SourceScan] = [scan_palm(d, require_masks=require_masks) for d in palm_dirs]
+    scans += [scan_adam(d, include_amd=include_amd, require_masks=require_masks) for d in adam_dirs]
+    scans += [scan_folder(d, require_masks=require_masks) for d in folder_dirs]
+    if not scans:
+        raise FundusDataError("No input given. Fix: pass at least one of --palm_dir, --adam_dir, --folder_dir.")
+    report = BuildReport(roots=[(s.layout, s.root) for s in scans])
+    candidates = [c for s in scans for c in s.candidates]
+    for s in scans:
+        report.excluded += s.excluded
+        report.notes += s.notes
+    seen: Dict[str, str] = {}
+    for c in candidates:
+        if c.id in seen:
+            raise FundusDataError(
+                f"Duplicate id {c.id!r}: {seen[c.id]} and {c.image_path}. Fix: pass each dataset once (the PALM 2019 "
+                "and 2024 releases hold the same images), give generic folders distinct names, and keep one file "
+                "per image name (not both x.jpg and x.png)."
+            )
+        seen[c.id] = c.image_path
+    if labels:
+        _apply_labels(candidates, labels, report)
+    images_only = sum(c.disc_path is None for c in candidates)
+    if images_only:
+        report.notes.append(f"{images_only} images kept without a disc mask (images only): their disc_mask is empty")
+    return candidates, report
+
+
+def _apply_labels(candidates: List[Candidate], path: str, report: BuildReport):
+    table, used = read_label_table(path), set()
+    for c in candidates:
+        name = os.path.basename(c.image_path)
+        key = next((k for k in (c.id, name, stem(name)) if k in table), None)
+        if key is not None:
+            c.label = table[key]
+            used.add(key)
+    report.notes.append(f"{path}: labels given for {len(used)} names")
+    unused = sorted(set(table) - used)
+    if unused:
+        report.notes.append(f"{path}: {len(unused)} names match no image (e.g. {unused[0]!r})")
+
+
+def scan_signature(candidates: Sequence[Candidate], **options) -> str:
+    """A hash of what a build would read: every candidate, its files' sizes and times, and the options."""
+    hasher = hashlib.sha1(json.dumps([ROWS_FORMAT_VERSION, options], sort_keys=True).encode())
+    for c in candidates:
+        hasher.update(json.dumps(asdict(c), sort_keys=True).encode())
+        for path in (c.image_path, c.disc_path, c.atrophy_path):
+            if path:
+                st = os.stat(path)
+                hasher.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return hasher.hexdigest()[:20]
+
+
+def _open(path: str, data: bytes, kind: str) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # decodes everything, so a truncated file fails here and not in the middle of training
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise BadFileError(
+            path, f"cannot read this {kind} ({err})", "re-download or re-export the file, or pass --skip_bad to leave the pair out"
+        ) from err
+    return image
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def read_image(path: str) -> Tuple[dict, Tuple[int, int], bool]:
+    """The stored image (original bytes for RGB JPEG / PNG, else converted to RGB PNG), its size, and whether it
+    was converted."""
+    with open(path, "rb") as f:
+        data = f.read()
+    image = _open(path, data, "image")
+    converted = not (image.format in ("JPEG", "PNG") and image.mode == "RGB")
+    if converted:
+        data = _png(np.asarray(image.convert("RGB")))
+    return {"bytes": data, "path": os.path.basename(path)}, image.size, converted
+
+
+def read_mask(path: str, image_path: str, size: Tuple[int, int], zero_is_structure: bool) -> Tuple[np.ndarray, bool]:
+    """A mask as a boolean structure map, and whether it had to be thresholded (it held values besides 0 and 255).
+
+    Masks that hold only 0 and 1 are read as 0 / 1 rather than thresholded to nothing.
+    """
+    with open(path, "rb") as f:
+        mask = _open(path, f.read(), "mask")
+    if mask.size != size:
+        raise BadFileError(
+            path,
+            f"the mask is {mask.size[0]}x{mask.size[1]} px but its image {image_path} is {size[0]}x{size[1]} px",
+            "export the mask at the image's size (resize with nearest neighbour if it was scaled) or remove the pair",
+        )
+    values = np.asarray(mask.convert("L"))
+    present = np.flatnonzero(np.bincount(values.ravel(), minlength=256))
+    threshold = 1 if present.max() <= 1 else 128
+    structure = values < threshold if zero_is_structure else values >= threshold
+    return structure, threshold == 128 and not set(present.tolist()) <= {0, 255}
+
+
+def load_pair(c: Candidate) -> Tuple[dict, List[str], bool]:
+    """Decode and check one candidate: the schema row, the mask files that were thresholded, and whether the
+    image was converted to RGB."""
+    image, size, converted = read_image(c.image_path)
+    thresholded, masks = [], {}
+    for name, path in (("disc", c.disc_path), ("atrophy", c.atrophy_path)):
+        if path is None:
+            masks[name] = np.zeros(size[::-1], dtype=bool)
+            continue
+        masks[name], was_thresholded = read_mask(path, c.image_path, size, c.zero_is_structure)
+        if was_thresholded:
+            thresholded.append(path)
+    fraction = masks["disc"].mean()
+    if fraction > INVERTED_DISC_FRACTION:
+        polarity = "0 = disc" if c.zero_is_structure else "255 = disc"
+        raise BadFileError(
+            c.disc_path,
+            f"the disc mask covers {fraction:.0%} of the image, so its polarity is probably inverted (read as {polarity})",
+            "PALM / ADAM masks (0 = disc) go with --palm_dir / --adam_dir, generic folders need 255 = disc: "
+            "invert the masks (PIL.ImageOps.invert) or pass the folder with the right flag",
+        )
+    row = {
+        "id": c.id,
+        "source": c.source,
+        "split": c.split,
+        "image": image,
+        "disc_mask": {"bytes": _png(masks["disc"].astype(np.uint8) * 255), "path": None},
+        "atrophy_mask": {"bytes": _png(masks["atrophy"].astype(np.uint8) * 255), "path": None},
+        "has_atrophy_annotation": c.has_atrophy_annotation,
+        "label": c.label,
+    }
+    return row, thresholded, converted
+
+
+def _load_or_error(c: Candidate):
+    try:
+        return load_pair(c)
+    except BadFileError as err:
+        return err
+
+
+def ordered_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
+    """``map(fn, items)`` on a thread pool (PIL and zlib release the GIL), in order, a bounded window ahead."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def write_rows(
+    candidates: Sequence[Candidate],
+    path: str,
+    report: BuildReport,
+    skip_bad: bool = False,
+    progress: bool = True,
+    num_workers: Optional[int] = None,
+) -> BuildReport:
+    """Decode, check and write every candidate as a schema row into the Arrow file ``path`` (atomically)."""
+    from datasets.arrow_writer import ArrowWriter
+    from tqdm.auto import tqdm
+
+    features = fundus_features()
+    workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with ArrowWriter(features=features, path=tmp) as writer:
+            results = ordered_map(_load_or_error, candidates, workers)
+            for c, result in tqdm(zip(candidates, results), total=len(candidates), desc="Reading images", disable=not progress):
+                if isinstance(result, BadFileError):
+                    if not skip_bad:
+                        raise result
+                    report.skipped.append((result.path, result.reason))
+                    continue
+                row, thresholded, converted = result
+                writer.write(features.encode_example(row))
+                report.kept.append((c.source, c.split, c.label, c.origin))
+                report.thresholded += thresholded
+                if converted:
+                    report.notes.append(f"{c.image_path}: converted to RGB")
+            writer.finalize()
+        if not report.kept:
+            raise nothing_left_error(report)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return report
+
+
+def nothing_left_error(report: BuildReport) -> FundusDataError:
+    dropped = _by_reason(report.excluded + report.skipped).items()
+    reasons = "\n".join(f"  {reason}: {len(paths)}{_examples(paths, limit=50)}" for reason, paths in dropped)
+    return FundusDataError(
+        f"No image is left after filtering {', '.join(p for _, p in report.roots)}. Why each image was dropped:\n{reasons or '  (no images found)'}\n"
+        "Fix: see the reasons above (e.g. add the disc masks, pass --include_amd or --images_only, repair bad files)."
+    )
+
+
+def citations_for(origins: Iterable[str]) -> List[str]:
+    """BibTeX for the datasets among ``origins`` (matched by name: ``PALM``, ``DRISHTI-GS1``, ``drions``, ...)."""
+    keys = {o.lower().split("-")[0].replace("folder:", "") for o in origins}
+    return [bib for name, bib in CITATIONS.items() if name.lower().split("-")[0] in keys]
+
+
+def dataset_card(report: BuildReport, pretty_name: str = "Fundus photographs with optic-disc and atrophy masks"):
+    """The ``README.md`` of a built dataset: YAML metadata (licence, tasks, counts) and a body with citations."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    n = len(report.kept)
+    counts = {c: report.counts(c) for c in ("source", "split", "label", "origin")}
+    data = DatasetCardData(
+        license="other",
+        license_name="terms-of-each-source",
+        pretty_name=pretty_name,
+        task_categories=["image-segmentation", "image-classification", "unconditional-image-generation"],
+        tags=["medical", "ophthalmology", "fundus", "retina", "pathologic-myopia", "optic-disc", "fundus-diffusion"],
+        size_categories=["n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"],
+        fundus_diffusion={
+            "num_samples": n,
+            **{f"{c}_counts": counts[c] for c in ("source", "split", "label")},
+            "excluded": {reason: len(p) for reason, p in _by_reason(report.excluded).items()},
+            "skipped_bad_files": len(report.skipped),
+            "thresholded_masks": len(report.thresholded),
+        },
+    )
+    table = lambda title, d: "\n".join([f"| {title} | images |", "|---|---|", *(f"| {k} | {v} |" for k, v in d.items())])  # noqa: E731
+    citations = citations_for(counts["origin"])
+    body = f"""# {pretty_name}
+
+Retinal fundus photographs with their optic-disc and atrophy masks, in the sample schema of
+fundus-diffusion, built by `scripts/build_dataset.py` from {", ".join(f"{os.path.basename(p)} ({layout} layout)" for layout, p in report.roots)}.
+
+**Research use only, not for clinical use.** The images and masks keep the terms of their sources (PALM, ADAM,
+DRISHTI-GS1 and DRIONS-DB are published for research use): read them before sharing this dataset, and cite the
+papers below in anything that reports results on it.
+
+## Contents
+
+{n} image + mask pairs.
+
+{table("source", counts["source"])}
+
+{table("origin", counts["origin"])}
+
+{table("split", counts["split"])}
+
+{table("label", counts["label"])}
+
+## Fields
+
+| field | meaning |
+|---|---|
+| `id` | stable id, e.g. `palm/Training/P0001` |
+| `source` | `PALM`, `ADAM` or `folder:<name>` |
+| `split` | the source's own split (`train`, `validation`, `test`) |
+| `image` | RGB photograph at its stored resolution |
+| `disc_mask` | L image, 255 = optic disc, 0 = background (PALM / ADAM BMPs, 0 = disc, were inverted) |
+| `atrophy_mask` | L image, 255 = atrophy; all zero where there is none |
+| `has_atrophy_annotation` | False where the source never annotated atrophy (ADAM, most generic folders) |
+| `label` | `non-PM` / `PM`, -1 = unknown (PALM: file names `P` = PM, `N` / `H` = non-PM, or its label sheet; ADAM non-AMD = non-PM) |
+
+## Build
+
+{table("excluded because", {reason: len(p) for reason, p in _by_reason(report.excluded).items()})}
+
+Bad files left out (`--skip_bad`): {len(report.skipped)}. Non-binary masks thresholded at 128: {len(report.thresholded)}.
+
+## Loading
+
+```python
+from fundus_diffusion.data import load_fundus_dataset
+
+dataset = load_fundus_dataset("path/to/this/folder")  # or the Hub id it was pushed to
+```
+
+## Citations
+
+```bibtex
+{chr(10).join(citations) if citations else "% no known source to cite: add your dataset's reference here"}
+```
+"""
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def build_dataset(
+    output_dir: str,
+    palm_dirs: Iterable[str] = (),
+    adam_dirs: Iterable[str] = (),
+    folder_dirs: Iterable[str] = (),
+    labels: Optional[str] = None,
+    include_amd: bool = False,
+    require_masks: bool = True,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> BuildReport:
+    """Build one schema dataset from raw roots into ``output_dir`` (``save_to_disk`` + ``README.md`` card).
+
+    Everything is written into a temporary folder beside ``output_dir`` and moved into place at the end, so a failed
+    build leaves ``output_dir`` untouched.
+    """
+    from datasets import Dataset, DatasetInfo
+
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir) and not overwrite:
+        raise FileExistsError(f"{output_dir} already exists. Fix: choose another --output_dir or pass --overwrite.")
+    candidates, report = scan_sources(palm_dirs, adam_dirs, folder_dirs, labels, include_amd, require_masks)
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.building-", dir=parent)
+    try:
+        write_rows(candidates, os.path.join(tmp, "rows.arrow"), report, skip_bad=skip_bad, progress=progress)
+        info = DatasetInfo(features=fundus_features(), citation="\n".join(citations_for(report.counts("origin"))))
+        dataset = Dataset.from_file(os.path.join(tmp, "rows.arrow"), info=info)
+        staged = os.path.join(tmp, "dataset")
+        dataset.save_to_disk(staged)
+        del dataset
+        dataset_card(report).save(os.path.join(staged, "README.md"))
+        if os.path.exists(output_dir):  # --overwrite: swap the old folder out only now that the new one is complete
+            os.replace(output_dir, os.path.join(tmp, "previous"))
+        os.replace(staged, output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def push_dataset_to_hub(output_dir: str, repo_id: str, private: Optional[bool] = None, token: Optional[str] = None):
+    """Push a built folder and its card to the Hub, keeping the ``dataset_info`` / ``configs`` metadata that
+    ``Dataset.push_to_hub`` writes into the Hub's README."""
+    from datasets import load_from_disk
+    from huggingface_hub import DatasetCard
+
+    load_from_disk(output_dir).push_to_hub(repo_id, private=private, token=token)
+    card = DatasetCard.load(os.path.join(output_dir, "README.md"))
+    hub_card = DatasetCard.load(repo_id, repo_type="dataset", token=token)
+    for key in ("dataset_info", "configs"):
+        if key in hub_card.data:
+            card.data[key] = hub_card.data[key]
+    card.push_to_hub(repo_id, token=token, repo_type="dataset", commit_message="Add the fundus-diffusion dataset card")

@@ -1,0 +1,91 @@
+"""The generic folder layout, for any dataset that is neither PALM nor ADAM (e.g. ``../shared/data/fundus-od``).
+
+Masks here use the schema's polarity (255 = structure). ``metadata.csv`` is optional; its ``label`` column
+(PM / non-PM / 1 / 0 / -1) is optional too, and without it every label is unknown (-1, the null class).
+"""
+
+import csv
+import os
+from typing import Dict
+
+from .readers import (
+    Candidate,
+    FundusDataError,
+    SourceScan,
+    images_by_stem,
+    list_images,
+    normalize_split,
+    parse_label,
+    require_dir,
+    stem,
+)
+from .schema import MASK_NAMES, UNKNOWN_LABEL
+
+FOLDER_LAYOUT = """generic folder layout:
+  <folder_dir>/images/<id>.jpg (or .png, ...)
+  <folder_dir>/masks/disc/<id>.png        (255 = disc, same size as the image)
+  <folder_dir>/masks/atrophy/<id>.png     (optional folder; 255 = atrophy; a missing file = no atrophy)
+  <folder_dir>/metadata.csv               (optional: id, and optional label, split / source_split, source)"""
+_ID_COLUMNS = ("id", "image", "image_name", "name", "file", "filename")
+
+
+def scan_folder(root: str, require_masks: bool = True) -> SourceScan:
+    require_dir(root, "--folder_dir", FOLDER_LAYOUT)
+    images = list_images(require_dir(os.path.join(root, "images"), "Image folder", FOLDER_LAYOUT))
+    name = os.path.basename(os.path.normpath(os.path.abspath(root)))
+    scan = SourceScan(root, "folder")
+    masks_root = os.path.join(root, "masks")
+    if os.path.isdir(masks_root):
+        unknown = sorted(e.name for e in os.scandir(masks_root) if e.is_dir() and e.name not in MASK_NAMES)
+        if unknown:
+            scan.notes.append(f"{masks_root}: ignored mask folders {unknown} (the schema has {list(MASK_NAMES)})")
+    disc_dir = os.path.join(masks_root, "disc")
+    if require_masks:
+        require_dir(disc_dir, "Disc-mask folder", FOLDER_LAYOUT + "\nFix: add masks/disc/, or pass --images_only for image-only work.")
+    atrophy_dir = os.path.join(masks_root, "atrophy")
+    discs, atrophies = images_by_stem(disc_dir), images_by_stem(atrophy_dir)
+    metadata = read_metadata(os.path.join(root, "metadata.csv"))
+    unmatched = set(metadata) - {stem(p) for p in images}
+    if unmatched:
+        scan.notes.append(f"{root}/metadata.csv: {len(unmatched)} rows name no image (e.g. {sorted(unmatched)[0]!r})")
+    for path in images:
+        key = stem(path)
+        meta = metadata.get(key, {})
+        if key not in discs and require_masks:
+            scan.excluded.append((path, "no disc mask"))
+            continue
+        scan.candidates.append(
+            Candidate(
+                id=f"folder:{name}/{key}", source=f"folder:{name}", split=meta.get("split", "train"), image_path=path,
+                disc_path=discs.get(key), atrophy_path=atrophies.get(key),
+                has_atrophy_annotation=os.path.isdir(atrophy_dir), label=meta.get("label", UNKNOWN_LABEL),
+                zero_is_structure=False, origin=meta.get("source") or f"folder:{name}",
+            )
+        )  # fmt: skip
+    return scan
+
+
+def read_metadata(path: str) -> Dict[str, dict]:
+    """``{id: {"label": int, "split": str, "source": str}}`` from an optional ``metadata.csv``."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = {c.strip().lower(): c for c in reader.fieldnames or []}
+        id_column = next((columns[c] for c in _ID_COLUMNS if c in columns), None)
+        if id_column is None:
+            raise FundusDataError(
+                f"{path} has no id column (columns: {reader.fieldnames}). Fix: add a column 'id' holding each "
+                "image's file name without extension, or remove metadata.csv."
+            )
+        split_column = columns.get("split") or columns.get("source_split")
+        metadata = {}
+        for i, row in enumerate(reader, start=2):
+            where = f"{path}, row {i}"
+            entry = {"source": (row[columns["source"]] or "").strip()} if "source" in columns else {}
+            if "label" in columns:
+                entry["label"] = parse_label(row[columns["label"]], where)
+            if split_column and (row[split_column] or "").strip():
+                entry["split"] = normalize_split(row[split_column], where)
+            metadata[stem(row[id_column].strip())] = entry
+    return metadata

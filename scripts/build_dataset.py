@@ -1,0 +1,60 @@
+"""Build one fundus dataset (image + disc / atrophy masks + PM label) from raw PALM, ADAM and generic folders.
+
+    python scripts/build_dataset.py --palm_dir data/raw/PALM --adam_dir data/raw/ADAM --output_dir data/pm
+
+Writes a ``datasets`` folder (``save_to_disk``) with a ``README.md`` dataset card, and prints the build report.
+Nothing is written to ``--output_dir`` unless the build succeeds.
+"""
+
+import argparse
+
+from fundus_diffusion.data.build import build_dataset, push_dataset_to_hub
+from fundus_diffusion.data.readers import FundusDataError
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--palm_dir", action="append", default=[], help="PALM root, 2019 or 2024 layout (repeatable).")
+    parser.add_argument("--adam_dir", action="append", default=[], help="ADAM 2020 root (repeatable).")
+    parser.add_argument(
+        "--folder_dir", action="append", default=[], help="Generic folder: images/, masks/<name>/, metadata.csv (repeatable)."
+    )
+    parser.add_argument("--output_dir", required=True, help="Where the dataset folder is written.")
+    parser.add_argument(
+        "--labels", default=None, help="CSV or XLSX of image name (or id), label (PM / non-PM / 1 / 0 / -1); overrides the readers."
+    )
+    parser.add_argument("--include_amd", action="store_true", help="Keep ADAM's AMD images (label unknown).")
+    parser.add_argument(
+        "--images_only", action="store_true", help="Keep images without a disc mask (empty mask), for image-only work."
+    )
+    parser.add_argument("--skip_bad", action="store_true", help="Leave out unreadable or inconsistent files and list them.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing --output_dir.")
+    parser.add_argument("--push_to_hub", default=None, metavar="REPO", help="Also push the dataset and its card to this Hub repo.")
+    parser.add_argument("--private", action="store_true", help="With --push_to_hub: create a private repo.")
+    return parser.parse_args(argv)
+
+
+def main(args):
+    report = build_dataset(
+        args.output_dir,
+        palm_dirs=args.palm_dir,
+        adam_dirs=args.adam_dir,
+        folder_dirs=args.folder_dir,
+        labels=args.labels,
+        include_amd=args.include_amd,
+        require_masks=not args.images_only,
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+    )
+    print(report.summary())
+    print(f"Wrote {len(report.kept)} samples to {args.output_dir}")
+    if args.push_to_hub:
+        push_dataset_to_hub(args.output_dir, args.push_to_hub, private=args.private or None)
+        print(f"Pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except (FundusDataError, FileNotFoundError, FileExistsError) as err:  # messages name the file and the fix
+        raise SystemExit(f"build_dataset.py: error: {err}") from None

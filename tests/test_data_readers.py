@@ -1,0 +1,146 @@
+"""Readers on phantom trees laid out as the official releases, and on the real data beside the repository."""
+
+import os
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from fundus_diffusion.data import draw_phantom, load_fundus_dataset
+from fundus_diffusion.data.build import detect_layout, scan_sources
+from fundus_diffusion.data.readers import MissingLayoutError, read_label_table
+
+
+def rows_by_id(dataset):
+    return {row["id"]: row for row in dataset}
+
+
+def binary(mask):
+    return np.asarray(mask) > 0
+
+
+def test_layouts_are_detected(phantom_trees, tmp_path):
+    assert {name: detect_layout(str(path)) for name, path in phantom_trees.items()} == {
+        "palm2019": "palm", "palm2024": "palm", "adam": "adam", "folder": "folder",
+    }  # fmt: skip
+    assert detect_layout(str(tmp_path)) is None
+
+
+def test_palm2019_labels_from_names_and_sheet_masks_inverted(phantom_trees, tmp_path):
+    candidates, report = scan_sources(palm_dirs=[str(phantom_trees["palm2019"])])
+    assert [(os.path.basename(p), r) for p, r in report.excluded] == [("N0002.jpg", "no disc mask")]
+    rows = rows_by_id(load_fundus_dataset(str(phantom_trees["palm2019"]), cache_dir=str(tmp_path)))
+    assert sorted(rows) == [f"palm/Training/{n}" for n in ("H0001", "N0001", "P0001", "P0002", "P0003")] + [
+        "palm/Validation/V0001", "palm/Validation/V0002",
+    ]  # fmt: skip
+    labels = {k: r["label"] for k, r in rows.items()}
+    assert labels["palm/Training/P0001"] == 1 and labels["palm/Training/H0001"] == 0 and labels["palm/Training/N0001"] == 0
+    assert labels["palm/Validation/V0001"] == 0 and labels["palm/Validation/V0002"] == 1  # from the xlsx
+    assert {r["split"] for r in rows.values()} == {"train", "validation"} and {r["source"] for r in rows.values()} == {"PALM"}
+    # P0001 is phantom 0 (PM): BMP masks with 0 = structure come back as 255 = structure, exactly.
+    truth, row = draw_phantom(0, size=64, label=1), rows["palm/Training/P0001"]
+    assert np.array_equal(binary(row["disc_mask"]), binary(truth.disc_mask))
+    assert np.array_equal(binary(row["atrophy_mask"]), binary(truth.atrophy_mask)) and binary(truth.atrophy_mask).any()
+    # No atrophy file means no atrophy, still annotated.
+    normal = rows["palm/Training/N0001"]
+    assert not binary(normal["atrophy_mask"]).any() and normal["has_atrophy_annotation"]
+    assert row["image"].mode == "RGB" and row["disc_mask"].mode == "L" and row["image"].size == (64, 64)
+
+
+def test_palm2019_nested_as_unzipped(phantom_trees, tmp_path):
+    """The official zip unpacks to PALM-Training400/PALM-Training400/; the reader finds the images there."""
+    root = tmp_path / "palm"
+    shutil.copytree(phantom_trees["palm2019"], root)
+    shutil.move(str(root / "PALM-Training400"), str(tmp_path / "inner"))
+    os.makedirs(root / "PALM-Training400")
+    shutil.move(str(tmp_path / "inner"), str(root / "PALM-Training400" / "PALM-Training400"))
+    candidates, _ = scan_sources(palm_dirs=[str(root)])
+    assert sum(c.split == "train" for c in candidates) == 5
+
+
+def test_palm2024_splits_and_spreadsheet_labels(phantom_trees, tmp_path):
+    candidates, report = scan_sources(palm_dirs=[str(phantom_trees["palm2024"])])
+    assert report.roots[0][0] == "palm-2024" and not report.excluded
+    by_id = {c.id: c for c in candidates}
+    assert Counter(c.split for c in candidates) == {"train": 3, "validation": 3, "test": 3}
+    assert by_id["palm/Training/P0001"].label == 1 and by_id["palm/Training/N0001"].label == 0
+    assert by_id["palm/Testing/T0001"].label == 1 and by_id["palm/Testing/T0002"].label == 0
+    assert all(c.zero_is_structure and c.has_atrophy_annotation for c in candidates)
+
+
+def test_labels_file_overrides_by_id_name_or_stem(phantom_trees, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label,comment\nV0001.jpg,PM,x\npalm/Training/P0001,non-PM,\nV0002,-1,\n")
+    candidates, report = scan_sources(palm_dirs=[str(phantom_trees["palm2019"])], labels=str(labels))
+    by_id = {c.id: c.label for c in candidates}
+    assert by_id["palm/Validation/V0001"] == 1 and by_id["palm/Training/P0001"] == 0 and by_id["palm/Validation/V0002"] == -1
+    assert by_id["palm/Training/P0002"] == 1  # untouched
+    headerless = tmp_path / "plain.csv"
+    headerless.write_text("P0001.jpg,1\nN0001.jpg,0\n")
+    assert read_label_table(str(headerless)) == {"P0001.jpg": 1, "N0001.jpg": 0}
+
+
+def test_adam_keeps_non_amd_by_default(phantom_trees, tmp_path):
+    candidates, report = scan_sources(adam_dirs=[str(phantom_trees["adam"])])
+    assert [c.id for c in candidates] == [f"adam/Training400/N000{i}" for i in (1, 2, 3)]
+    assert all(c.label == 0 and not c.has_atrophy_annotation and c.source == "ADAM" for c in candidates)
+    assert len(report.excluded) == 2 and "include_amd" in report.excluded[0][1]
+    with_amd, _ = scan_sources(adam_dirs=[str(phantom_trees["adam"])], include_amd=True)
+    assert {c.id: c.label for c in with_amd}["adam/Training400/A0001"] == -1
+
+
+def test_adam_disc_masks_beside_training400(tmp_path):
+    from fundus_diffusion.data.phantom_layouts import write_adam_tree
+
+    root = write_adam_tree(str(tmp_path / "adam"), num_amd=0, num_non_amd=2, size=48, disc_dir="Disc_Masks")
+    rows = load_fundus_dataset(root, cache_dir=str(tmp_path / "cache"))
+    assert len(rows) == 2 and all(binary(m).mean() < 0.2 and binary(m).any() for m in rows["disc_mask"])
+
+
+def test_generic_folder_metadata(phantom_trees, tmp_path):
+    rows = rows_by_id(load_fundus_dataset(str(phantom_trees["folder"]), cache_dir=str(tmp_path)))
+    assert sorted(rows) == [f"folder:folder/phantom_00{i}" for i in (1, 2, 3, 4)]
+    assert [rows[k]["label"] for k in sorted(rows)] == [0, 1, 0, 1]
+    assert rows["folder:folder/phantom_004"]["split"] == "test" and rows["folder:folder/phantom_001"]["split"] == "train"
+    assert all(r["has_atrophy_annotation"] and r["source"] == "folder:folder" for r in rows.values())
+    truth = draw_phantom(1, size=64, label=1)
+    assert np.array_equal(binary(rows["folder:folder/phantom_002"]["atrophy_mask"]), binary(truth.atrophy_mask))
+
+
+def test_generic_folder_without_labels_or_metadata(tmp_path):
+    from fundus_diffusion.data.phantom_layouts import write_folder_tree
+
+    root = write_folder_tree(str(tmp_path / "mine"), num_samples=2, size=48, labels=False)
+    candidates, _ = scan_sources(folder_dirs=[root])
+    assert [c.label for c in candidates] == [-1, -1] and not candidates[0].has_atrophy_annotation
+    os.remove(os.path.join(root, "metadata.csv"))
+    candidates, _ = scan_sources(folder_dirs=[root])
+    assert [(c.label, c.split, c.origin) for c in candidates] == [(-1, "train", "folder:mine")] * 2
+
+
+def test_real_fundus_od(fundus_od_dir, tmp_path):
+    dataset = load_fundus_dataset(str(fundus_od_dir), cache_dir=str(tmp_path))
+    assert len(dataset) == 167
+    assert set(dataset["label"]) == {-1} and not any(dataset["has_atrophy_annotation"])
+    assert set(dataset["source"]) == {"folder:fundus-od"} and set(dataset["split"]) == {"train", "test"}
+    assert all(i.startswith("folder:fundus-od/") for i in dataset["id"])
+    for row in dataset.select(range(0, 167, 40)):
+        disc = np.asarray(row["disc_mask"])
+        assert set(np.unique(disc)) == {0, 255} and 0.005 < (disc > 0).mean() < 0.2
+        assert row["disc_mask"].size == row["image"].size and row["image"].mode == "RGB"
+    _, report = scan_sources(folder_dirs=[str(fundus_od_dir)])
+    assert report.excluded == []
+
+
+def test_real_palm224_is_images_only(palm224_dir, tmp_path):
+    """The 224 px copy has the 2019 names but no annotation folders: an error by default, image-only on request."""
+    with pytest.raises(MissingLayoutError, match="(?s)no disc-mask folder.*--images_only"):
+        scan_sources(palm_dirs=[str(palm224_dir)])
+    candidates, report = scan_sources(palm_dirs=[str(palm224_dir)], require_masks=False)
+    assert len(candidates) == 400 and Counter(c.label for c in candidates) == {1: 213, 0: 187}
+    assert all(c.disc_path is None and not c.has_atrophy_annotation for c in candidates)
+    assert any("without a disc mask" in n for n in report.notes)
+    dataset = load_fundus_dataset(str(palm224_dir), require_masks=False, cache_dir=str(tmp_path))
+    row = dataset[0]
+    assert row["id"] == "palm/Training/H0001" and row["image"].size == (224, 224) and not binary(row["disc_mask"]).any()
