@@ -1,0 +1,77 @@
+"""The training view's cache: one build when several processes start at once, rebuilds, flips, pickling."""
+
+import multiprocessing
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fundus_diffusion.data import FundusTrainingView, load_phantom_dataset
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    return load_phantom_dataset(6, size=64, seed=3)
+
+
+def _make_view(args):
+    dataset, cache_dir, marker_dir = args
+    original = FundusTrainingView._build_cache
+
+    def counting_build(self, num_workers):
+        open(os.path.join(marker_dir, str(os.getpid())), "w").close()
+        original(self, num_workers)
+
+    FundusTrainingView._build_cache = counting_build
+    view = FundusTrainingView(dataset, 32, "disc,atrophy", flip=False, cache_dir=cache_dir)
+    return view.cache_path, view[5]["pixel_values"].sum().item()
+
+
+def test_concurrent_processes_build_the_cache_once(phantoms, tmp_path):
+    """As under ``accelerate launch``: three processes create the same view together; one builds, all agree."""
+    markers = tmp_path / "builds"
+    markers.mkdir()
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        results = pool.map(_make_view, [(phantoms, str(tmp_path / "cache"), str(markers))] * 3)
+    assert len(os.listdir(markers)) == 1
+    assert len(set(results)) == 1
+    assert sorted(f for f in os.listdir(tmp_path / "cache") if not f.endswith(".lock")) == [os.path.basename(results[0][0])]
+
+
+def test_stale_or_broken_cache_is_rebuilt(phantoms, tmp_path):
+    view = FundusTrainingView(phantoms, 32, "disc", flip=False, cache_dir=str(tmp_path))
+    expected = view[2]["pixel_values"]
+    np.save(view.cache_path, np.zeros((2, 4, 8, 8), dtype=np.uint8))  # wrong shape, e.g. from an older version
+    assert torch.equal(FundusTrainingView(phantoms, 32, "disc", flip=False, cache_dir=str(tmp_path))[2]["pixel_values"], expected)
+    open(view.cache_path, "wb").write(b"garbage")
+    assert torch.equal(FundusTrainingView(phantoms, 32, "disc", flip=False, cache_dir=str(tmp_path))[2]["pixel_values"], expected)
+
+
+def test_flips_move_image_and_masks_together(phantoms, tmp_path):
+    plain = FundusTrainingView(phantoms, 32, "disc,atrophy", flip=False, cache_dir=str(tmp_path))[1]["pixel_values"]
+    view = FundusTrainingView(phantoms, 32, "disc,atrophy", flip=True, cache_dir=str(tmp_path))
+    torch.manual_seed(0)
+    seen = {torch.equal(x, plain) for x in (view[1]["pixel_values"] for _ in range(16))}
+    assert seen == {True, False}
+    torch.manual_seed(0)
+    flipped = next(x for x in (view[1]["pixel_values"] for _ in range(16)) if not torch.equal(x, plain))
+    assert torch.equal(flipped, plain.flip(-1))  # every channel, masks included, flipped left-right
+    assert flipped.dtype == torch.float32 and set(torch.unique(flipped[3:]).tolist()) == {-1.0, 1.0}
+
+
+def test_pickled_view_does_not_carry_the_cache(phantoms, tmp_path):
+    """Spawned DataLoader workers receive the view pickled: it must map the file again, not copy the array."""
+    view = FundusTrainingView(phantoms, 64, "disc", flip=False, cache_dir=str(tmp_path))
+    clone = pickle.loads(pickle.dumps(view))
+    assert clone._arrays is None and torch.equal(clone[4]["pixel_values"], view[4]["pixel_values"])
+
+
+def test_image_only_view_and_unknown_labels(tmp_path):
+    dataset = load_phantom_dataset(2, size=48).map(lambda row: {"label": -1})
+    view = FundusTrainingView(dataset, 16, (), cache_dir=str(tmp_path))
+    item = view[0]
+    assert item["pixel_values"].shape == (3, 16, 16) and item["class_labels"].item() == 2  # NULL_CLASS_ID
+    batch = next(iter(torch.utils.data.DataLoader(view, batch_size=2)))
+    assert batch["pixel_values"].shape == (2, 3, 16, 16) and batch["class_labels"].dtype == torch.int64
