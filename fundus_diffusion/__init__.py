@@ -4,9 +4,10 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = ["FundusPipeline", "FundusGANPipeline", "FundusPipelineOutput"]
+__all__ = ["FundusPipeline", "FundusGANPipeline", "FundusPipelineOutput", "DCGANGenerator", "DCGANDiscriminator"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .models.dcgan import DCGANDiscriminator, DCGANGenerator
     from .pipelines.pipeline_fundus import FundusPipeline, FundusPipelineOutput
     from .pipelines.pipeline_fundus_gan import FundusGANPipeline
 
@@ -21,4 +22,8 @@ def __getattr__(name):
         from .pipelines.pipeline_fundus_gan import FundusGANPipeline
 
         return FundusGANPipeline
+    if name in ("DCGANGenerator", "DCGANDiscriminator"):
+        from .models import dcgan
+
+        return getattr(dcgan, name)
     raise AttributeError(f"module 'fundus_diffusion' has no attribute {name!r}")

@@ -1,0 +1,96 @@
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "--resolution", "12", "--train_batch_size", "4", "--nz", "8", "--ngf", "2", "--ndf", "2",
+    "--validation_steps", "2", "--num_fixed_samples", "4", "--seed", "0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Eight phantoms saved as a dataset folder, so that no process pays for drawing them."""
+    from fundus_diffusion.data import load_phantom_dataset
+
+    path = tmp_path_factory.mktemp("data") / "phantoms"
+    load_phantom_dataset(8, size=48).save_to_disk(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def train_in_process(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "scripts"))
+    from train_dcgan import main, parse_args
+
+    return lambda *argv: main(parse_args([*TINY, *argv]))
+
+
+def launch(*argv):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
+    command += [str(REPO_ROOT / "scripts" / "train_dcgan.py"), *TINY, *argv]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_resume_rotate_and_load(tmp_path, dataset, train_in_process):
+    out, cache = tmp_path / "run", str(tmp_path / "cache")
+    common = ["--dataset", dataset, "--output_dir", str(out), "--cache_dir", cache, "--masks", "disc,atrophy", "--checkpointing_steps", "1",
+              "--checkpoints_total_limit", "2", "--class_conditional", "--diffaugment", "color,translation,cutout",
+              "--ema_beta", "0.9", "--spectral_norm"]  # fmt: skip
+    train_in_process(*common, "--max_train_steps", "3")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert any((out / "logs" / "train_dcgan").glob("events.out.tfevents.*"))
+
+    result = launch(*common, "--max_train_steps", "5", "--resume_from_checkpoint", "latest")  # a fresh process
+    assert "Resumed from" in result.stderr and "checkpoint-3" in result.stderr
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
+    rows = read_csv(out / "logs" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]  # the step count continued, nothing repeated
+    assert all(np.isfinite([float(r[k]) for k in ("d_loss", "g_loss", "d_real", "d_fake")]).all() for r in rows)
+    diversity = read_csv(out / "logs" / "diversity.csv")
+    assert [int(r["step"]) for r in diversity] == [2, 3, 4, 5] and float(diversity[0]["real_diversity"]) > 0
+    assert (out / "samples" / "step-0000004.png").exists()
+
+    card = (out / "README.md").read_text()
+    assert "library_name: diffusers" in card and "Research use only" in card and "atrophy mask" in card
+
+    from fundus_diffusion import FundusGANPipeline
+
+    pipe = FundusGANPipeline.from_pretrained(out)
+    images = pipe(batch_size=2, class_labels=["PM", None], generator=torch.Generator().manual_seed(0)).images
+    assert images[0].size == (12, 12) and pipe.config.mask_names == ["disc", "atrophy"]
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, dataset, train_in_process):
+    from fundus_diffusion.training import NonFiniteLossError
+    from fundus_diffusion.training.dcgan import DCGANStep
+
+    calls, step = [], DCGANStep.__call__
+
+    def failing_step(self, *args):
+        calls.append(1)
+        metrics = step(self, *args)
+        return metrics * float("nan") if len(calls) >= 3 else metrics
+
+    monkeypatch.setattr(DCGANStep, "__call__", failing_step)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        train_in_process("--dataset", dataset, "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+                         "--max_train_steps", "6", "--checkpointing_steps", "1", "--logger", "none")  # fmt: skip
+    assert sorted(os.listdir(out / ".")) == ["checkpoint-1", "checkpoint-2", "logs", "samples"]
+    assert [int(r["step"]) for r in read_csv(out / "logs" / "metrics.csv")] == [1, 2]
