@@ -167,3 +167,24 @@ def test_raw_folder_is_cached_until_a_file_changes(folder, tmp_path, monkeypatch
     changed = load_fundus_dataset(folder, cache_dir=str(tmp_path / "cache"))
     assert len(calls) == 2 and changed._fingerprint != first._fingerprint
     assert not np.asarray(changed[0]["disc_mask"]).any()
+
+
+def test_push_to_hub_only_when_asked_and_keeps_the_hub_configs(folder, tmp_path, monkeypatch):
+    """No network: the Hub calls are replaced, and the card pushed must be ours plus the Hub's ``configs``."""
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import build_dataset as script
+
+    pushed, load = {}, DatasetCard.load.__func__
+    hub_card = DatasetCard("---\nconfigs:\n- config_name: default\n  data_files: data/*.parquet\n---\nauto\n")
+    monkeypatch.setattr(datasets.Dataset, "push_to_hub", lambda self, repo, **k: pushed.update(data=(repo, len(self))))
+    monkeypatch.setattr(DatasetCard, "load", classmethod(lambda cls, p, **k: load(cls, p) if os.path.exists(p) else hub_card))
+    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo, **k: pushed.update(card=(repo, self.content)))
+    script.main(script.parse_args(["--folder_dir", folder, "--output_dir", str(tmp_path / "a")]))
+    assert pushed == {}
+    script.main(script.parse_args(["--folder_dir", folder, "--output_dir", str(tmp_path / "b"), "--push_to_hub", "me/fundus"]))
+    assert pushed["data"] == ("me/fundus", 3) and pushed["card"][0] == "me/fundus"
+    card = yaml.safe_load(pushed["card"][1].split("---")[1])
+    assert card["configs"][0]["config_name"] == "default" and card["fundus_diffusion"]["num_samples"] == 3

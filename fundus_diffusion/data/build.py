@@ -72,6 +72,7 @@ class BuildReport:
     excluded: List[Tuple[str, str]] = field(default_factory=list)  # (image, reason) found by the readers
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (file, reason) bad files left out by skip_bad
     thresholded: List[str] = field(default_factory=list)  # non-binary masks thresholded at 128
+    images_only: int = 0  # images kept without a disc mask (require_masks=False): their disc_mask is empty
     notes: List[str] = field(default_factory=list)
 
     def counts(self, column: str) -> Dict[str, int]:
@@ -92,6 +93,8 @@ class BuildReport:
         lines.append(f"  skipped bad files (--skip_bad): {len(self.skipped)}")
         lines += [f"    {path}: {reason}" for path, reason in self.skipped]
         lines.append(f"  masks thresholded at 128 (not binary): {len(self.thresholded)}{_examples(self.thresholded)}")
+        if self.images_only:
+            lines.append(f"  kept without a disc mask (images only, disc_mask empty): {self.images_only}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -155,9 +158,7 @@ def scan_sources(
         seen[c.id] = c.image_path
     if labels:
         _apply_labels(candidates, labels, report)
-    images_only = sum(c.disc_path is None for c in candidates)
-    if images_only:
-        report.notes.append(f"{images_only} images kept without a disc mask (images only): their disc_mask is empty")
+    report.images_only = sum(c.disc_path is None for c in candidates)
     return candidates, report
 
 
@@ -306,7 +307,7 @@ def write_rows(
 
     features = fundus_features()
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    tmp, converted = f"{path}.{uuid.uuid4().hex}.tmp", []
     try:
         with ArrowWriter(features=features, path=tmp) as writer:
             results = ordered_map(_load_or_error, candidates, workers)
@@ -316,13 +317,14 @@ def write_rows(
                         raise result
                     report.skipped.append((result.path, result.reason))
                     continue
-                row, thresholded, converted = result
+                row, thresholded, was_converted = result
                 writer.write(features.encode_example(row))
                 report.kept.append((c.source, c.split, c.label, c.origin))
                 report.thresholded += thresholded
-                if converted:
-                    report.notes.append(f"{c.image_path}: converted to RGB")
+                converted += [c.image_path] * was_converted
             writer.finalize()
+        if converted:
+            report.notes.append(f"{len(converted)} images stored converted to RGB{_examples(converted)}")
         if not report.kept:
             raise nothing_left_error(report)
         os.replace(tmp, path)
@@ -366,6 +368,7 @@ def dataset_card(report: BuildReport, pretty_name: str = "Fundus photographs wit
             "excluded": {reason: len(p) for reason, p in _by_reason(report.excluded).items()},
             "skipped_bad_files": len(report.skipped),
             "thresholded_masks": len(report.thresholded),
+            "images_without_disc_mask": report.images_only,
         },
     )
     table = lambda title, d: "\n".join([f"| {title} | images |", "|---|---|", *(f"| {k} | {v} |" for k, v in d.items())])  # noqa: E731
@@ -409,6 +412,8 @@ papers below in anything that reports results on it.
 {table("excluded because", {reason: len(p) for reason, p in _by_reason(report.excluded).items()})}
 
 Bad files left out (`--skip_bad`): {len(report.skipped)}. Non-binary masks thresholded at 128: {len(report.thresholded)}.
+Images without a disc annotation (built with `--images_only`; their `disc_mask` is empty and is not a
+segmentation target): {report.images_only}.
 
 ## Loading
 
