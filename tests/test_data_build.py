@@ -188,3 +188,14 @@ def test_push_to_hub_only_when_asked_and_keeps_the_hub_configs(folder, tmp_path,
     assert pushed["data"] == ("me/fundus", 3) and pushed["card"][0] == "me/fundus"
     card = yaml.safe_load(pushed["card"][1].split("---")[1])
     assert card["configs"][0]["config_name"] == "default" and card["fundus_diffusion"]["num_samples"] == 3
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, str(SCRIPTS / "build_dataset.py"), "--adam_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SCRIPTS.parent)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "build_dataset.py: error: --adam_dir" in result.stderr and "ADAM 2020 layout" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -91,6 +91,8 @@ class FundusTrainingView(Dataset):
     def _build_cache(self, num_workers: Optional[int]):
         """Stream the preprocessed samples into a temporary ``.npy`` (plain writes, so RSS stays flat) and move it
         into place atomically: a killed build never leaves a half-written cache behind."""
+        from tqdm.auto import tqdm
+
         from .build import ordered_map
 
         workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
@@ -99,7 +101,8 @@ class FundusTrainingView(Dataset):
             with open(tmp, "wb") as f:
                 header = {"descr": "|u1", "fortran_order": False, "shape": self.shape}
                 np.lib.format.write_array_header_1_0(f, header)
-                for array in ordered_map(self._preprocess, range(len(self.dataset)), workers):
+                arrays = ordered_map(self._preprocess, range(len(self.dataset)), workers)
+                for array in tqdm(arrays, total=len(self.dataset), desc=f"Caching the {self.resolution} px view", leave=False):
                     f.write(array.tobytes())
             os.replace(tmp, self.cache_path)
         finally:
