@@ -1,7 +1,13 @@
 """What a training script needs: shared flags, the NaN guard and atomic checkpoints. Trainers live in submodules."""
 
-from .args import NonFiniteLossError, add_common_args, check_finite
-from .checkpointing import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .args import NonFiniteLossError, add_common_args, check_finite, make_accelerator
+from .checkpointing import (
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    save_folder_atomically,
+)
 
 __all__ = [
     "NonFiniteLossError",
@@ -10,5 +16,7 @@ __all__ = [
     "find_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "make_accelerator",
     "save_checkpoint",
+    "save_folder_atomically",
 ]

@@ -2,6 +2,7 @@
 
 import argparse
 import math
+import os
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -59,6 +60,25 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     hub.add_argument("--hub_model_id", default=None, help="Repository id; default: the name of --output_dir.")
     hub.add_argument("--hub_token", default=None, help="Default: the token saved by `hf auth login`.")
     return parser
+
+
+def make_accelerator(args, **kwargs):
+    """The ``Accelerator`` the common flags describe (TensorBoard under ``output_dir/logging_dir``)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
+    return Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.logger == "none" else args.logger,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+        ),
+        **kwargs,
+    )
 
 
 def check_finite(loss, step: int) -> None:

@@ -127,8 +127,12 @@ def save_folder_atomically(save_fn: Callable[[str], None], output_dir: str) -> N
     tmp = os.path.join(output_dir, f"{TMP_PREFIX}save")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    save_fn(tmp)
-    _fsync_tree(tmp)
+    try:
+        save_fn(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     names = sorted(os.listdir(tmp), key=lambda n: n in ("model_index.json", "config.json"))
     for name in names:
         target = os.path.join(output_dir, name)

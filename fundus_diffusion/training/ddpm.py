@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, num_channels, parse_mask_names
-from .args import add_common_args, check_finite
+from .args import add_common_args, check_finite, make_accelerator
 from .checkpointing import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_folder_atomically
 
 PRESETS = {
@@ -307,20 +307,12 @@ def _training_info(args, view, accelerator, global_step, num_epochs, seconds) ->
 
 def train(args) -> str:
     """Train as ``args`` say (see ``parse_args``) and return the folder holding the saved EMA pipeline."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import set_seed
 
     from ..data import FundusTrainingView, load_fundus_dataset
     from ..hub import push_folder
 
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.logger == "none" else args.logger,
-        project_config=ProjectConfiguration(
-            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
-        ),
-    )
+    accelerator = make_accelerator(args)
     if args.seed is not None:
         set_seed(args.seed)
     if not args.resume_from_checkpoint and list_checkpoints(args.output_dir):

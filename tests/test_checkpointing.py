@@ -1,0 +1,149 @@
+import json
+import math
+import os
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from fundus_diffusion.hub import push_folder, render_model_card
+from fundus_diffusion.training import (
+    NonFiniteLossError,
+    check_finite,
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    save_folder_atomically,
+)
+
+
+class Counter:
+    """A plain object with a state dict, as trainers register an EMA."""
+
+    def __init__(self):
+        self.value = 0
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
+
+@pytest.fixture
+def accelerated():
+    accelerator = Accelerator()
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    counter = Counter()
+    accelerator.register_for_checkpointing(counter)
+    return accelerator, model, optimizer, counter
+
+
+def test_save_rotates_and_load_restores(tmp_path, accelerated):
+    accelerator, model, optimizer, counter = accelerated
+    for step in range(1, 5):
+        counter.value = step
+        with torch.no_grad():
+            model.weight.fill_(step)
+        path = save_checkpoint(accelerator, str(tmp_path), step, total_limit=2)
+        assert path == str(tmp_path / f"checkpoint-{step}")
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-3", "checkpoint-4"]
+    assert json.loads((tmp_path / "checkpoint-4" / "training_state.json").read_text()) == {"step": 4}
+    assert (tmp_path / "checkpoint-4" / "model.safetensors").exists()
+
+    with torch.no_grad():
+        model.weight.zero_()
+    counter.value = 0
+    assert load_checkpoint(accelerator, find_checkpoint(str(tmp_path), "checkpoint-3")) == 3
+    assert counter.value == 3 and torch.all(model.weight == 3)
+    with pytest.raises(FileExistsError):
+        save_checkpoint(accelerator, str(tmp_path), 4)
+
+
+def test_interrupted_saves_never_look_complete(tmp_path, accelerated):
+    accelerator = accelerated[0]
+    save_checkpoint(accelerator, str(tmp_path), 10)
+    # What a SIGKILL can leave behind: a half-written save and a half-deleted old checkpoint.
+    (tmp_path / ".tmp-checkpoint-20").mkdir()
+    (tmp_path / ".tmp-checkpoint-20" / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / ".tmp-delete-checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-30").mkdir()  # not ours / incomplete: no training_state.json
+    (tmp_path / "notes.txt").write_text("keep me")
+
+    assert [s for s, _ in list_checkpoints(str(tmp_path))] == [10]
+    assert find_checkpoint(str(tmp_path), "latest") == str(tmp_path / "checkpoint-10")
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        find_checkpoint(str(tmp_path), "checkpoint-30")
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        find_checkpoint(str(tmp_path), str(tmp_path / "checkpoint-99"))
+    assert find_checkpoint(str(tmp_path / "empty"), "latest") is None
+    assert find_checkpoint(str(tmp_path), None) is None
+
+    save_checkpoint(accelerator, str(tmp_path), 20, total_limit=1)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-20", "checkpoint-30", "notes.txt"]
+
+
+def test_save_folder_atomically_replaces_only_after_success(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "weights").write_text("old")
+    (tmp_path / "model_index.json").write_text("old")
+
+    def failing(folder):
+        os.makedirs(os.path.join(folder, "unet"))
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        save_folder_atomically(failing, str(tmp_path))
+    assert (tmp_path / "unet" / "weights").read_text() == "old" and sorted(os.listdir(tmp_path)) == [
+        "model_index.json",
+        "unet",
+    ]
+
+    def good(folder):
+        os.makedirs(os.path.join(folder, "unet"))
+        with open(os.path.join(folder, "unet", "weights"), "w") as f:
+            f.write("new")
+        with open(os.path.join(folder, "model_index.json"), "w") as f:
+            f.write("new")
+
+    save_folder_atomically(good, str(tmp_path))
+    assert (tmp_path / "unet" / "weights").read_text() == "new" and (tmp_path / "model_index.json").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["model_index.json", "unet"]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, torch.tensor(float("nan")), torch.tensor([1.0, -math.inf])])
+def test_check_finite_raises(bad):
+    with pytest.raises(NonFiniteLossError, match="at or before step 7"):
+        check_finite(bad, 7)
+
+
+def test_check_finite_passes_finite_losses():
+    check_finite(torch.tensor(0.5), 1)
+    check_finite(2.0, 1)
+
+
+def test_push_folder_leaves_checkpoints_out(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    for name in ("model_index.json", "unet/model.safetensors", "checkpoint-5/optimizer.bin", ".tmp-save/x", "logs/ev"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    uploaded = {}
+
+    def fake_upload_folder(repo_id, folder_path, ignore_patterns, **kwargs):
+        files = [p.relative_to(folder_path).as_posix() for p in folder_path.rglob("*") if p.is_file()]
+        uploaded[repo_id] = sorted(filter_repo_objects(files, ignore_patterns=ignore_patterns))
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: type("R", (), {"repo_id": repo_id}))
+    monkeypatch.setattr(huggingface_hub, "upload_folder", fake_upload_folder)
+    assert push_folder(tmp_path, "me/fundus") == "https://huggingface.co/me/fundus"
+    assert uploaded["me/fundus"] == ["model_index.json", "unet/model.safetensors"]
+
+
+def test_model_card_needs_every_variable():
+    with pytest.raises(Exception, match="undefined"):
+        render_model_card("ddpm", resolution=64)

@@ -1,0 +1,193 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UNet2DModel,
+    UniPCMultistepScheduler,
+)
+
+from fundus_diffusion import FundusPipeline, FundusPipelineOutput
+from fundus_diffusion.data import NUM_CLASS_EMBEDS
+
+
+def get_dummy_components(mask_names=("disc",), num_class_embeds=NUM_CLASS_EMBEDS, in_channels=None):
+    torch.manual_seed(0)
+    channels = in_channels or 3 + len(mask_names)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        attention_head_dim=4,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        num_class_embeds=num_class_embeds,
+    )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=50,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+    )
+    return {"unet": unet, "scheduler": scheduler, "mask_names": list(mask_names)}
+
+
+def get_dummy_inputs(device="cpu", seed=0):
+    return {
+        "batch_size": 2,
+        "class_labels": ["PM", "non-PM"],
+        "generator": torch.Generator(device).manual_seed(seed),
+        "num_inference_steps": 3,
+        "output_type": "np",
+    }
+
+
+def make_pipe(**kwargs):
+    pipe = FundusPipeline(**get_dummy_components(**kwargs))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("mask_names", [("disc",), ("disc", "atrophy")])
+def test_shapes_and_value_ranges(mask_names):
+    pipe = make_pipe(mask_names=mask_names)
+    out = pipe(**get_dummy_inputs())
+    assert isinstance(out, FundusPipelineOutput)
+    assert out.images.shape == (2, 8, 8, 3) and out.images.dtype == np.float32
+    assert out.images.min() >= 0 and out.images.max() <= 1
+    assert [sorted(m) for m in out.masks] == [sorted(mask_names)] * 2
+    for masks in out.masks:
+        for mask in masks.values():
+            assert mask.shape == (8, 8) and set(np.unique(mask)) <= {0.0, 1.0}
+
+    pil = pipe(**{**get_dummy_inputs(), "output_type": "pil"})
+    assert all(im.mode == "RGB" and im.size == (8, 8) for im in pil.images)
+    assert all(m.mode == "L" and set(np.unique(np.asarray(m))) <= {0, 255} for ms in pil.masks for m in ms.values())
+    np.testing.assert_allclose(np.stack([np.asarray(im) for im in pil.images]) / 255, out.images, atol=1 / 255)
+
+    pt = pipe(**{**get_dummy_inputs(), "output_type": "pt"})
+    assert pt.images.shape == (2, 3, 8, 8) and torch.is_tensor(pt.masks[0][mask_names[0]])
+
+
+def test_image_only_pipeline_has_three_channels_and_no_masks():
+    out = make_pipe(mask_names=())(**get_dummy_inputs())
+    assert out.images.shape == (2, 8, 8, 3) and out.masks == [{}, {}]
+
+
+def test_same_seed_same_samples_and_per_sample_generators():
+    pipe = make_pipe()
+    a, b = pipe(**get_dummy_inputs(seed=0)).images, pipe(**get_dummy_inputs(seed=0)).images
+    assert np.array_equal(a, b)
+    assert np.abs(a - pipe(**get_dummy_inputs(seed=1)).images).max() > 1e-3
+    # With one generator per sample, sample i does not depend on the rest of the batch.
+    batch = pipe(**{**get_dummy_inputs(), "generator": [torch.Generator().manual_seed(s) for s in (7, 8)]}).images
+    alone = pipe(
+        **{
+            **get_dummy_inputs(),
+            "batch_size": 1,
+            "class_labels": ["non-PM"],
+            "generator": torch.Generator().manual_seed(8),
+        }
+    ).images
+    np.testing.assert_allclose(batch[1], alone[0], atol=1e-5)
+
+
+def test_dict_and_tuple_outputs_match():
+    pipe = make_pipe()
+    out = pipe(**get_dummy_inputs())
+    images, masks = pipe(**get_dummy_inputs(), return_dict=False)
+    assert np.array_equal(out.images, images)
+    assert all(np.array_equal(out.masks[i]["disc"], masks[i]["disc"]) for i in range(2))
+
+
+@pytest.mark.parametrize(
+    "scheduler_class",
+    [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerDiscreteScheduler],
+)
+def test_any_scheduler_runs(scheduler_class):
+    pipe = make_pipe()
+    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    out = pipe(**get_dummy_inputs())
+    assert out.images.shape == (2, 8, 8, 3) and np.isfinite(out.images).all()
+
+
+def test_classifier_free_guidance_changes_samples_and_needs_labels():
+    pipe = make_pipe()
+    plain = pipe(**get_dummy_inputs()).images
+    guided = pipe(**get_dummy_inputs(), guidance_scale=3.0).images
+    assert np.isfinite(guided).all() and np.abs(plain - guided).max() > 1e-4
+    unconditional = pipe(**{**get_dummy_inputs(), "class_labels": None}).images
+    assert np.isfinite(unconditional).all()
+    with pytest.raises(ValueError, match="guidance"):
+        pipe(**{**get_dummy_inputs(), "class_labels": None}, guidance_scale=2.0)
+
+
+def test_labels_accept_names_ids_and_unknown():
+    pipe = make_pipe()
+    assert pipe.class_ids(["PM", 0, None, -1], 4).tolist() == [1, 0, 2, 2]
+    assert pipe.class_ids("PM", 3).tolist() == [1, 1, 1]
+
+
+def test_bad_inputs_raise():
+    pipe = make_pipe()
+    with pytest.raises(ValueError, match="Unknown class label 'drusen'"):
+        pipe(**{**get_dummy_inputs(), "class_labels": ["PM", "drusen"]})
+    with pytest.raises(ValueError, match="Unknown class label 5"):
+        pipe(**{**get_dummy_inputs(), "class_labels": [5, 0]})
+    with pytest.raises(ValueError, match="3 class labels for a batch of 2"):
+        pipe(**{**get_dummy_inputs(), "class_labels": ["PM"] * 3})
+    with pytest.raises(ValueError, match="multiples of 2"):
+        pipe(**get_dummy_inputs(), resolution=7)
+    with pytest.raises(ValueError, match="need a UNet with 5 input and output channels"):
+        FundusPipeline(**get_dummy_components(mask_names=("disc", "atrophy"), in_channels=4))
+    with pytest.raises(ValueError, match="class embeddings"):
+        FundusPipeline(**get_dummy_components(num_class_embeds=2))
+    unconditional = make_pipe(num_class_embeds=None)
+    assert unconditional(**{**get_dummy_inputs(), "class_labels": None}).images.shape == (2, 8, 8, 3)
+    with pytest.raises(ValueError, match="unconditional"):
+        unconditional(**get_dummy_inputs())
+
+
+def test_save_load_round_trip_in_this_and_a_fresh_process(tmp_path):
+    pipe = make_pipe(mask_names=("disc", "atrophy"))
+    expected = pipe(**get_dummy_inputs()).images
+    pipe.save_pretrained(tmp_path, metrics=[{"name": "FID", "value": 12.5, "notes": "test"}])
+
+    files = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert {"model_index.json", "README.md", "unet/diffusion_pytorch_model.safetensors"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == "FundusPipeline" and index["mask_names"] == ["disc", "atrophy"]
+    card = (tmp_path / "README.md").read_text()
+    assert "library_name: diffusers" in card and "not for clinical use" in card
+    assert "| FID | 12.5 | test |" in card and "| 4 | atrophy mask |" in card
+
+    loaded = FundusPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.id2label == {0: "non-PM", 1: "PM"}
+    np.testing.assert_allclose(loaded(**get_dummy_inputs()).images, expected, atol=1e-4)
+
+    np.save(tmp_path / "expected.npy", expected)
+    script = (
+        "import sys, numpy as np, torch\n"
+        "from fundus_diffusion import FundusPipeline\n"
+        "pipe = FundusPipeline.from_pretrained(sys.argv[1])\n"
+        "pipe.set_progress_bar_config(disable=True)\n"
+        "out = pipe(batch_size=2, class_labels=['PM', 'non-PM'], generator=torch.Generator().manual_seed(0),\n"
+        "           num_inference_steps=3, output_type='np')\n"
+        "np.testing.assert_allclose(out.images, np.load(sys.argv[1] + '/expected.npy'), atol=1e-4)\n"
+        "print('fresh process ok', sorted(out.masks[0]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fresh process ok ['atrophy', 'disc']" in result.stdout

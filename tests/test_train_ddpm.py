@@ -1,0 +1,170 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fundus_diffusion import FundusPipeline
+from fundus_diffusion.training import NonFiniteLossError, ddpm, list_checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they oversubscribe it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_args(output_dir, cache_dir, *extra):
+    return [
+        "--model_config", "tiny", "--dataset", "phantom:8", "--resolution", "16", "--train_batch_size", "4",
+        "--output_dir", str(output_dir), "--cache_dir", str(cache_dir), "--seed", "0", "--logging_steps", "1",
+        "--num_validation_images", "2", "--validation_inference_steps", "2", "--lr_warmup_steps", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("fundus-cache")
+
+
+def run_subprocess(argv, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+    return result
+
+
+def steps(output_dir):
+    return [s for s, _ in list_checkpoints(str(output_dir))]
+
+
+def test_paper_preset_and_schedule_facts():
+    paper = ddpm.parse_args(["--preset", "paper", "--output_dir", "x"])
+    assert (paper.resolution, paper.train_batch_size, paper.num_train_timesteps) == (64, 8, 300)
+    assert (paper.beta_start, paper.beta_end, paper.ema_decay, paper.learning_rate) == (1e-4, 0.02, 0.995, 3e-4)
+    assert paper.model_config == "paper" and paper.prediction_type == "epsilon"
+    assert ddpm.final_alpha_bar(ddpm.make_noise_scheduler(paper)) == pytest.approx(0.048, abs=1e-3)
+    ours = ddpm.parse_args(["--output_dir", "x", "--resolution", "64", "--learning_rate", "2e-4"])
+    assert ours.learning_rate == 2e-4 and ours.model_config == "base64" and ours.prediction_type == "v_prediction"
+    assert ddpm.final_alpha_bar(ddpm.make_noise_scheduler(ours)) < 1e-8
+
+
+def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
+    result = run_subprocess(
+        launch
+        + ["scripts/train_ddpm.py"]
+        + tiny_args(out, cache_dir, "--max_train_steps", "4", "--checkpointing_steps", "1")
+        + ["--checkpoints_total_limit", "2", "--validation_steps", "4", "--masks", "disc,atrophy"]
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert steps(out) == [3, 4]
+    assert (out / "validation" / "step-0000004.png").exists()
+    assert any(name.startswith("events.out.tfevents") for _, _, names in os.walk(out / "logs") for name in names)
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").exists() and (out / "README.md").exists()
+    assert json.loads((out / "model_index.json").read_text())["training_info"]["steps"] == 4
+
+    # Resume in-process: the step count, optimizer, LR schedule and EMA continue from checkpoint-4.
+    args = ddpm.parse_args(
+        tiny_args(
+            out, cache_dir, "--max_train_steps", "6", "--checkpointing_steps", "1", "--checkpoints_total_limit", "2"
+        )
+        + [
+            "--validation_steps",
+            "100",
+            "--logger",
+            "none",
+            "--resume_from_checkpoint",
+            "latest",
+            "--masks",
+            "disc,atrophy",
+        ]
+    )
+    ddpm.train(args)
+    assert steps(out) == [5, 6]
+    ema_state = torch.load(out / "checkpoint-6" / "custom_checkpoint_0.pkl", weights_only=True)
+    assert int(ema_state["step"]) == 6  # the EMA saw every step, none twice
+    pipe = FundusPipeline.from_pretrained(out)
+    assert pipe.config.mask_names == ["disc", "atrophy"] and pipe.config.training_info["steps"] == 6
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, cache_dir):
+    common = ["--checkpointing_steps", "2", "--validation_steps", "100", "--logger", "none"]
+    ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "straight", cache_dir, "--max_train_steps", "4", *common)))
+    ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "split", cache_dir, "--max_train_steps", "2", *common)))
+    ddpm.train(
+        ddpm.parse_args(
+            tiny_args(
+                tmp_path / "split", cache_dir, "--max_train_steps", "4", "--resume_from_checkpoint", "latest", *common
+            )
+        )
+    )
+    straight = load_file(tmp_path / "straight" / "unet" / "diffusion_pytorch_model.safetensors")
+    split = load_file(tmp_path / "split" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert straight.keys() == split.keys()
+    for key in straight:
+        torch.testing.assert_close(split[key], straight[key], rtol=0, atol=1e-6)
+
+
+def test_sigkill_during_a_save_resumes_from_the_last_complete_checkpoint(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    # Kill the process with SIGKILL after accelerate has written the second checkpoint, before it is renamed.
+    script = (
+        "import os, signal, sys\n"
+        "from accelerate import Accelerator\n"
+        "from fundus_diffusion.training import ddpm\n"
+        "save_state = Accelerator.save_state\n"
+        "def save_then_die(self, output_dir=None, **kwargs):\n"
+        "    save_state(self, output_dir, **kwargs)\n"
+        "    if output_dir.endswith('checkpoint-2'):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "Accelerator.save_state = save_then_die\n"
+        "ddpm.train(ddpm.parse_args(sys.argv[1:]))\n"
+    )
+    common = ["--checkpointing_steps", "1", "--validation_steps", "100", "--logger", "none"]
+    result = run_subprocess(
+        [sys.executable, "-c", script] + tiny_args(out, cache_dir, "--max_train_steps", "3", *common)
+    )
+    assert result.returncode == -9, result.stderr[-4000:]
+    assert steps(out) == [1] and (out / ".tmp-checkpoint-2" / "model.safetensors").exists()
+    assert not (out / "model_index.json").exists()
+
+    with pytest.raises(FileExistsError, match="resume_from_checkpoint latest"):
+        ddpm.train(ddpm.parse_args(tiny_args(out, cache_dir, "--max_train_steps", "3", *common)))
+    ddpm.train(
+        ddpm.parse_args(
+            tiny_args(out, cache_dir, "--max_train_steps", "3", "--resume_from_checkpoint", "latest", *common)
+        )
+    )
+    assert steps(out) == [1, 2, 3] and not (out / ".tmp-checkpoint-2").exists()
+    assert json.loads((out / "model_index.json").read_text())["training_info"]["steps"] == 3
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir, monkeypatch):
+    calls = []
+    real_loss = ddpm.diffusion_loss
+
+    def loss_going_nan(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr(ddpm, "diffusion_loss", loss_going_nan)
+    out = tmp_path / "run"
+    args = ddpm.parse_args(
+        tiny_args(out, cache_dir, "--max_train_steps", "6", "--checkpointing_steps", "2", "--validation_steps", "100")
+        + ["--logger", "none", "--logging_steps", "5"]
+    )
+    with pytest.raises(NonFiniteLossError, match="at or before step 4"):
+        ddpm.train(args)
+    assert steps(out) == [2] and not (out / "model_index.json").exists()
