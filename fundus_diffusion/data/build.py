@@ -33,8 +33,8 @@ _EXAMPLES = 5  # file names listed per reason in reports
 CITATIONS = {
     "PALM": """@article{fang2024palm,
   title   = {Open fundus photograph dataset with pathologic myopia recognition and anatomical structure annotation},
-  author  = {Fang, Huihui and Li, Fei and Wu, Junde and Fu, Huazhu and Sun, Xu and Orlando, Jos{\\'e} Ignacio and
-             Bogunovi{\\'c}, Hrvoje and Zhang, Xiulan and Xu, Yanwu},
+  author  = {Fang, Huihui and Li, Fei and Wu, Junde and Fu, Huazhu and Sun, Xu and Orlando, José Ignacio and
+             Bogunović, Hrvoje and Zhang, Xiulan and Xu, Yanwu},
   journal = {Scientific Data}, volume = {11}, pages = {99}, year = {2024}, doi = {10.1038/s41597-024-02911-2}
 }""",
     "ADAM": """@article{fang2022adam,
@@ -45,18 +45,18 @@ CITATIONS = {
 }""",
     "DRISHTI-GS1": """@inproceedings{sivaswamy2014drishti,
   title     = {Drishti-{GS}: Retinal image dataset for optic nerve head ({ONH}) segmentation},
-  author    = {Sivaswamy, Jayanthi and Krishnadas, S. R. and Joshi, Gopal Datt and Jain, Madhulika and Tabish, A. Ujjwaft Syed},
+  author    = {Sivaswamy, Jayanthi and Krishnadas, S. R. and Joshi, Gopal Datt and Jain, Madhulika and others},
   booktitle = {IEEE 11th International Symposium on Biomedical Imaging (ISBI)}, pages = {53--56}, year = {2014},
   doi       = {10.1109/ISBI.2014.6867807}
 }
 @article{sivaswamy2015drishti,
   title   = {A comprehensive retinal image dataset for the assessment of glaucoma from the optic nerve head analysis},
-  author  = {Sivaswamy, Jayanthi and Krishnadas, S. and Chakravarty, Arunava and Joshi, Gopal and Tabish, A. Syed},
+  author  = {Sivaswamy, Jayanthi and Krishnadas, S. and Chakravarty, Arunava and Joshi, Gopal Datt and others},
   journal = {JSM Biomedical Imaging Data Papers}, volume = {2}, number = {1}, pages = {1004}, year = {2015}
 }""",
     "DRIONS-DB": """@article{carmona2008drions,
   title   = {Identification of the optic nerve head with genetic algorithms},
-  author  = {Carmona, Enrique J. and Rinc{\\'o}n, Mariano and Garc{\\'i}a-Feijo{\\'o}, Julián and Mart{\\'i}nez-de-la-Casa, José M.},
+  author  = {Carmona, Enrique J. and Rincón, Mariano and García-Feijoó, Julián and Martínez-de-la-Casa, José M.},
   journal = {Artificial Intelligence in Medicine}, volume = {43}, number = {3}, pages = {243--259}, year = {2008},
   doi     = {10.1016/j.artmed.2008.04.005}
 }""",
@@ -343,6 +343,10 @@ def nothing_left_error(report: BuildReport) -> FundusDataError:
     )
 
 
+def _table(title: str, counts: Dict[str, int]) -> str:
+    return "\n".join([f"| {title} | images |", "|---|---|", *(f"| {k} | {v} |" for k, v in counts.items())])
+
+
 def citations_for(origins: Iterable[str]) -> List[str]:
     """BibTeX for the datasets among ``origins`` (matched by name: ``PALM``, ``DRISHTI-GS1``, ``drions``, ...)."""
     keys = {o.lower().split("-")[0].replace("folder:", "") for o in origins}
@@ -371,7 +375,6 @@ def dataset_card(report: BuildReport, pretty_name: str = "Fundus photographs wit
             "images_without_disc_mask": report.images_only,
         },
     )
-    table = lambda title, d: "\n".join([f"| {title} | images |", "|---|---|", *(f"| {k} | {v} |" for k, v in d.items())])  # noqa: E731
     citations = citations_for(counts["origin"])
     body = f"""# {pretty_name}
 
@@ -386,13 +389,13 @@ papers below in anything that reports results on it.
 
 {n} image + mask pairs.
 
-{table("source", counts["source"])}
+{_table("source", counts["source"])}
 
-{table("origin", counts["origin"])}
+{_table("origin", counts["origin"])}
 
-{table("split", counts["split"])}
+{_table("split", counts["split"])}
 
-{table("label", counts["label"])}
+{_table("label", counts["label"])}
 
 ## Fields
 
@@ -409,7 +412,7 @@ papers below in anything that reports results on it.
 
 ## Build
 
-{table("excluded because", {reason: len(p) for reason, p in _by_reason(report.excluded).items()})}
+{_table("excluded because", {r: len(p) for r, p in _by_reason(report.excluded).items()}) if report.excluded else "No image was excluded."}
 
 Bad files left out (`--skip_bad`): {len(report.skipped)}. Non-binary masks thresholded at 128: {len(report.thresholded)}.
 Images without a disc annotation (built with `--images_only`; their `disc_mask` is empty and is not a
