@@ -140,18 +140,21 @@ def parse_dcgan_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[st
 
 
 def discriminator_loss_real(kind: str, logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    logits = logits.float()  # losses in fp32 under autocast
     if kind == "hinge":
         return F.relu(1.0 - logits).mean()
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 - label_smoothing))
 
 
 def discriminator_loss_fake(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
     if kind == "hinge":
         return F.relu(1.0 + logits).mean()
     return F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
 
 
 def generator_loss(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
     if kind == "hinge":
         return -logits.mean()
     return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
