@@ -1,0 +1,267 @@
+"""DDPM training and sampling throughput on one device: our training step against a plain diffusers loop.
+
+    python benchmarks/train_ddpm_throughput.py --json reports/ddpm_throughput.json     # on a CUDA GPU, < 8 min
+    python benchmarks/train_ddpm_throughput.py --device cpu --tiny                     # syntax check
+
+Training rows: images/s and peak memory of (a) the baseline of diffusers' example scripts -- the same UNet with
+fp32 weights, bf16 autocast, eager, ``torch.optim.AdamW``, no EMA -- and (b) ``fundus_diffusion.training.ddpm``'s
+own ``training_step`` (bf16 via accelerate, channels-last, fused AdamW, foreach EMA update, with and without
+``torch.compile``), at 64 and 256 px on random batches. A memory row trains 256 px at batch 16 with gradient
+checkpointing (target: under 15 GiB, a free-notebook GPU). A loader row times the real data path (phantoms through
+``FundusTrainingView`` and a DataLoader) to show it outruns training. Sampling rows time ``FundusPipeline`` at
+256 px with DDPM (1000 steps), DDIM (50) and DPM-Solver++ (20) on untrained bf16 weights (speed only).
+"""
+
+import argparse
+import functools
+import gc
+import json
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from fundus_diffusion.data.schema import NUM_CLASS_EMBEDS, num_channels
+from fundus_diffusion.models.unet import build_unet
+from fundus_diffusion.training import ddpm
+
+MASKS = ("disc", "atrophy")
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, SXM parts
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="Tiny model, small sizes, few steps: a CPU syntax check.")
+    parser.add_argument("--warmup", type=int, default=10, help="Untimed steps per variant (compilation happens here).")
+    parser.add_argument("--steps", type=int, default=30, help="Timed training steps per variant.")
+    parser.add_argument("--batch_64", type=int, default=64)
+    parser.add_argument("--batch_256", type=int, default=16)
+    parser.add_argument("--sample_batch", type=int, default=16)
+    parser.add_argument("--ddpm_steps", type=int, default=1000)
+    parser.add_argument("--no_compile", action="store_true", help="Skip the torch.compile variant.")
+    parser.add_argument("--json", default=None, help="Also write the results to this file.")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.warmup, args.steps, args.batch_64, args.batch_256, args.sample_batch = 1, 2, 2, 2, 2
+        args.ddpm_steps = 10
+    return args
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_memory(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device):
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
+def random_batch(batch, resolution, device):
+    return {
+        "pixel_values": torch.rand(batch, num_channels(MASKS), resolution, resolution, device=device) * 2 - 1,
+        "class_labels": torch.randint(0, NUM_CLASS_EMBEDS, (batch,), device=device),
+    }
+
+
+def timed(step, device, warmup, steps):
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def flops_per_image(preset, resolution, device):
+    """Forward + backward FLOPs of one image (PyTorch's FLOP counter: convolutions, matmuls, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = build_unet(preset, resolution, num_channels(MASKS)).to(device)
+    batch = random_batch(1, resolution, device)
+    with FlopCounterMode(display=False) as counter:
+        out = unet(batch["pixel_values"], torch.tensor([10], device=device), class_labels=batch["class_labels"])
+        out.sample.float().mean().backward()
+    del unet
+    return counter.get_total_flops()
+
+
+def baseline_step(unet, optimizer, noise_scheduler, batch, device):
+    """The loop of diffusers' train_unconditional.py without EMA: fp32 weights, bf16 autocast, eager."""
+    x, labels = batch["pixel_values"], batch["class_labels"]
+    noise = torch.randn_like(x)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x.shape[0],), device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        pred = unet(noise_scheduler.add_noise(x, noise, t), t, class_labels=labels).sample
+    loss = F.mse_loss(pred.float(), noise_scheduler.get_velocity(x, noise, t).float())
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_row(name, preset, resolution, batch_size, device, args, flags=()):
+    """Run one variant and return its row. ``flags`` go to the DDPM trainer; ``None`` means the baseline."""
+    from accelerate import Accelerator
+
+    reset_memory(device)
+    batch = random_batch(batch_size, resolution, device)
+    if flags is None:
+        unet = build_unet(preset, resolution, num_channels(MASKS)).to(device).train()
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+        noise_scheduler = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "unused"]))
+        seconds = timed(
+            lambda: baseline_step(unet, optimizer, noise_scheduler, batch, device), device, args.warmup, args.steps
+        )
+        del unet, optimizer
+    else:
+        train_args = ddpm.parse_args(
+            ["--output_dir", "unused", "--resolution", str(resolution), "--model_config", preset]
+            + ["--masks", ",".join(MASKS), "--train_batch_size", str(batch_size), "--mixed_precision", "bf16", *flags]
+        )
+        accelerator = Accelerator(mixed_precision="bf16", cpu=device.type == "cpu")
+        training = ddpm.build_training(train_args, accelerator, num_training_steps=10_000)
+        training.unet.train()
+        seconds = timed(
+            lambda: ddpm.training_step(accelerator, training, batch, train_args), device, args.warmup, args.steps
+        )
+        accelerator.free_memory()
+        del training
+    return {
+        "section": "train",
+        "variant": name,
+        "model": preset,
+        "resolution": resolution,
+        "batch": batch_size,
+        "images_per_s": batch_size * args.steps / seconds,
+        "peak_gib": peak_gib(device),
+    }
+
+
+def loader_row(resolution, batch_size, args, device):
+    """Images/s of the trainer's data path (default: no worker processes): cached uint8 view -> batches -> device."""
+    from fundus_diffusion.data import FundusTrainingView, load_phantom_dataset
+
+    with tempfile.TemporaryDirectory() as cache:
+        view = FundusTrainingView(load_phantom_dataset(64, size=resolution), resolution, MASKS, cache_dir=cache)
+        loader = torch.utils.data.DataLoader(
+            view, batch_size=batch_size, shuffle=True, drop_last=True, pin_memory=device.type == "cuda"
+        )
+        images, start = 0, time.perf_counter()
+        for _ in range(max(1, args.steps // len(loader))):
+            for batch in loader:
+                batch["pixel_values"].to(device, non_blocking=True)
+                images += batch_size
+        sync(device)
+        seconds = time.perf_counter() - start
+    return {
+        "section": "data",
+        "variant": "FundusTrainingView + DataLoader",
+        "model": "-",
+        "resolution": resolution,
+        "batch": batch_size,
+        "images_per_s": images / seconds,
+        "peak_gib": float("nan"),
+    }
+
+
+def sampling_rows(preset, resolution, args, device):
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    reset_memory(device)
+    train_args = ddpm.parse_args(["--output_dir", "unused", "--masks", ",".join(MASKS)])
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    unet = build_unet(preset, resolution, num_channels(MASKS)).to(device, dtype).eval()
+    unet.to(memory_format=torch.channels_last)
+    pipeline = ddpm.make_pipeline(unet, ddpm.make_noise_scheduler(train_args), train_args)
+    pipeline.set_progress_bar_config(disable=True)
+    labels = (["PM", "non-PM"] * args.sample_batch)[: args.sample_batch]
+    sample = functools.partial(pipeline, batch_size=args.sample_batch, class_labels=labels, output_type="pt")
+    rows = []
+    for label, scheduler_class, steps in [
+        ("DDPM", DDPMScheduler, args.ddpm_steps),
+        ("DDIM", DDIMScheduler, 5 if args.tiny else 50),
+        ("DPM-Solver++", DPMSolverMultistepScheduler, 5 if args.tiny else 20),
+    ]:
+        pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)
+        sample(num_inference_steps=2)  # warm-up: kernels and allocator, not a full run
+        seconds = timed(functools.partial(sample, num_inference_steps=steps), device, warmup=0, steps=1)
+        rows.append(
+            {
+                "section": "sample",
+                "variant": f"{label}-{steps}",
+                "model": preset,
+                "resolution": resolution,
+                "batch": args.sample_batch,
+                "images_per_s": args.sample_batch / seconds,
+                "peak_gib": peak_gib(device),
+            }
+        )
+    return rows
+
+
+def print_table(rows, device_name, peak_tflops):
+    print(f"\nDevice: {device_name}\n")
+    print("| section | variant | model | px | batch | images/s | vs baseline | TFLOP/s | MFU | peak GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        base = next((b for b in rows if b["variant"] == "baseline" and b["resolution"] == r["resolution"]), None)
+        speedup = f"{r['images_per_s'] / base['images_per_s']:.2f}x" if base and r["section"] == "train" else ""
+        tflops = r.get("tflops_per_s")
+        mfu = f"{100 * tflops / peak_tflops:.0f}%" if tflops and peak_tflops else ""
+        print(
+            f"| {r['section']} | {r['variant']} | {r['model']} | {r['resolution']} | {r['batch']} | "
+            f"{r['images_per_s']:.1f} | {speedup} | {f'{tflops:.0f}' if tflops else ''} | {mfu} | {r['peak_gib']:.2f} |"
+        )
+
+
+def main(args):
+    device = torch.device(args.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak_tflops = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in device_name), None)
+    small, large = ("tiny", "tiny") if args.tiny else ("base64", "base256")
+    res_small, res_large = (16, 32) if args.tiny else (64, 256)
+    compile_ok = device.type == "cuda" and not args.no_compile
+
+    rows = []
+    for preset, resolution, batch in [(small, res_small, args.batch_64), (large, res_large, args.batch_256)]:
+        flops = flops_per_image(preset, resolution, device)
+        variants = [("baseline", None), ("ours, eager", ("--channels_last",))]
+        if compile_ok:
+            variants.append(("ours, compiled", ("--channels_last", "--compile")))
+        for name, flags in variants:
+            row = train_row(name, preset, resolution, batch, device, args, flags)
+            row["tflops_per_s"] = row["images_per_s"] * flops / 1e12
+            rows.append(row)
+            print(row, flush=True)
+    checkpointed = ("--channels_last", "--gradient_checkpointing")
+    rows.append(
+        train_row("ours, eager, gradient checkpointing", large, res_large, args.batch_256, device, args, checkpointed)
+    )
+    rows.append(loader_row(res_large, args.batch_256, args, device))
+    rows.extend(sampling_rows(large, res_large, args, device))
+    print_table(rows, device_name, peak_tflops)
+    if args.json:
+        import diffusers
+
+        versions = {"torch": torch.__version__, "diffusers": diffusers.__version__}
+        with open(args.json, "w") as f:
+            json.dump(
+                {"device": device_name, **versions, "warmup": args.warmup, "steps": args.steps, "rows": rows},
+                f,
+                indent=2,
+            )
+
+
+if __name__ == "__main__":
+    main(parse_args())
