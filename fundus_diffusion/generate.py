@@ -1,0 +1,381 @@
+"""Synthetic datasets from a trained fundus pipeline, written in the same schema as the real data.
+
+Sample ``i`` is drawn with its own ``torch.Generator("cpu").manual_seed(seed + i)``, so any sample can be made
+again alone (``regenerate``), whatever the batch it first came in. Rows stream to Arrow shards of ``shard_size``
+samples (written atomically, one batch in memory at a time), so an interrupted run resumes at the first missing
+shard; at the end the shards become one ``save_to_disk`` folder that ``load_fundus_dataset`` reads.
+
+Output folder::
+
+    dataset_info.json, state.json, data-*.arrow   the dataset (schema columns + ``seed``)
+    README.md                                     dataset card: model, sampler, steps, guidance, post-processing, seed
+    contact_sheet.png                             the first samples with their mask outlines
+    generation_config.json                        the settings, checked by --resume
+    png/                                          with --png: images/<n>.png, masks/<name>/<n>.png, metadata.csv
+"""
+
+import csv
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.schema import LABEL_NAMES, MASK_COLUMNS, UNKNOWN_LABEL, fundus_features, label_to_id
+from .visualization import contact_sheet
+
+PIPELINE_CLASSES = ("FundusPipeline", "FundusGANPipeline")
+SCHEDULERS = {
+    "ddpm": ("DDPMScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+}
+POSTPROCESSING = ("binarize", "largest_disc", "fill_holes")
+CONFIG_FILE = "generation_config.json"
+SHARDS_DIR = "shards"
+# Settings that do not change a sample: a resumed run may use other values.
+RESUMABLE_DIFFERENCES = ("batch_size", "device")
+
+
+def read_model_index(path_or_hub_id: str) -> dict:
+    """``model_index.json`` of a local folder or a Hub repository."""
+    if os.path.isdir(path_or_hub_id):
+        path = os.path.join(path_or_hub_id, "model_index.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path_or_hub_id} has no model_index.json: it is not a saved fundus pipeline.")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(path_or_hub_id, "model_index.json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_fundus_pipeline(path_or_hub_id: str, scheduler: Optional[str] = None, device: Optional[str] = None):
+    """A ``FundusPipeline`` or ``FundusGANPipeline``, chosen by ``_class_name`` in ``model_index.json``.
+
+    ``scheduler`` (one of ``SCHEDULERS``) replaces a diffusion pipeline's scheduler, built from its config.
+    """
+    class_name = read_model_index(path_or_hub_id).get("_class_name")
+    if class_name not in PIPELINE_CLASSES:
+        raise ValueError(
+            f"{path_or_hub_id} holds a {class_name!r} pipeline; generate.py loads {' or '.join(PIPELINE_CLASSES)}."
+        )
+    import fundus_diffusion
+
+    pipe = getattr(fundus_diffusion, class_name).from_pretrained(path_or_hub_id)
+    if scheduler is not None:
+        if not hasattr(pipe, "scheduler"):
+            raise ValueError(f"--scheduler {scheduler} applies to diffusion models; {class_name} has no scheduler.")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"Unknown scheduler {scheduler!r}: choose from {', '.join(SCHEDULERS)}.")
+        import diffusers
+
+        scheduler_class, overrides = SCHEDULERS[scheduler]
+        pipe.scheduler = getattr(diffusers, scheduler_class).from_config(pipe.scheduler.config, **overrides)
+    return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def is_class_conditional(pipe) -> bool:
+    model = pipe.unet if hasattr(pipe, "unet") else pipe.gan_generator
+    return bool(model.config.num_class_embeds)
+
+
+def parse_label_counts(spec: Optional[str]) -> Dict[str, int]:
+    """``"PM=600,non-PM=400"`` -> ``{"PM": 600, "non-PM": 400}`` (names checked against the schema's labels)."""
+    if not spec:
+        return {}
+    counts = {}
+    for part in spec.split(","):
+        name, sep, count = part.partition("=")
+        name = name.strip()
+        if not sep or not count.strip().isdigit():
+            raise ValueError(f"--labels takes NAME=COUNT pairs such as 'PM=600,non-PM=400'; got {part!r}.")
+        label_to_id(name)  # raises on an unknown name
+        counts[name] = counts.get(name, 0) + int(count)
+    return counts
+
+
+def interleave_labels(counts: Dict[str, int]) -> List[str]:
+    """Labels in a deterministic, evenly mixed order (any prefix of the dataset has about the requested shares)."""
+    keyed = [((k + 0.5) / n, i, name) for i, (name, n) in enumerate(counts.items()) for k in range(n)]
+    return [name for _, _, name in sorted(keyed)]
+
+
+def postprocess_masks(masks: Dict[str, Image.Image], steps: Sequence[str]) -> Dict[str, Image.Image]:
+    """Apply ``binarize`` (>= 128 -> 255), ``largest_disc`` (keep the disc's largest 8-connected component) and
+    ``fill_holes`` (every mask), in the order given."""
+    if not steps:
+        return masks
+    from scipy import ndimage
+
+    arrays = {name: np.asarray(m.convert("L")) >= 128 for name, m in masks.items()}  # binarize is implied here
+    for step in steps:
+        if step == "largest_disc" and "disc" in arrays and arrays["disc"].any():
+            labelled, n = ndimage.label(arrays["disc"], structure=np.ones((3, 3)))
+            arrays["disc"] = labelled == 1 + int(np.argmax(ndimage.sum(arrays["disc"], labelled, range(1, n + 1))))
+        elif step == "fill_holes":
+            arrays = {name: ndimage.binary_fill_holes(a) for name, a in arrays.items()}
+        elif step not in POSTPROCESSING:
+            raise ValueError(f"Unknown post-processing {step!r}: choose from {', '.join(POSTPROCESSING)}.")
+    return {name: Image.fromarray(a.astype(np.uint8) * 255, mode="L") for name, a in arrays.items()}
+
+
+@dataclass
+class GenerationConfig:
+    model: str
+    num_samples: int
+    labels: Dict[str, int] = field(default_factory=dict)  # empty: unconditional (label -1)
+    scheduler: Optional[str] = None  # None: the pipeline's own
+    num_inference_steps: Optional[int] = None
+    guidance_scale: float = 1.0
+    seed: int = 0
+    postprocess: List[str] = field(default_factory=list)
+    shard_size: int = 256
+    png: bool = False
+    batch_size: int = 64
+    device: Optional[str] = None
+
+    def __post_init__(self):
+        if self.labels and sum(self.labels.values()) != self.num_samples:
+            raise ValueError(f"--labels {self.labels} add up to {sum(self.labels.values())}, not --num_samples {self.num_samples}.")
+        if self.num_samples < 1 or self.batch_size < 1 or self.shard_size < 1:
+            raise ValueError("num_samples (or the sum of --labels), batch_size and shard_size must be positive.")
+        unknown = set(self.postprocess) - set(POSTPROCESSING)
+        if unknown:
+            raise ValueError(f"Unknown post-processing {sorted(unknown)}: choose from {', '.join(POSTPROCESSING)}.")
+
+    @property
+    def model_name(self) -> str:
+        return os.path.basename(os.path.normpath(self.model)) if os.path.isdir(self.model) else self.model
+
+    def sample_labels(self) -> List[Optional[str]]:
+        return interleave_labels(self.labels) if self.labels else [None] * self.num_samples
+
+
+def generate_samples(pipe, seeds: Sequence[int], labels: Sequence[Optional[str]], config: GenerationConfig):
+    """Images and post-processed masks for one batch; sample ``k`` depends only on ``seeds[k]`` and ``labels[k]``."""
+    out = pipe(
+        batch_size=len(seeds),
+        class_labels=None if all(label is None for label in labels) else list(labels),
+        generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
+        num_inference_steps=config.num_inference_steps,
+        guidance_scale=config.guidance_scale,
+        output_type="pil",
+    )
+    return out.images, [postprocess_masks(m, config.postprocess) for m in out.masks]
+
+
+def regenerate(pipe, config: GenerationConfig, index: int) -> Tuple[Image.Image, Dict[str, Image.Image]]:
+    """Sample ``index`` of the dataset ``config`` describes, made again alone."""
+    images, masks = generate_samples(pipe, [config.seed + index], [config.sample_labels()[index]], config)
+    return images[0], masks[0]
+
+
+def _row(config: GenerationConfig, index: int, label, image, masks, mask_names) -> dict:
+    empty = Image.new("L", image.size, 0)
+    return {
+        "id": f"synthetic:{config.model_name}/{index:06d}",
+        "source": f"synthetic:{config.model_name}",
+        "split": "train",
+        "image": image,
+        # A model without a disc channel has no disc annotation (None); without atrophy, the schema's empty mask.
+        "disc_mask": masks.get("disc"),
+        "atrophy_mask": masks.get("atrophy", empty),
+        "has_atrophy_annotation": "atrophy" in mask_names,
+        "label": UNKNOWN_LABEL if label is None else label_to_id(label),
+        "seed": config.seed + index,
+    }
+
+
+def synthetic_features():
+    """The schema's features plus each sample's ``seed``."""
+    from datasets import Value
+
+    features = fundus_features()
+    features["seed"] = Value("int64")
+    return features
+
+
+def _write_png(png_dir: str, index: int, image, masks):
+    os.makedirs(os.path.join(png_dir, "images"), exist_ok=True)
+    image.save(os.path.join(png_dir, "images", f"{index:06d}.png"))
+    for name, mask in masks.items():
+        os.makedirs(os.path.join(png_dir, "masks", name), exist_ok=True)
+        mask.save(os.path.join(png_dir, "masks", name, f"{index:06d}.png"))
+
+
+def _write_shard(pipe, config: GenerationConfig, shard: int, labels, mask_names, path: str, png_dir: str, progress):
+    """Generate samples ``[shard * shard_size, ...)`` batch by batch into ``path`` (atomically renamed at the end)."""
+    from datasets.arrow_writer import ArrowWriter
+
+    features = synthetic_features()
+    start, stop = shard * config.shard_size, min((shard + 1) * config.shard_size, config.num_samples)
+    tmp = f"{path}.tmp"
+    with ArrowWriter(features=features, path=tmp, writer_batch_size=config.batch_size) as writer:
+        for first in range(start, stop, config.batch_size):
+            indices = range(first, min(first + config.batch_size, stop))
+            images, masks = generate_samples(pipe, [config.seed + i for i in indices], [labels[i] for i in indices], config)
+            for i, image, mask in zip(indices, images, masks):
+                writer.write(features.encode_example(_row(config, i, labels[i], image, mask, mask_names)))
+                if config.png:
+                    _write_png(png_dir, i, image, mask)
+            progress.update(len(indices))
+        writer.finalize()
+    os.replace(tmp, path)
+
+
+def _check_resume(output_dir: str, config: GenerationConfig, resume: bool):
+    """Refuse to overwrite, and refuse to resume with settings that would change the samples."""
+    path = os.path.join(output_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        if os.path.isdir(output_dir) and os.listdir(output_dir):
+            raise FileExistsError(f"{output_dir} exists and is not a generation output; choose an empty --output_dir.")
+        return
+    if not resume:
+        raise FileExistsError(f"{output_dir} already holds a generation run; pass --resume to continue it, or choose another --output_dir.")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    current = asdict(config)
+    changed = {k: (saved.get(k), v) for k, v in current.items() if k not in RESUMABLE_DIFFERENCES and saved.get(k) != v}
+    if changed:
+        raise ValueError(f"--resume with other settings than the run in {output_dir}: {changed} (saved, now).")
+
+
+def generate_dataset(pipe, config: GenerationConfig, output_dir: str, resume: bool = False):
+    """Generate ``config.num_samples`` samples into ``output_dir`` (see the module docstring); return the dataset."""
+    from datasets import Dataset as HFDataset
+    from datasets import DatasetInfo, concatenate_datasets, load_from_disk
+    from tqdm.auto import tqdm
+
+    _check_resume(output_dir, config, resume)
+    if config.labels and not is_class_conditional(pipe):
+        raise ValueError("--labels needs a class-conditional model; this one is unconditional.")
+    if os.path.exists(os.path.join(output_dir, "state.json")):  # a finished run
+        return load_from_disk(output_dir)
+    os.makedirs(os.path.join(output_dir, SHARDS_DIR), exist_ok=True)
+    with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+        json.dump(asdict(config), f, indent=2)
+
+    mask_names = list(pipe.config.mask_names)
+    labels = config.sample_labels()
+    num_shards = -(-config.num_samples // config.shard_size)
+    paths = [os.path.join(output_dir, SHARDS_DIR, f"shard-{k:05d}.arrow") for k in range(num_shards)]
+    done = [os.path.exists(p) for p in paths]
+    finished = sum(min(config.shard_size, config.num_samples - k * config.shard_size) for k in range(num_shards) if done[k])
+    pipe.set_progress_bar_config(disable=True)
+    with tqdm(total=config.num_samples, initial=finished, unit="sample", desc="Generating", smoothing=0.1) as progress:
+        for shard, path in enumerate(paths):
+            if not done[shard]:
+                _write_shard(pipe, config, shard, labels, mask_names, path, os.path.join(output_dir, "png"), progress)
+
+    info = DatasetInfo(features=synthetic_features(), description=f"Synthetic fundus samples from {config.model}")
+    concatenate_datasets([HFDataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
+    shutil.rmtree(os.path.join(output_dir, SHARDS_DIR))
+    dataset = load_from_disk(output_dir)
+    write_extras(dataset, pipe, config, output_dir)
+    return dataset
+
+
+def write_extras(dataset, pipe, config: GenerationConfig, output_dir: str, sheet_samples: int = 64):
+    """The contact sheet, the dataset card and, with ``png``, ``png/metadata.csv``."""
+    first = dataset.select(range(min(sheet_samples, len(dataset))))
+    mask_names = list(pipe.config.mask_names)
+    label_name = dataset.features["label"].int2str
+    captions = [label_name(label) if label >= 0 else "uncond." for label in list(first["label"])]
+    masks = [{name: row[MASK_COLUMNS[name]] for name in mask_names} for row in first]
+    contact_sheet(list(first["image"]), masks, captions=captions).save(os.path.join(output_dir, "contact_sheet.png"))
+    if config.png:
+        with open(os.path.join(output_dir, "png", "metadata.csv"), "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "label", "split", "source", "seed"])
+            for row in dataset.select_columns(["id", "label", "source", "seed"]):
+                label = label_name(row["label"]) if row["label"] >= 0 else UNKNOWN_LABEL
+                writer.writerow([row["id"].rsplit("/", 1)[-1], label, "train", row["source"], row["seed"]])
+    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(dataset_card(pipe, config, dataset))
+
+
+def dataset_card(pipe, config: GenerationConfig, dataset) -> str:
+    """A Hub dataset card naming the model, sampler, steps, guidance, post-processing and seeds."""
+    is_gan = not hasattr(pipe, "scheduler")
+    counts = np.bincount(np.asarray(list(dataset["label"])) + 1, minlength=len(LABEL_NAMES) + 1)
+    label_counts = ", ".join(f"{name}: {counts[i + 1]}" for i, name in enumerate(LABEL_NAMES) if counts[i + 1])
+    if counts[0]:
+        label_counts = ", ".join(filter(None, [label_counts, f"unconditional (label -1): {counts[0]}"]))
+    steps = config.num_inference_steps or (None if is_gan else pipe.scheduler.config.num_train_timesteps)
+    sampler = "n/a (one generator pass)" if is_gan else f"{type(pipe.scheduler).__name__} ({config.scheduler or 'as saved'})"
+    resolution = dataset[0]["image"].size[0]
+    mask_names = list(pipe.config.mask_names)
+    call = (
+        f"pipe(batch_size=1, class_labels=[label], generator=[torch.Generator('cpu').manual_seed(seed)], "
+        f"num_inference_steps={config.num_inference_steps}, guidance_scale={config.guidance_scale})"
+    )
+    return f"""---
+tags:
+- fundus
+- ophthalmology
+- synthetic
+- image-segmentation
+- fundus-diffusion
+size_categories:
+- {"n<1K" if len(dataset) < 1000 else "1K<n<10K" if len(dataset) < 10000 else "10K<n<100K"}
+---
+
+# Synthetic fundus images with masks from `{config.model_name}`
+
+{len(dataset)} synthetic retinal fundus photographs ({resolution} x {resolution} px) with their
+{" and ".join(mask_names) or "(no)"} mask(s), generated with fundus-diffusion from the model `{config.model}`
+({type(pipe).__name__}).
+**Research use only — not for clinical use.** These images are not photographs of any patient; their realism and
+usefulness are measured, not assumed (`scripts/evaluate.py`).
+
+![contact sheet](contact_sheet.png)
+
+## Generation settings
+
+| setting | value |
+|---|---|
+| model | `{config.model}` ({type(pipe).__name__}) |
+| sampler | {sampler} |
+| inference steps | {steps if steps is not None else "n/a"} |
+| guidance scale | {"n/a (GAN)" if is_gan else config.guidance_scale} |
+| labels | {label_counts} |
+| mask post-processing | {", ".join(config.postprocess) or "none (the model's channel > 0)"} |
+| seed | sample *i* uses `torch.Generator("cpu").manual_seed({config.seed} + i)` (column `seed`) |
+
+## Columns
+
+The fundus-diffusion schema: `id`, `source` (`synthetic:{config.model_name}`), `split` (`train`), `image` (RGB),
+`disc_mask` and `atrophy_mask` (L, 255 = structure), `has_atrophy_annotation` ({"atrophy" in mask_names}: whether the
+model generates atrophy), `label` (ClassLabel {list(LABEL_NAMES)}, -1 = unconditional), plus `seed`.
+
+## Regenerate one sample
+
+```python
+import torch
+from fundus_diffusion.generate import load_fundus_pipeline, postprocess_masks
+pipe = load_fundus_pipeline("{config.model}", scheduler={config.scheduler!r})
+out = {call}
+masks = postprocess_masks(out.masks[0], {config.postprocess!r})
+```
+"""
+
+
+def push_dataset(output_dir: str, repo_id: str, token: Optional[str] = None, private: bool = False) -> str:
+    """Upload the card and contact sheet, then the dataset (``push_to_hub`` adds its schema to the card's YAML)."""
+    from datasets import load_from_disk
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private).repo_id
+    for name in ("README.md", "contact_sheet.png"):
+        api.upload_file(path_or_fileobj=os.path.join(output_dir, name), path_in_repo=name, repo_id=repo_id, repo_type="dataset")
+    load_from_disk(output_dir).push_to_hub(repo_id, token=token)
+    return f"https://huggingface.co/datasets/{repo_id}"

@@ -1,0 +1,64 @@
+"""Generate a synthetic fundus dataset (images + masks, the real data's schema) from a trained pipeline.
+
+    python scripts/generate.py --model runs/ddpm-256 --num_samples 1000 --labels PM=600,non-PM=400 \
+        --scheduler dpmsolver++ --num_inference_steps 20 --guidance_scale 2 --output_dir data/synthetic
+"""
+
+import argparse
+
+from fundus_diffusion.generate import (
+    POSTPROCESSING,
+    SCHEDULERS,
+    GenerationConfig,
+    generate_dataset,
+    load_fundus_pipeline,
+    parse_label_counts,
+    push_dataset,
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="A saved FundusPipeline / FundusGANPipeline folder or Hub id.")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--num_samples", type=int, default=None, help="Default: the sum of --labels.")
+    parser.add_argument("--labels", default=None, help="Counts per class, e.g. PM=600,non-PM=400. Default: unconditional.")
+    parser.add_argument("--scheduler", choices=list(SCHEDULERS), default=None, help="Default: the model's own scheduler.")
+    parser.add_argument("--num_inference_steps", type=int, default=None, help="Default: the full training chain.")
+    parser.add_argument("--guidance_scale", type=float, default=1.0, help="Classifier-free guidance (> 1 needs --labels).")
+    parser.add_argument("--seed", type=int, default=0, help="Sample i uses seed + i.")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--shard_size", type=int, default=256, help="Samples per on-disk shard (the unit of --resume).")
+    parser.add_argument("--postprocess", default="", help=f"Comma list, applied in order: {', '.join(POSTPROCESSING)}.")
+    parser.add_argument("--png", action="store_true", help="Also write png/images, png/masks/<name>, png/metadata.csv.")
+    parser.add_argument("--resume", action="store_true", help="Continue a partly written --output_dir.")
+    parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    parser.add_argument("--push_to_hub", default=None, metavar="REPO", help="Upload the dataset to this Hub dataset repo.")
+    return parser.parse_args(argv)
+
+
+def main(args):
+    labels = parse_label_counts(args.labels)
+    config = GenerationConfig(
+        model=args.model,
+        num_samples=args.num_samples if args.num_samples is not None else sum(labels.values()),
+        labels=labels,
+        scheduler=args.scheduler,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        postprocess=[p.strip() for p in args.postprocess.split(",") if p.strip()],
+        shard_size=args.shard_size,
+        png=args.png,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    pipe = load_fundus_pipeline(args.model, scheduler=args.scheduler, device=args.device)
+    dataset = generate_dataset(pipe, config, args.output_dir, resume=args.resume)
+    print(f"Wrote {len(dataset)} samples to {args.output_dir} (dataset card: {args.output_dir}/README.md)")
+    if args.push_to_hub:
+        print(f"Pushed to {push_dataset(args.output_dir, args.push_to_hub)}")
+
+
+if __name__ == "__main__":
+    main(parse_args())

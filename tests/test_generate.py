@@ -1,0 +1,175 @@
+import csv
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+
+from fundus_diffusion import FundusGANPipeline, FundusPipeline
+from fundus_diffusion.data import NUM_CLASS_EMBEDS, load_fundus_dataset
+from fundus_diffusion.generate import (
+    GenerationConfig,
+    generate_dataset,
+    interleave_labels,
+    load_fundus_pipeline,
+    parse_label_counts,
+    postprocess_masks,
+    regenerate,
+    synthetic_features,
+)
+from fundus_diffusion.models.dcgan import DCGANGenerator
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they oversubscribe it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny class-conditional DDPM (disc + atrophy) and a tiny unconditional DCGAN (disc), saved."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8, in_channels=5, out_channels=5, block_out_channels=(4, 8), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, num_class_embeds=NUM_CLASS_EMBEDS,
+    )  # fmt: skip
+    FundusPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=4), mask_names=["disc", "atrophy"]).save_pretrained(root / "ddpm")
+    FundusGANPipeline(gan_generator=DCGANGenerator(sample_size=8, out_channels=4, nz=8, ngf=4)).save_pretrained(root / "gan")
+    return {name: str(root / name) for name in ("ddpm", "gan")}
+
+
+def config(model, **kwargs):
+    defaults = dict(num_samples=5, seed=3, shard_size=2, batch_size=2, device="cpu")
+    return GenerationConfig(model=model, **{**defaults, **kwargs})
+
+
+def test_ddpm_generation_round_trips_through_the_schema(models, tmp_path):
+    pipe = load_fundus_pipeline(models["ddpm"], scheduler="ddim", device="cpu")
+    cfg = config(models["ddpm"], labels={"PM": 3, "non-PM": 2}, num_inference_steps=2, png=True, postprocess=["largest_disc"])
+    out = tmp_path / "syn"
+    generate_dataset(pipe, cfg, str(out))
+
+    dataset = load_fundus_dataset(str(out))
+    assert dataset.features == synthetic_features() and len(dataset) == 5
+    assert dataset["seed"] == [3, 4, 5, 6, 7]
+    assert dataset["label"] == [1, 0, 1, 0, 1]  # PM=3, non-PM=2, interleaved
+    assert set(dataset["source"]) == {"synthetic:ddpm"} and dataset[0]["id"] == "synthetic:ddpm/000000"
+    assert all(dataset["has_atrophy_annotation"]) and set(dataset["split"]) == {"train"}
+    row = dataset[4]
+    assert row["image"].mode == "RGB" and row["image"].size == (8, 8)
+    assert set(np.unique(np.asarray(row["disc_mask"]))) <= {0, 255}
+    assert not (out / "shards").exists()
+
+    image, masks = regenerate(pipe, cfg, 4)  # alone, not in its batch of origin
+    assert np.array_equal(np.asarray(image), np.asarray(row["image"]))
+    assert np.array_equal(np.asarray(masks["atrophy"]), np.asarray(row["atrophy_mask"]))
+
+    card = (out / "README.md").read_text()
+    for fact in ("DDIMScheduler", "| inference steps | 2 |", "largest_disc", "manual_seed(3 + i)", "non-PM: 2, PM: 3"):
+        assert fact in card
+    assert Image.open(out / "contact_sheet.png").size[0] > 0
+    assert (out / "png" / "masks" / "atrophy" / "000004.png").exists()
+    with open(out / "png" / "metadata.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["label"] for r in rows] == ["PM", "non-PM", "PM", "non-PM", "PM"] and rows[2]["id"] == "000002"
+    # The PNG layout is the generic folder layout: the data layer finds every image, mask and label.
+    from fundus_diffusion.data.folder import scan_folder
+
+    found = scan_folder(str(out / "png")).candidates
+    assert [c.label for c in found] == [1, 0, 1, 0, 1] and all(c.disc_path and c.has_atrophy_annotation for c in found)
+
+
+def test_unconditional_gan_generation(models, tmp_path):
+    pipe = load_fundus_pipeline(models["gan"], device="cpu")
+    dataset = generate_dataset(pipe, config(models["gan"], num_samples=3), str(tmp_path / "gan"))
+    assert dataset["label"] == [-1, -1, -1]
+    assert not any(dataset["has_atrophy_annotation"])
+    assert not np.asarray(dataset[0]["atrophy_mask"]).any() and dataset[0]["disc_mask"].size == (8, 8)
+    with pytest.raises(ValueError, match="no scheduler"):
+        load_fundus_pipeline(models["gan"], scheduler="ddim", device="cpu")
+    with pytest.raises(ValueError, match="class-conditional"):
+        generate_dataset(pipe, config(models["gan"], num_samples=2, labels={"PM": 2}), str(tmp_path / "gan2"))
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptingPipeline:
+    """Passes ``calls`` batches through, then fails like a killed job."""
+
+    def __init__(self, pipe, calls):
+        self.pipe, self.calls = pipe, calls
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __call__(self, **kwargs):
+        if self.calls == 0:
+            raise Interrupted
+        self.calls -= 1
+        return self.pipe(**kwargs)
+
+
+def test_shards_stream_and_resume_gives_the_uninterrupted_result(models, tmp_path):
+    pipe = load_fundus_pipeline(models["gan"], device="cpu")
+    cfg = config(models["gan"], num_samples=7, shard_size=3, batch_size=2)
+    with pytest.raises(Interrupted):
+        generate_dataset(InterruptingPipeline(pipe, calls=3), cfg, str(tmp_path / "run"))  # shard 0 = 2 batches
+    shards = sorted(p.name for p in (tmp_path / "run" / "shards").iterdir())
+    assert shards[0] == "shard-00000.arrow" and "shard-00001.arrow" not in shards  # a half shard is never committed
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        generate_dataset(pipe, cfg, str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="seed"):
+        generate_dataset(pipe, config(models["gan"], num_samples=7, shard_size=3, seed=4), str(tmp_path / "run"), resume=True)
+    resumed = generate_dataset(pipe, config(models["gan"], num_samples=7, shard_size=3, batch_size=3), str(tmp_path / "run"), resume=True)
+    fresh = generate_dataset(pipe, cfg, str(tmp_path / "fresh"))
+    assert resumed["id"] == fresh["id"] and resumed["seed"] == list(range(3, 10))
+    for a, b in zip(resumed["image"], fresh["image"]):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert json.loads((tmp_path / "run" / "generation_config.json").read_text())["batch_size"] == 3
+
+
+def test_generate_script(models, tmp_path):
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "generate.py"))
+    out = tmp_path / "cli"
+    script["main"](script["parse_args"](["--model", models["gan"], "--num_samples", "2", "--output_dir", str(out), "--device", "cpu", "--postprocess", "binarize,fill_holes"]))
+    assert len(load_fundus_dataset(str(out))) == 2 and "binarize, fill_holes" in (out / "README.md").read_text()
+
+
+def test_postprocessing():
+    disc = np.zeros((12, 12), np.uint8)
+    disc[1:4, 1:4] = 255  # small component
+    disc[6:11, 6:11] = 255  # large component with a hole
+    disc[8, 8] = 0
+    out = postprocess_masks({"disc": Image.fromarray(disc)}, ["largest_disc"])["disc"]
+    assert not np.asarray(out)[1:4, 1:4].any() and np.asarray(out)[6, 6] == 255 and np.asarray(out)[8, 8] == 0
+    filled = postprocess_masks({"disc": out}, ["fill_holes"])["disc"]
+    assert np.asarray(filled)[8, 8] == 255 and np.asarray(filled).sum() == 25 * 255
+    with pytest.raises(ValueError, match="Unknown post-processing"):
+        postprocess_masks({"disc": out}, ["smooth"])
+
+
+def test_labels_and_bad_settings(tmp_path):
+    assert parse_label_counts("PM=3, non-PM=1") == {"PM": 3, "non-PM": 1}
+    assert interleave_labels({"PM": 3, "non-PM": 1}) == ["PM", "PM", "non-PM", "PM"]
+    with pytest.raises(ValueError, match="Unknown class label"):
+        parse_label_counts("AMD=3")
+    with pytest.raises(ValueError, match="NAME=COUNT"):
+        parse_label_counts("PM")
+    with pytest.raises(ValueError, match="add up"):
+        GenerationConfig(model="m", num_samples=5, labels={"PM": 3})
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
+    with pytest.raises(ValueError, match="DDPMPipeline"):
+        load_fundus_pipeline(str(tmp_path))
