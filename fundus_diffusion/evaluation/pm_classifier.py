@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.schema import LABEL_NAMES
+from .augment import flip_and_jitter
 
 
 class PMClassifier(nn.Module):
@@ -43,15 +44,6 @@ class ClassifierRecipe:
     seed: int = 0
 
 
-def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and brightness / contrast jitter (a PM label survives all of them)."""
-    flip = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    gain = (1 + 0.2 * (torch.rand(x.shape[0], 1, 1, 1, generator=generator) - 0.5)).to(x.device)
-    bias = (0.2 * (torch.rand(x.shape[0], 1, 1, 1, generator=generator) - 0.5)).to(x.device)
-    return (x * gain + bias).clamp(-1, 1)
-
-
 def train_pm_classifier(
     images: torch.Tensor, labels: torch.Tensor, recipe: ClassifierRecipe = ClassifierRecipe(), device="cpu", progress=None
 ) -> PMClassifier:
@@ -72,7 +64,7 @@ def train_pm_classifier(
     model.train()
     for _ in progress(range(recipe.steps)) if progress else range(recipe.steps):
         idx = torch.multinomial(weights, recipe.batch_size, replacement=True, generator=generator).to(device)
-        loss = F.cross_entropy(model(_augment(images[idx], generator)), labels[idx])
+        loss = F.cross_entropy(model(flip_and_jitter(images[idx], generator)[0]), labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,332 @@
+"""``evaluate``: the whole protocol of DESIGN.md ("Evaluation protocol") on a real and a synthetic dataset.
+
+Every image goes through the same preprocessing as training (square fundus crop, ``resolution`` px; masks by
+nearest neighbour), then: downstream segmentation, mask-image agreement, mask plausibility, memorisation, FID / KID.
+``write_report`` turns the result into ``report.json``, ``report.md`` and PNG figures.
+"""
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data.schema import MASK_COLUMNS, parse_mask_names
+from ..data.transforms import pair_to_array
+from ..visualization import contact_sheet
+from .fid import fid_kid
+from .figures import bar_chart, histograms
+from .memorisation import memorisation_report, pixel_features
+from .metrics import dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
+from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
+from .splits import holdout_ids, read_split_file, split_by_ids, write_split_file
+
+TRAINING_SETS = ("real", "synthetic", "real+synthetic")
+PRIVACY_NOTE = (
+    "This folder holds real photographs (`nearest_pairs.png`, `sample_grid.png` shows synthetic ones only). "
+    "Keep it out of git and out of anything shared where the real data's terms do not allow it."
+)
+
+
+@dataclass
+class EvaluationConfig:
+    resolution: int = 128
+    masks: Sequence[str] = ("disc",)
+    seeds: int = 3
+    segmenter_steps: int = 1000
+    holdout_fraction: float = 0.2
+    split_seed: int = 0
+    split_file: Optional[str] = None
+    inception_weights: Optional[str] = None
+    device: Optional[str] = None
+    num_pairs: int = 8
+    grid_samples: int = 36
+    inputs: Dict = field(default_factory=dict)  # provenance (dataset paths), copied into the report
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def dataset_arrays(dataset, resolution: int, mask_names: Sequence[str], desc: str) -> torch.Tensor:
+    """``uint8 [N, 3 + M, R, R]``: every row cropped, resized and stacked as for training."""
+    out = torch.empty((len(dataset), 3 + len(mask_names), resolution, resolution), dtype=torch.uint8)
+    for i, row in enumerate(tqdm(dataset, desc=f"loading {desc}", unit="img", leave=False)):
+        masks = {name: row[MASK_COLUMNS[name]] for name in mask_names}
+        out[i] = torch.from_numpy(pair_to_array(row["image"], masks, mask_names, resolution))
+    return out
+
+
+def _check_annotations(datasets: Dict[str, object], mask_names: Sequence[str]):
+    """Atrophy can only be scored where every sample was annotated for it."""
+    if "atrophy" not in mask_names:
+        return
+    for name, dataset in datasets.items():
+        missing = len(dataset) - sum(dataset["has_atrophy_annotation"])
+        if missing:
+            raise ValueError(
+                f"--masks includes atrophy, but {missing} of {len(dataset)} {name} samples have no atrophy annotation "
+                "(has_atrophy_annotation = False). Evaluate with --masks disc."
+            )
+
+
+def resolve_split(real, holdout, config: EvaluationConfig) -> Tuple[object, object, str]:
+    """``(real_train, holdout, how)``: the given holdout, the ids in ``split_file``, or a fresh ``split_by_id``.
+
+    A ``split_file`` that does not exist yet is written with the fresh split, so later runs reuse it.
+    """
+    if holdout is not None:
+        overlap = set(real["id"]) & set(holdout["id"])
+        if overlap:
+            raise ValueError(f"{len(overlap)} held-out id(s) are also in the real training set, e.g. {sorted(overlap)[:3]}.")
+        return real, holdout, "given held-out dataset"
+    if config.split_file and os.path.exists(config.split_file):
+        return (*split_by_ids(real, read_split_file(config.split_file)), f"ids from {config.split_file}")
+    ids = holdout_ids(list(real["id"]), list(real["source"]), config.holdout_fraction, config.split_seed)
+    if config.split_file:
+        write_split_file(config.split_file, ids)
+    how = f"split_by_id(test_fraction={config.holdout_fraction}, seed={config.split_seed}, stratify_column='source')"
+    return (*split_by_ids(real, ids), how)
+
+
+def _overlap_scores(pred: torch.Tensor, target: torch.Tensor, mask_names: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Mean per-image Dice and IoU per mask for ``[N, M, H, W]`` predictions and targets."""
+    return {
+        name: {
+            "dice": float(dice_per_image(pred[:, m].numpy(), target[:, m].numpy()).mean()),
+            "iou": float(iou_per_image(pred[:, m].numpy(), target[:, m].numpy()).mean()),
+        }
+        for m, name in enumerate(mask_names)
+    }
+
+
+def _across_seeds(per_seed: List[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """``[{mask: {metric: value}}]`` per seed -> ``{mask: {metric: {mean, std, n}}}`` (n = seeds)."""
+    return {
+        mask: {metric: summarise([s[mask][metric] for s in per_seed]) for metric in per_seed[0][mask]}
+        for mask in per_seed[0]
+    }
+
+
+def _to_pil(array: torch.Tensor, mask_names: Sequence[str]):
+    image = Image.fromarray(array[:3].permute(1, 2, 0).numpy(), mode="RGB")
+    return image, {name: Image.fromarray(array[3 + m].numpy(), mode="L") for m, name in enumerate(mask_names)}
+
+
+def _strip_arrays(report: Dict) -> Dict:
+    return {k: v for k, v in report.items() if not isinstance(v, np.ndarray)}
+
+
+def evaluate(real, synthetic, holdout=None, config: Optional[EvaluationConfig] = None) -> Tuple[Dict, Dict[str, Image.Image]]:
+    """Run the protocol on schema datasets; returns ``(report, figures)``: a JSON-able dict and named PIL figures.
+
+    ``real`` is what the generative model was trained on; without ``holdout`` a deterministic part of it is held
+    out by id (``config.split_file`` or ``split_by_id``) and the rest is the real training set.
+    """
+    config = config or EvaluationConfig()
+    device = config.device or default_device()
+    mask_names = parse_mask_names(config.masks)
+    real_train, holdout, split_how = resolve_split(real, holdout, config)
+    _check_annotations({"real training": real_train, "held-out": holdout, "synthetic": synthetic}, mask_names)
+    arrays = {
+        "real": dataset_arrays(real_train, config.resolution, mask_names, "real training set"),
+        "holdout": dataset_arrays(holdout, config.resolution, mask_names, "held-out set"),
+        "synthetic": dataset_arrays(synthetic, config.resolution, mask_names, "synthetic set"),
+    }
+    report = {
+        "config": {**asdict(config), "masks": list(mask_names), "device": device},
+        "counts": {"real_train": len(real_train), "holdout": len(holdout), "synthetic": len(synthetic)},
+        "holdout_split": split_how,
+        "synthetic_sources": sorted(set(synthetic["source"])),
+    }
+    figures = {}
+    num_masks = len(mask_names)
+    grid = [_to_pil(a, mask_names) for a in arrays["synthetic"][: config.grid_samples]]
+    figures["sample_grid"] = contact_sheet([g[0] for g in grid], [g[1] for g in grid])
+
+    real_models = []
+    if num_masks:
+        train_sets = {"real": arrays["real"], "synthetic": arrays["synthetic"]}
+        train_sets["real+synthetic"] = torch.cat([arrays["real"], arrays["synthetic"]])
+        targets = arrays["holdout"][:, 3:].bool()
+        per_seed = {name: [] for name in TRAINING_SETS}
+        for seed in range(config.seeds):
+            for name in TRAINING_SETS:
+                recipe = SegmenterRecipe(steps=config.segmenter_steps, seed=seed)
+                progress = lambda it, n=name, s=seed: tqdm(it, desc=f"segmenter on {n}, seed {s}", leave=False)  # noqa: E731
+                model = train_segmenter(train_sets[name], num_masks, recipe, device=device, progress=progress)
+                per_seed[name].append(_overlap_scores(predict_masks(model, arrays["holdout"]), targets, mask_names))
+                if name == "real":
+                    real_models.append(model)
+        report["downstream"] = {
+            "recipe": SegmenterRecipe(steps=config.segmenter_steps).to_dict() | {"seeds": list(range(config.seeds))},
+            "n_train": {name: len(train_sets[name]) for name in TRAINING_SETS},
+            "n_holdout": len(holdout),
+            "results": {name: _across_seeds(per_seed[name]) for name in TRAINING_SETS},
+        }
+        generated = arrays["synthetic"][:, 3:].bool()
+        agreement = [_overlap_scores(predict_masks(m, arrays["synthetic"]), generated, mask_names) for m in real_models]
+        report["agreement"] = {"n_synthetic": len(synthetic), "n_seeds": len(real_models), "results": _across_seeds(agreement)}
+
+        as_masks = lambda a: {name: a[:, 3 + m].numpy() > 0 for m, name in enumerate(mask_names)}  # noqa: E731
+        report["plausibility"] = mask_plausibility(as_masks(arrays["synthetic"]), as_masks(arrays["real"]))
+        syn_geo, real_geo = disc_geometry(as_masks(arrays["synthetic"])["disc"]), disc_geometry(as_masks(arrays["real"])["disc"])
+        figures["disc_histograms"] = histograms(
+            {
+                f"disc {key.replace('_', ' ')}": {"real": real_geo[key], "synthetic": syn_geo[key]}
+                for key in ("area_fraction", "centroid_x", "centroid_y")
+            }
+        )
+        figures["dice_bars"] = bar_chart(
+            f"Dice on {len(holdout)} held-out real images (mean +- std over {config.seeds} seeds)",
+            {
+                mask: {name: (report["downstream"]["results"][name][mask]["dice"]["mean"], report["downstream"]["results"][name][mask]["dice"]["std"]) for name in TRAINING_SETS}
+                for mask in mask_names
+            },
+        )
+    else:
+        for section in ("downstream", "agreement", "plausibility"):
+            report[section] = {"computed": False, "reason": "evaluated with --masks none (image-only)"}
+
+    spaces = {"downsampled pixels (32x32 RGB in [0, 1], L2)": (pixel_features(arrays["synthetic"]), pixel_features(arrays["real"]))}
+    if real_models:
+        name = f"real-trained segmenter encoder, global-average-pooled bottleneck (seed 0, {config.resolution} px, L2)"
+        spaces[name] = (encode_images(real_models[0], arrays["synthetic"]), encode_images(real_models[0], arrays["real"]))
+    memorisation = {space: memorisation_report(syn, real_feats) for space, (syn, real_feats) in spaces.items()}
+    report["memorisation"] = {space: _strip_arrays(m) for space, m in memorisation.items()}
+    pixels = next(iter(memorisation.values()))
+    closest = np.argsort(pixels["distances"], kind="stable")[: config.num_pairs]
+    synthetic_ids, real_ids = list(synthetic["id"]), list(real_train["id"])
+    pairs, captions = [], []
+    for i in closest:
+        j = int(pixels["neighbours"][i])
+        pairs += [_to_pil(arrays["synthetic"][i], mask_names)[0], _to_pil(arrays["real"][j], mask_names)[0]]
+        flag = " COPY?" if pixels["distances"][i] < pixels["threshold"] else ""
+        captions += [f"syn d={pixels['distances'][i]:.2f}{flag}", f"real {real_ids[j].split('/')[-1]}"]
+    report["memorisation_closest_pairs"] = [
+        {"synthetic_id": synthetic_ids[int(i)], "real_id": real_ids[int(pixels["neighbours"][i])], "pixel_distance": float(pixels["distances"][i])}
+        for i in closest
+    ]
+    figures["nearest_pairs"] = contact_sheet(pairs, captions=captions, columns=4)
+
+    report["fid_kid"] = fid_kid(arrays["real"][:, :3], arrays["synthetic"][:, :3], config.inception_weights, device=device)
+    return report, figures
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _mean_std(stat: Dict) -> str:
+    return f"{_fmt(stat['mean'])} ± {_fmt(stat['std'])}"
+
+
+def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
+    """The human-readable report: one section per protocol item, with sample counts."""
+    counts, cfg = report["counts"], report["config"]
+    lines = [
+        "# Synthetic data evaluation",
+        "",
+        f"Synthetic: {', '.join(report['synthetic_sources'])} — {counts['synthetic']} samples. "
+        f"Real training set: {counts['real_train']}; held-out real: {counts['holdout']} ({report['holdout_split']}). "
+        f"Resolution {cfg['resolution']} px, masks: {', '.join(cfg['masks']) or 'none'}, device {cfg['device']}.",
+        "",
+        f"> {PRIVACY_NOTE}",
+        "",
+        "## 1. Downstream utility (headline)",
+        "",
+    ]
+    downstream = report["downstream"]
+    if downstream.get("computed", True):
+        recipe = downstream["recipe"]
+        lines += [
+            f"Segmenter: `fundus_diffusion.evaluation.segmenter` U-Net (width {recipe['width']}), {recipe['steps']} steps, "
+            f"batch {recipe['batch_size']}, seeds {recipe['seeds']}; Dice / IoU on {downstream['n_holdout']} held-out real images, "
+            "mean ± std over seeds.",
+            "",
+            "| trained on | n train | " + " | ".join(f"{m} Dice | {m} IoU" for m in cfg["masks"]) + " |",
+            "|---|---|" + "---|---|" * len(cfg["masks"]),
+        ]
+        for name, result in downstream["results"].items():
+            cells = [f"{_mean_std(result[m]['dice'])} | {_mean_std(result[m]['iou'])}" for m in cfg["masks"]]
+            lines.append(f"| {name} | {downstream['n_train'][name]} | " + " | ".join(cells) + " |")
+        agreement = report["agreement"]
+        lines += [
+            "",
+            "## 2. Mask-image agreement",
+            "",
+            f"Dice between each generated mask and the real-trained segmenter's prediction on the generated image "
+            f"({agreement['n_synthetic']} samples, mean ± std over {agreement['n_seeds']} segmenter seeds):",
+            "",
+        ]
+        lines += [f"- {m}: Dice {_mean_std(r['dice'])}, IoU {_mean_std(r['iou'])}" for m, r in agreement["results"].items()]
+        p = report["plausibility"]
+        lines += [
+            "",
+            "## 3. Mask plausibility",
+            "",
+            f"- Exactly one disc component: {_fmt(p['one_disc_component_synthetic'])} of {p['n_synthetic']} synthetic "
+            f"(real: {_fmt(p['one_disc_component_real'])} of {p['n_real']}); no disc at all: {_fmt(p['no_disc_synthetic'])}.",
+            f"- Wasserstein distance to real — disc area fraction: {_fmt(p['wasserstein_disc_area_fraction'])}, "
+            f"centroid x: {_fmt(p['wasserstein_disc_centroid_x'])}, centroid y: {_fmt(p['wasserstein_disc_centroid_y'])} "
+            "(fractions of the image side).",
+        ]
+        if "atrophy_near_disc_synthetic" in p:
+            lines.append(
+                f"- Atrophy touching or within one disc radius of the disc: {_fmt(p['atrophy_near_disc_synthetic'])} of "
+                f"{p['n_with_atrophy_synthetic']} synthetic samples with atrophy (real: {_fmt(p.get('atrophy_near_disc_real'))} "
+                f"of {p.get('n_with_atrophy_real', 0)})."
+            )
+    else:
+        lines += [f"Not computed: {downstream['reason']}. Sections 2 and 3 likewise.", ""]
+    lines += ["", "## 4. Memorisation", ""]
+    for space, m in report["memorisation"].items():
+        lines.append(
+            f"- {space}: {m['n_flagged']} of {m['n_synthetic']} samples ({_fmt(m['share_flagged'])}) are closer to a real "
+            f"training image than the {m['percentile']:g}st percentile of real-to-real nearest-neighbour distances "
+            f"({_fmt(m['threshold'])}, over {m['n_real_train']} real images); median nearest distance synthetic→real "
+            f"{_fmt(m['median_synthetic_to_real'])}, real→real {_fmt(m['median_real_to_real'])}."
+        )
+    fid = report["fid_kid"]
+    lines += ["", "## 5. FID and KID (RGB, Inception-v3 via torchmetrics)", ""]
+    if fid["computed"]:
+        lines.append(
+            f"FID {fid['fid']:.2f}; KID {fid['kid_mean']:.4f} ± {fid['kid_std']:.4f} ({fid['kid_subsets']} subsets of "
+            f"{fid['kid_subset_size']}); {fid['n_real']} real vs {fid['n_synthetic']} synthetic images at "
+            f"{cfg['resolution']} px, resized to 299 px by torchmetrics. Weights: {fid['inception_weights']}."
+        )
+    else:
+        lines.append(f"Not computed: {fid['reason']}.")
+    lines += ["", "## Figures", ""] + [f"![{os.path.splitext(f)[0]}]({f})" for f in figure_files]
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(value):
+    """NaN (an undefined statistic) -> null, so that report.json is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_report(report: Dict, figures: Dict[str, Image.Image], output_dir: str) -> Dict[str, str]:
+    """Write ``report.json``, ``report.md`` and ``<figure>.png``; returns the paths written."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {}
+    for name, figure in figures.items():
+        paths[name] = os.path.join(output_dir, f"{name}.png")
+        figure.save(paths[name])
+    report = {**report, "figures": sorted(f"{name}.png" for name in figures)}
+    paths["json"] = os.path.join(output_dir, "report.json")
+    with open(paths["json"], "w", encoding="utf-8") as f:
+        json.dump(_json_safe(report), f, indent=2, allow_nan=False)
+    paths["markdown"] = os.path.join(output_dir, "report.md")
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
+        f.write(render_markdown(report, report["figures"]))
+    return paths

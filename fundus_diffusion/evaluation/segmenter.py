@@ -1,0 +1,136 @@
+"""The downstream segmenter: one small U-Net and one fixed, seeded training recipe, used for every comparison.
+
+Recipe (``SegmenterRecipe`` defaults, identical for real, synthetic and real + synthetic training sets):
+
+- Model: a 4-level U-Net, widths 8-16-32-64, two 3x3 conv-GroupNorm-ReLU per level, max pooling down,
+  nearest upsampling + skip concatenation up, a 1x1 head with one logit per mask (~0.12 M parameters).
+- Input: RGB scaled to [-1, 1], the fundus field cropped square and resized to the evaluation resolution
+  (``fundus_diffusion.data.transforms.pair_to_array``); targets are the binary masks.
+- Augmentation: joint horizontal flip of image and masks, image gain and offset jitter of +-10 %
+  (``augment.flip_and_jitter``, shared with the PM classifier).
+- Batches of 16 drawn uniformly with replacement from the pooled training set (real + synthetic is one pool).
+- Loss: binary cross-entropy + soft Dice, per mask channel. AdamW, lr 2e-3, weight decay 1e-4, one-cycle schedule.
+- Everything random comes from ``torch.Generator().manual_seed(seed)`` and ``torch.manual_seed(seed)``.
+- Prediction: sigmoid > 0.5.
+"""
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .augment import flip_and_jitter
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(min(8, cout), cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(min(8, cout), cout), nn.ReLU(inplace=True),
+    )  # fmt: skip
+
+
+class SegmenterUNet(nn.Module):
+    """A plain U-Net: RGB in, one logit per mask out. ``encode`` gives the pooled bottleneck features."""
+
+    def __init__(self, num_masks: int, width: int = 16, levels: int = 4):
+        super().__init__()
+        widths = [width * 2**i for i in range(levels)]
+        self.down = nn.ModuleList(_block(cin, cout) for cin, cout in zip([3] + widths[:-1], widths))
+        self.up = nn.ModuleList(_block(widths[i] + widths[i + 1], widths[i]) for i in reversed(range(levels - 1)))
+        self.head = nn.Conv2d(widths[0], num_masks, 1)
+
+    def _encoder(self, x: torch.Tensor):
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        return skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 2 ** (len(self.down) - 1):
+            raise ValueError(f"Input size {x.shape[-1]} must be divisible by {2 ** (len(self.down) - 1)}.")
+        skips = self._encoder(x)
+        x = skips.pop()
+        for block in self.up:
+            x = block(torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skips.pop()], dim=1))
+        return self.head(x)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled bottleneck activations ``[B, 8 * width]``: the memorisation feature space."""
+        return self._encoder(x)[-1].mean(dim=(2, 3))
+
+
+@dataclass
+class SegmenterRecipe:
+    steps: int = 1000
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    width: int = 8
+    seed: int = 0
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE + (1 - soft Dice), averaged over mask channels."""
+    bce = F.binary_cross_entropy_with_logits(logits, targets)
+    probs = torch.sigmoid(logits)
+    inter = (probs * targets).sum(dim=(0, 2, 3))
+    soft_dice = (2 * inter + 1) / (probs.sum(dim=(0, 2, 3)) + targets.sum(dim=(0, 2, 3)) + 1)
+    return bce + (1 - soft_dice).mean()
+
+
+def to_model_inputs(arrays: torch.Tensor, num_masks: int):
+    """``uint8 [N, 3 + M, H, W]`` (as ``pair_to_array`` stacks them) -> images in [-1, 1] and masks in {0, 1}."""
+    x = arrays.float()
+    return x[:, :3] / 127.5 - 1, (x[:, 3 : 3 + num_masks] > 127).float()
+
+
+def train_segmenter(
+    arrays: torch.Tensor,
+    num_masks: int,
+    recipe: SegmenterRecipe = SegmenterRecipe(),
+    device="cpu",
+    progress: Optional[Callable] = None,
+) -> SegmenterUNet:
+    """Train the recipe on ``uint8 [N, 3 + num_masks, H, W]`` arrays (moved to ``device`` once, as uint8)."""
+    if arrays.ndim != 4 or arrays.shape[1] < 3 + num_masks or len(arrays) == 0:
+        raise ValueError(f"Expected uint8 arrays [N > 0, 3 + {num_masks}, H, W], got {list(arrays.shape)}.")
+    torch.manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    model = SegmenterUNet(num_masks, recipe.width).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.learning_rate, total_steps=max(recipe.steps, 2))
+    arrays = arrays.to(device)
+    model.train()
+    for _ in progress(range(recipe.steps)) if progress else range(recipe.steps):
+        idx = torch.randint(len(arrays), (recipe.batch_size,), generator=generator)
+        images, masks = to_model_inputs(arrays[idx.to(device)], num_masks)
+        images, masks = flip_and_jitter(images, generator, masks)
+        loss = segmentation_loss(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def _map_batches(fn: Callable, model: SegmenterUNet, arrays: torch.Tensor, batch_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    outputs = [fn(to_model_inputs(arrays[i : i + batch_size].to(device), 0)[0]).cpu() for i in range(0, len(arrays), batch_size)]
+    return torch.cat(outputs)
+
+
+def predict_masks(model: SegmenterUNet, arrays: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Binary predictions ``bool [N, M, H, W]`` for ``uint8 [N, >=3, H, W]`` arrays."""
+    return _map_batches(lambda x: model(x) > 0, model, arrays, batch_size)
+
+
+def encode_images(model: SegmenterUNet, arrays: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Pooled bottleneck features ``[N, 8 * width]`` of ``uint8 [N, >=3, H, W]`` arrays."""
+    return _map_batches(model.encode, model, arrays, batch_size)

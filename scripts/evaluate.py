@@ -1,0 +1,54 @@
+"""Judge a synthetic fundus dataset against real data: downstream segmentation, mask-image agreement, mask
+plausibility, memorisation, FID / KID. Writes report.json, report.md and PNG figures to --output_dir.
+
+    python scripts/evaluate.py --real data/pm --synthetic data/synthetic --output_dir reports/ddpm-256
+
+The report folder holds real photographs (nearest-neighbour pairs): keep it out of git (reports/ is ignored).
+"""
+
+import argparse
+
+from fundus_diffusion.data import load_fundus_dataset
+from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real", required=True, help="The real data the model was trained on (anything load_fundus_dataset accepts).")
+    parser.add_argument("--synthetic", required=True, help="The synthetic dataset (e.g. written by scripts/generate.py).")
+    parser.add_argument("--holdout", default=None, help="Held-out real data. Default: a deterministic part of --real, by id.")
+    parser.add_argument("--holdout_fraction", type=float, default=0.2, help="Share of --real held out when no --holdout is given.")
+    parser.add_argument("--split_seed", type=int, default=0, help="Seed of the by-id hold-out split.")
+    parser.add_argument("--split_file", default=None, help="Held-out ids, one per line; written with the fresh split if absent.")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--resolution", type=int, default=128, help="Every image is cropped square and resized to this.")
+    parser.add_argument("--masks", default="disc", help="Masks to score: disc, disc,atrophy or none.")
+    parser.add_argument("--seeds", type=int, default=3, help="Segmenter training seeds (mean and std are reported).")
+    parser.add_argument("--segmenter_steps", type=int, default=1000, help="Training steps per segmenter.")
+    parser.add_argument("--inception_weights", "--inference_weights", default=None, help="Local FID Inception weights (pt_inception-2015-12-05-6726825d.pth).")
+    parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    return parser.parse_args(argv)
+
+
+def main(args):
+    config = EvaluationConfig(
+        resolution=args.resolution,
+        masks=args.masks,
+        seeds=args.seeds,
+        segmenter_steps=args.segmenter_steps,
+        holdout_fraction=args.holdout_fraction,
+        split_seed=args.split_seed,
+        split_file=args.split_file,
+        inception_weights=args.inception_weights,
+        device=args.device,
+        inputs={"real": args.real, "synthetic": args.synthetic, "holdout": args.holdout},
+    )
+    real, synthetic = load_fundus_dataset(args.real), load_fundus_dataset(args.synthetic)
+    holdout = load_fundus_dataset(args.holdout) if args.holdout else None
+    report, figures = evaluate(real, synthetic, holdout, config)
+    paths = write_report(report, figures, args.output_dir)
+    print(f"Wrote {paths['markdown']} and {len(figures)} figures")
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,157 @@
+import importlib.util
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fundus_diffusion.data import load_phantom_dataset
+from fundus_diffusion.evaluation import (
+    SegmenterRecipe,
+    atrophy_near_disc,
+    count_components,
+    dice_per_image,
+    disc_geometry,
+    fid_kid,
+    holdout_ids,
+    iou_per_image,
+    mask_plausibility,
+    memorisation_report,
+    pixel_features,
+    predict_masks,
+    split_by_id,
+    train_segmenter,
+)
+from fundus_diffusion.evaluation.metrics import wasserstein
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they oversubscribe it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def disc_at(cx, cy, r=3, size=16):
+    yy, xx = np.mgrid[:size, :size]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
+
+
+def test_overlap_scores_known_answers():
+    a = np.stack([disc_at(5, 5), disc_at(5, 5), np.zeros((16, 16), bool)])
+    b = np.stack([disc_at(5, 5), disc_at(12, 12), np.zeros((16, 16), bool)])
+    assert dice_per_image(a, b).tolist() == [1.0, 0.0, 1.0]  # identical, disjoint, both empty
+    assert iou_per_image(a, b).tolist() == [1.0, 0.0, 1.0]
+    left, right = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
+    left[:, :2], right[:, 1:3] = True, True  # 8 and 8 pixels, 4 shared
+    assert dice_per_image(left, right)[0] == pytest.approx(0.5) and iou_per_image(left, right)[0] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="shape"):
+        dice_per_image(a, b[:2])
+
+
+def test_disc_components_geometry_and_atrophy():
+    two = disc_at(4, 4, 2) | disc_at(11, 11, 2)
+    assert count_components(two) == 2 and count_components(disc_at(8, 8)) == 1 and count_components(np.zeros((4, 4))) == 0
+    geometry = disc_geometry(np.stack([disc_at(4, 8, 2), np.zeros((16, 16), bool)]))
+    assert geometry["centroid_x"][0] == pytest.approx(4.5 / 16) and geometry["centroid_y"][0] == pytest.approx(8.5 / 16)
+    assert np.isnan(geometry["centroid_x"][1]) and geometry["area_fraction"][1] == 0
+    disc = disc_at(8, 8, 3)
+    touching, far = np.zeros((16, 16), bool), np.zeros((16, 16), bool)
+    touching[8, 12], far[0, 0] = True, True
+    assert atrophy_near_disc(touching, disc) and not atrophy_near_disc(far, disc)
+
+
+def test_plausibility_identical_sets_and_shifted_discs():
+    real = {"disc": np.stack([disc_at(4 + i, 8) for i in range(6)]), "atrophy": np.zeros((6, 16, 16), bool)}
+    same = mask_plausibility(real, real)
+    assert same["wasserstein_disc_area_fraction"] == 0 and same["wasserstein_disc_centroid_x"] == 0
+    assert same["one_disc_component_synthetic"] == 1.0 and same["n_with_atrophy_synthetic"] == 0
+    shifted = {"disc": np.stack([disc_at(4 + i, 10) for i in range(5)] + [disc_at(3, 3, 2) | disc_at(12, 12, 2)])}
+    report = mask_plausibility(shifted, real)
+    assert report["one_disc_component_synthetic"] == pytest.approx(5 / 6)
+    assert wasserstein([0.1, 0.2], [0.2, 0.3]) == pytest.approx(0.1) and np.isnan(wasserstein([np.nan], [0.1]))
+
+
+def test_memorisation_catches_a_copied_training_image():
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    synthetic = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    synthetic[4] = real[7]
+    report = memorisation_report(pixel_features(synthetic), pixel_features(real))
+    assert report["n_flagged"] == 1 and report["distances"][4] == 0 and report["neighbours"][4] == 7
+    assert report["n_real_train"] == 20 and report["share_flagged"] == pytest.approx(1 / 6)
+
+
+def test_split_by_id_is_deterministic_stratified_and_order_free():
+    ids = [f"s/{i:03d}" for i in range(50)]
+    strata = ["A" if i < 20 else "B" for i in range(50)]
+    held = holdout_ids(ids, strata, 0.2, seed=0)
+    assert held == holdout_ids(ids[::-1], strata[::-1], 0.2, seed=0)  # row order does not matter
+    assert sum(h < "s/020" for h in held) == 4 and len(held) == 10  # 20 % of each stratum
+    assert held != holdout_ids(ids, strata, 0.2, seed=1)
+    dataset = load_phantom_dataset(6, size=32)
+    train, test = split_by_id(dataset, 0.5, stratify_column=lambda i: str(int(i[-1]) % 2))  # 1.5 -> 2 per parity
+    assert len(test) == 4 and not set(train["id"]) & set(test["id"]) and sorted(list(train["id"]) + list(test["id"])) == list(dataset["id"])
+    with pytest.raises(ValueError, match="unique"):
+        holdout_ids(["a", "a", "b"])
+
+
+def test_segmenter_learns_bright_discs():
+    generator = torch.Generator().manual_seed(0)
+    arrays = torch.zeros(32, 4, 16, 16, dtype=torch.uint8)
+    for i in range(32):
+        cx, cy = torch.randint(4, 12, (2,), generator=generator).tolist()
+        disc = torch.from_numpy(disc_at(cx, cy, 3))
+        arrays[i, :3] = (60 + 150 * disc).to(torch.uint8)
+        arrays[i, 3] = 255 * disc
+    model = train_segmenter(arrays, 1, SegmenterRecipe(steps=60, width=4, learning_rate=3e-2))
+    dice = dice_per_image(predict_masks(model, arrays)[:, 0].numpy(), arrays[:, 3].numpy() > 0)
+    assert dice.mean() > 0.9
+
+
+def test_fid_says_why_it_did_not_run(monkeypatch):
+    images = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
+    result = fid_kid(images, images, inception_weights="/nonexistent/pt_inception.pth")
+    assert result["computed"] is False and ("torch-fidelity" in result["reason"] or "does not exist" in result["reason"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch_fidelity" else True)
+    assert "torch-fidelity is not installed" in fid_kid(images, images)["reason"]
+
+
+def test_evaluate_end_to_end_writes_the_report(tmp_path):
+    real, synthetic = tmp_path / "real", tmp_path / "synthetic"
+    load_phantom_dataset(15, size=48, seed=0).save_to_disk(str(real))
+    load_phantom_dataset(8, size=48, seed=100).save_to_disk(str(synthetic))
+    script = runpy.run_path(str(REPO_ROOT / "scripts" / "evaluate.py"))
+    out, split_file = tmp_path / "report", tmp_path / "holdout.txt"
+    argv = ["--real", str(real), "--synthetic", str(synthetic), "--output_dir", str(out), "--resolution", "16",
+            "--masks", "disc,atrophy", "--seeds", "2", "--segmenter_steps", "2", "--split_file", str(split_file),
+            "--device", "cpu"]  # fmt: skip
+    script["main"](script["parse_args"](argv))
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"] == {"real_train": 12, "holdout": 3, "synthetic": 8}
+    assert len(split_file.read_text().split("\n")) == 3 + 2  # comment line, 3 ids, final newline
+    assert report["downstream"]["results"]["real+synthetic"]["disc"]["dice"]["n"] == 2
+    assert report["downstream"]["n_train"] == {"real": 12, "synthetic": 8, "real+synthetic": 20}
+    assert set(report["agreement"]["results"]) == {"disc", "atrophy"}
+    assert report["plausibility"]["one_disc_component_synthetic"] == 1.0
+    assert len(report["memorisation"]) == 2 and report["fid_kid"]["computed"] is False
+    for figure in ("sample_grid", "nearest_pairs", "disc_histograms", "dice_bars"):
+        assert (out / f"{figure}.png").stat().st_size > 0
+    markdown = (out / "report.md").read_text()
+    assert "Not computed:" in markdown and "out of git" in markdown and "| real+synthetic | 20 |" in markdown
+
+
+def test_atrophy_needs_annotations():
+    from fundus_diffusion.evaluation import EvaluationConfig, evaluate
+
+    dataset = load_phantom_dataset(6, size=32)
+    unannotated = dataset.map(lambda row: {"has_atrophy_annotation": False})
+    with pytest.raises(ValueError, match="--masks disc"):
+        evaluate(dataset, unannotated, config=EvaluationConfig(masks="disc,atrophy", resolution=16))
