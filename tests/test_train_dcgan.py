@@ -94,3 +94,17 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monke
                          "--max_train_steps", "6", "--checkpointing_steps", "1", "--logger", "none")  # fmt: skip
     assert sorted(os.listdir(out / ".")) == ["checkpoint-1", "checkpoint-2", "logs", "samples"]
     assert [int(r["step"]) for r in read_csv(out / "logs" / "metrics.csv")] == [1, 2]
+
+
+def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch, dataset, train_in_process):
+    import fundus_diffusion.hub
+
+    pushed = []
+    monkeypatch.setattr(fundus_diffusion.hub, "push_folder", lambda *a, **k: pushed.append((a, k)) or "url")
+    out = tmp_path / "run"
+    train_in_process("--dataset", dataset, "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+                     "--max_train_steps", "1", "--logger", "none", "--push_to_hub", "--hub_model_id", "me/dcgan",
+                     "--hub_token", "secret")  # fmt: skip
+    assert pushed == [((str(out), "me/dcgan"), {"token": "secret"})]
+    assert 'from_pretrained("me/dcgan")' in (out / "README.md").read_text()
+    assert "secret" not in (out / "training_args.json").read_text()

@@ -268,14 +268,15 @@ class DeviceBatches:
         return self.num_batches
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
-        rng = torch.Generator().manual_seed(self.seed + epoch)
+        rng = torch.Generator().manual_seed(self.seed + epoch)  # on the CPU: the same stream on every device
         order = torch.randperm(len(self.data), generator=rng)[self.process_index :: self.num_processes]
-        flips = torch.rand(len(self.data), generator=rng) < 0.5
+        flips = (torch.rand(len(self.data), generator=rng) < 0.5).to(self.data.device)
+        order = order.to(self.data.device)
         for i in range(skip, self.num_batches):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = self.data[index.to(self.data.device)].float().div_(127.5).sub_(1.0)
-            flip = flips[index].to(x.device)[:, None, None, None]
-            yield {"pixel_values": torch.where(flip, x.flip(-1), x), "class_labels": self.labels[index.to(x.device)]}
+            x = self.data[index].float().div_(127.5).sub_(1.0)
+            flip = flips[index][:, None, None, None]
+            yield {"pixel_values": torch.where(flip, x.flip(-1), x), "class_labels": self.labels[index]}
 
 
 class LoaderBatches:
@@ -571,6 +572,8 @@ def train_dcgan(args) -> str:
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if not last_validation:  # resumed at the end: nothing ran, but the card reports the final diversity
+            validate(global_step)
         info = _training_info(args, view, accelerator, global_step, num_epochs, time.time() - started)
         _save_final(args, sampling_generator(), mask_names, info, last_validation["diversity_ratio"])
     accelerator.end_training()
