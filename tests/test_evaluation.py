@@ -9,11 +9,13 @@ import torch
 
 from fundus_diffusion.data import load_phantom_dataset
 from fundus_diffusion.evaluation import (
+    EvaluationConfig,
     SegmenterRecipe,
     atrophy_near_disc,
     count_components,
     dice_per_image,
     disc_geometry,
+    evaluate,
     fid_kid,
     holdout_ids,
     iou_per_image,
@@ -148,10 +150,11 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     assert "Not computed:" in markdown and "out of git" in markdown and "| real+synthetic | 20 |" in markdown
 
 
-def test_atrophy_needs_annotations():
-    from fundus_diffusion.evaluation import EvaluationConfig, evaluate
-
+def test_image_only_evaluation_and_missing_annotations():
     dataset = load_phantom_dataset(6, size=32)
+    report, figures = evaluate(dataset, dataset, config=EvaluationConfig(masks="none", resolution=16, device="cpu"))
+    assert report["downstream"]["computed"] is False and set(figures) == {"sample_grid", "nearest_pairs"}
+    assert [m["n_flagged"] for m in report["memorisation"].values()] == [5]  # 5 training images copied, 1 held out
     unannotated = dataset.map(lambda row: {"has_atrophy_annotation": False})
     with pytest.raises(ValueError, match="--masks disc"):
         evaluate(dataset, unannotated, config=EvaluationConfig(masks="disc,atrophy", resolution=16))

@@ -58,6 +58,9 @@ def dataset_arrays(dataset, resolution: int, mask_names: Sequence[str], desc: st
     out = torch.empty((len(dataset), 3 + len(mask_names), resolution, resolution), dtype=torch.uint8)
     for i, row in enumerate(tqdm(dataset, desc=f"loading {desc}", unit="img", leave=False)):
         masks = {name: row[MASK_COLUMNS[name]] for name in mask_names}
+        missing = [name for name, mask in masks.items() if mask is None]
+        if missing:
+            raise ValueError(f"{desc}: sample {row['id']} has no {' / '.join(missing)} mask; evaluate image-only data with --masks none.")
         out[i] = torch.from_numpy(pair_to_array(row["image"], masks, mask_names, resolution))
     return out
 
@@ -122,6 +125,64 @@ def _strip_arrays(report: Dict) -> Dict:
     return {k: v for k, v in report.items() if not isinstance(v, np.ndarray)}
 
 
+def _downstream(arrays, mask_names, config: EvaluationConfig, device):
+    """Section 1: the recipe trained on each training set for every seed, scored on the held-out real images.
+
+    Returns the section and the real-trained segmenters (one per seed), which sections 2 and 4 reuse.
+    """
+    train_sets = {"real": arrays["real"], "synthetic": arrays["synthetic"]}
+    train_sets["real+synthetic"] = torch.cat([arrays["real"], arrays["synthetic"]])
+    targets = arrays["holdout"][:, 3:].bool()
+    per_seed, real_models = {name: [] for name in TRAINING_SETS}, []
+    for seed in range(config.seeds):
+        for name in TRAINING_SETS:
+            recipe = SegmenterRecipe(steps=config.segmenter_steps, seed=seed)
+            progress = lambda it, n=name, s=seed: tqdm(it, desc=f"segmenter on {n}, seed {s}", leave=False)  # noqa: E731
+            model = train_segmenter(train_sets[name], len(mask_names), recipe, device=device, progress=progress)
+            per_seed[name].append(_overlap_scores(predict_masks(model, arrays["holdout"]), targets, mask_names))
+            if name == "real":
+                real_models.append(model)
+    section = {
+        "recipe": {**SegmenterRecipe(steps=config.segmenter_steps).to_dict(), "seeds": list(range(config.seeds))},
+        "n_train": {name: len(train_sets[name]) for name in TRAINING_SETS},
+        "n_holdout": len(arrays["holdout"]),
+        "results": {name: _across_seeds(per_seed[name]) for name in TRAINING_SETS},
+    }
+    return section, real_models
+
+
+def _mask_figures(report: Dict, arrays, mask_names) -> Dict[str, Image.Image]:
+    real_geo, syn_geo = (disc_geometry(arrays[k][:, 3].numpy() > 0) for k in ("real", "synthetic"))
+    keys = ("area_fraction", "centroid_x", "centroid_y")
+    results = report["downstream"]["results"]
+    dice = {mask: {name: (results[name][mask]["dice"]["mean"], results[name][mask]["dice"]["std"]) for name in TRAINING_SETS} for mask in mask_names}
+    seeds = report["config"]["seeds"]
+    return {
+        "disc_histograms": histograms({f"disc {k.replace('_', ' ')}": {"real": real_geo[k], "synthetic": syn_geo[k]} for k in keys}),
+        "dice_bars": bar_chart(f"Dice on {len(arrays['holdout'])} held-out real images (mean +- std over {seeds} seeds)", dice),
+    }
+
+
+def _memorisation(arrays, real_models, resolution: int):
+    """Section 4 in downsampled pixels and, where a real-trained segmenter exists, in its encoder features."""
+    spaces = {"downsampled pixels (32x32 RGB in [0, 1], L2)": (pixel_features(arrays["synthetic"]), pixel_features(arrays["real"]))}
+    if real_models:
+        name = f"real-trained segmenter encoder, global-average-pooled bottleneck (seed 0, {resolution} px, L2)"
+        spaces[name] = (encode_images(real_models[0], arrays["synthetic"]), encode_images(real_models[0], arrays["real"]))
+    return {space: memorisation_report(syn, real) for space, (syn, real) in spaces.items()}
+
+
+def _closest_pairs(pixels: Dict, arrays, synthetic_ids, real_ids, num_pairs: int):
+    """The synthetic samples nearest to a real training image (pixel space), listed and drawn side by side."""
+    pairs, captions, listed = [], [], []
+    for i in np.argsort(pixels["distances"], kind="stable")[:num_pairs]:
+        j, distance = int(pixels["neighbours"][i]), float(pixels["distances"][i])
+        pairs += [_to_pil(arrays["synthetic"][i], ())[0], _to_pil(arrays["real"][j], ())[0]]
+        captions += [f"syn d={distance:.2f}{' COPY?' if distance < pixels['threshold'] else ''}", f"real {real_ids[j].split('/')[-1]}"]
+        listed.append({"synthetic_id": synthetic_ids[int(i)], "real_id": real_ids[j], "pixel_distance": distance})
+    return listed, contact_sheet(pairs, captions=captions, columns=4)
+
+
 def evaluate(real, synthetic, holdout=None, config: Optional[EvaluationConfig] = None) -> Tuple[Dict, Dict[str, Image.Image]]:
     """Run the protocol on schema datasets; returns ``(report, figures)``: a JSON-able dict and named PIL figures.
 
@@ -144,76 +205,27 @@ def evaluate(real, synthetic, holdout=None, config: Optional[EvaluationConfig] =
         "holdout_split": split_how,
         "synthetic_sources": sorted(set(synthetic["source"])),
     }
-    figures = {}
-    num_masks = len(mask_names)
     grid = [_to_pil(a, mask_names) for a in arrays["synthetic"][: config.grid_samples]]
-    figures["sample_grid"] = contact_sheet([g[0] for g in grid], [g[1] for g in grid])
+    figures = {"sample_grid": contact_sheet([g[0] for g in grid], [g[1] for g in grid])}
 
     real_models = []
-    if num_masks:
-        train_sets = {"real": arrays["real"], "synthetic": arrays["synthetic"]}
-        train_sets["real+synthetic"] = torch.cat([arrays["real"], arrays["synthetic"]])
-        targets = arrays["holdout"][:, 3:].bool()
-        per_seed = {name: [] for name in TRAINING_SETS}
-        for seed in range(config.seeds):
-            for name in TRAINING_SETS:
-                recipe = SegmenterRecipe(steps=config.segmenter_steps, seed=seed)
-                progress = lambda it, n=name, s=seed: tqdm(it, desc=f"segmenter on {n}, seed {s}", leave=False)  # noqa: E731
-                model = train_segmenter(train_sets[name], num_masks, recipe, device=device, progress=progress)
-                per_seed[name].append(_overlap_scores(predict_masks(model, arrays["holdout"]), targets, mask_names))
-                if name == "real":
-                    real_models.append(model)
-        report["downstream"] = {
-            "recipe": SegmenterRecipe(steps=config.segmenter_steps).to_dict() | {"seeds": list(range(config.seeds))},
-            "n_train": {name: len(train_sets[name]) for name in TRAINING_SETS},
-            "n_holdout": len(holdout),
-            "results": {name: _across_seeds(per_seed[name]) for name in TRAINING_SETS},
-        }
+    if mask_names:
+        report["downstream"], real_models = _downstream(arrays, mask_names, config, device)
         generated = arrays["synthetic"][:, 3:].bool()
         agreement = [_overlap_scores(predict_masks(m, arrays["synthetic"]), generated, mask_names) for m in real_models]
         report["agreement"] = {"n_synthetic": len(synthetic), "n_seeds": len(real_models), "results": _across_seeds(agreement)}
-
         as_masks = lambda a: {name: a[:, 3 + m].numpy() > 0 for m, name in enumerate(mask_names)}  # noqa: E731
         report["plausibility"] = mask_plausibility(as_masks(arrays["synthetic"]), as_masks(arrays["real"]))
-        syn_geo, real_geo = disc_geometry(as_masks(arrays["synthetic"])["disc"]), disc_geometry(as_masks(arrays["real"])["disc"])
-        figures["disc_histograms"] = histograms(
-            {
-                f"disc {key.replace('_', ' ')}": {"real": real_geo[key], "synthetic": syn_geo[key]}
-                for key in ("area_fraction", "centroid_x", "centroid_y")
-            }
-        )
-        figures["dice_bars"] = bar_chart(
-            f"Dice on {len(holdout)} held-out real images (mean +- std over {config.seeds} seeds)",
-            {
-                mask: {name: (report["downstream"]["results"][name][mask]["dice"]["mean"], report["downstream"]["results"][name][mask]["dice"]["std"]) for name in TRAINING_SETS}
-                for mask in mask_names
-            },
-        )
+        figures.update(_mask_figures(report, arrays, mask_names))
     else:
         for section in ("downstream", "agreement", "plausibility"):
             report[section] = {"computed": False, "reason": "evaluated with --masks none (image-only)"}
 
-    spaces = {"downsampled pixels (32x32 RGB in [0, 1], L2)": (pixel_features(arrays["synthetic"]), pixel_features(arrays["real"]))}
-    if real_models:
-        name = f"real-trained segmenter encoder, global-average-pooled bottleneck (seed 0, {config.resolution} px, L2)"
-        spaces[name] = (encode_images(real_models[0], arrays["synthetic"]), encode_images(real_models[0], arrays["real"]))
-    memorisation = {space: memorisation_report(syn, real_feats) for space, (syn, real_feats) in spaces.items()}
+    memorisation = _memorisation(arrays, real_models, config.resolution)
     report["memorisation"] = {space: _strip_arrays(m) for space, m in memorisation.items()}
-    pixels = next(iter(memorisation.values()))
-    closest = np.argsort(pixels["distances"], kind="stable")[: config.num_pairs]
-    synthetic_ids, real_ids = list(synthetic["id"]), list(real_train["id"])
-    pairs, captions = [], []
-    for i in closest:
-        j = int(pixels["neighbours"][i])
-        pairs += [_to_pil(arrays["synthetic"][i], mask_names)[0], _to_pil(arrays["real"][j], mask_names)[0]]
-        flag = " COPY?" if pixels["distances"][i] < pixels["threshold"] else ""
-        captions += [f"syn d={pixels['distances'][i]:.2f}{flag}", f"real {real_ids[j].split('/')[-1]}"]
-    report["memorisation_closest_pairs"] = [
-        {"synthetic_id": synthetic_ids[int(i)], "real_id": real_ids[int(pixels["neighbours"][i])], "pixel_distance": float(pixels["distances"][i])}
-        for i in closest
-    ]
-    figures["nearest_pairs"] = contact_sheet(pairs, captions=captions, columns=4)
-
+    report["memorisation_closest_pairs"], figures["nearest_pairs"] = _closest_pairs(
+        next(iter(memorisation.values())), arrays, list(synthetic["id"]), list(real_train["id"]), config.num_pairs
+    )
     report["fid_kid"] = fid_kid(arrays["real"][:, :3], arrays["synthetic"][:, :3], config.inception_weights, device=device)
     return report, figures
 
@@ -264,7 +276,11 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
             f"({agreement['n_synthetic']} samples, mean ± std over {agreement['n_seeds']} segmenter seeds):",
             "",
         ]
-        lines += [f"- {m}: Dice {_mean_std(r['dice'])}, IoU {_mean_std(r['iou'])}" for m, r in agreement["results"].items()]
+        lines += [
+            f"- {m}: Dice {_mean_std(r['dice'])}, IoU {_mean_std(r['iou'])} (the same segmenters on held-out real images: "
+            f"Dice {_mean_std(downstream['results']['real'][m]['dice'])})"
+            for m, r in agreement["results"].items()
+        ]
         p = report["plausibility"]
         lines += [
             "",
