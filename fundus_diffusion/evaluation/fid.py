@@ -1,9 +1,10 @@
 """FID and KID on the RGB channels with torchmetrics and the standard Inception weights, or a stated reason why not.
 
-torchmetrics' ``FrechetInceptionDistance`` / ``KernelInceptionDistance`` need torch-fidelity and the FID Inception
-weights (``pt_inception-2015-12-05-6726825d.pth``). torch-fidelity downloads them on first use; offline, pass the
-file with ``inception_weights``. When either is missing the result says "not computed" and why. There is no
-fallback to another network: a number from other features is not FID.
+torchmetrics' ``FrechetInceptionDistance`` / ``KernelInceptionDistance`` need torch-fidelity (which imports
+torchvision; this package does not) and the FID Inception weights (``pt_inception-2015-12-05-6726825d.pth``).
+torch-fidelity downloads them on first use; offline, pass the file with ``inception_weights``. When anything is
+missing the result says "not computed" and why. There is no fallback to another network: a number from other
+features is not FID.
 """
 
 import importlib.util
@@ -24,7 +25,11 @@ def _not_computed(reason: str) -> Dict:
 def fid_unavailable_reason(inception_weights: Optional[str] = None) -> Optional[str]:
     """None if FID can be attempted, else why not."""
     if importlib.util.find_spec("torch_fidelity") is None:
-        return "torch-fidelity is not installed (pip install torch-fidelity, or torchmetrics[image])"
+        return "torch-fidelity is not installed (pip install torch-fidelity torchvision, or torchmetrics[image])"
+    try:
+        import torch_fidelity  # noqa: F401  (it imports torchvision, which must match the installed torch)
+    except Exception as error:
+        return f"torch-fidelity is installed but cannot be imported ({type(error).__name__}: {error}); it needs a torchvision built for this torch"
     if inception_weights is not None and not os.path.isfile(inception_weights):
         return f"the Inception weights file {inception_weights} does not exist"
     return None
