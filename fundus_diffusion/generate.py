@@ -252,35 +252,40 @@ def generate_dataset(pipe, config: GenerationConfig, output_dir: str, resume: bo
     """Generate ``config.num_samples`` samples into ``output_dir`` (see the module docstring); return the dataset."""
     from datasets import Dataset as HFDataset
     from datasets import DatasetInfo, concatenate_datasets, load_from_disk
-    from tqdm.auto import tqdm
 
     _check_resume(output_dir, config, resume)
     if config.labels and not is_class_conditional(pipe):
         raise ValueError("--labels needs a class-conditional model; this one is unconditional.")
-    if os.path.exists(os.path.join(output_dir, "state.json")):  # a finished run
-        return load_from_disk(output_dir)
-    os.makedirs(os.path.join(output_dir, SHARDS_DIR), exist_ok=True)
-    with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump(asdict(config), f, indent=2)
+    shards_dir = os.path.join(output_dir, SHARDS_DIR)
+    if not os.path.exists(os.path.join(output_dir, "state.json")):  # else the samples are all there already
+        os.makedirs(shards_dir, exist_ok=True)
+        with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(asdict(config), f, indent=2)
+        paths = _write_shards(pipe, config, shards_dir, os.path.join(output_dir, "png"))
+        info = DatasetInfo(features=synthetic_features(), description=f"Synthetic fundus samples from {config.model}")
+        concatenate_datasets([HFDataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
+    shutil.rmtree(shards_dir, ignore_errors=True)
+    dataset = load_from_disk(output_dir)
+    write_extras(dataset, pipe, config, output_dir)
+    return dataset
+
+
+def _write_shards(pipe, config: GenerationConfig, shards_dir: str, png_dir: str) -> List[str]:
+    """Every shard not yet on disk, with one progress bar over all samples; returns all shard paths in order."""
+    from tqdm.auto import tqdm
 
     mask_names = list(pipe.config.mask_names)
     labels = config.sample_labels()
     num_shards = -(-config.num_samples // config.shard_size)
-    paths = [os.path.join(output_dir, SHARDS_DIR, f"shard-{k:05d}.arrow") for k in range(num_shards)]
+    paths = [os.path.join(shards_dir, f"shard-{k:05d}.arrow") for k in range(num_shards)]
     done = [os.path.exists(p) for p in paths]
     finished = sum(min(config.shard_size, config.num_samples - k * config.shard_size) for k in range(num_shards) if done[k])
     pipe.set_progress_bar_config(disable=True)
     with tqdm(total=config.num_samples, initial=finished, unit="sample", desc="Generating", smoothing=0.1) as progress:
         for shard, path in enumerate(paths):
             if not done[shard]:
-                _write_shard(pipe, config, shard, labels, mask_names, path, os.path.join(output_dir, "png"), progress)
-
-    info = DatasetInfo(features=synthetic_features(), description=f"Synthetic fundus samples from {config.model}")
-    concatenate_datasets([HFDataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
-    shutil.rmtree(os.path.join(output_dir, SHARDS_DIR))
-    dataset = load_from_disk(output_dir)
-    write_extras(dataset, pipe, config, output_dir)
-    return dataset
+                _write_shard(pipe, config, shard, labels, mask_names, path, png_dir, progress)
+    return paths
 
 
 def write_extras(dataset, pipe, config: GenerationConfig, output_dir: str, sheet_samples: int = 64):

@@ -139,6 +139,7 @@ def test_shards_stream_and_resume_gives_the_uninterrupted_result(models, tmp_pat
     for a, b in zip(resumed["image"], fresh["image"]):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert json.loads((tmp_path / "run" / "generation_config.json").read_text())["batch_size"] == 3
+    assert generate_dataset(pipe, cfg, str(tmp_path / "run"), resume=True)["seed"] == resumed["seed"]  # finished: kept
 
 
 def test_generate_script(models, tmp_path):
