@@ -27,3 +27,16 @@ def test_classifier_learns_a_separable_signal():
 def test_unknown_labels_are_refused():
     with pytest.raises(ValueError, match="unknown"):
         train_pm_classifier(torch.zeros(2, 3, 16, 16), torch.tensor([0, -1]), ClassifierRecipe(steps=1, width=4))
+
+
+def test_judge_class_conditional_reports_counts_and_refuses_unlabelled():
+    from fundus_diffusion.data import load_phantom_dataset
+    from fundus_diffusion.evaluation.pm_classifier import judge_class_conditional
+
+    real, synthetic = load_phantom_dataset(20, size=48, seed=0), load_phantom_dataset(6, size=48, seed=100)
+    report = judge_class_conditional(real, synthetic, resolution=32, recipe=ClassifierRecipe(steps=3, width=4))
+    assert report["n_real_train"] == 16 and report["real_held_out_accuracy"]["n"] == 4
+    assert report["synthetic_label_agreement"]["n_PM"] == 3 and report["synthetic_label_agreement"]["n_non-PM"] == 3
+    unlabelled = synthetic.map(lambda row: {"label": -1})
+    with pytest.raises(ValueError, match="--labels"):
+        judge_class_conditional(real, unlabelled, resolution=32, recipe=ClassifierRecipe(steps=1, width=4))

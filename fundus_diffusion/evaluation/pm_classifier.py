@@ -88,3 +88,37 @@ def label_agreement(predicted: Sequence[int], intended: Sequence[int]) -> Dict[s
         report[name] = float((predicted[chosen] == class_id).mean()) if chosen.any() else float("nan")
         report[f"n_{name}"] = int(chosen.sum())
     return report
+
+
+def judge_class_conditional(
+    real, synthetic, resolution: int = 128, recipe: ClassifierRecipe = ClassifierRecipe(), test_fraction: float = 0.2,
+    device="cpu",
+) -> Dict:
+    """Train the classifier on most of ``real`` (split by id, stratified by label), score it on the held-out rest,
+    then report how often each ``synthetic`` sample is classified as the label it was generated for."""
+    from tqdm.auto import tqdm
+
+    from .report import dataset_arrays
+    from .splits import split_by_id
+
+    real = real.filter(lambda label: label >= 0, input_columns="label")
+    synthetic = synthetic.filter(lambda label: label >= 0, input_columns="label")
+    if len(synthetic) == 0:
+        raise ValueError("The synthetic dataset has no PM / non-PM labels: generate it with --labels PM=N,non-PM=M.")
+    train, test = split_by_id(real, test_fraction, recipe.seed, stratify_column="label")
+
+    def as_float(dataset, desc):
+        return dataset_arrays(dataset, resolution, (), desc).float().div_(127.5).sub_(1.0)
+
+    model = train_pm_classifier(
+        as_float(train, "real train"), torch.tensor(list(train["label"])), recipe, device, progress=tqdm
+    )
+    real_test = label_agreement(predict(model, as_float(test, "real held-out")), list(test["label"]))
+    generated = label_agreement(predict(model, as_float(synthetic, "synthetic")), list(synthetic["label"]))
+    return {
+        "resolution": resolution,
+        "recipe": vars(recipe),
+        "n_real_train": len(train),
+        "real_held_out_accuracy": real_test,
+        "synthetic_label_agreement": generated,
+    }
