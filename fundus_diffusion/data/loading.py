@@ -37,7 +37,7 @@ def load_fundus_dataset(
 
     from .phantom import load_phantom_dataset
 
-    spec = str(path_or_hub_id)
+    spec = os.path.expanduser(str(path_or_hub_id))
     if spec == "phantom" or spec.startswith("phantom:"):
         num = int(spec.split(":", 1)[1]) if ":" in spec else PHANTOM_DEFAULT_SAMPLES
         return load_phantom_dataset(num, size=PHANTOM_DEFAULT_SIZE)
@@ -47,7 +47,7 @@ def load_fundus_dataset(
         else:
             options = dict(labels=labels, include_amd=include_amd, require_masks=require_masks, skip_bad=skip_bad)
             return load_raw_folder(spec, cache_dir=cache_dir, **options)
-    elif os.path.exists(spec) or spec.startswith((".", os.sep, "~")) or spec.count("/") > 1:
+    elif os.path.exists(spec) or spec.startswith((".", os.sep)) or spec.count("/") > 1:
         raise FileNotFoundError(
             f"{spec} is not a folder. Fix: pass a folder written by scripts/build_dataset.py, a raw PALM / ADAM / "
             "generic folder, 'phantom[:N]' or a Hub dataset id (user/name)."
