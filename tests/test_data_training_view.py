@@ -61,6 +61,24 @@ def test_flips_move_image_and_masks_together(phantoms, tmp_path):
     assert flipped.dtype == torch.float32 and set(torch.unique(flipped[3:]).tolist()) == {-1.0, 1.0}
 
 
+def test_batched_fetch_matches_items_and_flips_per_sample(phantoms, tmp_path):
+    """The DataLoader fetches whole batches through ``__getitems__``; it must agree with ``__getitem__``."""
+    plain = FundusTrainingView(phantoms, 32, "disc,atrophy", flip=False, cache_dir=str(tmp_path))
+    batch = next(iter(torch.utils.data.DataLoader(plain, batch_size=6)))
+    assert torch.equal(batch["pixel_values"], torch.stack([plain[i]["pixel_values"] for i in range(6)]))
+    assert torch.equal(batch["class_labels"], torch.tensor([i % 2 for i in range(6)]))
+    flipping = FundusTrainingView(phantoms, 32, "disc,atrophy", flip=True, cache_dir=str(tmp_path))
+    torch.manual_seed(1)
+    outcomes = set()
+    for _ in range(4):
+        for i, x in enumerate(next(iter(torch.utils.data.DataLoader(flipping, batch_size=6)))["pixel_values"]):
+            same, mirrored = torch.equal(x, batch["pixel_values"][i]), torch.equal(x, batch["pixel_values"][i].flip(-1))
+            assert same or mirrored
+            outcomes.add(same)
+    assert outcomes == {True, False}
+    assert torch.equal(plain[0]["pixel_values"], batch["pixel_values"][0])  # the cache was not flipped in place
+
+
 def test_pickled_view_does_not_carry_the_cache(phantoms, tmp_path):
     """Spawned DataLoader workers receive the view pickled: it must map the file again, not copy the array."""
     view = FundusTrainingView(phantoms, 64, "disc", flip=False, cache_dir=str(tmp_path))

@@ -117,13 +117,30 @@ class FundusTrainingView(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
+    def _cached(self) -> Optional[np.ndarray]:
         if self._arrays is None and self.cache_path is not None:
             self._arrays = self._open_cache()
-        array = self._arrays[index] if self._arrays is not None else self._preprocess(index)
+        return self._arrays
+
+    def __getitem__(self, index: int):
+        arrays = self._cached()
+        array = arrays[index] if arrays is not None else self._preprocess(index)
         if self.flip:  # on the uint8 bytes, 4x less memory traffic than flipping the float tensor
             array = random_joint_flip(torch.from_numpy(array)).numpy()
         return {"pixel_values": array_to_tensor(array), "class_labels": self.class_labels[index]}
+
+    def __getitems__(self, indices):
+        """A whole batch at once (the DataLoader calls this): one gather from the cache, one flip and one conversion
+        for the batch instead of a few tensor operations per sample, each of which may wake torch's thread pool."""
+        arrays = self._cached()
+        if arrays is None:
+            return [self[i] for i in indices]
+        batch = arrays[np.asarray(indices)]  # a copy, so flipping in place leaves the cache alone
+        if self.flip:
+            flips = (torch.rand(len(indices)) < 0.5).numpy()
+            batch[flips] = batch[flips][..., ::-1]
+        pixel_values = array_to_tensor(batch)
+        return [{"pixel_values": x, "class_labels": self.class_labels[i]} for x, i in zip(pixel_values, indices)]
 
 
 def _npy_shape(path: str):
