@@ -47,7 +47,7 @@ def steps(output_dir):
     return [s for s, _ in list_checkpoints(str(output_dir))]
 
 
-def test_paper_preset_and_schedule_facts():
+def test_presets_and_schedule_facts():
     paper = ddpm.parse_args(["--preset", "paper", "--output_dir", "x"])
     assert (paper.resolution, paper.train_batch_size, paper.num_train_timesteps) == (64, 8, 300)
     assert (paper.beta_start, paper.beta_end, paper.ema_decay, paper.learning_rate) == (1e-4, 0.02, 0.995, 3e-4)
@@ -56,6 +56,9 @@ def test_paper_preset_and_schedule_facts():
     ours = ddpm.parse_args(["--output_dir", "x", "--resolution", "64", "--learning_rate", "2e-4"])
     assert ours.learning_rate == 2e-4 and ours.model_config == "base64" and ours.prediction_type == "v_prediction"
     assert ddpm.final_alpha_bar(ddpm.make_noise_scheduler(ours)) < 1e-8
+    demo = ddpm.parse_args(["--preset", "demo", "--output_dir", "x"])
+    assert (demo.model_config, demo.resolution, demo.dataset, demo.max_train_steps) == ("tiny", 32, "phantom:64", 500)
+    assert demo.mask_names == ("disc", "atrophy") and demo.beta_schedule == ours.beta_schedule
 
 
 def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, cache_dir):

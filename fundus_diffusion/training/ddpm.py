@@ -1,7 +1,7 @@
 """DDPM training: a C-channel ``UNet2DModel`` on fundus image + mask tensors, with accelerate, EMA, label dropout for
 classifier-free guidance, atomic checkpoints and fixed-seed validation grids. ``scripts/train_ddpm.py`` is its CLI.
 
-Two presets set the defaults (explicit flags win):
+Presets set the defaults (explicit flags win); ``demo`` trains the tiny UNet on phantoms on a CPU in minutes.
 
 - ``paper`` reproduces Table 2 of Makinde & Saeed: 64 px, batch 8, T = 300 linear betas 1e-4..0.02, epsilon
   prediction, EMA 0.995, AdamW 3e-4. With those betas alpha-bar at the last step is 0.048: a signal of amplitude
@@ -61,6 +61,24 @@ PRESETS = {
         ema_decay=0.995,
     ),
 }
+# The CPU demo: our diffusion settings on 64 phantoms at 32 px with the tiny UNet. Measured on a busy 2-core VM
+# (one thread): 500 steps in about 170 s of CPU time; samples with guidance_scale=2 show a fundus, an optic disc
+# under its mask and, for PM, atrophy beside it.
+PRESETS["demo"] = dict(
+    PRESETS["ours"],
+    dataset="phantom:64",
+    masks="disc,atrophy",
+    resolution=32,
+    model_config="tiny",
+    train_batch_size=8,
+    max_train_steps=500,
+    learning_rate=1e-3,
+    lr_warmup_steps=50,
+    checkpointing_steps=500,
+    validation_steps=500,
+    logger="none",
+    seed=0,
+)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
