@@ -61,7 +61,7 @@ def test_presets_and_schedule_facts():
     assert demo.mask_names == ("disc", "atrophy") and demo.beta_schedule == ours.beta_schedule
 
 
-def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, cache_dir):
+def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, cache_dir, monkeypatch):
     out = tmp_path / "run"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
     result = run_subprocess(
@@ -78,22 +78,17 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
     assert json.loads((out / "model_index.json").read_text())["training_info"]["steps"] == 4
 
     # Resume in-process: the step count, optimizer, LR schedule and EMA continue from checkpoint-4.
-    args = ddpm.parse_args(
-        tiny_args(
-            out, cache_dir, "--max_train_steps", "6", "--checkpointing_steps", "1", "--checkpoints_total_limit", "2"
+    pushed = []
+    monkeypatch.setattr("fundus_diffusion.hub.push_folder", lambda *args, **kwargs: pushed.append((args, kwargs)))
+    resume = ["--resume_from_checkpoint", "latest", "--push_to_hub", "--hub_model_id", "me/tiny-fundus"]
+    more = ["--checkpointing_steps", "1", "--checkpoints_total_limit", "2", "--validation_steps", "100"]
+    ddpm.train(
+        ddpm.parse_args(
+            tiny_args(out, cache_dir, "--max_train_steps", "6", *more, "--logger", "none", "--masks", "disc,atrophy")
+            + resume
         )
-        + [
-            "--validation_steps",
-            "100",
-            "--logger",
-            "none",
-            "--resume_from_checkpoint",
-            "latest",
-            "--masks",
-            "disc,atrophy",
-        ]
     )
-    ddpm.train(args)
+    assert pushed == [((str(out), "me/tiny-fundus"), {"token": None})]
     assert steps(out) == [5, 6]
     ema_state = torch.load(out / "checkpoint-6" / "custom_checkpoint_0.pkl", weights_only=True)
     assert int(ema_state["step"]) == 6  # the EMA saw every step, none twice
