@@ -57,11 +57,22 @@ def read_model_index(path_or_hub_id: str) -> dict:
         return json.load(f)
 
 
-def load_fundus_pipeline(path_or_hub_id: str, scheduler: Optional[str] = None, device: Optional[str] = None):
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_fundus_pipeline(
+    path_or_hub_id: str, scheduler: Optional[str] = None, device: Optional[str] = None, dtype: str = "auto"
+):
     """A ``FundusPipeline`` or ``FundusGANPipeline``, chosen by ``_class_name`` in ``model_index.json``.
 
     ``scheduler`` (one of ``SCHEDULERS``) replaces a diffusion pipeline's scheduler, built from its config.
+    ``dtype`` ``auto`` samples in fp16 on a GPU (about twice the speed of fp32) and in fp32 on the CPU.
     """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype == "auto":
+        dtype = "fp16" if device.startswith("cuda") else "fp32"
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}: choose auto, {', '.join(DTYPES)}.")
     class_name = read_model_index(path_or_hub_id).get("_class_name")
     if class_name not in PIPELINE_CLASSES:
         raise ValueError(
@@ -69,7 +80,7 @@ def load_fundus_pipeline(path_or_hub_id: str, scheduler: Optional[str] = None, d
         )
     import fundus_diffusion
 
-    pipe = getattr(fundus_diffusion, class_name).from_pretrained(path_or_hub_id)
+    pipe = getattr(fundus_diffusion, class_name).from_pretrained(path_or_hub_id, torch_dtype=DTYPES[dtype])
     if scheduler is not None:
         if not hasattr(pipe, "scheduler"):
             raise ValueError(f"--scheduler {scheduler} applies to diffusion models; {class_name} has no scheduler.")
@@ -79,7 +90,7 @@ def load_fundus_pipeline(path_or_hub_id: str, scheduler: Optional[str] = None, d
 
         scheduler_class, overrides = SCHEDULERS[scheduler]
         pipe.scheduler = getattr(diffusers, scheduler_class).from_config(pipe.scheduler.config, **overrides)
-    return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return pipe.to(device)
 
 
 def is_class_conditional(pipe) -> bool:

@@ -33,6 +33,7 @@ def parse_args(argv=None):
     parser.add_argument("--png", action="store_true", help="Also write png/images, png/masks/<name>, png/metadata.csv.")
     parser.add_argument("--resume", action="store_true", help="Continue a partly written --output_dir.")
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto", help="auto: fp16 on a GPU, fp32 on the CPU.")
     parser.add_argument("--push_to_hub", default=None, metavar="REPO", help="Upload the dataset to this Hub dataset repo.")
     return parser.parse_args(argv)
 
@@ -53,7 +54,7 @@ def main(args):
         batch_size=args.batch_size,
         device=args.device,
     )
-    pipe = load_fundus_pipeline(args.model, scheduler=args.scheduler, device=args.device)
+    pipe = load_fundus_pipeline(args.model, scheduler=args.scheduler, device=args.device, dtype=args.dtype)
     dataset = generate_dataset(pipe, config, args.output_dir, resume=args.resume)
     print(f"Wrote {len(dataset)} samples to {args.output_dir} (dataset card: {args.output_dir}/README.md)")
     if args.push_to_hub:

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Every run behind RESULTS.md, on one GPU, in one go (about 12 minutes on an H100 / H200).
+#
+#   DATA=../shared/data bash scripts/reproduce_results.sh            # the recorded run
+#   SMOKE=1 DATA=../shared/data bash scripts/reproduce_results.sh    # the same chain with tiny settings (CPU check)
+#
+# Trainings share the GPU (they run at the same time), so their wall minutes are upper bounds of what each would take
+# alone. Outputs go to $RESULTS (default reports/results): models, synthetic sets, reports, logs, summary.json.
+# The reports hold real photographs (nearest-neighbour figures) and the models are trained on real data: keep both
+# out of git.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+RESULTS=${RESULTS:-reports/results}
+PY=${PYTHON:-python3}
+SMOKE=${SMOKE:-0}
+
+if [ "$SMOKE" = 1 ]; then
+  R_DDPM=32; R_GAN=64; R_PAPER=16; R_EVAL=32; UNET=tiny; PAPER_UNET=tiny
+  S_DDPM=3; S_PAPER=3; S_SMALL=3; E_PAPER=1; E_BEST=1; NGF=4; NDF=4
+  N_SYN=8; N_1000=4; STEPS_1000=10; SEG_STEPS=5; SEEDS=1; CLS_STEPS=5; N_PHANTOM=16; BATCH=4; BATCH_SMALL=4
+  FAST_STEPS=4; PAPER_STEPS=4
+else
+  R_DDPM=256; R_GAN=360; R_PAPER=64; R_EVAL=128; UNET=${UNET:-small256}; PAPER_UNET=paper
+  S_DDPM=${S_DDPM:-3000}; S_PAPER=4000; S_SMALL=2000; E_PAPER=100; E_BEST=300; NGF=32; NDF=64
+  N_SYN=200; N_1000=64; STEPS_1000=1000; SEG_STEPS=800; SEEDS=3; CLS_STEPS=600; N_PHANTOM=512; BATCH=16; BATCH_SMALL=64
+  FAST_STEPS=20; PAPER_STEPS=300
+fi
+
+mkdir -p "$RESULTS/logs"
+log() { echo "[$(date +%H:%M:%S)] $*"; }
+timed() {  # timed NAME COMMAND...: run, log to logs/NAME.log, record wall seconds in logs/NAME.seconds
+  local name=$1; shift
+  [ -f "$RESULTS/logs/$name.seconds" ] && { log "skip $name (done in an earlier run)"; return 0; }
+  local start=$SECONDS
+  "$@" > "$RESULTS/logs/$name.log" 2>&1 || { echo "FAILED: $name (see $RESULTS/logs/$name.log)"; tail -20 "$RESULTS/logs/$name.log"; return 1; }
+  echo $((SECONDS - start)) > "$RESULTS/logs/$name.seconds"
+  log "done $name in $((SECONDS - start)) s"
+}
+
+SPLIT=$RESULTS/split
+PALM_SPLIT=$RESULTS/palm-split
+[ -d "$SPLIT" ] || timed split $PY scripts/split_dataset.py --dataset "$DATA/fundus-od" --stratify id_prefix --output_dir "$SPLIT"
+[ -d "$PALM_SPLIT" ] || timed palm-split $PY scripts/split_dataset.py --dataset "$DATA/palm-224/PALM-Training400" \
+  --images_only --stratify label --output_dir "$PALM_SPLIT"
+
+train_ddpm() { $PY scripts/train_ddpm.py --mixed_precision "$([ "$SMOKE" = 1 ] && echo no || echo bf16)" \
+  --checkpointing_steps 100000 --validation_steps 100000 --logger none "$@"; }
+train_dcgan() { $PY scripts/train_dcgan.py --mixed_precision "$([ "$SMOKE" = 1 ] && echo no || echo bf16)" \
+  --checkpointing_steps 100000 --validation_steps 100000 --logger none --ngf $NGF --ndf $NDF "$@"; }
+
+log "training (in parallel)"
+pids=()
+timed ddpm-256 train_ddpm --dataset "$SPLIT/train" --resolution $R_DDPM --masks disc --model_config $UNET \
+  --train_batch_size $BATCH --max_train_steps $S_DDPM --output_dir "$RESULTS/runs/ddpm-256" & pids+=($!)
+timed ddpm-paper train_ddpm --preset paper --dataset "$SPLIT/train" --resolution $R_PAPER --masks disc \
+  --model_config $PAPER_UNET --max_train_steps $S_PAPER --output_dir "$RESULTS/runs/ddpm-paper" & pids+=($!)
+timed dcgan-paper train_dcgan --preset paper --dataset "$SPLIT/train" --resolution $R_GAN --masks disc \
+  --num_epochs $E_PAPER --mixed_precision no --output_dir "$RESULTS/runs/dcgan-paper" & pids+=($!)
+timed dcgan-diffaug train_dcgan --preset paper --dataset "$SPLIT/train" --resolution $R_GAN --masks disc \
+  --num_epochs $E_BEST --diffaugment color,translation,cutout --ema_beta 0.999 \
+  --output_dir "$RESULTS/runs/dcgan-diffaug" & pids+=($!)
+timed dcgan-diffaug-sn-hinge train_dcgan --preset paper --dataset "$SPLIT/train" --resolution $R_GAN --masks disc \
+  --num_epochs $E_BEST --diffaugment color,translation,cutout --ema_beta 0.999 --spectral_norm --loss hinge \
+  --output_dir "$RESULTS/runs/dcgan-diffaug-sn-hinge" & pids+=($!)
+timed phantom-5ch train_ddpm --dataset "phantom:$N_PHANTOM" --resolution $R_PAPER --masks disc,atrophy \
+  --model_config $PAPER_UNET --train_batch_size $BATCH_SMALL --max_train_steps $S_SMALL --output_dir "$RESULTS/runs/phantom-5ch" & pids+=($!)
+timed palm-cond train_ddpm --dataset "$PALM_SPLIT/train" --resolution $R_PAPER --masks none --label_dropout 0.1 \
+  --model_config $PAPER_UNET --train_batch_size $BATCH_SMALL --max_train_steps $S_SMALL --output_dir "$RESULTS/runs/palm-cond" & pids+=($!)
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+
+log "generating"
+gen() { $PY scripts/generate.py --seed 0 --batch_size 64 "$@"; }
+pids=()
+for run in dcgan-paper dcgan-diffaug dcgan-diffaug-sn-hinge; do
+  [ -d "$RESULTS/runs/$run" ] && { timed gen-$run gen --model "$RESULTS/runs/$run" --num_samples $N_SYN \
+    --output_dir "$RESULTS/synthetic/$run" & pids+=($!); }
+done
+[ -d "$RESULTS/runs/ddpm-paper" ] && { timed gen-ddpm-paper gen --model "$RESULTS/runs/ddpm-paper" --num_samples $N_SYN --num_inference_steps $PAPER_STEPS \
+  --output_dir "$RESULTS/synthetic/ddpm-paper" & pids+=($!); }
+if [ -d "$RESULTS/runs/ddpm-256" ]; then
+  timed gen-ddpm-256-dpm20 gen --model "$RESULTS/runs/ddpm-256" --num_samples $N_SYN --scheduler dpmsolver++ \
+    --num_inference_steps $FAST_STEPS --output_dir "$RESULTS/synthetic/ddpm-256-dpm20" & pids+=($!)
+  timed gen-ddpm-256-ddpm1000 gen --model "$RESULTS/runs/ddpm-256" --num_samples $N_1000 --scheduler ddpm \
+    --num_inference_steps $STEPS_1000 --output_dir "$RESULTS/synthetic/ddpm-256-ddpm1000" & pids+=($!)
+fi
+[ -d "$RESULTS/runs/phantom-5ch" ] && { timed gen-phantom-5ch gen --model "$RESULTS/runs/phantom-5ch" --num_samples $N_SYN \
+  --scheduler dpmsolver++ --num_inference_steps $FAST_STEPS --output_dir "$RESULTS/synthetic/phantom-5ch" & pids+=($!); }
+[ -d "$RESULTS/runs/palm-cond" ] && { timed gen-palm-cond gen --model "$RESULTS/runs/palm-cond" --labels PM=100,non-PM=100 \
+  --guidance_scale 2 --scheduler dpmsolver++ --num_inference_steps $FAST_STEPS --output_dir "$RESULTS/synthetic/palm-cond" & pids+=($!); }
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+
+log "evaluating"
+pids=()
+evaluate() { $PY scripts/evaluate.py --resolution $R_EVAL --seeds $SEEDS --segmenter_steps $SEG_STEPS "$@"; }
+for syn in dcgan-paper dcgan-diffaug dcgan-diffaug-sn-hinge ddpm-paper ddpm-256-dpm20 ddpm-256-ddpm1000; do
+  [ -d "$RESULTS/synthetic/$syn" ] && { timed eval-$syn evaluate --real "$SPLIT/train" --holdout "$SPLIT/test" --masks disc \
+    --synthetic "$RESULTS/synthetic/$syn" --output_dir "$RESULTS/eval/$syn" & pids+=($!); }
+done
+[ -d "$RESULTS/synthetic/phantom-5ch" ] && { timed eval-phantom-5ch evaluate --real "phantom:$N_PHANTOM" --masks disc,atrophy \
+  --synthetic "$RESULTS/synthetic/phantom-5ch" --output_dir "$RESULTS/eval/phantom-5ch" & pids+=($!); }
+[ -d "$RESULTS/synthetic/palm-cond" ] && { timed judge-palm-cond $PY scripts/judge_pm_labels.py --real "$DATA/palm-224/PALM-Training400" \
+  --images_only --synthetic "$RESULTS/synthetic/palm-cond" --steps $CLS_STEPS --output_dir "$RESULTS/eval/palm-cond" & pids+=($!); }
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+
+$PY - "$RESULTS" <<'EOF'
+import glob, json, os, sys
+root = sys.argv[1]
+summary = {"seconds": {os.path.basename(p)[:-8]: int(open(p).read()) for p in glob.glob(f"{root}/logs/*.seconds")}}
+for path in glob.glob(f"{root}/eval/*/*.json"):
+    summary[os.path.basename(os.path.dirname(path))] = json.load(open(path))
+json.dump(summary, open(f"{root}/summary.json", "w"), indent=1, default=str)
+print("summary:", f"{root}/summary.json")
+EOF
+log "finished (failures: $failed)"
+exit $failed
