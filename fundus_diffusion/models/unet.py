@@ -20,6 +20,11 @@ UNET_PRESETS: Dict[str, dict] = {
     "base256": dict(
         channels=(128, 128, 256, 256, 512, 512), layers=2, attention=(4,), head_dim=64, dropout=0.1, groups=32
     ),
+    # A lighter 256 px model (about 39M parameters, half the width at full resolution: a quarter of the FLOPs there)
+    # for small datasets and short GPU budgets: more epochs in the same minutes.
+    "small256": dict(
+        channels=(64, 128, 128, 256, 256, 256), layers=2, attention=(4,), head_dim=64, dropout=0.1, groups=32
+    ),
 }
 
 

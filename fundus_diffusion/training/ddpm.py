@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, num_channels, parse_mask_names
+from ..models.unet import UNET_PRESETS
 from .args import add_common_args, check_finite, make_accelerator
 from .checkpointing import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_folder_atomically
 
@@ -93,7 +94,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     model = parser.add_argument_group("model and diffusion")
     model.add_argument(
         "--model_config",
-        choices=["tiny", "paper", "base64", "base256"],
+        choices=sorted(UNET_PRESETS),
         default=None,
         help="UNet preset (fundus_diffusion.models.UNET_PRESETS); default base64 up to 64 px, else base256.",
     )
