@@ -79,6 +79,14 @@ def test_batched_fetch_matches_items_and_flips_per_sample(phantoms, tmp_path):
     assert torch.equal(plain[0]["pixel_values"], batch["pixel_values"][0])  # the cache was not flipped in place
 
 
+def test_conversion_is_bit_identical_to_array_to_tensor():
+    from fundus_diffusion.data.training_view import to_unit_range
+    from fundus_diffusion.data.transforms import array_to_tensor
+
+    values = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(to_unit_range(values).view(np.int32), array_to_tensor(values).numpy().view(np.int32))
+
+
 def test_pickled_view_does_not_carry_the_cache(phantoms, tmp_path):
     """Spawned DataLoader workers receive the view pickled: it must map the file again, not copy the array."""
     view = FundusTrainingView(phantoms, 64, "disc", flip=False, cache_dir=str(tmp_path))
