@@ -1,0 +1,61 @@
+"""Print the RESULTS.md table from the ``summary.json`` that ``scripts/reproduce_results.sh`` writes.
+
+    python scripts/summarise_results.py reports/results/summary.json
+"""
+
+import json
+import sys
+
+RUNS = {  # run name -> (what, resolution, channels, model, training images, sampler)
+    "dcgan-paper": ("1. paper DCGAN (Table 1)", 360, 4, "DCGAN nz100 ngf32 ndf64, BCE, fp32, 100 epochs", "fundus-od train (134)", "one forward pass"),
+    "ddpm-paper": ("2. paper DDPM (Table 2)", 64, 4, "UNet `paper`, T=300 linear, EMA 0.995", "fundus-od train (134)", "DDPM, 300 steps"),
+    "dcgan-diffaug": ("3a. DCGAN + DiffAugment + EMA", 360, 4, "as 1, bf16, 300 epochs", "fundus-od train (134)", "one forward pass"),
+    "dcgan-diffaug-sn-hinge": ("3b. DCGAN + DiffAugment + SN + hinge + EMA", 360, 4, "as 3a", "fundus-od train (134)", "one forward pass"),
+    "ddpm-256-dpm20": ("4a. our DDPM", 256, 4, "UNet `small256`, cosine, v-pred", "fundus-od train (134)", "DPM-Solver++, 20 steps"),
+    "ddpm-256-ddpm1000": ("4b. our DDPM", 256, 4, "as 4a", "fundus-od train (134)", "DDPM, 1000 steps"),
+    "phantom-5ch": ("5. 5-channel, PHANTOMS", 64, 5, "UNet `paper`, cosine, v-pred", "phantoms (512)", "DPM-Solver++, 20 steps"),
+}
+
+
+def fmt(stat):
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def main(path):
+    summary = json.load(open(path))
+    seconds = summary["seconds"]
+    print("| run | px | C | model | trained on | train wall s | sampler | gen wall s (n) | Dice real | Dice synthetic "
+          "| synthetic / real | Dice real+synthetic | mask-image agreement | one disc component | flagged as copies (pixels / features) | FID |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, (what, px, channels, model, data, sampler) in RUNS.items():
+        train = name.rsplit("-dpm20", 1)[0].rsplit("-ddpm1000", 1)[0]
+        report = summary.get(name)
+        if report is None:
+            print(f"| {what} | {px} | {channels} | {model} | {data} | {seconds.get(train, 'not finished')} | {sampler} "
+                  "| — | not run | | | | | | | |")
+            continue
+        results = report["downstream"]["results"]
+        real, syn, both = (results[k]["disc"]["dice"] for k in ("real", "synthetic", "real+synthetic"))
+        flagged = " / ".join(str(m["n_flagged"]) for m in report["memorisation"].values())
+        plaus = report["plausibility"]
+        fid = report["fid_kid"].get("fid", "not computed")
+        print(
+            f"| {what} | {px} | {channels} | {model} | {data} | {seconds.get(train, '—')} | {sampler} "
+            f"| {seconds.get('gen-' + name, '—')} ({report['counts']['synthetic']}) | {fmt(real)} | {fmt(syn)} "
+            f"| {syn['mean'] / real['mean']:.0%} | {fmt(both)} | {fmt(report['agreement']['results']['disc']['dice'])} "
+            f"| {plaus['one_disc_component_synthetic']:.1%} | {flagged} of {report['counts']['synthetic']} | "
+            f"{fid if isinstance(fid, str) else f'{fid:.1f}'} |"
+        )
+    palm = summary.get("palm-cond")
+    if palm:
+        agree, acc = palm["synthetic_label_agreement"], palm["real_held_out_accuracy"]
+        print(
+            f"\n6. PALM class-conditional DDPM (64 px, image only, {seconds.get('palm-cond', '—')} s training): the PM classifier "
+            f"({acc['overall']:.1%} accurate on {acc['n']} held-out real PALM images) gives generated PM samples the PM label "
+            f"{agree['PM']:.1%} of the time (n={agree['n_PM']}) and non-PM samples the non-PM label {agree['non-PM']:.1%} "
+            f"(n={agree['n_non-PM']})."
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "reports/results/summary.json")
