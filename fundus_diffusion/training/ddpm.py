@@ -10,6 +10,11 @@ Presets set the defaults (explicit flags win); ``demo`` trains the tiny UNet on 
   noise), v-prediction (well conditioned at both ends of a schedule that reaches pure noise), "trailing" timestep
   spacing so that few-step samplers start at the last step, EMA up to 0.9999 with ema-pytorch's warm-up, AdamW 1e-4
   with 500 warm-up steps, gradient clipping at 1.
+
+Measured at demo scale (tiny UNet, 64 phantoms at 32 px, 500 steps, everything else equal): the paper's schedule
+with epsilon prediction, and the cosine schedule with epsilon prediction, both sample noise; cosine with
+v-prediction samples recognisable phantoms. The mean squared error of the predicted clean image at t = 0.9 T is
+0.19 and 0.70 for the two epsilon models and 0.034 for ours (at t = 0.1 T all three are near 0.003).
 """
 
 import argparse
