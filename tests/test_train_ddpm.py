@@ -7,20 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_pipeline_fundus import one_thread  # noqa: F401  (the autouse fixture, shared)
 
 from fundus_diffusion import FundusPipeline
 from fundus_diffusion.training import NonFiniteLossError, ddpm, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_args(output_dir, cache_dir, *extra):
