@@ -4,12 +4,15 @@
     python benchmarks/train_ddpm_throughput.py --device cpu --tiny                     # syntax check
 
 Training rows: images/s and peak memory of (a) the baseline of diffusers' example scripts -- the same UNet with
-fp32 weights, bf16 autocast, eager, ``torch.optim.AdamW``, no EMA -- and (b) ``fundus_diffusion.training.ddpm``'s
-own ``training_step`` (bf16 via accelerate, channels-last, fused AdamW, foreach EMA update, with and without
-``torch.compile``), at 64 and 256 px on random batches. A memory row trains 256 px at batch 16 with gradient
-checkpointing (target: under 15 GiB, a free-notebook GPU). A loader row times the real data path (phantoms through
-``FundusTrainingView`` and a DataLoader) to show it outruns training. Sampling rows time ``FundusPipeline`` at
-256 px with DDPM (1000 steps), DDIM (50) and DPM-Solver++ (20) on untrained bf16 weights (speed only).
+fp32 weights, bf16 autocast, eager, ``torch.optim.AdamW``, no EMA, cudnn.benchmark off -- and (b)
+``fundus_diffusion.training.ddpm``'s own ``training_step`` as the trainer sets it up (bf16 via accelerate,
+cudnn.benchmark, fused AdamW, foreach EMA update), eager and with ``torch.compile``, with and without channels-last
+(``--variants``), at 64 and 256 px on random batches. An earlier run (H200, 256 px) had our eager step with
+channels-last at 55 images/s against the baseline's 83; CUDA GroupNorm has no NHWC kernel, so every norm transposes
+its input and output -- the likely cause, which the eager / eager_channels_last pair checks. A memory row trains 256 px at batch 16 with gradient checkpointing (target:
+under 15 GiB, a free-notebook GPU). A loader row times the trainer's data path to show it outruns training. Sampling
+rows time ``FundusPipeline`` at 256 px with DDPM (1000 steps), DDIM (50) and DPM-Solver++ (20) on untrained bf16
+weights (speed only). ``--json`` is rewritten after every row, so a run cut short keeps what it measured.
 """
 
 import argparse
@@ -28,6 +31,15 @@ from fundus_diffusion.training import ddpm
 
 MASKS = ("disc", "atrophy")
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, SXM parts
+# Training variants: None is the baseline; a tuple holds flags for the DDPM trainer.
+VARIANTS = {
+    "baseline": None,
+    "eager": (),
+    "compiled": ("--compile",),
+    "compiled_channels_last": ("--compile", "--channels_last"),
+    "eager_channels_last": ("--channels_last",),
+    "compiled_max_autotune": ("--compile", "--compile_mode", "max-autotune-no-cudagraphs"),
+}
 
 
 def parse_args(argv=None):
@@ -40,7 +52,11 @@ def parse_args(argv=None):
     parser.add_argument("--batch_256", type=int, default=16)
     parser.add_argument("--sample_batch", type=int, default=16)
     parser.add_argument("--ddpm_steps", type=int, default=1000)
-    parser.add_argument("--no_compile", action="store_true", help="Skip the torch.compile variant.")
+    parser.add_argument(
+        "--variants",
+        default="baseline,eager,compiled,compiled_channels_last",
+        help="Training variants at both sizes, from: " + ", ".join(VARIANTS) + " (compiled ones run on CUDA only).",
+    )
     parser.add_argument("--json", default=None, help="Also write the results to this file.")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -112,11 +128,13 @@ def baseline_step(unet, optimizer, noise_scheduler, batch, device):
 
 def train_row(name, preset, resolution, batch_size, device, args, flags=()):
     """Run one variant and return its row. ``flags`` go to the DDPM trainer; ``None`` means the baseline."""
-    from accelerate import Accelerator
+    from fundus_diffusion.training import make_accelerator
 
     reset_memory(device)
+    torch._dynamo.reset()  # each variant compiles afresh, and no earlier graph counts against the recompile limit
     batch = random_batch(batch_size, resolution, device)
     if flags is None:
+        torch.backends.cudnn.benchmark = False  # diffusers' default
         unet = build_unet(preset, resolution, num_channels(MASKS)).to(device).train()
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
         noise_scheduler = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "unused"]))
@@ -126,10 +144,10 @@ def train_row(name, preset, resolution, batch_size, device, args, flags=()):
         del unet, optimizer
     else:
         train_args = ddpm.parse_args(
-            ["--output_dir", "unused", "--resolution", str(resolution), "--model_config", preset]
+            ["--output_dir", "unused", "--resolution", str(resolution), "--model_config", preset, "--logger", "none"]
             + ["--masks", ",".join(MASKS), "--train_batch_size", str(batch_size), "--mixed_precision", "bf16", *flags]
         )
-        accelerator = Accelerator(mixed_precision="bf16", cpu=device.type == "cpu")
+        accelerator = make_accelerator(train_args, cpu=device.type == "cpu")  # as the trainer: cudnn.benchmark on
         training = ddpm.build_training(train_args, accelerator, num_training_steps=10_000)
         training.unet.train()
         seconds = timed(
@@ -182,7 +200,6 @@ def sampling_rows(preset, resolution, args, device):
     train_args = ddpm.parse_args(["--output_dir", "unused", "--masks", ",".join(MASKS)])
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     unet = build_unet(preset, resolution, num_channels(MASKS)).to(device, dtype).eval()
-    unet.to(memory_format=torch.channels_last)
     pipeline = ddpm.make_pipeline(unet, ddpm.make_noise_scheduler(train_args), train_args)
     pipeline.set_progress_bar_config(disable=True)
     labels = (["PM", "non-PM"] * args.sample_batch)[: args.sample_batch]
@@ -231,36 +248,44 @@ def main(args):
     peak_tflops = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in device_name), None)
     small, large = ("tiny", "tiny") if args.tiny else ("base64", "base256")
     res_small, res_large = (16, 32) if args.tiny else (64, 256)
-    compile_ok = device.type == "cuda" and not args.no_compile
-
+    variants = [v for v in args.variants.split(",") if device.type == "cuda" or "compiled" not in v]
     rows = []
+
+    def record(row):
+        rows.append(row)
+        print(row, flush=True)
+        if args.json:  # rewritten after every row, so a run cut short still leaves its numbers
+            import diffusers
+
+            versions = {"torch": torch.__version__, "diffusers": diffusers.__version__}
+            with open(args.json, "w") as f:
+                json.dump(
+                    {"device": device_name, **versions, "warmup": args.warmup, "steps": args.steps, "rows": rows},
+                    f,
+                    indent=2,
+                )
+
     for preset, resolution, batch in [(small, res_small, args.batch_64), (large, res_large, args.batch_256)]:
         flops = flops_per_image(preset, resolution, device)
-        variants = [("baseline", None), ("ours, eager", ("--channels_last",))]
-        if compile_ok:
-            variants.append(("ours, compiled", ("--channels_last", "--compile")))
-        for name, flags in variants:
-            row = train_row(name, preset, resolution, batch, device, args, flags)
+        for name in variants:
+            row = train_row(name, preset, resolution, batch, device, args, VARIANTS[name])
             row["tflops_per_s"] = row["images_per_s"] * flops / 1e12
-            rows.append(row)
-            print(row, flush=True)
-    checkpointed = ("--channels_last", "--gradient_checkpointing")
-    rows.append(
-        train_row("ours, eager, gradient checkpointing", large, res_large, args.batch_256, device, args, checkpointed)
+            record(row)
+    record(
+        train_row(
+            "eager, gradient checkpointing",
+            large,
+            res_large,
+            args.batch_256,
+            device,
+            args,
+            ("--gradient_checkpointing",),
+        )
     )
-    rows.append(loader_row(res_large, args.batch_256, args, device))
-    rows.extend(sampling_rows(large, res_large, args, device))
+    record(loader_row(res_large, args.batch_256, args, device))
+    for row in sampling_rows(large, res_large, args, device):
+        record(row)
     print_table(rows, device_name, peak_tflops)
-    if args.json:
-        import diffusers
-
-        versions = {"torch": torch.__version__, "diffusers": diffusers.__version__}
-        with open(args.json, "w") as f:
-            json.dump(
-                {"device": device_name, **versions, "warmup": args.warmup, "steps": args.steps, "rows": rows},
-                f,
-                indent=2,
-            )
 
 
 if __name__ == "__main__":
