@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -46,3 +47,13 @@ def phantom_trees(tmp_path_factory):
         "adam": Path(write_adam_tree(str(root / "adam"))),
         "folder": Path(write_folder_tree(str(root / "folder"), atrophy=True)),
     }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they oversubscribe it (3-5x
+    slower). Subprocess tests set OMP_NUM_THREADS=1 themselves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

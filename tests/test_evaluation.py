@@ -31,15 +31,6 @@ from fundus_diffusion.evaluation.metrics import wasserstein
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def disc_at(cx, cy, r=3, size=16):
     yy, xx = np.mgrid[:size, :size]
     return (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2

@@ -24,15 +24,6 @@ from fundus_diffusion.generate import (
 from fundus_diffusion.models.dcgan import DCGANGenerator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A tiny class-conditional DDPM (disc + atrophy) and a tiny unconditional DCGAN (disc), saved."""

@@ -18,15 +18,6 @@ from fundus_diffusion import FundusPipeline, FundusPipelineOutput
 from fundus_diffusion.data import NUM_CLASS_EMBEDS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def get_dummy_components(mask_names=("disc",), num_class_embeds=NUM_CLASS_EMBEDS, in_channels=None):
     torch.manual_seed(0)
     channels = in_channels or 3 + len(mask_names)

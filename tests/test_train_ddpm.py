@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_pipeline_fundus import one_thread  # noqa: F401  (the autouse fixture, shared)
 
 from fundus_diffusion import FundusPipeline
 from fundus_diffusion.training import NonFiniteLossError, ddpm, list_checkpoints
