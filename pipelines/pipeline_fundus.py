@@ -19,6 +19,26 @@ from fundus_diffusion.models.unet import check_resolution
 Label = Union[str, int, None]
 
 
+def check_fundus_config(model_name, channels, num_class_embeds, image_channels, mask_names, id2label):
+    """Check a model's ``channels`` (``{"in": n, "out": n}``) and class embeddings against the pipeline's settings; returns the
+    normalised ``(mask_names, id2label)``. Shared by every fundus pipeline."""
+    mask_names = list(parse_mask_names(mask_names))
+    id2label = {int(k): v for k, v in (id2label or dict(enumerate(LABEL_NAMES))).items()}
+    expected = image_channels + len(mask_names)
+    if any(c != expected for c in channels.values()):
+        raise ValueError(
+            f"{image_channels} image channels and masks {mask_names} need a {model_name} with {expected} "
+            f"{' and '.join(f'{k}put' for k in channels)} channels; this one has "
+            f"{' and '.join(f'{v} {k}' for k, v in channels.items())}."
+        )
+    if num_class_embeds is not None and num_class_embeds != len(id2label) + 1:
+        raise ValueError(
+            f"The {model_name} has {num_class_embeds} class embeddings; labels {id2label} plus the null class need "
+            f"{len(id2label) + 1}."
+        )
+    return mask_names, id2label
+
+
 @dataclass
 class FundusPipelineOutput(BaseOutput):
     """
@@ -60,20 +80,10 @@ class FundusPipeline(DiffusionPipeline):
         training_info: Optional[dict] = None,
     ):
         super().__init__()
-        mask_names = list(parse_mask_names(["disc"] if mask_names is None else mask_names))
-        id2label = {int(k): v for k, v in (id2label or dict(enumerate(LABEL_NAMES))).items()}
-        channels = image_channels + len(mask_names)
-        if unet.config.in_channels != channels or unet.config.out_channels != channels:
-            raise ValueError(
-                f"{image_channels} image channels and masks {mask_names} need a UNet with {channels} input and output "
-                f"channels; this one has {unet.config.in_channels} in and {unet.config.out_channels} out."
-            )
-        num_class_embeds = unet.config.num_class_embeds
-        if num_class_embeds is not None and num_class_embeds != len(id2label) + 1:
-            raise ValueError(
-                f"The UNet has {num_class_embeds} class embeddings; labels {id2label} plus the null class need "
-                f"{len(id2label) + 1}."
-            )
+        mask_names, id2label = check_fundus_config(
+            "UNet", {"in": unet.config.in_channels, "out": unet.config.out_channels}, unet.config.num_class_embeds,
+            image_channels, ["disc"] if mask_names is None else mask_names, id2label,
+        )  # fmt: skip
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(
             image_channels=image_channels, mask_names=mask_names, id2label=id2label, training_info=training_info
@@ -200,27 +210,42 @@ class FundusPipeline(DiffusionPipeline):
         ``metrics``: measured values only, as ``[{"name": "FID", "value": 41.2, "notes": "1000 samples vs PALM"}]``.
         ``push_to_hub=True`` uploads the folder with its card (``repo_id``, ``token`` as in diffusers).
         """
-        push_to_hub = kwargs.pop("push_to_hub", False)
-        repo_id = kwargs.pop("repo_id", None)
-        token = kwargs.pop("token", None)
-        super().save_pretrained(save_directory, **kwargs)
         scheduler = self.scheduler.config
-        save_model_card(
+        self.save_with_model_card(
             save_directory,
             "ddpm",
-            resolution=self.unet.config.sample_size,
-            image_channels=self.config.image_channels,
-            mask_names=list(self.config.mask_names),
-            id2label={int(k): v for k, v in self.config.id2label.items()},
-            null_class_id=self.null_class_id,
-            conditional=self.unet.config.num_class_embeds is not None,
-            num_parameters=sum(p.numel() for p in self.unet.parameters()),
+            self.unet,
+            metrics,
+            kwargs,
             scheduler_class=type(self.scheduler).__name__,
             num_train_timesteps=scheduler.num_train_timesteps,
             beta_schedule=scheduler.get("beta_schedule"),
             prediction_type=scheduler.get("prediction_type"),
+        )
+
+    def save_with_model_card(self, save_directory, template: str, model, metrics, kwargs, **card):
+        """Save (safetensors), render ``model_cards/<template>.md`` with the fields every fundus card shares plus
+        ``card``, and upload when ``push_to_hub=True`` (``repo_id`` also names the model in the card)."""
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        repo_id = kwargs.pop("repo_id", None)
+        if push_to_hub and repo_id is None:
+            repo_id = str(save_directory).rstrip("/").split("/")[-1]
+        token = kwargs.pop("token", None)
+        DiffusionPipeline.save_pretrained(self, save_directory, **kwargs)
+        save_model_card(
+            save_directory,
+            template,
+            repo_id=repo_id,
+            resolution=model.config.sample_size,
+            image_channels=self.config.image_channels,
+            mask_names=list(self.config.mask_names),
+            id2label={int(k): v for k, v in self.config.id2label.items()},
+            null_class_id=self.null_class_id,
+            conditional=model.config.num_class_embeds is not None,
+            num_parameters=sum(p.numel() for p in model.parameters()),
             training=dict(self.config.training_info or {}),
             metrics=list(metrics or []),
+            **card,
         )
         if push_to_hub:
-            push_folder(save_directory, repo_id or str(save_directory).rstrip("/").split("/")[-1], token=token)
+            push_folder(save_directory, repo_id, token=token)

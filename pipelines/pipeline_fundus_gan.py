@@ -6,11 +6,10 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..data.schema import IMAGE_CHANNELS, LABEL_NAMES, MASK_NAMES, parse_mask_names
+from ..data.schema import IMAGE_CHANNELS, MASK_NAMES
 from ..data.transforms import tensor_to_outputs
-from ..hub import push_folder, save_model_card
 from ..models.dcgan import DCGANGenerator  # imported here so that from_pretrained finds the class in sys.modules
-from .pipeline_fundus import FundusPipeline, FundusPipelineOutput, Label
+from .pipeline_fundus import FundusPipeline, FundusPipelineOutput, Label, check_fundus_config
 
 
 class FundusGANPipeline(DiffusionPipeline):
@@ -32,6 +31,7 @@ class FundusGANPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "gan_generator"
     null_class_id = FundusPipeline.null_class_id
     class_ids = FundusPipeline.class_ids  # one label vocabulary for both pipelines
+    save_with_model_card = FundusPipeline.save_with_model_card
 
     def __init__(
         self,
@@ -45,19 +45,9 @@ class FundusGANPipeline(DiffusionPipeline):
         channels = gan_generator.config.out_channels
         if mask_names is None:
             mask_names = MASK_NAMES[: max(channels - image_channels, 0)]
-        mask_names = list(parse_mask_names(mask_names))
-        id2label = {int(k): v for k, v in (id2label or dict(enumerate(LABEL_NAMES))).items()}
-        if channels != image_channels + len(mask_names):
-            raise ValueError(
-                f"{image_channels} image channels and masks {mask_names} need a generator with "
-                f"{image_channels + len(mask_names)} output channels; this one has {channels}."
-            )
-        num_class_embeds = gan_generator.config.num_class_embeds
-        if num_class_embeds is not None and num_class_embeds != len(id2label) + 1:
-            raise ValueError(
-                f"The generator has {num_class_embeds} class embeddings; labels {id2label} plus the null class need "
-                f"{len(id2label) + 1}."
-            )
+        mask_names, id2label = check_fundus_config(
+            "generator", {"out": channels}, gan_generator.config.num_class_embeds, image_channels, mask_names, id2label
+        )
         self.register_modules(gan_generator=gan_generator)
         self.register_to_config(
             image_channels=image_channels, mask_names=mask_names, id2label=id2label, training_info=training_info
@@ -122,27 +112,6 @@ class FundusGANPipeline(DiffusionPipeline):
         uploads the folder with its card (``repo_id``, ``token`` as in diffusers); ``repo_id`` alone only names the
         model in the card.
         """
-        push_to_hub = kwargs.pop("push_to_hub", False)
-        repo_id = kwargs.pop("repo_id", None)  # also names the model in the card's loading snippet
-        if push_to_hub and repo_id is None:
-            repo_id = str(save_directory).rstrip("/").split("/")[-1]
-        token = kwargs.pop("token", None)
-        super().save_pretrained(save_directory, **kwargs)
-        config = self.gan_generator.config
-        save_model_card(
-            save_directory,
-            "dcgan",
-            repo_id=repo_id,
-            resolution=config.sample_size,
-            image_channels=self.config.image_channels,
-            mask_names=list(self.config.mask_names),
-            id2label={int(k): v for k, v in self.config.id2label.items()},
-            null_class_id=self.null_class_id,
-            conditional=config.num_class_embeds is not None,
-            num_parameters=sum(p.numel() for p in self.gan_generator.parameters()),
-            nz=config.nz,
-            training=dict(self.config.training_info or {}),
-            metrics=list(metrics or []),
+        self.save_with_model_card(
+            save_directory, "dcgan", self.gan_generator, metrics, kwargs, nz=self.gan_generator.config.nz
         )
-        if push_to_hub:
-            push_folder(save_directory, repo_id, token=token)
