@@ -84,7 +84,7 @@ def test_conversion_is_bit_identical_to_array_to_tensor():
     from fundus_diffusion.data.transforms import array_to_tensor
 
     values = np.arange(256, dtype=np.uint8)
-    assert np.array_equal(to_unit_range(values).view(np.int32), array_to_tensor(values).numpy().view(np.int32))
+    assert np.array_equal(to_unit_range([values])[0].view(np.int32), array_to_tensor(values).numpy().view(np.int32))
 
 
 def test_pickled_view_does_not_carry_the_cache(phantoms, tmp_path):

@@ -126,24 +126,25 @@ class FundusTrainingView(Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices):
-        """A whole batch at once (the DataLoader calls this): one gather from the cache, flips and conversion on the
-        batch, all in numpy, so that no per-sample tensor operation wakes torch's thread pool."""
+        """A whole batch at once (the DataLoader calls this): each sample is read straight from the memory map (a
+        flip is only a reversed view) into one float array, in numpy, so that no per-sample tensor operation wakes
+        torch's thread pool."""
         arrays = self._cached()
-        if arrays is not None:
-            batch = arrays[np.asarray(indices)]  # a copy: flipping it in place leaves the cache alone
-        else:
-            batch = np.stack([self._preprocess(i) for i in indices])
-        if self.flip:  # image and masks together, on the uint8 bytes (4x less memory traffic than on floats)
-            flips = (torch.rand(len(indices)) < 0.5).numpy()
-            batch[flips] = batch[flips][..., ::-1]
-        pixel_values = torch.from_numpy(to_unit_range(batch))
+        samples = [arrays[i] if arrays is not None else self._preprocess(i) for i in indices]
+        if self.flip:  # image and masks together, left-right
+            flips = torch.rand(len(samples)) < 0.5
+            samples = [s[..., ::-1] if f else s for s, f in zip(samples, flips)]
+        pixel_values = torch.from_numpy(to_unit_range(samples))
         return [{"pixel_values": x, "class_labels": self.class_labels[i]} for x, i in zip(pixel_values, indices)]
 
 
-def to_unit_range(array: np.ndarray) -> np.ndarray:
-    """``uint8`` -> ``float32`` in [-1, 1], bit for bit what ``transforms.array_to_tensor`` gives, but in two passes
-    instead of three and single-threaded: on a busy CPU, torch's thread pool costs more than it saves at this size."""
-    out = np.divide(array, np.float32(127.5), dtype=np.float32)
+def to_unit_range(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``uint8`` arrays of one shape -> one ``float32 [N, ...]`` array in [-1, 1], bit for bit what
+    ``transforms.array_to_tensor`` gives, but in two passes instead of three and single-threaded: on a busy CPU,
+    torch's thread pool costs more than it saves at this size."""
+    out = np.empty((len(arrays), *arrays[0].shape), dtype=np.float32)
+    for array, row in zip(arrays, out):
+        np.divide(array, np.float32(127.5), out=row)
     out -= np.float32(1.0)
     return out
 
