@@ -20,9 +20,9 @@ def _make_view(args):
     dataset, cache_dir, marker_dir = args
     original = FundusTrainingView._build_cache
 
-    def counting_build(self, num_workers):
+    def counting_build(self, build_threads):
         open(os.path.join(marker_dir, str(os.getpid())), "w").close()
-        original(self, num_workers)
+        original(self, build_threads)
 
     FundusTrainingView._build_cache = counting_build
     view = FundusTrainingView(dataset, 32, "disc,atrophy", flip=False, cache_dir=cache_dir)

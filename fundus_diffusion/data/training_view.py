@@ -33,7 +33,8 @@ class FundusTrainingView(Dataset):
     together, at random, left-right.
 
     Several processes (``accelerate launch``) may create the same view at once: the first builds the cache under
-    a file lock, the others wait for it and then memory-map the finished file.
+    a file lock (with ``build_threads`` threads, default up to 4), the others wait for it and then memory-map the
+    finished file.
     """
 
     def __init__(
@@ -44,7 +45,7 @@ class FundusTrainingView(Dataset):
         flip: bool = True,
         cache_dir: Optional[str] = None,
         use_cache: bool = True,
-        num_workers: Optional[int] = None,
+        build_threads: Optional[int] = None,
     ):
         self.dataset = dataset
         self.resolution = int(resolution)
@@ -56,7 +57,7 @@ class FundusTrainingView(Dataset):
         self._arrays = None
         if use_cache:
             self.cache_path = os.path.join(cache_dir or default_cache_dir(), self._cache_name())
-            self._arrays = self._load_or_build_cache(num_workers)
+            self._arrays = self._load_or_build_cache(build_threads)
 
     @property
     def num_channels(self) -> int:
@@ -71,37 +72,36 @@ class FundusTrainingView(Dataset):
         key = f"{CACHE_VERSION}-{fingerprint}-{len(self.dataset)}-{self.resolution}-{','.join(self.mask_names)}"
         return f"view-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npy"
 
-    def _load_or_build_cache(self, num_workers: Optional[int]) -> np.ndarray:
+    def _load_or_build_cache(self, build_threads: Optional[int]) -> np.ndarray:
         from filelock import FileLock
 
         os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
         with FileLock(f"{self.cache_path}.lock"):
             if not os.path.exists(self.cache_path) or _npy_shape(self.cache_path) != self.shape:
-                self._build_cache(num_workers)
+                self._build_cache(build_threads)
         return self._open_cache()
 
     def _open_cache(self) -> np.ndarray:
-        # Copy-on-write mapping: shared, read-only in practice, but torch can wrap it without a warning.
-        return np.load(self.cache_path, mmap_mode="c")
+        return np.load(self.cache_path, mmap_mode="r")
 
     def __getstate__(self):
         # Spawned DataLoader workers get the path and map the file themselves; pickling the map would copy it.
         return {**self.__dict__, "_arrays": None}
 
-    def _build_cache(self, num_workers: Optional[int]):
+    def _build_cache(self, build_threads: Optional[int]):
         """Stream the preprocessed samples into a temporary ``.npy`` (plain writes, so RSS stays flat) and move it
         into place atomically: a killed build never leaves a half-written cache behind."""
         from tqdm.auto import tqdm
 
         from .build import ordered_map
 
-        workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
+        threads = build_threads if build_threads is not None else min(4, os.cpu_count() or 1)
         tmp = f"{self.cache_path}.{uuid.uuid4().hex}.tmp"
         try:
             with open(tmp, "wb") as f:
                 header = {"descr": "|u1", "fortran_order": False, "shape": self.shape}
                 np.lib.format.write_array_header_1_0(f, header)
-                arrays = ordered_map(self._preprocess, range(len(self.dataset)), workers)
+                arrays = ordered_map(self._preprocess, range(len(self.dataset)), threads)
                 for array in tqdm(arrays, total=len(self.dataset), desc=f"Caching the {self.resolution} px view", leave=False):
                     f.write(array.tobytes())
             os.replace(tmp, self.cache_path)
