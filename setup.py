@@ -30,10 +30,10 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "train": ["accelerate>=0.30", "datasets>=2.19", "ema-pytorch>=0.5", "tensorboard"],
+        "train": ["accelerate>=0.30", "datasets>=2.19", "ema-pytorch>=0.5", "tensorboard", "openpyxl"],
         "eval": ["datasets>=2.19", "torchmetrics>=1.3", "scipy>=1.10"],
         # FID / KID need torch-fidelity, which needs a torchvision built for your torch, plus the Inception weights.
         "fid": ["torch-fidelity", "torchvision"],
-        "dev": ["pytest>=7", "ruff>=0.4", "openpyxl"],
+        "dev": ["pytest>=7", "ruff>=0.4"],
     },
 )
