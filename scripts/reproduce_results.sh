@@ -14,6 +14,9 @@ DATA=${DATA:-../shared/data}
 RESULTS=${RESULTS:-reports/results}
 PY=${PYTHON:-python3}
 SMOKE=${SMOKE:-0}
+# Seven trainings share the host: with torch's default thread pools (one thread per core each) they starved each
+# other on the CPU side in the recorded run (GPU 23% busy). Two threads each is the likely fix, not yet re-measured.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 if [ "$SMOKE" = 1 ]; then
   R_DDPM=32; R_GAN=64; R_PAPER=16; R_EVAL=32; UNET=tiny; PAPER_UNET=tiny
