@@ -5,18 +5,9 @@
 """
 
 import argparse
-import os
 
 from fundus_diffusion.data import load_fundus_dataset
-from fundus_diffusion.evaluation.splits import split_by_id, write_split_file
-
-STRATA = {
-    "source": "source",
-    "label": "label",
-    # "folder:fundus-od/drions_001" -> "drions": the origin named in a generic folder's file names
-    "id_prefix": lambda sample_id: sample_id.rsplit("/", 1)[-1].split("_")[0],
-    "none": None,
-}
+from fundus_diffusion.evaluation.splits import STRATA, split_to_disk
 
 
 def parse_args(argv=None):
@@ -32,12 +23,10 @@ def parse_args(argv=None):
 
 def main(args):
     dataset = load_fundus_dataset(args.dataset, require_masks=not args.images_only)
-    train, test = split_by_id(dataset, args.test_fraction, args.seed, STRATA[args.stratify])
-    if os.path.exists(args.output_dir):
-        raise SystemExit(f"{args.output_dir} exists; choose a new --output_dir (a split is written once).")
-    train.save_to_disk(os.path.join(args.output_dir, "train"))
-    test.save_to_disk(os.path.join(args.output_dir, "test"))
-    write_split_file(os.path.join(args.output_dir, "test_ids.txt"), list(test["id"]))
+    try:
+        train, test = split_to_disk(dataset, args.output_dir, args.test_fraction, args.seed, args.stratify)
+    except FileExistsError as error:
+        raise SystemExit(str(error)) from None
     print(f"{len(train)} train / {len(test)} test rows (stratified by {args.stratify}, seed {args.seed}) in {args.output_dir}")
 
 

@@ -149,3 +149,16 @@ def test_image_only_evaluation_and_missing_annotations():
     unannotated = dataset.map(lambda row: {"has_atrophy_annotation": False})
     with pytest.raises(ValueError, match="--masks disc"):
         evaluate(dataset, unannotated, config=EvaluationConfig(masks="disc,atrophy", resolution=16))
+
+
+def test_split_to_disk_writes_once_with_both_origins_in_each_part(tmp_path):
+    from fundus_diffusion.data import load_fundus_dataset, load_phantom_dataset
+    from fundus_diffusion.evaluation.splits import read_split_file, split_to_disk
+
+    dataset = load_phantom_dataset(10, size=32, seed=0)
+    train, test = split_to_disk(dataset, str(tmp_path / "split"), 0.2, stratify="label")
+    assert len(train) == 8 and len(test) == 2 and sorted(test["label"]) == [0, 1]
+    assert read_split_file(str(tmp_path / "split" / "test_ids.txt")) == sorted(test["id"])
+    assert len(load_fundus_dataset(str(tmp_path / "split" / "train"))) == 8
+    with pytest.raises(FileExistsError, match="written once"):
+        split_to_disk(dataset, str(tmp_path / "split"))

@@ -74,3 +74,29 @@ def write_split_file(path: str, test_ids: List[str]):
     with open(path, "w", encoding="utf-8") as f:
         f.write("# held-out ids (fundus_diffusion.evaluation.split_by_id), one per line\n")
         f.write("".join(f"{i}\n" for i in test_ids))
+
+
+# Named stratifications for ``split_to_disk`` (and ``scripts/split_dataset.py --stratify``).
+STRATA = {
+    "source": "source",
+    "label": "label",
+    # "folder:fundus-od/drions_001" -> "drions": the origin named in a generic folder's file names
+    "id_prefix": lambda sample_id: sample_id.rsplit("/", 1)[-1].split("_")[0],
+    "none": None,
+}
+
+
+def split_to_disk(dataset, output_dir: str, test_fraction: float = 0.2, seed: int = 0, stratify: str = "source"):
+    """Split once by id and write ``train/``, ``test/`` (``save_to_disk``) and ``test_ids.txt``; returns the parts.
+
+    Refuses an existing ``output_dir``: a split is written once, so every model is judged on the same images.
+    """
+    if stratify not in STRATA:
+        raise ValueError(f"Unknown stratification {stratify!r}: choose from {', '.join(STRATA)}.")
+    if os.path.exists(output_dir):
+        raise FileExistsError(f"{output_dir} exists; choose a new output folder (a split is written once).")
+    train, test = split_by_id(dataset, test_fraction, seed, STRATA[stratify])
+    train.save_to_disk(os.path.join(output_dir, "train"))
+    test.save_to_disk(os.path.join(output_dir, "test"))
+    write_split_file(os.path.join(output_dir, "test_ids.txt"), list(test["id"]))
+    return train, test
