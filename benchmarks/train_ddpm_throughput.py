@@ -58,6 +58,7 @@ def parse_args(argv=None):
         help="Training variants at both sizes, from: " + ", ".join(VARIANTS) + " (compiled ones run on CUDA only).",
     )
     parser.add_argument("--json", default=None, help="Also write the results to this file.")
+    parser.add_argument("--from_json", default=None, help="Only print the table of a JSON an earlier run wrote.")
     args = parser.parse_args(argv)
     if args.tiny:
         args.warmup, args.steps, args.batch_64, args.batch_256, args.sample_batch = 1, 2, 2, 2, 2
@@ -89,14 +90,16 @@ def random_batch(batch, resolution, device):
 
 
 def timed(step, device, warmup, steps):
+    """Seconds of ``steps`` calls after ``warmup`` untimed ones; also returns the warm-up's seconds (compilation)."""
+    start = time.perf_counter()
     for _ in range(warmup):
         step()
     sync(device)
-    start = time.perf_counter()
+    warm = time.perf_counter()
     for _ in range(steps):
         step()
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - warm, warm - start
 
 
 def flops_per_image(preset, resolution, device):
@@ -138,7 +141,7 @@ def train_row(name, preset, resolution, batch_size, device, args, flags=()):
         unet = build_unet(preset, resolution, num_channels(MASKS)).to(device).train()
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
         noise_scheduler = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "unused"]))
-        seconds = timed(
+        seconds, warmup_seconds = timed(
             lambda: baseline_step(unet, optimizer, noise_scheduler, batch, device), device, args.warmup, args.steps
         )
         del unet, optimizer
@@ -150,7 +153,7 @@ def train_row(name, preset, resolution, batch_size, device, args, flags=()):
         accelerator = make_accelerator(train_args, cpu=device.type == "cpu")  # as the trainer: cudnn.benchmark on
         training = ddpm.build_training(train_args, accelerator, num_training_steps=10_000)
         training.unet.train()
-        seconds = timed(
+        seconds, warmup_seconds = timed(
             lambda: ddpm.training_step(accelerator, training, batch, train_args), device, args.warmup, args.steps
         )
         accelerator.free_memory()
@@ -163,6 +166,7 @@ def train_row(name, preset, resolution, batch_size, device, args, flags=()):
         "batch": batch_size,
         "images_per_s": batch_size * args.steps / seconds,
         "peak_gib": peak_gib(device),
+        "warmup_s": round(warmup_seconds, 1),
     }
 
 
@@ -212,7 +216,7 @@ def sampling_rows(preset, resolution, args, device):
     ]:
         pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)
         sample(num_inference_steps=2)  # warm-up: kernels and allocator, not a full run
-        seconds = timed(functools.partial(sample, num_inference_steps=steps), device, warmup=0, steps=1)
+        seconds, _ = timed(functools.partial(sample, num_inference_steps=steps), device, warmup=0, steps=1)
         rows.append(
             {
                 "section": "sample",
@@ -229,8 +233,8 @@ def sampling_rows(preset, resolution, args, device):
 
 def print_table(rows, device_name, peak_tflops):
     print(f"\nDevice: {device_name}\n")
-    print("| section | variant | model | px | batch | images/s | vs baseline | TFLOP/s | MFU | peak GiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| section | variant | model | px | batch | images/s | vs baseline | TFLOP/s | MFU | peak GiB | warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = next((b for b in rows if b["variant"] == "baseline" and b["resolution"] == r["resolution"]), None)
         speedup = f"{r['images_per_s'] / base['images_per_s']:.2f}x" if base and r["section"] == "train" else ""
@@ -238,11 +242,17 @@ def print_table(rows, device_name, peak_tflops):
         mfu = f"{100 * tflops / peak_tflops:.0f}%" if tflops and peak_tflops else ""
         print(
             f"| {r['section']} | {r['variant']} | {r['model']} | {r['resolution']} | {r['batch']} | "
-            f"{r['images_per_s']:.1f} | {speedup} | {f'{tflops:.0f}' if tflops else ''} | {mfu} | {r['peak_gib']:.2f} |"
+            f"{r['images_per_s']:.1f} | {speedup} | {f'{tflops:.0f}' if tflops else ''} | {mfu} | {r['peak_gib']:.2f} "
+            f"| {r.get('warmup_s', '')} |"
         )
 
 
 def main(args):
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in saved["device"]), None)
+        return print_table(saved["rows"], saved["device"], peak)
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak_tflops = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in device_name), None)
@@ -265,12 +275,22 @@ def main(args):
                     indent=2,
                 )
 
-    for preset, resolution, batch in [(small, res_small, args.batch_64), (large, res_large, args.batch_256)]:
-        flops = flops_per_image(preset, resolution, device)
-        for name in variants:
-            row = train_row(name, preset, resolution, batch, device, args, VARIANTS[name])
-            row["tflops_per_s"] = row["images_per_s"] * flops / 1e12
-            record(row)
+    sizes = [(small, res_small, args.batch_64), (large, res_large, args.batch_256)]
+    flops = {resolution: flops_per_image(preset, resolution, device) for preset, resolution, _ in sizes}
+    # Compiled variants last: their minutes of compilation must not keep the other rows from being measured.
+    for compiled in (False, True):
+        for preset, resolution, batch in sizes:
+            for name in [v for v in variants if ("compiled" in v) == compiled]:
+                row = train_row(name, preset, resolution, batch, device, args, VARIANTS[name])
+                row["tflops_per_s"] = row["images_per_s"] * flops[resolution] / 1e12
+                record(row)
+        if not compiled:
+            eager_extras(large, res_large, args, device, record)
+    print_table(rows, device_name, peak_tflops)
+
+
+def eager_extras(large, res_large, args, device, record):
+    """The 256 px memory row with gradient checkpointing, the data path and the sampling speeds."""
     record(
         train_row(
             "eager, gradient checkpointing",
@@ -285,7 +305,6 @@ def main(args):
     record(loader_row(res_large, args.batch_256, args, device))
     for row in sampling_rows(large, res_large, args, device):
         record(row)
-    print_table(rows, device_name, peak_tflops)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 #
 #   DATA=../shared/data bash scripts/reproduce_results.sh            # the recorded run
 #   SMOKE=1 DATA=../shared/data bash scripts/reproduce_results.sh    # the same chain with tiny settings (CPU check)
+#   ONLY=ddpm-paper,ddpm-256 DATA=../shared/data bash scripts/reproduce_results.sh   # some of the runs
 #
 # Trainings share the GPU (they run at the same time), so their wall minutes are upper bounds of what each would take
 # alone. Outputs go to $RESULTS (default reports/results): models, synthetic sets, reports, logs, summary.json.
@@ -14,6 +15,7 @@ DATA=${DATA:-../shared/data}
 RESULTS=${RESULTS:-reports/results}
 PY=${PYTHON:-python3}
 SMOKE=${SMOKE:-0}
+ONLY=${ONLY:-}  # comma-separated training runs to do (default all), e.g. ONLY=ddpm-paper,ddpm-256
 # Seven trainings share the host: with torch's default thread pools (one thread per core each) they starved each
 # other on the CPU side in the recorded run (GPU 23% busy). Two threads each is the likely fix, not yet re-measured.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -25,7 +27,7 @@ if [ "$SMOKE" = 1 ]; then
   FAST_STEPS=4; PAPER_STEPS=4
 else
   R_DDPM=256; R_GAN=360; R_PAPER=64; R_EVAL=128; UNET=${UNET:-small256}; PAPER_UNET=paper
-  S_DDPM=${S_DDPM:-3000}; S_PAPER=4000; S_SMALL=2000; E_PAPER=100; E_BEST=300; NGF=32; NDF=64
+  S_DDPM=${S_DDPM:-2000}; S_PAPER=4000; S_SMALL=2000; E_PAPER=100; E_BEST=300; NGF=32; NDF=64
   N_SYN=200; N_1000=64; STEPS_1000=1000; SEG_STEPS=800; SEEDS=3; CLS_STEPS=600; N_PHANTOM=512; BATCH=16; BATCH_SMALL=64
   FAST_STEPS=20; PAPER_STEPS=300
 fi
@@ -47,29 +49,31 @@ PALM_SPLIT=$RESULTS/palm-split
 [ -d "$PALM_SPLIT" ] || timed palm-split $PY scripts/split_dataset.py --dataset "$DATA/palm-224/PALM-Training400" \
   --images_only --stratify label --output_dir "$PALM_SPLIT"
 
+wanted() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+start() { wanted "$1" || return 0; timed "$@" & pids+=($!); }  # start NAME COMMAND...: a training, in the background
 train_ddpm() { $PY scripts/train_ddpm.py --mixed_precision "$([ "$SMOKE" = 1 ] && echo no || echo bf16)" \
-  --checkpointing_steps 100000 --validation_steps 100000 --logger none "$@"; }
+  --checkpointing_steps 500 --checkpoints_total_limit 1 --resume_from_checkpoint latest --validation_steps 100000 --logger none "$@"; }
 train_dcgan() { $PY scripts/train_dcgan.py --mixed_precision "$([ "$SMOKE" = 1 ] && echo no || echo bf16)" \
-  --checkpointing_steps 100000 --validation_steps 100000 --logger none --ngf $NGF --ndf $NDF "$@"; }
+  --checkpointing_steps 500 --checkpoints_total_limit 1 --resume_from_checkpoint latest --validation_steps 100000 --logger none --ngf $NGF --ndf $NDF "$@"; }
 
 log "training (in parallel)"
 pids=()
-timed ddpm-256 train_ddpm --dataset "$SPLIT/train" --resolution $R_DDPM --masks disc --model_config $UNET \
-  --train_batch_size $BATCH --max_train_steps $S_DDPM --output_dir "$RESULTS/runs/ddpm-256" & pids+=($!)
-timed ddpm-paper train_ddpm --preset paper --dataset "$SPLIT/train" --resolution $R_PAPER --masks disc \
-  --model_config $PAPER_UNET --max_train_steps $S_PAPER --output_dir "$RESULTS/runs/ddpm-paper" & pids+=($!)
-timed dcgan-paper train_dcgan --preset paper --dataset "$SPLIT/train" --resolution $R_GAN --masks disc \
-  --num_epochs $E_PAPER --mixed_precision no --output_dir "$RESULTS/runs/dcgan-paper" & pids+=($!)
-timed dcgan-diffaug train_dcgan --preset paper --dataset "$SPLIT/train" --resolution $R_GAN --masks disc \
+start ddpm-256 train_ddpm --dataset "$SPLIT/train" --resolution $R_DDPM --masks disc --model_config $UNET \
+  --train_batch_size $BATCH --max_train_steps $S_DDPM --output_dir "$RESULTS/runs/ddpm-256"
+start ddpm-paper train_ddpm --preset paper --dataset "$SPLIT/train" --resolution $R_PAPER --masks disc \
+  --model_config $PAPER_UNET --max_train_steps $S_PAPER --output_dir "$RESULTS/runs/ddpm-paper"
+start dcgan-paper train_dcgan --preset paper --dataset "$SPLIT/train" --resolution $R_GAN --masks disc \
+  --num_epochs $E_PAPER --mixed_precision no --output_dir "$RESULTS/runs/dcgan-paper"
+start dcgan-diffaug train_dcgan --preset paper --dataset "$SPLIT/train" --resolution $R_GAN --masks disc \
   --num_epochs $E_BEST --diffaugment color,translation,cutout --ema_beta 0.999 \
-  --output_dir "$RESULTS/runs/dcgan-diffaug" & pids+=($!)
-timed dcgan-diffaug-sn-hinge train_dcgan --preset paper --dataset "$SPLIT/train" --resolution $R_GAN --masks disc \
+  --output_dir "$RESULTS/runs/dcgan-diffaug"
+start dcgan-diffaug-sn-hinge train_dcgan --preset paper --dataset "$SPLIT/train" --resolution $R_GAN --masks disc \
   --num_epochs $E_BEST --diffaugment color,translation,cutout --ema_beta 0.999 --spectral_norm --loss hinge \
-  --output_dir "$RESULTS/runs/dcgan-diffaug-sn-hinge" & pids+=($!)
-timed phantom-5ch train_ddpm --dataset "phantom:$N_PHANTOM" --resolution $R_PAPER --masks disc,atrophy \
-  --model_config $PAPER_UNET --train_batch_size $BATCH_SMALL --max_train_steps $S_SMALL --output_dir "$RESULTS/runs/phantom-5ch" & pids+=($!)
-timed palm-cond train_ddpm --dataset "$PALM_SPLIT/train" --resolution $R_PAPER --masks none --label_dropout 0.1 \
-  --model_config $PAPER_UNET --train_batch_size $BATCH_SMALL --max_train_steps $S_SMALL --output_dir "$RESULTS/runs/palm-cond" & pids+=($!)
+  --output_dir "$RESULTS/runs/dcgan-diffaug-sn-hinge"
+start phantom-5ch train_ddpm --dataset "phantom:$N_PHANTOM" --resolution $R_PAPER --masks disc,atrophy \
+  --model_config $PAPER_UNET --train_batch_size $BATCH_SMALL --max_train_steps $S_SMALL --output_dir "$RESULTS/runs/phantom-5ch"
+start palm-cond train_ddpm --dataset "$PALM_SPLIT/train" --resolution $R_PAPER --masks none --label_dropout 0.1 \
+  --model_config $PAPER_UNET --train_batch_size $BATCH_SMALL --max_train_steps $S_SMALL --output_dir "$RESULTS/runs/palm-cond"
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 
@@ -110,7 +114,9 @@ for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 $PY - "$RESULTS" <<'EOF'
 import glob, json, os, sys
 root = sys.argv[1]
+import torch
 summary = {"seconds": {os.path.basename(p)[:-8]: int(open(p).read()) for p in glob.glob(f"{root}/logs/*.seconds")}}
+summary["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 for path in glob.glob(f"{root}/eval/*/*.json"):
     summary[os.path.basename(os.path.dirname(path))] = json.load(open(path))
 json.dump(summary, open(f"{root}/summary.json", "w"), indent=1, default=str)

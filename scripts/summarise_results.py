@@ -1,38 +1,62 @@
-"""Print the RESULTS.md table from the ``summary.json`` that ``scripts/reproduce_results.sh`` writes.
+"""Print the RESULTS.md table from the ``summary.json`` files that ``scripts/reproduce_results.sh`` writes.
 
     python scripts/summarise_results.py reports/results/summary.json
+    python scripts/summarise_results.py docs/results/summary.json reports/results-ddpm/summary.json   # merged
+
+With several files (runs done in different sessions, e.g. with ``ONLY=...``) a later file's runs replace an
+earlier file's runs of the same name.
 """
 
 import json
 import sys
 
+# fmt: off
 RUNS = {  # run name -> (what, resolution, channels, model, training images, sampler)
     "dcgan-paper": ("1. paper DCGAN (Table 1)", 360, 4, "DCGAN nz100 ngf32 ndf64, BCE, fp32, 100 epochs", "fundus-od train (134)", "one forward pass"),
-    "ddpm-paper": ("2. paper DDPM (Table 2)", 64, 4, "UNet `paper`, T=300 linear, EMA 0.995", "fundus-od train (134)", "DDPM, 300 steps"),
+    "ddpm-paper": ("2. paper DDPM (Table 2)", 64, 4, "UNet `paper`, T=300 linear, EMA 0.995, 4,000 steps of 8", "fundus-od train (134)", "DDPM, 300 steps"),
     "dcgan-diffaug": ("3a. DCGAN + DiffAugment + EMA", 360, 4, "as 1, bf16, 300 epochs", "fundus-od train (134)", "one forward pass"),
     "dcgan-diffaug-sn-hinge": ("3b. DCGAN + DiffAugment + SN + hinge + EMA", 360, 4, "as 3a", "fundus-od train (134)", "one forward pass"),
-    "ddpm-256-dpm20": ("4a. our DDPM", 256, 4, "UNet `small256`, cosine, v-pred", "fundus-od train (134)", "DPM-Solver++, 20 steps"),
+    "ddpm-256-dpm20": ("4a. our DDPM", 256, 4, "UNet `small256`, cosine, v-pred, 2,000 steps of 16", "fundus-od train (134)", "DPM-Solver++, 20 steps"),
     "ddpm-256-ddpm1000": ("4b. our DDPM", 256, 4, "as 4a", "fundus-od train (134)", "DDPM, 1000 steps"),
     "phantom-5ch": ("5. 5-channel, PHANTOMS", 64, 5, "UNet `paper`, cosine, v-pred", "phantoms (512)", "DPM-Solver++, 20 steps"),
 }
+# fmt: on
 
 
 def fmt(stat):
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
-def main(path):
-    summary = json.load(open(path))
+def merge(paths):
+    summary = {"seconds": {}, "device": {}}
+    for path in paths:
+        with open(path) as f:
+            part = json.load(f)
+        device = part.pop("device", "?")
+        seconds = part.pop("seconds", {})
+        summary["seconds"].update(seconds)
+        summary["device"].update({name: device for name in [*part, *seconds]})
+        summary.update(part)
+    return summary
+
+
+def main(paths):
+    summary = merge(paths)
     seconds = summary["seconds"]
-    print("| run | px | C | model | trained on | train wall s | sampler | gen wall s (n) | Dice real | Dice synthetic "
-          "| synthetic / real | Dice real+synthetic | mask-image agreement | one disc component | flagged as copies (pixels / features) | FID |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| run | px | C | model | trained on | GPU | train wall s | sampler | gen wall s (n) | Dice real | Dice synthetic "
+        "| synthetic / real | Dice real+synthetic | mask-image agreement | one disc component | flagged as copies (pixels / features) | FID |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (what, px, channels, model, data, sampler) in RUNS.items():
         train = name.rsplit("-dpm20", 1)[0].rsplit("-ddpm1000", 1)[0]
         report = summary.get(name)
+        gpu = summary["device"].get(train, "—").replace("NVIDIA ", "")
         if report is None:
-            print(f"| {what} | {px} | {channels} | {model} | {data} | {seconds.get(train, 'not finished')} | {sampler} "
-                  "| — | not run | | | | | | | |")
+            print(
+                f"| {what} | {px} | {channels} | {model} | {data} | {gpu} | {seconds.get(train, 'not finished')} "
+                f"| {sampler} | {seconds.get('gen-' + name, '—')} | not evaluated | | | | | | | |"
+            )
             continue
         results = report["downstream"]["results"]
         real, syn, both = (results[k]["disc"]["dice"] for k in ("real", "synthetic", "real+synthetic"))
@@ -40,7 +64,7 @@ def main(path):
         plaus = report["plausibility"]
         fid = report["fid_kid"].get("fid", "not computed")
         print(
-            f"| {what} | {px} | {channels} | {model} | {data} | {seconds.get(train, '—')} | {sampler} "
+            f"| {what} | {px} | {channels} | {model} | {data} | {gpu} | {seconds.get(train, '—')} | {sampler} "
             f"| {seconds.get('gen-' + name, '—')} ({report['counts']['synthetic']}) | {fmt(real)} | {fmt(syn)} "
             f"| {syn['mean'] / real['mean']:.0%} | {fmt(both)} | {fmt(report['agreement']['results']['disc']['dice'])} "
             f"| {plaus['one_disc_component_synthetic']:.1%} | {flagged} of {report['counts']['synthetic']} | "
@@ -58,4 +82,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "reports/results/summary.json")
+    main(sys.argv[1:] or ["reports/results/summary.json"])

@@ -17,7 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def launch(num_processes: int, script: str, *args: str):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--cpu",
+    # `--cpu` would start one process whatever --num_processes says; `--multi_gpu` on a machine without CUDA starts
+    # them all on the CPU (gloo), which is what a test here needs.
+    mode = ["--multi_gpu"] if num_processes > 1 else ["--cpu"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), *mode,
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "scripts" / script), *args]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -37,11 +40,23 @@ def test_two_processes_then_resume_on_one(tmp_path, script):
     if script == "train_ddpm.py":
         common += ["--preset", "demo", "--train_batch_size", "2", "--validation_steps", "100"]
     else:
-        common += ["--ngf", "4", "--ndf", "4", "--train_batch_size", "2", "--validation_steps", "100", "--logger", "none"]
+        common += [
+            "--ngf",
+            "4",
+            "--ndf",
+            "4",
+            "--train_batch_size",
+            "2",
+            "--validation_steps",
+            "100",
+            "--logger",
+            "none",
+        ]
     launch(2, script, *common, "--max_train_steps", "4")
     run = tmp_path / "run"
     assert checkpoint_steps(run) == [2, 4]
-    assert (run / "model_index.json").exists()
+    info = json.loads((run / "model_index.json").read_text())["training_info"]
+    assert info["batch_size"] == 4  # 2 per device x 2 processes: both processes took part
 
     launch(1, script, *common, "--max_train_steps", "6", "--resume_from_checkpoint", "latest")
     assert checkpoint_steps(run) == [2, 4, 6]

@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import subprocess
@@ -36,6 +37,11 @@ def run_subprocess(argv, timeout=240):
 
 def steps(output_dir):
     return [s for s, _ in list_checkpoints(str(output_dir))]
+
+
+def logged(output_dir, column):
+    with open(Path(output_dir) / "logs" / "metrics.csv", newline="") as f:
+        return [float(row[column]) for row in csv.DictReader(f)]
 
 
 def test_presets_and_schedule_facts():
@@ -81,6 +87,7 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
     )
     assert pushed == [((str(out), "me/tiny-fundus"), {"token": None})]
     assert steps(out) == [5, 6]
+    assert logged(out, "step") == [1, 2, 3, 4, 5, 6]  # one CSV row per step across the resume, none twice
     ema_state = torch.load(out / "checkpoint-6" / "custom_checkpoint_0.pkl", weights_only=True)
     assert int(ema_state["step"]) == 6  # the EMA saw every step, none twice
     pipe = FundusPipeline.from_pretrained(out)
@@ -98,6 +105,8 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, cache_dir):
             )
         )
     )
+    assert logged(tmp_path / "split", "step") == [1, 2, 3, 4]
+    torch.testing.assert_close(logged(tmp_path / "split", "loss"), logged(tmp_path / "straight", "loss"))
     straight = load_file(tmp_path / "straight" / "unet" / "diffusion_pytorch_model.safetensors")
     split = load_file(tmp_path / "split" / "unet" / "diffusion_pytorch_model.safetensors")
     assert straight.keys() == split.keys()

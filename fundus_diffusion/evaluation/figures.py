@@ -10,10 +10,17 @@ PANEL = (320, 220)
 MARGIN = 34
 
 
-def _frame(draw: ImageDraw.ImageDraw, origin: Tuple[int, int], title: str, y_max: float, x_labels: Tuple[str, str]):
+def _frame(
+    draw: ImageDraw.ImageDraw,
+    origin: Tuple[int, int],
+    title: str,
+    y_max: float,
+    x_labels: Tuple[str, str],
+    width: int = PANEL[0],
+):
     """Axes box, title, y maximum and the two x-axis end labels of one panel; returns the plot rectangle."""
     x0, y0 = origin[0] + MARGIN, origin[1] + 20
-    x1, y1 = origin[0] + PANEL[0] - 8, origin[1] + PANEL[1] - 24
+    x1, y1 = origin[0] + width - 8, origin[1] + PANEL[1] - 24
     draw.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
     draw.text((origin[0] + 4, origin[1] + 4), title, fill=(0, 0, 0))
     draw.text((origin[0] + 2, y0), f"{y_max:.2g}", fill=(0, 0, 0))
@@ -75,4 +82,24 @@ def bar_chart(title: str, groups: Dict[str, Dict[str, Tuple[float, float]]]) -> 
             draw.line([(centre, y1 - (y1 - y0) * np.clip(mean - std, 0, 1)), (centre, y1 - (y1 - y0) * np.clip(mean + std, 0, 1))], fill=(0, 0, 0))
             draw.text((left, top - 11), f"{mean:.2f}", fill=(0, 0, 0))
     _legend(draw, series, x0, y1 + 16)
+    return figure
+
+
+def line_chart(title: str, curves: Dict[str, Tuple[Sequence[float], Sequence[float]]]) -> Image.Image:
+    """One panel of ``{name: (x values, y values)}`` polylines from y = 0 (e.g. training loss against step)."""
+    figure = Image.new("RGB", (2 * PANEL[0], PANEL[1] + 12 * len(curves)), "white")
+    draw = ImageDraw.Draw(figure)
+    xs = np.concatenate([np.asarray(x, dtype=float) for x, _ in curves.values()] + [np.zeros(1)])
+    y_max = max([float(np.nanmax(y)) for _, y in curves.values() if len(y)] + [1e-6])
+    x_lo, x_hi = float(xs.min()), max(float(xs.max()), float(xs.min()) + 1e-6)
+    x0, y0, x1, y1 = _frame(draw, (0, 0), title, y_max, (f"{x_lo:.4g}", f"{x_hi:.4g}"), width=figure.width)
+    for i, (x, y) in enumerate(curves.values()):
+        points = [
+            (x0 + (x1 - x0) * (a - x_lo) / (x_hi - x_lo), y1 - (y1 - y0) * b / y_max)
+            for a, b in zip(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+            if np.isfinite(b)
+        ]
+        if len(points) > 1:
+            draw.line(points, fill=COLOURS[i % len(COLOURS)], width=2)
+    _legend(draw, list(curves), x0, y1 + 16)
     return figure

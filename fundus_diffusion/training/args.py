@@ -70,6 +70,9 @@ def make_accelerator(args, **kwargs):
 
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Without cpu=True, accelerate on a machine with no GPU runs each launched process as a lone process.
+        kwargs.setdefault("cpu", True)
     return Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -79,6 +82,23 @@ def make_accelerator(args, **kwargs):
         ),
         **kwargs,
     )
+
+
+def seeded_build(seed, build):
+    """``build()`` the models from ``seed`` alone, then seed each process's own random stream from ``seed`` and its rank.
+
+    The initial weights then do not depend on the number of processes (accelerate's data-loader preparation draws
+    from the global generator only when there are several), while the noise, timesteps and latents of the processes
+    differ: with one shared stream every GPU would draw the same ones and the effective batch would shrink.
+    """
+    from accelerate.utils import set_seed
+
+    if seed is None:
+        return build()
+    set_seed(seed)
+    built = build()
+    set_seed(seed, device_specific=True)
+    return built
 
 
 def check_finite(loss, step: int) -> None:

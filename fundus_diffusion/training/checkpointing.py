@@ -68,6 +68,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: Option
     if accelerator.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
         _remove_stale_temporaries(output_dir)  # left by a run killed mid-save
+        os.makedirs(tmp)  # before the barrier: the other processes write their RNG states into it
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp)
     accelerator.wait_for_everyone()

@@ -6,13 +6,12 @@ saves a ``FundusGANPipeline`` with its model card.
 """
 
 import argparse
-import csv
 import json
 import logging
 import math
 import os
 import time
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, parse_ma
 from ..models.dcgan import DCGANDiscriminator, DCGANGenerator
 from .augment import AUGMENTATIONS, DiffAugment
 from .checkpointing import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_folder_atomically
+from .csv_log import CSVLog
 
 logger = logging.getLogger(__name__)
 
@@ -317,25 +317,6 @@ def sample_diversity(x: torch.Tensor, size: int = DIVERSITY_SIZE) -> float:
     return float(torch.pdist(small).mean() / math.sqrt(small.shape[1]))
 
 
-class CSVLog:
-    """Append rows to a CSV; on resume, rows after the resumed step (from the interrupted run) are dropped first."""
-
-    def __init__(self, path: str, columns: Sequence[str], resume_step: Optional[int] = None):
-        self.path, self.columns = path, list(columns)
-        rows: List[dict] = []
-        if resume_step is not None and os.path.exists(path):
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, self.columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.columns).writerow(row)
-
-
 # ---------------------------------------------------------------------------------------------------------- training
 
 
@@ -376,7 +357,7 @@ def train_dcgan(args) -> str:
     from ..data import FundusTrainingView, load_fundus_dataset
     from ..data.transforms import array_to_tensor, tensor_to_outputs
     from ..visualization import contact_sheet
-    from .args import check_finite, make_accelerator
+    from .args import check_finite, make_accelerator, seeded_build
 
     started = time.time()
     mask_names = parse_mask_names(args.masks)
@@ -385,7 +366,7 @@ def train_dcgan(args) -> str:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     seed = 0 if args.seed is None else args.seed
     if args.seed is not None:
-        set_seed(args.seed, device_specific=True)  # each process its own latents; DDP syncs the initial weights
+        set_seed(args.seed)
     if not args.resume_from_checkpoint and list_checkpoints(args.output_dir):
         raise FileExistsError(
             f"{args.output_dir} already holds checkpoints from an earlier run. Continue it with "
@@ -413,7 +394,7 @@ def train_dcgan(args) -> str:
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
 
     # Models, optimizers, EMA. The EMA copies the raw generator before compile and prepare touch it.
-    generator, discriminator = build_models(args, channels)
+    generator, discriminator = seeded_build(args.seed, lambda: build_models(args, channels))
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     generator.to(accelerator.device, memory_format=memory_format)
     discriminator.to(accelerator.device, memory_format=memory_format)
@@ -469,7 +450,7 @@ def train_dcgan(args) -> str:
         accelerator.init_trackers("train_dcgan", config=tracker_config)
         log_dir = os.path.join(args.output_dir, args.logging_dir)
         resume_step = global_step if resume_path else None
-        metrics_log = CSVLog(os.path.join(log_dir, "metrics.csv"), ("step", "epoch", *METRICS), resume_step)
+        metrics_log = CSVLog(os.path.join(log_dir, "metrics.csv"), ("step", "epoch", *METRICS, "wall_s"), resume_step)
         diversity_log = CSVLog(
             os.path.join(log_dir, "diversity.csv"),
             ("step", "diversity", "real_diversity", "ratio", "collapse"),
@@ -533,7 +514,7 @@ def train_dcgan(args) -> str:
         check_finite(values[0] + values[1], step)
         if accelerator.is_main_process:
             row = dict(zip(METRICS, values))
-            metrics_log.write({"step": step, "epoch": epoch, **row})
+            metrics_log.write({"step": step, "epoch": epoch, **row, "wall_s": round(time.time() - started, 3)})
             accelerator.log(row, step=step)
             progress.set_postfix(d_loss=f"{row['d_loss']:.3f}", g_loss=f"{row['g_loss']:.3f}", refresh=False)
 

@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, num_channels, parse_mask_names
 from ..models.unet import UNET_PRESETS
-from .args import add_common_args, check_finite, make_accelerator
+from .args import add_common_args, check_finite, make_accelerator, seeded_build
 from .checkpointing import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_folder_atomically
+from .csv_log import CSVLog
 
 PRESETS = {
     "ours": dict(
@@ -376,7 +377,7 @@ def train(args) -> str:
     max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
 
-    training = build_training(args, accelerator, max_train_steps)
+    training = seeded_build(args.seed, lambda: build_training(args, accelerator, max_train_steps))
     alpha_bar = final_alpha_bar(training.noise_scheduler)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -386,13 +387,22 @@ def train(args) -> str:
             f"{max_train_steps} steps; {args.beta_schedule} betas over T = {args.num_train_timesteps}, "
             f"alpha-bar at t = T: {alpha_bar:.3g}" + (" (the model never sees pure noise)" if alpha_bar > 1e-3 else "")
         )
-        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        tracker_config = {
+            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"
+        }
         accelerator.init_trackers("train_ddpm", config=tracker_config)
 
     global_step = 0
     if resume_path:
         global_step = load_checkpoint(accelerator, resume_path)
         accelerator.print(f"Resumed from {resume_path} at step {global_step}")
+    metrics_log = None
+    if accelerator.is_main_process:
+        metrics_log = CSVLog(
+            os.path.join(args.output_dir, args.logging_dir, "metrics.csv"),
+            ("step", "epoch", "loss", "lr", "ema_decay", "wall_s"),
+            global_step if resume_path else None,
+        )
     first_epoch = global_step // steps_per_epoch
     skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
 
@@ -423,6 +433,10 @@ def train(args) -> str:
                 logs["ema_decay"] = training.ema.get_current_decay()
                 progress.set_postfix(loss=f"{logs['loss']:.4f}")
                 accelerator.log(logs, step=global_step)
+                if metrics_log is not None:
+                    metrics_log.write(
+                        {"step": global_step, "epoch": epoch, **logs, "wall_s": round(time.time() - started, 3)}
+                    )
                 running_loss.zero_()
                 micro_batches = 0
             if save_now:

@@ -1,0 +1,301 @@
+"""Both trainers on 1, 2 (4, ...) GPUs of one host through ``accelerate launch``: agreement, resume, scaling.
+
+    python benchmarks/multi_gpu.py --gpus 1,2 --json reports/multi_gpu.json      # on a multi-GPU machine, ~7 min
+    python benchmarks/multi_gpu.py --smoke                                      # 2 CPU processes, tiny models
+
+For each trainer (DDPM at 64 px, DCGAN at 360 px; phantoms by default) it runs, as subprocesses:
+
+- ``1x{B}`` seed 0 and seed 1: one GPU at the effective batch B (seed 1 measures run-to-run noise);
+- ``{N}x{B/N}`` seed 0: N GPUs at the same effective batch, for each N > 1 (the agreement check);
+- ``{N}x{B}``: N GPUs at the one-GPU per-device batch (throughput scaling at fixed work per GPU);
+- the ``{N}x{B/N}`` run resumed on one process (``1x{B}``, same effective batch) for more steps.
+
+and prints one table: images/s read off ``logs/metrics.csv`` (second half of the steps, after warm-up), the mean
+loss over the second half with its standard error, the EMA model's loss on a fixed batch (DDPM: the same noise and
+timesteps for every model; DCGAN: the fixed-noise diversity ratio of the EMA generator), the EMA weights' relative
+distance from the one-GPU seed-0 run, and the checks that each run wrote its checkpoints and model card once.
+NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are set for every launch).
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpus", default="1,2", help="Process counts to compare; the first must be 1.")
+    parser.add_argument("--dataset", default="phantom:512")
+    parser.add_argument("--trainers", default="ddpm,dcgan")
+    parser.add_argument("--ddpm_steps", type=int, default=300)
+    parser.add_argument("--dcgan_steps", type=int, default=300)
+    parser.add_argument("--output_dir", default="reports/multi_gpu")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--plot", default=None, help="Also draw each trainer's loss curves into PLOT_{trainer}.png.")
+    parser.add_argument("--smoke", action="store_true", help="Two CPU processes, tiny models, a few steps.")
+    parser.add_argument(
+        "--from_runs",
+        action="store_true",
+        help="Launch nothing: rebuild the table from the runs already in --output_dir (e.g. of a session cut short).",
+    )
+    args = parser.parse_args(argv)
+    args.gpus = [int(n) for n in args.gpus.split(",")]
+    if args.smoke:
+        args.gpus, args.dataset = [1, 2], "phantom:16"
+    if args.gpus[0] != 1:
+        parser.error("--gpus must start with 1 (the reference run).")
+    return args
+
+
+def trainer_settings(trainer, args):
+    """(script, effective batch, steps, flags) of one trainer's runs."""
+    if trainer == "ddpm":
+        if args.smoke:
+            return "train_ddpm.py", 4, 6, ["--preset", "demo", "--resolution", "16", "--masks", "disc"]
+        flags = ["--resolution", "64", "--masks", "disc", "--model_config", "base64", "--mixed_precision", "bf16"]
+        return "train_ddpm.py", 64, args.ddpm_steps, flags + ["--lr_warmup_steps", "50"]
+    if args.smoke:
+        return "train_dcgan.py", 4, 6, ["--resolution", "16", "--ngf", "4", "--ndf", "4", "--ema_beta", "0.9"]
+    flags = ["--preset", "paper", "--ema_beta", "0.999", "--mixed_precision", "bf16"]
+    return "train_dcgan.py", 32, args.dcgan_steps, flags
+
+
+def launch(args, script, processes, batch, steps, flags, output_dir, seed, resume=False):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+               "--num_machines", "1", "--dynamo_backend", "no"]  # fmt: skip
+    if processes > 1:
+        command += ["--multi_gpu"]  # on a machine without CUDA: processes on the CPU (gloo)
+    elif args.smoke:
+        command += ["--cpu"]
+    if args.smoke:
+        command += ["--mixed_precision", "no"]
+    command += [str(REPO / "scripts" / script), *flags, "--dataset", args.dataset, "--seed", str(seed)]
+    command += ["--train_batch_size", str(batch), "--max_train_steps", str(steps), "--output_dir", str(output_dir)]
+    command += ["--checkpointing_steps", str(steps), "--validation_steps", str(steps), "--logger", "none"]
+    command += ["--cache_dir", str(Path(args.output_dir) / "cache")]
+    if "train_ddpm" in script:
+        command += ["--logging_steps", "1" if args.smoke else "5"]
+    if resume:
+        command += ["--resume_from_checkpoint", "latest"]
+    env = {**os.environ, **NO_MULTICAST, "HF_HUB_OFFLINE": "1"}
+    env.setdefault("OMP_NUM_THREADS", "1" if args.smoke else "4")
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    with open(Path(output_dir).with_suffix(".log"), "a") as f:
+        f.write(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def read_metrics(run):
+    with open(Path(run) / "logs" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def second_half(rows, first_step=0):
+    rows = [r for r in rows if int(r["step"]) > first_step]
+    return rows[len(rows) // 2 :]
+
+
+def throughput(rows, effective_batch):
+    """Images/s between the first and last row of the second half (warm-up excluded)."""
+    if len(rows) < 2:
+        return float("nan")
+    steps = int(rows[-1]["step"]) - int(rows[0]["step"])
+    return effective_batch * steps / (float(rows[-1]["wall_s"]) - float(rows[0]["wall_s"]))
+
+
+def mean_and_error(values):
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
+    return mean, math.sqrt(var / n)
+
+
+def ema_weights(run, trainer):
+    from safetensors.torch import load_file
+
+    path = weights_path(run, trainer)
+    return load_file(path) if path.exists() else None
+
+
+def weights_path(run, trainer):
+    return Path(run) / ("unet" if trainer == "ddpm" else "gan_generator") / "diffusion_pytorch_model.safetensors"
+
+
+def relative_distance(a, b):
+    keys = [k for k in a if a[k].is_floating_point()]
+    diff = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in keys)
+    norm = sum(float(b[k].double().pow(2).sum()) for k in keys)
+    return math.sqrt(diff / norm)
+
+
+def ddpm_eval_loss(run, args, samples=256):
+    """Denoising loss of the saved EMA UNet on a fixed batch: same images, noise and timesteps for every model."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from fundus_diffusion.data import FundusTrainingView, load_fundus_dataset
+    from fundus_diffusion.training.ddpm import diffusion_loss
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    unet = UNet2DModel.from_pretrained(Path(run) / "unet").to(device).eval()
+    scheduler = DDPMScheduler.from_pretrained(Path(run) / "scheduler")
+    config = json.loads((Path(run) / "training_args.json").read_text())
+    view = FundusTrainingView(
+        load_fundus_dataset(args.dataset), config["resolution"], tuple(config["mask_names"]),
+        cache_dir=str(Path(args.output_dir) / "cache"),
+    )  # fmt: skip
+    batch = torch.utils.data.default_collate([view[i] for i in range(min(samples, len(view)))])
+    pixels = torch.as_tensor(batch["pixel_values"]).to(device)
+    labels = torch.as_tensor(batch["class_labels"]).to(device)
+    torch.manual_seed(0)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return float(diffusion_loss(unet, scheduler, pixels, labels))
+
+
+def final_diversity_ratio(run):
+    with open(Path(run) / "logs" / "diversity.csv", newline="") as f:
+        return float(list(csv.DictReader(f))[-1]["ratio"])
+
+
+def checks(run, steps):
+    """Checkpoints written once and complete; one final model with one card."""
+    checkpoints = sorted(p.name for p in Path(run).glob("checkpoint-*"))
+    temporaries = list(Path(run).glob(".tmp-*"))
+    return {
+        "checkpoints": checkpoints,
+        "ok": checkpoints == [f"checkpoint-{steps}"] and not temporaries and (Path(run) / "README.md").exists(),
+    }
+
+
+def summarise_run(trainer, run, name, processes, per_device, steps, wall, args):
+    """One table row from a finished run's folder (its metrics log, checkpoints and saved model)."""
+    late = second_half([r for r in read_metrics(run) if int(r["step"]) <= steps])  # not a resumed continuation
+    loss, loss_error = mean_and_error([float(r["loss" if trainer == "ddpm" else "d_loss"]) for r in late])
+    row = {
+        "trainer": trainer, "run": name, "processes": processes, "per_device_batch": per_device,
+        "effective_batch": processes * per_device, "steps": steps, "wall_s": wall and round(wall, 1),
+        "images_per_s": throughput(late, processes * per_device), "loss": loss, "loss_stderr": loss_error,
+        "g_loss": mean_and_error([float(r["g_loss"]) for r in late])[0] if trainer == "dcgan" else None,
+        **checks(run, steps),
+    }  # fmt: skip
+    finished = weights_path(run, trainer).exists() if trainer == "ddpm" else (run / "model_index.json").exists()
+    if finished:  # the EMA model was saved (DDPM: its weights are here to evaluate)
+        row["ema_eval"] = ddpm_eval_loss(run, args) if trainer == "ddpm" else final_diversity_ratio(run)
+    return row
+
+
+def run_trainer(trainer, args):
+    script, batch, steps, flags = trainer_settings(trainer, args)
+    root = Path(args.output_dir) / trainer
+    root.mkdir(parents=True, exist_ok=True)
+    plan = [("1x%d seed 0" % batch, 1, batch, 0), ("1x%d seed 1" % batch, 1, batch, 1)]
+    for n in args.gpus[1:]:
+        plan += [(f"{n}x{batch // n} seed 0", n, batch // n, 0), (f"{n}x{batch} seed 0", n, batch, 0)]
+    rows = []
+    for name, processes, per_device, seed in plan:
+        run = root / name.replace(" ", "_")
+        wall = None
+        if not args.from_runs:
+            print(f"[{trainer}] {name} ...", flush=True)
+            wall = launch(args, script, processes, per_device, steps, flags, run, seed)
+        elif not (run / "logs" / "metrics.csv").exists():
+            continue
+        rows.append(summarise_run(trainer, run, name, processes, per_device, steps, wall, args))
+        print(json.dumps(rows[-1]), flush=True)
+    reference = root / plan[0][0].replace(" ", "_")
+    for row in rows:
+        weights = [ema_weights(root / row["run"].replace(" ", "_"), trainer), ema_weights(reference, trainer)]
+        if all(w is not None for w in weights):
+            row["ema_distance"] = relative_distance(*weights)
+
+    if args.from_runs:
+        return rows
+    # Resume the first multi-process run on one process at the same effective batch, for a quarter more steps.
+    if len(args.gpus) > 1:
+        n = args.gpus[1]
+        run = root / f"{n}x{batch // n}_seed_0"
+        more = steps + max(2, steps // 4)
+        launch(args, script, 1, batch, more, flags, run, 0, resume=True)
+        logged = [int(r["step"]) for r in read_metrics(run)]
+        expected = list(range(1, more + 1)) if trainer == "dcgan" else sorted(set(logged))
+        rows.append({
+            "trainer": trainer, "run": f"{n}x{batch // n} resumed on 1x{batch}", "processes": 1,
+            "per_device_batch": batch, "effective_batch": batch, "steps": more,
+            "ok": logged == expected and logged[-1] == more
+            and sorted(p.name for p in run.glob("checkpoint-*")) == [f"checkpoint-{steps}", f"checkpoint-{more}"],
+        })  # fmt: skip
+    return rows
+
+
+def plot_losses(trainer, args):
+    """The logged loss of every run of ``trainer`` against the step (DCGAN: the discriminator's)."""
+    from fundus_diffusion.evaluation.figures import line_chart
+
+    column = "loss" if trainer == "ddpm" else "d_loss"
+    curves = {}
+    for run in sorted((Path(args.output_dir) / trainer).glob("*/logs/metrics.csv")):
+        metrics = read_metrics(run.parents[1])
+        curves[run.parents[1].name.replace("_", " ")] = (
+            [int(r["step"]) for r in metrics],
+            [float(r[column]) for r in metrics],
+        )
+    path = f"{args.plot}_{trainer}.png"
+    line_chart(f"{trainer}: {column} per logged step", curves).save(path)
+    return path
+
+
+def print_table(rows, device):
+    print(f"\nDevice: {device}\n")
+    print(
+        "| trainer | run | GPUs x batch | images/s | scaling | loss (2nd half) | EMA model | EMA distance to 1-GPU seed 0 | checks |"
+    )
+    print("|---|---|---|---:|---:|---|---:|---:|---|")
+    for r in rows:
+        single = next(x for x in rows if x["trainer"] == r["trainer"] and x["processes"] == 1)
+        ips = r.get("images_per_s")
+        scaling = f"{ips / single['images_per_s']:.2f}x" if ips and "seed 0" in r["run"] else ""
+        loss = f"{r['loss']:.4f} ± {r['loss_stderr']:.4f}" if "loss" in r else ""
+        ema = f"{r['ema_eval']:.4f}" if "ema_eval" in r else ""
+        dist = f"{r['ema_distance']:.4f}" if "ema_distance" in r else ""
+        print(
+            f"| {r['trainer']} | {r['run']} | {r['processes']}x{r['per_device_batch']} | "
+            f"{f'{ips:,.0f}' if ips else ''} | {scaling} | {loss} | {ema} | {dist} | {'ok' if r['ok'] else 'FAILED'} |"
+        )
+
+
+def main(args):
+    if args.from_runs:
+        device = "as recorded in the runs' model_index.json"
+    elif args.smoke:
+        device = "cpu (gloo)"
+    elif torch.cuda.device_count() < max(args.gpus):
+        raise SystemExit(f"--gpus asks for {max(args.gpus)} GPUs; this machine has {torch.cuda.device_count()}.")
+    else:
+        device = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
+    rows = []
+    for trainer in args.trainers.split(","):
+        rows += run_trainer(trainer, args)
+        if args.plot:
+            print("loss curves:", plot_losses(trainer, args))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+    print_table(rows, device)
+    return rows
+
+
+if __name__ == "__main__":
+    main(parse_args())
