@@ -138,7 +138,8 @@ def run_eager(args, device, view):
 def run_ours(args, device, view, config):
     """``DCGANStep`` and ``DeviceBatches`` set up as ``train_dcgan`` sets them up."""
     from fundus_diffusion.training.args import make_accelerator
-    from fundus_diffusion.training.dcgan import DCGANStep, DeviceBatches, build_models, build_optimizers
+    from fundus_diffusion.training.batches import DeviceBatches
+    from fundus_diffusion.training.dcgan import DCGANStep, build_models, build_optimizers
 
     margs = model_args(args)
     run = SimpleNamespace(

@@ -7,10 +7,10 @@ Training rows: images/s and peak memory of (a) the baseline of diffusers' exampl
 fp32 weights, bf16 autocast, eager, ``torch.optim.AdamW``, no EMA, cudnn.benchmark off -- and (b)
 ``fundus_diffusion.training.ddpm``'s own ``training_step`` as the trainer sets it up (bf16 via accelerate,
 cudnn.benchmark, fused AdamW, foreach EMA update), eager and with ``torch.compile``, with and without channels-last
-(``--variants``), at 64 and 256 px on random batches. An earlier run (H200, 256 px) had our eager step with
-channels-last at 55 images/s against the baseline's 83; CUDA GroupNorm has no NHWC kernel, so every norm transposes
-its input and output -- the likely cause, which the eager / eager_channels_last pair checks. A memory row trains 256 px at batch 16 with gradient checkpointing (target:
-under 15 GiB, a free-notebook GPU). A loader row times the trainer's data path to show it outruns training. Sampling
+(``--variants``), at 64 and 256 px on random batches; the default variants leave channels-last out (measured on
+an H200 it was slower: CUDA GroupNorm has no NHWC kernel). A memory row trains 256 px at batch 16 with gradient
+checkpointing (target: under 15 GiB, a free-notebook GPU). Loader rows time the trainer's two data paths
+(``--data_on_device``): on the H200 host the DataLoader gave 102 images/s at 256 px, below what training takes. Sampling
 rows time ``FundusPipeline`` at 256 px with DDPM (1000 steps), DDIM (50) and DPM-Solver++ (20) on untrained bf16
 weights (speed only). ``--json`` is rewritten after every row, so a run cut short keeps what it measured.
 """
@@ -54,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--ddpm_steps", type=int, default=1000)
     parser.add_argument(
         "--variants",
-        default="baseline,eager,compiled,compiled_channels_last",
+        default="baseline,eager,compiled",
         help="Training variants at both sizes, from: " + ", ".join(VARIANTS) + " (compiled ones run on CUDA only).",
     )
     parser.add_argument("--json", default=None, help="Also write the results to this file.")
@@ -170,31 +170,43 @@ def train_row(name, preset, resolution, batch_size, device, args, flags=()):
     }
 
 
-def loader_row(resolution, batch_size, args, device):
-    """Images/s of the trainer's data path (default: no worker processes): cached uint8 view -> batches -> device."""
+def loader_rows(resolution, batch_size, args, device):
+    """Images/s of the trainer's two data paths (``--data_on_device``), batches delivered on the device: a DataLoader
+    over the memory-mapped uint8 cache (pinned memory, no worker processes) and the whole set as one device tensor."""
     from fundus_diffusion.data import FundusTrainingView, load_phantom_dataset
+    from fundus_diffusion.training.batches import DeviceBatches
 
+    rows = []
     with tempfile.TemporaryDirectory() as cache:
         view = FundusTrainingView(load_phantom_dataset(64, size=resolution), resolution, MASKS, cache_dir=cache)
         loader = torch.utils.data.DataLoader(
             view, batch_size=batch_size, shuffle=True, drop_last=True, pin_memory=device.type == "cuda"
         )
-        images, start = 0, time.perf_counter()
-        for _ in range(max(1, args.steps // len(loader))):
-            for batch in loader:
-                batch["pixel_values"].to(device, non_blocking=True)
-                images += batch_size
-        sync(device)
-        seconds = time.perf_counter() - start
-    return {
-        "section": "data",
-        "variant": "FundusTrainingView + DataLoader",
-        "model": "-",
-        "resolution": resolution,
-        "batch": batch_size,
-        "images_per_s": images / seconds,
-        "peak_gib": float("nan"),
-    }
+        on_device = DeviceBatches(view, batch_size, device)
+        paths = {
+            "DataLoader (--data_on_device no)": lambda: (
+                b["pixel_values"].to(device, non_blocking=True) for b in loader
+            ),
+            "DeviceBatches (--data_on_device yes)": lambda: (b["pixel_values"] for b in on_device.epoch(0)),
+        }
+        for name, epoch in paths.items():
+            images, start = 0, time.perf_counter()
+            for _ in range(max(1, args.steps // len(loader))):
+                for _batch in epoch():
+                    images += batch_size
+            sync(device)
+            rows.append(
+                {
+                    "section": "data",
+                    "variant": name,
+                    "model": "-",
+                    "resolution": resolution,
+                    "batch": batch_size,
+                    "images_per_s": images / (time.perf_counter() - start),
+                    "peak_gib": float("nan"),
+                }
+            )
+    return rows
 
 
 def sampling_rows(preset, resolution, args, device):
@@ -302,7 +314,8 @@ def eager_extras(large, res_large, args, device, record):
             ("--gradient_checkpointing",),
         )
     )
-    record(loader_row(res_large, args.batch_256, args, device))
+    for row in loader_rows(res_large, args.batch_256, args, device):
+        record(row)
     for row in sampling_rows(large, res_large, args, device):
         record(row)
 

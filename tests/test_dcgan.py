@@ -239,7 +239,7 @@ def test_one_step_updates_both_networks_and_d_gets_no_generator_gradients(loss):
 
 def test_device_batches_are_deterministic_per_epoch_and_resumable(tmp_path):
     from fundus_diffusion.data import FundusTrainingView, load_phantom_dataset
-    from fundus_diffusion.training.dcgan import DeviceBatches
+    from fundus_diffusion.training.batches import DeviceBatches
 
     view = FundusTrainingView(load_phantom_dataset(6, size=64, seed=1), 16, ("disc",), cache_dir=str(tmp_path))
     batches = DeviceBatches(view, batch_size=2, device="cpu", seed=3)

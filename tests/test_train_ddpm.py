@@ -94,8 +94,10 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
     assert pipe.config.mask_names == ["disc", "atrophy"] and pipe.config.training_info["steps"] == 6
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, cache_dir):
+@pytest.mark.parametrize("data_on_device", ["no", "yes"])  # a DataLoader, or the whole set as one device tensor
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, cache_dir, data_on_device):
     common = ["--checkpointing_steps", "2", "--validation_steps", "100", "--logger", "none"]
+    common += ["--data_on_device", data_on_device]
     ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "straight", cache_dir, "--max_train_steps", "4", *common)))
     ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "split", cache_dir, "--max_train_steps", "2", *common)))
     ddpm.train(

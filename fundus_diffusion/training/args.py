@@ -20,7 +20,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     data.add_argument(
         "--masks", default="disc", help="Mask channels after RGB: 'disc' (4 channels) or 'disc,atrophy' (5)."
     )
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument(
+        "--data_on_device",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="Keep the whole uint8 training array on the GPU and batch there ('auto': on CUDA when it takes under a "
+        "quarter of free memory); 'no': a DataLoader over the memory-mapped cache.",
+    )
+    data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers (--data_on_device no).")
     data.add_argument(
         "--cache_dir",
         default=None,

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, parse_mask_names
 from ..models.dcgan import DCGANDiscriminator, DCGANGenerator
 from .augment import AUGMENTATIONS, DiffAugment
+from .batches import DeviceBatches, make_batches
 from .checkpointing import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_folder_atomically
 from .csv_log import CSVLog
 
@@ -105,11 +106,6 @@ def add_dcgan_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument(
         "--collapse_threshold", type=float, default=0.5,
         help="Warn of mode collapse when the fixed-noise batch's diversity falls below this fraction of the real data's.",
-    )  # fmt: skip
-    group.add_argument(
-        "--data_on_device", choices=["auto", "yes", "no"], default="auto",
-        help="Keep the whole uint8 training array on the GPU and batch there ('auto': on CUDA when it takes under a "
-        "quarter of free memory); 'no': a DataLoader over the memory-mapped cache.",
     )  # fmt: skip
     group.add_argument(
         "--channels_last", action="store_true", help="channels_last memory format (faster convs on GPU)."
@@ -239,75 +235,6 @@ class DCGANStep:
         )
 
 
-# ---------------------------------------------------------------------------------------------------------- data
-
-
-class DeviceBatches:
-    """The whole training view as one ``uint8`` tensor on the device, batched, scaled to [-1, 1] and flipped there.
-
-    A DataLoader spends most of a GAN step at 360 px converting and copying floats; the real sets are ~1k images
-    (0.5 GB as uint8 at 360 px, 4 channels), which fit any training GPU. Each epoch's order and flips come from
-    ``seed + epoch``, so a resumed run sees the batches an uninterrupted one would. Processes take disjoint slices.
-    """
-
-    def __init__(self, view, batch_size: int, device, seed: int = 0, process_index: int = 0, num_processes: int = 1):
-        arrays = np.load(view.cache_path, mmap_mode="r")
-        self.data = torch.empty(arrays.shape, dtype=torch.uint8, device=device)
-        for start in range(0, len(arrays), 256):  # chunked, so host RAM never holds the whole array
-            self.data[start : start + 256] = torch.from_numpy(np.array(arrays[start : start + 256]))
-        self.labels = view.class_labels.to(device)
-        self.batch_size, self.seed = batch_size, seed
-        self.process_index, self.num_processes = process_index, num_processes
-        self.num_batches = len(arrays) // num_processes // batch_size
-        if self.num_batches == 0:
-            raise ValueError(
-                f"{len(arrays)} samples make no full batch of {batch_size} on {num_processes} process(es)."
-            )
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
-        rng = torch.Generator().manual_seed(self.seed + epoch)  # on the CPU: the same stream on every device
-        order = torch.randperm(len(self.data), generator=rng)[self.process_index :: self.num_processes]
-        flips = (torch.rand(len(self.data), generator=rng) < 0.5).to(self.data.device)
-        order = order.to(self.data.device)
-        for i in range(skip, self.num_batches):
-            index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = self.data[index].float().div_(127.5).sub_(1.0)
-            flip = flips[index][:, None, None, None]
-            yield {"pixel_values": torch.where(flip, x.flip(-1), x), "class_labels": self.labels[index]}
-
-
-class LoaderBatches:
-    """The same interface over an accelerate-prepared DataLoader (the memory-mapped cache, any dataset size)."""
-
-    def __init__(self, accelerator, view, batch_size: int, num_workers: int = 0):
-        from torch.utils.data import DataLoader
-
-        pin_memory = accelerator.device.type == "cuda"
-        loader = DataLoader(
-            view, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers, pin_memory=pin_memory
-        )
-        self.accelerator, self.loader = accelerator, accelerator.prepare(loader)
-        if len(self.loader) == 0:
-            raise ValueError(f"{len(view)} samples make no full batch of {batch_size}.")
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
-        self.loader.set_epoch(epoch)
-        return iter(self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader)
-
-
-def _fits_on_device(view, device) -> bool:
-    if device.type != "cuda":
-        return False
-    free, _ = torch.cuda.mem_get_info(device)
-    return os.path.getsize(view.cache_path) < free / 4
-
-
 # ---------------------------------------------------------------------------------------------------------- monitoring
 
 
@@ -380,15 +307,7 @@ def train_dcgan(args) -> str:
     dataset = load_fundus_dataset(args.dataset)
     with accelerator.main_process_first():
         view = FundusTrainingView(dataset, args.resolution, mask_names, flip=True, cache_dir=args.cache_dir)
-    on_device = args.data_on_device == "yes" or (
-        args.data_on_device == "auto" and _fits_on_device(view, accelerator.device)
-    )
-    if on_device:
-        batches = DeviceBatches(
-            view, args.train_batch_size, accelerator.device, seed, accelerator.process_index, accelerator.num_processes
-        )
-    else:
-        batches = LoaderBatches(accelerator, view, args.train_batch_size, args.dataloader_num_workers)
+    batches = make_batches(accelerator, view, args, seed)
     steps_per_epoch = math.ceil(len(batches) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
@@ -459,7 +378,7 @@ def train_dcgan(args) -> str:
         logger.info(
             "%d samples, %d steps per epoch, %d steps (%d epochs), batch %d per device x %d processes, data %s",
             len(view), steps_per_epoch, max_train_steps, num_epochs, args.train_batch_size,
-            accelerator.num_processes, "on device" if on_device else "via DataLoader",
+            accelerator.num_processes, "on device" if isinstance(batches, DeviceBatches) else "via DataLoader",
         )  # fmt: skip
 
     def sampling_generator():

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, num_channels, parse_mask_names
 from ..models.unet import UNET_PRESETS
 from .args import add_common_args, check_finite, make_accelerator, seeded_build
+from .batches import make_batches
 from .checkpointing import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_folder_atomically
 from .csv_log import CSVLog
 
@@ -363,17 +364,8 @@ def train(args) -> str:
         )
     if len(view) < args.train_batch_size:
         raise ValueError(f"The dataset has {len(view)} samples, fewer than --train_batch_size {args.train_batch_size}.")
-    dataloader = torch.utils.data.DataLoader(
-        view,
-        batch_size=args.train_batch_size,
-        shuffle=True,
-        drop_last=True,  # fixed shapes: no recompilation with --compile
-        num_workers=args.dataloader_num_workers,
-        persistent_workers=args.dataloader_num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
-    )
-    dataloader = accelerator.prepare(dataloader)
-    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    batches = make_batches(accelerator, view, args, seed=args.seed or 0)
+    steps_per_epoch = math.ceil(len(batches) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
 
@@ -412,9 +404,7 @@ def train(args) -> str:
     running_loss, micro_batches, started = torch.zeros((), device=accelerator.device), 0, time.time()
     for epoch in range(first_epoch, num_epochs):
         training.unet.train()
-        resuming = epoch == first_epoch and skip_batches
-        batches = accelerator.skip_first_batches(dataloader, skip_batches) if resuming else dataloader
-        for batch in batches:
+        for batch in batches.epoch(epoch, skip_batches if epoch == first_epoch else 0):
             if global_step >= max_train_steps:
                 break
             running_loss += training_step(accelerator, training, batch, args)
