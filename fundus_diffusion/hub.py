@@ -1,10 +1,12 @@
 """Model cards and Hub uploads for saved pipelines."""
 
+import json
 import os
 from importlib import resources
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 DEFAULT_IGNORE = ("checkpoint-*", ".tmp-*", "logs/*")
+METRICS_FILE = "metrics.json"  # the measured metrics a card shows, kept beside it so that later ones can be added
 
 
 def render_model_card(template: str, **context) -> str:
@@ -44,3 +46,19 @@ def push_folder(
         commit_message="Upload fundus-diffusion model",
     )
     return f"https://huggingface.co/{repo_id}"
+
+
+def add_model_card_metrics(model_dir: str, metrics: Sequence[Dict]) -> str:
+    """Merge ``metrics`` into a saved pipeline's card (by name; new values win) and re-render ``README.md``; the
+    weights are not rewritten. Returns the card's path."""
+    from .generate import load_fundus_pipeline
+
+    path = os.path.join(model_dir, METRICS_FILE)
+    merged = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            merged = {m["name"]: m for m in json.load(f)}
+    merged.update({m["name"]: m for m in metrics})
+    pipeline = load_fundus_pipeline(model_dir, device="cpu", dtype="fp32")
+    pipeline.save_pretrained(model_dir, metrics=list(merged.values()), card_only=True)
+    return os.path.join(model_dir, "README.md")

@@ -1,6 +1,8 @@
 """FundusPipeline: a class-conditional ``UNet2DModel`` and any diffusers scheduler -> fundus images and their masks."""
 
 import inspect
+import json
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -13,7 +15,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from fundus_diffusion.data.schema import IMAGE_CHANNELS, LABEL_NAMES, UNKNOWN_LABEL, parse_mask_names
 from fundus_diffusion.data.transforms import tensor_to_outputs
-from fundus_diffusion.hub import push_folder, save_model_card
+from fundus_diffusion.hub import METRICS_FILE, push_folder, save_model_card
 from fundus_diffusion.models.unet import check_resolution
 
 Label = Union[str, int, None]
@@ -209,6 +211,7 @@ class FundusPipeline(DiffusionPipeline):
 
         ``metrics``: measured values only, as ``[{"name": "FID", "value": 41.2, "notes": "1000 samples vs PALM"}]``.
         ``push_to_hub=True`` uploads the folder with its card (``repo_id``, ``token`` as in diffusers).
+        ``card_only=True`` rewrites only the card and its ``metrics.json`` (``hub.add_model_card_metrics``).
         """
         scheduler = self.scheduler.config
         self.save_with_model_card(
@@ -231,7 +234,10 @@ class FundusPipeline(DiffusionPipeline):
         if push_to_hub and repo_id is None:
             repo_id = str(save_directory).rstrip("/").split("/")[-1]
         token = kwargs.pop("token", None)
-        DiffusionPipeline.save_pretrained(self, save_directory, **kwargs)
+        if not kwargs.pop("card_only", False):
+            DiffusionPipeline.save_pretrained(self, save_directory, **kwargs)
+        with open(os.path.join(save_directory, METRICS_FILE), "w") as f:
+            json.dump(list(metrics or []), f, indent=2)
         save_model_card(
             save_directory,
             template,

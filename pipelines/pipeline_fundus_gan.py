@@ -110,7 +110,7 @@ class FundusGANPipeline(DiffusionPipeline):
 
         ``metrics``: measured values only, as ``[{"name": ..., "value": ..., "notes": ...}]``. ``push_to_hub=True``
         uploads the folder with its card (``repo_id``, ``token`` as in diffusers); ``repo_id`` alone only names the
-        model in the card.
+        model in the card. ``card_only=True`` rewrites only the card and its ``metrics.json``.
         """
         self.save_with_model_card(
             save_directory, "dcgan", self.gan_generator, metrics, kwargs, nz=self.gan_generator.config.nz

@@ -7,9 +7,14 @@ The report folder holds real photographs (nearest-neighbour pairs): keep it out 
 """
 
 import argparse
+import json
+import os
 
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
+from fundus_diffusion.evaluation.report import model_card_metrics
+from fundus_diffusion.generate import CONFIG_FILE
+from fundus_diffusion.hub import add_model_card_metrics
 
 
 def parse_args(argv=None):
@@ -27,6 +32,15 @@ def parse_args(argv=None):
     parser.add_argument("--segmenter_steps", type=int, default=1000, help="Training steps per segmenter.")
     parser.add_argument("--inception_weights", "--inference_weights", default=None, help="Local FID Inception weights (pt_inception-2015-12-05-6726825d.pth).")
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    parser.add_argument(
+        "--update_model_card",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="MODEL_DIR",
+        help="Add the measured metrics to this saved model's card (no value: the model recorded in the synthetic "
+        "set's generation_config.json).",
+    )
     return parser.parse_args(argv)
 
 
@@ -48,6 +62,21 @@ def main(args):
     report, figures = evaluate(real, synthetic, holdout, config)
     paths = write_report(report, figures, args.output_dir)
     print(f"Wrote {paths['markdown']} and {len(figures)} figures")
+    if args.update_model_card:
+        model_dir = generating_model(args.synthetic) if args.update_model_card == "auto" else args.update_model_card
+        print(f"Updated {add_model_card_metrics(model_dir, model_card_metrics(report))}")
+
+
+def generating_model(synthetic: str) -> str:
+    """The local model folder that ``scripts/generate.py`` recorded for a synthetic set."""
+    config_path = os.path.join(synthetic, CONFIG_FILE)
+    model = json.load(open(config_path))["model"] if os.path.exists(config_path) else None
+    if not model or not os.path.isfile(os.path.join(model, "model_index.json")):
+        raise SystemExit(
+            f"--update_model_card: {config_path} names no local model folder ({model!r}). Give the folder: "
+            "--update_model_card path/to/model."
+        )
+    return model
 
 
 if __name__ == "__main__":

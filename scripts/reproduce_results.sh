@@ -100,7 +100,7 @@ for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 
 log "evaluating"
 pids=()
-evaluate() { $PY scripts/evaluate.py --resolution $R_EVAL --seeds $SEEDS --segmenter_steps $SEG_STEPS "$@"; }
+evaluate() { $PY scripts/evaluate.py --resolution $R_EVAL --seeds $SEEDS --segmenter_steps $SEG_STEPS --update_model_card "$@"; }
 for syn in dcgan-paper dcgan-diffaug dcgan-diffaug-sn-hinge ddpm-paper ddpm-256-dpm20 ddpm-256-ddpm1000; do
   [ -d "$RESULTS/synthetic/$syn" ] && { timed eval-$syn evaluate --real "$SPLIT/train" --holdout "$SPLIT/test" --masks disc \
     --synthetic "$RESULTS/synthetic/$syn" --output_dir "$RESULTS/eval/$syn" & pids+=($!); }

@@ -140,6 +140,15 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     markdown = (out / "report.md").read_text()
     assert "Not computed:" in markdown and "out of git" in markdown and "| real+synthetic | 20 |" in markdown
 
+    from fundus_diffusion.evaluation.report import model_card_metrics
+
+    card = {m["name"]: m for m in model_card_metrics(report)}
+    synthetic_dice = report["downstream"]["results"]["synthetic"]["atrophy"]["dice"]
+    assert card["held-out atrophy Dice, segmenter trained on synthetic"]["value"].startswith(f"{synthetic_dice['mean']:.3f} ± ")
+    assert card["generated discs in one piece"]["value"] == "100.0%" and "FID" not in card
+    copies = [m for name, m in card.items() if name.startswith("samples flagged as copies")]
+    assert len(copies) == 2 and all(m["value"].endswith("of 8") for m in copies)  # pixels, segmenter features
+
 
 def test_image_only_evaluation_and_missing_annotations():
     dataset = load_phantom_dataset(6, size=32)

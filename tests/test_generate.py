@@ -165,3 +165,27 @@ def test_labels_and_bad_settings(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
     with pytest.raises(ValueError, match="DDPMPipeline"):
         load_fundus_pipeline(str(tmp_path))
+
+
+def test_measured_metrics_reach_the_model_card_without_rewriting_weights(models, tmp_path):
+    import shutil
+
+    from fundus_diffusion.hub import add_model_card_metrics
+
+    model = tmp_path / "ddpm"
+    shutil.copytree(models["ddpm"], model)
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    before = (weights.read_bytes(), weights.stat().st_mtime_ns)
+    synthetic = tmp_path / "syn"
+    generate_dataset(load_fundus_pipeline(str(model), device="cpu"), config(str(model), num_inference_steps=2), str(synthetic))
+    evaluate_script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"))
+    assert evaluate_script["generating_model"](str(synthetic)) == str(model)
+
+    add_model_card_metrics(str(model), [{"name": "held-out disc Dice", "value": "0.5 ± 0.1", "notes": "first"}])
+    add_model_card_metrics(str(model), [{"name": "held-out disc Dice", "value": "0.7 ± 0.1"}, {"name": "FID", "value": 9}])
+    card = (model / "README.md").read_text()
+    assert "| held-out disc Dice | 0.7 ± 0.1 |" in card and "| FID | 9 |" in card and "0.5 ± 0.1" not in card
+    assert [m["name"] for m in json.loads((model / "metrics.json").read_text())] == ["held-out disc Dice", "FID"]
+    assert (weights.read_bytes(), weights.stat().st_mtime_ns) == before
+    with pytest.raises(SystemExit, match="names no local model folder"):
+        evaluate_script["generating_model"](str(tmp_path / "nowhere"))

@@ -346,3 +346,45 @@ def write_report(report: Dict, figures: Dict[str, Image.Image], output_dir: str)
     with open(paths["markdown"], "w", encoding="utf-8") as f:
         f.write(render_markdown(report, report["figures"]))
     return paths
+
+
+def model_card_metrics(report: Dict) -> List[Dict]:
+    """The report's headline numbers as model-card metrics (``FundusPipeline.save_pretrained(metrics=...)``)."""
+    counts, config = report["counts"], report["config"]
+    where = (
+        f"{counts['synthetic']} synthetic vs {counts['real_train']} real training / {counts['holdout']} held-out "
+        f"real images ({', '.join(filter(None, [config['inputs'].get('real'), config['inputs'].get('holdout')]))}), "
+        f"{config['resolution']} px"
+    )
+    metrics = []
+    if report["downstream"].get("results"):
+        seeds = f"mean ± std over {config['seeds']} segmenter seeds; {where}"
+        for mask in report["config"]["masks"]:
+            dice = {k: v[mask]["dice"] for k, v in report["downstream"]["results"].items()}
+            for training_set in ("synthetic", "real+synthetic", "real"):
+                metrics.append({
+                    "name": f"held-out {mask} Dice, segmenter trained on {training_set}",
+                    "value": _mean_std(dice[training_set]),
+                    "notes": seeds,
+                })  # fmt: skip
+            metrics.append({
+                "name": f"{mask} mask-image agreement (Dice)",
+                "value": _mean_std(report["agreement"]["results"][mask]["dice"]),
+                "notes": f"generated masks vs what real-trained segmenters see in the generated images; {where}",
+            })  # fmt: skip
+        if "one_disc_component_synthetic" in report["plausibility"]:
+            metrics.append({
+                "name": "generated discs in one piece",
+                "value": f"{report['plausibility']['one_disc_component_synthetic']:.1%}",
+                "notes": f"real training set: {report['plausibility']['one_disc_component_real']:.1%}",
+            })  # fmt: skip
+    for space, found in report["memorisation"].items():
+        metrics.append({
+            "name": f"samples flagged as copies of training images ({space.split(' (')[0]})",
+            "value": f"{found['n_flagged']} of {found['n_synthetic']}",
+            "notes": f"nearest real neighbour closer than percentile {found['percentile']:g} of the real-to-real "
+            f"nearest-neighbour distances; features: {space}",
+        })  # fmt: skip
+    if "fid" in report["fid_kid"]:
+        metrics.append({"name": "FID", "value": round(report["fid_kid"]["fid"], 1), "notes": where})
+    return metrics
