@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Every run behind RESULTS.md, on one GPU, in one go (about 12 minutes on an H100 / H200).
+# Every run behind RESULTS.md, on one GPU, in one go (the recorded sessions: over 10 minutes per DDPM run on an H200,
+# when the DDPM trainer still fed batches through a DataLoader; RESULTS.md has each run's seconds).
 #
 #   DATA=../shared/data bash scripts/reproduce_results.sh            # the recorded run
 #   SMOKE=1 DATA=../shared/data bash scripts/reproduce_results.sh    # the same chain with tiny settings (CPU check)
 #   ONLY=ddpm-paper,ddpm-256 DATA=../shared/data bash scripts/reproduce_results.sh   # some of the runs
 #
 # Trainings share the GPU (they run at the same time), so their wall minutes are upper bounds of what each would take
-# alone. Outputs go to $RESULTS (default reports/results): models, synthetic sets, reports, logs, summary.json.
+# alone. Trainings checkpoint every 500 steps and resume: run the script again after an interruption or a NaN stop. Outputs go to $RESULTS (default reports/results): models, synthetic sets, reports, logs, summary.json.
 # The reports hold real photographs (nearest-neighbour figures) and the models are trained on real data: keep both
 # out of git.
 set -euo pipefail
@@ -17,7 +18,7 @@ PY=${PYTHON:-python3}
 SMOKE=${SMOKE:-0}
 ONLY=${ONLY:-}  # comma-separated training runs to do (default all), e.g. ONLY=ddpm-paper,ddpm-256
 # Seven trainings share the host: with torch's default thread pools (one thread per core each) they starved each
-# other on the CPU side in the recorded run (GPU 23% busy). Two threads each is the likely fix, not yet re-measured.
+# other on the CPU side in the first recorded run (GPU 23% busy); two threads each since.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 if [ "$SMOKE" = 1 ]; then
