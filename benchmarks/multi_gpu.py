@@ -5,7 +5,8 @@
 
 For each trainer (DDPM at 64 px, DCGAN at 360 px; phantoms by default) it runs, as subprocesses:
 
-- ``1x{B}`` seed 0 and seed 1: one GPU at the effective batch B (seed 1 measures run-to-run noise);
+- ``1x{B}`` seed 0, and again with ``--data_seed 1``: one GPU at the effective batch B (the second run starts from
+  the same weights with other data order and noise: the run-to-run noise that agreement is judged against);
 - ``{N}x{B/N}`` seed 0: N GPUs at the same effective batch, for each N > 1 (the agreement check);
 - ``{N}x{B}``: N GPUs at the one-GPU per-device batch (throughput scaling at fixed work per GPU);
 - the ``{N}x{B/N}`` run resumed on one process (``1x{B}``, same effective batch) for more steps.
@@ -71,7 +72,7 @@ def trainer_settings(trainer, args):
     return "train_dcgan.py", 32, args.dcgan_steps, flags
 
 
-def launch(args, script, processes, batch, steps, flags, output_dir, seed, resume=False):
+def launch(args, script, processes, batch, steps, flags, output_dir, data_seed, resume=False):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
                "--num_machines", "1", "--dynamo_backend", "no"]  # fmt: skip
     if processes > 1:
@@ -80,7 +81,8 @@ def launch(args, script, processes, batch, steps, flags, output_dir, seed, resum
         command += ["--cpu"]
     if args.smoke:
         command += ["--mixed_precision", "no"]
-    command += [str(REPO / "scripts" / script), *flags, "--dataset", args.dataset, "--seed", str(seed)]
+    command += [str(REPO / "scripts" / script), *flags, "--dataset", args.dataset, "--seed", "0"]
+    command += ["--data_seed", str(data_seed)]
     command += ["--train_batch_size", str(batch), "--max_train_steps", str(steps), "--output_dir", str(output_dir)]
     command += ["--checkpointing_steps", str(steps), "--validation_steps", str(steps), "--logger", "none"]
     command += ["--cache_dir", str(Path(args.output_dir) / "cache")]
@@ -154,7 +156,7 @@ def ddpm_eval_loss(run, args, samples=256):
     scheduler = DDPMScheduler.from_pretrained(Path(run) / "scheduler")
     config = json.loads((Path(run) / "training_args.json").read_text())
     view = FundusTrainingView(
-        load_fundus_dataset(args.dataset), config["resolution"], tuple(config["mask_names"]),
+        load_fundus_dataset(args.dataset), config["resolution"], tuple(config["mask_names"]), flip=False,
         cache_dir=str(Path(args.output_dir) / "cache"),
     )  # fmt: skip
     batch = torch.utils.data.default_collate([view[i] for i in range(min(samples, len(view)))])
@@ -176,6 +178,7 @@ def checks(run, steps):
     temporaries = list(Path(run).glob(".tmp-*"))
     return {
         "checkpoints": checkpoints,
+        "resumed": any(int(name.split("-")[1]) > steps for name in checkpoints),  # continued later (--from_runs)
         "ok": checkpoints == [f"checkpoint-{steps}"] and not temporaries and (Path(run) / "README.md").exists(),
     }
 
@@ -191,6 +194,8 @@ def summarise_run(trainer, run, name, processes, per_device, steps, wall, args):
         "g_loss": mean_and_error([float(r["g_loss"]) for r in late])[0] if trainer == "dcgan" else None,
         **checks(run, steps),
     }  # fmt: skip
+    if row["resumed"]:  # its saved model is the continuation's, not this run's
+        return row
     finished = weights_path(run, trainer).exists() if trainer == "ddpm" else (run / "model_index.json").exists()
     if finished:  # the EMA model was saved (DDPM: its weights are here to evaluate)
         row["ema_eval"] = ddpm_eval_loss(run, args) if trainer == "ddpm" else final_diversity_ratio(run)
@@ -201,11 +206,11 @@ def run_trainer(trainer, args):
     script, batch, steps, flags = trainer_settings(trainer, args)
     root = Path(args.output_dir) / trainer
     root.mkdir(parents=True, exist_ok=True)
-    plan = [("1x%d seed 0" % batch, 1, batch, 0), ("1x%d seed 1" % batch, 1, batch, 1)]
+    plan = [("1x%d seed 0" % batch, 1, batch, 0), ("1x%d data seed 1" % batch, 1, batch, 1)]
     for n in args.gpus[1:]:
         plan += [(f"{n}x{batch // n} seed 0", n, batch // n, 0), (f"{n}x{batch} seed 0", n, batch, 0)]
     rows = []
-    for name, processes, per_device, seed in plan:
+    for name, processes, per_device, seed in plan:  # seed: the data seed; the weights always start from seed 0
         run = root / name.replace(" ", "_")
         wall = None
         if not args.from_runs:
@@ -216,7 +221,7 @@ def run_trainer(trainer, args):
         rows.append(summarise_run(trainer, run, name, processes, per_device, steps, wall, args))
         print(json.dumps(rows[-1]), flush=True)
     reference = root / plan[0][0].replace(" ", "_")
-    for row in rows:
+    for row in [r for r in rows if not r["resumed"]]:
         weights = [ema_weights(root / row["run"].replace(" ", "_"), trainer), ema_weights(reference, trainer)]
         if all(w is not None for w in weights):
             row["ema_distance"] = relative_distance(*weights)

@@ -51,14 +51,17 @@ def push_folder(
 def add_model_card_metrics(model_dir: str, metrics: Sequence[Dict]) -> str:
     """Merge ``metrics`` into a saved pipeline's card (by name; new values win) and re-render ``README.md``; the
     weights are not rewritten. Returns the card's path."""
+    from filelock import FileLock
+
     from .generate import load_fundus_pipeline
 
     path = os.path.join(model_dir, METRICS_FILE)
-    merged = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            merged = {m["name"]: m for m in json.load(f)}
-    merged.update({m["name"]: m for m in metrics})
-    pipeline = load_fundus_pipeline(model_dir, device="cpu", dtype="fp32")
-    pipeline.save_pretrained(model_dir, metrics=list(merged.values()), card_only=True)
+    with FileLock(f"{path}.lock"):  # evaluations of one model's sample sets may finish at the same time
+        merged = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                merged = {m["name"]: m for m in json.load(f)}
+        merged.update({m["name"]: m for m in metrics})
+        pipeline = load_fundus_pipeline(model_dir, device="cpu", dtype="fp32")
+        pipeline.save_pretrained(model_dir, metrics=list(merged.values()), card_only=True)
     return os.path.join(model_dir, "README.md")

@@ -64,13 +64,29 @@ def main(args):
     print(f"Wrote {paths['markdown']} and {len(figures)} figures")
     if args.update_model_card:
         model_dir = generating_model(args.synthetic) if args.update_model_card == "auto" else args.update_model_card
-        print(f"Updated {add_model_card_metrics(model_dir, model_card_metrics(report))}")
+        metrics = model_card_metrics(report, sampler=sampler_of(args.synthetic))
+        print(f"Updated {add_model_card_metrics(model_dir, metrics)}")
+
+
+def generation_config(synthetic: str) -> dict:
+    config_path = os.path.join(synthetic, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        return {}
+    with open(config_path) as f:
+        return json.load(f)
+
+
+def sampler_of(synthetic: str):
+    """How a synthetic set was sampled, for metric names: "dpmsolver++, 20 steps" (None for a GAN or unknown)."""
+    config = generation_config(synthetic)
+    steps = config.get("num_inference_steps")
+    return f"{config.get('scheduler') or 'own scheduler'}, {steps} steps" if steps else None
 
 
 def generating_model(synthetic: str) -> str:
     """The local model folder that ``scripts/generate.py`` recorded for a synthetic set."""
     config_path = os.path.join(synthetic, CONFIG_FILE)
-    model = json.load(open(config_path))["model"] if os.path.exists(config_path) else None
+    model = generation_config(synthetic).get("model")
     if not model or not os.path.isfile(os.path.join(model, "model_index.json")):
         raise SystemExit(
             f"--update_model_card: {config_path} names no local model folder ({model!r}). Give the folder: "

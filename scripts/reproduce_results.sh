@@ -7,7 +7,8 @@
 #   ONLY=ddpm-paper,ddpm-256 DATA=../shared/data bash scripts/reproduce_results.sh   # some of the runs
 #
 # Trainings share the GPU (they run at the same time), so their wall minutes are upper bounds of what each would take
-# alone. Trainings checkpoint every 500 steps and resume: run the script again after an interruption or a NaN stop. Outputs go to $RESULTS (default reports/results): models, synthetic sets, reports, logs, summary.json.
+# alone. Trainings checkpoint every 500 steps and resume: after an interruption, run the script again (after a NaN
+# stop, change the run's settings first: the resume restores the random state too). Outputs go to $RESULTS (default reports/results): models, synthetic sets, reports, logs, summary.json.
 # The reports hold real photographs (nearest-neighbour figures) and the models are trained on real data: keep both
 # out of git.
 set -euo pipefail
@@ -79,23 +80,24 @@ failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 
 log "generating"
+finished() { [ -f "$RESULTS/runs/$1/model_index.json" ]; }  # a run that saved its model (not one stopped early)
 gen() { $PY scripts/generate.py --seed 0 --batch_size 64 "$@"; }
 pids=()
 for run in dcgan-paper dcgan-diffaug dcgan-diffaug-sn-hinge; do
-  [ -d "$RESULTS/runs/$run" ] && { timed gen-$run gen --model "$RESULTS/runs/$run" --num_samples $N_SYN \
+  finished "$run" && { timed gen-$run gen --model "$RESULTS/runs/$run" --num_samples $N_SYN \
     --output_dir "$RESULTS/synthetic/$run" & pids+=($!); }
 done
-[ -d "$RESULTS/runs/ddpm-paper" ] && { timed gen-ddpm-paper gen --model "$RESULTS/runs/ddpm-paper" --num_samples $N_SYN --num_inference_steps $PAPER_STEPS \
+finished ddpm-paper && { timed gen-ddpm-paper gen --model "$RESULTS/runs/ddpm-paper" --num_samples $N_SYN --num_inference_steps $PAPER_STEPS \
   --output_dir "$RESULTS/synthetic/ddpm-paper" & pids+=($!); }
-if [ -d "$RESULTS/runs/ddpm-256" ]; then
+if finished ddpm-256; then
   timed gen-ddpm-256-dpm20 gen --model "$RESULTS/runs/ddpm-256" --num_samples $N_SYN --scheduler dpmsolver++ \
     --num_inference_steps $FAST_STEPS --output_dir "$RESULTS/synthetic/ddpm-256-dpm20" & pids+=($!)
   timed gen-ddpm-256-ddpm1000 gen --model "$RESULTS/runs/ddpm-256" --num_samples $N_1000 --scheduler ddpm \
     --num_inference_steps $STEPS_1000 --output_dir "$RESULTS/synthetic/ddpm-256-ddpm1000" & pids+=($!)
 fi
-[ -d "$RESULTS/runs/phantom-5ch" ] && { timed gen-phantom-5ch gen --model "$RESULTS/runs/phantom-5ch" --num_samples $N_SYN \
+finished phantom-5ch && { timed gen-phantom-5ch gen --model "$RESULTS/runs/phantom-5ch" --num_samples $N_SYN \
   --scheduler dpmsolver++ --num_inference_steps $FAST_STEPS --output_dir "$RESULTS/synthetic/phantom-5ch" & pids+=($!); }
-[ -d "$RESULTS/runs/palm-cond" ] && { timed gen-palm-cond gen --model "$RESULTS/runs/palm-cond" --labels PM=100,non-PM=100 \
+finished palm-cond && { timed gen-palm-cond gen --model "$RESULTS/runs/palm-cond" --labels PM=100,non-PM=100 \
   --guidance_scale 2 --scheduler dpmsolver++ --num_inference_steps $FAST_STEPS --output_dir "$RESULTS/synthetic/palm-cond" & pids+=($!); }
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 

@@ -180,6 +180,7 @@ def test_measured_metrics_reach_the_model_card_without_rewriting_weights(models,
     generate_dataset(load_fundus_pipeline(str(model), device="cpu"), config(str(model), num_inference_steps=2), str(synthetic))
     evaluate_script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"))
     assert evaluate_script["generating_model"](str(synthetic)) == str(model)
+    assert evaluate_script["sampler_of"](str(synthetic)) == "own scheduler, 2 steps"  # goes into the metric names
 
     add_model_card_metrics(str(model), [{"name": "held-out disc Dice", "value": "0.5 ± 0.1", "notes": "first"}])
     add_model_card_metrics(str(model), [{"name": "held-out disc Dice", "value": "0.7 ± 0.1"}, {"name": "FID", "value": 9}])

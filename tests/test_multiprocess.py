@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from fundus_diffusion.training import ddpm
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -60,6 +62,11 @@ def test_two_processes_then_resume_on_one(tmp_path, script):
 
     launch(1, script, *common, "--max_train_steps", "6", "--resume_from_checkpoint", "latest")
     assert checkpoint_steps(run) == [2, 4, 6]
+    if script == "train_ddpm.py":  # the LR schedule continues where it was, whatever the process count
+        with open(run / "logs" / "metrics.csv") as f:
+            lr = {int(row["step"]): float(row["lr"]) for row in csv.DictReader(f)}
+        warmup = ddpm.parse_args(["--preset", "demo", "--output_dir", "x"])
+        assert {s: round(v / warmup.learning_rate * warmup.lr_warmup_steps, 6) for s, v in lr.items()} == {2: 2, 4: 4, 6: 6}
     if script == "train_dcgan.py":  # one row per step, written by the main process only
         with open(run / "logs" / "metrics.csv") as f:
             steps = [int(row["step"]) for row in csv.DictReader(f)]

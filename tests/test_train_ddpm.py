@@ -168,3 +168,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir, 
     with pytest.raises(NonFiniteLossError, match="at or before step 4"):
         ddpm.train(args)
     assert steps(out) == [2] and not (out / "model_index.json").exists()
+
+
+@pytest.mark.parametrize("data_on_device", ["no", "yes"])
+def test_gradient_accumulation_reaches_max_train_steps(tmp_path, cache_dir, data_on_device):
+    # 8 batches of 1 per epoch, 3 per optimizer step: each epoch makes 2 whole steps and drops its last 2 batches.
+    argv = tiny_args(tmp_path / "run", cache_dir, "--max_train_steps", "5", "--gradient_accumulation_steps", "3")
+    argv += ["--train_batch_size", "1", "--checkpointing_steps", "100", "--validation_steps", "100", "--logger", "none"]
+    ddpm.train(ddpm.parse_args(argv + ["--data_on_device", data_on_device]))
+    assert steps(tmp_path / "run") == [5]
+    assert logged(tmp_path / "run", "step") == [1, 2, 3, 4, 5]

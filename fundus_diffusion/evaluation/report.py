@@ -348,8 +348,9 @@ def write_report(report: Dict, figures: Dict[str, Image.Image], output_dir: str)
     return paths
 
 
-def model_card_metrics(report: Dict) -> List[Dict]:
-    """The report's headline numbers as model-card metrics (``FundusPipeline.save_pretrained(metrics=...)``)."""
+def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict]:
+    """The report's headline numbers as model-card metrics (``FundusPipeline.save_pretrained(metrics=...)``);
+    ``sampler`` (e.g. "DPM-Solver++, 20 steps") goes into every name, so that samplers of one model do not collide."""
     counts, config = report["counts"], report["config"]
     where = (
         f"{counts['synthetic']} synthetic vs {counts['real_train']} real training / {counts['holdout']} held-out "
@@ -387,4 +388,6 @@ def model_card_metrics(report: Dict) -> List[Dict]:
         })  # fmt: skip
     if "fid" in report["fid_kid"]:
         metrics.append({"name": "FID", "value": round(report["fid_kid"]["fid"], 1), "notes": where})
+    if sampler:
+        metrics = [{**m, "name": f"{m['name']} ({sampler})"} for m in metrics]
     return metrics

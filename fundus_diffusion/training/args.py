@@ -36,7 +36,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", required=True, help="Checkpoints, validation grids, logs and the final model.")
-    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--seed", type=int, default=None, help="Seeds the initial weights, and the rest unless --data_seed.")
+    run.add_argument(
+        "--data_seed",
+        type=int,
+        default=None,
+        help="Seeds the data order, noise, timesteps and latents (default: --seed): same weights, other randomness.",
+    )
     run.add_argument("--train_batch_size", type=int, default=None, help="Per-device batch size.")
     run.add_argument("--num_epochs", type=int, default=None)
     run.add_argument(
@@ -91,8 +97,14 @@ def make_accelerator(args, **kwargs):
     )
 
 
-def seeded_build(seed, build):
-    """``build()`` the models from ``seed`` alone, then seed each process's own random stream from ``seed`` and its rank.
+def data_seed(args) -> int:
+    """The seed of everything random after the models are built (``--data_seed``, else ``--seed``, else 0)."""
+    return next((s for s in (args.data_seed, args.seed) if s is not None), 0)
+
+
+def seeded_build(seed, build, stream_seed=None):
+    """``build()`` the models from ``seed`` alone, then seed each process's own random stream from ``stream_seed``
+    (default ``seed``) and its rank.
 
     The initial weights then do not depend on the number of processes (accelerate's data-loader preparation draws
     from the global generator only when there are several), while the noise, timesteps and latents of the processes
@@ -100,11 +112,12 @@ def seeded_build(seed, build):
     """
     from accelerate.utils import set_seed
 
-    if seed is None:
-        return build()
-    set_seed(seed)
+    if seed is not None:
+        set_seed(seed)
     built = build()
-    set_seed(seed, device_specific=True)
+    stream_seed = seed if stream_seed is None else stream_seed
+    if stream_seed is not None:
+        set_seed(stream_seed, device_specific=True)
     return built
 
 

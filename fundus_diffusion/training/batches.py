@@ -5,6 +5,7 @@ The real sets this package is for are a few hundred to a few thousand images: as
 trainers choose with ``--data_on_device`` (``auto``: on the GPU when the set takes under a quarter of its free memory).
 """
 
+import itertools
 import os
 from typing import Dict, Iterator
 
@@ -20,7 +21,16 @@ class DeviceBatches:
     ``seed + epoch``, so a resumed run sees the batches an uninterrupted one would. Processes take disjoint slices.
     """
 
-    def __init__(self, view, batch_size: int, device, seed: int = 0, process_index: int = 0, num_processes: int = 1):
+    def __init__(
+        self,
+        view,
+        batch_size: int,
+        device,
+        seed: int = 0,
+        process_index: int = 0,
+        num_processes: int = 1,
+        accumulation_steps: int = 1,
+    ):
         arrays = np.load(view.cache_path, mmap_mode="r")
         self.data = torch.empty(arrays.shape, dtype=torch.uint8, device=device)
         for start in range(0, len(arrays), 256):  # chunked, so host RAM never holds the whole array
@@ -28,10 +38,11 @@ class DeviceBatches:
         self.labels = view.class_labels.to(device)
         self.batch_size, self.seed = batch_size, seed
         self.process_index, self.num_processes = process_index, num_processes
-        self.num_batches = len(arrays) // num_processes // batch_size
+        self.num_batches = whole_steps(len(arrays) // num_processes // batch_size, accumulation_steps)
         if self.num_batches == 0:
             raise ValueError(
-                f"{len(arrays)} samples make no full batch of {batch_size} on {num_processes} process(es)."
+                f"{len(arrays)} samples make no full batch of {batch_size} on {num_processes} process(es) "
+                f"x {accumulation_steps} accumulation step(s)."
             )
 
     def __len__(self) -> int:
@@ -52,23 +63,38 @@ class DeviceBatches:
 class LoaderBatches:
     """The same interface over an accelerate-prepared DataLoader (the memory-mapped cache, any dataset size)."""
 
-    def __init__(self, accelerator, view, batch_size: int, num_workers: int = 0):
+    def __init__(self, accelerator, view, batch_size: int, num_workers: int = 0, accumulation_steps: int = 1):
         from torch.utils.data import DataLoader
 
-        pin_memory = accelerator.device.type == "cuda"
         loader = DataLoader(
-            view, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers, pin_memory=pin_memory
+            view,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            pin_memory=accelerator.device.type == "cuda",
         )
         self.accelerator, self.loader = accelerator, accelerator.prepare(loader)
-        if len(self.loader) == 0:
-            raise ValueError(f"{len(view)} samples make no full batch of {batch_size}.")
+        self.num_batches = whole_steps(len(self.loader), accumulation_steps)
+        if self.num_batches == 0:
+            raise ValueError(
+                f"{len(view)} samples make no full batch of {batch_size} x {accumulation_steps} accumulation step(s)."
+            )
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return self.num_batches
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
         self.loader.set_epoch(epoch)
-        return iter(self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader)
+        batches = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
+        return itertools.islice(batches, max(self.num_batches - skip, 0))
+
+
+def whole_steps(num_batches: int, accumulation_steps: int) -> int:
+    """The batches of an epoch that make whole optimizer steps: the rest is dropped, so that every epoch ends on a
+    step on every process (accelerate only knows an epoch's end for a prepared DataLoader read to its end)."""
+    return num_batches - num_batches % accumulation_steps
 
 
 def fits_on_device(view, device) -> bool:
@@ -80,12 +106,16 @@ def fits_on_device(view, device) -> bool:
 
 
 def make_batches(accelerator, view, args, seed: int):
-    """``DeviceBatches`` or ``LoaderBatches`` as ``args.data_on_device`` says, per process."""
-    on_device = args.data_on_device == "yes" or (
-        args.data_on_device == "auto" and fits_on_device(view, accelerator.device)
-    )
+    """``DeviceBatches`` or ``LoaderBatches`` as ``args.data_on_device`` says; with ``auto`` every process must fit
+    the set, so that all of them take the same path."""
+    on_device = args.data_on_device == "yes"
+    if args.data_on_device == "auto":
+        fits = torch.tensor([int(fits_on_device(view, accelerator.device))], device=accelerator.device)
+        on_device = bool(accelerator.gather(fits).all())
+    accumulation = args.gradient_accumulation_steps
     if on_device:
         return DeviceBatches(
-            view, args.train_batch_size, accelerator.device, seed, accelerator.process_index, accelerator.num_processes
-        )
-    return LoaderBatches(accelerator, view, args.train_batch_size, args.dataloader_num_workers)
+            view, args.train_batch_size, accelerator.device, seed, accelerator.process_index,
+            accelerator.num_processes, accumulation,
+        )  # fmt: skip
+    return LoaderBatches(accelerator, view, args.train_batch_size, args.dataloader_num_workers, accumulation)

@@ -284,7 +284,7 @@ def train_dcgan(args) -> str:
     from ..data import FundusTrainingView, load_fundus_dataset
     from ..data.transforms import array_to_tensor, tensor_to_outputs
     from ..visualization import contact_sheet
-    from .args import check_finite, make_accelerator, seeded_build
+    from .args import check_finite, data_seed, make_accelerator, seeded_build
 
     started = time.time()
     mask_names = parse_mask_names(args.masks)
@@ -307,13 +307,13 @@ def train_dcgan(args) -> str:
     dataset = load_fundus_dataset(args.dataset)
     with accelerator.main_process_first():
         view = FundusTrainingView(dataset, args.resolution, mask_names, flip=True, cache_dir=args.cache_dir)
-    batches = make_batches(accelerator, view, args, seed)
-    steps_per_epoch = math.ceil(len(batches) / args.gradient_accumulation_steps)
+    batches = make_batches(accelerator, view, args, data_seed(args))
+    steps_per_epoch = len(batches) // args.gradient_accumulation_steps  # whole steps: see batches.whole_steps
     max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
 
     # Models, optimizers, EMA. The EMA copies the raw generator before compile and prepare touch it.
-    generator, discriminator = seeded_build(args.seed, lambda: build_models(args, channels))
+    generator, discriminator = seeded_build(args.seed, lambda: build_models(args, channels), args.data_seed)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     generator.to(accelerator.device, memory_format=memory_format)
     discriminator.to(accelerator.device, memory_format=memory_format)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, num_channels, parse_mask_names
 from ..models.unet import UNET_PRESETS
-from .args import add_common_args, check_finite, make_accelerator, seeded_build
+from .args import add_common_args, check_finite, data_seed, make_accelerator, seeded_build
 from .batches import make_batches
 from .checkpointing import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_folder_atomically
 from .csv_log import CSVLog
@@ -236,14 +236,17 @@ def build_training(args, accelerator, num_training_steps: int) -> DDPMTraining:
         weight_decay=args.adam_weight_decay,
         fused=accelerator.device.type == "cuda",
     )
+    # Stepped once per optimizer step by us, not by accelerate (which steps it once per process): the schedule and
+    # its checkpointed position then mean the same on any number of processes, also across a resume.
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=num_training_steps * accelerator.num_processes,
+        num_warmup_steps=args.lr_warmup_steps,
+        num_training_steps=num_training_steps,
     )
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
     accelerator.register_for_checkpointing(ema)
+    accelerator.register_for_checkpointing(lr_scheduler)
     if args.compile:
         unet.compile(mode=args.compile_mode)  # in place: state-dict keys, hence checkpoints, stay the eager ones
     return DDPMTraining(unet, ema, optimizer, lr_scheduler, make_noise_scheduler(args))
@@ -261,7 +264,8 @@ def training_step(accelerator, training: DDPMTraining, batch, args) -> torch.Ten
         if accelerator.sync_gradients and args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(training.unet.parameters(), args.max_grad_norm)
         training.optimizer.step()
-        training.lr_scheduler.step()
+        if accelerator.sync_gradients:
+            training.lr_scheduler.step()
         training.optimizer.zero_grad(set_to_none=True)
     if accelerator.sync_gradients:
         training.ema.update()
@@ -364,12 +368,12 @@ def train(args) -> str:
         )
     if len(view) < args.train_batch_size:
         raise ValueError(f"The dataset has {len(view)} samples, fewer than --train_batch_size {args.train_batch_size}.")
-    batches = make_batches(accelerator, view, args, seed=args.seed or 0)
-    steps_per_epoch = math.ceil(len(batches) / args.gradient_accumulation_steps)
+    batches = make_batches(accelerator, view, args, seed=data_seed(args))
+    steps_per_epoch = len(batches) // args.gradient_accumulation_steps  # whole steps: see batches.whole_steps
     max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
 
-    training = seeded_build(args.seed, lambda: build_training(args, accelerator, max_train_steps))
+    training = seeded_build(args.seed, lambda: build_training(args, accelerator, max_train_steps), args.data_seed)
     alpha_bar = final_alpha_bar(training.noise_scheduler)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
