@@ -5,8 +5,11 @@
 #   then both GPUs: benchmarks/multi_gpu.py.
 #
 #   DATA=../shared/data OUT=reports/device bash benchmarks/device_session.sh
+#   RUNS=ddpm-256 S_DDPM=10000 DDPM256_FLAGS=--compile GPUS=1,2,4 bash benchmarks/device_session.sh   # another plan
 #
-# Each part writes its JSON and log under $OUT; $OUT/DONE appears at the end. NVLink multicast stays off.
+# RUNS (default ddpm-paper,ddpm-256; empty: no result runs) is passed to reproduce_results.sh as ONLY, with S_DDPM and
+# DDPM256_FLAGS; GPUS (default 1,2) to multi_gpu.py. Each part writes its JSON and log under $OUT; $OUT/DONE appears
+# at the end. NVLink multicast stays off.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-reports/device}
@@ -23,14 +26,17 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
   echo "dcgan benchmark exit $?" >> "$OUT/status"
 ) &
 benchmarks=$!
+RUNS=${RUNS-ddpm-paper,ddpm-256}
 (
   export CUDA_VISIBLE_DEVICES=1
-  ONLY=ddpm-paper,ddpm-256 DATA=$DATA RESULTS=$OUT/results PYTHON=$PY bash scripts/reproduce_results.sh > "$OUT/results.log" 2>&1
+  [ -n "$RUNS" ] || exit 0
+  ONLY=$RUNS DATA=$DATA RESULTS=$OUT/results PYTHON=$PY bash scripts/reproduce_results.sh > "$OUT/results.log" 2>&1
   echo "results exit $?" >> "$OUT/status"
 ) &
 results=$!
 wait $benchmarks $results
 
-timeout 540 $PY benchmarks/multi_gpu.py --gpus 1,2 --json "$OUT/multi_gpu.json" --output_dir "$OUT/multi_gpu" > "$OUT/multi_gpu.log" 2>&1
+timeout 540 $PY benchmarks/multi_gpu.py --gpus "${GPUS:-1,2}" --json "$OUT/multi_gpu.json" --plot "$OUT/loss" \
+  --output_dir "$OUT/multi_gpu" > "$OUT/multi_gpu.log" 2>&1
 echo "multi-gpu exit $?" >> "$OUT/status"
 touch "$OUT/DONE"

@@ -18,6 +18,7 @@ RESULTS=${RESULTS:-reports/results}
 PY=${PYTHON:-python3}
 SMOKE=${SMOKE:-0}
 ONLY=${ONLY:-}  # comma-separated training runs to do (default all), e.g. ONLY=ddpm-paper,ddpm-256
+DDPM256_FLAGS=${DDPM256_FLAGS:-}  # more flags for the 256 px DDPM, e.g. "--compile" (not used in the recorded runs)
 # Seven trainings share the host: with torch's default thread pools (one thread per core each) they starved each
 # other on the CPU side in the first recorded run (GPU 23% busy); two threads each since.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -61,7 +62,7 @@ train_dcgan() { $PY scripts/train_dcgan.py --mixed_precision "$([ "$SMOKE" = 1 ]
 log "training (in parallel)"
 pids=()
 start ddpm-256 train_ddpm --dataset "$SPLIT/train" --resolution $R_DDPM --masks disc --model_config $UNET \
-  --train_batch_size $BATCH --max_train_steps $S_DDPM --output_dir "$RESULTS/runs/ddpm-256"
+  --train_batch_size $BATCH --max_train_steps $S_DDPM --output_dir "$RESULTS/runs/ddpm-256" $DDPM256_FLAGS
 start ddpm-paper train_ddpm --preset paper --dataset "$SPLIT/train" --resolution $R_PAPER --masks disc \
   --model_config $PAPER_UNET --max_train_steps $S_PAPER --output_dir "$RESULTS/runs/ddpm-paper"
 start dcgan-paper train_dcgan --preset paper --dataset "$SPLIT/train" --resolution $R_GAN --masks disc \
