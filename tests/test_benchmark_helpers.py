@@ -1,0 +1,36 @@
+"""The arithmetic behind benchmarks/multi_gpu.py's table, on a constructed run folder (no training)."""
+
+import csv
+import runpy
+from pathlib import Path
+
+import pytest
+
+MULTI_GPU = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "multi_gpu.py"))
+
+
+def write_run(folder: Path, rows, checkpoints):
+    (folder / "logs").mkdir(parents=True)
+    with open(folder / "logs" / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["step", "loss", "wall_s"])
+        writer.writeheader()
+        writer.writerows(rows)
+    for step in checkpoints:
+        (folder / f"checkpoint-{step}").mkdir()
+    (folder / "README.md").write_text("card")
+
+
+def test_throughput_loss_and_checks_from_a_run_folder(tmp_path):
+    # 10 logged steps, one every 2 s after a slow first step (warm-up); losses alternate 1.0 / 3.0.
+    rows = [{"step": s, "loss": 1.0 if s % 2 else 3.0, "wall_s": 30 + 2 * s} for s in range(1, 11)]
+    write_run(tmp_path / "run", rows, [10])
+    late = MULTI_GPU["second_half"](MULTI_GPU["read_metrics"](tmp_path / "run"))
+    assert [int(r["step"]) for r in late] == [6, 7, 8, 9, 10]
+    assert MULTI_GPU["throughput"](late, effective_batch=64) == pytest.approx(64 * 4 / 8)  # 4 steps in 8 s
+    mean, error = MULTI_GPU["mean_and_error"]([1.0, 3.0, 1.0, 3.0])
+    assert mean == 2.0 and error == pytest.approx((4 / 3) ** 0.5 / 2)
+    assert MULTI_GPU["checks"](tmp_path / "run", 10) == {"checkpoints": ["checkpoint-10"], "resumed": False, "ok": True}
+
+    write_run(tmp_path / "resumed", rows, [10, 12])  # continued past its own steps later
+    found = MULTI_GPU["checks"](tmp_path / "resumed", 10)
+    assert found["resumed"] and not found["ok"]
