@@ -242,17 +242,42 @@ def _write_shard(pipe, config: GenerationConfig, shard: int, labels, mask_names,
     os.replace(tmp, path)
 
 
-def _check_resume(output_dir: str, config: GenerationConfig, resume: bool):
-    """Refuse to overwrite, and refuse to resume with settings that would change the samples."""
+def read_generation_config(output_dir: str) -> dict:
+    """The settings ``generate_dataset`` recorded in ``output_dir`` (empty when it recorded none)."""
     path = os.path.join(output_dir, CONFIG_FILE)
     if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def generating_model(output_dir: str) -> str:
+    """The local model folder that generated the synthetic set in ``output_dir``."""
+    model = read_generation_config(output_dir).get("model")
+    if not model or not os.path.isfile(os.path.join(model, "model_index.json")):
+        raise ValueError(
+            f"{os.path.join(output_dir, CONFIG_FILE)} names no local model folder ({model!r}). Give the folder "
+            "(scripts/evaluate.py: --update_model_card path/to/model)."
+        )
+    return model
+
+
+def sampler_description(output_dir: str) -> Optional[str]:
+    """How a synthetic set was sampled, e.g. "dpmsolver++, 20 steps" (None for a GAN, or when not recorded)."""
+    config = read_generation_config(output_dir)
+    steps = config.get("num_inference_steps")
+    return f"{config.get('scheduler') or 'own scheduler'}, {steps} steps" if steps else None
+
+
+def _check_resume(output_dir: str, config: GenerationConfig, resume: bool):
+    """Refuse to overwrite, and refuse to resume with settings that would change the samples."""
+    saved = read_generation_config(output_dir)
+    if not saved:
         if os.path.isdir(output_dir) and os.listdir(output_dir):
             raise FileExistsError(f"{output_dir} exists and is not a generation output; choose an empty --output_dir.")
         return
     if not resume:
         raise FileExistsError(f"{output_dir} already holds a generation run; pass --resume to continue it, or choose another --output_dir.")
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
     current = asdict(config)
     changed = {k: (saved.get(k), v) for k, v in current.items() if k not in RESUMABLE_DIFFERENCES and saved.get(k) != v}
     if changed:

@@ -7,13 +7,11 @@ The report folder holds real photographs (nearest-neighbour pairs): keep it out 
 """
 
 import argparse
-import json
-import os
 
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
 from fundus_diffusion.evaluation.report import model_card_metrics
-from fundus_diffusion.generate import CONFIG_FILE
+from fundus_diffusion.generate import generating_model, sampler_description
 from fundus_diffusion.hub import add_model_card_metrics
 
 
@@ -63,36 +61,10 @@ def main(args):
     paths = write_report(report, figures, args.output_dir)
     print(f"Wrote {paths['markdown']} and {len(figures)} figures")
     if args.update_model_card:
-        model_dir = generating_model(args.synthetic) if args.update_model_card == "auto" else args.update_model_card
-        metrics = model_card_metrics(report, sampler=sampler_of(args.synthetic))
+        auto = args.update_model_card == "auto"
+        model_dir = generating_model(args.synthetic) if auto else args.update_model_card
+        metrics = model_card_metrics(report, sampler=sampler_description(args.synthetic))
         print(f"Updated {add_model_card_metrics(model_dir, metrics)}")
-
-
-def generation_config(synthetic: str) -> dict:
-    config_path = os.path.join(synthetic, CONFIG_FILE)
-    if not os.path.exists(config_path):
-        return {}
-    with open(config_path) as f:
-        return json.load(f)
-
-
-def sampler_of(synthetic: str):
-    """How a synthetic set was sampled, for metric names: "dpmsolver++, 20 steps" (None for a GAN or unknown)."""
-    config = generation_config(synthetic)
-    steps = config.get("num_inference_steps")
-    return f"{config.get('scheduler') or 'own scheduler'}, {steps} steps" if steps else None
-
-
-def generating_model(synthetic: str) -> str:
-    """The local model folder that ``scripts/generate.py`` recorded for a synthetic set."""
-    config_path = os.path.join(synthetic, CONFIG_FILE)
-    model = generation_config(synthetic).get("model")
-    if not model or not os.path.isfile(os.path.join(model, "model_index.json")):
-        raise SystemExit(
-            f"--update_model_card: {config_path} names no local model folder ({model!r}). Give the folder: "
-            "--update_model_card path/to/model."
-        )
-    return model
 
 
 if __name__ == "__main__":

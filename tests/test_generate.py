@@ -14,11 +14,13 @@ from fundus_diffusion.data import NUM_CLASS_EMBEDS, load_fundus_dataset
 from fundus_diffusion.generate import (
     GenerationConfig,
     generate_dataset,
+    generating_model,
     interleave_labels,
     load_fundus_pipeline,
     parse_label_counts,
     postprocess_masks,
     regenerate,
+    sampler_description,
     synthetic_features,
 )
 from fundus_diffusion.models.dcgan import DCGANGenerator
@@ -178,9 +180,8 @@ def test_measured_metrics_reach_the_model_card_without_rewriting_weights(models,
     before = (weights.read_bytes(), weights.stat().st_mtime_ns)
     synthetic = tmp_path / "syn"
     generate_dataset(load_fundus_pipeline(str(model), device="cpu"), config(str(model), num_inference_steps=2), str(synthetic))
-    evaluate_script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"))
-    assert evaluate_script["generating_model"](str(synthetic)) == str(model)
-    assert evaluate_script["sampler_of"](str(synthetic)) == "own scheduler, 2 steps"  # goes into the metric names
+    assert generating_model(str(synthetic)) == str(model)
+    assert sampler_description(str(synthetic)) == "own scheduler, 2 steps"  # goes into the metric names
 
     add_model_card_metrics(str(model), [{"name": "held-out disc Dice", "value": "0.5 ± 0.1", "notes": "first"}])
     add_model_card_metrics(str(model), [{"name": "held-out disc Dice", "value": "0.7 ± 0.1"}, {"name": "FID", "value": 9}])
@@ -188,5 +189,5 @@ def test_measured_metrics_reach_the_model_card_without_rewriting_weights(models,
     assert "| held-out disc Dice | 0.7 ± 0.1 |" in card and "| FID | 9 |" in card and "0.5 ± 0.1" not in card
     assert [m["name"] for m in json.loads((model / "metrics.json").read_text())] == ["held-out disc Dice", "FID"]
     assert (weights.read_bytes(), weights.stat().st_mtime_ns) == before
-    with pytest.raises(SystemExit, match="names no local model folder"):
-        evaluate_script["generating_model"](str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="names no local model folder"):
+        generating_model(str(tmp_path / "nowhere"))

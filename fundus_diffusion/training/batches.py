@@ -6,8 +6,10 @@ trainers choose with ``--data_on_device`` (``auto``: on the GPU when the set tak
 """
 
 import itertools
+import math
 import os
-from typing import Dict, Iterator
+from dataclasses import dataclass
+from typing import Dict, Iterator, Tuple
 
 import numpy as np
 import torch
@@ -119,3 +121,46 @@ def make_batches(accelerator, view, args, seed: int):
             accelerator.num_processes, accumulation,
         )  # fmt: skip
     return LoaderBatches(accelerator, view, args.train_batch_size, args.dataloader_num_workers, accumulation)
+
+
+def load_training_batches(accelerator, args, mask_names):
+    """The cached training view of ``args.dataset`` (built once, by the main process first) and this process's
+    batches of it."""
+    from ..data import FundusTrainingView, load_fundus_dataset
+    from .args import data_seed
+
+    with accelerator.main_process_first():
+        view = FundusTrainingView(
+            load_fundus_dataset(args.dataset), args.resolution, mask_names, cache_dir=args.cache_dir
+        )
+    if len(view) < args.train_batch_size:
+        raise ValueError(f"The dataset has {len(view)} samples, fewer than --train_batch_size {args.train_batch_size}.")
+    return view, make_batches(accelerator, view, args, data_seed(args))
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """How many optimizer steps and epochs a run takes, and where a resumed run picks up."""
+
+    steps_per_epoch: int
+    max_train_steps: int
+    num_epochs: int
+    accumulation_steps: int
+
+    @classmethod
+    def for_run(cls, batches, args) -> "EpochPlan":
+        steps_per_epoch = len(batches) // args.gradient_accumulation_steps  # whole steps: see whole_steps
+        max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+        return cls(
+            steps_per_epoch,
+            max_train_steps,
+            math.ceil(max_train_steps / steps_per_epoch),
+            args.gradient_accumulation_steps,
+        )
+
+    def epochs(self, batches, global_step: int) -> Iterator[Tuple[int, Iterator]]:
+        """``(epoch, its micro-batches)`` from ``global_step`` on; the first epoch skips what was already trained."""
+        first_epoch = global_step // self.steps_per_epoch
+        skip = (global_step % self.steps_per_epoch) * self.accumulation_steps
+        for epoch in range(first_epoch, self.num_epochs):
+            yield epoch, batches.epoch(epoch, skip if epoch == first_epoch else 0)

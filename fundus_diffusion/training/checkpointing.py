@@ -86,6 +86,15 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: Option
     return final
 
 
+def refuse_to_overwrite(output_dir: str, resume_from: Optional[str]) -> None:
+    """A fresh run (no ``--resume_from_checkpoint``) must not start over an earlier run's checkpoints."""
+    if not resume_from and list_checkpoints(output_dir):
+        raise FileExistsError(
+            f"{output_dir} already holds checkpoints from an earlier run. Continue it with "
+            "--resume_from_checkpoint latest, or choose a new --output_dir."
+        )
+
+
 def find_checkpoint(output_dir: str, resume_from: Optional[str]) -> Optional[str]:
     """The checkpoint to resume from: None when ``resume_from`` is empty or is "latest" with nothing saved yet.
 

@@ -21,8 +21,14 @@ from tqdm.auto import tqdm
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, parse_mask_names
 from ..models.dcgan import DCGANDiscriminator, DCGANGenerator
 from .augment import AUGMENTATIONS, DiffAugment
-from .batches import DeviceBatches, make_batches
-from .checkpointing import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_folder_atomically
+from .batches import DeviceBatches, EpochPlan, load_training_batches
+from .checkpointing import (
+    find_checkpoint,
+    load_checkpoint,
+    refuse_to_overwrite,
+    save_checkpoint,
+    save_folder_atomically,
+)
 from .csv_log import CSVLog
 
 logger = logging.getLogger(__name__)
@@ -281,10 +287,9 @@ def train_dcgan(args) -> str:
     """Train, checkpoint and save a ``FundusGANPipeline`` to ``args.output_dir``; return that folder."""
     from accelerate.utils import set_seed
 
-    from ..data import FundusTrainingView, load_fundus_dataset
     from ..data.transforms import array_to_tensor, tensor_to_outputs
     from ..visualization import contact_sheet
-    from .args import check_finite, data_seed, make_accelerator, seeded_build
+    from .args import check_finite, make_accelerator, seeded_build
 
     started = time.time()
     mask_names = parse_mask_names(args.masks)
@@ -294,23 +299,14 @@ def train_dcgan(args) -> str:
     seed = 0 if args.seed is None else args.seed
     if args.seed is not None:
         set_seed(args.seed)
-    if not args.resume_from_checkpoint and list_checkpoints(args.output_dir):
-        raise FileExistsError(
-            f"{args.output_dir} already holds checkpoints from an earlier run. Continue it with "
-            "--resume_from_checkpoint latest, or choose a new --output_dir."
-        )
+    refuse_to_overwrite(args.output_dir, args.resume_from_checkpoint)
     if accelerator.is_main_process:
         os.makedirs(os.path.join(args.output_dir, "samples"), exist_ok=True)
         os.makedirs(os.path.join(args.output_dir, args.logging_dir), exist_ok=True)
 
-    # Data: the per-resolution cache is built once, by the main process first.
-    dataset = load_fundus_dataset(args.dataset)
-    with accelerator.main_process_first():
-        view = FundusTrainingView(dataset, args.resolution, mask_names, flip=True, cache_dir=args.cache_dir)
-    batches = make_batches(accelerator, view, args, data_seed(args))
-    steps_per_epoch = len(batches) // args.gradient_accumulation_steps  # whole steps: see batches.whole_steps
-    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
-    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    view, batches = load_training_batches(accelerator, args, mask_names)
+    plan = EpochPlan.for_run(batches, args)
+    max_train_steps = plan.max_train_steps
 
     # Models, optimizers, EMA. The EMA copies the raw generator before compile and prepare touch it.
     generator, discriminator = seeded_build(args.seed, lambda: build_models(args, channels), args.data_seed)
@@ -377,7 +373,7 @@ def train_dcgan(args) -> str:
         )
         logger.info(
             "%d samples, %d steps per epoch, %d steps (%d epochs), batch %d per device x %d processes, data %s",
-            len(view), steps_per_epoch, max_train_steps, num_epochs, args.train_batch_size,
+            len(view), plan.steps_per_epoch, max_train_steps, plan.num_epochs, args.train_batch_size,
             accelerator.num_processes, "on device" if isinstance(batches, DeviceBatches) else "via DataLoader",
         )  # fmt: skip
 
@@ -437,17 +433,15 @@ def train_dcgan(args) -> str:
             accelerator.log(row, step=step)
             progress.set_postfix(d_loss=f"{row['d_loss']:.3f}", g_loss=f"{row['g_loss']:.3f}", refresh=False)
 
-    first_epoch = global_step // steps_per_epoch
-    skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
     progress = tqdm(
         total=max_train_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
     generator.train()
     discriminator.train()
-    for epoch in range(first_epoch, num_epochs):
+    for epoch, epoch_batches in plan.epochs(batches, global_step):
         if global_step >= max_train_steps:
             break
-        for batch in batches.epoch(epoch, skip if epoch == first_epoch else 0):
+        for batch in epoch_batches:
             metrics = step_fn(batch["pixel_values"], batch["class_labels"])
             if not accelerator.sync_gradients:
                 continue
@@ -474,7 +468,7 @@ def train_dcgan(args) -> str:
     if accelerator.is_main_process:
         if not last_validation:  # resumed at the end: nothing ran, but the card reports the final diversity
             validate(global_step)
-        info = _training_info(args, view, accelerator, global_step, num_epochs, time.time() - started)
+        info = _training_info(args, view, accelerator, global_step, plan.num_epochs, time.time() - started)
         _save_final(args, sampling_generator(), mask_names, info, last_validation["diversity_ratio"])
     accelerator.end_training()
     return args.output_dir

@@ -19,7 +19,6 @@ v-prediction samples recognisable phantoms. The mean squared error of the predic
 
 import argparse
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -31,9 +30,15 @@ from tqdm.auto import tqdm
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, num_channels, parse_mask_names
 from ..models.unet import UNET_PRESETS
-from .args import add_common_args, check_finite, data_seed, make_accelerator, seeded_build
-from .batches import make_batches
-from .checkpointing import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_folder_atomically
+from .args import add_common_args, check_finite, make_accelerator, seeded_build
+from .batches import EpochPlan, load_training_batches
+from .checkpointing import (
+    find_checkpoint,
+    load_checkpoint,
+    refuse_to_overwrite,
+    save_checkpoint,
+    save_folder_atomically,
+)
 from .csv_log import CSVLog
 
 PRESETS = {
@@ -349,29 +354,17 @@ def train(args) -> str:
     """Train as ``args`` say (see ``parse_args``) and return the folder holding the saved EMA pipeline."""
     from accelerate.utils import set_seed
 
-    from ..data import FundusTrainingView, load_fundus_dataset
     from ..hub import push_folder
 
     accelerator = make_accelerator(args)
     if args.seed is not None:
         set_seed(args.seed)
-    if not args.resume_from_checkpoint and list_checkpoints(args.output_dir):
-        raise FileExistsError(
-            f"{args.output_dir} already holds checkpoints from an earlier run. Continue it with "
-            "--resume_from_checkpoint latest, or choose a new --output_dir."
-        )
+    refuse_to_overwrite(args.output_dir, args.resume_from_checkpoint)
     resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
 
-    with accelerator.main_process_first():
-        view = FundusTrainingView(
-            load_fundus_dataset(args.dataset), args.resolution, args.mask_names, cache_dir=args.cache_dir
-        )
-    if len(view) < args.train_batch_size:
-        raise ValueError(f"The dataset has {len(view)} samples, fewer than --train_batch_size {args.train_batch_size}.")
-    batches = make_batches(accelerator, view, args, seed=data_seed(args))
-    steps_per_epoch = len(batches) // args.gradient_accumulation_steps  # whole steps: see batches.whole_steps
-    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
-    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    view, batches = load_training_batches(accelerator, args, args.mask_names)
+    plan = EpochPlan.for_run(batches, args)
+    max_train_steps = plan.max_train_steps
 
     training = seeded_build(args.seed, lambda: build_training(args, accelerator, max_train_steps), args.data_seed)
     alpha_bar = final_alpha_bar(training.noise_scheduler)
@@ -399,16 +392,14 @@ def train(args) -> str:
             ("step", "epoch", "loss", "lr", "ema_decay", "wall_s"),
             global_step if resume_path else None,
         )
-    first_epoch = global_step // steps_per_epoch
-    skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
 
     progress = tqdm(
         total=max_train_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
     running_loss, micro_batches, started = torch.zeros((), device=accelerator.device), 0, time.time()
-    for epoch in range(first_epoch, num_epochs):
+    for epoch, epoch_batches in plan.epochs(batches, global_step):
         training.unet.train()
-        for batch in batches.epoch(epoch, skip_batches if epoch == first_epoch else 0):
+        for batch in epoch_batches:
             if global_step >= max_train_steps:
                 break
             running_loss += training_step(accelerator, training, batch, args)
@@ -441,7 +432,7 @@ def train(args) -> str:
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        info = _training_info(args, view, accelerator, global_step, num_epochs, time.time() - started)
+        info = _training_info(args, view, accelerator, global_step, plan.num_epochs, time.time() - started)
         pipeline = make_pipeline(training.ema.ema_model, training.noise_scheduler, args, info)
 
         def save(folder):
