@@ -11,6 +11,9 @@ For each trainer (DDPM at 64 px, DCGAN at 360 px; phantoms by default) it runs, 
 - ``{N}x{B}``: N GPUs at the one-GPU per-device batch (throughput scaling at fixed work per GPU);
 - the ``{N}x{B/N}`` run resumed on one process (``1x{B}``, same effective batch) for more steps.
 
+Runs already finished in ``--output_dir`` are not launched again, so a second call with more ``--gpus`` (say ``1,4``
+after ``1,2``, once more GPUs are free) adds only the new rows and prints the whole table.
+
 and prints one table: images/s read off ``logs/metrics.csv`` (second half of the steps, after warm-up), the mean
 loss over the second half with its standard error, the EMA model's loss on a fixed batch (DDPM: the same noise and
 timesteps for every model; DCGAN: the fixed-noise diversity ratio of the EMA generator), the EMA weights' relative
@@ -68,8 +71,10 @@ def trainer_settings(trainer, args):
         return "train_ddpm.py", 64, args.ddpm_steps, flags + ["--lr_warmup_steps", "50"]
     if args.smoke:
         return "train_dcgan.py", 4, 6, ["--resolution", "16", "--ngf", "4", "--ndf", "4", "--ema_beta", "0.9"]
-    flags = ["--preset", "paper", "--ema_beta", "0.999", "--mixed_precision", "bf16"]
-    return "train_dcgan.py", 32, args.dcgan_steps, flags
+    # DiffAugment: without it the paper's DCGAN collapses within these steps, and a collapsed EMA generator says
+    # nothing about agreement (measured on phantoms, 2 x H200).
+    flags = ["--preset", "paper", "--ema_beta", "0.999", "--diffaugment", "color,translation,cutout"]
+    return "train_dcgan.py", 32, args.dcgan_steps, flags + ["--mixed_precision", "bf16"]
 
 
 def launch(args, script, processes, batch, steps, flags, output_dir, data_seed, resume=False):
@@ -99,6 +104,11 @@ def launch(args, script, processes, batch, steps, flags, output_dir, data_seed, 
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return time.perf_counter() - start
+
+
+def finished(run):
+    """A run that saved its final model (launched by an earlier call with the same --output_dir)."""
+    return (Path(run) / "model_index.json").exists()
 
 
 def read_metrics(run):
@@ -196,8 +206,8 @@ def summarise_run(trainer, run, name, processes, per_device, steps, wall, args):
     }  # fmt: skip
     if row["resumed"]:  # its saved model is the continuation's, not this run's
         return row
-    finished = weights_path(run, trainer).exists() if trainer == "ddpm" else (run / "model_index.json").exists()
-    if finished:  # the EMA model was saved (DDPM: its weights are here to evaluate)
+    saved = weights_path(run, trainer).exists() if trainer == "ddpm" else finished(run)
+    if saved:  # the EMA model was saved (DDPM: its weights are here to evaluate)
         row["ema_eval"] = ddpm_eval_loss(run, args) if trainer == "ddpm" else final_diversity_ratio(run)
     return row
 
@@ -213,7 +223,7 @@ def run_trainer(trainer, args):
     for name, processes, per_device, seed in plan:  # seed: the data seed; the weights always start from seed 0
         run = root / name.replace(" ", "_")
         wall = None
-        if not args.from_runs:
+        if not (args.from_runs or finished(run)):
             print(f"[{trainer}] {name} ...", flush=True)
             wall = launch(args, script, processes, per_device, steps, flags, run, seed)
         elif not (run / "logs" / "metrics.csv").exists():
@@ -233,7 +243,8 @@ def run_trainer(trainer, args):
         n = args.gpus[1]
         run = root / f"{n}x{batch // n}_seed_0"
         more = steps + max(2, steps // 4)
-        launch(args, script, 1, batch, more, flags, run, 0, resume=True)
+        if not (run / f"checkpoint-{more}").exists():
+            launch(args, script, 1, batch, more, flags, run, 0, resume=True)
         logged = [int(r["step"]) for r in read_metrics(run)]
         expected = list(range(1, more + 1)) if trainer == "dcgan" else sorted(set(logged))
         rows.append({
@@ -275,9 +286,10 @@ def print_table(rows, device):
         loss = f"{r['loss']:.4f} ± {r['loss_stderr']:.4f}" if "loss" in r else ""
         ema = f"{r['ema_eval']:.4f}" if "ema_eval" in r else ""
         dist = f"{r['ema_distance']:.4f}" if "ema_distance" in r else ""
+        check = "ok" if r["ok"] else "resumed later (its own call's row)" if r.get("resumed") else "FAILED"
         print(
             f"| {r['trainer']} | {r['run']} | {r['processes']}x{r['per_device_batch']} | "
-            f"{f'{ips:,.0f}' if ips else ''} | {scaling} | {loss} | {ema} | {dist} | {'ok' if r['ok'] else 'FAILED'} |"
+            f"{f'{ips:,.0f}' if ips else ''} | {scaling} | {loss} | {ema} | {dist} | {check} |"
         )
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/train_ddpm_throughput.py --json reports/ddpm_throughput.json     # on a CUDA GPU, < 8 min
     python benchmarks/train_ddpm_throughput.py --device cpu --tiny                     # syntax check
+    python benchmarks/train_ddpm_throughput.py --sizes 64 --sections train --variants baseline,compiled --profile
 
 Training rows: images/s and peak memory of (a) the baseline of diffusers' example scripts -- the same UNet with
 fp32 weights, bf16 autocast, eager, ``torch.optim.AdamW``, no EMA, cudnn.benchmark off -- and (b)
@@ -57,9 +58,20 @@ def parse_args(argv=None):
         default="baseline,eager,compiled",
         help="Training variants at both sizes, from: " + ", ".join(VARIANTS) + " (compiled ones run on CUDA only).",
     )
+    parser.add_argument("--sizes", default="64,256", help="Training rows at these sizes (64: base64, 256: base256).")
+    parser.add_argument(
+        "--sections",
+        default="train,memory,data,sample",
+        help="Which rows: train (the variants), memory (256 px with gradient checkpointing), data, sample.",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="After each training row, print its 15 costliest GPU kernels."
+    )
     parser.add_argument("--json", default=None, help="Also write the results to this file.")
     parser.add_argument("--from_json", default=None, help="Only print the table of a JSON an earlier run wrote.")
     args = parser.parse_args(argv)
+    args.sizes = [int(size) for size in args.sizes.split(",")]
+    args.sections = set(args.sections.split(","))
     if args.tiny:
         args.warmup, args.steps, args.batch_64, args.batch_256, args.sample_batch = 1, 2, 2, 2, 2
         args.ddpm_steps = 10
@@ -102,6 +114,19 @@ def timed(step, device, warmup, steps):
     return time.perf_counter() - warm, warm - start
 
 
+def print_profile(step, device, steps=5):
+    """The kernels that take the GPU's time in ``steps`` calls of ``step`` (where a speed-up would have to come from)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=15, max_name_column_width=60), flush=True)
+
+
 def flops_per_image(preset, resolution, device):
     """Forward + backward FLOPs of one image (PyTorch's FLOP counter: convolutions, matmuls, attention)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -141,10 +166,12 @@ def train_row(name, preset, resolution, batch_size, device, args, flags=()):
         unet = build_unet(preset, resolution, num_channels(MASKS)).to(device).train()
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
         noise_scheduler = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "unused"]))
-        seconds, warmup_seconds = timed(
-            lambda: baseline_step(unet, optimizer, noise_scheduler, batch, device), device, args.warmup, args.steps
-        )
-        del unet, optimizer
+        step = functools.partial(baseline_step, unet, optimizer, noise_scheduler, batch, device)
+        seconds, warmup_seconds = timed(step, device, args.warmup, args.steps)
+        if args.profile:
+            print(f"profile: {name} {preset} {resolution} px", flush=True)
+            print_profile(step, device)
+        del unet, optimizer, step
     else:
         train_args = ddpm.parse_args(
             ["--output_dir", "unused", "--resolution", str(resolution), "--model_config", preset, "--logger", "none"]
@@ -153,11 +180,13 @@ def train_row(name, preset, resolution, batch_size, device, args, flags=()):
         accelerator = make_accelerator(train_args, cpu=device.type == "cpu")  # as the trainer: cudnn.benchmark on
         training = ddpm.build_training(train_args, accelerator, num_training_steps=10_000)
         training.unet.train()
-        seconds, warmup_seconds = timed(
-            lambda: ddpm.training_step(accelerator, training, batch, train_args), device, args.warmup, args.steps
-        )
+        step = functools.partial(ddpm.training_step, accelerator, training, batch, train_args)
+        seconds, warmup_seconds = timed(step, device, args.warmup, args.steps)
+        if args.profile:
+            print(f"profile: {name} {preset} {resolution} px", flush=True)
+            print_profile(step, device)
         accelerator.free_memory()
-        del training
+        del training, step
     return {
         "section": "train",
         "variant": name,
@@ -288,6 +317,9 @@ def main(args):
                 )
 
     sizes = [(small, res_small, args.batch_64), (large, res_large, args.batch_256)]
+    sizes = [size for size, px in zip(sizes, (64, 256)) if px in args.sizes]
+    if "train" not in args.sections:
+        sizes = []
     flops = {resolution: flops_per_image(preset, resolution, device) for preset, resolution, _ in sizes}
     # Compiled variants last: their minutes of compilation must not keep the other rows from being measured.
     for compiled in (False, True):
@@ -302,22 +334,16 @@ def main(args):
 
 
 def eager_extras(large, res_large, args, device, record):
-    """The 256 px memory row with gradient checkpointing, the data path and the sampling speeds."""
-    record(
-        train_row(
-            "eager, gradient checkpointing",
-            large,
-            res_large,
-            args.batch_256,
-            device,
-            args,
-            ("--gradient_checkpointing",),
-        )
-    )
-    for row in loader_rows(res_large, args.batch_256, args, device):
-        record(row)
-    for row in sampling_rows(large, res_large, args, device):
-        record(row)
+    """The sections besides the training variants, at 256 px: memory with gradient checkpointing, data, sampling."""
+    if "memory" in args.sections:
+        flags = ("--gradient_checkpointing",)
+        record(train_row("eager, gradient checkpointing", large, res_large, args.batch_256, device, args, flags))
+    if "data" in args.sections:
+        for row in loader_rows(res_large, args.batch_256, args, device):
+            record(row)
+    if "sample" in args.sections:
+        for row in sampling_rows(large, res_large, args, device):
+            record(row)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ if [ "$SMOKE" = 1 ]; then
 else
   R_DDPM=256; R_GAN=360; R_PAPER=64; R_EVAL=128; UNET=${UNET:-small256}; PAPER_UNET=paper
   S_DDPM=${S_DDPM:-2000}; S_PAPER=4000; S_SMALL=2000; E_PAPER=100; E_BEST=300; NGF=32; NDF=64
-  N_SYN=200; N_1000=64; STEPS_1000=1000; SEG_STEPS=800; SEEDS=3; CLS_STEPS=600; N_PHANTOM=512; BATCH=16; BATCH_SMALL=64
+  N_SYN=200; N_1000=200; STEPS_1000=1000; SEG_STEPS=800; SEEDS=3; CLS_STEPS=600; N_PHANTOM=512; BATCH=16; BATCH_SMALL=64
   FAST_STEPS=20; PAPER_STEPS=300
 fi
 
@@ -93,7 +93,7 @@ finished ddpm-paper && { timed gen-ddpm-paper gen --model "$RESULTS/runs/ddpm-pa
 if finished ddpm-256; then
   timed gen-ddpm-256-dpm20 gen --model "$RESULTS/runs/ddpm-256" --num_samples $N_SYN --scheduler dpmsolver++ \
     --num_inference_steps $FAST_STEPS --output_dir "$RESULTS/synthetic/ddpm-256-dpm20" & pids+=($!)
-  timed gen-ddpm-256-ddpm1000 gen --model "$RESULTS/runs/ddpm-256" --num_samples $N_1000 --scheduler ddpm \
+  timed gen-ddpm-256-ddpm1000 gen --model "$RESULTS/runs/ddpm-256" --num_samples $N_1000 --batch_size 100 --scheduler ddpm \
     --num_inference_steps $STEPS_1000 --output_dir "$RESULTS/synthetic/ddpm-256-ddpm1000" & pids+=($!)
 fi
 finished phantom-5ch && { timed gen-phantom-5ch gen --model "$RESULTS/runs/phantom-5ch" --num_samples $N_SYN \
