@@ -212,6 +212,21 @@ def summarise_run(trainer, run, name, processes, per_device, steps, wall, args):
     return row
 
 
+def check_dataset_size(args):
+    """Refuse before any launch when the largest row's effective batch exceeds the dataset (drop_last batches)."""
+    from fundus_diffusion.data import load_fundus_dataset
+
+    size = len(load_fundus_dataset(args.dataset))
+    for trainer in args.trainers.split(","):
+        batch = trainer_settings(trainer, args)[1] * max(args.gpus)
+        if batch > size:
+            raise SystemExit(
+                f"{args.dataset} has {size} samples, fewer than the {trainer} row {max(args.gpus)}x"
+                f"{batch // max(args.gpus)} takes in one step ({batch}): pass a larger --dataset "
+                f"(e.g. phantom:{2 * batch}) or fewer --gpus."
+            )
+
+
 def run_trainer(trainer, args):
     script, batch, steps, flags = trainer_settings(trainer, args)
     root = Path(args.output_dir) / trainer
@@ -302,6 +317,8 @@ def main(args):
         raise SystemExit(f"--gpus asks for {max(args.gpus)} GPUs; this machine has {torch.cuda.device_count()}.")
     else:
         device = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
+    if not args.from_runs:
+        check_dataset_size(args)
     rows = []
     for trainer in args.trainers.split(","):
         rows += run_trainer(trainer, args)

@@ -40,6 +40,7 @@ VARIANTS = {
     "compiled_channels_last": ("--compile", "--channels_last"),
     "eager_channels_last": ("--channels_last",),
     "compiled_max_autotune": ("--compile", "--compile_mode", "max-autotune-no-cudagraphs"),
+    "compiled_cudagraphs": ("--compile", "--compile_mode", "reduce-overhead"),
 }
 
 
@@ -248,20 +249,32 @@ def sampling_rows(preset, resolution, args, device):
     pipeline = ddpm.make_pipeline(unet, ddpm.make_noise_scheduler(train_args), train_args)
     pipeline.set_progress_bar_config(disable=True)
     labels = (["PM", "non-PM"] * args.sample_batch)[: args.sample_batch]
-    sample = functools.partial(pipeline, batch_size=args.sample_batch, class_labels=labels, output_type="pt")
+
+    def sample(num_inference_steps, per_sample=False):
+        # per_sample: one CPU generator per sample, as scripts/generate.py passes them (each sample reproducible alone)
+        generator = [torch.Generator("cpu").manual_seed(i) for i in range(args.sample_batch)] if per_sample else None
+        pipeline(
+            batch_size=args.sample_batch,
+            class_labels=labels,
+            output_type="pt",
+            generator=generator,
+            num_inference_steps=num_inference_steps,
+        )
+
     rows = []
-    for label, scheduler_class, steps in [
-        ("DDPM", DDPMScheduler, args.ddpm_steps),
-        ("DDIM", DDIMScheduler, 5 if args.tiny else 50),
-        ("DPM-Solver++", DPMSolverMultistepScheduler, 5 if args.tiny else 20),
+    for label, scheduler_class, steps, per_sample in [
+        ("DDPM", DDPMScheduler, args.ddpm_steps, False),
+        ("DDPM, a CPU generator per sample (as generate.py)", DDPMScheduler, args.ddpm_steps, True),
+        ("DDIM", DDIMScheduler, 5 if args.tiny else 50, False),
+        ("DPM-Solver++", DPMSolverMultistepScheduler, 5 if args.tiny else 20, False),
     ]:
         pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)
-        sample(num_inference_steps=2)  # warm-up: kernels and allocator, not a full run
-        seconds, _ = timed(functools.partial(sample, num_inference_steps=steps), device, warmup=0, steps=1)
+        sample(2, per_sample)  # warm-up: kernels and allocator, not a full run
+        seconds, _ = timed(functools.partial(sample, steps, per_sample), device, warmup=0, steps=1)
         rows.append(
             {
                 "section": "sample",
-                "variant": f"{label}-{steps}",
+                "variant": f"{label}, {steps} steps",
                 "model": preset,
                 "resolution": resolution,
                 "batch": args.sample_batch,

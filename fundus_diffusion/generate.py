@@ -1,7 +1,8 @@
 """Synthetic datasets from a trained fundus pipeline, written in the same schema as the real data.
 
 Sample ``i`` is drawn with its own ``torch.Generator("cpu").manual_seed(seed + i)``, so any sample can be made
-again alone (``regenerate``), whatever the batch it first came in. Rows stream to Arrow shards of ``shard_size``
+again alone (``regenerate``), whatever the batch it first came in (stochastic samplers such as DDPM draw their
+per-step noise on the sampling device from that generator: the same there, not across device types). Rows stream to Arrow shards of ``shard_size``
 samples (written atomically, one batch in memory at a time), so an interrupted run resumes at the first missing
 shard; at the end the shards become one ``save_to_disk`` folder that ``load_fundus_dataset`` reads.
 
@@ -389,7 +390,7 @@ usefulness are measured, not assumed (`scripts/evaluate.py`).
 | guidance scale | {"n/a (GAN)" if is_gan else config.guidance_scale} |
 | labels | {label_counts} |
 | mask post-processing | {", ".join(config.postprocess) or "none (the model's channel > 0)"} |
-| seed | sample *i* uses `torch.Generator("cpu").manual_seed({config.seed} + i)` (column `seed`) |
+| seed | sample *i* uses `torch.Generator("cpu").manual_seed({config.seed} + i)` (column `seed`; a stochastic sampler's per-step noise comes from a generator it seeds on the sampling device) |
 
 ## Columns
 

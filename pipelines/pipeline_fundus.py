@@ -55,6 +55,21 @@ class FundusPipelineOutput(BaseOutput):
     masks: List[Dict[str, Union[PIL.Image.Image, np.ndarray, torch.Tensor]]]
 
 
+def step_noise_generators(generator, device: torch.device):
+    """Generators for the noise a stochastic scheduler (DDPM, DDIM with eta > 0) draws at every step.
+
+    CPU generators make the starting noise the same on any machine, but drawing every step's noise on the CPU made
+    DDPM-1000 sampling host-bound on a GPU (about 0.3 s of CPU per step for 100 samples at 256 px). On another device,
+    each CPU generator seeds one generator there, after the starting noise is drawn: samples still depend only on
+    their own generator, and the deterministic solvers (DPM-Solver++, UniPC, DDIM with eta 0) are unchanged.
+    """
+    generators = generator if isinstance(generator, list) else [generator]
+    if device.type == "cpu" or any(g is None or g.device.type != "cpu" for g in generators):
+        return generator
+    derived = [torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=g))) for g in generators]
+    return derived if isinstance(generator, list) else derived[0]
+
+
 class FundusPipeline(DiffusionPipeline):
     r"""
     Generates fundus photographs together with their segmentation masks from one C-channel diffusion model
@@ -125,7 +140,7 @@ class FundusPipeline(DiffusionPipeline):
         if "eta" in parameters:
             extra["eta"] = eta
         if "generator" in parameters:
-            extra["generator"] = generator
+            extra["generator"] = step_noise_generators(generator, self._execution_device)
         return extra
 
     @torch.no_grad()

@@ -121,6 +121,9 @@ root = sys.argv[1]
 import torch
 summary = {"seconds": {os.path.basename(p)[:-8]: int(open(p).read()) for p in glob.glob(f"{root}/logs/*.seconds")}}
 summary["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+summary["training_args"] = {
+    os.path.basename(os.path.dirname(p)): json.load(open(p)) for p in glob.glob(f"{root}/runs/*/training_args.json")
+}
 for path in glob.glob(f"{root}/eval/*/*.json"):
     summary[os.path.basename(os.path.dirname(path))] = json.load(open(path))
 json.dump(summary, open(f"{root}/summary.json", "w"), indent=1, default=str)

@@ -16,11 +16,13 @@ RUNS = {  # run name -> (what, resolution, channels, model, training images, sam
     "ddpm-paper": ("2. paper DDPM (Table 2)", 64, 4, "UNet `paper`, T=300 linear, EMA 0.995, 4,000 steps of 8", "fundus-od train (134)", "DDPM, 300 steps"),
     "dcgan-diffaug": ("3a. DCGAN + DiffAugment + EMA", 360, 4, "as 1, bf16, 300 epochs", "fundus-od train (134)", "one forward pass"),
     "dcgan-diffaug-sn-hinge": ("3b. DCGAN + DiffAugment + SN + hinge + EMA", 360, 4, "as 3a", "fundus-od train (134)", "one forward pass"),
-    "ddpm-256-dpm20": ("4a. our DDPM", 256, 4, "UNet `small256`, cosine, v-pred, 2,000 steps of 16", "fundus-od train (134)", "DPM-Solver++, 20 steps"),
+    "ddpm-256-dpm20": ("4a. our DDPM", 256, 4, "UNet `small256`, cosine, v-pred, {max_train_steps:,} steps of {train_batch_size}", "fundus-od train (134)", "DPM-Solver++, 20 steps"),
     "ddpm-256-ddpm1000": ("4b. our DDPM", 256, 4, "as 4a", "fundus-od train (134)", "DDPM, 1000 steps"),
     "phantom-5ch": ("5. 5-channel, PHANTOMS", 64, 5, "UNet `paper`, cosine, v-pred", "phantoms (512)", "DPM-Solver++, 20 steps"),
 }
 # fmt: on
+# Filled from a summary's "training_args" where it has them (older summaries do not: session 2's run).
+RECORDED_ARGS = {"ddpm-256": {"max_train_steps": 2000, "train_batch_size": 16}}
 
 
 def fmt(stat):
@@ -28,12 +30,13 @@ def fmt(stat):
 
 
 def merge(paths):
-    summary = {"seconds": {}, "device": {}}
+    summary = {"seconds": {}, "device": {}, "training_args": dict(RECORDED_ARGS)}
     for path in paths:
         with open(path) as f:
             part = json.load(f)
         device = part.pop("device", "?")
         seconds = part.pop("seconds", {})
+        summary["training_args"].update(part.pop("training_args", {}))
         summary["seconds"].update(seconds)
         summary["device"].update({name: device for name in [*part, *seconds]})
         summary.update(part)
@@ -50,6 +53,7 @@ def main(paths):
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (what, px, channels, model, data, sampler) in RUNS.items():
         train = name.rsplit("-dpm20", 1)[0].rsplit("-ddpm1000", 1)[0]
+        model = model.format(**summary["training_args"].get(train, {}))
         report = summary.get(name)
         gpu = summary["device"].get(train, "—").replace("NVIDIA ", "")
         if report is None:

@@ -34,3 +34,10 @@ def test_throughput_loss_and_checks_from_a_run_folder(tmp_path):
     write_run(tmp_path / "resumed", rows, [10, 12])  # continued past its own steps later
     found = MULTI_GPU["checks"](tmp_path / "resumed", 10)
     assert found["resumed"] and not found["ok"]
+
+
+def test_refuses_a_dataset_smaller_than_the_largest_effective_batch():
+    args = MULTI_GPU["parse_args"](["--gpus", "1,4", "--dataset", "phantom:200"])
+    with pytest.raises(SystemExit, match="phantom:200 has 200 samples.*ddpm row 4x64.*256"):
+        MULTI_GPU["check_dataset_size"](args)
+    MULTI_GPU["check_dataset_size"](MULTI_GPU["parse_args"](["--gpus", "1,2", "--dataset", "phantom:200"]))

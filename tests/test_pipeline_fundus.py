@@ -102,6 +102,34 @@ def test_same_seed_same_samples_and_per_sample_generators():
     np.testing.assert_allclose(batch[1], alone[0], atol=1e-5)
 
 
+def test_step_noise_is_drawn_on_the_execution_device_from_per_sample_seeds(monkeypatch):
+    from fundus_diffusion.pipelines.pipeline_fundus import step_noise_generators
+
+    cpu = [torch.Generator().manual_seed(s) for s in (7, 8)]
+    assert step_noise_generators(cpu, torch.device("cpu")) is cpu  # on the CPU nothing changes
+    assert step_noise_generators(None, torch.device("cuda")) is None
+
+    made_for = []
+
+    def fake_device_generator(device):  # this machine has no GPU: record the device, hand out a CPU generator
+        made_for.append(str(device))
+        return real_generator()
+
+    real_generator = torch.Generator
+    monkeypatch.setattr(torch, "Generator", fake_device_generator)
+
+    def derived_noise(seeds):
+        generators = [real_generator().manual_seed(s) for s in seeds]
+        return [torch.randn(3, generator=g) for g in step_noise_generators(generators, torch.device("cuda"))]
+
+    pair, alone = derived_noise([7, 8]), derived_noise([8])
+    assert made_for == ["cuda"] * 3
+    assert torch.equal(pair[1], alone[0])  # sample i's step noise depends only on generator i
+    assert not torch.equal(pair[0], pair[1])
+    single = step_noise_generators(real_generator().manual_seed(8), torch.device("cuda"))
+    assert torch.equal(torch.randn(3, generator=single), alone[0])
+
+
 def test_dict_and_tuple_outputs_match():
     pipe = make_pipe()
     out = pipe(**get_dummy_inputs())

@@ -137,8 +137,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     perf.add_argument(
         "--compile_mode",
         default="default",
-        choices=["default", "max-autotune-no-cudagraphs", "max-autotune"],
-        help="torch.compile mode with --compile; the max-autotune modes search kernels for many minutes.",
+        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"],
+        help="torch.compile mode with --compile: reduce-overhead replays CUDA graphs (for hosts whose CPU cannot keep "
+        "up with the GPU); the max-autotune modes search kernels for many minutes.",
     )
     perf.add_argument(
         "--channels_last",
