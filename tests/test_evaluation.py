@@ -25,6 +25,7 @@ from fundus_diffusion.evaluation import (
     predict_masks,
     split_by_id,
     train_segmenter,
+    write_report,
 )
 from fundus_diffusion.evaluation.metrics import wasserstein
 
@@ -43,14 +44,18 @@ def test_overlap_scores_known_answers():
     assert iou_per_image(a, b).tolist() == [1.0, 0.0, 1.0]
     left, right = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
     left[:, :2], right[:, 1:3] = True, True  # 8 and 8 pixels, 4 shared
-    assert dice_per_image(left, right)[0] == pytest.approx(0.5) and iou_per_image(left, right)[0] == pytest.approx(1 / 3)
+    assert dice_per_image(left, right)[0] == pytest.approx(0.5) and iou_per_image(left, right)[0] == pytest.approx(
+        1 / 3
+    )
     with pytest.raises(ValueError, match="shape"):
         dice_per_image(a, b[:2])
 
 
 def test_disc_components_geometry_and_atrophy():
     two = disc_at(4, 4, 2) | disc_at(11, 11, 2)
-    assert count_components(two) == 2 and count_components(disc_at(8, 8)) == 1 and count_components(np.zeros((4, 4))) == 0
+    assert (
+        count_components(two) == 2 and count_components(disc_at(8, 8)) == 1 and count_components(np.zeros((4, 4))) == 0
+    )
     geometry = disc_geometry(np.stack([disc_at(4, 8, 2), np.zeros((16, 16), bool)]))
     assert geometry["centroid_x"][0] == pytest.approx(4.5 / 16) and geometry["centroid_y"][0] == pytest.approx(8.5 / 16)
     assert np.isnan(geometry["centroid_x"][1]) and geometry["area_fraction"][1] == 0
@@ -90,7 +95,11 @@ def test_split_by_id_is_deterministic_stratified_and_order_free():
     assert held != holdout_ids(ids, strata, 0.2, seed=1)
     dataset = load_phantom_dataset(6, size=32)
     train, test = split_by_id(dataset, 0.5, stratify_column=lambda i: str(int(i[-1]) % 2))  # 1.5 -> 2 per parity
-    assert len(test) == 4 and not set(train["id"]) & set(test["id"]) and sorted(list(train["id"]) + list(test["id"])) == list(dataset["id"])
+    assert (
+        len(test) == 4
+        and not set(train["id"]) & set(test["id"])
+        and sorted(list(train["id"]) + list(test["id"])) == list(dataset["id"])
+    )
     with pytest.raises(ValueError, match="unique"):
         holdout_ids(["a", "a", "b"])
 
@@ -111,7 +120,9 @@ def test_segmenter_learns_bright_discs():
 def test_fid_says_why_it_did_not_run(monkeypatch):
     images = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
     result = fid_kid(images, images, inception_weights="/nonexistent/pt_inception.pth")
-    assert result["computed"] is False and ("torch-fidelity" in result["reason"] or "does not exist" in result["reason"])
+    assert result["computed"] is False and (
+        "torch-fidelity" in result["reason"] or "does not exist" in result["reason"]
+    )
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch_fidelity" else True)
     assert "torch-fidelity is not installed" in fid_kid(images, images)["reason"]
 
@@ -144,17 +155,25 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
 
     card = {m["name"]: m for m in model_card_metrics(report)}
     synthetic_dice = report["downstream"]["results"]["synthetic"]["atrophy"]["dice"]
-    assert card["held-out atrophy Dice, segmenter trained on synthetic"]["value"].startswith(f"{synthetic_dice['mean']:.3f} ± ")
+    assert card["held-out atrophy Dice, segmenter trained on synthetic"]["value"].startswith(
+        f"{synthetic_dice['mean']:.3f} ± "
+    )
     assert card["generated discs in one piece"]["value"] == "100.0%" and "FID" not in card
     copies = [m for name, m in card.items() if name.startswith("samples flagged as copies")]
     assert len(copies) == 2 and all(m["value"].endswith("of 8") for m in copies)  # pixels, segmenter features
 
 
-def test_image_only_evaluation_and_missing_annotations():
+def test_image_only_evaluation_and_missing_annotations(tmp_path):
     dataset = load_phantom_dataset(6, size=32)
     report, figures = evaluate(dataset, dataset, config=EvaluationConfig(masks="none", resolution=16, device="cpu"))
     assert report["downstream"]["computed"] is False and set(figures) == {"sample_grid", "nearest_pairs"}
     assert [m["n_flagged"] for m in report["memorisation"].values()] == [5]  # 5 training images copied, 1 held out
+    (pixels,) = report["memorisation"].values()
+    copied = {f["synthetic_id"] for f in pixels["flagged"]}
+    assert len(copied) == 5 and all(f["real_id"] == f["synthetic_id"] and f["distance"] == 0 for f in pixels["flagged"])
+    paths = write_report(report, figures, str(tmp_path))
+    assert set(open(paths["flagged"]).read().split()) == copied
+    assert all(f"flagged `{i}`" in open(paths["markdown"]).read() for i in copied)
     unannotated = dataset.map(lambda row: {"has_atrophy_annotation": False})
     with pytest.raises(ValueError, match="--masks disc"):
         evaluate(dataset, unannotated, config=EvaluationConfig(masks="disc,atrophy", resolution=16))

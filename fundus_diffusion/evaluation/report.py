@@ -49,6 +49,9 @@ class EvaluationConfig:
     inputs: Dict = field(default_factory=dict)  # provenance (dataset paths), copied into the report
 
 
+FLAGGED_FILE = "flagged_ids.txt"
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -60,7 +63,9 @@ def dataset_arrays(dataset, resolution: int, mask_names: Sequence[str], desc: st
         masks = {name: row[MASK_COLUMNS[name]] for name in mask_names}
         missing = [name for name, mask in masks.items() if mask is None]
         if missing:
-            raise ValueError(f"{desc}: sample {row['id']} has no {' / '.join(missing)} mask; evaluate image-only data with --masks none.")
+            raise ValueError(
+                f"{desc}: sample {row['id']} has no {' / '.join(missing)} mask; evaluate image-only data with --masks none."
+            )
         out[i] = torch.from_numpy(pair_to_array(row["image"], masks, mask_names, resolution))
     return out
 
@@ -86,7 +91,9 @@ def resolve_split(real, holdout, config: EvaluationConfig) -> Tuple[object, obje
     if holdout is not None:
         overlap = set(real["id"]) & set(holdout["id"])
         if overlap:
-            raise ValueError(f"{len(overlap)} held-out id(s) are also in the real training set, e.g. {sorted(overlap)[:3]}.")
+            raise ValueError(
+                f"{len(overlap)} held-out id(s) are also in the real training set, e.g. {sorted(overlap)[:3]}."
+            )
         return real, holdout, "given held-out dataset"
     if config.split_file and os.path.exists(config.split_file):
         return (*split_by_ids(real, read_split_file(config.split_file)), f"ids from {config.split_file}")
@@ -155,21 +162,52 @@ def _mask_figures(report: Dict, arrays, mask_names) -> Dict[str, Image.Image]:
     real_geo, syn_geo = (disc_geometry(arrays[k][:, 3].numpy() > 0) for k in ("real", "synthetic"))
     keys = ("area_fraction", "centroid_x", "centroid_y")
     results = report["downstream"]["results"]
-    dice = {mask: {name: (results[name][mask]["dice"]["mean"], results[name][mask]["dice"]["std"]) for name in TRAINING_SETS} for mask in mask_names}
+    dice = {
+        mask: {
+            name: (results[name][mask]["dice"]["mean"], results[name][mask]["dice"]["std"]) for name in TRAINING_SETS
+        }
+        for mask in mask_names
+    }
     seeds = report["config"]["seeds"]
     return {
-        "disc_histograms": histograms({f"disc {k.replace('_', ' ')}": {"real": real_geo[k], "synthetic": syn_geo[k]} for k in keys}),
-        "dice_bars": bar_chart(f"Dice on {len(arrays['holdout'])} held-out real images (mean +- std over {seeds} seeds)", dice),
+        "disc_histograms": histograms(
+            {f"disc {k.replace('_', ' ')}": {"real": real_geo[k], "synthetic": syn_geo[k]} for k in keys}
+        ),
+        "dice_bars": bar_chart(
+            f"Dice on {len(arrays['holdout'])} held-out real images (mean +- std over {seeds} seeds)", dice
+        ),
     }
 
 
 def _memorisation(arrays, real_models, resolution: int):
     """Section 4 in downsampled pixels and, where a real-trained segmenter exists, in its encoder features."""
-    spaces = {"downsampled pixels (32x32 RGB in [0, 1], L2)": (pixel_features(arrays["synthetic"]), pixel_features(arrays["real"]))}
+    spaces = {
+        "downsampled pixels (32x32 RGB in [0, 1], L2)": (
+            pixel_features(arrays["synthetic"]),
+            pixel_features(arrays["real"]),
+        )
+    }
     if real_models:
         name = f"real-trained segmenter encoder, global-average-pooled bottleneck (seed 0, {resolution} px, L2)"
-        spaces[name] = (encode_images(real_models[0], arrays["synthetic"]), encode_images(real_models[0], arrays["real"]))
+        spaces[name] = (
+            encode_images(real_models[0], arrays["synthetic"]),
+            encode_images(real_models[0], arrays["real"]),
+        )
     return {space: memorisation_report(syn, real) for space, (syn, real) in spaces.items()}
+
+
+def _flagged(found: Dict, synthetic_ids, real_ids) -> List[Dict]:
+    """The samples a memorisation check flagged, closest first, each with its nearest real training image."""
+    order = np.argsort(found["distances"], kind="stable")
+    return [
+        {
+            "synthetic_id": synthetic_ids[i],
+            "real_id": real_ids[int(found["neighbours"][i])],
+            "distance": float(found["distances"][i]),
+        }
+        for i in order
+        if found["distances"][i] < found["threshold"]
+    ]
 
 
 def _closest_pairs(pixels: Dict, arrays, synthetic_ids, real_ids, num_pairs: int):
@@ -178,12 +216,17 @@ def _closest_pairs(pixels: Dict, arrays, synthetic_ids, real_ids, num_pairs: int
     for i in np.argsort(pixels["distances"], kind="stable")[:num_pairs]:
         j, distance = int(pixels["neighbours"][i]), float(pixels["distances"][i])
         pairs += [_to_pil(arrays["synthetic"][i], ())[0], _to_pil(arrays["real"][j], ())[0]]
-        captions += [f"syn d={distance:.2f}{' COPY?' if distance < pixels['threshold'] else ''}", f"real {real_ids[j].split('/')[-1]}"]
+        captions += [
+            f"syn d={distance:.2f}{' COPY?' if distance < pixels['threshold'] else ''}",
+            f"real {real_ids[j].split('/')[-1]}",
+        ]
         listed.append({"synthetic_id": synthetic_ids[int(i)], "real_id": real_ids[j], "pixel_distance": distance})
     return listed, contact_sheet(pairs, captions=captions, columns=4)
 
 
-def evaluate(real, synthetic, holdout=None, config: Optional[EvaluationConfig] = None) -> Tuple[Dict, Dict[str, Image.Image]]:
+def evaluate(
+    real, synthetic, holdout=None, config: Optional[EvaluationConfig] = None
+) -> Tuple[Dict, Dict[str, Image.Image]]:
     """Run the protocol on schema datasets; returns ``(report, figures)``: a JSON-able dict and named PIL figures.
 
     ``real`` is what the generative model was trained on; without ``holdout`` a deterministic part of it is held
@@ -213,7 +256,11 @@ def evaluate(real, synthetic, holdout=None, config: Optional[EvaluationConfig] =
         report["downstream"], real_models = _downstream(arrays, mask_names, config, device)
         generated = arrays["synthetic"][:, 3:].bool()
         agreement = [_overlap_scores(predict_masks(m, arrays["synthetic"]), generated, mask_names) for m in real_models]
-        report["agreement"] = {"n_synthetic": len(synthetic), "n_seeds": len(real_models), "results": _across_seeds(agreement)}
+        report["agreement"] = {
+            "n_synthetic": len(synthetic),
+            "n_seeds": len(real_models),
+            "results": _across_seeds(agreement),
+        }
         as_masks = lambda a: {name: a[:, 3 + m].numpy() > 0 for m, name in enumerate(mask_names)}  # noqa: E731
         report["plausibility"] = mask_plausibility(as_masks(arrays["synthetic"]), as_masks(arrays["real"]))
         figures.update(_mask_figures(report, arrays, mask_names))
@@ -222,11 +269,17 @@ def evaluate(real, synthetic, holdout=None, config: Optional[EvaluationConfig] =
             report[section] = {"computed": False, "reason": "evaluated with --masks none (image-only)"}
 
     memorisation = _memorisation(arrays, real_models, config.resolution)
-    report["memorisation"] = {space: _strip_arrays(m) for space, m in memorisation.items()}
+    synthetic_ids, real_ids = list(synthetic["id"]), list(real_train["id"])
+    report["memorisation"] = {
+        space: {**_strip_arrays(m), "flagged": _flagged(m, synthetic_ids, real_ids)}
+        for space, m in memorisation.items()
+    }
     report["memorisation_closest_pairs"], figures["nearest_pairs"] = _closest_pairs(
-        next(iter(memorisation.values())), arrays, list(synthetic["id"]), list(real_train["id"]), config.num_pairs
+        next(iter(memorisation.values())), arrays, synthetic_ids, real_ids, config.num_pairs
     )
-    report["fid_kid"] = fid_kid(arrays["real"][:, :3], arrays["synthetic"][:, :3], config.inception_weights, device=device)
+    report["fid_kid"] = fid_kid(
+        arrays["real"][:, :3], arrays["synthetic"][:, :3], config.inception_weights, device=device
+    )
     return report, figures
 
 
@@ -308,6 +361,15 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
             f"({_fmt(m['threshold'])}, over {m['n_real_train']} real images); median nearest distance synthetic→real "
             f"{_fmt(m['median_synthetic_to_real'])}, real→real {_fmt(m['median_real_to_real'])}."
         )
+        lines += [
+            f"  - flagged `{f['synthetic_id']}`: nearest `{f['real_id']}`, distance {_fmt(f['distance'])}"
+            for f in m.get("flagged", [])
+        ]
+    if any(m.get("flagged") for m in report["memorisation"].values()):
+        lines += [
+            "",
+            f"`{FLAGGED_FILE}` lists the flagged ids, to drop them before sharing the set (README: evaluate.py).",
+        ]
     fid = report["fid_kid"]
     lines += ["", "## 5. FID and KID (RGB, Inception-v3 via torchmetrics)", ""]
     if fid["computed"]:
@@ -332,9 +394,13 @@ def _json_safe(value):
 
 
 def write_report(report: Dict, figures: Dict[str, Image.Image], output_dir: str) -> Dict[str, str]:
-    """Write ``report.json``, ``report.md`` and ``<figure>.png``; returns the paths written."""
+    """Write ``report.json``, ``report.md``, ``<figure>.png`` and ``flagged_ids.txt`` (the synthetic ids any
+    memorisation check flagged, one per line); returns the paths written."""
     os.makedirs(output_dir, exist_ok=True)
-    paths = {}
+    paths = {"flagged": os.path.join(output_dir, FLAGGED_FILE)}
+    flagged = sorted({f["synthetic_id"] for m in report["memorisation"].values() for f in m.get("flagged", [])})
+    with open(paths["flagged"], "w", encoding="utf-8") as f:
+        f.write("".join(f"{synthetic_id}\n" for synthetic_id in flagged))
     for name, figure in figures.items():
         paths[name] = os.path.join(output_dir, f"{name}.png")
         figure.save(paths[name])
