@@ -17,6 +17,7 @@ DATA=${DATA:-../shared/data}
 PY=${PYTHON:-python3}
 RUNS=${RUNS-ddpm-256}
 mkdir -p "$OUT"
+rm -f "$OUT/status" "$OUT/DONE"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 
 timeout 480 $PY benchmarks/multi_gpu.py --trainers ddpm --gpus 1,4 --dataset phantom:1024 --json "$OUT/multi_gpu_ddpm_4.json" \
@@ -37,7 +38,7 @@ resume=$!
 (
   export CUDA_VISIBLE_DEVICES=1
   [ -n "$RUNS" ] || exit 0
-  ONLY=$RUNS S_DDPM=${S_DDPM:-6000} DDPM256_FLAGS=${DDPM256_FLAGS:---compile --compile_mode reduce-overhead} \
+  ONLY=$RUNS S_DDPM=${S_DDPM:-6000} DDPM256_FLAGS=${DDPM256_FLAGS---compile --compile_mode reduce-overhead} \
     DATA=$DATA RESULTS=$OUT/results PYTHON=$PY bash scripts/reproduce_results.sh > "$OUT/results.log" 2>&1
   echo "results exit $?" >> "$OUT/status"
 ) &

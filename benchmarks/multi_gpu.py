@@ -11,8 +11,10 @@ For each trainer (DDPM at 64 px, DCGAN at 360 px; phantoms by default) it runs, 
 - ``{N}x{B}``: N GPUs at the one-GPU per-device batch (throughput scaling at fixed work per GPU);
 - the ``{N}x{B/N}`` run resumed on one process (``1x{B}``, same effective batch) for more steps.
 
-Runs already finished in ``--output_dir`` are not launched again, so a second call with more ``--gpus`` (say ``1,4``
-after ``1,2``, once more GPUs are free) adds only the new rows and prints the whole table.
+Runs already finished in ``--output_dir`` with the same settings are not launched again (other settings: refused), so
+a later call with more ``--gpus`` (``1,2,4`` after ``1,2``, once more GPUs are free) launches only the new runs; its
+table has every listed row, but a run that an earlier call's resume row continued shows no EMA columns any more (they
+are in that earlier call's table and JSON).
 
 and prints one table: images/s read off ``logs/metrics.csv`` (second half of the steps, after warm-up), the mean
 loss over the second half with its standard error, the EMA model's loss on a fixed batch (DDPM: the same noise and
@@ -106,9 +108,19 @@ def launch(args, script, processes, batch, steps, flags, output_dir, data_seed, 
     return time.perf_counter() - start
 
 
-def finished(run):
-    """A run that saved its final model (launched by an earlier call with the same --output_dir)."""
-    return (Path(run) / "model_index.json").exists()
+def finished(run, expected=None):
+    """Whether ``run`` saved its final model (in an earlier call); with ``expected`` (``{arg: value}``), refuses a run
+    trained with other settings, which would otherwise be mixed into the table."""
+    if not (Path(run) / "model_index.json").exists():
+        return False
+    if expected and not checks(run, expected["max_train_steps"])["resumed"]:  # a resume row re-saved its arguments
+        saved = json.loads((Path(run) / "training_args.json").read_text())
+        differ = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+        if differ:
+            raise SystemExit(
+                f"{run} was trained with other settings (saved, now): {differ}. Use another --output_dir or delete it."
+            )
+    return True
 
 
 def read_metrics(run):
@@ -238,7 +250,13 @@ def run_trainer(trainer, args):
     for name, processes, per_device, seed in plan:  # seed: the data seed; the weights always start from seed 0
         run = root / name.replace(" ", "_")
         wall = None
-        if not (args.from_runs or finished(run)):
+        expected = {
+            "dataset": args.dataset,
+            "train_batch_size": per_device,
+            "max_train_steps": steps,
+            "data_seed": seed,
+        }
+        if not (args.from_runs or finished(run, expected)):
             print(f"[{trainer}] {name} ...", flush=True)
             wall = launch(args, script, processes, per_device, steps, flags, run, seed)
         elif not (run / "logs" / "metrics.csv").exists():

@@ -73,6 +73,13 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.sizes = [int(size) for size in args.sizes.split(",")]
     args.sections = set(args.sections.split(","))
+    if not set(args.sizes) <= {64, 256}:
+        parser.error(f"--sizes takes 64 and/or 256, not {args.sizes}.")
+    if not args.sections <= {"train", "memory", "data", "sample"}:
+        parser.error(f"--sections takes train, memory, data, sample, not {sorted(args.sections)}.")
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        parser.error(f"Unknown --variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}.")
     if args.tiny:
         args.warmup, args.steps, args.batch_64, args.batch_256, args.sample_batch = 1, 2, 2, 2, 2
         args.ddpm_steps = 10

@@ -3,8 +3,8 @@
     python scripts/summarise_results.py reports/results/summary.json
     python scripts/summarise_results.py docs/results/summary.json reports/results-ddpm/summary.json   # merged
 
-With several files (runs done in different sessions, e.g. with ``ONLY=...``) a later file's runs replace an
-earlier file's runs of the same name.
+With several files (runs done in different sessions, e.g. with ``ONLY=...``) each row comes whole from the last file
+that evaluated it (else the last that trained it): a later file's runs replace an earlier file's.
 """
 
 import json
@@ -21,41 +21,69 @@ RUNS = {  # run name -> (what, resolution, channels, model, training images, sam
     "phantom-5ch": ("5. 5-channel, PHANTOMS", 64, 5, "UNet `paper`, cosine, v-pred", "phantoms (512)", "DPM-Solver++, 20 steps"),
 }
 # fmt: on
-# Filled from a summary's "training_args" where it has them (older summaries do not: session 2's run).
+# Filled from the "training_args" of the summary that holds the run's evaluation; older summaries have none
+# (session 2's 256 px run: 2,000 steps of 16).
 RECORDED_ARGS = {"ddpm-256": {"max_train_steps": 2000, "train_batch_size": 16}}
+
+
+def training_run(name):
+    """The training run behind a synthetic set or log name (ddpm-256-dpm20 -> ddpm-256)."""
+    for suffix in ("-dpm20", "-ddpm1000"):
+        name = name.removesuffix(suffix)
+    return name.removeprefix("gen-").removeprefix("eval-")
+
+
+def describe(model, args):
+    """``model`` with ``{max_train_steps}``-style fields filled from the run's arguments (epochs where no steps)."""
+    if args.get("max_train_steps") is None and args.get("num_epochs") is not None:
+        model = model.replace("{max_train_steps:,} steps", "{num_epochs} epochs")
+    try:
+        return model.format(**args)
+    except (KeyError, ValueError, TypeError):
+        return model.split(", {")[0] + ", steps not recorded"
 
 
 def fmt(stat):
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
-def merge(paths):
-    summary = {"seconds": {}, "device": {}, "training_args": dict(RECORDED_ARGS)}
+def load_parts(paths):
+    parts = []
     for path in paths:
         with open(path) as f:
             part = json.load(f)
-        device = part.pop("device", "?")
-        seconds = part.pop("seconds", {})
-        summary["training_args"].update(part.pop("training_args", {}))
-        summary["seconds"].update(seconds)
-        summary["device"].update({name: device for name in [*part, *seconds]})
-        summary.update(part)
-    return summary
+        parts.append({
+            "device": part.pop("device", "?"), "seconds": part.pop("seconds", {}),
+            "training_args": part.pop("training_args", {}), "reports": part,
+        })  # fmt: skip
+    return parts
+
+
+def source(parts, name):
+    """The summary a row's numbers come from, whole: the last one that evaluated ``name``, else the last one that
+    trained or sampled it (so one row never mixes two sessions' runs)."""
+    train = training_run(name)
+    for part in reversed(parts):
+        if name in part["reports"]:
+            return part
+    for part in reversed(parts):
+        if train in part["seconds"] or f"gen-{name}" in part["seconds"]:
+            return part
+    return {"device": "—", "seconds": {}, "training_args": {}, "reports": {}}
 
 
 def main(paths):
-    summary = merge(paths)
-    seconds = summary["seconds"]
+    parts = load_parts(paths)
     print(
         "| run | px | C | model | trained on | GPU | train wall s | sampler | gen wall s (n) | Dice real | Dice synthetic "
         "| synthetic / real | Dice real+synthetic | mask-image agreement | one disc component | flagged as copies (pixels / features) | FID |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (what, px, channels, model, data, sampler) in RUNS.items():
-        train = name.rsplit("-dpm20", 1)[0].rsplit("-ddpm1000", 1)[0]
-        model = model.format(**summary["training_args"].get(train, {}))
-        report = summary.get(name)
-        gpu = summary["device"].get(train, "—").replace("NVIDIA ", "")
+        train, part = training_run(name), source(parts, name)
+        model = describe(model, part["training_args"].get(train, RECORDED_ARGS.get(train, {})))
+        report, seconds = part["reports"].get(name), part["seconds"]
+        gpu = part["device"].replace("NVIDIA ", "")
         if report is None:
             print(
                 f"| {what} | {px} | {channels} | {model} | {data} | {gpu} | {seconds.get(train, 'not finished')} "
@@ -74,7 +102,8 @@ def main(paths):
             f"| {plaus['one_disc_component_synthetic']:.1%} | {flagged} of {report['counts']['synthetic']} | "
             f"{fid if isinstance(fid, str) else f'{fid:.1f}'} |"
         )
-    palm = summary.get("palm-cond")
+    palm_part = source(parts, "palm-cond")
+    palm, seconds = palm_part["reports"].get("palm-cond"), palm_part["seconds"]
     if palm:
         agree, acc = palm["synthetic_label_agreement"], palm["real_held_out_accuracy"]
         print(

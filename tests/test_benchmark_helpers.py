@@ -1,6 +1,7 @@
 """The arithmetic behind benchmarks/multi_gpu.py's table, on a constructed run folder (no training)."""
 
 import csv
+import json
 import runpy
 from pathlib import Path
 
@@ -41,3 +42,18 @@ def test_refuses_a_dataset_smaller_than_the_largest_effective_batch():
     with pytest.raises(SystemExit, match="phantom:200 has 200 samples.*ddpm row 4x64.*256"):
         MULTI_GPU["check_dataset_size"](args)
     MULTI_GPU["check_dataset_size"](MULTI_GPU["parse_args"](["--gpus", "1,2", "--dataset", "phantom:200"]))
+
+
+def test_reuses_only_finished_runs_with_the_same_settings(tmp_path):
+    run, expected = tmp_path / "1x64_seed_0", {"dataset": "phantom:512", "train_batch_size": 64, "max_train_steps": 10}
+    write_run(run, [{"step": 10, "loss": 1.0, "wall_s": 1.0}], [10])
+    assert not MULTI_GPU["finished"](run, expected)  # no saved model yet
+    (run / "model_index.json").write_text("{}")
+    (run / "training_args.json").write_text(json.dumps({**expected, "train_batch_size": 32}))
+    with pytest.raises(SystemExit, match="other settings.*train_batch_size"):
+        MULTI_GPU["finished"](run, expected)
+    (run / "training_args.json").write_text(json.dumps(expected))
+    assert MULTI_GPU["finished"](run, expected)
+    (run / "checkpoint-12").mkdir()  # continued by a resume row, which re-saved its own arguments
+    (run / "training_args.json").write_text(json.dumps({**expected, "max_train_steps": 12}))
+    assert MULTI_GPU["finished"](run, expected)

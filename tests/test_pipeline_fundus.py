@@ -126,8 +126,10 @@ def test_step_noise_is_drawn_on_the_execution_device_from_per_sample_seeds(monke
     assert made_for == ["cuda"] * 3
     assert torch.equal(pair[1], alone[0])  # sample i's step noise depends only on generator i
     assert not torch.equal(pair[0], pair[1])
-    single = step_noise_generators(real_generator().manual_seed(8), torch.device("cuda"))
+    caller = real_generator().manual_seed(8)
+    single = step_noise_generators(caller, torch.device("cuda"))
     assert torch.equal(torch.randn(3, generator=single), alone[0])
+    assert torch.equal(torch.randn(3, generator=caller), torch.randn(3, generator=real_generator().manual_seed(8)))
 
 
 def test_dict_and_tuple_outputs_match():

@@ -58,6 +58,14 @@ def test_presets_and_schedule_facts():
     assert demo.mask_names == ("disc", "atrophy") and demo.beta_schedule == ours.beta_schedule
 
 
+def test_cuda_graphs_refuse_gradient_accumulation(capsys):
+    graphs = ["--output_dir", "x", "--compile", "--compile_mode", "reduce-overhead"]
+    assert ddpm.parse_args(graphs).compile_mode == "reduce-overhead"
+    with pytest.raises(SystemExit):
+        ddpm.parse_args(graphs + ["--gradient_accumulation_steps", "2"])
+    assert "cannot accumulate gradients" in capsys.readouterr().err
+
+
 def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, cache_dir, monkeypatch):
     out = tmp_path / "run"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]

@@ -139,7 +139,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         default="default",
         choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"],
         help="torch.compile mode with --compile: reduce-overhead replays CUDA graphs (for hosts whose CPU cannot keep "
-        "up with the GPU); the max-autotune modes search kernels for many minutes.",
+        "up with the GPU; one GPU, no gradient accumulation; untried on several GPUs); the max-autotune modes search "
+        "kernels for many minutes.",
     )
     perf.add_argument(
         "--channels_last",
@@ -159,6 +160,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.model_config = "base64" if args.resolution <= 64 else "base256"
     if args.max_train_steps is None and args.num_epochs is None:
         parser.error("Give --max_train_steps or --num_epochs.")
+    if args.compile and args.compile_mode == "reduce-overhead" and args.gradient_accumulation_steps > 1:
+        # A replayed backward graph writes the gradients into its own buffers: accumulating over micro-batches would
+        # overwrite them (pytorch/pytorch#169545).
+        parser.error("--compile_mode reduce-overhead cannot accumulate gradients: use --gradient_accumulation_steps 1.")
     return args
 
 

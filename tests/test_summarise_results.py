@@ -1,0 +1,24 @@
+"""scripts/summarise_results.py: each RESULTS.md row comes whole from one session's summary."""
+
+import json
+import runpy
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SUMMARISE = runpy.run_path(str(REPO / "scripts" / "summarise_results.py"))
+
+
+def rows(capsys, *paths):
+    SUMMARISE["main"]([str(p) for p in paths])
+    return {line.split(" | ")[0].lstrip("| "): line for line in capsys.readouterr().out.splitlines() if " | " in line}
+
+
+def test_a_row_never_mixes_two_sessions(tmp_path, capsys):
+    evaluated = REPO / "docs" / "results" / "summary_ddpm256_6000.json"  # session 3: trained, sampled, evaluated
+    older = tmp_path / "older.json"  # session 2: the same run names, trained and sampled, no evaluation
+    older.write_text(json.dumps({"device": "NVIDIA H100", "seconds": {"ddpm-256": 410, "gen-ddpm-256-dpm20": 41}}))
+    for order in ([older, evaluated], [evaluated, older]):
+        row = rows(capsys, *order)["4a. our DDPM"]
+        assert "6,000 steps of 16" in row and "| H200 | 768 |" in row and "| 43 (200) | 0.968 ± 0.001 | 0.948" in row
+    row = rows(capsys, older)["4a. our DDPM"]
+    assert "2,000 steps of 16" in row and "| H100 | 410 |" in row and "not evaluated" in row
