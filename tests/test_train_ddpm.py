@@ -117,6 +117,8 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, cache_dir, data_on_dev
     )
     assert logged(tmp_path / "split", "step") == [1, 2, 3, 4]
     torch.testing.assert_close(logged(tmp_path / "split", "loss"), logged(tmp_path / "straight", "loss"))
+    torch.testing.assert_close(logged(tmp_path / "split", "grad_norm"), logged(tmp_path / "straight", "grad_norm"))
+    assert all(norm > 0 for norm in logged(tmp_path / "straight", "grad_norm"))
     straight = load_file(tmp_path / "straight" / "unet" / "diffusion_pytorch_model.safetensors")
     split = load_file(tmp_path / "split" / "unet" / "diffusion_pytorch_model.safetensors")
     assert straight.keys() == split.keys()
@@ -173,9 +175,20 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir, 
         tiny_args(out, cache_dir, "--max_train_steps", "6", "--checkpointing_steps", "2", "--validation_steps", "100")
         + ["--logger", "none", "--logging_steps", "5"]
     )
-    with pytest.raises(NonFiniteLossError, match="at or before step 4"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"at or before step 4 \(largest gradient norm since the last log: nan\)"
+    ):
         ddpm.train(args)
     assert steps(out) == [2] and not (out / "model_index.json").exists()
+
+
+def test_logged_gradient_norm_is_measured_before_clipping_and_without_it(tmp_path, cache_dir):
+    first_norms = []
+    for clip in ("1e-6", "0"):  # a bound far below the norm, and no clipping at all
+        argv = tiny_args(tmp_path / clip, cache_dir, "--max_train_steps", "1", "--max_grad_norm", clip)
+        ddpm.train(ddpm.parse_args(argv + ["--checkpointing_steps", "100", "--validation_steps", "100"]))
+        first_norms += logged(tmp_path / clip, "grad_norm")
+    assert first_norms[0] == pytest.approx(first_norms[1]) and first_norms[0] > 1e-3
 
 
 @pytest.mark.parametrize("data_on_device", ["no", "yes"])

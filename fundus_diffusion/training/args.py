@@ -36,7 +36,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", required=True, help="Checkpoints, validation grids, logs and the final model.")
-    run.add_argument("--seed", type=int, default=None, help="Seeds the initial weights, and the rest unless --data_seed.")
+    run.add_argument(
+        "--seed", type=int, default=None, help="Seeds the initial weights, and the rest unless --data_seed."
+    )
     run.add_argument(
         "--data_seed",
         type=int,
@@ -121,12 +123,13 @@ def seeded_build(seed, build, stream_seed=None):
     return built
 
 
-def check_finite(loss, step: int) -> None:
-    """Raise ``NonFiniteLossError`` if ``loss`` (a tensor or a number) is NaN or infinite."""
+def check_finite(loss, step: int, detail: str = "") -> None:
+    """Raise ``NonFiniteLossError`` if ``loss`` (a tensor or a number) is NaN or infinite; ``detail`` joins the
+    message (e.g. the recent gradient norms)."""
     value = float(loss.detach().float().sum()) if hasattr(loss, "detach") else float(loss)
     if not math.isfinite(value):
         raise NonFiniteLossError(
-            f"The training loss became {value} at or before step {step}. Stopping without saving, so the last "
-            "checkpoint stays good. Try a lower learning rate, bf16 instead of fp16, or gradient clipping, then "
-            "--resume_from_checkpoint latest."
+            f"The training loss became {value} at or before step {step}{f' ({detail})' if detail else ''}. Stopping "
+            "without saving, so the last checkpoint stays good. Try a lower learning rate, bf16 instead of fp16, or "
+            "gradient clipping, then --resume_from_checkpoint latest."
         )

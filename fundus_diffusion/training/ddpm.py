@@ -19,6 +19,7 @@ v-prediction samples recognisable phantoms. The mean squared error of the predic
 
 import argparse
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -263,24 +264,29 @@ def build_training(args, accelerator, num_training_steps: int) -> DDPMTraining:
     return DDPMTraining(unet, ema, optimizer, lr_scheduler, make_noise_scheduler(args))
 
 
-def training_step(accelerator, training: DDPMTraining, batch, args) -> torch.Tensor:
-    """One forward/backward (an optimizer step once gradients are accumulated) and the EMA update; returns the loss."""
+def training_step(accelerator, training: DDPMTraining, batch, args):
+    """One forward/backward (an optimizer step once gradients are accumulated) and the EMA update.
+
+    Returns the loss and, on optimizer steps, the gradient norm before clipping (else ``None``).
+    """
     pixel_values = batch["pixel_values"]
     if args.channels_last:
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
     class_labels = None if args.unconditional else batch["class_labels"]
+    grad_norm = None
     with accelerator.accumulate(training.unet):
         loss = diffusion_loss(training.unet, training.noise_scheduler, pixel_values, class_labels, args.label_dropout)
         accelerator.backward(loss)
-        if accelerator.sync_gradients and args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(training.unet.parameters(), args.max_grad_norm)
+        if accelerator.sync_gradients:  # an infinite bound measures the norm without clipping
+            bound = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
+            grad_norm = accelerator.clip_grad_norm_(training.unet.parameters(), bound)
         training.optimizer.step()
         if accelerator.sync_gradients:
             training.lr_scheduler.step()
         training.optimizer.zero_grad(set_to_none=True)
     if accelerator.sync_gradients:
         training.ema.update()
-    return loss.detach()
+    return loss.detach(), grad_norm
 
 
 def validation_labels(n: int, conditional: bool):
@@ -395,7 +401,7 @@ def train(args) -> str:
     if accelerator.is_main_process:
         metrics_log = CSVLog(
             os.path.join(args.output_dir, args.logging_dir, "metrics.csv"),
-            ("step", "epoch", "loss", "lr", "ema_decay", "wall_s"),
+            ("step", "epoch", "loss", "grad_norm", "lr", "ema_decay", "wall_s"),
             global_step if resume_path else None,
         )
 
@@ -403,15 +409,18 @@ def train(args) -> str:
         total=max_train_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
     running_loss, micro_batches, started = torch.zeros((), device=accelerator.device), 0, time.time()
+    largest_grad_norm = torch.zeros((), device=accelerator.device)  # over the log interval: spikes precede NaNs
     for epoch, epoch_batches in plan.epochs(batches, global_step):
         training.unet.train()
         for batch in epoch_batches:
             if global_step >= max_train_steps:
                 break
-            running_loss += training_step(accelerator, training, batch, args)
+            loss, grad_norm = training_step(accelerator, training, batch, args)
+            running_loss += loss
             micro_batches += 1
             if not accelerator.sync_gradients:
                 continue
+            largest_grad_norm = torch.maximum(largest_grad_norm, grad_norm.float())
             global_step += 1
             progress.update(1)
             save_now = global_step % args.checkpointing_steps == 0 or global_step == max_train_steps
@@ -419,8 +428,11 @@ def train(args) -> str:
             if global_step % args.logging_steps == 0 or save_now or validate_now:
                 # One device sync per log interval; a NaN anywhere in the interval survives the mean.
                 loss = accelerator.reduce(running_loss / micro_batches, reduction="mean")
-                check_finite(loss, global_step)
-                logs = {"loss": loss.item(), "lr": training.lr_scheduler.get_last_lr()[0]}
+                check_finite(
+                    loss, global_step, f"largest gradient norm since the last log: {largest_grad_norm.item():.4g}"
+                )
+                logs = {"loss": loss.item(), "grad_norm": largest_grad_norm.item()}
+                logs["lr"] = training.lr_scheduler.get_last_lr()[0]
                 logs["ema_decay"] = training.ema.get_current_decay()
                 progress.set_postfix(loss=f"{logs['loss']:.4f}")
                 accelerator.log(logs, step=global_step)
@@ -429,6 +441,7 @@ def train(args) -> str:
                         {"step": global_step, "epoch": epoch, **logs, "wall_s": round(time.time() - started, 3)}
                     )
                 running_loss.zero_()
+                largest_grad_norm.zero_()
                 micro_batches = 0
             if save_now:
                 save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
