@@ -7,8 +7,8 @@
 #
 #   DATA=../shared/data OUT=reports/device bash benchmarks/device_session.sh
 #
-# RUNS (default ddpm-256; empty: none), S_DDPM (default 6000) and DDPM256_FLAGS (default: --compile with
-# reduce-overhead) go to reproduce_results.sh. Each part writes its JSON and log under $OUT and its exit status to
+# RUNS (default ddpm-256; empty: none), S_DDPM (default 6000), DDPM256_FLAGS (default: --compile with
+# reduce-overhead) and EVAL_FLAGS (default --equal_real_passes) go to reproduce_results.sh. Each part writes its JSON and log under $OUT and its exit status to
 # $OUT/status; $OUT/DONE appears at the end. NVLink multicast stays off.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +38,7 @@ resume=$!
 (
   export CUDA_VISIBLE_DEVICES=1
   [ -n "$RUNS" ] || exit 0
-  ONLY=$RUNS S_DDPM=${S_DDPM:-6000} DDPM256_FLAGS=${DDPM256_FLAGS---compile --compile_mode reduce-overhead} \
+  ONLY=$RUNS S_DDPM=${S_DDPM:-6000} EVAL_FLAGS=${EVAL_FLAGS---equal_real_passes} DDPM256_FLAGS=${DDPM256_FLAGS---compile --compile_mode reduce-overhead} \
     DATA=$DATA RESULTS=$OUT/results PYTHON=$PY bash scripts/reproduce_results.sh > "$OUT/results.log" 2>&1
   echo "results exit $?" >> "$OUT/status"
 ) &

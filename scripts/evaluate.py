@@ -17,18 +17,41 @@ from fundus_diffusion.hub import add_model_card_metrics
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real", required=True, help="The real data the model was trained on (anything load_fundus_dataset accepts).")
-    parser.add_argument("--synthetic", required=True, help="The synthetic dataset (e.g. written by scripts/generate.py).")
-    parser.add_argument("--holdout", default=None, help="Held-out real data. Default: a deterministic part of --real, by id.")
-    parser.add_argument("--holdout_fraction", type=float, default=0.2, help="Share of --real held out when no --holdout is given.")
+    parser.add_argument(
+        "--real", required=True, help="The real data the model was trained on (anything load_fundus_dataset accepts)."
+    )
+    parser.add_argument(
+        "--synthetic", required=True, help="The synthetic dataset (e.g. written by scripts/generate.py)."
+    )
+    parser.add_argument(
+        "--holdout", default=None, help="Held-out real data. Default: a deterministic part of --real, by id."
+    )
+    parser.add_argument(
+        "--holdout_fraction", type=float, default=0.2, help="Share of --real held out when no --holdout is given."
+    )
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the by-id hold-out split.")
-    parser.add_argument("--split_file", default=None, help="Held-out ids, one per line; written with the fresh split if absent.")
+    parser.add_argument(
+        "--split_file", default=None, help="Held-out ids, one per line; written with the fresh split if absent."
+    )
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--resolution", type=int, default=128, help="Every image is cropped square and resized to this.")
+    parser.add_argument(
+        "--resolution", type=int, default=128, help="Every image is cropped square and resized to this."
+    )
     parser.add_argument("--masks", default="disc", help="Masks to score: disc, disc,atrophy or none.")
     parser.add_argument("--seeds", type=int, default=3, help="Segmenter training seeds (mean and std are reported).")
     parser.add_argument("--segmenter_steps", type=int, default=1000, help="Training steps per segmenter.")
-    parser.add_argument("--inception_weights", "--inference_weights", default=None, help="Local FID Inception weights (pt_inception-2015-12-05-6726825d.pth).")
+    parser.add_argument(
+        "--equal_real_passes",
+        action="store_true",
+        help="Also train real + synthetic for proportionally more steps, so each real image is seen as often as when "
+        "training on the real images alone (separates the synthetic pairs' effect from less real exposure).",
+    )
+    parser.add_argument(
+        "--inception_weights",
+        "--inference_weights",
+        default=None,
+        help="Local FID Inception weights (pt_inception-2015-12-05-6726825d.pth).",
+    )
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument(
         "--update_model_card",
@@ -48,6 +71,7 @@ def main(args):
         masks=args.masks,
         seeds=args.seeds,
         segmenter_steps=args.segmenter_steps,
+        equal_real_passes=args.equal_real_passes,
         holdout_fraction=args.holdout_fraction,
         split_seed=args.split_seed,
         split_file=args.split_file,

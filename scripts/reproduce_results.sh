@@ -19,6 +19,7 @@ PY=${PYTHON:-python3}
 SMOKE=${SMOKE:-0}
 ONLY=${ONLY:-}  # comma-separated training runs to do (default all), e.g. ONLY=ddpm-paper,ddpm-256
 DDPM256_FLAGS=${DDPM256_FLAGS:-}  # more flags for the 256 px DDPM, e.g. "--compile" (not used in the recorded runs)
+EVAL_FLAGS=${EVAL_FLAGS:-}  # more flags for every evaluate.py, e.g. "--equal_real_passes"
 # Seven trainings share the host: with torch's default thread pools (one thread per core each) they starved each
 # other on the CPU side in the first recorded run (GPU 23% busy); two threads each since.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -104,7 +105,7 @@ for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 
 log "evaluating"
 pids=()
-evaluate() { $PY scripts/evaluate.py --resolution $R_EVAL --seeds $SEEDS --segmenter_steps $SEG_STEPS --update_model_card "$@"; }
+evaluate() { $PY scripts/evaluate.py --resolution $R_EVAL --seeds $SEEDS --segmenter_steps $SEG_STEPS --update_model_card $EVAL_FLAGS "$@"; }
 for syn in dcgan-paper dcgan-diffaug dcgan-diffaug-sn-hinge ddpm-paper ddpm-256-dpm20 ddpm-256-ddpm1000; do
   [ -d "$RESULTS/synthetic/$syn" ] && { timed eval-$syn evaluate --real "$SPLIT/train" --holdout "$SPLIT/test" --masks disc \
     --synthetic "$RESULTS/synthetic/$syn" --output_dir "$RESULTS/eval/$syn" & pids+=($!); }

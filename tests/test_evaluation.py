@@ -135,14 +135,16 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     out, split_file = tmp_path / "report", tmp_path / "holdout.txt"
     argv = ["--real", str(real), "--synthetic", str(synthetic), "--output_dir", str(out), "--resolution", "16",
             "--masks", "disc,atrophy", "--seeds", "2", "--segmenter_steps", "2", "--split_file", str(split_file),
-            "--device", "cpu"]  # fmt: skip
+            "--device", "cpu", "--equal_real_passes"]  # fmt: skip
     script["main"](script["parse_args"](argv))
 
     report = json.loads((out / "report.json").read_text())
     assert report["counts"] == {"real_train": 12, "holdout": 3, "synthetic": 8}
     assert len(split_file.read_text().split("\n")) == 3 + 2  # comment line, 3 ids, final newline
     assert report["downstream"]["results"]["real+synthetic"]["disc"]["dice"]["n"] == 2
-    assert report["downstream"]["n_train"] == {"real": 12, "synthetic": 8, "real+synthetic": 20}
+    equal = "real+synthetic, equal real passes"
+    assert report["downstream"]["n_train"] == {"real": 12, "synthetic": 8, "real+synthetic": 20, equal: 20}
+    assert report["downstream"]["steps"] == {"real": 2, "synthetic": 2, "real+synthetic": 2, equal: 3}  # 2 x 20 / 12
     assert set(report["agreement"]["results"]) == {"disc", "atrophy"}
     assert report["plausibility"]["one_disc_component_synthetic"] == 1.0
     assert len(report["memorisation"]) == 2 and report["fid_kid"]["computed"] is False
@@ -150,6 +152,7 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
         assert (out / f"{figure}.png").stat().st_size > 0
     markdown = (out / "report.md").read_text()
     assert "Not computed:" in markdown and "out of git" in markdown and "| real+synthetic | 20 |" in markdown
+    assert f"| {equal} (3 steps) | 20 |" in markdown
 
     from fundus_diffusion.evaluation.report import model_card_metrics
 
@@ -159,6 +162,7 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
         f"{synthetic_dice['mean']:.3f} ± "
     )
     assert card["generated discs in one piece"]["value"] == "100.0%" and "FID" not in card
+    assert f"held-out disc Dice, segmenter trained on {equal}" in card
     copies = [m for name, m in card.items() if name.startswith("samples flagged as copies")]
     assert len(copies) == 2 and all(m["value"].endswith("of 8") for m in copies)  # pixels, segmenter features
 

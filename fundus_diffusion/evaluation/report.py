@@ -27,6 +27,9 @@ from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segm
 from .splits import holdout_ids, read_split_file, split_by_ids, write_split_file
 
 TRAINING_SETS = ("real", "synthetic", "real+synthetic")
+# Optional fourth set (--equal_real_passes): real + synthetic trained for steps x (real + synthetic) / real, so each
+# real image is drawn as often as when the segmenter trains on the real images alone.
+EQUAL_REAL_PASSES = "real+synthetic, equal real passes"
 PRIVACY_NOTE = (
     "This folder holds real photographs (`nearest_pairs.png`, `sample_grid.png` shows synthetic ones only). "
     "Keep it out of git and out of anything shared where the real data's terms do not allow it."
@@ -46,6 +49,7 @@ class EvaluationConfig:
     device: Optional[str] = None
     num_pairs: int = 8
     grid_samples: int = 36
+    equal_real_passes: bool = False
     inputs: Dict = field(default_factory=dict)  # provenance (dataset paths), copied into the report
 
 
@@ -139,11 +143,17 @@ def _downstream(arrays, mask_names, config: EvaluationConfig, device):
     """
     train_sets = {"real": arrays["real"], "synthetic": arrays["synthetic"]}
     train_sets["real+synthetic"] = torch.cat([arrays["real"], arrays["synthetic"]])
+    steps = {name: config.segmenter_steps for name in train_sets}
+    if config.equal_real_passes:
+        train_sets[EQUAL_REAL_PASSES] = train_sets["real+synthetic"]
+        steps[EQUAL_REAL_PASSES] = round(
+            config.segmenter_steps * len(train_sets["real+synthetic"]) / len(arrays["real"])
+        )
     targets = arrays["holdout"][:, 3:].bool()
-    per_seed, real_models = {name: [] for name in TRAINING_SETS}, []
+    per_seed, real_models = {name: [] for name in train_sets}, []
     for seed in range(config.seeds):
-        for name in TRAINING_SETS:
-            recipe = SegmenterRecipe(steps=config.segmenter_steps, seed=seed)
+        for name in train_sets:
+            recipe = SegmenterRecipe(steps=steps[name], seed=seed)
             progress = lambda it, n=name, s=seed: tqdm(it, desc=f"segmenter on {n}, seed {s}", leave=False)  # noqa: E731
             model = train_segmenter(train_sets[name], len(mask_names), recipe, device=device, progress=progress)
             per_seed[name].append(_overlap_scores(predict_masks(model, arrays["holdout"]), targets, mask_names))
@@ -151,9 +161,10 @@ def _downstream(arrays, mask_names, config: EvaluationConfig, device):
                 real_models.append(model)
     section = {
         "recipe": {**SegmenterRecipe(steps=config.segmenter_steps).to_dict(), "seeds": list(range(config.seeds))},
-        "n_train": {name: len(train_sets[name]) for name in TRAINING_SETS},
+        "n_train": {name: len(train_sets[name]) for name in train_sets},
+        "steps": steps,
         "n_holdout": len(arrays["holdout"]),
-        "results": {name: _across_seeds(per_seed[name]) for name in TRAINING_SETS},
+        "results": {name: _across_seeds(per_seed[name]) for name in train_sets},
     }
     return section, real_models
 
@@ -163,9 +174,7 @@ def _mask_figures(report: Dict, arrays, mask_names) -> Dict[str, Image.Image]:
     keys = ("area_fraction", "centroid_x", "centroid_y")
     results = report["downstream"]["results"]
     dice = {
-        mask: {
-            name: (results[name][mask]["dice"]["mean"], results[name][mask]["dice"]["std"]) for name in TRAINING_SETS
-        }
+        mask: {name: (results[name][mask]["dice"]["mean"], results[name][mask]["dice"]["std"]) for name in results}
         for mask in mask_names
     }
     seeds = report["config"]["seeds"]
@@ -319,7 +328,9 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
         ]
         for name, result in downstream["results"].items():
             cells = [f"{_mean_std(result[m]['dice'])} | {_mean_std(result[m]['iou'])}" for m in cfg["masks"]]
-            lines.append(f"| {name} | {downstream['n_train'][name]} | " + " | ".join(cells) + " |")
+            steps = downstream.get("steps", {}).get(name, recipe["steps"])
+            label = name if steps == recipe["steps"] else f"{name} ({steps} steps)"
+            lines.append(f"| {label} | {downstream['n_train'][name]} | " + " | ".join(cells) + " |")
         agreement = report["agreement"]
         lines += [
             "",
@@ -428,7 +439,7 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
         seeds = f"mean ± std over {config['seeds']} segmenter seeds; {where}"
         for mask in report["config"]["masks"]:
             dice = {k: v[mask]["dice"] for k, v in report["downstream"]["results"].items()}
-            for training_set in ("synthetic", "real+synthetic", "real"):
+            for training_set in [s for s in ("synthetic", "real+synthetic", EQUAL_REAL_PASSES, "real") if s in dice]:
                 metrics.append({
                     "name": f"held-out {mask} Dice, segmenter trained on {training_set}",
                     "value": _mean_std(dice[training_set]),
