@@ -263,11 +263,11 @@ def run_trainer(trainer, args):
             continue
         rows.append(summarise_run(trainer, run, name, processes, per_device, steps, wall, args))
         print(json.dumps(rows[-1]), flush=True)
-    reference = root / plan[0][0].replace(" ", "_")
-    for row in [r for r in rows if not r["resumed"]]:
-        weights = [ema_weights(root / row["run"].replace(" ", "_"), trainer), ema_weights(reference, trainer)]
-        if all(w is not None for w in weights):
-            row["ema_distance"] = relative_distance(*weights)
+    reference = ema_weights(root / plan[0][0].replace(" ", "_"), trainer)
+    for row in [r for r in rows if not r["resumed"]] if reference is not None else []:
+        weights = ema_weights(root / row["run"].replace(" ", "_"), trainer)
+        if weights is not None:
+            row["ema_distance"] = relative_distance(weights, reference)
 
     if args.from_runs:
         return rows

@@ -175,11 +175,7 @@ def train_row(name, preset, resolution, batch_size, device, args, flags=()):
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
         noise_scheduler = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "unused"]))
         step = functools.partial(baseline_step, unet, optimizer, noise_scheduler, batch, device)
-        seconds, warmup_seconds = timed(step, device, args.warmup, args.steps)
-        if args.profile:
-            print(f"profile: {name} {preset} {resolution} px", flush=True)
-            print_profile(step, device)
-        del unet, optimizer, step
+        release = None
     else:
         train_args = ddpm.parse_args(
             ["--output_dir", "unused", "--resolution", str(resolution), "--model_config", preset, "--logger", "none"]
@@ -189,12 +185,13 @@ def train_row(name, preset, resolution, batch_size, device, args, flags=()):
         training = ddpm.build_training(train_args, accelerator, num_training_steps=10_000)
         training.unet.train()
         step = functools.partial(ddpm.training_step, accelerator, training, batch, train_args)
-        seconds, warmup_seconds = timed(step, device, args.warmup, args.steps)
-        if args.profile:
-            print(f"profile: {name} {preset} {resolution} px", flush=True)
-            print_profile(step, device)
-        accelerator.free_memory()
-        del training, step
+        release = accelerator.free_memory  # accelerate keeps references to what it prepared
+    seconds, warmup_seconds = timed(step, device, args.warmup, args.steps)
+    if args.profile:
+        print(f"profile: {name} {preset} {resolution} px", flush=True)
+        print_profile(step, device)
+    if release:
+        release()
     return {
         "section": "train",
         "variant": name,

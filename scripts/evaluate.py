@@ -10,9 +10,7 @@ import argparse
 
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
-from fundus_diffusion.evaluation.report import model_card_metrics
-from fundus_diffusion.generate import generating_model, sampler_description
-from fundus_diffusion.hub import add_model_card_metrics
+from fundus_diffusion.evaluation.report import update_model_card
 
 
 def parse_args(argv=None):
@@ -85,10 +83,8 @@ def main(args):
     paths = write_report(report, figures, args.output_dir)
     print(f"Wrote {paths['markdown']} and {len(figures)} figures")
     if args.update_model_card:
-        auto = args.update_model_card == "auto"
-        model_dir = generating_model(args.synthetic) if auto else args.update_model_card
-        metrics = model_card_metrics(report, sampler=sampler_description(args.synthetic))
-        print(f"Updated {add_model_card_metrics(model_dir, metrics)}")
+        model_dir = None if args.update_model_card == "auto" else args.update_model_card
+        print(f"Updated {update_model_card(report, args.synthetic, model_dir)}")
 
 
 if __name__ == "__main__":

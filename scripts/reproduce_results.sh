@@ -116,19 +116,6 @@ done
   --images_only --synthetic "$RESULTS/synthetic/palm-cond" --steps $CLS_STEPS --output_dir "$RESULTS/eval/palm-cond" & pids+=($!); }
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 
-$PY - "$RESULTS" <<'EOF'
-import glob, json, os, sys
-root = sys.argv[1]
-import torch
-summary = {"seconds": {os.path.basename(p)[:-8]: int(open(p).read()) for p in glob.glob(f"{root}/logs/*.seconds")}}
-summary["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-summary["training_args"] = {
-    os.path.basename(os.path.dirname(p)): json.load(open(p)) for p in glob.glob(f"{root}/runs/*/training_args.json")
-}
-for path in glob.glob(f"{root}/eval/*/*.json"):
-    summary[os.path.basename(os.path.dirname(path))] = json.load(open(path))
-json.dump(summary, open(f"{root}/summary.json", "w"), indent=1, default=str)
-print("summary:", f"{root}/summary.json")
-EOF
+$PY -c "import sys; from fundus_diffusion.evaluation.summary import write_summary; print('summary:', write_summary(sys.argv[1]))" "$RESULTS"
 log "finished (failures: $failed)"
 exit $failed

@@ -7,8 +7,9 @@ With several files (runs done in different sessions, e.g. with ``ONLY=...``) eac
 that evaluated it (else the last that trained it): a later file's runs replace an earlier file's.
 """
 
-import json
 import sys
+
+from fundus_diffusion.evaluation.summary import load_summaries, row_source, training_run
 
 # fmt: off
 RUNS = {  # run name -> (what, resolution, channels, model, training images, sampler)
@@ -26,13 +27,6 @@ RUNS = {  # run name -> (what, resolution, channels, model, training images, sam
 RECORDED_ARGS = {"ddpm-256": {"max_train_steps": 2000, "train_batch_size": 16}}
 
 
-def training_run(name):
-    """The training run behind a synthetic set or log name (ddpm-256-dpm20 -> ddpm-256)."""
-    for suffix in ("-dpm20", "-ddpm1000"):
-        name = name.removesuffix(suffix)
-    return name.removeprefix("gen-").removeprefix("eval-")
-
-
 def describe(model, args):
     """``model`` with ``{max_train_steps}``-style fields filled from the run's arguments (epochs where no steps)."""
     if args.get("max_train_steps") is None and args.get("num_epochs") is not None:
@@ -47,40 +41,15 @@ def fmt(stat):
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
-def load_parts(paths):
-    parts = []
-    for path in paths:
-        with open(path) as f:
-            part = json.load(f)
-        parts.append({
-            "device": part.pop("device", "?"), "seconds": part.pop("seconds", {}),
-            "training_args": part.pop("training_args", {}), "reports": part,
-        })  # fmt: skip
-    return parts
-
-
-def source(parts, name):
-    """The summary a row's numbers come from, whole: the last one that evaluated ``name``, else the last one that
-    trained or sampled it (so one row never mixes two sessions' runs)."""
-    train = training_run(name)
-    for part in reversed(parts):
-        if name in part["reports"]:
-            return part
-    for part in reversed(parts):
-        if train in part["seconds"] or f"gen-{name}" in part["seconds"]:
-            return part
-    return {"device": "—", "seconds": {}, "training_args": {}, "reports": {}}
-
-
 def main(paths):
-    parts = load_parts(paths)
+    parts = load_summaries(paths)
     print(
         "| run | px | C | model | trained on | GPU | train wall s | sampler | gen wall s (n) | Dice real | Dice synthetic "
         "| synthetic / real | Dice real+synthetic | mask-image agreement | one disc component | flagged as copies (pixels / features) | FID |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (what, px, channels, model, data, sampler) in RUNS.items():
-        train, part = training_run(name), source(parts, name)
+        train, part = training_run(name), row_source(parts, name)
         model = describe(model, part["training_args"].get(train, RECORDED_ARGS.get(train, {})))
         report, seconds = part["reports"].get(name), part["seconds"]
         gpu = part["device"].replace("NVIDIA ", "")
@@ -102,7 +71,7 @@ def main(paths):
             f"| {plaus['one_disc_component_synthetic']:.1%} | {flagged} of {report['counts']['synthetic']} | "
             f"{fid if isinstance(fid, str) else f'{fid:.1f}'} |"
         )
-    palm_part = source(parts, "palm-cond")
+    palm_part = row_source(parts, "palm-cond")
     palm, seconds = palm_part["reports"].get("palm-cond"), palm_part["seconds"]
     if palm:
         agree, acc = palm["synthetic_label_agreement"], palm["real_held_out_accuracy"]

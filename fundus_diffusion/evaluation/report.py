@@ -468,3 +468,13 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
     if sampler:
         metrics = [{**m, "name": f"{m['name']} ({sampler})"} for m in metrics]
     return metrics
+
+
+def update_model_card(report: Dict, synthetic_dir: str, model_dir: Optional[str] = None) -> str:
+    """Add ``report``'s headline metrics, named by the sampler that made ``synthetic_dir``, to the card of
+    ``model_dir`` (default: the local model recorded in the set's generation config); returns the card's path."""
+    from ..generate import generating_model, sampler_description
+    from ..hub import add_model_card_metrics
+
+    metrics = model_card_metrics(report, sampler=sampler_description(synthetic_dir))
+    return add_model_card_metrics(model_dir or generating_model(synthetic_dir), metrics)

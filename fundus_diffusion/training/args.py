@@ -1,6 +1,7 @@
 """Command-line flags shared by the DDPM and DCGAN trainers (names follow diffusers' example scripts)."""
 
 import argparse
+import json
 import math
 import os
 
@@ -97,6 +98,21 @@ def make_accelerator(args, **kwargs):
         ),
         **kwargs,
     )
+
+
+def public_args(args, scalars_only: bool = False) -> dict:
+    """The run's arguments without the Hub token, for trackers (``scalars_only``) and ``training_args.json``."""
+    return {
+        k: v
+        for k, v in vars(args).items()
+        if k != "hub_token" and (not scalars_only or isinstance(v, (int, float, str, bool)))
+    }
+
+
+def write_training_args(args, folder: str) -> None:
+    """``training_args.json`` beside a saved model: how it was trained (without the Hub token)."""
+    with open(os.path.join(folder, "training_args.json"), "w") as f:
+        json.dump(public_args(args), f, indent=2, default=str)
 
 
 def data_seed(args) -> int:

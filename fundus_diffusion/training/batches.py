@@ -40,12 +40,8 @@ class DeviceBatches:
         self.labels = view.class_labels.to(device)
         self.batch_size, self.seed = batch_size, seed
         self.process_index, self.num_processes = process_index, num_processes
-        self.num_batches = whole_steps(len(arrays) // num_processes // batch_size, accumulation_steps)
-        if self.num_batches == 0:
-            raise ValueError(
-                f"{len(arrays)} samples make no full batch of {batch_size} on {num_processes} process(es) "
-                f"x {accumulation_steps} accumulation step(s)."
-            )
+        batches = len(arrays) // num_processes // batch_size
+        self.num_batches = whole_steps(batches, accumulation_steps, len(arrays), batch_size, num_processes)
 
     def __len__(self) -> int:
         return self.num_batches
@@ -78,11 +74,9 @@ class LoaderBatches:
             pin_memory=accelerator.device.type == "cuda",
         )
         self.accelerator, self.loader = accelerator, accelerator.prepare(loader)
-        self.num_batches = whole_steps(len(self.loader), accumulation_steps)
-        if self.num_batches == 0:
-            raise ValueError(
-                f"{len(view)} samples make no full batch of {batch_size} x {accumulation_steps} accumulation step(s)."
-            )
+        self.num_batches = whole_steps(
+            len(self.loader), accumulation_steps, len(view), batch_size, accelerator.num_processes
+        )
 
     def __len__(self) -> int:
         return self.num_batches
@@ -93,10 +87,17 @@ class LoaderBatches:
         return itertools.islice(batches, max(self.num_batches - skip, 0))
 
 
-def whole_steps(num_batches: int, accumulation_steps: int) -> int:
+def whole_steps(num_batches: int, accumulation_steps: int, samples: int, batch_size: int, num_processes: int) -> int:
     """The batches of an epoch that make whole optimizer steps: the rest is dropped, so that every epoch ends on a
-    step on every process (accelerate only knows an epoch's end for a prepared DataLoader read to its end)."""
-    return num_batches - num_batches % accumulation_steps
+    step on every process (accelerate only knows an epoch's end for a prepared DataLoader read to its end). Raises
+    when that leaves none."""
+    whole = num_batches - num_batches % accumulation_steps
+    if whole == 0:
+        raise ValueError(
+            f"{samples} samples make no full batch of {batch_size} on {num_processes} process(es) "
+            f"x {accumulation_steps} accumulation step(s)."
+        )
+    return whole
 
 
 def fits_on_device(view, device) -> bool:

@@ -6,7 +6,6 @@ saves a ``FundusGANPipeline`` with its model card.
 """
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, parse_mask_names
 from ..models.dcgan import DCGANDiscriminator, DCGANGenerator
+from .args import check_finite, make_accelerator, public_args, seeded_build, write_training_args
 from .augment import AUGMENTATIONS, DiffAugment
 from .batches import DeviceBatches, EpochPlan, load_training_batches
 from .checkpointing import (
@@ -289,7 +289,6 @@ def train_dcgan(args) -> str:
 
     from ..data.transforms import array_to_tensor, tensor_to_outputs
     from ..visualization import contact_sheet
-    from .args import check_finite, make_accelerator, seeded_build
 
     started = time.time()
     mask_names = parse_mask_names(args.masks)
@@ -359,10 +358,7 @@ def train_dcgan(args) -> str:
 
     metrics_log = diversity_log = None
     if accelerator.is_main_process:
-        tracker_config = {
-            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"
-        }
-        accelerator.init_trackers("train_dcgan", config=tracker_config)
+        accelerator.init_trackers("train_dcgan", config=public_args(args, scalars_only=True))
         log_dir = os.path.join(args.output_dir, args.logging_dir)
         resume_step = global_step if resume_path else None
         metrics_log = CSVLog(os.path.join(log_dir, "metrics.csv"), ("step", "epoch", *METRICS, "wall_s"), resume_step)
@@ -524,8 +520,7 @@ def _save_final(args, generator, mask_names, training_info: dict, diversity_rati
 
     def save(folder):
         pipeline.save_pretrained(folder, metrics=metrics, repo_id=repo_id if args.push_to_hub else None)
-        with open(os.path.join(folder, "training_args.json"), "w") as f:
-            json.dump({k: v for k, v in vars(args).items() if k != "hub_token"}, f, indent=2, default=str)
+        write_training_args(args, folder)
 
     save_folder_atomically(save, args.output_dir)
     logger.info("Saved the pipeline and its model card to %s", args.output_dir)

@@ -18,7 +18,6 @@ v-prediction samples recognisable phantoms. The mean squared error of the predic
 """
 
 import argparse
-import json
 import math
 import os
 import time
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, num_channels, parse_mask_names
 from ..models.unet import UNET_PRESETS
-from .args import add_common_args, check_finite, make_accelerator, seeded_build
+from .args import add_common_args, check_finite, make_accelerator, public_args, seeded_build, write_training_args
 from .batches import EpochPlan, load_training_batches
 from .checkpointing import (
     find_checkpoint,
@@ -388,10 +387,7 @@ def train(args) -> str:
             f"{max_train_steps} steps; {args.beta_schedule} betas over T = {args.num_train_timesteps}, "
             f"alpha-bar at t = T: {alpha_bar:.3g}" + (" (the model never sees pure noise)" if alpha_bar > 1e-3 else "")
         )
-        tracker_config = {
-            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"
-        }
-        accelerator.init_trackers("train_ddpm", config=tracker_config)
+        accelerator.init_trackers("train_ddpm", config=public_args(args, scalars_only=True))
 
     global_step = 0
     if resume_path:
@@ -428,10 +424,9 @@ def train(args) -> str:
             if global_step % args.logging_steps == 0 or save_now or validate_now:
                 # One device sync per log interval; a NaN anywhere in the interval survives the mean.
                 loss = accelerator.reduce(running_loss / micro_batches, reduction="mean")
-                check_finite(
-                    loss, global_step, f"largest gradient norm since the last log: {largest_grad_norm.item():.4g}"
-                )
-                logs = {"loss": loss.item(), "grad_norm": largest_grad_norm.item()}
+                grad_norm = largest_grad_norm.item()
+                check_finite(loss, global_step, f"largest gradient norm since the last log: {grad_norm:.4g}")
+                logs = {"loss": loss.item(), "grad_norm": grad_norm}
                 logs["lr"] = training.lr_scheduler.get_last_lr()[0]
                 logs["ema_decay"] = training.ema.get_current_decay()
                 progress.set_postfix(loss=f"{logs['loss']:.4f}")
@@ -456,8 +451,7 @@ def train(args) -> str:
 
         def save(folder):
             pipeline.save_pretrained(folder)
-            with open(os.path.join(folder, "training_args.json"), "w") as f:
-                json.dump({k: v for k, v in vars(args).items() if k != "hub_token"}, f, indent=2, default=str)
+            write_training_args(args, folder)
 
         save_folder_atomically(save, args.output_dir)
         if args.push_to_hub:
