@@ -42,7 +42,8 @@ def parse_args(argv=None):
         "--equal_real_passes",
         action="store_true",
         help="Also train real + synthetic for proportionally more steps, so each real image is seen as often as when "
-        "training on the real images alone (separates the synthetic pairs' effect from less real exposure).",
+        "training on the real images alone (separates the synthetic pairs' effect from less real exposure), and the "
+        "real images alone for as many steps (the control: longer training by itself may help).",
     )
     parser.add_argument(
         "--inception_weights",

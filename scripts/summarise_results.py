@@ -17,14 +17,22 @@ RUNS = {  # run name -> (what, resolution, channels, model, training images, sam
     "ddpm-paper": ("2. paper DDPM (Table 2)", 64, 4, "UNet `paper`, T=300 linear, EMA 0.995, 4,000 steps of 8", "fundus-od train (134)", "DDPM, 300 steps"),
     "dcgan-diffaug": ("3a. DCGAN + DiffAugment + EMA", 360, 4, "as 1, bf16, 300 epochs", "fundus-od train (134)", "one forward pass"),
     "dcgan-diffaug-sn-hinge": ("3b. DCGAN + DiffAugment + SN + hinge + EMA", 360, 4, "as 3a", "fundus-od train (134)", "one forward pass"),
-    "ddpm-256-dpm20": ("4a. our DDPM", 256, 4, "UNet `small256`, cosine, v-pred, {max_train_steps:,} steps of {train_batch_size}", "fundus-od train (134)", "DPM-Solver++, 20 steps"),
+    "ddpm-256-dpm20": ("4a. our DDPM", 256, 4, "UNet `small256`, cosine, v-pred, {max_train_steps:,} steps of {train_batch_size}, {mixed_precision}{compiled}", "fundus-od train (134)", "DPM-Solver++, 20 steps"),
     "ddpm-256-ddpm1000": ("4b. our DDPM", 256, 4, "as 4a", "fundus-od train (134)", "DDPM, 1000 steps"),
     "phantom-5ch": ("5. 5-channel, PHANTOMS", 64, 5, "UNet `paper`, cosine, v-pred", "phantoms (512)", "DPM-Solver++, 20 steps"),
 }
 # fmt: on
 # Filled from the "training_args" of the summary that holds the run's evaluation; older summaries have none
-# (session 2's 256 px run: 2,000 steps of 16).
-RECORDED_ARGS = {"ddpm-256": {"max_train_steps": 2000, "train_batch_size": 16}}
+# (session 2's 256 px run: 2,000 steps of 16 in bf16).
+RECORDED_ARGS = {"ddpm-256": {"max_train_steps": 2000, "train_batch_size": 16, "mixed_precision": "bf16"}}
+
+
+def compiled(args):
+    """How the run was compiled, as its command line said it (empty when not)."""
+    if not args.get("compile"):
+        return ""
+    mode = args.get("compile_mode", "default")
+    return ", `--compile`" + ("" if mode == "default" else f" `--compile_mode {mode}`")
 
 
 def describe(model, args):
@@ -32,22 +40,28 @@ def describe(model, args):
     if args.get("max_train_steps") is None and args.get("num_epochs") is not None:
         model = model.replace("{max_train_steps:,} steps", "{num_epochs} epochs")
     try:
-        return model.format(**args)
+        return model.format(**args, compiled=compiled(args))
     except (KeyError, ValueError, TypeError):
         return model.split(", {")[0] + ", steps not recorded"
 
 
 def fmt(stat):
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat else "—"
+
+
+def rate(count, seconds):
+    """Images per second of a whole generate.py call (process start and model loading included)."""
+    return f"{count / seconds:.2f}" if isinstance(seconds, (int, float)) and seconds > 0 else "—"
 
 
 def main(paths):
     parts = load_summaries(paths)
     print(
-        "| run | px | C | model | trained on | GPU | train wall s | sampler | gen wall s (n) | Dice real | Dice synthetic "
-        "| synthetic / real | Dice real+synthetic | mask-image agreement | one disc component | flagged as copies (pixels / features) | FID |"
+        "| run | px | C | model | trained on | GPU | train wall s | sampler | gen wall s (n) | images/s | Dice real "
+        "| Dice synthetic | synthetic / real | Dice real+synthetic | Dice real+synthetic, equal real passes "
+        "| mask-image agreement | one disc component | flagged as copies (pixels / features) | FID |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (what, px, channels, model, data, sampler) in RUNS.items():
         train, part = training_run(name), row_source(parts, name)
         model = describe(model, part["training_args"].get(train, RECORDED_ARGS.get(train, {})))
@@ -56,19 +70,22 @@ def main(paths):
         if report is None:
             print(
                 f"| {what} | {px} | {channels} | {model} | {data} | {gpu} | {seconds.get(train, 'not finished')} "
-                f"| {sampler} | {seconds.get('gen-' + name, '—')} | not evaluated | | | | | | | |"
+                f"| {sampler} | {seconds.get('gen-' + name, '—')} | | not evaluated | | | | | | | | |"
             )
             continue
         results = report["downstream"]["results"]
         real, syn, both = (results[k]["disc"]["dice"] for k in ("real", "synthetic", "real+synthetic"))
+        equal_passes = results.get("real+synthetic, equal real passes", {}).get("disc", {}).get("dice")  # opt-in row
         flagged = " / ".join(str(m["n_flagged"]) for m in report["memorisation"].values())
         plaus = report["plausibility"]
         fid = report["fid_kid"].get("fid", "not computed")
+        n_syn, gen_seconds = report["counts"]["synthetic"], seconds.get("gen-" + name, "—")
         print(
             f"| {what} | {px} | {channels} | {model} | {data} | {gpu} | {seconds.get(train, '—')} | {sampler} "
-            f"| {seconds.get('gen-' + name, '—')} ({report['counts']['synthetic']}) | {fmt(real)} | {fmt(syn)} "
-            f"| {syn['mean'] / real['mean']:.0%} | {fmt(both)} | {fmt(report['agreement']['results']['disc']['dice'])} "
-            f"| {plaus['one_disc_component_synthetic']:.1%} | {flagged} of {report['counts']['synthetic']} | "
+            f"| {gen_seconds} ({n_syn}) | {rate(n_syn, gen_seconds)} | {fmt(real)} | {fmt(syn)} "
+            f"| {syn['mean'] / real['mean']:.0%} | {fmt(both)} | {fmt(equal_passes)} "
+            f"| {fmt(report['agreement']['results']['disc']['dice'])} "
+            f"| {plaus['one_disc_component_synthetic']:.1%} | {flagged} of {n_syn} | "
             f"{fid if isinstance(fid, str) else f'{fid:.1f}'} |"
         )
     palm_part = row_source(parts, "palm-cond")

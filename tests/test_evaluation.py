@@ -142,9 +142,9 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     assert report["counts"] == {"real_train": 12, "holdout": 3, "synthetic": 8}
     assert len(split_file.read_text().split("\n")) == 3 + 2  # comment line, 3 ids, final newline
     assert report["downstream"]["results"]["real+synthetic"]["disc"]["dice"]["n"] == 2
-    equal = "real+synthetic, equal real passes"
-    assert report["downstream"]["n_train"] == {"real": 12, "synthetic": 8, "real+synthetic": 20, equal: 20}
-    assert report["downstream"]["steps"] == {"real": 2, "synthetic": 2, "real+synthetic": 2, equal: 3}  # 2 x 20 / 12
+    equal, control = "real+synthetic, equal real passes", "real, as many steps as equal real passes"
+    assert report["downstream"]["n_train"] == {"real": 12, "synthetic": 8, "real+synthetic": 20, equal: 20, control: 12}
+    assert report["downstream"]["steps"] == {"real": 2, "synthetic": 2, "real+synthetic": 2, equal: 3, control: 3}
     assert set(report["agreement"]["results"]) == {"disc", "atrophy"}
     assert report["plausibility"]["one_disc_component_synthetic"] == 1.0
     assert len(report["memorisation"]) == 2 and report["fid_kid"]["computed"] is False
@@ -152,7 +152,7 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
         assert (out / f"{figure}.png").stat().st_size > 0
     markdown = (out / "report.md").read_text()
     assert "Not computed:" in markdown and "out of git" in markdown and "| real+synthetic | 20 |" in markdown
-    assert f"| {equal} (3 steps) | 20 |" in markdown
+    assert f"| {equal} (3 steps) | 20 |" in markdown and f"| {control} (3 steps) | 12 |" in markdown  # 2 x 20 / 12
 
     from fundus_diffusion.evaluation.report import model_card_metrics
 
@@ -163,6 +163,7 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     )
     assert card["generated discs in one piece"]["value"] == "100.0%" and "FID" not in card
     assert f"held-out disc Dice, segmenter trained on {equal}" in card
+    assert f"held-out disc Dice, segmenter trained on {control}" in card
     copies = [m for name, m in card.items() if name.startswith("samples flagged as copies")]
     assert len(copies) == 2 and all(m["value"].endswith("of 8") for m in copies)  # pixels, segmenter features
 

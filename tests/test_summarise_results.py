@@ -19,6 +19,17 @@ def test_a_row_never_mixes_two_sessions(tmp_path, capsys):
     older.write_text(json.dumps({"device": "NVIDIA H100", "seconds": {"ddpm-256": 410, "gen-ddpm-256-dpm20": 41}}))
     for order in ([older, evaluated], [evaluated, older]):
         row = rows(capsys, *order)["4a. our DDPM"]
-        assert "6,000 steps of 16" in row and "| H200 | 768 |" in row and "| 43 (200) | 0.968 ± 0.001 | 0.948" in row
+        assert "6,000 steps of 16, bf16, `--compile` |" in row and "| H200 | 768 |" in row
+        assert (
+            "| 43 (200) | 4.65 | 0.968 ± 0.001 | 0.948" in row and "| 0.966 ± 0.001 | — |" in row
+        )  # no equal-passes row
     row = rows(capsys, older)["4a. our DDPM"]
     assert "2,000 steps of 16" in row and "| H100 | 410 |" in row and "not evaluated" in row
+
+
+def test_equal_real_passes_column_and_compile_mode(capsys):
+    session_4 = REPO / "docs" / "results" / "summary_ddpm256_cudagraphs.json"  # evaluated with --equal_real_passes
+    table = rows(capsys, REPO / "docs" / "results" / "summary_ddpm256_6000.json", session_4)
+    row = table["4b. our DDPM"]
+    assert "| 448 (200) | 0.45 |" in row and "| 0.963 ± 0.002 | 0.969 ± 0.000 |" in row
+    assert "`--compile` `--compile_mode reduce-overhead`" in table["4a. our DDPM"]

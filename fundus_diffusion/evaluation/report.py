@@ -27,9 +27,11 @@ from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segm
 from .splits import holdout_ids, read_split_file, split_by_ids, write_split_file
 
 TRAINING_SETS = ("real", "synthetic", "real+synthetic")
-# Optional fourth set (--equal_real_passes): real + synthetic trained for steps x (real + synthetic) / real, so each
-# real image is drawn as often as when the segmenter trains on the real images alone.
+# Optional rows (--equal_real_passes): real + synthetic trained for steps x (real + synthetic) / real, so each real
+# image is drawn as often as when the segmenter trains on the real images alone; and, as its control, the real images
+# alone trained for as many steps (longer training by itself may help).
 EQUAL_REAL_PASSES = "real+synthetic, equal real passes"
+REAL_AS_LONG = "real, as many steps as equal real passes"
 PRIVACY_NOTE = (
     "This folder holds real photographs (`nearest_pairs.png`, `sample_grid.png` shows synthetic ones only). "
     "Keep it out of git and out of anything shared where the real data's terms do not allow it."
@@ -136,6 +138,15 @@ def _strip_arrays(report: Dict) -> Dict:
     return {k: v for k, v in report.items() if not isinstance(v, np.ndarray)}
 
 
+def segmenter_scores(train, holdout, mask_names: Sequence[str], steps: int, seed: int, device, desc: str = ""):
+    """The fixed recipe trained ``steps`` steps on ``train`` arrays and scored on ``holdout`` arrays: ``(scores,
+    model)``, scores ``{mask: {"dice", "iou"}}`` (mean per held-out image)."""
+    recipe = SegmenterRecipe(steps=steps, seed=seed)
+    progress = lambda it: tqdm(it, desc=f"segmenter on {desc}, seed {seed}", leave=False)  # noqa: E731
+    model = train_segmenter(train, len(mask_names), recipe, device=device, progress=progress)
+    return _overlap_scores(predict_masks(model, holdout), holdout[:, 3:].bool(), mask_names), model
+
+
 def _downstream(arrays, mask_names, config: EvaluationConfig, device):
     """Section 1: the recipe trained on each training set for every seed, scored on the held-out real images.
 
@@ -145,18 +156,16 @@ def _downstream(arrays, mask_names, config: EvaluationConfig, device):
     train_sets["real+synthetic"] = torch.cat([arrays["real"], arrays["synthetic"]])
     steps = {name: config.segmenter_steps for name in train_sets}
     if config.equal_real_passes:
-        train_sets[EQUAL_REAL_PASSES] = train_sets["real+synthetic"]
-        steps[EQUAL_REAL_PASSES] = round(
-            config.segmenter_steps * len(train_sets["real+synthetic"]) / len(arrays["real"])
-        )
-    targets = arrays["holdout"][:, 3:].bool()
+        longer = round(config.segmenter_steps * len(train_sets["real+synthetic"]) / len(arrays["real"]))
+        train_sets[EQUAL_REAL_PASSES], steps[EQUAL_REAL_PASSES] = train_sets["real+synthetic"], longer
+        train_sets[REAL_AS_LONG], steps[REAL_AS_LONG] = arrays["real"], longer
     per_seed, real_models = {name: [] for name in train_sets}, []
     for seed in range(config.seeds):
         for name in train_sets:
-            recipe = SegmenterRecipe(steps=steps[name], seed=seed)
-            progress = lambda it, n=name, s=seed: tqdm(it, desc=f"segmenter on {n}, seed {s}", leave=False)  # noqa: E731
-            model = train_segmenter(train_sets[name], len(mask_names), recipe, device=device, progress=progress)
-            per_seed[name].append(_overlap_scores(predict_masks(model, arrays["holdout"]), targets, mask_names))
+            scores, model = segmenter_scores(
+                train_sets[name], arrays["holdout"], mask_names, steps[name], seed, device, desc=name
+            )
+            per_seed[name].append(scores)
             if name == "real":
                 real_models.append(model)
     section = {
@@ -439,7 +448,9 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
         seeds = f"mean ± std over {config['seeds']} segmenter seeds; {where}"
         for mask in report["config"]["masks"]:
             dice = {k: v[mask]["dice"] for k, v in report["downstream"]["results"].items()}
-            for training_set in [s for s in ("synthetic", "real+synthetic", EQUAL_REAL_PASSES, "real") if s in dice]:
+            for training_set in [
+                s for s in ("synthetic", "real+synthetic", EQUAL_REAL_PASSES, "real", REAL_AS_LONG) if s in dice
+            ]:
                 metrics.append({
                     "name": f"held-out {mask} Dice, segmenter trained on {training_set}",
                     "value": _mean_std(dice[training_set]),
