@@ -9,6 +9,7 @@ that evaluated it (else the last that trained it): a later file's runs replace a
 
 import sys
 
+from fundus_diffusion.evaluation.report import EQUAL_REAL_PASSES, REAL_AS_LONG
 from fundus_diffusion.evaluation.summary import load_summaries, row_source, training_run
 
 # fmt: off
@@ -75,7 +76,9 @@ def main(paths):
             continue
         results = report["downstream"]["results"]
         real, syn, both = (results[k]["disc"]["dice"] for k in ("real", "synthetic", "real+synthetic"))
-        equal_passes = results.get("real+synthetic, equal real passes", {}).get("disc", {}).get("dice")  # opt-in row
+        equal_passes = fmt(results.get(EQUAL_REAL_PASSES, {}).get("disc", {}).get("dice"))  # opt-in rows
+        if REAL_AS_LONG in results:
+            equal_passes += f" (real alone as long: {fmt(results[REAL_AS_LONG]['disc']['dice'])})"
         flagged = " / ".join(str(m["n_flagged"]) for m in report["memorisation"].values())
         plaus = report["plausibility"]
         fid = report["fid_kid"].get("fid", "not computed")
@@ -83,7 +86,7 @@ def main(paths):
         print(
             f"| {what} | {px} | {channels} | {model} | {data} | {gpu} | {seconds.get(train, '—')} | {sampler} "
             f"| {gen_seconds} ({n_syn}) | {rate(n_syn, gen_seconds)} | {fmt(real)} | {fmt(syn)} "
-            f"| {syn['mean'] / real['mean']:.0%} | {fmt(both)} | {fmt(equal_passes)} "
+            f"| {syn['mean'] / real['mean']:.0%} | {fmt(both)} | {equal_passes} "
             f"| {fmt(report['agreement']['results']['disc']['dice'])} "
             f"| {plaus['one_disc_component_synthetic']:.1%} | {flagged} of {n_syn} | "
             f"{fid if isinstance(fid, str) else f'{fid:.1f}'} |"

@@ -33,3 +33,12 @@ def test_equal_real_passes_column_and_compile_mode(capsys):
     row = table["4b. our DDPM"]
     assert "| 448 (200) | 0.45 |" in row and "| 0.963 ± 0.002 | 0.969 ± 0.000 |" in row
     assert "`--compile` `--compile_mode reduce-overhead`" in table["4a. our DDPM"]
+
+
+def test_equal_real_passes_cell_quotes_its_control(tmp_path, capsys):
+    summary = json.loads((REPO / "docs" / "results" / "summary_ddpm256_cudagraphs.json").read_text())
+    control = {"disc": {"dice": {"mean": 0.9661, "std": 0.0004, "n": 3}}}
+    summary["ddpm-256-ddpm1000"]["downstream"]["results"]["real, as many steps as equal real passes"] = control
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    row = rows(capsys, tmp_path / "summary.json")["4b. our DDPM"]
+    assert "| 0.969 ± 0.000 (real alone as long: 0.966 ± 0.000) |" in row
