@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements still missing after session 3, as parts (PARTS, comma list, default all three, in this order):
+# The measurements still missing after session 3, as parts (PARTS, comma list, in this order; default resume,results):
 #   multi    all GPUs: benchmarks/multi_gpu.py for the DDPM at 1 and 4 GPUs on phantoms (the 4 x 64 scaling row needs
 #            more images per step than the 167 real ones); a four-GPU machine, about 6 minutes;
 #   resume   GPU 0: a short 64 px run under CUDA graphs (--compile_mode reduce-overhead), then resumed; about 4 minutes;
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-reports/device}
 DATA=${DATA:-../shared/data}
 PY=${PYTHON:-python3}
-PARTS=${PARTS:-multi,resume,results}
+PARTS=${PARTS:-resume,results}  # multi needs a four-GPU machine
 mkdir -p "$OUT"
 rm -f "$OUT/DONE"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1

@@ -13,6 +13,8 @@ import argparse
 import json
 import time
 
+import torch
+
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.data.schema import parse_mask_names
 from fundus_diffusion.evaluation.metrics import summarise
@@ -75,7 +77,8 @@ def main(args):
         print(f"| {row['steps']:,} | {row['passes_per_real_image']:.0f} | {dice} | {row['seconds']:.0f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device, "n_train": len(train), "n_holdout": len(holdout), "rows": rows}, f, indent=1)
+            name = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+            json.dump({"device": name, "n_train": len(train), "n_holdout": len(holdout), "rows": rows}, f, indent=1)
     return rows
 
 

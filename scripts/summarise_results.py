@@ -18,7 +18,7 @@ RUNS = {  # run name -> (what, resolution, channels, model, training images, sam
     "ddpm-paper": ("2. paper DDPM (Table 2)", 64, 4, "UNet `paper`, T=300 linear, EMA 0.995, 4,000 steps of 8", "fundus-od train (134)", "DDPM, 300 steps"),
     "dcgan-diffaug": ("3a. DCGAN + DiffAugment + EMA", 360, 4, "as 1, bf16, 300 epochs", "fundus-od train (134)", "one forward pass"),
     "dcgan-diffaug-sn-hinge": ("3b. DCGAN + DiffAugment + SN + hinge + EMA", 360, 4, "as 3a", "fundus-od train (134)", "one forward pass"),
-    "ddpm-256-dpm20": ("4a. our DDPM", 256, 4, "UNet `small256`, cosine, v-pred, {max_train_steps:,} steps of {train_batch_size}, {mixed_precision}{compiled}", "fundus-od train (134)", "DPM-Solver++, 20 steps"),
+    "ddpm-256-dpm20": ("4a. our DDPM", 256, 4, "UNet `small256`, cosine, v-pred, {max_train_steps:,} steps of {train_batch_size}, {precision}{compiled}", "fundus-od train (134)", "DPM-Solver++, 20 steps"),
     "ddpm-256-ddpm1000": ("4b. our DDPM", 256, 4, "as 4a", "fundus-od train (134)", "DDPM, 1000 steps"),
     "phantom-5ch": ("5. 5-channel, PHANTOMS", 64, 5, "UNet `paper`, cosine, v-pred", "phantoms (512)", "DPM-Solver++, 20 steps"),
 }
@@ -41,7 +41,8 @@ def describe(model, args):
     if args.get("max_train_steps") is None and args.get("num_epochs") is not None:
         model = model.replace("{max_train_steps:,} steps", "{num_epochs} epochs")
     try:
-        return model.format(**args, compiled=compiled(args))
+        precision = "fp32" if args.get("mixed_precision", "no") == "no" else args["mixed_precision"]
+        return model.format(**args, precision=precision, compiled=compiled(args))
     except (KeyError, ValueError, TypeError):
         return model.split(", {")[0] + ", steps not recorded"
 

@@ -29,5 +29,5 @@ def test_the_results_chain_runs_and_summarises(tmp_path, fundus_od_dir, palm224_
 
     SUMMARISE["main"]([str(results / "summary.json")])
     table = capsys.readouterr().out
-    assert "| 4a. our DDPM | 256 | 4 | UNet `small256`, cosine, v-pred, 3 steps of 4 |" in table
+    assert "| 4a. our DDPM | 256 | 4 | UNet `small256`, cosine, v-pred, 3 steps of 4, fp32 |" in table
     assert table.count("not evaluated") == 0 and "6. PALM class-conditional DDPM" in table

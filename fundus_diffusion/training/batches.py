@@ -59,15 +59,24 @@ class DeviceBatches:
 
 
 class LoaderBatches:
-    """The same interface over an accelerate-prepared DataLoader (the memory-mapped cache, any dataset size)."""
+    """The same interface over an accelerate-prepared DataLoader (the memory-mapped cache, any dataset size).
 
-    def __init__(self, accelerator, view, batch_size: int, num_workers: int = 0, accumulation_steps: int = 1):
+    The shuffle order comes from its own generator, reseeded with ``seed + epoch`` each epoch, as ``DeviceBatches``
+    does: without it accelerate seeds the order of several processes from the global generator (``--seed``, not
+    ``--data_seed``), and a resumed epoch would be shuffled differently from the uninterrupted one.
+    """
+
+    def __init__(
+        self, accelerator, view, batch_size: int, num_workers: int = 0, accumulation_steps: int = 1, seed: int = 0
+    ):
         from torch.utils.data import DataLoader
 
+        self.seed, self.order = seed, torch.Generator().manual_seed(seed)
         loader = DataLoader(
             view,
             batch_size=batch_size,
             shuffle=True,
+            generator=self.order,  # the sampler's; accelerate synchronises it across processes
             drop_last=True,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
@@ -82,6 +91,7 @@ class LoaderBatches:
         return self.num_batches
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
+        self.order.manual_seed(self.seed + epoch)
         self.loader.set_epoch(epoch)
         batches = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
         return itertools.islice(batches, max(self.num_batches - skip, 0))
@@ -121,7 +131,7 @@ def make_batches(accelerator, view, args, seed: int):
             view, args.train_batch_size, accelerator.device, seed, accelerator.process_index,
             accelerator.num_processes, accumulation,
         )  # fmt: skip
-    return LoaderBatches(accelerator, view, args.train_batch_size, args.dataloader_num_workers, accumulation)
+    return LoaderBatches(accelerator, view, args.train_batch_size, args.dataloader_num_workers, accumulation, seed)
 
 
 def load_training_batches(accelerator, args, mask_names):
