@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.data.schema import parse_mask_names
 from fundus_diffusion.evaluation.metrics import summarise
@@ -83,4 +84,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -46,6 +46,14 @@ RESUMABLE_DIFFERENCES = ("batch_size", "device")
 
 def read_model_index(path_or_hub_id: str) -> dict:
     """``model_index.json`` of a local folder or a Hub repository."""
+    looks_local = (
+        os.path.isabs(path_or_hub_id) or path_or_hub_id.startswith((".", "~")) or path_or_hub_id.count("/") > 1
+    )
+    if looks_local and not os.path.isdir(path_or_hub_id):
+        raise FileNotFoundError(
+            f"{path_or_hub_id}: no such folder. Give a saved pipeline folder (the --output_dir of a training run) or "
+            "a Hub model id such as 'namespace/name'."
+        )
     if os.path.isdir(path_or_hub_id):
         path = os.path.join(path_or_hub_id, "model_index.json")
         if not os.path.isfile(path):

@@ -5,7 +5,7 @@ import os
 from importlib import resources
 from typing import Dict, Optional, Sequence
 
-DEFAULT_IGNORE = ("checkpoint-*", ".tmp-*", "logs/*")
+DEFAULT_IGNORE = ("checkpoint-*", ".tmp-*", "logs/*", "*.lock")
 METRICS_FILE = "metrics.json"  # the measured metrics a card shows, kept beside it so that later ones can be added
 
 

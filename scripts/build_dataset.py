@@ -8,8 +8,8 @@ Nothing is written to ``--output_dir`` unless the build succeeds.
 
 import argparse
 
+from fundus_diffusion.cli import run_script
 from fundus_diffusion.data.build import build_dataset, push_dataset_to_hub
-from fundus_diffusion.data.readers import FundusDataError
 
 
 def parse_args(argv=None):
@@ -54,7 +54,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (FundusDataError, FileNotFoundError, FileExistsError) as err:  # messages name the file and the fix
-        raise SystemExit(f"build_dataset.py: error: {err}") from None
+    run_script(main, parse_args)

@@ -7,7 +7,9 @@ The report folder holds real photographs (nearest-neighbour pairs): keep it out 
 """
 
 import argparse
+import sys
 
+from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
 from fundus_diffusion.evaluation.report import update_model_card
@@ -33,7 +35,10 @@ def parse_args(argv=None):
     )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument(
-        "--resolution", type=int, default=128, help="Every image is cropped square and resized to this."
+        "--resolution",
+        type=int,
+        default=128,
+        help="Every image is cropped square and resized to this (a multiple of 8; default 128).",
     )
     parser.add_argument("--masks", default="disc", help="Masks to score: disc, disc,atrophy or none.")
     parser.add_argument("--seeds", type=int, default=3, help="Segmenter training seeds (mean and std are reported).")
@@ -61,7 +66,22 @@ def parse_args(argv=None):
         help="Add the measured metrics to this saved model's card (no value: the model recorded in the synthetic "
         "set's generation_config.json).",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.resolution < 8 or args.resolution % 8:
+        low = max(8, args.resolution // 8 * 8)
+        parser.error(f"--resolution {args.resolution}: the segmenter takes multiples of 8, e.g. {low} or {low + 8}.")
+    return args
+
+
+def warn_if_upscaled(dataset, resolution: int, what: str) -> None:
+    """Images smaller than --resolution are scaled up: say so, since it blurs what the segmenter sees."""
+    width, height = dataset[0]["image"].size
+    if min(width, height) < resolution:
+        print(
+            f"evaluate.py: warning: {what} images are {width}x{height}, smaller than --resolution {resolution}: they "
+            f"are scaled up. Pass --resolution {max(8, min(width, height) // 8 * 8)} to evaluate at their size.",
+            file=sys.stderr,
+        )
 
 
 def main(args):
@@ -80,6 +100,7 @@ def main(args):
     )
     real, synthetic = load_fundus_dataset(args.real), load_fundus_dataset(args.synthetic)
     holdout = load_fundus_dataset(args.holdout) if args.holdout else None
+    warn_if_upscaled(synthetic, args.resolution, "the synthetic")
     report, figures = evaluate(real, synthetic, holdout, config)
     paths = write_report(report, figures, args.output_dir)
     print(f"Wrote {paths['markdown']} and {len(figures)} figures")
@@ -89,4 +110,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -6,6 +6,7 @@
 
 import argparse
 
+from fundus_diffusion.cli import run_script
 from fundus_diffusion.generate import (
     POSTPROCESSING,
     SCHEDULERS,
@@ -62,4 +63,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

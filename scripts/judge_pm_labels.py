@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 
+from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe, judge_class_conditional
 from fundus_diffusion.evaluation.report import default_device
@@ -39,4 +40,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -6,6 +6,7 @@
 
 import argparse
 
+from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.splits import STRATA, split_to_disk
 
@@ -31,4 +32,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -7,8 +7,9 @@ With several files (runs done in different sessions, e.g. with ``ONLY=...``) eac
 that evaluated it (else the last that trained it): a later file's runs replace an earlier file's.
 """
 
-import sys
+import argparse
 
+from fundus_diffusion.cli import run_script
 from fundus_diffusion.evaluation.report import EQUAL_REAL_PASSES, REAL_AS_LONG
 from fundus_diffusion.evaluation.summary import load_summaries, row_source, training_run
 
@@ -104,5 +105,13 @@ def main(paths):
         )
 
 
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "summaries", nargs="*", default=["reports/results/summary.json"], help="summary.json files, oldest first."
+    )
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["reports/results/summary.json"])
+    run_script(lambda args: main(args.summaries), parse_args)

@@ -5,6 +5,7 @@ accelerate launch scripts/train_dcgan.py --dataset data/pm --masks disc --preset
 
 import argparse
 
+from fundus_diffusion.cli import run_script
 from fundus_diffusion.training.args import add_common_args
 from fundus_diffusion.training.dcgan import add_dcgan_args, parse_dcgan_args, train_dcgan
 
@@ -20,4 +21,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -3,6 +3,7 @@
 The logic lives in fundus_diffusion.training.ddpm; this file only parses flags and calls it.
 """
 
+from fundus_diffusion.cli import run_script
 from fundus_diffusion.training.ddpm import parse_args, train
 
 
@@ -12,4 +13,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -51,7 +51,7 @@ def test_save_rotates_and_load_restores(tmp_path, accelerated):
         path = save_checkpoint(accelerator, str(tmp_path), step, total_limit=2)
         assert path == str(tmp_path / f"checkpoint-{step}")
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-3", "checkpoint-4"]
-    assert json.loads((tmp_path / "checkpoint-4" / "training_state.json").read_text()) == {"step": 4}
+    assert json.loads((tmp_path / "checkpoint-4" / "training_state.json").read_text()) == {"step": 4, "settings": {}}
     assert (tmp_path / "checkpoint-4" / "model.safetensors").exists()
 
     with torch.no_grad():
@@ -77,7 +77,7 @@ def test_interrupted_saves_never_look_complete(tmp_path, accelerated):
     assert find_checkpoint(str(tmp_path), "latest") == str(tmp_path / "checkpoint-10")
     with pytest.raises(ValueError, match="not a complete checkpoint"):
         find_checkpoint(str(tmp_path), "checkpoint-30")
-    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint.*Checkpoints in .*: checkpoint-10 "):
         find_checkpoint(str(tmp_path), str(tmp_path / "checkpoint-99"))
     assert find_checkpoint(str(tmp_path / "empty"), "latest") is None
     assert find_checkpoint(str(tmp_path), None) is None

@@ -101,6 +101,12 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
     pipe = FundusPipeline.from_pretrained(out)
     assert pipe.config.mask_names == ["disc", "atrophy"] and pipe.config.training_info["steps"] == 6
 
+    # Resuming with other model flags names them instead of dumping a state-dict size mismatch; nothing is lost.
+    other = tiny_args(out, cache_dir, "--max_train_steps", "8", *more, "--logger", "none", "--masks", "disc")
+    with pytest.raises(ValueError, match=r"checkpoint-6 does not fit.*--masks disc \(checkpoint: disc,atrophy\)"):
+        ddpm.train(ddpm.parse_args(other + ["--resume_from_checkpoint", "latest"]))
+    assert steps(out) == [5, 6] and logged(out, "step") == [1, 2, 3, 4, 5, 6]
+
 
 @pytest.mark.parametrize("data_on_device", ["no", "yes"])  # a DataLoader, or the whole set as one device tensor
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, cache_dir, data_on_device):

@@ -35,8 +35,15 @@ def load_summaries(paths: Sequence[str]) -> List[Dict]:
     """Each summary as ``{"device", "seconds", "training_args", "reports"}`` (older files lack some keys)."""
     parts = []
     for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such file. scripts/reproduce_results.sh writes RESULTS/summary.json.")
         with open(path) as f:
             part = json.load(f)
+        if "seconds" not in part:
+            raise ValueError(
+                f"{path} is not a summary.json of scripts/reproduce_results.sh (it has no 'seconds'); an evaluate.py "
+                "report.json is summarised in its own report.md."
+            )
         parts.append({
             "device": part.pop("device", "?"), "seconds": part.pop("seconds", {}),
             "training_args": part.pop("training_args", {}), "reports": part,

@@ -55,11 +55,14 @@ def _remove_stale_temporaries(output_dir: str) -> None:
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: Optional[int] = None) -> str:
+def save_checkpoint(
+    accelerator, output_dir: str, step: int, total_limit: Optional[int] = None, settings: Optional[dict] = None
+) -> str:
     """Save the full training state as ``output_dir/checkpoint-{step}``; every process must call this.
 
     Keeps the newest ``total_limit`` checkpoints (all when None). Raises ``FileExistsError`` rather than replace an
-    existing ``checkpoint-{step}``.
+    existing ``checkpoint-{step}``. ``settings`` (the run's arguments) go into its state file, so that a resume with
+    other model flags can say which.
     """
     final = os.path.join(output_dir, f"checkpoint-{step}")
     tmp = os.path.join(output_dir, f"{TMP_PREFIX}checkpoint-{step}")
@@ -74,7 +77,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: Option
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(os.path.join(tmp, STATE_FILE), "w") as f:
-            json.dump({"step": int(step)}, f)
+            json.dump({"step": int(step), "settings": settings or {}}, f, default=str)
         _fsync_tree(tmp)
         os.replace(tmp, final)
         if total_limit is not None and total_limit > 0:
@@ -110,7 +113,11 @@ def find_checkpoint(output_dir: str, resume_from: Optional[str]) -> Optional[str
     if not os.path.exists(path) and os.path.exists(os.path.join(output_dir, resume_from)):
         path = os.path.join(output_dir, resume_from)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"--resume_from_checkpoint {resume_from!r}: no such checkpoint folder.")
+        found = ", ".join(os.path.basename(c) for _, c in list_checkpoints(output_dir)) or "none"
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {resume_from!r}: no such checkpoint folder. Checkpoints in {output_dir}: "
+            f"{found} (or pass latest)."
+        )
     if not is_complete(path):
         raise ValueError(
             f"--resume_from_checkpoint {resume_from!r}: {path} has no {STATE_FILE}, so it is not a complete "
@@ -120,11 +127,34 @@ def find_checkpoint(output_dir: str, resume_from: Optional[str]) -> Optional[str
     return path
 
 
-def load_checkpoint(accelerator, path: str) -> int:
-    """Restore everything ``save_checkpoint`` saved and return the step it was taken at."""
-    accelerator.load_state(path)
+# Arguments that only steer the run, not the model: a resume may change them freely.
+RUN_CONTROL = {
+    "output_dir", "resume_from_checkpoint", "max_train_steps", "num_epochs", "checkpointing_steps",
+    "checkpoints_total_limit", "validation_steps", "logger", "logging_dir", "push_to_hub", "hub_model_id",
+}  # fmt: skip
+
+
+def load_checkpoint(accelerator, path: str, settings: Optional[dict] = None) -> int:
+    """Restore everything ``save_checkpoint`` saved and return the step it was taken at. When the weights do not fit
+    the models built from ``settings`` (the current arguments), the error names the flags that differ from the
+    checkpoint's run."""
     with open(os.path.join(path, STATE_FILE)) as f:
-        return int(json.load(f)["step"])
+        state = json.load(f)
+    try:
+        accelerator.load_state(path)
+    except RuntimeError as err:
+        saved = state.get("settings") or {}
+        changed = [
+            f"--{k} {settings.get(k)} (checkpoint: {saved[k]})"
+            for k in sorted(saved)
+            if k not in RUN_CONTROL and settings and k in settings and str(settings[k]) != str(saved[k])
+        ]
+        hint = f"Flags that differ from the checkpoint's run: {', '.join(changed)}." if changed else ""
+        raise ValueError(
+            f"{path} does not fit the models these flags build ({str(err).splitlines()[0][:200]}). {hint} Resume "
+            "with the checkpoint's model flags, or start a new --output_dir."
+        ) from err
+    return int(state["step"])
 
 
 def save_folder_atomically(save_fn: Callable[[str], None], output_dir: str) -> None:

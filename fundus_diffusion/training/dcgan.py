@@ -116,7 +116,9 @@ def add_dcgan_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument(
         "--channels_last", action="store_true", help="channels_last memory format (faster convs on GPU)."
     )
-    group.add_argument("--torch_compile", action="store_true", help="torch.compile both networks.")
+    group.add_argument(
+        "--compile", "--torch_compile", dest="torch_compile", action="store_true", help="torch.compile both networks."
+    )
     return parser
 
 
@@ -342,7 +344,7 @@ def train_dcgan(args) -> str:
     global_step = 0
     resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
     if resume_path:
-        global_step = load_checkpoint(accelerator, resume_path)
+        global_step = load_checkpoint(accelerator, resume_path, public_args(args))
         logger.info("Resumed from %s at step %d", resume_path, global_step)
     elif args.resume_from_checkpoint:
         logger.info("No checkpoint in %s yet; starting from scratch.", args.output_dir)
@@ -452,7 +454,9 @@ def train_dcgan(args) -> str:
             if checkpoint or validation:
                 flush()  # never checkpoint a step whose losses were not checked
             if checkpoint:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                save_checkpoint(
+                    accelerator, args.output_dir, global_step, args.checkpoints_total_limit, public_args(args)
+                )
             if validation and accelerator.is_main_process:
                 accelerator.log(validate(global_step), step=global_step)
             if global_step >= max_train_steps:

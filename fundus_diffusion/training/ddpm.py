@@ -391,8 +391,10 @@ def train(args) -> str:
 
     global_step = 0
     if resume_path:
-        global_step = load_checkpoint(accelerator, resume_path)
+        global_step = load_checkpoint(accelerator, resume_path, public_args(args))
         accelerator.print(f"Resumed from {resume_path} at step {global_step}")
+    elif args.resume_from_checkpoint:
+        accelerator.print(f"No checkpoint in {args.output_dir} yet; starting from scratch.")
     metrics_log = None
     if accelerator.is_main_process:
         metrics_log = CSVLog(
@@ -439,7 +441,9 @@ def train(args) -> str:
                 largest_grad_norm.zero_()
                 micro_batches = 0
             if save_now:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                save_checkpoint(
+                    accelerator, args.output_dir, global_step, args.checkpoints_total_limit, public_args(args)
+                )
             if validate_now and accelerator.is_main_process:
                 log_validation(accelerator, training, args, global_step)
     progress.close()

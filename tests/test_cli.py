@@ -1,0 +1,75 @@
+"""Scripts end a user's mistake with one line naming it and the fix (exit 1), not a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+from fundus_diffusion.cli import run_script
+
+
+def script(*argv, cwd=REPO_ROOT):
+    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_run_script_turns_user_errors_into_one_line(monkeypatch, capsys):
+    def bad_input(args):
+        raise FileNotFoundError(f"{args}: no such folder.")
+
+    monkeypatch.setattr(sys, "argv", ["generate.py"])
+    with pytest.raises(SystemExit) as stop:
+        run_script(bad_input, lambda: "/data/x")
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.splitlines()[0] == "generate.py: error: /data/x: no such folder."
+    monkeypatch.setenv("FUNDUS_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        run_script(bad_input, lambda: "/data/x")
+
+
+def test_a_bug_keeps_its_traceback():
+    def bug(args):
+        raise KeyError("not a user error")
+
+    with pytest.raises(KeyError):
+        run_script(bug, lambda: None)
+
+
+def test_scripts_report_bad_input_in_one_line(tmp_path):
+    missing = script(
+        "scripts/generate.py",
+        "--model",
+        str(tmp_path / "no-model"),
+        "--num_samples",
+        "4",
+        "--output_dir",
+        str(tmp_path / "o"),
+    )
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert f"generate.py: error: {tmp_path / 'no-model'}: no such folder" in missing.stderr
+
+    resolution = script("scripts/evaluate.py", "--real", "phantom:8", "--synthetic", "phantom:8", "--output_dir",
+                        str(tmp_path / "r"), "--resolution", "36")  # fmt: skip
+    assert resolution.returncode == 2 and "--resolution 36: the segmenter takes multiples of 8, e.g. 32 or 40" in (
+        resolution.stderr
+    )
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"downstream": {}}))
+    summary = script("scripts/summarise_results.py", str(report))
+    assert summary.returncode == 1 and "is not a summary.json of scripts/reproduce_results.sh" in summary.stderr
+
+
+def test_evaluate_warns_when_it_scales_images_up(capsys):
+    import runpy
+
+    from fundus_diffusion.data import load_phantom_dataset
+
+    warn_if_upscaled = runpy.run_path(str(REPO_ROOT / "scripts" / "evaluate.py"))["warn_if_upscaled"]
+    small = load_phantom_dataset(2, size=32)
+    capsys.readouterr()  # the dataset build's progress output
+    warn_if_upscaled(small, 32, "the synthetic")
+    assert capsys.readouterr().err == ""
+    warn_if_upscaled(small, 128, "the synthetic")
+    assert "the synthetic images are 32x32, smaller than --resolution 128" in capsys.readouterr().err
