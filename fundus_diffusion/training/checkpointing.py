@@ -143,6 +143,8 @@ def load_checkpoint(accelerator, path: str, settings: Optional[dict] = None) -> 
     try:
         accelerator.load_state(path)
     except RuntimeError as err:
+        if not any(sign in str(err) for sign in ("size mismatch", "Missing key", "Unexpected key")):
+            raise  # not a model / checkpoint mismatch
         saved = state.get("settings") or {}
         changed = [
             f"--{k} {settings.get(k)} (checkpoint: {saved[k]})"
