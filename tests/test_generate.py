@@ -1,6 +1,7 @@
 import csv
 import json
 import runpy
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,14 @@ def test_measured_metrics_reach_the_model_card_without_rewriting_weights(models,
     assert (weights.read_bytes(), weights.stat().st_mtime_ns) == before
     with pytest.raises(ValueError, match="names no local model folder"):
         generating_model(str(tmp_path / "nowhere"))
+
+    from fundus_diffusion.evaluation.report import warn_if_other_data
+
+    index = json.loads((model / "model_index.json").read_text())
+    trained_on = str(tmp_path / "train-split")  # what a trainer records in training_info
+    (model / "model_index.json").write_text(json.dumps({**index, "training_info": {"dataset": trained_on}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_other_data(str(model), trained_on)  # the same data: silent
+    with pytest.warns(UserWarning, match="was trained on .* but the evaluation's real data is /data/other"):
+        warn_if_other_data(str(model), "/data/other")

@@ -8,6 +8,7 @@ nearest neighbour), then: downstream segmentation, mask-image agreement, mask pl
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -481,11 +482,27 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
     return metrics
 
 
+def warn_if_other_data(model_dir: str, real: Optional[str]) -> None:
+    """Warn when the model was trained on other data than the evaluation's ``real`` set (its memorisation check
+    then compares against the wrong images)."""
+    from ..generate import read_model_index
+
+    trained_on = read_model_index(model_dir).get("training_info", {}).get("dataset")
+    if trained_on and real and os.path.abspath(trained_on) != os.path.abspath(real):
+        warnings.warn(
+            f"{model_dir} was trained on {trained_on}, but the evaluation's real data is {real}: its card will quote "
+            "memorisation and Dice measured against the latter (the card names it).",
+            stacklevel=3,
+        )
+
+
 def update_model_card(report: Dict, synthetic_dir: str, model_dir: Optional[str] = None) -> str:
     """Add ``report``'s headline metrics, named by the sampler that made ``synthetic_dir``, to the card of
     ``model_dir`` (default: the local model recorded in the set's generation config); returns the card's path."""
     from ..generate import generating_model, sampler_description
     from ..hub import add_model_card_metrics
 
+    model_dir = model_dir or generating_model(synthetic_dir)
+    warn_if_other_data(model_dir, report["config"]["inputs"].get("real"))
     metrics = model_card_metrics(report, sampler=sampler_description(synthetic_dir))
-    return add_model_card_metrics(model_dir or generating_model(synthetic_dir), metrics)
+    return add_model_card_metrics(model_dir, metrics)
