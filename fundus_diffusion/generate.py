@@ -46,22 +46,22 @@ RESUMABLE_DIFFERENCES = ("batch_size", "device")
 
 def read_model_index(path_or_hub_id: str) -> dict:
     """``model_index.json`` of a local folder or a Hub repository."""
-    looks_local = (
-        os.path.isabs(path_or_hub_id) or path_or_hub_id.startswith((".", "~")) or path_or_hub_id.count("/") > 1
-    )
-    if looks_local and not os.path.isdir(path_or_hub_id):
-        raise FileNotFoundError(
-            f"{path_or_hub_id}: no such folder. Give a saved pipeline folder (the --output_dir of a training run) or "
-            "a Hub model id such as 'namespace/name'."
-        )
     if os.path.isdir(path_or_hub_id):
         path = os.path.join(path_or_hub_id, "model_index.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path_or_hub_id} has no model_index.json: it is not a saved fundus pipeline.")
     else:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
-        path = hf_hub_download(path_or_hub_id, "model_index.json")
+        try:
+            path = hf_hub_download(path_or_hub_id, "model_index.json")
+        except (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError) as err:
+            raise FileNotFoundError(
+                f"{path_or_hub_id}: no such local folder, and no Hub model of that id could be read "
+                f"({type(err).__name__}). Give a saved pipeline folder (the --output_dir of a training run) or a Hub "
+                "model id such as 'namespace/name'."
+            ) from err
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -78,6 +78,7 @@ def load_fundus_pipeline(
     ``dtype`` ``auto`` samples in fp16 on a GPU (about twice the speed of fp32) and in fp32 on the CPU.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path_or_hub_id = os.path.expanduser(path_or_hub_id)
     if dtype == "auto":
         dtype = "fp16" if device.startswith("cuda") else "fp32"
     if dtype not in DTYPES:

@@ -75,6 +75,8 @@ def parse_args(argv=None):
 
 def warn_if_upscaled(dataset, resolution: int, what: str) -> None:
     """Images smaller than --resolution are scaled up: say so, since it blurs what the segmenter sees."""
+    if len(dataset) == 0:
+        return
     width, height = dataset[0]["image"].size
     if min(width, height) < resolution:
         print(

@@ -147,3 +147,39 @@ def test_push_folder_leaves_checkpoints_out(tmp_path, monkeypatch):
 def test_model_card_needs_every_variable():
     with pytest.raises(Exception, match="undefined"):
         render_model_card("ddpm", resolution=64)
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_changed_flags(tmp_path):
+    saved_with = {"masks": "disc,atrophy", "model_config": "tiny", "mask_names": ("disc", "atrophy")}
+    accelerator = Accelerator()
+    accelerator.prepare(torch.nn.Linear(3, 2))
+    path = save_checkpoint(accelerator, str(tmp_path), 1, settings=saved_with)
+    assert (
+        json.loads((tmp_path / "checkpoint-1" / "training_state.json").read_text())["settings"]["masks"]
+        == "disc,atrophy"
+    )
+
+    other = Accelerator()
+    other.prepare(torch.nn.Linear(4, 2))  # the weights no longer fit
+    now = {"masks": "disc", "model_config": "tiny", "mask_names": ("disc", "atrophy")}  # a tuple saved as a list
+    with pytest.raises(
+        ValueError, match=r"size mismatch for weight.* --masks disc \(checkpoint: disc,atrophy\)\. "
+    ) as e:
+        load_checkpoint(other, path, now)
+    assert "model_config" not in str(e.value) and "mask_names" not in str(e.value)
+
+    (tmp_path / "checkpoint-1" / "training_state.json").write_text(json.dumps({"step": 1}))  # an older checkpoint
+    with pytest.raises(ValueError, match=r"size mismatch.*\)\. Resume with the checkpoint's model flags"):
+        load_checkpoint(other, path, now)
+
+
+def test_other_load_errors_keep_their_message(tmp_path, monkeypatch):
+    accelerator = Accelerator()
+    path = save_checkpoint(accelerator, str(tmp_path), 1)
+
+    def broken(_):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(accelerator, "load_state", broken)
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        load_checkpoint(accelerator, path, {"masks": "disc"})

@@ -302,6 +302,8 @@ def test_paper_preset_and_overrides():
     assert paper.diffaugment == "color" and paper.ema_beta == 0.99  # explicit flags win over the preset
     assert parse(["--preset", "paper", "--masks", "disc,atrophy"]).num_epochs == 130
     assert parse(["--preset", "paper", "--num_epochs", "5"]).num_epochs == 5
+    assert parse(["--compile"]).torch_compile and parse(["--torch_compile"]).torch_compile  # as train_ddpm.py names it
+    assert not parse([]).torch_compile
     with pytest.raises(SystemExit):
         parse(["--loss", "hinge", "--label_smoothing", "0.1"])
     with pytest.raises(SystemExit):

@@ -109,6 +109,11 @@ def public_args(args, scalars_only: bool = False) -> dict:
     }
 
 
+def model_flags(args, names) -> dict:
+    """The run's values of the flags ``names`` that it has (the ones that shape a trainer's networks)."""
+    return {k: getattr(args, k) for k in names if hasattr(args, k)}
+
+
 def write_training_args(args, folder: str) -> None:
     """``training_args.json`` beside a saved model: how it was trained (without the Hub token)."""
     with open(os.path.join(folder, "training_args.json"), "w") as f:

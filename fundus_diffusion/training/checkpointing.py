@@ -61,8 +61,8 @@ def save_checkpoint(
     """Save the full training state as ``output_dir/checkpoint-{step}``; every process must call this.
 
     Keeps the newest ``total_limit`` checkpoints (all when None). Raises ``FileExistsError`` rather than replace an
-    existing ``checkpoint-{step}``. ``settings`` (the run's arguments) go into its state file, so that a resume with
-    other model flags can say which.
+    existing ``checkpoint-{step}``. ``settings`` (the flags that shape the models) go into its state file, so that
+    a resume with other ones can say which.
     """
     final = os.path.join(output_dir, f"checkpoint-{step}")
     tmp = os.path.join(output_dir, f"{TMP_PREFIX}checkpoint-{step}")
@@ -127,34 +127,27 @@ def find_checkpoint(output_dir: str, resume_from: Optional[str]) -> Optional[str
     return path
 
 
-# Arguments that only steer the run, not the model: a resume may change them freely.
-RUN_CONTROL = {
-    "output_dir", "resume_from_checkpoint", "max_train_steps", "num_epochs", "checkpointing_steps",
-    "checkpoints_total_limit", "validation_steps", "logger", "logging_dir", "push_to_hub", "hub_model_id",
-}  # fmt: skip
+MISMATCH_SIGNS = ("size mismatch", "Missing key", "Unexpected key")
 
 
-def load_checkpoint(accelerator, path: str, settings: Optional[dict] = None) -> int:
+def load_checkpoint(accelerator, path: str, flags: Optional[dict] = None) -> int:
     """Restore everything ``save_checkpoint`` saved and return the step it was taken at. When the weights do not fit
-    the models built from ``settings`` (the current arguments), the error names the flags that differ from the
+    the models built now, the error names those of ``flags`` (the flags that shape the models) that differ from the
     checkpoint's run."""
     with open(os.path.join(path, STATE_FILE)) as f:
         state = json.load(f)
     try:
         accelerator.load_state(path)
     except RuntimeError as err:
-        if not any(sign in str(err) for sign in ("size mismatch", "Missing key", "Unexpected key")):
+        detail = next((line.strip() for line in str(err).splitlines() if any(s in line for s in MISMATCH_SIGNS)), None)
+        if detail is None:
             raise  # not a model / checkpoint mismatch
-        saved = state.get("settings") or {}
-        changed = [
-            f"--{k} {settings.get(k)} (checkpoint: {saved[k]})"
-            for k in sorted(saved)
-            if k not in RUN_CONTROL and settings and k in settings and str(settings[k]) != str(saved[k])
-        ]
-        hint = f"Flags that differ from the checkpoint's run: {', '.join(changed)}." if changed else ""
+        saved, now = (json.loads(json.dumps(f or {}, default=str)) for f in (state.get("settings"), flags))
+        changed = [f"--{k} {now[k]} (checkpoint: {saved[k]})" for k in sorted(saved) if k in now and now[k] != saved[k]]
+        hint = f" Flags that differ from the checkpoint's run: {', '.join(changed)}." if changed else ""
         raise ValueError(
-            f"{path} does not fit the models these flags build ({str(err).splitlines()[0][:200]}). {hint} Resume "
-            "with the checkpoint's model flags, or start a new --output_dir."
+            f"{path} does not fit the models these flags build ({detail[:200]}).{hint} Resume with the checkpoint's "
+            "model flags, or start a new --output_dir."
         ) from err
     return int(state["step"])
 

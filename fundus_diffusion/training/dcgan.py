@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, parse_mask_names
 from ..models.dcgan import DCGANDiscriminator, DCGANGenerator
-from .args import check_finite, make_accelerator, public_args, seeded_build, write_training_args
+from .args import check_finite, make_accelerator, model_flags, public_args, seeded_build, write_training_args
 from .augment import AUGMENTATIONS, DiffAugment
 from .batches import DeviceBatches, EpochPlan, load_training_batches
 from .checkpointing import (
@@ -59,6 +59,10 @@ PAPER_EPOCHS = {1: 100, 2: 130}  # image + disc: 100 epochs; image + disc + atro
 
 
 # ---------------------------------------------------------------------------------------------------------- flags
+
+
+# The flags that shape the networks' weights: a checkpoint records them, so that a resume with other ones is named.
+MODEL_FLAGS = ("preset", "resolution", "masks", "nz", "ngf", "ndf", "max_mult", "spectral_norm", "class_conditional")
 
 
 def add_dcgan_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -344,7 +348,7 @@ def train_dcgan(args) -> str:
     global_step = 0
     resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
     if resume_path:
-        global_step = load_checkpoint(accelerator, resume_path, public_args(args))
+        global_step = load_checkpoint(accelerator, resume_path, model_flags(args, MODEL_FLAGS))
         logger.info("Resumed from %s at step %d", resume_path, global_step)
     elif args.resume_from_checkpoint:
         logger.info("No checkpoint in %s yet; starting from scratch.", args.output_dir)
@@ -455,7 +459,11 @@ def train_dcgan(args) -> str:
                 flush()  # never checkpoint a step whose losses were not checked
             if checkpoint:
                 save_checkpoint(
-                    accelerator, args.output_dir, global_step, args.checkpoints_total_limit, public_args(args)
+                    accelerator,
+                    args.output_dir,
+                    global_step,
+                    args.checkpoints_total_limit,
+                    model_flags(args, MODEL_FLAGS),
                 )
             if validation and accelerator.is_main_process:
                 accelerator.log(validate(global_step), step=global_step)

@@ -30,7 +30,15 @@ from tqdm.auto import tqdm
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, num_channels, parse_mask_names
 from ..models.unet import UNET_PRESETS
-from .args import add_common_args, check_finite, make_accelerator, public_args, seeded_build, write_training_args
+from .args import (
+    add_common_args,
+    check_finite,
+    make_accelerator,
+    model_flags,
+    public_args,
+    seeded_build,
+    write_training_args,
+)
 from .batches import EpochPlan, load_training_batches
 from .checkpointing import (
     find_checkpoint,
@@ -92,6 +100,10 @@ PRESETS["demo"] = dict(
     logger="none",
     seed=0,
 )
+
+
+# The flags that shape the networks' weights: a checkpoint records them, so that a resume with other ones is named.
+MODEL_FLAGS = ("preset", "model_config", "masks", "unconditional")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -391,7 +403,7 @@ def train(args) -> str:
 
     global_step = 0
     if resume_path:
-        global_step = load_checkpoint(accelerator, resume_path, public_args(args))
+        global_step = load_checkpoint(accelerator, resume_path, model_flags(args, MODEL_FLAGS))
         accelerator.print(f"Resumed from {resume_path} at step {global_step}")
     elif args.resume_from_checkpoint:
         accelerator.print(f"No checkpoint in {args.output_dir} yet; starting from scratch.")
@@ -442,7 +454,11 @@ def train(args) -> str:
                 micro_batches = 0
             if save_now:
                 save_checkpoint(
-                    accelerator, args.output_dir, global_step, args.checkpoints_total_limit, public_args(args)
+                    accelerator,
+                    args.output_dir,
+                    global_step,
+                    args.checkpoints_total_limit,
+                    model_flags(args, MODEL_FLAGS),
                 )
             if validate_now and accelerator.is_main_process:
                 log_validation(accelerator, training, args, global_step)
