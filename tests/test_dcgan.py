@@ -26,9 +26,11 @@ def test_upsampling_plan_is_exact(resolution, seed, factors):
     assert seed * int(np.prod(factors)) == resolution
 
 
-@pytest.mark.parametrize("resolution", [4, 100, 7 * 16])
-def test_unsupported_resolutions_raise(resolution):
-    with pytest.raises(ValueError, match="resolution"):
+@pytest.mark.parametrize(
+    "resolution,nearest", [(4, "Nearest: 6 or 8"), (100, "Nearest: 96 or 108"), (7 * 16, "Nearest: 108 or 120")]
+)
+def test_unsupported_resolutions_raise_and_suggest_the_nearest(resolution, nearest):
+    with pytest.raises(ValueError, match=f"got {resolution}. {nearest}"):
         DCGANGenerator(resolution, 4, nz=NZ, ngf=2)
 
 

@@ -30,19 +30,26 @@ def upsampling_plan(resolution: int) -> Tuple[int, List[int]]:
     >>> upsampling_plan(360)
     (5, [3, 3, 2, 2, 2])
     """
-    size, factors = int(resolution), []
+    plan = _factor(int(resolution))
+    if plan is None:
+        nearby = [r for r in range(max(resolution - 24, 2), resolution + 25) if _factor(r) is not None]
+        closest = sorted(nearby, key=lambda r: (abs(r - resolution), r))[:2]
+        raise ValueError(
+            f"A DCGAN resolution must be seed * 2^a * 3^b with seed <= {MAX_SEED_SIZE} and at least one upsampling "
+            f"stage (e.g. 64, 128, 256, 360); got {resolution}. Nearest: {' or '.join(map(str, sorted(closest)))}."
+        )
+    return plan
+
+
+def _factor(resolution: int) -> Optional[Tuple[int, List[int]]]:
+    size, factors = resolution, []
     while size > MAX_SEED_SIZE:
         factor = 2 if size % 2 == 0 else 3 if size % 3 == 0 else None
         if factor is None:
-            break
+            return None
         size //= factor
         factors.append(factor)
-    if size > MAX_SEED_SIZE or not factors:
-        raise ValueError(
-            f"A DCGAN resolution must be seed * 2^a * 3^b with seed <= {MAX_SEED_SIZE} and at least one upsampling "
-            f"stage (e.g. 64, 128, 256, 360); got {resolution}."
-        )
-    return size, factors[::-1]
+    return (size, factors[::-1]) if factors else None
 
 
 def _stage_padding(stride: int) -> Tuple[int, int]:

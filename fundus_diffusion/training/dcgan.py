@@ -301,6 +301,7 @@ def train_dcgan(args) -> str:
     channels = 3 + len(mask_names)
     accelerator = make_accelerator(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # seven lines per checkpoint otherwise
     seed = 0 if args.seed is None else args.seed
     if args.seed is not None:
         set_seed(args.seed)
