@@ -146,7 +146,7 @@ def load_checkpoint(accelerator, path: str, flags: Optional[dict] = None) -> int
         changed = [f"--{k} {now[k]} (checkpoint: {saved[k]})" for k in sorted(saved) if k in now and now[k] != saved[k]]
         hint = f" Flags that differ from the checkpoint's run: {', '.join(changed)}." if changed else ""
         raise ValueError(
-            f"{path} does not fit the models these flags build ({detail[:200].rstrip(".")}).{hint} Resume with the checkpoint's "
+            f"{path} does not fit the models these flags build ({detail[:200].rstrip('.')}).{hint} Resume with the checkpoint's "
             "model flags, or start a new --output_dir."
         ) from err
     return int(state["step"])
