@@ -23,8 +23,10 @@ from fundus_diffusion.evaluation.report import (
     EvaluationConfig,
     dataset_arrays,
     default_device,
+    resolution_problem,
     resolve_split,
     segmenter_scores,
+    warn_if_upscaled,
 )
 from fundus_diffusion.evaluation.segmenter import SegmenterRecipe
 
@@ -41,6 +43,8 @@ def parse_args(argv=None):
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     args.steps = [int(s) for s in args.steps.split(",")]
+    if resolution_problem(args.resolution):
+        parser.error(resolution_problem(args.resolution))
     return args
 
 
@@ -50,6 +54,7 @@ def main(args):
     holdout = load_fundus_dataset(args.holdout) if args.holdout else None
     config = EvaluationConfig(resolution=args.resolution, masks=mask_names)
     train, holdout, _ = resolve_split(load_fundus_dataset(args.real), holdout, config)
+    warn_if_upscaled(train, args.resolution, "the real training")
     train = dataset_arrays(train, args.resolution, mask_names, "real training set")
     holdout = dataset_arrays(holdout, args.resolution, mask_names, "held-out set")
     batch = SegmenterRecipe().batch_size

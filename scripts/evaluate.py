@@ -7,12 +7,11 @@ The report folder holds real photographs (nearest-neighbour pairs): keep it out 
 """
 
 import argparse
-import sys
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
-from fundus_diffusion.evaluation.report import update_model_card
+from fundus_diffusion.evaluation.report import resolution_problem, update_model_card, warn_if_upscaled
 
 
 def parse_args(argv=None):
@@ -67,23 +66,9 @@ def parse_args(argv=None):
         "set's generation_config.json).",
     )
     args = parser.parse_args(argv)
-    if args.resolution < 8 or args.resolution % 8:
-        low = max(8, args.resolution // 8 * 8)
-        parser.error(f"--resolution {args.resolution}: the segmenter takes multiples of 8, e.g. {low} or {low + 8}.")
+    if resolution_problem(args.resolution):
+        parser.error(resolution_problem(args.resolution))
     return args
-
-
-def warn_if_upscaled(dataset, resolution: int, what: str) -> None:
-    """Images smaller than --resolution are scaled up: say so, since it blurs what the segmenter sees."""
-    if len(dataset) == 0:
-        return
-    width, height = dataset[0]["image"].size
-    if min(width, height) < resolution:
-        print(
-            f"evaluate.py: warning: {what} images are {width}x{height}, smaller than --resolution {resolution}: they "
-            f"are scaled up. Pass --resolution {max(8, min(width, height) // 8 * 8)} to evaluate at their size.",
-            file=sys.stderr,
-        )
 
 
 def main(args):

@@ -68,11 +68,9 @@ def test_scripts_report_bad_input_in_one_line(tmp_path):
 
 
 def test_evaluate_warns_when_it_scales_images_up(capsys):
-    import runpy
-
     from fundus_diffusion.data import load_phantom_dataset
+    from fundus_diffusion.evaluation.report import warn_if_upscaled
 
-    warn_if_upscaled = runpy.run_path(str(REPO_ROOT / "scripts" / "evaluate.py"))["warn_if_upscaled"]
     small = load_phantom_dataset(2, size=32)
     capsys.readouterr()  # the dataset build's progress output
     warn_if_upscaled(small, 32, "the synthetic")

@@ -8,6 +8,7 @@ nearest neighbour), then: downstream segmentation, mask-image agreement, mask pl
 import json
 import math
 import os
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -61,6 +62,27 @@ FLAGGED_FILE = "flagged_ids.txt"
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolution_problem(resolution: int) -> Optional[str]:
+    """Why the segmenter cannot work at ``resolution`` (None when it can): its U-Net halves the size three times."""
+    if resolution < 8 or resolution % 8:
+        low = max(8, resolution // 8 * 8)
+        return f"--resolution {resolution}: the segmenter takes multiples of 8, e.g. {low} or {low + 8}."
+    return None
+
+
+def warn_if_upscaled(dataset, resolution: int, what: str) -> None:
+    """Images smaller than --resolution are scaled up: say so, since it blurs what the segmenter sees."""
+    if len(dataset) == 0:
+        return
+    width, height = dataset[0]["image"].size
+    if min(width, height) < resolution:
+        print(
+            f"{os.path.basename(sys.argv[0])}: warning: {what} images are {width}x{height}, smaller than --resolution {resolution}: they are scaled "
+            f"up. Pass --resolution {max(8, min(width, height) // 8 * 8)} to evaluate at their size.",
+            file=sys.stderr,
+        )
 
 
 def dataset_arrays(dataset, resolution: int, mask_names: Sequence[str], desc: str) -> torch.Tensor:

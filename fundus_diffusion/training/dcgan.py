@@ -348,8 +348,9 @@ def train_dcgan(args) -> str:
 
     global_step = 0
     resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    flags = model_flags(args, MODEL_FLAGS)  # recorded in every checkpoint, compared on resume
     if resume_path:
-        global_step = load_checkpoint(accelerator, resume_path, model_flags(args, MODEL_FLAGS))
+        global_step = load_checkpoint(accelerator, resume_path, flags)
         logger.info("Resumed from %s at step %d", resume_path, global_step)
     elif args.resume_from_checkpoint:
         logger.info("No checkpoint in %s yet; starting from scratch.", args.output_dir)
@@ -459,13 +460,7 @@ def train_dcgan(args) -> str:
             if checkpoint or validation:
                 flush()  # never checkpoint a step whose losses were not checked
             if checkpoint:
-                save_checkpoint(
-                    accelerator,
-                    args.output_dir,
-                    global_step,
-                    args.checkpoints_total_limit,
-                    model_flags(args, MODEL_FLAGS),
-                )
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, flags)
             if validation and accelerator.is_main_process:
                 accelerator.log(validate(global_step), step=global_step)
             if global_step >= max_train_steps:

@@ -384,6 +384,7 @@ def train(args) -> str:
         set_seed(args.seed)
     refuse_to_overwrite(args.output_dir, args.resume_from_checkpoint)
     resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    flags = model_flags(args, MODEL_FLAGS)  # recorded in every checkpoint, compared on resume
 
     view, batches = load_training_batches(accelerator, args, args.mask_names)
     plan = EpochPlan.for_run(batches, args)
@@ -403,7 +404,7 @@ def train(args) -> str:
 
     global_step = 0
     if resume_path:
-        global_step = load_checkpoint(accelerator, resume_path, model_flags(args, MODEL_FLAGS))
+        global_step = load_checkpoint(accelerator, resume_path, flags)
         accelerator.print(f"Resumed from {resume_path} at step {global_step}")
     elif args.resume_from_checkpoint:
         accelerator.print(f"No checkpoint in {args.output_dir} yet; starting from scratch.")
@@ -453,13 +454,7 @@ def train(args) -> str:
                 largest_grad_norm.zero_()
                 micro_batches = 0
             if save_now:
-                save_checkpoint(
-                    accelerator,
-                    args.output_dir,
-                    global_step,
-                    args.checkpoints_total_limit,
-                    model_flags(args, MODEL_FLAGS),
-                )
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, flags)
             if validate_now and accelerator.is_main_process:
                 log_validation(accelerator, training, args, global_step)
     progress.close()
