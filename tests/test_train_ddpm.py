@@ -1,12 +1,15 @@
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers import DPMSolverMultistepScheduler
 from safetensors.torch import load_file
 
 from fundus_diffusion import FundusPipeline
@@ -208,3 +211,40 @@ def test_gradient_accumulation_reaches_max_train_steps(tmp_path, cache_dir, data
     ddpm.train(ddpm.parse_args(argv + ["--data_on_device", data_on_device]))
     assert steps(tmp_path / "run") == [5]
     assert logged(tmp_path / "run", "step") == [1, 2, 3, 4, 5]
+
+
+def test_shifted_schedule_moves_log_snr_by_the_resolution_ratio():
+    plain = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "x", "--resolution", "256"]))
+    args = ddpm.parse_args(["--output_dir", "x", "--resolution", "256", "--schedule_base_resolution", "64"])
+    shifted = ddpm.make_noise_scheduler(args)
+    log_snr = lambda a: torch.log(a / (1 - a))  # noqa: E731
+    t = torch.tensor([1, 250, 500, 750, 998])
+    difference = log_snr(shifted.alphas_cumprod[t].double()) - log_snr(plain.alphas_cumprod[t].double())
+    assert torch.allclose(difference, torch.full_like(difference, 2 * math.log(64 / 256)), atol=1e-3)
+    assert ddpm.final_alpha_bar(shifted) < ddpm.final_alpha_bar(plain)  # still pure noise at t = T
+    # The shift travels with the saved scheduler: a sampler built from its config uses the same alpha-bars.
+    solver = DPMSolverMultistepScheduler.from_config(shifted.config)
+    assert torch.allclose(solver.alphas_cumprod, shifted.alphas_cumprod)
+
+
+def test_min_snr_weighting_caps_low_noise_timesteps():
+    torch.manual_seed(0)
+    scheduler = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "x", "--resolution", "16"]))
+    unet = lambda x, t, class_labels=None: SimpleNamespace(sample=torch.zeros_like(x))  # noqa: E731
+    x = torch.rand(64, 4, 8, 8) * 2 - 1
+    torch.manual_seed(1)
+    plain = ddpm.diffusion_loss(unet, scheduler, x)
+    torch.manual_seed(1)
+    weighted = ddpm.diffusion_loss(unet, scheduler, x, snr_gamma=5.0)
+    # With a zero prediction the v-target's squared norm is about 1 at every t; min(SNR, 5) / (SNR + 1) < 1 then.
+    assert 0 < weighted < plain
+
+
+def test_snapshots_save_the_ema_pipeline_every_n_steps(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    args = ddpm.parse_args(tiny_args(out, cache_dir, "--max_train_steps", "4", "--snapshot_steps", "2", "--logger", "none"))
+    ddpm.train(args)
+    snapshots = sorted(p.name for p in (out / "snapshots").iterdir())
+    assert snapshots == ["step-0000002", "step-0000004"]
+    pipe = FundusPipeline.from_pretrained(out / "snapshots" / "step-0000002")
+    assert pipe.unet.config.sample_size == 16

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The realism ablation (issue 18) on one GPU: 256 px DDPM variants trained side by side on the real training split of
+# fundus-od, a snapshot of each every SNAPSHOT steps, each snapshot sampled with DPM-Solver++ 20 and judged with the
+# native-resolution protocol (evaluate.py at 256 px: segmenters trained at 256 px, the classifier two-sample test).
+#
+# In stages, because one device command lasts at most 10 minutes and the trainings outlast it:
+#   STAGE=train     copy the code and data to $WORK, start every variant in the background (setsid), return at once
+#   STAGE=wait      wait until the trainings end or WAIT_S seconds pass
+#   STAGE=generate  stop the trainings, sample N_SYN pairs from each snapshot at STEPS (default: every snapshot)
+#   STAGE=evaluate  evaluate each synthetic set with this call's code; pack reports, sample sheets and logs into $OUT
+#
+#   DATA=.device_data STAGE=train bash benchmarks/realism_ablation.sh     # DATA holds fundus-od (never committed)
+#
+# VARIANTS: name=flags pairs separated by ';' (flags added to the common recipe below). The trainings share the GPU,
+# so their steps per second are a third of a lone run's; snapshots at equal steps compare equal work.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+WORK=${WORK:-/tmp/realism}
+DATA=${DATA:-.device_data}
+OUT=${OUT:-reports/realism}
+PY=${PYTHON:-python3}
+STAGE=${STAGE:?set STAGE to train, wait, generate or evaluate}
+STEPS_MAX=${STEPS_MAX:-6000}
+SNAPSHOT=${SNAPSHOT:-1500}
+N_SYN=${N_SYN:-200}
+SEEDS=${SEEDS:-3}
+SEG_STEPS=${SEG_STEPS:-800}
+# The documented 256 px recipe (RESULTS.md row 4), with snapshots instead of checkpoints; RECIPE replaces it (a CPU
+# smoke run: RECIPE="--resolution 32 --model_config tiny --train_batch_size 8" STEPS_MAX=4 SNAPSHOT=2 ...).
+RECIPE=${RECIPE:-"--resolution 256 --model_config small256 --train_batch_size 16 --mixed_precision bf16 --compile --compile_mode reduce-overhead"}
+EVAL_RESOLUTION=${EVAL_RESOLUTION:-256}
+VARIANTS=${VARIANTS:-"baseline=;shift64=--schedule_base_resolution 64;shift64-minsnr5=--schedule_base_resolution 64 --snr_gamma 5"}
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+mkdir -p "$OUT" "$WORK"
+OUT=$(cd "$OUT" && pwd)
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$WORK/driver.log"; }
+names() { tr ';' '\n' <<< "$VARIANTS" | cut -d= -f1; }
+flags_of() { tr ';' '\n' <<< "$VARIANTS" | grep "^$1=" | cut -d= -f2-; }
+
+case $STAGE in
+train)
+  mkdir -p "$WORK"
+  rm -rf "$WORK/code" && mkdir -p "$WORK/code" && cp -r fundus_diffusion pipelines model_cards scripts setup.py "$WORK/code/"
+  cp -r "$DATA/fundus-od" "$WORK/fundus-od"
+  cd "$WORK/code"
+  [ -d "$WORK/split" ] || $PY scripts/split_dataset.py --dataset "$WORK/fundus-od" --stratify id_prefix \
+    --output_dir "$WORK/split" > "$WORK/split.log" 2>&1 || { cat "$WORK/split.log"; exit 1; }
+  for name in $(names); do
+    # shellcheck disable=SC2046
+    setsid $PY scripts/train_ddpm.py --dataset "$WORK/split/train" --masks disc $RECIPE \
+      --max_train_steps "$STEPS_MAX" --snapshot_steps "$SNAPSHOT" --checkpointing_steps 100000 \
+      --validation_steps 100000 --logger none --seed 0 --cache_dir "$WORK/cache" \
+      --output_dir "$WORK/runs/$name" $(flags_of "$name") > "$WORK/train-$name.log" 2>&1 < /dev/null &
+    log "started $name ($(flags_of "$name"))"
+  done
+  ;;
+wait)
+  deadline=$((SECONDS + ${WAIT_S:-540}))
+  while pgrep -f scripts/train_ddpm.py > /dev/null && [ $SECONDS -lt $deadline ]; do sleep 20; done
+  for name in $(names); do log "$name: $(ls "$WORK/runs/$name/snapshots" 2>/dev/null | tr '\n' ' ')"; tail -c 300 "$WORK/train-$name.log"; echo; done
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
+  ;;
+generate)
+  pkill -f scripts/train_ddpm.py; sleep 2
+  cd "$WORK/code"
+  pids=()
+  for name in $(names); do
+    for snap in "$WORK/runs/$name"/snapshots/step-*; do
+      step=$((10#${snap##*step-}))
+      [ -n "${STEPS:-}" ] && [[ ",$STEPS," != *",$step,"* ]] && continue
+      set=$WORK/synthetic/$name-$step
+      [ -f "$set/dataset_info.json" ] && continue
+      $PY scripts/generate.py --model "$snap" --num_samples "$N_SYN" --scheduler dpmsolver++ --num_inference_steps 20 \
+        --seed 0 --batch_size 100 --output_dir "$set" > "$WORK/gen-$name-$step.log" 2>&1 &
+      pids+=($!)
+    done
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || log "a generation failed"; done
+  log "generated: $(ls "$WORK/synthetic" | tr '\n' ' ')"
+  ;;
+evaluate)
+  pids=()
+  for set in "$WORK"/synthetic/*; do
+    name=$(basename "$set")
+    [ -f "$WORK/eval/$name/report.json" ] && continue
+    $PY scripts/evaluate.py --real "$WORK/split/train" --holdout "$WORK/split/test" --synthetic "$set" --masks disc \
+      --resolution "$EVAL_RESOLUTION" --seeds "$SEEDS" --segmenter_steps "$SEG_STEPS" --output_dir "$WORK/eval/$name" \
+      > "$WORK/eval-$name.log" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || log "an evaluation failed"; done
+  # Full-size synthetic samples (8 per set, no masks drawn) to look at beside real photographs.
+  for set in "$WORK"/synthetic/*; do
+    $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.visualization import \
+contact_sheet; d = load_fundus_dataset(sys.argv[1]); contact_sheet(list(d.select(range(8))['image']), columns=4, \
+tile=256).save(sys.argv[2])" "$set" "$set/fullsize.png"
+  done
+  # Only what holds no real photograph comes back: report text and JSON, synthetic sample sheets, logs, losses.
+  (cd "$WORK" && tar czf "$OUT/realism_reports.tgz" eval/*/report.json eval/*/report.md eval/*/dice_bars.png \
+    synthetic/*/contact_sheet.png synthetic/*/fullsize.png synthetic/*/generation_config.json runs/*/logs/metrics.csv \
+    runs/*/training_args.json ./*.log 2>/dev/null)
+  ;;
+*) echo "unknown STAGE=$STAGE"; exit 2 ;;
+esac
