@@ -1,9 +1,12 @@
-"""Judge a synthetic fundus dataset against real data: downstream segmentation, mask-image agreement, mask
-plausibility, memorisation, FID / KID. Writes report.json, report.md and PNG figures to --output_dir.
+"""Judge a synthetic fundus dataset against real data: downstream segmentation (mean and per source), mask-image
+agreement, mask plausibility, memorisation, a classifier two-sample realism test, FID / KID. Writes report.json,
+report.md and PNG figures to --output_dir. Everything is judged at the synthetic images' native resolution unless
+--resolution says otherwise (a comparison, labelled as such).
 
     python scripts/evaluate.py --real data/pm --synthetic data/synthetic --output_dir reports/ddpm-256
 
-The report folder holds real photographs (nearest-neighbour pairs): keep it out of git (reports/ is ignored).
+The report folder holds real photographs (nearest-neighbour pairs, worst held-out images): keep it out of git
+(reports/ is ignored).
 """
 
 import argparse
@@ -11,6 +14,7 @@ import argparse
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
+from fundus_diffusion.evaluation.realism import RealismRecipe
 from fundus_diffusion.evaluation.report import resolution_problem, update_model_card, warn_if_upscaled
 
 
@@ -36,8 +40,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--resolution",
         type=int,
-        default=128,
-        help="Every image is cropped square and resized to this (a multiple of 8; default 128).",
+        default=None,
+        help="Every image is cropped square and resized to this (a multiple of 8). Default: the synthetic images' "
+        "native size (they must all be one square size); another value is a comparison, labelled in the report.",
     )
     parser.add_argument("--masks", default="disc", help="Masks to score: disc, disc,atrophy or none.")
     parser.add_argument("--seeds", type=int, default=3, help="Segmenter training seeds (mean and std are reported).")
@@ -55,6 +60,18 @@ def parse_args(argv=None):
         default=None,
         help="Local FID Inception weights (pt_inception-2015-12-05-6726825d.pth).",
     )
+    parser.add_argument(
+        "--worst_images", type=int, default=8, help="Held-out images shown in worst_holdout.png (lowest Dice)."
+    )
+    parser.add_argument(
+        "--realism_steps",
+        type=int,
+        default=RealismRecipe.steps,
+        help="Training steps of each classifier in the two-sample realism test.",
+    )
+    parser.add_argument(
+        "--realism_folds", type=int, default=RealismRecipe.folds, help="Cross-validation folds of the two-sample test."
+    )
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument(
         "--update_model_card",
@@ -66,8 +83,10 @@ def parse_args(argv=None):
         "set's generation_config.json).",
     )
     args = parser.parse_args(argv)
-    if resolution_problem(args.resolution):
+    if args.resolution is not None and resolution_problem(args.resolution):
         parser.error(resolution_problem(args.resolution))
+    if args.realism_folds < 2:
+        parser.error(f"--realism_folds {args.realism_folds}: cross-validation needs at least 2 folds.")
     return args
 
 
@@ -78,6 +97,9 @@ def main(args):
         seeds=args.seeds,
         segmenter_steps=args.segmenter_steps,
         equal_real_passes=args.equal_real_passes,
+        worst_images=args.worst_images,
+        realism_steps=args.realism_steps,
+        realism_folds=args.realism_folds,
         holdout_fraction=args.holdout_fraction,
         split_seed=args.split_seed,
         split_file=args.split_file,
@@ -87,7 +109,8 @@ def main(args):
     )
     real, synthetic = load_fundus_dataset(args.real), load_fundus_dataset(args.synthetic)
     holdout = load_fundus_dataset(args.holdout) if args.holdout else None
-    warn_if_upscaled(synthetic, args.resolution, "the synthetic")
+    if args.resolution is not None:
+        warn_if_upscaled(synthetic, args.resolution, "the synthetic")
     report, figures = evaluate(real, synthetic, holdout, config)
     paths = write_report(report, figures, args.output_dir)
     print(f"Wrote {paths['markdown']} and {len(figures)} figures")

@@ -103,3 +103,11 @@ def line_chart(title: str, curves: Dict[str, Tuple[Sequence[float], Sequence[flo
             draw.line(points, fill=COLOURS[i % len(COLOURS)], width=2)
     _legend(draw, list(curves), x0, y1 + 16)
     return figure
+
+
+def titled(figure: Image.Image, title: str) -> Image.Image:
+    """``figure`` under a white strip carrying ``title`` (contact sheets have no title of their own)."""
+    out = Image.new("RGB", (figure.width, figure.height + 16), "white")
+    out.paste(figure, (0, 16))
+    ImageDraw.Draw(out).text((4, 2), title, fill=(0, 0, 0))
+    return out

@@ -1,7 +1,10 @@
 """``evaluate``: the whole protocol of DESIGN.md ("Evaluation protocol") on a real and a synthetic dataset.
 
 Every image goes through the same preprocessing as training (square fundus crop, ``resolution`` px; masks by
-nearest neighbour), then: downstream segmentation, mask-image agreement, mask plausibility, memorisation, FID / KID.
+nearest neighbour), then: downstream segmentation (mean and per source of the held-out images), mask-image agreement,
+mask plausibility, memorisation, the classifier two-sample realism test, FID / KID. The resolution defaults to the
+synthetic set's native one (the size its images were generated at): a lower one can average away texture that makes
+the samples useless at the size a user trains at.
 ``write_report`` turns the result into ``report.json``, ``report.md`` and PNG figures.
 """
 
@@ -22,11 +25,12 @@ from ..data.schema import MASK_COLUMNS, parse_mask_names
 from ..data.transforms import pair_to_array
 from ..visualization import contact_sheet
 from .fid import fid_kid
-from .figures import bar_chart, histograms
+from .figures import bar_chart, histograms, titled
 from .memorisation import memorisation_report, pixel_features
 from .metrics import dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
+from .realism import TEST_NAME, RealismRecipe, realism_test
 from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
-from .splits import holdout_ids, read_split_file, split_by_ids, write_split_file
+from .splits import holdout_ids, read_split_file, source_of, split_by_ids, write_split_file
 
 TRAINING_SETS = ("real", "synthetic", "real+synthetic")
 # Optional rows (--equal_real_passes): real + synthetic trained for steps x (real + synthetic) / real, so each real
@@ -35,14 +39,16 @@ TRAINING_SETS = ("real", "synthetic", "real+synthetic")
 EQUAL_REAL_PASSES = "real+synthetic, equal real passes"
 REAL_AS_LONG = "real, as many steps as equal real passes"
 PRIVACY_NOTE = (
-    "This folder holds real photographs (`nearest_pairs.png`, `sample_grid.png` shows synthetic ones only). "
-    "Keep it out of git and out of anything shared where the real data's terms do not allow it."
+    "This folder holds real photographs (`nearest_pairs.png`, and `worst_holdout.png`: held-out real images with "
+    "their masks; `sample_grid.png` shows synthetic ones only). Keep it out of git and out of anything shared where "
+    "the real data's terms do not allow it."
 )
+WORST_FIGURE = "worst_holdout"
 
 
 @dataclass
 class EvaluationConfig:
-    resolution: int = 128
+    resolution: Optional[int] = None  # None: the synthetic set's native resolution
     masks: Sequence[str] = ("disc",)
     seeds: int = 3
     segmenter_steps: int = 1000
@@ -54,6 +60,9 @@ class EvaluationConfig:
     num_pairs: int = 8
     grid_samples: int = 36
     equal_real_passes: bool = False
+    worst_images: int = 8
+    realism_steps: int = RealismRecipe.steps
+    realism_folds: int = RealismRecipe.folds
     inputs: Dict = field(default_factory=dict)  # provenance (dataset paths), copied into the report
 
 
@@ -85,6 +94,36 @@ def warn_if_upscaled(dataset, resolution: int, what: str) -> None:
         )
 
 
+def native_resolution(dataset, what: str = "synthetic") -> int:
+    """The side of ``dataset``'s images when they are all one square size (a multiple of 8), else a ValueError that
+    says why and what to pass instead: mixed sizes or non-square images have no single native resolution."""
+    sizes = {}
+    for image in dataset["image"]:
+        sizes[image.size] = sizes.get(image.size, 0) + 1
+    if not sizes:
+        raise ValueError(f"The {what} set is empty: there is nothing to evaluate.")
+    listed = ", ".join(f"{w}x{h} ({n} images)" for (w, h), n in sorted(sizes.items(), key=lambda kv: -kv[1]))
+    if len(sizes) > 1:
+        raise ValueError(
+            f"The {what} images come in several sizes ({listed}), so they have no single native resolution. Evaluate "
+            "one size at a time, or pass --resolution N to judge them all at N px."
+        )
+    ((width, height),) = sizes
+    if width != height:
+        raise ValueError(
+            f"The {what} images are {width}x{height}, not square, so they have no native evaluation resolution. Pass "
+            f"--resolution N (a multiple of 8, e.g. {max(8, min(width, height) // 8 * 8)}): the fundus field is cropped "
+            "square and resized to N px."
+        )
+    if resolution_problem(width):
+        low = max(8, width // 8 * 8)
+        raise ValueError(
+            f"The {what} images are {width}x{height} px, but the segmenter takes multiples of 8: pass --resolution "
+            f"{low} or {low + 8}."
+        )
+    return width
+
+
 def dataset_arrays(dataset, resolution: int, mask_names: Sequence[str], desc: str) -> torch.Tensor:
     """``uint8 [N, 3 + M, R, R]``: every row cropped, resized and stacked as for training."""
     out = torch.empty((len(dataset), 3 + len(mask_names), resolution, resolution), dtype=torch.uint8)
@@ -113,7 +152,7 @@ def _check_annotations(datasets: Dict[str, object], mask_names: Sequence[str]):
 
 
 def resolve_split(real, holdout, config: EvaluationConfig) -> Tuple[object, object, str]:
-    """``(real_train, holdout, how)``: the given holdout, the ids in ``split_file``, or a fresh ``split_by_id``.
+    """``(real_train, holdout, how)``: the given holdout, the ids in ``split_file``, or a fresh split by id.
 
     A ``split_file`` that does not exist yet is written with the fresh split, so later runs reuse it.
     """
@@ -126,22 +165,33 @@ def resolve_split(real, holdout, config: EvaluationConfig) -> Tuple[object, obje
         return real, holdout, "given held-out dataset"
     if config.split_file and os.path.exists(config.split_file):
         return (*split_by_ids(real, read_split_file(config.split_file)), f"ids from {config.split_file}")
-    ids = holdout_ids(list(real["id"]), list(real["source"]), config.holdout_fraction, config.split_seed)
+    # Stratified by origin (source_of: a file name's prefix, else the source column), so every origin the per-source
+    # breakdown reports is held out in proportion.
+    strata = [source_of(i, s) for i, s in zip(real["id"], real["source"])]
+    ids = holdout_ids(list(real["id"]), strata, config.holdout_fraction, config.split_seed)
     if config.split_file:
         write_split_file(config.split_file, ids)
-    how = f"split_by_id(test_fraction={config.holdout_fraction}, seed={config.split_seed}, stratify_column='source')"
+    how = f"holdout_ids(test_fraction={config.holdout_fraction}, seed={config.split_seed}, stratified by source_of)"
     return (*split_by_ids(real, ids), how)
+
+
+def _per_image_scores(pred: torch.Tensor, target: torch.Tensor, mask_names: Sequence[str]) -> Dict[str, Dict[str, np.ndarray]]:
+    """Per-image Dice and IoU per mask for ``[N, M, H, W]`` predictions and targets (on any device)."""
+    pred, target = pred.cpu().numpy(), target.cpu().numpy()
+    return {
+        name: {"dice": dice_per_image(pred[:, m], target[:, m]), "iou": iou_per_image(pred[:, m], target[:, m])}
+        for m, name in enumerate(mask_names)
+    }
+
+
+def _means(per_image: Dict[str, Dict[str, np.ndarray]], select=slice(None)) -> Dict[str, Dict[str, float]]:
+    """``{mask: {metric: mean}}`` of per-image scores, over the images ``select`` picks (default all)."""
+    return {mask: {k: float(v[select].mean()) for k, v in metrics.items()} for mask, metrics in per_image.items()}
 
 
 def _overlap_scores(pred: torch.Tensor, target: torch.Tensor, mask_names: Sequence[str]) -> Dict[str, Dict[str, float]]:
     """Mean per-image Dice and IoU per mask for ``[N, M, H, W]`` predictions and targets."""
-    return {
-        name: {
-            "dice": float(dice_per_image(pred[:, m].numpy(), target[:, m].numpy()).mean()),
-            "iou": float(iou_per_image(pred[:, m].numpy(), target[:, m].numpy()).mean()),
-        }
-        for m, name in enumerate(mask_names)
-    }
+    return _means(_per_image_scores(pred, target, mask_names))
 
 
 def _across_seeds(per_seed: List[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[str, Dict[str, float]]]:
@@ -163,17 +213,37 @@ def _strip_arrays(report: Dict) -> Dict:
 
 def segmenter_scores(train, holdout, mask_names: Sequence[str], steps: int, seed: int, device, desc: str = ""):
     """The fixed recipe trained ``steps`` steps on ``train`` arrays and scored on ``holdout`` arrays: ``(scores,
-    model)``, scores ``{mask: {"dice", "iou"}}`` (mean per held-out image)."""
+    model, per_image)``, scores ``{mask: {"dice", "iou"}}`` (mean per held-out image), per_image the same as arrays
+    over the held-out images."""
     recipe = SegmenterRecipe(steps=steps, seed=seed)
     progress = lambda it: tqdm(it, desc=f"segmenter on {desc}, seed {seed}", leave=False)  # noqa: E731
     model = train_segmenter(train, len(mask_names), recipe, device=device, progress=progress)
-    return _overlap_scores(predict_masks(model, holdout), holdout[:, 3:].bool(), mask_names), model
+    per_image = _per_image_scores(predict_masks(model, holdout), holdout[:, 3:].bool(), mask_names)
+    return _means(per_image), model, per_image
 
 
-def _downstream(arrays, mask_names, config: EvaluationConfig, device):
-    """Section 1: the recipe trained on each training set for every seed, scored on the held-out real images.
+def _per_source(per_seed_images: List[Dict], sources: Sequence[str]) -> Dict:
+    """``{mask: {source: {metric: {mean, std, n}}}}``: each seed's mean over the held-out images of each source,
+    then mean and std over seeds."""
+    sources = np.asarray(sources)
+    return {
+        mask: {
+            source: {
+                metric: summarise([s[mask][metric][sources == source].mean() for s in per_seed_images])
+                for metric in per_seed_images[0][mask]
+            }
+            for source in sorted(set(sources))
+        }
+        for mask in per_seed_images[0]
+    }
 
-    Returns the section and the real-trained segmenters (one per seed), which sections 2 and 4 reuse.
+
+def _downstream(arrays, mask_names, config: EvaluationConfig, device, holdout_sources: Sequence[str]):
+    """Section 1: the recipe trained on each training set for every seed, scored on the held-out real images, in the
+    mean and per source of the held-out images.
+
+    Returns the section, the segmenters per training set (one per seed; sections 2 and 4 reuse the real-trained
+    ones) and the per-image scores of each training set's seed 0.
     """
     train_sets = {"real": arrays["real"], "synthetic": arrays["synthetic"]}
     train_sets["real+synthetic"] = torch.cat([arrays["real"], arrays["synthetic"]])
@@ -182,23 +252,48 @@ def _downstream(arrays, mask_names, config: EvaluationConfig, device):
         longer = round(config.segmenter_steps * len(train_sets["real+synthetic"]) / len(arrays["real"]))
         train_sets[EQUAL_REAL_PASSES], steps[EQUAL_REAL_PASSES] = train_sets["real+synthetic"], longer
         train_sets[REAL_AS_LONG], steps[REAL_AS_LONG] = arrays["real"], longer
-    per_seed, real_models = {name: [] for name in train_sets}, []
+    per_seed, per_image, models = ({name: [] for name in train_sets} for _ in range(3))
     for seed in range(config.seeds):
         for name in train_sets:
-            scores, model = segmenter_scores(
+            scores, model, images = segmenter_scores(
                 train_sets[name], arrays["holdout"], mask_names, steps[name], seed, device, desc=name
             )
             per_seed[name].append(scores)
-            if name == "real":
-                real_models.append(model)
+            per_image[name].append(images)
+            models[name].append(model)
     section = {
         "recipe": {**SegmenterRecipe(steps=config.segmenter_steps).to_dict(), "seeds": list(range(config.seeds))},
         "n_train": {name: len(train_sets[name]) for name in train_sets},
         "steps": steps,
         "n_holdout": len(arrays["holdout"]),
         "results": {name: _across_seeds(per_seed[name]) for name in train_sets},
+        "holdout_sources": {source: int(n) for source, n in zip(*np.unique(holdout_sources, return_counts=True))},
+        "per_source": {name: _per_source(per_image[name], holdout_sources) for name in train_sets},
     }
-    return section, real_models
+    return section, models, {name: images[0] for name, images in per_image.items()}
+
+
+def _worst_holdout(per_image, models, arrays, holdout_ids, holdout_sources, mask_names, n: int, resolution: int):
+    """The ``n`` held-out images the synthetic-trained segmenter (seed 0) does worst on, by the first mask's Dice:
+    listed, and drawn as photograph / prediction / truth (mask outlines) rows."""
+    mask = mask_names[0]
+    dice = per_image["synthetic"][mask]["dice"]
+    order = np.argsort(dice, kind="stable")[:n]
+    listed = [
+        {"id": holdout_ids[i], "source": holdout_sources[i], f"{mask}_dice": float(dice[i])} for i in order.tolist()
+    ]
+    chosen = arrays["holdout"][torch.as_tensor(order, dtype=torch.long).to(arrays["holdout"].device)]
+    predicted = predict_masks(models["synthetic"][0], chosen)
+    tiles, masks, captions = [], [], []
+    for row, i in enumerate(order.tolist()):
+        image, truth = _to_pil(chosen[row].cpu(), mask_names)
+        prediction = {name: Image.fromarray(predicted[row, m].numpy().astype(np.uint8) * 255) for m, name in enumerate(mask_names)}
+        tiles += [image, image, image]
+        masks += [{}, prediction, truth]
+        captions += [f"{holdout_ids[i].split('/')[-1]} Dice {dice[i]:.2f}", "predicted (synthetic-trained)", "truth"]
+    sheet = contact_sheet(tiles, masks, captions, columns=3, tile=max(128, min(resolution, 256)))
+    title = f"{len(order)} worst held-out images, segmenter trained on synthetic (seed 0), {mask} Dice at {resolution} px"
+    return {"training_set": "synthetic", "seed": 0, "mask": mask, "images": listed}, titled(sheet, title)
 
 
 def _mask_figures(report: Dict, arrays, mask_names) -> Dict[str, Image.Image]:
@@ -209,13 +304,13 @@ def _mask_figures(report: Dict, arrays, mask_names) -> Dict[str, Image.Image]:
         mask: {name: (results[name][mask]["dice"]["mean"], results[name][mask]["dice"]["std"]) for name in results}
         for mask in mask_names
     }
-    seeds = report["config"]["seeds"]
+    seeds, resolution = report["config"]["seeds"], report["config"]["resolution"]
     return {
         "disc_histograms": histograms(
-            {f"disc {k.replace('_', ' ')}": {"real": real_geo[k], "synthetic": syn_geo[k]} for k in keys}
+            {f"disc {k.replace('_', ' ')}, {resolution} px": {"real": real_geo[k], "synthetic": syn_geo[k]} for k in keys}
         ),
         "dice_bars": bar_chart(
-            f"Dice on {len(arrays['holdout'])} held-out real images (mean +- std over {seeds} seeds)", dice
+            f"Dice at {resolution} px on {len(arrays['holdout'])} held-out real images (mean +- std, {seeds} seeds)", dice
         ),
     }
 
@@ -265,38 +360,70 @@ def _closest_pairs(pixels: Dict, arrays, synthetic_ids, real_ids, num_pairs: int
     return listed, contact_sheet(pairs, captions=captions, columns=4)
 
 
+def _resolution(config: EvaluationConfig, synthetic) -> Tuple[int, Dict]:
+    """The evaluation resolution (``config.resolution``, else the synthetic set's native one) and how it was chosen."""
+    try:
+        native, why_not = native_resolution(synthetic), None
+    except ValueError as error:
+        native, why_not = None, str(error)
+    if config.resolution is None:
+        if native is None:
+            raise ValueError(why_not)
+        return native, {"px": native, "native": native, "how": f"native: the synthetic images are {native}x{native} px"}
+    how = "given (--resolution)" + (
+        "" if native is None else f"; the synthetic images are {native}x{native} px"
+        + (" (native)" if native == config.resolution else ": a comparison, not the native-resolution headline")
+    )
+    return config.resolution, {"px": config.resolution, "native": native, "how": how}
+
+
 def evaluate(
     real, synthetic, holdout=None, config: Optional[EvaluationConfig] = None
 ) -> Tuple[Dict, Dict[str, Image.Image]]:
     """Run the protocol on schema datasets; returns ``(report, figures)``: a JSON-able dict and named PIL figures.
 
     ``real`` is what the generative model was trained on; without ``holdout`` a deterministic part of it is held
-    out by id (``config.split_file`` or ``split_by_id``) and the rest is the real training set.
+    out by id (``config.split_file`` or ``split_by_id``) and the rest is the real training set. Without
+    ``config.resolution`` everything is judged at the synthetic set's native resolution.
     """
     config = config or EvaluationConfig()
     device = config.device or default_device()
     mask_names = parse_mask_names(config.masks)
+    resolution, resolution_info = _resolution(config, synthetic)
     real_train, holdout, split_how = resolve_split(real, holdout, config)
     _check_annotations({"real training": real_train, "held-out": holdout, "synthetic": synthetic}, mask_names)
     arrays = {
-        "real": dataset_arrays(real_train, config.resolution, mask_names, "real training set"),
-        "holdout": dataset_arrays(holdout, config.resolution, mask_names, "held-out set"),
-        "synthetic": dataset_arrays(synthetic, config.resolution, mask_names, "synthetic set"),
+        "real": dataset_arrays(real_train, resolution, mask_names, "real training set"),
+        "holdout": dataset_arrays(holdout, resolution, mask_names, "held-out set"),
+        "synthetic": dataset_arrays(synthetic, resolution, mask_names, "synthetic set"),
     }
+    on_device = {name: a.to(device) for name, a in arrays.items()}  # moved once; every network trains from these
+    holdout_ids = list(holdout["id"])
+    holdout_sources = [source_of(i, s) for i, s in zip(holdout_ids, holdout["source"])]
     report = {
-        "config": {**asdict(config), "masks": list(mask_names), "device": device},
+        "config": {**asdict(config), "resolution": resolution, "masks": list(mask_names), "device": device},
+        "resolution": resolution_info,
         "counts": {"real_train": len(real_train), "holdout": len(holdout), "synthetic": len(synthetic)},
         "holdout_split": split_how,
         "synthetic_sources": sorted(set(synthetic["source"])),
     }
     grid = [_to_pil(a, mask_names) for a in arrays["synthetic"][: config.grid_samples]]
-    figures = {"sample_grid": contact_sheet([g[0] for g in grid], [g[1] for g in grid])}
+    figures = {
+        "sample_grid": titled(
+            contact_sheet([g[0] for g in grid], [g[1] for g in grid]),
+            f"{len(grid)} synthetic samples at {resolution} px with their masks",
+        )
+    }
 
     real_models = []
     if mask_names:
-        report["downstream"], real_models = _downstream(arrays, mask_names, config, device)
-        generated = arrays["synthetic"][:, 3:].bool()
-        agreement = [_overlap_scores(predict_masks(m, arrays["synthetic"]), generated, mask_names) for m in real_models]
+        report["downstream"], models, per_image = _downstream(on_device, mask_names, config, device, holdout_sources)
+        real_models = models["real"]
+        report["downstream"]["worst_holdout"], figures[WORST_FIGURE] = _worst_holdout(
+            per_image, models, on_device, holdout_ids, holdout_sources, mask_names, config.worst_images, resolution
+        )
+        generated = on_device["synthetic"][:, 3:].bool()
+        agreement = [_overlap_scores(predict_masks(m, on_device["synthetic"]), generated, mask_names) for m in real_models]
         report["agreement"] = {
             "n_synthetic": len(synthetic),
             "n_seeds": len(real_models),
@@ -309,15 +436,19 @@ def evaluate(
         for section in ("downstream", "agreement", "plausibility"):
             report[section] = {"computed": False, "reason": "evaluated with --masks none (image-only)"}
 
-    memorisation = _memorisation(arrays, real_models, config.resolution)
+    memorisation = _memorisation(arrays, real_models, resolution)
     synthetic_ids, real_ids = list(synthetic["id"]), list(real_train["id"])
     report["memorisation"] = {
         space: {**_strip_arrays(m), "flagged": _flagged(m, synthetic_ids, real_ids)}
         for space, m in memorisation.items()
     }
-    report["memorisation_closest_pairs"], figures["nearest_pairs"] = _closest_pairs(
+    report["memorisation_closest_pairs"], pairs = _closest_pairs(
         next(iter(memorisation.values())), arrays, synthetic_ids, real_ids, config.num_pairs
     )
+    figures["nearest_pairs"] = titled(pairs, f"synthetic samples nearest to a real training image, {resolution} px")
+    recipe = RealismRecipe(steps=config.realism_steps, folds=config.realism_folds)
+    all_real = torch.cat([on_device["real"][:, :3], on_device["holdout"][:, :3]])
+    report["realism"] = realism_test(all_real, on_device["synthetic"][:, :3], recipe, device)
     report["fid_kid"] = fid_kid(
         arrays["real"][:, :3], arrays["synthetic"][:, :3], config.inception_weights, device=device
     )
@@ -335,16 +466,18 @@ def _mean_std(stat: Dict) -> str:
 def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
     """The human-readable report: one section per protocol item, with sample counts."""
     counts, cfg = report["counts"], report["config"]
+    px = f"{cfg['resolution']} px"
+    how = report.get("resolution", {}).get("how", "given")
     lines = [
         "# Synthetic data evaluation",
         "",
         f"Synthetic: {', '.join(report['synthetic_sources'])} — {counts['synthetic']} samples. "
         f"Real training set: {counts['real_train']}; held-out real: {counts['holdout']} ({report['holdout_split']}). "
-        f"Resolution {cfg['resolution']} px, masks: {', '.join(cfg['masks']) or 'none'}, device {cfg['device']}.",
+        f"Everything is judged at **{px}** ({how}); masks: {', '.join(cfg['masks']) or 'none'}, device {cfg['device']}.",
         "",
         f"> {PRIVACY_NOTE}",
         "",
-        "## 1. Downstream utility (headline)",
+        f"## 1. Downstream utility (headline, {px})",
         "",
     ]
     downstream = report["downstream"]
@@ -352,10 +485,10 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
         recipe = downstream["recipe"]
         lines += [
             f"Segmenter: `fundus_diffusion.evaluation.segmenter` U-Net (width {recipe['width']}), {recipe['steps']} steps, "
-            f"batch {recipe['batch_size']}, seeds {recipe['seeds']}; Dice / IoU on {downstream['n_holdout']} held-out real images, "
-            "mean ± std over seeds.",
+            f"batch {recipe['batch_size']}, seeds {recipe['seeds']}; Dice / IoU at {px} on {downstream['n_holdout']} "
+            "held-out real images, mean ± std over seeds.",
             "",
-            "| trained on | n train | " + " | ".join(f"{m} Dice | {m} IoU" for m in cfg["masks"]) + " |",
+            f"| trained on ({px}) | n train | " + " | ".join(f"{m} Dice | {m} IoU" for m in cfg["masks"]) + " |",
             "|---|---|" + "---|---|" * len(cfg["masks"]),
         ]
         for name, result in downstream["results"].items():
@@ -363,10 +496,11 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
             steps = downstream.get("steps", {}).get(name, recipe["steps"])
             label = name if steps == recipe["steps"] else f"{name} ({steps} steps)"
             lines.append(f"| {label} | {downstream['n_train'][name]} | " + " | ".join(cells) + " |")
+        lines += _per_source_lines(downstream, cfg["masks"], px) + _worst_lines(downstream, px)
         agreement = report["agreement"]
         lines += [
             "",
-            "## 2. Mask-image agreement",
+            f"## 2. Mask-image agreement ({px})",
             "",
             f"Dice between each generated mask and the real-trained segmenter's prediction on the generated image "
             f"({agreement['n_synthetic']} samples, mean ± std over {agreement['n_seeds']} segmenter seeds):",
@@ -380,7 +514,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
         p = report["plausibility"]
         lines += [
             "",
-            "## 3. Mask plausibility",
+            f"## 3. Mask plausibility ({px})",
             "",
             f"- Exactly one disc component: {_fmt(p['one_disc_component_synthetic'])} of {p['n_synthetic']} synthetic "
             f"(real: {_fmt(p['one_disc_component_real'])} of {p['n_real']}); no disc at all: {_fmt(p['no_disc_synthetic'])}.",
@@ -396,7 +530,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
             )
     else:
         lines += [f"Not computed: {downstream['reason']}. Sections 2 and 3 likewise.", ""]
-    lines += ["", "## 4. Memorisation", ""]
+    lines += ["", f"## 4. Memorisation ({px})", ""]
     for space, m in report["memorisation"].items():
         lines.append(
             f"- {space}: {m['n_flagged']} of {m['n_synthetic']} samples ({_fmt(m['share_flagged'])}) are closer to a real "
@@ -413,8 +547,9 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
             "",
             f"`{FLAGGED_FILE}` lists the flagged ids, to drop them before sharing the set (README: evaluate.py).",
         ]
+    lines += _realism_lines(report.get("realism"), px)
     fid = report["fid_kid"]
-    lines += ["", "## 5. FID and KID (RGB, Inception-v3 via torchmetrics)", ""]
+    lines += ["", f"## 6. FID and KID (RGB at {px}, Inception-v3 via torchmetrics)", ""]
     if fid["computed"]:
         lines.append(
             f"FID {fid['fid']:.2f}; KID {fid['kid_mean']:.4f} ± {fid['kid_std']:.4f} ({fid['kid_subsets']} subsets of "
@@ -423,8 +558,59 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
         )
     else:
         lines.append(f"Not computed: {fid['reason']}.")
-    lines += ["", "## Figures", ""] + [f"![{os.path.splitext(f)[0]}]({f})" for f in figure_files]
+    lines += ["", f"## Figures ({px})", ""] + [f"![{os.path.splitext(f)[0]}, {px}]({f})" for f in figure_files]
     return "\n".join(lines) + "\n"
+
+
+def _per_source_lines(downstream: Dict, masks: Sequence[str], px: str) -> List[str]:
+    """Dice per source of the held-out images, one row per training set (older reports have no breakdown)."""
+    if "per_source" not in downstream:
+        return []
+    sources = downstream["holdout_sources"]
+    lines = [
+        "",
+        f"Dice at {px} per source of the held-out images (a file name's prefix before `_`, else the `source` column), "
+        "mean ± std over seeds:",
+        "",
+        f"| trained on ({px}) | " + " | ".join(f"{m} Dice, {s} (n={n})" for m in masks for s, n in sources.items()) + " |",
+        "|---|" + "---|" * (len(masks) * len(sources)),
+    ]
+    for name, result in downstream["per_source"].items():
+        lines.append(f"| {name} | " + " | ".join(_mean_std(result[m][s]["dice"]) for m in masks for s in sources) + " |")
+    return lines
+
+
+def _worst_lines(downstream: Dict, px: str) -> List[str]:
+    worst = downstream.get("worst_holdout")
+    if not worst:
+        return []
+    key = f"{worst['mask']}_dice"
+    listed = ", ".join(f"`{w['id']}` ({w['source']}) {_fmt(w[key])}" for w in worst["images"])
+    return [
+        "",
+        f"Worst held-out images for the segmenter trained on {worst['training_set']} (seed {worst['seed']}), "
+        f"{worst['mask']} Dice at {px}: {listed} (`{WORST_FIGURE}.png`: photograph, prediction, truth).",
+    ]
+
+
+def _realism_lines(realism: Optional[Dict], px: str) -> List[str]:
+    lines = ["", f"## 5. Realism: {TEST_NAME}, {px}", ""]
+    if realism is None:
+        return lines + ["Not computed: this report predates the test."]
+    if not realism["computed"]:
+        return lines + [f"Not computed: {realism['reason']}."]
+    recipe, main, control = realism["recipe"], realism["real_vs_synthetic"], realism["real_vs_real"]
+    return lines + [
+        f"A small CNN (`fundus_diffusion.evaluation.realism`, width {recipe['width']}, {recipe['steps']} steps, flips "
+        f"only), trained from scratch, tells the two sets apart; {main['folds']}-fold cross-validated ROC AUC on the "
+        f"held-out folds, mean ± std over folds, {main['n_per_class']} images per side at {px}. Not FID.",
+        "",
+        f"| compared at {px} | ROC AUC | per fold |",
+        "|---|---|---|",
+        f"| real vs synthetic | {_mean_std(main['auc'])} | {', '.join(_fmt(a) for a in main['auc_per_fold'])} |",
+        f"| real vs real (control: two halves of the real images) | {_mean_std(control['auc'])} | "
+        f"{', '.join(_fmt(a) for a in control['auc_per_fold'])} |",
+    ]
 
 
 def _json_safe(value):
@@ -496,6 +682,15 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
             "value": f"{found['n_flagged']} of {found['n_synthetic']}",
             "notes": f"nearest real neighbour closer than percentile {found['percentile']:g} of the real-to-real "
             f"nearest-neighbour distances; features: {space}",
+        })  # fmt: skip
+    realism = report.get("realism", {})
+    if realism.get("computed"):
+        main, control = realism["real_vs_synthetic"], realism["real_vs_real"]
+        metrics.append({
+            "name": f"{TEST_NAME}, real vs synthetic",
+            "value": _mean_std(main["auc"]),
+            "notes": f"mean ± std over {main['folds']} cross-validation folds, {main['n_per_class']} images per side; "
+            f"real-vs-real control: {_mean_std(control['auc'])}; {where}",
         })  # fmt: skip
     if "fid" in report["fid_kid"]:
         metrics.append({"name": "FID", "value": round(report["fid_kid"]["fid"], 1), "notes": where})

@@ -7,10 +7,11 @@ Recipe (``SegmenterRecipe`` defaults, identical for real, synthetic and real + s
 - Input: RGB scaled to [-1, 1], the fundus field cropped square and resized to the evaluation resolution
   (``fundus_diffusion.data.transforms.pair_to_array``); targets are the binary masks.
 - Augmentation: joint horizontal flip of image and masks, image gain and offset jitter of +-10 %
-  (``augment.flip_and_jitter``, shared with the PM classifier).
+  (``augment.apply_augmentation``, shared with the PM classifier).
 - Batches of 16 drawn uniformly with replacement from the pooled training set (real + synthetic is one pool).
 - Loss: binary cross-entropy + soft Dice, per mask channel. AdamW, lr 2e-3, weight decay 1e-4, one-cycle schedule.
-- Everything random comes from ``torch.Generator().manual_seed(seed)`` and ``torch.manual_seed(seed)``.
+- Everything random comes from ``torch.Generator().manual_seed(seed)`` (batches and augmentation, drawn in advance
+  by ``recipe.plan_batches``) and ``torch.manual_seed(seed)`` (initial weights); the loop is ``recipe.fit``.
 - Prediction: sigmoid > 0.5.
 """
 
@@ -21,7 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .augment import flip_and_jitter
+from .augment import apply_augmentation
+from .recipe import fit, plan_batches
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -76,7 +78,8 @@ class SegmenterRecipe:
 
 
 def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """BCE + (1 - soft Dice), averaged over mask channels."""
+    """BCE + (1 - soft Dice), averaged over mask channels (in float32 whatever the logits' precision)."""
+    logits = logits.float()
     bce = F.binary_cross_entropy_with_logits(logits, targets)
     probs = torch.sigmoid(logits)
     inter = (probs * targets).sum(dim=(0, 2, 3))
@@ -103,20 +106,15 @@ def train_segmenter(
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     model = SegmenterUNet(num_masks, recipe.width).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.learning_rate, total_steps=max(recipe.steps, 2))
     arrays = arrays.to(device)
-    model.train()
-    for _ in progress(range(recipe.steps)) if progress else range(recipe.steps):
-        idx = torch.randint(len(arrays), (recipe.batch_size,), generator=generator)
-        images, masks = to_model_inputs(arrays[idx.to(device)], num_masks)
-        images, masks = flip_and_jitter(images, generator, masks)
-        loss = segmentation_loss(model(images), masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    return model.eval()
+    plan = {k: v.to(device) for k, v in plan_batches(generator, recipe.steps, recipe.batch_size, len(arrays)).items()}
+
+    def loss_at(step: int) -> torch.Tensor:
+        images, masks = to_model_inputs(arrays[plan["index"][step]], num_masks)
+        images, masks = apply_augmentation(images, plan, step, masks)
+        return segmentation_loss(model(images), masks)
+
+    return fit(model, loss_at, recipe.steps, recipe.learning_rate, recipe.weight_decay, device, progress)
 
 
 @torch.no_grad()

@@ -100,3 +100,11 @@ def split_to_disk(dataset, output_dir: str, test_fraction: float = 0.2, seed: in
     test.save_to_disk(os.path.join(output_dir, "test"))
     write_split_file(os.path.join(output_dir, "test_ids.txt"), list(test["id"]))
     return train, test
+
+
+def source_of(sample_id: str, source: str) -> str:
+    """The origin a per-source breakdown groups an image under: the prefix of its file name before ``_`` where there
+    is one (``folder:fundus-od/drishti_012`` -> ``drishti``: a generic folder records its origins only there), else
+    its ``source`` column (``phantom``, ``palm``, ...)."""
+    name = sample_id.rsplit("/", 1)[-1]
+    return name.split("_")[0] if "_" in name else source

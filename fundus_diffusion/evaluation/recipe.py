@@ -1,0 +1,81 @@
+"""The one training loop of the evaluation networks (segmenter, PM classifier, realism classifier).
+
+Each network is trained the same way: a seeded initialisation, AdamW with a one-cycle learning-rate schedule, and
+batches whose indices and augmentation are drawn in advance from a CPU ``torch.Generator`` (``plan_batches``), so a
+seed gives the same run on any device and the loop needs no host-device synchronisation per step. On CUDA the
+forward pass runs under bf16 autocast; losses are computed in float32.
+"""
+
+from contextlib import nullcontext
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+
+def autocast_for(device) -> object:
+    """bf16 autocast on CUDA (the networks are convolutional, their norms and losses stay float32); none elsewhere."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def plan_batches(
+    generator: torch.Generator,
+    steps: int,
+    batch_size: int,
+    num_items: int,
+    weights: Optional[torch.Tensor] = None,
+    jitter: bool = True,
+    vertical_flips: bool = False,
+) -> Dict[str, torch.Tensor]:
+    """Every step's batch indices and augmentation parameters, drawn step by step from ``generator``.
+
+    Per step, in this order: ``batch_size`` indices (uniform with replacement, or ``torch.multinomial`` over
+    ``weights``), horizontal flips, then, with ``jitter``, gain and offset, and, with ``vertical_flips``, vertical
+    flips. Returns tensors with a leading ``steps`` dimension (``augment.apply_augmentation`` reads one step).
+    """
+    plan = {"index": [], "hflip": []}
+    if jitter:
+        plan.update(gain=[], bias=[])
+    if vertical_flips:
+        plan["vflip"] = []
+    for _ in range(steps):
+        if weights is None:
+            plan["index"].append(torch.randint(num_items, (batch_size,), generator=generator))
+        else:
+            plan["index"].append(torch.multinomial(weights, batch_size, replacement=True, generator=generator))
+        plan["hflip"].append(torch.rand(batch_size, generator=generator) < 0.5)
+        if jitter:
+            plan["gain"].append(1 + 0.2 * (torch.rand(batch_size, 1, 1, 1, generator=generator) - 0.5))
+            plan["bias"].append(0.2 * (torch.rand(batch_size, 1, 1, 1, generator=generator) - 0.5))
+        if vertical_flips:
+            plan["vflip"].append(torch.rand(batch_size, generator=generator) < 0.5)
+    return {key: torch.stack(values) if values else torch.empty(0) for key, values in plan.items()}
+
+
+def fit(
+    model: nn.Module,
+    loss_at: Callable[[int], torch.Tensor],
+    steps: int,
+    learning_rate: float,
+    weight_decay: float,
+    device="cpu",
+    progress: Optional[Callable] = None,
+) -> nn.Module:
+    """Train ``model`` for ``steps`` steps of ``loss_at(step)`` (AdamW, one-cycle schedule); returns it in eval mode.
+
+    ``loss_at`` builds the step's batch (usually from a ``plan_batches`` plan already on the device) and returns
+    the loss; it runs under ``autocast_for(device)``.
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=max(steps, 2))
+    model.train()
+    for step in progress(range(steps)) if progress else range(steps):
+        with autocast_for(device):
+            loss = loss_at(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return model.eval()

@@ -1,0 +1,116 @@
+"""Issue 18, part 1: the classifier two-sample realism test, judging at the synthetic set's native resolution, Dice
+per source of the held-out images and the worst held-out images figure."""
+
+import json
+import runpy
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+from datasets import concatenate_datasets
+from torch.nn import functional as F
+
+from fundus_diffusion.data import load_phantom_dataset
+from fundus_diffusion.evaluation import EvaluationConfig, evaluate
+from fundus_diffusion.evaluation.realism import TEST_NAME, RealismRecipe, realism_test, stratified_folds
+from fundus_diffusion.evaluation.splits import source_of
+
+EVALUATE = runpy.run_path(str(REPO_ROOT / "scripts" / "evaluate.py"))
+TINY = ["--seeds", "1", "--segmenter_steps", "2", "--realism_steps", "2", "--realism_folds", "2", "--device", "cpu"]
+RECIPE = RealismRecipe(steps=100, batch_size=16, width=8, learning_rate=3e-3)
+
+
+def smooth_images(n: int, generator: torch.Generator, speckle: float = 0.0) -> torch.Tensor:
+    """``uint8 [n, 3, 16, 16]`` smooth random colour fields; ``speckle`` adds pixel noise of that amplitude."""
+    x = F.interpolate(torch.rand(n, 3, 4, 4, generator=generator), size=16, mode="bilinear") * 200 + 20
+    x = x + speckle * (torch.rand(n, 3, 16, 16, generator=generator) - 0.5)
+    return x.clamp(0, 255).to(torch.uint8)
+
+
+def test_two_sample_test_cannot_tell_identical_distributions_apart():
+    generator = torch.Generator().manual_seed(0)
+    result = realism_test(smooth_images(120, generator), smooth_images(60, generator), RECIPE)
+    assert result["computed"] and result["name"] == TEST_NAME and result["resolution"] == 16
+    for test in ("real_vs_synthetic", "real_vs_real"):
+        assert result[test]["n_per_class"] == 60 and len(result[test]["auc_per_fold"]) == 5
+        assert abs(result[test]["auc"]["mean"] - 0.5) < 0.2, result[test]
+
+
+def test_two_sample_test_tells_an_obviously_different_set_apart():
+    generator = torch.Generator().manual_seed(0)
+    result = realism_test(smooth_images(120, generator), smooth_images(60, generator, speckle=160), RECIPE)
+    assert result["real_vs_synthetic"]["auc"]["mean"] > 0.95, result["real_vs_synthetic"]
+    assert abs(result["real_vs_real"]["auc"]["mean"] - 0.5) < 0.2, result["real_vs_real"]
+
+
+def test_folds_are_stratified_and_too_few_images_are_reported():
+    fold = stratified_folds(torch.tensor([0] * 10 + [1] * 10), 5, torch.Generator().manual_seed(0))
+    assert all(((fold == k) & (torch.arange(20) < 10)).sum() == 2 for k in range(5))
+    assert all(((fold == k) & (torch.arange(20) >= 10)).sum() == 2 for k in range(5))
+    tiny = realism_test(torch.zeros(8, 3, 16, 16, dtype=torch.uint8), torch.zeros(8, 3, 16, 16, dtype=torch.uint8))
+    assert tiny["computed"] is False and "at least 5 images per side" in tiny["reason"]
+
+
+def two_origins(dataset):
+    """Phantoms renamed as a generic folder names its origins: ``folder:x/aaa_000003`` / ``folder:x/bbb_000004``."""
+    return dataset.map(
+        lambda row, i: {"id": f"folder:x/{'aaa' if i % 2 else 'bbb'}_{i:06d}", "source": "folder:x"}, with_indices=True
+    )
+
+
+def test_native_resolution_per_source_dice_and_worst_images(tmp_path):
+    real, synthetic = tmp_path / "real", tmp_path / "synthetic"
+    two_origins(load_phantom_dataset(20, size=48, seed=0)).save_to_disk(str(real))
+    load_phantom_dataset(12, size=32, seed=100).save_to_disk(str(synthetic))
+    out = tmp_path / "report"
+    argv = ["--real", str(real), "--synthetic", str(synthetic), "--output_dir", str(out), "--worst_images", "3"]
+    EVALUATE["main"](EVALUATE["parse_args"](argv + TINY))  # no --resolution: the synthetic images' 32 px
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["resolution"] == 32 and report["resolution"]["native"] == 32
+    assert report["resolution"]["how"].startswith("native")
+    markdown = (out / "report.md").read_text()
+    assert "judged at **32 px**" in markdown and "## 1. Downstream utility (headline, 32 px)" in markdown
+    assert "| trained on (32 px) |" in markdown and "128 px" not in markdown
+
+    downstream = report["downstream"]
+    assert downstream["holdout_sources"] == {"aaa": 2, "bbb": 2}
+    for name in ("real", "synthetic", "real+synthetic"):
+        by_source = downstream["per_source"][name]["disc"]
+        assert set(by_source) == {"aaa", "bbb"} and by_source["aaa"]["dice"]["n"] == 1  # seeds
+        weighted = sum(by_source[s]["dice"]["mean"] * n for s, n in downstream["holdout_sources"].items()) / 4
+        assert weighted == pytest.approx(downstream["results"][name]["disc"]["dice"]["mean"])
+    assert "Dice at 32 px per source" in markdown and "disc Dice, aaa (n=2)" in markdown
+
+    worst = downstream["worst_holdout"]
+    dice = [w["disc_dice"] for w in worst["images"]]
+    assert worst["training_set"] == "synthetic" and len(dice) == 3 and dice == sorted(dice)
+    assert {w["source"] for w in worst["images"]} <= {"aaa", "bbb"}
+    assert np.mean(dice) <= downstream["results"]["synthetic"]["disc"]["dice"]["mean"] + 1e-9  # 3 lowest of 4 (1 seed)
+    assert (out / "worst_holdout.png").stat().st_size > 0 and "worst_holdout.png" in report["figures"]
+    assert "worst_holdout.png" in markdown and "out of git" in markdown
+
+    realism = report["realism"]
+    assert realism["computed"] and realism["resolution"] == 32 and realism["real_vs_real"]["folds"] == 2
+    assert TEST_NAME in markdown and "FID" not in realism["name"]
+
+
+def test_resolution_flag_is_a_labelled_comparison_and_mixed_sizes_are_refused(tmp_path):
+    real = load_phantom_dataset(12, size=48, seed=0)
+    config = EvaluationConfig(resolution=16, seeds=1, segmenter_steps=1, realism_steps=1, realism_folds=2, device="cpu")
+    report, _ = evaluate(real, load_phantom_dataset(8, size=32, seed=100), config=config)
+    assert report["config"]["resolution"] == 16 and report["resolution"]["native"] == 32
+    assert "a comparison" in report["resolution"]["how"]
+    mixed = concatenate_datasets([load_phantom_dataset(4, size=32, seed=1), load_phantom_dataset(4, size=48, seed=2)])
+    with pytest.raises(ValueError, match="several sizes.*--resolution"):
+        evaluate(real, mixed, config=EvaluationConfig(device="cpu"))
+    wide = load_phantom_dataset(4, size=32, seed=1).map(lambda row: {"image": row["image"].resize((40, 32))})
+    with pytest.raises(ValueError, match="40x32, not square.*--resolution"):
+        evaluate(real, wide, config=EvaluationConfig(device="cpu"))
+
+
+def test_source_of_uses_the_file_name_prefix_else_the_source_column():
+    assert source_of("folder:fundus-od/drishti_012", "folder:fundus-od") == "drishti"
+    assert source_of("phantom/train/000003", "phantom") == "phantom"
+    assert np.array_equal(np.unique([source_of(f"x/{p}_1", "x") for p in "ab"]), ["a", "b"])
