@@ -11,7 +11,7 @@ import argparse
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.evaluation.report import EQUAL_REAL_PASSES, REAL_AS_LONG
-from fundus_diffusion.evaluation.summary import load_summaries, row_source, training_run
+from fundus_diffusion.evaluation.summary import load_summaries, realism_cell, row_source, training_run
 
 # fmt: off
 RUNS = {  # run name -> (what, resolution, channels, model, training images, sampler)
@@ -62,9 +62,10 @@ def main(paths):
     print(
         "| run | px | C | model | trained on | GPU | train wall s | sampler | gen wall s (n) | images/s | Dice real "
         "| Dice synthetic | synthetic / real | Dice real+synthetic | Dice real+synthetic, equal real passes "
-        "| mask-image agreement | one disc component | flagged as copies (pixels / features) | FID |"
+        "| mask-image agreement | one disc component | flagged as copies (pixels / features) | FID "
+        "| classifier two-sample AUC, real vs synthetic (0.5 = indistinguishable) | evaluated at px |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (what, px, channels, model, data, sampler) in RUNS.items():
         train, part = training_run(name), row_source(parts, name)
         model = describe(model, part["training_args"].get(train, RECORDED_ARGS.get(train, {})))
@@ -73,7 +74,7 @@ def main(paths):
         if report is None:
             print(
                 f"| {what} | {px} | {channels} | {model} | {data} | {gpu} | {seconds.get(train, 'not finished')} "
-                f"| {sampler} | {seconds.get('gen-' + name, '—')} | | not evaluated | | | | | | | | |"
+                f"| {sampler} | {seconds.get('gen-' + name, '—')} | | not evaluated | | | | | | | | | | |"
             )
             continue
         results = report["downstream"]["results"]
@@ -91,7 +92,7 @@ def main(paths):
             f"| {syn['mean'] / real['mean']:.0%} | {fmt(both)} | {equal_passes} "
             f"| {fmt(report['agreement']['results']['disc']['dice'])} "
             f"| {plaus['one_disc_component_synthetic']:.1%} | {flagged} of {n_syn} | "
-            f"{fid if isinstance(fid, str) else f'{fid:.1f}'} |"
+            f"{fid if isinstance(fid, str) else f'{fid:.1f}'} | {realism_cell(report)} | {report['config']['resolution']} |"
         )
     palm_part = row_source(parts, "palm-cond")
     palm, seconds = palm_part["reports"].get("palm-cond"), palm_part["seconds"]

@@ -42,3 +42,19 @@ def test_equal_real_passes_cell_quotes_its_control(tmp_path, capsys):
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     row = rows(capsys, tmp_path / "summary.json")["4b. our DDPM"]
     assert "| 0.969 ± 0.000 (real alone as long: 0.966 ± 0.000) |" in row
+
+
+def test_two_sample_column_and_evaluated_resolution(tmp_path, capsys):
+    summary = json.loads((REPO / "docs" / "results" / "summary_ddpm256_cudagraphs.json").read_text())
+    row = rows(capsys, REPO / "docs" / "results" / "summary_ddpm256_cudagraphs.json")["4b. our DDPM"]
+    assert row.endswith("| — | 128 |")  # predates the two-sample test; judged at 128 px
+    report = summary["ddpm-256-ddpm1000"]
+    report["config"]["resolution"] = 256
+    report["realism"] = {
+        "computed": True,
+        "real_vs_synthetic": {"auc": {"mean": 0.9981, "std": 0.0021, "n": 5}, "n_per_class": 83},
+        "real_vs_real": {"auc": {"mean": 0.52, "std": 0.05, "n": 5}, "n_per_class": 83},
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    row = rows(capsys, tmp_path / "summary.json")["4b. our DDPM"]
+    assert row.endswith("| 0.998 ± 0.002 (real vs real: 0.520 ± 0.050, 83 per side) | 256 |")

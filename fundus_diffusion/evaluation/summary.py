@@ -69,3 +69,18 @@ def row_source(parts: Sequence[Dict], name: str) -> Dict:
         if train in part["seconds"] or f"gen-{name}" in part["seconds"]:
             return part
     return {"device": "—", "seconds": {}, "training_args": {}, "reports": {}}
+
+
+def realism_cell(report: Dict) -> str:
+    """The classifier two-sample test's real-vs-synthetic AUC with its real-vs-real control, as a table cell ("—" for
+    reports that predate the test, the reason's start where it was not computed)."""
+    realism = report.get("realism")
+    if realism is None:
+        return "—"
+    if not realism.get("computed"):
+        return "not computed"
+    main, control = realism["real_vs_synthetic"]["auc"], realism["real_vs_real"]["auc"]
+    return (
+        f"{main['mean']:.3f} ± {main['std']:.3f} (real vs real: {control['mean']:.3f} ± {control['std']:.3f}, "
+        f"{realism['real_vs_synthetic']['n_per_class']} per side)"
+    )
