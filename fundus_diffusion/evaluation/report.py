@@ -290,9 +290,9 @@ def _worst_holdout(per_image, models, arrays, holdout_ids, holdout_sources, mask
         prediction = {name: Image.fromarray(predicted[row, m].numpy().astype(np.uint8) * 255) for m, name in enumerate(mask_names)}
         tiles += [image, image, image]
         masks += [{}, prediction, truth]
-        captions += [f"{holdout_ids[i].split('/')[-1]} Dice {dice[i]:.2f}", "predicted (synthetic-trained)", "truth"]
+        captions += [f"{holdout_ids[i].split('/')[-1]} Dice {dice[i]:.2f}", "prediction", "truth"]
     sheet = contact_sheet(tiles, masks, captions, columns=3, tile=max(128, min(resolution, 256)))
-    title = f"{len(order)} worst held-out images, segmenter trained on synthetic (seed 0), {mask} Dice at {resolution} px"
+    title = f"{len(order)} worst held-out, synthetic-trained (seed 0), {mask} Dice, {resolution} px"
     return {"training_set": "synthetic", "seed": 0, "mask": mask, "images": listed}, titled(sheet, title)
 
 
