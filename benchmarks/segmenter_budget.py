@@ -18,16 +18,10 @@ import torch
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.data.schema import parse_mask_names
+from fundus_diffusion.evaluation.arrays import dataset_arrays, default_device
+from fundus_diffusion.evaluation.checks import resolution_problem, warn_if_upscaled
 from fundus_diffusion.evaluation.metrics import summarise
-from fundus_diffusion.evaluation.report import (
-    EvaluationConfig,
-    dataset_arrays,
-    default_device,
-    resolution_problem,
-    resolve_split,
-    segmenter_scores,
-    warn_if_upscaled,
-)
+from fundus_diffusion.evaluation.protocol import EvaluationConfig, resolve_split, segmenter_scores
 from fundus_diffusion.evaluation.segmenter import SegmenterRecipe
 
 
@@ -55,8 +49,8 @@ def main(args):
     config = EvaluationConfig(resolution=args.resolution, masks=mask_names)
     train, holdout, _ = resolve_split(load_fundus_dataset(args.real), holdout, config)
     warn_if_upscaled(train, args.resolution, "the real training")
-    train = dataset_arrays(train, args.resolution, mask_names, "real training set")
-    holdout = dataset_arrays(holdout, args.resolution, mask_names, "held-out set")
+    train = dataset_arrays(train, args.resolution, mask_names, "real training set").to(device)  # moved once
+    holdout = dataset_arrays(holdout, args.resolution, mask_names, "held-out set").to(device)
     batch = SegmenterRecipe().batch_size
     rows = []
     for steps in args.steps:

@@ -14,8 +14,9 @@ import argparse
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
+from fundus_diffusion.evaluation.checks import resolution_problem, warn_if_upscaled
+from fundus_diffusion.evaluation.model_card import update_model_card
 from fundus_diffusion.evaluation.realism import RealismRecipe
-from fundus_diffusion.evaluation.report import resolution_problem, update_model_card, warn_if_upscaled
 
 
 def parse_args(argv=None):

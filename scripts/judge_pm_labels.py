@@ -10,8 +10,8 @@ import os
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
+from fundus_diffusion.evaluation.arrays import default_device
 from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe, judge_class_conditional
-from fundus_diffusion.evaluation.report import default_device
 
 
 def parse_args(argv=None):

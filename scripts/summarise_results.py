@@ -10,7 +10,7 @@ that evaluated it (else the last that trained it): a later file's runs replace a
 import argparse
 
 from fundus_diffusion.cli import run_script
-from fundus_diffusion.evaluation.report import EQUAL_REAL_PASSES, REAL_AS_LONG
+from fundus_diffusion.evaluation.protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
 from fundus_diffusion.evaluation.summary import load_summaries, realism_cell, row_source, training_run
 
 # fmt: off

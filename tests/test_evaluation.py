@@ -154,7 +154,7 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     assert "Not computed:" in markdown and "out of git" in markdown and "| real+synthetic | 20 |" in markdown
     assert f"| {equal} (3 steps) | 20 |" in markdown and f"| {control} (3 steps) | 12 |" in markdown  # 2 x 20 / 12
 
-    from fundus_diffusion.evaluation.report import model_card_metrics
+    from fundus_diffusion.evaluation.model_card import model_card_metrics
 
     card = {m["name"]: m for m in model_card_metrics(report)}
     synthetic_dice = report["downstream"]["results"]["synthetic"]["atrophy"]["dice"]

@@ -1,4 +1,8 @@
-"""Judging synthetic fundus datasets: downstream segmentation, mask metrics, memorisation, FID / KID."""
+"""Judging synthetic fundus datasets: downstream segmentation, mask metrics, memorisation, realism, FID / KID.
+
+``protocol`` runs the evaluation, ``report`` writes it, ``model_card`` puts its numbers on a model's card, ``checks``
+holds the scripts' input checks, ``arrays`` the shared image stacks; the networks (``segmenter``, ``pm_classifier``,
+``realism``) train through one loop (``recipe``) with one augmentation module (``augment``)."""
 
 from .fid import fid_kid
 from .memorisation import memorisation_report, nearest_neighbours, pixel_features
@@ -10,7 +14,8 @@ from .metrics import (
     iou_per_image,
     mask_plausibility,
 )
-from .report import EvaluationConfig, evaluate, write_report
+from .protocol import EvaluationConfig, evaluate
+from .report import write_report
 from .segmenter import SegmenterRecipe, SegmenterUNet, predict_masks, train_segmenter
 from .splits import holdout_ids, split_by_id, split_by_ids
 

@@ -5,6 +5,7 @@ averaged; an image where both masks are empty scores 1 (nothing to find, nothing
 absent from every non-PM eye.
 """
 
+import math
 from typing import Dict, Sequence
 
 import numpy as np
@@ -112,3 +113,13 @@ def summarise(values: Sequence[float]) -> Dict[str, float]:
     """Mean, standard deviation (population) and count of a list of numbers."""
     values = np.asarray(values, dtype=float)
     return {"mean": float(values.mean()), "std": float(values.std()), "n": int(len(values))}
+
+
+def format_value(value) -> str:
+    """Three decimals, or "n/a" for a missing or undefined (NaN) statistic."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def format_mean_std(stat: Dict) -> str:
+    """A ``summarise`` result as "mean ± std"."""
+    return f"{format_value(stat['mean'])} ± {format_value(stat['std'])}"

@@ -11,9 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from ..data.schema import LABEL_NAMES
+from .arrays import dataset_arrays
 from .augment import flip_and_jitter
+from .splits import split_by_id
 
 
 class PMClassifier(nn.Module):
@@ -96,11 +99,6 @@ def judge_class_conditional(
 ) -> Dict:
     """Train the classifier on most of ``real`` (split by id, stratified by label), score it on the held-out rest,
     then report how often each ``synthetic`` sample is classified as the label it was generated for."""
-    from tqdm.auto import tqdm
-
-    from .report import dataset_arrays
-    from .splits import split_by_id
-
     real = real.filter(lambda label: label >= 0, input_columns="label")
     synthetic = synthetic.filter(lambda label: label >= 0, input_columns="label")
     if len(synthetic) == 0:

@@ -1,0 +1,34 @@
+"""Images as the evaluation networks take them: ``uint8 [N, 3 + M, R, R]`` stacks of a dataset's rows, cropped and
+resized as for training, and the device they train on."""
+
+from typing import Dict, Sequence, Tuple
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data.schema import MASK_COLUMNS
+from ..data.transforms import pair_to_array
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+def dataset_arrays(dataset, resolution: int, mask_names: Sequence[str], desc: str) -> torch.Tensor:
+    """``uint8 [N, 3 + M, R, R]``: every row cropped, resized and stacked as for training."""
+    out = torch.empty((len(dataset), 3 + len(mask_names), resolution, resolution), dtype=torch.uint8)
+    for i, row in enumerate(tqdm(dataset, desc=f"loading {desc}", unit="img", leave=False)):
+        masks = {name: row[MASK_COLUMNS[name]] for name in mask_names}
+        missing = [name for name, mask in masks.items() if mask is None]
+        if missing:
+            raise ValueError(
+                f"{desc}: sample {row['id']} has no {' / '.join(missing)} mask; evaluate image-only data with --masks none."
+            )
+        out[i] = torch.from_numpy(pair_to_array(row["image"], masks, mask_names, resolution))
+    return out
+
+
+def to_pil(array: torch.Tensor, mask_names: Sequence[str]) -> Tuple[Image.Image, Dict[str, Image.Image]]:
+    """One ``uint8 [3 + M, H, W]`` row back to an RGB image and its ``L`` masks."""
+    image = Image.fromarray(array[:3].permute(1, 2, 0).numpy(), mode="RGB")
+    return image, {name: Image.fromarray(array[3 + m].numpy(), mode="L") for m, name in enumerate(mask_names)}

@@ -1,0 +1,55 @@
+"""Checks the scripts run on their input before the protocol: the resolution the segmenter can work at, the
+synthetic set's native resolution, and a warning when images would be scaled up."""
+
+import os
+import sys
+from typing import Optional
+
+
+def resolution_problem(resolution: int) -> Optional[str]:
+    """Why the segmenter cannot work at ``resolution`` (None when it can): its U-Net halves the size three times."""
+    if resolution < 8 or resolution % 8:
+        low = max(8, resolution // 8 * 8)
+        return f"--resolution {resolution}: the segmenter takes multiples of 8, e.g. {low} or {low + 8}."
+    return None
+
+def warn_if_upscaled(dataset, resolution: int, what: str) -> None:
+    """Images smaller than --resolution are scaled up: say so, since it blurs what the segmenter sees."""
+    if len(dataset) == 0:
+        return
+    width, height = dataset[0]["image"].size
+    if min(width, height) < resolution:
+        print(
+            f"{os.path.basename(sys.argv[0])}: warning: {what} images are {width}x{height}, smaller than --resolution {resolution}: they are scaled "
+            f"up. Pass --resolution {max(8, min(width, height) // 8 * 8)} to evaluate at their size.",
+            file=sys.stderr,
+        )
+
+def native_resolution(dataset, what: str = "synthetic") -> int:
+    """The side of ``dataset``'s images when they are all one square size (a multiple of 8), else a ValueError that
+    says why and what to pass instead: mixed sizes or non-square images have no single native resolution."""
+    sizes = {}
+    for image in dataset["image"]:
+        sizes[image.size] = sizes.get(image.size, 0) + 1
+    if not sizes:
+        raise ValueError(f"The {what} set is empty: there is nothing to evaluate.")
+    listed = ", ".join(f"{w}x{h} ({n} images)" for (w, h), n in sorted(sizes.items(), key=lambda kv: -kv[1]))
+    if len(sizes) > 1:
+        raise ValueError(
+            f"The {what} images come in several sizes ({listed}), so they have no single native resolution. Evaluate "
+            "one size at a time, or pass --resolution N to judge them all at N px."
+        )
+    ((width, height),) = sizes
+    if width != height:
+        raise ValueError(
+            f"The {what} images are {width}x{height}, not square, so they have no native evaluation resolution. Pass "
+            f"--resolution N (a multiple of 8, e.g. {max(8, min(width, height) // 8 * 8)}): the fundus field is cropped "
+            "square and resized to N px."
+        )
+    if resolution_problem(width):
+        low = max(8, width // 8 * 8)
+        raise ValueError(
+            f"The {what} images are {width}x{height} px, but the segmenter takes multiples of 8: pass --resolution "
+            f"{low} or {low + 8}."
+        )
+    return width

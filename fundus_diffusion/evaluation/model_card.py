@@ -1,0 +1,87 @@
+"""The evaluation's headline numbers on a saved model's card (``metrics.json`` and the README table), named by the
+sampler that made the judged set."""
+
+import os
+import warnings
+from typing import Dict, List, Optional
+
+from ..generate import generating_model, read_model_index, sampler_description
+from ..hub import add_model_card_metrics
+from .metrics import format_mean_std
+from .protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
+from .realism import TEST_NAME
+
+
+def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict]:
+    """The report's headline numbers as model-card metrics (``FundusPipeline.save_pretrained(metrics=...)``);
+    ``sampler`` (e.g. "DPM-Solver++, 20 steps") goes into every name, so that samplers of one model do not collide."""
+    counts, config = report["counts"], report["config"]
+    where = (
+        f"{counts['synthetic']} synthetic vs {counts['real_train']} real training / {counts['holdout']} held-out "
+        f"real images ({', '.join(filter(None, [config['inputs'].get('real'), config['inputs'].get('holdout')]))}), "
+        f"{config['resolution']} px"
+    )
+    metrics = []
+    if report["downstream"].get("results"):
+        seeds = f"mean ± std over {config['seeds']} segmenter seeds; {where}"
+        for mask in report["config"]["masks"]:
+            dice = {k: v[mask]["dice"] for k, v in report["downstream"]["results"].items()}
+            for training_set in [
+                s for s in ("synthetic", "real+synthetic", EQUAL_REAL_PASSES, "real", REAL_AS_LONG) if s in dice
+            ]:
+                metrics.append({
+                    "name": f"held-out {mask} Dice, segmenter trained on {training_set}",
+                    "value": format_mean_std(dice[training_set]),
+                    "notes": seeds,
+                })  # fmt: skip
+            metrics.append({
+                "name": f"{mask} mask-image agreement (Dice)",
+                "value": format_mean_std(report["agreement"]["results"][mask]["dice"]),
+                "notes": f"generated masks vs what real-trained segmenters see in the generated images; {where}",
+            })  # fmt: skip
+        if "one_disc_component_synthetic" in report["plausibility"]:
+            metrics.append({
+                "name": "generated discs in one piece",
+                "value": f"{report['plausibility']['one_disc_component_synthetic']:.1%}",
+                "notes": f"real training set: {report['plausibility']['one_disc_component_real']:.1%}",
+            })  # fmt: skip
+    for space, found in report["memorisation"].items():
+        metrics.append({
+            "name": f"samples flagged as copies of training images ({space.split(' (')[0]})",
+            "value": f"{found['n_flagged']} of {found['n_synthetic']}",
+            "notes": f"nearest real neighbour closer than percentile {found['percentile']:g} of the real-to-real "
+            f"nearest-neighbour distances; features: {space}",
+        })  # fmt: skip
+    realism = report.get("realism", {})
+    if realism.get("computed"):
+        main, control = realism["real_vs_synthetic"], realism["real_vs_real"]
+        metrics.append({
+            "name": f"{TEST_NAME}, real vs synthetic",
+            "value": format_mean_std(main["auc"]),
+            "notes": f"mean ± std over {main['folds']} cross-validation folds, {main['n_per_class']} images per side; "
+            f"real-vs-real control: {format_mean_std(control['auc'])}; {where}",
+        })  # fmt: skip
+    if "fid" in report["fid_kid"]:
+        metrics.append({"name": "FID", "value": round(report["fid_kid"]["fid"], 1), "notes": where})
+    if sampler:
+        metrics = [{**m, "name": f"{m['name']} ({sampler})"} for m in metrics]
+    return metrics
+
+def warn_if_other_data(model_dir: str, real: Optional[str]) -> None:
+    """Warn when the model was trained on other data than the evaluation's ``real`` set (its memorisation check
+    then compares against the wrong images)."""
+    trained_on = read_model_index(model_dir).get("training_info", {}).get("dataset")
+    if trained_on and real and os.path.abspath(trained_on) != os.path.abspath(real):
+        warnings.warn(
+            f"{model_dir} was trained on {trained_on}, but the evaluation's real data is {real}: its card will quote "
+            "memorisation and Dice measured against the latter (the card names it).",
+            stacklevel=3,
+        )
+
+def update_model_card(report: Dict, synthetic_dir: str, model_dir: Optional[str] = None) -> str:
+    """Add ``report``'s headline metrics, named by the sampler that made ``synthetic_dir``, to the card of
+    ``model_dir`` (default: the local model recorded in the set's generation config); returns the card's path."""
+    model_dir = model_dir or generating_model(synthetic_dir)
+    warn_if_other_data(model_dir, report["config"]["inputs"].get("real"))
+    metrics = model_card_metrics(report, sampler=sampler_description(synthetic_dir))
+    return add_model_card_metrics(model_dir, metrics)

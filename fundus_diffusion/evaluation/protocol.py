@@ -1,0 +1,353 @@
+"""``evaluate``: the whole protocol of DESIGN.md ("Evaluation protocol") on a real and a synthetic dataset.
+
+Every image goes through the same preprocessing as training (square fundus crop, ``resolution`` px; masks by
+nearest neighbour), then: downstream segmentation (mean and per source of the held-out images), mask-image agreement,
+mask plausibility, memorisation, the classifier two-sample realism test, FID / KID. The resolution defaults to the
+synthetic set's native one (the size its images were generated at): a lower one can average away texture that makes
+the samples useless at the size a user trains at.
+``report.write_report`` turns the result into ``report.json``, ``report.md`` and PNG figures.
+"""
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data.schema import parse_mask_names
+from ..visualization import contact_sheet
+from .arrays import dataset_arrays, default_device, to_pil
+from .checks import native_resolution
+from .fid import fid_kid
+from .figures import bar_chart, histograms, titled
+from .memorisation import memorisation_report, pixel_features
+from .metrics import dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
+from .realism import RealismRecipe, realism_test
+from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
+from .splits import holdout_ids, read_split_file, source_of, split_by_ids, write_split_file
+
+TRAINING_SETS = ("real", "synthetic", "real+synthetic")
+# Optional rows (--equal_real_passes): real + synthetic trained for steps x (real + synthetic) / real, so each real
+# image is drawn as often as when the segmenter trains on the real images alone; and, as its control, the real images
+# alone trained for as many steps (longer training by itself may help).
+EQUAL_REAL_PASSES = "real+synthetic, equal real passes"
+REAL_AS_LONG = "real, as many steps as equal real passes"
+WORST_FIGURE = "worst_holdout"
+
+
+@dataclass
+class EvaluationConfig:
+    resolution: Optional[int] = None  # None: the synthetic set's native resolution
+    masks: Sequence[str] = ("disc",)
+    seeds: int = 3
+    segmenter_steps: int = 1000
+    holdout_fraction: float = 0.2
+    split_seed: int = 0
+    split_file: Optional[str] = None
+    inception_weights: Optional[str] = None
+    device: Optional[str] = None
+    num_pairs: int = 8
+    grid_samples: int = 36
+    equal_real_passes: bool = False
+    worst_images: int = 8
+    realism_steps: int = RealismRecipe.steps
+    realism_folds: int = RealismRecipe.folds
+    inputs: Dict = field(default_factory=dict)  # provenance (dataset paths), copied into the report
+
+def _check_annotations(datasets: Dict[str, object], mask_names: Sequence[str]):
+    """Atrophy can only be scored where every sample was annotated for it."""
+    if "atrophy" not in mask_names:
+        return
+    for name, dataset in datasets.items():
+        missing = len(dataset) - sum(dataset["has_atrophy_annotation"])
+        if missing:
+            raise ValueError(
+                f"--masks includes atrophy, but {missing} of {len(dataset)} {name} samples have no atrophy annotation "
+                "(has_atrophy_annotation = False). Evaluate with --masks disc."
+            )
+
+def resolve_split(real, holdout, config: EvaluationConfig) -> Tuple[object, object, str]:
+    """``(real_train, holdout, how)``: the given holdout, the ids in ``split_file``, or a fresh split by id.
+
+    A ``split_file`` that does not exist yet is written with the fresh split, so later runs reuse it.
+    """
+    if holdout is not None:
+        overlap = set(real["id"]) & set(holdout["id"])
+        if overlap:
+            raise ValueError(
+                f"{len(overlap)} held-out id(s) are also in the real training set, e.g. {sorted(overlap)[:3]}."
+            )
+        return real, holdout, "given held-out dataset"
+    if config.split_file and os.path.exists(config.split_file):
+        return (*split_by_ids(real, read_split_file(config.split_file)), f"ids from {config.split_file}")
+    # Stratified by origin (source_of: a file name's prefix, else the source column), so every origin the per-source
+    # breakdown reports is held out in proportion.
+    strata = [source_of(i, s) for i, s in zip(real["id"], real["source"])]
+    ids = holdout_ids(list(real["id"]), strata, config.holdout_fraction, config.split_seed)
+    if config.split_file:
+        write_split_file(config.split_file, ids)
+    how = f"holdout_ids(test_fraction={config.holdout_fraction}, seed={config.split_seed}, stratified by source_of)"
+    return (*split_by_ids(real, ids), how)
+
+def _per_image_scores(pred: torch.Tensor, target: torch.Tensor, mask_names: Sequence[str]) -> Dict[str, Dict[str, np.ndarray]]:
+    """Per-image Dice and IoU per mask for ``[N, M, H, W]`` predictions and targets (on any device)."""
+    pred, target = pred.cpu().numpy(), target.cpu().numpy()
+    return {
+        name: {"dice": dice_per_image(pred[:, m], target[:, m]), "iou": iou_per_image(pred[:, m], target[:, m])}
+        for m, name in enumerate(mask_names)
+    }
+
+def _means(per_image: Dict[str, Dict[str, np.ndarray]], select=slice(None)) -> Dict[str, Dict[str, float]]:
+    """``{mask: {metric: mean}}`` of per-image scores, over the images ``select`` picks (default all)."""
+    return {mask: {k: float(v[select].mean()) for k, v in metrics.items()} for mask, metrics in per_image.items()}
+
+def _overlap_scores(pred: torch.Tensor, target: torch.Tensor, mask_names: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Mean per-image Dice and IoU per mask for ``[N, M, H, W]`` predictions and targets."""
+    return _means(_per_image_scores(pred, target, mask_names))
+
+def _across_seeds(per_seed: List[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """``[{mask: {metric: value}}]`` per seed -> ``{mask: {metric: {mean, std, n}}}`` (n = seeds)."""
+    return {
+        mask: {metric: summarise([s[mask][metric] for s in per_seed]) for metric in per_seed[0][mask]}
+        for mask in per_seed[0]
+    }
+
+def _strip_arrays(report: Dict) -> Dict:
+    return {k: v for k, v in report.items() if not isinstance(v, np.ndarray)}
+
+def segmenter_scores(train, holdout, mask_names: Sequence[str], steps: int, seed: int, device, desc: str = ""):
+    """The fixed recipe trained ``steps`` steps on ``train`` arrays and scored on ``holdout`` arrays: ``(scores,
+    model, per_image)``, scores ``{mask: {"dice", "iou"}}`` (mean per held-out image), per_image the same as arrays
+    over the held-out images."""
+    recipe = SegmenterRecipe(steps=steps, seed=seed)
+    progress = lambda it: tqdm(it, desc=f"segmenter on {desc}, seed {seed}", leave=False)  # noqa: E731
+    model = train_segmenter(train, len(mask_names), recipe, device=device, progress=progress)
+    per_image = _per_image_scores(predict_masks(model, holdout), holdout[:, 3:].bool(), mask_names)
+    return _means(per_image), model, per_image
+
+def _per_source(per_seed_images: List[Dict], sources: Sequence[str]) -> Dict:
+    """``{mask: {source: {metric: {mean, std, n}}}}``: each seed's mean over the held-out images of each source,
+    then mean and std over seeds."""
+    sources = np.asarray(sources)
+    return {
+        mask: {
+            source: {
+                metric: summarise([s[mask][metric][sources == source].mean() for s in per_seed_images])
+                for metric in per_seed_images[0][mask]
+            }
+            for source in sorted(set(sources))
+        }
+        for mask in per_seed_images[0]
+    }
+
+def _downstream(arrays, mask_names, config: EvaluationConfig, device, holdout_sources: Sequence[str]):
+    """Section 1: the recipe trained on each training set for every seed, scored on the held-out real images, in the
+    mean and per source of the held-out images.
+
+    Returns the section, the segmenters per training set (one per seed; sections 2 and 4 reuse the real-trained
+    ones) and the per-image scores of each training set's seed 0.
+    """
+    train_sets = {"real": arrays["real"], "synthetic": arrays["synthetic"]}
+    train_sets["real+synthetic"] = torch.cat([arrays["real"], arrays["synthetic"]])
+    steps = {name: config.segmenter_steps for name in train_sets}
+    if config.equal_real_passes:
+        longer = round(config.segmenter_steps * len(train_sets["real+synthetic"]) / len(arrays["real"]))
+        train_sets[EQUAL_REAL_PASSES], steps[EQUAL_REAL_PASSES] = train_sets["real+synthetic"], longer
+        train_sets[REAL_AS_LONG], steps[REAL_AS_LONG] = arrays["real"], longer
+    per_seed, per_image, models = ({name: [] for name in train_sets} for _ in range(3))
+    for seed in range(config.seeds):
+        for name in train_sets:
+            scores, model, images = segmenter_scores(
+                train_sets[name], arrays["holdout"], mask_names, steps[name], seed, device, desc=name
+            )
+            per_seed[name].append(scores)
+            per_image[name].append(images)
+            models[name].append(model)
+    section = {
+        "recipe": {**SegmenterRecipe(steps=config.segmenter_steps).to_dict(), "seeds": list(range(config.seeds))},
+        "n_train": {name: len(train_sets[name]) for name in train_sets},
+        "steps": steps,
+        "n_holdout": len(arrays["holdout"]),
+        "results": {name: _across_seeds(per_seed[name]) for name in train_sets},
+        "holdout_sources": {source: int(n) for source, n in zip(*np.unique(holdout_sources, return_counts=True))},
+        "per_source": {name: _per_source(per_image[name], holdout_sources) for name in train_sets},
+    }
+    return section, models, {name: images[0] for name, images in per_image.items()}
+
+def _worst_holdout(per_image, models, arrays, holdout_ids, holdout_sources, mask_names, n: int, resolution: int):
+    """The ``n`` held-out images the synthetic-trained segmenter (seed 0) does worst on, by the first mask's Dice:
+    listed, and drawn as photograph / prediction / truth (mask outlines) rows."""
+    mask = mask_names[0]
+    dice = per_image["synthetic"][mask]["dice"]
+    order = np.argsort(dice, kind="stable")[:n]
+    listed = [
+        {"id": holdout_ids[i], "source": holdout_sources[i], f"{mask}_dice": float(dice[i])} for i in order.tolist()
+    ]
+    chosen = arrays["holdout"][torch.as_tensor(order, dtype=torch.long).to(arrays["holdout"].device)]
+    predicted = predict_masks(models["synthetic"][0], chosen)
+    tiles, masks, captions = [], [], []
+    for row, i in enumerate(order.tolist()):
+        image, truth = to_pil(chosen[row].cpu(), mask_names)
+        prediction = {name: Image.fromarray(predicted[row, m].numpy().astype(np.uint8) * 255) for m, name in enumerate(mask_names)}
+        tiles += [image, image, image]
+        masks += [{}, prediction, truth]
+        captions += [f"{holdout_ids[i].split('/')[-1]} Dice {dice[i]:.2f}", "prediction", "truth"]
+    sheet = contact_sheet(tiles, masks, captions, columns=3, tile=max(128, min(resolution, 256)))
+    title = f"{len(order)} worst held-out, synthetic-trained (seed 0), {mask} Dice, {resolution} px"
+    return {"training_set": "synthetic", "seed": 0, "mask": mask, "images": listed}, titled(sheet, title)
+
+def _mask_figures(report: Dict, arrays, mask_names) -> Dict[str, Image.Image]:
+    real_geo, syn_geo = (disc_geometry(arrays[k][:, 3].numpy() > 0) for k in ("real", "synthetic"))
+    keys = ("area_fraction", "centroid_x", "centroid_y")
+    results = report["downstream"]["results"]
+    dice = {
+        mask: {name: (results[name][mask]["dice"]["mean"], results[name][mask]["dice"]["std"]) for name in results}
+        for mask in mask_names
+    }
+    seeds, resolution = report["config"]["seeds"], report["config"]["resolution"]
+    return {
+        "disc_histograms": histograms(
+            {f"disc {k.replace('_', ' ')}, {resolution} px": {"real": real_geo[k], "synthetic": syn_geo[k]} for k in keys}
+        ),
+        "dice_bars": bar_chart(
+            f"Dice at {resolution} px on {len(arrays['holdout'])} held-out real images (mean +- std, {seeds} seeds)", dice
+        ),
+    }
+
+def _memorisation(arrays, real_models, resolution: int):
+    """Section 4 in downsampled pixels and, where a real-trained segmenter exists, in its encoder features."""
+    spaces = {
+        "downsampled pixels (32x32 RGB in [0, 1], L2)": (
+            pixel_features(arrays["synthetic"]),
+            pixel_features(arrays["real"]),
+        )
+    }
+    if real_models:
+        name = f"real-trained segmenter encoder, global-average-pooled bottleneck (seed 0, {resolution} px, L2)"
+        spaces[name] = (
+            encode_images(real_models[0], arrays["synthetic"]),
+            encode_images(real_models[0], arrays["real"]),
+        )
+    return {space: memorisation_report(syn, real) for space, (syn, real) in spaces.items()}
+
+def _flagged(found: Dict, synthetic_ids, real_ids) -> List[Dict]:
+    """The samples a memorisation check flagged, closest first, each with its nearest real training image."""
+    order = np.argsort(found["distances"], kind="stable")
+    return [
+        {
+            "synthetic_id": synthetic_ids[i],
+            "real_id": real_ids[int(found["neighbours"][i])],
+            "distance": float(found["distances"][i]),
+        }
+        for i in order
+        if found["distances"][i] < found["threshold"]
+    ]
+
+def _closest_pairs(pixels: Dict, arrays, synthetic_ids, real_ids, num_pairs: int):
+    """The synthetic samples nearest to a real training image (pixel space), listed and drawn side by side."""
+    pairs, captions, listed = [], [], []
+    for i in np.argsort(pixels["distances"], kind="stable")[:num_pairs]:
+        j, distance = int(pixels["neighbours"][i]), float(pixels["distances"][i])
+        pairs += [to_pil(arrays["synthetic"][i], ())[0], to_pil(arrays["real"][j], ())[0]]
+        captions += [
+            f"syn d={distance:.2f}{' COPY?' if distance < pixels['threshold'] else ''}",
+            f"real {real_ids[j].split('/')[-1]}",
+        ]
+        listed.append({"synthetic_id": synthetic_ids[int(i)], "real_id": real_ids[j], "pixel_distance": distance})
+    return listed, contact_sheet(pairs, captions=captions, columns=4)
+
+def _resolution(config: EvaluationConfig, synthetic) -> Tuple[int, Dict]:
+    """The evaluation resolution (``config.resolution``, else the synthetic set's native one) and how it was chosen."""
+    try:
+        native, why_not = native_resolution(synthetic), None
+    except ValueError as error:
+        native, why_not = None, str(error)
+    if config.resolution is None:
+        if native is None:
+            raise ValueError(why_not)
+        return native, {"px": native, "native": native, "how": f"native: the synthetic images are {native}x{native} px"}
+    how = "given (--resolution)" + (
+        "" if native is None else f"; the synthetic images are {native}x{native} px"
+        + (" (native)" if native == config.resolution else ": a comparison, not the native-resolution headline")
+    )
+    return config.resolution, {"px": config.resolution, "native": native, "how": how}
+
+def evaluate(
+    real, synthetic, holdout=None, config: Optional[EvaluationConfig] = None
+) -> Tuple[Dict, Dict[str, Image.Image]]:
+    """Run the protocol on schema datasets; returns ``(report, figures)``: a JSON-able dict and named PIL figures.
+
+    ``real`` is what the generative model was trained on; without ``holdout`` a deterministic part of it is held
+    out by id (``config.split_file`` or ``split_by_id``) and the rest is the real training set. Without
+    ``config.resolution`` everything is judged at the synthetic set's native resolution.
+    """
+    config = config or EvaluationConfig()
+    device = config.device or default_device()
+    mask_names = parse_mask_names(config.masks)
+    resolution, resolution_info = _resolution(config, synthetic)
+    real_train, holdout, split_how = resolve_split(real, holdout, config)
+    _check_annotations({"real training": real_train, "held-out": holdout, "synthetic": synthetic}, mask_names)
+    arrays = {
+        "real": dataset_arrays(real_train, resolution, mask_names, "real training set"),
+        "holdout": dataset_arrays(holdout, resolution, mask_names, "held-out set"),
+        "synthetic": dataset_arrays(synthetic, resolution, mask_names, "synthetic set"),
+    }
+    on_device = {name: a.to(device) for name, a in arrays.items()}  # moved once; every network trains from these
+    holdout_ids = list(holdout["id"])
+    holdout_sources = [source_of(i, s) for i, s in zip(holdout_ids, holdout["source"])]
+    report = {
+        "config": {**asdict(config), "resolution": resolution, "masks": list(mask_names), "device": device},
+        "resolution": resolution_info,
+        "counts": {"real_train": len(real_train), "holdout": len(holdout), "synthetic": len(synthetic)},
+        "holdout_split": split_how,
+        "synthetic_sources": sorted(set(synthetic["source"])),
+    }
+    grid = [to_pil(a, mask_names) for a in arrays["synthetic"][: config.grid_samples]]
+    figures = {
+        "sample_grid": titled(
+            contact_sheet([g[0] for g in grid], [g[1] for g in grid]),
+            f"{len(grid)} synthetic samples at {resolution} px with their masks",
+        )
+    }
+
+    real_models = []
+    if mask_names:
+        report["downstream"], models, per_image = _downstream(on_device, mask_names, config, device, holdout_sources)
+        real_models = models["real"]
+        report["downstream"]["worst_holdout"], figures[WORST_FIGURE] = _worst_holdout(
+            per_image, models, on_device, holdout_ids, holdout_sources, mask_names, config.worst_images, resolution
+        )
+        generated = on_device["synthetic"][:, 3:].bool()
+        agreement = [_overlap_scores(predict_masks(m, on_device["synthetic"]), generated, mask_names) for m in real_models]
+        report["agreement"] = {
+            "n_synthetic": len(synthetic),
+            "n_seeds": len(real_models),
+            "results": _across_seeds(agreement),
+        }
+        as_masks = lambda a: {name: a[:, 3 + m].numpy() > 0 for m, name in enumerate(mask_names)}  # noqa: E731
+        report["plausibility"] = mask_plausibility(as_masks(arrays["synthetic"]), as_masks(arrays["real"]))
+        figures.update(_mask_figures(report, arrays, mask_names))
+    else:
+        for section in ("downstream", "agreement", "plausibility"):
+            report[section] = {"computed": False, "reason": "evaluated with --masks none (image-only)"}
+
+    memorisation = _memorisation(arrays, real_models, resolution)
+    synthetic_ids, real_ids = list(synthetic["id"]), list(real_train["id"])
+    report["memorisation"] = {
+        space: {**_strip_arrays(m), "flagged": _flagged(m, synthetic_ids, real_ids)}
+        for space, m in memorisation.items()
+    }
+    report["memorisation_closest_pairs"], pairs = _closest_pairs(
+        next(iter(memorisation.values())), arrays, synthetic_ids, real_ids, config.num_pairs
+    )
+    figures["nearest_pairs"] = titled(pairs, f"synthetic samples nearest to a real training image, {resolution} px")
+    recipe = RealismRecipe(steps=config.realism_steps, folds=config.realism_folds)
+    all_real = torch.cat([on_device["real"][:, :3], on_device["holdout"][:, :3]])
+    report["realism"] = realism_test(all_real, on_device["synthetic"][:, :3], recipe, device)
+    report["fid_kid"] = fid_kid(
+        arrays["real"][:, :3], arrays["synthetic"][:, :3], config.inception_weights, device=device
+    )
+    return report, figures
