@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from ..data.schema import LABEL_NAMES
 from .arrays import dataset_arrays
-from .augment import flip_and_jitter
+from .augment import apply_augmentation
+from .recipe import Recipe, fit, plan_batches, seeded_generator
 from .splits import split_by_id
 
 
@@ -38,13 +39,13 @@ class PMClassifier(nn.Module):
 
 
 @dataclass
-class ClassifierRecipe:
+class ClassifierRecipe(Recipe):
+    """The PM classifier's recipe."""
+
     steps: int = 600
     batch_size: int = 32
     learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
     width: int = 32
-    seed: int = 0
 
 
 def train_pm_classifier(
@@ -55,24 +56,20 @@ def train_pm_classifier(
         raise ValueError(f"Expected RGB images [N, 3, H, W], got {list(images.shape)}.")
     if set(labels.unique().tolist()) - {0, 1}:
         raise ValueError("Labels must be 0 (non-PM) or 1 (PM); drop unknown (-1) labels before training.")
-    torch.manual_seed(recipe.seed)
-    generator = torch.Generator().manual_seed(recipe.seed)
+    generator = seeded_generator(recipe)
     model = PMClassifier(recipe.width).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.learning_rate, total_steps=recipe.steps)
     images, labels = images.to(device), labels.to(device)
     # Balance the classes by sampling each batch with weights inverse to class frequency.
     counts = torch.bincount(labels.cpu(), minlength=2).clamp(min=1).float()
     weights = (1.0 / counts)[labels.cpu()]
-    model.train()
-    for _ in progress(range(recipe.steps)) if progress else range(recipe.steps):
-        idx = torch.multinomial(weights, recipe.batch_size, replacement=True, generator=generator).to(device)
-        loss = F.cross_entropy(model(flip_and_jitter(images[idx], generator)[0]), labels[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    return model.eval()
+    plan = plan_batches(generator, recipe.steps, recipe.batch_size, len(images), weights=weights)
+    plan = {k: v.to(device) for k, v in plan.items()}
+
+    def loss_at(step: int) -> torch.Tensor:
+        index = plan["index"][step]
+        return F.cross_entropy(model(apply_augmentation(images[index], plan, step)[0]).float(), labels[index])
+
+    return fit(model, loss_at, recipe, device, progress)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ Augmentation is flips only (horizontal and vertical), identical for both sides, 
 to one set can be told from the other; the held-out fold is never trained on.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Dict, Optional
 
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .augment import apply_augmentation
 from .metrics import summarise
-from .recipe import fit, plan_batches
+from .recipe import Recipe, fit, plan_batches, seeded_generator
 
 TEST_NAME = "classifier two-sample test (ROC AUC; 0.5 = indistinguishable)"
 
@@ -47,17 +47,13 @@ class RealismCNN(nn.Module):
 
 
 @dataclass
-class RealismRecipe:
-    folds: int = 5
+class RealismRecipe(Recipe):
+    """The realism classifier's recipe, per fold (fold k trains with seed ``seed + k``)."""
+
     steps: int = 400
     batch_size: int = 32
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
     width: int = 16
-    seed: int = 0
-
-    def to_dict(self):
-        return asdict(self)
+    folds: int = 5
 
 
 def _as_inputs(images: torch.Tensor) -> torch.Tensor:
@@ -69,8 +65,7 @@ def train_realism_classifier(
 ) -> RealismCNN:
     """Train on ``uint8 [N, >=3, H, W]`` images with binary ``labels``; batches are drawn with weights inverse to
     class frequency, so each batch is balanced in expectation."""
-    torch.manual_seed(recipe.seed)
-    generator = torch.Generator().manual_seed(recipe.seed)
+    generator = seeded_generator(recipe)
     model = RealismCNN(recipe.width).to(device)
     images, labels = images.to(device), labels.to(device)
     counts = torch.bincount(labels.cpu(), minlength=2).clamp(min=1).float()
@@ -86,7 +81,7 @@ def train_realism_classifier(
         batch, _ = apply_augmentation(_as_inputs(images[index]), plan, step)
         return F.binary_cross_entropy_with_logits(model(batch).float(), targets[index])
 
-    return fit(model, loss_at, recipe.steps, recipe.learning_rate, recipe.weight_decay, device, progress)
+    return fit(model, loss_at, recipe, device, progress)
 
 
 @torch.no_grad()

@@ -7,10 +7,32 @@ forward pass runs under bf16 autocast; losses are computed in float32.
 """
 
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
+
+
+@dataclass
+class Recipe:
+    """What every evaluation network's training fixes; each network's recipe subclasses it with its own defaults."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    width: int = 8
+    seed: int = 0
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+
+def seeded_generator(recipe: Recipe) -> torch.Generator:
+    """Seed the initial weights (``torch.manual_seed``) and return the CPU generator that plans the batches."""
+    torch.manual_seed(recipe.seed)
+    return torch.Generator().manual_seed(recipe.seed)
 
 
 def autocast_for(device) -> object:
@@ -57,21 +79,20 @@ def plan_batches(
 def fit(
     model: nn.Module,
     loss_at: Callable[[int], torch.Tensor],
-    steps: int,
-    learning_rate: float,
-    weight_decay: float,
+    recipe: Recipe,
     device="cpu",
     progress: Optional[Callable] = None,
 ) -> nn.Module:
-    """Train ``model`` for ``steps`` steps of ``loss_at(step)`` (AdamW, one-cycle schedule); returns it in eval mode.
+    """Train ``model`` for ``recipe.steps`` steps of ``loss_at(step)`` (AdamW, one-cycle schedule); returns it in eval
+    mode.
 
     ``loss_at`` builds the step's batch (usually from a ``plan_batches`` plan already on the device) and returns
     the loss; it runs under ``autocast_for(device)``.
     """
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=max(steps, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.learning_rate, total_steps=max(recipe.steps, 2))
     model.train()
-    for step in progress(range(steps)) if progress else range(steps):
+    for step in progress(range(recipe.steps)) if progress else range(recipe.steps):
         with autocast_for(device):
             loss = loss_at(step)
         optimizer.zero_grad(set_to_none=True)

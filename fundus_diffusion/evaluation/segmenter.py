@@ -7,7 +7,7 @@ Recipe (``SegmenterRecipe`` defaults, identical for real, synthetic and real + s
 - Input: RGB scaled to [-1, 1], the fundus field cropped square and resized to the evaluation resolution
   (``fundus_diffusion.data.transforms.pair_to_array``); targets are the binary masks.
 - Augmentation: joint horizontal flip of image and masks, image gain and offset jitter of +-10 %
-  (``augment.apply_augmentation``, shared with the PM classifier).
+  (``augment.apply_augmentation``, shared with the other evaluation networks).
 - Batches of 16 drawn uniformly with replacement from the pooled training set (real + synthetic is one pool).
 - Loss: binary cross-entropy + soft Dice, per mask channel. AdamW, lr 2e-3, weight decay 1e-4, one-cycle schedule.
 - Everything random comes from ``torch.Generator().manual_seed(seed)`` (batches and augmentation, drawn in advance
@@ -15,7 +15,7 @@ Recipe (``SegmenterRecipe`` defaults, identical for real, synthetic and real + s
 - Prediction: sigmoid > 0.5.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .augment import apply_augmentation
-from .recipe import fit, plan_batches
+from .recipe import Recipe, fit, plan_batches, seeded_generator
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -65,16 +65,8 @@ class SegmenterUNet(nn.Module):
 
 
 @dataclass
-class SegmenterRecipe:
-    steps: int = 1000
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    width: int = 8
-    seed: int = 0
-
-    def to_dict(self):
-        return asdict(self)
+class SegmenterRecipe(Recipe):
+    """The segmenter's recipe: ``Recipe``'s defaults (1000 steps of 16, lr 2e-3, width 8)."""
 
 
 def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -103,8 +95,7 @@ def train_segmenter(
     """Train the recipe on ``uint8 [N, 3 + num_masks, H, W]`` arrays (moved to ``device`` once, as uint8)."""
     if arrays.ndim != 4 or arrays.shape[1] < 3 + num_masks or len(arrays) == 0:
         raise ValueError(f"Expected uint8 arrays [N > 0, 3 + {num_masks}, H, W], got {list(arrays.shape)}.")
-    torch.manual_seed(recipe.seed)
-    generator = torch.Generator().manual_seed(recipe.seed)
+    generator = seeded_generator(recipe)
     model = SegmenterUNet(num_masks, recipe.width).to(device)
     arrays = arrays.to(device)
     plan = {k: v.to(device) for k, v in plan_batches(generator, recipe.steps, recipe.batch_size, len(arrays)).items()}
@@ -114,7 +105,7 @@ def train_segmenter(
         images, masks = apply_augmentation(images, plan, step, masks)
         return segmentation_loss(model(images), masks)
 
-    return fit(model, loss_at, recipe.steps, recipe.learning_rate, recipe.weight_decay, device, progress)
+    return fit(model, loss_at, recipe, device, progress)
 
 
 @torch.no_grad()
