@@ -24,88 +24,29 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from datasets import Dataset, DatasetInfo, Value, concatenate_datasets, load_from_disk
+from datasets.arrow_writer import ArrowWriter
+from huggingface_hub import DatasetCardData, HfApi
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .data.schema import LABEL_NAMES, MASK_COLUMNS, UNKNOWN_LABEL, fundus_features, label_to_id
+from .model_cards import LICENSE, render_dataset_card, size_category
+from .pipelines.loading import SCHEDULERS, is_class_conditional, load_fundus_pipeline, read_model_index
 from .visualization import contact_sheet
 
-PIPELINE_CLASSES = ("FundusPipeline", "FundusGANPipeline")
-SCHEDULERS = {
-    "ddpm": ("DDPMScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-}
+# SCHEDULERS, load_fundus_pipeline and read_model_index live in fundus_diffusion.pipelines.loading; imported here
+# for the callers that still import them from this module (scripts, demo, evaluation).
+__all__ = [
+    "GenerationConfig", "generate_dataset", "regenerate", "postprocess_masks", "parse_label_counts", "push_dataset",
+    "SCHEDULERS", "load_fundus_pipeline", "read_model_index",
+]  # fmt: skip
+
 POSTPROCESSING = ("binarize", "largest_disc", "fill_holes")
 CONFIG_FILE = "generation_config.json"
 SHARDS_DIR = "shards"
 # Settings that do not change a sample: a resumed run may use other values.
 RESUMABLE_DIFFERENCES = ("batch_size", "device")
-
-
-def read_model_index(path_or_hub_id: str) -> dict:
-    """``model_index.json`` of a local folder or a Hub repository."""
-    if os.path.isdir(path_or_hub_id):
-        path = os.path.join(path_or_hub_id, "model_index.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path_or_hub_id} has no model_index.json: it is not a saved fundus pipeline.")
-    else:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
-
-        try:
-            path = hf_hub_download(path_or_hub_id, "model_index.json")
-        except (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError) as err:
-            raise FileNotFoundError(
-                f"{path_or_hub_id}: no such local folder, and no Hub model of that id could be read "
-                f"({type(err).__name__}). Give a saved pipeline folder (the --output_dir of a training run) or a Hub "
-                "model id such as 'namespace/name'."
-            ) from err
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def load_fundus_pipeline(
-    path_or_hub_id: str, scheduler: Optional[str] = None, device: Optional[str] = None, dtype: str = "auto"
-):
-    """A ``FundusPipeline`` or ``FundusGANPipeline``, chosen by ``_class_name`` in ``model_index.json``.
-
-    ``scheduler`` (one of ``SCHEDULERS``) replaces a diffusion pipeline's scheduler, built from its config.
-    ``dtype`` ``auto`` samples in fp16 on a GPU (about twice the speed of fp32) and in fp32 on the CPU.
-    """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    path_or_hub_id = os.path.expanduser(path_or_hub_id)
-    if dtype == "auto":
-        dtype = "fp16" if device.startswith("cuda") else "fp32"
-    if dtype not in DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}: choose auto, {', '.join(DTYPES)}.")
-    class_name = read_model_index(path_or_hub_id).get("_class_name")
-    if class_name not in PIPELINE_CLASSES:
-        raise ValueError(
-            f"{path_or_hub_id} holds a {class_name!r} pipeline; generate.py loads {' or '.join(PIPELINE_CLASSES)}."
-        )
-    import fundus_diffusion
-
-    pipe = getattr(fundus_diffusion, class_name).from_pretrained(path_or_hub_id, torch_dtype=DTYPES[dtype])
-    if scheduler is not None:
-        if not hasattr(pipe, "scheduler"):
-            raise ValueError(f"--scheduler {scheduler} applies to diffusion models; {class_name} has no scheduler.")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"Unknown scheduler {scheduler!r}: choose from {', '.join(SCHEDULERS)}.")
-        import diffusers
-
-        scheduler_class, overrides = SCHEDULERS[scheduler]
-        pipe.scheduler = getattr(diffusers, scheduler_class).from_config(pipe.scheduler.config, **overrides)
-    return pipe.to(device)
-
-
-def is_class_conditional(pipe) -> bool:
-    model = pipe.unet if hasattr(pipe, "unet") else pipe.gan_generator
-    return bool(model.config.num_class_embeds)
 
 
 def parse_label_counts(spec: Optional[str]) -> Dict[str, int]:
@@ -134,7 +75,7 @@ def postprocess_masks(masks: Dict[str, Image.Image], steps: Sequence[str]) -> Di
     ``fill_holes`` (every mask), in the order given."""
     if not steps:
         return masks
-    from scipy import ndimage
+    from scipy import ndimage  # deferred on purpose: scipy is an optional extra, needed only for post-processing
 
     arrays = {name: np.asarray(m.convert("L")) >= 128 for name, m in masks.items()}  # binarize is implied here
     for step in steps:
@@ -217,8 +158,6 @@ def _row(config: GenerationConfig, index: int, label, image, masks, mask_names) 
 
 def synthetic_features():
     """The schema's features plus each sample's ``seed``."""
-    from datasets import Value
-
     features = fundus_features()
     features["seed"] = Value("int64")
     return features
@@ -234,8 +173,6 @@ def _write_png(png_dir: str, index: int, image, masks):
 
 def _write_shard(pipe, config: GenerationConfig, shard: int, labels, mask_names, path: str, png_dir: str, progress):
     """Generate samples ``[shard * shard_size, ...)`` batch by batch into ``path`` (atomically renamed at the end)."""
-    from datasets.arrow_writer import ArrowWriter
-
     features = synthetic_features()
     start, stop = shard * config.shard_size, min((shard + 1) * config.shard_size, config.num_samples)
     tmp = f"{path}.tmp"
@@ -296,9 +233,6 @@ def _check_resume(output_dir: str, config: GenerationConfig, resume: bool):
 
 def generate_dataset(pipe, config: GenerationConfig, output_dir: str, resume: bool = False):
     """Generate ``config.num_samples`` samples into ``output_dir`` (see the module docstring); return the dataset."""
-    from datasets import Dataset as HFDataset
-    from datasets import DatasetInfo, concatenate_datasets, load_from_disk
-
     _check_resume(output_dir, config, resume)
     if config.labels and not is_class_conditional(pipe):
         raise ValueError("--labels needs a class-conditional model; this one is unconditional.")
@@ -308,8 +242,8 @@ def generate_dataset(pipe, config: GenerationConfig, output_dir: str, resume: bo
         with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(asdict(config), f, indent=2)
         paths = _write_shards(pipe, config, shards_dir, os.path.join(output_dir, "png"))
-        info = DatasetInfo(features=synthetic_features(), description=f"Synthetic fundus samples from {config.model}")
-        concatenate_datasets([HFDataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
+        info = DatasetInfo(features=synthetic_features(), description=f"Synthetic fundus samples from {config.model_name}")
+        concatenate_datasets([Dataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
     shutil.rmtree(shards_dir, ignore_errors=True)
     dataset = load_from_disk(output_dir)
     write_extras(dataset, pipe, config, output_dir)
@@ -318,8 +252,6 @@ def generate_dataset(pipe, config: GenerationConfig, output_dir: str, resume: bo
 
 def _write_shards(pipe, config: GenerationConfig, shards_dir: str, png_dir: str) -> List[str]:
     """Every shard not yet on disk, with one progress bar over all samples; returns all shard paths in order."""
-    from tqdm.auto import tqdm
-
     mask_names = list(pipe.config.mask_names)
     labels = config.sample_labels()
     num_shards = -(-config.num_samples // config.shard_size)
@@ -349,81 +281,48 @@ def write_extras(dataset, pipe, config: GenerationConfig, output_dir: str, sheet
             for row in dataset.select_columns(["id", "label", "source", "seed"]):
                 label = label_name(row["label"]) if row["label"] >= 0 else UNKNOWN_LABEL
                 writer.writerow([row["id"].rsplit("/", 1)[-1], label, "train", row["source"], row["seed"]])
-    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(dataset_card(pipe, config, dataset))
+    dataset_card(pipe, config, dataset).save(os.path.join(output_dir, "README.md"))
 
 
-def dataset_card(pipe, config: GenerationConfig, dataset) -> str:
-    """A Hub dataset card naming the model, sampler, steps, guidance, post-processing and seeds."""
+def dataset_card(pipe, config: GenerationConfig, dataset):
+    """The dataset card (``model_cards/synthetic.md``): model, sampler, steps, guidance, post-processing and seeds."""
     is_gan = not hasattr(pipe, "scheduler")
     counts = np.bincount(np.asarray(list(dataset["label"])) + 1, minlength=len(LABEL_NAMES) + 1)
-    label_counts = ", ".join(f"{name}: {counts[i + 1]}" for i, name in enumerate(LABEL_NAMES) if counts[i + 1])
+    label_counts = {name: int(counts[i + 1]) for i, name in enumerate(LABEL_NAMES) if counts[i + 1]}
     if counts[0]:
-        label_counts = ", ".join(filter(None, [label_counts, f"unconditional (label -1): {counts[0]}"]))
-    steps = config.num_inference_steps or (None if is_gan else pipe.scheduler.config.num_train_timesteps)
-    sampler = "n/a (one generator pass)" if is_gan else f"{type(pipe.scheduler).__name__} ({config.scheduler or 'as saved'})"
-    resolution = dataset[0]["image"].size[0]
-    mask_names = list(pipe.config.mask_names)
-    call = (
-        f"pipe(batch_size=1, class_labels=[label], generator=[torch.Generator('cpu').manual_seed(seed)], "
-        f"num_inference_steps={config.num_inference_steps}, guidance_scale={config.guidance_scale})"
+        label_counts["unconditional (label -1)"] = int(counts[0])
+    model = config.model_name  # a local folder's name only: its path means nothing elsewhere and may name people
+    data = DatasetCardData(
+        **LICENSE,
+        pretty_name=f"Synthetic fundus images with masks from {model}",
+        task_categories=["image-segmentation", "image-classification"],
+        tags=["medical", "ophthalmology", "fundus", "retina", "synthetic", "fundus-diffusion"],
+        size_categories=[size_category(len(dataset))],
     )
-    return f"""---
-tags:
-- fundus
-- ophthalmology
-- synthetic
-- image-segmentation
-- fundus-diffusion
-size_categories:
-- {"n<1K" if len(dataset) < 1000 else "1K<n<10K" if len(dataset) < 10000 else "10K<n<100K"}
----
-
-# Synthetic fundus images with masks from `{config.model_name}`
-
-{len(dataset)} synthetic retinal fundus photographs ({resolution} x {resolution} px) with their
-{" and ".join(mask_names) or "(no)"} mask(s), generated with fundus-diffusion from the model `{config.model}`
-({type(pipe).__name__}).
-**Research use only — not for clinical use.** These images are not photographs of any patient; their realism and
-usefulness are measured, not assumed (`scripts/evaluate.py`).
-
-![contact sheet](contact_sheet.png)
-
-## Generation settings
-
-| setting | value |
-|---|---|
-| model | `{config.model}` ({type(pipe).__name__}) |
-| sampler | {sampler} |
-| inference steps | {steps if steps is not None else "n/a"} |
-| guidance scale | {"n/a (GAN)" if is_gan else config.guidance_scale} |
-| labels | {label_counts} |
-| mask post-processing | {", ".join(config.postprocess) or "none (the model's channel > 0)"} |
-| seed | sample *i* uses `torch.Generator("cpu").manual_seed({config.seed} + i)` (column `seed`; a stochastic sampler's per-step noise comes from a generator it seeds on the sampling device) |
-
-## Columns
-
-The fundus-diffusion schema: `id`, `source` (`synthetic:{config.model_name}`), `split` (`train`), `image` (RGB),
-`disc_mask` and `atrophy_mask` (L, 255 = structure), `has_atrophy_annotation` ({"atrophy" in mask_names}: whether the
-model generates atrophy), `label` (ClassLabel {list(LABEL_NAMES)}, -1 = unconditional), plus `seed`.
-
-## Regenerate one sample
-
-```python
-import torch
-from fundus_diffusion.generate import load_fundus_pipeline, postprocess_masks
-pipe = load_fundus_pipeline("{config.model}", scheduler={config.scheduler!r})
-out = {call}
-masks = postprocess_masks(out.masks[0], {config.postprocess!r})
-```
-"""
+    return render_dataset_card(
+        "synthetic",
+        data,
+        model=model,
+        model_is_local=os.path.isdir(config.model),
+        pipeline_class=type(pipe).__name__,
+        num_samples=len(dataset),
+        resolution=dataset[0]["image"].size[0],
+        mask_names=list(pipe.config.mask_names),
+        is_gan=is_gan,
+        sampler=None if is_gan else f"{type(pipe.scheduler).__name__} ({config.scheduler or 'as saved'})",
+        steps=config.num_inference_steps or (None if is_gan else pipe.scheduler.config.num_train_timesteps),
+        guidance_scale=config.guidance_scale,
+        label_counts=label_counts,
+        label_names=list(LABEL_NAMES),
+        postprocess=list(config.postprocess),
+        seed=config.seed,
+        scheduler=config.scheduler,
+        num_inference_steps=config.num_inference_steps,
+    )
 
 
 def push_dataset(output_dir: str, repo_id: str, token: Optional[str] = None, private: bool = False) -> str:
     """Upload the card and contact sheet, then the dataset (``push_to_hub`` adds its schema to the card's YAML)."""
-    from datasets import load_from_disk
-    from huggingface_hub import HfApi
-
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private).repo_id
     for name in ("README.md", "contact_sheet.png"):

@@ -6,13 +6,13 @@
 
 import argparse
 
+from fundus_diffusion.pipelines.loading import SCHEDULERS, load_fundus_pipeline
+
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.generate import (
     POSTPROCESSING,
-    SCHEDULERS,
     GenerationConfig,
     generate_dataset,
-    load_fundus_pipeline,
     parse_label_counts,
     push_dataset,
 )

@@ -169,7 +169,9 @@ def test_pipeline_rejects_mismatched_config():
 def test_pipeline_from_pretrained_in_a_fresh_process(tmp_path, pipe):
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["_class_name"] == "FundusGANPipeline" and index["gan_generator"][1] == "DCGANGenerator"
+    assert index["_class_name"] == ["pipeline", "FundusGANPipeline"]
+    assert index["gan_generator"] == ["pipeline_fundus_gan", "DCGANGenerator"]
+    assert (tmp_path / "gan_generator" / "pipeline_fundus_gan.py").exists()
     assert (tmp_path / "gan_generator" / "diffusion_pytorch_model.safetensors").exists()
     expected = pipe(**get_dummy_inputs(seed=3)).images
     np.save(tmp_path / "expected.npy", expected)

@@ -13,9 +13,11 @@ from diffusers import (
     UNet2DModel,
     UniPCMultistepScheduler,
 )
+from fundus_diffusion.pipelines.pipeline_fundus import step_noise_generators
 
 from fundus_diffusion import FundusPipeline, FundusPipelineOutput
 from fundus_diffusion.data import NUM_CLASS_EMBEDS
+from fundus_diffusion.hub import save_model
 
 
 def get_dummy_components(mask_names=("disc",), num_class_embeds=NUM_CLASS_EMBEDS, in_channels=None):
@@ -103,8 +105,6 @@ def test_same_seed_same_samples_and_per_sample_generators():
 
 
 def test_step_noise_is_drawn_on_the_execution_device_from_per_sample_seeds(monkeypatch):
-    from fundus_diffusion.pipelines.pipeline_fundus import step_noise_generators
-
     cpu = [torch.Generator().manual_seed(s) for s in (7, 8)]
     assert step_noise_generators(cpu, torch.device("cpu")) is cpu  # on the CPU nothing changes
     assert step_noise_generators(None, torch.device("cuda")) is None
@@ -191,18 +191,19 @@ def test_bad_inputs_raise():
 def test_save_load_round_trip_in_this_and_a_fresh_process(tmp_path):
     pipe = make_pipe(mask_names=("disc", "atrophy"))
     expected = pipe(**get_dummy_inputs()).images
-    pipe.save_pretrained(tmp_path, metrics=[{"name": "FID", "value": 12.5, "notes": "test"}])
+    save_model(pipe, tmp_path, metrics=[{"name": "FID", "value": 12.5, "notes": "test"}])
 
     files = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
-    assert {"model_index.json", "README.md", "unet/diffusion_pytorch_model.safetensors"} <= files
+    assert {"model_index.json", "README.md", "pipeline.py", "unet/diffusion_pytorch_model.safetensors"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["_class_name"] == "FundusPipeline" and index["mask_names"] == ["disc", "atrophy"]
+    assert index["_class_name"] == ["pipeline", "FundusPipeline"] and index["mask_names"] == ["disc", "atrophy"]
     card = (tmp_path / "README.md").read_text()
     assert "library_name: diffusers" in card and "not for clinical use" in card
     assert "| FID | 12.5 | test |" in card and "| 4 | atrophy mask |" in card
 
-    loaded = FundusPipeline.from_pretrained(tmp_path)
+    loaded = FundusPipeline.from_pretrained(tmp_path)  # this class, not the folder's pipeline.py
+    assert type(loaded) is FundusPipeline
     loaded.set_progress_bar_config(disable=True)
     assert loaded.config.id2label == {0: "non-PM", 1: "PM"}
     np.testing.assert_allclose(loaded(**get_dummy_inputs()).images, expected, atol=1e-4)
@@ -221,3 +222,13 @@ def test_save_load_round_trip_in_this_and_a_fresh_process(tmp_path):
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fresh process ok ['atrophy', 'disc']" in result.stdout
+
+
+def test_save_pretrained_writes_code_and_refuses_pickles(tmp_path):
+    pipe = make_pipe()
+    pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "pipeline.py").exists()
+    # Once the trainers call hub.save_model (and hub's TEMPORARY block is gone): `not (tmp_path / "README.md").exists()`
+    with pytest.raises(ValueError, match="safetensors only"):
+        pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+

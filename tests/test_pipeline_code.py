@@ -1,0 +1,218 @@
+"""Saved models load with diffusers alone (a process that cannot import fundus_diffusion), the pipeline files stay
+self-contained, and this package's loader runs no code from a folder and refuses what it did not save."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from fundus_diffusion.pipelines import pipeline_fundus_gan
+from fundus_diffusion.pipelines.loading import load_fundus_pipeline
+from huggingface_hub import ModelCard
+
+from fundus_diffusion import DCGANGenerator, FundusGANPipeline, FundusPipeline
+from fundus_diffusion.hub import add_model_card_metrics, save_model
+from fundus_diffusion.models import dcgan
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+PIPELINE_FILES = ("pipeline_fundus.py", "pipeline_fundus_gan.py")
+SHARED_START, SHARED_END = "# Shared by the fundus pipelines.", "end of the shared block\n"
+ALLOWED_IMPORTS = {"torch", "diffusers", "numpy", "PIL"} | set(sys.stdlib_module_names)
+
+# Run in a fresh interpreter whose import system refuses fundus_diffusion: whatever loads there, loads without us.
+WITHOUT_FUNDUS_DIFFUSION = """
+import importlib.abc, json, sys
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "fundus_diffusion":
+            raise ImportError("fundus_diffusion is not installed here")
+sys.meta_path.insert(0, Refuse())
+try:
+    import fundus_diffusion
+    sys.exit("fundus_diffusion was importable")
+except ImportError:
+    pass
+import numpy as np, torch
+from diffusers import DiffusionPipeline
+folder, how = sys.argv[1], sys.argv[2]
+extra = {"auto": {}, "folder": {"custom_pipeline": folder}, "file": {"custom_pipeline": folder + "/pipeline.py"}}[how]
+pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True, **extra)
+pipe.set_progress_bar_config(disable=True)
+out = pipe(batch_size=2, class_labels=json.loads(sys.argv[3]), generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+           num_inference_steps=2, output_type="np")
+np.save(folder + f"/alone-{how}.npy", out.images)
+print(json.dumps([type(pipe).__module__, type(pipe).__name__, sorted(out.masks[0]),
+                  sorted(m for m in sys.modules if m.split(".")[0] == "fundus_diffusion")]))
+"""
+
+
+def run_without_package(folder, how, labels=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_FUNDUS_DIFFUSION, str(folder), how, json.dumps(labels)],
+        capture_output=True, text=True, timeout=300, cwd=folder, env=env,
+    )  # fmt: skip
+
+
+def tiny_ddpm():
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8, in_channels=5, out_channels=5, block_out_channels=(4, 8), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, num_class_embeds=3,
+    )  # fmt: skip
+    pipe = FundusPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=4), mask_names=["disc", "atrophy"])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_gan():
+    torch.manual_seed(0)
+    generator = DCGANGenerator(sample_size=8, out_channels=4, nz=8, ngf=4, num_class_embeds=3).eval()  # as loaded
+    return FundusGANPipeline(gan_generator=generator)
+
+
+def samples(pipe, labels):
+    generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    return pipe(batch_size=2, class_labels=labels, generator=generators, num_inference_steps=2, output_type="np").images
+
+
+@pytest.mark.parametrize("make,labels", [(tiny_ddpm, ["PM", "non-PM"]), (tiny_gan, ["PM", None])])
+def test_a_saved_folder_loads_and_samples_with_diffusers_alone(tmp_path, make, labels):
+    pipe = make()
+    save_model(pipe, tmp_path, training_info={"steps": 1})
+    expected = samples(pipe, labels)
+    for how in ("auto", "folder", "file"):
+        result = run_without_package(tmp_path, how, labels)
+        assert result.returncode == 0, result.stderr[-3000:]
+        module, name, masks, imported = json.loads(result.stdout.splitlines()[-1])
+        assert module.startswith("diffusers_modules.") and name == type(pipe).__name__, result.stdout
+        assert masks == sorted(pipe.config.mask_names) and imported == []
+        np.testing.assert_allclose(np.load(tmp_path / f"alone-{how}.npy"), expected, atol=1e-5)
+    assert "Expected types" not in result.stderr  # the generator's copy is accepted by the pipeline's copy
+
+
+def test_without_the_saved_code_diffusers_alone_cannot_load_it(tmp_path):
+    """The control for the test above: a folder as saved before the pipelines shipped their code fails there."""
+    save_model(tiny_ddpm(), tmp_path)
+    (tmp_path / "pipeline.py").unlink()
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    (tmp_path / "model_index.json").write_text(json.dumps({**index, "_class_name": "FundusPipeline"}))
+    result = run_without_package(tmp_path, "auto", ["PM", "PM"])
+    assert result.returncode != 0 and "FundusPipeline" in result.stderr
+    assert type(FundusPipeline.from_pretrained(tmp_path)) is FundusPipeline  # while our own loader still reads it
+
+
+def test_pipeline_files_import_only_torch_diffusers_numpy_pil_and_the_standard_library():
+    for name in PIPELINE_FILES:
+        tree = ast.parse((PIPELINES / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{name}: relative import of {node.module}"
+                roots = [node.module.split(".")[0]]
+            elif isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            else:
+                continue
+            assert set(roots) <= ALLOWED_IMPORTS, f"{name} imports {roots}"
+
+
+def test_the_shared_block_is_the_same_in_both_pipeline_files():
+    blocks = []
+    for name in PIPELINE_FILES:
+        text = (PIPELINES / name).read_text()
+        start, end = text.index(SHARED_START), text.index(SHARED_END)
+        blocks.append(text[start:end])
+    assert blocks[0] == blocks[1], "Copy the shared block of pipeline_fundus.py into pipeline_fundus_gan.py."
+    assert len(blocks[0].splitlines()) > 50
+
+
+def test_the_generator_has_one_definition():
+    assert dcgan.DCGANGenerator is pipeline_fundus_gan.DCGANGenerator
+    assert "class DCGANGenerator" not in Path(dcgan.__file__).read_text()
+
+
+def test_old_folders_load_through_our_loader(tmp_path):
+    """Folders saved before the pipelines shipped their code: a plain class name, the generator in our package."""
+    pipe = tiny_gan()
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index.update(_class_name="FundusGANPipeline", gan_generator=["fundus_diffusion.models.dcgan", "DCGANGenerator"])
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    for name in ("pipeline.py", "gan_generator/pipeline_fundus_gan.py"):
+        (tmp_path / name).unlink()
+    loaded = load_fundus_pipeline(str(tmp_path), device="cpu")
+    assert type(loaded) is FundusGANPipeline
+    np.testing.assert_array_equal(samples(loaded, ["PM", None]), samples(pipe, ["PM", None]))
+
+
+def test_our_loader_runs_no_code_from_the_folder_and_refuses_foreign_modules(tmp_path):
+    pipe = tiny_gan()
+    pipe.save_pretrained(tmp_path)
+    (tmp_path / "pipeline.py").write_text("raise SystemExit('the folder code ran')\n")
+    (tmp_path / "gan_generator" / "pipeline_fundus_gan.py").write_text("raise SystemExit('the folder code ran')\n")
+    assert type(load_fundus_pipeline(str(tmp_path), device="cpu")) is FundusGANPipeline
+    assert type(FundusGANPipeline.from_pretrained(tmp_path)) is FundusGANPipeline
+
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    for entry in (["os", "DCGANGenerator"], ["pipeline_fundus_gan", "system"]):
+        (tmp_path / "model_index.json").write_text(json.dumps({**index, "gan_generator": entry}))
+        with pytest.raises(ValueError, match="refusing to load it"):
+            load_fundus_pipeline(str(tmp_path), device="cpu")
+    ddpm = tmp_path / "ddpm"
+    tiny_ddpm().save_pretrained(ddpm)
+    index = json.loads((ddpm / "model_index.json").read_text())
+    (ddpm / "model_index.json").write_text(json.dumps({**index, "scheduler": ["evil_module", "DDPMScheduler"]}))
+    with pytest.raises(ValueError, match="refusing to load it"):
+        load_fundus_pipeline(str(ddpm), device="cpu")
+
+
+def test_uploaded_files_hold_no_local_paths(tmp_path):
+    secret = tmp_path / "St-Elsewhere-clinic" / "patients-2024"
+    secret.mkdir(parents=True)
+    first = tmp_path / "first"
+    save_model(tiny_gan(), first, training_info={"dataset": str(secret), "steps": 3}, repo_id="me/gan")
+    reloaded = FundusGANPipeline.from_pretrained(first)  # registers where it came from (_name_or_path)
+    second = tmp_path / "second"
+    save_model(reloaded, second, training_info=reloaded.config.training_info)
+    for folder in (first, second):
+        for path in folder.rglob("*"):
+            if path.suffix in (".json", ".md"):
+                text = path.read_text()
+                assert str(tmp_path) not in text and "St-Elsewhere" not in text, path
+    assert json.loads((second / "model_index.json").read_text())["training_info"]["dataset"] == "patients-2024"
+
+
+def test_model_card_metadata_comes_from_the_card_data_classes(tmp_path):
+    save_model(
+        tiny_ddpm(), tmp_path, training_info={"dataset": "pm", "hub_dataset": "me/pm"}, repo_id="me/ddpm",
+        metrics=[{"name": "FID", "value": 41.2}, {"name": "held-out disc Dice", "value": "0.71 ± 0.02"},
+                 {"name": "samples flagged as copies", "value": "3 of 100"}],
+    )  # fmt: skip
+    card = ModelCard.load(tmp_path / "README.md")
+    data = card.data
+    assert data.license == "other" and data.license_name and data.library_name == "diffusers"
+    assert data.datasets == ["me/pm"] and "fundus-diffusion" in data.tags and "atrophy-mask" in data.tags
+    assert {(r.metric_name, r.metric_value) for r in data.eval_results} == {("FID", 41.2), ("held-out disc Dice", 0.71)}
+    assert 'DiffusionPipeline.from_pretrained("me/ddpm", trust_remote_code=True)' in card.text
+    assert 'class_labels="PM"' in card.text and 'out.masks[0]["atrophy"]' in card.text
+
+
+def test_rewriting_a_card_reads_no_weights(tmp_path, monkeypatch):
+    save_model(tiny_gan(), tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were read")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
+    monkeypatch.setattr(safetensors.torch, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    add_model_card_metrics(str(tmp_path), [{"name": "FID", "value": 7}])
+    assert "| FID | 7 |" in (tmp_path / "README.md").read_text()
