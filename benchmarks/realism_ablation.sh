@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The realism ablation (issue 18) on one GPU: 256 px DDPM variants trained side by side on the real training split of
 # fundus-od, a snapshot of each every SNAPSHOT steps, each snapshot sampled with DPM-Solver++ 20 and judged with the
-# native-resolution protocol (evaluate.py at 256 px: segmenters trained at 256 px, the classifier two-sample test).
+# native-resolution protocol (evaluate.py at the samples' own 256 px: segmenters trained at 256 px, the classifier two-sample test).
 #
 # In stages, because one device command lasts at most 10 minutes and the trainings outlast it:
 #   STAGE=train     copy the code and data to $WORK, start every variant in the background (setsid), return at once
@@ -26,9 +26,10 @@ N_SYN=${N_SYN:-200}
 SEEDS=${SEEDS:-3}
 SEG_STEPS=${SEG_STEPS:-800}
 # The documented 256 px recipe (RESULTS.md row 4), with snapshots instead of checkpoints; RECIPE replaces it (a CPU
-# smoke run: RECIPE="--resolution 32 --model_config tiny --train_batch_size 8" STEPS_MAX=4 SNAPSHOT=2 ...).
+# smoke run: RECIPE="--resolution 32 --model_config tiny --train_batch_size 8" STEPS_MAX=4 SNAPSHOT=2 N_SYN=8 SEEDS=1
+# SEG_STEPS=3 EVAL_FLAGS="--realism_steps 2 --realism_folds 2").
 RECIPE=${RECIPE:-"--resolution 256 --model_config small256 --train_batch_size 16 --mixed_precision bf16 --compile --compile_mode reduce-overhead"}
-EVAL_RESOLUTION=${EVAL_RESOLUTION:-256}
+EVAL_FLAGS=${EVAL_FLAGS:-}  # more evaluate.py flags, e.g. "--resolution 128" for the labelled low-resolution column
 VARIANTS=${VARIANTS:-"baseline=;shift64=--schedule_base_resolution 64;shift64-minsnr5=--schedule_base_resolution 64 --snr_gamma 5"}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT" "$WORK"
@@ -58,7 +59,7 @@ wait)
   deadline=$((SECONDS + ${WAIT_S:-540}))
   while pgrep -f scripts/train_ddpm.py > /dev/null && [ $SECONDS -lt $deadline ]; do sleep 20; done
   for name in $(names); do log "$name: $(ls "$WORK/runs/$name/snapshots" 2>/dev/null | tr '\n' ' ')"; tail -c 300 "$WORK/train-$name.log"; echo; done
-  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv || true
   ;;
 generate)
   pkill -f scripts/train_ddpm.py; sleep 2
@@ -84,7 +85,7 @@ evaluate)
     name=$(basename "$set")
     [ -f "$WORK/eval/$name/report.json" ] && continue
     $PY scripts/evaluate.py --real "$WORK/split/train" --holdout "$WORK/split/test" --synthetic "$set" --masks disc \
-      --resolution "$EVAL_RESOLUTION" --seeds "$SEEDS" --segmenter_steps "$SEG_STEPS" --output_dir "$WORK/eval/$name" \
+      --seeds "$SEEDS" $EVAL_FLAGS --segmenter_steps "$SEG_STEPS" --output_dir "$WORK/eval/$name" \
       > "$WORK/eval-$name.log" 2>&1 &
     pids+=($!)
   done
