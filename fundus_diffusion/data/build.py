@@ -18,8 +18,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
+from tqdm.auto import tqdm
 
+from ..model_cards import LICENSE, render_dataset_card, size_category
 from .adam import find_adam_training, scan_adam
 from .folder import scan_folder
 from .palm import is_palm_2019, palm_2024_root, scan_palm
@@ -302,8 +305,7 @@ def write_rows(
     num_workers: Optional[int] = None,
 ) -> BuildReport:
     """Decode, check and write every candidate as a schema row into the Arrow file ``path`` (atomically)."""
-    from datasets.arrow_writer import ArrowWriter
-    from tqdm.auto import tqdm
+    from datasets.arrow_writer import ArrowWriter  # deferred on purpose: datasets is an optional extra (heavy)
 
     features = fundus_features()
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
@@ -343,10 +345,6 @@ def nothing_left_error(report: BuildReport) -> FundusDataError:
     )
 
 
-def _table(title: str, counts: Dict[str, int]) -> str:
-    return "\n".join([f"| {title} | images |", "|---|---|", *(f"| {k} | {v} |" for k, v in counts.items())])
-
-
 def citations_for(origins: Iterable[str]) -> List[str]:
     """BibTeX for the datasets among ``origins`` (matched by name: ``PALM``, ``DRISHTI-GS1``, ``drions``, ...)."""
     keys = {o.lower().split("-")[0].replace("folder:", "") for o in origins}
@@ -354,85 +352,38 @@ def citations_for(origins: Iterable[str]) -> List[str]:
 
 
 def dataset_card(report: BuildReport, pretty_name: str = "Fundus photographs with optic-disc and atrophy masks"):
-    """The ``README.md`` of a built dataset: YAML metadata (licence, tasks, counts) and a body with citations."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
+    """The ``README.md`` of a built dataset (``model_cards/dataset.md``): metadata (licence, tasks, counts) and a
+    body with the counts, the build's exclusions and the sources' citations."""
     n = len(report.kept)
     counts = {c: report.counts(c) for c in ("source", "split", "label", "origin")}
+    excluded = {reason: len(p) for reason, p in _by_reason(report.excluded).items()}
     data = DatasetCardData(
-        license="other",
-        license_name="terms-of-each-source",
+        **LICENSE,
         pretty_name=pretty_name,
         task_categories=["image-segmentation", "image-classification", "unconditional-image-generation"],
         tags=["medical", "ophthalmology", "fundus", "retina", "pathologic-myopia", "optic-disc", "fundus-diffusion"],
-        size_categories=["n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"],
+        size_categories=[size_category(n)],
         fundus_diffusion={
             "num_samples": n,
             **{f"{c}_counts": counts[c] for c in ("source", "split", "label")},
-            "excluded": {reason: len(p) for reason, p in _by_reason(report.excluded).items()},
+            "excluded": excluded,
             "skipped_bad_files": len(report.skipped),
             "thresholded_masks": len(report.thresholded),
             "images_without_disc_mask": report.images_only,
         },
     )
-    citations = citations_for(counts["origin"])
-    body = f"""# {pretty_name}
-
-Retinal fundus photographs with their optic-disc and atrophy masks, in the sample schema of
-fundus-diffusion, built by `scripts/build_dataset.py` from {", ".join(f"{os.path.basename(p)} ({layout} layout)" for layout, p in report.roots)}.
-
-**Research use only, not for clinical use.** The images and masks keep the terms of their sources (PALM, ADAM,
-DRISHTI-GS1 and DRIONS-DB are published for research use): read them before sharing this dataset, and cite the
-papers below in anything that reports results on it.
-
-## Contents
-
-{n} image + mask pairs.
-
-{_table("source", counts["source"])}
-
-{_table("origin", counts["origin"])}
-
-{_table("split", counts["split"])}
-
-{_table("label", counts["label"])}
-
-## Fields
-
-| field | meaning |
-|---|---|
-| `id` | stable id, e.g. `palm/Training/P0001` |
-| `source` | `PALM`, `ADAM` or `folder:<name>` |
-| `split` | the source's own split (`train`, `validation`, `test`) |
-| `image` | RGB photograph at its stored resolution |
-| `disc_mask` | L image, 255 = optic disc, 0 = background (PALM / ADAM BMPs, 0 = disc, were inverted) |
-| `atrophy_mask` | L image, 255 = atrophy; all zero where there is none |
-| `has_atrophy_annotation` | False where the source never annotated atrophy (ADAM, most generic folders) |
-| `label` | `non-PM` / `PM`, -1 = unknown (PALM: file names `P` = PM, `N` / `H` = non-PM, or its label sheet; ADAM non-AMD = non-PM) |
-
-## Build
-
-{_table("excluded because", {r: len(p) for r, p in _by_reason(report.excluded).items()}) if report.excluded else "No image was excluded."}
-
-Bad files left out (`--skip_bad`): {len(report.skipped)}. Non-binary masks thresholded at 128: {len(report.thresholded)}.
-Images without a disc annotation (built with `--images_only`; their `disc_mask` is empty and is not a
-segmentation target): {report.images_only}.
-
-## Loading
-
-```python
-from fundus_diffusion.data import load_fundus_dataset
-
-dataset = load_fundus_dataset("path/to/this/folder")  # or the Hub id it was pushed to
-```
-
-## Citations
-
-```bibtex
-{chr(10).join(citations) if citations else "% no known source to cite: add your dataset's reference here"}
-```
-"""
-    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    return render_dataset_card(
+        "dataset",
+        data,
+        roots=[f"{os.path.basename(p)} ({layout} layout)" for layout, p in report.roots],
+        num_samples=n,
+        counts={c: counts[c] for c in ("source", "origin", "split", "label")},
+        excluded=excluded,
+        skipped=len(report.skipped),
+        thresholded=len(report.thresholded),
+        images_only=report.images_only,
+        citations=citations_for(counts["origin"]),
+    )
 
 
 def build_dataset(
@@ -452,7 +403,7 @@ def build_dataset(
     Everything is written into a temporary folder beside ``output_dir`` and moved into place at the end, so a failed
     build leaves ``output_dir`` untouched.
     """
-    from datasets import Dataset, DatasetInfo
+    from datasets import Dataset, DatasetInfo  # deferred on purpose: datasets is an optional extra (heavy)
 
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and not overwrite:
@@ -480,8 +431,7 @@ def build_dataset(
 def push_dataset_to_hub(output_dir: str, repo_id: str, private: Optional[bool] = None, token: Optional[str] = None):
     """Push a built folder and its card to the Hub, keeping the ``dataset_info`` / ``configs`` metadata that
     ``Dataset.push_to_hub`` writes into the Hub's README."""
-    from datasets import load_from_disk
-    from huggingface_hub import DatasetCard
+    from datasets import load_from_disk  # deferred on purpose: datasets is an optional extra (heavy)
 
     load_from_disk(output_dir).push_to_hub(repo_id, private=private, token=token)
     card = DatasetCard.load(os.path.join(output_dir, "README.md"))
