@@ -15,6 +15,7 @@
 # so their steps per second are a third of a lone run's; snapshots at equal steps compare equal work.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this tree's package first, whatever else is on the path
 WORK=${WORK:-/tmp/realism}
 DATA=${DATA:-.device_data}
 OUT=${OUT:-reports/realism}
@@ -43,7 +44,7 @@ train)
   mkdir -p "$WORK"
   rm -rf "$WORK/code" && mkdir -p "$WORK/code" && cp -r fundus_diffusion pipelines model_cards scripts setup.py "$WORK/code/"
   cp -r "$DATA/fundus-od" "$WORK/fundus-od"
-  cd "$WORK/code"
+  cd "$WORK/code" && export PYTHONPATH="$WORK/code:$PYTHONPATH"  # the copy: the tree may change under a later call
   [ -d "$WORK/split" ] || $PY scripts/split_dataset.py --dataset "$WORK/fundus-od" --stratify id_prefix \
     --output_dir "$WORK/split" > "$WORK/split.log" 2>&1 || { cat "$WORK/split.log"; exit 1; }
   for name in $(names); do
@@ -63,7 +64,7 @@ wait)
   ;;
 generate)
   pkill -f scripts/train_ddpm.py; sleep 2
-  cd "$WORK/code"
+  cd "$WORK/code" && export PYTHONPATH="$WORK/code:$PYTHONPATH"
   pids=()
   for name in $(names); do
     for snap in "$WORK/runs/$name"/snapshots/step-*; do
