@@ -7,7 +7,7 @@
 #   STAGE=train     copy the code and data to $WORK, start every variant in the background (setsid), return at once
 #   STAGE=wait      wait until the trainings end or WAIT_S seconds pass
 #   STAGE=generate  stop the trainings, sample N_SYN pairs from each snapshot at STEPS (default: every snapshot)
-#   STAGE=evaluate  evaluate each synthetic set with this call's code; pack reports, sample sheets and logs into $OUT
+#   STAGE=evaluate  evaluate each synthetic set (EVAL_SETS: a glob of set names, default all); pack reports, sample sheets and logs into $OUT
 #
 #   DATA=.device_data STAGE=train bash benchmarks/realism_ablation.sh     # DATA holds fundus-od (never committed)
 #
@@ -15,7 +15,8 @@
 # so their steps per second are a third of a lone run's; snapshots at equal steps compare equal work.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this tree's package first, whatever else is on the path
+CODE=$WORK/code  # the package as installed (pipelines/ and model_cards/ inside it), copied at STAGE=train
+export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"
 WORK=${WORK:-/tmp/realism}
 DATA=${DATA:-.device_data}
 OUT=${OUT:-reports/realism}
@@ -42,9 +43,10 @@ flags_of() { tr ';' '\n' <<< "$VARIANTS" | grep "^$1=" | cut -d= -f2-; }
 case $STAGE in
 train)
   mkdir -p "$WORK"
-  rm -rf "$WORK/code" && mkdir -p "$WORK/code" && cp -r fundus_diffusion pipelines model_cards scripts setup.py "$WORK/code/"
+  rm -rf "$CODE" && mkdir -p "$CODE" && cp -r fundus_diffusion scripts "$CODE/"
+  cp -r pipelines "$CODE/fundus_diffusion/pipelines" && cp -r model_cards "$CODE/fundus_diffusion/model_cards"
   cp -r "$DATA/fundus-od" "$WORK/fundus-od"
-  cd "$WORK/code" && export PYTHONPATH="$WORK/code:$PYTHONPATH"  # the copy: the tree may change under a later call
+  cd "$CODE"  # the copy: the working tree may change under a later call
   [ -d "$WORK/split" ] || $PY scripts/split_dataset.py --dataset "$WORK/fundus-od" --stratify id_prefix \
     --output_dir "$WORK/split" > "$WORK/split.log" 2>&1 || { cat "$WORK/split.log"; exit 1; }
   for name in $(names); do
@@ -64,7 +66,7 @@ wait)
   ;;
 generate)
   pkill -f scripts/train_ddpm.py; sleep 2
-  cd "$WORK/code" && export PYTHONPATH="$WORK/code:$PYTHONPATH"
+  cd "$CODE"
   pids=()
   for name in $(names); do
     for snap in "$WORK/runs/$name"/snapshots/step-*; do
@@ -81,8 +83,9 @@ generate)
   log "generated: $(ls "$WORK/synthetic" | tr '\n' ' ')"
   ;;
 evaluate)
+  cd "$CODE"
   pids=()
-  for set in "$WORK"/synthetic/*; do
+  for set in "$WORK"/synthetic/${EVAL_SETS:-*}; do
     name=$(basename "$set")
     [ -f "$WORK/eval/$name/report.json" ] && continue
     $PY scripts/evaluate.py --real "$WORK/split/train" --holdout "$WORK/split/test" --synthetic "$set" --masks disc \
@@ -94,13 +97,13 @@ evaluate)
   # Full-size synthetic samples (8 per set, no masks drawn) to look at beside real photographs.
   for set in "$WORK"/synthetic/*; do
     $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.visualization import \
-contact_sheet; d = load_fundus_dataset(sys.argv[1]); contact_sheet(list(d.select(range(8))['image']), columns=4, \
+contact_sheet; d = load_fundus_dataset(sys.argv[1]); contact_sheet(list(d.select(range(min(8, len(d))))["image"]), columns=4, \
 tile=256).save(sys.argv[2])" "$set" "$set/fullsize.png"
   done
   # Only what holds no real photograph comes back: report text and JSON, synthetic sample sheets, logs, losses.
-  (cd "$WORK" && tar czf "$OUT/realism_reports.tgz" eval/*/report.json eval/*/report.md eval/*/dice_bars.png \
+  cd "$WORK" && tar czf "$OUT/realism_reports.tgz" eval/*/report.json eval/*/report.md eval/*/dice_bars.png \
     synthetic/*/contact_sheet.png synthetic/*/fullsize.png synthetic/*/generation_config.json runs/*/logs/metrics.csv \
-    runs/*/training_args.json ./*.log 2>/dev/null)
+    runs/*/training_args.json ./*.log 2>/dev/null
   ;;
 *) echo "unknown STAGE=$STAGE"; exit 2 ;;
 esac
