@@ -97,7 +97,7 @@ evaluate)
   # Full-size synthetic samples (8 per set, no masks drawn) to look at beside real photographs.
   for set in "$WORK"/synthetic/*; do
     $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.visualization import \
-contact_sheet; d = load_fundus_dataset(sys.argv[1]); contact_sheet(list(d.select(range(min(8, len(d))))["image"]), columns=4, \
+contact_sheet; d = load_fundus_dataset(sys.argv[1]); contact_sheet(list(d.select(range(min(8, len(d))))['image']), columns=4, \
 tile=256).save(sys.argv[2])" "$set" "$set/fullsize.png"
   done
   # Only what holds no real photograph comes back: report text and JSON, synthetic sample sheets, logs, losses.
