@@ -72,10 +72,10 @@ def trainer_settings(trainer, args):
         flags = ["--resolution", "64", "--masks", "disc", "--model_config", "base64", "--mixed_precision", "bf16"]
         return "train_ddpm.py", 64, args.ddpm_steps, flags + ["--lr_warmup_steps", "50"]
     if args.smoke:
-        return "train_dcgan.py", 4, 6, ["--resolution", "16", "--ngf", "4", "--ndf", "4", "--ema_beta", "0.9"]
+        return "train_dcgan.py", 4, 6, ["--resolution", "16", "--ngf", "4", "--ndf", "4", "--use_ema", "--ema_max_decay", "0.9"]
     # DiffAugment: without it the paper's DCGAN collapses within these steps, and a collapsed EMA generator says
     # nothing about agreement (measured on phantoms, 2 x H200).
-    flags = ["--preset", "paper", "--ema_beta", "0.999", "--diffaugment", "color,translation,cutout"]
+    flags = ["--preset", "paper", "--use_ema", "--ema_max_decay", "0.999", "--diffaugment", "color,translation,cutout"]
     return "train_dcgan.py", 32, args.dcgan_steps, flags + ["--mixed_precision", "bf16"]
 
 

@@ -15,9 +15,9 @@
 # so their steps per second are a third of a lone run's; snapshots at equal steps compare equal work.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+WORK=${WORK:-/tmp/realism}
 CODE=$WORK/code  # the package as installed (pipelines/ and model_cards/ inside it), copied at STAGE=train
 export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"
-WORK=${WORK:-/tmp/realism}
 DATA=${DATA:-.device_data}
 OUT=${OUT:-reports/realism}
 PY=${PYTHON:-python3}

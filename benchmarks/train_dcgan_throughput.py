@@ -31,11 +31,11 @@ import torch
 
 CONFIGS = {
     "eager-fp32": {},
-    "ours-fp32": {"mixed_precision": "no", "channels_last": False, "torch_compile": False},
-    "ours-bf16": {"mixed_precision": "bf16", "channels_last": False, "torch_compile": False},
-    "ours-bf16-channels_last": {"mixed_precision": "bf16", "channels_last": True, "torch_compile": False},
-    "ours-bf16-compile": {"mixed_precision": "bf16", "channels_last": False, "torch_compile": True},
-    "ours-bf16-channels_last-compile": {"mixed_precision": "bf16", "channels_last": True, "torch_compile": True},
+    "ours-fp32": {"mixed_precision": "no", "channels_last": False, "compile": False},
+    "ours-bf16": {"mixed_precision": "bf16", "channels_last": False, "compile": False},
+    "ours-bf16-channels_last": {"mixed_precision": "bf16", "channels_last": True, "compile": False},
+    "ours-bf16-compile": {"mixed_precision": "bf16", "channels_last": False, "compile": True},
+    "ours-bf16-channels_last-compile": {"mixed_precision": "bf16", "channels_last": True, "compile": True},
 }
 CPU_CONFIGS = ["eager-fp32", "ours-fp32", "ours-bf16"]  # inductor on CPU needs a C++ toolchain and minutes
 
@@ -152,7 +152,7 @@ def run_ours(args, device, view, config):
     generator.to(accelerator.device, memory_format=memory_format)
     discriminator.to(accelerator.device, memory_format=memory_format)
     opt_g, opt_d = build_optimizers(margs, generator, discriminator)
-    if config["torch_compile"]:
+    if config["compile"]:
         generator.compile()
         discriminator.compile()
     generator, discriminator, opt_g, opt_d = accelerator.prepare(generator, discriminator, opt_g, opt_d)

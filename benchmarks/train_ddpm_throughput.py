@@ -6,7 +6,7 @@
 
 Training rows: images/s and peak memory of (a) the baseline of diffusers' example scripts -- the same UNet with
 fp32 weights, bf16 autocast, eager, ``torch.optim.AdamW``, no EMA, cudnn.benchmark off -- and (b)
-``fundus_diffusion.training.ddpm``'s own ``training_step`` as the trainer sets it up (bf16 via accelerate,
+``fundus_diffusion.training.ddpm.DDPMKind.step`` as the training loop sets it up (bf16 via accelerate,
 cudnn.benchmark, fused AdamW, foreach EMA update), eager and with ``torch.compile``, with and without channels-last
 (``--variants``), at 64 and 256 px on random batches; the default variants leave channels-last out (measured on
 an H200 it was slower: CUDA GroupNorm has no NHWC kernel). A memory row trains 256 px at batch 16 with gradient
@@ -22,6 +22,7 @@ import gc
 import json
 import tempfile
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -182,9 +183,9 @@ def train_row(name, preset, resolution, batch_size, device, args, flags=()):
             + ["--masks", ",".join(MASKS), "--train_batch_size", str(batch_size), "--mixed_precision", "bf16", *flags]
         )
         accelerator = make_accelerator(train_args, cpu=device.type == "cpu")  # as the trainer: cudnn.benchmark on
-        training = ddpm.build_training(train_args, accelerator, num_training_steps=10_000)
-        training.unet.train()
-        step = functools.partial(ddpm.training_step, accelerator, training, batch, train_args)
+        training = ddpm.DDPMKind(train_args, accelerator, view=None, plan=SimpleNamespace(max_train_steps=10_000))
+        training.train_mode()
+        step = functools.partial(training.step, batch)
         release = accelerator.free_memory  # accelerate keeps references to what it prepared
     seconds, warmup_seconds = timed(step, device, args.warmup, args.steps)
     if args.profile:

@@ -1,5 +1,6 @@
 """How the scripts end on a user's mistake: one line naming the problem and the fix, not a traceback."""
 
+import logging
 import os
 import sys
 import traceback
@@ -23,8 +24,10 @@ def raised_by_project(err: BaseException) -> bool:
 
 
 def run_script(main: Callable, parse_args: Callable):
-    """``main(parse_args())``, with a user error turned into ``script.py: error: message`` and exit status 1
+    """``main(parse_args())`` with INFO logging to stderr, a user error turned into ``script.py: error: message`` and exit status 1
     (printed by the first process only; ``FUNDUS_DEBUG=1`` keeps the traceback)."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # seven lines per checkpoint otherwise
     args = parse_args()
     try:
         return main(args)

@@ -9,7 +9,8 @@ import shutil
 
 import torch
 
-from .generate import GenerationConfig, generate_dataset, load_fundus_pipeline
+from .generate import GenerationConfig, generate_dataset
+from .pipelines.loading import load_fundus_pipeline
 from .training import ddpm
 
 DEMO_PARTS = ("model", "synthetic", "contact_sheet.png")

@@ -32,15 +32,8 @@ from tqdm.auto import tqdm
 
 from .data.schema import LABEL_NAMES, MASK_COLUMNS, UNKNOWN_LABEL, fundus_features, label_to_id
 from .model_cards import LICENSE, render_dataset_card, size_category
-from .pipelines.loading import SCHEDULERS, is_class_conditional, load_fundus_pipeline, read_model_index
+from .pipelines.loading import is_class_conditional
 from .visualization import contact_sheet
-
-# SCHEDULERS, load_fundus_pipeline and read_model_index live in fundus_diffusion.pipelines.loading; imported here
-# for the callers that still import them from this module (scripts, demo, evaluation).
-__all__ = [
-    "GenerationConfig", "generate_dataset", "regenerate", "postprocess_masks", "parse_label_counts", "push_dataset",
-    "SCHEDULERS", "load_fundus_pipeline", "read_model_index",
-]  # fmt: skip
 
 POSTPROCESSING = ("binarize", "largest_disc", "fill_holes")
 CONFIG_FILE = "generation_config.json"

@@ -12,8 +12,6 @@ import huggingface_hub
 from filelock import FileLock
 
 from .model_cards import METRICS_FILE, model_card, portable_name, read_metrics, render_model_card
-from .pipelines.pipeline_fundus import FundusPipeline
-from .pipelines.pipeline_fundus_gan import FundusGANPipeline
 
 __all__ = ["save_model", "write_model_card", "add_model_card_metrics", "push_folder", "render_model_card"]
 
@@ -40,7 +38,7 @@ def save_model(
         if repo_id is not None:
             info["hub_model_id"] = repo_id
         pipeline.register_to_config(training_info=info)
-    _SAVE_PRETRAINED[type(pipeline).__name__](pipeline, folder)
+    pipeline.save_pretrained(folder)
     _drop_local_paths(folder)
     with open(os.path.join(folder, METRICS_FILE), "w", encoding="utf-8") as f:
         json.dump(list(metrics or []), f, indent=2)
@@ -92,20 +90,3 @@ def push_folder(
         commit_message="Upload fundus-diffusion model",
     )
     return f"https://huggingface.co/{repo_id}"
-
-
-# TEMPORARY, until the trainers call save_model (issue 13). Their final saves still call
-# `pipeline.save_pretrained(folder[, metrics=..., repo_id=...])` on a pipeline built with `training_info=` and expect
-# a card; importing this module (both trainers do before saving) makes that call go through save_model. Delete this
-# block, and `_SAVE_PRETRAINED[...]` above becomes `pipeline.save_pretrained`, once they call save_model.
-_SAVE_PRETRAINED = {cls.__name__: cls.save_pretrained for cls in (FundusPipeline, FundusGANPipeline)}
-
-
-def _legacy_save_pretrained(self, save_directory, metrics=None, repo_id=None, **kwargs):
-    if kwargs:  # push_to_hub and the like: the pipeline's own save, without a card
-        return _SAVE_PRETRAINED[type(self).__name__](self, save_directory, **kwargs)
-    save_model(self, save_directory, training_info=self.config.training_info, metrics=metrics, repo_id=repo_id)
-
-
-FundusPipeline.save_pretrained = FundusGANPipeline.save_pretrained = _legacy_save_pretrained
-# END TEMPORARY

@@ -6,8 +6,6 @@
 
 import argparse
 
-from fundus_diffusion.pipelines.loading import SCHEDULERS, load_fundus_pipeline
-
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.generate import (
     POSTPROCESSING,
@@ -16,6 +14,7 @@ from fundus_diffusion.generate import (
     parse_label_counts,
     push_dataset,
 )
+from fundus_diffusion.pipelines.loading import SCHEDULERS, load_fundus_pipeline
 
 
 def parse_args(argv=None):

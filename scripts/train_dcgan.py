@@ -1,23 +1,15 @@
-"""Train a DCGAN on fundus images + masks and save a FundusGANPipeline (see fundus_diffusion.training.dcgan).
+"""Train a DCGAN on fundus images + masks and save a FundusGANPipeline: `accelerate launch scripts/train_dcgan.py --help`.
 
-accelerate launch scripts/train_dcgan.py --dataset data/pm --masks disc --preset paper --output_dir runs/dcgan-360
+The logic lives in fundus_diffusion.training (the DCGAN kind of the one training loop); this file only parses flags
+and calls it.
 """
 
-import argparse
-
 from fundus_diffusion.cli import run_script
-from fundus_diffusion.training.args import add_common_args
-from fundus_diffusion.training.dcgan import add_dcgan_args, parse_dcgan_args, train_dcgan
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dcgan_args(add_common_args(parser))
-    return parse_dcgan_args(parser, argv)
+from fundus_diffusion.training.dcgan import parse_args, train
 
 
 def main(args):
-    train_dcgan(args)
+    print(f"Saved the pipeline to {train(args)}")
 
 
 if __name__ == "__main__":

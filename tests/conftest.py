@@ -33,7 +33,7 @@ def palm224_dir():
 def phantom_trees(tmp_path_factory):
     """Small phantom trees in each official layout, written once per session; tests must not modify them."""
     pytest.importorskip("openpyxl")
-    from fundus_diffusion.data.phantom_layouts import (
+    from phantom_layouts import (
         write_adam_tree,
         write_folder_tree,
         write_palm2019_tree,

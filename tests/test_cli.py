@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from fundus_diffusion.cli import run_script
-from fundus_diffusion.generate import read_model_index
+from fundus_diffusion.pipelines.loading import read_model_index
 
 
 def script(*argv, cwd=REPO_ROOT):
@@ -69,7 +69,7 @@ def test_scripts_report_bad_input_in_one_line(tmp_path):
 
 def test_evaluate_warns_when_it_scales_images_up(capsys):
     from fundus_diffusion.data import load_phantom_dataset
-    from fundus_diffusion.evaluation.report import warn_if_upscaled
+    from fundus_diffusion.evaluation.checks import warn_if_upscaled
 
     small = load_phantom_dataset(2, size=32)
     capsys.readouterr()  # the dataset build's progress output

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from phantom_layouts import write_adam_tree, write_folder_tree
 from PIL import Image, ImageFilter
 
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.data.build import build_dataset, scan_sources
-from fundus_diffusion.data.phantom_layouts import write_adam_tree, write_folder_tree
 from fundus_diffusion.data.readers import BadFileError, FundusDataError, MissingLayoutError, read_label_table
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

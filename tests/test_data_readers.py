@@ -91,7 +91,7 @@ def test_adam_keeps_non_amd_by_default(phantom_trees, tmp_path):
 
 
 def test_adam_disc_masks_beside_training400(tmp_path):
-    from fundus_diffusion.data.phantom_layouts import write_adam_tree
+    from phantom_layouts import write_adam_tree
 
     root = write_adam_tree(str(tmp_path / "adam"), num_amd=0, num_non_amd=2, size=48, disc_dir="Disc_Masks")
     rows = load_fundus_dataset(root, cache_dir=str(tmp_path / "cache"))
@@ -109,7 +109,7 @@ def test_generic_folder_metadata(phantom_trees, tmp_path):
 
 
 def test_generic_folder_without_labels_or_metadata(tmp_path):
-    from fundus_diffusion.data.phantom_layouts import write_folder_tree
+    from phantom_layouts import write_folder_tree
 
     root = write_folder_tree(str(tmp_path / "mine"), num_samples=2, size=48, labels=False)
     candidates, _ = scan_sources(folder_dirs=[root])

@@ -1,4 +1,3 @@
-import argparse
 import json
 import subprocess
 import sys
@@ -290,24 +289,22 @@ def test_sample_diversity():
 
 
 def parse(argv):
-    from fundus_diffusion.training.args import add_common_args
-    from fundus_diffusion.training.dcgan import add_dcgan_args, parse_dcgan_args
+    from fundus_diffusion.training import dcgan
 
-    parser = argparse.ArgumentParser()
-    add_dcgan_args(add_common_args(parser))
-    return parse_dcgan_args(parser, ["--output_dir", "out", *argv])
+    return dcgan.parse_args(["--output_dir", "out", *argv])
 
 
 def test_paper_preset_and_overrides():
     paper = parse(["--preset", "paper", "--diffaugment", "color", "--ema_beta", "0.99"])
     assert (paper.resolution, paper.train_batch_size, paper.num_epochs) == (360, 32, 100)
     assert (paper.nz, paper.ngf, paper.ndf) == (100, 32, 64)
-    assert (paper.learning_rate, paper.adam_beta1, paper.loss, paper.num_fixed_samples) == (2e-4, 0.5, "bce", 64)
-    assert paper.diffaugment == "color" and paper.ema_beta == 0.99  # explicit flags win over the preset
+    assert (paper.learning_rate, paper.adam_beta1, paper.loss, paper.num_validation_images) == (2e-4, 0.5, "bce", 64)
+    assert paper.diffaugment == "color" and paper.ema_max_decay == 0.99  # explicit flags win over the preset
+    assert paper.use_ema  # the deprecated --ema_beta X still means: keep an EMA with decay X
     assert parse(["--preset", "paper", "--masks", "disc,atrophy"]).num_epochs == 130
     assert parse(["--preset", "paper", "--num_epochs", "5"]).num_epochs == 5
-    assert parse(["--compile"]).torch_compile and parse(["--torch_compile"]).torch_compile  # as train_ddpm.py names it
-    assert not parse([]).torch_compile
+    assert parse(["--compile"]).compile and parse(["--torch_compile"]).compile  # the old spelling still works
+    assert not parse([]).compile
     with pytest.raises(SystemExit):
         parse(["--loss", "hinge", "--label_smoothing", "0.1"])
     with pytest.raises(SystemExit):

@@ -17,7 +17,6 @@ from fundus_diffusion.generate import (
     generate_dataset,
     generating_model,
     interleave_labels,
-    load_fundus_pipeline,
     parse_label_counts,
     postprocess_masks,
     regenerate,
@@ -25,6 +24,7 @@ from fundus_diffusion.generate import (
     synthetic_features,
 )
 from fundus_diffusion.models.dcgan import DCGANGenerator
+from fundus_diffusion.pipelines.loading import load_fundus_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_measured_metrics_reach_the_model_card_without_rewriting_weights(models,
     with pytest.raises(ValueError, match="names no local model folder"):
         generating_model(str(tmp_path / "nowhere"))
 
-    from fundus_diffusion.evaluation.report import warn_if_other_data
+    from fundus_diffusion.evaluation.model_card import warn_if_other_data
 
     index = json.loads((model / "model_index.json").read_text())
     trained_on = str(tmp_path / "train-split")  # what a trainer records in training_info

@@ -13,13 +13,13 @@ import pytest
 import safetensors.torch
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
-from fundus_diffusion.pipelines import pipeline_fundus_gan
-from fundus_diffusion.pipelines.loading import load_fundus_pipeline
 from huggingface_hub import ModelCard
 
 from fundus_diffusion import DCGANGenerator, FundusGANPipeline, FundusPipeline
 from fundus_diffusion.hub import add_model_card_metrics, save_model
 from fundus_diffusion.models import dcgan
+from fundus_diffusion.pipelines import pipeline_fundus_gan
+from fundus_diffusion.pipelines.loading import load_fundus_pipeline
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 PIPELINE_FILES = ("pipeline_fundus.py", "pipeline_fundus_gan.py")

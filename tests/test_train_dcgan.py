@@ -12,7 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [
     "--resolution", "12", "--train_batch_size", "4", "--nz", "8", "--ngf", "2", "--ndf", "2",
-    "--validation_steps", "2", "--num_fixed_samples", "4", "--seed", "0",
+    "--validation_steps", "2", "--num_validation_images", "4", "--seed", "0",
 ]  # fmt: skip
 
 
@@ -51,7 +51,7 @@ def test_train_resume_rotate_and_load(tmp_path, dataset, train_in_process):
     out, cache = tmp_path / "run", str(tmp_path / "cache")
     common = ["--dataset", dataset, "--output_dir", str(out), "--cache_dir", cache, "--masks", "disc,atrophy", "--checkpointing_steps", "1",
               "--checkpoints_total_limit", "2", "--class_conditional", "--diffaugment", "color,translation,cutout",
-              "--ema_beta", "0.9", "--spectral_norm"]  # fmt: skip
+              "--use_ema", "--ema_max_decay", "0.9", "--spectral_norm"]  # fmt: skip
     train_in_process(*common, "--max_train_steps", "3")
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert any((out / "logs" / "train_dcgan").glob("events.out.tfevents.*"))
@@ -64,7 +64,7 @@ def test_train_resume_rotate_and_load(tmp_path, dataset, train_in_process):
     assert all(np.isfinite([float(r[k]) for k in ("d_loss", "g_loss", "d_real", "d_fake")]).all() for r in rows)
     diversity = read_csv(out / "logs" / "diversity.csv")
     assert [int(r["step"]) for r in diversity] == [2, 3, 4, 5] and float(diversity[0]["real_diversity"]) > 0
-    assert (out / "samples" / "step-0000004.png").exists()
+    assert (out / "validation" / "step-0000004.png").exists()
 
     card = (out / "README.md").read_text()
     assert "library_name: diffusers" in card and "Research use only" in card and "atrophy mask" in card
@@ -92,7 +92,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monke
     with pytest.raises(NonFiniteLossError, match="step 3"):
         train_in_process("--dataset", dataset, "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
                          "--max_train_steps", "6", "--checkpointing_steps", "1", "--logger", "none")  # fmt: skip
-    assert sorted(os.listdir(out / ".")) == ["checkpoint-1", "checkpoint-2", "logs", "samples"]
+    assert sorted(os.listdir(out / ".")) == ["checkpoint-1", "checkpoint-2", "logs", "validation"]
     assert [int(r["step"]) for r in read_csv(out / "logs" / "metrics.csv")] == [1, 2]
 
 

@@ -50,13 +50,15 @@ def logged(output_dir, column):
 def test_presets_and_schedule_facts():
     paper = ddpm.parse_args(["--preset", "paper", "--output_dir", "x"])
     assert (paper.resolution, paper.train_batch_size, paper.num_train_timesteps) == (64, 8, 300)
-    assert (paper.beta_start, paper.beta_end, paper.ema_decay, paper.learning_rate) == (1e-4, 0.02, 0.995, 3e-4)
+    assert (paper.beta_start, paper.beta_end, paper.ema_max_decay, paper.learning_rate) == (1e-4, 0.02, 0.995, 3e-4)
     assert paper.model_config == "paper" and paper.prediction_type == "epsilon"
     assert ddpm.final_alpha_bar(ddpm.make_noise_scheduler(paper)) == pytest.approx(0.048, abs=1e-3)
     ours = ddpm.parse_args(["--output_dir", "x", "--resolution", "64", "--learning_rate", "2e-4"])
     assert ours.learning_rate == 2e-4 and ours.model_config == "base64" and ours.prediction_type == "v_prediction"
     assert ddpm.final_alpha_bar(ddpm.make_noise_scheduler(ours)) < 1e-8
+    assert (ours.schedule_base_resolution, ours.snr_gamma) == (64, 5.0)  # the 256 px recipe of RESULTS.md, session 5
     demo = ddpm.parse_args(["--preset", "demo", "--output_dir", "x"])
+    assert (demo.schedule_base_resolution, demo.snr_gamma) == (None, None)
     assert (demo.model_config, demo.resolution, demo.dataset, demo.max_train_steps) == ("tiny", 32, "phantom:64", 500)
     assert demo.mask_names == ("disc", "atrophy") and demo.beta_schedule == ours.beta_schedule
 
@@ -214,7 +216,8 @@ def test_gradient_accumulation_reaches_max_train_steps(tmp_path, cache_dir, data
 
 
 def test_shifted_schedule_moves_log_snr_by_the_resolution_ratio():
-    plain = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "x", "--resolution", "256"]))
+    unshifted = ["--output_dir", "x", "--resolution", "256", "--schedule_base_resolution", "256"]  # a ratio of 1
+    plain = ddpm.make_noise_scheduler(ddpm.parse_args(unshifted))
     args = ddpm.parse_args(["--output_dir", "x", "--resolution", "256", "--schedule_base_resolution", "64"])
     shifted = ddpm.make_noise_scheduler(args)
     log_snr = lambda a: torch.log(a / (1 - a))  # noqa: E731

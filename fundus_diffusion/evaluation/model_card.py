@@ -5,8 +5,9 @@ import os
 import warnings
 from typing import Dict, List, Optional
 
-from ..generate import generating_model, read_model_index, sampler_description
+from ..generate import generating_model, sampler_description
 from ..hub import add_model_card_metrics
+from ..pipelines.loading import read_model_index
 from .metrics import format_mean_std
 from .protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
 from .realism import TEST_NAME

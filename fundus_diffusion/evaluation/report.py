@@ -8,11 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
-# warn_if_upscaled and warn_if_other_data lived here before the module was split; imported for code written before
-# it (new code imports them from .checks and .model_card).
-from .checks import warn_if_upscaled  # noqa: F401
 from .metrics import format_mean_std, format_value
-from .model_card import warn_if_other_data  # noqa: F401
 from .protocol import WORST_FIGURE
 from .realism import TEST_NAME
 

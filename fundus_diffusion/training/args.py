@@ -1,25 +1,54 @@
-"""Command-line flags shared by the DDPM and DCGAN trainers (names follow diffusers' example scripts)."""
+"""The one flag vocabulary of every trainer (names follow diffusers' example scripts) and how a run's flags are parsed.
+
+A model kind (``ddpm.DDPMKind``, ``dcgan.DCGANKind``) adds its own flags, its defaults and its presets;
+``parse_training_args`` applies a ``--preset`` under the flags given explicitly, keeps the spellings of earlier
+releases working for one release (with a deprecation message), and checks the combination.
+"""
 
 import argparse
 import json
 import math
 import os
+import sys
+from typing import Optional, Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+
+from ..data.schema import parse_mask_names
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+class RenamedFlag(argparse.Action):
+    """An earlier release's spelling of a flag: sets the new one (and ``also``) and says so once on stderr."""
+
+    def __init__(self, option_strings, dest, new: str, also: Optional[dict] = None, **kwargs):
+        self.new, self.also = new, also or {}
+        super().__init__(option_strings, dest, help=f"Deprecated: use {new}.", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new}.", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        for name, value in self.also.items():
+            setattr(namespace, name, value)
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags every model kind takes; each kind sets its own defaults for them with ``parser.set_defaults``."""
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset",
         default="phantom",
-        help="A folder saved by scripts/build_dataset.py, a Hub dataset id, 'phantom' or 'phantom:N' (N built-in phantoms).",
+        help="A folder saved by scripts/build_dataset.py, a raw PALM/ADAM/generic folder, a Hub dataset id, 'phantom' "
+        "or 'phantom:N' (N built-in phantoms).",
     )
     data.add_argument("--resolution", type=int, default=None, help="Square training resolution in pixels.")
     data.add_argument(
-        "--masks", default="disc", help="Mask channels after RGB: 'disc' (4 channels) or 'disc,atrophy' (5)."
+        "--masks", default="disc", help="Mask channels after RGB: 'disc' (4 channels), 'disc,atrophy' (5) or 'none'."
     )
     data.add_argument(
         "--data_on_device",
@@ -32,7 +61,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     data.add_argument(
         "--cache_dir",
         default=None,
-        help="Where the preprocessed per-resolution training arrays are cached (default $FUNDUS_CACHE or ~/.cache/fundus_diffusion).",
+        help="Where the preprocessed per-resolution training arrays are cached (default $FUNDUS_CACHE or "
+        "~/.cache/fundus_diffusion).",
     )
 
     run = parser.add_argument_group("run")
@@ -59,17 +89,87 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="Default: the value chosen with `accelerate config` (bf16 needs an Ampere or newer GPU).",
     )
 
-    ckpt = parser.add_argument_group("checkpoints and logging")
-    ckpt.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
-    ckpt.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep only the newest N checkpoints.")
-    ckpt.add_argument(
+    model = parser.add_argument_group("conditioning")
+    model.add_argument(
+        "--class_conditional",
+        action=argparse.BooleanOptionalAction,
+        help="Condition on PM / non-PM (unknown labels train as the null class).",
+    )
+    model.add_argument(
+        "--class_dropout_prob",
+        type=float,
+        default=0.1,
+        help="Share of labels trained as the null class, so that sampling without labels (and classifier-free "
+        "guidance) works.",
+    )
+    model.add_argument("--unconditional", dest="class_conditional", action=RenamedFlag, nargs=0, const=False,
+                       new="--no-class_conditional")  # fmt: skip
+    model.add_argument("--label_dropout", dest="class_dropout_prob", type=float, action=RenamedFlag,
+                       new="--class_dropout_prob")  # fmt: skip
+
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--learning_rate", type=float)
+    opt.add_argument("--adam_beta1", type=float, default=0.9)
+    opt.add_argument("--adam_beta2", type=float, default=0.999)
+    opt.add_argument(
+        "--use_ema",
+        action=argparse.BooleanOptionalAction,
+        help="Keep an exponential moving average of the weights (ema-pytorch; it also averages BatchNorm statistics) "
+        "and save that as the model.",
+    )
+    opt.add_argument(
+        "--ema_max_decay", type=float, default=0.9999, help="Largest EMA decay, reached after the warm-up."
+    )
+    opt.add_argument("--ema_power", type=float, default=2 / 3, help="EMA warm-up: decay = 1 - (1 + step) ** -power.")
+    opt.add_argument("--ema_update_after_step", type=int, default=0, help="Copy the weights until this step.")
+    opt.add_argument("--ema_decay", dest="ema_max_decay", type=float, action=RenamedFlag, new="--ema_max_decay")
+    opt.add_argument("--ema_beta", dest="ema_max_decay", type=float, action=RenamedFlag,
+                     new="--use_ema --ema_max_decay", also={"use_ema": True})  # fmt: skip
+
+    perf = parser.add_argument_group("performance")
+    perf.add_argument("--compile", action="store_true", help="torch.compile the networks (a minute or two of warm-up).")
+    perf.add_argument(
+        "--compile_mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"],
+        help="torch.compile mode with --compile: reduce-overhead replays CUDA graphs (for hosts whose CPU cannot keep "
+        "up with the GPU; no gradient accumulation; untried on several GPUs); the max-autotune modes search kernels "
+        "for many minutes.",
+    )
+    perf.add_argument(
+        "--channels_last",
+        action="store_true",
+        help="NHWC memory format. Slower in eager mode on CUDA where GroupNorm has no NHWC kernel; try it with --compile.",
+    )
+    perf.add_argument("--torch_compile", dest="compile", action=RenamedFlag, nargs=0, const=True, new="--compile")
+
+    log = parser.add_argument_group("checkpoints, validation and logging")
+    log.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
+    log.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep only the newest N checkpoints.")
+    log.add_argument(
         "--resume_from_checkpoint",
         default=None,
         help="'latest', a checkpoint folder, or a checkpoint-N name in --output_dir.",
     )
-    ckpt.add_argument("--validation_steps", type=int, default=500, help="Write a fixed-seed sample grid every N steps.")
-    ckpt.add_argument("--logger", choices=["tensorboard", "none"], default="tensorboard")
-    ckpt.add_argument("--logging_dir", default="logs", help="TensorBoard folder, relative to --output_dir.")
+    log.add_argument(
+        "--validation_steps", type=int, default=500, help="Write a fixed-seed sample grid (validation/) every N steps."
+    )
+    log.add_argument("--num_validation_images", type=int, default=16, help="Samples in each validation grid.")
+    log.add_argument("--num_fixed_samples", dest="num_validation_images", type=int, action=RenamedFlag,
+                     new="--num_validation_images")  # fmt: skip
+    log.add_argument(
+        "--logging_steps", type=int, default=10, help="Log (and check the losses are finite) every N steps."
+    )
+    log.add_argument(
+        "--snapshot_steps",
+        type=int,
+        default=None,
+        help="Also save the model as OUTPUT_DIR/snapshots/step-N every N steps (quality-against-time curves).",
+    )
+    log.add_argument("--logger", choices=["tensorboard", "none"], default="tensorboard")
+    log.add_argument(
+        "--logging_dir", default="logs", help="TensorBoard folder and metrics CSVs, relative to --output_dir."
+    )
 
     hub = parser.add_argument_group("hub")
     hub.add_argument("--push_to_hub", action="store_true", help="Upload the final model (not the checkpoints).")
@@ -78,12 +178,42 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def make_accelerator(args, **kwargs):
-    """The ``Accelerator`` the common flags describe (TensorBoard under ``output_dir/logging_dir``)."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+def parse_training_args(kind, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse a trainer's flags: ``kind.DEFAULTS``, then ``kind.PRESETS[--preset]`` (a dict, or a function of the
+    first parse's flags giving one), then the flags given explicitly; then ``kind.check_args``.
 
+    Also sets ``args.mask_names``.
+    """
+    preset_parser = argparse.ArgumentParser(add_help=False)
+    preset_parser.add_argument(
+        "--preset", choices=sorted(kind.PRESETS), default=kind.DEFAULT_PRESET, help=kind.PRESET_HELP
+    )
+    preset = preset_parser.parse_known_args(argv)[0].preset
+    parser = argparse.ArgumentParser(
+        description=kind.DESCRIPTION, parents=[preset_parser], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_args(parser)
+    kind.add_args(parser)
+    parser.set_defaults(**kind.DEFAULTS)
+    if preset is not None:
+        values = kind.PRESETS[preset]
+        parser.set_defaults(**(values(parser.parse_args(argv)) if callable(values) else values))
+    args = parser.parse_args(argv)
+    args.mask_names = parse_mask_names(args.masks)
+    if args.max_train_steps is None and args.num_epochs is None:
+        parser.error("Give --max_train_steps or --num_epochs.")
+    if args.compile and args.compile_mode == "reduce-overhead" and args.gradient_accumulation_steps > 1:
+        # A replayed backward graph writes the gradients into its own buffers: accumulating over micro-batches would
+        # overwrite them (pytorch/pytorch#169545).
+        parser.error("--compile_mode reduce-overhead cannot accumulate gradients: use --gradient_accumulation_steps 1.")
+    if not 0.0 <= args.class_dropout_prob < 1.0:
+        parser.error("--class_dropout_prob must be in [0, 1).")
+    kind.check_args(parser, args)
+    return args
+
+
+def make_accelerator(args, **kwargs) -> Accelerator:
+    """The ``Accelerator`` the common flags describe (TensorBoard under ``output_dir/logging_dir``)."""
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
     elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -133,8 +263,6 @@ def seeded_build(seed, build, stream_seed=None):
     from the global generator only when there are several), while the noise, timesteps and latents of the processes
     differ: with one shared stream every GPU would draw the same ones and the effective batch would shrink.
     """
-    from accelerate.utils import set_seed
-
     if seed is not None:
         set_seed(seed)
     built = build()

@@ -1,43 +1,36 @@
-"""DCGAN training on C-channel fundus tensors with accelerate: the paper's recipe plus measured options.
+"""The DCGAN kind of the training loop: the paper's recipe on C-channel fundus tensors plus measured options.
 
-One training step updates the discriminator once and the generator once (``DCGANStep``); ``train_dcgan`` runs the
-steps with checkpoints, per-step logs (TensorBoard and CSV), fixed-noise grids and a mode-collapse monitor, then
-saves a ``FundusGANPipeline`` with its model card.
+One training step updates the discriminator once and the generator once (``DCGANStep``); validation draws the
+fixed-noise grid and measures the samples' diversity against the real data's (a mode-collapse monitor, logged to
+``logs/diversity.csv``); the saved model is a ``FundusGANPipeline`` (the EMA generator with ``--use_ema``).
 """
 
-import argparse
-import logging
+import copy
 import math
-import os
-import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from accelerate.logging import get_logger
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, parse_mask_names
+from ..data.transforms import array_to_tensor, tensor_to_outputs
 from ..models.dcgan import DCGANDiscriminator, DCGANGenerator
-from .args import check_finite, make_accelerator, model_flags, public_args, seeded_build, write_training_args
+from ..pipelines.pipeline_fundus_gan import FundusGANPipeline
+from ..visualization import contact_sheet
+from . import loop
+from .args import parse_training_args
 from .augment import AUGMENTATIONS, DiffAugment
-from .batches import DeviceBatches, EpochPlan, load_training_batches
-from .checkpointing import (
-    find_checkpoint,
-    load_checkpoint,
-    refuse_to_overwrite,
-    save_checkpoint,
-    save_folder_atomically,
-)
-from .csv_log import CSVLog
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 LOSSES = ("bce", "nonsaturating", "hinge")
 METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "d_real_sign")
 DIVERSITY_SIZE = 32  # samples are compared at 32 x 32: structure and colour, not pixel noise
 
-# Table 1 of the paper. Beyond-paper options are pinned off so that the preset stays the paper's run.
+# Table 1 of the paper. Beyond-paper options are pinned off so that the preset stays the paper's run; image + disc
+# trains 100 epochs, image + disc + atrophy 130.
 PAPER_PRESET = {
     "resolution": 360,
     "train_batch_size": 32,
@@ -51,97 +44,17 @@ PAPER_PRESET = {
     "label_smoothing": 0.0,
     "spectral_norm": False,
     "diffaugment": "",
-    "ema_beta": None,
+    "use_ema": False,
     "class_conditional": False,
-    "num_fixed_samples": 64,
+    "num_validation_images": 64,
 }
-PAPER_EPOCHS = {1: 100, 2: 130}  # image + disc: 100 epochs; image + disc + atrophy: 130
+PAPER_EPOCHS = {1: 100, 2: 130}
 
 
-# ---------------------------------------------------------------------------------------------------------- flags
-
-
-# The flags that shape the networks' weights: a checkpoint records them, so that a resume with other ones is named.
-MODEL_FLAGS = ("preset", "resolution", "masks", "nz", "ngf", "ndf", "max_mult", "spectral_norm", "class_conditional")
-
-
-def add_dcgan_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """DCGAN flags; use with ``training.args.add_common_args`` and parse with ``parse_dcgan_args``."""
-    parser.set_defaults(resolution=360, train_batch_size=32, num_epochs=100)
-    group = parser.add_argument_group("DCGAN")
-    group.add_argument(
-        "--preset", choices=["paper"], default=None,
-        help="'paper': Table 1 of Makinde & Saeed (360 px, batch 32, Adam 2e-4 / 0.5, BCE, 100 epochs for "
-        "image + disc and 130 with atrophy, 64 fixed-noise samples). Flags given explicitly still win.",
-    )  # fmt: skip
-    group.add_argument("--nz", type=int, default=100, help="Latent dimension.")
-    group.add_argument("--ngf", type=int, default=32, help="Generator width (its last hidden stage).")
-    group.add_argument("--ndf", type=int, default=64, help="Discriminator width (its first stage).")
-    group.add_argument("--max_mult", type=int, default=8, help="Widest stage = ngf/ndf times this.")
-    group.add_argument("--learning_rate", type=float, default=2e-4)
-    group.add_argument("--adam_beta1", type=float, default=0.5)
-    group.add_argument("--adam_beta2", type=float, default=0.999)
-    group.add_argument(
-        "--loss", choices=LOSSES, default="bce",
-        help="'bce' is the paper's (its generator target 1 is the non-saturating loss, so 'nonsaturating' names the "
-        "same objective); 'hinge' is the SN-GAN / BigGAN loss.",
-    )  # fmt: skip
-    group.add_argument(
-        "--label_smoothing", type=float, default=0.0,
-        help="One-sided: real targets become 1 - s in the discriminator's BCE (not with --loss hinge).",
-    )  # fmt: skip
-    group.add_argument(
-        "--spectral_norm", action="store_true",
-        help="Spectral normalisation on every discriminator convolution (replaces its BatchNorm).",
-    )  # fmt: skip
-    group.add_argument(
-        "--diffaugment", default="",
-        help=f"Differentiable augmentation for the discriminator, e.g. 'color,translation,cutout' (any of "
-        f"{', '.join(AUGMENTATIONS)}); empty: none.",
-    )  # fmt: skip
-    group.add_argument(
-        "--ema_beta", type=float, default=None,
-        help="Keep an EMA of the generator (weights and BatchNorm statistics) with this decay, e.g. 0.999; the "
-        "saved pipeline then uses the EMA generator.",
-    )  # fmt: skip
-    group.add_argument(
-        "--class_conditional", action="store_true",
-        help="Condition on PM / non-PM: label embedding concatenated to z, projection discriminator.",
-    )  # fmt: skip
-    group.add_argument(
-        "--class_dropout_prob", type=float, default=0.1,
-        help="With --class_conditional: train this fraction with the null class, so that sampling without labels works.",
-    )  # fmt: skip
-    group.add_argument("--num_fixed_samples", type=int, default=64, help="Fixed-noise samples in each grid.")
-    group.add_argument(
-        "--collapse_threshold", type=float, default=0.5,
-        help="Warn of mode collapse when the fixed-noise batch's diversity falls below this fraction of the real data's.",
-    )  # fmt: skip
-    group.add_argument(
-        "--channels_last", action="store_true", help="channels_last memory format (faster convs on GPU)."
-    )
-    group.add_argument(
-        "--compile", "--torch_compile", dest="torch_compile", action="store_true", help="torch.compile both networks."
-    )
-    return parser
-
-
-def parse_dcgan_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse, apply ``--preset`` under the explicitly given flags, and validate."""
-    args = parser.parse_args(argv)
-    if args.preset == "paper":
-        num_masks = max(1, len(parse_mask_names(args.masks)))
-        parser.set_defaults(**PAPER_PRESET, num_epochs=PAPER_EPOCHS[min(num_masks, 2)])
-        args = parser.parse_args(argv)
-    if args.loss == "hinge" and args.label_smoothing:
-        parser.error("--label_smoothing applies to the BCE losses, not to --loss hinge.")
-    if not 0.0 <= args.label_smoothing < 1.0:
-        parser.error("--label_smoothing must be in [0, 1).")
-    try:
-        DiffAugment(args.diffaugment)
-    except ValueError as e:
-        parser.error(str(e))
-    return args
+def paper_preset(args) -> dict:
+    """The paper's settings for the masks the first parse found (the epochs depend on them)."""
+    num_masks = max(1, len(parse_mask_names(args.masks)))
+    return {**PAPER_PRESET, "num_epochs": PAPER_EPOCHS[min(num_masks, 2)]}
 
 
 # ---------------------------------------------------------------------------------------------------------- losses
@@ -289,248 +202,195 @@ def build_optimizers(args, generator, discriminator):
     return adam(generator), adam(discriminator)
 
 
-def train_dcgan(args) -> str:
-    """Train, checkpoint and save a ``FundusGANPipeline`` to ``args.output_dir``; return that folder."""
-    from accelerate.utils import set_seed
+class DCGANKind(loop.ModelKind):
+    """The DCGAN in the training loop: generator and discriminator with their Adam optimizers, an optional EMA of the
+    generator, DiffAugment; validation on fixed noise with the mode-collapse monitor."""
 
-    from ..data.transforms import array_to_tensor, tensor_to_outputs
-    from ..visualization import contact_sheet
-
-    started = time.time()
-    mask_names = parse_mask_names(args.masks)
-    channels = 3 + len(mask_names)
-    accelerator = make_accelerator(args)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # seven lines per checkpoint otherwise
-    seed = 0 if args.seed is None else args.seed
-    if args.seed is not None:
-        set_seed(args.seed)
-    refuse_to_overwrite(args.output_dir, args.resume_from_checkpoint)
-    if accelerator.is_main_process:
-        os.makedirs(os.path.join(args.output_dir, "samples"), exist_ok=True)
-        os.makedirs(os.path.join(args.output_dir, args.logging_dir), exist_ok=True)
-
-    view, batches = load_training_batches(accelerator, args, mask_names)
-    plan = EpochPlan.for_run(batches, args)
-    max_train_steps = plan.max_train_steps
-
-    # Models, optimizers, EMA. The EMA copies the raw generator before compile and prepare touch it.
-    generator, discriminator = seeded_build(args.seed, lambda: build_models(args, channels), args.data_seed)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    generator.to(accelerator.device, memory_format=memory_format)
-    discriminator.to(accelerator.device, memory_format=memory_format)
-    ema = None
-    if args.ema_beta is not None:
-        from ema_pytorch import EMA
-
-        ema = EMA(generator, beta=args.ema_beta, update_every=1, include_online_model=False).to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    optimizer_g, optimizer_d = build_optimizers(args, generator, discriminator)
-    if args.torch_compile:
-        generator.compile()
-        discriminator.compile()
-    generator, discriminator, optimizer_g, optimizer_d = accelerator.prepare(
-        generator, discriminator, optimizer_g, optimizer_d
+    NAME = "train_dcgan"
+    DESCRIPTION = (
+        "Train a DCGAN on fundus images + masks and save a FundusGANPipeline.\n\n"
+        "accelerate launch scripts/train_dcgan.py --dataset data/pm --masks disc --preset paper --output_dir runs/dcgan-360"
     )
-    step_fn = DCGANStep(
-        accelerator,
-        generator,
-        discriminator,
-        optimizer_g,
-        optimizer_d,
-        loss=args.loss,
-        label_smoothing=args.label_smoothing,
-        augment=DiffAugment(args.diffaugment),
-        class_conditional=args.class_conditional,
-        class_dropout_prob=args.class_dropout_prob,
-        channels_last=args.channels_last,
+    PRESETS = {"paper": paper_preset}
+    PRESET_HELP = (
+        "'paper': Table 1 of Makinde & Saeed (360 px, batch 32, Adam 2e-4 / 0.5, BCE, 100 epochs for image + disc "
+        "and 130 with atrophy, 64 fixed-noise samples). Flags given explicitly still win."
     )
+    DEFAULTS = dict(
+        resolution=360,
+        train_batch_size=32,
+        num_epochs=100,
+        learning_rate=2e-4,
+        adam_beta1=0.5,
+        class_conditional=False,
+        use_ema=False,
+        ema_max_decay=0.999,
+        ema_update_after_step=100,  # ema-pytorch's default, which this trainer always used
+        logging_steps=1,
+        num_validation_images=64,
+    )
+    MODEL_FLAGS = (
+        "preset",
+        "resolution",
+        "masks",
+        "nz",
+        "ngf",
+        "ndf",
+        "max_mult",
+        "spectral_norm",
+        "class_conditional",
+    )
+    LOSSES = ("d_loss", "g_loss")
+    VALIDATION_LOG = "diversity.csv"
 
-    global_step = 0
-    resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    flags = model_flags(args, MODEL_FLAGS)  # recorded in every checkpoint, compared on resume
-    if resume_path:
-        global_step = load_checkpoint(accelerator, resume_path, flags)
-        logger.info("Resumed from %s at step %d", resume_path, global_step)
-    elif args.resume_from_checkpoint:
-        logger.info("No checkpoint in %s yet; starting from scratch.", args.output_dir)
-
-    # Fixed noise (and labels) for the grids and the collapse monitor; the real-data reference diversity.
-    fixed_rng = torch.Generator().manual_seed(seed)
-    fixed_latents = torch.randn(args.num_fixed_samples, args.nz, 1, 1, generator=fixed_rng).to(accelerator.device)
-    fixed_labels = None
-    if args.class_conditional:
-        fixed_labels = (torch.arange(args.num_fixed_samples) % len(LABEL_NAMES)).to(accelerator.device)
-    reference = torch.randperm(len(view), generator=fixed_rng)[: args.num_fixed_samples].sort().values.numpy()
-    real_diversity = sample_diversity(array_to_tensor(np.load(view.cache_path, mmap_mode="r")[reference]))
-
-    metrics_log = diversity_log = None
-    if accelerator.is_main_process:
-        accelerator.init_trackers("train_dcgan", config=public_args(args, scalars_only=True))
-        log_dir = os.path.join(args.output_dir, args.logging_dir)
-        resume_step = global_step if resume_path else None
-        metrics_log = CSVLog(os.path.join(log_dir, "metrics.csv"), ("step", "epoch", *METRICS, "wall_s"), resume_step)
-        diversity_log = CSVLog(
-            os.path.join(log_dir, "diversity.csv"),
-            ("step", "diversity", "real_diversity", "ratio", "collapse"),
-            resume_step,
-        )
-        logger.info(
-            "%d samples, %d steps per epoch, %d steps (%d epochs), batch %d per device x %d processes, data %s",
-            len(view), plan.steps_per_epoch, max_train_steps, plan.num_epochs, args.train_batch_size,
-            accelerator.num_processes, "on device" if isinstance(batches, DeviceBatches) else "via DataLoader",
+    @staticmethod
+    def add_args(parser):
+        group = parser.add_argument_group("DCGAN")
+        group.add_argument("--nz", type=int, default=100, help="Latent dimension.")
+        group.add_argument("--ngf", type=int, default=32, help="Generator width (its last hidden stage).")
+        group.add_argument("--ndf", type=int, default=64, help="Discriminator width (its first stage).")
+        group.add_argument("--max_mult", type=int, default=8, help="Widest stage = ngf/ndf times this.")
+        group.add_argument(
+            "--loss", choices=LOSSES, default="bce",
+            help="'bce' is the paper's (its generator target 1 is the non-saturating loss, so 'nonsaturating' names the "
+            "same objective); 'hinge' is the SN-GAN / BigGAN loss.",
+        )  # fmt: skip
+        group.add_argument(
+            "--label_smoothing", type=float, default=0.0,
+            help="One-sided: real targets become 1 - s in the discriminator's BCE (not with --loss hinge).",
+        )  # fmt: skip
+        group.add_argument(
+            "--spectral_norm", action="store_true",
+            help="Spectral normalisation on every discriminator convolution (replaces its BatchNorm).",
+        )  # fmt: skip
+        group.add_argument(
+            "--diffaugment", default="",
+            help=f"Differentiable augmentation for the discriminator, e.g. 'color,translation,cutout' (any of "
+            f"{', '.join(AUGMENTATIONS)}); empty: none.",
+        )  # fmt: skip
+        group.add_argument(
+            "--collapse_threshold", type=float, default=0.5,
+            help="Warn of mode collapse when the fixed-noise batch's diversity falls below this fraction of the real data's.",
         )  # fmt: skip
 
-    def sampling_generator():
-        return ema.ema_model if ema is not None else accelerator.unwrap_model(generator)
+    @staticmethod
+    def check_args(parser, args):
+        if args.loss == "hinge" and args.label_smoothing:
+            parser.error("--label_smoothing applies to the BCE losses, not to --loss hinge.")
+        if not 0.0 <= args.label_smoothing < 1.0:
+            parser.error("--label_smoothing must be in [0, 1).")
+        try:
+            DiffAugment(args.diffaugment)
+        except ValueError as e:
+            parser.error(str(e))
 
-    last_validation: Dict[str, float] = {}
+    def __init__(self, args, accelerator, view, plan):
+        super().__init__(args, accelerator, view, plan)
+        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        generator, discriminator = build_models(args, 3 + len(args.mask_names))
+        generator.to(accelerator.device, memory_format=memory_format)
+        discriminator.to(accelerator.device, memory_format=memory_format)
+        self.ema = None
+        if args.use_ema:  # copies the raw generator, before compile and prepare touch it
+            self.ema = loop.make_ema(generator, args, accelerator)
+        optimizer_g, optimizer_d = build_optimizers(args, generator, discriminator)
+        if args.compile:
+            generator.compile(mode=args.compile_mode)
+            discriminator.compile(mode=args.compile_mode)
+        self.generator, self.discriminator, optimizer_g, optimizer_d = accelerator.prepare(
+            generator, discriminator, optimizer_g, optimizer_d
+        )
+        self.gan_step = DCGANStep(
+            accelerator,
+            self.generator,
+            self.discriminator,
+            optimizer_g,
+            optimizer_d,
+            loss=args.loss,
+            label_smoothing=args.label_smoothing,
+            augment=DiffAugment(args.diffaugment),
+            class_conditional=args.class_conditional,
+            class_dropout_prob=args.class_dropout_prob,
+            channels_last=args.channels_last,
+        )
+        # Fixed noise (and labels) for the grids and the collapse monitor; the real data's reference diversity.
+        fixed_rng = torch.Generator().manual_seed(0 if args.seed is None else args.seed)
+        n = args.num_validation_images
+        self.fixed_latents = torch.randn(n, args.nz, 1, 1, generator=fixed_rng).to(accelerator.device)
+        self.fixed_labels = None
+        if args.class_conditional:
+            self.fixed_labels = (torch.arange(n) % len(LABEL_NAMES)).to(accelerator.device)
+        reference = torch.randperm(len(view), generator=fixed_rng)[:n].sort().values.numpy()
+        self.real_diversity = sample_diversity(array_to_tensor(np.load(view.cache_path, mmap_mode="r")[reference]))
 
-    def validate(step: int) -> Dict[str, float]:
-        model = sampling_generator()
+    def sampling_generator(self):
+        return self.ema.ema_model if self.ema is not None else self.accelerator.unwrap_model(self.generator)
+
+    def train_mode(self):
+        self.generator.train()
+        self.discriminator.train()
+
+    def step(self, batch) -> Dict[str, torch.Tensor]:
+        metrics = self.gan_step(batch["pixel_values"], batch["class_labels"])
+        if self.ema is not None and self.accelerator.sync_gradients:
+            self.ema.update()
+        return dict(zip(METRICS, metrics))
+
+    def validate(self, step: int):
+        """The fixed-noise grid and its diversity against the real data's (a warning below the threshold)."""
+        args, model = self.args, self.sampling_generator()
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            samples = model(fixed_latents, fixed_labels).float()
+            samples = model(self.fixed_latents, self.fixed_labels).float()
         model.train(was_training)
         diversity = sample_diversity(samples)
-        ratio = diversity / max(real_diversity, 1e-12)
+        ratio = diversity / max(self.real_diversity, 1e-12)
         collapse = ratio < args.collapse_threshold
         if collapse:
             logger.warning(
-                "Possible mode collapse at step %d: fixed-noise diversity %.4f is %.0f%% of the real data's %.4f "
-                "(threshold %.0f%%). Look at the grid; consider --diffaugment, --spectral_norm or a lower learning rate.",
-                step, diversity, 100 * ratio, real_diversity, 100 * args.collapse_threshold,
-            )  # fmt: skip
-        diversity_log.write(
-            {
-                "step": step,
-                "diversity": diversity,
-                "real_diversity": real_diversity,
-                "ratio": ratio,
-                "collapse": int(collapse),
-            }
-        )
-        images, masks = tensor_to_outputs(samples, mask_names, "pil")
-        captions = [LABEL_NAMES[i] for i in fixed_labels.tolist()] if fixed_labels is not None else None
+                f"Possible mode collapse at step {step}: fixed-noise diversity {diversity:.4f} is {100 * ratio:.0f}% "
+                f"of the real data's {self.real_diversity:.4f} (threshold {100 * args.collapse_threshold:.0f}%). Look "
+                "at the grid; consider --diffaugment, --spectral_norm or a lower learning rate."
+            )
+        images, masks = tensor_to_outputs(samples, args.mask_names, "pil")
+        captions = [LABEL_NAMES[i] for i in self.fixed_labels.tolist()] if self.fixed_labels is not None else None
         sheet = contact_sheet(images, masks or None, captions=captions, columns=8, tile=min(128, args.resolution))
-        sheet.save(os.path.join(args.output_dir, "samples", f"step-{step:07d}.png"))
-        if args.logger == "tensorboard":
-            writer = accelerator.get_tracker("tensorboard", unwrap=True)
-            writer.add_image("fixed_noise", np.asarray(sheet), step, dataformats="HWC")
-        last_validation.update(diversity=diversity, diversity_ratio=ratio)
-        return last_validation
+        values = {"diversity": diversity, "real_diversity": self.real_diversity, "ratio": ratio}
+        return sheet, {**values, "collapse": int(collapse)}
 
-    pending = None  # (step, epoch, metrics): logged one step late, so the host never waits for the step it launched
+    def pipeline(self) -> FundusGANPipeline:
+        # A copy: the training generator keeps its mode and memory format (safetensors stores contiguous tensors).
+        generator = copy.deepcopy(self.sampling_generator()).to(memory_format=torch.contiguous_format).eval()
+        return FundusGANPipeline(gan_generator=generator, mask_names=list(self.args.mask_names))
 
-    def flush():
-        nonlocal pending
-        if pending is None:
-            return
-        step, epoch, metrics = pending
-        pending = None
-        values = accelerator.reduce(metrics, reduction="mean").tolist()
-        check_finite(values[0] + values[1], step)
-        if accelerator.is_main_process:
-            row = dict(zip(METRICS, values))
-            metrics_log.write({"step": step, "epoch": epoch, **row, "wall_s": round(time.time() - started, 3)})
-            accelerator.log(row, step=step)
-            progress.set_postfix(d_loss=f"{row['d_loss']:.3f}", g_loss=f"{row['g_loss']:.3f}", refresh=False)
-
-    progress = tqdm(
-        total=max_train_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
-    )
-    generator.train()
-    discriminator.train()
-    for epoch, epoch_batches in plan.epochs(batches, global_step):
-        if global_step >= max_train_steps:
-            break
-        for batch in epoch_batches:
-            metrics = step_fn(batch["pixel_values"], batch["class_labels"])
-            if not accelerator.sync_gradients:
-                continue
-            if ema is not None:
-                ema.update()
-            global_step += 1
-            progress.update(1)
-            flush()
-            pending = (global_step, epoch, metrics)
-            checkpoint = global_step % args.checkpointing_steps == 0
-            validation = global_step % args.validation_steps == 0 or global_step == max_train_steps
-            if checkpoint or validation:
-                flush()  # never checkpoint a step whose losses were not checked
-            if checkpoint:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, flags)
-            if validation and accelerator.is_main_process:
-                accelerator.log(validate(global_step), step=global_step)
-            if global_step >= max_train_steps:
-                break
-    flush()
-    progress.close()
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if not last_validation:  # resumed at the end: nothing ran, but the card reports the final diversity
-            validate(global_step)
-        info = _training_info(args, view, accelerator, global_step, plan.num_epochs, time.time() - started)
-        _save_final(args, sampling_generator(), mask_names, info, last_validation["diversity_ratio"])
-    accelerator.end_training()
-    return args.output_dir
-
-
-def _training_info(args, view, accelerator, steps: int, epochs: int, seconds: float) -> dict:
-    """What the model card reports about the run."""
-    labels = view.class_labels.tolist()
-    counts = {name: labels.count(i) for i, name in enumerate(LABEL_NAMES)}
-    counts["unknown"] = labels.count(NULL_CLASS_ID)
-    info = {
-        "dataset": args.dataset,
-        "images": f"{len(view)} ({', '.join(f'{k} {v}' for k, v in counts.items())})",
-        "masks": ", ".join(view.mask_names) or "none",
-        "resolution": args.resolution,
-        "preset": args.preset,
-        "steps": steps,
-        "epochs": epochs,
-        "batch_size": args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
-        "nz / ngf / ndf": f"{args.nz} / {args.ngf} / {args.ndf}",
-        "optimizer": f"Adam, lr {args.learning_rate}, betas ({args.adam_beta1}, {args.adam_beta2})",
-        "loss": args.loss + (f", one-sided label smoothing {args.label_smoothing}" if args.label_smoothing else ""),
-        "discriminator": ("spectral norm" if args.spectral_norm else "BatchNorm")
-        + (f", DiffAugment {args.diffaugment}" if args.diffaugment else ""),
-        "generator weights": f"EMA, decay {args.ema_beta}" if args.ema_beta is not None else "last step",
-        "mixed_precision": accelerator.mixed_precision,
-        "seed": args.seed,
-        "device": torch.cuda.get_device_name() if accelerator.device.type == "cuda" else accelerator.device.type,
-        "session_time_s": round(seconds),
-    }
-    if args.class_conditional:
-        info["class_dropout_prob"] = args.class_dropout_prob
-    if not (args.dataset.startswith("phantom") or os.path.exists(args.dataset)):
-        info["hub_dataset"] = args.dataset
-    return info
-
-
-def _save_final(args, generator, mask_names, training_info: dict, diversity_ratio: float) -> None:
-    from ..hub import push_folder
-    from ..pipelines.pipeline_fundus_gan import FundusGANPipeline
-
-    generator = generator.to(memory_format=torch.contiguous_format).eval()  # safetensors stores contiguous tensors
-    pipeline = FundusGANPipeline(gan_generator=generator, mask_names=list(mask_names), training_info=training_info)
-    repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-    metrics = [
-        {
-            "name": "fixed-noise diversity ratio",
-            "value": round(diversity_ratio, 3),
-            "notes": f"mean pairwise distance of {args.num_fixed_samples} fixed-noise samples at {DIVERSITY_SIZE} px "
-            "over that of as many real ones (at most the dataset); well below 1 suggests mode collapse",
+    def training_info(self) -> dict:
+        args = self.args
+        return {
+            "nz / ngf / ndf": f"{args.nz} / {args.ngf} / {args.ndf}",
+            "optimizer": f"Adam, lr {args.learning_rate}, betas ({args.adam_beta1}, {args.adam_beta2})",
+            "loss": args.loss + (f", one-sided label smoothing {args.label_smoothing}" if args.label_smoothing else ""),
+            "discriminator": ("spectral norm" if args.spectral_norm else "BatchNorm")
+            + (f", DiffAugment {args.diffaugment}" if args.diffaugment else ""),
         }
-    ]
 
-    def save(folder):
-        pipeline.save_pretrained(folder, metrics=metrics, repo_id=repo_id if args.push_to_hub else None)
-        write_training_args(args, folder)
+    def card_metrics(self, validation):
+        return [
+            {
+                "name": "fixed-noise diversity ratio",
+                "value": round(validation["ratio"], 3),
+                "notes": f"mean pairwise distance of {self.args.num_validation_images} fixed-noise samples at "
+                f"{DIVERSITY_SIZE} px over that of as many real ones (at most the dataset); well below 1 suggests "
+                "mode collapse",
+            }
+        ]
 
-    save_folder_atomically(save, args.output_dir)
-    logger.info("Saved the pipeline and its model card to %s", args.output_dir)
-    if args.push_to_hub:
-        logger.info("Pushed to %s", push_folder(args.output_dir, repo_id, token=args.hub_token))
+
+def parse_args(argv=None):
+    """The DCGAN trainer's flags (see ``args.add_common_args`` and ``DCGANKind.add_args``)."""
+    return parse_training_args(DCGANKind, argv)
+
+
+def train(args) -> str:
+    """Train, checkpoint and save a ``FundusGANPipeline`` to ``args.output_dir``; return that folder."""
+    return loop.train(args, DCGANKind)

@@ -12,7 +12,7 @@ from typing import Iterator, List, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .phantom import Phantom, draw_phantom
+from fundus_diffusion.data.phantom import Phantom, draw_phantom
 
 
 def _phantoms(labels: Sequence[int], size: int, seed: int) -> Iterator[Phantom]:

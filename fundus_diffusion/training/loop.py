@@ -1,0 +1,312 @@
+"""One training run for every model kind: set-up, resume, logging, checkpoints, validation, snapshots, the final
+atomic save and the push. A kind (``ddpm.DDPMKind``, ``dcgan.DCGANKind``) supplies only what differs: its flags,
+its networks and optimisation step, its validation grid and what its model card says.
+
+The loop, top to bottom: build the accelerator and the data, seed and build the kind, resume, then per optimizer
+step: step, count, and at the logging / checkpoint / validation / snapshot steps act; at the end save the model
+(EMA weights where the kind keeps them) with its card and push it.
+"""
+
+import os
+import time
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from ema_pytorch import EMA
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .. import hub
+from ..data.schema import LABEL_NAMES, NULL_CLASS_ID
+from .args import check_finite, make_accelerator, model_flags, public_args, seeded_build, write_training_args
+from .batches import EpochPlan, load_training_batches
+from .checkpointing import (
+    find_checkpoint,
+    load_checkpoint,
+    refuse_to_overwrite,
+    save_checkpoint,
+    save_folder_atomically,
+)
+from .csv_log import CSVLog
+
+logger = get_logger(__name__)
+
+
+class ModelKind:
+    """What a model kind plugs into ``train``. Subclasses set the class attributes and implement the methods.
+
+    Class attributes: ``NAME`` (tracker project), ``DESCRIPTION`` (``--help``), ``PRESETS`` / ``DEFAULT_PRESET`` /
+    ``PRESET_HELP`` and ``DEFAULTS`` (see ``args.parse_training_args``), ``MODEL_FLAGS`` (the flags that shape the
+    networks: checkpoints record them), ``LOSSES`` (metrics that must stay finite), ``PEAK_METRICS`` (metric name: label, for
+    metrics logged as the interval's maximum, not its mean) and ``VALIDATION_LOG`` (a CSV name for ``validate``'s numbers).
+    """
+
+    NAME = DESCRIPTION = PRESET_HELP = ""
+    PRESETS: Dict = {}
+    DEFAULT_PRESET: Optional[str] = None
+    DEFAULTS: Dict = {}
+    MODEL_FLAGS: Tuple[str, ...] = ()
+    LOSSES: Tuple[str, ...] = ("loss",)
+    PEAK_METRICS: Dict[str, str] = {}
+    VALIDATION_LOG: Optional[str] = None
+
+    @staticmethod
+    def add_args(parser) -> None:
+        """Add the kind's own flags."""
+
+    @staticmethod
+    def check_args(parser, args) -> None:
+        """``parser.error`` on a combination of flags that cannot work."""
+
+    def __init__(self, args, accelerator, view, plan: EpochPlan):
+        """Build, prepare and register for checkpointing everything the kind trains (called under the seed)."""
+        self.args, self.accelerator, self.view, self.plan = args, accelerator, view, plan
+
+    def describe(self) -> str:
+        """One line about the run, printed at its start."""
+        return ""
+
+    def train_mode(self) -> None:
+        """Put the networks in training mode (at the start of every epoch)."""
+
+    def step(self, batch) -> Dict[str, torch.Tensor]:
+        """One micro-batch: forward, backward and, once gradients are accumulated, the update (EMA included).
+        Returns detached 0-d metric tensors; reading them is left to the loop, which syncs once per log."""
+        raise NotImplementedError
+
+    def schedule_logs(self) -> Dict[str, float]:
+        """Host-side numbers logged with the metrics (learning rate, EMA decay)."""
+        return {}
+
+    def validate(self, step: int) -> Tuple[Image.Image, Dict[str, float]]:
+        """A fixed-seed sample grid and any numbers measured on it."""
+        raise NotImplementedError
+
+    def pipeline(self):
+        """The pipeline to save: the weights to ship (the EMA where kept), detached from training."""
+        raise NotImplementedError
+
+    def training_info(self) -> dict:
+        """What the model card says about this kind's settings, beyond what every run records."""
+        return {}
+
+    def card_metrics(self, validation: Dict[str, float]) -> Optional[Sequence[dict]]:
+        """Metrics measured during training for the model card (from the last validation)."""
+        return None
+
+
+def make_ema(model, args, accelerator) -> EMA:
+    """An ema-pytorch EMA of ``model`` (weights and buffers, BatchNorm statistics included) as the EMA flags say,
+    registered for checkpointing. Its step counters stay on the CPU (reading them would otherwise sync with the GPU
+    every step); only the averaged model moves to the device, where a foreach lerp updates it."""
+    ema = EMA(
+        model,
+        beta=args.ema_max_decay,
+        power=args.ema_power,
+        update_after_step=args.ema_update_after_step,
+        update_every=1,
+        include_online_model=False,
+        allow_different_devices=True,
+        use_foreach=True,
+    )
+    ema.ema_model.to(accelerator.device).eval()
+    accelerator.register_for_checkpointing(ema)
+    return ema
+
+
+class MetricMeter:
+    """Sums (or, for ``peaks``, maxima) of the step metrics on the device, read once per log interval."""
+
+    def __init__(self, peaks: Sequence[str]):
+        self.peaks, self.values, self.count = set(peaks), {}, 0
+
+    def add(self, metrics: Dict[str, torch.Tensor]) -> None:
+        for name, value in metrics.items():
+            if value is None:
+                continue
+            value = value.detach().float()
+            if name not in self.values:
+                self.values[name] = value.clone()
+            elif name in self.peaks:
+                self.values[name] = torch.maximum(self.values[name], value)
+            else:
+                self.values[name] = self.values[name] + value
+        self.count += 1
+
+    def read(self, accelerator) -> Dict[str, float]:
+        """Means (maxima for peaks) over the interval, averaged over processes; then start a new interval."""
+        names = list(self.values)
+        stacked = torch.stack([self.values[n] if n in self.peaks else self.values[n] / self.count for n in names])
+        values = accelerator.reduce(stacked, reduction="mean").tolist() if names else []
+        self.values, self.count = {}, 0
+        return dict(zip(names, values))
+
+
+def label_counts(view) -> str:
+    labels = view.class_labels.tolist()
+    counts = {name: labels.count(i) for i, name in enumerate(LABEL_NAMES)}
+    counts["unknown"] = labels.count(NULL_CLASS_ID)
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def run_info(args, view, accelerator, steps: int, epochs: int, seconds: float) -> dict:
+    """What every model card records about the run (the kind adds its own settings)."""
+    info = {
+        "dataset": args.dataset,
+        "images": len(view),
+        "labels": label_counts(view),
+        "masks": ", ".join(args.mask_names) or "none",
+        "resolution": args.resolution,
+        "preset": args.preset,
+        "steps": steps,
+        "epochs": epochs,
+        "batch_size": args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
+        "learning_rate": args.learning_rate,
+        "weights": f"EMA, decay up to {args.ema_max_decay}" if args.use_ema else "last step",
+        "class_conditional": bool(args.class_conditional),
+        "mixed_precision": accelerator.mixed_precision,
+        "seed": args.seed,
+        "device": torch.cuda.get_device_name() if accelerator.device.type == "cuda" else accelerator.device.type,
+        "session_time_s": round(seconds),
+    }
+    if args.class_conditional:
+        info["class_dropout_prob"] = args.class_dropout_prob
+    if not (args.dataset.startswith("phantom") or os.path.exists(args.dataset)):
+        info["hub_dataset"] = args.dataset
+    return info
+
+
+class RunLogs:
+    """The CSV logs of a run (main process only), the tracker and the validation grids under ``output_dir``."""
+
+    def __init__(self, kind: ModelKind, resume_step: Optional[int]):
+        args, self.accelerator, self.kind = kind.args, kind.accelerator, kind
+        self.folder = os.path.join(args.output_dir, args.logging_dir)
+        self.grids = os.path.join(args.output_dir, "validation")
+        self.started = time.time()
+        self.metrics = self.validation = None
+        self.resume_step = resume_step
+        if self.accelerator.is_main_process:
+            self.accelerator.init_trackers(kind.NAME, config=public_args(args, scalars_only=True))
+
+    def _csv(self, name: str, row: dict) -> CSVLog:
+        return CSVLog(os.path.join(self.folder, name), list(row), self.resume_step)
+
+    def metric_row(self, step: int, epoch: int, values: Dict[str, float]) -> None:
+        self.accelerator.log(values, step=step)
+        if self.accelerator.is_main_process:
+            row = {"step": step, "epoch": epoch, **values, "wall_s": round(time.time() - self.started, 3)}
+            self.metrics = self.metrics or self._csv("metrics.csv", row)
+            self.metrics.write(row)
+
+    def validation_result(self, step: int, sheet: Image.Image, values: Dict[str, float]) -> None:
+        os.makedirs(self.grids, exist_ok=True)
+        sheet.save(os.path.join(self.grids, f"step-{step:07d}.png"))
+        if self.kind.args.logger == "tensorboard":
+            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+            writer.add_image("validation", np.asarray(sheet), step, dataformats="HWC")
+        if values:
+            self.accelerator.log(values, step=step)
+        if values and self.kind.VALIDATION_LOG:
+            row = {"step": step, **values}
+            self.validation = self.validation or self._csv(self.kind.VALIDATION_LOG, row)
+            self.validation.write(row)
+
+
+def _other_metrics(values: Dict[str, float], kind: ModelKind) -> str:
+    """The logged numbers beside the losses, for the message of a NaN stop."""
+    peaks = [f"largest {label} since the last log: {values[name]:.4g}" for name, label in kind.PEAK_METRICS.items()]
+    rest = [f"{name} {value:.4g}" for name, value in values.items() if name not in kind.LOSSES + tuple(kind.PEAK_METRICS)]
+    return "; ".join(peaks + rest)
+
+
+def train(args, kind_class) -> str:
+    """Train the model kind ``kind_class`` as ``args`` say (``args.parse_training_args``); return the folder holding
+    the saved model."""
+    accelerator = make_accelerator(args)
+    if args.seed is not None:
+        set_seed(args.seed)
+    refuse_to_overwrite(args.output_dir, args.resume_from_checkpoint)
+    resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)  # before the build: fail early
+
+    view, batches = load_training_batches(accelerator, args, args.mask_names)
+    plan = EpochPlan.for_run(batches, args)
+    kind = seeded_build(args.seed, lambda: kind_class(args, accelerator, view, plan), args.data_seed)
+    flags = model_flags(args, kind.MODEL_FLAGS)  # recorded in every checkpoint, compared on resume
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    logger.info(
+        f"{len(view)} samples at {args.resolution} px, masks {', '.join(args.mask_names) or 'none'}; "
+        f"{plan.max_train_steps} steps ({plan.num_epochs} epochs of {plan.steps_per_epoch}), batch "
+        f"{args.train_batch_size} x {accelerator.num_processes} process(es). {kind.describe()}"
+    )
+
+    global_step = 0
+    if resume_path:
+        global_step = load_checkpoint(accelerator, resume_path, flags)
+        logger.info(f"Resumed from {resume_path} at step {global_step}")
+    elif args.resume_from_checkpoint:
+        logger.info(f"No checkpoint in {args.output_dir} yet; starting from scratch.")
+    logs = RunLogs(kind, global_step if resume_path else None)
+
+    def validate(step: int) -> Dict[str, float]:
+        sheet, values = kind.validate(step)
+        logs.validation_result(step, sheet, values)
+        return values
+
+    progress = tqdm(
+        total=plan.max_train_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+    )
+    meter, validation, validated = MetricMeter(kind.PEAK_METRICS), {}, False
+    for epoch, epoch_batches in plan.epochs(batches, global_step):
+        kind.train_mode()
+        for batch in epoch_batches:
+            if global_step >= plan.max_train_steps:
+                break
+            meter.add(kind.step(batch))
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            last = global_step == plan.max_train_steps
+            save_now = global_step % args.checkpointing_steps == 0 or last
+            validate_now = global_step % args.validation_steps == 0 or last
+            if global_step % args.logging_steps == 0 or save_now or validate_now:
+                values = meter.read(accelerator)  # one device sync per log interval; a NaN survives the mean
+                losses = sum(values[name] for name in kind.LOSSES)
+                check_finite(losses, global_step, _other_metrics(values, kind))
+                values.update(kind.schedule_logs())
+                progress.set_postfix({name: f"{values[name]:.4f}" for name in kind.LOSSES}, refresh=False)
+                logs.metric_row(global_step, epoch, values)
+            if save_now:
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, flags)
+            if validate_now and accelerator.is_main_process:
+                validation, validated = validate(global_step), True
+            if args.snapshot_steps and global_step % args.snapshot_steps == 0 and accelerator.is_main_process:
+                kind.pipeline().save_pretrained(os.path.join(args.output_dir, "snapshots", f"step-{global_step:07d}"))
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if not validated:  # resumed at the end: nothing ran, but the card reports the last validation
+            validation = validate(global_step)
+        seconds = time.time() - logs.started
+        info = {**run_info(args, view, accelerator, global_step, plan.num_epochs, seconds), **kind.training_info()}
+        repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+        pipeline, metrics = kind.pipeline(), kind.card_metrics(validation)
+
+        def save(folder):
+            hub.save_model(
+                pipeline, folder, training_info=info, metrics=metrics, repo_id=repo_id if args.push_to_hub else None
+            )
+            write_training_args(args, folder)
+
+        save_folder_atomically(save, args.output_dir)
+        logger.info(f"Saved the model and its card to {args.output_dir}")
+        if args.push_to_hub:
+            logger.info(f"Uploaded to {hub.push_folder(args.output_dir, repo_id, token=args.hub_token)}")
+    accelerator.end_training()
+    return args.output_dir
