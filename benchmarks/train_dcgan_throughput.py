@@ -87,9 +87,10 @@ class MemmapView(torch.utils.data.Dataset):
         return len(self.arrays)
 
     def __getitem__(self, index):
-        from fundus_diffusion.data.transforms import array_to_tensor, random_joint_flip
+        from fundus_diffusion.data.transforms import array_to_tensor, flip_where
 
-        return {"pixel_values": random_joint_flip(array_to_tensor(self.arrays[index])), "class_labels": 0}
+        x = array_to_tensor(self.arrays[index])[None]
+        return {"pixel_values": flip_where(x, torch.rand(1) < 0.5)[0], "class_labels": 0}
 
 
 def run_eager(args, device, view):

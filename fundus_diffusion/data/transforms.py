@@ -5,7 +5,7 @@ are -1 / +1 on input; on output a mask is ``channel > 0``. Images are resized wi
 neighbour, and every geometric operation is applied to both.
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -55,13 +55,11 @@ def array_to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).float().div_(127.5).sub_(1.0)
 
 
-def random_joint_flip(x: torch.Tensor, generator: Optional[torch.Generator] = None, vertical: bool = False) -> torch.Tensor:
-    """Flip image and masks together (horizontal always possible, vertical optional). ``x`` is ``[..., H, W]``."""
-    if torch.rand((), generator=generator) < 0.5:
-        x = x.flip(-1)
-    if vertical and torch.rand((), generator=generator) < 0.5:
-        x = x.flip(-2)
-    return x
+def flip_where(x: torch.Tensor, flags: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """The batch ``x`` (``[N, C, H, W]``) with the samples whose ``flags`` (``[N]`` bool, on ``x``'s device) are set
+    flipped along ``dim`` (-1: left-right, -2: up-down): every channel, so masks flip with their image. The one flip of
+    the training batches and the evaluation networks; no host sync."""
+    return torch.where(flags[:, None, None, None], x.flip(dim), x)
 
 
 def split_channels(x: torch.Tensor, mask_names: Sequence[str]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:

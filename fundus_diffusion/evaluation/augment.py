@@ -9,6 +9,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from ..data.transforms import flip_where
+
 
 def apply_augmentation(
     images: torch.Tensor, plan: Dict[str, torch.Tensor], step: int, masks: Optional[torch.Tensor] = None
@@ -17,10 +19,9 @@ def apply_augmentation(
     planned, vertical flips and gain / offset jitter. Masks flip with their image and are never jittered."""
     flips = [(plan["hflip"][step], -1)] + ([(plan["vflip"][step], -2)] if "vflip" in plan else [])
     for flip, dim in flips:
-        flip = flip[:, None, None, None]
-        images = torch.where(flip, images.flip(dim), images)
+        images = flip_where(images, flip, dim)
         if masks is not None:
-            masks = torch.where(flip, masks.flip(dim), masks)
+            masks = flip_where(masks, flip, dim)
     if "gain" in plan:
         images = (images * plan["gain"][step] + plan["bias"][step]).clamp(-1, 1)
     return images, masks

@@ -14,6 +14,8 @@ from typing import Dict, Iterator, Tuple
 import numpy as np
 import torch
 
+from ..data.transforms import flip_where
+
 
 class DeviceBatches:
     """The whole training view as one ``uint8`` tensor on the device, batched, scaled to [-1, 1] and flipped there.
@@ -54,8 +56,7 @@ class DeviceBatches:
         for i in range(skip, self.num_batches):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = self.data[index].float().div_(127.5).sub_(1.0)
-            flip = flips[index][:, None, None, None]
-            yield {"pixel_values": torch.where(flip, x.flip(-1), x), "class_labels": self.labels[index]}
+            yield {"pixel_values": flip_where(x, flips[index]), "class_labels": self.labels[index]}
 
 
 class LoaderBatches:
