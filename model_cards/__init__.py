@@ -141,7 +141,7 @@ def model_card(folder: str) -> ModelCard:
         pipeline_tag="unconditional-image-generation",
         tags=TAGS + [TEMPLATES[class_name]] + [f"{name}-mask" for name in context["mask_names"]],
         datasets=[hub_dataset] if hub_dataset else None,
-        model_name=repo_id or os.path.basename(os.path.normpath(folder)),
+        model_name=repo_id or training.get("run") or os.path.basename(os.path.normpath(folder)),
         eval_results=eval_results(metrics, training.get("dataset", "unspecified"), hub_dataset or "local") or None,
     )
     return render_card(ModelCard, TEMPLATES[class_name], data, **context)

@@ -155,6 +155,7 @@ def label_counts(view) -> str:
 def run_info(args, view, accelerator, steps: int, epochs: int, seconds: float) -> dict:
     """What every model card records about the run (the kind adds its own settings)."""
     info = {
+        "run": os.path.basename(os.path.abspath(args.output_dir)),  # the card's name (it is written in a temporary folder)
         "dataset": args.dataset,
         "images": len(view),
         "labels": label_counts(view),
