@@ -20,6 +20,8 @@ from huggingface_hub.repocard import RepoCard
 from jinja2 import meta
 from safetensors import safe_open
 
+from ..pipelines.pipeline_fundus import split_mask_names
+
 # One licence for every card: weights and samples derive from datasets published for research use under their own
 # terms (PALM, ADAM, ...), so no open licence can be granted for them; each card's body says so.
 LICENSE = {"license": "other", "license_name": "terms-of-each-source"}
@@ -117,7 +119,7 @@ def model_card(folder: str) -> ModelCard:
         model_id=repo_id or "path/to/this/folder",
         resolution=model["sample_size"],
         image_channels=index["image_channels"],
-        mask_names=list(index["mask_names"]),
+        mask_names=split_mask_names(index["mask_names"]),  # "disc,atrophy"; a list in folders saved before
         id2label=id2label,
         null_class_id=len(id2label),
         conditional=model.get("num_class_embeds") is not None,

@@ -43,6 +43,9 @@ DEFAULT_MASK_NAMES = ("disc", "atrophy")  # channel 3, channel 4
 DEFAULT_ID2LABEL = {0: "non-PM", 1: "PM"}  # the null class (unknown label, unconditional) is len(id2label)
 UNKNOWN_LABEL = -1
 PIPELINE_FILE = "pipeline.py"  # model_index.json's "_class_name": ["pipeline", "<class>"] names this copy
+# model_index.json stores mask_names as "disc,atrophy": diffusers takes every list there for a component, and loading
+# from the Hub then looks for the component "mask_names" (a list of names loads from a local folder only).
+MASK_NAME_SEPARATOR = ","
 
 Label = Union[str, int, None]
 
@@ -61,12 +64,24 @@ class FundusPipelineOutput(BaseOutput):
     masks: List[Dict[str, Union[PIL.Image.Image, np.ndarray, torch.Tensor]]]
 
 
+def split_mask_names(mask_names: Union[str, Sequence[str]]) -> List[str]:
+    """``"disc,atrophy"`` (as ``model_index.json`` stores them), ``"disc"``, ``""`` or a list -> a list of names."""
+    if isinstance(mask_names, str):
+        return mask_names.split(MASK_NAME_SEPARATOR) if mask_names else []
+    return list(mask_names)
+
+
 def check_fundus_config(model_name, channels, num_class_embeds, image_channels, mask_names, id2label):
     """Check a model's ``channels`` (``{"in": n, "out": n}``) and class embeddings against the pipeline's settings;
-    returns the normalised ``(mask_names, id2label)``."""
-    mask_names = [mask_names] if isinstance(mask_names, str) else list(mask_names)
-    if len(set(mask_names)) != len(mask_names) or not all(isinstance(m, str) and m for m in mask_names):
-        raise ValueError(f"mask_names must be distinct non-empty names, e.g. ['disc', 'atrophy']; got {mask_names!r}.")
+    returns the normalised ``(mask_names, id2label)``: ``mask_names`` a list, also when given as ``"disc,atrophy"``."""
+    mask_names = split_mask_names(mask_names)
+    if len(set(mask_names)) != len(mask_names) or not all(
+        isinstance(m, str) and m and MASK_NAME_SEPARATOR not in m for m in mask_names
+    ):
+        raise ValueError(
+            f"mask_names must be distinct non-empty names without {MASK_NAME_SEPARATOR!r}, e.g. ['disc', 'atrophy'] "
+            f"or 'disc,atrophy'; got {mask_names!r}."
+        )
     id2label = {int(k): v for k, v in (id2label or DEFAULT_ID2LABEL).items()}
     expected = image_channels + len(mask_names)
     if any(c != expected for c in channels.values()):
@@ -134,7 +149,8 @@ def tensor_to_outputs(x: torch.Tensor, mask_names: Sequence[str], output_type: s
 def save_pretrained_with_code(pipeline, save_directory, components: Dict[str, str], push_to_hub=False, **kwargs):
     """``DiffusionPipeline.save_pretrained`` (safetensors only), then this file as ``pipeline.py`` named in
     ``model_index.json`` and, for each custom component in ``components`` (``{name: module}``), as
-    ``<name>/<module>.py``: diffusers alone then loads the folder with ``trust_remote_code=True``."""
+    ``<name>/<module>.py``: diffusers alone then loads the folder with ``trust_remote_code=True``, from the Hub too
+    (``mask_names`` written as one string: see ``MASK_NAME_SEPARATOR``)."""
     if not kwargs.pop("safe_serialization", True):
         raise ValueError("Fundus pipelines save weights as safetensors only: pickle files run code when loaded.")
     push_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "create_pr", "commit_message") if k in kwargs}
@@ -145,6 +161,7 @@ def save_pretrained_with_code(pipeline, save_directory, components: Dict[str, st
         index = json.load(f)
     index["_class_name"] = [PIPELINE_FILE[: -len(".py")], type(pipeline).__name__]
     index.pop("_name_or_path", None)  # where it was loaded from: a local path says nothing on another machine
+    index["mask_names"] = MASK_NAME_SEPARATOR.join(index["mask_names"])
     for name, module in components.items():
         shutil.copyfile(__file__, os.path.join(save_directory, name, f"{module}.py"))
         index[name] = [module, index[name][1]]
@@ -158,9 +175,12 @@ def save_pretrained_with_code(pipeline, save_directory, components: Dict[str, st
 def config_for_this_class(config: dict, components: Sequence[str] = ()) -> dict:
     """``model_index.json`` as read by a fundus pipeline class itself: the class is the caller (not the folder's copy
     of this file, which diffusers would run with ``trust_remote_code=True``), and ``components`` are dropped because
-    the class loads them with its own code (see ``FundusGANPipeline.from_pretrained``)."""
+    the class loads them with its own code (see ``FundusGANPipeline.from_pretrained``). ``mask_names`` saved as a
+    list (before ``MASK_NAME_SEPARATOR``) becomes one string, which loads from the Hub too."""
     if isinstance(config.get("_class_name"), (list, tuple)):
         config["_class_name"] = config["_class_name"][-1]
+    if isinstance(config.get("mask_names"), list):
+        config["mask_names"] = MASK_NAME_SEPARATOR.join(config["mask_names"])
     for name in components:
         config.pop(name, None)
     return config
@@ -289,8 +309,9 @@ class FundusGANPipeline(DiffusionPipeline):
             generators have ``num_class_embeds = len(id2label) + 1`` (the last class is the null class). Not called
             ``generator``, which is the RNG argument of ``__call__`` as everywhere in diffusers.
         image_channels (`int`): colour channels before the masks (3).
-        mask_names (`List[str]`, *optional*): e.g. ``["disc"]``, ``["disc", "atrophy"]`` or ``[]``; default: as many
-            of ``disc``, ``atrophy`` as the generator has channels after RGB.
+        mask_names (`List[str]`, *optional*): e.g. ``["disc"]``, ``["disc", "atrophy"]`` or ``[]``, or one
+            comma-separated string (``"disc,atrophy"``, as ``model_index.json`` stores it); default: as many of
+            ``disc``, ``atrophy`` as the generator has channels after RGB. ``config.mask_names`` is a list.
         id2label (`Dict[int, str]`): class ids and names.
         training_info (`Dict`, *optional*): how the weights were trained (``fundus_diffusion.hub.save_model`` records
             it; the model card shows it). Not used for sampling.
@@ -302,7 +323,7 @@ class FundusGANPipeline(DiffusionPipeline):
         self,
         gan_generator: ModelMixin,  # a DCGANGenerator; diffusers alone loads it from another copy of this file
         image_channels: int = IMAGE_CHANNELS,
-        mask_names: Optional[List[str]] = None,
+        mask_names: Union[List[str], str, None] = None,
         id2label: Optional[dict] = None,
         training_info: Optional[dict] = None,
     ):

@@ -20,6 +20,7 @@ from fundus_diffusion.hub import add_model_card_metrics, save_model
 from fundus_diffusion.models import dcgan
 from fundus_diffusion.pipelines import pipeline_fundus_gan
 from fundus_diffusion.pipelines.loading import load_fundus_pipeline
+from fundus_diffusion.pipelines.pipeline_fundus import split_mask_names
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 PIPELINE_FILES = ("pipeline_fundus.py", "pipeline_fundus_gan.py")
@@ -27,7 +28,7 @@ SHARED_START, SHARED_END = "# Shared by the fundus pipelines.", "end of the shar
 ALLOWED_IMPORTS = {"torch", "diffusers", "numpy", "PIL"} | set(sys.stdlib_module_names)
 
 # Run in a fresh interpreter whose import system refuses fundus_diffusion: whatever loads there, loads without us.
-WITHOUT_FUNDUS_DIFFUSION = """
+REFUSE_FUNDUS_DIFFUSION = """
 import importlib.abc, json, sys
 class Refuse(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -39,6 +40,8 @@ try:
     sys.exit("fundus_diffusion was importable")
 except ImportError:
     pass
+"""
+WITHOUT_FUNDUS_DIFFUSION = REFUSE_FUNDUS_DIFFUSION + """
 import numpy as np, torch
 from diffusers import DiffusionPipeline
 folder, how = sys.argv[1], sys.argv[2]
@@ -49,6 +52,47 @@ out = pipe(batch_size=2, class_labels=json.loads(sys.argv[3]), generator=[torch.
            num_inference_steps=2, output_type="np")
 np.save(folder + f"/alone-{how}.npy", out.images)
 print(json.dumps([type(pipe).__module__, type(pipe).__name__, sorted(out.masks[0]),
+                  sorted(m for m in sys.modules if m.split(".")[0] == "fundus_diffusion")]))
+"""
+
+# The Hub path of diffusers alone, without a network: the folder stands in for the Hub repo "me/model". model_info
+# lists its files, hf_hub_download copies one into the snapshot folder, snapshot_download copies only the files that
+# diffusers' allow / ignore patterns select (as the Hub does): what diffusers does not ask for is not there.
+FROM_THE_HUB = REFUSE_FUNDUS_DIFFUSION + """
+import fnmatch, os, shutil, types
+import numpy as np, torch
+import diffusers.pipelines.pipeline_utils as pu
+import diffusers.utils.dynamic_modules_utils as dm
+repo, snapshot, out = sys.argv[1], sys.argv[2], sys.argv[3]
+files = [os.path.relpath(os.path.join(r, f), repo) for r, _, fs in os.walk(repo) for f in fs]
+
+def model_info(repo_id, **kwargs):
+    return types.SimpleNamespace(siblings=[types.SimpleNamespace(rfilename=f) for f in files], sha="0" * 40)
+
+def hf_hub_download(repo_id, filename, subfolder=None, **kwargs):
+    name = f"{subfolder}/{filename}" if subfolder else filename
+    os.makedirs(os.path.dirname(os.path.join(snapshot, name)), exist_ok=True)
+    return shutil.copyfile(os.path.join(repo, name), os.path.join(snapshot, name))
+
+def snapshot_download(repo_id, allow_patterns=None, ignore_patterns=None, **kwargs):
+    for f in files:
+        if (allow_patterns is None or any(fnmatch.fnmatch(f, p) for p in allow_patterns)) and not any(
+            fnmatch.fnmatch(f, p) for p in ignore_patterns or ()
+        ):
+            hf_hub_download(repo_id, f)
+    return snapshot
+
+for module in (pu, dm):
+    module.model_info, module.hf_hub_download = model_info, hf_hub_download
+pu.snapshot_download = snapshot_download
+pu._resolve_revision = lambda name, revision=None, **kwargs: revision
+pipe = pu.DiffusionPipeline.from_pretrained("me/model", trust_remote_code=True)
+pipe.set_progress_bar_config(disable=True)
+labels = json.loads(sys.argv[4])
+out_ = pipe(batch_size=2, class_labels=labels, generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+            num_inference_steps=2, output_type="np")
+np.save(out, out_.images)
+print(json.dumps([type(pipe).__module__, type(pipe).__name__, sorted(out_.masks[0]), sorted(os.listdir(snapshot)),
                   sorted(m for m in sys.modules if m.split(".")[0] == "fundus_diffusion")]))
 """
 
@@ -97,6 +141,26 @@ def test_a_saved_folder_loads_and_samples_with_diffusers_alone(tmp_path, make, l
         assert masks == sorted(pipe.config.mask_names) and imported == []
         np.testing.assert_allclose(np.load(tmp_path / f"alone-{how}.npy"), expected, atol=1e-5)
     assert "Expected types" not in result.stderr  # the generator's copy is accepted by the pipeline's copy
+
+
+@pytest.mark.parametrize("make,labels", [(tiny_ddpm, ["PM", "non-PM"]), (tiny_gan, ["PM", None])])
+def test_a_saved_folder_loads_from_the_hub_with_diffusers_alone(tmp_path, make, labels):
+    """diffusers takes every list in model_index.json for a component to download: the pipeline's settings must not
+    be lists there (mask_names was), and each component's code must be its one file (the snapshot holds no other)."""
+    pipe = make()
+    save_model(pipe, tmp_path / "repo", training_info={"steps": 1})
+    (tmp_path / "snapshot").mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_HOME": str(tmp_path / "hf-home")}
+    args = [tmp_path / "repo", tmp_path / "snapshot", tmp_path / "images.npy", json.dumps(labels)]
+    result = subprocess.run(
+        [sys.executable, "-c", FROM_THE_HUB, *map(str, args)], capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, name, masks, downloaded, imported = json.loads(result.stdout.splitlines()[-1])
+    assert module.startswith("diffusers_modules.") and name == type(pipe).__name__, result.stdout
+    assert masks == sorted(pipe.config.mask_names) and imported == [] and "README.md" not in downloaded
+    np.testing.assert_allclose(np.load(tmp_path / "images.npy"), samples(pipe, labels), atol=1e-5)
 
 
 def test_without_the_saved_code_diffusers_alone_cannot_load_it(tmp_path):
@@ -151,6 +215,18 @@ def test_old_folders_load_through_our_loader(tmp_path):
     loaded = load_fundus_pipeline(str(tmp_path), device="cpu")
     assert type(loaded) is FundusGANPipeline
     np.testing.assert_array_equal(samples(loaded, ["PM", None]), samples(pipe, ["PM", None]))
+
+
+def test_mask_names_are_one_string_in_model_index_and_folders_with_a_list_still_load(tmp_path):
+    assert [split_mask_names(v) for v in ("disc,atrophy", "disc", "", ["disc"])] == [["disc", "atrophy"], ["disc"], [], ["disc"]]
+    tiny_ddpm().save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["mask_names"] == "disc,atrophy"  # a list there is a component to diffusers' Hub download
+    (tmp_path / "model_index.json").write_text(json.dumps({**index, "mask_names": ["disc", "atrophy"]}))  # as before
+    for loaded in (FundusPipeline.from_pretrained(tmp_path), load_fundus_pipeline(str(tmp_path), device="cpu")):
+        assert type(loaded) is FundusPipeline and loaded.config.mask_names == ["disc", "atrophy"]
+    with pytest.raises(ValueError, match="without ','"):
+        FundusPipeline(unet=tiny_ddpm().unet, scheduler=DDPMScheduler(), mask_names=["disc,cup", "atrophy"])
 
 
 def test_our_loader_runs_no_code_from_the_folder_and_refuses_foreign_modules(tmp_path):

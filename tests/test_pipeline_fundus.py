@@ -197,7 +197,7 @@ def test_save_load_round_trip_in_this_and_a_fresh_process(tmp_path):
     assert {"model_index.json", "README.md", "pipeline.py", "unet/diffusion_pytorch_model.safetensors"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["_class_name"] == ["pipeline", "FundusPipeline"] and index["mask_names"] == ["disc", "atrophy"]
+    assert index["_class_name"] == ["pipeline", "FundusPipeline"] and index["mask_names"] == "disc,atrophy"
     card = (tmp_path / "README.md").read_text()
     assert "library_name: diffusers" in card and "not for clinical use" in card
     assert "| FID | 12.5 | test |" in card and "| 4 | atrophy mask |" in card
