@@ -101,7 +101,7 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
     assert pushed == [((str(out), "me/tiny-fundus"), {"token": None})]
     assert steps(out) == [5, 6]
     assert logged(out, "step") == [1, 2, 3, 4, 5, 6]  # one CSV row per step across the resume, none twice
-    ema_state = torch.load(out / "checkpoint-6" / "custom_checkpoint_0.pkl", weights_only=True)
+    ema_state = load_file(out / "checkpoint-6" / "ema.safetensors")  # safetensors, not a pickle
     assert int(ema_state["step"]) == 6  # the EMA saw every step, none twice
     pipe = FundusPipeline.from_pretrained(out)
     assert pipe.config.mask_names == ["disc", "atrophy"] and pipe.config.training_info["steps"] == 6

@@ -237,8 +237,7 @@ class DDPMKind(loop.ModelKind):
             num_warmup_steps=args.lr_warmup_steps,
             num_training_steps=plan.max_train_steps,
         )
-        self.unet, self.optimizer = accelerator.prepare(unet, optimizer)
-        accelerator.register_for_checkpointing(self.lr_scheduler)
+        self.unet, self.optimizer = accelerator.prepare(unet, optimizer)  # the scheduler: loop.checkpoint_objects
         if args.compile:
             self.unet.compile(mode=args.compile_mode)  # in place: state-dict keys, hence checkpoints, stay eager ones
         self.noise_scheduler = make_noise_scheduler(args)

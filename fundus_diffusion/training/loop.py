@@ -99,8 +99,9 @@ class ModelKind:
 
 
 def make_ema(model, args, accelerator) -> EMA:
-    """An ema-pytorch EMA of ``model`` (weights and buffers, BatchNorm statistics included) as the EMA flags say,
-    registered for checkpointing. Its step counters stay on the CPU (reading them would otherwise sync with the GPU
+    """An ema-pytorch EMA of ``model`` (weights and buffers, BatchNorm statistics included) as the EMA flags say.
+    Checkpoints save it as safetensors through ``extra_state`` (``checkpoint_objects``), not accelerate's pickle,
+    so it is not registered with accelerate. Its step counters stay on the CPU (reading them would otherwise sync with the GPU
     every step); only the averaged model moves to the device, where a foreach lerp updates it."""
     ema = EMA(
         model,
@@ -113,8 +114,15 @@ def make_ema(model, args, accelerator) -> EMA:
         use_foreach=True,
     )
     ema.ema_model.to(accelerator.device).eval()
-    accelerator.register_for_checkpointing(ema)
     return ema
+
+
+def checkpoint_objects(kind: "ModelKind") -> Dict[str, object]:
+    """What checkpoints save beside the models, optimizers and RNG states (safely: see ``checkpointing``): the EMA
+    and an LR scheduler stepped by the kind, where it keeps them. The order is the one they were once registered
+    with accelerate in, so that checkpoints of that time still load."""
+    found = {name: getattr(kind, name, None) for name in ("ema", "lr_scheduler")}
+    return {name: obj for name, obj in found.items() if obj is not None}
 
 
 class MetricMeter:
@@ -231,12 +239,13 @@ def train(args, kind_class) -> str:
     if args.seed is not None:
         set_seed(args.seed)
     refuse_to_overwrite(args.output_dir, args.resume_from_checkpoint)
-    resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)  # before the build: fail early
+    resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint, accelerator)  # before the build
 
     view, batches = load_training_batches(accelerator, args, args.mask_names)
     plan = EpochPlan.for_run(batches, args)
     kind = seeded_build(args.seed, lambda: kind_class(args, accelerator, view, plan), args.data_seed)
     flags = model_flags(args, kind.MODEL_FLAGS)  # recorded in every checkpoint, compared on resume
+    saved_objects = checkpoint_objects(kind)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
     logger.info(
@@ -247,7 +256,7 @@ def train(args, kind_class) -> str:
 
     global_step = 0
     if resume_path:
-        global_step = load_checkpoint(accelerator, resume_path, flags)
+        global_step = load_checkpoint(accelerator, resume_path, flags, saved_objects)
         logger.info(f"Resumed from {resume_path} at step {global_step}")
     elif args.resume_from_checkpoint:
         logger.info(f"No checkpoint in {args.output_dir} yet; starting from scratch.")
@@ -283,7 +292,9 @@ def train(args, kind_class) -> str:
                 progress.set_postfix({name: f"{values[name]:.4f}" for name in kind.LOSSES}, refresh=False)
                 logs.metric_row(global_step, epoch, values)
             if save_now:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, flags)
+                save_checkpoint(
+                    accelerator, args.output_dir, global_step, args.checkpoints_total_limit, flags, saved_objects
+                )
             if validate_now and accelerator.is_main_process:
                 validation, validated = validate(global_step), True
             if args.snapshot_steps and global_step % args.snapshot_steps == 0 and accelerator.is_main_process:
