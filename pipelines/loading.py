@@ -19,9 +19,11 @@ from .pipeline_fundus_gan import GENERATOR_MODULE, FundusGANPipeline
 
 PIPELINE_CLASSES = {"FundusPipeline": FundusPipeline, "FundusGANPipeline": FundusGANPipeline}
 COMPONENTS = {"FundusPipeline": ("unet", "scheduler"), "FundusGANPipeline": ("gan_generator",)}
-# Where model_index.json may say a generator's code lives: the saved copy of the GAN pipeline file, or (folders saved
-# before the pipelines became self-contained) this package's modules.
-GENERATOR_MODULES = (GENERATOR_MODULE, "fundus_diffusion.models.dcgan", "fundus_diffusion.pipelines.pipeline_fundus_gan")
+# Where model_index.json may say a generator's code lives: the saved copy of its module (dcgan_generator), or in older
+# folders the saved copy of the whole GAN pipeline file (pipeline_fundus_gan) or this package's modules.
+GENERATOR_MODULES = (
+    GENERATOR_MODULE, "pipeline_fundus_gan", "fundus_diffusion.models.dcgan", "fundus_diffusion.pipelines.pipeline_fundus_gan"
+)  # fmt: skip
 SCHEDULERS = {
     "ddpm": ("DDPMScheduler", {}),
     "ddim": ("DDIMScheduler", {}),

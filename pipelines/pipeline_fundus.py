@@ -21,9 +21,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 # ----------------------------------------------------------------------------------------------------------------
-# Shared by the fundus pipelines. Each pipeline file must load alone from a saved folder, so pipeline_fundus_gan.py
-# holds a copy of this block (the diffusers "Copied from" convention); tests/test_pipeline_code.py keeps the copies
-# identical. Edit it here and copy it there.
+# Shared by the fundus pipelines: pipeline_fundus_gan.py imports these relatively (``from .pipeline_fundus import``),
+# and a saved GAN folder carries this file beside its pipeline.py, where diffusers finds it (locally and on the Hub).
 # ----------------------------------------------------------------------------------------------------------------
 IMAGE_CHANNELS = 3
 DEFAULT_MASK_NAMES = ("disc", "atrophy")  # channel 3, channel 4
@@ -133,25 +132,41 @@ def tensor_to_outputs(x: torch.Tensor, mask_names: Sequence[str], output_type: s
     return pil_images, pil_masks
 
 
-def save_pretrained_with_code(pipeline, save_directory, components: Dict[str, str], push_to_hub=False, **kwargs):
-    """``DiffusionPipeline.save_pretrained`` (safetensors only), then this file as ``pipeline.py`` named in
-    ``model_index.json`` and, for each custom component in ``components`` (``{name: module}``), as
-    ``<name>/<module>.py``: diffusers alone then loads the folder with ``trust_remote_code=True``, from the Hub too
-    (``mask_names`` written as one string: see ``MASK_NAME_SEPARATOR``)."""
+def save_pretrained_with_code(
+    pipeline, save_directory, pipeline_file: str, components: Optional[Dict[str, type]] = None, push_to_hub=False,
+    **kwargs,
+):
+    """``DiffusionPipeline.save_pretrained`` (safetensors only), then the code that diffusers alone needs to load the
+    folder with ``trust_remote_code=True``, locally and from the Hub (``mask_names`` written as one string: see
+    ``MASK_NAME_SEPARATOR``):
+
+    - ``pipeline_file`` (the pipeline class's file) as ``pipeline.py``, named in ``model_index.json``;
+    - beside it, the modules it imports relatively: this file (unless it is ``pipeline_file``) and the module of each
+      custom component. From the Hub, diffusers downloads them as ``pipeline.py``'s relative imports;
+    - for each custom component in ``components`` (``{name: its class}``), the class's module as
+      ``<name>/<module>.py``, named in ``model_index.json``. From the Hub, diffusers downloads only that file of the
+      component's folder: the module must import nothing relatively.
+    """
     if not kwargs.pop("safe_serialization", True):
         raise ValueError("Fundus pipelines save weights as safetensors only: pickle files run code when loaded.")
     push_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "create_pr", "commit_message") if k in kwargs}
     DiffusionPipeline.save_pretrained(pipeline, save_directory, **kwargs)
-    shutil.copyfile(__file__, os.path.join(save_directory, PIPELINE_FILE))
+    code = {PIPELINE_FILE: pipeline_file}
+    if os.path.abspath(pipeline_file) != os.path.abspath(__file__):
+        code[os.path.basename(__file__)] = __file__
+    modules = {name: inspect.getfile(component) for name, component in (components or {}).items()}
+    for name, module_file in modules.items():
+        code[os.path.basename(module_file)] = code[f"{name}/{os.path.basename(module_file)}"] = module_file
+    for target, source in code.items():
+        shutil.copyfile(source, os.path.join(save_directory, target))
     path = os.path.join(save_directory, "model_index.json")
     with open(path, encoding="utf-8") as f:
         index = json.load(f)
     index["_class_name"] = [PIPELINE_FILE[: -len(".py")], type(pipeline).__name__]
     index.pop("_name_or_path", None)  # where it was loaded from: a local path says nothing on another machine
     index["mask_names"] = MASK_NAME_SEPARATOR.join(index["mask_names"])
-    for name, module in components.items():
-        shutil.copyfile(__file__, os.path.join(save_directory, name, f"{module}.py"))
-        index[name] = [module, index[name][1]]
+    for name, module_file in modules.items():
+        index[name] = [os.path.basename(module_file)[: -len(".py")], index[name][1]]
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
     if push_to_hub:  # push_to_hub uploads a fresh save_pretrained: this file goes with it
@@ -346,7 +361,7 @@ class FundusPipeline(DiffusionPipeline):
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """``DiffusionPipeline.save_pretrained`` plus this file as ``pipeline.py`` (see ``save_pretrained_with_code``).
         Writes no model card: ``fundus_diffusion.hub.save_model`` saves a pipeline together with its card."""
-        save_pretrained_with_code(self, save_directory, {}, push_to_hub, **kwargs)
+        save_pretrained_with_code(self, save_directory, __file__, None, push_to_hub, **kwargs)
 
     @classmethod
     def _dict_from_json_file(cls, json_file):

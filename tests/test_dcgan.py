@@ -169,8 +169,9 @@ def test_pipeline_from_pretrained_in_a_fresh_process(tmp_path, pipe):
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline", "FundusGANPipeline"]
-    assert index["gan_generator"] == ["pipeline_fundus_gan", "DCGANGenerator"]
-    assert (tmp_path / "gan_generator" / "pipeline_fundus_gan.py").exists()
+    assert index["gan_generator"] == ["dcgan_generator", "DCGANGenerator"] and index["mask_names"] == "disc,atrophy"
+    assert (tmp_path / "gan_generator" / "dcgan_generator.py").exists()
+    assert {"pipeline.py", "pipeline_fundus.py", "dcgan_generator.py"} <= {p.name for p in tmp_path.glob("*.py")}
     assert (tmp_path / "gan_generator" / "diffusion_pytorch_model.safetensors").exists()
     expected = pipe(**get_dummy_inputs(seed=3)).images
     np.save(tmp_path / "expected.npy", expected)

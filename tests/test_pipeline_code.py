@@ -18,13 +18,13 @@ from huggingface_hub import ModelCard
 from fundus_diffusion import DCGANGenerator, FundusGANPipeline, FundusPipeline
 from fundus_diffusion.hub import add_model_card_metrics, save_model
 from fundus_diffusion.models import dcgan
-from fundus_diffusion.pipelines import pipeline_fundus_gan
+from fundus_diffusion.pipelines import dcgan_generator, pipeline_fundus_gan
 from fundus_diffusion.pipelines.loading import load_fundus_pipeline
 from fundus_diffusion.pipelines.pipeline_fundus import split_mask_names
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
-PIPELINE_FILES = ("pipeline_fundus.py", "pipeline_fundus_gan.py")
-SHARED_START, SHARED_END = "# Shared by the fundus pipelines.", "end of the shared block\n"
+SELF_CONTAINED = ("pipeline_fundus.py", "dcgan_generator.py")  # a saved folder's pipeline.py or a component's module
+PIPELINE_FILES = (*SELF_CONTAINED, "pipeline_fundus_gan.py")  # ... which also imports those two, relatively
 ALLOWED_IMPORTS = {"torch", "diffusers", "numpy", "PIL"} | set(sys.stdlib_module_names)
 
 # Run in a fresh interpreter whose import system refuses fundus_diffusion: whatever loads there, loads without us.
@@ -175,11 +175,16 @@ def test_without_the_saved_code_diffusers_alone_cannot_load_it(tmp_path):
 
 
 def test_pipeline_files_import_only_torch_diffusers_numpy_pil_and_the_standard_library():
+    """...and the GAN pipeline the two self-contained files, relatively: diffusers fetches a relative import of
+    pipeline.py from the Hub, but nothing a component's module (gan_generator/dcgan_generator.py) imports so."""
     for name in PIPELINE_FILES:
         tree = ast.parse((PIPELINES / name).read_text())
         for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert name not in SELF_CONTAINED, f"{name}: relative import of {node.module}"
+                assert node.level == 1 and f"{node.module}.py" in SELF_CONTAINED, f"{name} imports .{node.module}"
+                continue
             if isinstance(node, ast.ImportFrom):
-                assert node.level == 0, f"{name}: relative import of {node.module}"
                 roots = [node.module.split(".")[0]]
             elif isinstance(node, ast.Import):
                 roots = [alias.name.split(".")[0] for alias in node.names]
@@ -188,29 +193,35 @@ def test_pipeline_files_import_only_torch_diffusers_numpy_pil_and_the_standard_l
             assert set(roots) <= ALLOWED_IMPORTS, f"{name} imports {roots}"
 
 
-def test_the_shared_block_is_the_same_in_both_pipeline_files():
-    blocks = []
+def test_the_pipeline_files_define_each_name_once():
+    """No copies: the GAN pipeline imports what it shares with pipeline_fundus.py and its generator."""
+    defined = {}
     for name in PIPELINE_FILES:
-        text = (PIPELINES / name).read_text()
-        start, end = text.index(SHARED_START), text.index(SHARED_END)
-        blocks.append(text[start:end])
-    assert blocks[0] == blocks[1], "Copy the shared block of pipeline_fundus.py into pipeline_fundus_gan.py."
-    assert len(blocks[0].splitlines()) > 50
+        for node in ast.parse((PIPELINES / name).read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node] if hasattr(node, "name") else []
+            for target in targets:
+                key = getattr(target, "id", getattr(target, "name", None))
+                assert key not in defined, f"{key} is defined in {defined.get(key)} and {name}"
+                defined[key] = name
+    assert {"check_fundus_config", "DCGANGenerator", "FundusGANPipeline"} <= set(defined)
 
 
 def test_the_generator_has_one_definition():
-    assert dcgan.DCGANGenerator is pipeline_fundus_gan.DCGANGenerator
+    assert dcgan.DCGANGenerator is dcgan_generator.DCGANGenerator is pipeline_fundus_gan.DCGANGenerator
     assert "class DCGANGenerator" not in Path(dcgan.__file__).read_text()
 
 
-def test_old_folders_load_through_our_loader(tmp_path):
-    """Folders saved before the pipelines shipped their code: a plain class name, the generator in our package."""
+@pytest.mark.parametrize("class_name,module", [("FundusGANPipeline", "fundus_diffusion.models.dcgan"),
+                                               (["pipeline", "FundusGANPipeline"], "pipeline_fundus_gan")])
+def test_old_folders_load_through_our_loader(tmp_path, class_name, module):
+    """Folders saved before the pipelines shipped their code (a plain class name, the generator in our package) and
+    before the generator had a module of its own (gan_generator/pipeline_fundus_gan.py, a list of mask names)."""
     pipe = tiny_gan()
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    index.update(_class_name="FundusGANPipeline", gan_generator=["fundus_diffusion.models.dcgan", "DCGANGenerator"])
+    index.update(_class_name=class_name, gan_generator=[module, "DCGANGenerator"], mask_names=["disc"])
     (tmp_path / "model_index.json").write_text(json.dumps(index))
-    for name in ("pipeline.py", "gan_generator/pipeline_fundus_gan.py"):
+    for name in ("pipeline.py", "pipeline_fundus.py", "dcgan_generator.py", "gan_generator/dcgan_generator.py"):
         (tmp_path / name).unlink()
     loaded = load_fundus_pipeline(str(tmp_path), device="cpu")
     assert type(loaded) is FundusGANPipeline
@@ -232,13 +243,13 @@ def test_mask_names_are_one_string_in_model_index_and_folders_with_a_list_still_
 def test_our_loader_runs_no_code_from_the_folder_and_refuses_foreign_modules(tmp_path):
     pipe = tiny_gan()
     pipe.save_pretrained(tmp_path)
-    (tmp_path / "pipeline.py").write_text("raise SystemExit('the folder code ran')\n")
-    (tmp_path / "gan_generator" / "pipeline_fundus_gan.py").write_text("raise SystemExit('the folder code ran')\n")
+    for name in ("pipeline.py", "pipeline_fundus.py", "dcgan_generator.py", "gan_generator/dcgan_generator.py"):
+        (tmp_path / name).write_text("raise SystemExit('the folder code ran')\n")
     assert type(load_fundus_pipeline(str(tmp_path), device="cpu")) is FundusGANPipeline
     assert type(FundusGANPipeline.from_pretrained(tmp_path)) is FundusGANPipeline
 
     index = json.loads((tmp_path / "model_index.json").read_text())
-    for entry in (["os", "DCGANGenerator"], ["pipeline_fundus_gan", "system"]):
+    for entry in (["os", "DCGANGenerator"], ["dcgan_generator", "system"], ["pipeline_fundus", "DCGANGenerator"]):
         (tmp_path / "model_index.json").write_text(json.dumps({**index, "gan_generator": entry}))
         with pytest.raises(ValueError, match="refusing to load it"):
             load_fundus_pipeline(str(tmp_path), device="cpu")

@@ -1,8 +1,8 @@
 """DCGAN discriminator for C-channel fundus tensors (RGB + one channel per mask) in [-1, 1], and the generator.
 
-The generator (``DCGANGenerator``) and its resolution plan are defined in the self-contained GAN pipeline file
-(``fundus_diffusion.pipelines.pipeline_fundus_gan``), which saved models carry so that they load without this package;
-they are re-exported here. The discriminator mirrors the generator: it downsamples by the same factors with strided
+The generator (``DCGANGenerator``) and its resolution plan are defined in the self-contained module
+``fundus_diffusion.pipelines.dcgan_generator``, which saved models carry so that they load without this package; they
+are re-exported here. The discriminator mirrors the generator: it downsamples by the same factors with strided
 convolutions (kernel ``2 * stride``) and ends in a ``seed x seed`` convolution to one logit.
 """
 
@@ -13,7 +13,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from ..pipelines.pipeline_fundus_gan import (
+from ..pipelines.dcgan_generator import (
     MAX_SEED_SIZE,
     DCGANGenerator,
     _channel_mults,
