@@ -122,9 +122,23 @@ def generate_samples(pipe, seeds: Sequence[int], labels: Sequence[Optional[str]]
         generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
         num_inference_steps=config.num_inference_steps,
         guidance_scale=config.guidance_scale,
-        output_type="pil",
+        output_type="np",  # NaN survives here (not in 8-bit images): checked, then converted as the pipelines do
     )
-    return out.images, [postprocess_masks(m, config.postprocess) for m in out.masks]
+    check_finite_samples(out.images, seeds, config)
+    images = [Image.fromarray((im * 255).round().astype(np.uint8), mode="RGB") for im in out.images]
+    masks = [{name: Image.fromarray((m * 255).astype(np.uint8), mode="L") for name, m in ms.items()} for ms in out.masks]
+    return images, [postprocess_masks(m, config.postprocess) for m in masks]
+
+
+def check_finite_samples(images: np.ndarray, seeds: Sequence[int], config: GenerationConfig) -> None:
+    """Refuse a batch holding NaN / inf samples: they would be stored as black images with empty masks."""
+    bad = [int(s) for s, im in zip(seeds, images) if not np.isfinite(im).all()]
+    if bad:
+        raise FloatingPointError(
+            f"{len(bad)} of {len(seeds)} samples of this batch (seeds {bad[:5]}{' ...' if len(bad) > 5 else ''}) hold "
+            f"NaN or inf values: {config.model_name} did not produce images, and nothing of this batch was written. "
+            "Fix: sample with --dtype fp32 (fp16 can overflow), or use another checkpoint of the model."
+        )
 
 
 def regenerate(pipe, config: GenerationConfig, index: int) -> Tuple[Image.Image, Dict[str, Image.Image]]:
@@ -230,17 +244,41 @@ def generate_dataset(pipe, config: GenerationConfig, output_dir: str, resume: bo
     if config.labels and not is_class_conditional(pipe):
         raise ValueError("--labels needs a class-conditional model; this one is unconditional.")
     shards_dir = os.path.join(output_dir, SHARDS_DIR)
-    if not os.path.exists(os.path.join(output_dir, "state.json")):  # else the samples are all there already
+    dataset = _saved_dataset(output_dir)  # a resumed run may find the samples all there already
+    if dataset is None:
+        _remove_partial_save(output_dir)  # a run killed inside save_to_disk: its shards are still there
         os.makedirs(shards_dir, exist_ok=True)
         with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(asdict(config), f, indent=2)
         paths = _write_shards(pipe, config, shards_dir, os.path.join(output_dir, "png"))
         info = DatasetInfo(features=synthetic_features(), description=f"Synthetic fundus samples from {config.model_name}")
         concatenate_datasets([Dataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
-    shutil.rmtree(shards_dir, ignore_errors=True)
-    dataset = load_from_disk(output_dir)
+        dataset = load_from_disk(output_dir)
+    shutil.rmtree(shards_dir, ignore_errors=True)  # only once the saved dataset reads back
     write_extras(dataset, pipe, config, output_dir)
     return dataset
+
+
+SAVED_FILES = ("state.json", "dataset_info.json")  # save_to_disk writes them last, in this order
+
+
+def _saved_dataset(output_dir: str):
+    """The finished dataset in ``output_dir``, or None when there is none or its save was cut short."""
+    if not all(os.path.isfile(os.path.join(output_dir, name)) for name in SAVED_FILES):
+        return None
+    try:
+        return load_from_disk(output_dir)
+    except (OSError, ValueError, KeyError, TypeError):  # truncated JSON, a missing data file
+        return None
+
+
+def _remove_partial_save(output_dir: str) -> None:
+    """The files of an interrupted ``save_to_disk`` (made again from the shards)."""
+    if not os.path.isdir(output_dir):
+        return
+    for name in os.listdir(output_dir):
+        if name in SAVED_FILES or (name.startswith("data-") and name.endswith(".arrow")):
+            os.remove(os.path.join(output_dir, name))
 
 
 def _write_shards(pipe, config: GenerationConfig, shards_dir: str, png_dir: str) -> List[str]:

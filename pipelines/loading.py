@@ -110,10 +110,30 @@ def load_fundus_pipeline(
     pipe = PIPELINE_CLASSES[class_name].from_pretrained(
         path_or_hub_id, torch_dtype=DTYPES[dtype], use_safetensors=True
     )
+    check_finite_weights(pipe, class_name, path_or_hub_id, dtype)
     if scheduler is not None:
         scheduler_class, overrides = SCHEDULERS[scheduler]
         pipe.scheduler = getattr(diffusers, scheduler_class).from_config(pipe.scheduler.config, **overrides)
     return pipe.to(device)
+
+
+def check_finite_weights(pipe, class_name: str, source: str, dtype: str = "fp32") -> None:
+    """Refuse a pipeline whose network weights hold NaN or inf (a damaged file, or a run that diverged): it would
+    sample black images with empty masks."""
+    for name in COMPONENTS[class_name]:
+        module = getattr(pipe, name, None)
+        if not isinstance(module, torch.nn.Module):
+            continue
+        bad = [key for key, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            overflow = (
+                f" (loaded as {dtype}: weights beyond its range become inf; try --dtype fp32)" if dtype != "fp32" else ""
+            )
+            raise ValueError(
+                f"{source}: the {name} weights hold NaN or inf in {len(bad)} tensor(s), e.g. {bad[0]}{overflow}. "
+                "The model cannot sample (the file is damaged, or training diverged). Fix: use an earlier checkpoint "
+                "or snapshot of the run, or re-save / retrain the model."
+            )
 
 
 def is_class_conditional(pipe) -> bool:

@@ -9,8 +9,11 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -173,8 +176,15 @@ def _apply_labels(candidates: List[Candidate], path: str, report: BuildReport):
         if key is not None:
             c.label = table[key]
             used.add(key)
-    report.notes.append(f"{path}: labels given for {len(used)} names")
     unused = sorted(set(table) - used)
+    if table and not used:
+        example = next((c for c in candidates), None)
+        forms = f" (e.g. {example.id!r}, {os.path.basename(example.image_path)!r} or {stem(example.image_path)!r})" if example else ""
+        raise FundusDataError(
+            f"--labels {path}: none of its {len(table)} names matches an image of the inputs (first: {unused[0]!r}). "
+            f"Fix: name each image by its id, file name or stem{forms}, or pass the folder these labels belong to."
+        )
+    report.notes.append(f"{path}: labels given for {len(used)} names")
     if unused:
         report.notes.append(f"{path}: {len(unused)} names match no image (e.g. {unused[0]!r})")
 
@@ -197,9 +207,31 @@ def _open(path: str, data: bytes, kind: str) -> Image.Image:
         image.load()  # decodes everything, so a truncated file fails here and not in the middle of training
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadFileError(
-            path, f"cannot read this {kind} ({err})", "re-download or re-export the file, or pass --skip_bad to leave the pair out"
+            path,
+            f"cannot read this {kind} ({without_reprs(err)})",
+            "re-download or re-export the file, or pass --skip_bad to leave the pair out",
         ) from err
     return image
+
+
+def without_reprs(err: BaseException) -> str:
+    """An exception's text without object reprs (PIL: "cannot identify image file <_io.BytesIO object at 0x..>")."""
+    text = re.sub(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>", "", str(err)).strip()
+    return text or type(err).__name__
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """``uint8 [H, W, 3]`` of any image: 16- and 32-bit greyscale (``I;16``, ``I``) scaled from their full range
+    rather than clipped at 255, which makes nearly every pixel white; float images (``F``) scaled from [0, 1]."""
+    if image.mode.startswith("I") or image.mode == "F":
+        array = np.asarray(image).astype(np.float64)
+        if image.mode == "F":
+            scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0
+        else:
+            scale = 255.0 / 65535.0 if array.max(initial=0) > 255 or image.mode.startswith("I;16") else 1.0
+        grey = np.clip(np.round(array * scale), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -216,7 +248,7 @@ def read_image(path: str) -> Tuple[dict, Tuple[int, int], bool]:
     image = _open(path, data, "image")
     converted = not (image.format in ("JPEG", "PNG") and image.mode == "RGB")
     if converted:
-        data = _png(np.asarray(image.convert("RGB")))
+        data = _png(to_rgb(image))
     return {"bytes": data, "path": os.path.basename(path)}, image.size, converted
 
 
@@ -411,8 +443,11 @@ def build_dataset(
     candidates, report = scan_sources(palm_dirs, adam_dirs, folder_dirs, labels, include_amd, require_masks)
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.building-", dir=parent)
+    remove_stale_builds(output_dir)
+    tmp = tempfile.mkdtemp(prefix=building_prefix(output_dir), dir=parent)
     try:
+        with open(os.path.join(tmp, BUILDER_FILE), "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
         write_rows(candidates, os.path.join(tmp, "rows.arrow"), report, skip_bad=skip_bad, progress=progress)
         info = DatasetInfo(features=fundus_features(), citation="\n".join(citations_for(report.counts("origin"))))
         dataset = Dataset.from_file(os.path.join(tmp, "rows.arrow"), info=info)
@@ -426,6 +461,49 @@ def build_dataset(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+BUILDER_FILE = "builder.json"  # the process building in a hidden folder: the folder is stale once it is gone
+STALE_AFTER_S = 24 * 3600  # a folder that names no process (or another host's) counts as stale after this long
+
+
+def building_prefix(output_dir: str) -> str:
+    return f".{os.path.basename(output_dir)}.building-"
+
+
+def remove_stale_builds(output_dir: str) -> List[str]:
+    """Delete the hidden ``.NAME.building-*`` folders that killed builds of ``output_dir`` left beside it (the
+    builder process is gone, or, when that cannot be told, the folder is older than a day); return them."""
+    parent, prefix, removed = os.path.dirname(output_dir), building_prefix(output_dir), []
+    for entry in os.scandir(parent):
+        if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False) and _is_stale(entry.path):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
+
+
+def _is_stale(folder: str) -> bool:
+    try:
+        with open(os.path.join(folder, BUILDER_FILE), encoding="utf-8") as f:
+            builder = json.load(f)
+        if builder.get("host") == socket.gethostname():
+            return not _process_alive(int(builder["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return time.time() - os.stat(folder).st_mtime > STALE_AFTER_S
+    except OSError:
+        return False
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def push_dataset_to_hub(output_dir: str, repo_id: str, private: Optional[bool] = None, token: Optional[str] = None):

@@ -96,6 +96,7 @@ class FundusTrainingView(Dataset):
         from .build import ordered_map
 
         threads = build_threads if build_threads is not None else min(4, os.cpu_count() or 1)
+        check_cache_fits(self.shape, os.path.dirname(self.cache_path), threads)
         tmp = f"{self.cache_path}.{uuid.uuid4().hex}.tmp"
         try:
             with open(tmp, "wb") as f:
@@ -136,6 +137,42 @@ class FundusTrainingView(Dataset):
             samples = [s[..., ::-1] if f else s for s, f in zip(samples, flips)]
         pixel_values = torch.from_numpy(to_unit_range(samples))
         return [{"pixel_values": x, "class_labels": self.class_labels[i]} for x, i in zip(pixel_values, indices)]
+
+
+def check_cache_fits(shape, cache_dir: str, threads: int) -> None:
+    """Refuse a cache that cannot fit before spending minutes on it: the ``uint8`` array on the cache's disk, and
+    each preprocessing thread's decoded and resized images (about 8 bytes a pixel a channel) in free memory."""
+    import shutil
+
+    n, channels, height, width = shape
+    needed = n * channels * height * width
+    free = shutil.disk_usage(cache_dir).free
+    if needed > free:
+        raise ValueError(
+            f"The {height} px training cache needs {human_bytes(needed)} but {cache_dir} has {human_bytes(free)} free. "
+            "Fix: a lower --resolution, or a --cache_dir (or $FUNDUS_CACHE) on a larger disk."
+        )
+    working = threads * 8 * channels * height * width
+    available = available_memory()
+    if available is not None and working > available:
+        raise ValueError(
+            f"Preprocessing at {height} px needs about {human_bytes(working)} of memory but {human_bytes(available)} "
+            "is available. Fix: a lower --resolution."
+        )
+
+
+def available_memory():
+    """Bytes of memory available to new allocations, page cache included (Linux's MemAvailable; None elsewhere)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def human_bytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def to_unit_range(arrays: Sequence[np.ndarray]) -> np.ndarray:

@@ -287,6 +287,11 @@ def evaluate(
     config = config or EvaluationConfig()
     device = config.device or default_device()
     mask_names = parse_mask_names(config.masks)
+    for name, dataset in (("real", real), ("synthetic", synthetic), ("holdout", holdout)):
+        if dataset is not None and len(dataset) == 0:
+            where = f" {config.inputs[name]}" if (config.inputs or {}).get(name) else ""
+            fix = "regenerate it with scripts/generate.py" if name == "synthetic" else "rebuild it"
+            raise ValueError(f"--{name}{where} holds no samples: nothing to evaluate. Fix: {fix}.")
     resolution, resolution_info = _resolution(config, synthetic)
     real_train, holdout, split_how = resolve_split(real, holdout, config)
     _check_annotations({"real training": real_train, "held-out": holdout, "synthetic": synthetic}, mask_names)

@@ -208,8 +208,70 @@ def parse_training_args(kind, argv: Optional[Sequence[str]] = None) -> argparse.
         parser.error("--compile_mode reduce-overhead cannot accumulate gradients: use --gradient_accumulation_steps 1.")
     if not 0.0 <= args.class_dropout_prob < 1.0:
         parser.error("--class_dropout_prob must be in [0, 1).")
+    check_common_args(parser, args)
     kind.check_args(parser, args)
     return args
+
+
+# Far above any fundus model here (256-512 px): 4096 px would already cache 64 MiB per 4-channel sample.
+MAX_RESOLUTION = 2048
+_POSITIVE_FLAGS = (
+    "resolution", "train_batch_size", "num_epochs", "max_train_steps", "gradient_accumulation_steps",
+    "checkpointing_steps", "validation_steps", "logging_steps", "snapshot_steps", "checkpoints_total_limit",
+    "num_validation_images",
+)  # fmt: skip
+
+
+def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before anything is loaded, the values of the common flags that cannot work: counts and sizes below 1,
+    an absurd ``--resolution``, and an ``--output_dir`` that is a file or cannot be written."""
+    for name in _POSITIVE_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            hint = " (leave it out to train --num_epochs)" if name == "max_train_steps" else ""
+            parser.error(f"--{name} must be a positive number; got {value}{hint}.")
+    if args.dataloader_num_workers < 0:
+        parser.error(f"--dataloader_num_workers must be 0 or more; got {args.dataloader_num_workers}.")
+    if args.resolution is None:
+        parser.error("Give --resolution (a square size in pixels, e.g. 64 or 256).")
+    if args.resolution > MAX_RESOLUTION:
+        parser.error(
+            f"--resolution {args.resolution} is above the {MAX_RESOLUTION} px this package trains at (fundus models "
+            "here use 64-512 px; the training cache holds every sample at this size). Use e.g. --resolution 256."
+        )
+    problem = output_dir_problem(args.output_dir)
+    if problem:
+        parser.error(f"--output_dir {args.output_dir}: {problem}")
+
+
+def output_dir_problem(output_dir: str) -> Optional[str]:
+    """Why a run could not write into ``output_dir`` (None when it can): a file in its place, or a folder (itself or
+    the nearest existing parent) where no file can be created."""
+    path = os.path.abspath(os.path.expanduser(output_dir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        return "is a file, not a folder. Fix: choose a folder path (or move the file away)."
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, so no folder can be made under it. Fix: choose another --output_dir."
+    try:
+        probe_writable(existing)
+    except OSError as err:
+        return (
+            f"cannot write into {existing} ({err.strerror or type(err).__name__}). Fix: choose a writable "
+            "--output_dir, or make that folder writable."
+        )
+    return None
+
+
+def probe_writable(folder: str) -> None:
+    """Create and remove a file in ``folder`` (raises ``OSError`` when that is not possible: permissions, a
+    read-only file system). Stricter than ``os.access``, which knows nothing of read-only mounts."""
+    import tempfile
+
+    with tempfile.TemporaryFile(dir=folder, prefix=".write-probe-"):
+        pass
 
 
 def make_accelerator(args, **kwargs) -> Accelerator:

@@ -17,7 +17,7 @@ from accelerate.logging import get_logger
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, parse_mask_names
 from ..data.transforms import array_to_tensor, tensor_to_outputs
 from ..models.dcgan import DCGANDiscriminator, DCGANGenerator
-from ..pipelines.pipeline_fundus_gan import FundusGANPipeline
+from ..pipelines.pipeline_fundus_gan import FundusGANPipeline, upsampling_plan
 from ..visualization import contact_sheet
 from . import loop
 from .args import parse_training_args
@@ -172,6 +172,27 @@ def sample_diversity(x: torch.Tensor, size: int = DIVERSITY_SIZE) -> float:
 # ---------------------------------------------------------------------------------------------------------- training
 
 
+DIVERGED_D_LOSS, DIVERGED_G_LOSS, EXPLODED_LOSS, EXPLODED_WEIGHT = 1e-3, 50.0, 1e3, 1e4
+
+
+def divergence_warning(d_loss: Optional[float], g_loss: Optional[float], max_abs_weight: float, step: int):
+    """A warning (or None) when the GAN has diverged: the discriminator wins outright (D loss ~0 with a huge G
+    loss) or the generator's weights exploded; the losses can stay finite, so the NaN stop never fires."""
+    problems = []
+    if d_loss is not None and d_loss < DIVERGED_D_LOSS and g_loss > DIVERGED_G_LOSS:
+        problems.append(f"D loss {d_loss:.3g} with G loss {g_loss:.3g}: the discriminator rejects every fake")
+    elif d_loss is not None and max(abs(d_loss), abs(g_loss)) > EXPLODED_LOSS:
+        problems.append(f"D loss {d_loss:.3g}, G loss {g_loss:.3g}: the losses exploded")
+    if not math.isfinite(max_abs_weight) or max_abs_weight > EXPLODED_WEIGHT:
+        problems.append(f"the generator's largest |weight| is {max_abs_weight:.3g}: its weights exploded")
+    if not problems:
+        return None
+    return (
+        f"The GAN diverged at or before step {step} ({'; '.join(problems)}); its samples are likely noise or flat. "
+        "Lower --learning_rate (e.g. 2e-4), try --spectral_norm or --diffaugment, and resume from an earlier checkpoint."
+    )
+
+
 def build_models(args, channels: int):
     num_class_embeds = NUM_CLASS_EMBEDS if args.class_conditional else None
     generator = DCGANGenerator(
@@ -281,8 +302,9 @@ class DCGANKind(loop.ModelKind):
             parser.error("--label_smoothing must be in [0, 1).")
         try:
             DiffAugment(args.diffaugment)
+            upsampling_plan(args.resolution)
         except ValueError as e:
-            parser.error(str(e))
+            parser.error(f"{str(e).replace('A DCGAN resolution', '--resolution')}")
 
     def __init__(self, args, accelerator, view, plan):
         super().__init__(args, accelerator, view, plan)
@@ -332,6 +354,7 @@ class DCGANKind(loop.ModelKind):
 
     def step(self, batch) -> Dict[str, torch.Tensor]:
         metrics = self.gan_step(batch["pixel_values"], batch["class_labels"])
+        self.last_metrics = metrics  # on the device; validate reads it (one sync per validation)
         if self.ema is not None and self.accelerator.sync_gradients:
             self.ema.update()
         return dict(zip(METRICS, metrics))
@@ -344,6 +367,14 @@ class DCGANKind(loop.ModelKind):
         with torch.no_grad():
             samples = model(self.fixed_latents, self.fixed_labels).float()
         model.train(was_training)
+        last = getattr(self, "last_metrics", None)
+        warning = divergence_warning(
+            *(last[:2].tolist() if last is not None else (None, None)),
+            max(float(p.detach().abs().max()) for p in model.parameters()),
+            step,
+        )
+        if warning:
+            logger.warning(warning)
         diversity = sample_diversity(samples)
         ratio = diversity / max(self.real_diversity, 1e-12)
         collapse = ratio < args.collapse_threshold

@@ -209,6 +209,12 @@ class DDPMKind(loop.ModelKind):
     def check_args(parser, args):
         if args.model_config is None:
             args.model_config = "base64" if args.resolution <= 64 else "base256"
+        factor = 2 ** (len(UNET_PRESETS[args.model_config]["channels"]) - 1) if args.model_config in UNET_PRESETS else 1
+        if args.resolution % factor:
+            parser.error(
+                f"--resolution {args.resolution}: the {args.model_config} UNet takes multiples of {factor} px. Fix: "
+                f"use {max(factor, args.resolution // factor * factor)} or {(args.resolution // factor + 1) * factor}."
+            )
         if not args.use_ema:
             parser.error("The DDPM always keeps an EMA of its weights (it is the saved model): drop --no-use_ema.")
 
