@@ -149,7 +149,7 @@ def _file_problem(folder: str, rel: str) -> Optional[str]:
 def verify_checkpoint(path: str) -> Optional[str]:
     """Why ``path`` is not a good checkpoint (naming the file), or None when it is.
 
-    With a ``manifest.json``: every file it lists must be there with its size and sha256. Checkpoints written before
+    With a ``manifest.json``: every file it lists must be there with its size and sha256, and no other file. Checkpoints written before
     manifests existed (no ``manifest.json``) are verified by their structure instead: every file must parse
     (safetensors headers, JSON, the CRCs of torch's zip files) — that catches truncated, empty and missing-tail
     files, not bytes overwritten in place; loading them is still safe (nothing they hold can run code).
@@ -168,6 +168,9 @@ def verify_checkpoint(path: str) -> Optional[str]:
             return f"{MANIFEST_FILE} is unreadable ({type(err).__name__}: {err})"
         if STATE_FILE not in listed:
             return f"{MANIFEST_FILE} does not list {STATE_FILE}"
+        unlisted = [rel for rel in _files(path) if rel not in listed]
+        if unlisted:
+            return f"{unlisted[0]} is not in {MANIFEST_FILE} (it was added after the save)"
         for rel, (size, sha) in sorted(listed.items()):
             file = os.path.join(path, rel)
             if os.path.isabs(rel) or ".." in rel.split("/") or not os.path.isfile(file):
@@ -197,7 +200,7 @@ def set_aside(path: str, reason: str) -> str:
         n += 1
         target = f"{path}{DAMAGED_SUFFIX}-{n}"
     os.replace(path, target)
-    logger.warning(f"Set {os.path.basename(path)} aside as {os.path.basename(target)}: {reason}")
+    logger.warning(f"{os.path.basename(path)} does not verify ({reason}); set aside as {os.path.basename(target)}.")
     return target
 
 
@@ -385,10 +388,9 @@ def find_checkpoint(output_dir: str, resume_from: Optional[str], accelerator=Non
             _barrier(accelerator)  # every process has verified before the main one moves folders
             if _is_main(accelerator):
                 for candidate, problem in skipped:
-                    logger.warning(f"Skipping {os.path.basename(candidate)}: {problem}.")
-                    set_aside(candidate, problem)
+                    set_aside(candidate, problem)  # logs the reason
                 logger.warning(
-                    f"Resuming from {os.path.basename(found)} instead."
+                    f"Skipped {len(skipped)} damaged checkpoint(s); resuming from {os.path.basename(found)}."
                     if found
                     else f"No checkpoint in {output_dir} verifies; starting from scratch."
                 )
@@ -440,6 +442,8 @@ def _accelerate_view(path: str):
     """``path``, or, when it holds accelerate's ``custom_checkpoint_*.pkl`` (which ``load_state`` would unpickle
     with ``weights_only=False``), a temporary folder of links to every other file."""
     hidden = [name for name in os.listdir(path) if LEGACY_CUSTOM_RE.match(name)]
+    if hidden and os.path.exists(os.path.join(path, MANIFEST_FILE)):  # saved by this version, which never reads them
+        logger.warning(f"Ignoring {', '.join(sorted(hidden))} in {path}: this version never reads such pickles.")
     if not hidden:
         yield path
         return
@@ -476,8 +480,12 @@ def load_checkpoint(
     taken at. When the weights do not fit the models built now, the error names those of ``flags`` (the flags that
     shape the models) that differ from the checkpoint's run. A file that cannot be read, or that would need code to
     load, is a ``CheckpointError`` naming it; restored weights that hold NaN/inf are one too."""
-    with open(os.path.join(path, STATE_FILE)) as f:
-        state = json.load(f)
+    try:
+        with open(os.path.join(path, STATE_FILE)) as f:
+            state = json.load(f)
+        int(state["step"])
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"Could not load {path}: {STATE_FILE} is unreadable ({type(err).__name__}).") from err
     objects = _objects(accelerator, extra_state)
     _warn_if_rng_unreadable(accelerator, path)
     try:
