@@ -12,7 +12,7 @@ The report folder holds real photographs (nearest-neighbour pairs, worst held-ou
 import argparse
 
 from fundus_diffusion.cli import run_script
-from fundus_diffusion.data import load_fundus_dataset
+from fundus_diffusion.data import FundusDataError, load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
 from fundus_diffusion.evaluation.checks import resolution_problem, warn_if_upscaled
 from fundus_diffusion.evaluation.model_card import update_model_card
@@ -91,6 +91,14 @@ def parse_args(argv=None):
     return args
 
 
+def load_input(flag: str, spec: str):
+    """``load_fundus_dataset(spec)``, its data errors prefixed with the flag that named it."""
+    try:
+        return load_fundus_dataset(spec)
+    except FundusDataError as err:
+        raise FundusDataError(f"--{flag}: {err}") from None
+
+
 def main(args):
     config = EvaluationConfig(
         resolution=args.resolution,
@@ -108,8 +116,8 @@ def main(args):
         device=args.device,
         inputs={"real": args.real, "synthetic": args.synthetic, "holdout": args.holdout},
     )
-    real, synthetic = load_fundus_dataset(args.real), load_fundus_dataset(args.synthetic)
-    holdout = load_fundus_dataset(args.holdout) if args.holdout else None
+    real, synthetic = load_input("real", args.real), load_input("synthetic", args.synthetic)
+    holdout = load_input("holdout", args.holdout) if args.holdout else None
     if args.resolution is not None:
         warn_if_upscaled(synthetic, args.resolution, "the synthetic")
     report, figures = evaluate(real, synthetic, holdout, config)

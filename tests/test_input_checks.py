@@ -261,6 +261,23 @@ def test_evaluate_refuses_an_empty_synthetic_set(tmp_path):
         evaluate(real, empty, None, config)
 
 
+def test_evaluate_script_refuses_an_empty_saved_synthetic_set_in_one_line(tmp_path, capsys, monkeypatch):
+    import runpy
+
+    from fundus_diffusion.data import load_phantom_dataset
+
+    empty = tmp_path / "empty"
+    load_phantom_dataset(2, size=32).select([]).save_to_disk(str(empty))
+    argv = ["evaluate.py", "--real", "phantom:4", "--synthetic", str(empty), "--output_dir", str(tmp_path / "report")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO_ROOT / "scripts" / "evaluate.py"), run_name="__main__")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"evaluate.py: error: --synthetic: {empty} is a saved dataset with no samples" in err
+    assert "Traceback" not in err and not (tmp_path / "report").exists()
+
+
 # --------------------------------------------------------------------------------------------- dataset build
 
 

@@ -43,6 +43,7 @@ def load_fundus_dataset(
         return load_phantom_dataset(num, size=PHANTOM_DEFAULT_SIZE)
     if os.path.isdir(spec):
         if any(os.path.exists(os.path.join(spec, f)) for f in SAVED_MARKERS):
+            check_not_empty(spec)
             dataset = load_from_disk(spec)
         else:
             options = dict(labels=labels, include_amd=include_amd, require_masks=require_masks, skip_bad=skip_bad)
@@ -65,6 +66,27 @@ def load_fundus_dataset(
             raise ValueError(f"{spec} has splits {list(dataset)}, not {split!r}. Fix: pass split= one of them.")
         dataset = dataset[split]
     return dataset
+
+
+def check_not_empty(folder: str) -> None:
+    """Refuse a saved dataset without rows before ``datasets`` fails on it (an IndexError from inside it)."""
+    import json
+
+    from .readers import FundusDataError
+
+    path = os.path.join(folder, "state.json")
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            data_files = json.load(f).get("_data_files")
+    except (OSError, ValueError, AttributeError):
+        return  # load_from_disk says what is wrong with it
+    if data_files == []:
+        raise FundusDataError(
+            f"{folder} is a saved dataset with no samples. Fix: rebuild it (scripts/build_dataset.py) or regenerate it "
+            "(scripts/generate.py) with at least one sample."
+        )
 
 
 def load_raw_folder(
