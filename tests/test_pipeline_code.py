@@ -55,44 +55,21 @@ print(json.dumps([type(pipe).__module__, type(pipe).__name__, sorted(out.masks[0
                   sorted(m for m in sys.modules if m.split(".")[0] == "fundus_diffusion")]))
 """
 
-# The Hub path of diffusers alone, without a network: the folder stands in for the Hub repo "me/model". model_info
-# lists its files, hf_hub_download copies one into the snapshot folder, snapshot_download copies only the files that
-# diffusers' allow / ignore patterns select (as the Hub does): what diffusers does not ask for is not there.
+# The Hub path, without a network: tests/hub_stand_in.py serves the folder as the Hub repo "me/model".
 FROM_THE_HUB = REFUSE_FUNDUS_DIFFUSION + """
-import fnmatch, os, shutil, types
+import os
 import numpy as np, torch
-import diffusers.pipelines.pipeline_utils as pu
-import diffusers.utils.dynamic_modules_utils as dm
-repo, snapshot, out = sys.argv[1], sys.argv[2], sys.argv[3]
-files = [os.path.relpath(os.path.join(r, f), repo) for r, _, fs in os.walk(repo) for f in fs]
-
-def model_info(repo_id, **kwargs):
-    return types.SimpleNamespace(siblings=[types.SimpleNamespace(rfilename=f) for f in files], sha="0" * 40)
-
-def hf_hub_download(repo_id, filename, subfolder=None, **kwargs):
-    name = f"{subfolder}/{filename}" if subfolder else filename
-    os.makedirs(os.path.dirname(os.path.join(snapshot, name)), exist_ok=True)
-    return shutil.copyfile(os.path.join(repo, name), os.path.join(snapshot, name))
-
-def snapshot_download(repo_id, allow_patterns=None, ignore_patterns=None, **kwargs):
-    for f in files:
-        if (allow_patterns is None or any(fnmatch.fnmatch(f, p) for p in allow_patterns)) and not any(
-            fnmatch.fnmatch(f, p) for p in ignore_patterns or ()
-        ):
-            hf_hub_download(repo_id, f)
-    return snapshot
-
-for module in (pu, dm):
-    module.model_info, module.hf_hub_download = model_info, hf_hub_download
-pu.snapshot_download = snapshot_download
-pu._resolve_revision = lambda name, revision=None, **kwargs: revision
-pipe = pu.DiffusionPipeline.from_pretrained("me/model", trust_remote_code=True)
+from diffusers import DiffusionPipeline
+repo, snapshot, out, labels = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+sys.path.insert(0, sys.argv[5])
+import hub_stand_in
+hub_stand_in.install(repo, snapshot)
+pipe = DiffusionPipeline.from_pretrained("me/model", trust_remote_code=True)
 pipe.set_progress_bar_config(disable=True)
-labels = json.loads(sys.argv[4])
-out_ = pipe(batch_size=2, class_labels=labels, generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
-            num_inference_steps=2, output_type="np")
-np.save(out, out_.images)
-print(json.dumps([type(pipe).__module__, type(pipe).__name__, sorted(out_.masks[0]), sorted(os.listdir(snapshot)),
+result = pipe(batch_size=2, class_labels=labels, generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+              num_inference_steps=2, output_type="np")
+np.save(out, result.images)
+print(json.dumps([type(pipe).__module__, type(pipe).__name__, sorted(result.masks[0]), sorted(os.listdir(snapshot)),
                   sorted(m for m in sys.modules if m.split(".")[0] == "fundus_diffusion")]))
 """
 
@@ -143,24 +120,53 @@ def test_a_saved_folder_loads_and_samples_with_diffusers_alone(tmp_path, make, l
     assert "Expected types" not in result.stderr  # the generator's copy is accepted by the pipeline's copy
 
 
+def from_the_hub(tmp_path, script, *args):
+    """Run ``script`` with tests/hub_stand_in.py serving ``tmp_path / "repo"`` as the Hub repo "me/model"."""
+    (tmp_path / "snapshot").mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_HOME": str(tmp_path / "hf-home")}
+    args = [tmp_path / "repo", tmp_path / "snapshot", *args, Path(__file__).parent]
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env=env,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("make,labels", [(tiny_ddpm, ["PM", "non-PM"]), (tiny_gan, ["PM", None])])
 def test_a_saved_folder_loads_from_the_hub_with_diffusers_alone(tmp_path, make, labels):
     """diffusers takes every list in model_index.json for a component to download: the pipeline's settings must not
     be lists there (mask_names was), and each component's code must be its one file (the snapshot holds no other)."""
     pipe = make()
     save_model(pipe, tmp_path / "repo", training_info={"steps": 1})
-    (tmp_path / "snapshot").mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_HOME": str(tmp_path / "hf-home")}
-    args = [tmp_path / "repo", tmp_path / "snapshot", tmp_path / "images.npy", json.dumps(labels)]
-    result = subprocess.run(
-        [sys.executable, "-c", FROM_THE_HUB, *map(str, args)], capture_output=True, text=True, timeout=300,
-        cwd=tmp_path, env=env,
-    )  # fmt: skip
+    result = from_the_hub(tmp_path, FROM_THE_HUB, tmp_path / "images.npy", json.dumps(labels))
     assert result.returncode == 0, result.stderr[-3000:]
     module, name, masks, downloaded, imported = json.loads(result.stdout.splitlines()[-1])
     assert module.startswith("diffusers_modules.") and name == type(pipe).__name__, result.stdout
     assert masks == sorted(pipe.config.mask_names) and imported == [] and "README.md" not in downloaded
     np.testing.assert_allclose(np.load(tmp_path / "images.npy"), samples(pipe, labels), atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [tiny_ddpm, tiny_gan])
+@pytest.mark.parametrize("mask_names", ["as saved", "a list, as saved before"])
+def test_a_saved_folder_loads_from_the_hub_with_our_loader(tmp_path, make, mask_names):
+    pipe = make()
+    pipe.save_pretrained(tmp_path / "repo")
+    if mask_names != "as saved":
+        index = json.loads((tmp_path / "repo" / "model_index.json").read_text())
+        index["mask_names"] = list(pipe.config.mask_names)
+        (tmp_path / "repo" / "model_index.json").write_text(json.dumps(index))
+    script = (
+        "import json, sys\n"
+        "sys.path.insert(0, sys.argv[-1])\n"
+        "import hub_stand_in\n"
+        "from fundus_diffusion.pipelines import loading\n"
+        "hub_stand_in.install(sys.argv[1], sys.argv[2], loading)\n"
+        "pipe = loading.load_fundus_pipeline('me/model', device='cpu')\n"
+        "print(json.dumps([type(pipe).__module__, pipe.config.mask_names]))\n"
+    )
+    result = from_the_hub(tmp_path, script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, names = json.loads(result.stdout.splitlines()[-1])
+    assert module == type(pipe).__module__ and names == pipe.config.mask_names
 
 
 def test_without_the_saved_code_diffusers_alone_cannot_load_it(tmp_path):
