@@ -223,8 +223,14 @@ def sampler_description(output_dir: str) -> Optional[str]:
     return f"{config.get('scheduler') or 'own scheduler'}, {steps} steps" if steps else None
 
 
-def _check_resume(output_dir: str, config: GenerationConfig, resume: bool):
-    """Refuse to overwrite, and refuse to resume with settings that would change the samples."""
+def check_resume(output_dir: str, config: GenerationConfig, resume: bool):
+    """Refuse to overwrite, and refuse to resume with settings that would change the samples (cheap: the script
+    calls it before loading the model, too)."""
+    from .training.args import output_dir_problem
+
+    problem = output_dir_problem(output_dir)
+    if problem:  # a file in its place, or a folder no file can be written in
+        raise ValueError(f"--output_dir {output_dir}: {problem}")
     saved = read_generation_config(output_dir)
     if not saved:
         if os.path.isdir(output_dir) and os.listdir(output_dir):
@@ -240,7 +246,7 @@ def _check_resume(output_dir: str, config: GenerationConfig, resume: bool):
 
 def generate_dataset(pipe, config: GenerationConfig, output_dir: str, resume: bool = False):
     """Generate ``config.num_samples`` samples into ``output_dir`` (see the module docstring); return the dataset."""
-    _check_resume(output_dir, config, resume)
+    check_resume(output_dir, config, resume)
     if config.labels and not is_class_conditional(pipe):
         raise ValueError("--labels needs a class-conditional model; this one is unconditional.")
     shards_dir = os.path.join(output_dir, SHARDS_DIR)

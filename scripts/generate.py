@@ -10,6 +10,7 @@ from fundus_diffusion.cli import run_script
 from fundus_diffusion.generate import (
     POSTPROCESSING,
     GenerationConfig,
+    check_resume,
     generate_dataset,
     parse_label_counts,
     push_dataset,
@@ -54,6 +55,7 @@ def main(args):
         batch_size=args.batch_size,
         device=args.device,
     )
+    check_resume(args.output_dir, config, args.resume)  # before the model loads: a wrong folder fails at once
     pipe = load_fundus_pipeline(args.model, scheduler=args.scheduler, device=args.device, dtype=args.dtype)
     dataset = generate_dataset(pipe, config, args.output_dir, resume=args.resume)
     print(f"Wrote {len(dataset)} samples to {args.output_dir} (dataset card: {args.output_dir}/README.md)")

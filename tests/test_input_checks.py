@@ -208,6 +208,22 @@ def test_generate_script_reports_nan_weights_in_one_line(gan_folder, tmp_path, c
     assert not (tmp_path / "syn").exists()
 
 
+def test_generate_script_refuses_an_output_dir_that_is_a_file_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    import runpy
+
+    from fundus_diffusion.pipelines import loading
+
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    monkeypatch.setattr(loading, "load_fundus_pipeline", lambda *a, **k: pytest.fail("the model was loaded first"))
+    argv = ["generate.py", "--model", "any/model", "--output_dir", str(target), "--num_samples", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO_ROOT / "scripts" / "generate.py"), run_name="__main__")
+    assert exit_info.value.code == 1
+    assert f"generate.py: error: --output_dir {target}: is a file, not a folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("cut", ["after_state", "truncated_info", "shards_gone"])
 def test_generate_resume_after_a_kill_inside_the_final_save(gan_folder, tmp_path, monkeypatch, cut):
     """Killed between save_to_disk's state.json and dataset_info.json (or while writing the latter): --resume
