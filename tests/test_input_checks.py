@@ -361,3 +361,13 @@ def test_stale_hidden_build_folders_are_cleaned(folder_tree, tmp_path):
     build_dataset(str(out), folder_dirs=[folder_tree], progress=False)
     assert sorted(p.name for p in tmp_path.glob(".*.building-*")) == [".other.building-x", ".out.building-alive"]
     assert (out / "dataset_info.json").exists()
+
+
+def test_build_into_an_unwritable_place_fails_before_reading(folder_tree, tmp_path):
+    from fundus_diffusion.data.build import build_dataset
+    from fundus_diffusion.data.readers import FundusDataError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(FundusDataError, match=r"--output_dir .*a-file/out: cannot write into .*a-file \("):
+        build_dataset(str(blocker / "out"), folder_dirs=[folder_tree], progress=False)

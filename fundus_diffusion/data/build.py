@@ -440,9 +440,17 @@ def build_dataset(
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and not overwrite:
         raise FileExistsError(f"{output_dir} already exists. Fix: choose another --output_dir or pass --overwrite.")
-    candidates, report = scan_sources(palm_dirs, adam_dirs, folder_dirs, labels, include_amd, require_masks)
     parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        with tempfile.TemporaryFile(dir=parent, prefix=".write-probe-"):
+            pass
+    except OSError as err:  # a file in the way, no permission, a read-only mount: say so before reading anything
+        raise FundusDataError(
+            f"--output_dir {output_dir}: cannot write into {parent} ({err.strerror or type(err).__name__}). Fix: "
+            "choose a writable --output_dir."
+        ) from None
+    candidates, report = scan_sources(palm_dirs, adam_dirs, folder_dirs, labels, include_amd, require_masks)
     remove_stale_builds(output_dir)
     tmp = tempfile.mkdtemp(prefix=building_prefix(output_dir), dir=parent)
     try:
