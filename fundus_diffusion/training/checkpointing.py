@@ -272,7 +272,17 @@ def _load_object(obj, folder: str, name: str, legacy_index: int) -> None:
                 f"{legacy} (the state of {name}) was refused: it is not a plain state dict that loads with "
                 f"weights_only=True ({type(err).__name__}: {str(err).splitlines()[0]})."
             ) from err
-    obj.load_state_dict(state)
+    expected = set(obj.state_dict())
+    if not isinstance(state, dict) or set(state) != expected:
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{folder}: the state of {name} does not fit it (keys {found}, expected {sorted(expected)}); it was saved "
+            "by another model or version."
+        )
+    try:
+        obj.load_state_dict(state)
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"{folder}: the state of {name} does not fit it ({err}).") from err
 
 
 def _weight_tensors(accelerator, objects: Dict[str, object]):
