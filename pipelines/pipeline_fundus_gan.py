@@ -17,7 +17,7 @@ import torch
 from diffusers import DiffusionPipeline, ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from .dcgan_generator import DCGANGenerator, upsampling_plan  # noqa: F401 (upsampling_plan: re-exported for callers)
+from .dcgan_generator import DCGANGenerator
 from .pipeline_fundus import (
     DEFAULT_MASK_NAMES,
     IMAGE_CHANNELS,
