@@ -214,7 +214,30 @@ def _peek_seed(generator: torch.Generator) -> int:
     return seed
 
 
-class FundusPipeline(DiffusionPipeline):
+class FundusPipelineMixin:
+    """What both fundus pipelines share: their classes (``config.id2label``; the null class comes after them) and how
+    a sampled C-channel tensor becomes their output. A mixin, not a ``DiffusionPipeline``: diffusers finds a custom
+    pipeline file's class as its one pipeline subclass."""
+
+    @property
+    def null_class_id(self) -> int:
+        return len(self.config.id2label)
+
+    def class_ids(self, class_labels: Union[Label, Sequence[Label]], batch_size: int) -> torch.Tensor:
+        """Names, ids, ``None`` or -1 (the null class: unconditional) -> a ``[batch_size]`` tensor of class ids."""
+        return class_ids(self.config.id2label, class_labels, batch_size, self._execution_device)
+
+    def outputs(self, sample: torch.Tensor, output_type: str, return_dict: bool):
+        """Images and per-sample mask dicts from a sampled ``[N, C, H, W]`` tensor in [-1, 1], as ``__call__`` returns
+        them; the model hooks are released first."""
+        images, masks = tensor_to_outputs(sample, self.config.mask_names, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, masks
+        return FundusPipelineOutput(images=images, masks=masks)
+
+
+class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
     r"""
     Generates fundus photographs together with their segmentation masks from one C-channel diffusion model
     (channels 0-2 RGB, then one channel per mask in ``mask_names`` order, all in [-1, 1]).
@@ -252,14 +275,6 @@ class FundusPipeline(DiffusionPipeline):
         self.register_to_config(
             image_channels=image_channels, mask_names=mask_names, id2label=id2label, training_info=training_info
         )
-
-    @property
-    def null_class_id(self) -> int:
-        return len(self.config.id2label)
-
-    def class_ids(self, class_labels: Union[Label, Sequence[Label]], batch_size: int) -> torch.Tensor:
-        """Names, ids, ``None`` or -1 (unconditional) -> a ``[batch_size]`` tensor of class ids."""
-        return class_ids(self.config.id2label, class_labels, batch_size, self._execution_device)
 
     def prepare_extra_step_kwargs(self, generator, eta):
         # Not all schedulers take the same step arguments: eta is DDIM's, generator belongs to the stochastic ones.
@@ -352,11 +367,7 @@ class FundusPipeline(DiffusionPipeline):
                 model_output = uncond + guidance_scale * (cond - uncond)
             sample = self.scheduler.step(model_output, t, sample, **extra_step_kwargs, return_dict=False)[0]
 
-        images, masks = tensor_to_outputs(sample, self.config.mask_names, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return images, masks
-        return FundusPipelineOutput(images=images, masks=masks)
+        return self.outputs(sample, output_type, return_dict)
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """``DiffusionPipeline.save_pretrained`` plus this file as ``pipeline.py`` (see ``save_pretrained_with_code``).

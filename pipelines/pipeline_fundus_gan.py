@@ -21,13 +21,11 @@ from .dcgan_generator import DCGANGenerator
 from .pipeline_fundus import (
     DEFAULT_MASK_NAMES,
     IMAGE_CHANNELS,
-    FundusPipelineOutput,
+    FundusPipelineMixin,
     Label,
     check_fundus_config,
-    class_ids,
     config_for_this_class,
     save_pretrained_with_code,
-    tensor_to_outputs,
 )
 
 GENERATOR_MODULE = DCGANGenerator.__module__.rsplit(".", 1)[-1]  # "dcgan_generator": gan_generator/dcgan_generator.py
@@ -37,7 +35,7 @@ HUB_KWARGS = (
 )  # fmt: skip
 
 
-class FundusGANPipeline(DiffusionPipeline):
+class FundusGANPipeline(FundusPipelineMixin, DiffusionPipeline):
     r"""
     Generates fundus photographs together with their segmentation masks from a DCGAN generator in one forward pass;
     the same call and outputs as ``FundusPipeline``, so that downstream code treats both alike.
@@ -76,14 +74,6 @@ class FundusGANPipeline(DiffusionPipeline):
         self.register_to_config(
             image_channels=image_channels, mask_names=mask_names, id2label=id2label, training_info=training_info
         )
-
-    @property
-    def null_class_id(self) -> int:
-        return len(self.config.id2label)
-
-    def class_ids(self, class_labels: Union[Label, Sequence[Label]], batch_size: int) -> torch.Tensor:
-        """Names, ids, ``None`` or -1 (the null class) -> a ``[batch_size]`` tensor of class ids."""
-        return class_ids(self.config.id2label, class_labels, batch_size, self._execution_device)
 
     @torch.no_grad()
     def __call__(
@@ -130,11 +120,7 @@ class FundusGANPipeline(DiffusionPipeline):
             latents = latents.to(device=device, dtype=model.dtype)
 
         sample = model(latents, labels)
-        images, masks = tensor_to_outputs(sample, self.config.mask_names, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return images, masks
-        return FundusPipelineOutput(images=images, masks=masks)
+        return self.outputs(sample, output_type, return_dict)
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """``DiffusionPipeline.save_pretrained`` plus this file as ``pipeline.py``, the modules it imports beside it and
