@@ -35,6 +35,9 @@ from pathlib import Path
 
 import torch
 
+from fundus_diffusion.cli import run_script
+from fundus_diffusion.training.run_folder import checks, finished, mean_and_error, read_metrics, second_half, throughput
+
 REPO = Path(__file__).resolve().parents[1]
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -108,44 +111,14 @@ def launch(args, script, processes, batch, steps, flags, output_dir, data_seed, 
     return time.perf_counter() - start
 
 
-def finished(run, expected=None):
-    """Whether ``run`` saved its final model (in an earlier call); with ``expected`` (``{arg: value}``), refuses a run
-    trained with other settings, which would otherwise be mixed into the table."""
-    if not (Path(run) / "model_index.json").exists():
-        return False
-    if expected and not checks(run, expected["max_train_steps"])["resumed"]:  # a resume row re-saved its arguments
-        saved = json.loads((Path(run) / "training_args.json").read_text())
-        differ = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
-        if differ:
-            raise SystemExit(
-                f"{run} was trained with other settings (saved, now): {differ}. Use another --output_dir or delete it."
-            )
-    return True
 
 
-def read_metrics(run):
-    with open(Path(run) / "logs" / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
-def second_half(rows, first_step=0):
-    rows = [r for r in rows if int(r["step"]) > first_step]
-    return rows[len(rows) // 2 :]
 
 
-def throughput(rows, effective_batch):
-    """Images/s between the first and last row of the second half (warm-up excluded)."""
-    if len(rows) < 2:
-        return float("nan")
-    steps = int(rows[-1]["step"]) - int(rows[0]["step"])
-    return effective_batch * steps / (float(rows[-1]["wall_s"]) - float(rows[0]["wall_s"]))
 
 
-def mean_and_error(values):
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
-    return mean, math.sqrt(var / n)
 
 
 def ema_weights(run, trainer):
@@ -194,15 +167,6 @@ def final_diversity_ratio(run):
         return float(list(csv.DictReader(f))[-1]["ratio"])
 
 
-def checks(run, steps):
-    """Checkpoints written once and complete; one final model with one card."""
-    checkpoints = sorted(p.name for p in Path(run).glob("checkpoint-*"))
-    temporaries = list(Path(run).glob(".tmp-*"))
-    return {
-        "checkpoints": checkpoints,
-        "resumed": any(int(name.split("-")[1]) > steps for name in checkpoints),  # continued later (--from_runs)
-        "ok": checkpoints == [f"checkpoint-{steps}"] and not temporaries and (Path(run) / "README.md").exists(),
-    }
 
 
 def summarise_run(trainer, run, name, processes, per_device, steps, wall, args):
@@ -350,4 +314,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -226,7 +226,7 @@ def sampler_description(output_dir: str) -> Optional[str]:
 def check_resume(output_dir: str, config: GenerationConfig, resume: bool):
     """Refuse to overwrite, and refuse to resume with settings that would change the samples (cheap: the script
     calls it before loading the model, too)."""
-    from .training.args import output_dir_problem
+    from .training.args import output_dir_problem  # deferred on purpose: generation needs no accelerate otherwise
 
     problem = output_dir_problem(output_dir)
     if problem:  # a file in its place, or a folder no file can be written in

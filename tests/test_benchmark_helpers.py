@@ -1,4 +1,5 @@
-"""The arithmetic behind benchmarks/multi_gpu.py's table, on a constructed run folder (no training)."""
+"""The arithmetic behind benchmarks/multi_gpu.py's table (fundus_diffusion.training.run_folder), on a constructed run
+folder (no training), and the benchmark's own refusal of a too-small dataset."""
 
 import csv
 import json
@@ -6,6 +7,8 @@ import runpy
 from pathlib import Path
 
 import pytest
+
+from fundus_diffusion.training.run_folder import checks, finished, mean_and_error, read_metrics, second_half, throughput
 
 MULTI_GPU = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "multi_gpu.py"))
 
@@ -25,15 +28,15 @@ def test_throughput_loss_and_checks_from_a_run_folder(tmp_path):
     # 10 logged steps, one every 2 s after a slow first step (warm-up); losses alternate 1.0 / 3.0.
     rows = [{"step": s, "loss": 1.0 if s % 2 else 3.0, "wall_s": 30 + 2 * s} for s in range(1, 11)]
     write_run(tmp_path / "run", rows, [10])
-    late = MULTI_GPU["second_half"](MULTI_GPU["read_metrics"](tmp_path / "run"))
+    late = second_half(read_metrics(tmp_path / "run"))
     assert [int(r["step"]) for r in late] == [6, 7, 8, 9, 10]
-    assert MULTI_GPU["throughput"](late, effective_batch=64) == pytest.approx(64 * 4 / 8)  # 4 steps in 8 s
-    mean, error = MULTI_GPU["mean_and_error"]([1.0, 3.0, 1.0, 3.0])
+    assert throughput(late, effective_batch=64) == pytest.approx(64 * 4 / 8)  # 4 steps in 8 s
+    mean, error = mean_and_error([1.0, 3.0, 1.0, 3.0])
     assert mean == 2.0 and error == pytest.approx((4 / 3) ** 0.5 / 2)
-    assert MULTI_GPU["checks"](tmp_path / "run", 10) == {"checkpoints": ["checkpoint-10"], "resumed": False, "ok": True}
+    assert checks(tmp_path / "run", 10) == {"checkpoints": ["checkpoint-10"], "resumed": False, "ok": True}
 
     write_run(tmp_path / "resumed", rows, [10, 12])  # continued past its own steps later
-    found = MULTI_GPU["checks"](tmp_path / "resumed", 10)
+    found = checks(tmp_path / "resumed", 10)
     assert found["resumed"] and not found["ok"]
 
 
@@ -47,13 +50,13 @@ def test_refuses_a_dataset_smaller_than_the_largest_effective_batch():
 def test_reuses_only_finished_runs_with_the_same_settings(tmp_path):
     run, expected = tmp_path / "1x64_seed_0", {"dataset": "phantom:512", "train_batch_size": 64, "max_train_steps": 10}
     write_run(run, [{"step": 10, "loss": 1.0, "wall_s": 1.0}], [10])
-    assert not MULTI_GPU["finished"](run, expected)  # no saved model yet
+    assert not finished(run, expected)  # no saved model yet
     (run / "model_index.json").write_text("{}")
     (run / "training_args.json").write_text(json.dumps({**expected, "train_batch_size": 32}))
-    with pytest.raises(SystemExit, match="other settings.*train_batch_size"):
-        MULTI_GPU["finished"](run, expected)
+    with pytest.raises(ValueError, match="other settings.*train_batch_size"):
+        finished(run, expected)
     (run / "training_args.json").write_text(json.dumps(expected))
-    assert MULTI_GPU["finished"](run, expected)
+    assert finished(run, expected)
     (run / "checkpoint-12").mkdir()  # continued by a resume row, which re-saved its own arguments
     (run / "training_args.json").write_text(json.dumps({**expected, "max_train_steps": 12}))
-    assert MULTI_GPU["finished"](run, expected)
+    assert finished(run, expected)

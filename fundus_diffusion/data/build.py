@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+from datasets import Dataset, DatasetInfo, load_from_disk
+from datasets.arrow_writer import ArrowWriter
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 from tqdm.auto import tqdm
@@ -337,7 +339,6 @@ def write_rows(
     num_workers: Optional[int] = None,
 ) -> BuildReport:
     """Decode, check and write every candidate as a schema row into the Arrow file ``path`` (atomically)."""
-    from datasets.arrow_writer import ArrowWriter  # deferred on purpose: datasets is an optional extra (heavy)
 
     features = fundus_features()
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
@@ -435,7 +436,6 @@ def build_dataset(
     Everything is written into a temporary folder beside ``output_dir`` and moved into place at the end, so a failed
     build leaves ``output_dir`` untouched.
     """
-    from datasets import Dataset, DatasetInfo  # deferred on purpose: datasets is an optional extra (heavy)
 
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and not overwrite:
@@ -517,7 +517,6 @@ def _process_alive(pid: int) -> bool:
 def push_dataset_to_hub(output_dir: str, repo_id: str, private: Optional[bool] = None, token: Optional[str] = None):
     """Push a built folder and its card to the Hub, keeping the ``dataset_info`` / ``configs`` metadata that
     ``Dataset.push_to_hub`` writes into the Hub's README."""
-    from datasets import load_from_disk  # deferred on purpose: datasets is an optional extra (heavy)
 
     load_from_disk(output_dir).push_to_hub(repo_id, private=private, token=token)
     card = DatasetCard.load(os.path.join(output_dir, "README.md"))

@@ -1,8 +1,19 @@
 """``load_fundus_dataset``: one entry point for every place a dataset can come from."""
 
+import json
 import logging
 import os
 from typing import Optional
+
+from datasets import Dataset, DatasetDict, DatasetInfo, load_dataset, load_from_disk
+from filelock import FileLock
+
+from .build import detect_layout, scan_signature, scan_sources, write_rows
+from .folder import FOLDER_LAYOUT
+from .phantom import load_phantom_dataset
+from .readers import FundusDataError, MissingLayoutError
+from .schema import fundus_features
+from .training_view import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +44,6 @@ def load_fundus_dataset(
     ``split`` picks a split of a ``DatasetDict`` or Hub dataset; rows keep their source's split in the ``split``
     column either way.
     """
-    from datasets import DatasetDict, load_dataset, load_from_disk
-
-    from .phantom import load_phantom_dataset
-
     spec = os.path.expanduser(str(path_or_hub_id))
     if spec == "phantom" or spec.startswith("phantom:"):
         num = int(spec.split(":", 1)[1]) if ":" in spec else PHANTOM_DEFAULT_SAMPLES
@@ -70,10 +77,6 @@ def load_fundus_dataset(
 
 def check_not_empty(folder: str) -> None:
     """Refuse a saved dataset without rows before ``datasets`` fails on it (an IndexError from inside it)."""
-    import json
-
-    from .readers import FundusDataError
-
     path = os.path.join(folder, "state.json")
     if not os.path.isfile(path):
         return
@@ -103,15 +106,6 @@ def load_raw_folder(
     Several processes (``accelerate launch``) may call this at once: one builds under a file lock, the others
     wait and then memory-map the same file.
     """
-    from datasets import Dataset, DatasetInfo
-    from filelock import FileLock
-
-    from .build import detect_layout, scan_signature, scan_sources, write_rows
-    from .folder import FOLDER_LAYOUT
-    from .readers import MissingLayoutError
-    from .schema import fundus_features
-    from .training_view import default_cache_dir
-
     layout = detect_layout(path)
     if layout is None:
         raise MissingLayoutError(

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import numpy as np
+from datasets import Dataset
 from PIL import Image, ImageDraw, ImageFilter
 
-from .schema import LABEL_NAMES
+from .schema import LABEL_NAMES, fundus_features
 
 
 @dataclass
@@ -161,10 +162,6 @@ def phantom_rows(num_samples: int, size: int = 256, seed: int = 0, split: str = 
 
 def load_phantom_dataset(num_samples: int = 64, size: int = 256, seed: int = 0, split: str = "train"):
     """A ``datasets.Dataset`` of phantoms in the schema (PM and non-PM alternate)."""
-    from datasets import Dataset
-
-    from .schema import fundus_features
-
     return Dataset.from_generator(
         phantom_rows,
         gen_kwargs={"num_samples": num_samples, "size": size, "seed": seed, "split": split},

@@ -2,6 +2,8 @@
 
 from typing import Dict, Sequence, Tuple
 
+from datasets import ClassLabel, Features, Image, Value
+
 LABEL_NAMES: Tuple[str, ...] = ("non-PM", "PM")
 UNKNOWN_LABEL = -1
 # Class id fed to the UNet for "no label": unknown labels during training, and the unconditional branch of
@@ -52,8 +54,6 @@ def label_to_id(label) -> int:
 
 def fundus_features():
     """The ``datasets.Features`` of one sample."""
-    from datasets import ClassLabel, Features, Image, Value
-
     return Features(
         {
             "id": Value("string"),

@@ -8,13 +8,17 @@ the dataset size (the page cache holds the bytes, not the Python heap).
 
 import hashlib
 import os
+import shutil
 import uuid
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
+from .build import ordered_map
 from .schema import MASK_COLUMNS, NULL_CLASS_ID, UNKNOWN_LABEL, parse_mask_names
 from .transforms import pair_to_array
 
@@ -73,8 +77,6 @@ class FundusTrainingView(Dataset):
         return f"view-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npy"
 
     def _load_or_build_cache(self, build_threads: Optional[int]) -> np.ndarray:
-        from filelock import FileLock
-
         os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
         with FileLock(f"{self.cache_path}.lock"):
             if not os.path.exists(self.cache_path) or _npy_shape(self.cache_path) != self.shape:
@@ -91,10 +93,6 @@ class FundusTrainingView(Dataset):
     def _build_cache(self, build_threads: Optional[int]):
         """Stream the preprocessed samples into a temporary ``.npy`` (plain writes, so RSS stays flat) and move it
         into place atomically: a killed build never leaves a half-written cache behind."""
-        from tqdm.auto import tqdm
-
-        from .build import ordered_map
-
         threads = build_threads if build_threads is not None else min(4, os.cpu_count() or 1)
         check_cache_fits(self.shape, os.path.dirname(self.cache_path), threads)
         tmp = f"{self.cache_path}.{uuid.uuid4().hex}.tmp"
@@ -142,8 +140,6 @@ class FundusTrainingView(Dataset):
 def check_cache_fits(shape, cache_dir: str, threads: int) -> None:
     """Refuse a cache that cannot fit before spending minutes on it: the ``uint8`` array on the cache's disk, and
     each preprocessing thread's decoded and resized images (about 8 bytes a pixel a channel) in free memory."""
-    import shutil
-
     n, channels, height, width = shape
     needed = n * channels * height * width
     free = shutil.disk_usage(cache_dir).free

@@ -55,6 +55,7 @@ def fid_kid(
     reason = fid_unavailable_reason(inception_weights)
     if reason:
         return _not_computed(reason)
+    # deferred on purpose: these need torch-fidelity (the optional fid extra), checked just above
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 

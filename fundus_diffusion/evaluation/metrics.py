@@ -9,6 +9,8 @@ import math
 from typing import Dict, Sequence
 
 import numpy as np
+from scipy import ndimage
+from scipy.stats import wasserstein_distance
 
 
 def _as_stack(masks) -> np.ndarray:
@@ -38,8 +40,6 @@ def iou_per_image(pred, target) -> np.ndarray:
 
 def count_components(mask) -> int:
     """Number of 8-connected foreground components of one ``[H, W]`` mask."""
-    from scipy import ndimage
-
     return int(ndimage.label(np.asarray(mask) > 0, structure=np.ones((3, 3)))[1])
 
 
@@ -62,8 +62,6 @@ def disc_geometry(discs) -> Dict[str, np.ndarray]:
 
 def atrophy_near_disc(atrophy, disc) -> bool:
     """True if the atrophy touches the disc or lies within one disc radius (``sqrt(area / pi)``) of it."""
-    from scipy import ndimage
-
     atrophy, disc = np.asarray(atrophy) > 0, np.asarray(disc) > 0
     if not atrophy.any() or not disc.any():
         return False
@@ -74,8 +72,6 @@ def atrophy_near_disc(atrophy, disc) -> bool:
 
 def wasserstein(a: Sequence[float], b: Sequence[float]) -> float:
     """1-D Wasserstein distance between two samples, NaNs dropped (NaN if either side is then empty)."""
-    from scipy.stats import wasserstein_distance
-
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
     return float(wasserstein_distance(a, b)) if len(a) and len(b) else float("nan")

@@ -9,11 +9,11 @@ import json
 import os
 from typing import Dict, List, Sequence
 
+import torch
+
 
 def write_summary(root: str) -> str:
     """Gather the results folder ``root`` into ``root/summary.json``; returns its path."""
-    import torch
-
     summary = {"seconds": {}, "training_args": {}}
     for path in glob.glob(os.path.join(root, "logs", "*.seconds")):
         with open(path) as f:

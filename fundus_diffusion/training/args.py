@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from typing import Optional, Sequence
 
 import torch
@@ -268,8 +269,6 @@ def output_dir_problem(output_dir: str) -> Optional[str]:
 def probe_writable(folder: str) -> None:
     """Create and remove a file in ``folder`` (raises ``OSError`` when that is not possible: permissions, a
     read-only file system). Stricter than ``os.access``, which knows nothing of read-only mounts."""
-    import tempfile
-
     with tempfile.TemporaryFile(dir=folder, prefix=".write-probe-"):
         pass
 

@@ -13,8 +13,11 @@ from typing import Dict, Iterator, Tuple
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
+from ..data import FundusTrainingView, load_fundus_dataset
 from ..data.transforms import flip_where
+from .args import data_seed
 
 
 class DeviceBatches:
@@ -70,8 +73,6 @@ class LoaderBatches:
     def __init__(
         self, accelerator, view, batch_size: int, num_workers: int = 0, accumulation_steps: int = 1, seed: int = 0
     ):
-        from torch.utils.data import DataLoader
-
         self.seed, self.order = seed, torch.Generator().manual_seed(seed)
         loader = DataLoader(
             view,
@@ -138,9 +139,6 @@ def make_batches(accelerator, view, args, seed: int):
 def load_training_batches(accelerator, args, mask_names):
     """The cached training view of ``args.dataset`` (built once, by the main process first) and this process's
     batches of it."""
-    from ..data import FundusTrainingView, load_fundus_dataset
-    from .args import data_seed
-
     with accelerator.main_process_first():
         view = FundusTrainingView(
             load_fundus_dataset(args.dataset), args.resolution, mask_names, cache_dir=args.cache_dir
