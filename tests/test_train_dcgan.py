@@ -108,3 +108,5 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch, dataset, tr
     assert pushed == [((str(out), "me/dcgan"), {"token": "secret"})]
     assert 'from_pretrained("me/dcgan")' in (out / "README.md").read_text()
     assert "secret" not in (out / "training_args.json").read_text()
+    assert str(tmp_path) not in (out / "training_args.json").read_text()  # local paths by their last component only
+    assert str(tmp_path) not in (out / "model_index.json").read_text() + (out / "README.md").read_text()

@@ -1,12 +1,12 @@
 """The evaluation's headline numbers on a saved model's card (``metrics.json`` and the README table), named by the
 sampler that made the judged set."""
 
-import os
 import warnings
 from typing import Dict, List, Optional
 
 from ..generate import generating_model, sampler_description
 from ..hub import add_model_card_metrics
+from ..model_cards import portable_name
 from ..pipelines.loading import read_model_index
 from .metrics import format_mean_std
 from .protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
@@ -72,12 +72,14 @@ def warn_if_other_data(model_dir: str, real: Optional[str]) -> None:
     """Warn when the model was trained on other data than the evaluation's ``real`` set (its memorisation check
     then compares against the wrong images)."""
     trained_on = read_model_index(model_dir).get("training_info", {}).get("dataset")
-    if trained_on and real and os.path.abspath(trained_on) != os.path.abspath(real):
+    # Saved models record local paths by their last component only (model_cards.portable_name): compare those.
+    if trained_on and real and portable_name(trained_on) != portable_name(real):
         warnings.warn(
             f"{model_dir} was trained on {trained_on}, but the evaluation's real data is {real}: its card will quote "
             "memorisation and Dice measured against the latter (the card names it).",
             stacklevel=3,
         )
+
 
 def update_model_card(report: Dict, synthetic_dir: str, model_dir: Optional[str] = None) -> str:
     """Add ``report``'s headline metrics, named by the sampler that made ``synthetic_dir``, to the card of

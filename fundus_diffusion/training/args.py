@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from ..data.schema import parse_mask_names
+from ..model_cards import portable_name
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -305,10 +306,16 @@ def model_flags(args, names) -> dict:
     return {k: getattr(args, k) for k in names if hasattr(args, k)}
 
 
+PATH_ARGS = ("dataset", "output_dir", "cache_dir", "resume_from_checkpoint")
+
+
 def write_training_args(args, folder: str) -> None:
-    """``training_args.json`` beside a saved model: how it was trained (without the Hub token)."""
+    """``training_args.json`` beside a saved model: how it was trained, without the Hub token and with local paths
+    reduced to their last component (it is uploaded with the model; folder names can carry patient or site names)."""
+    values = public_args(args)
+    values.update({name: portable_name(values[name]) for name in PATH_ARGS if values.get(name)})
     with open(os.path.join(folder, "training_args.json"), "w") as f:
-        json.dump(public_args(args), f, indent=2, default=str)
+        json.dump(values, f, indent=2, default=str)
 
 
 def data_seed(args) -> int:
