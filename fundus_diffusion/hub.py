@@ -78,10 +78,15 @@ def add_model_card_metrics(model_dir: str, metrics: Sequence[Dict]) -> str:
 
 
 def push_folder(
-    folder: str, repo_id: str, token: Optional[str] = None, ignore_patterns: Sequence[str] = DEFAULT_IGNORE
+    folder: str,
+    repo_id: str,
+    token: Optional[str] = None,
+    private: bool = False,
+    ignore_patterns: Sequence[str] = DEFAULT_IGNORE,
 ) -> str:
-    """Create ``repo_id`` if needed and upload ``folder`` without checkpoints, temporaries and logs; return the URL."""
-    repo_id = huggingface_hub.create_repo(repo_id, exist_ok=True, token=token).repo_id
+    """Create ``repo_id`` if needed (``private``: visible to its owner only) and upload ``folder`` without
+    checkpoints, temporaries and logs; return the URL."""
+    repo_id = huggingface_hub.create_repo(repo_id, exist_ok=True, token=token, private=private).repo_id
     huggingface_hub.upload_folder(
         repo_id=repo_id,
         folder_path=folder,

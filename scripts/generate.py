@@ -36,6 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto", help="auto: fp16 on a GPU, fp32 on the CPU.")
     parser.add_argument("--push_to_hub", default=None, metavar="REPO", help="Upload the dataset to this Hub dataset repo.")
+    parser.add_argument("--private", action="store_true", help="With --push_to_hub: create a private repo.")
     return parser.parse_args(argv)
 
 
@@ -60,7 +61,7 @@ def main(args):
     dataset = generate_dataset(pipe, config, args.output_dir, resume=args.resume)
     print(f"Wrote {len(dataset)} samples to {args.output_dir} (dataset card: {args.output_dir}/README.md)")
     if args.push_to_hub:
-        print(f"Pushed to {push_dataset(args.output_dir, args.push_to_hub)}")
+        print(f"Pushed to {push_dataset(args.output_dir, args.push_to_hub, private=args.private)}")
 
 
 if __name__ == "__main__":

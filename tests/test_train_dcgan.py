@@ -104,8 +104,8 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch, dataset, tr
     out = tmp_path / "run"
     train_in_process("--dataset", dataset, "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
                      "--max_train_steps", "1", "--logger", "none", "--push_to_hub", "--hub_model_id", "me/dcgan",
-                     "--hub_token", "secret")  # fmt: skip
-    assert pushed == [((str(out), "me/dcgan"), {"token": "secret"})]
+                     "--hub_token", "secret", "--hub_private_repo")  # fmt: skip
+    assert pushed == [((str(out), "me/dcgan"), {"token": "secret", "private": True})]
     assert 'from_pretrained("me/dcgan")' in (out / "README.md").read_text()
     assert "secret" not in (out / "training_args.json").read_text()
     assert str(tmp_path) not in (out / "training_args.json").read_text()  # local paths by their last component only

@@ -177,6 +177,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     hub.add_argument("--push_to_hub", action="store_true", help="Upload the final model (not the checkpoints).")
     hub.add_argument("--hub_model_id", default=None, help="Repository id; default: the name of --output_dir.")
     hub.add_argument("--hub_token", default=None, help="Default: the token saved by `hf auth login`.")
+    hub.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
     return parser
 
 

@@ -319,6 +319,7 @@ def train(args, kind_class) -> str:
         save_folder_atomically(save, args.output_dir)
         logger.info(f"Saved the model and its card to {args.output_dir}")
         if args.push_to_hub:
-            logger.info(f"Uploaded to {hub.push_folder(args.output_dir, repo_id, token=args.hub_token)}")
+            url = hub.push_folder(args.output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo)
+            logger.info(f"Uploaded to {url}")
     accelerator.end_training()
     return args.output_dir
