@@ -251,3 +251,19 @@ def test_snapshots_save_the_ema_pipeline_every_n_steps(tmp_path, cache_dir):
     assert snapshots == ["step-0000002", "step-0000004"]
     pipe = FundusPipeline.from_pretrained(out / "snapshots" / "step-0000002")
     assert pipe.unet.config.sample_size == 16
+
+
+def test_a_dataset_without_labels_trains_an_unconditional_model(tmp_path, cache_dir):
+    from fundus_diffusion.data import load_phantom_dataset
+
+    unlabelled = tmp_path / "unlabelled"
+    load_phantom_dataset(8, size=32).map(lambda row: {"label": -1}).save_to_disk(str(unlabelled))
+    args = ddpm.parse_args(
+        tiny_args(tmp_path / "run", cache_dir, "--max_train_steps", "1", "--logger", "none")
+        + ["--dataset", str(unlabelled)]
+    )
+    ddpm.train(args)
+    assert FundusPipeline.from_pretrained(tmp_path / "run").unet.config.num_class_embeds is None
+    labelled = ddpm.parse_args(tiny_args(tmp_path / "labelled", cache_dir, "--max_train_steps", "1", "--logger", "none"))
+    ddpm.train(labelled)  # phantoms carry PM / non-PM labels: conditional, as before
+    assert FundusPipeline.from_pretrained(tmp_path / "labelled").unet.config.num_class_embeds is not None

@@ -17,6 +17,7 @@ from typing import Dict
 
 import torch
 import torch.nn.functional as F
+from accelerate.logging import get_logger
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
@@ -27,6 +28,8 @@ from ..pipelines.pipeline_fundus import FundusPipeline
 from ..visualization import contact_sheet
 from . import loop
 from .args import parse_training_args
+
+logger = get_logger(__name__)
 
 PRESETS = {
     "ours": dict(
@@ -161,7 +164,9 @@ class DDPMKind(loop.ModelKind):
     DESCRIPTION = "Train a DDPM on fundus images and their masks: accelerate launch scripts/train_ddpm.py --help"
     PRESETS, DEFAULT_PRESET = PRESETS, "ours"
     PRESET_HELP = "ours (default; 256 px), paper (Makinde & Saeed, Table 2; 64 px) or demo (phantoms on a CPU)."
-    DEFAULTS = dict(class_conditional=True, use_ema=True, logging_steps=10, num_validation_images=16)
+    # class_conditional None: conditional when the data has a labelled example (a model of unknown labels only would
+    # offer PM / non-PM classes it never saw).
+    DEFAULTS = dict(class_conditional=None, use_ema=True, logging_steps=10, num_validation_images=16)
     MODEL_FLAGS = ("preset", "model_config", "masks", "class_conditional")
     LOSSES = ("loss",)
     PEAK_METRICS = {"grad_norm": "gradient norm"}  # the interval's largest, before clipping: spikes precede NaNs
@@ -220,6 +225,10 @@ class DDPMKind(loop.ModelKind):
 
     def __init__(self, args, accelerator, view, plan):
         super().__init__(args, accelerator, view, plan)
+        if args.class_conditional is None:
+            args.class_conditional = bool((view.class_labels != NULL_CLASS_ID).any())
+            if not args.class_conditional:
+                logger.info("No image of the dataset has a PM / non-PM label: training an unconditional model.")
         unet = build_unet(
             args.model_config, args.resolution, num_channels(args.mask_names), class_conditional=args.class_conditional
         )
