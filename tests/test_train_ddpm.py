@@ -98,7 +98,7 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
             + resume
         )
     )
-    assert pushed == [((str(out), "me/tiny-fundus"), {"token": None})]
+    assert pushed == [((str(out), "me/tiny-fundus"), {"token": None, "private": False})]
     assert steps(out) == [5, 6]
     assert logged(out, "step") == [1, 2, 3, 4, 5, 6]  # one CSV row per step across the resume, none twice
     ema_state = load_file(out / "checkpoint-6" / "ema.safetensors")  # safetensors, not a pickle

@@ -8,7 +8,7 @@ from typing import Optional
 from datasets import Dataset, DatasetDict, DatasetInfo, load_dataset, load_from_disk
 from filelock import FileLock
 
-from .build import detect_layout, scan_signature, scan_sources, write_rows
+from . import build
 from .folder import FOLDER_LAYOUT
 from .phantom import load_phantom_dataset
 from .readers import FundusDataError, MissingLayoutError
@@ -106,7 +106,7 @@ def load_raw_folder(
     Several processes (``accelerate launch``) may call this at once: one builds under a file lock, the others
     wait and then memory-map the same file.
     """
-    layout = detect_layout(path)
+    layout = build.detect_layout(path)
     if layout is None:
         raise MissingLayoutError(
             f"{path} is a folder but neither a dataset saved by scripts/build_dataset.py (no dataset_info.json) nor a "
@@ -115,13 +115,13 @@ def load_raw_folder(
             "it: python scripts/build_dataset.py --palm_dir/--adam_dir/--folder_dir ... --output_dir ..."
         )
     roots = {f"{layout}_dirs": [path]}
-    candidates, report = scan_sources(**roots, labels=labels, include_amd=include_amd, require_masks=require_masks)
+    candidates, report = build.scan_sources(**roots, labels=labels, include_amd=include_amd, require_masks=require_masks)
     cache = os.path.join(cache_dir or default_cache_dir(), "raw")
     os.makedirs(cache, exist_ok=True)
-    arrow = os.path.join(cache, f"{layout}-{scan_signature(candidates, skip_bad=skip_bad)}.arrow")
+    arrow = os.path.join(cache, f"{layout}-{build.scan_signature(candidates, skip_bad=skip_bad)}.arrow")
     with FileLock(f"{arrow}.lock"):
         if not os.path.exists(arrow):
-            write_rows(candidates, arrow, report, skip_bad=skip_bad, progress=progress)
+            build.write_rows(candidates, arrow, report, skip_bad=skip_bad, progress=progress)
             if report.excluded or report.skipped or report.thresholded:
                 logger.warning(report.summary())
     return Dataset.from_file(arrow, info=DatasetInfo(features=fundus_features()))
