@@ -20,7 +20,7 @@ setup(
     package_dir={"fundus_diffusion.pipelines": "pipelines", "fundus_diffusion.model_cards": "model_cards"},
     package_data={"fundus_diffusion.model_cards": ["*.md"]},
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.6",  # torch.load defaults to weights_only=True
         "diffusers>=0.30",
         "huggingface-hub>=0.23",
         "safetensors>=0.4",
@@ -30,7 +30,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "train": ["accelerate>=0.30", "datasets>=2.19", "ema-pytorch>=0.5", "tensorboard", "openpyxl"],
+        "train": ["accelerate>=1.16", "datasets>=2.19", "ema-pytorch>=0.5", "tensorboard", "openpyxl"],
         "eval": ["datasets>=2.19", "torchmetrics>=1.3", "scipy>=1.10"],
         # FID / KID need torch-fidelity, which needs a torchvision built for your torch, plus the Inception weights.
         "fid": ["torch-fidelity", "torchvision"],

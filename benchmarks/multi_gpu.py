@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.training.run_folder import checks, finished, mean_and_error, read_metrics, second_half, throughput
@@ -111,19 +112,7 @@ def launch(args, script, processes, batch, steps, flags, output_dir, data_seed, 
     return time.perf_counter() - start
 
 
-
-
-
-
-
-
-
-
-
-
 def ema_weights(run, trainer):
-    from safetensors.torch import load_file
-
     path = weights_path(run, trainer)
     return load_file(path) if path.exists() else None
 

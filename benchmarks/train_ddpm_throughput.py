@@ -180,7 +180,8 @@ def train_row(name, preset, resolution, batch_size, device, args, flags=()):
     else:
         train_args = ddpm.parse_args(
             ["--output_dir", "unused", "--resolution", str(resolution), "--model_config", preset, "--logger", "none"]
-            + ["--masks", ",".join(MASKS), "--train_batch_size", str(batch_size), "--mixed_precision", "bf16", *flags]
+            + ["--masks", ",".join(MASKS), "--train_batch_size", str(batch_size), "--mixed_precision", "bf16"]
+            + ["--class_conditional", *flags]  # random batches, no dataset to infer it from
         )
         accelerator = make_accelerator(train_args, cpu=device.type == "cpu")  # as the trainer: cudnn.benchmark on
         training = ddpm.DDPMKind(train_args, accelerator, view=None, plan=SimpleNamespace(max_train_steps=10_000))

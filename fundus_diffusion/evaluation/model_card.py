@@ -14,7 +14,8 @@ from .realism import TEST_NAME
 
 
 def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict]:
-    """The report's headline numbers as model-card metrics (``FundusPipeline.save_pretrained(metrics=...)``);
+    """The report's headline numbers as model-card metrics (``hub.save_model(..., metrics=...)``,
+    ``hub.add_model_card_metrics``);
     ``sampler`` (e.g. "DPM-Solver++, 20 steps") goes into every name, so that samplers of one model do not collide."""
     counts, config = report["counts"], report["config"]
     where = (
@@ -71,7 +72,7 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
 def warn_if_other_data(model_dir: str, real: Optional[str]) -> None:
     """Warn when the model was trained on other data than the evaluation's ``real`` set (its memorisation check
     then compares against the wrong images)."""
-    trained_on = read_model_index(model_dir).get("training_info", {}).get("dataset")
+    trained_on = (read_model_index(model_dir).get("training_info") or {}).get("dataset")
     # Saved models record local paths by their last component only (model_cards.portable_name): compare those.
     if trained_on and real and portable_name(trained_on) != portable_name(real):
         warnings.warn(

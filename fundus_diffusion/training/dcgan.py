@@ -406,6 +406,8 @@ class DCGANKind(loop.ModelKind):
         }
 
     def card_metrics(self, validation):
+        if not validation:  # a snapshot taken before the first validation
+            return None
         return [
             {
                 "name": "fixed-noise diversity ratio",

@@ -232,6 +232,15 @@ def _other_metrics(values: Dict[str, float], kind: ModelKind) -> str:
     return "; ".join(peaks + rest)
 
 
+def save_model_folder(kind, view, plan, step: int, started: float, validation, folder: str, repo_id=None) -> None:
+    """The model as it is at ``step`` (the kind's weights to ship) with its card, metrics and training arguments:
+    the final save and every snapshot are the same kind of folder."""
+    args = kind.args
+    info = {**run_info(args, view, kind.accelerator, step, plan.num_epochs, time.time() - started), **kind.training_info()}
+    hub.save_model(kind.pipeline(), folder, training_info=info, metrics=kind.card_metrics(validation), repo_id=repo_id)
+    write_training_args(args, folder)
+
+
 def train(args, kind_class) -> str:
     """Train the model kind ``kind_class`` as ``args`` say (``args.parse_training_args``); return the folder holding
     the saved model."""
@@ -298,25 +307,21 @@ def train(args, kind_class) -> str:
             if validate_now and accelerator.is_main_process:
                 validation, validated = validate(global_step), True
             if args.snapshot_steps and global_step % args.snapshot_steps == 0 and accelerator.is_main_process:
-                kind.pipeline().save_pretrained(os.path.join(args.output_dir, "snapshots", f"step-{global_step:07d}"))
+                folder = os.path.join(args.output_dir, "snapshots", f"step-{global_step:07d}")
+                save_model_folder(kind, view, plan, global_step, logs.started, validation, folder, repo_id=None)
     progress.close()
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if not validated:  # resumed at the end: nothing ran, but the card reports the last validation
             validation = validate(global_step)
-        seconds = time.time() - logs.started
-        info = {**run_info(args, view, accelerator, global_step, plan.num_epochs, seconds), **kind.training_info()}
         repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-        pipeline, metrics = kind.pipeline(), kind.card_metrics(validation)
-
-        def save(folder):
-            hub.save_model(
-                pipeline, folder, training_info=info, metrics=metrics, repo_id=repo_id if args.push_to_hub else None
-            )
-            write_training_args(args, folder)
-
-        save_folder_atomically(save, args.output_dir)
+        save_folder_atomically(
+            lambda folder: save_model_folder(
+                kind, view, plan, global_step, logs.started, validation, folder, repo_id if args.push_to_hub else None
+            ),
+            args.output_dir,
+        )
         logger.info(f"Saved the model and its card to {args.output_dir}")
         if args.push_to_hub:
             url = hub.push_folder(args.output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo)

@@ -8,6 +8,8 @@ import json
 import math
 from pathlib import Path
 
+from .checkpointing import CHECKPOINT_RE
+
 
 def finished(run, expected=None):
     """Whether ``run`` saved its final model (in an earlier call); with ``expected`` (``{arg: value}``), refuses a run
@@ -54,7 +56,8 @@ def mean_and_error(values):
 
 def checks(run, steps):
     """Checkpoints written once and complete; one final model with one card."""
-    checkpoints = sorted(p.name for p in Path(run).glob("checkpoint-*"))
+    # checkpoint-N folders only: a damaged one set aside (checkpoint-N.damaged) is not a checkpoint of the run
+    checkpoints = sorted(p.name for p in Path(run).glob("checkpoint-*") if CHECKPOINT_RE.match(p.name))
     temporaries = list(Path(run).glob(".tmp-*"))
     return {
         "checkpoints": checkpoints,
