@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from fundus_diffusion.data import draw_phantom, parse_mask_names
-from fundus_diffusion.data.transforms import array_to_tensor, pair_to_array, tensor_to_outputs
+from fundus_diffusion.data.transforms import array_to_tensor, pair_to_array
+from fundus_diffusion.pipelines.pipeline_fundus import tensor_to_outputs
 from fundus_diffusion.visualization import contact_sheet
 
 

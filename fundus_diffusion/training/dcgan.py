@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from accelerate.logging import get_logger
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, parse_mask_names
-from ..data.transforms import array_to_tensor, tensor_to_outputs
+from ..data.transforms import array_to_tensor
 from ..models.dcgan import DCGANDiscriminator, DCGANGenerator, upsampling_plan
+from ..pipelines.pipeline_fundus import tensor_to_outputs
 from ..pipelines.pipeline_fundus_gan import FundusGANPipeline
 from ..visualization import contact_sheet
 from . import loop
