@@ -5,15 +5,20 @@
 #
 # In stages, because one device command lasts at most 10 minutes and the trainings outlast it:
 #   STAGE=train     copy the code and data to $WORK, start every variant in the background (setsid), return at once
-#   STAGE=wait      wait until the trainings end or WAIT_S seconds pass
-#   STAGE=generate  stop the trainings, sample N_SYN pairs from each snapshot at STEPS (default: every snapshot)
-#   STAGE=evaluate  evaluate each synthetic set (EVAL_SETS: a glob of set names, default all); pack reports, sample sheets and logs into $OUT
+#   STAGE=wait      wait until the trainings end, WAIT_S seconds pass or (UNTIL_STEP) every variant has that snapshot
+#   STAGE=generate  sample N_SYN pairs with SAMPLER (scheduler:steps) from each snapshot at STEPS (default: every
+#                   snapshot not yet sampled); trainings keep running, so snapshots are judged while later ones train
+#   STAGE=stop      stop the trainings
+#   STAGE=evaluate  evaluate each synthetic set (EVAL_SETS: a glob of set names, default all) with SEEDS segmenter seeds;
+#                   BACKGROUND=1 starts the evaluations detached and returns (a later evaluate or STAGE=pack waits)
+#   STAGE=pack      wait for running evaluations, then pack reports, sample sheets and logs into $OUT
 #
 #   DATA=.device_data STAGE=train bash benchmarks/realism_ablation.sh     # DATA holds fundus-od (never committed)
 #
 # VARIANTS: name=flags pairs separated by ';' (flags added to the common recipe below). The trainings share the GPU,
 # so their steps per second are a third of a lone run's; snapshots at equal steps compare equal work.
 set -uo pipefail
+SCRIPT=$(realpath "$0")
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/realism}
 CODE=$WORK/code  # the package as installed (pipelines/ and model_cards/ inside it), copied at STAGE=train
@@ -21,12 +26,13 @@ export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"
 DATA=${DATA:-.device_data}
 OUT=${OUT:-reports/realism}
 PY=${PYTHON:-python3}
-STAGE=${STAGE:?set STAGE to train, wait, generate or evaluate}
+STAGE=${STAGE:?set STAGE to train, wait, generate, stop, evaluate or pack}
 STEPS_MAX=${STEPS_MAX:-6000}
 SNAPSHOT=${SNAPSHOT:-1500}
 N_SYN=${N_SYN:-200}
 SEEDS=${SEEDS:-3}
 SEG_STEPS=${SEG_STEPS:-800}
+SAMPLER=${SAMPLER:-dpmsolver++:20}  # sets sampled otherwise are named <variant>-<step>-<scheduler><steps>
 # The documented 256 px recipe (RESULTS.md row 4), with snapshots instead of checkpoints; RECIPE replaces it (a CPU
 # smoke run: RECIPE="--resolution 32 --model_config tiny --train_batch_size 8" STEPS_MAX=4 SNAPSHOT=2 N_SYN=8 SEEDS=1
 # SEG_STEPS=3 EVAL_FLAGS="--realism_steps 2 --realism_folds 2").
@@ -35,7 +41,7 @@ EVAL_FLAGS=${EVAL_FLAGS:-}  # more evaluate.py flags, e.g. "--resolution 128" fo
 VARIANTS=${VARIANTS:-"baseline=;shift64=--schedule_base_resolution 64;shift64-minsnr5=--schedule_base_resolution 64 --snr_gamma 5"}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT" "$WORK"
-OUT=$(cd "$OUT" && pwd)
+export OUT=$(cd "$OUT" && pwd)
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$WORK/driver.log"; }
 names() { tr ';' '\n' <<< "$VARIANTS" | cut -d= -f1; }
 flags_of() { tr ';' '\n' <<< "$VARIANTS" | grep "^$1=" | cut -d= -f2-; }
@@ -60,43 +66,61 @@ train)
   ;;
 wait)
   deadline=$((SECONDS + ${WAIT_S:-540}))
-  while pgrep -f scripts/train_ddpm.py > /dev/null && [ $SECONDS -lt $deadline ]; do sleep 20; done
+  reached() {  # every variant has written the snapshot of step UNTIL_STEP
+    [ -n "${UNTIL_STEP:-}" ] || return 1
+    for name in $(names); do [ -f "$WORK/runs/$name/snapshots/step-$(printf %07d "$UNTIL_STEP")/model_index.json" ] || return 1; done
+  }
+  while pgrep -f scripts/train_ddpm.py > /dev/null && [ $SECONDS -lt $deadline ] && ! reached; do sleep 15; done
   for name in $(names); do log "$name: $(ls "$WORK/runs/$name/snapshots" 2>/dev/null | tr '\n' ' ')"; tail -c 300 "$WORK/train-$name.log"; echo; done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv || true
   ;;
 generate)
-  pkill -f scripts/train_ddpm.py; sleep 2
   cd "$CODE"
+  scheduler=${SAMPLER%%:*}; sampler_steps=${SAMPLER##*:}
+  suffix=""; [ "$SAMPLER" = dpmsolver++:20 ] || suffix="-${scheduler//+/p}$sampler_steps"
   pids=()
   for name in $(names); do
     for snap in "$WORK/runs/$name"/snapshots/step-*; do
+      [ -f "$snap/model_index.json" ] || continue  # absent, or still being written
       step=$((10#${snap##*step-}))
       [ -n "${STEPS:-}" ] && [[ ",$STEPS," != *",$step,"* ]] && continue
-      set=$WORK/synthetic/$name-$step
+      set=$WORK/synthetic/$name-$step$suffix
       [ -f "$set/dataset_info.json" ] && continue
-      $PY scripts/generate.py --model "$snap" --num_samples "$N_SYN" --scheduler dpmsolver++ --num_inference_steps 20 \
-        --seed 0 --batch_size 100 --output_dir "$set" > "$WORK/gen-$name-$step.log" 2>&1 &
+      $PY scripts/generate.py --model "$snap" --num_samples "$N_SYN" --scheduler "$scheduler" \
+        --num_inference_steps "$sampler_steps" --seed 0 --batch_size 100 --output_dir "$set" \
+        > "$WORK/gen-$name-$step$suffix.log" 2>&1 &
       pids+=($!)
     done
   done
   for pid in "${pids[@]}"; do wait "$pid" || log "a generation failed"; done
   log "generated: $(ls "$WORK/synthetic" | tr '\n' ' ')"
   ;;
+stop)
+  pkill -f scripts/train_ddpm.py; sleep 2
+  log "stopped the trainings"
+  ;;
 evaluate)
   cd "$CODE"
-  pids=()
   for set in "$WORK"/synthetic/${EVAL_SETS:-*}; do
     name=$(basename "$set")
-    [ -f "$WORK/eval/$name/report.json" ] && continue
-    $PY scripts/evaluate.py --real "$WORK/split/train" --holdout "$WORK/split/test" --synthetic "$set" --masks disc \
-      --seeds "$SEEDS" $EVAL_FLAGS --segmenter_steps "$SEG_STEPS" --output_dir "$WORK/eval/$name" \
-      > "$WORK/eval-$name.log" 2>&1 &
-    pids+=($!)
+    [ -f "$set/dataset_info.json" ] || continue
+    [ -f "$WORK/eval/$name/report.json" ] || [ -f "$WORK/eval-$name.started" ] && continue
+    touch "$WORK/eval-$name.started"
+    log "evaluating $name ($SEEDS seeds)"
+    setsid $PY scripts/evaluate.py --real "$WORK/split/train" --holdout "$WORK/split/test" --synthetic "$set" \
+      --masks disc --seeds "$SEEDS" $EVAL_FLAGS --segmenter_steps "$SEG_STEPS" --output_dir "$WORK/eval/$name" \
+      > "$WORK/eval-$name.log" 2>&1 < /dev/null &
   done
-  for pid in "${pids[@]}"; do wait "$pid" || log "an evaluation failed"; done
+  [ "${BACKGROUND:-0}" = 1 ] || STAGE=pack bash "$SCRIPT"
+  ;;
+pack)
+  deadline=$((SECONDS + ${WAIT_S:-540}))
+  while pgrep -f scripts/evaluate.py > /dev/null && [ $SECONDS -lt $deadline ]; do sleep 10; done
+  pgrep -f scripts/evaluate.py > /dev/null && log "evaluations still running: $(pgrep -af scripts/evaluate.py | grep -o 'synthetic/[^ ]*' | tr '\n' ' ')"
+  cd "$CODE"
   # Full-size synthetic samples (8 per set, no masks drawn) to look at beside real photographs.
   for set in "$WORK"/synthetic/*; do
-    $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.visualization import \
+    [ -f "$set/fullsize.png" ] || [ ! -f "$set/dataset_info.json" ] || $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.visualization import \
 contact_sheet; d = load_fundus_dataset(sys.argv[1]); contact_sheet(list(d.select(range(min(8, len(d))))['image']), columns=4, \
 tile=256).save(sys.argv[2])" "$set" "$set/fullsize.png"
   done
@@ -104,6 +128,7 @@ tile=256).save(sys.argv[2])" "$set" "$set/fullsize.png"
   cd "$WORK" && tar czf "$OUT/realism_reports.tgz" eval/*/report.json eval/*/report.md eval/*/dice_bars.png \
     synthetic/*/contact_sheet.png synthetic/*/fullsize.png synthetic/*/generation_config.json runs/*/logs/metrics.csv \
     runs/*/training_args.json ./*.log 2>/dev/null
+  log "packed $(ls eval | wc -l) evaluations into $OUT/realism_reports.tgz"
   ;;
 *) echo "unknown STAGE=$STAGE"; exit 2 ;;
 esac
