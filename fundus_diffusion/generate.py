@@ -6,6 +6,10 @@ per-step noise on the sampling device from that generator: the same there, not a
 samples (written atomically, one batch in memory at a time), so an interrupted run resumes at the first missing
 shard; at the end the shards become one ``save_to_disk`` folder that ``load_fundus_dataset`` reads.
 
+With ``masks_from`` (``read_mask_sets``), sample ``i`` is drawn for the ``i``-th mask set of a folder
+``<dir>/masks/<name>/<id>.png`` (in id order) and keeps its id: the given masks come out exactly as given, the image
+and any mask its set lacks are generated (``FundusPipeline``'s ``masks=``).
+
 Output folder::
 
     dataset_info.json, state.json, data-*.arrow   the dataset (schema columns + ``seed``)
@@ -13,6 +17,7 @@ Output folder::
     contact_sheet.png                             the first samples with their mask outlines
     generation_config.json                        the settings, checked by --resume
     png/                                          with --png: images/<n>.png, masks/<name>/<n>.png, metadata.csv
+                                                  (<n>: the sample's number, or its id with masks_from)
 """
 
 import csv
@@ -30,6 +35,7 @@ from huggingface_hub import DatasetCardData, HfApi
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .data.readers import images_by_stem, require_dir
 from .data.schema import LABEL_NAMES, MASK_COLUMNS, UNKNOWN_LABEL, fundus_features, label_to_id
 from .model_cards import LICENSE, render_dataset_card, size_category
 from .pipelines.loading import is_class_conditional
@@ -40,6 +46,67 @@ CONFIG_FILE = "generation_config.json"
 SHARDS_DIR = "shards"
 # Settings that do not change a sample: a resumed run may use other values.
 RESUMABLE_DIFFERENCES = ("batch_size", "device")
+MASK_SETS_LAYOUT = """--masks_from layout (the generic folder layout without images/):
+  <dir>/masks/<name>/<id>.png   one folder per mask name of the model; 255 = structure; the model's resolution, square
+An id with files in only some of the folders gets its other masks generated with the image."""
+
+
+@dataclass
+class MaskSets:
+    """The mask sets of a ``--masks_from`` folder: ``files[id] = {mask name: path}``, ids in sorted order."""
+
+    root: str
+    files: Dict[str, Dict[str, str]]
+    ids: List[str] = field(init=False)
+
+    def __post_init__(self):
+        self.ids = sorted(self.files)
+
+    @property
+    def name(self) -> str:
+        """The folder's name: what the generation config records (a local path means nothing elsewhere and may
+        name people)."""
+        return os.path.basename(os.path.normpath(self.root))
+
+    def load(self, index: int) -> Dict[str, Image.Image]:
+        """The masks of the ``index``-th id as binary ``L`` images (>= 128 is structure)."""
+        masks = {}
+        for name, path in self.files[self.ids[index]].items():
+            with Image.open(path) as mask:
+                masks[name] = mask.convert("L").point(lambda v: 255 if v >= 128 else 0)
+        return masks
+
+    def check(self, mask_names: Sequence[str], resolution: int) -> None:
+        """Every mask folder names one of the model's masks and every file is ``resolution`` px square."""
+        unknown = sorted({name for files in self.files.values() for name in files} - set(mask_names))
+        if unknown:
+            raise ValueError(
+                f"--masks_from {self.root}: masks/{unknown[0]}/ names no mask of the model (its masks: "
+                f"{', '.join(mask_names) or 'none'}). Fix: rename or remove masks/{'/, masks/'.join(unknown)}/."
+            )
+        for files in self.files.values():
+            for path in files.values():
+                with Image.open(path) as mask:
+                    if mask.size != (resolution, resolution):
+                        raise ValueError(
+                            f"--masks_from: {path} is {mask.size[0]}x{mask.size[1]} px; the model generates "
+                            f"{resolution}x{resolution} px. Fix: resize the masks to {resolution}x{resolution} with "
+                            "nearest-neighbour interpolation."
+                        )
+
+
+def read_mask_sets(root: str) -> MaskSets:
+    """The mask sets under ``root/masks/<name>/<id>.<ext>`` (checked against a model by ``MaskSets.check``)."""
+    require_dir(root, "--masks_from", MASK_SETS_LAYOUT)
+    masks_root = require_dir(os.path.join(root, "masks"), "Mask folder", MASK_SETS_LAYOUT)
+    files: Dict[str, Dict[str, str]] = {}
+    for entry in sorted(os.scandir(masks_root), key=lambda e: e.name):
+        if entry.is_dir():
+            for sample_id, path in images_by_stem(entry.path).items():
+                files.setdefault(sample_id, {})[entry.name] = path
+    if not files:
+        raise ValueError(f"--masks_from {root}: no mask images found.\n{MASK_SETS_LAYOUT}")
+    return MaskSets(root, files)
 
 
 def parse_label_counts(spec: Optional[str]) -> Dict[str, int]:
@@ -96,6 +163,8 @@ class GenerationConfig:
     png: bool = False
     batch_size: int = 64
     device: Optional[str] = None
+    masks_from: Optional[str] = None  # the name of the --masks_from folder (MaskSets.name), not its path
+    resample_steps: int = 0  # RePaint resampling with masks_from (FundusPipeline's resample_steps)
 
     def __post_init__(self):
         if self.labels and sum(self.labels.values()) != self.num_samples:
@@ -114,8 +183,16 @@ class GenerationConfig:
         return interleave_labels(self.labels) if self.labels else [None] * self.num_samples
 
 
-def generate_samples(pipe, seeds: Sequence[int], labels: Sequence[Optional[str]], config: GenerationConfig):
-    """Images and post-processed masks for one batch; sample ``k`` depends only on ``seeds[k]`` and ``labels[k]``."""
+def generate_samples(
+    pipe,
+    seeds: Sequence[int],
+    labels: Sequence[Optional[str]],
+    config: GenerationConfig,
+    given: Optional[Sequence[Dict[str, Image.Image]]] = None,
+):
+    """Images and post-processed masks for one batch; sample ``k`` depends only on ``seeds[k]``, ``labels[k]`` and
+    its given masks ``given[k]`` (kept as given: post-processing applies to the generated masks only)."""
+    conditioning = {"masks": list(given), "resample_steps": config.resample_steps} if given is not None else {}
     out = pipe(
         batch_size=len(seeds),
         class_labels=None if all(label is None for label in labels) else list(labels),
@@ -123,11 +200,14 @@ def generate_samples(pipe, seeds: Sequence[int], labels: Sequence[Optional[str]]
         num_inference_steps=config.num_inference_steps,
         guidance_scale=config.guidance_scale,
         output_type="np",  # NaN survives here (not in 8-bit images): checked, then converted as the pipelines do
+        **conditioning,
     )
     check_finite_samples(out.images, seeds, config)
     images = [Image.fromarray((im * 255).round().astype(np.uint8), mode="RGB") for im in out.images]
     masks = [{name: Image.fromarray((m * 255).astype(np.uint8), mode="L") for name, m in ms.items()} for ms in out.masks]
-    return images, [postprocess_masks(m, config.postprocess) for m in masks]
+    kept = given or [{}] * len(masks)
+    generated = [postprocess_masks({n: m for n, m in ms.items() if n not in k}, config.postprocess) for ms, k in zip(masks, kept)]
+    return images, [{n: k[n] if n in k else g[n] for n in ms} for ms, k, g in zip(masks, kept, generated)]
 
 
 def check_finite_samples(images: np.ndarray, seeds: Sequence[int], config: GenerationConfig) -> None:
@@ -141,16 +221,25 @@ def check_finite_samples(images: np.ndarray, seeds: Sequence[int], config: Gener
         )
 
 
-def regenerate(pipe, config: GenerationConfig, index: int) -> Tuple[Image.Image, Dict[str, Image.Image]]:
-    """Sample ``index`` of the dataset ``config`` describes, made again alone."""
-    images, masks = generate_samples(pipe, [config.seed + index], [config.sample_labels()[index]], config)
+def regenerate(
+    pipe, config: GenerationConfig, index: int, mask_sets: Optional[MaskSets] = None
+) -> Tuple[Image.Image, Dict[str, Image.Image]]:
+    """Sample ``index`` of the dataset ``config`` describes (with ``masks_from``: drawn for ``mask_sets``), made
+    again alone."""
+    given = [mask_sets.load(index)] if mask_sets is not None else None
+    images, masks = generate_samples(pipe, [config.seed + index], [config.sample_labels()[index]], config, given)
     return images[0], masks[0]
 
 
-def _row(config: GenerationConfig, index: int, label, image, masks, mask_names) -> dict:
+def _sample_name(index: int, mask_sets: Optional[MaskSets]) -> str:
+    """A sample's name in its id and PNG files: its mask set's id with ``masks_from``, else its zero-padded number."""
+    return mask_sets.ids[index] if mask_sets is not None else f"{index:06d}"
+
+
+def _row(config: GenerationConfig, sample_name: str, index: int, label, image, masks, mask_names) -> dict:
     empty = Image.new("L", image.size, 0)
     return {
-        "id": f"synthetic:{config.model_name}/{index:06d}",
+        "id": f"synthetic:{config.model_name}/{sample_name}",
         "source": f"synthetic:{config.model_name}",
         "split": "train",
         "image": image,
@@ -170,15 +259,15 @@ def synthetic_features():
     return features
 
 
-def _write_png(png_dir: str, index: int, image, masks):
+def _write_png(png_dir: str, sample_name: str, image, masks):
     os.makedirs(os.path.join(png_dir, "images"), exist_ok=True)
-    image.save(os.path.join(png_dir, "images", f"{index:06d}.png"))
+    image.save(os.path.join(png_dir, "images", f"{sample_name}.png"))
     for name, mask in masks.items():
         os.makedirs(os.path.join(png_dir, "masks", name), exist_ok=True)
-        mask.save(os.path.join(png_dir, "masks", name, f"{index:06d}.png"))
+        mask.save(os.path.join(png_dir, "masks", name, f"{sample_name}.png"))
 
 
-def _write_shard(pipe, config: GenerationConfig, shard: int, labels, mask_names, path: str, png_dir: str, progress):
+def _write_shard(pipe, config: GenerationConfig, shard: int, labels, mask_names, path: str, png_dir: str, progress, mask_sets):
     """Generate samples ``[shard * shard_size, ...)`` batch by batch into ``path`` (atomically renamed at the end)."""
     features = synthetic_features()
     start, stop = shard * config.shard_size, min((shard + 1) * config.shard_size, config.num_samples)
@@ -186,11 +275,15 @@ def _write_shard(pipe, config: GenerationConfig, shard: int, labels, mask_names,
     with ArrowWriter(features=features, path=tmp, writer_batch_size=config.batch_size) as writer:
         for first in range(start, stop, config.batch_size):
             indices = range(first, min(first + config.batch_size, stop))
-            images, masks = generate_samples(pipe, [config.seed + i for i in indices], [labels[i] for i in indices], config)
+            given = [mask_sets.load(i) for i in indices] if mask_sets is not None else None
+            images, masks = generate_samples(
+                pipe, [config.seed + i for i in indices], [labels[i] for i in indices], config, given
+            )
             for i, image, mask in zip(indices, images, masks):
-                writer.write(features.encode_example(_row(config, i, labels[i], image, mask, mask_names)))
+                name = _sample_name(i, mask_sets)
+                writer.write(features.encode_example(_row(config, name, i, labels[i], image, mask, mask_names)))
                 if config.png:
-                    _write_png(png_dir, i, image, mask)
+                    _write_png(png_dir, name, image, mask)
             progress.update(len(indices))
         writer.finalize()
     os.replace(tmp, path)
@@ -244,11 +337,17 @@ def check_resume(output_dir: str, config: GenerationConfig, resume: bool):
         raise ValueError(f"--resume with other settings than the run in {output_dir}: {changed} (saved, now).")
 
 
-def generate_dataset(pipe, config: GenerationConfig, output_dir: str, resume: bool = False):
-    """Generate ``config.num_samples`` samples into ``output_dir`` (see the module docstring); return the dataset."""
+def generate_dataset(
+    pipe, config: GenerationConfig, output_dir: str, resume: bool = False, mask_sets: Optional[MaskSets] = None
+):
+    """Generate ``config.num_samples`` samples into ``output_dir`` (see the module docstring); return the dataset.
+
+    ``mask_sets`` (``read_mask_sets``): one sample per mask set, drawn for its masks; ``config.masks_from`` must name
+    it and ``config.num_samples`` count its ids."""
     check_resume(output_dir, config, resume)
     if config.labels and not is_class_conditional(pipe):
         raise ValueError("--labels needs a class-conditional model; this one is unconditional.")
+    check_mask_sets(pipe, config, mask_sets)
     shards_dir = os.path.join(output_dir, SHARDS_DIR)
     dataset = _saved_dataset(output_dir)  # a resumed run may find the samples all there already
     if dataset is None:
@@ -256,13 +355,37 @@ def generate_dataset(pipe, config: GenerationConfig, output_dir: str, resume: bo
         os.makedirs(shards_dir, exist_ok=True)
         with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(asdict(config), f, indent=2)
-        paths = _write_shards(pipe, config, shards_dir, os.path.join(output_dir, "png"))
-        info = DatasetInfo(features=synthetic_features(), description=f"Synthetic fundus samples from {config.model_name}")
+        paths = _write_shards(pipe, config, shards_dir, os.path.join(output_dir, "png"), mask_sets)
+        drawn_for = f", drawn for the mask sets of {config.masks_from}" if config.masks_from else ""
+        info = DatasetInfo(
+            features=synthetic_features(), description=f"Synthetic fundus samples from {config.model_name}{drawn_for}"
+        )
         concatenate_datasets([Dataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
         dataset = load_from_disk(output_dir)
     shutil.rmtree(shards_dir, ignore_errors=True)  # only once the saved dataset reads back
     write_extras(dataset, pipe, config, output_dir)
     return dataset
+
+
+def check_mask_sets(pipe, config: GenerationConfig, mask_sets: Optional[MaskSets]) -> None:
+    """``config.masks_from`` names ``mask_sets``, one sample per set, whose masks the model has at its resolution."""
+    if (config.masks_from is None) != (mask_sets is None) or (mask_sets and config.masks_from != mask_sets.name):
+        raise ValueError(
+            f"The generation config names masks_from={config.masks_from!r}, but the mask sets given are "
+            f"{mask_sets.name if mask_sets else None!r}: pass read_mask_sets(dir) with masks_from=its name."
+        )
+    if config.resample_steps and mask_sets is None:
+        raise ValueError("--resample_steps applies to --masks_from (sampling for given masks).")
+    if mask_sets is None:
+        return
+    if not hasattr(pipe, "scheduler"):
+        raise ValueError("--masks_from needs a diffusion model (a FundusPipeline); a GAN cannot be conditioned on masks.")
+    if config.num_samples != len(mask_sets.ids):
+        raise ValueError(
+            f"--masks_from {mask_sets.root} holds {len(mask_sets.ids)} mask sets, one sample each; --num_samples is "
+            f"{config.num_samples}. Fix: leave --num_samples out."
+        )
+    mask_sets.check(list(pipe.config.mask_names), pipe.unet.config.sample_size)
 
 
 SAVED_FILES = ("state.json", "dataset_info.json")  # save_to_disk writes them last, in this order
@@ -287,7 +410,7 @@ def _remove_partial_save(output_dir: str) -> None:
             os.remove(os.path.join(output_dir, name))
 
 
-def _write_shards(pipe, config: GenerationConfig, shards_dir: str, png_dir: str) -> List[str]:
+def _write_shards(pipe, config: GenerationConfig, shards_dir: str, png_dir: str, mask_sets=None) -> List[str]:
     """Every shard not yet on disk, with one progress bar over all samples; returns all shard paths in order."""
     mask_names = list(pipe.config.mask_names)
     labels = config.sample_labels()
@@ -299,7 +422,7 @@ def _write_shards(pipe, config: GenerationConfig, shards_dir: str, png_dir: str)
     with tqdm(total=config.num_samples, initial=finished, unit="sample", desc="Generating", smoothing=0.1) as progress:
         for shard, path in enumerate(paths):
             if not done[shard]:
-                _write_shard(pipe, config, shard, labels, mask_names, path, png_dir, progress)
+                _write_shard(pipe, config, shard, labels, mask_names, path, png_dir, progress, mask_sets)
     return paths
 
 

@@ -1,4 +1,5 @@
-"""FundusPipeline: a class-conditional ``UNet2DModel`` and any diffusers scheduler -> fundus images and their masks.
+"""FundusPipeline: a class-conditional ``UNet2DModel`` and any diffusers scheduler -> fundus images and their masks;
+given some channels (an image, some masks), the rest of them (images from masks, masks from images).
 
 This file imports only torch, diffusers, numpy, PIL and the standard library: ``save_pretrained`` copies it into the
 saved folder as ``pipeline.py``, so that the folder loads on a machine without fundus-diffusion::
@@ -16,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, SchedulerMixin, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DModel
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -190,6 +191,111 @@ def config_for_this_class(config: dict, components: Sequence[str] = ()) -> dict:
 
 # ------------------------------------------------------------------------------------ end of the shared block
 
+# Schedulers whose step depends only on (model output, timestep, sample) and whose marginals are alphas_cumprod's:
+# a step can be done again after noising the sample back (RePaint resampling). Multistep solvers (DPM-Solver++, UniPC)
+# and Euler keep a step index and earlier model outputs that a repeated step would corrupt.
+RESAMPLING_SCHEDULERS = (DDPMScheduler, DDIMScheduler)
+
+
+def per_sample(value, batch_size: int, what: str) -> list:
+    """One value for the whole batch, or a list (or a batched ``[B, ...]`` array / tensor) of one per sample -> a
+    list of ``batch_size`` values."""
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 4:
+        value = list(value)
+    if not isinstance(value, (list, tuple)):
+        return [value] * batch_size
+    if len(value) != batch_size:
+        raise ValueError(
+            f"Got {len(value)} {what} for a batch of {batch_size}: give one per sample (batch_size={len(value)}), or "
+            "one for the whole batch."
+        )
+    return list(value)
+
+
+def image_to_channels(image, resolution: int, where: str) -> torch.Tensor:
+    """An RGB image (PIL; ``[H, W, 3]`` array or ``[3, H, W]`` tensor, float in [0, 1] or uint8) -> ``[3, H, W]`` in
+    [-1, 1], the model's image channels. The formats are ``__call__``'s outputs, so an output can be fed back."""
+    if isinstance(image, PIL.Image.Image):
+        x = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+    elif isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == IMAGE_CHANNELS:
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    elif isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == IMAGE_CHANNELS:
+        x = image.detach().cpu()
+    else:
+        raise ValueError(
+            f"{where}: give an RGB PIL image, an [H, W, 3] array or a [3, H, W] tensor; got "
+            f"{type(image).__name__}{list(getattr(image, 'shape', []))}."
+        )
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    if x.shape[-2:] != (resolution, resolution):
+        raise ValueError(
+            f"{where} is {x.shape[-1]}x{x.shape[-2]} px; this pipeline generates {resolution}x{resolution} px "
+            f"(resolution=): resize it to {resolution}x{resolution}."
+        )
+    if not (x.min() >= 0 and x.max() <= 1):  # also catches NaN
+        raise ValueError(f"{where} has values outside [0, 1]: give float images in [0, 1] or uint8 images.")
+    return x * 2 - 1
+
+
+def mask_to_channel(mask, resolution: int, where: str) -> torch.Tensor:
+    """A binary mask (``L`` PIL image, 255 = structure; ``[H, W]`` array or tensor, bool or in [0, 1]) -> ``[H, W]``
+    in {-1, +1}, the model's mask channel. A PIL pixel is set at >= 128, an array's at > 0.5."""
+    if isinstance(mask, PIL.Image.Image):
+        x = torch.from_numpy(np.asarray(mask.convert("L")) >= 128)
+    elif isinstance(mask, (np.ndarray, torch.Tensor)) and mask.ndim == 2:
+        x = torch.as_tensor(mask).detach().cpu().float()
+        if not (x.min() >= 0 and x.max() <= 1):
+            raise ValueError(
+                f"{where} has values outside [0, 1]: give arrays as bool or in [0, 1], or an L image (255 = structure)."
+            )
+        x = x > 0.5
+    else:
+        raise ValueError(
+            f"{where}: give an L PIL image or an [H, W] array / tensor; got "
+            f"{type(mask).__name__}{list(getattr(mask, 'shape', []))}."
+        )
+    if x.shape != (resolution, resolution):
+        raise ValueError(
+            f"{where} is {x.shape[1]}x{x.shape[0]} px; this pipeline generates {resolution}x{resolution} px "
+            f"(resolution=): resize it to {resolution}x{resolution} with nearest-neighbour interpolation."
+        )
+    return x.float() * 2 - 1
+
+
+def known_channels(image, masks, mask_names: Sequence[str], batch_size: int, resolution: int):
+    """The channels given for each sample: ``(x0, known)``, ``x0`` ``[B, C, R, R]`` in [-1, 1] (zero where not
+    given) and ``known`` a ``[B, C, 1, 1]`` bool, or ``(None, None)`` when nothing is given.
+
+    ``image``: one RGB image for the batch or one per sample. ``masks``: ``{mask name: mask}`` for the batch or one
+    such dict per sample; a sample may give only some of the model's masks (a ``None`` value counts as not given),
+    and the rest are generated.
+    """
+    if image is None and masks is None:
+        return None, None
+    if not mask_names:
+        raise ValueError(
+            "This model generates images only (its mask_names is empty): there are no mask channels to generate from "
+            "an image or to condition on; sample it without image= and masks=."
+        )
+    x0 = torch.zeros(batch_size, IMAGE_CHANNELS + len(mask_names), resolution, resolution)
+    known = torch.zeros(batch_size, IMAGE_CHANNELS + len(mask_names), 1, 1, dtype=torch.bool)
+    if image is not None:
+        for i, sample_image in enumerate(per_sample(image, batch_size, "images")):
+            x0[i, :IMAGE_CHANNELS] = image_to_channels(sample_image, resolution, f"The image of sample {i}")
+            known[i, :IMAGE_CHANNELS] = True
+    for i, given in enumerate(per_sample(masks, batch_size, "mask sets") if masks is not None else []):
+        if not isinstance(given, dict):
+            raise ValueError(f"masks: give {{mask name: mask}} per sample, e.g. {{'disc': disc_image}}; got {type(given).__name__}.")
+        unknown = [name for name in given if name not in mask_names]
+        if unknown:
+            raise ValueError(f"Unknown mask name(s) {unknown} in masks=: this model's masks are {list(mask_names)}.")
+        for name, mask in given.items():
+            if mask is not None:
+                channel = IMAGE_CHANNELS + list(mask_names).index(name)
+                x0[i, channel] = mask_to_channel(mask, resolution, f"Mask {name!r} of sample {i}")
+                known[i, channel] = True
+    return x0, known
+
 
 def step_noise_generators(generator, device: torch.device):
     """Generators for the noise a stochastic scheduler (DDPM, DDIM with eta > 0) draws at every step.
@@ -307,6 +413,9 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         return_dict: bool = True,
         resolution: Optional[int] = None,
         eta: float = 0.0,
+        image=None,
+        masks=None,
+        resample_steps: int = 0,
     ):
         r"""
         Args:
@@ -323,6 +432,19 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
             return_dict (`bool`): return a [`FundusPipelineOutput`] instead of an ``(images, masks)`` tuple.
             resolution (`int`, *optional*): square output size; default the UNet's training size.
             eta (`float`): DDIM's eta (ignored by other schedulers).
+            image (PIL image, ``[H, W, 3]`` array or ``[3, H, W]`` tensor in [0, 1], or a list of one per sample,
+                *optional*): a given photograph; its masks are generated (masks from an image).
+            masks (`Dict[str, ...]` or a list of one per sample, *optional*): given masks by name (``L`` images,
+                255 = structure, or ``[H, W]`` arrays in {0, 1}), any subset of ``mask_names``; an image and the
+                other masks are generated to fit them (images from masks). Given channels must be ``resolution``
+                px square and come out exactly as given.
+            resample_steps (`int`): with ``image`` / ``masks``, how many times each step is done again after noising
+                the sample back by one step (RePaint resampling, Lugmayr et al. 2022), so the generated channels
+                agree better with the given ones; each costs one more UNet pass per step. Needs a ``DDPMScheduler``
+                or ``DDIMScheduler``; 0 (replacement only) works with any scheduler that has ``add_noise``.
+
+        Given channels condition the model at sampling time (no retraining): before every UNet pass, they are
+        replaced by the given values noised to the step's level with the scheduler's ``add_noise``.
 
         Examples:
 
@@ -334,17 +456,26 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         >>> pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
         >>> out = pipe(batch_size=4, class_labels="PM", num_inference_steps=20, guidance_scale=2.0)
         >>> out.images[0].save("fundus.png"); out.masks[0]["disc"].save("disc.png")
+
+        >>> pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # for resample_steps > 0
+        >>> drawn = pipe(masks={"disc": out.masks[0]["disc"]}, num_inference_steps=250, resample_steps=4)
+        >>> inferred = pipe(image=out.images[0], num_inference_steps=250, resample_steps=4).masks[0]
         ```
         """
         conditional = self.unet.config.num_class_embeds is not None
         if guidance_scale > 1 and (not conditional or class_labels is None):
             raise ValueError("guidance_scale > 1 needs a class-conditional UNet and class_labels to guide towards.")
         if not conditional and class_labels is not None:
-            raise ValueError("This UNet is unconditional: leave class_labels as None.")
+            raise ValueError(
+                "This model is unconditional: it was trained without class labels (its UNet has no class embedding), "
+                "so it cannot follow class_labels; leave class_labels as None."
+            )
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size}.")
         resolution = resolution or self.unet.config.sample_size
         self.check_resolution(resolution)
+        x0, known = known_channels(image, masks, self.config.mask_names, batch_size, resolution)
+        self.check_resampling(resample_steps, x0 is not None)
 
         device = self._execution_device
         labels = self.class_ids(class_labels, batch_size) if conditional else None
@@ -356,18 +487,62 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         sample = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps or self.scheduler.config.num_train_timesteps, device=device)
         sample = sample * self.scheduler.init_noise_sigma
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        noise_generator = step_noise_generators(generator, device)  # derived once: steps and given channels share it
+        extra_step_kwargs = self.prepare_extra_step_kwargs(noise_generator, eta)
+        if x0 is not None:
+            x0, known = x0.to(device=device, dtype=sample.dtype), known.to(device)
 
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = torch.cat([sample] * 2) if do_guidance else sample
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            model_output = self.unet(model_input, t, class_labels=labels).sample
-            if do_guidance:
-                uncond, cond = model_output.chunk(2)
-                model_output = uncond + guidance_scale * (cond - uncond)
-            sample = self.scheduler.step(model_output, t, sample, **extra_step_kwargs, return_dict=False)[0]
+        timesteps = self.scheduler.timesteps
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            # RePaint: redo the step `resample_steps` times, except the last one (it ends at the given values)
+            jumps = resample_steps if i < len(timesteps) - 1 else 0
+            for jump in range(jumps + 1):
+                if x0 is not None:
+                    noise = randn_tensor(x0.shape, generator=noise_generator, device=device, dtype=x0.dtype)
+                    sample = torch.where(known, self.scheduler.add_noise(x0, noise, t.expand(len(x0))), sample)
+                model_input = torch.cat([sample] * 2) if do_guidance else sample
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                model_output = self.unet(model_input, t, class_labels=labels).sample
+                if do_guidance:
+                    uncond, cond = model_output.chunk(2)
+                    model_output = uncond + guidance_scale * (cond - uncond)
+                sample = self.scheduler.step(model_output, t, sample, **extra_step_kwargs, return_dict=False)[0]
+                if jump < jumps:
+                    sample = self.noise_back(sample, t, noise_generator)
 
+        if x0 is not None:
+            sample = torch.where(known, x0, sample)
         return self.outputs(sample, output_type, return_dict)
+
+    def check_resampling(self, resample_steps: int, conditioned: bool) -> None:
+        """Resampling needs given channels and a scheduler whose step can be done again (``RESAMPLING_SCHEDULERS``);
+        replacement needs the scheduler's ``add_noise``."""
+        if resample_steps < 0:
+            raise ValueError(f"resample_steps must be 0 or more; got {resample_steps}.")
+        if resample_steps and not conditioned:
+            raise ValueError("resample_steps applies to sampling from given channels: pass image= or masks= too.")
+        name = type(self.scheduler).__name__
+        if conditioned and not hasattr(self.scheduler, "add_noise"):
+            raise ValueError(f"{name} has no add_noise, which noises the given channels: use DDPMScheduler or DDIMScheduler.")
+        if resample_steps and not isinstance(self.scheduler, RESAMPLING_SCHEDULERS):
+            raise ValueError(
+                f"resample_steps={resample_steps} does each step again after noising the sample back, which needs a "
+                f"scheduler without per-step state; {name} keeps some (its step index, earlier model outputs). Use "
+                "pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config) (or DDIMScheduler), or "
+                "resample_steps=0 (replacement only, which works with this scheduler)."
+            )
+
+    def noise_back(self, sample: torch.Tensor, t, generator) -> torch.Tensor:
+        """A sample one step below ``t`` noised back to ``t`` with the forward process ``q(x_t | x_prev)``:
+        ``sqrt(a) x_prev + sqrt(1 - a) noise``, ``a = alphas_cumprod[t] / alphas_cumprod[prev]``."""
+        scheduler = self.scheduler
+        if isinstance(scheduler, DDPMScheduler):
+            prev = int(scheduler.previous_timestep(t))
+        else:  # DDIMScheduler.step's own rule
+            prev = int(t) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        ratio = scheduler.alphas_cumprod[int(t)] / scheduler.alphas_cumprod[prev]  # never the last step: prev >= 0
+        noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+        return (ratio.sqrt() * sample + (1 - ratio).sqrt() * noise).to(sample.dtype)
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """``DiffusionPipeline.save_pretrained`` plus this file as ``pipeline.py`` (see ``save_pretrained_with_code``).

@@ -2,6 +2,12 @@
 
     python scripts/generate.py --model runs/ddpm-256 --num_samples 1000 --labels PM=600,non-PM=400 \
         --scheduler dpmsolver++ --num_inference_steps 20 --guidance_scale 2 --output_dir data/synthetic
+
+Images for given masks: one sample per mask set in DIR/masks/<name>/<id>.png (ids kept; an id without some of the
+model's masks gets them generated too):
+
+    python scripts/generate.py --model runs/ddpm-256 --masks_from my_masks --scheduler ddpm \
+        --num_inference_steps 250 --resample_steps 4 --output_dir data/synthetic-for-my-masks
 """
 
 import argparse
@@ -14,6 +20,7 @@ from fundus_diffusion.generate import (
     generate_dataset,
     parse_label_counts,
     push_dataset,
+    read_mask_sets,
 )
 from fundus_diffusion.pipelines.loading import SCHEDULERS, load_fundus_pipeline
 
@@ -22,7 +29,15 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="A saved FundusPipeline / FundusGANPipeline folder or Hub id.")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--num_samples", type=int, default=None, help="Default: the sum of --labels.")
+    parser.add_argument("--num_samples", type=int, default=None, help="Default: the sum of --labels, or one per --masks_from set.")
+    parser.add_argument(
+        "--masks_from", default=None, metavar="DIR",
+        help="Draw one sample for each mask set DIR/masks/<name>/<id>.png (the model's resolution; ids kept).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resample_steps", type=int, default=0,
+        help="With --masks_from: RePaint resampling, each step done again this many times (needs --scheduler ddpm or ddim).",
+    )  # fmt: skip
     parser.add_argument("--labels", default=None, help="Counts per class, e.g. PM=600,non-PM=400. Default: unconditional.")
     parser.add_argument("--scheduler", choices=list(SCHEDULERS), default=None, help="Default: the model's own scheduler.")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="Default: the full training chain.")
@@ -42,9 +57,11 @@ def parse_args(argv=None):
 
 def main(args):
     labels = parse_label_counts(args.labels)
+    mask_sets = read_mask_sets(args.masks_from) if args.masks_from else None
+    default_samples = len(mask_sets.ids) if mask_sets else sum(labels.values())
     config = GenerationConfig(
         model=args.model,
-        num_samples=args.num_samples if args.num_samples is not None else sum(labels.values()),
+        num_samples=args.num_samples if args.num_samples is not None else default_samples,
         labels=labels,
         scheduler=args.scheduler,
         num_inference_steps=args.num_inference_steps,
@@ -55,10 +72,12 @@ def main(args):
         png=args.png,
         batch_size=args.batch_size,
         device=args.device,
+        masks_from=mask_sets.name if mask_sets else None,
+        resample_steps=args.resample_steps,
     )
     check_resume(args.output_dir, config, args.resume)  # before the model loads: a wrong folder fails at once
     pipe = load_fundus_pipeline(args.model, scheduler=args.scheduler, device=args.device, dtype=args.dtype)
-    dataset = generate_dataset(pipe, config, args.output_dir, resume=args.resume)
+    dataset = generate_dataset(pipe, config, args.output_dir, resume=args.resume, mask_sets=mask_sets)
     print(f"Wrote {len(dataset)} samples to {args.output_dir} (dataset card: {args.output_dir}/README.md)")
     if args.push_to_hub:
         print(f"Pushed to {push_dataset(args.output_dir, args.push_to_hub, private=args.private)}")
