@@ -8,6 +8,7 @@ from typing import Optional
 from datasets import Dataset, DatasetDict, DatasetInfo, load_dataset, load_from_disk
 from filelock import FileLock
 
+from .. import export
 from . import build
 from .folder import FOLDER_LAYOUT
 from .phantom import load_phantom_dataset
@@ -34,7 +35,8 @@ def load_fundus_dataset(
     """A schema ``datasets.Dataset`` from any of:
 
     - ``phantom`` or ``phantom:N``: N deterministic phantoms (the embedded default);
-    - a folder written by ``scripts/build_dataset.py`` (``save_to_disk``);
+    - a folder written by ``scripts/build_dataset.py`` or ``scripts/generate.py`` (its ``arrow/``, or the folder
+      itself for folders from before the Hub layout: ``save_to_disk``);
     - a raw PALM (2019 or 2024), ADAM or generic folder, detected by its layout and built on first use (the rows
       are cached under ``cache_dir``, by default ``$FUNDUS_CACHE`` or ``~/.cache/fundus_diffusion``, keyed by the
       files' sizes and times); ``labels``, ``include_amd``, ``require_masks`` and ``skip_bad`` mean what they mean
@@ -49,6 +51,7 @@ def load_fundus_dataset(
         num = int(spec.split(":", 1)[1]) if ":" in spec else PHANTOM_DEFAULT_SAMPLES
         return load_phantom_dataset(num, size=PHANTOM_DEFAULT_SIZE)
     if os.path.isdir(spec):
+        spec = export.arrow_folder(spec) or spec  # a folder in the Hub layout keeps its Arrow files in arrow/
         if any(os.path.exists(os.path.join(spec, f)) for f in SAVED_MARKERS):
             check_not_empty(spec)
             dataset = load_from_disk(spec)

@@ -1,0 +1,51 @@
+"""Export a fundus dataset for other tools: the Hub layout (``load_dataset``), imagefolder, or nnU-Net v2.
+
+    python scripts/export_dataset.py --dataset data/pm --format hub
+    python scripts/export_dataset.py --dataset data/synthetic --format imagefolder --output_dir data/synthetic-png
+    python scripts/export_dataset.py --dataset data/pm --format nnunet --masks disc --output_dir $nnUNet_raw/Dataset501_Disc
+
+``hub`` lays a saved folder (from build_dataset.py or generate.py, which now write this layout themselves) out as
+``push_to_hub`` uploads it, in place, so ``datasets.load_dataset(folder)`` reads it. ``imagefolder`` and ``nnunet``
+take any --dataset that training takes (saved folder, raw folder, phantom, Hub id) and add to --output_dir.
+"""
+
+import argparse
+
+from fundus_diffusion.cli import run_script
+from fundus_diffusion.data import load_fundus_dataset
+from fundus_diffusion.export import export_imagefolder, export_nnunet, write_hub_layout
+
+FORMATS = ("hub", "imagefolder", "nnunet")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="A saved / raw dataset folder, phantom[:N] or a Hub id.")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--output_dir", default=None, help="imagefolder / nnunet: where to write (rows there are kept).")
+    parser.add_argument("--masks", default=None, help="Masks to export, e.g. disc,cup (default: all the dataset's).")
+    parser.add_argument("--split", default="train", help="The split of a Hub dataset to export.")
+    args = parser.parse_args(argv)
+    if args.format == "hub" and (args.output_dir or args.masks):
+        parser.error("--format hub rewrites --dataset in place and keeps every mask: drop --output_dir and --masks.")
+    if args.format != "hub" and not args.output_dir:
+        parser.error(f"--format {args.format} needs --output_dir.")
+    return args
+
+
+def main(args):
+    if args.format == "hub":
+        shards = write_hub_layout(args.dataset)
+        print(f"Wrote {len(shards)} parquet shards to {args.dataset}/data: datasets.load_dataset({args.dataset!r}) reads it")
+        return
+    dataset = load_fundus_dataset(args.dataset, split=args.split)
+    if args.format == "imagefolder":
+        rows = export_imagefolder(dataset, args.output_dir, mask_names=args.masks)
+        print(f"{args.output_dir}: {rows} rows in metadata.csv (load_dataset('imagefolder', data_dir=...), --folder_dir)")
+    else:
+        info = export_nnunet(dataset, args.output_dir, mask_names=args.masks)
+        print(f"{args.output_dir}: {info['numTraining']} cases, labels {info['labels']}. {info['description']}")
+
+
+if __name__ == "__main__":
+    run_script(main, parse_args)

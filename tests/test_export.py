@@ -1,0 +1,144 @@
+"""Exports in the formats other tools load: the Hub layout (``load_dataset(folder)``), imagefolder, nnU-Net v2."""
+
+import json
+
+import numpy as np
+import pytest
+from datasets import Dataset, load_dataset
+from PIL import Image
+
+from fundus_diffusion.data import fundus_features, load_fundus_dataset, load_phantom_dataset
+from fundus_diffusion.export import (
+    ARROW_DIR,
+    arrow_folder,
+    export_imagefolder,
+    export_nnunet,
+    export_uid,
+    write_hub_layout,
+)
+
+SIZE = 16
+
+
+def disc_cup_atrophy_dataset(num: int = 3) -> Dataset:
+    """Rows whose cup lies inside the disc and whose atrophy overlaps the disc's edge; the last row is annotated for
+    the disc only (cup and atrophy unknown), the first has an unknown label."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    rows = []
+    for i in range(num):
+        cx = 6 + i
+        disc = (yy - 8) ** 2 + (xx - cx) ** 2 <= 16
+        cup = (yy - 8) ** 2 + (xx - cx) ** 2 <= 4
+        atrophy = (np.abs(yy - 8) <= 1) & (xx >= cx + 3) & (xx <= cx + 6)
+        annotated = i < num - 1
+        row = {"id": f"toy/train/{i:03d}", "source": "toy", "split": "train", "label": -1 if i == 0 else i % 2}
+        row["image"] = Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+        for name, mask, flag in (("disc", disc, True), ("cup", cup, annotated), ("atrophy", atrophy, annotated)):
+            row[f"{name}_mask"] = Image.fromarray(mask.astype(np.uint8) * 255) if flag else None
+            row[f"has_{name}_annotation"] = flag
+        rows.append(row)
+    return Dataset.from_list(rows, features=fundus_features(("disc", "cup", "atrophy")))
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image)
+
+
+def test_hub_layout_loads_with_load_dataset_and_load_fundus_dataset(tmp_path):
+    dataset = disc_cup_atrophy_dataset()
+    folder = tmp_path / "built"
+    dataset.save_to_disk(str(folder))
+    assert arrow_folder(str(folder)) == str(folder)  # a folder from before the Hub layout
+    shards = write_hub_layout(str(folder))
+    assert [p.split("/")[-1] for p in shards] == ["train-00000-of-00001.parquet"]
+    assert not (folder / "state.json").exists() and arrow_folder(str(folder)) == str(folder / ARROW_DIR)
+
+    loaded = load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "hf"))
+    assert loaded.features == dataset.features  # Image columns, the ClassLabel, the annotation flags
+    assert list(loaded["id"]) == list(dataset["id"]) and list(loaded["label"]) == [-1, 1, 0]
+    assert loaded[2]["cup_mask"] is None and loaded[2]["has_cup_annotation"] is False
+    assert all((pixels(a) == pixels(b)).all() for a, b in zip(loaded["image"], dataset["image"]))
+    ours = load_fundus_dataset(str(folder))  # memory-maps arrow/, no conversion cache
+    assert list(ours["id"]) == list(dataset["id"]) and ours.features == dataset.features
+
+    write_hub_layout(str(folder))  # again (a regenerated dataset): same files, nothing stale
+    assert sorted(p.name for p in (folder / "data").iterdir()) == ["train-00000-of-00001.parquet"]
+    assert not list(folder.glob(".*"))
+
+
+def test_hub_layout_refuses_a_folder_without_a_saved_dataset(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no saved dataset .* Fix: pass a folder written by"):
+        write_hub_layout(str(tmp_path))
+
+
+def test_imagefolder_export_loads_and_two_exports_combine(tmp_path):
+    folder = tmp_path / "png"
+    first, second = load_phantom_dataset(3, size=32), load_phantom_dataset(3, size=48)
+    assert list(first["id"]) == list(second["id"])  # the same ids, other samples (two runs of one model, say)
+    assert export_imagefolder(first, str(folder)) == 3
+    assert export_imagefolder(second, str(folder)) == 6
+    assert export_imagefolder(first, str(folder)) == 6  # the same samples again: the same names, no new rows
+
+    loaded = load_dataset("imagefolder", data_dir=str(folder), split="train", cache_dir=str(tmp_path / "hf"))
+    assert len(loaded) == 6 and sorted(loaded["source_id"]) == sorted(list(first["id"]) * 2)
+    assert {"image", "disc_mask", "atrophy_mask", "label", "split"} <= set(loaded.column_names)
+    by_id = {row["source_id"] + str(pixels(row["image"]).sum()): row for row in loaded}
+    for row in first:
+        back = by_id[row["id"] + str(pixels(row["image"]).sum())]
+        assert (pixels(back["disc_mask"]) == pixels(row["disc_mask"])).all()
+        assert back["label"] == ("PM" if row["label"] == 1 else "non-PM")
+
+
+def test_imagefolder_export_leaves_unannotated_masks_out_and_reads_back_as_a_generic_folder(tmp_path):
+    dataset = disc_cup_atrophy_dataset()
+    folder = tmp_path / "png"
+    export_imagefolder(dataset, str(folder))
+    loaded = load_dataset("imagefolder", data_dir=str(folder), split="train", cache_dir=str(tmp_path / "hf"))
+    unannotated = loaded.filter(lambda row: row["source_id"] == "toy/train/002")[0]
+    assert unannotated["cup_mask"] is None and unannotated["disc_mask"] is not None
+    assert sorted(loaded["label"]) == ["PM", "non-PM", "unknown"]
+
+    generic = load_fundus_dataset(str(folder), cache_dir=str(tmp_path / "cache"))  # --folder_dir reads it too
+    by_uid = {row["id"].rsplit("/", 1)[-1]: row for row in generic}
+    assert len(generic) == 3
+    for row in dataset:
+        back = by_uid[export_uid(row["id"], _bytes(dataset, row["id"]))]
+        assert back["label"] == row["label"] and back["has_cup_annotation"] == row["has_cup_annotation"]
+        assert (pixels(back["disc_mask"]) == pixels(row["disc_mask"])).all()
+
+
+def test_nnunet_export_round_trip(tmp_path):
+    dataset = disc_cup_atrophy_dataset()
+    folder = tmp_path / "Dataset501_Fundus"
+    info = export_nnunet(dataset, str(folder))
+    assert info["labels"] == {"background": 0, "disc": 1, "cup": 2, "atrophy": 3}
+    assert info["channel_names"] == {"0": "R", "1": "G", "2": "B"} and info["file_ending"] == ".png"
+    assert info["numTraining"] == 2 and "1 rows not annotated" in info["description"]  # the disc-only row
+    assert json.loads((folder / "dataset.json").read_text()) == info
+
+    names = ("disc", "cup", "atrophy")
+    for row in dataset.select(range(2)):
+        case = export_uid(row["id"], _bytes(dataset, row["id"]))
+        image = Image.open(folder / "imagesTr" / f"{case}_0000.png")
+        labels = pixels(Image.open(folder / "labelsTr" / f"{case}.png"))
+        assert image.mode == "RGB" and (pixels(image) == pixels(row["image"])).all()
+        masks = {n: pixels(row[f"{n}_mask"]) > 0 for n in names}
+        assert set(np.unique(labels)) <= {0, 1, 2, 3}
+        for k, name in enumerate(names, start=1):  # a pixel in several masks holds the later one's value
+            later = np.zeros_like(masks[name])
+            for other in names[k:]:
+                later |= masks[other]
+            assert ((labels == k) == (masks[name] & ~later)).all()
+        assert ((labels == 2) == masks["cup"]).all()  # the nested cup survives whole
+        assert (np.isin(labels, [1, 2, 3]) == (masks["disc"] | masks["atrophy"])).all()
+
+    with pytest.raises(ValueError, match="has the labels .* Fix: export into another folder"):
+        export_nnunet(dataset, str(folder), mask_names=("disc",))
+    more = export_nnunet(dataset, str(tmp_path / "Dataset502_Disc"), mask_names=("disc",))
+    assert more["numTraining"] == 3 and more["labels"] == {"background": 0, "disc": 1}
+
+
+def _bytes(dataset: Dataset, row_id: str) -> bytes:
+    undecoded = dataset.with_format("arrow")
+    return undecoded["image"].to_pylist()[undecoded["id"].to_pylist().index(row_id)]["bytes"]
