@@ -450,7 +450,7 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
 
         ```py
         >>> import torch
-        >>> from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+        >>> from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 
         >>> pipe = DiffusionPipeline.from_pretrained("runs/ddpm-256", trust_remote_code=True)
         >>> pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
