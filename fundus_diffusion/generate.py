@@ -36,7 +36,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data.readers import images_by_stem, require_dir
-from .data.schema import LABEL_NAMES, MASK_COLUMNS, UNKNOWN_LABEL, fundus_features, label_to_id
+from .data.schema import LABEL_NAMES, UNKNOWN_LABEL, annotation_column, fundus_features, label_to_id, mask_column
 from .model_cards import LICENSE, render_dataset_card, size_category
 from .pipelines.loading import is_class_conditional
 from .visualization import contact_sheet
@@ -237,24 +237,22 @@ def _sample_name(index: int, mask_sets: Optional[MaskSets]) -> str:
 
 
 def _row(config: GenerationConfig, sample_name: str, index: int, label, image, masks, mask_names) -> dict:
-    empty = Image.new("L", image.size, 0)
-    return {
+    row = {
         "id": f"synthetic:{config.model_name}/{sample_name}",
         "source": f"synthetic:{config.model_name}",
         "split": "train",
         "image": image,
-        # A model without a disc channel has no disc annotation (None); without atrophy, the schema's empty mask.
-        "disc_mask": masks.get("disc"),
-        "atrophy_mask": masks.get("atrophy", empty),
-        "has_atrophy_annotation": "atrophy" in mask_names,
         "label": UNKNOWN_LABEL if label is None else label_to_id(label),
         "seed": config.seed + index,
     }
+    for name in mask_names:  # every mask of the model is drawn for every sample: annotated everywhere
+        row[mask_column(name)], row[annotation_column(name)] = masks[name], True
+    return row
 
 
-def synthetic_features():
-    """The schema's features plus each sample's ``seed``."""
-    features = fundus_features()
+def synthetic_features(mask_names):
+    """The schema's features for the model's ``mask_names`` plus each sample's ``seed``."""
+    features = fundus_features(mask_names)
     features["seed"] = Value("int64")
     return features
 
@@ -269,7 +267,7 @@ def _write_png(png_dir: str, sample_name: str, image, masks):
 
 def _write_shard(pipe, config: GenerationConfig, shard: int, labels, mask_names, path: str, png_dir: str, progress, mask_sets):
     """Generate samples ``[shard * shard_size, ...)`` batch by batch into ``path`` (atomically renamed at the end)."""
-    features = synthetic_features()
+    features = synthetic_features(mask_names)
     start, stop = shard * config.shard_size, min((shard + 1) * config.shard_size, config.num_samples)
     tmp = f"{path}.tmp"
     with ArrowWriter(features=features, path=tmp, writer_batch_size=config.batch_size) as writer:
@@ -358,7 +356,7 @@ def generate_dataset(
         paths = _write_shards(pipe, config, shards_dir, os.path.join(output_dir, "png"), mask_sets)
         drawn_for = f", drawn for the mask sets of {config.masks_from}" if config.masks_from else ""
         info = DatasetInfo(
-            features=synthetic_features(), description=f"Synthetic fundus samples from {config.model_name}{drawn_for}"
+            features=synthetic_features(pipe.config.mask_names), description=f"Synthetic fundus samples from {config.model_name}{drawn_for}"
         )
         concatenate_datasets([Dataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
         dataset = load_from_disk(output_dir)
@@ -432,7 +430,7 @@ def write_extras(dataset, pipe, config: GenerationConfig, output_dir: str, sheet
     mask_names = list(pipe.config.mask_names)
     label_name = dataset.features["label"].int2str
     captions = [label_name(label) if label >= 0 else "uncond." for label in list(first["label"])]
-    masks = [{name: row[MASK_COLUMNS[name]] for name in mask_names} for row in first]
+    masks = [{name: row[mask_column(name)] for name in mask_names} for row in first]
     contact_sheet(list(first["image"]), masks, captions=captions).save(os.path.join(output_dir, "contact_sheet.png"))
     if config.png:
         with open(os.path.join(output_dir, "png", "metadata.csv"), "w", newline="", encoding="utf-8") as f:

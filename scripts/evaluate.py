@@ -45,7 +45,7 @@ def parse_args(argv=None):
         help="Every image is cropped square and resized to this (a multiple of 8). Default: the synthetic images' "
         "native size (they must all be one square size); another value is a comparison, labelled in the report.",
     )
-    parser.add_argument("--masks", default="disc", help="Masks to score: disc, disc,atrophy or none.")
+    parser.add_argument("--masks", default="disc", help="Masks to score, e.g. disc, disc,cup, disc,atrophy or none (each on the images annotated for it).")
     parser.add_argument("--seeds", type=int, default=3, help="Segmenter training seeds (mean and std are reported).")
     parser.add_argument("--segmenter_steps", type=int, default=1000, help="Training steps per segmenter.")
     parser.add_argument(

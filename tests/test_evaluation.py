@@ -180,8 +180,10 @@ def test_image_only_evaluation_and_missing_annotations(tmp_path):
     assert set(open(paths["flagged"]).read().split()) == copied
     assert all(f"flagged `{i}`" in open(paths["markdown"]).read() for i in copied)
     unannotated = dataset.map(lambda row: {"has_atrophy_annotation": False})
-    with pytest.raises(ValueError, match="--masks disc"):
+    with pytest.raises(ValueError, match="(?s)synthetic set is not annotated everywhere for atrophy.*leave those masks out"):
         evaluate(dataset, unannotated, config=EvaluationConfig(masks="disc,atrophy", resolution=16))
+    with pytest.raises(ValueError, match="(?s)The real set has no cup mask.*its masks: disc, atrophy.*masks/cup/<id>.png"):
+        evaluate(dataset, dataset, config=EvaluationConfig(masks="disc,cup", resolution=16))
 
 
 def test_split_to_disk_writes_once_with_both_origins_in_each_part(tmp_path):

@@ -11,7 +11,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 
 from fundus_diffusion import FundusGANPipeline, FundusPipeline
-from fundus_diffusion.data import NUM_CLASS_EMBEDS, load_fundus_dataset
+from fundus_diffusion.data import NUM_CLASS_EMBEDS, dataset_mask_names, load_fundus_dataset
 from fundus_diffusion.generate import (
     GenerationConfig,
     generate_dataset,
@@ -54,11 +54,11 @@ def test_ddpm_generation_round_trips_through_the_schema(models, tmp_path):
     generate_dataset(pipe, cfg, str(out))
 
     dataset = load_fundus_dataset(str(out))
-    assert dataset.features == synthetic_features() and len(dataset) == 5
+    assert dataset.features == synthetic_features(["disc", "atrophy"]) and len(dataset) == 5
     assert dataset["seed"] == [3, 4, 5, 6, 7]
     assert dataset["label"] == [1, 0, 1, 0, 1]  # PM=3, non-PM=2, interleaved
     assert set(dataset["source"]) == {"synthetic:ddpm"} and dataset[0]["id"] == "synthetic:ddpm/000000"
-    assert all(dataset["has_atrophy_annotation"]) and set(dataset["split"]) == {"train"}
+    assert all(dataset["has_atrophy_annotation"]) and all(dataset["has_disc_annotation"]) and set(dataset["split"]) == {"train"}
     row = dataset[4]
     assert row["image"].mode == "RGB" and row["image"].size == (8, 8)
     assert set(np.unique(np.asarray(row["disc_mask"]))) <= {0, 255}
@@ -80,15 +80,15 @@ def test_ddpm_generation_round_trips_through_the_schema(models, tmp_path):
     from fundus_diffusion.data.folder import scan_folder
 
     found = scan_folder(str(out / "png")).candidates
-    assert [c.label for c in found] == [1, 0, 1, 0, 1] and all(c.disc_path and c.has_atrophy_annotation for c in found)
+    assert [c.label for c in found] == [1, 0, 1, 0, 1] and all(set(c.masks) == {"disc", "atrophy"} for c in found)
 
 
 def test_unconditional_gan_generation(models, tmp_path):
     pipe = load_fundus_pipeline(models["gan"], device="cpu")
     dataset = generate_dataset(pipe, config(models["gan"], num_samples=3), str(tmp_path / "gan"))
     assert dataset["label"] == [-1, -1, -1]
-    assert not any(dataset["has_atrophy_annotation"])
-    assert not np.asarray(dataset[0]["atrophy_mask"]).any() and dataset[0]["disc_mask"].size == (8, 8)
+    assert dataset_mask_names(dataset) == ("disc",) and all(dataset["has_disc_annotation"])  # the model's masks only
+    assert dataset[0]["disc_mask"].size == (8, 8)
     with pytest.raises(ValueError, match="no scheduler"):
         load_fundus_pipeline(models["gan"], scheduler="ddim", device="cpu")
     with pytest.raises(ValueError, match="class-conditional"):

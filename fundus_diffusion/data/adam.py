@@ -1,8 +1,9 @@
 """ADAM (age-related macular degeneration, Fang et al. 2022), 2020 challenge layout.
 
 The paper used only the non-AMD training images and treats them as non-PM; AMD images are excluded unless
-``include_amd`` (their PM status is unknown, so they get label -1). ADAM has disc masks (BMP, 0 = disc) but no
-atrophy annotation.
+``include_amd`` (their PM status is unknown, so they get label -1). ADAM has disc masks (BMP, 0 = disc) and no
+other mask: an ADAM-only dataset has the disc column alone, and built together with PALM its images are "not
+annotated" for PALM's lesions.
 """
 
 import os
@@ -45,7 +46,7 @@ def scan_adam(root: str, include_amd: bool = False, require_masks: bool = True) 
             f"--adam_dir {root} has no Disc_Masks/ folder. Expected the {ADAM_LAYOUT}\nFix: unpack the disc and fovea "
             "annotations beside the images, or pass --images_only (require_masks=False) for image-only work."
         )
-    scan, discs = SourceScan(root, "adam-2020"), images_by_stem(disc_dir)
+    scan, discs = SourceScan(root, "adam-2020", mask_names=["disc"]), images_by_stem(disc_dir)
     for folder, label in ADAM_CLASSES.items():
         for path in list_images(os.path.join(training, folder)):
             name = stem(path)
@@ -57,8 +58,8 @@ def scan_adam(root: str, include_amd: bool = False, require_masks: bool = True) 
                 scan.candidates.append(
                     Candidate(
                         id=f"adam/Training400/{name}", source="ADAM", split="train", image_path=path,
-                        disc_path=discs.get(name), atrophy_path=None, has_atrophy_annotation=False, label=label,
-                        zero_is_structure=True, origin="ADAM",
+                        masks={"disc": discs[name]} if name in discs else {}, label=label, zero_is_structure=True,
+                        origin="ADAM",
                     )
                 )  # fmt: skip
     return scan

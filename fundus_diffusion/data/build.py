@@ -32,9 +32,9 @@ from .adam import find_adam_training, scan_adam
 from .folder import scan_folder
 from .palm import is_palm_2019, palm_2024_root, scan_palm
 from .readers import BadFileError, Candidate, FundusDataError, SourceScan, read_label_table, stem
-from .schema import LABEL_NAMES, UNKNOWN_LABEL, fundus_features
+from .schema import LABEL_NAMES, UNKNOWN_LABEL, annotation_column, fundus_features, mask_column
 
-ROWS_FORMAT_VERSION = 1  # bump when the rows written for the same files change, to invalidate cached raw builds
+ROWS_FORMAT_VERSION = 2  # bump when the rows written for the same files change, to invalidate cached raw builds
 INVERTED_DISC_FRACTION = 0.5  # a real optic disc covers a few percent of a fundus photograph, never half of it
 _EXAMPLES = 5  # file names listed per reason in reports
 
@@ -76,11 +76,13 @@ class BuildReport:
     """What a build kept, excluded and changed; ``summary()`` is what ``build_dataset.py`` prints."""
 
     roots: List[Tuple[str, str]] = field(default_factory=list)  # (layout, path)
+    mask_names: List[str] = field(default_factory=list)  # the dataset's masks: its <name>_mask columns, in order
     kept: List[Tuple[str, str, int, str]] = field(default_factory=list)  # (source, split, label, origin)
     excluded: List[Tuple[str, str]] = field(default_factory=list)  # (image, reason) found by the readers
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (file, reason) bad files left out by skip_bad
     thresholded: List[str] = field(default_factory=list)  # non-binary masks thresholded at 128
-    images_only: int = 0  # images kept without a disc mask (require_masks=False): their disc_mask is empty
+    images_only: int = 0  # images kept without a disc mask (require_masks=False): not annotated for the disc
+    annotated: Dict[str, int] = field(default_factory=dict)  # kept images annotated for each mask
     notes: List[str] = field(default_factory=list)
 
     def counts(self, column: str) -> Dict[str, int]:
@@ -96,13 +98,15 @@ class BuildReport:
         for column in ("source", "split", "label"):
             counts = ", ".join(f"{k} {v}" for k, v in self.counts(column).items())
             lines.append(f"    by {column}: {counts or '-'}")
+        annotated = ", ".join(f"{m} {self.annotated.get(m, 0)}" for m in self.mask_names)
+        lines.append(f"  annotated, of {len(self.kept)}: {annotated or 'no masks'} (the rest: not annotated, no mask)")
         lines.append(f"  excluded: {len(self.excluded)} images")
         lines += [f"    {reason}: {len(paths)}{_examples(paths)}" for reason, paths in _by_reason(self.excluded).items()]
         lines.append(f"  skipped bad files (--skip_bad): {len(self.skipped)}")
         lines += [f"    {path}: {reason}" for path, reason in self.skipped]
         lines.append(f"  masks thresholded at 128 (not binary): {len(self.thresholded)}{_examples(self.thresholded)}")
         if self.images_only:
-            lines.append(f"  kept without a disc mask (images only, disc_mask empty): {self.images_only}")
+            lines.append(f"  kept without a disc mask (images only, not annotated for the disc): {self.images_only}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -150,7 +154,7 @@ def scan_sources(
     scans += [scan_folder(d, require_masks=require_masks) for d in folder_dirs]
     if not scans:
         raise FundusDataError("No input given. Fix: pass at least one of --palm_dir, --adam_dir, --folder_dir.")
-    report = BuildReport(roots=[(s.layout, s.root) for s in scans])
+    report = BuildReport(roots=[(s.layout, s.root) for s in scans], mask_names=merged_mask_names(scans))
     candidates = [c for s in scans for c in s.candidates]
     for s in scans:
         report.excluded += s.excluded
@@ -166,8 +170,16 @@ def scan_sources(
         seen[c.id] = c.image_path
     if labels:
         _apply_labels(candidates, labels, report)
-    report.images_only = sum(c.disc_path is None for c in candidates)
+    report.images_only = sum("disc" not in c.masks for c in candidates)
     return candidates, report
+
+
+def merged_mask_names(scans: Sequence[SourceScan]) -> List[str]:
+    """The masks of a dataset built from ``scans``: every source's, the disc first, then in order of appearance."""
+    names = ["disc"]
+    for scan in scans:
+        names += [name for name in scan.mask_names if name not in names]
+    return names
 
 
 def _apply_labels(candidates: List[Candidate], path: str, report: BuildReport):
@@ -196,7 +208,7 @@ def scan_signature(candidates: Sequence[Candidate], **options) -> str:
     hasher = hashlib.sha1(json.dumps([ROWS_FORMAT_VERSION, options], sort_keys=True).encode())
     for c in candidates:
         hasher.update(json.dumps(asdict(c), sort_keys=True).encode())
-        for path in (c.image_path, c.disc_path, c.atrophy_path):
+        for path in (c.image_path, *c.masks.values()):
             if path:
                 st = os.stat(path)
                 hasher.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
@@ -274,43 +286,42 @@ def read_mask(path: str, image_path: str, size: Tuple[int, int], zero_is_structu
     return structure, threshold == 128 and not set(present.tolist()) <= {0, 255}
 
 
-def load_pair(c: Candidate) -> Tuple[dict, List[str], bool]:
-    """Decode and check one candidate: the schema row, the mask files that were thresholded, and whether the
-    image was converted to RGB."""
+def load_pair(c: Candidate, mask_names: Sequence[str]) -> Tuple[dict, List[str], bool]:
+    """Decode and check one candidate: the schema row with the masks ``mask_names``, the mask files that were
+    thresholded, and whether the image was converted to RGB.
+
+    A mask the candidate is not annotated for is stored as None with its flag False; an annotated mask without a
+    file ("absent") as an all-zero mask.
+    """
     image, size, converted = read_image(c.image_path)
     thresholded, masks = [], {}
-    for name, path in (("disc", c.disc_path), ("atrophy", c.atrophy_path)):
+    for name, path in c.masks.items():
         if path is None:
             masks[name] = np.zeros(size[::-1], dtype=bool)
             continue
         masks[name], was_thresholded = read_mask(path, c.image_path, size, c.zero_is_structure)
         if was_thresholded:
             thresholded.append(path)
-    fraction = masks["disc"].mean()
+    fraction = masks["disc"].mean() if "disc" in masks else 0.0
     if fraction > INVERTED_DISC_FRACTION:
         polarity = "0 = disc" if c.zero_is_structure else "255 = disc"
         raise BadFileError(
-            c.disc_path,
+            c.masks["disc"],
             f"the disc mask covers {fraction:.0%} of the image, so its polarity is probably inverted (read as {polarity})",
             "PALM / ADAM masks (0 = disc) go with --palm_dir / --adam_dir, generic folders need 255 = disc: "
             "invert the masks (PIL.ImageOps.invert) or pass the folder with the right flag",
         )
-    row = {
-        "id": c.id,
-        "source": c.source,
-        "split": c.split,
-        "image": image,
-        "disc_mask": {"bytes": _png(masks["disc"].astype(np.uint8) * 255), "path": None},
-        "atrophy_mask": {"bytes": _png(masks["atrophy"].astype(np.uint8) * 255), "path": None},
-        "has_atrophy_annotation": c.has_atrophy_annotation,
-        "label": c.label,
-    }
+    row = {"id": c.id, "source": c.source, "split": c.split, "image": image, "label": c.label}
+    for name in mask_names:
+        annotated = name in masks
+        row[mask_column(name)] = {"bytes": _png(masks[name].astype(np.uint8) * 255), "path": None} if annotated else None
+        row[annotation_column(name)] = annotated
     return row, thresholded, converted
 
 
-def _load_or_error(c: Candidate):
+def _load_or_error(c: Candidate, mask_names: Sequence[str]):
     try:
-        return load_pair(c)
+        return load_pair(c, mask_names)
     except BadFileError as err:
         return err
 
@@ -338,14 +349,15 @@ def write_rows(
     progress: bool = True,
     num_workers: Optional[int] = None,
 ) -> BuildReport:
-    """Decode, check and write every candidate as a schema row into the Arrow file ``path`` (atomically)."""
+    """Decode, check and write every candidate as a schema row with ``report.mask_names`` into the Arrow file
+    ``path`` (atomically)."""
 
-    features = fundus_features()
+    features = fundus_features(report.mask_names)
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
     tmp, converted = f"{path}.{uuid.uuid4().hex}.tmp", []
     try:
         with ArrowWriter(features=features, path=tmp) as writer:
-            results = ordered_map(_load_or_error, candidates, workers)
+            results = ordered_map(lambda c: _load_or_error(c, report.mask_names), candidates, workers)
             for c, result in tqdm(zip(candidates, results), total=len(candidates), desc="Reading images", disable=not progress):
                 if isinstance(result, BadFileError):
                     if not skip_bad:
@@ -355,6 +367,8 @@ def write_rows(
                 row, thresholded, was_converted = result
                 writer.write(features.encode_example(row))
                 report.kept.append((c.source, c.split, c.label, c.origin))
+                for name in c.masks:
+                    report.annotated[name] = report.annotated.get(name, 0) + 1
                 report.thresholded += thresholded
                 converted += [c.image_path] * was_converted
             writer.finalize()
@@ -384,10 +398,13 @@ def citations_for(origins: Iterable[str]) -> List[str]:
     return [bib for name, bib in CITATIONS.items() if name.lower().split("-")[0] in keys]
 
 
-def dataset_card(report: BuildReport, pretty_name: str = "Fundus photographs with optic-disc and atrophy masks"):
-    """The ``README.md`` of a built dataset (``model_cards/dataset.md``): metadata (licence, tasks, counts) and a
-    body with the counts, the build's exclusions and the sources' citations."""
+def dataset_card(report: BuildReport, pretty_name: Optional[str] = None):
+    """The ``README.md`` of a built dataset (``model_cards/dataset.md``): metadata (licence, tasks, counts, masks) and
+    a body with the counts, the masks and how many images each is annotated on, the build's exclusions and the
+    sources' citations."""
     n = len(report.kept)
+    pretty_name = pretty_name or f"Fundus photographs with {' and '.join(report.mask_names) or 'no'} masks"
+    annotated = {name: report.annotated.get(name, 0) for name in report.mask_names}
     counts = {c: report.counts(c) for c in ("source", "split", "label", "origin")}
     excluded = {reason: len(p) for reason, p in _by_reason(report.excluded).items()}
     data = DatasetCardData(
@@ -403,6 +420,8 @@ def dataset_card(report: BuildReport, pretty_name: str = "Fundus photographs wit
             "skipped_bad_files": len(report.skipped),
             "thresholded_masks": len(report.thresholded),
             "images_without_disc_mask": report.images_only,
+            "mask_names": list(report.mask_names),
+            "annotated_images": annotated,
         },
     )
     return render_dataset_card(
@@ -415,6 +434,7 @@ def dataset_card(report: BuildReport, pretty_name: str = "Fundus photographs wit
         skipped=len(report.skipped),
         thresholded=len(report.thresholded),
         images_only=report.images_only,
+        annotated=annotated,
         citations=citations_for(counts["origin"]),
     )
 
@@ -457,7 +477,7 @@ def build_dataset(
         with open(os.path.join(tmp, BUILDER_FILE), "w", encoding="utf-8") as f:
             json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
         write_rows(candidates, os.path.join(tmp, "rows.arrow"), report, skip_bad=skip_bad, progress=progress)
-        info = DatasetInfo(features=fundus_features(), citation="\n".join(citations_for(report.counts("origin"))))
+        info = DatasetInfo(features=fundus_features(report.mask_names), citation="\n".join(citations_for(report.counts("origin"))))
         dataset = Dataset.from_file(os.path.join(tmp, "rows.arrow"), info=info)
         staged = os.path.join(tmp, "dataset")
         dataset.save_to_disk(staged)

@@ -1,12 +1,12 @@
 """The generic folder layout, for any dataset that is neither PALM nor ADAM (e.g. ``../shared/data/fundus-od``).
 
-Masks here use the schema's polarity (255 = structure). ``metadata.csv`` is optional; its ``label`` column
+Masks here use the schema's polarity (255 = structure), one sub-folder of ``masks/`` per mask name. ``metadata.csv`` is optional; its ``label`` column
 (PM / non-PM / 1 / 0 / -1) is optional too, and without it every label is unknown (-1, the null class).
 """
 
 import csv
 import os
-from typing import Dict
+from typing import Dict, List
 
 from .readers import (
     Candidate,
@@ -19,31 +19,40 @@ from .readers import (
     require_dir,
     stem,
 )
-from .schema import MASK_NAMES, UNKNOWN_LABEL
+from .schema import UNKNOWN_LABEL, check_mask_name
 
 FOLDER_LAYOUT = """generic folder layout:
   <folder_dir>/images/<id>.jpg (or .png, ...)
   <folder_dir>/masks/disc/<id>.png        (255 = disc, same size as the image)
-  <folder_dir>/masks/atrophy/<id>.png     (optional folder; 255 = atrophy; a missing file = no atrophy)
+  <folder_dir>/masks/<name>/<id>.png      (any other masks: cup, atrophy, ...; 255 = structure; a missing file
+                                          = that image is not annotated for <name>; an all-zero file = absent)
   <folder_dir>/metadata.csv               (optional: id, and optional label, split / source_split, source)"""
 _ID_COLUMNS = ("id", "image", "image_name", "name", "file", "filename")
 
 
+def folder_mask_names(masks_root: str) -> List[str]:
+    """``disc`` then every other sub-folder of ``masks/`` (sorted): the masks of a generic folder. A folder whose
+    name cannot name a mask is an error (its masks would otherwise be dropped unseen)."""
+    found = sorted(e.name for e in os.scandir(masks_root) if e.is_dir() and not e.name.startswith(".")) if os.path.isdir(masks_root) else []
+    for name in found:
+        try:
+            check_mask_name(name, where=os.path.join(masks_root, name))
+        except ValueError as err:
+            raise FundusDataError(f"{err} Rename the folder (it becomes the mask's name and its column {name}_mask).") from None
+    return ["disc"] + [name for name in found if name != "disc"]
+
+
 def scan_folder(root: str, require_masks: bool = True) -> SourceScan:
+    """Every image of ``images/`` with the masks of ``masks/<name>/`` it has a file in: a missing file means "not
+    annotated" for that mask, except the disc, whose absence excludes the image unless ``require_masks`` is False."""
     require_dir(root, "--folder_dir", FOLDER_LAYOUT)
     images = list_images(require_dir(os.path.join(root, "images"), "Image folder", FOLDER_LAYOUT))
     name = os.path.basename(os.path.normpath(os.path.abspath(root)))
-    scan = SourceScan(root, "folder")
     masks_root = os.path.join(root, "masks")
-    if os.path.isdir(masks_root):
-        unknown = sorted(e.name for e in os.scandir(masks_root) if e.is_dir() and e.name not in MASK_NAMES)
-        if unknown:
-            scan.notes.append(f"{masks_root}: ignored mask folders {unknown} (the schema has {list(MASK_NAMES)})")
-    disc_dir = os.path.join(masks_root, "disc")
+    scan = SourceScan(root, "folder", mask_names=folder_mask_names(masks_root))
     if require_masks:
-        require_dir(disc_dir, "Disc-mask folder", FOLDER_LAYOUT + "\nFix: add masks/disc/, or pass --images_only for image-only work.")
-    atrophy_dir = os.path.join(masks_root, "atrophy")
-    discs, atrophies = images_by_stem(disc_dir), images_by_stem(atrophy_dir)
+        require_dir(os.path.join(masks_root, "disc"), "Disc-mask folder", FOLDER_LAYOUT + "\nFix: add masks/disc/, or pass --images_only for image-only work.")
+    files = {mask: images_by_stem(os.path.join(masks_root, mask)) for mask in scan.mask_names}
     metadata = read_metadata(os.path.join(root, "metadata.csv"))
     unmatched = set(metadata) - {stem(p) for p in images}
     if unmatched:
@@ -51,15 +60,14 @@ def scan_folder(root: str, require_masks: bool = True) -> SourceScan:
     for path in images:
         key = stem(path)
         meta = metadata.get(key, {})
-        if key not in discs and require_masks:
+        if key not in files["disc"] and require_masks:
             scan.excluded.append((path, "no disc mask"))
             continue
         scan.candidates.append(
             Candidate(
                 id=f"folder:{name}/{key}", source=f"folder:{name}", split=meta.get("split", "train"), image_path=path,
-                disc_path=discs.get(key), atrophy_path=atrophies.get(key),
-                has_atrophy_annotation=os.path.isdir(atrophy_dir), label=meta.get("label", UNKNOWN_LABEL),
-                zero_is_structure=False, origin=meta.get("source") or f"folder:{name}",
+                masks={mask: found[key] for mask, found in files.items() if key in found},
+                label=meta.get("label", UNKNOWN_LABEL), zero_is_structure=False, origin=meta.get("source") or f"folder:{name}",
             )
         )  # fmt: skip
     return scan

@@ -127,4 +127,4 @@ def load_raw_folder(
             build.write_rows(candidates, arrow, report, skip_bad=skip_bad, progress=progress)
             if report.excluded or report.skipped or report.thresholded:
                 logger.warning(report.summary())
-    return Dataset.from_file(arrow, info=DatasetInfo(features=fundus_features()))
+    return Dataset.from_file(arrow, info=DatasetInfo(features=fundus_features(report.mask_names)))

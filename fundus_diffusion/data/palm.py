@@ -2,8 +2,10 @@
 
 2019 challenge release: training labels are in the file names (``P`` = PM, ``N`` / ``H`` = non-PM), validation
 labels in ``PALM-Validation-GT/PM_Label_and_Fovea_Location.xlsx``. 2024 Scientific Data release: one folder per
-split with a ``Classification Labels.xlsx``. Masks are BMPs with 0 = structure. An image without an atrophy file
-has no atrophy; an image without a disc mask is excluded (as the paper did), unless masks are not required.
+split with a ``Classification Labels.xlsx`` and, besides the atrophy masks, retinal-detachment masks. Masks are
+BMPs with 0 = structure. Where a split has a lesion folder, an image without a file in it has no such lesion (an
+empty mask, annotated); a split without the folder is not annotated for that lesion. An image without a disc mask is
+excluded (as the paper did), unless masks are not required.
 """
 
 import os
@@ -36,9 +38,13 @@ PALM_2024_LAYOUT = """PALM 2024 Scientific Data layout:
   <palm_dir>/PALM/{Training,Validation,Testing}/Images/<name>.jpg
   <palm_dir>/PALM/<split>/Disc Masks/<name>.bmp                  (0 = disc)
   <palm_dir>/PALM/<split>/Lesion Masks/Atrophy/<name>.bmp         (0 = atrophy; optional per image)
+  <palm_dir>/PALM/<split>/Lesion Masks/Detachment/<name>.bmp      (0 = detachment; optional per image)
   <palm_dir>/PALM/<split>/Classification Labels.xlsx              (imgName, Label)"""
 
 PALM_2024_SPLITS = {"Training": "train", "Validation": "validation", "Testing": "test"}
+PALM_2024_LESIONS = {"atrophy": "Atrophy", "detachment": "Detachment"}  # mask name -> folder under Lesion Masks/
+PALM_2024_MASKS = ["disc", *PALM_2024_LESIONS]
+PALM_2019_MASKS = ["disc", "atrophy"]  # the challenge release has no detachment masks
 # split folder name -> (split, image folder, disc-mask folders, atrophy folders, folder of the label spreadsheet);
 # folders are path endings (see ``find_dir``); "Lession" is the release's own spelling.
 PALM_2019_SPLITS = {
@@ -76,7 +82,7 @@ def scan_palm(root: str, require_masks: bool = True) -> SourceScan:
     require_dir(root, "--palm_dir", f"{PALM_2019_LAYOUT}\nor the {PALM_2024_LAYOUT}")
     base = palm_2024_root(root)
     if base is not None:
-        scan, layout, found_disc_dir = SourceScan(root, "palm-2024"), PALM_2024_LAYOUT, False
+        scan, layout, found_disc_dir = SourceScan(root, "palm-2024", mask_names=PALM_2024_MASKS), PALM_2024_LAYOUT, False
         for folder, split in PALM_2024_SPLITS.items():
             split_dir = os.path.join(base, folder)
             if not os.path.isdir(split_dir):
@@ -85,11 +91,14 @@ def scan_palm(root: str, require_masks: bool = True) -> SourceScan:
             found_disc_dir |= _add_split(
                 scan, folder, split, list_images(images),
                 disc_dir=_dir_or_none(os.path.join(split_dir, "Disc Masks")),
-                atrophy_dir=_dir_or_none(os.path.join(split_dir, "Lesion Masks", "Atrophy")),
+                lesion_dirs={
+                    mask: _dir_or_none(os.path.join(split_dir, "Lesion Masks", lesion))
+                    for mask, lesion in PALM_2024_LESIONS.items()
+                },
                 label_table=find_label_table(split_dir), require_masks=require_masks,
             )  # fmt: skip
     elif is_palm_2019(root):
-        scan, layout, found_disc_dir = SourceScan(root, "palm-2019"), PALM_2019_LAYOUT, False
+        scan, layout, found_disc_dir = SourceScan(root, "palm-2019", mask_names=PALM_2019_MASKS), PALM_2019_LAYOUT, False
         dirs = walk_dirs(root)
         for folder, (split, image_name, disc_names, atrophy_names, label_dir) in PALM_2019_SPLITS.items():
             images = next((d for d in dirs if find_dir([d], image_name) and list_images(d)), None)
@@ -97,7 +106,7 @@ def scan_palm(root: str, require_masks: bool = True) -> SourceScan:
                 continue
             found_disc_dir |= _add_split(
                 scan, folder, split, list_images(images),
-                disc_dir=find_dir(dirs, *disc_names), atrophy_dir=find_dir(dirs, *atrophy_names),
+                disc_dir=find_dir(dirs, *disc_names), lesion_dirs={"atrophy": find_dir(dirs, *atrophy_names)},
                 label_table=find_label_table(find_dir(dirs, label_dir)) if label_dir else None,
                 require_masks=require_masks,
             )  # fmt: skip
@@ -119,12 +128,15 @@ def _dir_or_none(path: str) -> Optional[str]:
     return path if os.path.isdir(path) else None
 
 
-def _add_split(scan, folder, split, images, disc_dir, atrophy_dir, label_table, require_masks) -> bool:
-    """Add one split's images to ``scan``; returns whether the split has a disc-mask folder."""
-    discs, atrophies = images_by_stem(disc_dir), images_by_stem(atrophy_dir)
+def _add_split(scan, folder, split, images, disc_dir, lesion_dirs, label_table, require_masks) -> bool:
+    """Add one split's images to ``scan``; returns whether the split has a disc-mask folder. ``lesion_dirs`` maps a
+    lesion mask name to its folder (None: the split is not annotated for it)."""
+    discs = images_by_stem(disc_dir)
+    lesions = {mask: images_by_stem(d) for mask, d in lesion_dirs.items() if d is not None}
     table_labels: Dict[str, int] = read_label_table(label_table) if label_table else {}
-    if atrophy_dir is None:
-        scan.notes.append(f"PALM {folder}: no atrophy folder, so has_atrophy_annotation = False")
+    for mask, d in lesion_dirs.items():
+        if d is None:
+            scan.notes.append(f"PALM {folder}: no {mask} folder, so its images are not annotated for {mask}")
     unlabelled = 0
     for path in images:
         name = stem(path)
@@ -136,8 +148,8 @@ def _add_split(scan, folder, split, images, disc_dir, atrophy_dir, label_table, 
         scan.candidates.append(
             Candidate(
                 id=f"palm/{folder}/{name}", source="PALM", split=split, image_path=path,
-                disc_path=discs.get(name), atrophy_path=atrophies.get(name),
-                has_atrophy_annotation=atrophy_dir is not None, label=label, zero_is_structure=True, origin="PALM",
+                masks={**({"disc": discs[name]} if name in discs else {}), **{m: f.get(name) for m, f in lesions.items()}},
+                label=label, zero_is_structure=True, origin="PALM",
             )
         )  # fmt: skip
     if unlabelled:

@@ -154,6 +154,7 @@ def phantom_rows(num_samples: int, size: int = 256, seed: int = 0, split: str = 
             "split": split,
             "image": p.image,
             "disc_mask": p.disc_mask,
+            "has_disc_annotation": True,
             "atrophy_mask": p.atrophy_mask,
             "has_atrophy_annotation": True,
             "label": p.label,

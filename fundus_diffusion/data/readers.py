@@ -49,9 +49,9 @@ class Candidate:
     source: str  # PALM, ADAM or folder:<name>
     split: str  # train, validation or test
     image_path: str
-    disc_path: Optional[str]  # None only when masks are not required (image-only work)
-    atrophy_path: Optional[str]  # None: no atrophy file, i.e. an empty mask
-    has_atrophy_annotation: bool
+    # Per mask the image is annotated for: its file, or None where the annotation says "absent" (an empty mask, e.g.
+    # a PALM image without an atrophy file). A mask name missing here is not annotated for this image.
+    masks: Dict[str, Optional[str]]
     label: int  # 0 non-PM, 1 PM, -1 unknown
     zero_is_structure: bool  # PALM / ADAM BMPs: 0 = structure, 255 = background
     origin: str  # the dataset the image comes from (PALM, ADAM, DRISHTI-GS1, ...), for the card's citations
@@ -59,10 +59,11 @@ class Candidate:
 
 @dataclass
 class SourceScan:
-    """What a reader found under one root."""
+    """What a reader found under one root; ``mask_names``: the masks this source can annotate (its columns)."""
 
     root: str
     layout: str
+    mask_names: List[str] = field(default_factory=list)
     candidates: List[Candidate] = field(default_factory=list)
     excluded: List[Tuple[str, str]] = field(default_factory=list)  # (image path, reason)
     notes: List[str] = field(default_factory=list)

@@ -1,7 +1,16 @@
-"""The sample schema shared by real, phantom and synthetic datasets (see DESIGN.md, "The data model")."""
+"""The sample schema shared by real, phantom and synthetic datasets (see DESIGN.md, "The data model").
 
-from typing import Dict, Sequence, Tuple
+Masks are named by the data: a dataset has one ``<name>_mask`` Image column (L, 255 = structure) and one
+``has_<name>_annotation`` bool column per mask, for any name matching ``[a-z][a-z0-9_]*`` (``disc``, ``cup``,
+``atrophy``, ``detachment``, ...). The features (``dataset_info.json``) are the record of which masks a dataset has:
+``dataset_mask_names`` reads them back. "Not annotated" is not "empty": an unannotated mask is stored as None with its
+flag False, an annotated image without the structure as an all-zero mask with its flag True.
+"""
 
+import re
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
 from datasets import ClassLabel, Features, Image, Value
 
 LABEL_NAMES: Tuple[str, ...] = ("non-PM", "PM")
@@ -11,27 +20,47 @@ UNKNOWN_LABEL = -1
 NULL_CLASS_ID = len(LABEL_NAMES)
 NUM_CLASS_EMBEDS = len(LABEL_NAMES) + 1
 
-MASK_NAMES: Tuple[str, ...] = ("disc", "atrophy")
-MASK_COLUMNS: Dict[str, str] = {"disc": "disc_mask", "atrophy": "atrophy_mask"}
+# The masks of the phantoms, and of datasets built before mask names came from the data (which have no
+# has_disc_annotation column: see ``annotation_flags``).
+DEFAULT_MASK_NAMES: Tuple[str, ...] = ("disc", "atrophy")
+MASK_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 IMAGE_CHANNELS = 3
+_MASK_SUFFIX = "_mask"
+
+
+def mask_column(name: str) -> str:
+    """The Image column of mask ``name``: ``disc`` -> ``disc_mask``."""
+    return f"{name}{_MASK_SUFFIX}"
+
+
+def annotation_column(name: str) -> str:
+    """The bool column saying which images were annotated for mask ``name``: ``cup`` -> ``has_cup_annotation``."""
+    return f"has_{name}_annotation"
+
+
+def check_mask_name(name: str, where: str = "--masks") -> str:
+    """``name`` if it can name a mask (a column ``<name>_mask``, a folder ``masks/<name>/``), else a ValueError."""
+    if not isinstance(name, str) or not MASK_NAME_PATTERN.fullmatch(name) or name == "none":
+        raise ValueError(
+            f"{where}: {name!r} is not a valid mask name. Fix: use lower-case letters, digits and '_', starting with a "
+            "letter (e.g. disc, cup, atrophy, detachment); 'none' alone means no masks."
+        )
+    return name
 
 
 def parse_mask_names(masks) -> Tuple[str, ...]:
-    """``"disc,atrophy"``, ``"none"`` (image only) or a sequence -> a validated tuple in channel order.
+    """``"disc,cup"``, ``"none"`` (image only) or a sequence -> a validated tuple in channel order.
 
-    Channel 3 is the disc and channel 4 the atrophy; ``()`` means an image-only (3-channel) model.
+    Channel 3 is the first name, channel 4 the second, and so on; ``()`` means an image-only (3-channel) model. Any
+    name matching ``[a-z][a-z0-9_]*`` is accepted here; whether a dataset has it is checked where the data is read.
     """
     if isinstance(masks, str):
         masks = [] if masks.strip().lower() in ("", "none") else masks.split(",")
-    names = [m.strip() for m in masks if m.strip()]
-    unknown = [m for m in names if m not in MASK_NAMES]
-    if unknown:
-        raise ValueError(f"Unknown mask name(s) {unknown!r}: choose from {', '.join(MASK_NAMES)} (e.g. 'disc', 'disc,atrophy' or 'none').")
-    if len(set(names)) != len(names):
-        raise ValueError(f"Mask names repeat in {names!r}.")
-    if names and names[0] != "disc":
-        raise ValueError(f"The disc mask must come first (channel 3); got {names!r}. Use 'disc' or 'disc,atrophy'.")
-    return tuple(names)
+    names = tuple(check_mask_name(m.strip()) for m in masks if str(m).strip())
+    repeated = sorted({m for m in names if names.count(m) > 1})
+    if repeated:
+        raise ValueError(f"--masks: {', '.join(repeated)} given more than once in {','.join(names)}. Fix: name each mask once.")
+    return names
 
 
 def num_channels(mask_names: Sequence[str]) -> int:
@@ -52,17 +81,55 @@ def label_to_id(label) -> int:
     return label
 
 
-def fundus_features():
-    """The ``datasets.Features`` of one sample."""
-    return Features(
-        {
-            "id": Value("string"),
-            "source": Value("string"),
-            "split": Value("string"),
-            "image": Image(),
-            "disc_mask": Image(),
-            "atrophy_mask": Image(),
-            "has_atrophy_annotation": Value("bool"),
-            "label": ClassLabel(names=list(LABEL_NAMES)),
-        }
+def fundus_features(mask_names: Sequence[str] = DEFAULT_MASK_NAMES) -> Features:
+    """The ``datasets.Features`` of one sample with the masks ``mask_names`` (in that column order)."""
+    columns = {"id": Value("string"), "source": Value("string"), "split": Value("string"), "image": Image()}
+    for name in parse_mask_names(mask_names):
+        columns[mask_column(name)] = Image()
+        columns[annotation_column(name)] = Value("bool")
+    columns["label"] = ClassLabel(names=list(LABEL_NAMES))
+    return Features(columns)
+
+
+def dataset_mask_names(dataset_or_features) -> Tuple[str, ...]:
+    """The masks a dataset holds, in column order: every Image column ``<name>_mask`` of its features."""
+    features = getattr(dataset_or_features, "features", dataset_or_features)
+    return tuple(
+        column[: -len(_MASK_SUFFIX)]
+        for column, feature in features.items()
+        if column.endswith(_MASK_SUFFIX) and isinstance(feature, Image)
     )
+
+
+def check_has_masks(dataset, mask_names: Sequence[str], what: str = "the dataset") -> None:
+    """A ValueError naming the masks of ``mask_names`` that ``dataset`` has no column for, and the ones it has."""
+    have = dataset_mask_names(dataset)
+    missing = [name for name in mask_names if name not in have]
+    if missing:
+        raise ValueError(
+            f"{what} has no {', '.join(missing)} mask{'s' if len(missing) > 1 else ''} (its masks: "
+            f"{', '.join(have) or 'none'}). Fix: choose --masks among {','.join(have) or 'none'}, or rebuild the dataset "
+            f"with the masks (a generic folder: masks/{missing[0]}/<id>.png)."
+        )
+
+
+def annotation_flags(dataset, name: str) -> np.ndarray:
+    """``bool [N]``: which rows of ``dataset`` are annotated for mask ``name``.
+
+    The ``has_<name>_annotation`` column where there is one; datasets built before it existed (no
+    ``has_disc_annotation``) count a row as annotated where its mask is not None. Nothing is decoded.
+    """
+    check_has_masks(dataset, (name,))
+    arrow = dataset.with_format("arrow")
+    column = annotation_column(name)
+    if column in dataset.column_names:
+        return np.asarray(arrow[column].to_pylist(), dtype=bool)
+    return ~np.asarray(arrow[mask_column(name)].is_null().to_pylist(), dtype=bool)
+
+
+def annotation_matrix(dataset, mask_names: Sequence[str], what: Optional[str] = None) -> np.ndarray:
+    """``bool [N, M]``: per row and mask of ``mask_names``, whether the row is annotated for it; a ValueError (naming
+    ``what``) for a mask the dataset has no column for."""
+    check_has_masks(dataset, mask_names, what or "the dataset")
+    flags = [annotation_flags(dataset, name) for name in mask_names]
+    return np.stack(flags, axis=1) if flags else np.zeros((len(dataset), 0), dtype=bool)

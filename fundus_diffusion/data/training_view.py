@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .build import ordered_map
-from .schema import MASK_COLUMNS, NULL_CLASS_ID, UNKNOWN_LABEL, parse_mask_names
+from .schema import NULL_CLASS_ID, UNKNOWN_LABEL, annotation_matrix, mask_column, parse_mask_names
 from .transforms import pair_to_array
 
 CACHE_VERSION = 2  # bump when preprocessing changes, so that old caches are not reused
@@ -32,13 +32,15 @@ def default_cache_dir() -> str:
 class FundusTrainingView(Dataset):
     """A torch ``Dataset`` over a schema ``datasets.Dataset``.
 
-    Items are ``{"pixel_values": float32 [C, H, W] in [-1, 1], "class_labels": int64}``, where unknown labels
-    (-1) become ``NULL_CLASS_ID`` so that they train the unconditional branch. ``flip`` flips image and masks
-    together, at random, left-right.
+    Items are ``{"pixel_values": float32 [C, H, W] in [-1, 1], "class_labels": int64, "mask_annotated": bool [M]}``,
+    where unknown labels (-1) become ``NULL_CLASS_ID`` so that they train the unconditional branch, and
+    ``mask_annotated`` says per mask whether the sample is annotated for it (an unannotated mask's channel is -1 and
+    must not be trained on: ``training.ddpm.diffusion_loss`` leaves it out). ``flip`` flips image and masks together,
+    at random, left-right. A mask the dataset has no column for, or one annotated on none of its images, is an error.
 
     Several processes (``accelerate launch``) may create the same view at once: the first builds the cache under
     a file lock (with ``build_threads`` threads, default up to 4), the others wait for it and then memory-map the
-    finished file.
+    finished file. ``name`` is how errors call the dataset (e.g. ``--dataset data/od``).
     """
 
     def __init__(
@@ -50,11 +52,19 @@ class FundusTrainingView(Dataset):
         cache_dir: Optional[str] = None,
         use_cache: bool = True,
         build_threads: Optional[int] = None,
+        name: str = "the dataset",
     ):
         self.dataset = dataset
         self.resolution = int(resolution)
         self.mask_names = parse_mask_names(mask_names)
         self.flip = flip
+        self.mask_annotated = annotation_matrix(dataset, self.mask_names, what=name)
+        unannotated = [n for n, count in zip(self.mask_names, self.mask_annotated.sum(axis=0)) if count == 0]
+        if unannotated:
+            raise ValueError(
+                f"No image of {name} is annotated for {', '.join(unannotated)}: nothing would train "
+                f"that channel. Fix: leave it out of --masks, or annotate some images."
+            )
         labels = np.asarray(dataset["label"], dtype=np.int64)
         self.class_labels = torch.from_numpy(np.where(labels == UNKNOWN_LABEL, NULL_CLASS_ID, labels))
         self.cache_path = None
@@ -62,6 +72,11 @@ class FundusTrainingView(Dataset):
         if use_cache:
             self.cache_path = os.path.join(cache_dir or default_cache_dir(), self._cache_name())
             self._arrays = self._load_or_build_cache(build_threads)
+
+    def partially_annotated(self) -> dict:
+        """``{mask: (images annotated, images)}`` for each mask some images of the view are not annotated for."""
+        counts = self.mask_annotated.sum(axis=0)
+        return {n: (int(c), len(self)) for n, c in zip(self.mask_names, counts) if c < len(self)}
 
     @property
     def num_channels(self) -> int:
@@ -110,7 +125,7 @@ class FundusTrainingView(Dataset):
 
     def _preprocess(self, index: int) -> np.ndarray:
         row = self.dataset[index]
-        masks = {name: row[MASK_COLUMNS[name]] for name in self.mask_names}
+        masks = {name: row[mask_column(name)] for name in self.mask_names}
         return pair_to_array(row["image"], masks, self.mask_names, self.resolution)
 
     def __len__(self) -> int:
@@ -134,7 +149,11 @@ class FundusTrainingView(Dataset):
             flips = torch.rand(len(samples)) < 0.5
             samples = [s[..., ::-1] if f else s for s, f in zip(samples, flips)]
         pixel_values = torch.from_numpy(to_unit_range(samples))
-        return [{"pixel_values": x, "class_labels": self.class_labels[i]} for x, i in zip(pixel_values, indices)]
+        annotated = torch.from_numpy(self.mask_annotated)
+        return [
+            {"pixel_values": x, "class_labels": self.class_labels[i], "mask_annotated": annotated[i]}
+            for x, i in zip(pixel_values, indices)
+        ]
 
 
 def check_cache_fits(shape, cache_dir: str, threads: int) -> None:

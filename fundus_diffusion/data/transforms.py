@@ -1,6 +1,6 @@
 """Joint image + mask transforms between schema samples and C-channel model tensors in [-1, 1].
 
-Channel layout: 0-2 RGB, then one channel per mask in ``mask_names`` order (disc = 3, atrophy = 4). Mask channels
+Channel layout: 0-2 RGB, then one channel per mask in ``mask_names`` order (``disc,cup``: disc = 3, cup = 4). Mask channels
 are -1 / +1 on input; on output (``pipelines.pipeline_fundus.tensor_to_outputs``) a mask is ``channel > 0``. Images are
 resized with antialiasing, masks with nearest
 neighbour, and every geometric operation is applied to both.
@@ -39,13 +39,18 @@ def pair_to_array(
 ) -> np.ndarray:
     """Crop the fundus field to a square (padding with black), resize, and stack to ``uint8 [C, H, W]``.
 
-    Mask channels hold 0 or 255. The uint8 form is what the training cache stores (4x smaller than float).
+    Mask channels hold 0 or 255; a mask given as None (not annotated) gives an all-zero channel, which only the
+    annotation flags (``schema.annotation_matrix``) tell apart from an empty mask. The uint8 form is what the training
+    cache stores (4x smaller than float).
     """
     box = square_box(fundus_bbox(image))
     size = (resolution, resolution)
     rgb = image.convert("RGB").crop(box).resize(size, Image.LANCZOS, reducing_gap=3.0)
     channels = [np.asarray(rgb).transpose(2, 0, 1)]
     for name in mask_names:
+        if masks[name] is None:
+            channels.append(np.zeros((1, *size), dtype=np.uint8))
+            continue
         mask = masks[name].convert("L").crop(box).resize(size, Image.NEAREST)
         channels.append(np.where(np.asarray(mask)[None] >= 128, 255, 0).astype(np.uint8))
     return np.concatenate(channels, axis=0)

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.schema import MASK_COLUMNS
+from ..data.schema import check_has_masks, mask_column
 from ..data.transforms import pair_to_array
 
 
@@ -15,15 +15,13 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 def dataset_arrays(dataset, resolution: int, mask_names: Sequence[str], desc: str) -> torch.Tensor:
-    """``uint8 [N, 3 + M, R, R]``: every row cropped, resized and stacked as for training."""
+    """``uint8 [N, 3 + M, R, R]``: every row cropped, resized and stacked as for training. A mask a row is not
+    annotated for is an all-zero channel (``schema.annotation_matrix`` tells which); a mask the dataset has no column
+    for is an error."""
+    check_has_masks(dataset, mask_names, what=f"The {desc}")
     out = torch.empty((len(dataset), 3 + len(mask_names), resolution, resolution), dtype=torch.uint8)
     for i, row in enumerate(tqdm(dataset, desc=f"loading {desc}", unit="img", leave=False)):
-        masks = {name: row[MASK_COLUMNS[name]] for name in mask_names}
-        missing = [name for name, mask in masks.items() if mask is None]
-        if missing:
-            raise ValueError(
-                f"{desc}: sample {row['id']} has no {' / '.join(missing)} mask; evaluate image-only data with --masks none."
-            )
+        masks = {name: row[mask_column(name)] for name in mask_names}
         out[i] = torch.from_numpy(pair_to_array(row["image"], masks, mask_names, resolution))
     return out
 

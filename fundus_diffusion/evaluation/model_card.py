@@ -8,7 +8,7 @@ from ..generate import generating_model, sampler_description
 from ..hub import add_model_card_metrics
 from ..model_cards import portable_name
 from ..pipelines.loading import read_model_index
-from .metrics import format_mean_std
+from .metrics import format_mean_std, format_value
 from .protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
 from .realism import TEST_NAME
 
@@ -26,15 +26,18 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
     metrics = []
     if report["downstream"].get("results"):
         seeds = f"mean ± std over {config['seeds']} segmenter seeds; {where}"
+        annotated = report["downstream"].get("n_holdout_annotated", {})
         for mask in report["config"]["masks"]:
             dice = {k: v[mask]["dice"] for k, v in report["downstream"]["results"].items()}
+            scored = annotated.get(mask, counts["holdout"])
+            notes = seeds if scored == counts["holdout"] else f"{seeds}; scored on the {scored} held-out images annotated for {mask}"
             for training_set in [
                 s for s in ("synthetic", "real+synthetic", EQUAL_REAL_PASSES, "real", REAL_AS_LONG) if s in dice
             ]:
                 metrics.append({
                     "name": f"held-out {mask} Dice, segmenter trained on {training_set}",
                     "value": format_mean_std(dice[training_set]),
-                    "notes": seeds,
+                    "notes": notes,
                 })  # fmt: skip
             metrics.append({
                 "name": f"{mask} mask-image agreement (Dice)",
@@ -46,6 +49,14 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
                 "name": "generated discs in one piece",
                 "value": f"{report['plausibility']['one_disc_component_synthetic']:.1%}",
                 "notes": f"real training set: {report['plausibility']['one_disc_component_real']:.1%}",
+            })  # fmt: skip
+        if report["plausibility"].get("n_with_cup_synthetic"):
+            p = report["plausibility"]
+            metrics.append({
+                "name": "generated cups inside their disc",
+                "value": f"{p['cup_inside_disc_synthetic']:.1%}",
+                "notes": f"of {p['n_with_cup_synthetic']} samples with a cup; median vertical cup-to-disc ratio "
+                f"{format_value(p['vertical_cdr_median_synthetic'])} (real: {format_value(p.get('vertical_cdr_median_real'))}); {where}",
             })  # fmt: skip
     for space, found in report["memorisation"].items():
         metrics.append({

@@ -17,14 +17,14 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.schema import parse_mask_names
+from ..data.schema import annotation_matrix, parse_mask_names
 from ..visualization import contact_sheet
 from .arrays import dataset_arrays, default_device, to_pil
 from .checks import native_resolution
 from .fid import fid_kid
 from .figures import bar_chart, histograms, titled
 from .memorisation import memorisation_report, pixel_features
-from .metrics import dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
+from .metrics import cup_to_disc_ratios, dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
 from .realism import RealismRecipe, realism_test
 from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
 from .splits import holdout_ids, read_split_file, source_of, split_by_ids, write_split_file
@@ -57,17 +57,21 @@ class EvaluationConfig:
     realism_folds: int = RealismRecipe.folds
     inputs: Dict = field(default_factory=dict)  # provenance (dataset paths), copied into the report
 
-def _check_annotations(datasets: Dict[str, object], mask_names: Sequence[str]):
-    """Atrophy can only be scored where every sample was annotated for it."""
-    if "atrophy" not in mask_names:
-        return
+def annotation_flags_of(datasets: Dict[str, object], mask_names: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """``{name: bool [N, M]}``: which images of each dataset are annotated for each mask. A mask a dataset has no
+    column for is an error naming it; so is a synthetic set not annotated everywhere (its masks are the model's
+    output, and agreement and plausibility are measured on all of them)."""
+    flags = {}
     for name, dataset in datasets.items():
-        missing = len(dataset) - sum(dataset["has_atrophy_annotation"])
-        if missing:
-            raise ValueError(
-                f"--masks includes atrophy, but {missing} of {len(dataset)} {name} samples have no atrophy annotation "
-                "(has_atrophy_annotation = False). Evaluate with --masks disc."
-            )
+        flags[name] = torch.from_numpy(annotation_matrix(dataset, mask_names, what=f"The {name} set"))
+    missing = {m: int((~flags["synthetic"][:, i]).sum()) for i, m in enumerate(mask_names) if not flags["synthetic"][:, i].all()}
+    if missing:
+        listed = ", ".join(f"{m} ({n} samples)" for m, n in missing.items())
+        raise ValueError(
+            f"The synthetic set is not annotated everywhere for {listed}: a set made by scripts/generate.py always is. "
+            "Fix: pass a generated set as --synthetic, or leave those masks out of --masks."
+        )
+    return flags
 
 def resolve_split(real, holdout, config: EvaluationConfig) -> Tuple[object, object, str]:
     """``(real_train, holdout, how)``: the given holdout, the ids in ``split_file``, or a fresh split by id.
@@ -92,17 +96,31 @@ def resolve_split(real, holdout, config: EvaluationConfig) -> Tuple[object, obje
     how = f"holdout_ids(test_fraction={config.holdout_fraction}, seed={config.split_seed}, stratified by source_of)"
     return (*split_by_ids(real, ids), how)
 
-def _per_image_scores(pred: torch.Tensor, target: torch.Tensor, mask_names: Sequence[str]) -> Dict[str, Dict[str, np.ndarray]]:
-    """Per-image Dice and IoU per mask for ``[N, M, H, W]`` predictions and targets (on any device)."""
+def _per_image_scores(
+    pred: torch.Tensor, target: torch.Tensor, mask_names: Sequence[str], annotated: Optional[torch.Tensor] = None
+) -> Dict[str, Dict[str, np.ndarray]]:
+    """Per-image Dice and IoU per mask for ``[N, M, H, W]`` predictions and targets (on any device); NaN for the
+    images ``annotated`` (``bool [N, M]``, None: all) marks as not annotated for that mask."""
     pred, target = pred.cpu().numpy(), target.cpu().numpy()
+    scored = np.ones(target.shape[:2], dtype=bool) if annotated is None else annotated.cpu().numpy()
     return {
-        name: {"dice": dice_per_image(pred[:, m], target[:, m]), "iou": iou_per_image(pred[:, m], target[:, m])}
+        name: {
+            "dice": np.where(scored[:, m], dice_per_image(pred[:, m], target[:, m]), np.nan),
+            "iou": np.where(scored[:, m], iou_per_image(pred[:, m], target[:, m]), np.nan),
+        }
         for m, name in enumerate(mask_names)
     }
 
+def _mean(values: np.ndarray) -> float:
+    """The mean of the scored (not NaN) values; NaN when there are none (no annotated image)."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else float("nan")
+
 def _means(per_image: Dict[str, Dict[str, np.ndarray]], select=slice(None)) -> Dict[str, Dict[str, float]]:
-    """``{mask: {metric: mean}}`` of per-image scores, over the images ``select`` picks (default all)."""
-    return {mask: {k: float(v[select].mean()) for k, v in metrics.items()} for mask, metrics in per_image.items()}
+    """``{mask: {metric: mean}}`` of per-image scores over the images ``select`` picks (default all), leaving out the
+    images not annotated for each mask."""
+    return {mask: {k: _mean(v[select]) for k, v in metrics.items()} for mask, metrics in per_image.items()}
 
 def _overlap_scores(pred: torch.Tensor, target: torch.Tensor, mask_names: Sequence[str]) -> Dict[str, Dict[str, float]]:
     """Mean per-image Dice and IoU per mask for ``[N, M, H, W]`` predictions and targets."""
@@ -118,14 +136,18 @@ def _across_seeds(per_seed: List[Dict[str, Dict[str, float]]]) -> Dict[str, Dict
 def _strip_arrays(report: Dict) -> Dict:
     return {k: v for k, v in report.items() if not isinstance(v, np.ndarray)}
 
-def segmenter_scores(train, holdout, mask_names: Sequence[str], steps: int, seed: int, device, desc: str = ""):
+def segmenter_scores(
+    train, holdout, mask_names: Sequence[str], steps: int, seed: int, device, desc: str = "",
+    train_annotated=None, holdout_annotated=None,
+):  # fmt: skip
     """The fixed recipe trained ``steps`` steps on ``train`` arrays and scored on ``holdout`` arrays: ``(scores,
-    model, per_image)``, scores ``{mask: {"dice", "iou"}}`` (mean per held-out image), per_image the same as arrays
-    over the held-out images."""
+    model, per_image)``, scores ``{mask: {"dice", "iou"}}`` (mean per held-out image annotated for the mask),
+    per_image the same as arrays over the held-out images (NaN where not annotated). ``*_annotated``: ``bool [N, M]``
+    flags (None: all annotated); the segmenter trains each mask on the images annotated for it."""
     recipe = SegmenterRecipe(steps=steps, seed=seed)
     progress = lambda it: tqdm(it, desc=f"segmenter on {desc}, seed {seed}", leave=False)  # noqa: E731
-    model = train_segmenter(train, len(mask_names), recipe, device=device, progress=progress)
-    per_image = _per_image_scores(predict_masks(model, holdout), holdout[:, 3:].bool(), mask_names)
+    model = train_segmenter(train, len(mask_names), recipe, device=device, progress=progress, annotated=train_annotated)
+    per_image = _per_image_scores(predict_masks(model, holdout), holdout[:, 3:].bool(), mask_names, holdout_annotated)
     return _means(per_image), model, per_image
 
 def _per_source(per_seed_images: List[Dict], sources: Sequence[str]) -> Dict:
@@ -135,7 +157,7 @@ def _per_source(per_seed_images: List[Dict], sources: Sequence[str]) -> Dict:
     return {
         mask: {
             source: {
-                metric: summarise([s[mask][metric][sources == source].mean() for s in per_seed_images])
+                metric: summarise([_mean(s[mask][metric][sources == source]) for s in per_seed_images])
                 for metric in per_seed_images[0][mask]
             }
             for source in sorted(set(sources))
@@ -143,26 +165,31 @@ def _per_source(per_seed_images: List[Dict], sources: Sequence[str]) -> Dict:
         for mask in per_seed_images[0]
     }
 
-def _downstream(arrays, mask_names, config: EvaluationConfig, device, holdout_sources: Sequence[str]):
+def _downstream(arrays, annotated, mask_names, config: EvaluationConfig, device, holdout_sources: Sequence[str]):
     """Section 1: the recipe trained on each training set for every seed, scored on the held-out real images, in the
-    mean and per source of the held-out images.
+    mean and per source of the held-out images; each mask trained and scored on the images annotated for it
+    (``annotated``: ``{set: bool [N, M]}`` as ``arrays``).
 
     Returns the section, the segmenters per training set (one per seed; sections 2 and 4 reuse the real-trained
     ones) and the per-image scores of each training set's seed 0.
     """
     train_sets = {"real": arrays["real"], "synthetic": arrays["synthetic"]}
     train_sets["real+synthetic"] = torch.cat([arrays["real"], arrays["synthetic"]])
+    flags = {"real": annotated["real"], "synthetic": annotated["synthetic"]}
+    flags["real+synthetic"] = torch.cat([annotated["real"], annotated["synthetic"]])
     steps = {name: config.segmenter_steps for name in train_sets}
     if config.equal_real_passes:
         longer = round(config.segmenter_steps * len(train_sets["real+synthetic"]) / len(arrays["real"]))
         train_sets[EQUAL_REAL_PASSES], steps[EQUAL_REAL_PASSES] = train_sets["real+synthetic"], longer
         train_sets[REAL_AS_LONG], steps[REAL_AS_LONG] = arrays["real"], longer
+        flags[EQUAL_REAL_PASSES], flags[REAL_AS_LONG] = flags["real+synthetic"], flags["real"]
     per_seed, per_image, models = ({name: [] for name in train_sets} for _ in range(3))
     for seed in range(config.seeds):
         for name in train_sets:
             scores, model, images = segmenter_scores(
-                train_sets[name], arrays["holdout"], mask_names, steps[name], seed, device, desc=name
-            )
+                train_sets[name], arrays["holdout"], mask_names, steps[name], seed, device, desc=name,
+                train_annotated=flags[name], holdout_annotated=annotated["holdout"],
+            )  # fmt: skip
             per_seed[name].append(scores)
             per_image[name].append(images)
             models[name].append(model)
@@ -171,6 +198,10 @@ def _downstream(arrays, mask_names, config: EvaluationConfig, device, holdout_so
         "n_train": {name: len(train_sets[name]) for name in train_sets},
         "steps": steps,
         "n_holdout": len(arrays["holdout"]),
+        "n_holdout_annotated": {m: int(annotated["holdout"][:, i].sum()) for i, m in enumerate(mask_names)},
+        "n_train_annotated": {
+            name: {m: int(flags[name][:, i].sum()) for i, m in enumerate(mask_names)} for name in train_sets
+        },
         "results": {name: _across_seeds(per_seed[name]) for name in train_sets},
         "holdout_sources": {source: int(n) for source, n in zip(*np.unique(holdout_sources, return_counts=True))},
         "per_source": {name: _per_source(per_image[name], holdout_sources) for name in train_sets},
@@ -178,14 +209,17 @@ def _downstream(arrays, mask_names, config: EvaluationConfig, device, holdout_so
     return section, models, {name: images[0] for name, images in per_image.items()}
 
 def _worst_holdout(per_image, models, arrays, holdout_ids, holdout_sources, mask_names, n: int, resolution: int):
-    """The ``n`` held-out images the synthetic-trained segmenter (seed 0) does worst on, by the first mask's Dice:
-    listed, and drawn as photograph / prediction / truth (mask outlines) rows."""
+    """The ``n`` held-out images the synthetic-trained segmenter (seed 0) does worst on, by the first mask's Dice
+    (among the images annotated for it): listed, and drawn as photograph / prediction / truth (mask outlines) rows."""
     mask = mask_names[0]
     dice = per_image["synthetic"][mask]["dice"]
-    order = np.argsort(dice, kind="stable")[:n]
+    order = np.array([i for i in np.argsort(dice, kind="stable") if not np.isnan(dice[i])][:n], dtype=np.int64)
     listed = [
         {"id": holdout_ids[i], "source": holdout_sources[i], f"{mask}_dice": float(dice[i])} for i in order.tolist()
     ]
+    section = {"training_set": "synthetic", "seed": 0, "mask": mask, "images": listed}
+    if not listed:  # no held-out image is annotated for the mask
+        return section, None
     chosen = arrays["holdout"][torch.as_tensor(order, dtype=torch.long).to(arrays["holdout"].device)]
     predicted = predict_masks(models["synthetic"][0], chosen)
     tiles, masks, captions = [], [], []
@@ -197,25 +231,40 @@ def _worst_holdout(per_image, models, arrays, holdout_ids, holdout_sources, mask
         captions += [f"{holdout_ids[i].split('/')[-1]} Dice {dice[i]:.2f}", "prediction", "truth"]
     sheet = contact_sheet(tiles, masks, captions, columns=3, tile=max(128, min(resolution, 256)))
     title = f"{len(order)} worst held-out, synthetic-trained (seed 0), {mask} Dice, {resolution} px"
-    return {"training_set": "synthetic", "seed": 0, "mask": mask, "images": listed}, titled(sheet, title)
+    return section, titled(sheet, title)
 
-def _mask_figures(report: Dict, arrays, mask_names) -> Dict[str, Image.Image]:
-    real_geo, syn_geo = (disc_geometry(arrays[k][:, 3].numpy() > 0) for k in ("real", "synthetic"))
-    keys = ("area_fraction", "centroid_x", "centroid_y")
+def _mask_figures(report: Dict, arrays, annotated, mask_names) -> Dict[str, Image.Image]:
+    """Dice bars per mask and training set, and, with a disc mask, the disc geometry of the synthetic masks against
+    the real ones annotated for the disc."""
     results = report["downstream"]["results"]
     dice = {
         mask: {name: (results[name][mask]["dice"]["mean"], results[name][mask]["dice"]["std"]) for name in results}
         for mask in mask_names
     }
     seeds, resolution = report["config"]["seeds"], report["config"]["resolution"]
-    return {
-        "disc_histograms": histograms(
-            {f"disc {k.replace('_', ' ')}, {resolution} px": {"real": real_geo[k], "synthetic": syn_geo[k]} for k in keys}
-        ),
+    n_holdout = report["downstream"]["n_holdout"]
+    figures = {
         "dice_bars": bar_chart(
-            f"Dice at {resolution} px on {len(arrays['holdout'])} held-out real images (mean +- std, {seeds} seeds)", dice
+            f"Dice at {resolution} px on {n_holdout} held-out real images (mean +- std, {seeds} seeds)", dice
         ),
     }
+    if "disc" in mask_names:
+        disc = 3 + list(mask_names).index("disc")
+        real = arrays["real"][annotated["real"][:, disc - 3]]
+        real_geo, syn_geo = (disc_geometry(a[:, disc].numpy() > 0) for a in (real, arrays["synthetic"]))
+        keys = ("area_fraction", "centroid_x", "centroid_y")
+        figures["disc_histograms"] = histograms(
+            {f"disc {k.replace('_', ' ')}, {resolution} px": {"real": real_geo[k], "synthetic": syn_geo[k]} for k in keys}
+        )
+        if "cup" in mask_names:
+            cup = 3 + list(mask_names).index("cup")
+            both = annotated["real"][:, disc - 3] & annotated["real"][:, cup - 3]
+            ratios = {
+                name: cup_to_disc_ratios(a[:, cup].numpy() > 0, a[:, disc].numpy() > 0)
+                for name, a in (("real", arrays["real"][both]), ("synthetic", arrays["synthetic"]))
+            }
+            figures["cup_to_disc"] = histograms({f"vertical cup-to-disc ratio, {resolution} px": ratios})
+    return figures
 
 def _memorisation(arrays, real_models, resolution: int):
     """Section 4 in downsampled pixels and, where a real-trained segmenter exists, in its encoder features."""
@@ -294,7 +343,7 @@ def evaluate(
             raise ValueError(f"--{name}{where} holds no samples: nothing to evaluate. Fix: {fix}.")
     resolution, resolution_info = _resolution(config, synthetic)
     real_train, holdout, split_how = resolve_split(real, holdout, config)
-    _check_annotations({"real training": real_train, "held-out": holdout, "synthetic": synthetic}, mask_names)
+    annotated = annotation_flags_of({"real": real_train, "holdout": holdout, "synthetic": synthetic}, mask_names)
     arrays = {
         "real": dataset_arrays(real_train, resolution, mask_names, "real training set"),
         "holdout": dataset_arrays(holdout, resolution, mask_names, "held-out set"),
@@ -320,11 +369,15 @@ def evaluate(
 
     real_models = []
     if mask_names:
-        report["downstream"], models, per_image = _downstream(on_device, mask_names, config, device, holdout_sources)
+        report["downstream"], models, per_image = _downstream(
+            on_device, annotated, mask_names, config, device, holdout_sources
+        )
         real_models = models["real"]
-        report["downstream"]["worst_holdout"], figures[WORST_FIGURE] = _worst_holdout(
+        report["downstream"]["worst_holdout"], worst = _worst_holdout(
             per_image, models, on_device, holdout_ids, holdout_sources, mask_names, config.worst_images, resolution
         )
+        if worst is not None:
+            figures[WORST_FIGURE] = worst
         generated = on_device["synthetic"][:, 3:].bool()
         agreement = [_overlap_scores(predict_masks(m, on_device["synthetic"]), generated, mask_names) for m in real_models]
         report["agreement"] = {
@@ -333,8 +386,11 @@ def evaluate(
             "results": _across_seeds(agreement),
         }
         as_masks = lambda a: {name: a[:, 3 + m].numpy() > 0 for m, name in enumerate(mask_names)}  # noqa: E731
-        report["plausibility"] = mask_plausibility(as_masks(arrays["synthetic"]), as_masks(arrays["real"]))
-        figures.update(_mask_figures(report, arrays, mask_names))
+        real_annotated = {name: annotated["real"][:, m].numpy() for m, name in enumerate(mask_names)}
+        report["plausibility"] = mask_plausibility(
+            as_masks(arrays["synthetic"]), as_masks(arrays["real"]), real_annotated
+        )
+        figures.update(_mask_figures(report, arrays, annotated, mask_names))
     else:
         for section in ("downstream", "agreement", "plausibility"):
             report[section] = {"computed": False, "reason": "evaluated with --masks none (image-only)"}

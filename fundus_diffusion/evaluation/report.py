@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
-from .metrics import format_mean_std, format_value
+from .metrics import CUP_INSIDE_SHARE, format_mean_std, format_value
 from .protocol import WORST_FIGURE
 from .realism import TEST_NAME
 
@@ -44,6 +44,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
             f"Segmenter: `fundus_diffusion.evaluation.segmenter` U-Net (width {recipe['width']}), {recipe['steps']} steps, "
             f"batch {recipe['batch_size']}, seeds {recipe['seeds']}; Dice / IoU at {px} on {downstream['n_holdout']} "
             "held-out real images, mean ± std over seeds.",
+            *_annotation_lines(downstream, cfg["masks"]),
             "",
             f"| trained on ({px}) | n train | " + " | ".join(f"{m} Dice | {m} IoU" for m in cfg["masks"]) + " |",
             "|---|---|" + "---|---|" * len(cfg["masks"]),
@@ -68,23 +69,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
             f"Dice {format_mean_std(downstream['results']['real'][m]['dice'])})"
             for m, r in agreement["results"].items()
         ]
-        p = report["plausibility"]
-        lines += [
-            "",
-            f"## 3. Mask plausibility ({px})",
-            "",
-            f"- Exactly one disc component: {format_value(p['one_disc_component_synthetic'])} of {p['n_synthetic']} synthetic "
-            f"(real: {format_value(p['one_disc_component_real'])} of {p['n_real']}); no disc at all: {format_value(p['no_disc_synthetic'])}.",
-            f"- Wasserstein distance to real — disc area fraction: {format_value(p['wasserstein_disc_area_fraction'])}, "
-            f"centroid x: {format_value(p['wasserstein_disc_centroid_x'])}, centroid y: {format_value(p['wasserstein_disc_centroid_y'])} "
-            "(fractions of the image side).",
-        ]
-        if "atrophy_near_disc_synthetic" in p:
-            lines.append(
-                f"- Atrophy touching or within one disc radius of the disc: {format_value(p['atrophy_near_disc_synthetic'])} of "
-                f"{p['n_with_atrophy_synthetic']} synthetic samples with atrophy (real: {format_value(p.get('atrophy_near_disc_real'))} "
-                f"of {p.get('n_with_atrophy_real', 0)})."
-            )
+        lines += _plausibility_lines(report["plausibility"], px)
     else:
         lines += [f"Not computed: {downstream['reason']}. Sections 2 and 3 likewise.", ""]
     lines += ["", f"## 4. Memorisation ({px})", ""]
@@ -117,6 +102,50 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
         lines.append(f"Not computed: {fid['reason']}.")
     lines += ["", f"## Figures ({px})", ""] + [f"![{os.path.splitext(f)[0]}, {px}]({f})" for f in figure_files]
     return "\n".join(lines) + "\n"
+
+def _annotation_lines(downstream: Dict, masks: Sequence[str]) -> List[str]:
+    """How many images each mask was trained and scored on, where some are not annotated for it (older reports:
+    none)."""
+    annotated = downstream.get("n_holdout_annotated")
+    if not annotated or all(annotated[m] == downstream["n_holdout"] for m in masks):
+        return []
+    scored = ", ".join(f"{m} on {annotated[m]}" for m in masks)
+    trained = "; ".join(
+        f"{name}: " + ", ".join(f"{m} {n[m]} of {downstream['n_train'][name]}" for m in masks)
+        for name, n in downstream["n_train_annotated"].items()
+    )
+    return [
+        "",
+        f"Each mask is scored on the held-out images annotated for it ({scored}) and trained on the images annotated "
+        f"for it ({trained}); an image not annotated for a mask is left out of that mask's loss and scores.",
+    ]
+
+def _plausibility_lines(p: Dict, px: str) -> List[str]:
+    lines = ["", f"## 3. Mask plausibility ({px})", ""]
+    if "one_disc_component_synthetic" not in p:
+        return lines + ["Not computed: the masks include no disc (every measure here is relative to the disc)."]
+    lines += [
+        f"- Exactly one disc component: {format_value(p['one_disc_component_synthetic'])} of {p['n_synthetic']} synthetic "
+        f"(real: {format_value(p['one_disc_component_real'])} of {p['n_real']}); no disc at all: {format_value(p['no_disc_synthetic'])}.",
+        f"- Wasserstein distance to real — disc area fraction: {format_value(p['wasserstein_disc_area_fraction'])}, "
+        f"centroid x: {format_value(p['wasserstein_disc_centroid_x'])}, centroid y: {format_value(p['wasserstein_disc_centroid_y'])} "
+        "(fractions of the image side).",
+    ]
+    if "atrophy_near_disc_synthetic" in p:
+        lines.append(
+            f"- Atrophy touching or within one disc radius of the disc: {format_value(p['atrophy_near_disc_synthetic'])} of "
+            f"{p['n_with_atrophy_synthetic']} synthetic samples with atrophy (real: {format_value(p.get('atrophy_near_disc_real'))} "
+            f"of {p.get('n_with_atrophy_real', 0)})."
+        )
+    if "cup_inside_disc_synthetic" in p:
+        lines.append(
+            f"- Cup inside its disc (at least {CUP_INSIDE_SHARE:.0%} of its pixels): {format_value(p['cup_inside_disc_synthetic'])} "
+            f"of {p['n_with_cup_synthetic']} synthetic samples with a cup (real: {format_value(p.get('cup_inside_disc_real'))} of "
+            f"{p.get('n_with_cup_real', 0)}); median vertical cup-to-disc ratio {format_value(p['vertical_cdr_median_synthetic'])} "
+            f"(real: {format_value(p.get('vertical_cdr_median_real'))}), Wasserstein distance "
+            f"{format_value(p.get('wasserstein_vertical_cdr'))} (`cup_to_disc.png`)."
+        )
+    return lines
 
 def _per_source_lines(downstream: Dict, masks: Sequence[str], px: str) -> List[str]:
     """Dice per source of the held-out images, one row per training set (older reports have no breakdown)."""

@@ -9,7 +9,7 @@ Recipe (``SegmenterRecipe`` defaults, identical for real, synthetic and real + s
 - Augmentation: joint horizontal flip of image and masks, image gain and offset jitter of +-10 %
   (``augment.apply_augmentation``, shared with the other evaluation networks).
 - Batches of 16 drawn uniformly with replacement from the pooled training set (real + synthetic is one pool).
-- Loss: binary cross-entropy + soft Dice, per mask channel. AdamW, lr 2e-3, weight decay 1e-4, one-cycle schedule.
+- Loss: binary cross-entropy + soft Dice, per mask channel, over the images annotated for that mask. AdamW, lr 2e-3, weight decay 1e-4, one-cycle schedule.
 - Everything random comes from ``torch.Generator().manual_seed(seed)`` (batches and augmentation, drawn in advance
   by ``recipe.plan_batches``) and ``torch.manual_seed(seed)`` (initial weights); the loop is ``recipe.fit``.
 - Prediction: sigmoid > 0.5.
@@ -69,14 +69,22 @@ class SegmenterRecipe(Recipe):
     """The segmenter's recipe: ``Recipe``'s defaults (1000 steps of 16, lr 2e-3, width 8)."""
 
 
-def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """BCE + (1 - soft Dice), averaged over mask channels (in float32 whatever the logits' precision)."""
+def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, annotated: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """BCE + (1 - soft Dice), averaged over mask channels (in float32 whatever the logits' precision).
+
+    ``annotated`` (``bool [B, M]``, None: all) leaves out each sample's masks it is not annotated for: they count in
+    neither term, and a channel no sample of the batch is annotated for adds nothing.
+    """
     logits = logits.float()
-    bce = F.binary_cross_entropy_with_logits(logits, targets)
-    probs = torch.sigmoid(logits)
+    weights = torch.ones(logits.shape[:2], device=logits.device) if annotated is None else annotated.float()
+    pixel_weights = weights[:, :, None, None]
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    bce = (bce * pixel_weights).sum() / (weights.sum() * logits[0, 0].numel()).clamp(min=1)
+    probs, targets = torch.sigmoid(logits) * pixel_weights, targets * pixel_weights
     inter = (probs * targets).sum(dim=(0, 2, 3))
     soft_dice = (2 * inter + 1) / (probs.sum(dim=(0, 2, 3)) + targets.sum(dim=(0, 2, 3)) + 1)
-    return bce + (1 - soft_dice).mean()
+    present = (weights.sum(dim=0) > 0).float()
+    return bce + ((1 - soft_dice) * present).sum() / present.sum().clamp(min=1)
 
 
 def to_model_inputs(arrays: torch.Tensor, num_masks: int):
@@ -91,19 +99,26 @@ def train_segmenter(
     recipe: SegmenterRecipe = SegmenterRecipe(),
     device="cpu",
     progress: Optional[Callable] = None,
+    annotated: Optional[torch.Tensor] = None,
 ) -> SegmenterUNet:
-    """Train the recipe on ``uint8 [N, 3 + num_masks, H, W]`` arrays (moved to ``device`` once, as uint8)."""
+    """Train the recipe on ``uint8 [N, 3 + num_masks, H, W]`` arrays (moved to ``device`` once, as uint8);
+    ``annotated`` (``bool [N, num_masks]``, None: all) leaves the masks an image is not annotated for out of the loss."""
     if arrays.ndim != 4 or arrays.shape[1] < 3 + num_masks or len(arrays) == 0:
         raise ValueError(f"Expected uint8 arrays [N > 0, 3 + {num_masks}, H, W], got {list(arrays.shape)}.")
     generator = seeded_generator(recipe)
     model = SegmenterUNet(num_masks, recipe.width).to(device)
     arrays = arrays.to(device)
+    if annotated is not None:
+        annotated = torch.as_tensor(annotated, dtype=torch.bool).to(device)
+        if annotated.shape != (len(arrays), num_masks):
+            raise ValueError(f"Expected annotation flags [{len(arrays)}, {num_masks}], got {list(annotated.shape)}.")
     plan = {k: v.to(device) for k, v in plan_batches(generator, recipe.steps, recipe.batch_size, len(arrays)).items()}
 
     def loss_at(step: int) -> torch.Tensor:
-        images, masks = to_model_inputs(arrays[plan["index"][step]], num_masks)
+        index = plan["index"][step]
+        images, masks = to_model_inputs(arrays[index], num_masks)
         images, masks = apply_augmentation(images, plan, step, masks)
-        return segmentation_loss(model(images), masks)
+        return segmentation_loss(model(images), masks, None if annotated is None else annotated[index])
 
     return fit(model, loss_at, recipe, device, progress)
 

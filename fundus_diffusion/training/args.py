@@ -50,7 +50,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     data.add_argument("--resolution", type=int, default=None, help="Square training resolution in pixels.")
     data.add_argument(
-        "--masks", default="disc", help="Mask channels after RGB: 'disc' (4 channels), 'disc,atrophy' (5) or 'none'."
+        "--masks",
+        default="disc",
+        help="Mask channels after RGB, in this order, named as the dataset's masks: 'disc' (4 channels), 'disc,cup' "
+        "(5), 'disc,atrophy,detachment' (6) or 'none'.",
     )
     data.add_argument(
         "--data_on_device",

@@ -21,7 +21,8 @@ from .args import data_seed
 
 
 class DeviceBatches:
-    """The whole training view as one ``uint8`` tensor on the device, batched, scaled to [-1, 1] and flipped there.
+    """The whole training view as one ``uint8`` tensor on the device, batched, scaled to [-1, 1] and flipped there;
+    batches hold ``pixel_values``, ``class_labels`` and ``mask_annotated`` (``[B, M]`` bool), as the view's items.
 
     A DataLoader spends most of a GAN step at 360 px converting and copying floats; the real sets are ~1k images
     (0.5 GB as uint8 at 360 px, 4 channels), which fit any training GPU. Each epoch's order and flips come from
@@ -43,6 +44,7 @@ class DeviceBatches:
         for start in range(0, len(arrays), 256):  # chunked, so host RAM never holds the whole array
             self.data[start : start + 256] = torch.from_numpy(np.array(arrays[start : start + 256]))
         self.labels = view.class_labels.to(device)
+        self.mask_annotated = torch.from_numpy(view.mask_annotated).to(device)
         self.batch_size, self.seed = batch_size, seed
         self.process_index, self.num_processes = process_index, num_processes
         batches = len(arrays) // num_processes // batch_size
@@ -59,7 +61,11 @@ class DeviceBatches:
         for i in range(skip, self.num_batches):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = self.data[index].float().div_(127.5).sub_(1.0)
-            yield {"pixel_values": flip_where(x, flips[index]), "class_labels": self.labels[index]}
+            yield {
+                "pixel_values": flip_where(x, flips[index]),
+                "class_labels": self.labels[index],
+                "mask_annotated": self.mask_annotated[index],
+            }
 
 
 class LoaderBatches:
@@ -141,8 +147,9 @@ def load_training_batches(accelerator, args, mask_names):
     batches of it."""
     with accelerator.main_process_first():
         view = FundusTrainingView(
-            load_fundus_dataset(args.dataset), args.resolution, mask_names, cache_dir=args.cache_dir
-        )
+            load_fundus_dataset(args.dataset), args.resolution, mask_names, cache_dir=args.cache_dir,
+            name=f"--dataset {args.dataset}",
+        )  # fmt: skip
     if len(view) < args.train_batch_size:
         raise ValueError(f"The dataset has {len(view)} samples, fewer than --train_batch_size {args.train_batch_size}.")
     return view, make_batches(accelerator, view, args, data_seed(args))

@@ -215,6 +215,22 @@ def build_models(args, channels: int):
     return generator, discriminator
 
 
+def refuse_partial_annotation(view, dataset: str) -> None:
+    """The discriminator judges whole image + mask tensors: a real sample whose mask channel is not annotated would
+    show it an empty mask as real, and no channel can be left out of its input for some samples only. A mask that some
+    training images lack is therefore an error, naming the mask and the fix."""
+    partial = view.partially_annotated()
+    if partial:
+        listed = ", ".join(f"{name} (annotated on {n} of {total} images)" for name, (n, total) in partial.items())
+        keep = ",".join(name for name in view.mask_names if name not in partial) or "none"
+        raise ValueError(
+            f"--dataset {dataset}: the DCGAN cannot train on partially annotated masks: {listed}. Its discriminator "
+            f"would learn that an unannotated image has no {next(iter(partial))}. Fix: train with --masks {keep} "
+            "(leaving those masks out), annotate the missing images, or train the DDPM (train_ddpm.py), whose loss "
+            "leaves unannotated channels out."
+        )
+
+
 def build_optimizers(args, generator, discriminator):
     def adam(model):
         fused = all(p.is_cuda for p in model.parameters())  # same update, one kernel
@@ -309,6 +325,7 @@ class DCGANKind(loop.ModelKind):
 
     def __init__(self, args, accelerator, view, plan):
         super().__init__(args, accelerator, view, plan)
+        refuse_partial_annotation(view, args.dataset)
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         generator, discriminator = build_models(args, 3 + len(args.mask_names))
         generator.to(accelerator.device, memory_format=memory_format)

@@ -121,16 +121,28 @@ def final_alpha_bar(noise_scheduler) -> float:
     return float(noise_scheduler.alphas_cumprod[-1])
 
 
-def diffusion_loss(unet, noise_scheduler, pixel_values, class_labels=None, class_dropout_prob=0.0, snr_gamma=None):
+def diffusion_loss(
+    unet, noise_scheduler, pixel_values, class_labels=None, class_dropout_prob=0.0, snr_gamma=None, mask_annotated=None
+):
     """The denoising MSE at random timesteps; dropped labels become the null class (classifier-free guidance).
+
+    ``mask_annotated`` (``bool [B, M]``, None: all annotated) marks the mask channels (3, 4, ...) each sample is
+    annotated for. An unannotated channel holds no information (the training view stores it as -1, not as "absent"):
+    it enters the UNet as pure noise, as at the last timestep, so the model never learns from a made-up empty mask,
+    and its error is left out of the loss, which averages over the image channels and the annotated masks only. The
+    image and the annotated masks of the same sample still train.
 
     With ``snr_gamma`` each sample's error is weighted by min-SNR-gamma (Hang et al. 2023), in the form for the
     prediction target: ``min(SNR, gamma) / SNR`` for epsilon, ``min(SNR, gamma) / (SNR + 1)`` for v.
     """
     noise = torch.randn_like(pixel_values)
-    bsz = pixel_values.shape[0]
+    bsz, channels = pixel_values.shape[:2]
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), device=pixel_values.device)
     noisy = noise_scheduler.add_noise(pixel_values, noise, timesteps)
+    weights = torch.ones(bsz, channels, device=pixel_values.device)
+    if mask_annotated is not None:
+        weights[:, channels - mask_annotated.shape[1] :] = mask_annotated.to(weights.dtype)
+        noisy = torch.where(weights[:, :, None, None] > 0, noisy, noise)
     if class_labels is not None and class_dropout_prob > 0:
         dropped = torch.rand(bsz, device=pixel_values.device) < class_dropout_prob
         class_labels = torch.where(dropped, torch.full_like(class_labels, NULL_CLASS_ID), class_labels)
@@ -139,11 +151,12 @@ def diffusion_loss(unet, noise_scheduler, pixel_values, class_labels=None, class
         target = noise_scheduler.get_velocity(pixel_values, noise, timesteps)
     else:
         target = noise
+    per_channel = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(2, 3))
+    per_sample = (per_channel * weights).sum(dim=1) / weights.sum(dim=1)  # the image channels always count
     if snr_gamma is None:
-        return F.mse_loss(prediction.float(), target.float())
+        return per_sample.mean()
     snr = compute_snr(noise_scheduler, timesteps)
     weight = snr.clamp(max=snr_gamma) / (snr + 1 if noise_scheduler.config.prediction_type == "v_prediction" else snr)
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (per_sample * weight).mean()
 
 
@@ -280,8 +293,9 @@ class DDPMKind(loop.ModelKind):
         metrics = {}
         with accelerator.accumulate(self.unet):
             loss = diffusion_loss(
-                self.unet, self.noise_scheduler, pixel_values, class_labels, args.class_dropout_prob, args.snr_gamma
-            )
+                self.unet, self.noise_scheduler, pixel_values, class_labels, args.class_dropout_prob, args.snr_gamma,
+                batch["mask_annotated"],
+            )  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:  # an infinite bound measures the norm without clipping
                 bound = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
