@@ -1,7 +1,12 @@
 """Does a class-conditional model make what it is asked for? A PM classifier trained on real images decides.
 
     python scripts/judge_pm_labels.py --real ../shared/data/palm-224/PALM-Training400 --images_only \
-        --synthetic data/synthetic-palm --output_dir reports/palm-labels
+        --synthetic data/synthetic-palm --output_dir reports/palm-labels [--realism_test]
+
+The label agreement comes with a realism guard (the samples' distance from the real images in the classifier's
+features, and its confidence): a classifier labels RGB noise too, so agreement means something only for samples the
+guard finds fundus-like, and the report says so loudly when they are not. ``--realism_test`` adds the classifier
+two-sample test of scripts/evaluate.py (a CNN telling real from synthetic; slower).
 """
 
 import argparse
@@ -12,6 +17,7 @@ from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import default_device
 from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe, judge_class_conditional
+from fundus_diffusion.evaluation.realism import RealismRecipe
 
 
 def parse_args(argv=None):
@@ -22,21 +28,46 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--steps", type=int, default=ClassifierRecipe.steps)
+    parser.add_argument("--realism_test", action="store_true", help="Also run the classifier two-sample test.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     return parser.parse_args(argv)
+
+
+def summary(report: dict) -> str:
+    """The report's lines a reader must not miss: agreement, and whether the samples are fundus-like at all."""
+    agreement, guard = report["synthetic_label_agreement"], report["realism_guard"]
+    lines = [
+        f"label agreement {agreement['overall']:.1%} of {agreement['n']} samples (real held-out accuracy "
+        f"{report['real_held_out_accuracy']['overall']:.1%})",
+        f"realism guard: {guard['verdict']} (mean confidence real {guard['mean_confidence']['real_held_out']:.2f}, "
+        f"synthetic {guard['mean_confidence']['synthetic']:.2f})",
+    ]
+    test = report.get("realism_test")
+    if test and test.get("computed"):
+        lines.append(
+            f"two-sample test ROC AUC real vs synthetic {test['real_vs_synthetic']['auc']['mean']:.3f}, real vs real "
+            f"{test['real_vs_real']['auc']['mean']:.3f} (0.5 = indistinguishable)"
+        )
+    elif test:
+        lines.append(f"two-sample test not computed: {test['reason']}")
+    if not guard["fundus_like"]:
+        lines = ["!" * 100, *lines, "WARNING: the samples are not fundus-like; do not report the label agreement as a result.", "!" * 100]
+    return "\n".join(lines)
 
 
 def main(args):
     real = load_fundus_dataset(args.real, require_masks=not args.images_only)
     synthetic = load_fundus_dataset(args.synthetic)
     report = judge_class_conditional(
-        real, synthetic, args.resolution, ClassifierRecipe(steps=args.steps, seed=args.seed), device=args.device or default_device()
-    )
+        real, synthetic, args.resolution, ClassifierRecipe(steps=args.steps, seed=args.seed),
+        device=args.device or default_device(), realism=RealismRecipe(seed=args.seed) if args.realism_test else None,
+    )  # fmt: skip
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "pm_labels.json"), "w") as f:
         json.dump(report, f, indent=2)
     print(json.dumps(report, indent=2))
+    print(summary(report))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,16 @@
 
 The question it answers: when a class-conditional model is asked for PM (or non-PM), how often does a classifier
 trained on real photographs agree? The recipe is fixed and seeded so numbers are comparable across models.
+
+Agreement alone cannot fail: a classifier must put every input, RGB noise included, in one of its two classes, and a
+model can reach 100% with samples that look like nothing. So every agreement comes with a realism guard
+(``realism_guard``): how far the samples lie from the real photographs in the classifier's own features (an
+out-of-distribution score over every stage's features, calibrated on held-out real images) and how confident it is on them, with a verdict that
+says when the samples are not fundus-like and the agreement means nothing.
 """
 
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +22,7 @@ from tqdm.auto import tqdm
 from ..data.schema import LABEL_NAMES
 from .arrays import dataset_arrays
 from .augment import apply_augmentation
+from .realism import RealismRecipe, realism_test
 from .recipe import Recipe, fit, plan_batches, seeded_generator
 from .splits import split_by_id
 
@@ -36,6 +43,16 @@ class PMClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean(dim=(2, 3)))
+
+    def stage_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every stage's output averaged over space, concatenated (``[N, 15 * width]``): the first stages see colour
+        and texture, the last what the head classifies; the realism guard measures distances in all of them."""
+        pooled = []
+        for layer in self.features:
+            x = layer(x)
+            if isinstance(layer, nn.MaxPool2d):
+                pooled.append(x.mean(dim=(2, 3)))
+        return torch.cat(pooled, dim=1)
 
 
 @dataclass
@@ -73,10 +90,73 @@ def train_pm_classifier(
 
 
 @torch.no_grad()
+def classify(model: PMClassifier, images: torch.Tensor, batch_size: int = 128) -> Dict[str, torch.Tensor]:
+    """For float ``[N, 3, H, W]`` images in [-1, 1]: ``features`` (``stage_features``, float ``[N, D]``) and
+    ``logits`` ``[N, 2]``."""
+    device = next(model.parameters()).device
+    features, logits = [], []
+    for i in range(0, len(images), batch_size):
+        batch = images[i : i + batch_size].to(device)
+        features.append(model.stage_features(batch).float().cpu())
+        logits.append(model(batch).float().cpu())
+    return {"features": torch.cat(features), "logits": torch.cat(logits)}
+
+
 def predict(model: PMClassifier, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """Predicted class ids for float ``[N, 3, H, W]`` images in [-1, 1]."""
-    device = next(model.parameters()).device
-    return torch.cat([model(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)])
+    return classify(model, images, batch_size)["logits"].argmax(1)
+
+
+# The guard's calibration: a sample is out of distribution when its feature distance exceeds this quantile of the
+# held-out real images' distances; the samples are "not fundus-like" when more than MAX_OOD_FRACTION of them are.
+# A faithful model's samples sit at about 1 - OOD_QUANTILE; RGB noise at 100%.
+OOD_QUANTILE = 0.99
+MAX_OOD_FRACTION = 0.5
+
+
+def feature_distances(reference: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Each row of ``features``' distance from the ``reference`` features: the norm of its per-dimension z-score
+    (a diagonal Mahalanobis distance, which a few hundred images can estimate, unlike a full covariance)."""
+    mean, std = reference.mean(0), reference.std(0).clamp(min=1e-6)
+    return ((features - mean) / std).norm(dim=1) / features.shape[1] ** 0.5
+
+
+def realism_guard(
+    train: Dict[str, torch.Tensor], held_out: Dict[str, torch.Tensor], synthetic: Dict[str, torch.Tensor]
+) -> Dict:
+    """Are the samples fundus-like enough for their label agreement to mean anything? (``classify`` outputs.)
+
+    The out-of-distribution threshold is the ``OOD_QUANTILE`` quantile of the held-out real images' distances from
+    the real training images' features; ``synthetic_ood_fraction`` is the share of samples beyond it, and the samples
+    count as not fundus-like above ``MAX_OOD_FRACTION``. Confidence (the mean top softmax probability) is reported
+    beside it for real and synthetic images: it is no guard alone (a classifier can be sure about noise), but a gap
+    says the same thing.
+    """
+    threshold = float(torch.quantile(feature_distances(train["features"], held_out["features"]), OOD_QUANTILE))
+    distances = feature_distances(train["features"], synthetic["features"])
+    ood = float((distances > threshold).float().mean())
+    fundus_like = ood <= MAX_OOD_FRACTION
+    return {
+        "fundus_like": fundus_like,
+        "synthetic_ood_fraction": ood,
+        "ood_threshold": threshold,
+        "ood_rule": f"distance above the {OOD_QUANTILE:.0%} quantile of held-out real images'; not fundus-like above "
+        f"{MAX_OOD_FRACTION:.0%} of samples",
+        "median_distance": {
+            "real_held_out": float(feature_distances(train["features"], held_out["features"]).median()),
+            "synthetic": float(distances.median()),
+        },
+        "mean_confidence": {
+            "real_held_out": float(held_out["logits"].softmax(1).max(1).values.mean()),
+            "synthetic": float(synthetic["logits"].softmax(1).max(1).values.mean()),
+        },
+        "verdict": (
+            f"fundus-like: {ood:.0%} of samples outside the real images' feature distribution"
+            if fundus_like
+            else f"NOT FUNDUS-LIKE: {ood:.0%} of samples lie outside the real images' feature distribution, so the "
+            "label agreement says nothing about PM / non-PM fundus images"
+        ),
+    }
 
 
 def label_agreement(predicted: Sequence[int], intended: Sequence[int]) -> Dict[str, float]:
@@ -92,10 +172,11 @@ def label_agreement(predicted: Sequence[int], intended: Sequence[int]) -> Dict[s
 
 def judge_class_conditional(
     real, synthetic, resolution: int = 128, recipe: ClassifierRecipe = ClassifierRecipe(), test_fraction: float = 0.2,
-    device="cpu",
+    device="cpu", realism: Optional[RealismRecipe] = None,
 ) -> Dict:
     """Train the classifier on most of ``real`` (split by id, stratified by label), score it on the held-out rest,
-    then report how often each ``synthetic`` sample is classified as the label it was generated for."""
+    then report how often each ``synthetic`` sample is classified as the label it was generated for, beside the
+    ``realism_guard`` and, given a ``realism`` recipe, the classifier two-sample test (``realism.realism_test``)."""
     real = real.filter(lambda label: label >= 0, input_columns="label")
     synthetic = synthetic.filter(lambda label: label >= 0, input_columns="label")
     if len(synthetic) == 0:
@@ -105,15 +186,20 @@ def judge_class_conditional(
     def as_float(dataset, desc):
         return dataset_arrays(dataset, resolution, (), desc).float().div_(127.5).sub_(1.0)
 
-    model = train_pm_classifier(
-        as_float(train, "real train"), torch.tensor(list(train["label"])), recipe, device, progress=tqdm
-    )
-    real_test = label_agreement(predict(model, as_float(test, "real held-out")), list(test["label"]))
-    generated = label_agreement(predict(model, as_float(synthetic, "synthetic")), list(synthetic["label"]))
-    return {
+    images = {"real train": as_float(train, "real train"), "real held-out": as_float(test, "real held-out")}
+    images["synthetic"] = as_float(synthetic, "synthetic")
+    model = train_pm_classifier(images["real train"], torch.tensor(list(train["label"])), recipe, device, progress=tqdm)
+    outputs = {name: classify(model, batch) for name, batch in images.items()}
+    report = {
         "resolution": resolution,
         "recipe": vars(recipe),
         "n_real_train": len(train),
-        "real_held_out_accuracy": real_test,
-        "synthetic_label_agreement": generated,
+        "real_held_out_accuracy": label_agreement(outputs["real held-out"]["logits"].argmax(1), list(test["label"])),
+        "synthetic_label_agreement": label_agreement(outputs["synthetic"]["logits"].argmax(1), list(synthetic["label"])),
+        "realism_guard": realism_guard(outputs["real train"], outputs["real held-out"], outputs["synthetic"]),
     }
+    if realism is not None:
+        report["realism_test"] = realism_test(
+            dataset_arrays(real, resolution, (), "real"), dataset_arrays(synthetic, resolution, (), "synthetic"), realism, device
+        )
+    return report
