@@ -7,13 +7,15 @@
         --synthetic reports/conditional-ddpm-256/mask_to_image --output_dir reports/conditional-ddpm-256/evaluation
 
 (a) mask -> image: each held-out image's expert masks, cropped and resized as for training, are written as a
-``--masks_from`` folder (``given_masks/masks/<name>/<id>.png``) and an image is drawn for each set
+``--masks_from`` folder (``given_masks/masks/<name>/<id>.png``; a mask the image is not annotated for is left out, so
+the model draws it) and an image is drawn for each set
 (``fundus_diffusion.generate``, so ``mask_to_image/`` is a synthetic set in the schema: the ``evaluate.py`` run above
 gives its two-sample realism test). A segmenter trained on the real training split with ``evaluate.py``'s recipe finds
 the masks in those images: Dice against the given masks, next to the same segmenter's Dice on the real held-out
 photographs (what a faithful image could reach).
 (b) image -> mask: the held-out photographs are given and their masks drawn: Dice against the experts', next to the
 real-trained segmenter's.
+Every Dice is the mean over the held-out images annotated for the mask (DRISHTI-GS1's for the cup of fundus-od).
 Both report the sampling steps, the UNet passes per image and the seconds per image (mask -> image includes writing
 the dataset). Prints a table and writes ``conditional_sampling.json`` to --output_dir.
 """
@@ -24,12 +26,13 @@ import os
 import re
 import time
 
+import numpy as np
 import torch
 from PIL import Image
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
-from fundus_diffusion.data.schema import parse_mask_names
+from fundus_diffusion.data.schema import annotation_matrix, parse_mask_names
 from fundus_diffusion.evaluation.arrays import dataset_arrays, default_device
 from fundus_diffusion.evaluation.metrics import dice_per_image
 from fundus_diffusion.evaluation.protocol import EvaluationConfig, resolve_split, segmenter_scores
@@ -59,20 +62,24 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def write_given_masks(arrays: torch.Tensor, ids, mask_names, folder: str) -> None:
-    """Held-out masks (channels 3.. of ``uint8 [N, 3 + M, R, R]`` arrays) as a ``--masks_from`` folder."""
+def write_given_masks(arrays: torch.Tensor, annotated: torch.Tensor, ids, mask_names, folder: str) -> None:
+    """Held-out masks (channels 3.. of ``uint8 [N, 3 + M, R, R]`` arrays) as a ``--masks_from`` folder, each where
+    its image is annotated for it (``annotated``: ``bool [N, M]``)."""
     for m, name in enumerate(mask_names):
         os.makedirs(os.path.join(folder, "masks", name), exist_ok=True)
-        for array, sample_id in zip(arrays, ids):
+        for array, sample_id in zip(arrays[annotated[:, m]], [i for i, a in zip(ids, annotated[:, m]) if a]):
             Image.fromarray(array[3 + m].numpy(), mode="L").save(os.path.join(folder, "masks", name, f"{sample_id}.png"))
 
 
-def mean_dice(predicted: torch.Tensor, target: torch.Tensor, mask_names) -> dict:
-    """``{mask: mean per-image Dice}`` of ``bool [N, M, H, W]`` predictions against targets."""
-    return {
-        name: float(dice_per_image(predicted[:, m].cpu().numpy(), target[:, m].cpu().numpy()).mean())
-        for m, name in enumerate(mask_names)
-    }
+def mean_dice(predicted: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor, mask_names) -> dict:
+    """``{mask: mean per-image Dice}`` of ``bool [N, M, H, W]`` predictions against targets over the images
+    ``annotated`` (``bool [N, M]``) marks for the mask; None for a mask no image is annotated for."""
+    scores = {}
+    for m, name in enumerate(mask_names):
+        scored = annotated[:, m].cpu()
+        dice = dice_per_image(predicted[scored, m].cpu().numpy(), target[scored, m].cpu().numpy())
+        scores[name] = float(dice.mean()) if len(dice) else None
+    return scores
 
 
 def masks_from_images(pipe, holdout: torch.Tensor, mask_names, args) -> torch.Tensor:
@@ -110,26 +117,31 @@ def main(args):
     real, holdout, split_how = resolve_split(load_fundus_dataset(args.real), holdout, EvaluationConfig(masks=mask_names))
     if args.max_images:
         holdout = holdout.select(range(min(args.max_images, len(holdout))))
+    # Folder-safe ids for the --masks_from layout, kept by the generated set, which comes in id order: so does holdout.
+    ids = [re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id) for sample_id in holdout["id"]]
+    if len(set(ids)) != len(ids):
+        raise ValueError("Held-out ids collide once made folder-safe; give a held-out split with distinct ids.")
+    holdout, ids = holdout.select(np.argsort(ids, kind="stable")), sorted(ids)
     arrays = {
         "real": dataset_arrays(real, resolution, mask_names, "real training set"),
         "holdout": dataset_arrays(holdout, resolution, mask_names, "held-out set"),
     }
-    # Folder-safe ids for the --masks_from layout, kept by the generated set.
-    ids = [re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id) for sample_id in holdout["id"]]
-    if len(set(ids)) != len(ids):
-        raise ValueError("Held-out ids collide once made folder-safe; give a held-out split with distinct ids.")
+    annotated = {
+        "real": torch.from_numpy(annotation_matrix(real, mask_names, "The real training set")),
+        "holdout": torch.from_numpy(annotation_matrix(holdout, mask_names, "The held-out set")),
+    }
     os.makedirs(args.output_dir, exist_ok=True)
 
     # the real-trained segmenter, scored on the real held-out photographs: the reference for both directions
     scores, segmenter, _ = segmenter_scores(
         arrays["real"].to(device), arrays["holdout"].to(device), mask_names, args.segmenter_steps, args.seed, device,
-        desc="real training split",
+        desc="real training split", train_annotated=annotated["real"], holdout_annotated=annotated["holdout"],
     )  # fmt: skip
-    on_real = {name: scores[name]["dice"] for name in mask_names}
+    on_real = {name: scores[name]["dice"] if np.isfinite(scores[name]["dice"]) else None for name in mask_names}
 
     # (a) mask -> image, through generate.py's --masks_from code
     given_dir = os.path.join(args.output_dir, "given_masks")
-    write_given_masks(arrays["holdout"], ids, mask_names, given_dir)
+    write_given_masks(arrays["holdout"], annotated["holdout"], ids, mask_names, given_dir)
     mask_sets = read_mask_sets(given_dir)
     config = GenerationConfig(
         model=args.model, num_samples=len(mask_sets.ids), scheduler=args.scheduler,
@@ -141,13 +153,13 @@ def main(args):
     mask_to_image_seconds = (time.perf_counter() - start) / len(generated)
     generated = dataset_arrays(generated, resolution, mask_names, "generated set")
     found = predict_masks(segmenter, generated.to(device))
-    mask_to_image = mean_dice(found, generated[:, 3:] > 127, mask_names)
+    mask_to_image = mean_dice(found, generated[:, 3:] > 127, annotated["holdout"], mask_names)
 
     # (b) image -> mask
     start = time.perf_counter()
     inferred = masks_from_images(pipe, arrays["holdout"], mask_names, args)
     image_to_mask_seconds = (time.perf_counter() - start) / len(inferred)
-    image_to_mask = mean_dice(inferred, arrays["holdout"][:, 3:] > 127, mask_names)
+    image_to_mask = mean_dice(inferred, arrays["holdout"][:, 3:] > 127, annotated["holdout"], mask_names)
 
     steps = len(pipe.scheduler.timesteps)
     results = {
@@ -160,6 +172,7 @@ def main(args):
         "masks": mask_names,
         "n_train": len(real),
         "n_holdout": len(holdout),
+        "n_holdout_annotated": dict(zip(mask_names, annotated["holdout"].sum(dim=0).tolist())),
         "holdout_split": split_how,
         "segmenter": {"steps": args.segmenter_steps, "seed": args.seed, "dice_on_real_holdout": on_real},
         "mask_to_image": {
@@ -192,7 +205,9 @@ def print_table(results: dict) -> None:
     for direction, section, key in rows:
         for name in results["masks"]:
             reference = results["segmenter"]["dice_on_real_holdout"][name]
-            print(f"| {direction} | {name} | {section[key][name]:.4f} | {reference:.4f} | {section['seconds_per_image']:.3f} |")
+            dice = "n/a" if section[key][name] is None else f"{section[key][name]:.4f}"
+            reference = "n/a" if reference is None else f"{reference:.4f}"
+            print(f"| {direction} | {name} | {dice} | {reference} | {section['seconds_per_image']:.3f} |")
 
 
 if __name__ == "__main__":

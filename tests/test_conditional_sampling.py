@@ -185,21 +185,29 @@ def test_masks_from_errors(saved_models, tmp_path):
 def test_benchmark_tiny_run(tmp_path, capsys):
     splits = {}
     for split, seed in (("train", 0), ("test", 100)):
-        load_phantom_dataset(num_samples=3, size=32, seed=seed, split=split).save_to_disk(str(tmp_path / split))
+        dataset = load_phantom_dataset(num_samples=3, size=32, seed=seed, split=split)
+        if split == "test":  # the first held-out image is not annotated for atrophy (as DRIONS-DB for the cup)
+            unannotated = lambda row, i: {"atrophy_mask": None, "has_atrophy_annotation": False} if i == 0 else row  # noqa: E731
+            dataset = dataset.map(unannotated, with_indices=True)
+        dataset.save_to_disk(str(tmp_path / split))
         splits[split] = str(tmp_path / split)
     pipe = make_pipe(mask_names=("disc", "atrophy"))
     pipe.unet.register_to_config(sample_size=16)  # convolutional: the tiny UNet samples 16 px too
     pipe.save_pretrained(tmp_path / "model")
     benchmark = runpy.run_path(str(REPO / "benchmarks" / "conditional_sampling.py"))
     argv = ["--model", str(tmp_path / "model"), "--real", splits["train"], "--holdout", splits["test"],
-            "--output_dir", str(tmp_path / "out"), "--masks", "disc", "--num_inference_steps", "2",
+            "--output_dir", str(tmp_path / "out"), "--num_inference_steps", "2",
             "--resample_steps", "1", "--segmenter_steps", "2", "--batch_size", "2", "--device", "cpu"]  # fmt: skip
     results = benchmark["main"](benchmark["parse_args"](argv))
 
     assert json.loads((tmp_path / "out" / "conditional_sampling.json").read_text()) == results
-    assert results["n_holdout"] == 3 and results["unet_passes_per_image"] == 3 and results["masks"] == ["disc"]
+    assert results["n_holdout"] == 3 and results["unet_passes_per_image"] == 3
+    assert results["masks"] == ["disc", "atrophy"] and results["n_holdout_annotated"] == {"disc": 3, "atrophy": 2}
+    given = tmp_path / "out" / "given_masks" / "masks"
+    assert len(list((given / "disc").iterdir())) == 3 and len(list((given / "atrophy").iterdir())) == 2
     for section, key in (("mask_to_image", "dice_segmenter_on_generated_vs_given"), ("image_to_mask", "dice_vs_experts")):
-        assert 0 <= results[section][key]["disc"] <= 1 and results[section]["seconds_per_image"] > 0
+        assert all(0 <= results[section][key][m] <= 1 for m in ("disc", "atrophy"))
+        assert results[section]["seconds_per_image"] > 0
     generated = load_fundus_dataset(str(tmp_path / "out" / "mask_to_image"))  # a synthetic set evaluate.py reads
     assert generated["id"] == ["synthetic:model/phantom_test_000100", "synthetic:model/phantom_test_000101", "synthetic:model/phantom_test_000102"]
     assert "| image → mask (drawn mask vs the experts') | disc |" in capsys.readouterr().out
