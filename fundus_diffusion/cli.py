@@ -1,6 +1,7 @@
 """How every script starts and ends: CPU threads chosen for the machine's free cores, and a user's mistake ended
 with one line naming the problem and the fix, not a traceback (also under ``accelerate launch``)."""
 
+import argparse
 import logging
 import math
 import os
@@ -9,6 +10,8 @@ import traceback
 from typing import Callable
 
 import torch
+
+from .training.args import RenamedFlag
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +30,34 @@ def raised_by_project(err: BaseException) -> bool:
     frames = traceback.extract_tb(err.__traceback__)
     filename = os.path.abspath(frames[-1].filename) if frames else ""
     return any(filename.startswith(folder + os.sep) for folder in OWN_CODE)
+
+
+class _PushToHub(argparse.Action):
+    """``--push_to_hub`` switches the upload on; the earlier ``--push_to_hub REPO`` still works, with a warning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.push_to_hub = True
+        if values is not None:
+            print(f"{parser.prog}: warning: --push_to_hub REPO is deprecated; use --push_to_hub --hub_model_id REPO.", file=sys.stderr)
+            namespace.hub_model_id = values
+
+
+def add_dataset_push_args(parser: argparse.ArgumentParser) -> None:
+    """The trainers' push flags (``--push_to_hub``, ``--hub_model_id``, ``--hub_private_repo``, ``--hub_token``, as
+    in diffusers' scripts) for the scripts that upload a dataset; ``--private`` and ``--push_to_hub REPO`` of the
+    previous release still work for one release. ``dataset_repo_id`` turns them into the repository id."""
+    hub = parser.add_argument_group("hub (the same flags as the trainers')")
+    hub.add_argument("--push_to_hub", nargs="?", default=False, metavar="REPO", action=_PushToHub,
+                     help="Upload the dataset and its card to the Hub.")  # fmt: skip
+    hub.add_argument("--hub_model_id", default=None, help="The Hub (dataset) repository id; default: the name of --output_dir.")
+    hub.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
+    hub.add_argument("--private", dest="hub_private_repo", action=RenamedFlag, nargs=0, const=True, new="--hub_private_repo")
+    hub.add_argument("--hub_token", default=None, help="Default: the token saved by `hf auth login`.")
+
+
+def dataset_repo_id(args: argparse.Namespace) -> str:
+    """The repository a dataset script uploads to: ``--hub_model_id``, else the name of ``--output_dir``."""
+    return args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
 
 
 def free_cpu_cores() -> int:

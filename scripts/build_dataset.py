@@ -8,7 +8,7 @@ Nothing is written to ``--output_dir`` unless the build succeeds.
 
 import argparse
 
-from fundus_diffusion.cli import run_script
+from fundus_diffusion.cli import add_dataset_push_args, dataset_repo_id, run_script
 from fundus_diffusion.data.build import build_dataset, push_dataset_to_hub
 
 
@@ -29,8 +29,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--skip_bad", action="store_true", help="Leave out unreadable or inconsistent files and list them.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing --output_dir.")
-    parser.add_argument("--push_to_hub", default=None, metavar="REPO", help="Also push the dataset and its card to this Hub repo.")
-    parser.add_argument("--private", action="store_true", help="With --push_to_hub: create a private repo.")
+    add_dataset_push_args(parser)
     return parser.parse_args(argv)
 
 
@@ -49,8 +48,9 @@ def main(args):
     print(report.summary())
     print(f"Wrote {len(report.kept)} samples to {args.output_dir}")
     if args.push_to_hub:
-        push_dataset_to_hub(args.output_dir, args.push_to_hub, private=args.private or None)
-        print(f"Pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+        repo_id = dataset_repo_id(args)
+        push_dataset_to_hub(args.output_dir, repo_id, private=args.hub_private_repo or None, token=args.hub_token)
+        print(f"Pushed to https://huggingface.co/datasets/{repo_id}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ model's masks gets them generated too):
 
 import argparse
 
-from fundus_diffusion.cli import run_script
+from fundus_diffusion.cli import add_dataset_push_args, dataset_repo_id, run_script
 from fundus_diffusion.generate import (
     POSTPROCESSING,
     GenerationConfig,
@@ -50,8 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true", help="Continue a partly written --output_dir.")
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto", help="auto: fp16 on a GPU, fp32 on the CPU.")
-    parser.add_argument("--push_to_hub", default=None, metavar="REPO", help="Upload the dataset to this Hub dataset repo.")
-    parser.add_argument("--private", action="store_true", help="With --push_to_hub: create a private repo.")
+    add_dataset_push_args(parser)
     return parser.parse_args(argv)
 
 
@@ -80,7 +79,7 @@ def main(args):
     dataset = generate_dataset(pipe, config, args.output_dir, resume=args.resume, mask_sets=mask_sets)
     print(f"Wrote {len(dataset)} samples to {args.output_dir} (dataset card: {args.output_dir}/README.md)")
     if args.push_to_hub:
-        print(f"Pushed to {push_dataset(args.output_dir, args.push_to_hub, private=args.private)}")
+        print(f"Pushed to {push_dataset(args.output_dir, dataset_repo_id(args), args.hub_token, args.hub_private_repo)}")
 
 
 if __name__ == "__main__":

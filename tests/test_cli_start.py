@@ -45,3 +45,21 @@ def test_a_user_error_under_accelerate_launch_quiet_is_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[0].startswith(f"train_ddpm.py: error: {tmp_path / 'missing'} is not a folder. Fix:"), result.stderr
     assert lines[1:] == [f"(FUNDUS_DEBUG=1 shows the traceback{cli.LAUNCHER_HINT})"], result.stderr
+
+
+def test_dataset_scripts_take_the_trainers_push_flags_and_the_old_ones_with_a_warning(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="build_dataset.py")
+    parser.add_argument("--output_dir", default="data/pm")
+    cli.add_dataset_push_args(parser)
+    args = parser.parse_args([])
+    assert args.push_to_hub is False and not args.hub_private_repo
+    args = parser.parse_args(["--push_to_hub", "--hub_private_repo"])
+    assert args.push_to_hub and args.hub_private_repo and cli.dataset_repo_id(args) == "pm"
+    assert capsys.readouterr().err == ""
+    args = parser.parse_args(["--push_to_hub", "me/pm", "--private"])  # the previous release's spelling
+    assert args.push_to_hub and args.hub_private_repo and cli.dataset_repo_id(args) == "me/pm"
+    err = capsys.readouterr().err
+    assert "--push_to_hub REPO is deprecated; use --push_to_hub --hub_model_id REPO" in err
+    assert "--private is deprecated; use --hub_private_repo" in err
