@@ -12,7 +12,8 @@ and any mask its set lacks are generated (``FundusPipeline``'s ``masks=``).
 
 Output folder::
 
-    dataset_info.json, state.json, data-*.arrow   the dataset (schema columns + ``seed``)
+    data/train-*.parquet                          the dataset (schema columns + ``seed``) for ``load_dataset(folder)``
+    arrow/                                        the same, ``save_to_disk``, which ``load_fundus_dataset`` reads
     README.md                                     dataset card: model, sampler, steps, guidance, post-processing, seed
     contact_sheet.png                             the first samples with their mask outlines
     generation_config.json                        the settings, checked by --resume
@@ -35,6 +36,7 @@ from huggingface_hub import DatasetCardData, HfApi
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import export
 from .data.readers import images_by_stem, require_dir
 from .data.schema import LABEL_NAMES, UNKNOWN_LABEL, annotation_column, fundus_features, label_to_id, mask_column
 from .model_cards import LICENSE, render_dataset_card, size_category
@@ -391,6 +393,7 @@ SAVED_FILES = ("state.json", "dataset_info.json")  # save_to_disk writes them la
 
 def _saved_dataset(output_dir: str):
     """The finished dataset in ``output_dir``, or None when there is none or its save was cut short."""
+    output_dir = export.arrow_folder(output_dir) or output_dir  # in arrow/ once write_extras has run
     if not all(os.path.isfile(os.path.join(output_dir, name)) for name in SAVED_FILES):
         return None
     try:
@@ -440,6 +443,7 @@ def write_extras(dataset, pipe, config: GenerationConfig, output_dir: str, sheet
                 label = label_name(row["label"]) if row["label"] >= 0 else UNKNOWN_LABEL
                 writer.writerow([row["id"].rsplit("/", 1)[-1], label, "train", row["source"], row["seed"]])
     dataset_card(pipe, config, dataset).save(os.path.join(output_dir, "README.md"))
+    export.write_hub_layout(output_dir)  # data/*.parquet for load_dataset(output_dir); the Arrow files into arrow/
 
 
 def dataset_card(pipe, config: GenerationConfig, dataset):
@@ -485,5 +489,5 @@ def push_dataset(output_dir: str, repo_id: str, token: Optional[str] = None, pri
     repo_id = api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private).repo_id
     for name in ("README.md", "contact_sheet.png"):
         api.upload_file(path_or_fileobj=os.path.join(output_dir, name), path_in_repo=name, repo_id=repo_id, repo_type="dataset")
-    load_from_disk(output_dir).push_to_hub(repo_id, token=token)
+    load_from_disk(export.arrow_folder(output_dir) or output_dir).push_to_hub(repo_id, token=token)
     return f"https://huggingface.co/datasets/{repo_id}"

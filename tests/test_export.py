@@ -142,3 +142,16 @@ def test_nnunet_export_round_trip(tmp_path):
 def _bytes(dataset: Dataset, row_id: str) -> bytes:
     undecoded = dataset.with_format("arrow")
     return undecoded["image"].to_pylist()[undecoded["id"].to_pylist().index(row_id)]["bytes"]
+
+
+def test_a_built_dataset_loads_with_load_dataset(tmp_path):
+    from phantom_layouts import write_folder_tree
+
+    from fundus_diffusion.data import build_dataset
+
+    out = tmp_path / "built"
+    build_dataset(str(out), folder_dirs=[write_folder_tree(str(tmp_path / "raw"), atrophy=True)], progress=False)
+    hub = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf"))
+    ours = load_fundus_dataset(str(out))
+    assert len(hub) == len(ours) > 0 and hub.features == ours.features and list(hub["id"]) == list(ours["id"])
+    assert "configs" in (out / "README.md").read_text() and (out / ARROW_DIR / "state.json").exists()

@@ -360,7 +360,7 @@ def test_stale_hidden_build_folders_are_cleaned(folder_tree, tmp_path):
     other.mkdir()
     build_dataset(str(out), folder_dirs=[folder_tree], progress=False)
     assert sorted(p.name for p in tmp_path.glob(".*.building-*")) == [".other.building-x", ".out.building-alive"]
-    assert (out / "dataset_info.json").exists()
+    assert (out / "arrow" / "dataset_info.json").exists()
 
 
 def test_build_into_an_unwritable_place_fails_before_reading(folder_tree, tmp_path):

@@ -27,6 +27,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .. import export
 from ..model_cards import LICENSE, render_dataset_card, size_category
 from .adam import find_adam_training, scan_adam
 from .folder import scan_folder
@@ -483,6 +484,7 @@ def build_dataset(
         dataset.save_to_disk(staged)
         del dataset
         dataset_card(report).save(os.path.join(staged, "README.md"))
+        export.write_hub_layout(staged)  # data/*.parquet for load_dataset(output_dir); the Arrow files into arrow/
         if os.path.exists(output_dir):  # --overwrite: swap the old folder out only now that the new one is complete
             os.replace(output_dir, os.path.join(tmp, "previous"))
         os.replace(staged, output_dir)
@@ -538,7 +540,7 @@ def push_dataset_to_hub(output_dir: str, repo_id: str, private: Optional[bool] =
     """Push a built folder and its card to the Hub, keeping the ``dataset_info`` / ``configs`` metadata that
     ``Dataset.push_to_hub`` writes into the Hub's README."""
 
-    load_from_disk(output_dir).push_to_hub(repo_id, private=private, token=token)
+    load_from_disk(export.arrow_folder(output_dir) or output_dir).push_to_hub(repo_id, private=private, token=token)
     card = DatasetCard.load(os.path.join(output_dir, "README.md"))
     hub_card = DatasetCard.load(repo_id, repo_type="dataset", token=token)
     for key in ("dataset_info", "configs"):
