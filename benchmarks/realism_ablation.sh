@@ -11,7 +11,9 @@
 #   STAGE=stop      stop the trainings
 #   STAGE=evaluate  evaluate each synthetic set (EVAL_SETS: a glob of set names, default all) with SEEDS segmenter seeds;
 #                   BACKGROUND=1 starts the evaluations detached and returns (a later evaluate or STAGE=pack waits)
-#   STAGE=pack      wait for running evaluations, then pack reports, sample sheets and logs into $OUT
+#   STAGE=pack      wait up to WAIT_S (default 0) for running evaluations, then pack reports, sample sheets and logs
+#                   into $OUT. Every stage but train and stop ends by packing what exists: a device command that runs
+#                   past its limit returns nothing, so leave a minute of margin and pack often.
 #
 #   DATA=.device_data STAGE=train bash benchmarks/realism_ablation.sh     # DATA holds fundus-od (never committed)
 #
@@ -44,6 +46,23 @@ mkdir -p "$OUT" "$WORK"
 export OUT=$(cd "$OUT" && pwd)
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$WORK/driver.log"; }
 names() { tr ';' '\n' <<< "$VARIANTS" | cut -d= -f1; }
+pack_results() {  # into $OUT now, whatever exists: a device command cut off later loses nothing packed before
+  (
+    cd "$CODE"
+    # Full-size synthetic samples (8 per set, no masks drawn) to look at beside real photographs.
+    for set in "$WORK"/synthetic/*; do
+      [ -f "$set/fullsize.png" ] || ! finished "$set" || $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.visualization import \
+  contact_sheet; d = load_fundus_dataset(sys.argv[1]); contact_sheet(list(d.select(range(min(8, len(d))))['image']), columns=4, \
+  tile=256).save(sys.argv[2])" "$set" "$set/fullsize.png"
+    done
+    # Only what holds no real photograph comes back: report text and JSON, synthetic sample sheets, logs, losses.
+    cd "$WORK" && tar czf "$OUT/realism_reports.tgz" eval/*/report.json eval/*/report.md eval/*/dice_bars.png \
+      synthetic/*/contact_sheet.png synthetic/*/fullsize.png synthetic/*/generation_config.json runs/*/logs/metrics.csv \
+      runs/*/training_args.json ./*.log 2>/dev/null
+    log "packed $(ls eval 2>/dev/null | wc -l) evaluations into $OUT/realism_reports.tgz"
+  )
+}
+finished() { [ -f "$1/arrow/dataset_info.json" ] || [ -f "$1/dataset_info.json" ]; }  # a saved synthetic set
 flags_of() { tr ';' '\n' <<< "$VARIANTS" | grep "^$1=" | cut -d= -f2-; }
 
 case $STAGE in
@@ -73,6 +92,7 @@ wait)
   while pgrep -f scripts/train_ddpm.py > /dev/null && [ $SECONDS -lt $deadline ] && ! reached; do sleep 15; done
   for name in $(names); do log "$name: $(ls "$WORK/runs/$name/snapshots" 2>/dev/null | tr '\n' ' ')"; tail -c 300 "$WORK/train-$name.log"; echo; done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv || true
+  pack_results
   ;;
 generate)
   cd "$CODE"
@@ -85,7 +105,7 @@ generate)
       step=$((10#${snap##*step-}))
       [ -n "${STEPS:-}" ] && [[ ",$STEPS," != *",$step,"* ]] && continue
       set=$WORK/synthetic/$name-$step$suffix
-      [ -f "$set/dataset_info.json" ] && continue
+      finished "$set" && continue
       $PY scripts/generate.py --model "$snap" --num_samples "$N_SYN" --scheduler "$scheduler" \
         --num_inference_steps "$sampler_steps" --seed 0 --batch_size 100 --output_dir "$set" \
         > "$WORK/gen-$name-$step$suffix.log" 2>&1 &
@@ -94,6 +114,7 @@ generate)
   done
   for pid in "${pids[@]}"; do wait "$pid" || log "a generation failed"; done
   log "generated: $(ls "$WORK/synthetic" | tr '\n' ' ')"
+  pack_results
   ;;
 stop)
   pkill -f scripts/train_ddpm.py; sleep 2
@@ -103,7 +124,7 @@ evaluate)
   cd "$CODE"
   for set in "$WORK"/synthetic/${EVAL_SETS:-*}; do
     name=$(basename "$set")
-    [ -f "$set/dataset_info.json" ] || continue
+    finished "$set" || continue
     [ -f "$WORK/eval/$name/report.json" ] || [ -f "$WORK/eval-$name.started" ] && continue
     touch "$WORK/eval-$name.started"
     log "evaluating $name ($SEEDS seeds)"
@@ -111,24 +132,13 @@ evaluate)
       --masks disc --seeds "$SEEDS" $EVAL_FLAGS --segmenter_steps "$SEG_STEPS" --output_dir "$WORK/eval/$name" \
       > "$WORK/eval-$name.log" 2>&1 < /dev/null &
   done
-  [ "${BACKGROUND:-0}" = 1 ] || STAGE=pack bash "$SCRIPT"
+  [ "${BACKGROUND:-0}" = 1 ] && pack_results || WAIT_S=${WAIT_S:-540} STAGE=pack bash "$SCRIPT"
   ;;
 pack)
-  deadline=$((SECONDS + ${WAIT_S:-540}))
+  deadline=$((SECONDS + ${WAIT_S:-0}))
   while pgrep -f scripts/evaluate.py > /dev/null && [ $SECONDS -lt $deadline ]; do sleep 10; done
   pgrep -f scripts/evaluate.py > /dev/null && log "evaluations still running: $(pgrep -af scripts/evaluate.py | grep -o 'synthetic/[^ ]*' | tr '\n' ' ')"
-  cd "$CODE"
-  # Full-size synthetic samples (8 per set, no masks drawn) to look at beside real photographs.
-  for set in "$WORK"/synthetic/*; do
-    [ -f "$set/fullsize.png" ] || [ ! -f "$set/dataset_info.json" ] || $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.visualization import \
-contact_sheet; d = load_fundus_dataset(sys.argv[1]); contact_sheet(list(d.select(range(min(8, len(d))))['image']), columns=4, \
-tile=256).save(sys.argv[2])" "$set" "$set/fullsize.png"
-  done
-  # Only what holds no real photograph comes back: report text and JSON, synthetic sample sheets, logs, losses.
-  cd "$WORK" && tar czf "$OUT/realism_reports.tgz" eval/*/report.json eval/*/report.md eval/*/dice_bars.png \
-    synthetic/*/contact_sheet.png synthetic/*/fullsize.png synthetic/*/generation_config.json runs/*/logs/metrics.csv \
-    runs/*/training_args.json ./*.log 2>/dev/null
-  log "packed $(ls eval | wc -l) evaluations into $OUT/realism_reports.tgz"
+  pack_results
   ;;
 *) echo "unknown STAGE=$STAGE"; exit 2 ;;
 esac
