@@ -1,6 +1,7 @@
 """Exports in the formats other tools load: the Hub layout (``load_dataset(folder)``), imagefolder, nnU-Net v2."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -61,6 +62,11 @@ def test_hub_layout_loads_with_load_dataset_and_load_fundus_dataset(tmp_path):
     assert all((pixels(a) == pixels(b)).all() for a, b in zip(loaded["image"], dataset["image"]))
     ours = load_fundus_dataset(str(folder))  # memory-maps arrow/, no conversion cache
     assert list(ours["id"]) == list(dataset["id"]) and ours.features == dataset.features
+
+    snapshot = tmp_path / "downloaded"  # what a Hub download of the pushed folder holds: no arrow/
+    shutil.copytree(folder, snapshot, ignore=shutil.ignore_patterns(ARROW_DIR))
+    from_hub = load_fundus_dataset(str(snapshot), cache_dir=str(tmp_path / "hf"))
+    assert list(from_hub["id"]) == list(dataset["id"]) and from_hub.features == dataset.features
 
     write_hub_layout(str(folder))  # again (a regenerated dataset): same files, nothing stale
     assert sorted(p.name for p in (folder / "data").iterdir()) == ["train-00000-of-00001.parquet"]

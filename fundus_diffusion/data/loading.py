@@ -41,6 +41,7 @@ def load_fundus_dataset(
       are cached under ``cache_dir``, by default ``$FUNDUS_CACHE`` or ``~/.cache/fundus_diffusion``, keyed by the
       files' sizes and times); ``labels``, ``include_amd``, ``require_masks`` and ``skip_bad`` mean what they mean
       for ``build_dataset.py``;
+    - a folder holding only the parquet shards and card of a Hub dataset repo (a downloaded snapshot);
     - a Hub dataset id.
 
     ``split`` picks a split of a ``DatasetDict`` or Hub dataset; rows keep their source's split in the ``split``
@@ -55,6 +56,8 @@ def load_fundus_dataset(
         if any(os.path.exists(os.path.join(spec, f)) for f in SAVED_MARKERS):
             check_not_empty(spec)
             dataset = load_from_disk(spec)
+        elif is_parquet_folder(spec):  # a dataset repo downloaded from the Hub: parquet shards and the card only
+            dataset = load_dataset(spec, split=split, cache_dir=cache_dir)
         else:
             options = dict(labels=labels, include_amd=include_amd, require_masks=require_masks, skip_bad=skip_bad)
             return load_raw_folder(spec, cache_dir=cache_dir, **options)
@@ -76,6 +79,12 @@ def load_fundus_dataset(
             raise ValueError(f"{spec} has splits {list(dataset)}, not {split!r}. Fix: pass split= one of them.")
         dataset = dataset[split]
     return dataset
+
+
+def is_parquet_folder(folder: str) -> bool:
+    """Whether ``folder`` is laid out as ``push_to_hub`` uploads a dataset: ``data/*.parquet`` (and its card)."""
+    data = os.path.join(folder, "data")
+    return os.path.isdir(data) and any(name.endswith(".parquet") for name in os.listdir(data))
 
 
 def check_not_empty(folder: str) -> None:

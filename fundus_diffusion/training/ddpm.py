@@ -205,14 +205,15 @@ class DDPMKind(loop.ModelKind):
             default=None,
             help="Shift the noise schedule's log-SNR by 2 ln(BASE / resolution) (Hoogeboom et al. 2023, 'simple "
             "diffusion'): at 256 px a noise level hides less of the image than at 64 px, so without the shift "
-            "training spends few steps where the large structures form. E.g. 64; default: no shift.",
+            "training spends few steps where the large structures form. The ours preset uses 64; the resolution itself "
+            "(e.g. 256 at 256 px) means no shift.",
         )
         model.add_argument(
             "--snr_gamma",
             type=float,
             default=None,
             help="Min-SNR loss weighting (Hang et al. 2023; recommended 5.0): caps the weight of low-noise timesteps "
-            "so they do not dominate the gradient. Default: the plain MSE.",
+            "so they do not dominate the gradient. The ours preset uses 5; the paper and demo presets the plain MSE.",
         )
         opt = parser.add_argument_group("DDPM optimisation")
         opt.add_argument("--lr_scheduler", default=None, help="A diffusers.optimization scheduler name.")
