@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 from datasets import Dataset, DatasetInfo, Features, SplitDict, SplitInfo, config, load_from_disk
@@ -155,8 +155,7 @@ def export_imagefolder(dataset: Dataset, folder: str, mask_names: Optional[Seque
     (``PM`` / ``non-PM`` / ``unknown``), ``has_<name>_annotation``, and ``seed`` for synthetic sets.
     """
     names = dataset_mask_names(dataset) if mask_names is None else parse_mask_names(mask_names)
-    metadata_path = os.path.join(folder, IMAGEFOLDER_METADATA)
-    existing = _read_metadata(metadata_path)
+    existing = _read_metadata(os.path.join(folder, IMAGEFOLDER_METADATA))
     columns = ["file_name", *(f"{mask_column(m)}_file_name" for m in names), "id", "source_id", "source", "split", "label"]
     columns += [f"has_{m}_annotation" for m in names] + (["seed"] if "seed" in dataset.column_names else [])
     columns += [c for row in existing.values() for c in row if c not in columns]  # an earlier export's other masks
@@ -178,13 +177,20 @@ def export_imagefolder(dataset: Dataset, folder: str, mask_names: Optional[Seque
             if annotated:
                 _write_file(os.path.join(folder, entry[f"{mask_column(m)}_file_name"]), _png_bytes(row[mask_column(m)]))
         rows[file_name] = entry
-    tmp = f"{metadata_path}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows.values())
-    os.replace(tmp, metadata_path)
+    write_imagefolder_metadata(folder, columns, rows.values())
     return len(rows)
+
+
+def write_imagefolder_metadata(folder: str, columns: Sequence[str], rows: Iterable[dict]) -> None:
+    """``folder/metadata.csv`` with ``columns`` (``file_name`` and ``<name>_mask_file_name`` paths relative to
+    ``folder`` are what ``load_dataset("imagefolder", data_dir=folder)`` reads), written atomically so that a reader
+    never sees half a file; a column a row lacks is left empty."""
+    path = os.path.join(folder, IMAGEFOLDER_METADATA)
+    with open(f"{path}.tmp", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(f"{path}.tmp", path)
 
 
 def _read_metadata(path: str) -> Dict[str, dict]:

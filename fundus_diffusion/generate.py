@@ -2,9 +2,20 @@
 
 Sample ``i`` is drawn with its own ``torch.Generator("cpu").manual_seed(seed + i)``, so any sample can be made
 again alone (``regenerate``), whatever the batch it first came in (stochastic samplers such as DDPM draw their
-per-step noise on the sampling device from that generator: the same there, not across device types). Rows stream to Arrow shards of ``shard_size``
-samples (written atomically, one batch in memory at a time), so an interrupted run resumes at the first missing
+per-step noise on the sampling device from that generator: the same there, not across device types). Rows stream to
+Arrow shards of ``shard_size`` samples (written atomically), so an interrupted run resumes at the first missing
 shard; at the end the shards become one ``save_to_disk`` folder that ``load_fundus_dataset`` reads.
+
+Host memory stays flat whatever ``num_samples``: a batch is generated, encoded to PNG bytes and handed to the shard's
+``ArrowWriter``, which flushes every ``batch_size`` rows to disk, so at most one batch of images (and less than one
+shard of rows) is held at a time; finished shards, the assembled dataset and the Hub layout are read back memory-mapped.
+
+Under ``accelerate launch`` (several processes, one per GPU) the missing shards are split between the processes
+(``PartialState.split_between_processes``), each writes its own, and after a barrier the main process assembles the
+one dataset, its card and extras. Shard ``k`` always holds samples ``[k * shard_size, (k + 1) * shard_size)`` and
+sample ``i`` is seed ``seed + i`` whoever draws it, so the dataset is the same sample for sample whatever the number
+of processes (on one device type), and a run resumes on any number of processes. Shards are the unit of work: use
+at least as many shards (``num_samples / shard_size``) as processes.
 
 With ``masks_from`` (``read_mask_sets``), sample ``i`` is drawn for the ``i``-th mask set of a folder
 ``<dir>/masks/<name>/<id>.png`` (in id order) and keeps its id: the given masks come out exactly as given, the image
@@ -18,20 +29,23 @@ Output folder::
     contact_sheet.png                             the first samples with their mask outlines
     generation_config.json                        the settings, checked by --resume
     png/                                          with --png: images/<n>.png, masks/<name>/<n>.png, metadata.csv
-                                                  (<n>: the sample's number, or its id with masks_from)
+                                                  (<n>: the sample's number, or its id with masks_from), both this
+                                                  package's generic folder layout and an imagefolder
 """
 
-import csv
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from datasets import Dataset, DatasetInfo, Value, concatenate_datasets, load_from_disk
 from datasets.arrow_writer import ArrowWriter
+from datasets.data_files import NON_WORDS_CHARS, SPLIT_KEYWORDS
 from huggingface_hub import DatasetCardData, HfApi
 from PIL import Image
 from tqdm.auto import tqdm
@@ -238,6 +252,25 @@ def _sample_name(index: int, mask_sets: Optional[MaskSets]) -> str:
     return mask_sets.ids[index] if mask_sets is not None else f"{index:06d}"
 
 
+# A split keyword of load_dataset's file-name patterns ("**/test[-._ 0-9]*", "**/*[-._ 0-9]test[-._ 0-9]*"): a word
+# between separators (or the name's ends; the extension's dot follows the name). Longest first: "training" before "train".
+_SPLIT_WORD = re.compile(
+    rf"(?:^|(?<=[{NON_WORDS_CHARS}]))({'|'.join(sorted((k for ks in SPLIT_KEYWORDS.values() for k in ks), key=len, reverse=True))})"
+    rf"(?=[{NON_WORDS_CHARS}]|$)"
+)
+
+
+def png_name(sample_name: str) -> str:
+    """The ``--png`` file stem of a sample: its name, with "~" after every split keyword that stands as a word.
+
+    ``load_dataset("imagefolder", data_dir=...)`` guesses splits from file names: one file named ``test_01.png``
+    would make a "test" split of it and drop every file that names no split. ``test~_01`` matches none of those
+    patterns and still reads as the id (which ``metadata.csv`` keeps whole, in ``source_id``); names without such a
+    word (every numbered sample) are unchanged.
+    """
+    return _SPLIT_WORD.sub(r"\1~", sample_name)
+
+
 def _row(config: GenerationConfig, sample_name: str, index: int, label, image, masks, mask_names) -> dict:
     row = {
         "id": f"synthetic:{config.model_name}/{sample_name}",
@@ -260,11 +293,12 @@ def synthetic_features(mask_names):
 
 
 def _write_png(png_dir: str, sample_name: str, image, masks):
+    stem = png_name(sample_name)
     os.makedirs(os.path.join(png_dir, "images"), exist_ok=True)
-    image.save(os.path.join(png_dir, "images", f"{sample_name}.png"))
+    image.save(os.path.join(png_dir, "images", f"{stem}.png"))
     for name, mask in masks.items():
         os.makedirs(os.path.join(png_dir, "masks", name), exist_ok=True)
-        mask.save(os.path.join(png_dir, "masks", name, f"{sample_name}.png"))
+        mask.save(os.path.join(png_dir, "masks", name, f"{stem}.png"))
 
 
 def _write_shard(pipe, config: GenerationConfig, shard: int, labels, mask_names, path: str, png_dir: str, progress, mask_sets):
@@ -339,11 +373,16 @@ def check_resume(output_dir: str, config: GenerationConfig, resume: bool):
 
 def generate_dataset(
     pipe, config: GenerationConfig, output_dir: str, resume: bool = False, mask_sets: Optional[MaskSets] = None
-):
+) -> Optional[Dataset]:
     """Generate ``config.num_samples`` samples into ``output_dir`` (see the module docstring); return the dataset.
 
     ``mask_sets`` (``read_mask_sets``): one sample per mask set, drawn for its masks; ``config.masks_from`` must name
-    it and ``config.num_samples`` count its ids."""
+    it and ``config.num_samples`` count its ids.
+
+    Run by every process of an ``accelerate launch`` (each with ``pipe`` on its own device): each writes its share
+    of the shards, the main process assembles the dataset and returns it; the other processes return None as soon
+    as their shards are written (waiting for the assembly could outlast the collective backend's timeout)."""
+    state = PartialState()
     check_resume(output_dir, config, resume)
     if config.labels and not is_class_conditional(pipe):
         raise ValueError("--labels needs a class-conditional model; this one is unconditional.")
@@ -351,17 +390,28 @@ def generate_dataset(
     shards_dir = os.path.join(output_dir, SHARDS_DIR)
     dataset = _saved_dataset(output_dir)  # a resumed run may find the samples all there already
     if dataset is None:
-        _remove_partial_save(output_dir)  # a run killed inside save_to_disk: its shards are still there
-        os.makedirs(shards_dir, exist_ok=True)
-        with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump(asdict(config), f, indent=2)
-        paths = _write_shards(pipe, config, shards_dir, os.path.join(output_dir, "png"), mask_sets)
+        paths = _shard_paths(config, shards_dir)
+        missing = [k for k, path in enumerate(paths) if not os.path.exists(path)]
+        state.wait_for_everyone()  # every process has checked and listed the folder before anything is written
+        if state.is_main_process:
+            _remove_partial_save(output_dir)  # a run killed inside save_to_disk: its shards are still there
+            os.makedirs(shards_dir, exist_ok=True)
+            with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+                json.dump(asdict(config), f, indent=2)
+        state.wait_for_everyone()
+        with state.split_between_processes(missing) as own:
+            _write_shards(pipe, config, [(k, paths[k]) for k in own], os.path.join(output_dir, "png"), mask_sets, state)
+        state.wait_for_everyone()  # every shard is on disk
+        if not state.is_main_process:
+            return None
         drawn_for = f", drawn for the mask sets of {config.masks_from}" if config.masks_from else ""
         info = DatasetInfo(
             features=synthetic_features(pipe.config.mask_names), description=f"Synthetic fundus samples from {config.model_name}{drawn_for}"
         )
         concatenate_datasets([Dataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
         dataset = load_from_disk(output_dir)
+    if not state.is_main_process:
+        return None
     shutil.rmtree(shards_dir, ignore_errors=True)  # only once the saved dataset reads back
     write_extras(dataset, pipe, config, output_dir)
     return dataset
@@ -411,20 +461,21 @@ def _remove_partial_save(output_dir: str) -> None:
             os.remove(os.path.join(output_dir, name))
 
 
-def _write_shards(pipe, config: GenerationConfig, shards_dir: str, png_dir: str, mask_sets=None) -> List[str]:
-    """Every shard not yet on disk, with one progress bar over all samples; returns all shard paths in order."""
+def _shard_paths(config: GenerationConfig, shards_dir: str) -> List[str]:
+    """The path of every shard, in sample order (shard ``k``: samples ``[k * shard_size, (k + 1) * shard_size)``)."""
+    return [os.path.join(shards_dir, f"shard-{k:05d}.arrow") for k in range(-(-config.num_samples // config.shard_size))]
+
+
+def _write_shards(pipe, config: GenerationConfig, shards, png_dir: str, mask_sets, state: PartialState) -> None:
+    """The ``(index, path)`` shards given to this process, with a progress bar over its samples (main process)."""
     mask_names = list(pipe.config.mask_names)
     labels = config.sample_labels()
-    num_shards = -(-config.num_samples // config.shard_size)
-    paths = [os.path.join(shards_dir, f"shard-{k:05d}.arrow") for k in range(num_shards)]
-    done = [os.path.exists(p) for p in paths]
-    finished = sum(min(config.shard_size, config.num_samples - k * config.shard_size) for k in range(num_shards) if done[k])
+    total = sum(min(config.shard_size, config.num_samples - k * config.shard_size) for k, _ in shards)
+    where = f" (process 0 of {state.num_processes})" if state.num_processes > 1 else ""
     pipe.set_progress_bar_config(disable=True)
-    with tqdm(total=config.num_samples, initial=finished, unit="sample", desc="Generating", smoothing=0.1) as progress:
-        for shard, path in enumerate(paths):
-            if not done[shard]:
-                _write_shard(pipe, config, shard, labels, mask_names, path, png_dir, progress, mask_sets)
-    return paths
+    with tqdm(total=total, unit="sample", desc=f"Generating{where}", smoothing=0.1, disable=not state.is_main_process) as progress:
+        for shard, path in shards:
+            _write_shard(pipe, config, shard, labels, mask_names, path, png_dir, progress, mask_sets)
 
 
 def write_extras(dataset, pipe, config: GenerationConfig, output_dir: str, sheet_samples: int = 64):
@@ -436,14 +487,33 @@ def write_extras(dataset, pipe, config: GenerationConfig, output_dir: str, sheet
     masks = [{name: row[mask_column(name)] for name in mask_names} for row in first]
     contact_sheet(list(first["image"]), masks, captions=captions).save(os.path.join(output_dir, "contact_sheet.png"))
     if config.png:
-        with open(os.path.join(output_dir, "png", "metadata.csv"), "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "label", "split", "source", "seed"])
-            for row in dataset.select_columns(["id", "label", "source", "seed"]):
-                label = label_name(row["label"]) if row["label"] >= 0 else UNKNOWN_LABEL
-                writer.writerow([row["id"].rsplit("/", 1)[-1], label, "train", row["source"], row["seed"]])
+        _write_png_metadata(dataset, mask_names, os.path.join(output_dir, "png"))
     dataset_card(pipe, config, dataset).save(os.path.join(output_dir, "README.md"))
     export.write_hub_layout(output_dir)  # data/*.parquet for load_dataset(output_dir); the Arrow files into arrow/
+
+
+def _write_png_metadata(dataset, mask_names: Sequence[str], png_dir: str) -> None:
+    """``png/metadata.csv``: ``id`` (the file stem) and ``label`` for the generic folder reader, ``file_name`` and
+    ``<name>_mask_file_name`` for ``load_dataset("imagefolder", data_dir=png_dir)``, the row's id in ``source_id``."""
+    label_name = dataset.features["label"].int2str
+    mask_files = {m: f"{mask_column(m)}_file_name" for m in mask_names}
+
+    def rows():
+        for row in dataset.select_columns(["id", "label", "source", "seed"]):
+            stem = png_name(row["id"].rsplit("/", 1)[-1])
+            yield {
+                "file_name": f"images/{stem}.png",
+                **{column: f"masks/{m}/{stem}.png" for m, column in mask_files.items()},
+                "id": stem,
+                "source_id": row["id"],
+                "label": label_name(row["label"]) if row["label"] >= 0 else UNKNOWN_LABEL,
+                "split": "train",
+                "source": row["source"],
+                "seed": row["seed"],
+            }
+
+    columns = ["file_name", *mask_files.values(), "id", "source_id", "label", "split", "source", "seed"]
+    export.write_imagefolder_metadata(png_dir, columns, rows())
 
 
 def dataset_card(pipe, config: GenerationConfig, dataset):

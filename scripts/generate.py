@@ -8,9 +8,15 @@ model's masks gets them generated too):
 
     python scripts/generate.py --model runs/ddpm-256 --masks_from my_masks --scheduler ddpm \
         --num_inference_steps 250 --resample_steps 4 --output_dir data/synthetic-for-my-masks
+
+On several GPUs, one process each (the shards are split between them; the dataset is the same as on one):
+
+    accelerate launch --num_processes 4 scripts/generate.py --model runs/ddpm-256 --num_samples 10000 ...
 """
 
 import argparse
+
+from accelerate import PartialState
 
 from fundus_diffusion.cli import add_dataset_push_args, dataset_repo_id, run_script
 from fundus_diffusion.generate import (
@@ -48,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--postprocess", default="", help=f"Comma list, applied in order: {', '.join(POSTPROCESSING)}.")
     parser.add_argument("--png", action="store_true", help="Also write png/images, png/masks/<name>, png/metadata.csv.")
     parser.add_argument("--resume", action="store_true", help="Continue a partly written --output_dir.")
-    parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    parser.add_argument("--device", default=None, help="Default: cuda if available (under accelerate launch: the process's GPU), else cpu.")
     parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto", help="auto: fp16 on a GPU, fp32 on the CPU.")
     add_dataset_push_args(parser)
     return parser.parse_args(argv)
@@ -75,8 +81,12 @@ def main(args):
         resample_steps=args.resample_steps,
     )
     check_resume(args.output_dir, config, args.resume)  # before the model loads: a wrong folder fails at once
-    pipe = load_fundus_pipeline(args.model, scheduler=args.scheduler, device=args.device, dtype=args.dtype)
+    state = PartialState()  # one process, or one per GPU under accelerate launch
+    device = args.device or (str(state.device) if state.num_processes > 1 else None)
+    pipe = load_fundus_pipeline(args.model, scheduler=args.scheduler, device=device, dtype=args.dtype)
     dataset = generate_dataset(pipe, config, args.output_dir, resume=args.resume, mask_sets=mask_sets)
+    if dataset is None:  # another process than the main one: its shards are written, the main one assembles
+        return
     print(f"Wrote {len(dataset)} samples to {args.output_dir} (dataset card: {args.output_dir}/README.md)")
     if args.push_to_hub:
         print(f"Pushed to {push_dataset(args.output_dir, dataset_repo_id(args), args.hub_token, args.hub_private_repo)}")

@@ -7,18 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset, load_dataset
 from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 
 from fundus_diffusion import FundusGANPipeline, FundusPipeline
 from fundus_diffusion.data import NUM_CLASS_EMBEDS, dataset_mask_names, load_fundus_dataset
+from fundus_diffusion.data.schema import UNKNOWN_LABEL
 from fundus_diffusion.generate import (
     GenerationConfig,
     generate_dataset,
     generating_model,
     interleave_labels,
     parse_label_counts,
+    png_name,
     postprocess_masks,
+    read_mask_sets,
     regenerate,
     sampler_description,
     synthetic_features,
@@ -81,6 +85,64 @@ def test_ddpm_generation_round_trips_through_the_schema(models, tmp_path):
 
     found = scan_folder(str(out / "png")).candidates
     assert [c.label for c in found] == [1, 0, 1, 0, 1] and all(set(c.masks) == {"disc", "atrophy"} for c in found)
+    # ... and an imagefolder: the same pixels, ids and labels
+    loaded = load_dataset("imagefolder", data_dir=str(out / "png"), split="train", cache_dir=str(tmp_path / "hf"))
+    assert_same_samples(loaded, dataset)
+
+
+def assert_same_samples(imagefolder, dataset):
+    """An imagefolder read of ``--png`` output holds ``dataset``'s samples: ids, labels, image and mask pixels."""
+    assert sorted(imagefolder["source_id"]) == sorted(dataset["id"])
+    by_id = {row["source_id"]: row for row in imagefolder}
+    label_name = dataset.features["label"].int2str
+    for row in dataset:
+        back = by_id[row["id"]]
+        assert back["label"] == (label_name(row["label"]) if row["label"] >= 0 else UNKNOWN_LABEL)
+        for column in ("image", *dataset_mask_names(dataset)):
+            column = column if column == "image" else f"{column}_mask"
+            assert np.array_equal(np.asarray(back[column]), np.asarray(row[column])), (row["id"], column)
+
+
+def test_png_names_keep_load_dataset_from_guessing_splits(models, tmp_path):
+    # ids with split words: "test_01.png" alone would become a test split and "eye_b.png" would be dropped
+    assert [png_name(n) for n in ("test_01", "eye_train", "contest_2", "000004")] == ["test~_01", "eye_train~", "contest_2", "000004"]
+    for sample_id in ("test_01", "eye_b"):
+        (tmp_path / "sets" / "masks" / "disc").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "sets" / "masks" / "disc" / f"{sample_id}.png")
+    sets = read_mask_sets(str(tmp_path / "sets"))
+    cfg = config(models["ddpm"], num_samples=2, num_inference_steps=2, png=True, masks_from=sets.name)
+    dataset = generate_dataset(load_fundus_pipeline(models["ddpm"], device="cpu"), cfg, str(tmp_path / "syn"), mask_sets=sets)
+    assert dataset["id"] == ["synthetic:ddpm/eye_b", "synthetic:ddpm/test_01"]  # the ids themselves are kept
+    loaded = load_dataset("imagefolder", data_dir=str(tmp_path / "syn" / "png"), cache_dir=str(tmp_path / "hf"))
+    assert list(loaded) == ["train"]
+    assert_same_samples(loaded["train"], dataset)
+
+
+class CountingPipeline:
+    """Records, before each batch, how many generated samples are not yet in a finished shard file."""
+
+    def __init__(self, pipe, shards_dir):
+        self.pipe, self.shards_dir, self.generated, self.held, self.batches = pipe, shards_dir, 0, [], []
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __call__(self, **kwargs):
+        on_disk = sum(len(Dataset.from_file(str(p))) for p in self.shards_dir.glob("shard-*.arrow"))
+        self.held.append(self.generated - on_disk)
+        self.batches.append(kwargs["batch_size"])
+        self.generated += kwargs["batch_size"]
+        return self.pipe(**kwargs)
+
+
+def test_samples_stream_to_disk_shard_by_shard(models, tmp_path):
+    """Flat host memory (module docstring): samples are drawn a batch at a time and each shard reaches the disk
+    before the next is begun, so fewer than one shard of rows is ever waiting; the count does not grow with the run."""
+    pipe = CountingPipeline(load_fundus_pipeline(models["gan"], device="cpu"), tmp_path / "run" / "shards")
+    cfg = config(models["gan"], num_samples=11, shard_size=3, batch_size=2)
+    assert len(generate_dataset(pipe, cfg, str(tmp_path / "run"))) == 11
+    assert max(pipe.batches) <= cfg.batch_size and sum(pipe.batches) == 11
+    assert max(pipe.held) < cfg.shard_size and pipe.held[-1] == 0  # before the last batch (samples 9-10): shards 0-2 on disk
 
 
 def test_unconditional_gan_generation(models, tmp_path):
