@@ -371,6 +371,14 @@ def check_resume(output_dir: str, config: GenerationConfig, resume: bool):
         raise ValueError(f"--resume with other settings than the run in {output_dir}: {changed} (saved, now).")
 
 
+def process_state() -> PartialState:
+    """This process's place among those ``accelerate launch`` started (one process alone: a single-process state).
+
+    On a machine without a GPU, processes launched with ``--multi_gpu`` join one gloo group only with ``cpu=True``;
+    without it accelerate runs each as a lone process, and every one would write the whole dataset."""
+    return PartialState(cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
+
+
 def generate_dataset(
     pipe, config: GenerationConfig, output_dir: str, resume: bool = False, mask_sets: Optional[MaskSets] = None
 ) -> Optional[Dataset]:
@@ -382,7 +390,7 @@ def generate_dataset(
     Run by every process of an ``accelerate launch`` (each with ``pipe`` on its own device): each writes its share
     of the shards, the main process assembles the dataset and returns it; the other processes return None as soon
     as their shards are written (waiting for the assembly could outlast the collective backend's timeout)."""
-    state = PartialState()
+    state = process_state()
     check_resume(output_dir, config, resume)
     if config.labels and not is_class_conditional(pipe):
         raise ValueError("--labels needs a class-conditional model; this one is unconditional.")

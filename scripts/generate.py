@@ -16,8 +16,6 @@ On several GPUs, one process each (the shards are split between them; the datase
 
 import argparse
 
-from accelerate import PartialState
-
 from fundus_diffusion.cli import add_dataset_push_args, dataset_repo_id, run_script
 from fundus_diffusion.generate import (
     POSTPROCESSING,
@@ -25,6 +23,7 @@ from fundus_diffusion.generate import (
     check_resume,
     generate_dataset,
     parse_label_counts,
+    process_state,
     push_dataset,
     read_mask_sets,
 )
@@ -81,7 +80,7 @@ def main(args):
         resample_steps=args.resample_steps,
     )
     check_resume(args.output_dir, config, args.resume)  # before the model loads: a wrong folder fails at once
-    state = PartialState()  # one process, or one per GPU under accelerate launch
+    state = process_state()  # one process, or one per GPU under accelerate launch
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
     pipe = load_fundus_pipeline(args.model, scheduler=args.scheduler, device=device, dtype=args.dtype)
     dataset = generate_dataset(pipe, config, args.output_dir, resume=args.resume, mask_sets=mask_sets)
