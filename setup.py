@@ -31,7 +31,7 @@ setup(
     ],
     extras_require={
         "train": ["accelerate>=1.16", "datasets>=2.19", "ema-pytorch>=0.5", "tensorboard", "openpyxl"],
-        "eval": ["datasets>=2.19", "torchmetrics>=1.3", "scipy>=1.10"],
+        "eval": ["datasets>=2.19", "torchmetrics>=1.3", "scipy>=1.10", "matplotlib>=3.7"],
         # FID / KID need torch-fidelity, which needs a torchvision built for your torch, plus the Inception weights.
         "fid": ["torch-fidelity", "torchvision"],
         "dev": ["pytest>=7", "ruff>=0.4"],

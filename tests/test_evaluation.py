@@ -197,13 +197,3 @@ def test_split_to_disk_writes_once_with_both_origins_in_each_part(tmp_path):
     assert len(load_fundus_dataset(str(tmp_path / "split" / "train"))) == 8
     with pytest.raises(FileExistsError, match="written once"):
         split_to_disk(dataset, str(tmp_path / "split"))
-
-
-def test_line_chart_draws_each_curve_in_its_colour_where_its_values_are():
-    from fundus_diffusion.evaluation.figures import COLOURS, PANEL, line_chart
-
-    low, high = ([0, 50, 100], [0.1, 0.1, 0.1]), ([0, 50, 100], [1.0, 1.0, 1.0])
-    plot_area = np.asarray(line_chart("loss", {"low": low, "high": high}))[: PANEL[1] - 24]  # above the legend
-    rows_of = [np.nonzero((plot_area == COLOURS[i]).all(axis=2).any(axis=1))[0] for i in (0, 1)]
-    assert len(rows_of[0]) and len(rows_of[1])
-    assert rows_of[0].min() > rows_of[1].max()  # image rows grow downwards: the low curve is drawn below

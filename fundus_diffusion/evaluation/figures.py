@@ -1,113 +1,158 @@
-"""Report figures drawn with PIL alone (matplotlib is not a dependency): overlaid histograms and bar charts."""
+"""Report figures drawn with matplotlib (the ``eval`` extra) on the Agg backend, so no display is needed: overlaid
+histograms, grouped bar charts, line charts, and a title strip with an outline-colour legend for contact sheets.
 
-from typing import Dict, Sequence, Tuple
+Every function returns a PIL RGB image, which ``report.write_report`` saves as ``<name>.png``."""
+
+import io
+import textwrap
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from ..visualization import mask_colour
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
-PANEL = (320, 220)
-MARGIN = 34
+PANEL = (4.0, 3.0)  # inches per panel; at DPI, 400 x 300 px
+DPI = 100
+STRIP = (20 / 255, 20 / 255, 20 / 255)  # the background of visualization.contact_sheet
 
 
-def _frame(
-    draw: ImageDraw.ImageDraw,
-    origin: Tuple[int, int],
-    title: str,
-    y_max: float,
-    x_labels: Tuple[str, str],
-    width: int = PANEL[0],
-):
-    """Axes box, title, y maximum and the two x-axis end labels of one panel; returns the plot rectangle."""
-    x0, y0 = origin[0] + MARGIN, origin[1] + 20
-    x1, y1 = origin[0] + width - 8, origin[1] + PANEL[1] - 24
-    draw.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
-    draw.text((origin[0] + 4, origin[1] + 4), title, fill=(0, 0, 0))
-    draw.text((origin[0] + 2, y0), f"{y_max:.2g}", fill=(0, 0, 0))
-    draw.text((origin[0] + 2, y1 - 10), "0", fill=(0, 0, 0))
-    draw.text((x0, y1 + 4), x_labels[0], fill=(0, 0, 0))
-    draw.text((x1 - 6 * len(x_labels[1]), y1 + 4), x_labels[1], fill=(0, 0, 0))
-    return x0, y0, x1, y1
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (imported here so that the package imports without the eval extra)."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError(
+            "fundus_diffusion.evaluation.figures needs matplotlib, which is not installed. Install the eval extra: "
+            'pip install "fundus-diffusion[eval]" (or pip install matplotlib).'
+        ) from error
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
-def _legend(draw: ImageDraw.ImageDraw, names: Sequence[str], x: int, y: int):
-    for i, name in enumerate(names):
-        draw.rectangle([x, y + 12 * i + 2, x + 8, y + 12 * i + 10], fill=COLOURS[i % len(COLOURS)])
-        draw.text((x + 12, y + 12 * i), name, fill=(0, 0, 0))
+def _colour(i: int):
+    """The ``i``-th series colour as matplotlib's 0-1 RGB tuple."""
+    return tuple(c / 255 for c in COLOURS[i % len(COLOURS)])
 
 
-def histograms(panels: Dict[str, Dict[str, Sequence[float]]], bins: int = 20) -> Image.Image:
-    """One panel per title; in each, the normalised histograms (step outlines) of every named sample."""
-    figure = Image.new("RGB", (PANEL[0] * len(panels), PANEL[1]), "white")
-    draw = ImageDraw.Draw(figure)
-    for p, (title, samples) in enumerate(panels.items()):
-        samples = {k: np.asarray(v, dtype=float)[~np.isnan(np.asarray(v, dtype=float))] for k, v in samples.items()}
-        values = np.concatenate([v for v in samples.values()] + [np.zeros(0)])
+def _to_image(figure, facecolor="white") -> Image.Image:
+    """Render a matplotlib figure to a PIL RGB image and free it."""
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, facecolor=facecolor)
+    plt.close(figure)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def histograms(
+    panels: Dict[str, Dict[str, Sequence[float]]], bins: int = 20, y_label: str = "fraction of images"
+) -> Image.Image:
+    """One panel per title; in each, the histograms (step outlines, each summing to 1) of every named sample over
+    shared bins, so that samples of different sizes compare. The title doubles as the x-axis label: it names the
+    quantity and the resolution it was measured at. NaNs (e.g. no disc found) are left out of the counts."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(PANEL[0] * len(panels), PANEL[1]), squeeze=False, constrained_layout=True
+    )
+    for ax, (title, samples) in zip(axes[0], panels.items()):
+        samples = {k: np.asarray(v, dtype=float) for k, v in samples.items()}
+        samples = {k: v[~np.isnan(v)] for k, v in samples.items()}
+        values = np.concatenate(list(samples.values()) + [np.zeros(0)])
         lo, hi = (values.min(), values.max()) if len(values) else (0.0, 1.0)
         edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, bins + 1)
-        densities = {k: np.histogram(v, edges)[0] / max(len(v), 1) for k, v in samples.items()}
-        y_max = max([d.max() for d in densities.values()] + [1e-6])
-        x0, y0, x1, y1 = _frame(draw, (p * PANEL[0], 0), title, y_max, (f"{lo:.3g}", f"{hi:.3g}"))
-        width = (x1 - x0) / bins
-        for i, density in enumerate(densities.values()):
-            points = []
-            for b, d in enumerate(density):
-                y = y1 - (y1 - y0) * d / y_max
-                points += [(x0 + b * width, y), (x0 + (b + 1) * width, y)]
-            draw.line([(x0, y1)] + points + [(x1, y1)], fill=COLOURS[i % len(COLOURS)], width=2)
-        _legend(draw, [f"{k} (n={len(v)})" for k, v in samples.items()], x0 + 6, y0 + 4)
-    return figure
+        for i, (name, v) in enumerate(samples.items()):
+            ax.hist(
+                v, edges, weights=np.full(len(v), 1 / max(len(v), 1)), histtype="step", linewidth=2,
+                color=_colour(i), label=f"{name} (n={len(v)})",
+            )  # fmt: skip
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(title.split(",")[0])
+        ax.set_ylabel(y_label)
+        ax.legend(fontsize=8)
+    return _to_image(figure)
 
 
-def bar_chart(title: str, groups: Dict[str, Dict[str, Tuple[float, float]]]) -> Image.Image:
-    """Grouped bars in [0, 1] with +-std whiskers: ``{group: {series: (mean, std)}}`` (e.g. mask -> training set)."""
+def bar_chart(
+    title: str,
+    groups: Dict[str, Dict[str, Tuple[float, float]]],
+    x_label: str = "",
+    y_label: str = "",
+    legend_title: Optional[str] = None,
+) -> Image.Image:
+    """Grouped bars in [0, 1] with +-std whiskers and the mean written on each bar: ``{group: {series: (mean,
+    std)}}`` (e.g. mask -> training set). A NaN mean (not computed) leaves its bar out."""
+    plt = _pyplot()
     series = list(dict.fromkeys(s for g in groups.values() for s in g))
-    figure = Image.new("RGB", (max(PANEL[0], 60 * len(groups) * len(series) + 2 * MARGIN), PANEL[1] + 12 * len(series)), "white")
-    draw = ImageDraw.Draw(figure)
-    x0, y0, x1, y1 = _frame(draw, (0, 0), title, 1.0, ("", ""))
-    group_w = (x1 - x0) / max(len(groups), 1)
-    bar_w = group_w * 0.8 / max(len(series), 1)
-    for g, (group, values) in enumerate(groups.items()):
-        draw.text((x0 + g * group_w + 4, y1 + 4), group, fill=(0, 0, 0))
-        for s, name in enumerate(series):
-            if name not in values or np.isnan(values[name][0]):
-                continue
-            mean, std = values[name]
-            left = x0 + g * group_w + group_w * 0.1 + s * bar_w
-            top = y1 - (y1 - y0) * float(np.clip(mean, 0, 1))
-            draw.rectangle([left, top, left + bar_w - 2, y1], fill=COLOURS[s % len(COLOURS)])
-            centre = left + bar_w / 2 - 1
-            for y in (y1 - (y1 - y0) * np.clip(mean - std, 0, 1), y1 - (y1 - y0) * np.clip(mean + std, 0, 1)):
-                draw.line([(centre - 3, y), (centre + 3, y)], fill=(0, 0, 0))
-            draw.line([(centre, y1 - (y1 - y0) * np.clip(mean - std, 0, 1)), (centre, y1 - (y1 - y0) * np.clip(mean + std, 0, 1))], fill=(0, 0, 0))
-            draw.text((left, top - 11), f"{mean:.2f}", fill=(0, 0, 0))
-    _legend(draw, series, x0, y1 + 16)
-    return figure
+    width = max(PANEL[0], 0.6 * len(groups) * len(series) + 1.5) + 1.5  # + the legend on the right
+    figure, ax = plt.subplots(figsize=(width, PANEL[1] + 0.3), constrained_layout=True)
+    bar_w = 0.8 / max(len(series), 1)
+    for s, name in enumerate(series):
+        at = [(g, *values[name]) for g, values in enumerate(groups.values()) if name in values]
+        at = [(g, mean, std) for g, mean, std in at if not np.isnan(mean)]
+        if not at:
+            continue
+        x = np.array([g for g, _, _ in at]) - 0.4 + bar_w * (s + 0.5)
+        means, stds = np.array([m for _, m, _ in at]), np.nan_to_num(np.array([d for _, _, d in at]))
+        bars = ax.bar(x, means, bar_w * 0.9, yerr=stds, capsize=3, color=_colour(s), label=name)
+        ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], fontsize=8, padding=2)
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_ylim(0, 1.1)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.legend(title=legend_title, fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _to_image(figure)
 
 
-def line_chart(title: str, curves: Dict[str, Tuple[Sequence[float], Sequence[float]]]) -> Image.Image:
-    """One panel of ``{name: (x values, y values)}`` polylines from y = 0 (e.g. training loss against step)."""
-    figure = Image.new("RGB", (2 * PANEL[0], PANEL[1] + 12 * len(curves)), "white")
-    draw = ImageDraw.Draw(figure)
-    xs = np.concatenate([np.asarray(x, dtype=float) for x, _ in curves.values()] + [np.zeros(1)])
-    y_max = max([float(np.nanmax(y)) for _, y in curves.values() if len(y)] + [1e-6])
-    x_lo, x_hi = float(xs.min()), max(float(xs.max()), float(xs.min()) + 1e-6)
-    x0, y0, x1, y1 = _frame(draw, (0, 0), title, y_max, (f"{x_lo:.4g}", f"{x_hi:.4g}"), width=figure.width)
-    for i, (x, y) in enumerate(curves.values()):
-        points = [
-            (x0 + (x1 - x0) * (a - x_lo) / (x_hi - x_lo), y1 - (y1 - y0) * b / y_max)
-            for a, b in zip(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-            if np.isfinite(b)
-        ]
-        if len(points) > 1:
-            draw.line(points, fill=COLOURS[i % len(COLOURS)], width=2)
-    _legend(draw, list(curves), x0, y1 + 16)
-    return figure
+def line_chart(
+    title: str,
+    curves: Dict[str, Tuple[Sequence[float], Sequence[float]]],
+    x_label: str = "step",
+    y_label: str = "loss",
+) -> Image.Image:
+    """One panel of ``{name: (x values, y values)}`` lines from y = 0 (e.g. training loss against step); non-finite
+    values are left out."""
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(2 * PANEL[0], PANEL[1]), constrained_layout=True)
+    for i, (name, (x, y)) in enumerate(curves.items()):
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        keep = np.isfinite(y)
+        ax.plot(x[keep], y[keep], color=_colour(i), linewidth=2, label=name)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    if curves:
+        ax.legend(fontsize=8)
+    return _to_image(figure)
 
 
-def titled(figure: Image.Image, title: str) -> Image.Image:
-    """``figure`` under a white strip carrying ``title`` (contact sheets have no title of their own)."""
-    out = Image.new("RGB", (figure.width, figure.height + 16), "white")
-    out.paste(figure, (0, 16))
-    ImageDraw.Draw(out).text((4, 2), title, fill=(0, 0, 0))
+def titled(figure: Image.Image, title: str, outlines: Sequence[str] = ()) -> Image.Image:
+    """``figure`` (a contact sheet, pasted pixel for pixel) under a strip carrying ``title`` and, when given, a legend
+    of the outline colours (``visualization.mask_colour``) of the masks named in ``outlines``. The strip is as dark as the sheet, on which the
+    outline colours (chosen to show on a fundus, one of them white) are readable."""
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    lines = textwrap.wrap(title, max(20, figure.width // 6)) or [""]
+    columns = max(1, min(len(outlines), figure.width // 120))
+    legend_rows = -(-len(outlines) // columns)
+    height = 0.16 * len(lines) + 0.1 + 0.2 * legend_rows
+    strip = plt.figure(figsize=(figure.width / DPI, height), facecolor=STRIP)
+    strip.text(0.01, 1 - 0.05 / height, "\n".join(lines), fontsize=9, va="top", ha="left", color="white")
+    if outlines:
+        colours = [tuple(c / 255 for c in mask_colour(name)) for name in outlines]
+        handles = [Line2D([], [], color=colour, linewidth=3) for colour in colours]
+        strip.legend(
+            handles, [f"{name} outline" for name in outlines], loc="lower left", ncol=columns, fontsize=8,
+            frameon=False, borderaxespad=0.1, handlelength=1.5, columnspacing=1.0, labelcolor="white",
+        )  # fmt: skip
+    header = _to_image(strip, facecolor=STRIP)
+    out = Image.new("RGB", (figure.width, header.height + figure.height), tuple(int(c * 255) for c in STRIP))
+    out.paste(header.crop((0, 0, min(header.width, figure.width), header.height)), (0, 0))
+    out.paste(figure, (0, header.height))
     return out

@@ -231,7 +231,7 @@ def _worst_holdout(per_image, models, arrays, holdout_ids, holdout_sources, mask
         captions += [f"{holdout_ids[i].split('/')[-1]} Dice {dice[i]:.2f}", "prediction", "truth"]
     sheet = contact_sheet(tiles, masks, captions, columns=3, tile=max(128, min(resolution, 256)))
     title = f"{len(order)} worst held-out, synthetic-trained (seed 0), {mask} Dice, {resolution} px"
-    return section, titled(sheet, title)
+    return section, titled(sheet, title, outlines=mask_names)
 
 def _mask_figures(report: Dict, arrays, annotated, mask_names) -> Dict[str, Image.Image]:
     """Dice bars per mask and training set, and, with a disc mask, the disc geometry of the synthetic masks against
@@ -245,7 +245,11 @@ def _mask_figures(report: Dict, arrays, annotated, mask_names) -> Dict[str, Imag
     n_holdout = report["downstream"]["n_holdout"]
     figures = {
         "dice_bars": bar_chart(
-            f"Dice at {resolution} px on {n_holdout} held-out real images (mean +- std, {seeds} seeds)", dice
+            f"Dice at {resolution} px on {n_holdout} held-out real images (mean +- std, {seeds} seeds)",
+            dice,
+            x_label="mask",
+            y_label="Dice",
+            legend_title="segmenter trained on",
         ),
     }
     if "disc" in mask_names:
@@ -364,6 +368,7 @@ def evaluate(
         "sample_grid": titled(
             contact_sheet([g[0] for g in grid], [g[1] for g in grid]),
             f"{len(grid)} synthetic samples at {resolution} px with their masks",
+            outlines=mask_names,
         )
     }
 

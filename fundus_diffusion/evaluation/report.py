@@ -18,6 +18,20 @@ PRIVACY_NOTE = (
     "the real data's terms do not allow it."
 )
 FLAGGED_FILE = "flagged_ids.txt"
+# The caption under each figure in report.md (a figure without one is shown with its name only).
+FIGURE_CAPTIONS = {
+    "sample_grid": "The first synthetic samples with their generated masks drawn as outlines (colours in the legend).",
+    "dice_bars": "Dice of segmenters trained on each set, all scored on the same held-out real images; bars: mean over "
+    "seeds, whiskers: standard deviation.",
+    "disc_histograms": "Disc area and centroid of the synthetic masks against the real masks annotated for the disc; "
+    "each histogram sums to 1.",
+    "cup_to_disc": "Vertical cup-to-disc ratio of the synthetic masks against the real images annotated for both cup "
+    "and disc; each histogram sums to 1.",
+    WORST_FIGURE: "The held-out real images the synthetic-trained segmenter does worst on: photograph, its prediction, "
+    "the truth (outline colours in the legend).",
+    "nearest_pairs": "Each synthetic sample beside its nearest real training image (the memorisation check's closest "
+    "pairs).",
+}
 
 
 def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
@@ -100,7 +114,10 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
         )
     else:
         lines.append(f"Not computed: {fid['reason']}.")
-    lines += ["", f"## Figures ({px})", ""] + [f"![{os.path.splitext(f)[0]}, {px}]({f})" for f in figure_files]
+    lines += ["", f"## Figures ({px})"]
+    for f in figure_files:
+        name = os.path.splitext(f)[0]
+        lines += ["", f"![{name}, {px}]({f})"] + ([f"*{FIGURE_CAPTIONS[name]}*"] if name in FIGURE_CAPTIONS else [])
     return "\n".join(lines) + "\n"
 
 def _annotation_lines(downstream: Dict, masks: Sequence[str]) -> List[str]:
