@@ -388,8 +388,8 @@ def generate_dataset(
     it and ``config.num_samples`` count its ids.
 
     Run by every process of an ``accelerate launch`` (each with ``pipe`` on its own device): each writes its share
-    of the shards, the main process assembles the dataset and returns it; the other processes return None as soon
-    as their shards are written (waiting for the assembly could outlast the collective backend's timeout)."""
+    of the shards, the main process assembles the dataset and returns it; the other processes return None once every
+    shard is on disk (waiting for the assembly too could outlast the collective backend's timeout)."""
     state = process_state()
     check_resume(output_dir, config, resume)
     if config.labels and not is_class_conditional(pipe):
@@ -410,16 +410,15 @@ def generate_dataset(
         with state.split_between_processes(missing) as own:
             _write_shards(pipe, config, [(k, paths[k]) for k in own], os.path.join(output_dir, "png"), mask_sets, state)
         state.wait_for_everyone()  # every shard is on disk
-        if not state.is_main_process:
-            return None
+    if not state.is_main_process:
+        return None
+    if dataset is None:
         drawn_for = f", drawn for the mask sets of {config.masks_from}" if config.masks_from else ""
         info = DatasetInfo(
             features=synthetic_features(pipe.config.mask_names), description=f"Synthetic fundus samples from {config.model_name}{drawn_for}"
         )
         concatenate_datasets([Dataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
         dataset = load_from_disk(output_dir)
-    if not state.is_main_process:
-        return None
     shutil.rmtree(shards_dir, ignore_errors=True)  # only once the saved dataset reads back
     write_extras(dataset, pipe, config, output_dir)
     return dataset
