@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fundus_diffusion.data import annotation_flags, dataset_mask_names, draw_phantom, load_fundus_dataset
-from fundus_diffusion.data.build import detect_layout, scan_sources
+from fundus_diffusion.data.build import build_dataset, detect_layout, scan_sources
 from fundus_diffusion.data.readers import MissingLayoutError, read_label_table
 
 
@@ -187,6 +187,9 @@ def test_real_palm224_is_images_only(palm224_dir, tmp_path):
     row = dataset[0]
     assert row["id"] == "palm/Training/H0001" and row["image"].size == (224, 224)
     assert row["disc_mask"] is None and not row["has_disc_annotation"] and not row["has_atrophy_annotation"]
+    build_dataset(str(tmp_path / "built"), palm_dirs=[str(palm224_dir)], require_masks=False, progress=False)
+    card = (tmp_path / "built" / "README.md").read_text()
+    assert "400 images." in card and "without masks" in card and "mask pairs" not in card  # claims no masks
 
 
 def test_generic_folder_reads_every_mask_folder_a_missing_file_is_not_annotated(tmp_path):
