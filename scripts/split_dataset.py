@@ -1,14 +1,29 @@
-"""Split a dataset once, deterministically by id, into train/ and test/ folders (and the held-out id list).
+"""Split a dataset once, deterministically by id: into train/ and test/ folders (and the held-out id list), into nested
+training subsets for learning curves (--subsets), or into one part per source for cross-camera tests (--by_source).
 
     python scripts/split_dataset.py --dataset ../shared/data/fundus-od --test_fraction 0.2 --stratify id_prefix \
         --output_dir data/fundus-od-split
+    # n10-seed0/ ... n50-seed2/ and subsets.json: 10 inside 25 inside 50 for each seed, DRIONS / DRISHTI kept 90:77
+    python scripts/split_dataset.py --dataset data/fundus-od-split/train --stratify id_prefix \
+        --subsets 10,25,50 --subset_seeds 0,1,2 --output_dir data/fundus-od-subsets
+    # drions/train (its training-split images), drions/test (everything else: held-out and DRISHTI), the same for
+    # drishti, and sources.json
+    python scripts/split_dataset.py --dataset ../shared/data/fundus-od --stratify id_prefix --by_source \
+        --test_ids data/fundus-od-split/test_ids.txt --output_dir data/fundus-od-by-source
 """
 
 import argparse
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
-from fundus_diffusion.evaluation.splits import STRATA, split_to_disk
+from fundus_diffusion.evaluation.splits import STRATA, read_split_file, sources_to_disk, split_to_disk, subsets_to_disk
+
+
+def int_list(text: str):
+    try:
+        return [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 10,25,50, got {text!r}") from None
 
 
 def parse_args(argv=None):
@@ -16,19 +31,47 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", required=True, help="Anything load_fundus_dataset accepts.")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--test_fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the held-out split.")
     parser.add_argument("--stratify", choices=sorted(STRATA), default="source")
     parser.add_argument("--images_only", action="store_true", help="Keep images without masks.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--subsets", type=int_list, metavar="N,N,...",
+        help="Instead of a held-out split: nested subsets of --dataset (a training split) of these sizes, stratified.",
+    )  # fmt: skip
+    mode.add_argument(
+        "--by_source", action="store_true",
+        help="Instead of a held-out split: for each source of --stratify, train on it and test on everything else.",
+    )  # fmt: skip
+    parser.add_argument("--subset_seeds", type=int_list, default=[0], metavar="S,S,...", help="With --subsets.")
+    parser.add_argument(
+        "--test_ids", help="With --by_source: held-out ids (a split's test_ids.txt) kept out of every train part."
+    )
     return parser.parse_args(argv)
 
 
 def main(args):
+    if args.test_ids and not args.by_source:
+        raise SystemExit("--test_ids applies to --by_source only; drop it or add --by_source.")
     dataset = load_fundus_dataset(args.dataset, require_masks=not args.images_only)
     try:
-        train, test = split_to_disk(dataset, args.output_dir, args.test_fraction, args.seed, args.stratify)
+        if args.subsets:
+            record = subsets_to_disk(dataset, args.output_dir, args.subsets, args.subset_seeds, args.stratify)
+            for name, subset in record["subsets"].items():
+                print(f"{name}: {subset['strata']}")
+        elif args.by_source:
+            test_ids = read_split_file(args.test_ids) if args.test_ids else ()
+            record = sources_to_disk(dataset, args.output_dir, args.stratify, test_ids)
+            for source, parts in record["sources"].items():
+                print(f"{source}: train {parts['train']['strata']}, test {parts['test']['strata']}")
+        else:
+            train, test = split_to_disk(dataset, args.output_dir, args.test_fraction, args.seed, args.stratify)
+            print(f"{len(train)} train / {len(test)} test rows (stratified by {args.stratify}, seed {args.seed})")
     except FileExistsError as error:
         raise SystemExit(str(error)) from None
-    print(f"{len(train)} train / {len(test)} test rows (stratified by {args.stratify}, seed {args.seed}) in {args.output_dir}")
+    except ValueError as error:
+        raise SystemExit(f"{args.dataset}: {error}") from None
+    print(f"written to {args.output_dir}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Deterministic held-out splits by sample id, so that every model is judged on the same real images."""
+"""Deterministic splits by sample id: held-out splits, so that every model is judged on the same real images, nested
+training subsets for learning curves, and per-source (per-camera) splits."""
 
 import hashlib
+import json
 import os
 from collections import defaultdict
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 
 def _rank(sample_id: str, seed: int) -> str:
@@ -86,16 +88,25 @@ STRATA = {
 }
 
 
+def _strata_of(dataset, stratify: str) -> Optional[List[str]]:
+    if stratify not in STRATA:
+        raise ValueError(f"Unknown stratification {stratify!r}: choose from {', '.join(STRATA)}.")
+    column = STRATA[stratify]
+    ids = list(dataset["id"])
+    if callable(column):
+        return [column(i) for i in ids]
+    return list(dataset[column]) if column else None
+
+
 def split_to_disk(dataset, output_dir: str, test_fraction: float = 0.2, seed: int = 0, stratify: str = "source"):
     """Split once by id and write ``train/``, ``test/`` (``save_to_disk``) and ``test_ids.txt``; returns the parts.
 
     Refuses an existing ``output_dir``: a split is written once, so every model is judged on the same images.
     """
-    if stratify not in STRATA:
-        raise ValueError(f"Unknown stratification {stratify!r}: choose from {', '.join(STRATA)}.")
+    strata = _strata_of(dataset, stratify)
     if os.path.exists(output_dir):
         raise FileExistsError(f"{output_dir} exists; choose a new output folder (a split is written once).")
-    train, test = split_by_id(dataset, test_fraction, seed, STRATA[stratify])
+    train, test = split_by_ids(dataset, holdout_ids(list(dataset["id"]), strata, test_fraction, seed))
     train.save_to_disk(os.path.join(output_dir, "train"))
     test.save_to_disk(os.path.join(output_dir, "test"))
     write_split_file(os.path.join(output_dir, "test_ids.txt"), list(test["id"]))
@@ -108,3 +119,111 @@ def source_of(sample_id: str, source: str) -> str:
     its ``source`` column (``phantom``, ``palm``, ...)."""
     name = sample_id.rsplit("/", 1)[-1]
     return name.split("_")[0] if "_" in name else source
+
+
+def nested_subsets(
+    ids: List[str], sizes: List[int], strata: Optional[List[str]] = None, seed: int = 0
+) -> Dict[int, List[str]]:
+    """``{n: ids}`` for every ``n`` in ``sizes``: nested (each subset holds every smaller one) and stratified (each
+    keeps the strata's proportions as closely as ``n`` allows), chosen by a seeded hash of the id.
+
+    For learning curves: one order is drawn and every subset is a prefix of it, so the curve adds images and never
+    swaps them. Within a stratum the order is the seeded hash rank (independent of row order, as ``holdout_ids``); the
+    strata are interleaved by Sainte-Laguë's divisor rule (the next place goes to the stratum of size ``m`` with ``c``
+    places so far that has the largest ``m / (2c + 1)``), which gives every prefix the rounded proportional share of
+    each stratum and, being a sequence, never takes a place back as ``n`` grows (a largest-remainder split can).
+    """
+    if len(set(ids)) != len(ids):
+        raise ValueError("Sample ids must be unique to draw subsets by id.")
+    too_large = [n for n in sizes if n > len(ids)]
+    if too_large or any(n < 1 for n in sizes):
+        raise ValueError(
+            f"Subset sizes {sorted(sizes)} must lie between 1 and the {len(ids)} rows of the split; "
+            f"drop or lower {sorted(too_large) or [n for n in sizes if n < 1]}."
+        )
+    groups = defaultdict(list)
+    for i, sample_id in enumerate(ids):
+        groups[strata[i] if strata is not None else ""].append(sample_id)
+    queues = {name: sorted(members, key=lambda s: _rank(s, f"subset-{seed}")) for name, members in groups.items()}
+    taken = {name: 0 for name in queues}
+    order = []
+    for _ in range(max(sizes, default=0)):
+        open_strata = [name for name in sorted(queues) if taken[name] < len(queues[name])]
+        name = max(open_strata, key=lambda s: len(queues[s]) / (2 * taken[s] + 1))  # ties: the first name
+        order.append(queues[name][taken[name]])
+        taken[name] += 1
+    return {n: sorted(order[:n]) for n in sizes}
+
+
+def source_split(ids: List[str], strata: List[str], source: str, test_ids=()) -> Tuple[List[str], List[str]]:
+    """``(train, test)`` ids for training on one source (camera) and testing on the others: train holds the ids of
+    ``source`` not in ``test_ids`` (a fixed held-out split, so its images of ``source`` stay unseen and measure the
+    in-source Dice), test everything else (the fixed held-out ids and every id of the other sources)."""
+    known = sorted(set(strata))
+    if source not in known:
+        raise ValueError(f"Unknown source {source!r}: the stratification names {', '.join(known)}.")
+    held = set(test_ids)
+    train = [i for i, s in zip(ids, strata) if s == source and i not in held]
+    if not train:
+        raise ValueError(f"Every id of source {source!r} is held out; nothing is left to train on.")
+    chosen = set(train)
+    return sorted(train), sorted(i for i in ids if i not in chosen)
+
+
+def _counts(ids: List[str], strata_by_id: Dict[str, str]) -> Dict[str, int]:
+    counts = defaultdict(int)
+    for sample_id in ids:
+        counts[str(strata_by_id[sample_id])] += 1  # JSON keys are strings
+    return dict(sorted(counts.items()))
+
+
+def _write_record(output_dir: str, name: str, record: Dict):
+    with open(os.path.join(output_dir, name), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+
+
+def subsets_to_disk(dataset, output_dir: str, sizes: List[int], seeds: List[int], stratify: str = "source") -> Dict:
+    """Write ``n<N>-seed<S>/`` (``save_to_disk``) for every size and subset seed (``nested_subsets``) and
+    ``subsets.json`` beside them (ids and per-stratum counts of each subset); returns that record.
+
+    Refuses an existing ``output_dir``, as ``split_to_disk``: subsets are drawn once and every run reads the same.
+    """
+    strata = _strata_of(dataset, stratify)
+    if os.path.exists(output_dir):
+        raise FileExistsError(f"{output_dir} exists; choose a new output folder (subsets are written once).")
+    ids = list(dataset["id"])
+    strata_by_id = dict(zip(ids, strata or [""] * len(ids)))
+    position = {sample_id: i for i, sample_id in enumerate(ids)}
+    record = {"stratify": stratify, "n_rows": len(ids), "strata": _counts(ids, strata_by_id), "subsets": {}}
+    drawn = {seed: nested_subsets(ids, sizes, strata, seed) for seed in seeds}  # every size checked before writing
+    for seed, subsets in drawn.items():
+        for n, chosen in subsets.items():
+            name = f"n{n}-seed{seed}"
+            dataset.select(sorted(position[i] for i in chosen)).save_to_disk(os.path.join(output_dir, name))
+            record["subsets"][name] = {"n": n, "seed": seed, "strata": _counts(chosen, strata_by_id), "ids": chosen}
+    _write_record(output_dir, "subsets.json", record)
+    return record
+
+
+def sources_to_disk(dataset, output_dir: str, stratify: str = "id_prefix", test_ids=()) -> Dict:
+    """For every source (stratum) write ``<source>/train`` and ``<source>/test`` (``source_split``) and
+    ``sources.json`` beside them (ids and per-stratum counts of each part); returns that record."""
+    strata = _strata_of(dataset, stratify)
+    if strata is None:
+        raise ValueError("A per-source split needs a stratification naming the sources, e.g. id_prefix.")
+    if os.path.exists(output_dir):
+        raise FileExistsError(f"{output_dir} exists; choose a new output folder (a split is written once).")
+    ids = list(dataset["id"])
+    strata_by_id, position = dict(zip(ids, strata)), {sample_id: i for i, sample_id in enumerate(ids)}
+    parts = {source: source_split(ids, strata, source, test_ids) for source in sorted(set(strata))}
+    record = {"stratify": stratify, "n_rows": len(ids), "n_test_ids": len(set(test_ids)), "sources": {}}
+    for source, (train, test) in parts.items():
+        for part, chosen in (("train", train), ("test", test)):
+            dataset.select(sorted(position[i] for i in chosen)).save_to_disk(os.path.join(output_dir, str(source), part))
+        record["sources"][str(source)] = {
+            part: {"strata": _counts(chosen, strata_by_id), "ids": chosen}
+            for part, chosen in (("train", train), ("test", test))
+        }
+    _write_record(output_dir, "sources.json", record)
+    return record
