@@ -1,0 +1,179 @@
+"""Dice against the number of real training pairs (issue 20), from the evaluate.py reports benchmarks/utility_curves.sh
+packs: one line per segmenter training set (real N, synthetic alone, real N + synthetic), the mean over subset seeds
+with their standard deviation as error bars, and the cross-camera table of the per-source jobs.
+
+    python benchmarks/utility_figure.py /tmp/utility/eval --figure utility_curves.png --json utility_table.json
+
+Reads ``<reports>/<job>/report.json``; a job is ``n<N>-seed<S>``, ``all`` or ``source-<name>``, and N is read from the
+report (the real pairs its segmenters trained on). A job whose synthetic set has flagged copies of its N training
+images is refused: its synthetic and real + synthetic Dice are left out of the curves and the table says so, loudly.
+The figure needs matplotlib (imported here, not in the package); without it the table is printed alone.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+TRAINING_SETS = ("real", "synthetic", "real+synthetic")
+SYNTHETIC_SETS = ("synthetic", "real+synthetic")
+CURVE_JOB = re.compile(r"^(n\d+-seed(?P<seed>\d+)|all)$")
+
+
+def load_reports(root: str) -> dict:
+    """``{job: report}`` for every ``<root>/<job>/report.json``."""
+    reports = {}
+    for job in sorted(os.listdir(root)):
+        path = os.path.join(root, job, "report.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                reports[job] = json.load(f)
+    if not reports:
+        raise SystemExit(f"{root}: no <job>/report.json inside; point at the eval/ folder of utility_curves.sh.")
+    return reports
+
+
+def flagged_copies(report: dict) -> int:
+    """The most synthetic samples flagged as copies of a training image in any feature space of the copy check."""
+    return max((space.get("n_flagged", 0) for space in report.get("memorisation", {}).values()), default=0)
+
+
+def _dice(results: dict, training_set: str, mask: str):
+    entry = results.get(training_set, {}).get(mask)
+    return None if entry is None else entry["dice"]["mean"]
+
+
+def curve_rows(reports: dict, mask: str = "disc") -> list:
+    """One row per learning-curve job: its N, subset seed, copies flagged and Dice (mean over segmenter seeds) of
+    each training set, None where the job is refused for copies."""
+    rows = []
+    for job, report in reports.items():
+        match = CURVE_JOB.match(job)
+        if not match:
+            continue
+        downstream, copies = report["downstream"], flagged_copies(report)
+        dice = {name: _dice(downstream["results"], name, mask) for name in TRAINING_SETS}
+        if copies:
+            dice.update({name: None for name in SYNTHETIC_SETS})
+        seed = match.group("seed")
+        row = {"job": job, "n": downstream["n_train"]["real"], "subset_seed": None if seed is None else int(seed)}
+        rows.append({**row, "flagged_copies": copies, "dice": dice})
+    return sorted(rows, key=lambda r: (r["n"], r["job"]))
+
+
+def curve_summary(rows: list) -> dict:
+    """``{training set: {N: {mean, std, n}}}`` over the subset seeds (refused entries left out)."""
+    values = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        for name, dice in row["dice"].items():
+            if dice is not None:
+                values[name][row["n"]].append(dice)
+    return {
+        name: {
+            n: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for n, v in sorted(values[name].items())
+        }
+        for name in TRAINING_SETS
+        if name in values
+    }
+
+
+def source_rows(reports: dict, mask: str = "disc") -> list:
+    """One row per per-source job and training set: Dice on the held-out images of each source (the trained source
+    and the other camera)."""
+    rows = []
+    for job, report in reports.items():
+        if not job.startswith("source-"):
+            continue
+        per_source, copies = report["downstream"]["per_source"], flagged_copies(report)
+        for name in TRAINING_SETS:
+            if name not in per_source or (copies and name in SYNTHETIC_SETS):
+                continue
+            by_source = {source: scores["dice"]["mean"] for source, scores in per_source[name][mask].items()}
+            rows.append({"job": job, "trained_on": job[len("source-") :], "training_set": name, "dice": by_source})
+    return rows
+
+
+def format_tables(rows: list, summary: dict, sources: list) -> str:
+    """Markdown tables: every curve job, the summary over subset seeds, the per-source rows; refused jobs named."""
+    fmt = lambda v: "refused" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = ["| job | N | " + " | ".join(TRAINING_SETS) + " | copies flagged |", "|---" * (len(TRAINING_SETS) + 3) + "|"]
+    for row in rows:
+        dice = " | ".join(fmt(row["dice"][name]) for name in TRAINING_SETS)
+        lines.append(f"| {row['job']} | {row['n']} | {dice} | {row['flagged_copies']} |")
+    lines += ["", "| N | " + " | ".join(TRAINING_SETS) + " |", "|---" * (len(TRAINING_SETS) + 1) + "|"]
+    for n in sorted({n for by_n in summary.values() for n in by_n}):
+        cells = []
+        for name in TRAINING_SETS:
+            entry = summary.get(name, {}).get(n)
+            cells.append("-" if entry is None else f"{entry['mean']:.3f} ± {entry['std']:.3f} ({entry['n']})")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    if sources:
+        held_out = sorted({source for row in sources for source in row["dice"]})
+        lines += ["", "| trained on | training set | " + " | ".join(f"Dice on {s}" for s in held_out) + " |"]
+        lines.append("|---" * (len(held_out) + 2) + "|")
+        for row in sources:
+            cells = " | ".join(f"{row['dice'][s]:.3f}" if s in row["dice"] else "-" for s in held_out)
+            lines.append(f"| {row['trained_on']} | {row['training_set']} | {cells} |")
+    refused = [row["job"] for row in rows if row["flagged_copies"]]
+    if refused:
+        lines += ["", f"REFUSED for copies of training images (synthetic rows left out): {', '.join(refused)}"]
+    return "\n".join(lines)
+
+
+def draw(summary: dict, path: str, mask: str = "disc") -> bool:
+    """Dice vs N with error bars (std over subset seeds), one line per training set; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for line, (name, by_n) in enumerate(summary.items()):
+        ns = sorted(by_n)
+        shifted = [n * 1.04 ** (line - 1) for n in ns]  # side by side, so the error bars do not hide each other
+        axis.errorbar(
+            shifted, [by_n[n]["mean"] for n in ns], yerr=[by_n[n]["std"] for n in ns], marker="o", capsize=3, label=name
+        )
+    every_n = sorted({n for by_n in summary.values() for n in by_n})
+    axis.set_xscale("log")
+    axis.set_xticks(every_n, [str(n) for n in every_n])
+    axis.minorticks_off()
+    axis.set_xlabel("real training pairs N (generator and segmenter trained on these only)")
+    axis.set_ylabel(f"{mask} Dice on the held-out real images")
+    axis.legend(title="segmenter trained on")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=150)
+    plt.close(figure)
+    return True
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", help="The folder of <job>/report.json (utility_curves.sh's eval/).")
+    parser.add_argument("--mask", default="disc")
+    parser.add_argument("--figure", help="Write the Dice-vs-N figure here (PNG; needs matplotlib).")
+    parser.add_argument("--json", help="Write the rows and the summary here.")
+    args = parser.parse_args(argv)
+    reports = load_reports(args.reports)
+    rows, sources = curve_rows(reports, args.mask), source_rows(reports, args.mask)
+    summary = curve_summary(rows)
+    print(format_tables(rows, summary, sources))
+    for row in rows:
+        if row["flagged_copies"]:
+            print(f"REFUSED: {row['job']}: {row['flagged_copies']} synthetic samples copy training images", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"mask": args.mask, "rows": rows, "summary": summary, "per_source": sources}, f, indent=2)
+    if args.figure and not draw(summary, args.figure, args.mask):
+        print(f"matplotlib is not installed: {args.figure} not drawn (pip install matplotlib)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
