@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Learning curves and the cross-camera rows of issue 20 on one GPU: for each training-set size N and subset seed, the
+# 256 px DDPM trained on the N real pairs only (a nested, stratified subset of the fixed training split of fundus-od:
+# scripts/split_dataset.py --subsets), N_SYN pairs sampled from it with DPM-Solver++ 20, and evaluate.py with
+# --real <the N pairs>, so its report holds the Dice of segmenters trained on real-N, synthetic alone and real-N +
+# synthetic, on the fixed held-out split (the realism ablation's: seed 0, 20 %, stratified by id prefix), and the copy
+# check of the synthetic set against the N pairs. Per-source jobs (SOURCES) train on one source's training-split
+# images and are judged on everything else (its held-out images and every image of the other source, none seen):
+# the report's per-source Dice is the in-camera and the other-camera score side by side.
+#
+# Jobs: n<N>-seed<S> for N in SIZES (N=all: one job "all" on the whole training split) and S in SUBSET_SEEDS, and
+# source-<name> for name in SOURCES. Each job trains, generates and evaluates in turn; PARALLEL jobs share the GPU.
+# Every generator trains STEPS_MAX steps whatever N (equal work), with a batch of min(the recipe's batch, N).
+#
+# In stages, because one device command lasts at most 10 minutes and the jobs outlast it:
+#   STAGE=train     copy the code and data to $WORK, write the split, subsets and per-source parts, start the job
+#                   queue detached (setsid) and return at once
+#   STAGE=wait      wait until the queue ends or WAIT_S seconds pass (default 540), show progress, pack
+#   STAGE=pack      pack reports, the table and figure of benchmarks/utility_figure.py, sample sheets and logs into
+#                   $OUT. wait ends by packing: a device command that runs past its limit returns nothing, so leave a
+#                   minute of margin and pack often.
+#   STAGE=stop      stop the queue and everything it started (its process group)
+# (STAGE=queue and STAGE=job JOB=<name> are what train starts; a job skips the steps whose output exists, so
+# STAGE=train after a stop resumes: it keeps the split, subsets and finished steps.)
+#
+#   DATA=.device_data STAGE=train bash benchmarks/utility_curves.sh     # DATA holds fundus-od (never committed)
+#
+# CPU smoke run (tiny recipe; the held-out split of fundus-od is 33 images, so it takes minutes):
+#   DATA=../shared/data SIZES="4 8" SUBSET_SEEDS=0 SOURCES=drishti STEPS_MAX=2 N_SYN=8 SEEDS=1 SEG_STEPS=3 PARALLEL=1 \
+#   RECIPE="--resolution 32 --model_config tiny --train_batch_size 8" EVAL_FLAGS="--realism_steps 2 --realism_folds 2" \
+#   WORK=/tmp/utility OUT=/tmp/utility-out PYTHON=.venv/bin/python STAGE=train bash benchmarks/utility_curves.sh
+#   ... WAIT_S=3000 STAGE=wait bash benchmarks/utility_curves.sh
+set -uo pipefail
+SCRIPT=$(realpath "$0")
+cd "$(dirname "$0")/.."
+WORK=${WORK:-/tmp/utility}
+WORK=$(mkdir -p "$WORK" && cd "$WORK" && pwd)
+CODE=$WORK/code  # the package as installed (pipelines/ and model_cards/ inside it), copied at STAGE=train
+export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"
+DATA=${DATA:-.device_data}
+OUT=${OUT:-reports/utility}
+PY=${PYTHON:-python3}
+[[ $PY == */* ]] && PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # jobs run in $CODE: keep a path valid
+STAGE=${STAGE:?set STAGE to train, wait, pack or stop}
+SIZES=${SIZES:-"10 25 50 all"}
+SUBSET_SEEDS=${SUBSET_SEEDS:-"0 1 2"}
+SOURCES=${SOURCES:-"drions drishti"}  # id prefixes of fundus-od (--stratify id_prefix); empty: no per-source jobs
+STEPS_MAX=${STEPS_MAX:-6000}
+N_SYN=${N_SYN:-200}
+SEEDS=${SEEDS:-3}
+SEG_STEPS=${SEG_STEPS:-800}
+PARALLEL=${PARALLEL:-3}
+# The realism ablation's 256 px recipe (benchmarks/realism_ablation.sh); RECIPE replaces it (see the smoke run above).
+RECIPE=${RECIPE:-"--resolution 256 --model_config small256 --train_batch_size 16 --mixed_precision bf16 --compile --compile_mode reduce-overhead"}
+GEN_FLAGS=${GEN_FLAGS:-"--scheduler dpmsolver++ --num_inference_steps 20 --batch_size 100"}
+EVAL_FLAGS=${EVAL_FLAGS:-}  # more evaluate.py flags
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+mkdir -p "$OUT"
+export OUT=$(cd "$OUT" && pwd)
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$WORK/driver.log"; }
+finished() { [ -f "$1/arrow/dataset_info.json" ] || [ -f "$1/dataset_info.json" ]; }  # a saved dataset
+
+jobs_list() {
+  for n in $SIZES; do
+    if [ "$n" = all ]; then echo all; else for s in $SUBSET_SEEDS; do echo "n$n-seed$s"; done; fi
+  done
+  for source in $SOURCES; do echo "source-$source"; done
+}
+train_set() {  # the real pairs a job trains on (generator and segmenters)
+  case $1 in all) echo "$WORK/split/train" ;; source-*) echo "$WORK/by-source/${1#source-}/train" ;; *) echo "$WORK/subsets/$1" ;; esac
+}
+holdout_set() {  # what a job is judged on: the fixed held-out split, or everything its source's training did not see
+  case $1 in source-*) echo "$WORK/by-source/${1#source-}/test" ;; *) echo "$WORK/split/test" ;; esac
+}
+
+pack_results() {  # into $OUT now, whatever exists: a device command cut off later loses nothing packed before
+  (
+    cd "$WORK" || exit
+    if ls eval/*/report.json > /dev/null 2>&1; then
+      $PY "$CODE/benchmarks/utility_figure.py" eval --figure utility_curves.png --json utility_table.json \
+        > utility_table.txt 2> utility_figure.log || log "utility_figure.py failed: $(tail -n 3 utility_figure.log)"
+    fi
+    # Only what holds no real photograph comes back: report text and JSON, the table and figure, synthetic sample
+    # sheets, the subsets' id lists, logs, losses.
+    tar czf "$OUT/utility_reports.tgz" eval/*/report.json eval/*/report.md eval/*/dice_bars.png utility_table.* \
+      utility_curves.png subsets/subsets.json by-source/sources.json split/test_ids.txt synthetic/*/contact_sheet.png \
+      synthetic/*/generation_config.json runs/*/logs/metrics.csv runs/*/training_args.json ./*.log 2>/dev/null
+    log "packed $(ls eval/*/report.json 2>/dev/null | wc -l) evaluations into $OUT/utility_reports.tgz"
+  )
+}
+
+case $STAGE in
+train)
+  if [ -f "$WORK/queue.pid" ] && kill -0 "$(cat "$WORK/queue.pid")" 2>/dev/null; then
+    log "the queue is already running (pid $(cat "$WORK/queue.pid")); STAGE=stop first"; exit 1
+  fi
+  rm -rf "$CODE" && mkdir -p "$CODE/benchmarks" && cp -r fundus_diffusion scripts "$CODE/"
+  cp benchmarks/utility_figure.py "$CODE/benchmarks/"
+  cp -r pipelines "$CODE/fundus_diffusion/pipelines" && cp -r model_cards "$CODE/fundus_diffusion/model_cards"
+  [ -d "$WORK/fundus-od" ] || cp -r "$DATA/fundus-od" "$WORK/fundus-od"
+  cd "$CODE"  # the copy: the working tree may change under a later call
+  write_split() {  # split_dataset.py into $WORK/$1 unless it exists
+    [ -d "$WORK/$1" ] && return
+    $PY scripts/split_dataset.py --stratify id_prefix --output_dir "$WORK/$1" "${@:2}" > "$WORK/split-$1.log" 2>&1 \
+      || { cat "$WORK/split-$1.log"; exit 1; }
+  }
+  write_split split --dataset "$WORK/fundus-od"
+  numeric_sizes=$(tr ' ' '\n' <<< "$SIZES" | grep -v '^all$' | paste -sd, -)
+  [ -n "$numeric_sizes" ] && write_split subsets --dataset "$WORK/split/train" --subsets "$numeric_sizes" \
+    --subset_seeds "$(tr ' ' , <<< "$SUBSET_SEEDS")"
+  [ -n "$SOURCES" ] && write_split by-source --dataset "$WORK/fundus-od" --by_source --test_ids "$WORK/split/test_ids.txt"
+  for job in $(jobs_list); do
+    finished "$(train_set "$job")" || { log "no training set for $job: $(train_set "$job")"; exit 1; }
+  done
+  setsid env STAGE=queue WORK="$WORK" bash "$SCRIPT" > "$WORK/queue.log" 2>&1 < /dev/null &
+  echo $! > "$WORK/queue.pid"
+  log "started the queue (pid $!, $PARALLEL at a time): $(jobs_list | tr '\n' ' ')"
+  ;;
+queue)
+  jobs_list | xargs -P "$PARALLEL" -I{} env STAGE=job JOB={} WORK="$WORK" bash "$SCRIPT"
+  log "queue finished"
+  ;;
+job)
+  cd "$CODE"
+  job=${JOB:?}
+  real=$(train_set "$job")
+  n=$($PY -c "import sys; from datasets import load_from_disk; print(len(load_from_disk(sys.argv[1])))" "$real")
+  recipe_batch=$(grep -o -- '--train_batch_size [0-9]*' <<< "$RECIPE" | grep -o '[0-9]*$')
+  batch=$(( ${recipe_batch:-16} < n ? ${recipe_batch:-16} : n ))
+  if [ ! -f "$WORK/runs/$job/model_index.json" ]; then
+    log "$job: training on $n real pairs (batch $batch, $STEPS_MAX steps)"
+    # shellcheck disable=SC2086
+    $PY scripts/train_ddpm.py --dataset "$real" --masks disc $RECIPE --train_batch_size "$batch" \
+      --max_train_steps "$STEPS_MAX" --checkpointing_steps 100000 --validation_steps 100000 --logger none --seed 0 \
+      --cache_dir "$WORK/cache" --output_dir "$WORK/runs/$job" > "$WORK/train-$job.log" 2>&1 \
+      || { log "$job: training failed: $(tail -n 2 "$WORK/train-$job.log")"; exit 1; }
+  fi
+  if ! finished "$WORK/synthetic/$job"; then
+    log "$job: generating $N_SYN pairs"
+    # shellcheck disable=SC2086
+    $PY scripts/generate.py --model "$WORK/runs/$job" --num_samples "$N_SYN" --seed 0 $GEN_FLAGS \
+      --output_dir "$WORK/synthetic/$job" > "$WORK/gen-$job.log" 2>&1 \
+      || { log "$job: generation failed: $(tail -n 2 "$WORK/gen-$job.log")"; exit 1; }
+  fi
+  if [ ! -f "$WORK/eval/$job/report.json" ]; then
+    log "$job: evaluating ($SEEDS segmenter seeds)"
+    # shellcheck disable=SC2086
+    $PY scripts/evaluate.py --real "$real" --holdout "$(holdout_set "$job")" --synthetic "$WORK/synthetic/$job" \
+      --masks disc --seeds "$SEEDS" --segmenter_steps "$SEG_STEPS" $EVAL_FLAGS --output_dir "$WORK/eval/$job" \
+      > "$WORK/eval-$job.log" 2>&1 || { log "$job: evaluation failed: $(tail -n 2 "$WORK/eval-$job.log")"; exit 1; }
+  fi
+  log "$job: done"
+  ;;
+wait)
+  deadline=$((SECONDS + ${WAIT_S:-540}))
+  running() { [ -f "$WORK/queue.pid" ] && kill -0 "$(cat "$WORK/queue.pid")" 2>/dev/null; }
+  while running && [ $SECONDS -lt $deadline ]; do sleep 10; done
+  running && log "queue still running"
+  log "reports: $(ls "$WORK/eval" 2>/dev/null | tr '\n' ' ')"
+  tail -n 20 "$WORK/driver.log"
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv 2>/dev/null || true
+  pack_results
+  ;;
+pack)
+  pack_results
+  ;;
+stop)
+  [ -f "$WORK/queue.pid" ] && kill -- -"$(cat "$WORK/queue.pid")" 2>/dev/null && sleep 2
+  log "stopped the queue"
+  ;;
+*) echo "unknown STAGE=$STAGE"; exit 2 ;;
+esac
