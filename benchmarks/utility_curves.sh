@@ -11,6 +11,9 @@
 # Jobs: n<N>-seed<S> for N in SIZES (N=all: one job "all" on the whole training split) and S in SUBSET_SEEDS, and
 # source-<name> for name in SOURCES. Each job trains, generates and evaluates in turn; PARALLEL jobs share the GPU.
 # Every generator trains STEPS_MAX steps whatever N (equal work), with a batch of min(the recipe's batch, N).
+# TWO_STEP=1 adds the two-step variant next to joint generation: the masks of the joint samples, then images drawn for
+# them by the mask-to-image path (generate.py --masks_from, RePaint; TWO_STEP_FLAGS) of the same generator, judged as
+# <job>-twostep. (The masks come from the joint model, not from a separate mask-only generator.)
 #
 # In stages, because one device command lasts at most 10 minutes and the jobs outlast it:
 #   STAGE=train     copy the code and data to $WORK, write the split, subsets and per-source parts, start the job
@@ -25,7 +28,8 @@
 #
 #   DATA=.device_data STAGE=train bash benchmarks/utility_curves.sh     # DATA holds fundus-od (never committed)
 #
-# CPU smoke run (tiny recipe; the held-out split of fundus-od is 33 images, so it takes minutes):
+# CPU smoke run (tiny recipe, 2 steps; 2-9 minutes on a 2-core machine depending on its load; add TWO_STEP=1
+# TWO_STEP_FLAGS="--scheduler ddpm --num_inference_steps 4 --resample_steps 2 --batch_size 8" for the two-step sets):
 #   DATA=../shared/data SIZES="4 8" SUBSET_SEEDS=0 SOURCES=drishti STEPS_MAX=2 N_SYN=8 SEEDS=1 SEG_STEPS=3 PARALLEL=1 \
 #   RECIPE="--resolution 32 --model_config tiny --train_batch_size 8" EVAL_FLAGS="--realism_steps 2 --realism_folds 2" \
 #   WORK=/tmp/utility OUT=/tmp/utility-out PYTHON=.venv/bin/python STAGE=train bash benchmarks/utility_curves.sh
@@ -42,9 +46,9 @@ OUT=${OUT:-reports/utility}
 PY=${PYTHON:-python3}
 [[ $PY == */* ]] && PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # jobs run in $CODE: keep a path valid
 STAGE=${STAGE:?set STAGE to train, wait, pack or stop}
-SIZES=${SIZES:-"10 25 50 all"}
+SIZES=${SIZES-"10 25 50 all"}  # empty: per-source jobs only
 SUBSET_SEEDS=${SUBSET_SEEDS:-"0 1 2"}
-SOURCES=${SOURCES:-"drions drishti"}  # id prefixes of fundus-od (--stratify id_prefix); empty: no per-source jobs
+SOURCES=${SOURCES-"drions drishti"}  # id prefixes of fundus-od (--stratify id_prefix); empty: no per-source jobs
 STEPS_MAX=${STEPS_MAX:-6000}
 N_SYN=${N_SYN:-200}
 SEEDS=${SEEDS:-3}
@@ -54,6 +58,8 @@ PARALLEL=${PARALLEL:-3}
 RECIPE=${RECIPE:-"--resolution 256 --model_config small256 --train_batch_size 16 --mixed_precision bf16 --compile --compile_mode reduce-overhead"}
 GEN_FLAGS=${GEN_FLAGS:-"--scheduler dpmsolver++ --num_inference_steps 20 --batch_size 100"}
 EVAL_FLAGS=${EVAL_FLAGS:-}  # more evaluate.py flags
+TWO_STEP=${TWO_STEP:-0}
+TWO_STEP_FLAGS=${TWO_STEP_FLAGS:-"--scheduler ddpm --num_inference_steps 250 --resample_steps 4 --batch_size 100"}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT"
 export OUT=$(cd "$OUT" && pwd)
@@ -135,20 +141,29 @@ job)
       --cache_dir "$WORK/cache" --output_dir "$WORK/runs/$job" > "$WORK/train-$job.log" 2>&1 \
       || { log "$job: training failed: $(tail -n 2 "$WORK/train-$job.log")"; exit 1; }
   fi
+  png=""; [ "$TWO_STEP" = 1 ] && png=--png  # the joint samples' masks as files, for --masks_from
   if ! finished "$WORK/synthetic/$job"; then
     log "$job: generating $N_SYN pairs"
     # shellcheck disable=SC2086
-    $PY scripts/generate.py --model "$WORK/runs/$job" --num_samples "$N_SYN" --seed 0 $GEN_FLAGS \
+    $PY scripts/generate.py --model "$WORK/runs/$job" --num_samples "$N_SYN" --seed 0 $GEN_FLAGS $png \
       --output_dir "$WORK/synthetic/$job" > "$WORK/gen-$job.log" 2>&1 \
       || { log "$job: generation failed: $(tail -n 2 "$WORK/gen-$job.log")"; exit 1; }
   fi
-  if [ ! -f "$WORK/eval/$job/report.json" ]; then
-    log "$job: evaluating ($SEEDS segmenter seeds)"
+  if [ "$TWO_STEP" = 1 ] && ! finished "$WORK/synthetic/$job-twostep"; then
+    log "$job: images for the joint samples' masks (two-step)"
     # shellcheck disable=SC2086
-    $PY scripts/evaluate.py --real "$real" --holdout "$(holdout_set "$job")" --synthetic "$WORK/synthetic/$job" \
-      --masks disc --seeds "$SEEDS" --segmenter_steps "$SEG_STEPS" $EVAL_FLAGS --output_dir "$WORK/eval/$job" \
-      > "$WORK/eval-$job.log" 2>&1 || { log "$job: evaluation failed: $(tail -n 2 "$WORK/eval-$job.log")"; exit 1; }
+    $PY scripts/generate.py --model "$WORK/runs/$job" --masks_from "$WORK/synthetic/$job/png" --seed 1 \
+      $TWO_STEP_FLAGS --output_dir "$WORK/synthetic/$job-twostep" > "$WORK/gen-$job-twostep.log" 2>&1 \
+      || { log "$job: two-step generation failed: $(tail -n 2 "$WORK/gen-$job-twostep.log")"; exit 1; }
   fi
+  for set in $job $([ "$TWO_STEP" = 1 ] && echo "$job-twostep"); do
+    [ -f "$WORK/eval/$set/report.json" ] && continue
+    log "$set: evaluating ($SEEDS segmenter seeds)"
+    # shellcheck disable=SC2086
+    $PY scripts/evaluate.py --real "$real" --holdout "$(holdout_set "$job")" --synthetic "$WORK/synthetic/$set" \
+      --masks disc --seeds "$SEEDS" --segmenter_steps "$SEG_STEPS" $EVAL_FLAGS --output_dir "$WORK/eval/$set" \
+      > "$WORK/eval-$set.log" 2>&1 || { log "$set: evaluation failed: $(tail -n 2 "$WORK/eval-$set.log")"; exit 1; }
+  done
   log "$job: done"
   ;;
 wait)

@@ -1,11 +1,12 @@
 """Dice against the number of real training pairs (issue 20), from the evaluate.py reports benchmarks/utility_curves.sh
-packs: one line per segmenter training set (real N, synthetic alone, real N + synthetic), the mean over subset seeds
-with their standard deviation as error bars, and the cross-camera table of the per-source jobs.
+packs: one line per segmenter training set (real N, synthetic alone, real N + synthetic, and the last two for the
+two-step sets where the driver made them), the mean over subset seeds with their standard deviation as error bars, and
+the cross-camera table of the per-source jobs.
 
     python benchmarks/utility_figure.py /tmp/utility/eval --figure utility_curves.png --json utility_table.json
 
-Reads ``<reports>/<job>/report.json``; a job is ``n<N>-seed<S>``, ``all`` or ``source-<name>``, and N is read from the
-report (the real pairs its segmenters trained on). A job whose synthetic set has flagged copies of its N training
+Reads ``<reports>/<job>/report.json``; a job is ``n<N>-seed<S>``, ``all`` or ``source-<name>``, each optionally with
+``-twostep``, and N is read from the report (the real pairs its segmenters trained on). A job whose synthetic set has flagged copies of its N training
 images is refused: its synthetic and real + synthetic Dice are left out of the curves and the table says so, loudly.
 The figure needs matplotlib (imported here, not in the package); without it the table is printed alone.
 """
@@ -21,7 +22,11 @@ import numpy as np
 
 TRAINING_SETS = ("real", "synthetic", "real+synthetic")
 SYNTHETIC_SETS = ("synthetic", "real+synthetic")
-CURVE_JOB = re.compile(r"^(n\d+-seed(?P<seed>\d+)|all)$")
+TWO_STEP = "-twostep"  # the job suffix of the two-step sets (masks first, then images for them)
+# The lines of the figure: evaluate.py's training sets, and the two-step job's synthetic ones (its "real" segmenters are
+# the joint job's, trained on the same N pairs with the same seeds).
+CURVE_SETS = TRAINING_SETS + tuple(f"{name} (two-step)" for name in SYNTHETIC_SETS)
+CURVE_JOB = re.compile(rf"^(n\d+-seed(?P<seed>\d+)|all)(?P<two_step>{TWO_STEP})?$")
 
 
 def load_reports(root: str) -> dict:
@@ -42,23 +47,28 @@ def flagged_copies(report: dict) -> int:
     return max((space.get("n_flagged", 0) for space in report.get("memorisation", {}).values()), default=0)
 
 
-def _dice(results: dict, training_set: str, mask: str):
-    entry = results.get(training_set, {}).get(mask)
-    return None if entry is None else entry["dice"]["mean"]
+def _sets_of(job: str) -> dict:
+    """``{name in the table: evaluate.py's training set}`` for a job: the two-step jobs' synthetic sets renamed."""
+    if job.endswith(TWO_STEP):
+        return {f"{name} (two-step)": name for name in SYNTHETIC_SETS}
+    return {name: name for name in TRAINING_SETS}
 
 
 def curve_rows(reports: dict, mask: str = "disc") -> list:
     """One row per learning-curve job: its N, subset seed, copies flagged and Dice (mean over segmenter seeds) of
-    each training set, None where the job is refused for copies."""
+    each training set (``CURVE_SETS``), None where the job is refused for copies."""
     rows = []
     for job, report in reports.items():
         match = CURVE_JOB.match(job)
         if not match:
             continue
         downstream, copies = report["downstream"], flagged_copies(report)
-        dice = {name: _dice(downstream["results"], name, mask) for name in TRAINING_SETS}
-        if copies:
-            dice.update({name: None for name in SYNTHETIC_SETS})
+        results = downstream["results"]
+        dice = {
+            name: None if copies and source in SYNTHETIC_SETS else results[source][mask]["dice"]["mean"]
+            for name, source in _sets_of(job).items()
+            if source in results
+        }
         seed = match.group("seed")
         row = {"job": job, "n": downstream["n_train"]["real"], "subset_seed": None if seed is None else int(seed)}
         rows.append({**row, "flagged_copies": copies, "dice": dice})
@@ -76,7 +86,7 @@ def curve_summary(rows: list) -> dict:
         name: {
             n: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for n, v in sorted(values[name].items())
         }
-        for name in TRAINING_SETS
+        for name in CURVE_SETS
         if name in values
     }
 
@@ -89,25 +99,32 @@ def source_rows(reports: dict, mask: str = "disc") -> list:
         if not job.startswith("source-"):
             continue
         per_source, copies = report["downstream"]["per_source"], flagged_copies(report)
-        for name in TRAINING_SETS:
-            if name not in per_source or (copies and name in SYNTHETIC_SETS):
+        trained_on = job[len("source-") :].removesuffix(TWO_STEP)
+        for name, training_set in _sets_of(job).items():
+            if training_set not in per_source or (copies and training_set in SYNTHETIC_SETS):
                 continue
-            by_source = {source: scores["dice"]["mean"] for source, scores in per_source[name][mask].items()}
-            rows.append({"job": job, "trained_on": job[len("source-") :], "training_set": name, "dice": by_source})
+            by_source = {source: scores["dice"]["mean"] for source, scores in per_source[training_set][mask].items()}
+            rows.append({"job": job, "trained_on": trained_on, "training_set": name, "dice": by_source})
     return rows
 
 
 def format_tables(rows: list, summary: dict, sources: list) -> str:
     """Markdown tables: every curve job, the summary over subset seeds, the per-source rows; refused jobs named."""
-    fmt = lambda v: "refused" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = ["| job | N | " + " | ".join(TRAINING_SETS) + " | copies flagged |", "|---" * (len(TRAINING_SETS) + 3) + "|"]
+    sets = [name for name in CURVE_SETS if any(name in row["dice"] for row in rows)]
+
+    def fmt(row, name):
+        if name not in row["dice"]:
+            return "-"
+        return "refused" if row["dice"][name] is None else f"{row['dice'][name]:.3f}"
+
+    lines = ["| job | N | " + " | ".join(sets) + " | copies flagged |", "|---" * (len(sets) + 3) + "|"]
     for row in rows:
-        dice = " | ".join(fmt(row["dice"][name]) for name in TRAINING_SETS)
+        dice = " | ".join(fmt(row, name) for name in sets)
         lines.append(f"| {row['job']} | {row['n']} | {dice} | {row['flagged_copies']} |")
-    lines += ["", "| N | " + " | ".join(TRAINING_SETS) + " |", "|---" * (len(TRAINING_SETS) + 1) + "|"]
+    lines += ["", "| N | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
     for n in sorted({n for by_n in summary.values() for n in by_n}):
         cells = []
-        for name in TRAINING_SETS:
+        for name in sets:
             entry = summary.get(name, {}).get(n)
             cells.append("-" if entry is None else f"{entry['mean']:.3f} ± {entry['std']:.3f} ({entry['n']})")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
