@@ -11,6 +11,7 @@
 # Jobs: n<N>-seed<S> for N in SIZES (N=all: one job "all" on the whole training split) and S in SUBSET_SEEDS, and
 # source-<name> for name in SOURCES. Each job trains, generates and evaluates in turn; PARALLEL jobs share the GPU.
 # Every generator trains STEPS_MAX steps whatever N (equal work), with a batch of min(the recipe's batch, N).
+# GPUS=0,1,2,3 spreads the jobs over those GPUs (job i on GPUS[i mod count]; set PARALLEL to a multiple of the count).
 # TWO_STEP=1 adds the two-step variant next to joint generation: the masks of the joint samples, then images drawn for
 # them by the mask-to-image path (generate.py --masks_from, RePaint; TWO_STEP_FLAGS) of the same generator, judged as
 # <job>-twostep. (The masks come from the joint model, not from a separate mask-only generator.)
@@ -54,6 +55,7 @@ N_SYN=${N_SYN:-200}
 SEEDS=${SEEDS:-3}
 SEG_STEPS=${SEG_STEPS:-800}
 PARALLEL=${PARALLEL:-3}
+GPUS=${GPUS:-}  # empty: every job sees the default device(s)
 # The realism ablation's 256 px recipe (benchmarks/realism_ablation.sh); RECIPE replaces it (see the smoke run above).
 RECIPE=${RECIPE:-"--resolution 256 --model_config small256 --train_batch_size 16 --mixed_precision bf16 --compile --compile_mode reduce-overhead"}
 GEN_FLAGS=${GEN_FLAGS:-"--scheduler dpmsolver++ --num_inference_steps 20 --batch_size 100"}
@@ -129,12 +131,17 @@ queue)
 job)
   cd "$CODE"
   job=${JOB:?}
+  if [ -n "$GPUS" ]; then
+    IFS=, read -ra gpu_list <<< "$GPUS"
+    index=$(jobs_list | grep -nx -- "$job" | cut -d: -f1)
+    export CUDA_VISIBLE_DEVICES=${gpu_list[$(( (index - 1) % ${#gpu_list[@]} ))]}
+  fi
   real=$(train_set "$job")
   n=$($PY -c "import sys; from datasets import load_from_disk; print(len(load_from_disk(sys.argv[1])))" "$real")
   recipe_batch=$(grep -o -- '--train_batch_size [0-9]*' <<< "$RECIPE" | grep -o '[0-9]*$')
   batch=$(( ${recipe_batch:-16} < n ? ${recipe_batch:-16} : n ))
   if [ ! -f "$WORK/runs/$job/model_index.json" ]; then
-    log "$job: training on $n real pairs (batch $batch, $STEPS_MAX steps)"
+    log "$job: training on $n real pairs (batch $batch, $STEPS_MAX steps, GPU ${CUDA_VISIBLE_DEVICES:-default})"
     # shellcheck disable=SC2086
     $PY scripts/train_ddpm.py --dataset "$real" --masks disc $RECIPE --train_batch_size "$batch" \
       --max_train_steps "$STEPS_MAX" --checkpointing_steps 100000 --validation_steps 100000 --logger none --seed 0 \
