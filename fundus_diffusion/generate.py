@@ -55,6 +55,7 @@ from .data.readers import images_by_stem, require_dir
 from .data.schema import LABEL_NAMES, UNKNOWN_LABEL, annotation_column, fundus_features, label_to_id, mask_column
 from .model_cards import LICENSE, render_dataset_card, size_category
 from .pipelines.loading import is_class_conditional
+from .training.args import launched_without_gpu, output_dir_problem
 from .visualization import contact_sheet
 
 POSTPROCESSING = ("binarize", "largest_disc", "fill_holes")
@@ -353,8 +354,6 @@ def sampler_description(output_dir: str) -> Optional[str]:
 def check_resume(output_dir: str, config: GenerationConfig, resume: bool):
     """Refuse to overwrite, and refuse to resume with settings that would change the samples (cheap: the script
     calls it before loading the model, too)."""
-    from .training.args import output_dir_problem  # deferred on purpose: generation needs no accelerate otherwise
-
     problem = output_dir_problem(output_dir)
     if problem:  # a file in its place, or a folder no file can be written in
         raise ValueError(f"--output_dir {output_dir}: {problem}")
@@ -373,10 +372,9 @@ def check_resume(output_dir: str, config: GenerationConfig, resume: bool):
 
 def process_state() -> PartialState:
     """This process's place among those ``accelerate launch`` started (one process alone: a single-process state).
-
-    On a machine without a GPU, processes launched with ``--multi_gpu`` join one gloo group only with ``cpu=True``;
-    without it accelerate runs each as a lone process, and every one would write the whole dataset."""
-    return PartialState(cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    Without a GPU the processes must be told ``cpu=True`` (``launched_without_gpu``), or every one would write the
+    whole dataset."""
+    return PartialState(cpu=launched_without_gpu())
 
 
 def generate_dataset(

@@ -278,12 +278,17 @@ def probe_writable(folder: str) -> None:
         pass
 
 
+def launched_without_gpu() -> bool:
+    """Whether ``accelerate launch`` started several processes on a machine without a GPU: accelerate joins them in
+    one gloo group only when told ``cpu=True``; otherwise each runs as a lone process."""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def make_accelerator(args, **kwargs) -> Accelerator:
     """The ``Accelerator`` the common flags describe (TensorBoard under ``output_dir/logging_dir``)."""
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
-    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Without cpu=True, accelerate on a machine with no GPU runs each launched process as a lone process.
+    elif launched_without_gpu():
         kwargs.setdefault("cpu", True)
     return Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
