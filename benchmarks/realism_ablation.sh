@@ -11,13 +11,18 @@
 #   STAGE=stop      stop the trainings
 #   STAGE=evaluate  evaluate each synthetic set (EVAL_SETS: a glob of set names, default all) with SEEDS segmenter seeds;
 #                   BACKGROUND=1 starts the evaluations detached and returns (a later evaluate or STAGE=pack waits)
-#   STAGE=pack      wait up to WAIT_S (default 0) for running evaluations, then pack reports, sample sheets and logs
-#                   into $OUT. Every stage but train and stop ends by packing what exists: a device command that runs
-#                   past its limit returns nothing, so leave a minute of margin and pack often.
+#   STAGE=conditional  images from masks and masks from images (benchmarks/conditional_sampling.py, COND_FLAGS) on the
+#                   held-out split with each snapshot named in COND_SETS (<variant>-<step>, comma-separated), in the
+#                   background like BACKGROUND=1 evaluations
+#   STAGE=pack      wait up to WAIT_S (default 0) for running evaluations and conditional benchmarks, then pack
+#                   reports, sample sheets and logs into $OUT. Every stage but train and stop ends by packing what
+#                   exists: a device command that runs past its limit returns nothing, so leave a minute of margin and
+#                   pack often.
 #
 #   DATA=.device_data STAGE=train bash benchmarks/realism_ablation.sh     # DATA holds fundus-od (never committed)
 #
-# VARIANTS: name=flags pairs separated by ';' (flags added to the common recipe below). The trainings share the GPU,
+# VARIANTS: name=flags pairs separated by ';' (flags added to the common recipe below; `--masks disc,cup` in a variant's
+# flags replaces MASKS for it, and each synthetic set is evaluated on the masks it holds). The trainings share the GPU,
 # so their steps per second are a third of a lone run's; snapshots at equal steps compare equal work.
 set -uo pipefail
 SCRIPT=$(realpath "$0")
@@ -28,12 +33,13 @@ export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"
 DATA=${DATA:-.device_data}
 OUT=${OUT:-reports/realism}
 PY=${PYTHON:-python3}
-STAGE=${STAGE:?set STAGE to train, wait, generate, stop, evaluate or pack}
+STAGE=${STAGE:?set STAGE to train, wait, generate, stop, evaluate, conditional or pack}
 STEPS_MAX=${STEPS_MAX:-6000}
 SNAPSHOT=${SNAPSHOT:-1500}
 N_SYN=${N_SYN:-200}
 SEEDS=${SEEDS:-3}
 SEG_STEPS=${SEG_STEPS:-800}
+MASKS=${MASKS:-disc}
 SAMPLER=${SAMPLER:-dpmsolver++:20}  # sets sampled otherwise are named <variant>-<step>-<scheduler><steps>
 # The documented 256 px recipe (RESULTS.md row 4), with snapshots instead of checkpoints; RECIPE replaces it (a CPU
 # smoke run: RECIPE="--resolution 32 --model_config tiny --train_batch_size 8" STEPS_MAX=4 SNAPSHOT=2 N_SYN=8 SEEDS=1
@@ -56,19 +62,23 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
   tile=256).save(sys.argv[2])" "$set" "$set/fullsize.png"
     done
     # Only what holds no real photograph comes back: report text and JSON, synthetic sample sheets, logs, losses.
+    # The evaluation figures that are plots only (nearest_pairs and the worst-pairs sheet show real photographs).
     cd "$WORK" && tar czf "$OUT/realism_reports.tgz" eval/*/report.json eval/*/report.md eval/*/dice_bars.png \
+      eval/*/disc_histograms.png eval/*/cup_to_disc.png conditional/*/conditional_sampling.json conditional/*.log \
       synthetic/*/contact_sheet.png synthetic/*/fullsize.png synthetic/*/generation_config.json runs/*/logs/metrics.csv \
       runs/*/training_args.json ./*.log 2>/dev/null
     log "packed $(ls eval 2>/dev/null | wc -l) evaluations into $OUT/realism_reports.tgz"
   )
 }
+set_masks() { $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.data.schema \
+import dataset_mask_names; print(','.join(dataset_mask_names(load_fundus_dataset(sys.argv[1]))))" "$1"; }
 finished() { [ -f "$1/arrow/dataset_info.json" ] || [ -f "$1/dataset_info.json" ]; }  # a saved synthetic set
 flags_of() { tr ';' '\n' <<< "$VARIANTS" | grep "^$1=" | cut -d= -f2-; }
 
 case $STAGE in
 train)
   mkdir -p "$WORK"
-  rm -rf "$CODE" && mkdir -p "$CODE" && cp -r fundus_diffusion scripts "$CODE/"
+  rm -rf "$CODE" && mkdir -p "$CODE" && cp -r fundus_diffusion scripts benchmarks "$CODE/"
   cp -r pipelines "$CODE/fundus_diffusion/pipelines" && cp -r model_cards "$CODE/fundus_diffusion/model_cards"
   cp -r "$DATA/fundus-od" "$WORK/fundus-od"
   cd "$CODE"  # the copy: the working tree may change under a later call
@@ -76,7 +86,7 @@ train)
     --output_dir "$WORK/split" > "$WORK/split.log" 2>&1 || { cat "$WORK/split.log"; exit 1; }
   for name in $(names); do
     # shellcheck disable=SC2046
-    setsid $PY scripts/train_ddpm.py --dataset "$WORK/split/train" --masks disc $RECIPE \
+    setsid $PY scripts/train_ddpm.py --dataset "$WORK/split/train" --masks "$MASKS" $RECIPE \
       --max_train_steps "$STEPS_MAX" --snapshot_steps "$SNAPSHOT" --checkpointing_steps 100000 \
       --validation_steps 100000 --logger none --seed 0 --cache_dir "$WORK/cache" \
       --output_dir "$WORK/runs/$name" $(flags_of "$name") > "$WORK/train-$name.log" 2>&1 < /dev/null &
@@ -127,17 +137,34 @@ evaluate)
     finished "$set" || continue
     [ -f "$WORK/eval/$name/report.json" ] || [ -f "$WORK/eval-$name.started" ] && continue
     touch "$WORK/eval-$name.started"
-    log "evaluating $name ($SEEDS seeds)"
+    masks=$(set_masks "$set") || { log "cannot read $set"; continue; }
+    log "evaluating $name on $masks ($SEEDS seeds)"
     setsid $PY scripts/evaluate.py --real "$WORK/split/train" --holdout "$WORK/split/test" --synthetic "$set" \
-      --masks disc --seeds "$SEEDS" $EVAL_FLAGS --segmenter_steps "$SEG_STEPS" --output_dir "$WORK/eval/$name" \
+      --masks "$masks" --seeds "$SEEDS" $EVAL_FLAGS --segmenter_steps "$SEG_STEPS" --output_dir "$WORK/eval/$name" \
       > "$WORK/eval-$name.log" 2>&1 < /dev/null &
   done
   [ "${BACKGROUND:-0}" = 1 ] && pack_results || WAIT_S=${WAIT_S:-540} STAGE=pack bash "$SCRIPT"
   ;;
+conditional)
+  cd "$CODE"
+  mkdir -p "$WORK/conditional"
+  for name in $(tr ',' ' ' <<< "${COND_SETS:?name the snapshots, e.g. COND_SETS=disccup-6000}"); do
+    snap=$WORK/runs/${name%-*}/snapshots/step-$(printf %07d "${name##*-}")
+    [ -f "$snap/model_index.json" ] || { log "no snapshot $snap"; continue; }
+    [ -f "$WORK/conditional/$name/conditional_sampling.json" ] && continue
+    log "conditional sampling with $name (${COND_FLAGS:=--scheduler ddpm --num_inference_steps 100 --resample_steps 4})"
+    # shellcheck disable=SC2086
+    setsid $PY benchmarks/conditional_sampling.py --model "$snap" --real "$WORK/split/train" --holdout "$WORK/split/test" \
+      --segmenter_steps "$SEG_STEPS" $COND_FLAGS --output_dir "$WORK/conditional/$name" \
+      > "$WORK/conditional/$name.log" 2>&1 < /dev/null &
+  done
+  pack_results
+  ;;
 pack)
   deadline=$((SECONDS + ${WAIT_S:-0}))
-  while pgrep -f scripts/evaluate.py > /dev/null && [ $SECONDS -lt $deadline ]; do sleep 10; done
-  pgrep -f scripts/evaluate.py > /dev/null && log "evaluations still running: $(pgrep -af scripts/evaluate.py | grep -o 'synthetic/[^ ]*' | tr '\n' ' ')"
+  busy() { pgrep -f "scripts/evaluate.py|benchmarks/conditional_sampling.py" > /dev/null; }
+  while busy && [ $SECONDS -lt $deadline ]; do sleep 10; done
+  busy && log "still running: $(pgrep -af 'scripts/evaluate.py|benchmarks/conditional_sampling.py' | grep -o -- '--output_dir [^ ]*' | tr '\n' ' ')"
   pack_results
   ;;
 *) echo "unknown STAGE=$STAGE"; exit 2 ;;
