@@ -1,0 +1,293 @@
+"""Pathological-myopia detection utility (issue 20): does a class-conditional generator's synthetic set help a PM
+classifier judged on real photographs?
+
+The PM classifier of ``pm_classifier`` (its fixed recipe) is trained, for every seed, on three sets: the real images
+the generator was trained on (``real``), the synthetic set alone and both together, and scored on one fixed held-out
+real split: accuracy and ROC AUC of P(PM) (torchmetrics), mean ± std over seeds. Beside them, as in the segmentation
+protocol: the two-sample realism test of the synthetic images (``realism.realism_test``) and the copy check of the
+synthetic set against the generator's training images (``memorisation``, in downsampled pixels and in the
+real-trained classifier's features). A set with flagged copies is refused: the classifiers on synthetic images are
+not trained and the report says why, loudly, since a score earned by copies of the training images says nothing
+about what a generator adds. The real-trained classifier also labels the synthetic samples, with the realism guard
+of ``pm_classifier`` beside the agreement.
+
+``render_markdown`` and ``write_pm_report`` write ``report.json`` and ``report.md``.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Dict, Optional
+
+import torch
+from scipy.stats import fisher_exact
+from torchmetrics.functional.classification import binary_accuracy, binary_auroc
+from tqdm.auto import tqdm
+
+from ..data.schema import LABEL_NAMES
+from .arrays import dataset_arrays, default_device
+from .checks import native_resolution
+from .memorisation import memorisation_report, pixel_features
+from .metrics import format_mean_std, format_value, summarise
+from .pm_classifier import ClassifierRecipe, classify, label_agreement, realism_guard, train_pm_classifier
+from .protocol import TRAINING_SETS, _flagged, _strip_arrays
+from .realism import RealismRecipe, realism_test
+from .report import _json_safe, _realism_lines
+
+SYNTHETIC_SETS = TRAINING_SETS[1:]  # the classifiers a refused set (copies of training images) does not get
+REFUSE_P = 0.01  # refuse when copies are flagged more often than in the held-out control at this significance
+METRICS = ("accuracy", "auc")
+
+
+@dataclass
+class PMUtilityConfig:
+    resolution: Optional[int] = None  # None: the synthetic set's native resolution
+    seeds: int = 3
+    classifier_steps: int = ClassifierRecipe.steps
+    realism_steps: int = RealismRecipe.steps
+    realism_folds: int = RealismRecipe.folds
+    device: Optional[str] = None
+    inputs: Dict = field(default_factory=dict)  # provenance (dataset paths), copied into the report
+
+
+def labelled(dataset, name: str):
+    """The rows of ``dataset`` with a PM / non-PM label; a ValueError naming the set and the fix when none has."""
+    kept = dataset.filter(lambda label: label >= 0, input_columns="label")
+    if len(kept) == 0:
+        fix = (
+            "generate it with --labels PM=N,non-PM=M" if name == "synthetic" else "pass labelled images (e.g. palm-224)"
+        )
+        raise ValueError(
+            f"The {name} set has no PM / non-PM labels, so it cannot train or judge a PM classifier. Fix: {fix}."
+        )
+    return kept
+
+
+def class_counts(labels: torch.Tensor) -> Dict[str, int]:
+    return {"n": len(labels), **{name: int((labels == i).sum()) for i, name in enumerate(LABEL_NAMES)}}
+
+
+def detection_scores(logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+    """Accuracy (argmax) and ROC AUC of P(PM) for ``[N, 2]`` logits against 0 / 1 labels (AUC NaN for one class)."""
+    probability = logits.float().softmax(1)[:, 1]
+    auc = float(binary_auroc(probability, labels)) if len(labels.unique()) == 2 else float("nan")
+    return {"accuracy": float(binary_accuracy(probability, labels)), "auc": auc}
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def _memorisation(arrays: Dict[str, torch.Tensor], real_model, synthetic_ids, real_ids, resolution: int) -> Dict:
+    """The copy check of the synthetic images against the real training images, in downsampled pixels and in the
+    real-trained classifier's stage features (seed 0), each with its control: the held-out real images, which cannot
+    be copies, checked the same way (how many a check flags by chance at this number of training images)."""
+    spaces = {
+        "downsampled pixels (32x32 RGB in [0, 1], L2)": pixel_features,
+        f"real-trained PM classifier, stage features (seed 0, {resolution} px, L2)": lambda images: classify(
+            real_model, _as_float(images)
+        )["features"],
+    }
+    section = {}
+    for space, features in spaces.items():
+        real = features(arrays["real"])
+        found, control = (memorisation_report(features(arrays[name]), real) for name in ("synthetic", "holdout"))
+        section[space] = {
+            **_strip_arrays(found),
+            "flagged": _flagged(found, synthetic_ids, real_ids),
+            "held_out_control": {
+                "n_held_out": control["n_synthetic"],
+                "n_flagged": control["n_flagged"],
+                "share_flagged": control["share_flagged"],
+            },  # fmt: skip
+        }
+    return section
+
+
+def copy_excess_p(space: Dict) -> float:
+    """One-sided Fisher exact p-value that the synthetic samples are flagged more often than the held-out control
+    (1.0 when none is flagged)."""
+    control = space["held_out_control"]
+    if space["n_flagged"] == 0:
+        return 1.0
+    table = [
+        [space["n_flagged"], space["n_synthetic"] - space["n_flagged"]],
+        [control["n_flagged"], control["n_held_out"] - control["n_flagged"]],
+    ]
+    return float(fisher_exact(table, alternative="greater")[1])
+
+
+def refusal(memorisation: Dict) -> Optional[str]:
+    """Why the synthetic set is refused (None when it is not): in some space of the copy check its samples are flagged
+    as copies more often than the held-out real images, at one-sided Fisher p < ``REFUSE_P``.
+
+    The control, not "any sample flagged", is the yardstick because the threshold (the 1st percentile of real-to-real
+    nearest distances) is about the smallest of N distances at small N: on palm-224 it flags up to 7 of 80 held-out
+    real images, which cannot be copies, as copies of 20 training images, so a faultless generator's 200 samples would
+    be flagged too. Copies of training images lie far below the threshold and outnumber the control's chance flags.
+    """
+    reasons = []
+    for space, m in memorisation.items():
+        p, control = copy_excess_p(m), m["held_out_control"]
+        if p < REFUSE_P:
+            reasons.append(
+                f"{m['n_flagged']} of {m['n_synthetic']} synthetic samples flagged as copies of the generator's "
+                f"{m['n_real_train']} training images in {space}, against {control['n_flagged']} of "
+                f"{control['n_held_out']} held-out real images (one-sided Fisher p = {p:.2g})"
+            )
+    if not reasons:
+        return None
+    return (
+        "REFUSED: " + "; ".join(reasons) + ". The classifiers on synthetic images were not trained: a score earned by "
+        "copies says nothing about what the generator adds."
+    )
+
+
+def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConfig] = None) -> Dict:
+    """The PM-detection report for schema datasets: ``real`` (what the generator trained on), a disjoint real
+    ``holdout`` and the labelled ``synthetic`` set; rows with an unknown label (-1) are left out of all three.
+
+    Returns a JSON-able dict: counts per class, ``detection`` (accuracy and AUC per training set, per seed and
+    mean ± std), ``memorisation``, ``refused`` (None, or why the synthetic classifiers were not trained),
+    ``synthetic_by_real_classifier`` (label agreement and realism guard) and ``realism``.
+    """
+    config = config or PMUtilityConfig()
+    device = config.device or default_device()
+    sets = {
+        "real": labelled(real, "real"),
+        "holdout": labelled(holdout, "held-out"),
+        "synthetic": labelled(synthetic, "synthetic"),
+    }
+    overlap = set(sets["real"]["id"]) & set(sets["holdout"]["id"])
+    if overlap:
+        raise ValueError(
+            f"{len(overlap)} held-out id(s) are also in the real training set, e.g. {sorted(overlap)[:3]}: pass a disjoint split."
+        )
+    resolution = config.resolution or native_resolution(sets["synthetic"])
+    arrays = {name: dataset_arrays(dataset, resolution, (), name) for name, dataset in sets.items()}
+    labels = {name: torch.tensor(list(dataset["label"])) for name, dataset in sets.items()}
+    images = {name: _as_float(a).to(device) for name, a in arrays.items()}
+    images["real+synthetic"] = torch.cat([images["real"], images["synthetic"]])
+    labels["real+synthetic"] = torch.cat([labels["real"], labels["synthetic"]])
+    recipe = ClassifierRecipe(steps=config.classifier_steps)
+    seeds = list(range(config.seeds))
+
+    def scores_of(name: str):
+        """One classifier per seed trained on set ``name``, each scored on the held-out images: ``(scores per seed,
+        seed 0's classifier)``."""
+        scores, first = [], None
+        for seed in seeds:
+            progress = partial(tqdm, desc=f"PM classifier on {name}, seed {seed}", leave=False)
+            seeded = ClassifierRecipe(**{**recipe.to_dict(), "seed": seed})
+            model = train_pm_classifier(images[name], labels[name], seeded, device, progress)
+            scores.append(detection_scores(classify(model, images["holdout"])["logits"], labels["holdout"]))
+            first = model if first is None else first
+        return scores, first
+
+    per_seed = {}
+    per_seed["real"], real_model = scores_of("real")
+    memorisation = _memorisation(
+        arrays, real_model, list(sets["synthetic"]["id"]), list(sets["real"]["id"]), resolution
+    )
+    refused = refusal(memorisation)
+    if refused is None:
+        for name in SYNTHETIC_SETS:
+            per_seed[name] = scores_of(name)[0]
+    outputs = {name: classify(real_model, images[name]) for name in ("real", "holdout", "synthetic")}
+    realism = RealismRecipe(steps=config.realism_steps, folds=config.realism_folds)
+    all_real = torch.cat([arrays["real"], arrays["holdout"]]).to(device)
+    return {
+        "task": "PM detection (PM vs non-PM) on held-out real images",
+        "config": {**asdict(config), "resolution": resolution, "device": device},
+        "resolution": {
+            "px": resolution,
+            "how": "given (--resolution)" if config.resolution else f"native: the synthetic images are {resolution} px",
+        },
+        "counts": {name: class_counts(labels[name]) for name in sets},
+        "detection": {
+            "recipe": {**recipe.to_dict(), "seeds": seeds},
+            "n_train": {name: len(labels[name]) for name in TRAINING_SETS},
+            "per_seed": per_seed,
+            "results": {
+                name: {m: summarise([s[m] for s in scores]) for m in METRICS} for name, scores in per_seed.items()
+            },
+        },
+        "refused": refused,
+        "memorisation": memorisation,
+        "synthetic_by_real_classifier": {
+            "label_agreement": label_agreement(outputs["synthetic"]["logits"].argmax(1), labels["synthetic"].tolist()),
+            "realism_guard": realism_guard(outputs["real"], outputs["holdout"], outputs["synthetic"]),
+        },
+        "realism": realism_test(all_real, arrays["synthetic"].to(device), realism, device),
+    }
+
+
+def render_markdown(report: Dict) -> str:
+    """``report.md``: the refusal first when there is one, then detection, copy check, labels and realism."""
+    px, detection, counts = f"{report['resolution']['px']} px", report["detection"], report["counts"]
+    recipe = detection["recipe"]
+
+    def described(name):
+        c = counts[name]
+        return f"{c['n']} ({', '.join(f'{c[label]} {label}' for label in LABEL_NAMES)})"
+
+    lines = ["# PM detection utility", ""]
+    if report["refused"]:
+        lines += ["> " + "!" * 60, f"> **{report['refused']}**", "> " + "!" * 60, ""]
+    lines += [
+        f"Real training images (the generator's): {described('real')}; synthetic: {described('synthetic')}; held-out "
+        f"real: {described('holdout')}. Everything at **{px}** ({report['resolution']['how']}), device "
+        f"{report['config']['device']}.",
+        "",
+        f"## 1. PM detection on held-out real images ({px})",
+        "",
+        f"Classifier: `fundus_diffusion.evaluation.pm_classifier` (width {recipe['width']}, {recipe['steps']} steps, batch "
+        f"{recipe['batch_size']}, class-balanced batches), seeds {recipe['seeds']}; accuracy and ROC AUC of P(PM) on the "
+        f"{counts['holdout']['n']} held-out images, mean ± std over seeds.",
+        "",
+        f"| trained on ({px}) | n train | accuracy | ROC AUC |",
+        "|---|---|---|---|",
+    ]
+    for name in TRAINING_SETS:
+        result = detection["results"].get(name)
+        cells = (
+            "REFUSED (copies) | REFUSED (copies)"
+            if result is None
+            else " | ".join(format_mean_std(result[m]) for m in METRICS)
+        )
+        lines.append(f"| {name} | {detection['n_train'][name]} | {cells} |")
+    lines += ["", f"## 2. Copies of the generator's training images ({px})", ""]
+    for space, m in report["memorisation"].items():
+        control = m["held_out_control"]
+        lines.append(
+            f"- {space}: {m['n_flagged']} of {m['n_synthetic']} flagged (closer to a training image than the "
+            f"{m['percentile']:g}st percentile of real-to-real nearest distances, {format_value(m['threshold'])}, over "
+            f"{m['n_real_train']} images); median nearest distance synthetic→real {format_value(m['median_synthetic_to_real'])}, "
+            f"real→real {format_value(m['median_real_to_real'])}. Control: {control['n_flagged']} of "
+            f"{control['n_held_out']} held-out real images, never seen by the generator, are flagged the same way."
+        )
+        lines += [f"  - `{f['synthetic_id']}` ≈ `{f['real_id']}` ({format_value(f['distance'])})" for f in m["flagged"]]
+    judged = report["synthetic_by_real_classifier"]
+    agreement, guard = judged["label_agreement"], judged["realism_guard"]
+    lines += [
+        "",
+        f"## 3. The synthetic labels, judged by the real-trained classifier (seed 0, {px})",
+        "",
+        f"Label agreement {format_value(agreement['overall'])} of {agreement['n']} samples "
+        + ", ".join(f"({name} {format_value(agreement[name])} of {agreement[f'n_{name}']})" for name in LABEL_NAMES)
+        + f". Realism guard: {guard['verdict']}.",
+    ]
+    lines += [line.replace("## 5. ", "## 4. ", 1) for line in _realism_lines(report["realism"], px)]
+    return "\n".join(lines) + "\n"
+
+
+def write_pm_report(report: Dict, output_dir: str) -> Dict[str, str]:
+    """Write ``report.json`` (strict JSON: NaN as null) and ``report.md`` into ``output_dir``; returns their paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {"json": os.path.join(output_dir, "report.json"), "markdown": os.path.join(output_dir, "report.md")}
+    with open(paths["json"], "w", encoding="utf-8") as f:
+        json.dump(_json_safe(report), f, indent=2, allow_nan=False)
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
+        f.write(render_markdown(report))
+    return paths

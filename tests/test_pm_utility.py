@@ -1,0 +1,125 @@
+"""The PM-detection utility evaluation (issue 20): classifiers on real / synthetic / both, scored on held-out real
+images, with the realism test and the copy check that refuses a set of copies."""
+
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fundus_diffusion.data import load_phantom_dataset
+from fundus_diffusion.evaluation.pm_utility import (
+    PMUtilityConfig,
+    copy_excess_p,
+    detection_scores,
+    evaluate_pm_utility,
+    refusal,
+    write_pm_report,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PALM = REPO_ROOT.parent / "shared" / "data" / "palm-224" / "PALM-Training400"
+TINY = PMUtilityConfig(resolution=32, seeds=2, classifier_steps=3, realism_steps=2, realism_folds=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    """A generator's 16 training images, 12 held-out real ones and 12 other samples of the same distribution."""
+    return {
+        "real": load_phantom_dataset(16, size=48, seed=0),
+        "holdout": load_phantom_dataset(12, size=48, seed=1000, split="test"),
+        "synthetic": load_phantom_dataset(12, size=48, seed=500, split="synthetic"),
+    }
+
+
+def test_detection_scores_known_answer():
+    labels = torch.tensor([0, 0, 1, 1])
+    scores = detection_scores(torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0]]), labels)
+    assert scores["accuracy"] == pytest.approx(0.5)
+    # P(PM) 0.12, 0.73 (non-PM) and 0.95, 0.27 (PM): 3 of the 4 (PM, non-PM) pairs are ranked right
+    assert scores["auc"] == pytest.approx(0.75)
+    assert detection_scores(torch.tensor([[0.0, 1.0], [0.0, 2.0]]), torch.tensor([1, 1]))["accuracy"] == 1.0
+    assert math.isnan(detection_scores(torch.tensor([[0.0, 1.0], [0.0, 2.0]]), torch.tensor([1, 1]))["auc"])
+
+
+def test_report_holds_every_training_set_realism_and_copy_check(phantoms, tmp_path):
+    report = evaluate_pm_utility(phantoms["real"], phantoms["holdout"], phantoms["synthetic"], TINY)
+    assert report["refused"] is None, report["memorisation"]
+    results = report["detection"]["results"]
+    assert set(results) == {"real", "synthetic", "real+synthetic"}
+    assert all(results[name][metric]["n"] == 2 for name in results for metric in ("accuracy", "auc"))
+    assert report["detection"]["n_train"] == {"real": 16, "synthetic": 12, "real+synthetic": 28}
+    assert report["counts"]["holdout"] == {"n": 12, "non-PM": 6, "PM": 6}
+    assert report["realism"]["computed"] and report["realism"]["real_vs_synthetic"]["n_per_class"] == 12
+    assert len(report["memorisation"]) == 2 and all(m["n_real_train"] == 16 for m in report["memorisation"].values())
+    assert report["synthetic_by_real_classifier"]["label_agreement"]["n"] == 12
+    paths = write_pm_report(report, str(tmp_path))
+    assert json.loads(Path(paths["json"]).read_text())["detection"]["results"]["synthetic"]["auc"]["n"] == 2
+    markdown = Path(paths["markdown"]).read_text()
+    assert "| real+synthetic | 28 |" in markdown and "REFUSED" not in markdown
+
+
+def test_a_set_of_copies_is_refused_loudly(phantoms, tmp_path):
+    copies = phantoms["real"].select(range(8)).map(lambda row: {"id": row["id"].replace("train", "copy")})
+    report = evaluate_pm_utility(phantoms["real"], phantoms["holdout"], copies, TINY)
+    assert report["refused"].startswith("REFUSED: 8 of 8 synthetic samples flagged")
+    assert set(report["detection"]["results"]) == {"real"}  # no classifier trained on the copies
+    flagged = report["memorisation"]["downsampled pixels (32x32 RGB in [0, 1], L2)"]["flagged"]
+    assert {f["real_id"] for f in flagged} == set(phantoms["real"].select(range(8))["id"])
+    markdown = Path(write_pm_report(report, str(tmp_path))["markdown"]).read_text()
+    assert markdown.index("**REFUSED") < markdown.index("## 1.")  # before any number
+    assert "| synthetic | 8 | REFUSED (copies) | REFUSED (copies) |" in markdown
+
+
+def space(flagged: int, n: int, control_flagged: int, control_n: int = 80) -> dict:
+    """One feature space of the copy check, as ``evaluate_pm_utility`` records it."""
+    control = {"n_held_out": control_n, "n_flagged": control_flagged, "share_flagged": control_flagged / control_n}
+    return {"n_flagged": flagged, "n_synthetic": n, "n_real_train": 20, "held_out_control": control}
+
+
+def test_refusal_is_against_the_held_out_control():
+    # Chance flags at the control's rate pass (a faultless generator at N = 20: about 1 in 12 on palm-224) ...
+    assert refusal({"pixels": space(16, 200, 7)}) is None and copy_excess_p(space(0, 200, 7)) == 1.0
+    # ... copies well beyond it are refused, naming the space and both counts.
+    refused = refusal({"pixels": space(2, 200, 0), "features": space(40, 200, 3)})
+    assert refused.startswith("REFUSED: 40 of 200 synthetic samples") and "in features, against 3 of 80" in refused
+    assert "pixels" not in refused  # 2 of 200 against 0 of 80 is chance (p about 0.5)
+
+
+def test_unlabelled_synthetic_and_overlapping_split_are_refused(phantoms):
+    unlabelled = phantoms["synthetic"].map(lambda row: {"label": -1})
+    with pytest.raises(ValueError, match="--labels PM=N"):
+        evaluate_pm_utility(phantoms["real"], phantoms["holdout"], unlabelled, TINY)
+    with pytest.raises(ValueError, match="also in the real training set"):
+        evaluate_pm_utility(phantoms["real"], phantoms["real"].select(range(4)), phantoms["synthetic"], TINY)
+
+
+def test_script_writes_both_reports(phantoms, tmp_path, monkeypatch, capsys):
+    for name, dataset in phantoms.items():
+        dataset.save_to_disk(str(tmp_path / name))
+    argv = ["evaluate_pm.py", *(f"--{name}={tmp_path / name}" for name in phantoms), f"--output_dir={tmp_path / 'out'}",
+            "--resolution=32", "--seeds=1", "--steps=2", "--realism_steps=1", "--realism_folds=2", "--device=cpu"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(REPO_ROOT / "scripts" / "evaluate_pm.py"), run_name="__main__")
+    assert "# PM detection utility" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["config"]["inputs"]["synthetic"] == str(tmp_path / "synthetic")
+    assert (tmp_path / "out" / "report.md").is_file()
+
+
+@pytest.mark.skipif(not PALM.is_dir(), reason="../shared/data/palm-224 is absent")
+def test_palm_subsets_keep_the_label_proportions(tmp_path):
+    from fundus_diffusion.data import load_fundus_dataset
+    from fundus_diffusion.evaluation.splits import split_to_disk, subsets_to_disk
+
+    train, _ = split_to_disk(
+        load_fundus_dataset(str(PALM), require_masks=False), str(tmp_path / "split"), stratify="label"
+    )
+    record = subsets_to_disk(train, str(tmp_path / "subsets"), [20, 50, 100], [0], stratify="label")
+    shares = {name: subset["strata"]["1"] / subset["n"] for name, subset in record["subsets"].items()}
+    whole = record["strata"]["1"] / record["n_rows"]  # PM share of the training split (about 0.53)
+    assert all(abs(share - whole) <= 1 / 20 for share in shares.values()), shares
+    assert set(record["subsets"]["n20-seed0"]["ids"]) <= set(record["subsets"]["n50-seed0"]["ids"])
