@@ -75,18 +75,19 @@ def curve_rows(reports: dict, mask: str = "disc") -> list:
     return sorted(rows, key=lambda r: (r["n"], r["job"]))
 
 
-def curve_summary(rows: list) -> dict:
-    """``{training set: {N: {mean, std, n}}}`` over the subset seeds (refused entries left out)."""
+def curve_summary(rows: list, key: str = "dice", sets: tuple = CURVE_SETS) -> dict:
+    """``{training set: {N: {mean, std, n}}}`` of ``row[key]`` over the subset seeds (refused entries, None, left
+    out), for the training sets of ``sets`` in that order."""
     values = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        for name, dice in row["dice"].items():
-            if dice is not None:
-                values[name][row["n"]].append(dice)
+        for name, value in row[key].items():
+            if value is not None:
+                values[name][row["n"]].append(value)
     return {
         name: {
             n: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for n, v in sorted(values[name].items())
         }
-        for name in CURVE_SETS
+        for name in sets
         if name in values
     }
 
@@ -141,19 +142,24 @@ def format_tables(rows: list, summary: dict, sources: list) -> str:
     return "\n".join(lines)
 
 
-def draw(summary: dict, path: str, mask: str = "disc") -> bool:
-    """Dice vs N with error bars (std over subset seeds), one line per training set; False without matplotlib."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None where matplotlib is not installed (the tables need none)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
-    figure, axis = plt.subplots(figsize=(6, 4))
+        return None
+    return plt
+
+
+def plot_curves(axis, summary: dict, x_label: str, y_label: str, legend_title: str):
+    """One line per training set of ``summary`` (``curve_summary``) against N on a log axis, error bars the std over
+    subset seeds, the lines shifted a little apart so that their error bars do not hide each other."""
     for line, (name, by_n) in enumerate(summary.items()):
         ns = sorted(by_n)
-        shifted = [n * 1.04 ** (line - 1) for n in ns]  # side by side, so the error bars do not hide each other
+        shifted = [n * 1.04 ** (line - 1) for n in ns]
         axis.errorbar(
             shifted, [by_n[n]["mean"] for n in ns], yerr=[by_n[n]["std"] for n in ns], marker="o", capsize=3, label=name
         )
@@ -161,10 +167,27 @@ def draw(summary: dict, path: str, mask: str = "disc") -> bool:
     axis.set_xscale("log")
     axis.set_xticks(every_n, [str(n) for n in every_n])
     axis.minorticks_off()
-    axis.set_xlabel("real training pairs N (generator and segmenter trained on these only)")
-    axis.set_ylabel(f"{mask} Dice on the held-out real images")
-    axis.legend(title="segmenter trained on")
+    axis.set_xlabel(x_label)
+    axis.set_ylabel(y_label)
+    axis.legend(title=legend_title)
     axis.grid(alpha=0.3)
+
+
+def draw(summary: dict, path: str, mask: str = "disc") -> bool:
+    """Dice vs N with error bars (std over subset seeds), one line per training set; False without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    figure, axis = plt.subplots(figsize=(6, 4))
+    plot_curves(
+        axis, summary, "real training pairs N (generator and segmenter trained on these only)",
+        f"{mask} Dice on the held-out real images", "segmenter trained on",
+    )  # fmt: skip
+    return save(plt, figure, path)
+
+
+def save(plt, figure, path: str) -> bool:
+    """Lay ``figure`` out, write it to ``path`` (PNG, 150 dpi) and close it; True (drawn)."""
     figure.tight_layout()
     figure.savefig(path, dpi=150)
     plt.close(figure)

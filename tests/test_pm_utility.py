@@ -21,7 +21,6 @@ from fundus_diffusion.evaluation.pm_utility import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PALM = REPO_ROOT.parent / "shared" / "data" / "palm-224" / "PALM-Training400"
 TINY = PMUtilityConfig(resolution=32, seeds=2, classifier_steps=3, realism_steps=2, realism_folds=2, device="cpu")
 
 
@@ -110,13 +109,14 @@ def test_script_writes_both_reports(phantoms, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "out" / "report.md").is_file()
 
 
-@pytest.mark.skipif(not PALM.is_dir(), reason="../shared/data/palm-224 is absent")
-def test_palm_subsets_keep_the_label_proportions(tmp_path):
+def test_palm_subsets_keep_the_label_proportions(palm224_dir, tmp_path):
     from fundus_diffusion.data import load_fundus_dataset
     from fundus_diffusion.evaluation.splits import split_to_disk, subsets_to_disk
 
     train, _ = split_to_disk(
-        load_fundus_dataset(str(PALM), require_masks=False), str(tmp_path / "split"), stratify="label"
+        load_fundus_dataset(str(palm224_dir / "PALM-Training400"), require_masks=False),
+        str(tmp_path / "split"),
+        stratify="label",
     )
     record = subsets_to_disk(train, str(tmp_path / "subsets"), [20, 50, 100], [0], stratify="label")
     shares = {name: subset["strata"]["1"] / subset["n"] for name, subset in record["subsets"].items()}

@@ -1,0 +1,101 @@
+"""PM-detection accuracy and ROC AUC against the number of real training images (issue 20), from the evaluate_pm.py
+reports benchmarks/pm_detection.sh packs: one line per classifier training set (real N, synthetic alone, real N +
+synthetic), the mean over subset seeds with their standard deviation as error bars, one panel per metric.
+
+    python benchmarks/pm_figure.py /tmp/pm/eval --figure pm_curves.png --json pm_table.json
+
+Reads ``<reports>/<job>/report.json`` for jobs ``n<N>-seed<S>`` and ``all``; N is the report's real training count.
+A refused set (its synthetic samples copy the generator's training images more often than held-out real images are
+flagged) has no synthetic rows: the table says REFUSED, loudly, and the curves leave it out. The loading, summary and
+plotting are benchmarks/utility_figure.py's (the segmentation curves); matplotlib is optional, as there.
+"""
+
+import argparse
+import json
+import sys
+
+from utility_figure import CURVE_JOB, TRAINING_SETS, curve_summary, load_reports, plot_curves, pyplot, save
+
+METRICS = {"accuracy": "accuracy", "auc": "ROC AUC of P(PM)"}
+
+
+def curve_rows(reports: dict) -> list:
+    """One row per learning-curve job: N, subset seed, the refusal (None or why) and, per metric, the mean over
+    classifier seeds of each training set (sets a refused job did not train are absent)."""
+    rows = []
+    for job, report in reports.items():
+        match = CURVE_JOB.match(job)
+        if not match or "detection" not in report:
+            continue
+        results, seed = report["detection"]["results"], match.group("seed")
+        row = {"job": job, "n": report["counts"]["real"]["n"], "subset_seed": None if seed is None else int(seed)}
+        row["refused"] = report["refused"]
+        for metric in METRICS:
+            row[metric] = {name: results[name][metric]["mean"] for name in TRAINING_SETS if name in results}
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["n"], r["job"]))
+
+
+def format_tables(rows: list, summaries: dict) -> str:
+    """Markdown: every job (both metrics per training set) and the summary over subset seeds; refused jobs named."""
+
+    def cell(value):
+        return "REFUSED" if value is None else f"{value:.3f}"
+
+    header = " | ".join(f"{name} {metric}" for name in TRAINING_SETS for metric in METRICS)
+    lines = [f"| job | N | {header} |", "|---" * (2 + len(TRAINING_SETS) * len(METRICS)) + "|"]
+    for row in rows:
+        cells = " | ".join(cell(row[metric].get(name)) for name in TRAINING_SETS for metric in METRICS)
+        lines.append(f"| {row['job']} | {row['n']} | {cells} |")
+    lines += ["", f"| N | {header} |", "|---" * (1 + len(TRAINING_SETS) * len(METRICS)) + "|"]
+    for n in sorted({row["n"] for row in rows}):
+        cells = []
+        for name in TRAINING_SETS:
+            for metric in METRICS:
+                entry = summaries[metric].get(name, {}).get(n)
+                cells.append("-" if entry is None else f"{entry['mean']:.3f} ± {entry['std']:.3f} ({entry['n']})")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    refused = [row for row in rows if row["refused"]]
+    if refused:
+        lines += [
+            "",
+            f"REFUSED for copies of training images (synthetic rows left out): {', '.join(r['job'] for r in refused)}",
+        ]
+    return "\n".join(lines)
+
+
+def draw(summaries: dict, path: str) -> bool:
+    """Accuracy and AUC vs N side by side (error bars: std over subset seeds); False without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    figure, axes = plt.subplots(1, len(METRICS), figsize=(11, 4))
+    for axis, (metric, label) in zip(axes, METRICS.items()):
+        x_label = "real training images N (generator and classifier trained on these only)"
+        plot_curves(
+            axis, summaries[metric], x_label, f"PM detection {label}, held-out real images", "classifier trained on"
+        )
+    return save(plt, figure, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", help="The folder of <job>/report.json (pm_detection.sh's eval/).")
+    parser.add_argument("--figure", help="Write the accuracy / AUC vs N figure here (PNG; needs matplotlib).")
+    parser.add_argument("--json", help="Write the rows and the summaries here.")
+    args = parser.parse_args(argv)
+    rows = curve_rows(load_reports(args.reports))
+    summaries = {metric: curve_summary(rows, metric, TRAINING_SETS) for metric in METRICS}
+    print(format_tables(rows, summaries))
+    for row in rows:
+        if row["refused"]:
+            print(f"{row['job']}: {row['refused']}", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"rows": rows, "summary": summaries}, f, indent=2)
+    if args.figure and not draw(summaries, args.figure):
+        print(f"matplotlib is not installed: {args.figure} not drawn (pip install matplotlib)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
