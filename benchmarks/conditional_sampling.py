@@ -37,7 +37,7 @@ from fundus_diffusion.evaluation.arrays import dataset_arrays, default_device
 from fundus_diffusion.evaluation.metrics import dice_per_image
 from fundus_diffusion.evaluation.protocol import EvaluationConfig, resolve_split, segmenter_scores
 from fundus_diffusion.evaluation.segmenter import predict_masks
-from fundus_diffusion.generate import GenerationConfig, generate_dataset, read_mask_sets
+from fundus_diffusion.generate import OWN_SCHEDULER, GenerationConfig, generate_dataset, read_mask_sets
 from fundus_diffusion.pipelines.loading import SCHEDULERS, load_fundus_pipeline
 
 RESULTS_FILE = "conditional_sampling.json"
@@ -144,7 +144,7 @@ def main(args):
     write_given_masks(arrays["holdout"], annotated["holdout"], ids, mask_names, given_dir)
     mask_sets = read_mask_sets(given_dir)
     config = GenerationConfig(
-        model=args.model, num_samples=len(mask_sets.ids), scheduler=args.scheduler,
+        model=args.model, num_samples=len(mask_sets.ids), scheduler=args.scheduler or OWN_SCHEDULER,
         num_inference_steps=args.num_inference_steps, seed=args.seed, batch_size=args.batch_size, device=device,
         masks_from=mask_sets.name, resample_steps=args.resample_steps,
     )  # fmt: skip

@@ -6,6 +6,16 @@ per-step noise on the sampling device from that generator: the same there, not a
 Arrow shards of ``shard_size`` samples (written atomically), so an interrupted run resumes at the first missing
 shard; at the end the shards become one ``save_to_disk`` folder that ``load_fundus_dataset`` reads.
 
+Unless told otherwise a diffusion model samples with DPM-Solver++ in 20 steps (``DEFAULT_SCHEDULER``,
+``DEFAULT_INFERENCE_STEPS``), not with the scheduler it was saved with, which for a trained DDPM is the full
+1,000-step chain (50 times the work for samples of the same kind); ``--scheduler own`` asks for that one. Saved models
+record no sampler of their own to prefer. The choice needs to know whether the model is a diffusion model or a GAN,
+so it is settled once the model is loaded (``prepare_pipeline``) and recorded, settled, in ``generation_config.json``.
+
+With ``compile`` (a ``torch.compile`` mode) the network is compiled once for one batch shape: every batch, the last
+one of a shard and ``regenerate``'s single sample too, is padded to ``batch_size`` with copies of its last sample's
+seed and label and the copies are dropped, so nothing recompiles and ``reduce-overhead`` replays one CUDA graph.
+
 Host memory stays flat whatever ``num_samples``: a batch is generated, encoded to PNG bytes and handed to the shard's
 ``ArrowWriter``, which flushes every ``batch_size`` rows to disk, so at most one batch of images (and less than one
 shard of rows) is held at a time; finished shards, the assembled dataset and the Hub layout are read back memory-mapped.
@@ -37,7 +47,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -54,7 +64,7 @@ from . import export
 from .data.readers import images_by_stem, require_dir
 from .data.schema import LABEL_NAMES, UNKNOWN_LABEL, annotation_column, fundus_features, label_to_id, mask_column
 from .model_cards import LICENSE, render_dataset_card, size_category
-from .pipelines.loading import is_class_conditional
+from .pipelines.loading import SCHEDULERS, is_class_conditional, use_scheduler
 from .training.args import launched_without_gpu, output_dir_problem
 from .visualization import contact_sheet
 
@@ -62,7 +72,13 @@ POSTPROCESSING = ("binarize", "largest_disc", "fill_holes")
 CONFIG_FILE = "generation_config.json"
 SHARDS_DIR = "shards"
 # Settings that do not change a sample: a resumed run may use other values.
-RESUMABLE_DIFFERENCES = ("batch_size", "device")
+RESUMABLE_DIFFERENCES = ("batch_size", "device", "compile")
+# A diffusion model's sampler unless told otherwise (see the module docstring); RePaint resampling (resample_steps)
+# needs a step without solver state: DDPM, over the full chain unless num_inference_steps says otherwise.
+DEFAULT_SCHEDULER, DEFAULT_INFERENCE_STEPS, DEFAULT_RESAMPLING_SCHEDULER = "dpmsolver++", 20, "ddpm"
+OWN_SCHEDULER = "own"  # the scheduler the model was saved with
+SAMPLER_FIELDS = ("scheduler", "num_inference_steps")  # left unset (None) until prepare_pipeline settles them
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")  # torch.compile's
 MASK_SETS_LAYOUT = """--masks_from layout (the generic folder layout without images/):
   <dir>/masks/<name>/<id>.png   one folder per mask name of the model; 255 = structure; the model's resolution, square
 An id with files in only some of the folders gets its other masks generated with the image."""
@@ -171,8 +187,8 @@ class GenerationConfig:
     model: str
     num_samples: int
     labels: Dict[str, int] = field(default_factory=dict)  # empty: unconditional (label -1)
-    scheduler: Optional[str] = None  # None: the pipeline's own
-    num_inference_steps: Optional[int] = None
+    scheduler: Optional[str] = None  # a SCHEDULERS name or OWN_SCHEDULER; None: the default (prepare_pipeline; a GAN: none)
+    num_inference_steps: Optional[int] = None  # None: DEFAULT_INFERENCE_STEPS with the default, else the full chain
     guidance_scale: float = 1.0
     seed: int = 0
     postprocess: List[str] = field(default_factory=list)
@@ -182,6 +198,7 @@ class GenerationConfig:
     device: Optional[str] = None
     masks_from: Optional[str] = None  # the name of the --masks_from folder (MaskSets.name), not its path
     resample_steps: int = 0  # RePaint resampling with masks_from (FundusPipeline's resample_steps)
+    compile: Optional[str] = None  # a torch.compile mode (COMPILE_MODES) for the network; None: eager
 
     def __post_init__(self):
         if self.labels and sum(self.labels.values()) != self.num_samples:
@@ -191,6 +208,10 @@ class GenerationConfig:
         unknown = set(self.postprocess) - set(POSTPROCESSING)
         if unknown:
             raise ValueError(f"Unknown post-processing {sorted(unknown)}: choose from {', '.join(POSTPROCESSING)}.")
+        if self.scheduler not in (None, OWN_SCHEDULER, *SCHEDULERS):
+            raise ValueError(f"Unknown scheduler {self.scheduler!r}: choose from {', '.join([*SCHEDULERS, OWN_SCHEDULER])}.")
+        if self.compile not in (None, *COMPILE_MODES):
+            raise ValueError(f"Unknown torch.compile mode {self.compile!r}: choose from {', '.join(COMPILE_MODES)}.")
 
     @property
     def model_name(self) -> str:
@@ -209,7 +230,10 @@ def generate_samples(
 ):
     """Images and post-processed masks for one batch; sample ``k`` depends only on ``seeds[k]``, ``labels[k]`` and
     its given masks ``given[k]`` (kept as given: post-processing applies to the generated masks only)."""
-    conditioning = {"masks": list(given), "resample_steps": config.resample_steps} if given is not None else {}
+    n = len(seeds)
+    padding = max(0, config.batch_size - n) if config.compile else 0  # one batch shape for the compiled network
+    seeds, labels = [*seeds, *[seeds[-1]] * padding], [*labels, *[labels[-1]] * padding]
+    conditioning = {"masks": [*given, *[given[-1]] * padding], "resample_steps": config.resample_steps} if given is not None else {}
     out = pipe(
         batch_size=len(seeds),
         class_labels=None if all(label is None for label in labels) else list(labels),
@@ -219,9 +243,10 @@ def generate_samples(
         output_type="np",  # NaN survives here (not in 8-bit images): checked, then converted as the pipelines do
         **conditioning,
     )
-    check_finite_samples(out.images, seeds, config)
-    images = [Image.fromarray((im * 255).round().astype(np.uint8), mode="RGB") for im in out.images]
-    masks = [{name: Image.fromarray((m * 255).astype(np.uint8), mode="L") for name, m in ms.items()} for ms in out.masks]
+    seeds, out_images, out_masks = seeds[:n], out.images[:n], out.masks[:n]  # the padding's copies dropped
+    check_finite_samples(out_images, seeds, config)
+    images = [Image.fromarray((im * 255).round().astype(np.uint8), mode="RGB") for im in out_images]
+    masks = [{name: Image.fromarray((m * 255).astype(np.uint8), mode="L") for name, m in ms.items()} for ms in out_masks]
     kept = given or [{}] * len(masks)
     generated = [postprocess_masks({n: m for n, m in ms.items() if n not in k}, config.postprocess) for ms, k in zip(masks, kept)]
     return images, [{n: k[n] if n in k else g[n] for n in ms} for ms, k, g in zip(masks, kept, generated)]
@@ -242,7 +267,8 @@ def regenerate(
     pipe, config: GenerationConfig, index: int, mask_sets: Optional[MaskSets] = None
 ) -> Tuple[Image.Image, Dict[str, Image.Image]]:
     """Sample ``index`` of the dataset ``config`` describes (with ``masks_from``: drawn for ``mask_sets``), made
-    again alone."""
+    again alone (``pipe`` prepared as ``generate_dataset`` prepares it: ``prepare_pipeline``)."""
+    config = prepare_pipeline(pipe, config)
     given = [mask_sets.load(index)] if mask_sets is not None else None
     images, masks = generate_samples(pipe, [config.seed + index], [config.sample_labels()[index]], config, given)
     return images[0], masks[0]
@@ -348,12 +374,14 @@ def sampler_description(output_dir: str) -> Optional[str]:
     """How a synthetic set was sampled, e.g. "dpmsolver++, 20 steps" (None for a GAN, or when not recorded)."""
     config = read_generation_config(output_dir)
     steps = config.get("num_inference_steps")
-    return f"{config.get('scheduler') or 'own scheduler'}, {steps} steps" if steps else None
+    scheduler = config.get("scheduler")
+    return f"{'own scheduler' if scheduler in (None, OWN_SCHEDULER) else scheduler}, {steps} steps" if steps else None
 
 
-def check_resume(output_dir: str, config: GenerationConfig, resume: bool):
+def check_resume(output_dir: str, config: GenerationConfig, resume: bool, model_loaded: bool = True):
     """Refuse to overwrite, and refuse to resume with settings that would change the samples (cheap: the script
-    calls it before loading the model, too)."""
+    calls it before loading the model, too, with ``model_loaded=False``: sampler settings left to their defaults are
+    then not compared, since what they stand for depends on the model; ``generate_dataset`` compares them settled)."""
     problem = output_dir_problem(output_dir)
     if problem:  # a file in its place, or a folder no file can be written in
         raise ValueError(f"--output_dir {output_dir}: {problem}")
@@ -364,10 +392,42 @@ def check_resume(output_dir: str, config: GenerationConfig, resume: bool):
         return
     if not resume:
         raise FileExistsError(f"{output_dir} already holds a generation run; pass --resume to continue it, or choose another --output_dir.")
-    current = asdict(config)
-    changed = {k: (saved.get(k), v) for k, v in current.items() if k not in RESUMABLE_DIFFERENCES and saved.get(k) != v}
+    unsettled = () if model_loaded else tuple(k for k in SAMPLER_FIELDS if getattr(config, k) is None)
+    ignored = (*RESUMABLE_DIFFERENCES, *unsettled)
+    changed = {k: (saved.get(k), v) for k, v in asdict(config).items() if k not in ignored and saved.get(k) != v}
     if changed:
         raise ValueError(f"--resume with other settings than the run in {output_dir}: {changed} (saved, now).")
+
+
+def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
+    """Make ``pipe`` sample as ``config`` says and return ``config`` with its sampler settled.
+
+    A diffusion pipeline gets the scheduler ``config`` names (``use_scheduler``, from its saved noise schedule; kept
+    with ``own``), by default DPM-Solver++ in 20 steps (DDPM with RePaint's ``resample_steps``); a GAN takes no
+    sampler settings. With ``compile``, the network (UNet or GAN generator) is compiled in place, once (a pipeline
+    prepared before keeps its compiled network), for fixed shapes: ``generate_samples`` pads every batch to
+    ``batch_size``. Eager is the default: compiling costs tens of seconds (minutes with the max-autotune modes)
+    before the first batch, which only a long run earns back.
+    """
+    if not hasattr(pipe, "scheduler"):  # a GAN draws its samples in one pass
+        if config.scheduler is not None or config.num_inference_steps is not None:
+            raise ValueError(
+                f"--scheduler / --num_inference_steps apply to diffusion models; {type(pipe).__name__} (a GAN) has "
+                "no sampler: leave them out."
+            )
+    elif config.scheduler is None:
+        resampling = config.resample_steps > 0
+        steps = config.num_inference_steps
+        if steps is None and not resampling:  # no more steps than the training chain has (tiny test models)
+            steps = min(DEFAULT_INFERENCE_STEPS, pipe.scheduler.config.num_train_timesteps)
+        config = replace(config, scheduler=DEFAULT_RESAMPLING_SCHEDULER if resampling else DEFAULT_SCHEDULER, num_inference_steps=steps)
+    if config.scheduler not in (None, OWN_SCHEDULER):
+        use_scheduler(pipe, config.scheduler)
+    if config.compile:
+        network = pipe.unet if hasattr(pipe, "unet") else pipe.gan_generator
+        if getattr(network, "_compiled_call_impl", None) is None:  # what nn.Module.compile sets
+            network.compile(mode=config.compile, dynamic=False, fullgraph=True)
+    return config
 
 
 def process_state() -> PartialState:
@@ -381,6 +441,8 @@ def generate_dataset(
     pipe, config: GenerationConfig, output_dir: str, resume: bool = False, mask_sets: Optional[MaskSets] = None
 ) -> Optional[Dataset]:
     """Generate ``config.num_samples`` samples into ``output_dir`` (see the module docstring); return the dataset.
+``pipe`` is first prepared as ``config`` says (``prepare_pipeline``: its scheduler set, its network compiled), and
+the settled config is what ``generation_config.json`` records and ``--resume`` compares.
 
     ``mask_sets`` (``read_mask_sets``): one sample per mask set, drawn for its masks; ``config.masks_from`` must name
     it and ``config.num_samples`` count its ids.
@@ -389,6 +451,7 @@ def generate_dataset(
     of the shards, the main process assembles the dataset and returns it; the other processes return None once every
     shard is on disk (waiting for the assembly too could outlast the collective backend's timeout)."""
     state = process_state()
+    config = prepare_pipeline(pipe, config)
     check_resume(output_dir, config, resume)
     if config.labels and not is_class_conditional(pipe):
         raise ValueError("--labels needs a class-conditional model; this one is unconditional.")
@@ -524,6 +587,7 @@ def _write_png_metadata(dataset, mask_names: Sequence[str], png_dir: str) -> Non
 def dataset_card(pipe, config: GenerationConfig, dataset):
     """The dataset card (``model_cards/synthetic.md``): model, sampler, steps, guidance, post-processing and seeds."""
     is_gan = not hasattr(pipe, "scheduler")
+    scheduler = None if config.scheduler == OWN_SCHEDULER else config.scheduler  # load_fundus_pipeline's spelling
     counts = np.bincount(np.asarray(list(dataset["label"])) + 1, minlength=len(LABEL_NAMES) + 1)
     label_counts = {name: int(counts[i + 1]) for i, name in enumerate(LABEL_NAMES) if counts[i + 1]}
     if counts[0]:
@@ -546,14 +610,14 @@ def dataset_card(pipe, config: GenerationConfig, dataset):
         resolution=dataset[0]["image"].size[0],
         mask_names=list(pipe.config.mask_names),
         is_gan=is_gan,
-        sampler=None if is_gan else f"{type(pipe.scheduler).__name__} ({config.scheduler or 'as saved'})",
+        sampler=None if is_gan else f"{type(pipe.scheduler).__name__} ({scheduler or 'as saved'})",
         steps=config.num_inference_steps or (None if is_gan else pipe.scheduler.config.num_train_timesteps),
         guidance_scale=config.guidance_scale,
         label_counts=label_counts,
         label_names=list(LABEL_NAMES),
         postprocess=list(config.postprocess),
         seed=config.seed,
-        scheduler=config.scheduler,
+        scheduler=scheduler,
         num_inference_steps=config.num_inference_steps,
     )
 

@@ -102,19 +102,40 @@ def load_fundus_pipeline(
         dtype = "fp16" if device.startswith("cuda") else "fp32"
     if dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {dtype!r}: choose auto, {', '.join(DTYPES)}.")
-    if scheduler is not None and scheduler not in SCHEDULERS:
-        raise ValueError(f"Unknown scheduler {scheduler!r}: choose from {', '.join(SCHEDULERS)}.")
+    check_scheduler(scheduler)  # before anything is read
     class_name = check_model_index(read_model_index(path_or_hub_id), path_or_hub_id)
-    if scheduler is not None and class_name == "FundusGANPipeline":
-        raise ValueError(f"--scheduler {scheduler} applies to diffusion models; {class_name} has no scheduler.")
+    if scheduler is not None and "scheduler" not in COMPONENTS[class_name]:
+        raise no_scheduler_error(scheduler, class_name)
     pipe = PIPELINE_CLASSES[class_name].from_pretrained(
         path_or_hub_id, torch_dtype=DTYPES[dtype], use_safetensors=True
     )
     check_finite_weights(pipe, class_name, path_or_hub_id, dtype)
     if scheduler is not None:
-        scheduler_class, overrides = SCHEDULERS[scheduler]
-        pipe.scheduler = getattr(diffusers, scheduler_class).from_config(pipe.scheduler.config, **overrides)
+        use_scheduler(pipe, scheduler)
     return pipe.to(device)
+
+
+def check_scheduler(scheduler: Optional[str]) -> None:
+    """``scheduler`` is None (keep the saved one) or one of ``SCHEDULERS``."""
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {scheduler!r}: choose from {', '.join(SCHEDULERS)}.")
+
+
+def no_scheduler_error(scheduler: str, class_name: str) -> ValueError:
+    return ValueError(f"--scheduler {scheduler} applies to diffusion models; {class_name} has no scheduler.")
+
+
+def use_scheduler(pipe, scheduler: str) -> None:
+    """Give a diffusion pipeline the scheduler ``scheduler`` (one of ``SCHEDULERS``), built from its own scheduler's
+    config (the training noise schedule); a scheduler of that kind already in place is kept as it is."""
+    check_scheduler(scheduler)
+    if not hasattr(pipe, "scheduler"):
+        raise no_scheduler_error(scheduler, type(pipe).__name__)
+    scheduler_class, overrides = SCHEDULERS[scheduler]
+    current = pipe.scheduler
+    if type(current).__name__ == scheduler_class and all(current.config.get(k) == v for k, v in overrides.items()):
+        return
+    pipe.scheduler = getattr(diffusers, scheduler_class).from_config(current.config, **overrides)
 
 
 def check_finite_weights(pipe, class_name: str, source: str, dtype: str = "fp32") -> None:

@@ -1,7 +1,11 @@
 """Generate a synthetic fundus dataset (images + masks, the real data's schema) from a trained pipeline.
 
     python scripts/generate.py --model runs/ddpm-256 --num_samples 1000 --labels PM=600,non-PM=400 \
-        --scheduler dpmsolver++ --num_inference_steps 20 --guidance_scale 2 --output_dir data/synthetic
+        --guidance_scale 2 --output_dir data/synthetic
+
+A diffusion model samples with DPM-Solver++ in 20 steps unless --scheduler / --num_inference_steps say otherwise
+(--scheduler own: the scheduler it was saved with, for a trained DDPM the full 1,000-step chain). Long runs on a GPU:
+--compile (--compile_mode reduce-overhead replays CUDA graphs) compiles the UNet once for --batch_size.
 
 Images for given masks: one sample per mask set in DIR/masks/<name>/<id>.png (ids kept; an id without some of the
 model's masks gets them generated too):
@@ -18,6 +22,10 @@ import argparse
 
 from fundus_diffusion.cli import add_dataset_push_args, dataset_repo_id, run_script
 from fundus_diffusion.generate import (
+    COMPILE_MODES,
+    DEFAULT_INFERENCE_STEPS,
+    DEFAULT_SCHEDULER,
+    OWN_SCHEDULER,
     POSTPROCESSING,
     GenerationConfig,
     check_resume,
@@ -44,8 +52,15 @@ def parse_args(argv=None):
         help="With --masks_from: RePaint resampling, each step done again this many times (needs --scheduler ddpm or ddim).",
     )  # fmt: skip
     parser.add_argument("--labels", default=None, help="Counts per class, e.g. PM=600,non-PM=400. Default: unconditional.")
-    parser.add_argument("--scheduler", choices=list(SCHEDULERS), default=None, help="Default: the model's own scheduler.")
-    parser.add_argument("--num_inference_steps", type=int, default=None, help="Default: the full training chain.")
+    parser.add_argument(
+        "--scheduler", choices=[*SCHEDULERS, OWN_SCHEDULER], default=None,
+        help=f"Default: {DEFAULT_SCHEDULER} ({DEFAULT_INFERENCE_STEPS} steps); with --resample_steps ddpm. "
+        f"{OWN_SCHEDULER}: the one the model was saved with.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--num_inference_steps", type=int, default=None,
+        help=f"Default: {DEFAULT_INFERENCE_STEPS} with the default scheduler, else the full training chain.",
+    )  # fmt: skip
     parser.add_argument("--guidance_scale", type=float, default=1.0, help="Classifier-free guidance (> 1 needs --labels).")
     parser.add_argument("--seed", type=int, default=0, help="Sample i uses seed + i.")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -55,6 +70,14 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true", help="Continue a partly written --output_dir.")
     parser.add_argument("--device", default=None, help="Default: cuda if available (under accelerate launch: the process's GPU), else cpu.")
     parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto", help="auto: fp16 on a GPU, fp32 on the CPU.")
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the network once for --batch_size (the last batch is padded): worth it for long GPU runs.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile_mode", choices=COMPILE_MODES, default="default",
+        help="With --compile: reduce-overhead replays CUDA graphs; the max-autotune modes search kernels for minutes.",
+    )  # fmt: skip
     add_dataset_push_args(parser)
     return parser.parse_args(argv)
 
@@ -78,11 +101,14 @@ def main(args):
         device=args.device,
         masks_from=mask_sets.name if mask_sets else None,
         resample_steps=args.resample_steps,
+        compile=args.compile_mode if args.compile else None,
     )
-    check_resume(args.output_dir, config, args.resume)  # before the model loads: a wrong folder fails at once
+    # Before the model loads (a Hub id would be downloaded first): a wrong folder fails at once. The default sampler
+    # depends on the model's kind and is compared by generate_dataset once the model is loaded.
+    check_resume(args.output_dir, config, args.resume, model_loaded=False)
     state = process_state()  # one process, or one per GPU under accelerate launch
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
-    pipe = load_fundus_pipeline(args.model, scheduler=args.scheduler, device=device, dtype=args.dtype)
+    pipe = load_fundus_pipeline(args.model, device=device, dtype=args.dtype)  # generate_dataset sets the sampler
     dataset = generate_dataset(pipe, config, args.output_dir, resume=args.resume, mask_sets=mask_sets)
     if dataset is None:  # another process than the main one: its shards are written, the main one assembles
         return

@@ -89,7 +89,7 @@ for run in dcgan-paper dcgan-diffaug dcgan-diffaug-sn-hinge; do
   finished "$run" && { timed gen-$run gen --model "$RESULTS/runs/$run" --num_samples $N_SYN \
     --output_dir "$RESULTS/synthetic/$run" & pids+=($!); }
 done
-finished ddpm-paper && { timed gen-ddpm-paper gen --model "$RESULTS/runs/ddpm-paper" --num_samples $N_SYN --num_inference_steps $PAPER_STEPS \
+finished ddpm-paper && { timed gen-ddpm-paper gen --model "$RESULTS/runs/ddpm-paper" --num_samples $N_SYN --scheduler ddpm --num_inference_steps $PAPER_STEPS \
   --output_dir "$RESULTS/synthetic/ddpm-paper" & pids+=($!); }
 if finished ddpm-256; then
   timed gen-ddpm-256-dpm20 gen --model "$RESULTS/runs/ddpm-256" --num_samples $N_SYN --scheduler dpmsolver++ \

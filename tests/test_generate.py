@@ -52,8 +52,10 @@ def config(model, **kwargs):
 
 
 def test_ddpm_generation_round_trips_through_the_schema(models, tmp_path):
-    pipe = load_fundus_pipeline(models["ddpm"], scheduler="ddim", device="cpu")
-    cfg = config(models["ddpm"], labels={"PM": 3, "non-PM": 2}, num_inference_steps=2, png=True, postprocess=["largest_disc"])
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    cfg = config(
+        models["ddpm"], labels={"PM": 3, "non-PM": 2}, scheduler="ddim", num_inference_steps=2, png=True, postprocess=["largest_disc"]
+    )
     out = tmp_path / "syn"
     generate_dataset(pipe, cfg, str(out))
 
@@ -244,7 +246,7 @@ def test_measured_metrics_reach_the_model_card_without_rewriting_weights(models,
     synthetic = tmp_path / "syn"
     generate_dataset(load_fundus_pipeline(str(model), device="cpu"), config(str(model), num_inference_steps=2), str(synthetic))
     assert generating_model(str(synthetic)) == str(model)
-    assert sampler_description(str(synthetic)) == "own scheduler, 2 steps"  # goes into the metric names
+    assert sampler_description(str(synthetic)) == "dpmsolver++, 2 steps"  # goes into the metric names
 
     add_model_card_metrics(str(model), [{"name": "held-out disc Dice", "value": "0.5 ± 0.1", "notes": "first"}])
     add_model_card_metrics(str(model), [{"name": "held-out disc Dice", "value": "0.7 ± 0.1"}, {"name": "FID", "value": 9}])

@@ -224,6 +224,29 @@ def test_generate_script_refuses_an_output_dir_that_is_a_file_before_loading_the
     assert f"generate.py: error: --output_dir {target}: is a file, not a folder" in capsys.readouterr().err
 
 
+def test_generate_script_compares_a_resumed_runs_settings_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    """A Hub id is not fetched to learn that --resume was given other settings than the partial run's; the default
+    sampler, which depends on the model, is left to generate_dataset (compared once the model is loaded)."""
+    import runpy
+    from dataclasses import asdict
+
+    from fundus_diffusion.generate import GenerationConfig
+    from fundus_diffusion.pipelines import loading
+
+    out = tmp_path / "partial"
+    out.mkdir()
+    saved = GenerationConfig(model="any/model", num_samples=2, scheduler="dpmsolver++", num_inference_steps=20, seed=0)
+    (out / "generation_config.json").write_text(json.dumps(asdict(saved)))
+    monkeypatch.setattr(loading, "load_fundus_pipeline", lambda *a, **k: pytest.fail("the model was loaded first"))
+    argv = ["generate.py", "--model", "any/model", "--output_dir", str(out), "--num_samples", "2", "--seed", "1", "--resume"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO_ROOT / "scripts" / "generate.py"), run_name="__main__")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "--resume with other settings" in err and "{'seed': (0, 1)} (saved, now)" in err
+
+
 @pytest.mark.parametrize("cut", ["after_state", "truncated_info", "shards_gone"])
 def test_generate_resume_after_a_kill_inside_the_final_save(gan_folder, tmp_path, monkeypatch, cut):
     """Killed between save_to_disk's state.json and dataset_info.json (or while writing the latter): --resume

@@ -1,0 +1,277 @@
+"""Sampling throughput of generate.py's sampling path, eager against compiled, per dtype and batch size; and host
+memory while generate.py's writer streams pairs to disk.
+
+The measurement, on a CUDA GPU (one H200: issue 19 asks >= 60 images/s at 256 px with DPM-Solver++ 20):
+
+    python benchmarks/sampling_throughput.py --output_json docs/results/sampling_throughput.json
+
+A check on a CPU in under a minute (tiny UNet at 32 px):
+
+    python benchmarks/sampling_throughput.py --quick
+
+Throughput rows time ``fundus_diffusion.generate.generate_samples``, what ``generate.py`` runs for every batch (one
+CPU generator per sample, class labels, 8-bit images and binary masks out), on a randomly initialised UNet of
+``--model_config`` at ``--resolution`` (no download; untrained weights measure speed only) or on a saved ``--model``,
+with DPM-Solver++ in ``--steps`` steps, for each of ``--modes`` (``eager`` or a ``torch.compile`` mode, compiled by
+generate.py's own path, ``prepare_pipeline``), ``--dtypes`` and ``--batch_sizes``. The first ``--warmup`` batches
+(compilation, CUDA-graph capture) are timed apart and reported as warm-up; then ``--repeats`` batches are timed
+between ``torch.cuda.synchronize()`` calls.
+
+The stream rows run ``generate_dataset`` (generate.py's writer: Arrow shards, then the dataset, card and Hub layout)
+for ``--stream_samples`` pairs in ``--work_dir``, eager, with ``--stream_steps`` solver steps (host memory does not
+depend on the step count; the rows' speed is not the sampling figure), and print the process's resident memory when
+each shard is on disk and after the assembly, with the peak (sampled every 20 ms). Flat host memory: the RSS after the
+last shard is about the RSS after the first. ``--output_json`` is rewritten after every row, so a run cut short keeps
+what it measured.
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+
+import psutil
+import torch
+
+from fundus_diffusion.cli import run_script
+from fundus_diffusion.data.schema import num_channels
+from fundus_diffusion.generate import (
+    COMPILE_MODES,
+    GenerationConfig,
+    generate_dataset,
+    generate_samples,
+    prepare_pipeline,
+)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+QUICK = dict(model_config="tiny", resolution=32, batch_sizes="4", dtypes="fp32", warmup=1, repeats=2, stream_samples=64, shard_size=16)
+MIB = 2**20
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="A saved FundusPipeline folder (default: a random --model_config UNet).")
+    parser.add_argument("--model_config", default="base256", help="UNet preset of the random model.")
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--masks", default="disc,atrophy", help="Mask channels of the random model.")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--modes", default=None, help="Comma list of eager and torch.compile modes. Default: eager,reduce-overhead on CUDA, eager,default on the CPU.")
+    parser.add_argument("--dtypes", default=None, help="Comma list of fp32, fp16, bf16. Default: fp16,bf16 on CUDA, fp32 on the CPU.")
+    parser.add_argument("--batch_sizes", default="32,64")
+    parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps.")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed batches per row (compilation happens here).")
+    parser.add_argument("--repeats", type=int, default=3, help="Timed batches per row.")
+    parser.add_argument("--sections", default="throughput,stream")
+    parser.add_argument("--stream_samples", type=int, default=10_000)
+    parser.add_argument("--stream_steps", type=int, default=2, help="Solver steps of the stream rows (memory, not speed).")
+    parser.add_argument("--shard_size", type=int, default=256, help="generate.py's --shard_size for the stream rows.")
+    parser.add_argument("--work_dir", default=None, help="Where the stream rows write (default: a temporary folder, removed).")
+    parser.add_argument("--output_json", default=None)
+    parser.add_argument("--quick", action="store_true", help="Tiny UNet at 32 px, one batch size, 64 streamed pairs: a CPU check.")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
+    cuda = args.device.startswith("cuda")
+    args.modes = (args.modes or ("eager,reduce-overhead" if cuda else "eager,default")).split(",")
+    args.dtypes = (args.dtypes or ("fp16,bf16" if cuda else "fp32")).split(",")
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.sections = set(args.sections.split(","))
+    for mode in args.modes:
+        if mode != "eager" and mode not in COMPILE_MODES:
+            parser.error(f"--modes: {mode!r} is neither eager nor a torch.compile mode ({', '.join(COMPILE_MODES)}).")
+    if set(args.dtypes) - set(DTYPES) or not args.sections <= {"throughput", "stream"}:
+        parser.error(f"--dtypes takes {', '.join(DTYPES)} and --sections throughput, stream.")
+    return args
+
+
+def make_pipeline(args, dtype: str):
+    """The saved ``--model``, or a random ``--model_config`` UNet (class-conditional, ``--masks``), on the device."""
+    from diffusers import DDPMScheduler
+
+    from fundus_diffusion import FundusPipeline
+    from fundus_diffusion.models import build_unet
+    from fundus_diffusion.pipelines.loading import load_fundus_pipeline
+
+    if args.model:
+        pipe = load_fundus_pipeline(args.model, device=args.device, dtype=dtype)
+        if not hasattr(pipe, "scheduler"):
+            raise ValueError(f"--model {args.model} is a GAN; this benchmark times diffusion sampling.")
+    else:
+        masks = args.masks.split(",")
+        torch.manual_seed(0)
+        unet = build_unet(args.model_config, args.resolution, num_channels(masks)).to(args.device, DTYPES[dtype])
+        pipe = FundusPipeline(unet=unet, scheduler=DDPMScheduler(), mask_names=masks)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def model_name(args) -> str:
+    return os.path.basename(os.path.normpath(args.model)) if args.model else f"random-{args.model_config}"
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def throughput_row(pipe, args, mode: str, dtype: str, batch: int) -> dict:
+    """Images/s of ``generate_samples`` on batches of ``batch``, after ``--warmup`` batches timed as warm-up."""
+    config = GenerationConfig(
+        model=model_name(args), num_samples=batch, scheduler="dpmsolver++", num_inference_steps=args.steps,
+        batch_size=batch, device=args.device, compile=None if mode == "eager" else mode,
+    )  # fmt: skip
+    config = prepare_pipeline(pipe, config)
+    conditional = bool(pipe.unet.config.num_class_embeds)
+    labels = [("PM", "non-PM")[i % 2] if conditional else None for i in range(batch)]
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+    def run(batches: int) -> float:
+        sync(args.device)
+        start = time.perf_counter()
+        for _ in range(batches):
+            generate_samples(pipe, list(range(batch)), labels, config)
+        sync(args.device)
+        return time.perf_counter() - start
+
+    warmup_s = run(args.warmup)
+    seconds = run(args.repeats)
+    return {
+        "mode": mode,
+        "dtype": dtype,
+        "batch": batch,
+        "images_per_s": batch * args.repeats / seconds,
+        "warmup_s": round(warmup_s, 2),
+        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
+    }
+
+
+class ShardMemory:
+    """Wraps a prepared pipeline: before each batch that starts a new shard (so the previous one is finalised on
+    disk), records the process's RSS; a thread keeps the peak, sampled every 20 ms."""
+
+    def __init__(self, pipe, shard_size: int):
+        self.pipe, self.shard_size, self.generated, self.after_shard = pipe, shard_size, 0, []
+        self.process, self.peak, self.stopped = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def rss(self) -> int:
+        return self.process.memory_info().rss
+
+    def _watch(self):
+        while not self.stopped.wait(0.02):
+            self.peak = max(self.peak, self.rss())
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __call__(self, **kwargs):
+        if self.generated and self.generated % self.shard_size == 0:
+            self.after_shard.append({"samples": self.generated, "rss_mib": round(self.rss() / MIB, 1)})
+        self.generated += kwargs["batch_size"]
+        return self.pipe(**kwargs)
+
+    def __enter__(self):
+        self.peak = self.rss()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def stream(args, work_dir: str) -> dict:
+    """RSS while generate_dataset writes ``--stream_samples`` pairs (see the module docstring)."""
+    pipe = make_pipeline(args, args.dtypes[0])
+    batch = max(args.batch_sizes)
+    config = GenerationConfig(
+        model=model_name(args), num_samples=args.stream_samples, scheduler="dpmsolver++",
+        num_inference_steps=args.stream_steps, batch_size=batch, shard_size=args.shard_size, device=args.device,
+    )  # fmt: skip
+    config = prepare_pipeline(pipe, config)  # before wrapping: the scheduler is set on the pipeline itself
+    before = psutil.Process().memory_info().rss
+    start = time.perf_counter()
+    with ShardMemory(pipe, args.shard_size) as watched:
+        generate_dataset(watched, config, os.path.join(work_dir, "stream"))
+        after = watched.rss()
+    return {
+        "num_samples": args.stream_samples,
+        "shard_size": args.shard_size,
+        "batch": batch,
+        "dtype": args.dtypes[0],
+        "steps": args.stream_steps,
+        "seconds": round(time.perf_counter() - start, 1),
+        "rss_before_mib": round(before / MIB, 1),
+        "rss_after_shard": watched.after_shard,
+        "rss_after_assembly_mib": round(after / MIB, 1),
+        "peak_rss_mib": round(watched.peak / MIB, 1),
+    }
+
+
+def print_throughput(rows, args) -> None:
+    print(f"\nSampling: {model_name(args)} at {args.resolution} px, DPM-Solver++ {args.steps} steps, {args.device}\n")
+    print("| mode | dtype | batch | images/s | warm-up s | peak GPU GiB |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        gib = f"{r['peak_gpu_gib']:.2f}" if r["peak_gpu_gib"] is not None else "-"
+        print(f"| {r['mode']} | {r['dtype']} | {r['batch']} | {r['images_per_s']:.1f} | {r['warmup_s']} | {gib} |")
+
+
+def print_stream(result) -> None:
+    print(
+        f"\nHost memory streaming {result['num_samples']} pairs to disk (shards of {result['shard_size']}, batch "
+        f"{result['batch']}, {result['steps']} steps, {result['seconds']} s)\n"
+    )
+    print("| samples written | host RSS MiB |")
+    print("|---|---|")
+    print(f"| 0 (model loaded) | {result['rss_before_mib']} |")
+    for r in result["rss_after_shard"]:
+        print(f"| {r['samples']} | {r['rss_mib']} |")
+    print(f"| {result['num_samples']} + dataset assembled | {result['rss_after_assembly_mib']} |")
+    print(f"\nPeak RSS during the stream: {result['peak_rss_mib']} MiB")
+
+
+def main(args):
+    import diffusers
+
+    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    results = {"device": device_name, "torch": torch.__version__, "diffusers": diffusers.__version__}
+    results["settings"] = {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items()}
+    results["throughput"] = []
+
+    def save():
+        if args.output_json:  # rewritten after every row: a run cut short keeps what it measured
+            os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
+            with open(args.output_json, "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=2)
+
+    if "throughput" in args.sections:
+        # Eager rows first: the compiled ones' minutes of compilation must not keep them from being measured.
+        for mode in sorted(args.modes, key=lambda m: m != "eager"):
+            for dtype in args.dtypes:
+                torch._dynamo.reset()  # each mode compiles afresh; no earlier graph counts against the recompile limit
+                pipe = make_pipeline(args, dtype)  # compiling is in place: a fresh network per mode
+                for batch in args.batch_sizes:
+                    results["throughput"].append(throughput_row(pipe, args, mode, dtype, batch))
+                    print(results["throughput"][-1], flush=True)
+                    save()
+                del pipe
+        print_throughput(results["throughput"], args)
+    if "stream" in args.sections:
+        if args.work_dir:
+            os.makedirs(args.work_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=args.work_dir) as work_dir:
+            results["stream"] = stream(args, work_dir)
+        save()
+        print_stream(results["stream"])
+    return results
+
+
+if __name__ == "__main__":
+    run_script(main, parse_args)
