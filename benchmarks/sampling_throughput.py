@@ -3,7 +3,11 @@ memory while generate.py's writer streams pairs to disk.
 
 The measurement, on a CUDA GPU (one H200: issue 19 asks >= 60 images/s at 256 px with DPM-Solver++ 20):
 
-    python benchmarks/sampling_throughput.py --output_json docs/results/sampling_throughput.json
+    python benchmarks/sampling_throughput.py --output_json docs/benchmarks/sampling_throughput_h200.json
+
+Not yet run there; estimated 6-9 minutes (four compilations of the 256 px UNet, base256 eager and reduce-overhead in
+fp16 and bf16 at batch 32 and 64, then 10,000 streamed pairs). Where one command may run 10 minutes at most, run
+``--sections throughput`` and ``--sections stream`` apart.
 
 A check on a CPU in under a minute (tiny UNet at 32 px):
 
@@ -46,35 +50,36 @@ from fundus_diffusion.generate import (
 )
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-QUICK = dict(model_config="tiny", resolution=32, batch_sizes="4", dtypes="fp32", warmup=1, repeats=2, stream_samples=64, shard_size=16)
+# Settings whose default --quick changes (a flag given on the command line is kept either way).
+DEFAULTS = dict(model_config="base256", resolution=256, batch_sizes="32,64", warmup=2, repeats=3, stream_samples=10_000, shard_size=256)
+QUICK = dict(model_config="tiny", resolution=32, batch_sizes="4", warmup=1, repeats=2, stream_samples=64, shard_size=16)
 MIB = 2**20
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="A saved FundusPipeline folder (default: a random --model_config UNet).")
-    parser.add_argument("--model_config", default="base256", help="UNet preset of the random model.")
-    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--model_config", default=None, help="UNet preset of the random model (default base256).")
+    parser.add_argument("--resolution", type=int, default=None, help="Default 256.")
     parser.add_argument("--masks", default="disc,atrophy", help="Mask channels of the random model.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--modes", default=None, help="Comma list of eager and torch.compile modes. Default: eager,reduce-overhead on CUDA, eager,default on the CPU.")
     parser.add_argument("--dtypes", default=None, help="Comma list of fp32, fp16, bf16. Default: fp16,bf16 on CUDA, fp32 on the CPU.")
-    parser.add_argument("--batch_sizes", default="32,64")
+    parser.add_argument("--batch_sizes", default=None, help="Comma list (default 32,64).")
     parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps.")
-    parser.add_argument("--warmup", type=int, default=2, help="Untimed batches per row (compilation happens here).")
-    parser.add_argument("--repeats", type=int, default=3, help="Timed batches per row.")
+    parser.add_argument("--warmup", type=int, default=None, help="Batches per row timed as warm-up (compilation happens here; default 2).")
+    parser.add_argument("--repeats", type=int, default=None, help="Timed batches per row (default 3).")
     parser.add_argument("--sections", default="throughput,stream")
-    parser.add_argument("--stream_samples", type=int, default=10_000)
+    parser.add_argument("--stream_samples", type=int, default=None, help="Pairs the stream rows write (default 10,000).")
     parser.add_argument("--stream_steps", type=int, default=2, help="Solver steps of the stream rows (memory, not speed).")
-    parser.add_argument("--shard_size", type=int, default=256, help="generate.py's --shard_size for the stream rows.")
+    parser.add_argument("--shard_size", type=int, default=None, help="generate.py's --shard_size for the stream rows (default 256).")
     parser.add_argument("--work_dir", default=None, help="Where the stream rows write (default: a temporary folder, removed).")
     parser.add_argument("--output_json", default=None)
-    parser.add_argument("--quick", action="store_true", help="Tiny UNet at 32 px, one batch size, 64 streamed pairs: a CPU check.")
+    parser.add_argument("--quick", action="store_true", help="Tiny UNet at 32 px, batch 4, 64 streamed pairs: a CPU check.")
     args = parser.parse_args(argv)
-    if args.quick:
-        for name, value in QUICK.items():
-            if getattr(args, name) == parser.get_default(name):
-                setattr(args, name, value)
+    for name, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     cuda = args.device.startswith("cuda")
     args.modes = (args.modes or ("eager,reduce-overhead" if cuda else "eager,default")).split(",")
     args.dtypes = (args.dtypes or ("fp16,bf16" if cuda else "fp32")).split(",")
@@ -219,6 +224,9 @@ def print_throughput(rows, args) -> None:
     print("| mode | dtype | batch | images/s | warm-up s | peak GPU GiB |")
     print("|---|---|---|---|---|---|")
     for r in rows:
+        if "error" in r:
+            print(f"| {r['mode']} | {r['dtype']} | {r['batch']} | failed: {r['error'][:200]} | | |")
+            continue
         gib = f"{r['peak_gpu_gib']:.2f}" if r["peak_gpu_gib"] is not None else "-"
         print(f"| {r['mode']} | {r['dtype']} | {r['batch']} | {r['images_per_s']:.1f} | {r['warmup_s']} | {gib} |")
 
@@ -258,9 +266,15 @@ def main(args):
                 torch._dynamo.reset()  # each mode compiles afresh; no earlier graph counts against the recompile limit
                 pipe = make_pipeline(args, dtype)  # compiling is in place: a fresh network per mode
                 for batch in args.batch_sizes:
-                    results["throughput"].append(throughput_row(pipe, args, mode, dtype, batch))
-                    print(results["throughput"][-1], flush=True)
+                    try:
+                        row = throughput_row(pipe, args, mode, dtype, batch)
+                    except Exception as err:  # one failing mode (e.g. a compile error) must not cost the other rows
+                        row = {"mode": mode, "dtype": dtype, "batch": batch, "error": f"{type(err).__name__}: {err}"}
+                    results["throughput"].append(row)
+                    print(row, flush=True)
                     save()
+                    if "error" in row:
+                        break
                 del pipe
         print_throughput(results["throughput"], args)
     if "stream" in args.sections:
