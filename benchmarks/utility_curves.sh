@@ -173,22 +173,7 @@ job)
   done
   log "$job: done"
   ;;
-wait)
-  deadline=$((SECONDS + ${WAIT_S:-540}))
-  running() { [ -f "$WORK/queue.pid" ] && kill -0 "$(cat "$WORK/queue.pid")" 2>/dev/null; }
-  while running && [ $SECONDS -lt $deadline ]; do sleep 10; done
-  running && log "queue still running"
-  log "reports: $(ls "$WORK/eval" 2>/dev/null | tr '\n' ' ')"
-  tail -n 20 "$WORK/driver.log"
-  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv 2>/dev/null || true
-  pack_results
+*)  # wait, pack, stop
+  source "$(dirname "$SCRIPT")/staged_queue.sh" && shared_stage "$STAGE"
   ;;
-pack)
-  pack_results
-  ;;
-stop)
-  [ -f "$WORK/queue.pid" ] && kill -- -"$(cat "$WORK/queue.pid")" 2>/dev/null && sleep 2
-  log "stopped the queue"
-  ;;
-*) echo "unknown STAGE=$STAGE"; exit 2 ;;
 esac

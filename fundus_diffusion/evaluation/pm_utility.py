@@ -274,9 +274,9 @@ def render_markdown(report: Dict) -> str:
         "",
         f"## 3. The synthetic labels, judged by the real-trained classifier (seed 0, {px})",
         "",
-        f"Label agreement {format_value(agreement['overall'])} of {agreement['n']} samples "
-        + ", ".join(f"({name} {format_value(agreement[name])} of {agreement[f'n_{name}']})" for name in LABEL_NAMES)
-        + f". Realism guard: {guard['verdict']}.",
+        f"Label agreement {format_value(agreement['overall'])} of {agreement['n']} samples ("
+        + ", ".join(f"{name} {format_value(agreement[name])} of {agreement[f'n_{name}']}" for name in LABEL_NAMES)
+        + f"). Realism guard: {guard['verdict']}.",
     ]
     lines += [line.replace("## 5. ", "## 4. ", 1) for line in _realism_lines(report["realism"], px)]
     return "\n".join(lines) + "\n"
