@@ -13,7 +13,8 @@
 #                   BACKGROUND=1 starts the evaluations detached and returns (a later evaluate or STAGE=pack waits)
 #   STAGE=conditional  images from masks and masks from images (benchmarks/conditional_sampling.py, COND_FLAGS) on the
 #                   held-out split with each snapshot named in COND_SETS (<variant>-<step>, comma-separated), in the
-#                   background like BACKGROUND=1 evaluations
+#                   background like BACKGROUND=1 evaluations; then evaluate.py judges the images drawn for the
+#                   held-out masks (eval/<name>-mask_to_image: realism, agreement with the given masks)
 #   STAGE=pack      wait up to WAIT_S (default 0) for running evaluations and conditional benchmarks, then pack
 #                   reports, sample sheets and logs into $OUT. Every stage but train and stop ends by packing what
 #                   exists: a device command that runs past its limit returns nothing, so leave a minute of margin and
@@ -153,9 +154,16 @@ conditional)
     [ -f "$snap/model_index.json" ] || { log "no snapshot $snap"; continue; }
     [ -f "$WORK/conditional/$name/conditional_sampling.json" ] && continue
     log "conditional sampling with $name (${COND_FLAGS:=--scheduler ddpm --num_inference_steps 100 --resample_steps 4})"
-    # shellcheck disable=SC2086
-    setsid $PY benchmarks/conditional_sampling.py --model "$snap" --real "$WORK/split/train" --holdout "$WORK/split/test" \
-      --segmenter_steps "$SEG_STEPS" $COND_FLAGS --output_dir "$WORK/conditional/$name" \
+    # Then the images drawn for the held-out masks are judged like any synthetic set (their two-sample realism test
+    # above all), as eval/<name>-mask_to_image.
+    export PY WORK SEG_STEPS COND_FLAGS EVAL_FLAGS && export -f set_masks
+    # shellcheck disable=SC2016,SC2086
+    setsid bash -c '$PY benchmarks/conditional_sampling.py --model "$1" --real "$WORK/split/train" \
+      --holdout "$WORK/split/test" --segmenter_steps "$SEG_STEPS" $COND_FLAGS --output_dir "$2" &&
+      masks=$(set_masks "$2/mask_to_image") && $PY scripts/evaluate.py --real "$WORK/split/train" \
+      --holdout "$WORK/split/test" --synthetic "$2/mask_to_image" --masks "$masks" --seeds 1 $EVAL_FLAGS \
+      --segmenter_steps "$SEG_STEPS" --output_dir "$3"' _ "$snap" "$WORK/conditional/$name" \
+      "$WORK/eval/$name-mask_to_image" \
       > "$WORK/conditional/$name.log" 2>&1 < /dev/null &
   done
   pack_results
