@@ -96,7 +96,7 @@ def launch(args, script, processes, batch, steps, flags, output_dir, data_seed, 
     command += ["--data_seed", str(data_seed)]
     command += ["--train_batch_size", str(batch), "--max_train_steps", str(steps), "--output_dir", str(output_dir)]
     command += ["--checkpointing_steps", str(steps), "--validation_steps", str(steps), "--logger", "none"]
-    command += ["--cache_dir", str(Path(args.output_dir) / "cache")]
+    command += ["--training_cache_dir", str(Path(args.output_dir) / "cache")]
     if "train_ddpm" in script:
         command += ["--logging_steps", "1" if args.smoke else "5"]
     if resume:

@@ -135,7 +135,7 @@ job)
     # shellcheck disable=SC2086
     $PY scripts/train_ddpm.py --dataset "$real" --masks none --class_conditional --class_dropout_prob 0.1 \
       --resolution "$RESOLUTION" $RECIPE --train_batch_size "$batch" --max_train_steps "$STEPS" \
-      --checkpointing_steps 100000 --validation_steps 100000 --logger none --seed 0 --cache_dir "$WORK/cache" \
+      --checkpointing_steps 100000 --validation_steps 100000 --logger none --seed 0 --training_cache_dir "$WORK/cache" \
       --output_dir "$WORK/runs/$job" > "$WORK/train-$job.log" 2>&1 \
       || { log "$job: training failed: $(tail -n 2 "$WORK/train-$job.log")"; exit 1; }
   fi

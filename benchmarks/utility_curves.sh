@@ -145,7 +145,7 @@ job)
     # shellcheck disable=SC2086
     $PY scripts/train_ddpm.py --dataset "$real" --masks disc $RECIPE --train_batch_size "$batch" \
       --max_train_steps "$STEPS_MAX" --checkpointing_steps 100000 --validation_steps 100000 --logger none --seed 0 \
-      --cache_dir "$WORK/cache" --output_dir "$WORK/runs/$job" > "$WORK/train-$job.log" 2>&1 \
+      --training_cache_dir "$WORK/cache" --output_dir "$WORK/runs/$job" > "$WORK/train-$job.log" 2>&1 \
       || { log "$job: training failed: $(tail -n 2 "$WORK/train-$job.log")"; exit 1; }
   fi
   png=""; [ "$TWO_STEP" = 1 ] && png=--png  # the joint samples' masks as files, for --masks_from

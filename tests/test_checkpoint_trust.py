@@ -259,7 +259,7 @@ def test_a_training_run_resumes_past_a_checkpoint_that_lost_its_state_file(tmp_p
     """The issue's case: deleting training_state.json used to make every rerun die with 'already exists'."""
     cache = tmp_path / "cache"
     common = ["--model_config", "tiny", "--dataset", "phantom:8", "--resolution", "16", "--train_batch_size", "4",
-              "--output_dir", str(tmp_path / "run"), "--cache_dir", str(cache), "--seed", "0", "--logger", "none",
+              "--output_dir", str(tmp_path / "run"), "--training_cache_dir", str(cache), "--seed", "0", "--logger", "none",
               "--checkpointing_steps", "2", "--validation_steps", "100", "--num_validation_images", "2",
               "--validation_inference_steps", "2", "--lr_warmup_steps", "0"]  # fmt: skip
     ddpm.train(ddpm.parse_args(common + ["--max_train_steps", "4"]))

@@ -134,7 +134,7 @@ def test_dcgan_at_an_absurd_learning_rate_warns_of_divergence(tmp_path, monkeypa
     real_warning = dcgan.divergence_warning
     monkeypatch.setattr(dcgan, "divergence_warning", lambda *a: seen.append(real_warning(*a)) or seen[-1])
     args = dcgan.parse_args(
-        ["--dataset", str(data), "--output_dir", str(tmp_path / "run"), "--cache_dir", str(tmp_path / "cache"),
+        ["--dataset", str(data), "--output_dir", str(tmp_path / "run"), "--training_cache_dir", str(tmp_path / "cache"),
          "--resolution", "12", "--train_batch_size", "4", "--nz", "8", "--ngf", "2", "--ndf", "2", "--seed", "0",
          "--max_train_steps", "3", "--validation_steps", "3", "--num_validation_images", "4", "--learning_rate", "1e6",
          "--logger", "none"]

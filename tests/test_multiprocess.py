@@ -38,7 +38,7 @@ def checkpoint_steps(folder: Path):
 @pytest.mark.parametrize("script", ["train_ddpm.py", "train_dcgan.py"])
 def test_two_processes_then_resume_on_one(tmp_path, script):
     common = ["--dataset", "phantom:16", "--resolution", "16", "--masks", "disc", "--checkpointing_steps", "2",
-              "--seed", "0", "--output_dir", str(tmp_path / "run"), "--cache_dir", str(tmp_path / "cache")]  # fmt: skip
+              "--seed", "0", "--output_dir", str(tmp_path / "run"), "--training_cache_dir", str(tmp_path / "cache")]  # fmt: skip
     if script == "train_ddpm.py":
         common += ["--preset", "demo", "--train_batch_size", "2", "--validation_steps", "100"]
     else:

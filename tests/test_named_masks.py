@@ -160,7 +160,7 @@ def test_disc_cup_round_trip_build_train_generate_evaluate(built, tmp_path):
     out = tmp_path / "ddpm"
     args = ddpm.parse_args([
         "--model_config", "tiny", "--dataset", data, "--masks", "disc,cup", "--resolution", "16",
-        "--train_batch_size", "4", "--max_train_steps", "2", "--output_dir", str(out), "--cache_dir", str(tmp_path / "c"),
+        "--train_batch_size", "4", "--max_train_steps", "2", "--output_dir", str(out), "--training_cache_dir", str(tmp_path / "c"),
         "--seed", "0", "--num_validation_images", "2", "--validation_inference_steps", "2", "--lr_warmup_steps", "0",
         "--logger", "none",
     ])  # fmt: skip

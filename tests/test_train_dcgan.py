@@ -49,7 +49,7 @@ def read_csv(path):
 
 def test_train_resume_rotate_and_load(tmp_path, dataset, train_in_process):
     out, cache = tmp_path / "run", str(tmp_path / "cache")
-    common = ["--dataset", dataset, "--output_dir", str(out), "--cache_dir", cache, "--masks", "disc,atrophy", "--checkpointing_steps", "1",
+    common = ["--dataset", dataset, "--output_dir", str(out), "--training_cache_dir", cache, "--masks", "disc,atrophy", "--checkpointing_steps", "1",
               "--checkpoints_total_limit", "2", "--class_conditional", "--diffaugment", "color,translation,cutout",
               "--use_ema", "--ema_max_decay", "0.9", "--spectral_norm"]  # fmt: skip
     train_in_process(*common, "--max_train_steps", "3")
@@ -90,7 +90,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monke
     monkeypatch.setattr(DCGANStep, "__call__", failing_step)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match="step 3"):
-        train_in_process("--dataset", dataset, "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+        train_in_process("--dataset", dataset, "--output_dir", str(out), "--training_cache_dir", str(tmp_path / "cache"),
                          "--max_train_steps", "6", "--checkpointing_steps", "1", "--logger", "none")  # fmt: skip
     assert sorted(os.listdir(out / ".")) == ["checkpoint-1", "checkpoint-2", "logs", "validation"]
     assert [int(r["step"]) for r in read_csv(out / "logs" / "metrics.csv")] == [1, 2]
@@ -102,7 +102,7 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch, dataset, tr
     pushed = []
     monkeypatch.setattr(fundus_diffusion.hub, "push_folder", lambda *a, **k: pushed.append((a, k)) or "url")
     out = tmp_path / "run"
-    train_in_process("--dataset", dataset, "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+    train_in_process("--dataset", dataset, "--output_dir", str(out), "--training_cache_dir", str(tmp_path / "cache"),
                      "--max_train_steps", "1", "--logger", "none", "--push_to_hub", "--hub_model_id", "me/dcgan",
                      "--hub_token", "secret", "--hub_private_repo")  # fmt: skip
     assert pushed == [((str(out), "me/dcgan"), {"token": "secret", "private": True})]

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_args(output_dir, cache_dir, *extra):
     return [
         "--model_config", "tiny", "--dataset", "phantom:8", "--resolution", "16", "--train_batch_size", "4",
-        "--output_dir", str(output_dir), "--cache_dir", str(cache_dir), "--seed", "0", "--logging_steps", "1",
+        "--output_dir", str(output_dir), "--training_cache_dir", str(cache_dir), "--seed", "0", "--logging_steps", "1",
         "--num_validation_images", "2", "--validation_inference_steps", "2", "--lr_warmup_steps", "0",
         *extra,
     ]  # fmt: skip
@@ -61,6 +61,15 @@ def test_presets_and_schedule_facts():
     assert (demo.schedule_base_resolution, demo.snr_gamma) == (None, None)
     assert (demo.model_config, demo.resolution, demo.dataset, demo.max_train_steps) == ("tiny", 32, "phantom:64", 500)
     assert demo.mask_names == ("disc", "atrophy") and demo.beta_schedule == ours.beta_schedule
+
+
+def test_the_training_cache_flag_is_not_diffusers_cache_dir_and_the_old_spelling_still_works(capsys):
+    # diffusers' --cache_dir is the Hub download cache; ours caches the preprocessed training arrays, so it has its own
+    # name, and the previous release's --cache_dir sets it for one release with a warning.
+    assert ddpm.parse_args(["--output_dir", "x", "--training_cache_dir", "c"]).training_cache_dir == "c"
+    assert "deprecated" not in capsys.readouterr().err
+    assert ddpm.parse_args(["--output_dir", "x", "--cache_dir", "c"]).training_cache_dir == "c"
+    assert "--cache_dir is deprecated; use --training_cache_dir" in capsys.readouterr().err
 
 
 def test_cuda_graphs_refuse_gradient_accumulation(capsys):
@@ -112,7 +121,7 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
         ValueError, match=r"checkpoint-6 does not fit.*size mismatch.*--masks disc \(checkpoint: disc,atrophy\)\."
     ) as refused:
         ddpm.train(ddpm.parse_args(other + ["--resume_from_checkpoint", "latest"]))
-    assert "mask_names" not in str(refused.value) and "cache_dir" not in str(refused.value)  # model flags only
+    assert "mask_names" not in str(refused.value) and "training_cache_dir" not in str(refused.value)  # model flags only
     assert steps(out) == [5, 6] and logged(out, "step") == [1, 2, 3, 4, 5, 6]
 
 

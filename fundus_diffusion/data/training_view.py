@@ -165,7 +165,7 @@ def check_cache_fits(shape, cache_dir: str, threads: int) -> None:
     if needed > free:
         raise ValueError(
             f"The {height} px training cache needs {human_bytes(needed)} but {cache_dir} has {human_bytes(free)} free. "
-            "Fix: a lower --resolution, or a --cache_dir (or $FUNDUS_CACHE) on a larger disk."
+            "Fix: a lower --resolution, or a --training_cache_dir (or $FUNDUS_CACHE) on a larger disk."
         )
     working = threads * 8 * channels * height * width
     available = available_memory()

@@ -64,11 +64,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers (--data_on_device no).")
     data.add_argument(
-        "--cache_dir",
+        "--training_cache_dir",
         default=None,
-        help="Where the preprocessed per-resolution training arrays are cached (default $FUNDUS_CACHE or "
-        "~/.cache/fundus_diffusion).",
+        help="Where the training arrays preprocessed per resolution are cached (default $FUNDUS_CACHE or "
+        "~/.cache/fundus_diffusion). Not diffusers' --cache_dir, the Hub download cache.",
     )
+    data.add_argument("--cache_dir", dest="training_cache_dir", action=RenamedFlag, new="--training_cache_dir")
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", required=True, help="Checkpoints, validation grids, logs and the final model.")
@@ -315,7 +316,7 @@ def model_flags(args, names) -> dict:
     return {k: getattr(args, k) for k in names if hasattr(args, k)}
 
 
-PATH_ARGS = ("dataset", "output_dir", "cache_dir", "resume_from_checkpoint")
+PATH_ARGS = ("dataset", "output_dir", "training_cache_dir", "resume_from_checkpoint")
 
 
 def write_training_args(args, folder: str) -> None:

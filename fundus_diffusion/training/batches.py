@@ -147,7 +147,7 @@ def load_training_batches(accelerator, args, mask_names):
     batches of it."""
     with accelerator.main_process_first():
         view = FundusTrainingView(
-            load_fundus_dataset(args.dataset), args.resolution, mask_names, cache_dir=args.cache_dir,
+            load_fundus_dataset(args.dataset), args.resolution, mask_names, cache_dir=args.training_cache_dir,
             name=f"--dataset {args.dataset}",
         )  # fmt: skip
     if len(view) < args.train_batch_size:
