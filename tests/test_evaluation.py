@@ -148,10 +148,13 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     assert set(report["agreement"]["results"]) == {"disc", "atrophy"}
     assert report["plausibility"]["one_disc_component_synthetic"] == 1.0
     assert len(report["memorisation"]) == 2 and report["fid_kid"]["computed"] is False
+    assert report["refused"] is None and list(report)[:6][-1] == "refused"  # with the counts, before any section
+    assert all(m["held_out_control"]["n_held_out"] == 3 and 0 <= m["p_above_control"] <= 1 for m in report["memorisation"].values())
     for figure in ("sample_grid", "nearest_pairs", "disc_histograms", "dice_bars"):
         assert (out / f"{figure}.png").stat().st_size > 0
     markdown = (out / "report.md").read_text()
     assert "Not computed:" in markdown and "out of git" in markdown and "| real+synthetic | 20 |" in markdown
+    assert "held-out real images" in markdown and "Not refused: in no feature space" in markdown
     assert f"| {equal} (3 steps) | 20 |" in markdown and f"| {control} (3 steps) | 12 |" in markdown  # 2 x 20 / 12
 
     from fundus_diffusion.evaluation.model_card import model_card_metrics
@@ -174,6 +177,8 @@ def test_image_only_evaluation_and_missing_annotations(tmp_path):
     assert report["downstream"]["computed"] is False and set(figures) == {"sample_grid", "nearest_pairs"}
     assert [m["n_flagged"] for m in report["memorisation"].values()] == [5]  # 5 training images copied, 1 held out
     (pixels,) = report["memorisation"].values()
+    # 5 of 6 flagged against 0 of 1 held-out image: too few images to tell copies from chance (p = 6/21)
+    assert pixels["held_out_control"]["n_held_out"] == 1 and report["refused"] is None
     copied = {f["synthetic_id"] for f in pixels["flagged"]}
     assert len(copied) == 5 and all(f["real_id"] == f["synthetic_id"] and f["distance"] == 0 for f in pixels["flagged"])
     paths = write_report(report, figures, str(tmp_path))
@@ -184,6 +189,23 @@ def test_image_only_evaluation_and_missing_annotations(tmp_path):
         evaluate(dataset, unannotated, config=EvaluationConfig(masks="disc,atrophy", resolution=16))
     with pytest.raises(ValueError, match="(?s)The real set has no cup mask.*its masks: disc, atrophy.*masks/cup/<id>.png"):
         evaluate(dataset, dataset, config=EvaluationConfig(masks="disc,cup", resolution=16))
+
+
+def test_a_set_of_copies_is_refused_first_in_the_report(tmp_path):
+    real, holdout = load_phantom_dataset(16, size=32, seed=0), load_phantom_dataset(10, size=32, seed=1000, split="test")
+    copies = real.select(range(10)).map(lambda row: {"id": row["id"].replace("train", "copy")})
+    config = EvaluationConfig(masks="none", resolution=16, device="cpu", realism_steps=1, realism_folds=2)
+    report, figures = evaluate(real, copies, holdout, config)
+    pixels = report["memorisation"]["downsampled pixels (32x32 RGB in [0, 1], L2)"]
+    control = pixels["held_out_control"]  # phantoms are alike: 2 of the 10 unseen ones are flagged by chance
+    assert pixels["n_flagged"] == 10 and control["n_held_out"] == 10 and control["n_flagged"] < 5
+    assert report["refused"].startswith("REFUSED: 10 of 10 synthetic samples flagged as copies of the generator's 16")
+    assert f"against {control['n_flagged']} of 10 held-out real images" in report["refused"]
+    paths = write_report(report, figures, str(tmp_path))
+    assert json.loads(open(paths["json"]).read())["refused"] == report["refused"]
+    markdown = open(paths["markdown"]).read()
+    assert markdown.split("\n")[3] == f"> **{report['refused']}**"  # under the title, before any number
+    assert markdown.count(report["refused"]) == 2  # and again as the verdict of the memorisation section
 
 
 def test_split_to_disk_writes_once_with_both_origins_in_each_part(tmp_path):

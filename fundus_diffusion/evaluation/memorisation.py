@@ -3,16 +3,26 @@
 The yardstick is the real data itself: for every real training image, the distance to its nearest *other* real
 training image. A synthetic sample closer to a training image than the 1st percentile of those real-to-real
 distances is flagged as a likely copy. The check runs in any feature space; the report uses two, named as such:
-downsampled pixels (32 x 32 RGB in [0, 1], Euclidean) and the real-trained segmenter's pooled encoder features.
+downsampled pixels (32 x 32 RGB in [0, 1], Euclidean) and the real-trained network's pooled features.
+
+One refusal rule serves every report (``evaluate.py``, ``evaluate_pm.py``) and the figures built from them: the
+held-out real images, which the generator never saw and so cannot copy, are checked against the training images the
+same way as the synthetic samples (the *control*), and a synthetic set is refused only when, in some feature space, its
+samples are flagged more often than the control (one-sided Fisher exact test, p < ``REFUSE_P``). Not "any sample
+flagged": at small N the threshold is about the smallest of N real-to-real distances, and on palm-224 it flags up to
+7 of 80 held-out images as copies of 20 training images, so a faultless generator would be refused as well.
 """
 
-from typing import Dict
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from scipy.stats import fisher_exact
 from torch.nn import functional as F
 
 COPY_PERCENTILE = 1.0
+PIXEL_SPACE = "downsampled pixels (32x32 RGB in [0, 1], L2)"  # the name of ``pixel_features``'s space in reports
+REFUSE_P = 0.01  # refuse when samples are flagged more often than the held-out control at this significance
 
 
 def pixel_features(arrays: torch.Tensor, size: int = 32) -> torch.Tensor:
@@ -60,3 +70,76 @@ def memorisation_report(synthetic: torch.Tensor, real_train: torch.Tensor, perce
         "distances": syn_to_real,
         "neighbours": neighbour,
     }
+
+
+def _flagged(found: Dict, synthetic_ids: Sequence[str], real_ids: Sequence[str]) -> List[Dict]:
+    """The samples ``memorisation_report`` flagged, closest first, each with its nearest real training image."""
+    order = np.argsort(found["distances"], kind="stable")
+    return [
+        {
+            "synthetic_id": synthetic_ids[i],
+            "real_id": real_ids[int(found["neighbours"][i])],
+            "distance": float(found["distances"][i]),
+        }
+        for i in order
+        if found["distances"][i] < found["threshold"]
+    ]
+
+
+def controlled_copy_check(
+    synthetic: torch.Tensor,
+    real_train: torch.Tensor,
+    held_out: torch.Tensor,
+    synthetic_ids: Sequence[str],
+    real_ids: Sequence[str],
+) -> Dict:
+    """The copy check in one feature space with its control, as a JSON-able report section.
+
+    ``synthetic``, ``real_train`` and ``held_out`` are ``[N, D]`` features of the synthetic samples, the generator's
+    training images and held-out real images. Returns ``memorisation_report``'s statistics without the per-sample
+    arrays, ``flagged`` (each flagged sample and its nearest training image, by id), ``held_out_control`` (how many
+    held-out images the same threshold flags) and ``p_above_control`` (``copy_excess_p``).
+    """
+    found, control = (memorisation_report(features, real_train) for features in (synthetic, held_out))
+    section = {k: v for k, v in found.items() if not isinstance(v, np.ndarray)}
+    section["flagged"] = _flagged(found, synthetic_ids, real_ids)
+    section["held_out_control"] = {
+        "n_held_out": control["n_synthetic"],
+        "n_flagged": control["n_flagged"],
+        "share_flagged": control["share_flagged"],
+    }
+    section["p_above_control"] = copy_excess_p(section)
+    return section
+
+
+def copy_excess_p(space: Dict) -> float:
+    """One-sided Fisher exact p-value that the synthetic samples of one feature space (a ``controlled_copy_check``
+    section) are flagged more often than the held-out control; 1.0 when none is flagged."""
+    control = space["held_out_control"]
+    if space["n_flagged"] == 0:
+        return 1.0
+    table = [
+        [space["n_flagged"], space["n_synthetic"] - space["n_flagged"]],
+        [control["n_flagged"], control["n_held_out"] - control["n_flagged"]],
+    ]
+    return float(fisher_exact(table, alternative="greater")[1])
+
+
+def refusal(memorisation: Dict[str, Dict]) -> Optional[str]:
+    """Why a synthetic set is refused, or None: in some feature space (``{space: controlled_copy_check section}``)
+    its samples are flagged as copies more often than the held-out real images, at one-sided Fisher p < ``REFUSE_P``.
+
+    Copies of training images lie far below the threshold and outnumber the control's chance flags; chance flags at
+    the control's rate, or a few flags against a small control, are not evidence of copying. The string starts with
+    ``REFUSED:`` and names each failing space with both counts; callers add what the refusal means for their report.
+    """
+    reasons = []
+    for space, m in memorisation.items():
+        p, control = copy_excess_p(m), m["held_out_control"]
+        if p < REFUSE_P:
+            reasons.append(
+                f"{m['n_flagged']} of {m['n_synthetic']} synthetic samples flagged as copies of the generator's "
+                f"{m['n_real_train']} training images in {space}, against {control['n_flagged']} of "
+                f"{control['n_held_out']} held-out real images (one-sided Fisher p = {p:.2g})"
+            )
+    return "REFUSED: " + "; ".join(reasons) + "." if reasons else None

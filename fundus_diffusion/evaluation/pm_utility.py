@@ -6,9 +6,10 @@ the generator was trained on (``real``), the synthetic set alone and both togeth
 real split: accuracy and ROC AUC of P(PM) (torchmetrics), mean ± std over seeds. Beside them, as in the segmentation
 protocol: the two-sample realism test of the synthetic images (``realism.realism_test``) and the copy check of the
 synthetic set against the generator's training images (``memorisation``, in downsampled pixels and in the
-real-trained classifier's features). A set with flagged copies is refused: the classifiers on synthetic images are
-not trained and the report says why, loudly, since a score earned by copies of the training images says nothing
-about what a generator adds. The real-trained classifier also labels the synthetic samples, with the realism guard
+real-trained classifier's features), each beside its held-out control. A set whose samples are flagged more often
+than the held-out real images (``memorisation.refusal``) is refused: the classifiers on synthetic images are not
+trained and the report says why, loudly, since a score earned by copies of the training images says nothing about
+what a generator adds. The real-trained classifier also labels the synthetic samples, with the realism guard
 of ``pm_classifier`` beside the agreement.
 
 ``render_markdown`` and ``write_pm_report`` write ``report.json`` and ``report.md``.
@@ -21,22 +22,20 @@ from functools import partial
 from typing import Dict, Optional
 
 import torch
-from scipy.stats import fisher_exact
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 from tqdm.auto import tqdm
 
 from ..data.schema import LABEL_NAMES
 from .arrays import dataset_arrays, default_device
 from .checks import native_resolution
-from .memorisation import memorisation_report, pixel_features
+from .memorisation import PIXEL_SPACE, controlled_copy_check, pixel_features, refusal
 from .metrics import format_mean_std, format_value, summarise
 from .pm_classifier import ClassifierRecipe, classify, label_agreement, realism_guard, train_pm_classifier
-from .protocol import TRAINING_SETS, _flagged, _strip_arrays
+from .protocol import TRAINING_SETS
 from .realism import RealismRecipe, realism_test
-from .report import _json_safe, _realism_lines
+from .report import json_safe, memorisation_lines, realism_lines, refusal_banner
 
 SYNTHETIC_SETS = TRAINING_SETS[1:]  # the classifiers a refused set (copies of training images) does not get
-REFUSE_P = 0.01  # refuse when copies are flagged more often than in the held-out control at this significance
 METRICS = ("accuracy", "auc")
 
 
@@ -80,68 +79,21 @@ def _as_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def _memorisation(arrays: Dict[str, torch.Tensor], real_model, synthetic_ids, real_ids, resolution: int) -> Dict:
-    """The copy check of the synthetic images against the real training images, in downsampled pixels and in the
-    real-trained classifier's stage features (seed 0), each with its control: the held-out real images, which cannot
-    be copies, checked the same way (how many a check flags by chance at this number of training images)."""
+    """The copy check of the synthetic images against the real training images, with its held-out control
+    (``memorisation.controlled_copy_check``), in downsampled pixels and in the real-trained classifier's stage
+    features (seed 0)."""
     spaces = {
-        "downsampled pixels (32x32 RGB in [0, 1], L2)": pixel_features,
+        PIXEL_SPACE: pixel_features,
         f"real-trained PM classifier, stage features (seed 0, {resolution} px, L2)": lambda images: classify(
             real_model, _as_float(images)
         )["features"],
     }
-    section = {}
-    for space, features in spaces.items():
-        real = features(arrays["real"])
-        found, control = (memorisation_report(features(arrays[name]), real) for name in ("synthetic", "holdout"))
-        section[space] = {
-            **_strip_arrays(found),
-            "flagged": _flagged(found, synthetic_ids, real_ids),
-            "held_out_control": {
-                "n_held_out": control["n_synthetic"],
-                "n_flagged": control["n_flagged"],
-                "share_flagged": control["share_flagged"],
-            },  # fmt: skip
-        }
-    return section
-
-
-def copy_excess_p(space: Dict) -> float:
-    """One-sided Fisher exact p-value that the synthetic samples are flagged more often than the held-out control
-    (1.0 when none is flagged)."""
-    control = space["held_out_control"]
-    if space["n_flagged"] == 0:
-        return 1.0
-    table = [
-        [space["n_flagged"], space["n_synthetic"] - space["n_flagged"]],
-        [control["n_flagged"], control["n_held_out"] - control["n_flagged"]],
-    ]
-    return float(fisher_exact(table, alternative="greater")[1])
-
-
-def refusal(memorisation: Dict) -> Optional[str]:
-    """Why the synthetic set is refused (None when it is not): in some space of the copy check its samples are flagged
-    as copies more often than the held-out real images, at one-sided Fisher p < ``REFUSE_P``.
-
-    The control, not "any sample flagged", is the yardstick because the threshold (the 1st percentile of real-to-real
-    nearest distances) is about the smallest of N distances at small N: on palm-224 it flags up to 7 of 80 held-out
-    real images, which cannot be copies, as copies of 20 training images, so a faultless generator's 200 samples would
-    be flagged too. Copies of training images lie far below the threshold and outnumber the control's chance flags.
-    """
-    reasons = []
-    for space, m in memorisation.items():
-        p, control = copy_excess_p(m), m["held_out_control"]
-        if p < REFUSE_P:
-            reasons.append(
-                f"{m['n_flagged']} of {m['n_synthetic']} synthetic samples flagged as copies of the generator's "
-                f"{m['n_real_train']} training images in {space}, against {control['n_flagged']} of "
-                f"{control['n_held_out']} held-out real images (one-sided Fisher p = {p:.2g})"
-            )
-    if not reasons:
-        return None
-    return (
-        "REFUSED: " + "; ".join(reasons) + ". The classifiers on synthetic images were not trained: a score earned by "
-        "copies says nothing about what the generator adds."
-    )
+    return {
+        space: controlled_copy_check(
+            *(features(arrays[name]) for name in ("synthetic", "real", "holdout")), synthetic_ids, real_ids
+        )
+        for space, features in spaces.items()
+    }
 
 
 def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConfig] = None) -> Dict:
@@ -191,7 +143,12 @@ def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConf
         arrays, real_model, list(sets["synthetic"]["id"]), list(sets["real"]["id"]), resolution
     )
     refused = refusal(memorisation)
-    if refused is None:
+    if refused:
+        refused += (
+            " The classifiers on synthetic images were not trained: a score earned by copies says nothing about what"
+            " the generator adds."
+        )
+    else:
         for name in SYNTHETIC_SETS:
             per_seed[name] = scores_of(name)[0]
     outputs = {name: classify(real_model, images[name]) for name in ("real", "holdout", "synthetic")}
@@ -233,9 +190,7 @@ def render_markdown(report: Dict) -> str:
         return f"{c['n']} ({', '.join(f'{c[label]} {label}' for label in LABEL_NAMES)})"
 
     lines = ["# PM detection utility", ""]
-    if report["refused"]:
-        lines += ["> " + "!" * 60, f"> **{report['refused']}**", "> " + "!" * 60, ""]
-    lines += [
+    lines += refusal_banner(report["refused"]) + [
         f"Real training images (the generator's): {described('real')}; synthetic: {described('synthetic')}; held-out "
         f"real: {described('holdout')}. Everything at **{px}** ({report['resolution']['how']}), device "
         f"{report['config']['device']}.",
@@ -258,16 +213,7 @@ def render_markdown(report: Dict) -> str:
         )
         lines.append(f"| {name} | {detection['n_train'][name]} | {cells} |")
     lines += ["", f"## 2. Copies of the generator's training images ({px})", ""]
-    for space, m in report["memorisation"].items():
-        control = m["held_out_control"]
-        lines.append(
-            f"- {space}: {m['n_flagged']} of {m['n_synthetic']} flagged (closer to a training image than the "
-            f"{m['percentile']:g}st percentile of real-to-real nearest distances, {format_value(m['threshold'])}, over "
-            f"{m['n_real_train']} images); median nearest distance synthetic→real {format_value(m['median_synthetic_to_real'])}, "
-            f"real→real {format_value(m['median_real_to_real'])}. Control: {control['n_flagged']} of "
-            f"{control['n_held_out']} held-out real images, never seen by the generator, are flagged the same way."
-        )
-        lines += [f"  - `{f['synthetic_id']}` ≈ `{f['real_id']}` ({format_value(f['distance'])})" for f in m["flagged"]]
+    lines += memorisation_lines(report["memorisation"], report["refused"])
     judged = report["synthetic_by_real_classifier"]
     agreement, guard = judged["label_agreement"], judged["realism_guard"]
     lines += [
@@ -278,7 +224,7 @@ def render_markdown(report: Dict) -> str:
         + ", ".join(f"{name} {format_value(agreement[name])} of {agreement[f'n_{name}']}" for name in LABEL_NAMES)
         + f"). Realism guard: {guard['verdict']}.",
     ]
-    lines += [line.replace("## 5. ", "## 4. ", 1) for line in _realism_lines(report["realism"], px)]
+    lines += [line.replace("## 5. ", "## 4. ", 1) for line in realism_lines(report["realism"], px)]
     return "\n".join(lines) + "\n"
 
 
@@ -287,7 +233,7 @@ def write_pm_report(report: Dict, output_dir: str) -> Dict[str, str]:
     os.makedirs(output_dir, exist_ok=True)
     paths = {"json": os.path.join(output_dir, "report.json"), "markdown": os.path.join(output_dir, "report.md")}
     with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(_json_safe(report), f, indent=2, allow_nan=False)
+        json.dump(json_safe(report), f, indent=2, allow_nan=False)
     with open(paths["markdown"], "w", encoding="utf-8") as f:
         f.write(render_markdown(report))
     return paths

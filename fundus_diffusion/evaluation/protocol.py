@@ -2,7 +2,8 @@
 
 Every image goes through the same preprocessing as training (square fundus crop, ``resolution`` px; masks by
 nearest neighbour), then: downstream segmentation (mean and per source of the held-out images), mask-image agreement,
-mask plausibility, memorisation, the classifier two-sample realism test, FID / KID. The resolution defaults to the
+mask plausibility, memorisation (with the held-out control that decides whether the set is refused, ``refused``),
+the classifier two-sample realism test, FID / KID. The resolution defaults to the
 synthetic set's native one (the size its images were generated at): a lower one can average away texture that makes
 the samples useless at the size a user trains at.
 ``report.write_report`` turns the result into ``report.json``, ``report.md`` and PNG figures.
@@ -10,6 +11,7 @@ the samples useless at the size a user trains at.
 
 import os
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,7 +25,7 @@ from .arrays import dataset_arrays, default_device, to_pil
 from .checks import native_resolution
 from .fid import fid_kid
 from .figures import bar_chart, histograms, titled
-from .memorisation import memorisation_report, pixel_features
+from .memorisation import PIXEL_SPACE, controlled_copy_check, nearest_neighbours, pixel_features, refusal
 from .metrics import cup_to_disc_ratios, dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
 from .realism import RealismRecipe, realism_test
 from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
@@ -132,9 +134,6 @@ def _across_seeds(per_seed: List[Dict[str, Dict[str, float]]]) -> Dict[str, Dict
         mask: {metric: summarise([s[mask][metric] for s in per_seed]) for metric in per_seed[0][mask]}
         for mask in per_seed[0]
     }
-
-def _strip_arrays(report: Dict) -> Dict:
-    return {k: v for k, v in report.items() if not isinstance(v, np.ndarray)}
 
 def segmenter_scores(
     train, holdout, mask_names: Sequence[str], steps: int, seed: int, device, desc: str = "",
@@ -270,43 +269,30 @@ def _mask_figures(report: Dict, arrays, annotated, mask_names) -> Dict[str, Imag
             figures["cup_to_disc"] = histograms({f"vertical cup-to-disc ratio, {resolution} px": ratios})
     return figures
 
-def _memorisation(arrays, real_models, resolution: int):
-    """Section 4 in downsampled pixels and, where a real-trained segmenter exists, in its encoder features."""
-    spaces = {
-        "downsampled pixels (32x32 RGB in [0, 1], L2)": (
-            pixel_features(arrays["synthetic"]),
-            pixel_features(arrays["real"]),
-        )
-    }
+def _memorisation(arrays, real_models, synthetic_ids, real_ids, resolution: int) -> Dict:
+    """Section 4: the copy check with its held-out control (``memorisation.controlled_copy_check``) in downsampled
+    pixels and, where a real-trained segmenter exists, in its encoder features."""
+    spaces = {PIXEL_SPACE: pixel_features}
     if real_models:
         name = f"real-trained segmenter encoder, global-average-pooled bottleneck (seed 0, {resolution} px, L2)"
-        spaces[name] = (
-            encode_images(real_models[0], arrays["synthetic"]),
-            encode_images(real_models[0], arrays["real"]),
+        spaces[name] = partial(encode_images, real_models[0])
+    return {
+        space: controlled_copy_check(
+            *(features(arrays[name]) for name in ("synthetic", "real", "holdout")), synthetic_ids, real_ids
         )
-    return {space: memorisation_report(syn, real) for space, (syn, real) in spaces.items()}
+        for space, features in spaces.items()
+    }
 
-def _flagged(found: Dict, synthetic_ids, real_ids) -> List[Dict]:
-    """The samples a memorisation check flagged, closest first, each with its nearest real training image."""
-    order = np.argsort(found["distances"], kind="stable")
-    return [
-        {
-            "synthetic_id": synthetic_ids[i],
-            "real_id": real_ids[int(found["neighbours"][i])],
-            "distance": float(found["distances"][i]),
-        }
-        for i in order
-        if found["distances"][i] < found["threshold"]
-    ]
-
-def _closest_pairs(pixels: Dict, arrays, synthetic_ids, real_ids, num_pairs: int):
-    """The synthetic samples nearest to a real training image (pixel space), listed and drawn side by side."""
+def _closest_pairs(threshold: float, arrays, synthetic_ids, real_ids, num_pairs: int):
+    """The synthetic samples nearest to a real training image (pixel space), listed and drawn side by side; those
+    below the copy check's ``threshold`` captioned as possible copies."""
+    distances, neighbours = nearest_neighbours(pixel_features(arrays["synthetic"]), pixel_features(arrays["real"]))
     pairs, captions, listed = [], [], []
-    for i in np.argsort(pixels["distances"], kind="stable")[:num_pairs]:
-        j, distance = int(pixels["neighbours"][i]), float(pixels["distances"][i])
+    for i in np.argsort(distances, kind="stable")[:num_pairs]:
+        j, distance = int(neighbours[i]), float(distances[i])
         pairs += [to_pil(arrays["synthetic"][i], ())[0], to_pil(arrays["real"][j], ())[0]]
         captions += [
-            f"syn d={distance:.2f}{' COPY?' if distance < pixels['threshold'] else ''}",
+            f"syn d={distance:.2f}{' COPY?' if distance < threshold else ''}",
             f"real {real_ids[j].split('/')[-1]}",
         ]
         listed.append({"synthetic_id": synthetic_ids[int(i)], "real_id": real_ids[j], "pixel_distance": distance})
@@ -362,6 +348,7 @@ def evaluate(
         "counts": {"real_train": len(real_train), "holdout": len(holdout), "synthetic": len(synthetic)},
         "holdout_split": split_how,
         "synthetic_sources": sorted(set(synthetic["source"])),
+        "refused": None,  # set with the copy check (section 4): first in report.json, as in report.md
     }
     grid = [to_pil(a, mask_names) for a in arrays["synthetic"][: config.grid_samples]]
     figures = {
@@ -400,14 +387,15 @@ def evaluate(
         for section in ("downstream", "agreement", "plausibility"):
             report[section] = {"computed": False, "reason": "evaluated with --masks none (image-only)"}
 
-    memorisation = _memorisation(arrays, real_models, resolution)
     synthetic_ids, real_ids = list(synthetic["id"]), list(real_train["id"])
-    report["memorisation"] = {
-        space: {**_strip_arrays(m), "flagged": _flagged(m, synthetic_ids, real_ids)}
-        for space, m in memorisation.items()
-    }
+    report["memorisation"] = _memorisation(arrays, real_models, synthetic_ids, real_ids, resolution)
+    refused = refusal(report["memorisation"])
+    report["refused"] = None if refused is None else (
+        f"{refused} The segmenters trained on this set are reported for inspection only: a score earned by copies "
+        "says nothing about what the generator adds."
+    )
     report["memorisation_closest_pairs"], pairs = _closest_pairs(
-        next(iter(memorisation.values())), arrays, synthetic_ids, real_ids, config.num_pairs
+        report["memorisation"][PIXEL_SPACE]["threshold"], arrays, synthetic_ids, real_ids, config.num_pairs
     )
     figures["nearest_pairs"] = titled(pairs, f"synthetic samples nearest to a real training image, {resolution} px")
     recipe = RealismRecipe(steps=config.realism_steps, folds=config.realism_folds)

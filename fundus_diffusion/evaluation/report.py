@@ -1,5 +1,6 @@
 """``write_report``: a protocol result (``protocol.evaluate``) as ``report.json``, ``report.md`` (one section per
-protocol item, every table titled with the resolution) and PNG figures."""
+protocol item, every table titled with the resolution; a refused set's verdict first) and PNG figures. The pieces
+shared with ``pm_utility``'s report (refusal banner, memorisation and realism sections, strict JSON) are public."""
 
 import json
 import math
@@ -8,6 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
+from .memorisation import REFUSE_P, copy_excess_p
 from .metrics import CUP_INSIDE_SHARE, format_mean_std, format_value
 from .protocol import WORST_FIGURE
 from .realism import TEST_NAME
@@ -42,6 +44,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
     lines = [
         "# Synthetic data evaluation",
         "",
+        *refusal_banner(report["refused"]),
         f"Synthetic: {', '.join(report['synthetic_sources'])} — {counts['synthetic']} samples. "
         f"Real training set: {counts['real_train']}; held-out real: {counts['holdout']} ({report['holdout_split']}). "
         f"Everything is judged at **{px}** ({how}); masks: {', '.join(cfg['masks']) or 'none'}, device {cfg['device']}.",
@@ -86,24 +89,13 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
         lines += _plausibility_lines(report["plausibility"], px)
     else:
         lines += [f"Not computed: {downstream['reason']}. Sections 2 and 3 likewise.", ""]
-    lines += ["", f"## 4. Memorisation ({px})", ""]
-    for space, m in report["memorisation"].items():
-        lines.append(
-            f"- {space}: {m['n_flagged']} of {m['n_synthetic']} samples ({format_value(m['share_flagged'])}) are closer to a real "
-            f"training image than the {m['percentile']:g}st percentile of real-to-real nearest-neighbour distances "
-            f"({format_value(m['threshold'])}, over {m['n_real_train']} real images); median nearest distance synthetic→real "
-            f"{format_value(m['median_synthetic_to_real'])}, real→real {format_value(m['median_real_to_real'])}."
-        )
-        lines += [
-            f"  - flagged `{f['synthetic_id']}`: nearest `{f['real_id']}`, distance {format_value(f['distance'])}"
-            for f in m.get("flagged", [])
-        ]
-    if any(m.get("flagged") for m in report["memorisation"].values()):
+    lines += ["", f"## 4. Memorisation ({px})", ""] + memorisation_lines(report["memorisation"], report["refused"])
+    if any(m["flagged"] for m in report["memorisation"].values()):
         lines += [
             "",
             f"`{FLAGGED_FILE}` lists the flagged ids, to drop them before sharing the set (README: evaluate.py).",
         ]
-    lines += _realism_lines(report.get("realism"), px)
+    lines += realism_lines(report.get("realism"), px)
     fid = report["fid_kid"]
     lines += ["", f"## 6. FID and KID (RGB at {px}, Inception-v3 via torchmetrics)", ""]
     if fid["computed"]:
@@ -193,7 +185,38 @@ def _worst_lines(downstream: Dict, px: str) -> List[str]:
         f"{worst['mask']} Dice at {px}: {listed} (`{WORST_FIGURE}.png`: photograph, prediction, truth).",
     ]
 
-def _realism_lines(realism: Optional[Dict], px: str) -> List[str]:
+def refusal_banner(refused: Optional[str]) -> List[str]:
+    """The lines that open a report.md whose synthetic set is refused (``memorisation.refusal``); none otherwise."""
+    return ["> " + "!" * 60, f"> **{refused}**", "> " + "!" * 60, ""] if refused else []
+
+def memorisation_lines(memorisation: Dict[str, Dict], refused: Optional[str]) -> List[str]:
+    """The copy check of each feature space (``memorisation.controlled_copy_check``) beside its held-out control,
+    the flagged samples, and the verdict of ``memorisation.refusal``: one wording for evaluate.py and evaluate_pm.py."""
+    lines = []
+    for space, m in memorisation.items():
+        control = m["held_out_control"]
+        lines.append(
+            f"- {space}: {m['n_flagged']} of {m['n_synthetic']} samples ({format_value(m['share_flagged'])}) are closer "
+            f"to a training image than the {m['percentile']:g}st percentile of real-to-real nearest-neighbour distances "
+            f"({format_value(m['threshold'])}, over {m['n_real_train']} training images). Control: "
+            f"{control['n_flagged']} of {control['n_held_out']} held-out real images ({format_value(control['share_flagged'])}), "
+            f"never seen by the generator, are flagged the same way; one-sided Fisher p = {copy_excess_p(m):.2g} that "
+            f"the samples are flagged more often. Median nearest distance synthetic→real "
+            f"{format_value(m['median_synthetic_to_real'])}, real→real {format_value(m['median_real_to_real'])}."
+        )
+        lines += [
+            f"  - flagged `{f['synthetic_id']}`: nearest `{f['real_id']}`, distance {format_value(f['distance'])}"
+            for f in m["flagged"]
+        ]
+    verdict = (
+        f"**{refused}**"
+        if refused
+        else "Not refused: in no feature space are the samples flagged more often than the held-out real images "
+        f"(one-sided Fisher exact p < {REFUSE_P:g})."
+    )
+    return lines + ["", verdict]
+
+def realism_lines(realism: Optional[Dict], px: str) -> List[str]:
     lines = ["", f"## 5. Realism: {TEST_NAME}, {px}", ""]
     if realism is None:
         return lines + ["Not computed: this report predates the test."]
@@ -212,12 +235,12 @@ def _realism_lines(realism: Optional[Dict], px: str) -> List[str]:
         f"{', '.join(format_value(a) for a in control['auc_per_fold'])} |",
     ]
 
-def _json_safe(value):
+def json_safe(value):
     """NaN (an undefined statistic) -> null, so that report.json is strict JSON."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return None if isinstance(value, float) and math.isnan(value) else value
 
 def write_report(report: Dict, figures: Dict[str, Image.Image], output_dir: str) -> Dict[str, str]:
@@ -225,7 +248,7 @@ def write_report(report: Dict, figures: Dict[str, Image.Image], output_dir: str)
     memorisation check flagged, one per line); returns the paths written."""
     os.makedirs(output_dir, exist_ok=True)
     paths = {"flagged": os.path.join(output_dir, FLAGGED_FILE)}
-    flagged = sorted({f["synthetic_id"] for m in report["memorisation"].values() for f in m.get("flagged", [])})
+    flagged = sorted({f["synthetic_id"] for m in report["memorisation"].values() for f in m["flagged"]})
     with open(paths["flagged"], "w", encoding="utf-8") as f:
         f.write("".join(f"{synthetic_id}\n" for synthetic_id in flagged))
     for name, figure in figures.items():
@@ -234,7 +257,7 @@ def write_report(report: Dict, figures: Dict[str, Image.Image], output_dir: str)
     report = {**report, "figures": sorted(f"{name}.png" for name in figures)}
     paths["json"] = os.path.join(output_dir, "report.json")
     with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(_json_safe(report), f, indent=2, allow_nan=False)
+        json.dump(json_safe(report), f, indent=2, allow_nan=False)
     paths["markdown"] = os.path.join(output_dir, "report.md")
     with open(paths["markdown"], "w", encoding="utf-8") as f:
         f.write(render_markdown(report, report["figures"]))

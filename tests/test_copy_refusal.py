@@ -1,0 +1,60 @@
+"""The one copy-check refusal rule (``memorisation.refusal``): a synthetic set is refused only when its samples are
+flagged as copies more often than held-out real images checked the same way (one-sided Fisher exact, p < 0.01)."""
+
+import pytest
+import torch
+
+from fundus_diffusion.evaluation.memorisation import (
+    REFUSE_P,
+    controlled_copy_check,
+    copy_excess_p,
+    pixel_features,
+    refusal,
+)
+
+
+def space(flagged: int, n: int, control_flagged: int, control_n: int = 80) -> dict:
+    """The counts of one feature space of the copy check, as ``controlled_copy_check`` records them."""
+    control = {"n_held_out": control_n, "n_flagged": control_flagged, "share_flagged": control_flagged / control_n}
+    return {"n_flagged": flagged, "n_synthetic": n, "n_real_train": 20, "held_out_control": control}
+
+
+def test_equal_rates_are_not_refused():
+    # A faultless generator at N = 20 on palm-224: about 1 in 12 flagged by chance, samples and control alike.
+    assert copy_excess_p(space(16, 200, 7)) == pytest.approx(0.68, abs=0.01)
+    assert refusal({"pixels": space(16, 200, 7)}) is None
+    assert copy_excess_p(space(0, 200, 7)) == 1.0 and refusal({"pixels": space(0, 200, 0)}) is None
+
+
+def test_many_more_flags_than_the_control_are_refused_naming_the_space_and_counts():
+    refused = refusal({"pixels": space(2, 200, 0), "features": space(40, 200, 3)})
+    assert refused.startswith("REFUSED: 40 of 200 synthetic samples flagged as copies of the generator's 20 training")
+    assert "in features, against 3 of 80 held-out real images (one-sided Fisher p = " in refused
+    assert "pixels" not in refused  # 2 of 200 against 0 of 80 is chance (p about 0.5)
+    # Just past the line: 20 of 200 against 1 of 80 (p = 0.0064) is refused, 4 of 8 against 0 of 8 (p = 0.038) not.
+    assert copy_excess_p(space(20, 200, 1)) < REFUSE_P and refusal({"s": space(20, 200, 1)}) is not None
+
+
+def test_small_counts_are_not_evidence():
+    # 5 of 6 samples copied, against 0 of 1 held-out image: p = 6/21, too few images to tell copying from chance.
+    assert copy_excess_p(space(5, 6, 0, control_n=1)) == pytest.approx(6 / 21)
+    assert refusal({"pixels": space(5, 6, 0, control_n=1)}) is None
+    assert copy_excess_p(space(4, 8, 0, control_n=8)) == pytest.approx(1 / 26) and refusal({"s": space(4, 8, 0, 8)}) is None
+
+
+def test_controlled_copy_check_flags_copies_and_counts_the_control():
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    held_out = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    synthetic = real[:12].clone()  # twelve copies of training images
+    real_ids, synthetic_ids = [f"real/{i}" for i in range(20)], [f"syn/{i}" for i in range(12)]
+    section = controlled_copy_check(
+        *(pixel_features(a) for a in (synthetic, real, held_out)), synthetic_ids, real_ids
+    )
+    assert section["n_flagged"] == 12 and section["held_out_control"] == {
+        "n_held_out": 10, "n_flagged": 0, "share_flagged": 0.0
+    }  # fmt: skip
+    assert [f["real_id"] for f in section["flagged"]] == real_ids[:12] and section["flagged"][0]["distance"] == 0
+    assert section["p_above_control"] == pytest.approx(copy_excess_p(section)) and section["p_above_control"] < 1e-4
+    assert "distances" not in section and "neighbours" not in section  # JSON-able: no per-sample arrays
+    assert refusal({"pixels": section}).startswith("REFUSED: 12 of 12")
