@@ -6,22 +6,34 @@ synthetic), the mean over subset seeds with their standard deviation as error ba
 
 Reads ``<reports>/<job>/report.json`` for jobs ``n<N>-seed<S>`` and ``all``; N is the report's real training count.
 A refused set (its synthetic samples copy the generator's training images more often than held-out real images are
-flagged) has no synthetic rows: the table says REFUSED, loudly, and the curves leave it out. The loading, summary and
-plotting are benchmarks/utility_figure.py's (the segmentation curves); matplotlib is optional, as there.
+flagged: the same rule and verdict, ``report["refused"]``, as evaluate.py's) has no synthetic rows: the table says
+REFUSED, loudly, and the curves leave it out. The loading, refusal, summary and plotting are
+benchmarks/utility_figure.py's (the segmentation curves); matplotlib is optional, as there.
 """
 
 import argparse
 import json
 import sys
 
-from utility_figure import CURVE_JOB, TRAINING_SETS, curve_summary, load_reports, plot_curves, pyplot, save
+from utility_figure import (
+    CURVE_JOB,
+    TRAINING_SETS,
+    curve_summary,
+    load_reports,
+    plot_curves,
+    print_refusals,
+    pyplot,
+    refusal_lines,
+    refusal_of,
+    save,
+)
 
 METRICS = {"accuracy": "accuracy", "auc": "ROC AUC of P(PM)"}
 
 
 def curve_rows(reports: dict) -> list:
-    """One row per learning-curve job: N, subset seed, the refusal (None or why) and, per metric, the mean over
-    classifier seeds of each training set (sets a refused job did not train are absent)."""
+    """One row per learning-curve job: N, subset seed, the refusal (None or why) and its rule (``refusal_of``) and,
+    per metric, the mean over classifier seeds of each training set (sets a refused job did not train are absent)."""
     rows = []
     for job, report in reports.items():
         match = CURVE_JOB.match(job)
@@ -29,7 +41,7 @@ def curve_rows(reports: dict) -> list:
             continue
         results, seed = report["detection"]["results"], match.group("seed")
         row = {"job": job, "n": report["counts"]["real"]["n"], "subset_seed": None if seed is None else int(seed)}
-        row["refused"] = report["refused"]
+        row["refused"], row["rule"] = refusal_of(report)
         for metric in METRICS:
             row[metric] = {name: results[name][metric]["mean"] for name in TRAINING_SETS if name in results}
         rows.append(row)
@@ -55,13 +67,7 @@ def format_tables(rows: list, summaries: dict) -> str:
                 entry = summaries[metric].get(name, {}).get(n)
                 cells.append("-" if entry is None else f"{entry['mean']:.3f} ± {entry['std']:.3f} ({entry['n']})")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    refused = [row for row in rows if row["refused"]]
-    if refused:
-        lines += [
-            "",
-            f"REFUSED for copies of training images (synthetic rows left out): {', '.join(r['job'] for r in refused)}",
-        ]
-    return "\n".join(lines)
+    return "\n".join(lines + refusal_lines(rows))
 
 
 def draw(summaries: dict, path: str) -> bool:
@@ -87,9 +93,7 @@ def main(argv=None):
     rows = curve_rows(load_reports(args.reports))
     summaries = {metric: curve_summary(rows, metric, TRAINING_SETS) for metric in METRICS}
     print(format_tables(rows, summaries))
-    for row in rows:
-        if row["refused"]:
-            print(f"{row['job']}: {row['refused']}", file=sys.stderr)
+    print_refusals(rows)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"rows": rows, "summary": summaries}, f, indent=2)

@@ -6,8 +6,11 @@ the cross-camera table of the per-source jobs.
     python benchmarks/utility_figure.py /tmp/utility/eval --figure utility_curves.png --json utility_table.json
 
 Reads ``<reports>/<job>/report.json``; a job is ``n<N>-seed<S>``, ``all`` or ``source-<name>``, each optionally with
-``-twostep``, and N is read from the report (the real pairs its segmenters trained on). A job whose synthetic set has flagged copies of its N training
-images is refused: its synthetic and real + synthetic Dice are left out of the curves and the table says so, loudly.
+``-twostep``, and N is read from the report (the real pairs its segmenters trained on). A job whose report refuses
+its synthetic set (``report["refused"]``: its samples are flagged as copies of the N training images more often than
+held-out real images are, ``fundus_diffusion.evaluation.memorisation.refusal``) has its synthetic and real + synthetic
+Dice left out of the curves, and the table names it, loudly. A report written before that verdict existed is judged
+by the old rule (refused if any sample is flagged), and the table says which jobs were.
 The figure needs matplotlib (imported here, not in the package); without it the table is printed alone.
 """
 
@@ -27,6 +30,8 @@ TWO_STEP = "-twostep"  # the job suffix of the two-step sets (masks first, then 
 # the joint job's, trained on the same N pairs with the same seeds).
 CURVE_SETS = TRAINING_SETS + tuple(f"{name} (two-step)" for name in SYNTHETIC_SETS)
 CURVE_JOB = re.compile(rf"^(n\d+-seed(?P<seed>\d+)|all)(?P<two_step>{TWO_STEP})?$")
+VERDICT_RULE = "the report's verdict (flagged more often than held-out real images)"
+ANY_FLAG_RULE = "any sample flagged (the report has no held-out control)"
 
 
 def load_reports(root: str) -> dict:
@@ -47,6 +52,47 @@ def flagged_copies(report: dict) -> int:
     return max((space.get("n_flagged", 0) for space in report.get("memorisation", {}).values()), default=0)
 
 
+def refusal_of(report: dict) -> tuple:
+    """``(refused, rule)``: why the job's synthetic set is refused (None when it is not) and by which rule: the
+    verdict its report carries (``VERDICT_RULE``) or, for a report written before evaluate.py gave one,
+    ``ANY_FLAG_RULE`` (refused if any sample is flagged in any feature space)."""
+    if "refused" in report:
+        return report["refused"], VERDICT_RULE
+    copies = flagged_copies(report)
+    why = f"REFUSED by the old any-flag rule: {copies} synthetic samples flagged as copies (no held-out control)"
+    return (why if copies else None), ANY_FLAG_RULE
+
+
+def judged_jobs(reports: dict) -> list:
+    """``{job, refused, rule}`` (``refusal_of``) for every learning-curve and per-source job."""
+    jobs = [job for job in reports if CURVE_JOB.match(job) or job.startswith("source-")]
+    return [dict(zip(("job", "refused", "rule"), (job, *refusal_of(reports[job])))) for job in jobs]
+
+
+def refusal_lines(rows: list) -> list:
+    """The lines that close a table: the refused jobs, and the jobs judged by the old any-flag rule, of ``rows``
+    (each with ``job``, ``refused`` and ``rule``)."""
+    lines = []
+    refused = [row["job"] for row in rows if row["refused"]]
+    if refused:
+        lines += ["", f"REFUSED for copies of training images (synthetic rows left out): {', '.join(refused)}"]
+    old = [row["job"] for row in rows if row["rule"] == ANY_FLAG_RULE]
+    if old:
+        lines += [
+            "",
+            f"Judged by the old any-flag rule (their reports predate the copy check's held-out control; re-run "
+            f"evaluate.py for the verdict): {', '.join(old)}",
+        ]
+    return lines
+
+
+def print_refusals(rows: list):
+    """Each refused job and why on stderr (the driver's log), beside the table's list."""
+    for row in rows:
+        if row["refused"]:
+            print(f"{row['job']}: {row['refused']}", file=sys.stderr)
+
+
 def _sets_of(job: str) -> dict:
     """``{name in the table: evaluate.py's training set}`` for a job: the two-step jobs' synthetic sets renamed."""
     if job.endswith(TWO_STEP):
@@ -55,23 +101,23 @@ def _sets_of(job: str) -> dict:
 
 
 def curve_rows(reports: dict, mask: str = "disc") -> list:
-    """One row per learning-curve job: its N, subset seed, copies flagged and Dice (mean over segmenter seeds) of
-    each training set (``CURVE_SETS``), None where the job is refused for copies."""
+    """One row per learning-curve job: its N, subset seed, copies flagged, the refusal (None or why) and its rule,
+    and Dice (mean over segmenter seeds) of each training set (``CURVE_SETS``), None where the job is refused."""
     rows = []
     for job, report in reports.items():
         match = CURVE_JOB.match(job)
         if not match:
             continue
-        downstream, copies = report["downstream"], flagged_copies(report)
+        downstream, (refused, rule) = report["downstream"], refusal_of(report)
         results = downstream["results"]
         dice = {
-            name: None if copies and source in SYNTHETIC_SETS else results[source][mask]["dice"]["mean"]
+            name: None if refused and source in SYNTHETIC_SETS else results[source][mask]["dice"]["mean"]
             for name, source in _sets_of(job).items()
             if source in results
         }
         seed = match.group("seed")
         row = {"job": job, "n": downstream["n_train"]["real"], "subset_seed": None if seed is None else int(seed)}
-        rows.append({**row, "flagged_copies": copies, "dice": dice})
+        rows.append({**row, "flagged_copies": flagged_copies(report), "refused": refused, "rule": rule, "dice": dice})
     return sorted(rows, key=lambda r: (r["n"], r["job"]))
 
 
@@ -94,23 +140,24 @@ def curve_summary(rows: list, key: str = "dice", sets: tuple = CURVE_SETS) -> di
 
 def source_rows(reports: dict, mask: str = "disc") -> list:
     """One row per per-source job and training set: Dice on the held-out images of each source (the trained source
-    and the other camera)."""
+    and the other camera); a refused job's synthetic sets left out."""
     rows = []
     for job, report in reports.items():
         if not job.startswith("source-"):
             continue
-        per_source, copies = report["downstream"]["per_source"], flagged_copies(report)
+        per_source, (refused, _) = report["downstream"]["per_source"], refusal_of(report)
         trained_on = job[len("source-") :].removesuffix(TWO_STEP)
         for name, training_set in _sets_of(job).items():
-            if training_set not in per_source or (copies and training_set in SYNTHETIC_SETS):
+            if training_set not in per_source or (refused and training_set in SYNTHETIC_SETS):
                 continue
             by_source = {source: scores["dice"]["mean"] for source, scores in per_source[training_set][mask].items()}
             rows.append({"job": job, "trained_on": trained_on, "training_set": name, "dice": by_source})
     return rows
 
 
-def format_tables(rows: list, summary: dict, sources: list) -> str:
-    """Markdown tables: every curve job, the summary over subset seeds, the per-source rows; refused jobs named."""
+def format_tables(rows: list, summary: dict, sources: list, judged: list) -> str:
+    """Markdown tables: every curve job (with its copy check), the summary over subset seeds, the per-source rows;
+    then the refused jobs, and the jobs judged by the old any-flag rule, of ``judged`` (``judged_jobs``)."""
     sets = [name for name in CURVE_SETS if any(name in row["dice"] for row in rows)]
 
     def fmt(row, name):
@@ -118,10 +165,13 @@ def format_tables(rows: list, summary: dict, sources: list) -> str:
             return "-"
         return "refused" if row["dice"][name] is None else f"{row['dice'][name]:.3f}"
 
-    lines = ["| job | N | " + " | ".join(sets) + " | copies flagged |", "|---" * (len(sets) + 3) + "|"]
+    def verdict(row):
+        return ("REFUSED" if row["refused"] else "passed") + (" (any-flag rule)" if row["rule"] == ANY_FLAG_RULE else "")
+
+    lines = ["| job | N | " + " | ".join(sets) + " | copies flagged | copy check |", "|---" * (len(sets) + 4) + "|"]
     for row in rows:
         dice = " | ".join(fmt(row, name) for name in sets)
-        lines.append(f"| {row['job']} | {row['n']} | {dice} | {row['flagged_copies']} |")
+        lines.append(f"| {row['job']} | {row['n']} | {dice} | {row['flagged_copies']} | {verdict(row)} |")
     lines += ["", "| N | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
     for n in sorted({n for by_n in summary.values() for n in by_n}):
         cells = []
@@ -136,10 +186,7 @@ def format_tables(rows: list, summary: dict, sources: list) -> str:
         for row in sources:
             cells = " | ".join(f"{row['dice'][s]:.3f}" if s in row["dice"] else "-" for s in held_out)
             lines.append(f"| {row['trained_on']} | {row['training_set']} | {cells} |")
-    refused = [row["job"] for row in rows if row["flagged_copies"]]
-    if refused:
-        lines += ["", f"REFUSED for copies of training images (synthetic rows left out): {', '.join(refused)}"]
-    return "\n".join(lines)
+    return "\n".join(lines + refusal_lines(judged))
 
 
 def pyplot():
@@ -199,18 +246,20 @@ def main(argv=None):
     parser.add_argument("reports", help="The folder of <job>/report.json (utility_curves.sh's eval/).")
     parser.add_argument("--mask", default="disc")
     parser.add_argument("--figure", help="Write the Dice-vs-N figure here (PNG; needs matplotlib).")
-    parser.add_argument("--json", help="Write the rows and the summary here.")
+    parser.add_argument("--json", help="Write the rows, the summary and each job's copy check here.")
     args = parser.parse_args(argv)
     reports = load_reports(args.reports)
     rows, sources = curve_rows(reports, args.mask), source_rows(reports, args.mask)
     summary = curve_summary(rows)
-    print(format_tables(rows, summary, sources))
-    for row in rows:
-        if row["flagged_copies"]:
-            print(f"REFUSED: {row['job']}: {row['flagged_copies']} synthetic samples copy training images", file=sys.stderr)
+    judged = judged_jobs(reports)
+    print(format_tables(rows, summary, sources, judged))
+    print_refusals(judged)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"mask": args.mask, "rows": rows, "summary": summary, "per_source": sources}, f, indent=2)
+            json.dump(
+                {"mask": args.mask, "rows": rows, "summary": summary, "per_source": sources, "copy_check": judged},
+                f, indent=2,
+            )  # fmt: skip
     if args.figure and not draw(summary, args.figure, args.mask):
         print(f"matplotlib is not installed: {args.figure} not drawn (pip install matplotlib)", file=sys.stderr)
 

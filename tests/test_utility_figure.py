@@ -1,5 +1,6 @@
 """benchmarks/utility_figure.py on constructed evaluate.py reports: the learning-curve table, its summary over subset
-seeds, the per-source rows, refusal of copied sets, and the figure (where matplotlib is installed)."""
+seeds, the per-source rows, refusal by the reports' verdict (and by the old any-flag rule for reports without one), and
+the figure (where matplotlib is installed)."""
 
 import importlib.util
 import json
@@ -12,24 +13,31 @@ utility_figure = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(utility_figure)
 
 
-def report(n_real, dice, flagged=0, per_source=None):
-    """The parts of an evaluate.py report.json the figure reads."""
+OLD = object()  # a report written before evaluate.py gave a verdict: no "refused" key
+COPIES = "REFUSED: 40 of 200 synthetic samples flagged as copies of the generator's 25 training images in pixels"
+
+
+def report(n_real, dice, flagged=0, per_source=None, refused=None):
+    """The parts of an evaluate.py report.json the figure reads (``refused``: the verdict, ``OLD`` for none)."""
     scores = lambda d: {"disc": {"dice": {"mean": d, "std": 0.0, "n": 1}}}  # noqa: E731
     downstream = {"n_train": {"real": n_real}, "results": {name: scores(d) for name, d in dice.items()}}
     downstream["per_source"] = {
         name: {"disc": {source: {"dice": {"mean": d, "std": 0.0, "n": 1}} for source, d in by_source.items()}}
         for name, by_source in (per_source or {}).items()
     }
-    return {"downstream": downstream, "memorisation": {"pixels": {"n_flagged": flagged}, "segmenter": {"n_flagged": 0}}}
+    content = {"downstream": downstream, "memorisation": {"pixels": {"n_flagged": flagged}, "segmenter": {"n_flagged": 0}}}
+    return content if refused is OLD else {**content, "refused": refused}
 
 
 @pytest.fixture
 def reports_dir(tmp_path):
     jobs = {
-        "n10-seed0": report(10, {"real": 0.6, "synthetic": 0.5, "real+synthetic": 0.7}),
+        # chance flags, at the held-out control's rate: not refused by the verdict
+        "n10-seed0": report(10, {"real": 0.6, "synthetic": 0.5, "real+synthetic": 0.7}, flagged=3),
         "n10-seed1": report(10, {"real": 0.8, "synthetic": 0.7, "real+synthetic": 0.9}),
-        "n25-seed0": report(25, {"real": 0.85, "synthetic": 0.8, "real+synthetic": 0.88}, flagged=2),
-        "n10-seed0-twostep": report(10, {"real": 0.6, "synthetic": 0.65, "real+synthetic": 0.75}),
+        "n25-seed0": report(25, {"real": 0.85, "synthetic": 0.8, "real+synthetic": 0.88}, flagged=40, refused=COPIES),
+        "n25-seed1": report(25, {"real": 0.75, "synthetic": 0.7, "real+synthetic": 0.8}, flagged=1, refused=OLD),
+        "n10-seed0-twostep": report(10, {"real": 0.6, "synthetic": 0.65, "real+synthetic": 0.75}, refused=OLD),
         "all": report(134, {"real": 0.96, "synthetic": 0.94, "real+synthetic": 0.96}),
         "source-drions": report(
             72, {"real": 0.9, "synthetic": 0.8, "real+synthetic": 0.9},
@@ -38,6 +46,7 @@ def reports_dir(tmp_path):
         "source-drions-twostep": report(
             72, {"real": 0.9, "synthetic": 0.8, "real+synthetic": 0.9},
             per_source={"real": {"drions": 0.95, "drishti": 0.7}, "synthetic": {"drions": 0.9, "drishti": 0.8}},
+            flagged=40, refused=COPIES,
         ),  # fmt: skip
     }
     for job, content in jobs.items():
@@ -47,35 +56,50 @@ def reports_dir(tmp_path):
     return tmp_path / "eval"
 
 
-def test_table_summarises_subset_seeds_and_refuses_copies(reports_dir):
+def test_table_summarises_subset_seeds_and_refuses_by_the_verdict(reports_dir):
     reports = utility_figure.load_reports(str(reports_dir))
     rows = utility_figure.curve_rows(reports)
     assert [(r["job"], r["n"], r["subset_seed"]) for r in rows] == [
-        ("n10-seed0", 10, 0), ("n10-seed0-twostep", 10, 0), ("n10-seed1", 10, 1), ("n25-seed0", 25, 0), ("all", 134, None)
+        ("n10-seed0", 10, 0), ("n10-seed0-twostep", 10, 0), ("n10-seed1", 10, 1), ("n25-seed0", 25, 0),
+        ("n25-seed1", 25, 1), ("all", 134, None),
     ]  # fmt: skip
+    assert rows[0]["flagged_copies"] == 3 and rows[0]["refused"] is None and rows[0]["dice"]["synthetic"] == 0.5
     assert rows[1]["dice"] == {"synthetic (two-step)": 0.65, "real+synthetic (two-step)": 0.75}
-    assert rows[3]["flagged_copies"] == 2 and rows[3]["dice"] == {"real": 0.85, "synthetic": None, "real+synthetic": None}
+    assert rows[1]["refused"] is None and rows[1]["rule"] == utility_figure.ANY_FLAG_RULE  # no flag: passes either way
+    assert rows[3]["refused"] == COPIES and rows[3]["dice"] == {"real": 0.85, "synthetic": None, "real+synthetic": None}
+    # a report without the verdict: the old rule, one flagged sample refuses it
+    assert rows[4]["refused"].startswith("REFUSED by the old any-flag rule: 1 synthetic samples")
+    assert rows[4]["dice"] == {"real": 0.75, "synthetic": None, "real+synthetic": None}
     summary = utility_figure.curve_summary(rows)
     assert summary["real"][10] == pytest.approx({"mean": 0.7, "std": 0.1, "n": 2})
-    assert sorted(summary["synthetic"]) == [10, 134] and sorted(summary["real"]) == [10, 25, 134]
+    assert sorted(summary["synthetic"]) == [10, 134] and summary["real"][25]["n"] == 2
     assert summary["real+synthetic (two-step)"] == {10: {"mean": 0.75, "std": 0.0, "n": 1}}
-    sources = utility_figure.source_rows(reports)
+    sources = utility_figure.source_rows(reports)  # the refused two-step set left out
     assert [(r["trained_on"], r["training_set"], r["dice"]["drishti"]) for r in sources] == [
-        ("drions", "real", 0.7), ("drions", "synthetic", 0.75), ("drions", "synthetic (two-step)", 0.8)
+        ("drions", "real", 0.7), ("drions", "synthetic", 0.75)
     ]  # fmt: skip
-    text = utility_figure.format_tables(rows, summary, sources)
+    judged = utility_figure.judged_jobs(reports)
+    assert {j["job"] for j in judged} == set(reports) and not any(j["refused"] for j in judged if j["job"] == "all")
+    text = utility_figure.format_tables(rows, summary, sources, judged)
     assert "| 10 | 0.700 ± 0.100 (2) | 0.600 ± 0.100 (2) | 0.800 ± 0.100 (2) | 0.650 ± 0.000 (1) | 0.750 ± 0.000 (1) |" in text
-    assert "| n25-seed0 | 25 | 0.850 | refused | refused | - | - | 2 |" in text
-    assert "| drions | synthetic | 0.900 | 0.750 |" in text and "REFUSED for copies" in text
+    assert "| n10-seed0 | 10 | 0.600 | 0.500 | 0.700 | - | - | 3 | passed |" in text
+    assert "| n25-seed0 | 25 | 0.850 | refused | refused | - | - | 40 | REFUSED |" in text
+    assert "| n25-seed1 | 25 | 0.750 | refused | refused | - | - | 1 | REFUSED (any-flag rule) |" in text
+    assert "| drions | synthetic | 0.900 | 0.750 |" in text
+    assert "REFUSED for copies of training images (synthetic rows left out): n25-seed0, n25-seed1, source-drions-twostep" in text
+    assert "Judged by the old any-flag rule" in text and text.endswith(": n10-seed0-twostep, n25-seed1")
 
 
 def test_script_writes_the_json_and_the_figure(reports_dir, tmp_path, capsys):
     figure, table = tmp_path / "curves.png", tmp_path / "table.json"
     utility_figure.main([str(reports_dir), "--figure", str(figure), "--json", str(table)])
     captured = capsys.readouterr()
-    assert "| 134 | 0.960 ± 0.000 (1)" in captured.out and "REFUSED: n25-seed0" in captured.err
+    assert "| 134 | 0.960 ± 0.000 (1)" in captured.out and "REFUSED for copies" in captured.out
+    assert f"n25-seed0: {COPIES}" in captured.err and "n25-seed1: REFUSED by the old any-flag rule" in captured.err
+    assert "n10-seed0:" not in captured.err  # chance flags are not named as refused
     written = json.loads(table.read_text())
-    assert len(written["rows"]) == 5 and written["summary"]["real+synthetic"]["10"]["n"] == 2
+    assert len(written["rows"]) == 6 and written["summary"]["real+synthetic"]["10"]["n"] == 2
+    assert {j["job"]: j["refused"] for j in written["copy_check"]}["source-drions-twostep"] == COPIES
     if importlib.util.find_spec("matplotlib") is None:
         assert "matplotlib is not installed" in captured.err and not figure.exists()
         pytest.skip("matplotlib is not installed: the figure is not drawn")
