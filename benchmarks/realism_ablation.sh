@@ -6,8 +6,9 @@
 # In stages, because one device command lasts at most 10 minutes and the trainings outlast it:
 #   STAGE=train     copy the code and data to $WORK, start every variant in the background (setsid), return at once
 #   STAGE=wait      wait until the trainings end, WAIT_S seconds pass or (UNTIL_STEP) every variant has that snapshot
-#   STAGE=generate  sample N_SYN pairs with SAMPLER (scheduler:steps) from each snapshot at STEPS (default: every
-#                   snapshot not yet sampled); trainings keep running, so snapshots are judged while later ones train
+#   STAGE=generate  sample N_SYN pairs with SAMPLER (scheduler:steps) in DTYPE from each snapshot at STEPS (default:
+#                   every snapshot not yet sampled); trainings keep running, so snapshots are judged while later ones
+#                   train
 #   STAGE=stop      stop the trainings
 #   STAGE=evaluate  evaluate each synthetic set (EVAL_SETS: a glob of set names, default all) with SEEDS segmenter seeds;
 #                   BACKGROUND=1 starts the evaluations detached and returns (a later evaluate or STAGE=pack waits)
@@ -42,6 +43,7 @@ SEEDS=${SEEDS:-3}
 SEG_STEPS=${SEG_STEPS:-800}
 MASKS=${MASKS:-disc}
 SAMPLER=${SAMPLER:-dpmsolver++:20}  # sets sampled otherwise are named <variant>-<step>-<scheduler><steps>
+DTYPE=${DTYPE:-auto}  # generate.py --dtype (auto: fp16 on a GPU); sets sampled otherwise get a -<dtype> suffix
 # The documented 256 px recipe (RESULTS.md row 4), with snapshots instead of checkpoints; RECIPE replaces it (a CPU
 # smoke run: RECIPE="--resolution 32 --model_config tiny --train_batch_size 8" STEPS_MAX=4 SNAPSHOT=2 N_SYN=8 SEEDS=1
 # SEG_STEPS=3 EVAL_FLAGS="--realism_steps 2 --realism_folds 2").
@@ -109,6 +111,7 @@ generate)
   cd "$CODE"
   scheduler=${SAMPLER%%:*}; sampler_steps=${SAMPLER##*:}
   suffix=""; [ "$SAMPLER" = dpmsolver++:20 ] || suffix="-${scheduler//+/p}$sampler_steps"
+  [ "$DTYPE" = auto ] || suffix="$suffix-$DTYPE"
   pids=()
   for name in $(names); do
     for snap in "$WORK/runs/$name"/snapshots/step-*; do
@@ -118,7 +121,7 @@ generate)
       set=$WORK/synthetic/$name-$step$suffix
       finished "$set" && continue
       $PY scripts/generate.py --model "$snap" --num_samples "$N_SYN" --scheduler "$scheduler" \
-        --num_inference_steps "$sampler_steps" --seed 0 --batch_size 100 --output_dir "$set" \
+        --num_inference_steps "$sampler_steps" --dtype "$DTYPE" --seed 0 --batch_size 100 --output_dir "$set" \
         > "$WORK/gen-$name-$step$suffix.log" 2>&1 &
       pids+=($!)
     done

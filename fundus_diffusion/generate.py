@@ -64,7 +64,7 @@ from . import export
 from .data.readers import images_by_stem, require_dir
 from .data.schema import LABEL_NAMES, UNKNOWN_LABEL, annotation_column, fundus_features, label_to_id, mask_column
 from .model_cards import LICENSE, render_dataset_card, size_category
-from .pipelines.loading import SCHEDULERS, is_class_conditional, use_scheduler
+from .pipelines.loading import DTYPES, SCHEDULERS, is_class_conditional, use_scheduler
 from .training.args import launched_without_gpu, output_dir_problem
 from .visualization import contact_sheet
 
@@ -77,7 +77,8 @@ RESUMABLE_DIFFERENCES = ("batch_size", "device", "compile")
 # needs a step without solver state: DDPM, over the full chain unless num_inference_steps says otherwise.
 DEFAULT_SCHEDULER, DEFAULT_INFERENCE_STEPS, DEFAULT_RESAMPLING_SCHEDULER = "dpmsolver++", 20, "ddpm"
 OWN_SCHEDULER = "own"  # the scheduler the model was saved with
-SAMPLER_FIELDS = ("scheduler", "num_inference_steps")  # left unset (None) until prepare_pipeline settles them
+# Left unset (None) until prepare_pipeline settles them from the loaded pipeline.
+SETTLED_FIELDS = ("scheduler", "num_inference_steps", "dtype")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")  # torch.compile's
 MASK_SETS_LAYOUT = """--masks_from layout (the generic folder layout without images/):
   <dir>/masks/<name>/<id>.png   one folder per mask name of the model; 255 = structure; the model's resolution, square
@@ -199,6 +200,7 @@ class GenerationConfig:
     masks_from: Optional[str] = None  # the name of the --masks_from folder (MaskSets.name), not its path
     resample_steps: int = 0  # RePaint resampling with masks_from (FundusPipeline's resample_steps)
     compile: Optional[str] = None  # a torch.compile mode (COMPILE_MODES) for the network; None: eager
+    dtype: Optional[str] = None  # the network's precision (a DTYPES name), recorded from the loaded pipeline
 
     def __post_init__(self):
         if self.labels and sum(self.labels.values()) != self.num_samples:
@@ -381,7 +383,8 @@ def sampler_description(output_dir: str) -> Optional[str]:
 def check_resume(output_dir: str, config: GenerationConfig, resume: bool, model_loaded: bool = True):
     """Refuse to overwrite, and refuse to resume with settings that would change the samples (cheap: the script
     calls it before loading the model, too, with ``model_loaded=False``: sampler settings left to their defaults are
-    then not compared, since what they stand for depends on the model; ``generate_dataset`` compares them settled)."""
+    then not compared, since what they stand for depends on the model, nor is the precision it is loaded in;
+    ``generate_dataset`` compares them settled)."""
     problem = output_dir_problem(output_dir)
     if problem:  # a file in its place, or a folder no file can be written in
         raise ValueError(f"--output_dir {output_dir}: {problem}")
@@ -392,7 +395,7 @@ def check_resume(output_dir: str, config: GenerationConfig, resume: bool, model_
         return
     if not resume:
         raise FileExistsError(f"{output_dir} already holds a generation run; pass --resume to continue it, or choose another --output_dir.")
-    unsettled = () if model_loaded else tuple(k for k in SAMPLER_FIELDS if getattr(config, k) is None)
+    unsettled = () if model_loaded else tuple(k for k in SETTLED_FIELDS if getattr(config, k) is None)
     ignored = (*RESUMABLE_DIFFERENCES, *unsettled)
     changed = {k: (saved.get(k), v) for k, v in asdict(config).items() if k not in ignored and saved.get(k) != v}
     if changed:
@@ -400,7 +403,7 @@ def check_resume(output_dir: str, config: GenerationConfig, resume: bool, model_
 
 
 def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
-    """Make ``pipe`` sample as ``config`` says and return ``config`` with its sampler settled.
+    """Make ``pipe`` sample as ``config`` says and return ``config`` with its sampler and precision settled.
 
     A diffusion pipeline gets the scheduler ``config`` names (``use_scheduler``, from its saved noise schedule; kept
     with ``own``), by default DPM-Solver++ in 20 steps (DDPM with RePaint's ``resample_steps``); a GAN takes no
@@ -423,11 +426,10 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
         config = replace(config, scheduler=DEFAULT_RESAMPLING_SCHEDULER if resampling else DEFAULT_SCHEDULER, num_inference_steps=steps)
     if config.scheduler not in (None, OWN_SCHEDULER):
         use_scheduler(pipe, config.scheduler)
-    if config.compile:
-        network = pipe.unet if hasattr(pipe, "unet") else pipe.gan_generator
-        if getattr(network, "_compiled_call_impl", None) is None:  # what nn.Module.compile sets
-            network.compile(mode=config.compile, dynamic=False, fullgraph=True)
-    return config
+    network = pipe.unet if hasattr(pipe, "unet") else pipe.gan_generator
+    if config.compile and getattr(network, "_compiled_call_impl", None) is None:  # what nn.Module.compile sets
+        network.compile(mode=config.compile, dynamic=False, fullgraph=True)
+    return replace(config, dtype=next(name for name, dtype in DTYPES.items() if dtype == network.dtype))
 
 
 def process_state() -> PartialState:

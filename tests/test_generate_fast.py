@@ -85,6 +85,16 @@ def test_resume_compares_the_settled_sampler_once_the_model_is_loaded(models, tm
         )  # fmt: skip
 
 
+def test_the_precision_is_recorded_and_compared_on_resume(models, tmp_path):  # noqa: F811
+    out = tmp_path / "bf16"
+    run_generate("--model", models["ddpm"], "--num_samples", "2", "--num_inference_steps", "2", "--dtype", "bf16", "--output_dir", str(out))
+    assert saved_config(out)["dtype"] == "bf16"
+    with pytest.raises(ValueError, match=r"--resume with other settings.*'dtype': \('bf16', 'fp32'\)"):
+        run_generate("--model", models["ddpm"], "--num_samples", "2", "--num_inference_steps", "2", "--output_dir", str(out), "--resume")
+    run_generate("--model", models["gan"], "--num_samples", "2", "--output_dir", str(tmp_path / "gan"))
+    assert saved_config(tmp_path / "gan")["dtype"] == "fp32"  # auto on the CPU
+
+
 def test_resampling_defaults_to_ddpm_which_keeps_no_solver_state(models):  # noqa: F811
     pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
     settled = prepare_pipeline(pipe, GenerationConfig(model=models["ddpm"], num_samples=1, resample_steps=2, masks_from="m"))
