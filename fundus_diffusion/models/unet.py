@@ -25,6 +25,11 @@ UNET_PRESETS: Dict[str, dict] = {
     "small256": dict(
         channels=(64, 128, 128, 256, 256, 256), layers=2, attention=(4,), head_dim=64, dropout=0.1, groups=32
     ),
+    # small256 with self-attention also at 32 px, where a 256 px image's optic disc (30-40 px across) is a few feature
+    # cells: the realism ablation's test of whether the mottled generated discs lack long-range coherence there.
+    "small256_attn32": dict(
+        channels=(64, 128, 128, 256, 256, 256), layers=2, attention=(3, 4), head_dim=64, dropout=0.1, groups=32
+    ),
 }
 
 
