@@ -68,7 +68,7 @@ from .pipelines.loading import DTYPES, SCHEDULERS, is_class_conditional, use_sch
 from .training.args import launched_without_gpu, output_dir_problem
 from .visualization import contact_sheet
 
-POSTPROCESSING = ("binarize", "largest_disc", "fill_holes")
+POSTPROCESSING = ("binarize", "largest_disc", "cup_in_disc", "fill_holes")
 CONFIG_FILE = "generation_config.json"
 SHARDS_DIR = "shards"
 # Settings that do not change a sample: a resumed run may use other values.
@@ -165,8 +165,9 @@ def interleave_labels(counts: Dict[str, int]) -> List[str]:
 
 
 def postprocess_masks(masks: Dict[str, Image.Image], steps: Sequence[str]) -> Dict[str, Image.Image]:
-    """Apply ``binarize`` (>= 128 -> 255), ``largest_disc`` (keep the disc's largest 8-connected component) and
-    ``fill_holes`` (every mask), in the order given."""
+    """Apply ``binarize`` (>= 128 -> 255), ``largest_disc`` (keep the disc's largest 8-connected component),
+    ``cup_in_disc`` (drop cup pixels outside the disc: the optic cup lies inside the disc, and a stray generated cup
+    speck elsewhere would stretch the vertical cup-to-disc ratio) and ``fill_holes`` (every mask), in the order given."""
     if not steps:
         return masks
     from scipy import ndimage  # deferred on purpose: scipy is an optional extra, needed only for post-processing
@@ -176,6 +177,8 @@ def postprocess_masks(masks: Dict[str, Image.Image], steps: Sequence[str]) -> Di
         if step == "largest_disc" and "disc" in arrays and arrays["disc"].any():
             labelled, n = ndimage.label(arrays["disc"], structure=np.ones((3, 3)))
             arrays["disc"] = labelled == 1 + int(np.argmax(ndimage.sum(arrays["disc"], labelled, range(1, n + 1))))
+        elif step == "cup_in_disc" and "cup" in arrays and "disc" in arrays:
+            arrays["cup"] = arrays["cup"] & arrays["disc"]
         elif step == "fill_holes":
             arrays = {name: ndimage.binary_fill_holes(a) for name, a in arrays.items()}
         elif step not in POSTPROCESSING:

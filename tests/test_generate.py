@@ -218,6 +218,13 @@ def test_postprocessing():
     assert np.asarray(filled)[8, 8] == 255 and np.asarray(filled).sum() == 25 * 255
     with pytest.raises(ValueError, match="Unknown post-processing"):
         postprocess_masks({"disc": out}, ["smooth"])
+    cup = np.zeros((12, 12), np.uint8)
+    cup[7:10, 7:10] = 255  # inside the disc
+    cup[0, 11] = 255  # a stray speck outside it
+    kept = postprocess_masks({"disc": filled, "cup": Image.fromarray(cup)}, ["cup_in_disc"])
+    assert np.asarray(kept["cup"]).sum() == 9 * 255 and np.asarray(kept["disc"]).sum() == 25 * 255
+    disc_only = postprocess_masks({"disc": out}, ["cup_in_disc"])  # a model without a cup: nothing to do
+    assert list(disc_only) == ["disc"] and np.array_equal(np.asarray(disc_only["disc"]), np.asarray(out))
 
 
 def test_labels_and_bad_settings(tmp_path):
