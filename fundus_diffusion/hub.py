@@ -15,7 +15,7 @@ from .model_cards import METRICS_FILE, model_card, portable_name, read_metrics, 
 
 __all__ = ["save_model", "write_model_card", "add_model_card_metrics", "push_folder", "render_model_card"]
 
-DEFAULT_IGNORE = ("checkpoint-*", ".tmp-*", "logs/*", "snapshots/*", "*.lock")
+DEFAULT_IGNORE = ("checkpoint-*", ".tmp-*", "logs/*", "snapshots/*", "post_hoc_ema/*", "*.lock")
 COMPONENT_CONFIGS = ("config.json", "scheduler_config.json")
 
 

@@ -2,6 +2,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -276,3 +277,44 @@ def test_a_dataset_without_labels_trains_an_unconditional_model(tmp_path, cache_
     labelled = ddpm.parse_args(tiny_args(tmp_path / "labelled", cache_dir, "--max_train_steps", "1", "--logger", "none"))
     ddpm.train(labelled)  # phantoms carry PM / non-PM labels: conditional, as before
     assert FundusPipeline.from_pretrained(tmp_path / "labelled").unet.config.num_class_embeds is not None
+
+
+def test_post_hoc_ema_flags_default_to_the_library_and_refuse_what_cannot_work(capsys):
+    args = ddpm.parse_args(["--output_dir", "x", "--post_hoc_ema"])
+    assert (args.post_hoc_ema_sigma_rels, args.post_hoc_ema_every) == ((0.05, 0.28), 1000)
+    assert not ddpm.parse_args(["--output_dir", "x"]).post_hoc_ema  # the ordinary EMA stays the default
+    for flags, message in [
+        (["--post_hoc_ema_every", "5"], "--post_hoc_ema_every set(s) the post-hoc EMA profiles: add --post_hoc_ema"),
+        (["--post_hoc_ema", "--post_hoc_ema_sigma_rels", "0.1,0.1"], "give at least two different lengths"),
+        (["--post_hoc_ema", "--post_hoc_ema_sigma_rels", "0.1,2"], "sigma_rel 2 is outside (0, 1)"),
+    ]:
+        with pytest.raises(SystemExit):
+            ddpm.parse_args(["--output_dir", "x", *flags])
+        assert message in capsys.readouterr().err
+
+
+def test_post_hoc_ema_snapshots_are_safetensors_and_survive_a_resume(tmp_path, cache_dir):
+    common = ["--checkpointing_steps", "2", "--validation_steps", "100", "--logger", "none"]
+    common += ["--post_hoc_ema", "--post_hoc_ema_every", "2"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    ddpm.train(ddpm.parse_args(tiny_args(straight, cache_dir, "--max_train_steps", "3", *common)))
+    # The split run is killed after its step-4 snapshot, before checkpoint-4 is complete: it resumes from
+    # checkpoint-2, drops the snapshots of the abandoned steps 3-4 and continues the profiles' state.
+    ddpm.train(ddpm.parse_args(tiny_args(split, cache_dir, "--max_train_steps", "4", *common)))
+    shutil.rmtree(split / "checkpoint-4")
+    resume = ["--resume_from_checkpoint", "latest"]
+    ddpm.train(ddpm.parse_args(tiny_args(split, cache_dir, "--max_train_steps", "3", *common, *resume)))
+
+    names = [f"profile-{i}-step-{s:07d}.safetensors" for i in (0, 1) for s in (2, 3)]  # every 2 steps and the last
+    for run in (straight, split):
+        assert sorted(p.name for p in (run / "post_hoc_ema").iterdir()) == names  # no pickle, no stale step 4
+        assert {"post_hoc_ema.safetensors", "post_hoc_ema.json"} <= {p.name for p in (run / "checkpoint-3").iterdir()}
+        assert not list(run.glob("checkpoint-*/custom_checkpoint_*.pkl"))
+        card = json.loads((run / "model_index.json").read_text())["training_info"]
+        assert card["post_hoc_ema"].startswith("sigma_rel 0.05, 0.28, snapshots every 2 steps")
+    assert int(load_file(split / "checkpoint-3" / "post_hoc_ema.safetensors")["ema_models.1.step"]) == 3
+    for name in names:  # the resumed profiles are those of the uninterrupted run
+        ours, theirs = load_file(split / "post_hoc_ema" / name), load_file(straight / "post_hoc_ema" / name)
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6)

@@ -26,7 +26,7 @@ from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, num_channels
 from ..models.unet import UNET_PRESETS, build_unet
 from ..pipelines.pipeline_fundus import FundusPipeline
 from ..visualization import contact_sheet
-from . import loop
+from . import loop, post_hoc_ema
 from .args import parse_training_args
 
 logger = get_logger(__name__)
@@ -221,6 +221,28 @@ class DDPMKind(loop.ModelKind):
         opt.add_argument("--adam_weight_decay", type=float)
         opt.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables gradient clipping.")
         opt.add_argument("--gradient_checkpointing", action="store_true", help="Recompute activations: less memory.")
+        phema = parser.add_argument_group("post-hoc EMA (Karras et al. 2024): choose the EMA length after training")
+        phema.add_argument(
+            "--post_hoc_ema",
+            action="store_true",
+            help="Also keep power-function EMA profiles of the UNet and save their snapshots in "
+            "OUTPUT_DIR/post_hoc_ema/ (safetensors), so that scripts/post_hoc_ema.py can synthesise an EMA of any "
+            "length afterwards. The saved model stays the ordinary EMA.",
+        )
+        phema.add_argument(
+            "--post_hoc_ema_sigma_rels",
+            default=None,
+            help="The profiles' relative lengths, comma-separated (at least two; default "
+            f"{','.join(map(str, post_hoc_ema.DEFAULT_SIGMA_RELS))}, as in ema-pytorch's README; EDM2 used 0.05,0.10). "
+            "Lengths between the shortest and the longest synthesise well.",
+        )
+        phema.add_argument(
+            "--post_hoc_ema_every",
+            type=int,
+            default=None,
+            help=f"Save the profiles every N optimizer steps and at the last step (default {post_hoc_ema.DEFAULT_EVERY}, "
+            "ema-pytorch's). More snapshots fit other lengths more closely; each is the UNet in float32 per profile.",
+        )
         val = parser.add_argument_group("DDPM validation")
         val.add_argument("--validation_inference_steps", type=int, default=25, help="DPM-Solver++ steps per grid.")
 
@@ -236,6 +258,31 @@ class DDPMKind(loop.ModelKind):
             )
         if not args.use_ema:
             parser.error("The DDPM always keeps an EMA of its weights (it is the saved model): drop --no-use_ema.")
+        DDPMKind._check_post_hoc_ema(parser, args)
+
+    @staticmethod
+    def _check_post_hoc_ema(parser, args):
+        """Fill in the post-hoc EMA defaults, or refuse its settings without ``--post_hoc_ema``."""
+        settings = ("post_hoc_ema_sigma_rels", "post_hoc_ema_every")
+        given = [f"--{name}" for name in settings if getattr(args, name) is not None]
+        if not args.post_hoc_ema:
+            if given:
+                parser.error(f"{' and '.join(given)} set(s) the post-hoc EMA profiles: add --post_hoc_ema.")
+            return
+        sigma_rels = post_hoc_ema.DEFAULT_SIGMA_RELS
+        if args.post_hoc_ema_sigma_rels is not None:
+            try:
+                sigma_rels = post_hoc_ema.parse_sigma_rels(args.post_hoc_ema_sigma_rels)
+            except ValueError as err:
+                parser.error(f"--post_hoc_ema_sigma_rels: {err}")
+        if len(set(sigma_rels)) < 2:
+            parser.error("--post_hoc_ema_sigma_rels: give at least two different lengths (e.g. 0.05,0.28); one "
+                         "profile cannot be combined into others.")  # fmt: skip
+        args.post_hoc_ema_sigma_rels = sigma_rels
+        if args.post_hoc_ema_every is None:
+            args.post_hoc_ema_every = post_hoc_ema.DEFAULT_EVERY
+        if args.post_hoc_ema_every < 1:
+            parser.error("--post_hoc_ema_every must be at least 1 (steps between snapshots).")
 
     def __init__(self, args, accelerator, view, plan):
         super().__init__(args, accelerator, view, plan)
@@ -251,6 +298,11 @@ class DDPMKind(loop.ModelKind):
         if args.channels_last:
             unet.to(memory_format=torch.channels_last)
         self.ema = loop.make_ema(unet, args, accelerator)
+        self.post_hoc_ema = None
+        if args.post_hoc_ema:
+            self.post_hoc_ema = post_hoc_ema.make_post_hoc_ema(
+                unet, args.post_hoc_ema_sigma_rels, args.output_dir, accelerator.device
+            )
         optimizer = torch.optim.AdamW(
             unet.parameters(),
             lr=args.learning_rate,
@@ -307,6 +359,8 @@ class DDPMKind(loop.ModelKind):
             self.optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients:
             self.ema.update()
+            if self.post_hoc_ema is not None:
+                self.post_hoc_ema.update()
         metrics["loss"] = loss.detach()
         return metrics
 
@@ -342,6 +396,8 @@ class DDPMKind(loop.ModelKind):
             "loss": f"min-SNR-{args.snr_gamma:g} weighted MSE" if args.snr_gamma else "MSE",
             "lr_scheduler": args.lr_scheduler,
         }
+        if args.post_hoc_ema:
+            info["post_hoc_ema"] = post_hoc_ema.describe_profiles(args.post_hoc_ema_sigma_rels, args.post_hoc_ema_every)
         return info
 
 

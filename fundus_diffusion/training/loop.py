@@ -31,6 +31,7 @@ from .checkpointing import (
     save_folder_atomically,
 )
 from .csv_log import CSVLog
+from .post_hoc_ema import prune_snapshots, save_snapshots
 
 logger = get_logger(__name__)
 
@@ -118,10 +119,11 @@ def make_ema(model, args, accelerator) -> EMA:
 
 
 def checkpoint_objects(kind: "ModelKind") -> Dict[str, object]:
-    """What checkpoints save beside the models, optimizers and RNG states (safely: see ``checkpointing``): the EMA
-    and an LR scheduler stepped by the kind, where it keeps them. The order is the one they were once registered
-    with accelerate in, so that checkpoints of that time still load."""
-    found = {name: getattr(kind, name, None) for name in ("ema", "lr_scheduler")}
+    """What checkpoints save beside the models, optimizers and RNG states (safely: see ``checkpointing``): the EMA,
+    an LR scheduler stepped by the kind and the post-hoc EMA profiles (``post_hoc_ema``), where it keeps them. The
+    order is the one the first two were once registered with accelerate in, so that checkpoints of that time still
+    load."""
+    found = {name: getattr(kind, name, None) for name in ("ema", "lr_scheduler", "post_hoc_ema")}
     return {name: obj for name, obj in found.items() if obj is not None}
 
 
@@ -270,6 +272,11 @@ def train(args, kind_class) -> str:
     elif args.resume_from_checkpoint:
         logger.info(f"No checkpoint in {args.output_dir} yet; starting from scratch.")
     logs = RunLogs(kind, global_step if resume_path else None)
+    post_hoc = getattr(kind, "post_hoc_ema", None)  # ema-pytorch's PostHocEMA, where the kind keeps one
+    if post_hoc is not None and accelerator.is_main_process:
+        removed = prune_snapshots(args.output_dir, global_step)
+        if removed:
+            logger.info(f"Removed {len(removed)} post-hoc EMA snapshot(s) newer than step {global_step}: {removed}")
 
     def validate(step: int) -> Dict[str, float]:
         sheet, values = kind.validate(step)
@@ -300,6 +307,10 @@ def train(args, kind_class) -> str:
                 values.update(kind.schedule_logs())
                 progress.set_postfix({name: f"{values[name]:.4f}" for name in kind.LOSSES}, refresh=False)
                 logs.metric_row(global_step, epoch, values)
+            # Before the checkpoint: a run killed between the two resumes from the previous one and writes it again.
+            profiles_due = post_hoc is not None and (last or global_step % args.post_hoc_ema_every == 0)
+            if profiles_due and accelerator.is_main_process:
+                save_snapshots(post_hoc, args.output_dir, args.post_hoc_ema_sigma_rels)
             if save_now:
                 save_checkpoint(
                     accelerator, args.output_dir, global_step, args.checkpoints_total_limit, flags, saved_objects

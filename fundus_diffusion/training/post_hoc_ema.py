@@ -1,0 +1,264 @@
+"""Post-hoc EMA (Karras et al. 2024, "Analyzing and improving the training dynamics of diffusion models", EDM2):
+choose the EMA length after training, so that one training run yields an EMA-length ablation.
+
+During training (``train_ddpm.py --post_hoc_ema``) ema-pytorch's ``PostHocEMA`` keeps two (or more) power-function
+EMA profiles of the UNet, each of a relative length ``sigma_rel`` (the standard deviation of its averaging profile
+as a fraction of the training time so far), and every ``--post_hoc_ema_every`` steps this module saves each
+profile's weights as ``OUTPUT_DIR/post_hoc_ema/profile-{i}-step-{step}.safetensors``. Each file records its profile's
+``sigma_rel``, exponent ``gamma`` and step in its safetensors metadata, so it is read without the run's flags and
+without pickle (ema-pytorch's own ``checkpoint()`` uses ``torch.save``; we never call it). The profiles' running
+state travels in the accelerate checkpoints (``loop.checkpoint_objects``), so a resumed run continues them; snapshots
+newer than the step a run starts from belong to an abandoned trajectory and are removed then.
+
+After training, ``synthesise`` solves ema-pytorch's least-squares problem (``solve_weights``, the paper's Algorithm 3)
+for the weights that combine the snapshots into the profile of any ``sigma_rel`` at any step up to the last snapshot,
+and ``write_post_hoc_pipelines`` (``scripts/post_hoc_ema.py``) saves each such EMA as an ordinary model folder. A
+combination whose weights do not sum to 1 would scale a constant model; such a ``sigma_rel`` (typically longer than
+the longest profile) is refused rather than written.
+"""
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from ema_pytorch import PostHocEMA
+from ema_pytorch.post_hoc_ema import sigma_rel_to_gamma, solve_weights
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .. import hub
+from ..pipelines.loading import load_fundus_pipeline
+from .checkpointing import save_folder_atomically
+
+SNAPSHOT_FOLDER = "post_hoc_ema"
+SNAPSHOT_RE = re.compile(r"^profile-(\d+)-step-(\d+)\.safetensors$")
+DEFAULT_SIGMA_RELS = (0.05, 0.28)  # ema-pytorch's README; EDM2 tracked 0.05 and 0.10
+DEFAULT_EVERY = 1000  # ema-pytorch's checkpoint_every_num_steps
+# Not ema-pytorch's float16: the combination's weights reach several times 1 with alternating signs and amplify the
+# rounding (float16 snapshots put a model that never changed 0.4 % off itself on the tiny UNet).
+SNAPSHOT_DTYPE = torch.float32
+WEIGHT_SUM_TOLERANCE = 0.01  # |sum of the combination weights - 1| above this: the profile is not reconstructed
+
+
+def snapshot_folder(run: str) -> str:
+    return os.path.join(run, SNAPSHOT_FOLDER)
+
+
+def parse_sigma_rels(text: str) -> Tuple[float, ...]:
+    """``"0.05,0.28"`` -> ``(0.05, 0.28)``; a ``ValueError`` naming the value that is not a number in (0, 1)."""
+    values = []
+    for part in str(text).split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"sigma_rel {part.strip()!r} is not a number; give e.g. 0.05,0.28.") from None
+        if not 0 < value < 1:
+            raise ValueError(f"sigma_rel {value:g} is outside (0, 1): it is a fraction of the training time.")
+        values.append(value)
+    return tuple(values)
+
+
+def make_post_hoc_ema(model, sigma_rels: Sequence[float], run: str, device) -> PostHocEMA:
+    """ema-pytorch's ``PostHocEMA`` of ``model`` with one profile per ``sigma_rel``, updated every step (its default,
+    every 100th, would average with the per-step decay at a hundredth of the steps: not the power-function profile
+    that ``synthesise`` assumes). Snapshots are ours (``save_snapshots``), not its pickled checkpoints. As with
+    ``loop.make_ema``, only the averaged models move to the device; the step counters, read every update, stay on
+    the CPU."""
+    tracker = PostHocEMA(
+        model,
+        sigma_rels=tuple(sigma_rels),
+        checkpoint_every_num_steps="manual",
+        checkpoint_folder=snapshot_folder(run),
+        checkpoint_dtype=SNAPSHOT_DTYPE,
+        update_every=1,
+        allow_different_devices=True,
+    )
+    for profile in tracker.ema_models:
+        profile.ema_model.to(device).eval()
+    return tracker
+
+
+def save_snapshots(tracker: PostHocEMA, run: str, sigma_rels: Sequence[float]) -> List[str]:
+    """Save every profile's weights at the tracker's current step as safetensors (written to a temporary name, then
+    renamed: a killed run never leaves a half-written snapshot). Returns the paths."""
+    step = int(tracker.step)
+    folder = snapshot_folder(run)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for index, (profile, sigma_rel) in enumerate(zip(tracker.ema_models, sigma_rels)):
+        tensors = {
+            key: value.detach().to("cpu", SNAPSHOT_DTYPE if value.is_floating_point() else value.dtype).contiguous()
+            for key, value in profile.ema_model.state_dict().items()
+        }
+        metadata = {"sigma_rel": repr(float(sigma_rel)), "gamma": repr(float(profile.gamma)), "step": str(step)}
+        path = os.path.join(folder, f"profile-{index}-step-{step:07d}.safetensors")
+        save_file(tensors, path + ".tmp", metadata=metadata)
+        os.replace(path + ".tmp", path)
+        paths.append(path)
+    return paths
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    path: str
+    step: int
+    gamma: float
+    sigma_rel: float
+
+
+def list_snapshots(run: str) -> List[Snapshot]:
+    """The run's post-hoc EMA snapshots, by step then profile; a file whose metadata is unreadable is an error
+    naming it."""
+    folder = snapshot_folder(run)
+    found = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not SNAPSHOT_RE.match(name):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            with safe_open(path, "pt") as f:
+                meta = f.metadata() or {}
+            found.append(Snapshot(path, int(meta["step"]), float(meta["gamma"]), float(meta["sigma_rel"])))
+        except Exception as err:  # noqa: BLE001 - any failure to read is the answer
+            raise ValueError(
+                f"{path} is not a readable post-hoc EMA snapshot ({type(err).__name__}: {err}). Fix: delete it "
+                "(the other snapshots still synthesise), or re-run the training from a checkpoint before its step."
+            ) from err
+    return sorted(found, key=lambda s: (s.step, s.path))
+
+
+def prune_snapshots(run: str, step: int) -> List[str]:
+    """Remove the snapshots (and temporary files) newer than ``step``, the step a run starts or resumes from: they
+    were written by a run that went on past its last checkpoint, and the resumed run writes its own. Returns them."""
+    folder = snapshot_folder(run)
+    removed = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        match = SNAPSHOT_RE.match(name.removesuffix(".tmp"))
+        if match and (name.endswith(".tmp") or int(match.group(2)) > step):
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+    return removed
+
+
+def synthesise(run: str, sigma_rel: float, step: Optional[int] = None) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """The float32 weights of the EMA of relative length ``sigma_rel`` at ``step`` (default: the last snapshot's),
+    combined from the run's snapshots up to ``step``, and what it was made of (for the model card)."""
+    folder = snapshot_folder(run)
+    snapshots = list_snapshots(run)
+    if not snapshots:
+        raise FileNotFoundError(
+            f"{folder}: no post-hoc EMA snapshots (profile-*-step-*.safetensors) in this run. Fix: train with "
+            "train_ddpm.py --post_hoc_ema (it saves them every --post_hoc_ema_every steps and at the last step)."
+        )
+    last = snapshots[-1].step
+    step = last if step is None else int(step)
+    used = [s for s in snapshots if s.step <= step]
+    if step > last or not used:
+        raise ValueError(
+            f"--step {step}: the snapshots in {folder} span steps {snapshots[0].step} to {last}. Fix: choose a step "
+            "in that range (an EMA can only be synthesised from snapshots taken before it)."
+        )
+    weights = solve_weights(
+        torch.tensor([s.step for s in used], dtype=torch.float64),
+        torch.tensor([s.gamma for s in used], dtype=torch.float64),
+        torch.tensor([step], dtype=torch.float64),
+        torch.tensor([sigma_rel_to_gamma(sigma_rel)], dtype=torch.float64),
+    ).squeeze(-1)
+    profiles = sorted({s.sigma_rel for s in used})
+    total = float(weights.sum())
+    if abs(total - 1) > WEIGHT_SUM_TOLERANCE:
+        raise ValueError(
+            f"sigma_rel {sigma_rel:g} at step {step} cannot be reconstructed from the {len(used)} snapshots of "
+            f"{folder} up to that step (profiles sigma_rel {', '.join(f'{p:g}' for p in profiles)}): the "
+            f"combination's weights sum to {total:.3f}, not 1, so it would scale the weights. Fix: choose a "
+            f"sigma_rel between {profiles[0]:g} and {profiles[-1]:g} at a step with a snapshot (the last: {last}), "
+            "or train with more snapshots (--post_hoc_ema_every) or profiles (--post_hoc_ema_sigma_rels)."
+        )
+    combined = None
+    for snapshot, weight in zip(used, weights.tolist()):
+        with safe_open(snapshot.path, "pt") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        if combined is None:
+            combined = {k: v.double() * weight if v.is_floating_point() else v for k, v in tensors.items()}
+            reference = snapshot.path
+            continue
+        if set(tensors) != set(combined) or any(tensors[k].shape != combined[k].shape for k in tensors):
+            raise ValueError(
+                f"{snapshot.path} holds other weights than {reference} (another model was trained into this "
+                "run folder). Fix: remove the snapshots of the other run."
+            )
+        for key, value in tensors.items():
+            if value.is_floating_point():
+                combined[key] += value.double() * weight
+    state = {k: v.float() if v.is_floating_point() else v for k, v in combined.items()}
+    info = {"sigma_rel": sigma_rel, "step": step, "snapshots": len(used), "profiles": profiles}
+    return state, info
+
+
+def output_folders(output_dir: str, sigma_rels: Sequence[float]) -> List[str]:
+    """``output_dir`` for one ``sigma_rel``; ``output_dir/sigma_rel-{value}`` for each of several."""
+    if len(sigma_rels) == 1:
+        return [output_dir]
+    return [os.path.join(output_dir, f"sigma_rel-{value:g}") for value in sigma_rels]
+
+
+def write_post_hoc_pipelines(
+    run: str, sigma_rels: Sequence[float], output_dir: str, step: Optional[int] = None
+) -> List[str]:
+    """Save the post-hoc EMA of each ``sigma_rel`` as a model folder like the run's own (its pipeline, scheduler and
+    card, ``training_args.json``; the card's weights line names the ``sigma_rel``), loadable by ``generate.py``.
+    Every EMA is synthesised before anything is written. Returns the folders."""
+    if len(set(sigma_rels)) != len(sigma_rels):
+        raise ValueError(f"--sigma_rel {','.join(f'{s:g}' for s in sigma_rels)} repeats a value; give each once.")
+    index = os.path.join(run, "model_index.json")
+    if not os.path.isfile(index):
+        raise FileNotFoundError(
+            f"{index} is missing: {run} holds no saved model, whose pipeline and card the synthesised EMA reuses. "
+            "Fix: finish the training (train_ddpm.py ... --resume_from_checkpoint latest) and run this again."
+        )
+    folders = output_folders(output_dir, sigma_rels)
+    for folder in folders:
+        if os.path.exists(os.path.join(folder, "model_index.json")):
+            raise FileExistsError(f"{folder} already holds a saved model. Fix: choose another --output_dir.")
+    synthesised = [synthesise(run, sigma_rel, step) for sigma_rel in sigma_rels]
+    pipeline = load_fundus_pipeline(run, device="cpu", dtype="fp32")
+    run_info = dict(pipeline.config.get("training_info") or {})
+    run_info.pop("hub_model_id", None)  # the run's upload, not this model's
+    for folder, (state, made_of) in zip(folders, synthesised):
+        try:
+            pipeline.unet.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(
+                f"The snapshots in {snapshot_folder(run)} do not fit the UNet saved in {run} "
+                f"({str(err).splitlines()[0]}). Fix: use the run folder the snapshots were trained in."
+            ) from err
+        info = {
+            **run_info,
+            "steps": made_of["step"],
+            "weights": f"post-hoc EMA, sigma_rel {made_of['sigma_rel']:g} (Karras et al. 2024), synthesised from "
+            f"{made_of['snapshots']} snapshots of the profiles sigma_rel "
+            f"{', '.join(f'{p:g}' for p in made_of['profiles'])}",
+            "post_hoc_ema_sigma_rel": made_of["sigma_rel"],
+        }
+        os.makedirs(folder, exist_ok=True)
+        save_folder_atomically(lambda tmp, info=info: _save(pipeline, tmp, info, run), folder)
+    return folders
+
+
+def _save(pipeline, folder: str, info: dict, run: str) -> None:
+    """The model folder: what ``hub.save_model`` writes, plus the run's ``training_args.json``."""
+    hub.save_model(pipeline, folder, training_info=info)
+    args = os.path.join(run, "training_args.json")
+    if os.path.isfile(args):
+        shutil.copyfile(args, os.path.join(folder, "training_args.json"))
+
+
+def describe_profiles(sigma_rels: Sequence[float], every: int) -> str:
+    """The model card's line about a run that tracked post-hoc EMA profiles."""
+    return (
+        f"sigma_rel {', '.join(f'{s:g}' for s in sigma_rels)}, snapshots every {every} steps in {SNAPSHOT_FOLDER}/ "
+        "(scripts/post_hoc_ema.py synthesises other lengths)"
+    )

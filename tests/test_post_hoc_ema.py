@@ -1,0 +1,129 @@
+"""Post-hoc EMA synthesis (fundus_diffusion.training.post_hoc_ema, scripts/post_hoc_ema.py) on a tiny UNet whose
+profiles are tracked by hand; training with --post_hoc_ema is tested in test_train_ddpm.py."""
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from safetensors import safe_open
+
+from fundus_diffusion import FundusPipeline, hub
+from fundus_diffusion.models.unet import build_unet
+from fundus_diffusion.pipelines.loading import load_fundus_pipeline
+from fundus_diffusion.training import post_hoc_ema as phema
+
+REPO = Path(__file__).resolve().parents[1]
+SIGMA_RELS = (0.05, 0.28)
+
+
+def make_run(folder: Path, steps: int = 6, every: int = 2, learning: bool = True):
+    """A run folder as ``train_ddpm.py --post_hoc_ema`` leaves it: a saved pipeline and profile snapshots. The
+    "training" moves the weights by seeded noise (or not at all); returns the online UNet and the tracker."""
+    torch.manual_seed(0)
+    unet = build_unet("tiny", 16, 4)
+    pipe = FundusPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10), mask_names=["disc"])
+    hub.save_model(pipe, str(folder), training_info={"steps": steps, "weights": "EMA, decay up to 0.9999"})
+    (folder / "training_args.json").write_text(json.dumps({"post_hoc_ema": True}))
+    tracker = phema.make_post_hoc_ema(unet, SIGMA_RELS, str(folder), "cpu")
+    for step in range(1, steps + 1):
+        if learning:
+            with torch.no_grad():
+                for p in unet.parameters():
+                    p.add_(0.1 * torch.randn_like(p))
+        tracker.update()
+        if step % every == 0:
+            phema.save_snapshots(tracker, str(folder), SIGMA_RELS)
+    return unet, tracker
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("phema") / "run"
+    unet, tracker = make_run(folder)
+    return folder, unet, tracker
+
+
+def test_snapshots_are_safetensors_that_describe_themselves(run):
+    folder, _, tracker = run
+    names = sorted(p.name for p in (folder / "post_hoc_ema").iterdir())
+    assert names == [f"profile-{i}-step-{s:07d}.safetensors" for i in (0, 1) for s in (2, 4, 6)]
+    with safe_open(str(folder / "post_hoc_ema" / "profile-1-step-0000004.safetensors"), "pt") as f:
+        meta = f.metadata()
+        assert f.get_tensor("conv_in.weight").dtype == torch.float32
+    assert (float(meta["sigma_rel"]), int(meta["step"])) == (0.28, 4)
+    assert float(meta["gamma"]) == pytest.approx(tracker.ema_models[1].gamma)
+    assert [(s.step, s.sigma_rel) for s in phema.list_snapshots(str(folder))][:2] == [(2, 0.05), (2, 0.28)]
+
+
+@pytest.mark.parametrize("profile", [0, 1])
+def test_a_tracked_length_at_a_snapshot_step_is_that_profile(run, profile):
+    # The known limit of the least-squares combination: a target in the span of the snapshots is reproduced.
+    folder, _, tracker = run
+    state, info = phema.synthesise(str(folder), SIGMA_RELS[profile], step=6)
+    assert info == {"sigma_rel": SIGMA_RELS[profile], "step": 6, "snapshots": 6, "profiles": list(SIGMA_RELS)}
+    tracked = tracker.ema_models[profile].ema_model.state_dict()
+    assert state.keys() == tracked.keys()
+    for key in tracked:
+        torch.testing.assert_close(state[key], tracked[key], rtol=1e-5, atol=1e-6)
+
+
+def test_lengths_differ_and_an_unchanging_model_is_its_own_average(run, tmp_path):
+    folder, unet, _ = run
+    short, _ = phema.synthesise(str(folder), 0.08)
+    long, _ = phema.synthesise(str(folder), 0.2)
+    assert (short["conv_in.weight"] - long["conv_in.weight"]).abs().max() > 1e-2
+    # A model that never changes: every EMA of it, of any length in the profiles' range, is the model itself, up to
+    # the least-squares fit's total weight (refused unless within WEIGHT_SUM_TOLERANCE of 1).
+    still = tmp_path / "still"
+    unet, _ = make_run(still, learning=False)
+    for sigma_rel in (0.08, 0.15, 0.2):
+        state, _ = phema.synthesise(str(still), sigma_rel)
+        for key, value in unet.state_dict().items():
+            torch.testing.assert_close(state[key], value, rtol=phema.WEIGHT_SUM_TOLERANCE, atol=1e-6)
+
+
+def test_script_writes_one_loadable_pipeline_per_length(run, tmp_path):
+    folder, _, _ = run
+    out = tmp_path / "ablation"
+    script = runpy.run_path(str(REPO / "scripts" / "post_hoc_ema.py"))
+    script["main"](script["parse_args"](["--run", str(folder), "--sigma_rel", "0.1,0.2", "--output_dir", str(out)]))
+    weights = {}
+    for value in ("0.1", "0.2"):
+        saved = out / f"sigma_rel-{value}"
+        assert {"README.md", "training_args.json", "model_index.json", "pipeline.py"} <= {p.name for p in saved.iterdir()}
+        pipe = load_fundus_pipeline(str(saved), device="cpu")
+        info = pipe.config.training_info
+        assert info["post_hoc_ema_sigma_rel"] == float(value) and info["steps"] == 6
+        assert f"post-hoc EMA, sigma_rel {value} " in (saved / "README.md").read_text()
+        weights[value] = pipe.unet.conv_in.weight.detach().clone()
+        out_images = pipe(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+        assert out_images.images[0].size == (16, 16)
+    assert not torch.equal(weights["0.1"], weights["0.2"])
+    one = tmp_path / "one"  # a single length goes into --output_dir itself
+    phema.write_post_hoc_pipelines(str(folder), [0.1], str(one), step=4)
+    assert load_fundus_pipeline(str(one), device="cpu").config.training_info["steps"] == 4
+    with pytest.raises(FileExistsError, match=r"one already holds a saved model\. Fix: choose another --output_dir"):
+        phema.write_post_hoc_pipelines(str(folder), [0.2], str(one))
+
+
+def test_errors_name_the_file_the_problem_and_the_fix(run, tmp_path):
+    folder, _, _ = run
+    plain = tmp_path / "plain"  # a saved model trained without --post_hoc_ema
+    unet, scheduler = build_unet("tiny", 16, 4), DDPMScheduler(num_train_timesteps=10)
+    hub.save_model(FundusPipeline(unet=unet, scheduler=scheduler, mask_names=["disc"]), str(plain))
+    with pytest.raises(FileNotFoundError, match=r"plain/post_hoc_ema: no post-hoc EMA snapshots.*Fix: train with "):
+        phema.write_post_hoc_pipelines(str(plain), [0.1], str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match=r"empty/model_index.json is missing.*Fix: finish the training"):
+        phema.write_post_hoc_pipelines(str(tmp_path / "empty"), [0.1], str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"--step 7: the snapshots in .*run/post_hoc_ema span steps 2 to 6\. Fix"):
+        phema.synthesise(str(folder), 0.1, step=7)
+    with pytest.raises(ValueError, match=r"sigma_rel 0.5 at step 6 cannot be reconstructed .* Fix: choose a sigma_rel"):
+        phema.synthesise(str(folder), 0.5)
+    with pytest.raises(ValueError, match=r"weights sum to 0\.\d+, not 1"):  # between snapshots: the recent weights are missing
+        phema.synthesise(str(folder), 0.08, step=5)
+    with pytest.raises(ValueError, match=r"sigma_rel 1.5 is outside \(0, 1\)"):
+        phema.parse_sigma_rels("0.1,1.5")
+    assert not (tmp_path / "out").exists()  # nothing is written before every length is synthesised
