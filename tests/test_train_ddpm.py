@@ -318,3 +318,18 @@ def test_post_hoc_ema_snapshots_are_safetensors_and_survive_a_resume(tmp_path, c
         assert ours.keys() == theirs.keys()
         for key in ours:
             torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6)
+
+
+def test_a_resume_refuses_post_hoc_ema_profiles_the_run_did_not_keep(tmp_path, cache_dir):
+    common = ["--checkpointing_steps", "2", "--validation_steps", "100", "--logger", "none"]
+    resume = ["--resume_from_checkpoint", "latest", "--max_train_steps", "4"]
+    profiles = ["--post_hoc_ema", "--post_hoc_ema_every", "2"]
+    plain, tracked = tmp_path / "plain", tmp_path / "tracked"
+    ddpm.train(ddpm.parse_args(tiny_args(plain, cache_dir, "--max_train_steps", "2", *common)))
+    with pytest.raises(ValueError, match=r"holds no state for post_hoc_ema .*without --post_hoc_ema\)\. Fix: resume"):
+        ddpm.train(ddpm.parse_args(tiny_args(plain, cache_dir, *common, *profiles, *resume)))
+    ddpm.train(ddpm.parse_args(tiny_args(tracked, cache_dir, "--max_train_steps", "2", *common, *profiles)))
+    other = ["--post_hoc_ema_sigma_rels", "0.05,0.1"]
+    with pytest.raises(ValueError, match=r"profile-1-step-0000002.safetensors is a snapshot of a profile of sigma_rel "
+                       r"0.28, but this run's --post_hoc_ema_sigma_rels are 0.05,0.1\. Fix: resume with"):  # fmt: skip
+        ddpm.train(ddpm.parse_args(tiny_args(tracked, cache_dir, *common, *profiles, *other, *resume)))

@@ -264,7 +264,11 @@ def _load_object(obj, folder: str, name: str, legacy_index: int) -> None:
     else:
         legacy = os.path.join(folder, f"custom_checkpoint_{legacy_index}.pkl")
         if not os.path.exists(legacy):
-            raise CheckpointError(f"{folder} holds no state for {name} ({name}.json / {name}.safetensors).")
+            raise CheckpointError(
+                f"{folder} holds no state for {name} ({name}.json / {name}.safetensors): the run that saved it did "
+                "not keep one (e.g. it trained without --post_hoc_ema). Fix: resume with that run's flags (its "
+                "training_args.json), or start a new --output_dir."
+            )
         try:
             state = weights_only_load(legacy, map_location="cpu")
         except Exception as err:  # noqa: BLE001

@@ -31,7 +31,7 @@ from .checkpointing import (
     save_folder_atomically,
 )
 from .csv_log import CSVLog
-from .post_hoc_ema import prune_snapshots, save_snapshots
+from .post_hoc_ema import save_snapshots, start_snapshots
 
 logger = get_logger(__name__)
 
@@ -274,7 +274,7 @@ def train(args, kind_class) -> str:
     logs = RunLogs(kind, global_step if resume_path else None)
     post_hoc = getattr(kind, "post_hoc_ema", None)  # ema-pytorch's PostHocEMA, where the kind keeps one
     if post_hoc is not None and accelerator.is_main_process:
-        removed = prune_snapshots(args.output_dir, global_step)
+        removed = start_snapshots(args.output_dir, global_step, args.post_hoc_ema_sigma_rels)
         if removed:
             logger.info(f"Removed {len(removed)} post-hoc EMA snapshot(s) newer than step {global_step}: {removed}")
 

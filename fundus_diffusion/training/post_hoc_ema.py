@@ -130,9 +130,10 @@ def list_snapshots(run: str) -> List[Snapshot]:
     return sorted(found, key=lambda s: (s.step, s.path))
 
 
-def prune_snapshots(run: str, step: int) -> List[str]:
-    """Remove the snapshots (and temporary files) newer than ``step``, the step a run starts or resumes from: they
-    were written by a run that went on past its last checkpoint, and the resumed run writes its own. Returns them."""
+def start_snapshots(run: str, step: int, sigma_rels: Sequence[float]) -> List[str]:
+    """Before a run trains from ``step`` (0, or the checkpoint it resumes from): remove the snapshots (and temporary
+    files) newer than ``step``, written by a run that went on past its last checkpoint (the resumed run writes its
+    own), and refuse to continue snapshots taken with other profiles. Returns the names removed."""
     folder = snapshot_folder(run)
     removed = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
@@ -140,6 +141,14 @@ def prune_snapshots(run: str, step: int) -> List[str]:
         if match and (name.endswith(".tmp") or int(match.group(2)) > step):
             os.remove(os.path.join(folder, name))
             removed.append(name)
+    for snapshot in list_snapshots(run):
+        profile = int(SNAPSHOT_RE.match(os.path.basename(snapshot.path)).group(1))
+        if profile >= len(sigma_rels) or snapshot.sigma_rel != float(sigma_rels[profile]):
+            raise ValueError(
+                f"{snapshot.path} is a snapshot of a profile of sigma_rel {snapshot.sigma_rel:g}, but this run's "
+                f"--post_hoc_ema_sigma_rels are {','.join(f'{s:g}' for s in sigma_rels)}. Fix: resume with the "
+                "sigma_rels the run started with (its training_args.json), or start a new --output_dir."
+            )
     return removed
 
 
