@@ -91,7 +91,7 @@ train)
     # shellcheck disable=SC2046
     setsid $PY scripts/train_ddpm.py --dataset "$WORK/split/train" --masks "$MASKS" $RECIPE \
       --max_train_steps "$STEPS_MAX" --snapshot_steps "$SNAPSHOT" --checkpointing_steps 100000 \
-      --validation_steps 100000 --logger none --seed 0 --cache_dir "$WORK/cache" \
+      --validation_steps 100000 --logger none --seed 0 --training_cache_dir "$WORK/cache" \
       --output_dir "$WORK/runs/$name" $(flags_of "$name") > "$WORK/train-$name.log" 2>&1 < /dev/null &
     log "started $name ($(flags_of "$name"))"
   done
