@@ -21,7 +21,7 @@ setup(
     package_data={"fundus_diffusion.model_cards": ["*.md"]},
     install_requires=[
         "torch>=2.6",  # torch.load defaults to weights_only=True
-        "diffusers>=0.30",
+        "diffusers>=0.42",  # from_pretrained(dtype=...): torch_dtype is deprecated from 0.42
         "huggingface-hub>=0.23",
         "safetensors>=0.4",
         "numpy>=1.24",

@@ -107,7 +107,7 @@ def load_fundus_pipeline(
     if scheduler is not None and "scheduler" not in COMPONENTS[class_name]:
         raise no_scheduler_error(scheduler, class_name)
     pipe = PIPELINE_CLASSES[class_name].from_pretrained(
-        path_or_hub_id, torch_dtype=DTYPES[dtype], use_safetensors=True
+        path_or_hub_id, dtype=DTYPES[dtype], use_safetensors=True
     )
     check_finite_weights(pipe, class_name, path_or_hub_id, dtype)
     if scheduler is not None:
