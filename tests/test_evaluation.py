@@ -169,6 +169,8 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     assert f"held-out disc Dice, segmenter trained on {control}" in card
     copies = [m for name, m in card.items() if name.startswith("samples flagged as copies")]
     assert len(copies) == 2 and all(m["value"].endswith("of 8") for m in copies)  # pixels, segmenter features
+    assert all("held-out real images flagged by the same threshold" in m["notes"] for m in copies)
+    assert all(("REFUSED" in m["notes"]) == (report["refused"] is not None) for m in copies)
 
 
 def test_image_only_evaluation_and_missing_annotations(tmp_path):

@@ -8,6 +8,7 @@ from ..generate import generating_model, sampler_description
 from ..hub import add_model_card_metrics
 from ..model_cards import portable_name
 from ..pipelines.loading import read_model_index
+from .memorisation import REFUSE_P
 from .metrics import format_mean_std, format_value
 from .protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
 from .realism import TEST_NAME
@@ -63,7 +64,7 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
             "name": f"samples flagged as copies of training images ({space.split(' (')[0]})",
             "value": f"{found['n_flagged']} of {found['n_synthetic']}",
             "notes": f"nearest real neighbour closer than percentile {found['percentile']:g} of the real-to-real "
-            f"nearest-neighbour distances; features: {space}",
+            f"nearest-neighbour distances; features: {space}{control_note(found)}",
         })  # fmt: skip
     realism = report.get("realism", {})
     if realism.get("computed"):
@@ -100,3 +101,16 @@ def update_model_card(report: Dict, synthetic_dir: str, model_dir: Optional[str]
     warn_if_other_data(model_dir, report["config"]["inputs"].get("real"))
     metrics = model_card_metrics(report, sampler=sampler_description(synthetic_dir))
     return add_model_card_metrics(model_dir, metrics)
+
+
+def control_note(found: Dict) -> str:
+    """The held-out control of one copy-check feature space and whether it refuses the set (reports written before
+    the control existed have none: nothing is added)."""
+    control = found.get("held_out_control")
+    if not control:
+        return ""
+    verdict = "REFUSED: more copies than chance" if found["p_above_control"] < REFUSE_P else "not refused"
+    return (
+        f"; held-out real images flagged by the same threshold: {control['n_flagged']} of {control['n_held_out']} "
+        f"(one-sided Fisher p = {found['p_above_control']:.3g}, {verdict})"
+    )
