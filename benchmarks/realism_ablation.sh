@@ -9,6 +9,8 @@
 #   STAGE=generate  sample N_SYN pairs with SAMPLER (scheduler:steps) in DTYPE from each snapshot at STEPS (default:
 #                   every snapshot not yet sampled); trainings keep running, so snapshots are judged while later ones
 #                   train
+#   STAGE=post_hoc_ema  for each finished variant trained with --post_hoc_ema: one model per EMA length in
+#                   PHEMA_SIGMAS (two or more; default 0.05,0.10,0.20), run <variant>-phema<sigma_rel>, sampled by a later generate
 #   STAGE=stop      stop the trainings
 #   STAGE=evaluate  evaluate each synthetic set (EVAL_SETS: a glob of set names, default all) with SEEDS segmenter seeds;
 #                   BACKGROUND=1 starts the evaluations detached and returns (a later evaluate or STAGE=pack waits)
@@ -35,7 +37,7 @@ export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"
 DATA=${DATA:-.device_data}
 OUT=${OUT:-reports/realism}
 PY=${PYTHON:-python3}
-STAGE=${STAGE:?set STAGE to train, wait, generate, stop, evaluate, conditional or pack}
+STAGE=${STAGE:?set STAGE to train, wait, generate, post_hoc_ema, stop, evaluate, conditional or pack}
 STEPS_MAX=${STEPS_MAX:-6000}
 SNAPSHOT=${SNAPSHOT:-1500}
 N_SYN=${N_SYN:-200}
@@ -113,8 +115,9 @@ generate)
   suffix=""; [ "$SAMPLER" = dpmsolver++:20 ] || suffix="-${scheduler//+/p}$sampler_steps"
   [ "$DTYPE" = auto ] || suffix="$suffix-$DTYPE"
   pids=()
-  for name in $(names); do
-    for snap in "$WORK/runs/$name"/snapshots/step-*; do
+  for run in "$WORK"/runs/*; do  # the variants, and the post-hoc EMA lengths STAGE=post_hoc_ema wrote beside them
+    name=$(basename "$run")
+    for snap in "$run"/snapshots/step-*; do
       [ -f "$snap/model_index.json" ] || continue  # absent, or still being written
       step=$((10#${snap##*step-}))
       [ -n "${STEPS:-}" ] && [[ ",$STEPS," != *",$step,"* ]] && continue
@@ -129,6 +132,24 @@ generate)
   for pid in "${pids[@]}"; do wait "$pid" || log "a generation failed"; done
   log "generated: $(ls "$WORK/synthetic" | tr '\n' ' ')"
   pack_results
+  ;;
+post_hoc_ema)
+  # Each finished variant trained with --post_hoc_ema yields one model per PHEMA_SIGMAS length, at its last step,
+  # as the snapshot of a run named <variant>-phema<sigma_rel>: generate and evaluate treat it like a variant's.
+  cd "$CODE"
+  for name in $(names); do
+    [[ " $(flags_of "$name") " == *" --post_hoc_ema "* ]] || continue
+    [ -f "$WORK/runs/$name/model_index.json" ] || { log "$name has not finished: no post-hoc EMA"; continue; }
+    $PY scripts/post_hoc_ema.py --run "$WORK/runs/$name" --sigma_rel "${PHEMA_SIGMAS:-0.05,0.10,0.20}" \
+      --output_dir "$WORK/post_hoc_ema/$name" > "$WORK/post_hoc_ema-$name.log" 2>&1 \
+      || { log "post-hoc EMA of $name failed: $(tail -1 "$WORK/post_hoc_ema-$name.log")"; continue; }
+    step=$(ls "$WORK/runs/$name/snapshots" | tail -1)
+    for folder in "$WORK/post_hoc_ema/$name"/sigma_rel-*; do
+      mkdir -p "$WORK/runs/$name-phema${folder##*sigma_rel-}/snapshots"
+      mv "$folder" "$WORK/runs/$name-phema${folder##*sigma_rel-}/snapshots/$step"
+    done
+    log "post-hoc EMA of $name at $step: $(ls -d "$WORK/runs/$name"-phema* | xargs -n1 basename | tr '\n' ' ')"
+  done
   ;;
 stop)
   pkill -f scripts/train_ddpm.py; sleep 2
