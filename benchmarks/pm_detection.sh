@@ -111,22 +111,12 @@ train)
   numeric_sizes=$(tr ' ' '\n' <<< "$SIZES" | grep -v '^all$' | paste -sd, -)
   [ -n "$numeric_sizes" ] && make_split subsets --dataset "$WORK/split/train" --subsets "$numeric_sizes" \
     --subset_seeds "$(tr ' ' , <<< "$SUBSET_SEEDS")"
-  setsid env STAGE=queue WORK="$WORK" bash "$SCRIPT" > "$WORK/queue.log" 2>&1 < /dev/null &
-  echo $! > "$WORK/queue.pid"
-  log "started the queue (pid $!, $PARALLEL at a time): $(jobs_list | tr '\n' ' ')"
-  ;;
-queue)
-  jobs_list | xargs -P "$PARALLEL" -I{} env STAGE=job JOB={} WORK="$WORK" bash "$SCRIPT"
-  log "queue finished"
+  source "$(dirname "$SCRIPT")/staged_queue.sh" && start_queue
   ;;
 job)
   cd "$CODE"
   job=${JOB:?}
-  if [ -n "$GPUS" ]; then
-    IFS=, read -ra gpu_list <<< "$GPUS"
-    index=$(jobs_list | grep -nx -- "$job" | cut -d: -f1)
-    export CUDA_VISIBLE_DEVICES=${gpu_list[$(( (index - 1) % ${#gpu_list[@]} ))]}
-  fi
+  source "$(dirname "$SCRIPT")/staged_queue.sh" && use_job_gpu "$job"
   real=$(train_set "$job")
   n=$($PY -c "import sys; from datasets import load_from_disk; print(len(load_from_disk(sys.argv[1])))" "$real")
   batch=$(( n < 16 ? n : 16 ))
@@ -156,7 +146,7 @@ job)
   fi
   log "$job: done"
   ;;
-*)  # wait, pack, stop
+*)  # queue, wait, pack, stop
   source "$(dirname "$SCRIPT")/staged_queue.sh" && shared_stage "$STAGE"
   ;;
 esac

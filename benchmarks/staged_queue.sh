@@ -1,5 +1,7 @@
 # The stages the staged GPU drivers of benchmarks/ share (utility_curves.sh, pm_detection.sh): sourced by a driver
-# that has defined WORK (its work folder, holding queue.pid, driver.log and eval/), log and pack_results.
+# that has defined WORK (its work folder, holding queue.pid, driver.log and eval/), SCRIPT (its own path), PARALLEL,
+# GPUS, log, jobs_list and pack_results.
+#   queue  run every job of jobs_list, PARALLEL at a time, each as `STAGE=job JOB=<job> bash $SCRIPT`
 #   wait   wait until the queue ends or WAIT_S seconds pass (default 540), show progress, pack
 #   pack   pack_results
 #   stop   stop the queue and everything it started (its process group)
@@ -15,6 +17,10 @@ shared_stage() {
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv 2>/dev/null || true
     pack_results
     ;;
+  queue)
+    jobs_list | xargs -P "$PARALLEL" -I{} env STAGE=job JOB={} WORK="$WORK" bash "$SCRIPT"
+    log "queue finished"
+    ;;
   pack) pack_results ;;
   stop)
     [ -f "$WORK/queue.pid" ] && kill -- -"$(cat "$WORK/queue.pid")" 2>/dev/null && sleep 2
@@ -22,4 +28,18 @@ shared_stage() {
     ;;
   *) echo "unknown STAGE=$1"; exit 2 ;;
   esac
+}
+
+start_queue() {  # the queue stage, detached in its own process group (STAGE=stop kills the group)
+  setsid env STAGE=queue WORK="$WORK" bash "$SCRIPT" > "$WORK/queue.log" 2>&1 < /dev/null &
+  echo $! > "$WORK/queue.pid"
+  log "started the queue (pid $!, $PARALLEL at a time): $(jobs_list | tr '\n' ' ')"
+}
+
+use_job_gpu() {  # job i of jobs_list runs on GPUS[i mod count] (CUDA_VISIBLE_DEVICES); GPUS empty: the default
+  [ -n "$GPUS" ] || return 0
+  local gpu_list index
+  IFS=, read -ra gpu_list <<< "$GPUS"
+  index=$(jobs_list | grep -nx -- "$1" | cut -d: -f1)
+  export CUDA_VISIBLE_DEVICES=${gpu_list[$(( (index - 1) % ${#gpu_list[@]} ))]}
 }

@@ -120,22 +120,12 @@ train)
   for job in $(jobs_list); do
     finished "$(train_set "$job")" || { log "no training set for $job: $(train_set "$job")"; exit 1; }
   done
-  setsid env STAGE=queue WORK="$WORK" bash "$SCRIPT" > "$WORK/queue.log" 2>&1 < /dev/null &
-  echo $! > "$WORK/queue.pid"
-  log "started the queue (pid $!, $PARALLEL at a time): $(jobs_list | tr '\n' ' ')"
-  ;;
-queue)
-  jobs_list | xargs -P "$PARALLEL" -I{} env STAGE=job JOB={} WORK="$WORK" bash "$SCRIPT"
-  log "queue finished"
+  source "$(dirname "$SCRIPT")/staged_queue.sh" && start_queue
   ;;
 job)
   cd "$CODE"
   job=${JOB:?}
-  if [ -n "$GPUS" ]; then
-    IFS=, read -ra gpu_list <<< "$GPUS"
-    index=$(jobs_list | grep -nx -- "$job" | cut -d: -f1)
-    export CUDA_VISIBLE_DEVICES=${gpu_list[$(( (index - 1) % ${#gpu_list[@]} ))]}
-  fi
+  source "$(dirname "$SCRIPT")/staged_queue.sh" && use_job_gpu "$job"
   real=$(train_set "$job")
   n=$($PY -c "import sys; from datasets import load_from_disk; print(len(load_from_disk(sys.argv[1])))" "$real")
   recipe_batch=$(grep -o -- '--train_batch_size [0-9]*' <<< "$RECIPE" | grep -o '[0-9]*$')
@@ -173,7 +163,7 @@ job)
   done
   log "$job: done"
   ;;
-*)  # wait, pack, stop
+*)  # queue, wait, pack, stop
   source "$(dirname "$SCRIPT")/staged_queue.sh" && shared_stage "$STAGE"
   ;;
 esac
