@@ -5,9 +5,10 @@ The measurement, on a CUDA GPU (one H200: issue 19 asks >= 60 images/s at 256 px
 
     python benchmarks/sampling_throughput.py --output_json docs/benchmarks/sampling_throughput_h200.json
 
-Not yet run there; estimated 6-9 minutes (four compilations of the 256 px UNet, base256 eager and reduce-overhead in
-fp16 and bf16 at batch 32 and 64, then 10,000 streamed pairs). Where one command may run 10 minutes at most, run
-``--sections throughput`` and ``--sections stream`` apart.
+This full default has not been run yet (estimated, not measured: 6-9 minutes; four compilations of the 256 px UNet,
+base256 eager and reduce-overhead in fp16 and bf16 at batch 32 and 64, then 10,000 streamed pairs); one smaller
+throughput run on an H200 (small256, bf16, batch 64) is in RESULTS.md with its command. Where one command may run 10
+minutes at most, run ``--sections throughput`` and ``--sections stream`` apart.
 
 A check on a CPU in under a minute (tiny UNet at 32 px):
 
