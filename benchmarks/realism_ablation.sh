@@ -4,7 +4,9 @@
 # native-resolution protocol (evaluate.py at the samples' own 256 px: segmenters trained at 256 px, the classifier two-sample test).
 #
 # In stages, because one device command lasts at most 10 minutes and the trainings outlast it:
-#   STAGE=train     copy the code and data to $WORK, start every variant in the background (setsid), return at once
+#   STAGE=train     copy the code and data to $WORK (the first train of a WORK only: a later train with other
+#                   VARIANTS adds trainings that run the same code, and evaluations running from it are left alone),
+#                   start every variant in the background (setsid), return at once
 #   STAGE=wait      wait until the trainings end, WAIT_S seconds pass or (UNTIL_STEP) every variant has that snapshot
 #   STAGE=generate  sample N_SYN pairs with SAMPLER (scheduler:steps) in DTYPE from each snapshot at STEPS (default:
 #                   every snapshot not yet sampled); trainings keep running, so snapshots are judged while later ones
@@ -82,10 +84,11 @@ flags_of() { tr ';' '\n' <<< "$VARIANTS" | grep "^$1=" | cut -d= -f2-; }
 
 case $STAGE in
 train)
-  mkdir -p "$WORK"
-  rm -rf "$CODE" && mkdir -p "$CODE" && cp -r fundus_diffusion scripts benchmarks "$CODE/"
-  cp -r pipelines "$CODE/fundus_diffusion/pipelines" && cp -r model_cards "$CODE/fundus_diffusion/model_cards"
-  cp -r "$DATA/fundus-od" "$WORK/fundus-od"
+  if [ ! -d "$CODE" ]; then
+    mkdir -p "$CODE" && cp -r fundus_diffusion scripts benchmarks "$CODE/"
+    cp -r pipelines "$CODE/fundus_diffusion/pipelines" && cp -r model_cards "$CODE/fundus_diffusion/model_cards"
+    cp -r "$DATA/fundus-od" "$WORK/fundus-od"
+  fi
   cd "$CODE"  # the copy: the working tree may change under a later call
   [ -d "$WORK/split" ] || $PY scripts/split_dataset.py --dataset "$WORK/fundus-od" --stratify id_prefix \
     --output_dir "$WORK/split" > "$WORK/split.log" 2>&1 || { cat "$WORK/split.log"; exit 1; }
