@@ -16,7 +16,7 @@ from fundus_diffusion.data import FundusDataError, load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
 from fundus_diffusion.evaluation.checks import resolution_problem, warn_if_upscaled
 from fundus_diffusion.evaluation.model_card import update_model_card
-from fundus_diffusion.evaluation.realism import RealismRecipe
+from fundus_diffusion.evaluation.realism import INVARIANCES, RealismRecipe
 
 
 def parse_args(argv=None):
@@ -73,6 +73,14 @@ def parse_args(argv=None):
     parser.add_argument(
         "--realism_folds", type=int, default=RealismRecipe.folds, help="Cross-validation folds of the two-sample test."
     )
+    parser.add_argument(
+        "--realism_invariance",
+        choices=sorted(INVARIANCES),
+        default=RealismRecipe.invariance,
+        help="The two-sample test's judge: robust (default: colour standardised in the field of view, the same random "
+        "JPEG / gamma / blur / resize / noise for both sets, so it cannot be passed or failed on file statistics), "
+        "colour (the standardisation alone) or none (flips only, the judge of reports before the robust default).",
+    )
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument(
         "--update_model_card",
@@ -109,6 +117,7 @@ def main(args):
         worst_images=args.worst_images,
         realism_steps=args.realism_steps,
         realism_folds=args.realism_folds,
+        realism_invariance=args.realism_invariance,
         holdout_fraction=args.holdout_fraction,
         split_seed=args.split_seed,
         split_file=args.split_file,

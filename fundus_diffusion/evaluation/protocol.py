@@ -57,6 +57,7 @@ class EvaluationConfig:
     worst_images: int = 8
     realism_steps: int = RealismRecipe.steps
     realism_folds: int = RealismRecipe.folds
+    realism_invariance: str = RealismRecipe.invariance  # the judge: "robust", "colour" or "none" (realism.INVARIANCES)
     inputs: Dict = field(default_factory=dict)  # provenance (dataset paths), copied into the report
 
 def annotation_flags_of(datasets: Dict[str, object], mask_names: Sequence[str]) -> Dict[str, torch.Tensor]:
@@ -398,7 +399,7 @@ def evaluate(
         report["memorisation"][PIXEL_SPACE]["threshold"], arrays, synthetic_ids, real_ids, config.num_pairs
     )
     figures["nearest_pairs"] = titled(pairs, f"synthetic samples nearest to a real training image, {resolution} px")
-    recipe = RealismRecipe(steps=config.realism_steps, folds=config.realism_folds)
+    recipe = RealismRecipe(steps=config.realism_steps, folds=config.realism_folds, invariance=config.realism_invariance)
     all_real = torch.cat([on_device["real"][:, :3], on_device["holdout"][:, :3]])
     report["realism"] = realism_test(all_real, on_device["synthetic"][:, :3], recipe, device)
     report["fid_kid"] = fid_kid(

@@ -7,13 +7,25 @@ mean ± std over folds. 0.5 means the classifier cannot tell the sets apart; 1.0
 
 The same recipe, with the same number of images per side, is run between two random halves of the real images: that
 control should come out near 0.5, and it shows how far from 0.5 the test drifts on data that truly is alike.
-Augmentation is flips only (horizontal and vertical), identical for both sides, so that nothing the recipe does
-to one set can be told from the other; the held-out fold is never trained on.
+Whatever the recipe does to the images it does identically to both sides, so that nothing it does to one set can be
+told from the other; the held-out fold is never trained on.
+
+Two judges (``RealismRecipe.invariance``). ``"none"`` is the original one: flips only. Calibrated on real photographs
+against the same photographs changed imperceptibly, it tells a +3/255 red shift, a 128 px round trip or a JPEG re-encode
+apart (``benchmarks/realism_judge_calibration.py``): it measures colour statistics and file texture, so every synthetic
+set scores 1.0 and it cannot rank generators. ``"robust"`` (the default) is blind to those by construction: each
+image's colour channels are standardised over its field of view (the round photograph, not the black surround), so a
+global colour cast carries no signal, and both sides get the same random nuisance, in training and on the held-out
+fold at scoring (averaged over ``copies`` draws): a JPEG re-encode, per-channel gamma, a blur, a down-up resize and
+noise (``augment.apply_nuisance``). What it still sees is structure at a few pixels and up: the disc, its rim and cup,
+vessels. ``"colour"`` is the standardisation alone (for measuring what each part does). ``colour_statistics`` reports
+the global colour the robust judge ignores, beside the real-vs-real difference.
 """
 
+import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -21,11 +33,21 @@ from torch.nn import functional as F
 from torchmetrics.functional.classification import binary_auroc
 from tqdm.auto import tqdm
 
-from .augment import apply_augmentation
+from .augment import apply_augmentation, apply_nuisance, jpeg_copies
 from .metrics import summarise
-from .recipe import Recipe, fit, plan_batches, seeded_generator
+from .recipe import Recipe, fit, plan_batches, plan_nuisance, seeded_generator
 
 TEST_NAME = "classifier two-sample test (ROC AUC; 0.5 = indistinguishable)"
+# What each judge does to the images before the CNN (named in report.md beside the numbers).
+INVARIANCES = {
+    "robust": "robust judge: colour standardised per image inside the field of view, and the same random nuisance "
+    "for both sets in training and at scoring (JPEG re-encode, per-channel gamma, blur, down-up resize, noise)",
+    "colour": "colour-standardised judge: colour standardised per image inside the field of view, flips only",
+    "none": "plain judge: flips only (the judge before the robust default; blind to nothing)",
+}
+FOV_THRESHOLD = 15 / 255  # brighter than this in any channel = inside the round photograph (the surround is black)
+NOISE_FIELDS = 16  # unit-variance noise fields drawn per plan; each image takes one, scaled by its planned sigma
+RESIZE_LEVELS = 5  # the down-up scales: evenly spaced from resize_min to 1 (no resize)
 
 
 class RealismCNN(nn.Module):
@@ -54,17 +76,99 @@ class RealismRecipe(Recipe):
     batch_size: int = 32
     width: int = 16
     folds: int = 5
+    invariance: str = "robust"  # a key of INVARIANCES
+    gamma_max: float = 1.25  # robust: per-channel gamma log-uniform in [1 / gamma_max, gamma_max]
+    blur_sigma_max: float = 1.0  # robust: Gaussian blur sigma uniform in [0, this] px
+    noise_max: float = 3.0  # robust: Gaussian noise sigma uniform in [0, this] (0-255 units)
+    resize_min: float = 0.5  # robust: down-up round trip to a scale in [this, 1]
+    jpeg_quality_min: int = 60  # robust: every image re-encoded as JPEG at a quality in [this, 100]
+    copies: int = 4  # robust: JPEG copies per image, and nuisance draws averaged at scoring
+
+    def __post_init__(self):
+        if self.invariance not in INVARIANCES:
+            raise ValueError(
+                f"RealismRecipe(invariance={self.invariance!r}) is not a judge. Fix: use one of {sorted(INVARIANCES)}."
+            )
+
+    def resize_scales(self) -> Tuple[float, ...]:
+        return tuple(self.resize_min + (1 - self.resize_min) * i / (RESIZE_LEVELS - 1) for i in range(RESIZE_LEVELS))
 
 
 def _as_inputs(images: torch.Tensor) -> torch.Tensor:
     return images[:, :3].float() / 127.5 - 1
 
 
+def field_of_view(images: torch.Tensor) -> torch.Tensor:
+    """``bool [B, 1, H, W]``: the pixels of ``images [B, 3, H, W]`` in [0, 1] inside the round photograph (brighter
+    than ``FOV_THRESHOLD`` in some channel; the surround of a fundus photograph is black)."""
+    return images.amax(dim=1, keepdim=True) > FOV_THRESHOLD
+
+
+def standardise_colour(images: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
+    """Each channel of each of ``images [B, 3, H, W]`` shifted and scaled to mean 0, standard deviation 1 over its
+    field of view ``fov`` (``bool [B, 1, H, W]``); 0 outside it. A global gain or offset of a channel leaves the
+    result unchanged, so a colour cast is no signal; the black surround does not enter the statistics."""
+    weight, mean = fov.to(images.dtype), fov_mean(images, fov)
+    variance = fov_mean((images - mean) ** 2, fov)
+    return (images - mean) / (variance + 1e-6).sqrt() * weight
+
+
+def fov_mean(images: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
+    """``[B, C, 1, 1]``: each channel's mean over the field of view ``fov`` (``bool [B, 1, H, W]``)."""
+    weight = fov.to(images.dtype)
+    return (images * weight).sum(dim=(2, 3), keepdim=True) / weight.sum(dim=(2, 3), keepdim=True).clamp(min=1)
+
+
+def robust_copies(images: torch.Tensor, recipe: RealismRecipe, generator: torch.Generator) -> torch.Tensor:
+    """The robust judge's ``recipe.copies`` JPEG re-encodes of each of ``uint8 [N, >=3, H, W]`` images, as
+    ``uint8 [N, copies, 3, H, W]`` on the images' device (encoded on the CPU once, before any training)."""
+    return jpeg_copies(images[:, :3].cpu(), generator, recipe.copies, recipe.jpeg_quality_min).to(images.device)
+
+
+class Nuisance:
+    """The robust judge's nuisance on the device of ``copies`` (``robust_copies``): a ``plan_nuisance`` plan of
+    ``steps`` x ``batch_size`` draws, then a bank of noise fields, drawn from ``generator`` in that order."""
+
+    def __init__(
+        self, copies: torch.Tensor, recipe: RealismRecipe, generator: torch.Generator, steps: int, batch_size: int
+    ):
+        self.copies, self.scales, self.radius = copies, recipe.resize_scales(), math.ceil(3 * recipe.blur_sigma_max)
+        plan = plan_nuisance(
+            generator, steps, batch_size, recipe.gamma_max, recipe.blur_sigma_max, recipe.noise_max, self.scales,
+            recipe.copies, NOISE_FIELDS,
+        )  # fmt: skip
+        self.plan = {key: value.to(copies.device) for key, value in plan.items()}
+        self.bank = torch.randn((NOISE_FIELDS, 3, *copies.shape[-2:]), generator=generator).to(copies.device)
+
+    def __call__(self, images: torch.Tensor, step: int, part: slice = slice(None)) -> torch.Tensor:
+        """Step ``step``'s nuisance (its draws ``part``) on ``images`` in [0, 1]."""
+        plan = {key: value[:, part] for key, value in self.plan.items()}
+        return apply_nuisance(images, plan, step, self.bank, self.scales, self.radius)
+
+
+def _judge_view(images: torch.Tensor, nuisance: Optional[Callable] = None) -> torch.Tensor:
+    """What the colour and robust judges' CNN sees of ``images [B, 3, H, W]`` in [0, 1]: the field of view found
+    before any nuisance, the nuisance (robust only), then the colour standardisation. The nuisance runs with the
+    surround filled by the field of view's mean colour, so that a blur or resize mixes the rim of the photograph
+    with its own colour, not with black: otherwise the rim's darkening would depend on, and leak, a colour offset."""
+    fov = field_of_view(images)
+    if nuisance is not None:
+        images = nuisance(torch.where(fov, images, fov_mean(images, fov)))
+    return standardise_colour(images, fov)
+
+
 def train_realism_classifier(
-    images: torch.Tensor, labels: torch.Tensor, recipe: RealismRecipe, device="cpu", progress: Optional[Callable] = None
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: RealismRecipe,
+    device="cpu",
+    progress: Optional[Callable] = None,
+    copies: Optional[torch.Tensor] = None,
 ) -> RealismCNN:
     """Train on ``uint8 [N, >=3, H, W]`` images with binary ``labels``; batches are drawn with weights inverse to
-    class frequency, so each batch is balanced in expectation."""
+    class frequency, so each batch is balanced in expectation. The judge (``recipe.invariance``) decides what the CNN
+    sees; the batches and flips are the same for every judge. The robust judge trains on ``copies`` (its
+    ``robust_copies`` of the images, made here when not given)."""
     generator = seeded_generator(recipe)
     model = RealismCNN(recipe.width).to(device)
     images, labels = images.to(device), labels.to(device)
@@ -75,20 +179,52 @@ def train_realism_classifier(
     )  # fmt: skip
     plan = {k: v.to(device) for k, v in plan.items()}
     targets = labels.float()
+    robust = recipe.invariance == "robust"
+    nuisance = None
+    if robust:
+        copies = robust_copies(images, recipe, generator) if copies is None else copies.to(device)
+        nuisance = Nuisance(copies, recipe, generator, recipe.steps, recipe.batch_size)
 
     def loss_at(step: int) -> torch.Tensor:
         index = plan["index"][step]
-        batch, _ = apply_augmentation(_as_inputs(images[index]), plan, step)
+        if recipe.invariance == "none":
+            batch, _ = apply_augmentation(_as_inputs(images[index]), plan, step)
+        else:
+            chosen = nuisance.copies[index, nuisance.plan["copy"][step]] if robust else images[index, :3]
+            flipped, _ = apply_augmentation(chosen.float() / 255, plan, step)
+            batch = _judge_view(flipped, partial(nuisance, step=step) if robust else None)
         return F.binary_cross_entropy_with_logits(model(batch).float(), targets[index])
 
     return fit(model, loss_at, recipe, device, progress)
 
 
 @torch.no_grad()
-def realism_scores(model: RealismCNN, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """The classifier's logit (higher = more likely the second set) for each of ``uint8 [N, >=3, H, W]`` images."""
+def realism_scores(
+    model: RealismCNN,
+    images: torch.Tensor,
+    recipe: RealismRecipe,
+    generator: Optional[torch.Generator] = None,
+    copies: Optional[torch.Tensor] = None,
+    batch_size: int = 128,
+) -> torch.Tensor:
+    """The classifier's logit (higher = more likely the second set) for each of ``uint8 [N, >=3, H, W]`` images,
+    seen as ``recipe``'s judge sees them. The robust judge scores ``recipe.copies`` nuisance draws per image (draw
+    ``t`` on JPEG copy ``t`` of ``copies``, made here when not given; the rest drawn from ``generator``) and averages
+    the logits."""
     device = next(model.parameters()).device
-    return torch.cat([model(_as_inputs(images[i : i + batch_size].to(device))) for i in range(0, len(images), batch_size)])
+    parts = [slice(i, i + batch_size) for i in range(0, len(images), batch_size)]
+    if recipe.invariance == "none":
+        return torch.cat([model(_as_inputs(images[part].to(device))) for part in parts])
+    if recipe.invariance == "colour":
+        return torch.cat([model(_judge_view(images[part, :3].to(device).float() / 255)) for part in parts])
+    generator = generator or torch.Generator().manual_seed(recipe.seed)
+    copies = robust_copies(images.to(device), recipe, generator) if copies is None else copies.to(device)
+    nuisance = Nuisance(copies, recipe, generator, recipe.copies, len(images))
+    draws = [
+        torch.cat([model(_judge_view(nuisance.copies[part, t].float() / 255, partial(nuisance, step=t, part=part))) for part in parts])
+        for t in range(recipe.copies)
+    ]  # fmt: skip
+    return torch.stack(draws).float().mean(dim=0)
 
 
 def stratified_folds(labels: torch.Tensor, folds: int, generator: torch.Generator) -> torch.Tensor:
@@ -106,7 +242,8 @@ def two_sample_auc(
 ) -> Dict:
     """K-fold cross-validated ROC AUC of telling ``second`` from ``first`` (``uint8 [N, >=3, H, W]`` each).
 
-    Both sets must already be balanced (equal sizes) and hold at least ``recipe.folds`` images each. Returns
+    Both sets must already be balanced (equal sizes) and hold at least ``recipe.folds`` images each. The robust
+    judge's JPEG copies are made once for all images, before the folds. Returns
     ``{"auc": {mean, std, n}, "auc_per_fold", "n_per_class", "folds"}`` (std over folds).
     """
     if len(first) != len(second):
@@ -115,16 +252,36 @@ def two_sample_auc(
         raise ValueError(f"The two-sample test needs at least {recipe.folds} images per side, got {len(first)}.")
     images = torch.cat([first[:, :3], second[:, :3]]).to(device)
     labels = torch.cat([torch.zeros(len(first), dtype=torch.long), torch.ones(len(second), dtype=torch.long)])
-    fold = stratified_folds(labels, recipe.folds, torch.Generator().manual_seed(recipe.seed))
+    generator = torch.Generator().manual_seed(recipe.seed)
+    fold = stratified_folds(labels, recipe.folds, generator)
+    copies = robust_copies(images, recipe, generator) if recipe.invariance == "robust" else None
     aucs = []
     for k in range(recipe.folds):
         train, test = torch.nonzero(fold != k).squeeze(1), torch.nonzero(fold == k).squeeze(1)
+        on_device = train.to(device), test.to(device)
+        train_copies, test_copies = (None, None) if copies is None else (copies[index] for index in on_device)
         progress = partial(tqdm, desc=f"two-sample test {desc}, fold {k + 1}/{recipe.folds}", leave=False)
         recipe_k = RealismRecipe(**{**recipe.to_dict(), "seed": recipe.seed + k})
-        model = train_realism_classifier(images[train.to(device)], labels[train], recipe_k, device, progress)
-        scores = realism_scores(model, images[test.to(device)]).float().cpu()
+        model = train_realism_classifier(images[on_device[0]], labels[train], recipe_k, device, progress, train_copies)
+        scores = realism_scores(model, images[on_device[1]], recipe, generator, test_copies).float().cpu()
         aucs.append(float(binary_auroc(scores, labels[test])))
     return {"auc": summarise(aucs), "auc_per_fold": aucs, "n_per_class": len(first), "folds": recipe.folds}
+
+
+@torch.no_grad()
+def colour_statistics(images: torch.Tensor, batch_size: int = 256) -> Dict:
+    """``{"mean": [R, G, B], "std": [R, G, B]}`` in 0-255 units: each channel's mean and standard deviation over each
+    image's field of view, averaged over ``uint8 [N, >=3, H, W]`` images. The global colour the robust judge is blind
+    to by design."""
+    means, stds = [], []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size, :3].float() / 255
+        weight = field_of_view(x).float()
+        count = weight.sum(dim=(2, 3)).clamp(min=1)
+        mean = (x * weight).sum(dim=(2, 3)) / count
+        means.append(mean)
+        stds.append((((x - mean[:, :, None, None]) ** 2 * weight).sum(dim=(2, 3)) / count).sqrt())
+    return {key: (255 * torch.cat(v).mean(dim=0)).tolist() for key, v in (("mean", means), ("std", stds))}
 
 
 def realism_test(
@@ -134,6 +291,8 @@ def realism_test(
 
     ``n`` = min(half the real images, the synthetic images) per side: the control splits the real images into two
     disjoint random halves of ``n``; the main test draws ``n`` real and ``n`` synthetic images at random (seeded).
+    ``colour_statistics`` of the real images of the main test (``real``), the control's other half (``real_b``) and
+    the synthetic ones: the colour the robust judge ignores, with the real-vs-real difference as its yardstick.
     Returns ``{"computed": False, "reason"}`` when there are too few images for ``recipe.folds`` folds.
     """
     n = min(len(real) // 2, len(synthetic))
@@ -146,13 +305,18 @@ def realism_test(
     generator = torch.Generator().manual_seed(recipe.seed)
     real_order = torch.randperm(len(real), generator=generator)
     synthetic_pick = torch.randperm(len(synthetic), generator=generator)[:n]
+    real_a, real_b, picked = real[real_order[:n]], real[real_order[n : 2 * n]], synthetic[synthetic_pick]
     return {
         "computed": True,
         "name": TEST_NAME,
+        "judge": INVARIANCES[recipe.invariance],
         "resolution": int(real.shape[-1]),
         "recipe": recipe.to_dict(),
         "n_real_available": len(real),
         "n_synthetic_available": len(synthetic),
-        "real_vs_synthetic": two_sample_auc(real[real_order[:n]], synthetic[synthetic_pick], recipe, device, "real vs synthetic"),
-        "real_vs_real": two_sample_auc(real[real_order[:n]], real[real_order[n : 2 * n]], recipe, device, "real vs real"),
+        "real_vs_synthetic": two_sample_auc(real_a, picked, recipe, device, "real vs synthetic"),
+        "real_vs_real": two_sample_auc(real_a, real_b, recipe, device, "real vs real"),
+        "colour_statistics": {
+            name: colour_statistics(x) for name, x in (("real", real_a), ("real_b", real_b), ("synthetic", picked))
+        },
     }

@@ -8,7 +8,7 @@ forward pass runs under bf16 autocast; losses are computed in float32.
 
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -74,6 +74,38 @@ def plan_batches(
         if vertical_flips:
             plan["vflip"].append(torch.rand(batch_size, generator=generator) < 0.5)
     return {key: torch.stack(values) if values else torch.empty(0) for key, values in plan.items()}
+
+
+def plan_nuisance(
+    generator: torch.Generator,
+    steps: int,
+    batch_size: int,
+    gamma_max: float,
+    blur_sigma_max: float,
+    noise_max: float,
+    resize_scales: Sequence[float],
+    copies: int,
+    noise_fields: int,
+) -> Dict[str, torch.Tensor]:
+    """Every step's photometric nuisance per image (``augment.apply_nuisance`` reads one step), drawn step by step
+    from ``generator`` after ``plan_batches`` (so the batches are the same as without it).
+
+    Per step, in this order: per-channel gamma ``[B, 3, 1, 1]`` log-uniform in [1 / ``gamma_max``, ``gamma_max``],
+    blur sigma ``[B]`` uniform in [0, ``blur_sigma_max``] px, noise standard deviation ``[B]`` uniform in
+    [0, ``noise_max``] (0-255 units), which of ``noise_fields`` precomputed noise fields, which of ``resize_scales``
+    (a down-up round trip; 1.0 = none) and which of ``copies`` JPEG re-encoded copies of the image.
+    """
+    keys = ("gamma", "blur", "noise", "noise_field", "resize", "copy")
+    plan = {key: [] for key in keys}
+    log_gamma = torch.log(torch.tensor(gamma_max))
+    for _ in range(steps):
+        plan["gamma"].append(torch.exp(log_gamma * (2 * torch.rand(batch_size, 3, 1, 1, generator=generator) - 1)))
+        plan["blur"].append(blur_sigma_max * torch.rand(batch_size, generator=generator))
+        plan["noise"].append(noise_max / 255 * torch.rand(batch_size, generator=generator))
+        plan["noise_field"].append(torch.randint(noise_fields, (batch_size,), generator=generator))
+        plan["resize"].append(torch.randint(len(resize_scales), (batch_size,), generator=generator))
+        plan["copy"].append(torch.randint(copies, (batch_size,), generator=generator))
+    return {key: torch.stack(values) for key, values in plan.items()}
 
 
 def fit(

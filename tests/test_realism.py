@@ -1,0 +1,147 @@
+"""The robust judge of the classifier two-sample test (issue 18): blind to a global colour cast, still sees structure,
+its nuisance planned per seed and applied alike to both sets; the plain judge (``invariance="none"``) kept as it was."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from fundus_diffusion.evaluation import realism
+from fundus_diffusion.evaluation.augment import apply_nuisance, gaussian_blur, jpeg_copies, resize_round_trip
+from fundus_diffusion.evaluation.realism import (
+    INVARIANCES,
+    RealismRecipe,
+    colour_statistics,
+    field_of_view,
+    realism_test,
+    standardise_colour,
+    two_sample_auc,
+)
+from fundus_diffusion.evaluation.recipe import plan_nuisance
+from fundus_diffusion.evaluation.report import realism_lines
+
+TINY = dict(steps=100, batch_size=16, width=8, learning_rate=3e-3, folds=3)
+
+
+def round_fundus(n: int, generator: torch.Generator, size: int = 32, speckle: float = 0.0) -> torch.Tensor:
+    """``uint8 [n, 3, size, size]``: smooth random colour fields inside a centred disc, black around it (a fundus
+    photograph's layout); ``speckle`` adds pixel noise of that amplitude inside."""
+    x = F.interpolate(torch.rand(n, 3, 4, 4, generator=generator), size=size, mode="bilinear") * 150 + 60
+    x = x + speckle * (torch.rand(n, 3, size, size, generator=generator) - 0.5)
+    yy, xx = torch.meshgrid(torch.arange(size) - (size - 1) / 2, torch.arange(size) - (size - 1) / 2, indexing="ij")
+    inside = (yy**2 + xx**2 <= (0.45 * size) ** 2).float()
+    return (x.clamp(0, 255) * inside).to(torch.uint8)
+
+
+def test_robust_judge_cannot_tell_identical_distributions_apart():
+    generator = torch.Generator().manual_seed(0)
+    result = two_sample_auc(round_fundus(60, generator), round_fundus(60, generator), RealismRecipe(**TINY))
+    assert abs(result["auc"]["mean"] - 0.5) < 0.2, result
+
+
+def test_robust_judge_tells_an_obviously_different_set_apart():
+    generator = torch.Generator().manual_seed(0)
+    different = round_fundus(60, generator, speckle=160)
+    result = two_sample_auc(round_fundus(60, generator), different, RealismRecipe(**TINY))
+    assert result["auc"]["mean"] > 0.95, result
+
+
+def test_a_colour_cast_fails_the_plain_judge_and_passes_the_robust_one():
+    generator = torch.Generator().manual_seed(0)
+    first, second = round_fundus(60, generator), round_fundus(60, generator)
+    cast = second.clone()
+    cast[:, 0] = torch.where(second[:, 0] > 0, (second[:, 0].int() + 25).clamp(max=255), 0).to(torch.uint8)
+    plain = two_sample_auc(first, cast, RealismRecipe(**TINY, invariance="none"))
+    robust = two_sample_auc(first, cast, RealismRecipe(**TINY))
+    assert plain["auc"]["mean"] > 0.9, plain
+    assert abs(robust["auc"]["mean"] - 0.5) < 0.2, robust
+
+
+def test_an_unknown_judge_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="'none'"):
+        RealismRecipe(invariance="flips")
+
+
+def test_colour_standardisation_ignores_the_black_surround_and_a_colour_cast():
+    images = round_fundus(4, torch.Generator().manual_seed(1)).float() / 255
+    fov = field_of_view(images)
+    assert not fov[:, :, 0, 0].any() and fov[:, :, 16, 16].all()
+    out = standardise_colour(images, fov)
+    assert (out[~fov.expand_as(out)] == 0).all()
+    inside = out.permute(1, 0, 2, 3)[fov.permute(1, 0, 2, 3).expand(3, -1, -1, -1)].reshape(3, -1)
+    assert inside.mean(dim=1).abs().max() < 1e-4
+    cast = images * torch.tensor([0.8, 1.1, 1.0])[:, None, None] + torch.tensor([0.05, 0.0, -0.02])[:, None, None]
+    assert torch.allclose(standardise_colour(cast, fov), out, atol=1e-3)
+    stats = colour_statistics((images * 255).round().to(torch.uint8))
+    assert all(v > 50 for v in stats["mean"])  # the black surround does not pull the mean down
+
+
+def nuisance_plan(seed: int):
+    return plan_nuisance(torch.Generator().manual_seed(seed), 3, 4, 1.25, 1.0, 3.0, (0.5, 0.75, 1.0), 2, 5)
+
+
+def test_nuisance_plan_and_jpeg_copies_are_deterministic_per_seed():
+    first, again, other = nuisance_plan(0), nuisance_plan(0), nuisance_plan(1)
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not torch.equal(first["blur"], other["blur"])
+    assert first["gamma"].shape == (3, 4, 3, 1, 1) and (first["gamma"] - 1).abs().max() <= 0.25
+    assert first["blur"].max() <= 1 and first["noise"].max() <= 3 / 255 and first["resize"].max() < 3
+    images = round_fundus(2, torch.Generator().manual_seed(0))
+    copies = [jpeg_copies(images, torch.Generator().manual_seed(0), 2, 60) for _ in range(2)]
+    assert copies[0].shape == (2, 2, 3, 32, 32) and torch.equal(*copies)
+    assert (copies[0].float() - images[:, None].float()).abs().mean() < 10
+
+
+def test_nuisance_ops_leave_images_alone_at_zero_strength():
+    images = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(gaussian_blur(images, torch.zeros(2), 3), images, atol=1e-6)
+    assert torch.equal(resize_round_trip(images, torch.tensor([1, 1]), (0.5, 1.0)), images)
+    plan = {"gamma": torch.ones(1, 2, 3, 1, 1), "blur": torch.zeros(1, 2), "noise": torch.zeros(1, 2)}
+    plan.update(noise_field=torch.zeros(1, 2, dtype=torch.long), resize=torch.ones(1, 2, dtype=torch.long))
+    assert torch.allclose(apply_nuisance(images, plan, 0, torch.randn(1, 3, 16, 16), (0.5, 1.0), 3), images, atol=1e-5)
+
+
+def test_nuisance_is_applied_to_both_sets_in_training_and_at_scoring(monkeypatch):
+    """Every training batch and every held-out fold goes through the nuisance whole, whichever set its images are
+    from: the dark first set and the bright second set are counted in each call."""
+    calls = []
+
+    def counting(images, *args):
+        bright = images.mean(dim=(1, 2, 3)) > 0.5
+        calls.append((len(images), int((~bright).sum()), int(bright.sum())))
+        return images
+
+    monkeypatch.setattr(realism, "apply_nuisance", counting)
+    dark, bright = torch.full((9, 3, 16, 16), 40, dtype=torch.uint8), torch.full((9, 3, 16, 16), 220, dtype=torch.uint8)
+    recipe = RealismRecipe(steps=4, batch_size=8, width=4, folds=3, copies=2)
+    two_sample_auc(dark, bright, recipe)
+    training, scoring = calls[:4] + calls[6:10] + calls[12:16], calls[4:6] + calls[10:12] + calls[16:18]
+    assert len(calls) == 3 * (4 + 2) and all(n == 8 for n, _, _ in training)
+    assert sum(d for _, d, _ in training) > 0 and sum(b for _, _, b in training) > 0
+    assert all(n == 6 and d == 3 and b == 3 for n, d, b in scoring)  # each held-out fold: 3 + 3 images, 2 draws
+
+
+def test_the_plain_judge_is_the_old_flips_only_judge(monkeypatch):
+    monkeypatch.setattr(realism, "apply_nuisance", lambda *args: pytest.fail("the plain judge ran the nuisance"))
+    monkeypatch.setattr(realism, "standardise_colour", lambda *args: pytest.fail("the plain judge standardised"))
+    generator = torch.Generator().manual_seed(0)
+    recipe = RealismRecipe(steps=2, batch_size=4, width=4, folds=2, invariance="none")
+    result = two_sample_auc(round_fundus(6, generator), round_fundus(6, generator), recipe)
+    assert len(result["auc_per_fold"]) == 2
+
+
+def test_report_names_the_judge_and_shows_the_colour_table():
+    generator = torch.Generator().manual_seed(0)
+    result = realism_test(
+        round_fundus(12, generator), round_fundus(6, generator), RealismRecipe(steps=2, width=4, folds=2)
+    )
+    assert result["judge"] == INVARIANCES["robust"] and set(result["colour_statistics"]) == {
+        "real",
+        "real_b",
+        "synthetic",
+    }
+    markdown = "\n".join(realism_lines(result, "32 px"))
+    assert "**Judge: robust judge" in markdown and "--realism_invariance robust" in markdown
+    assert "JPEG re-encode at quality 60-100" in markdown and "| red | mean |" in markdown
+    old = {**result, "recipe": {k: v for k, v in result["recipe"].items() if k != "invariance"}}
+    old.pop("colour_statistics")
+    assert "**Judge: plain judge" in "\n".join(realism_lines(old, "32 px"))  # a report from before the robust judge
