@@ -1,5 +1,21 @@
 from setuptools import setup
 
+# The scripts of scripts/ that are also console commands: fundus-build-dataset, fundus-train-ddpm, ...
+COMMANDS = [
+    "build_dataset",
+    "demo",
+    "evaluate",
+    "evaluate_pm",
+    "export_dataset",
+    "generate",
+    "judge_pm_labels",
+    "post_hoc_ema",
+    "split_dataset",
+    "summarise_results",
+    "train_dcgan",
+    "train_ddpm",
+]
+
 setup(
     name="fundus-diffusion",
     version="0.1.0",
@@ -16,9 +32,21 @@ setup(
         "fundus_diffusion.evaluation",
         "fundus_diffusion.pipelines",
         "fundus_diffusion.model_cards",
+        "fundus_diffusion.scripts",
     ],
-    package_dir={"fundus_diffusion.pipelines": "pipelines", "fundus_diffusion.model_cards": "model_cards"},
+    package_dir={
+        "fundus_diffusion.pipelines": "pipelines",
+        "fundus_diffusion.model_cards": "model_cards",
+        "fundus_diffusion.scripts": "scripts",
+    },
     package_data={"fundus_diffusion.model_cards": ["*.md"]},
+    # Each script of scripts/ as a command on the PATH (a pip install has no scripts/ folder): `fundus-generate ...`
+    # runs what `python scripts/generate.py ...` runs (scripts/__init__.py).
+    entry_points={
+        "console_scripts": [
+            f"fundus-{name.replace('_', '-')} = fundus_diffusion.scripts:{name}_command" for name in COMMANDS
+        ]
+    },
     install_requires=[
         "torch>=2.6",  # torch.load defaults to weights_only=True
         "diffusers>=0.42",  # from_pretrained(dtype=...): torch_dtype is deprecated from 0.42

@@ -1,0 +1,34 @@
+"""Every script is also a console command (``fundus-generate`` runs ``scripts/generate.py``), for pip installs that
+have no ``scripts/`` folder."""
+
+import ast
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+import fundus_diffusion.scripts as commands
+
+
+def setup_commands():
+    """``COMMANDS`` of setup.py, read without running setup()."""
+    tree = ast.parse((REPO_ROOT / "setup.py").read_text(encoding="utf-8"))
+    (value,) = [node.value for node in tree.body if isinstance(node, ast.Assign) and node.targets[0].id == "COMMANDS"]
+    return ast.literal_eval(value)
+
+
+def test_every_script_is_a_command():
+    scripts = sorted(path.stem for path in (REPO_ROOT / "scripts").glob("*.py") if path.stem != "__init__")
+    assert setup_commands() == scripts == commands.SCRIPTS
+    assert all(callable(getattr(commands, f"{name}_command")) for name in scripts)
+
+
+def test_a_command_runs_its_script_and_names_itself(tmp_path):
+    """The command's error line and ``--help`` carry the name the user typed, and its exit status is the script's."""
+    code = "import sys; sys.argv[0] = 'fundus-generate'; import fundus_diffusion.scripts as s; s.generate_command()"
+    run = [sys.executable, "-c", code, "--model", str(tmp_path / "no-model"), "--num_samples", "1", "--output_dir", "o"]
+    missing = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert f"fundus-generate: error: {tmp_path / 'no-model'}: no such local folder" in missing.stderr
+    usage = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=300)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: fundus-generate")
