@@ -27,6 +27,8 @@ from ..pipelines.pipeline_fundus import split_mask_names
 LICENSE = {"license": "other", "license_name": "terms-of-each-source"}
 TAGS = ["fundus-diffusion", "medical-imaging", "ophthalmology", "retinal-fundus", "synthetic-data"]
 METRICS_FILE = "metrics.json"  # the measured metrics a model card shows, kept beside it so that later ones add up
+# The training-information keys a model card shows as its "Training data" section (training.loop.run_info writes them).
+DATA_KEYS = ("dataset", "images", "sources", "labels", "masks", "annotated")
 TEMPLATES = {"FundusPipeline": "ddpm", "FundusGANPipeline": "dcgan"}
 _NUMBER = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*%?\s*(?:±\s*\d+(?:\.\d+)?\s*%?)?\s*")  # "0.7", "0.7 ± 0.1", "97%"
 
@@ -124,7 +126,9 @@ def model_card(folder: str) -> ModelCard:
         null_class_id=len(id2label),
         conditional=model.get("num_class_embeds") is not None,
         num_parameters=_num_parameters(os.path.join(folder, component)),
-        training={k: v for k, v in training.items() if k != "hub_model_id"},
+        data={k: training[k] for k in DATA_KEYS if k in training},
+        hub_dataset=hub_dataset,
+        training={k: v for k, v in training.items() if k not in DATA_KEYS + ("hub_model_id", "hub_dataset")},
         metrics=metrics,
     )
     if class_name == "FundusPipeline":

@@ -296,6 +296,8 @@ def test_model_card_metadata_comes_from_the_card_data_classes(tmp_path):
     assert {(r.metric_name, r.metric_value) for r in data.eval_results} == {("FID", 41.2), ("held-out disc Dice", 0.71)}
     assert 'DiffusionPipeline.from_pretrained("me/ddpm", trust_remote_code=True)' in card.text
     assert 'class_labels="PM"' in card.text and 'out.masks[0]["atrophy"]' in card.text
+    data = card.text.split("## Training data")[1].split("## Training\n")[0]
+    assert "[`me/pm`](https://huggingface.co/datasets/me/pm)" in data and "| dataset | pm |" in data
 
 
 def test_rewriting_a_card_reads_no_weights(tmp_path, monkeypatch):

@@ -274,6 +274,11 @@ def test_a_dataset_without_labels_trains_an_unconditional_model(tmp_path, cache_
     )
     ddpm.train(args)
     assert FundusPipeline.from_pretrained(tmp_path / "run").unet.config.num_class_embeds is None
+    card = (tmp_path / "run" / "README.md").read_text()
+    data = card.split("## Training data")[1].split("## Training\n")[0]  # a section of its own, also for local data
+    assert "A local dataset, `unlabelled`" in data and str(tmp_path) not in card
+    assert "| sources | phantom 8 |" in data and "| annotated | disc 8 of 8 |" in data
+    assert "| labels | non-PM 0, PM 0, unknown 8 |" in data and "class_labels" not in card  # the Use snippet too
     labelled = ddpm.parse_args(tiny_args(tmp_path / "labelled", cache_dir, "--max_train_steps", "1", "--logger", "none"))
     ddpm.train(labelled)  # phantoms carry PM / non-PM labels: conditional, as before
     assert FundusPipeline.from_pretrained(tmp_path / "labelled").unet.config.num_class_embeds is not None

@@ -13,16 +13,21 @@ def resolution_problem(resolution: int) -> Optional[str]:
         return f"--resolution {resolution}: the segmenter takes multiples of 8, e.g. {low} or {low + 8}."
     return None
 
+def warn(message: str) -> None:
+    """``<script>: warning: message`` on stderr: the one style of the scripts' warnings about their input (argparse's
+    ``error:`` lines, and ``fundus_diffusion.cli.run_script``'s, look the same)."""
+    print(f"{os.path.basename(sys.argv[0])}: warning: {message}", file=sys.stderr)
+
+
 def warn_if_upscaled(dataset, resolution: int, what: str) -> None:
     """Images smaller than --resolution are scaled up: say so, since it blurs what the segmenter sees."""
     if len(dataset) == 0:
         return
     width, height = dataset[0]["image"].size
     if min(width, height) < resolution:
-        print(
-            f"{os.path.basename(sys.argv[0])}: warning: {what} images are {width}x{height}, smaller than --resolution {resolution}: they are scaled "
-            f"up. Pass --resolution {max(8, min(width, height) // 8 * 8)} to evaluate at their size.",
-            file=sys.stderr,
+        warn(
+            f"{what} images are {width}x{height}, smaller than --resolution {resolution}: they are scaled up. Pass "
+            f"--resolution {max(8, min(width, height) // 8 * 8)} to evaluate at their size."
         )
 
 def native_resolution(dataset, what: str = "synthetic") -> int:

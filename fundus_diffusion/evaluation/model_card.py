@@ -1,13 +1,13 @@
 """The evaluation's headline numbers on a saved model's card (``metrics.json`` and the README table), named by the
 sampler that made the judged set."""
 
-import warnings
 from typing import Dict, List, Optional
 
 from ..generate import generating_model, sampler_description
 from ..hub import add_model_card_metrics
 from ..model_cards import portable_name
 from ..pipelines.loading import read_model_index
+from .checks import warn
 from .memorisation import REFUSE_P
 from .metrics import format_mean_std, format_value
 from .protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
@@ -87,10 +87,9 @@ def warn_if_other_data(model_dir: str, real: Optional[str]) -> None:
     trained_on = (read_model_index(model_dir).get("training_info") or {}).get("dataset")
     # Saved models record local paths by their last component only (model_cards.portable_name): compare those.
     if trained_on and real and portable_name(trained_on) != portable_name(real):
-        warnings.warn(
+        warn(
             f"{model_dir} was trained on {trained_on}, but the evaluation's real data is {real}: its card will quote "
-            "memorisation and Dice measured against the latter (the card names it).",
-            stacklevel=3,
+            "memorisation and Dice measured against the latter (the card names it)."
         )
 
 

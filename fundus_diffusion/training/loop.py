@@ -162,14 +162,29 @@ def label_counts(view) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
+def source_counts(view) -> str:
+    """``"PALM 400, ADAM 311"``: the training images of each source (the dataset's ``source`` column)."""
+    sources = view.dataset["source"]
+    return ", ".join(f"{name} {sources.count(name)}" for name in dict.fromkeys(sources))
+
+
+def annotation_counts(view) -> str:
+    """``"disc 400 of 400, atrophy 311 of 400"``: the training images annotated for each mask."""
+    counts = view.mask_annotated.sum(axis=0)
+    return ", ".join(f"{name} {int(n)} of {len(view)}" for name, n in zip(view.mask_names, counts)) or "none"
+
+
 def run_info(args, view, accelerator, steps: int, epochs: int, seconds: float) -> dict:
-    """What every model card records about the run (the kind adds its own settings)."""
+    """What every model card records about the run (the kind adds its own settings); the card shows the data keys
+    (``model_cards.DATA_KEYS``) as its training-data section."""
     info = {
         "run": os.path.basename(os.path.abspath(args.output_dir)),  # the card's name (it is written in a temporary folder)
         "dataset": args.dataset,
         "images": len(view),
+        "sources": source_counts(view),
         "labels": label_counts(view),
         "masks": ", ".join(args.mask_names) or "none",
+        "annotated": annotation_counts(view),
         "resolution": args.resolution,
         "preset": args.preset,
         "steps": steps,
