@@ -600,8 +600,8 @@ def dataset_card(pipe, config: GenerationConfig, dataset):
     model = config.model_name  # a local folder's name only: its path means nothing elsewhere and may name people
     data = DatasetCardData(
         **LICENSE,
-        pretty_name=f"Synthetic fundus images with masks from {model}",
-        task_categories=["image-segmentation", "image-classification"],
+        pretty_name=f"Synthetic fundus images{' with masks' if pipe.config.mask_names else ''} from {model}",
+        task_categories=(["image-segmentation"] if pipe.config.mask_names else []) + ["image-classification"],
         tags=["medical", "ophthalmology", "fundus", "retina", "synthetic", "fundus-diffusion"],
         size_categories=[size_category(len(dataset))],
     )

@@ -311,3 +311,27 @@ def test_rewriting_a_card_reads_no_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", refuse)
     add_model_card_metrics(str(tmp_path), [{"name": "FID", "value": 7}])
     assert "| FID | 7 |" in (tmp_path / "README.md").read_text()
+
+
+def test_an_images_only_model_and_its_samples_claim_no_masks(tmp_path):
+    """A model trained without masks (``--images_only`` data) has a card, and its synthetic set a card, that promise
+    images only: no mask in the title, the tags, the Use snippet or the columns."""
+    from fundus_diffusion.generate import GenerationConfig, generate_dataset
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(4, 8), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )  # fmt: skip
+    pipe = FundusPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=4), mask_names=[])
+    save_model(pipe, tmp_path / "model", training_info={"dataset": "palm-images", "masks": "none"})
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    title = next(line for line in card.text.splitlines() if line.startswith("# "))
+    assert title == "# Fundus image DDPM (8 px, image only)" and not any(t.endswith("-mask") for t in card.data.tags)
+    assert "out.masks" not in card.text and "mask" not in card.text.split("## Use")[1].split("## Training data")[0]
+    config = GenerationConfig(model=str(tmp_path / "model"), num_samples=2, num_inference_steps=2, device="cpu")
+    synthetic = generate_dataset(load_fundus_pipeline(str(tmp_path / "model"), device="cpu"), config, str(tmp_path / "syn"))
+    assert not [c for c in synthetic.column_names if "mask" in c]
+    text = (tmp_path / "syn" / "README.md").read_text()
+    assert "without masks (an images-only model)" in text.replace("\n", " ") and "_mask`" not in text
+    assert "# Synthetic fundus images from model" in text and "image-segmentation" not in text
