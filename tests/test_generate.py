@@ -90,6 +90,9 @@ def test_ddpm_generation_round_trips_through_the_schema(models, tmp_path):
     # ... and an imagefolder: the same pixels, ids and labels
     loaded = load_dataset("imagefolder", data_dir=str(out / "png"), split="train", cache_dir=str(tmp_path / "hf"))
     assert_same_samples(loaded, dataset)
+    # ... and the folder itself loads with load_dataset (parquet shards and the card's configs), as from the Hub
+    parquet = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf"))
+    assert parquet.features == dataset.features and parquet["id"] == dataset["id"]
 
 
 def assert_same_samples(imagefolder, dataset):

@@ -60,6 +60,9 @@ def test_presets_and_schedule_facts():
     assert (ours.schedule_base_resolution, ours.snr_gamma) == (64, 5.0)  # the 256 px recipe of RESULTS.md, session 5
     demo = ddpm.parse_args(["--preset", "demo", "--output_dir", "x"])
     assert (demo.schedule_base_resolution, demo.snr_gamma) == (None, None)
+    assert ddpm.parse_args(["--output_dir", "x", "--snr_gamma", "0"]).snr_gamma is None  # ours without min-SNR
+    with pytest.raises(SystemExit):
+        ddpm.parse_args(["--output_dir", "x", "--snr_gamma", "-1"])
     assert (demo.model_config, demo.resolution, demo.dataset, demo.max_train_steps) == ("tiny", 32, "phantom:64", 500)
     assert demo.mask_names == ("disc", "atrophy") and demo.beta_schedule == ours.beta_schedule
 
@@ -276,9 +279,14 @@ def test_a_dataset_without_labels_trains_an_unconditional_model(tmp_path, cache_
     assert FundusPipeline.from_pretrained(tmp_path / "run").unet.config.num_class_embeds is None
     card = (tmp_path / "run" / "README.md").read_text()
     data = card.split("## Training data")[1].split("## Training\n")[0]  # a section of its own, also for local data
-    assert "A local dataset, `unlabelled`" in data and str(tmp_path) not in card
+    assert "A local dataset, `unlabelled`" in data
+    for name in ("README.md", "model_index.json", "training_args.json", "metrics.json"):  # the uploaded files
+        assert str(tmp_path) not in (tmp_path / "run" / name).read_text(), name
     assert "| sources | phantom 8 |" in data and "| annotated | disc 8 of 8 |" in data
     assert "| labels | non-PM 0, PM 0, unknown 8 |" in data and "class_labels" not in card  # the Use snippet too
+    forced = tiny_args(tmp_path / "forced", cache_dir, "--max_train_steps", "1", "--logger", "none", "--class_conditional")
+    with pytest.raises(ValueError, match="--class_conditional: no image of .* has a PM / non-PM label"):
+        ddpm.train(ddpm.parse_args(forced + ["--dataset", str(unlabelled)]))
     labelled = ddpm.parse_args(tiny_args(tmp_path / "labelled", cache_dir, "--max_train_steps", "1", "--logger", "none"))
     ddpm.train(labelled)  # phantoms carry PM / non-PM labels: conditional, as before
     assert FundusPipeline.from_pretrained(tmp_path / "labelled").unet.config.num_class_embeds is not None
