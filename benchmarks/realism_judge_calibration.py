@@ -303,11 +303,23 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=RealismRecipe.steps, help="Training steps of each fold's classifier.")
     parser.add_argument("--folds", type=int, default=RealismRecipe.folds)
     parser.add_argument("--seed", type=int, default=0, help="Seed of the A/B split, the noise and the recipe.")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE",
+        help="Override a RealismRecipe field for every judge (repeatable), e.g. --set resize_max=0.5; stated in the "
+        "table header as a non-default recipe.",
+    )  # fmt: skip
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument("--output_json", default=None, help="Where to write the numbers (rewritten after every row and judge).")
     args = parser.parse_args(argv)
     if not args.data.startswith("phantom") and not os.path.exists(args.data):
         parser.error(f"--data {args.data}: no such folder. Fix: pass the real fundus-od set built by scripts/build_dataset.py.")
+    fields = {k: type(v) for k, v in RealismRecipe().to_dict().items() if k not in ("invariance", "steps", "folds", "seed")}
+    args.overrides = {}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        if field not in fields or not value:
+            parser.error(f"--set {item}: not FIELD=VALUE with FIELD one of {sorted(fields)}.")
+        args.overrides[field] = fields[field](value)
     args.judge = [judge.strip() for judge in args.judge.split(",") if judge.strip()]
     unknown = [judge for judge in args.judge if judge not in INVARIANCES]
     if unknown or not args.judge:
@@ -320,7 +332,7 @@ def main(args):
     device = args.device or default_device()
     dataset = load_fundus_dataset(args.data)
     arrays = dataset_arrays(dataset, args.resolution, ("disc",), "real set")
-    recipe = RealismRecipe(steps=args.steps, folds=args.folds, seed=args.seed)
+    recipe = RealismRecipe(steps=args.steps, folds=args.folds, seed=args.seed, **args.overrides)
     result = calibrate(arrays[:, :3], arrays[:, 3] > 0, list(dataset["id"]), recipe, args.judge, args.seed, args.output_json, device)
     result["wall_seconds"] = time.perf_counter() - start
     result["torch_threads"] = torch.get_num_threads()

@@ -56,9 +56,11 @@ def test_a_colour_cast_fails_the_plain_judge_and_passes_the_robust_one():
     assert abs(robust["auc"]["mean"] - 0.5) < 0.2, robust
 
 
-def test_an_unknown_judge_is_refused_with_the_choices():
+def test_an_unknown_judge_is_refused_and_the_resize_scales_follow_the_recipe():
     with pytest.raises(ValueError, match="'none'"):
         RealismRecipe(invariance="flips")
+    assert RealismRecipe().resize_scales() == (0.5, 0.625, 0.75, 0.875, 1.0)
+    assert RealismRecipe(resize_max=0.5).resize_scales() == (0.5,)  # a fixed round trip
 
 
 def test_colour_standardisation_ignores_the_black_surround_and_a_colour_cast():

@@ -40,12 +40,19 @@ def test_tiny_run_has_every_row_for_every_judge(tmp_path, monkeypatch, capsys):
     assert rows[names[7]]["changed_pixels_outside_disc"] == 0  # the mottled disc
 
 
-def test_unknown_judge_is_refused(capsys):
-    try:
-        CALIBRATION["parse_args"](["--data", "phantom:4", "--judge", "robust,flips"])
-    except SystemExit:
-        pass
-    assert "['flips'] not a judge" in capsys.readouterr().err
+def test_unknown_judge_or_recipe_field_is_refused_and_a_field_can_be_set(capsys):
+    parse = CALIBRATION["parse_args"]
+    for argv in (["--judge", "robust,flips"], ["--set", "resize=0.5"]):
+        try:
+            parse(["--data", "phantom:4", *argv])
+        except SystemExit:
+            pass
+    err = capsys.readouterr().err
+    assert "['flips'] not a judge" in err and "--set resize=0.5: not FIELD=VALUE" in err
+    assert parse(["--data", "phantom:4", "--set", "resize_max=0.5", "--set", "copies=2"]).overrides == {
+        "resize_max": 0.5,
+        "copies": 2,
+    }
 
 
 def fundus_with_disc(n: int = 3, size: int = 64):

@@ -10,15 +10,15 @@ control should come out near 0.5, and it shows how far from 0.5 the test drifts 
 Whatever the recipe does to the images it does identically to both sides, so that nothing it does to one set can be
 told from the other; the held-out fold is never trained on.
 
-Two judges (``RealismRecipe.invariance``). ``"none"`` is the original one: flips only. Calibrated on real photographs
+The judge (``RealismRecipe.invariance``). ``"none"`` is the original one: flips only. Calibrated on real photographs
 against the same photographs changed imperceptibly, it tells a +3/255 red shift, a 128 px round trip or a JPEG re-encode
 apart (``benchmarks/realism_judge_calibration.py``): it measures colour statistics and file texture, so every synthetic
 set scores 1.0 and it cannot rank generators. ``"robust"`` (the default) is blind to those by construction: each
 image's colour channels are standardised over its field of view (the round photograph, not the black surround), so a
 global colour cast carries no signal, and both sides get the same random nuisance, in training and on the held-out
 fold at scoring (averaged over ``copies`` draws): a JPEG re-encode, per-channel gamma, a blur, a down-up resize and
-noise (``augment.apply_nuisance``). What it still sees is structure at a few pixels and up: the disc, its rim and cup,
-vessels. ``"colour"`` is the standardisation alone (for measuring what each part does). ``colour_statistics`` reports
+noise (``augment.apply_nuisance``). What it is left to see is structure of a few pixels and up: the disc, its rim
+and cup, vessels (the calibration's positive controls measure whether it does). ``"colour"`` is the standardisation alone (for measuring what each part does). ``colour_statistics`` reports
 the global colour the robust judge ignores, beside the real-vs-real difference.
 """
 
@@ -47,7 +47,7 @@ INVARIANCES = {
 }
 FOV_THRESHOLD = 15 / 255  # brighter than this in any channel = inside the round photograph (the surround is black)
 NOISE_FIELDS = 16  # unit-variance noise fields drawn per plan; each image takes one, scaled by its planned sigma
-RESIZE_LEVELS = 5  # the down-up scales: evenly spaced from resize_min to 1 (no resize)
+RESIZE_LEVELS = 5  # the down-up scales: evenly spaced from resize_min to resize_max
 
 
 class RealismCNN(nn.Module):
@@ -80,7 +80,8 @@ class RealismRecipe(Recipe):
     gamma_max: float = 1.25  # robust: per-channel gamma log-uniform in [1 / gamma_max, gamma_max]
     blur_sigma_max: float = 1.0  # robust: Gaussian blur sigma uniform in [0, this] px
     noise_max: float = 3.0  # robust: Gaussian noise sigma uniform in [0, this] (0-255 units)
-    resize_min: float = 0.5  # robust: down-up round trip to a scale in [this, 1]
+    resize_min: float = 0.5  # robust: down-up round trip to a scale in [resize_min, resize_max] (1 = no resize)
+    resize_max: float = 1.0
     jpeg_quality_min: int = 60  # robust: every image re-encoded as JPEG at a quality in [this, 100]
     copies: int = 4  # robust: JPEG copies per image, and nuisance draws averaged at scoring
 
@@ -91,7 +92,11 @@ class RealismRecipe(Recipe):
             )
 
     def resize_scales(self) -> Tuple[float, ...]:
-        return tuple(self.resize_min + (1 - self.resize_min) * i / (RESIZE_LEVELS - 1) for i in range(RESIZE_LEVELS))
+        """The down-up scales drawn from, evenly spaced (one when ``resize_min == resize_max``)."""
+        levels = RESIZE_LEVELS if self.resize_max > self.resize_min else 1
+        return tuple(
+            self.resize_min + (self.resize_max - self.resize_min) * i / max(levels - 1, 1) for i in range(levels)
+        )
 
 
 def _as_inputs(images: torch.Tensor) -> torch.Tensor:

@@ -236,7 +236,8 @@ def realism_lines(realism: Optional[Dict], px: str) -> List[str]:
             "",
             f"Nuisance, drawn alike for both sets: JPEG re-encode at quality {recipe['jpeg_quality_min']}-100, "
             f"per-channel gamma within 1/{recipe['gamma_max']:g}-{recipe['gamma_max']:g}, Gaussian blur sigma 0-"
-            f"{recipe['blur_sigma_max']:g} px, down-up resize to {recipe['resize_min']:g}-1 of the size, noise sigma 0-"
+            f"{recipe['blur_sigma_max']:g} px, down-up resize to {recipe['resize_min']:g}-{recipe.get('resize_max', 1):g} of the "
+            f"size, noise sigma 0-"
             f"{recipe['noise_max']:g}/255; held-out images scored as the mean logit of {recipe['copies']} draws.",
         ]
     lines += [
