@@ -68,13 +68,19 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
   contact_sheet; d = load_fundus_dataset(sys.argv[1]); contact_sheet(list(d.select(range(min(8, len(d))))['image']), columns=4, \
   tile=256).save(sys.argv[2])" "$set" "$set/fullsize.png"
     done
-    # Only what holds no real photograph comes back: report text and JSON, synthetic sample sheets, logs, losses.
-    # The evaluation figures that are plots only (nearest_pairs and the worst-pairs sheet show real photographs).
-    cd "$WORK" && tar czf "$OUT/realism_reports.tgz" eval/*/report.json eval/*/report.md eval/*/dice_bars.png \
-      eval/*/disc_histograms.png eval/*/cup_to_disc.png conditional/*/conditional_sampling.json conditional/*.log \
-      synthetic/*/contact_sheet.png synthetic/*/fullsize.png synthetic/*/generation_config.json runs/*/logs/metrics.csv \
-      runs/*/training_args.json ./*.log 2>/dev/null
-    log "packed $(ls eval 2>/dev/null | wc -l) evaluations into $OUT/realism_reports.tgz"
+    # Only what holds no real photograph comes back: report text and JSON, logs, losses (realism_reports.tgz), and
+    # the pictures (realism_figures.tgz): synthetic sample sheets and the evaluation figures that are plots only
+    # (nearest_pairs and the worst-pairs sheet show real photographs). Two archives, because the device returns files
+    # of at most 16 MiB and eight sets' pictures already exceed that.
+    cd "$WORK" && tar czf "$OUT/realism_reports.tgz" eval/*/report.json eval/*/report.md \
+      conditional/*/conditional_sampling.json conditional/*.log synthetic/*/generation_config.json \
+      runs/*/logs/metrics.csv runs/*/training_args.json ./*.log 2>/dev/null
+    tar czf "$OUT/realism_figures.tgz" eval/*/dice_bars.png eval/*/disc_histograms.png eval/*/cup_to_disc.png \
+      synthetic/*/contact_sheet.png synthetic/*/fullsize.png 2>/dev/null
+    for archive in "$OUT"/realism_reports.tgz "$OUT"/realism_figures.tgz; do
+      [ "$(stat -c %s "$archive")" -le $((16 << 20)) ] || log "warning: $archive is over 16 MiB and will not come back from the device: pack fewer sets (EVAL_SETS) or move them off"
+    done
+    log "packed $(ls eval 2>/dev/null | wc -l) evaluations into $OUT/realism_reports.tgz and $OUT/realism_figures.tgz"
   )
 }
 set_masks() { $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.data.schema \

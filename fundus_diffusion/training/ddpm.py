@@ -213,7 +213,8 @@ class DDPMKind(loop.ModelKind):
             type=float,
             default=None,
             help="Min-SNR loss weighting (Hang et al. 2023; recommended 5.0): caps the weight of low-noise timesteps "
-            "so they do not dominate the gradient. The ours preset uses 5; the paper and demo presets the plain MSE.",
+            "so they do not dominate the gradient. The ours preset uses 5; the paper and demo presets the plain MSE; "
+            "0 turns the weighting off (plain MSE) under any preset.",
         )
         opt = parser.add_argument_group("DDPM optimisation")
         opt.add_argument("--lr_scheduler", default=None, help="A diffusers.optimization scheduler name.")
@@ -258,6 +259,10 @@ class DDPMKind(loop.ModelKind):
             )
         if not args.use_ema:
             parser.error("The DDPM always keeps an EMA of its weights (it is the saved model): drop --no-use_ema.")
+        if args.snr_gamma is not None and args.snr_gamma < 0:
+            parser.error(f"--snr_gamma {args.snr_gamma}: give a positive gamma, or 0 for the plain MSE.")
+        if args.snr_gamma == 0:
+            args.snr_gamma = None  # the plain MSE: how a preset's min-SNR weighting is taken out of an ablation
         DDPMKind._check_post_hoc_ema(parser, args)
 
     @staticmethod
