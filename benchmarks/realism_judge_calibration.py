@@ -13,9 +13,9 @@ trained from scratch, K-fold cross-validated, flips only). A judge is only usefu
 kinds of rows: changes nobody would call unrealistic (a JPEG re-encode, a 0.5 px blur, grain of 2/255, a resize round
 trip, a +3/255 colour shift), which a useful judge should PASS (AUC near 0.5, like the unchanged control), and
 POSITIVE controls built from the real images and their disc masks, the faults seen in our 256 px samples, which it
-must still DETECT (AUC near 1.0): a mottled disc (speckle of a few px inside the disc), the disc removed (filled
-smoothly from its surround), a second disc pasted elsewhere in the field of view, an orange-red disc, and the whole
-photograph blurred (sigma 3 px: vessels and fine detail gone). ``--judge`` picks the judges compared
+must still DETECT (AUC near 1.0): a mottled disc (speckle of a few px inside the disc, at two strengths), the disc
+removed (filled smoothly from its surround), a second disc pasted elsewhere in the field of view, an orange-red disc,
+and the whole photograph blurred (sigma 3 px: vessels and fine detail gone). ``--judge`` picks the judges compared
 (``realism.INVARIANCES``: robust, colour, none), one table column each.
 
 The real images and disc masks are loaded as ``scripts/evaluate.py`` loads them (``dataset_arrays``: square fundus
@@ -213,6 +213,7 @@ def perturbations(resolution: int):
         f"down to {resolution // 2} px and back up (bilinear)": (PASS, down_up(resolution // 2)),
         "colour shift +3/255 red": (PASS, red_shift(3)),
         "mottled disc: speckle x(1 + 0.15 n), n smoothed sigma 1.5 px, disc only": (DETECT, mottled_disc(0.15, 1.5)),
+        "mottled disc, strong: speckle x(1 + 0.3 n), n smoothed sigma 2 px, disc only": (DETECT, mottled_disc(0.3, 2.0)),
         "disc removed: smooth fill from its surround": (DETECT, disc_removed(margin)),
         "second disc pasted at the mirrored place": (DETECT, second_disc(margin)),
         "orange disc: green and blue x0.8 in the disc": (DETECT, orange_disc(0.8, margin)),
@@ -254,11 +255,12 @@ def markdown_table(result: dict) -> str:
 
 def calibrate(
     images: torch.Tensor, discs: torch.Tensor, ids, recipe: RealismRecipe, judges, seed: int = 0, output_json=None,
-    device="cpu",
+    device="cpu", rows=None,
 ) -> dict:  # fmt: skip
     """The two-sample test between half A of ``images`` (``uint8 [N, 3, R, R]``, one per id, with ``bool [N, R, R]``
-    disc masks) and each changed copy of half B, for each of ``judges`` (``recipe`` with that invariance). Writes
-    ``output_json`` after every row and judge when given."""
+    disc masks) and each changed copy of half B, for each of ``judges`` (``recipe`` with that invariance); only the
+    rows whose names start with one of ``rows`` when given. Writes ``output_json`` after every row and judge when
+    given."""
     first, second = split_halves(ids, seed)
     a, b, b_discs = images[first].to(device), images[second], discs[second]
     result = {
@@ -275,6 +277,8 @@ def calibrate(
         "rows": {},
     }
     for name, (should, change) in perturbations(result["resolution"]).items():
+        if rows and not name.startswith(tuple(rows)):
+            continue
         changed = change(b, b_discs, torch.Generator().manual_seed(seed))
         difference = (changed.float() - b.float()).abs()
         row = result["rows"][name] = {
@@ -309,6 +313,11 @@ def parse_args(argv=None):
         "table header as a non-default recipe.",
     )  # fmt: skip
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    parser.add_argument(
+        "--rows", default=None,
+        help="Semicolon-separated starts of the row names to run (names hold commas), e.g. 'none;down;mottled "
+        "disc, strong'; default: every row.",
+    )  # fmt: skip
     parser.add_argument("--output_json", default=None, help="Where to write the numbers (rewritten after every row and judge).")
     args = parser.parse_args(argv)
     if not args.data.startswith("phantom") and not os.path.exists(args.data):
@@ -320,6 +329,7 @@ def parse_args(argv=None):
         if field not in fields or not value:
             parser.error(f"--set {item}: not FIELD=VALUE with FIELD one of {sorted(fields)}.")
         args.overrides[field] = fields[field](value)
+    args.rows = [row.strip() for row in args.rows.split(";") if row.strip()] if args.rows else None
     args.judge = [judge.strip() for judge in args.judge.split(",") if judge.strip()]
     unknown = [judge for judge in args.judge if judge not in INVARIANCES]
     if unknown or not args.judge:
@@ -333,7 +343,7 @@ def main(args):
     dataset = load_fundus_dataset(args.data)
     arrays = dataset_arrays(dataset, args.resolution, ("disc",), "real set")
     recipe = RealismRecipe(steps=args.steps, folds=args.folds, seed=args.seed, **args.overrides)
-    result = calibrate(arrays[:, :3], arrays[:, 3] > 0, list(dataset["id"]), recipe, args.judge, args.seed, args.output_json, device)
+    result = calibrate(arrays[:, :3], arrays[:, 3] > 0, list(dataset["id"]), recipe, args.judge, args.seed, args.output_json, device, args.rows)
     result["wall_seconds"] = time.perf_counter() - start
     result["torch_threads"] = torch.get_num_threads()
     result["data"] = args.data
