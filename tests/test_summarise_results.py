@@ -57,4 +57,7 @@ def test_two_sample_column_and_evaluated_resolution(tmp_path, capsys):
     }
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     row = rows(capsys, tmp_path / "summary.json")["4b. our DDPM"]
-    assert row.endswith("| 0.998 ± 0.002 (real vs real: 0.520 ± 0.050, 83 per side) | 256 |")
+    assert row.endswith("| 0.998 ± 0.002 (real vs real: 0.520 ± 0.050, 83 per side, plain judge) | 256 |")
+    report["realism"]["recipe"] = {"invariance": "robust"}  # reports since the robust judge record it
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert rows(capsys, tmp_path / "summary.json")["4b. our DDPM"].endswith("83 per side, robust judge) | 256 |")

@@ -11,7 +11,7 @@ from .checks import warn
 from .memorisation import REFUSE_P
 from .metrics import format_mean_std, format_value
 from .protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
-from .realism import TEST_NAME
+from .realism import TEST_NAME, judge_of
 
 
 def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict]:
@@ -70,7 +70,7 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
     if realism.get("computed"):
         main, control = realism["real_vs_synthetic"], realism["real_vs_real"]
         metrics.append({
-            "name": f"{TEST_NAME}, real vs synthetic",
+            "name": f"{TEST_NAME}, {judge_of(realism)} judge, real vs synthetic",
             "value": format_mean_std(main["auc"]),
             "notes": f"mean ± std over {main['folds']} cross-validation folds, {main['n_per_class']} images per side; "
             f"real-vs-real control: {format_mean_std(control['auc'])}; {where}",

@@ -45,6 +45,15 @@ INVARIANCES = {
     "colour": "colour-standardised judge: colour standardised per image inside the field of view, flips only",
     "none": "plain judge: flips only (the judge before the robust default; blind to nothing)",
 }
+
+
+def judge_of(realism: Dict) -> str:
+    """The short name ("robust", "colour-standardised", "plain") of the judge a report's realism section was measured
+    with (plain for reports written before the judge was recorded: they all used it), to name beside every AUC it is
+    quoted with, since AUCs of different judges are not comparable."""
+    return INVARIANCES[realism.get("recipe", {}).get("invariance", "none")].split(" judge:")[0]
+
+
 FOV_THRESHOLD = 15 / 255  # brighter than this in any channel = inside the round photograph (the surround is black)
 NOISE_FIELDS = 16  # unit-variance noise fields drawn per plan; each image takes one, scaled by its planned sigma
 RESIZE_LEVELS = 5  # the down-up scales: evenly spaced from resize_min to resize_max

@@ -11,6 +11,8 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from .realism import judge_of
+
 
 def write_summary(root: str) -> str:
     """Gather the results folder ``root`` into ``root/summary.json``; returns its path."""
@@ -72,8 +74,9 @@ def row_source(parts: Sequence[Dict], name: str) -> Dict:
 
 
 def realism_cell(report: Dict) -> str:
-    """The classifier two-sample test's real-vs-synthetic AUC with its real-vs-real control, as a table cell ("—" for
-    reports that predate the test, the reason's start where it was not computed)."""
+    """The classifier two-sample test's real-vs-synthetic AUC with its real-vs-real control and the judge that
+    measured both, as a table cell ("—" for reports that predate the test, the reason's start where it was not
+    computed)."""
     realism = report.get("realism")
     if realism is None:
         return "—"
@@ -82,5 +85,5 @@ def realism_cell(report: Dict) -> str:
     main, control = realism["real_vs_synthetic"]["auc"], realism["real_vs_real"]["auc"]
     return (
         f"{main['mean']:.3f} ± {main['std']:.3f} (real vs real: {control['mean']:.3f} ± {control['std']:.3f}, "
-        f"{realism['real_vs_synthetic']['n_per_class']} per side)"
+        f"{realism['real_vs_synthetic']['n_per_class']} per side, {judge_of(realism)} judge)"
     )
