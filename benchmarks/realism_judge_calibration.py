@@ -70,6 +70,12 @@ def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return gaussian_blur(images, torch.full((len(images),), sigma), math.ceil(3 * sigma))
 
 
+def _blur_inside(images: torch.Tensor, inside: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Normalised convolution: the Gaussian blur (``sigma`` px) of ``images`` using only the pixels where ``inside``
+    (float ``[N, 1, H, W]`` weights) is set, so the pixels left out (black surround, a removed disc) do not bleed in."""
+    return _blur(images * inside, sigma) / _blur(inside, sigma).clamp(min=1e-6)
+
+
 def _dilate(masks: torch.Tensor, pixels: int) -> torch.Tensor:
     """``bool [N, H, W]`` masks grown by ``pixels`` px (a square structuring element)."""
     return F.max_pool2d(masks[:, None].float(), 2 * pixels + 1, stride=1, padding=pixels)[:, 0] > 0
@@ -147,7 +153,7 @@ def disc_removed(margin: int):
         alpha = _feathered(discs, margin)
         known = (1 - (alpha > 0).float()) * field_of_view(x / 255).float()
         sigma = images.shape[-1] / 16
-        fill = _blur(x * known, sigma) / _blur(known, sigma).clamp(min=1e-6)
+        fill = _blur_inside(x, known, sigma)
         return _as_uint8(alpha * fill + (1 - alpha) * x)
 
     return change
@@ -197,8 +203,7 @@ def blurred_all(sigma: float):
     def change(images: torch.Tensor, discs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         x = images.float()
         inside = field_of_view(x / 255).float()
-        blurred = _blur(x * inside, sigma) / _blur(inside, sigma).clamp(min=1e-6)
-        return _as_uint8(blurred * inside)
+        return _as_uint8(_blur_inside(x, inside, sigma) * inside)
 
     return change
 

@@ -290,11 +290,10 @@ def colour_statistics(images: torch.Tensor, batch_size: int = 256) -> Dict:
     means, stds = [], []
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size, :3].float() / 255
-        weight = field_of_view(x).float()
-        count = weight.sum(dim=(2, 3)).clamp(min=1)
-        mean = (x * weight).sum(dim=(2, 3)) / count
-        means.append(mean)
-        stds.append((((x - mean[:, :, None, None]) ** 2 * weight).sum(dim=(2, 3)) / count).sqrt())
+        fov = field_of_view(x)
+        mean = fov_mean(x, fov)
+        means.append(mean.flatten(1))
+        stds.append(fov_mean((x - mean) ** 2, fov).sqrt().flatten(1))
     return {key: (255 * torch.cat(v).mean(dim=0)).tolist() for key, v in (("mean", means), ("std", stds))}
 
 
