@@ -15,7 +15,9 @@
 #                   PHEMA_SIGMAS (two or more; default 0.05,0.10,0.20), run <variant>-phema<sigma_rel>, sampled by a later generate
 #   STAGE=stop      stop the trainings
 #   STAGE=evaluate  evaluate each synthetic set (EVAL_SETS: a glob of set names, default all) with SEEDS segmenter seeds;
-#                   BACKGROUND=1 starts the evaluations detached and returns (a later evaluate or STAGE=pack waits)
+#                   BACKGROUND=1 starts the evaluations detached and returns (a later evaluate or STAGE=pack waits;
+#                   only where that later call surely follows in the same lease: a device machine goes back soon after
+#                   a call ends, with whatever runs on it, as session 9's evaluations did)
 #   STAGE=conditional  images from masks and masks from images (benchmarks/conditional_sampling.py, COND_FLAGS) on the
 #                   held-out split with each snapshot named in COND_SETS (<variant>-<step>, comma-separated), in the
 #                   background like BACKGROUND=1 evaluations; then evaluate.py judges the images drawn for the
