@@ -346,3 +346,34 @@ def test_a_resume_refuses_post_hoc_ema_profiles_the_run_did_not_keep(tmp_path, c
     with pytest.raises(ValueError, match=r"profile-1-step-0000002.safetensors is a snapshot of a profile of sigma_rel "
                        r"0.28, but this run's --post_hoc_ema_sigma_rels are 0.05,0.1\. Fix: resume with"):  # fmt: skip
         ddpm.train(ddpm.parse_args(tiny_args(tracked, cache_dir, *common, *profiles, *other, *resume)))
+
+
+def test_init_from_starts_from_a_lower_resolution_model_and_refuses_another_network(tmp_path, cache_dir):
+    low = tmp_path / "low"
+    ddpm.train(ddpm.parse_args(tiny_args(low, cache_dir, "--max_train_steps", "2", "--logger", "none")))
+    start = FundusPipeline.from_pretrained(low).unet.state_dict()
+    # At twice the resolution with a learning rate of 0 (and no weight decay) the weights stay what --init_from gave.
+    high = tmp_path / "high"
+    args = ddpm.parse_args(
+        tiny_args(high, cache_dir, "--max_train_steps", "1", "--logger", "none", "--learning_rate", "0")
+        + ["--resolution", "32", "--init_from", str(low)]
+    )
+    ddpm.train(args)
+    loaded = FundusPipeline.from_pretrained(high).unet
+    assert loaded.config.sample_size == 32
+    assert all(torch.equal(start[k], v) for k, v in loaded.state_dict().items())
+    assert json.loads((high / "training_args.json").read_text())["init_from"] == "low"  # no local path uploaded
+    assert "| initialised from | low |" in (high / "README.md").read_text()
+    # A run from scratch differs, so the check above could fail.
+    scratch = tmp_path / "scratch"
+    ddpm.train(ddpm.parse_args(
+        tiny_args(scratch, cache_dir, "--max_train_steps", "1", "--logger", "none", "--learning_rate", "0")
+        + ["--resolution", "32", "--seed", "1"]
+    ))  # fmt: skip
+    assert not all(torch.equal(start[k], v) for k, v in FundusPipeline.from_pretrained(scratch).unet.state_dict().items())
+    other_masks = tiny_args(tmp_path / "x", cache_dir, "--max_train_steps", "1", "--logger", "none", "--masks", "atrophy")
+    with pytest.raises(ValueError, match=r"--init_from .*masks are \['disc'\], this run's \['atrophy'\]. Fix: train with --masks disc"):
+        ddpm.train(ddpm.parse_args(other_masks + ["--init_from", str(low)]))
+    other_net = tiny_args(tmp_path / "y", cache_dir, "--max_train_steps", "1", "--logger", "none", "--no-class_conditional")
+    with pytest.raises(ValueError, match=r"its UNet differs from this run's in num_class_embeds"):
+        ddpm.train(ddpm.parse_args(other_net + ["--init_from", str(low)]))

@@ -316,7 +316,7 @@ def model_flags(args, names) -> dict:
     return {k: getattr(args, k) for k in names if hasattr(args, k)}
 
 
-PATH_ARGS = ("dataset", "output_dir", "training_cache_dir", "resume_from_checkpoint")
+PATH_ARGS = ("dataset", "output_dir", "training_cache_dir", "resume_from_checkpoint", "init_from")
 
 
 def write_training_args(args, folder: str) -> None:

@@ -12,6 +12,7 @@ Presets set the defaults (explicit flags win); ``demo`` trains the tiny UNet on 
   with 500 warm-up steps, gradient clipping at 1. README's "Training" section has what each choice measured.
 """
 
+import json
 import math
 from typing import Dict
 
@@ -23,8 +24,9 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, num_channels
+from ..model_cards import portable_name
 from ..models.unet import UNET_PRESETS, build_unet
-from ..pipelines.pipeline_fundus import FundusPipeline
+from ..pipelines.pipeline_fundus import FundusPipeline, split_mask_names
 from ..visualization import contact_sheet
 from . import loop, post_hoc_ema
 from .args import parse_training_args
@@ -165,6 +167,29 @@ def validation_labels(n: int, conditional: bool):
     return [LABEL_NAMES[i % len(LABEL_NAMES)] if conditional else None for i in range(n)]
 
 
+def load_initial_weights(unet, source: str, mask_names) -> None:
+    """Copy the UNet weights of the saved model ``source`` into ``unet`` (``--init_from``), after checking that
+    both are the same network for the same channels: the UNet configs may differ in ``sample_size`` alone, and the
+    mask names must match in order (equal channel counts with other names would train, on the wrong masks)."""
+    pipe = FundusPipeline.from_pretrained(source)
+    theirs_masks = split_mask_names(pipe.config.mask_names)
+    if theirs_masks != list(mask_names):
+        raise ValueError(
+            f"--init_from {source}: that model's masks are {theirs_masks}, this run's {list(mask_names)}. Fix: "
+            f"train with --masks {','.join(theirs_masks) or 'none'}, or start from a model of these masks."
+        )
+    ours, theirs = (json.loads(json.dumps(dict(model.config))) for model in (unet, pipe.unet))  # tuples -> lists
+    differ = sorted(k for k in ours.keys() | theirs.keys() if not k.startswith("_") and k != "sample_size" and ours.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(
+            f"--init_from {source}: its UNet differs from this run's in "
+            + "; ".join(f"{k} ({theirs.get(k)} there, {ours.get(k)} here)" for k in differ)
+            + ". Fix: train with the --model_config and class conditioning that model was trained with (its "
+            "training_args.json says which)."
+        )
+    unet.load_state_dict(pipe.unet.state_dict())
+
+
 def make_pipeline(unet, noise_scheduler, args) -> FundusPipeline:
     return FundusPipeline(unet=unet, scheduler=noise_scheduler, mask_names=list(args.mask_names))
 
@@ -192,6 +217,14 @@ class DDPMKind(loop.ModelKind):
             choices=sorted(UNET_PRESETS),
             default=None,
             help="UNet preset (fundus_diffusion.models.UNET_PRESETS); default base64 up to 64 px, else base256.",
+        )
+        model.add_argument(
+            "--init_from",
+            default=None,
+            help="Start from the UNet weights of a saved model (its folder, a snapshot, or a Hub id) of the same "
+            "--model_config, --masks and conditioning; only the resolution may differ, since the UNet is "
+            "convolutional. For training at a lower resolution first, where a step costs a quarter of the compute "
+            "per halving, then at the full one. A --resume_from_checkpoint still wins: its weights replace these.",
         )
         model.add_argument("--num_train_timesteps", type=int)
         model.add_argument("--beta_schedule", choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
@@ -298,6 +331,8 @@ class DDPMKind(loop.ModelKind):
         unet = build_unet(
             args.model_config, args.resolution, num_channels(args.mask_names), class_conditional=args.class_conditional
         )
+        if args.init_from:
+            load_initial_weights(unet, args.init_from, args.mask_names)
         if args.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         if args.channels_last:
@@ -401,6 +436,8 @@ class DDPMKind(loop.ModelKind):
             "loss": f"min-SNR-{args.snr_gamma:g} weighted MSE" if args.snr_gamma else "MSE",
             "lr_scheduler": args.lr_scheduler,
         }
+        if args.init_from:
+            info["initialised from"] = portable_name(args.init_from)
         if args.post_hoc_ema:
             info["post_hoc_ema"] = post_hoc_ema.describe_profiles(args.post_hoc_ema_sigma_rels, args.post_hoc_ema_every)
         return info
