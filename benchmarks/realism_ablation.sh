@@ -23,7 +23,7 @@
 #                   background like BACKGROUND=1 evaluations; then evaluate.py judges the images drawn for the
 #                   held-out masks (eval/<name>-mask_to_image: realism, agreement with the given masks)
 #   STAGE=pack      wait up to WAIT_S (default 0) for running evaluations and conditional benchmarks, then pack
-#                   reports, sample sheets and logs into $OUT. Every stage but train and stop ends by packing what
+#                   reports, sample sheets, SAMPLES_BACK samples per set and logs into $OUT. Every stage but train and stop ends by packing what
 #                   exists: a device command that runs past its limit returns nothing, so leave a minute of margin and
 #                   pack often.
 #
@@ -49,6 +49,8 @@ SEEDS=${SEEDS:-3}
 SEG_STEPS=${SEG_STEPS:-800}
 MASKS=${MASKS:-disc}
 SAMPLER=${SAMPLER:-dpmsolver++:20}  # sets sampled otherwise are named <variant>-<step>-<scheduler><steps>
+SAMPLES_BACK=${SAMPLES_BACK:-56}  # RGB samples per set packed as PNG (realism_samples-*.tgz; 0: none), judged later with
+# build_dataset.py --folder_dir <set> --images_only and evaluate.py --masks none if the evaluations are lost
 DTYPE=${DTYPE:-auto}  # generate.py --dtype (auto: fp16 on a GPU); sets sampled otherwise get a -<dtype> suffix
 # The documented 256 px recipe (RESULTS.md row 4), with snapshots instead of checkpoints; RECIPE replaces it (a CPU
 # smoke run: RECIPE="--resolution 32 --model_config tiny --train_batch_size 8" STEPS_MAX=4 SNAPSHOT=2 N_SYN=8 SEEDS=1
@@ -79,11 +81,34 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
       runs/*/logs/metrics.csv runs/*/training_args.json ./*.log 2>/dev/null
     tar czf "$OUT/realism_figures.tgz" eval/*/dice_bars.png eval/*/disc_histograms.png eval/*/cup_to_disc.png \
       synthetic/*/contact_sheet.png synthetic/*/fullsize.png 2>/dev/null
-    for archive in "$OUT"/realism_reports.tgz "$OUT"/realism_figures.tgz; do
+    pack_samples
+    for archive in "$OUT"/realism_reports.tgz "$OUT"/realism_figures.tgz "$OUT"/realism_samples-*.tgz; do
+      [ -f "$archive" ] || continue
       [ "$(stat -c %s "$archive")" -le $((16 << 20)) ] || log "warning: $archive is over 16 MiB and will not come back from the device: pack fewer sets (EVAL_SETS) or move them off"
     done
     log "packed $(ls eval 2>/dev/null | wc -l) evaluations into $OUT/realism_reports.tgz and $OUT/realism_figures.tgz"
   )
+}
+pack_samples() {  # the first SAMPLES_BACK RGB samples of each set as PNG, for judging them elsewhere if the machine is lost
+  [ "$SAMPLES_BACK" -gt 0 ] || return 0
+  for set in "$WORK"/synthetic/*; do
+    name=$(basename "$set")
+    finished "$set" && [ ! -f "$WORK/samples/$name/done" ] || continue
+    (cd "$CODE" && $PY -c "import os, sys; from fundus_diffusion.data import load_fundus_dataset; d = load_fundus_dataset(sys.argv[1]); \
+[image.convert('RGB').save(os.path.join(sys.argv[2], f'{i:03d}.png')) for i, image in enumerate(d.select(range(min(int(sys.argv[3]), \
+len(d))))['image'])]" "$set" "$(mkdir -p "$WORK/samples/$name/images" && echo "$WORK/samples/$name/images")" "$SAMPLES_BACK") \
+      && touch "$WORK/samples/$name/done"
+  done
+  # Sets grouped into archives of about 12 MiB (the device returns files of at most 16 MiB, 8 in all: 6 of samples).
+  rm -f "$OUT"/realism_samples-*.tgz
+  local group=() size=0 k=0
+  for folder in "$WORK"/samples/*/; do
+    [ -f "$folder/done" ] || continue
+    group+=("$(basename "$folder")"); size=$((size + $(du -sk "$folder" | cut -f1)))
+    if [ $size -ge 12288 ]; then tar czf "$OUT/realism_samples-$k.tgz" -C "$WORK/samples" "${group[@]}"; k=$((k + 1)); group=(); size=0; fi
+  done
+  [ ${#group[@]} -eq 0 ] || tar czf "$OUT/realism_samples-$k.tgz" -C "$WORK/samples" "${group[@]}"
+  [ "$(ls "$OUT"/realism_samples-*.tgz 2>/dev/null | wc -l)" -le 6 ] || log "warning: more than 6 sample archives: the device returns 8 files in all; lower SAMPLES_BACK"
 }
 set_masks() { $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.data.schema \
 import dataset_mask_names; print(','.join(dataset_mask_names(load_fundus_dataset(sys.argv[1]))))" "$1"; }
