@@ -28,6 +28,10 @@ SCHEDULERS = {
     "ddpm": ("DDPMScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
     "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    # Stochastic solvers (fresh noise every step, as DDPM's): DDPM with 100 steps gave the least distinguishable set
+    # of RESULTS.md session 8, so the few-step stochastic ones are worth a row of their own.
+    "sde-dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
 }
