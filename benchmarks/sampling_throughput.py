@@ -1,5 +1,6 @@
-"""Sampling throughput of generate.py's sampling path, eager against compiled, per dtype and batch size; and host
-memory while generate.py's writer streams pairs to disk.
+"""Sampling throughput of generate.py's sampling path, eager against compiled, per dtype and batch size; the speed of
+generate.py's writer alone, one encoding thread against its pool; and host memory while generate.py streams pairs to
+disk.
 
 The measurement, on a CUDA GPU (one H200: issue 19 asks >= 60 images/s at 256 px with DPM-Solver++ 20):
 
@@ -8,7 +9,11 @@ The measurement, on a CUDA GPU (one H200: issue 19 asks >= 60 images/s at 256 px
 This full default has not been run yet (estimated, not measured: 6-9 minutes; four compilations of the 256 px UNet,
 base256 eager and reduce-overhead in fp16 and bf16 at batch 32 and 64, then 10,000 streamed pairs); one smaller
 throughput run on an H200 (small256, bf16, batch 64) is in RESULTS.md with its command. Where one command may run 10
-minutes at most, run ``--sections throughput`` and ``--sections stream`` apart.
+minutes at most, run ``--sections throughput`` and ``--sections stream`` apart. One H200 run of both (RESULTS.md session
+9) found the sampler at about twice the speed of the stream: the writer, encoding after each batch, was the limit,
+which the writer rows measure apart from the sampler and without a GPU:
+
+    python benchmarks/sampling_throughput.py --sections writer --device cpu
 
 A check on a CPU in under a minute (tiny UNet at 32 px):
 
@@ -27,10 +32,20 @@ for ``--stream_samples`` pairs in ``--work_dir``, eager, with ``--stream_steps``
 depend on the step count; the rows' speed is not the sampling figure), and print the process's resident memory when
 each shard is on disk and after the assembly, with the peak (sampled every 20 ms). Flat host memory: the RSS after the
 last shard is about the RSS after the first. ``--output_json`` is rewritten after every row, so a run cut short keeps
-what it measured.
+what it measured. The stream rows print the pairs/s of the whole run (dataset assembly included) and when each shard
+was on disk.
+
+The writer rows time ``fundus_diffusion.generate.write_samples``, what ``generate.py`` runs after sampling (each pair
+encoded as PNG into Arrow shards of ``--shard_size``; with ``--png`` also written as PNG files), on ``--writer_samples``
+ready-made phantom pairs at ``--resolution`` (image, disc and atrophy masks; fundus-like content, so compression costs
+about what a sample's does) fed in batches of the largest ``--batch_sizes``, without a model: for each of
+``--writer_threads`` encoding threads (``1``: one thread encodes while the main thread writes, the serial speed; the
+default adds generate.py's own, ``encoding_threads()``), without and with ``--png``, the best of ``--repeats`` runs.
+Each row says whether its files (shards and PNGs) are byte for byte those of the first row of its kind.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import tempfile
@@ -45,15 +60,21 @@ from fundus_diffusion.data.schema import num_channels
 from fundus_diffusion.generate import (
     COMPILE_MODES,
     GenerationConfig,
+    encoding_threads,
     generate_dataset,
     generate_samples,
     prepare_pipeline,
+    write_samples,
 )
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Settings whose default --quick changes (a flag given on the command line is kept either way).
-DEFAULTS = dict(model_config="base256", resolution=256, batch_sizes="32,64", warmup=2, repeats=3, stream_samples=10_000, shard_size=256)
-QUICK = dict(model_config="tiny", resolution=32, batch_sizes="4", warmup=1, repeats=2, stream_samples=64, shard_size=16)
+DEFAULTS = dict(
+    model_config="base256", resolution=256, batch_sizes="32,64", warmup=2, repeats=3, stream_samples=10_000,
+    shard_size=256, writer_samples=256,
+)  # fmt: skip
+QUICK = dict(model_config="tiny", resolution=32, batch_sizes="4", warmup=1, repeats=2, stream_samples=64, shard_size=16, writer_samples=32)
+SECTIONS = ("throughput", "stream", "writer")
 MIB = 2**20
 
 
@@ -69,14 +90,19 @@ def parse_args(argv=None):
     parser.add_argument("--batch_sizes", default=None, help="Comma list (default 32,64).")
     parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps.")
     parser.add_argument("--warmup", type=int, default=None, help="Batches per row timed as warm-up (compilation happens here; default 2).")
-    parser.add_argument("--repeats", type=int, default=None, help="Timed batches per row (default 3).")
-    parser.add_argument("--sections", default="throughput,stream")
+    parser.add_argument("--repeats", type=int, default=None, help="Timed batches per throughput row; runs per writer row, the best kept (default 3).")
+    parser.add_argument("--sections", default="throughput,stream", help=f"Comma list of {', '.join(SECTIONS)}.")
     parser.add_argument("--stream_samples", type=int, default=None, help="Pairs the stream rows write (default 10,000).")
     parser.add_argument("--stream_steps", type=int, default=2, help="Solver steps of the stream rows (memory, not speed).")
     parser.add_argument("--shard_size", type=int, default=None, help="generate.py's --shard_size for the stream rows (default 256).")
-    parser.add_argument("--work_dir", default=None, help="Where the stream rows write (default: a temporary folder, removed).")
+    parser.add_argument("--writer_samples", type=int, default=None, help="Ready-made pairs the writer rows write (default 256).")
+    parser.add_argument(
+        "--writer_threads", default=f"1,{encoding_threads()}",
+        help="Comma list of encoding thread counts for the writer rows (default: 1 and generate.py's default here).",
+    )  # fmt: skip
+    parser.add_argument("--work_dir", default=None, help="Where the stream and writer rows write (default: a temporary folder, removed).")
     parser.add_argument("--output_json", default=None)
-    parser.add_argument("--quick", action="store_true", help="Tiny UNet at 32 px, batch 4, 64 streamed pairs: a CPU check.")
+    parser.add_argument("--quick", action="store_true", help="Tiny UNet at 32 px, batch 4, 64 streamed and 32 written pairs: a CPU check.")
     args = parser.parse_args(argv)
     for name, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, name) is None:
@@ -86,11 +112,12 @@ def parse_args(argv=None):
     args.dtypes = (args.dtypes or ("fp16,bf16" if cuda else "fp32")).split(",")
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.sections = set(args.sections.split(","))
+    args.writer_threads = list(dict.fromkeys(int(t) for t in args.writer_threads.split(",")))
     for mode in args.modes:
         if mode != "eager" and mode not in COMPILE_MODES:
             parser.error(f"--modes: {mode!r} is neither eager nor a torch.compile mode ({', '.join(COMPILE_MODES)}).")
-    if set(args.dtypes) - set(DTYPES) or not args.sections <= {"throughput", "stream"}:
-        parser.error(f"--dtypes takes {', '.join(DTYPES)} and --sections throughput, stream.")
+    if set(args.dtypes) - set(DTYPES) or not args.sections <= set(SECTIONS) or min(args.writer_threads) < 1:
+        parser.error(f"--dtypes takes {', '.join(DTYPES)}, --sections {', '.join(SECTIONS)}, --writer_threads counts >= 1.")
     return args
 
 
@@ -157,11 +184,13 @@ def throughput_row(pipe, args, mode: str, dtype: str, batch: int) -> dict:
 
 
 class ShardMemory:
-    """Wraps a prepared pipeline: before each batch that starts a new shard (so the previous one is finalised on
-    disk), records the process's RSS; a thread keeps the peak, sampled every 20 ms."""
+    """Wraps a prepared pipeline: before each batch that starts a new shard (the previous shard is then fully drawn;
+    its last batch is encoded while this one is drawn), records the process's RSS and the seconds since the start; a
+    thread keeps the peak RSS, sampled every 20 ms."""
 
     def __init__(self, pipe, shard_size: int):
         self.pipe, self.shard_size, self.generated, self.after_shard = pipe, shard_size, 0, []
+        self.start = time.perf_counter()
         self.process, self.peak, self.stopped = psutil.Process(), 0, threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -177,12 +206,13 @@ class ShardMemory:
 
     def __call__(self, **kwargs):
         if self.generated and self.generated % self.shard_size == 0:
-            self.after_shard.append({"samples": self.generated, "rss_mib": round(self.rss() / MIB, 1)})
+            seconds = round(time.perf_counter() - self.start, 1)
+            self.after_shard.append({"samples": self.generated, "rss_mib": round(self.rss() / MIB, 1), "seconds": seconds})
         self.generated += kwargs["batch_size"]
         return self.pipe(**kwargs)
 
     def __enter__(self):
-        self.peak = self.rss()
+        self.peak, self.start = self.rss(), time.perf_counter()
         self.thread.start()
         return self
 
@@ -206,18 +236,65 @@ def stream(args, work_dir: str) -> dict:
     with ShardMemory(pipe, args.shard_size) as watched:
         generate_dataset(watched, config, os.path.join(work_dir, "stream"))
         after = watched.rss()
+    seconds = time.perf_counter() - start
     return {
         "num_samples": args.stream_samples,
         "shard_size": args.shard_size,
         "batch": batch,
         "dtype": args.dtypes[0],
         "steps": args.stream_steps,
-        "seconds": round(time.perf_counter() - start, 1),
+        "encoding_threads": encoding_threads(),
+        "seconds": round(seconds, 1),
+        "pairs_per_s": round(args.stream_samples / seconds, 2),
         "rss_before_mib": round(before / MIB, 1),
         "rss_after_shard": watched.after_shard,
         "rss_after_assembly_mib": round(after / MIB, 1),
         "peak_rss_mib": round(watched.peak / MIB, 1),
     }
+
+
+def writer_rows(args, work_dir: str) -> list:
+    """Pairs/s of ``write_samples`` alone on ready-made phantom pairs, per thread count, without and with ``--png``
+    (see the module docstring)."""
+    from fundus_diffusion.data import draw_phantom
+
+    phantoms = [draw_phantom(i, size=args.resolution) for i in range(args.writer_samples)]
+    batch, n = max(args.batch_sizes), len(phantoms)
+    batches = [
+        (range(first, first + len(chunk)), [p.image for p in chunk], [{"disc": p.disc_mask, "atrophy": p.atrophy_mask} for p in chunk])
+        for first in range(0, n, batch)
+        for chunk in [phantoms[first : first + batch]]
+    ]  # fmt: skip
+    rows, first_digest = [], {}
+    for png in (False, True):
+        config = GenerationConfig(model="phantom", num_samples=n, batch_size=batch, shard_size=args.shard_size, png=png)
+        for threads in args.writer_threads:
+            times = []
+            for repeat in range(args.repeats):  # the best of --repeats: other work on a shared CPU only slows a run
+                folder = os.path.join(work_dir, f"writer-{threads}-{png}-{repeat}")
+                os.makedirs(folder)
+                shards = [(k, os.path.join(folder, f"shard-{k:05d}.arrow")) for k in range(-(-n // args.shard_size))]
+                start = time.perf_counter()
+                write_samples(iter(batches), config, shards, ["disc", "atrophy"], threads, os.path.join(folder, "png"))
+                times.append(time.perf_counter() - start)
+            seconds, digest = min(times), folder_digest(folder)
+            row = {"threads": threads, "png": png, "pairs": n, "seconds": round(seconds, 2), "pairs_per_s": n / seconds}
+            rows.append({**row, "same_as_first": digest == first_digest.setdefault(png, digest)})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def folder_digest(folder: str) -> str:
+    """SHA-256 over every file's path and bytes under ``folder``."""
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(folder)):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            digest.update(os.path.relpath(path, folder).encode())
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
 
 
 def print_throughput(rows, args) -> None:
@@ -235,15 +312,28 @@ def print_throughput(rows, args) -> None:
 def print_stream(result) -> None:
     print(
         f"\nHost memory streaming {result['num_samples']} pairs to disk (shards of {result['shard_size']}, batch "
-        f"{result['batch']}, {result['steps']} steps, {result['seconds']} s)\n"
+        f"{result['batch']}, {result['steps']} steps, {result['encoding_threads']} encoding threads): "
+        f"{result['seconds']} s, {result['pairs_per_s']:.1f} pairs/s\n"
     )
-    print("| samples written | host RSS MiB |")
-    print("|---|---|")
-    print(f"| 0 (model loaded) | {result['rss_before_mib']} |")
+    print("| samples drawn | host RSS MiB | s |")
+    print("|---|---|---|")
+    print(f"| 0 (model loaded) | {result['rss_before_mib']} | 0 |")
     for r in result["rss_after_shard"]:
-        print(f"| {r['samples']} | {r['rss_mib']} |")
-    print(f"| {result['num_samples']} + dataset assembled | {result['rss_after_assembly_mib']} |")
+        print(f"| {r['samples']} | {r['rss_mib']} | {r['seconds']} |")
+    print(f"| {result['num_samples']} + dataset assembled | {result['rss_after_assembly_mib']} | {result['seconds']} |")
     print(f"\nPeak RSS during the stream: {result['peak_rss_mib']} MiB")
+
+
+def print_writer(rows, args) -> None:
+    print(
+        f"\nWriter alone: {args.writer_samples} ready-made phantom pairs at {args.resolution} px (image, disc and atrophy "
+        f"masks), batches of {max(args.batch_sizes)}, shards of {args.shard_size}, {os.cpu_count()} CPU cores\n"
+    )
+    print(f"| encoding threads | --png | s (best of {args.repeats}) | pairs/s | files as with the first row |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        same = "yes" if r["same_as_first"] else "NO"
+        print(f"| {r['threads']} | {'yes' if r['png'] else 'no'} | {r['seconds']} | {r['pairs_per_s']:.1f} | {same} |")
 
 
 def main(args):
@@ -279,13 +369,22 @@ def main(args):
                 del pipe
         print_throughput(results["throughput"], args)
     if "stream" in args.sections:
-        if args.work_dir:
-            os.makedirs(args.work_dir, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=args.work_dir) as work_dir:
-            results["stream"] = stream(args, work_dir)
+        results["stream"] = in_work_dir(stream, args)
         save()
         print_stream(results["stream"])
+    if "writer" in args.sections:
+        results["writer"] = in_work_dir(writer_rows, args)
+        save()
+        print_writer(results["writer"], args)
     return results
+
+
+def in_work_dir(section, args):
+    """``section(args, work_dir)`` in a temporary folder under ``--work_dir``, removed afterwards."""
+    if args.work_dir:
+        os.makedirs(args.work_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as work_dir:
+        return section(args, work_dir)
 
 
 if __name__ == "__main__":

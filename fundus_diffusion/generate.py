@@ -16,9 +16,10 @@ With ``compile`` (a ``torch.compile`` mode) the network is compiled once for one
 one of a shard and ``regenerate``'s single sample too, is padded to ``batch_size`` with copies of its last sample's
 seed and label and the copies are dropped, so nothing recompiles and ``reduce-overhead`` replays one CUDA graph.
 
-Host memory stays flat whatever ``num_samples``: a batch is generated, encoded to PNG bytes and handed to the shard's
-``ArrowWriter``, which flushes every ``batch_size`` rows to disk, so at most one batch of images (and less than one
-shard of rows) is held at a time; finished shards, the assembled dataset and the Hub layout are read back memory-mapped.
+Host memory stays flat whatever ``num_samples``: a batch is generated, then encoded to PNG bytes by a pool of threads
+while the next batch is generated (``write_samples``: the sampler does not wait for the compression), and handed to
+the shard's ``ArrowWriter``, which flushes every ``batch_size`` rows to disk, so at most two batches of images are held
+at a time; finished shards, the assembled dataset and the Hub layout are read back memory-mapped.
 
 Under ``accelerate launch`` (several processes, one per GPU) the missing shards are split between the processes
 (``PartialState.split_between_processes``), each writes its own, and after a barrier the main process assembles the
@@ -47,6 +48,8 @@ import json
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -333,26 +336,70 @@ def _write_png(png_dir: str, sample_name: str, image, masks):
         mask.save(os.path.join(png_dir, "masks", name, f"{stem}.png"))
 
 
-def _write_shard(pipe, config: GenerationConfig, shard: int, labels, mask_names, path: str, png_dir: str, progress, mask_sets):
-    """Generate samples ``[shard * shard_size, ...)`` batch by batch into ``path`` (atomically renamed at the end)."""
+def write_samples(
+    batches, config: GenerationConfig, shards, mask_names, threads: int, png_dir="", mask_sets=None, progress=None
+):
+    """Encode the samples of ``batches`` (``(indices, images, masks)``, in sample order) into the ``(index, path)``
+    shards (each written to ``path.tmp``, then renamed: a shard on disk is whole), and with ``config.png`` into
+    ``png_dir``.
+
+    The encoding (PNG compression, single-threaded inside ``datasets`` and PIL) runs on ``threads`` threads while the
+    next batch is drawn from ``batches``, so a GPU sampler does not wait for it; rows reach the shards in sample order,
+    and the output is the same whatever ``threads``. At most one batch waits in the pool, so host memory stays flat;
+    a run stopped while drawing a batch loses the batch being encoded too. A failure in a thread is raised here, with
+    the sample it was writing.
+    """
     features = synthetic_features(mask_names)
-    start, stop = shard * config.shard_size, min((shard + 1) * config.shard_size, config.num_samples)
-    tmp = f"{path}.tmp"
-    with ArrowWriter(features=features, path=tmp, writer_batch_size=config.batch_size) as writer:
-        for first in range(start, stop, config.batch_size):
-            indices = range(first, min(first + config.batch_size, stop))
-            given = [mask_sets.load(i) for i in indices] if mask_sets is not None else None
-            images, masks = generate_samples(
-                pipe, [config.seed + i for i in indices], [labels[i] for i in indices], config, given
-            )
-            for i, image, mask in zip(indices, images, masks):
-                name = _sample_name(i, mask_sets)
-                writer.write(features.encode_example(_row(config, name, i, labels[i], image, mask, mask_names)))
-                if config.png:
-                    _write_png(png_dir, name, image, mask)
-            progress.update(len(indices))
-        writer.finalize()
-    os.replace(tmp, path)
+    labels = config.sample_labels()
+
+    def encode(index, image, masks):
+        name = _sample_name(index, mask_sets)
+        try:
+            if config.png:
+                _write_png(png_dir, name, image, masks)
+            return features.encode_example(_row(config, name, index, labels[index], image, masks, mask_names))
+        except Exception as err:  # raised in the main thread by future.result(), with the sample named
+            raise RuntimeError(
+                f"Writing sample {index} ({name}, seed {config.seed + index}) failed: {type(err).__name__}: {err}. "
+                "Its shard was not committed: fix the cause and continue with --resume."
+            ) from err
+
+    with closing(_encoded_in_order(batches, encode, threads)) as rows:
+        for shard, path in shards:
+            tmp = f"{path}.tmp"
+            with ArrowWriter(features=features, path=tmp, writer_batch_size=config.batch_size) as writer:
+                for _ in range(*_shard_range(config, shard)):
+                    writer.write(next(rows))
+                    if progress is not None:
+                        progress.update()
+                writer.finalize()
+            os.replace(tmp, path)
+
+
+def _encoded_in_order(batches, encode, threads: int):
+    """``encode(index, image, masks)`` of every sample of ``batches``, in order: a batch's samples are encoded in a
+    pool of ``threads`` while the next batch is drawn; not-yet-started work is cancelled when closed early."""
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="encode")
+    try:
+        encoding = []
+        for batch in batches:
+            drawn = [pool.submit(encode, *sample) for sample in zip(*batch)]
+            yield from (future.result() for future in encoding)
+            encoding = drawn
+        yield from (future.result() for future in encoding)
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def encoding_threads(num_processes: int = 1) -> int:
+    """Threads that encode samples in each process: the machine's cores shared between its processes, at most 8
+    (more than a sampler on one GPU keeps busy)."""
+    return max(1, min(8, (os.cpu_count() or 1) // num_processes))
+
+
+def _shard_range(config: GenerationConfig, shard: int) -> Tuple[int, int]:
+    """Shard ``shard``'s samples: ``[shard * shard_size, (shard + 1) * shard_size)``, the last one cut at ``num_samples``."""
+    return shard * config.shard_size, min((shard + 1) * config.shard_size, config.num_samples)
 
 
 def read_generation_config(output_dir: str) -> dict:
@@ -443,7 +490,12 @@ def process_state() -> PartialState:
 
 
 def generate_dataset(
-    pipe, config: GenerationConfig, output_dir: str, resume: bool = False, mask_sets: Optional[MaskSets] = None
+    pipe,
+    config: GenerationConfig,
+    output_dir: str,
+    resume: bool = False,
+    mask_sets: Optional[MaskSets] = None,
+    threads: Optional[int] = None,
 ) -> Optional[Dataset]:
     """Generate ``config.num_samples`` samples into ``output_dir`` (see the module docstring); return the dataset.
 ``pipe`` is first prepared as ``config`` says (``prepare_pipeline``: its scheduler set, its network compiled), and
@@ -451,6 +503,9 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
 
     ``mask_sets`` (``read_mask_sets``): one sample per mask set, drawn for its masks; ``config.masks_from`` must name
     it and ``config.num_samples`` count its ids.
+
+    ``threads`` encode the samples while the next batch is drawn (``write_samples``; default ``encoding_threads``):
+    the dataset is the same whatever their number.
 
     Run by every process of an ``accelerate launch`` (each with ``pipe`` on its own device): each writes its share
     of the shards, the main process assembles the dataset and returns it; the other processes return None once every
@@ -474,7 +529,9 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
                 json.dump(asdict(config), f, indent=2)
         state.wait_for_everyone()
         with state.split_between_processes(missing) as own:
-            _write_shards(pipe, config, [(k, paths[k]) for k in own], os.path.join(output_dir, "png"), mask_sets, state)
+            shards = [(k, paths[k]) for k in own]
+            threads = threads or encoding_threads(state.num_processes)
+            _write_shards(pipe, config, shards, os.path.join(output_dir, "png"), mask_sets, state, threads)
         state.wait_for_everyone()  # every shard is on disk
     if not state.is_main_process:
         return None
@@ -539,16 +596,29 @@ def _shard_paths(config: GenerationConfig, shards_dir: str) -> List[str]:
     return [os.path.join(shards_dir, f"shard-{k:05d}.arrow") for k in range(-(-config.num_samples // config.shard_size))]
 
 
-def _write_shards(pipe, config: GenerationConfig, shards, png_dir: str, mask_sets, state: PartialState) -> None:
-    """The ``(index, path)`` shards given to this process, with a progress bar over its samples (main process)."""
-    mask_names = list(pipe.config.mask_names)
+def _write_shards(
+    pipe, config: GenerationConfig, shards, png_dir: str, mask_sets, state: PartialState, threads: int
+) -> None:
+    """The ``(index, path)`` shards given to this process, sampled batch by batch (a batch never spans two shards)
+    and written by ``write_samples``, with a progress bar over its samples (main process)."""
     labels = config.sample_labels()
-    total = sum(min(config.shard_size, config.num_samples - k * config.shard_size) for k, _ in shards)
+
+    def batches():
+        for shard, _ in shards:
+            start, stop = _shard_range(config, shard)
+            for first in range(start, stop, config.batch_size):
+                indices = range(first, min(first + config.batch_size, stop))
+                given = [mask_sets.load(i) for i in indices] if mask_sets is not None else None
+                seeds = [config.seed + i for i in indices]
+                yield (indices, *generate_samples(pipe, seeds, [labels[i] for i in indices], config, given))
+
+    total = sum(stop - start for start, stop in (_shard_range(config, k) for k, _ in shards))
     where = f" (process 0 of {state.num_processes})" if state.num_processes > 1 else ""
     pipe.set_progress_bar_config(disable=True)
-    with tqdm(total=total, unit="sample", desc=f"Generating{where}", smoothing=0.1, disable=not state.is_main_process) as progress:
-        for shard, path in shards:
-            _write_shard(pipe, config, shard, labels, mask_names, path, png_dir, progress, mask_sets)
+    with tqdm(
+        total=total, unit="sample", desc=f"Generating{where}", smoothing=0.1, disable=not state.is_main_process
+    ) as progress:
+        write_samples(batches(), config, shards, list(pipe.config.mask_names), threads, png_dir, mask_sets, progress)
 
 
 def write_extras(dataset, pipe, config: GenerationConfig, output_dir: str, sheet_samples: int = 64):

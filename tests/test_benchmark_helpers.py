@@ -60,3 +60,17 @@ def test_reuses_only_finished_runs_with_the_same_settings(tmp_path):
     (run / "checkpoint-12").mkdir()  # continued by a resume row, which re-saved its own arguments
     (run / "training_args.json").write_text(json.dumps({**expected, "max_train_steps": 12}))
     assert finished(run, expected)
+
+
+def test_sampling_throughput_writer_rows_time_one_thread_and_the_pool(tmp_path, capsys):
+    """benchmarks/sampling_throughput.py --sections writer: ready-made pairs through generate.py's writer, no model;
+    every thread count writes the same files."""
+    benchmark = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "sampling_throughput.py"))
+    argv = ["--quick", "--sections", "writer", "--writer_samples", "6", "--shard_size", "4", "--writer_threads", "1,2"]
+    results = benchmark["main"](benchmark["parse_args"]([*argv, "--work_dir", str(tmp_path)]))
+    rows = results["writer"]
+    assert [(r["threads"], r["png"]) for r in rows] == [(1, False), (2, False), (1, True), (2, True)]
+    assert all(r["same_as_first"] and r["pairs"] == 6 and r["pairs_per_s"] > 0 for r in rows)
+    printed = capsys.readouterr().out
+    assert "| encoding threads | --png | s (best of 2) | pairs/s | files as with the first row |" in printed and "| 2 | yes |" in printed
+    assert list(tmp_path.iterdir()) == []  # the rows' folders are removed

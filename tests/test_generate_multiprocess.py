@@ -54,9 +54,9 @@ def test_two_processes_write_the_single_process_dataset_and_resume_it(models, tm
     png = load_dataset("imagefolder", data_dir=str(tmp_path / "two" / "png"), split="train", cache_dir=str(tmp_path / "hf"))
     assert_same_samples(png, single)
 
-    # stopped after shard 0 on one process, finished on two (shards 1-3 split 2 + 1)
+    # stopped after shard 0 on one process (written while the next batch is drawn), finished on two (shards 1-3 split 2 + 1)
     with pytest.raises(Interrupted):
-        generate_dataset(InterruptingPipeline(pipe, calls=1), cfg, str(tmp_path / "resumed"))
+        generate_dataset(InterruptingPipeline(pipe, calls=2), cfg, str(tmp_path / "resumed"))
     assert sorted(p.name for p in (tmp_path / "resumed" / "shards").glob("*.arrow")) == ["shard-00000.arrow"]
     launch(2, "generate.py", "--model", models["ddpm"], "--output_dir", str(tmp_path / "resumed"), "--resume", *ARGS)
     assert_same_dataset(load_fundus_dataset(str(tmp_path / "resumed")), single)
