@@ -23,7 +23,8 @@
 #                   background like BACKGROUND=1 evaluations; then evaluate.py judges the images drawn for the
 #                   held-out masks (eval/<name>-mask_to_image: realism, agreement with the given masks)
 #   STAGE=pack      wait up to WAIT_S (default 0) for running evaluations and conditional benchmarks, then pack
-#                   reports, sample sheets, SAMPLES_BACK samples per set and logs into $OUT. Every stage but train and stop ends by packing what
+#                   reports, the quality-against-minutes curve, sample sheets, SAMPLES_BACK samples per set and logs
+#                   into $OUT. Every stage but train and stop ends by packing what
 #                   exists: a device command that runs past its limit returns nothing, so leave a minute of margin and
 #                   pack often.
 #
@@ -72,15 +73,18 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
   contact_sheet; d = load_fundus_dataset(sys.argv[1]); contact_sheet(list(d.select(range(min(8, len(d))))['image']), columns=4, \
   tile=256).save(sys.argv[2])" "$set" "$set/fullsize.png"
     done
+    # Quality against training minutes, from the snapshots evaluated so far (benchmarks/quality_curve.py).
+    $PY benchmarks/quality_curve.py "$WORK" --figure "$WORK/quality_curve.png" --json "$WORK/quality_curve.json" \
+      > "$WORK/quality_curve.md" 2>/dev/null || rm -f "$WORK/quality_curve.md"
     # Only what holds no real photograph comes back: report text and JSON, logs, losses (realism_reports.tgz), and
     # the pictures (realism_figures.tgz): synthetic sample sheets and the evaluation figures that are plots only
     # (nearest_pairs and the worst-pairs sheet show real photographs). Two archives, because the device returns files
     # of at most 16 MiB and eight sets' pictures already exceed that.
     cd "$WORK" && tar czf "$OUT/realism_reports.tgz" eval/*/report.json eval/*/report.md \
       conditional/*/conditional_sampling.json conditional/*.log synthetic/*/generation_config.json \
-      runs/*/logs/metrics.csv runs/*/training_args.json ./*.log 2>/dev/null
+      runs/*/logs/metrics.csv runs/*/training_args.json ./*.log quality_curve.md quality_curve.json 2>/dev/null
     tar czf "$OUT/realism_figures.tgz" eval/*/dice_bars.png eval/*/disc_histograms.png eval/*/cup_to_disc.png \
-      synthetic/*/contact_sheet.png synthetic/*/fullsize.png 2>/dev/null
+      synthetic/*/contact_sheet.png synthetic/*/fullsize.png quality_curve.png 2>/dev/null
     pack_samples
     for archive in "$OUT"/realism_reports.tgz "$OUT"/realism_figures.tgz "$OUT"/realism_samples-*.tgz; do
       [ -f "$archive" ] || continue

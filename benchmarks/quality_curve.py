@@ -1,0 +1,171 @@
+"""Quality against training time (issues 18 and 19): for each variant of a realism ablation, the synthetic-only Dice
+(as a share of the real-trained Dice) and the two-sample AUC of every evaluated snapshot, against the minutes its
+training had run when it wrote that snapshot; and the first snapshot that meets both bars (time to quality).
+
+    python benchmarks/quality_curve.py /tmp/realism --figure quality_curve.png --json quality_curve.json
+
+Reads what ``benchmarks/realism_ablation.sh`` writes (and packs into realism_reports.tgz): ``runs/<variant>/logs/
+metrics.csv`` (its ``step`` and ``wall_s`` columns: seconds since the training started, compilation included) and
+``eval/<variant>-<step><suffix>/report.json``; ``--sampler_suffix`` picks the sets of one sampler (default "": the
+ablation's DPM-Solver++ 20 sets; e.g. ``-ddpm100``). The minutes are the training's own wall clock: where several
+trainings or evaluations shared the GPU they are not GPU minutes of one training, and the caption says so. Each AUC
+is named by its judge (``realism.judge_of``); AUCs of different judges are not comparable. The figure needs
+matplotlib; without it the table is printed alone.
+"""
+
+import argparse
+import bisect
+import csv
+import json
+import os
+import re
+import sys
+
+from utility_figure import pyplot, save
+
+from fundus_diffusion.evaluation.realism import judge_of
+
+DICE_SHARE_BAR, AUC_BAR = 0.90, 0.80  # issue 18's targets: synthetic-only Dice >= 90 % of real, AUC <= 0.80
+
+
+def training_minutes(metrics_csv: str) -> dict:
+    """``{step: minutes}`` from a run's ``logs/metrics.csv``."""
+    with open(metrics_csv, newline="") as f:
+        return {int(row["step"]): float(row["wall_s"]) / 60 for row in csv.DictReader(f)}
+
+
+def minutes_at(minutes: dict, step: int):
+    """The minutes at ``step``, or at the last logged step before it (the log is written every few steps); None
+    when nothing was logged by then."""
+    steps = sorted(minutes)
+    i = bisect.bisect_right(steps, step)
+    return minutes[steps[i - 1]] if i else None
+
+
+def point(report: dict, mask: str) -> dict:
+    """One snapshot's figures from its evaluate.py report."""
+    results = report["downstream"]["results"]
+    real, synthetic = (results[name][mask]["dice"]["mean"] for name in ("real", "synthetic"))
+    realism = report.get("realism", {})
+    computed = realism.get("computed", False)
+    return {
+        "dice_synthetic": synthetic,
+        "dice_real": real,
+        "dice_share": synthetic / real,
+        "dice_real_plus_synthetic": results["real+synthetic"][mask]["dice"]["mean"],
+        "auc": realism["real_vs_synthetic"]["auc"]["mean"] if computed else None,
+        "auc_control": realism["real_vs_real"]["auc"]["mean"] if computed else None,
+        "judge": judge_of(realism) if computed else None,
+    }
+
+
+def collect(work: str, sampler_suffix: str = "", mask: str = "disc") -> dict:
+    """``{variant: [point, ...]}`` sorted by step, each point with its ``step`` and ``minutes``."""
+    curves = {}
+    eval_dir, runs_dir = os.path.join(work, "eval"), os.path.join(work, "runs")
+    for variant in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        metrics = os.path.join(runs_dir, variant, "logs", "metrics.csv")
+        if not os.path.isfile(metrics):
+            continue
+        minutes = training_minutes(metrics)
+        pattern = re.compile(rf"^{re.escape(variant)}-(\d+){re.escape(sampler_suffix)}$")
+        for name in sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else []:
+            found = pattern.match(name)
+            report_path = os.path.join(eval_dir, name, "report.json")
+            if not found or not os.path.isfile(report_path):
+                continue
+            with open(report_path) as f:
+                report = json.load(f)
+            step = int(found.group(1))
+            curves.setdefault(variant, []).append({"step": step, "minutes": minutes_at(minutes, step), **point(report, mask)})
+    return {variant: sorted(points, key=lambda p: p["step"]) for variant, points in curves.items()}
+
+
+def meets_bars(p: dict) -> bool:
+    return p["dice_share"] >= DICE_SHARE_BAR and p["auc"] is not None and p["auc"] <= AUC_BAR
+
+
+def time_to_quality(points) -> dict:
+    """The first snapshot meeting both bars, or None."""
+    return next((p for p in points if meets_bars(p)), None)
+
+
+def table(curves: dict) -> str:
+    lines = [
+        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for variant, points in curves.items():
+        for p in points:
+            minutes = f"{p['minutes']:.1f}" if p["minutes"] is not None else "?"
+            auc = f"{p['auc']:.3f} ({p['judge']})" if p["auc"] is not None else "not computed"
+            control = f"{p['auc_control']:.3f}" if p["auc_control"] is not None else ""
+            lines.append(
+                f"| {variant} | {p['step']:,} | {minutes} | {p['dice_synthetic']:.3f} | {p['dice_share']:.0%} | "
+                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {'met' if meets_bars(p) else 'no'} |"
+            )
+    for variant, points in curves.items():
+        first = time_to_quality(points)
+        reached = f"step {first['step']:,}, {first['minutes']:.1f} min" if first else "not reached by any evaluated snapshot"
+        lines.append(f"\n{variant}: time to quality {reached}.")
+    return "\n".join(lines)
+
+
+def draw(curves: dict, path: str, title: str) -> bool:
+    """Two panels against minutes: Dice share of real and the two-sample AUC, the bars dashed; False without
+    matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    figure, (dice_axis, auc_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for variant, points in curves.items():
+        timed = [p for p in points if p["minutes"] is not None]
+        dice_axis.plot([p["minutes"] for p in timed], [p["dice_share"] for p in timed], marker="o", label=variant)
+        judged = [p for p in timed if p["auc"] is not None]
+        judges = sorted({p["judge"] for p in judged})
+        auc_axis.plot(
+            [p["minutes"] for p in judged], [p["auc"] for p in judged], marker="o", label=f"{variant} ({', '.join(judges)} judge)"
+        )
+    dice_axis.axhline(DICE_SHARE_BAR, linestyle="--", color="grey", label=f"bar {DICE_SHARE_BAR:.0%}")
+    auc_axis.axhline(AUC_BAR, linestyle="--", color="grey", label=f"bar {AUC_BAR}")
+    auc_axis.axhline(0.5, linestyle=":", color="grey", label="indistinguishable")
+    dice_axis.set_ylabel("synthetic-only Dice / real-trained Dice")
+    auc_axis.set_ylabel("two-sample ROC AUC (real vs synthetic)")
+    auc_axis.set_ylim(0.4, 1.02)
+    for axis in (dice_axis, auc_axis):
+        axis.set_xlabel("training minutes (its own clock, compilation included)")
+        axis.set_xlim(left=0)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    return save(plt, figure, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("work", help="The ablation's WORK folder (or an unpacked realism_reports.tgz).")
+    parser.add_argument("--sampler_suffix", default="", help="The sets of one sampler, e.g. -ddpm100 (default: DPM-Solver++ 20).")
+    parser.add_argument("--mask", default="disc", help="The mask whose Dice is plotted.")
+    parser.add_argument("--figure", default=None, help="Write the figure here (PNG).")
+    parser.add_argument("--json", default=None, help="Write the points here.")
+    args = parser.parse_args(argv)
+    curves = collect(args.work, args.sampler_suffix, args.mask)
+    if not curves:
+        sys.exit(f"{args.work}: no evaluated snapshot (eval/<variant>-<step>{args.sampler_suffix}/report.json beside runs/<variant>/logs/metrics.csv).")
+    print(table(curves))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"sampler_suffix": args.sampler_suffix, "mask": args.mask, "curves": curves}, f, indent=2)
+    if args.figure:
+        sampler = args.sampler_suffix.lstrip("-") or "DPM-Solver++ 20"
+        title = (
+            f"{args.mask} quality against training time, sampled with {sampler} (the minutes are not one training's "
+            "GPU minutes where several jobs shared the GPU)"
+        )
+        if not draw(curves, args.figure, title):
+            print("matplotlib is not installed: no figure.", file=sys.stderr)
+    return curves
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""benchmarks/quality_curve.py: quality against training minutes from a realism ablation's folders (constructed)."""
+
+import importlib.util
+import json
+import sys
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # quality_curve imports its sibling utility_figure, as when run
+spec = importlib.util.spec_from_file_location("quality_curve", REPO_ROOT / "benchmarks" / "quality_curve.py")
+quality_curve = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(quality_curve)
+
+
+def write_run(work, variant, rows):
+    logs = work / "runs" / variant / "logs"
+    logs.mkdir(parents=True)
+    (logs / "metrics.csv").write_text("step,loss,wall_s\n" + "".join(f"{step},0.1,{seconds}\n" for step, seconds in rows))
+
+
+def write_report(work, name, synthetic, auc, real=0.96):
+    dice = lambda value: {"disc": {"dice": {"mean": value, "std": 0.0, "n": 1}}}  # noqa: E731
+    report = {
+        "downstream": {"results": {"real": dice(real), "synthetic": dice(synthetic), "real+synthetic": dice(real)}},
+        "realism": {
+            "computed": True,
+            "recipe": {"invariance": "robust"},
+            "real_vs_synthetic": {"auc": {"mean": auc}},
+            "real_vs_real": {"auc": {"mean": 0.5}},
+        },
+    }
+    (work / "eval" / name).mkdir(parents=True)
+    (work / "eval" / name / "report.json").write_text(json.dumps(report))
+
+
+def test_points_minutes_and_time_to_quality(tmp_path, capsys):
+    write_run(tmp_path, "ours", [(10, 120), (2500, 300), (4990, 480), (5000, 482), (7500, 660)])
+    write_report(tmp_path, "ours-2500", synthetic=0.70, auc=1.0)
+    write_report(tmp_path, "ours-5000", synthetic=0.93, auc=0.85)  # Dice met, AUC not
+    write_report(tmp_path, "ours-7500", synthetic=0.92, auc=0.78)  # both met
+    write_report(tmp_path, "ours-7500-ddpm100", synthetic=0.80, auc=0.70)  # another sampler: not in the default curve
+    write_run(tmp_path, "other", [(10, 100), (2000, 400)])
+    write_report(tmp_path, "other-2500", synthetic=0.95, auc=0.6)  # snapshot after the last logged step
+    curves = quality_curve.main([str(tmp_path), "--figure", str(tmp_path / "curve.png"), "--json", str(tmp_path / "c.json")])
+    assert [p["step"] for p in curves["ours"]] == [2500, 5000, 7500]
+    assert [p["minutes"] for p in curves["ours"]] == [5.0, 482 / 60, 11.0]
+    assert curves["other"][0]["minutes"] == 400 / 60  # the last logged step before the snapshot
+    assert quality_curve.time_to_quality(curves["ours"])["step"] == 7500
+    printed = capsys.readouterr().out
+    assert "ours: time to quality step 7,500, 11.0 min." in printed
+    assert "| ours | 5,000 | 8.0 | 0.930 | 97% | 0.960 | 0.850 (robust) | 0.500 | no |" in printed
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    assert json.loads((tmp_path / "c.json").read_text())["curves"]["ours"][2]["auc"] == 0.78
+    ddpm = quality_curve.collect(str(tmp_path), "-ddpm100")
+    assert list(ddpm) == ["ours"] and [p["step"] for p in ddpm["ours"]] == [7500]
+    assert quality_curve.time_to_quality(ddpm["ours"]) is None  # 0.80 / 0.96 = 83% of real: the Dice bar is missed
