@@ -202,11 +202,13 @@ evaluate)
     finished "$set" || continue
     [ -f "$WORK/eval/$name/report.json" ] || [ -f "$WORK/eval-$name.started" ] && continue
     touch "$WORK/eval-$name.started"
-    masks=$(set_masks "$set") || { log "cannot read $set"; continue; }
-    log "evaluating $name on $masks ($SEEDS seeds)"
-    setsid $PY scripts/evaluate.py --real "$WORK/split/train" --holdout "$WORK/split/test" --synthetic "$set" \
-      --masks "$masks" --seeds "$SEEDS" $EVAL_FLAGS --segmenter_steps "$SEG_STEPS" --output_dir "$WORK/eval/$name" \
-      > "$WORK/eval-$name.log" 2>&1 < /dev/null &
+    log "evaluating $name on the masks it holds ($SEEDS seeds)"
+    # Reading the set's masks loads the package (about 15 s): in the background too, so the evaluations start at once.
+    export PY WORK SEEDS SEG_STEPS EVAL_FLAGS && export -f set_masks
+    # shellcheck disable=SC2016,SC2086
+    setsid bash -c 'masks=$(set_masks "$1") && echo "masks: $masks" && $PY scripts/evaluate.py --real "$WORK/split/train" \
+      --holdout "$WORK/split/test" --synthetic "$1" --masks "$masks" --seeds "$SEEDS" $EVAL_FLAGS \
+      --segmenter_steps "$SEG_STEPS" --output_dir "$WORK/eval/$2"' _ "$set" "$name" > "$WORK/eval-$name.log" 2>&1 < /dev/null &
   done
   [ "${BACKGROUND:-0}" = 1 ] && pack_results || WAIT_S=${WAIT_S:-540} STAGE=pack bash "$SCRIPT"
   ;;
