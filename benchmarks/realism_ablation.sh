@@ -67,15 +67,20 @@ names() { tr ';' '\n' <<< "$VARIANTS" | cut -d= -f1; }
 pack_results() {  # into $OUT now, whatever exists: a device command cut off later loses nothing packed before
   (
     cd "$CODE"
-    # Full-size synthetic samples (8 per set, no masks drawn) to look at beside real photographs.
-    for set in "$WORK"/synthetic/*; do
-      [ -f "$set/fullsize.png" ] || ! finished "$set" || $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.visualization import \
-  contact_sheet; d = load_fundus_dataset(sys.argv[1]); contact_sheet(list(d.select(range(min(8, len(d))))['image']), columns=4, \
-  tile=256).save(sys.argv[2])" "$set" "$set/fullsize.png"
+    # Full-size synthetic samples (8 per set, no masks drawn) to look at beside real photographs, and the first
+    # SAMPLES_BACK RGB samples of each set as PNG (for judging a set elsewhere if the machine is lost with its evaluation).
+    for set in "$WORK"/synthetic/*; do  # start the script (seconds of package loading) only when it has work
+      finished "$set" && { [ ! -f "$set/fullsize.png" ] || { [ "$SAMPLES_BACK" -gt 0 ] && [ ! -f "$WORK/samples/$(basename "$set")/done" ]; }; } || continue
+      $PY benchmarks/realism_pictures.py "$WORK/synthetic" --samples "$SAMPLES_BACK" --samples_dir "$WORK/samples" > /dev/null
+      break
     done
-    # Quality against training minutes, from the snapshots evaluated so far (benchmarks/quality_curve.py).
-    $PY benchmarks/quality_curve.py "$WORK" --figure "$WORK/quality_curve.png" --json "$WORK/quality_curve.json" \
-      > "$WORK/quality_curve.md" 2>/dev/null || rm -f "$WORK/quality_curve.md"
+    # Quality against training minutes, from the snapshots evaluated so far (benchmarks/quality_curve.py), drawn
+    # again only when a report is newer than the last curve (loading the package costs seconds of device time).
+    if [ -n "$(find "$WORK/eval" -name report.json -newer "$WORK/quality_curve.json" 2>/dev/null | head -1)" ] ||
+      { [ ! -f "$WORK/quality_curve.json" ] && ls "$WORK"/eval/*/report.json > /dev/null 2>&1; }; then
+      $PY benchmarks/quality_curve.py "$WORK" --figure "$WORK/quality_curve.png" --json "$WORK/quality_curve.json" \
+        > "$WORK/quality_curve.md" 2>/dev/null || rm -f "$WORK/quality_curve.md"
+    fi
     # Only what holds no real photograph comes back: report text and JSON, logs, losses (realism_reports.tgz), and
     # the pictures (realism_figures.tgz): synthetic sample sheets and the evaluation figures that are plots only
     # (nearest_pairs and the worst-pairs sheet show real photographs). Two archives, because the device returns files
@@ -93,17 +98,8 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
     log "packed $(ls eval 2>/dev/null | wc -l) evaluations into $OUT/realism_reports.tgz and $OUT/realism_figures.tgz"
   )
 }
-pack_samples() {  # the first SAMPLES_BACK RGB samples of each set as PNG, for judging them elsewhere if the machine is lost
-  [ "$SAMPLES_BACK" -gt 0 ] || return 0
-  for set in "$WORK"/synthetic/*; do
-    name=$(basename "$set")
-    finished "$set" && [ ! -f "$WORK/samples/$name/done" ] || continue
-    (cd "$CODE" && $PY -c "import os, sys; from fundus_diffusion.data import load_fundus_dataset; d = load_fundus_dataset(sys.argv[1]); \
-[image.convert('RGB').save(os.path.join(sys.argv[2], f'{i:03d}.png')) for i, image in enumerate(d.select(range(min(int(sys.argv[3]), \
-len(d))))['image'])]" "$set" "$(mkdir -p "$WORK/samples/$name/images" && echo "$WORK/samples/$name/images")" "$SAMPLES_BACK") \
-      && touch "$WORK/samples/$name/done"
-  done
-  # Sets grouped into archives of about 12 MiB (the device returns files of at most 16 MiB, 8 in all: 6 of samples).
+pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in archives of about 12 MiB
+  # (the device returns files of at most 16 MiB, 8 in all: 6 of samples)
   rm -f "$OUT"/realism_samples-*.tgz
   local group=() size=0 k=0
   for folder in "$WORK"/samples/*/; do

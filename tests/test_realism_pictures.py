@@ -1,0 +1,24 @@
+"""benchmarks/realism_pictures.py: the full-size sheet and the exported samples of each finished set, made once."""
+
+import importlib.util
+
+from conftest import REPO_ROOT
+from PIL import Image
+
+from fundus_diffusion.data import load_phantom_dataset
+
+spec = importlib.util.spec_from_file_location("realism_pictures", REPO_ROOT / "benchmarks" / "realism_pictures.py")
+realism_pictures = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(realism_pictures)
+
+
+def test_pictures_of_finished_sets_are_made_once(tmp_path):
+    synthetic, samples = tmp_path / "synthetic", tmp_path / "samples"
+    load_phantom_dataset(10, size=32).save_to_disk(str(synthetic / "a-2"))
+    (synthetic / "b-2").mkdir(parents=True)  # still being written: no dataset_info.json
+    assert realism_pictures.make_pictures(str(synthetic), 6, str(samples)) == ["a-2"]
+    assert Image.open(synthetic / "a-2" / "fullsize.png").size == (4 * 256, 2 * 256)  # 8 samples, 4 columns
+    exported = sorted(p.name for p in (samples / "a-2" / "images").iterdir())
+    assert exported == [f"{i:03d}.png" for i in range(6)]
+    assert Image.open(samples / "a-2" / "images" / "000.png").mode == "RGB"
+    assert realism_pictures.make_pictures(str(synthetic), 6, str(samples)) == []  # nothing made twice
