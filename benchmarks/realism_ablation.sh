@@ -8,6 +8,11 @@
 #                   VARIANTS adds trainings that run the same code, and evaluations running from it are left alone),
 #                   start every variant in the background (setsid), return at once
 #   STAGE=wait      wait until the trainings end, WAIT_S seconds pass or (UNTIL_STEP) every variant has that snapshot
+#   STAGE=follow    keep up with the trainings for WAIT_S seconds (default 540): sample each new snapshot with SAMPLER
+#                   (a generation starts only while FOLLOW_MARGIN_S, default 120, remain), start its evaluation
+#                   detached, pack; ends early once the trainings have ended and every snapshot is sampled and judged.
+#                   One device call after another can run just this (the first after STAGE=train); give WAIT_S the
+#                   call's time left minus a minute
 #   STAGE=generate  sample N_SYN pairs with SAMPLER (scheduler:steps) in DTYPE from each snapshot at STEPS (default:
 #                   every snapshot not yet sampled); trainings keep running, so snapshots are judged while later ones
 #                   train
@@ -42,7 +47,7 @@ export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"
 DATA=${DATA:-.device_data}
 OUT=${OUT:-reports/realism}
 PY=${PYTHON:-python3}
-STAGE=${STAGE:?set STAGE to train, wait, generate, post_hoc_ema, stop, evaluate, conditional or pack}
+STAGE=${STAGE:?set STAGE to train, wait, follow, generate, post_hoc_ema, stop, evaluate, conditional or pack}
 STEPS_MAX=${STEPS_MAX:-6000}
 SNAPSHOT=${SNAPSHOT:-1500}
 N_SYN=${N_SYN:-200}
@@ -113,6 +118,24 @@ pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in arc
 set_masks() { $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.data.schema \
 import dataset_mask_names; print(','.join(dataset_mask_names(load_fundus_dataset(sys.argv[1]))))" "$1"; }
 finished() { [ -f "$1/arrow/dataset_info.json" ] || [ -f "$1/dataset_info.json" ]; }  # a saved synthetic set
+sampler_suffix() {  # how a set's name says its sampler and precision: none for DPM-Solver++ 20 at DTYPE=auto
+  local scheduler=${SAMPLER%%:*} steps=${SAMPLER##*:} suffix=""
+  [ "$SAMPLER" = dpmsolver++:20 ] || suffix="-${scheduler//+/p}$steps"
+  [ "$DTYPE" = auto ] || suffix="$suffix-$DTYPE"
+  echo "$suffix"
+}
+unsampled() {  # the saved snapshots (within STEPS, when given) without a finished set of SAMPLER / DTYPE, one per line
+  local suffix snap step set
+  suffix=$(sampler_suffix)
+  # the variants, and the post-hoc EMA lengths STAGE=post_hoc_ema wrote beside them
+  for snap in "$WORK"/runs/*/snapshots/step-*; do
+    [ -f "$snap/model_index.json" ] || continue  # absent, or still being written
+    step=$((10#${snap##*step-}))
+    [ -n "${STEPS:-}" ] && [[ ",$STEPS," != *",$step,"* ]] && continue
+    set=$WORK/synthetic/$(basename "$(dirname "$(dirname "$snap")")")-$step$suffix
+    finished "$set" || [ -f "$set.failed" ] || echo "$snap"
+  done
+}
 flags_of() { tr ';' '\n' <<< "$VARIANTS" | grep "^$1=" | cut -d= -f2-; }
 
 case $STAGE in
@@ -145,27 +168,40 @@ wait)
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv || true
   pack_results
   ;;
+follow)
+  deadline=$((SECONDS + ${WAIT_S:-540}))
+  while :; do
+    if [ $((deadline - SECONDS)) -gt "${FOLLOW_MARGIN_S:-120}" ] && [ -n "$(unsampled)" ]; then
+      STAGE=generate bash "$SCRIPT" > /dev/null
+    fi
+    BACKGROUND=1 STAGE=evaluate bash "$SCRIPT" > /dev/null
+    if ! pgrep -f "scripts/train_ddpm.py|scripts/evaluate.py|benchmarks/conditional_sampling.py" > /dev/null &&
+      [ -z "$(unsampled)" ]; then
+      log "follow: the trainings have ended and every snapshot is sampled and judged"
+      break
+    fi
+    [ $((deadline - SECONDS)) -gt 30 ] || { log "follow: time is up; still to do: $(unsampled | tr '\n' ' ')"; break; }
+    sleep 15
+  done
+  pack_results
+  ;;
 generate)
   cd "$CODE"
   scheduler=${SAMPLER%%:*}; sampler_steps=${SAMPLER##*:}
-  suffix=""; [ "$SAMPLER" = dpmsolver++:20 ] || suffix="-${scheduler//+/p}$sampler_steps"
-  [ "$DTYPE" = auto ] || suffix="$suffix-$DTYPE"
-  pids=()
-  for run in "$WORK"/runs/*; do  # the variants, and the post-hoc EMA lengths STAGE=post_hoc_ema wrote beside them
-    name=$(basename "$run")
-    for snap in "$run"/snapshots/step-*; do
-      [ -f "$snap/model_index.json" ] || continue  # absent, or still being written
-      step=$((10#${snap##*step-}))
-      [ -n "${STEPS:-}" ] && [[ ",$STEPS," != *",$step,"* ]] && continue
-      set=$WORK/synthetic/$name-$step$suffix
-      finished "$set" && continue
-      $PY scripts/generate.py --model "$snap" --num_samples "$N_SYN" --scheduler "$scheduler" \
-        --num_inference_steps "$sampler_steps" --dtype "$DTYPE" --seed 0 --batch_size 100 --output_dir "$set" \
-        > "$WORK/gen-$name-$step$suffix.log" 2>&1 &
-      pids+=($!)
-    done
+  suffix=$(sampler_suffix)
+  pids=() sets=()
+  for snap in $(unsampled); do
+    name=$(basename "$(dirname "$(dirname "$snap")")")
+    step=$((10#${snap##*step-}))
+    set=$WORK/synthetic/$name-$step$suffix
+    $PY scripts/generate.py --model "$snap" --num_samples "$N_SYN" --scheduler "$scheduler" \
+      --num_inference_steps "$sampler_steps" --dtype "$DTYPE" --seed 0 --batch_size 100 --output_dir "$set" \
+      > "$WORK/gen-$name-$step$suffix.log" 2>&1 &
+    pids+=($!) sets+=("$set")
   done
-  for pid in "${pids[@]}"; do wait "$pid" || log "a generation failed"; done
+  for i in "${!pids[@]}"; do  # a failed set is not tried again (unsampled skips it): its log says why
+    wait "${pids[$i]}" || { touch "${sets[$i]}.failed"; log "generating $(basename "${sets[$i]}") failed: gen-$(basename "${sets[$i]}").log"; }
+  done
   log "generated: $(ls "$WORK/synthetic" | tr '\n' ' ')"
   pack_results
   ;;
