@@ -9,8 +9,10 @@ metrics.csv`` (its ``step`` and ``wall_s`` columns: seconds since the training s
 ``eval/<variant>-<step><suffix>/report.json``; ``--sampler_suffix`` picks the sets of one sampler (default "": the
 ablation's DPM-Solver++ 20 sets; e.g. ``-ddpm100``). The minutes are the training's own wall clock: where several
 trainings or evaluations shared the GPU they are not GPU minutes of one training, and the caption says so. Each AUC
-is named by its judge (``realism.judge_of``); AUCs of different judges are not comparable. The figure needs
-matplotlib; without it the table is printed alone.
+is named by its judge (``realism.judge_of``); AUCs of different judges are not comparable. ``wall_s`` starts again
+at 0 when a training resumes from a checkpoint, and does not hold a pre-training it started from (``--init_from``):
+add those minutes by hand for such runs. Reports without the mask's Dice (images-only evaluations) are left out, with
+a line on stderr. The figure needs matplotlib; without it the table is printed alone.
 """
 
 import argparse
@@ -42,10 +44,16 @@ def minutes_at(minutes: dict, step: int):
     return minutes[steps[i - 1]] if i else None
 
 
-def point(report: dict, mask: str) -> dict:
-    """One snapshot's figures from its evaluate.py report."""
-    results = report["downstream"]["results"]
-    real, synthetic = (results[name][mask]["dice"]["mean"] for name in ("real", "synthetic"))
+def point(report: dict, mask: str):
+    """One snapshot's figures from its evaluate.py report; None when it scored no ``mask`` (an images-only or
+    other-mask evaluation) or its real-trained Dice is 0 (no share to take)."""
+    results = report.get("downstream", {}).get("results", {})
+    try:
+        real, synthetic = (results[name][mask]["dice"]["mean"] for name in ("real", "synthetic"))
+    except KeyError:
+        return None
+    if not real:
+        return None
     realism = report.get("realism", {})
     computed = realism.get("computed", False)
     return {
@@ -76,8 +84,12 @@ def collect(work: str, sampler_suffix: str = "", mask: str = "disc") -> dict:
                 continue
             with open(report_path) as f:
                 report = json.load(f)
+            figures = point(report, mask)
+            if figures is None:
+                print(f"{report_path}: no {mask} Dice of real and synthetic segmenters; left out.", file=sys.stderr)
+                continue
             step = int(found.group(1))
-            curves.setdefault(variant, []).append({"step": step, "minutes": minutes_at(minutes, step), **point(report, mask)})
+            curves.setdefault(variant, []).append({"step": step, "minutes": minutes_at(minutes, step), **figures})
     return {variant: sorted(points, key=lambda p: p["step"]) for variant, points in curves.items()}
 
 
@@ -106,7 +118,8 @@ def table(curves: dict) -> str:
             )
     for variant, points in curves.items():
         first = time_to_quality(points)
-        reached = f"step {first['step']:,}, {first['minutes']:.1f} min" if first else "not reached by any evaluated snapshot"
+        minutes = f"{first['minutes']:.1f} min" if first and first["minutes"] is not None else "minutes not logged"
+        reached = f"step {first['step']:,}, {minutes}" if first else "not reached by any evaluated snapshot"
         lines.append(f"\n{variant}: time to quality {reached}.")
     return "\n".join(lines)
 

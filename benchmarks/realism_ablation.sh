@@ -80,11 +80,12 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
       break
     done
     # Quality against training minutes, from the snapshots evaluated so far (benchmarks/quality_curve.py), drawn
-    # again only when a report is newer than the last curve (loading the package costs seconds of device time).
-    if [ -n "$(find "$WORK/eval" -name report.json -newer "$WORK/quality_curve.json" 2>/dev/null | head -1)" ] ||
-      { [ ! -f "$WORK/quality_curve.json" ] && ls "$WORK"/eval/*/report.json > /dev/null 2>&1; }; then
+    # again only when a report is newer than the last drawing (loading the package costs seconds of device time).
+    if [ -n "$(find "$WORK/eval" -name report.json -newer "$WORK/quality_curve.stamp" 2>/dev/null | head -1)" ] ||
+      { [ ! -f "$WORK/quality_curve.stamp" ] && ls "$WORK"/eval/*/report.json > /dev/null 2>&1; }; then
+      touch "$WORK/quality_curve.stamp"  # before: a report written meanwhile is newer, and drawn next time
       $PY benchmarks/quality_curve.py "$WORK" --figure "$WORK/quality_curve.png" --json "$WORK/quality_curve.json" \
-        > "$WORK/quality_curve.md" 2>/dev/null || rm -f "$WORK/quality_curve.md"
+        > "$WORK/quality_curve.md" 2>> "$WORK/quality_curve.log" || log "quality_curve.py failed: see quality_curve.log"
     fi
     # Only what holds no real photograph comes back: report text and JSON, logs, losses (realism_reports.tgz), and
     # the pictures (realism_figures.tgz): synthetic sample sheets and the evaluation figures that are plots only
@@ -98,22 +99,31 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
     pack_samples
     for archive in "$OUT"/realism_reports.tgz "$OUT"/realism_figures.tgz "$OUT"/realism_samples-*.tgz; do
       [ -f "$archive" ] || continue
-      [ "$(stat -c %s "$archive")" -le $((16 << 20)) ] || log "warning: $archive is over 16 MiB and will not come back from the device: pack fewer sets (EVAL_SETS) or move them off"
+      fix="pack fewer sets (EVAL_SETS) or move them off"; [[ $archive == *realism_samples-* ]] && fix="lower SAMPLES_BACK"
+      [ "$(stat -c %s "$archive")" -le $((16 << 20)) ] || log "warning: $archive is over 16 MiB and will not come back from the device: $fix"
     done
     log "packed $(ls eval 2>/dev/null | wc -l) evaluations into $OUT/realism_reports.tgz and $OUT/realism_figures.tgz"
   )
 }
-pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in archives of about 12 MiB
-  # (the device returns files of at most 16 MiB, 8 in all: 6 of samples)
+pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in archives of at most about 12 MiB
+  # (the device returns files of at most 16 MiB, 8 in all: 6 of samples); packed again only when a set was added
+  local done_sets group=() size=0 k=0 folder add
+  done_sets=$(ls -d "$WORK"/samples/*/done 2>/dev/null)
+  [ -n "$done_sets" ] || return 0
+  [ "$done_sets" = "$(cat "$WORK/samples.packed" 2>/dev/null)" ] && ls "$OUT"/realism_samples-*.tgz > /dev/null 2>&1 && return 0
   rm -f "$OUT"/realism_samples-*.tgz
-  local group=() size=0 k=0
-  for folder in "$WORK"/samples/*/; do
-    [ -f "$folder/done" ] || continue
-    group+=("$(basename "$folder")"); size=$((size + $(du -sk "$folder" | cut -f1)))
-    if [ $size -ge 12288 ]; then tar czf "$OUT/realism_samples-$k.tgz" -C "$WORK/samples" "${group[@]}"; k=$((k + 1)); group=(); size=0; fi
+  archive() {  # through a temporary name: a command cut off mid-way leaves no truncated archive behind
+    tar czf "$OUT/.realism_samples-$k.tgz" -C "$WORK/samples" "${group[@]}" && mv "$OUT/.realism_samples-$k.tgz" "$OUT/realism_samples-$k.tgz"
+    k=$((k + 1)) group=() size=0
+  }
+  for folder in $done_sets; do
+    folder=$(dirname "$folder"); add=$(du -sk "$folder" | cut -f1)
+    [ ${#group[@]} -gt 0 ] && [ $((size + add)) -gt 12288 ] && archive
+    group+=("$(basename "$folder")") size=$((size + add))
   done
-  [ ${#group[@]} -eq 0 ] || tar czf "$OUT/realism_samples-$k.tgz" -C "$WORK/samples" "${group[@]}"
-  [ "$(ls "$OUT"/realism_samples-*.tgz 2>/dev/null | wc -l)" -le 6 ] || log "warning: more than 6 sample archives: the device returns 8 files in all; lower SAMPLES_BACK"
+  [ ${#group[@]} -eq 0 ] || archive
+  echo "$done_sets" > "$WORK/samples.packed"
+  [ $k -le 6 ] || log "warning: $k sample archives: the device returns 8 files in all; lower SAMPLES_BACK"
 }
 set_masks() { $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.data.schema \
 import dataset_mask_names; print(','.join(dataset_mask_names(load_fundus_dataset(sys.argv[1]))))" "$1"; }

@@ -394,7 +394,8 @@ def _encoded_in_order(batches, encode, threads: int):
 def encoding_threads(num_processes: int = 1) -> int:
     """Threads that encode samples in each process: the machine's cores shared between its processes, at most 8
     (more than a sampler on one GPU keeps busy)."""
-    return max(1, min(8, (os.cpu_count() or 1) // num_processes))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # this process's
+    return max(1, min(8, cores // num_processes))
 
 
 def _shard_range(config: GenerationConfig, shard: int) -> Tuple[int, int]:

@@ -51,6 +51,10 @@ def test_points_minutes_and_time_to_quality(tmp_path, capsys):
     assert "| ours | 5,000 | 8.0 | 0.930 | 97% | 0.960 | 0.850 (robust) | 0.500 | no |" in printed
     assert (tmp_path / "curve.png").stat().st_size > 0
     assert json.loads((tmp_path / "c.json").read_text())["curves"]["ours"][2]["auc"] == 0.78
+    images_only = tmp_path / "eval" / "ours-9000"
+    images_only.mkdir()
+    (images_only / "report.json").write_text(json.dumps({"downstream": {"results": {}}, "realism": {"computed": False}}))
+    assert [p["step"] for p in quality_curve.collect(str(tmp_path))["ours"]] == [2500, 5000, 7500]  # left out, no crash
     ddpm = quality_curve.collect(str(tmp_path), "-ddpm100")
     assert list(ddpm) == ["ours"] and [p["step"] for p in ddpm["ours"]] == [7500]
     assert quality_curve.time_to_quality(ddpm["ours"]) is None  # 0.80 / 0.96 = 83% of real: the Dice bar is missed

@@ -374,6 +374,8 @@ def test_init_from_starts_from_a_lower_resolution_model_and_refuses_another_netw
     other_masks = tiny_args(tmp_path / "x", cache_dir, "--max_train_steps", "1", "--logger", "none", "--masks", "atrophy")
     with pytest.raises(ValueError, match=r"--init_from .*masks are \['disc'\], this run's \['atrophy'\]. Fix: train with --masks disc"):
         ddpm.train(ddpm.parse_args(other_masks + ["--init_from", str(low)]))
+    with pytest.raises(FileNotFoundError, match="has no model_index.json: it is not a saved fundus pipeline"):
+        ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "z", cache_dir, "--max_train_steps", "1") + ["--init_from", str(tmp_path)]))
     other_net = tiny_args(tmp_path / "y", cache_dir, "--max_train_steps", "1", "--logger", "none", "--no-class_conditional")
     with pytest.raises(ValueError, match=r"its UNet differs from this run's in num_class_embeds"):
         ddpm.train(ddpm.parse_args(other_net + ["--init_from", str(low)]))

@@ -26,6 +26,7 @@ from diffusers.training_utils import compute_snr
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, num_channels
 from ..model_cards import portable_name
 from ..models.unet import UNET_PRESETS, build_unet
+from ..pipelines.loading import load_fundus_pipeline
 from ..pipelines.pipeline_fundus import FundusPipeline, split_mask_names
 from ..visualization import contact_sheet
 from . import loop, post_hoc_ema
@@ -171,7 +172,9 @@ def load_initial_weights(unet, source: str, mask_names) -> None:
     """Copy the UNet weights of the saved model ``source`` into ``unet`` (``--init_from``), after checking that
     both are the same network for the same channels: the UNet configs may differ in ``sample_size`` alone, and the
     mask names must match in order (equal channel counts with other names would train, on the wrong masks)."""
-    pipe = FundusPipeline.from_pretrained(source)
+    pipe = load_fundus_pipeline(source, device="cpu", dtype="fp32")  # model_index checked, safetensors only, finite
+    if not isinstance(pipe, FundusPipeline):
+        raise ValueError(f"--init_from {source}: that is a {type(pipe).__name__}, not a diffusion model (FundusPipeline).")
     theirs_masks = split_mask_names(pipe.config.mask_names)
     if theirs_masks != list(mask_names):
         raise ValueError(
@@ -224,7 +227,8 @@ class DDPMKind(loop.ModelKind):
             help="Start from the UNet weights of a saved model (its folder, a snapshot, or a Hub id) of the same "
             "--model_config, --masks and conditioning; only the resolution may differ, since the UNet is "
             "convolutional. For training at a lower resolution first, where a step costs a quarter of the compute "
-            "per halving, then at the full one. A --resume_from_checkpoint still wins: its weights replace these.",
+            "per halving, then at the full one. A --resume_from_checkpoint still wins: its weights replace these "
+            "(the model named here is still read, so it must still exist).",
         )
         model.add_argument("--num_train_timesteps", type=int)
         model.add_argument("--beta_schedule", choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
