@@ -46,7 +46,15 @@ from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import dataset_arrays, default_device
 from fundus_diffusion.evaluation.augment import gaussian_blur
-from fundus_diffusion.evaluation.realism import INVARIANCES, TEST_NAME, RealismRecipe, field_of_view, two_sample_auc
+from fundus_diffusion.evaluation.realism import (
+    DISC_CROP_FRACTION,
+    INVARIANCES,
+    TEST_NAME,
+    RealismRecipe,
+    disc_crops,
+    field_of_view,
+    two_sample_auc,
+)
 
 CONTROL = "none (control: A vs B unchanged)"
 PASS, DETECT = "pass (~0.5)", "detect (~1.0)"
@@ -244,7 +252,8 @@ def markdown_table(result: dict) -> str:
     default = {k: v for k, v in RealismRecipe().to_dict().items() if k != "invariance"}
     changed = {k: v for k, v in recipe.items() if k in default and v != default[k]}
     header = f"{TEST_NAME}, real half A vs (changed) real half B, {result['resolution']} px, " \
-        f"{result['n_per_side']} images per side, {recipe['folds']} folds, on {result['device']}"
+        f"{result['n_per_side']} images per side, {recipe['folds']} folds, on {result['device']}, judged on " \
+        f"{result.get('region', 'whole image')}"
     if changed:
         header += f" -- **REDUCED RECIPE, NOT THE DEFAULT: {changed} (default {({k: default[k] for k in changed})})**"
     else:
@@ -264,14 +273,18 @@ def markdown_table(result: dict) -> str:
 
 def calibrate(
     images: torch.Tensor, discs: torch.Tensor, ids, recipe: RealismRecipe, judges, seed: int = 0, output_json=None,
-    device="cpu", rows=None,
+    device="cpu", rows=None, region="image",
 ) -> dict:  # fmt: skip
     """The two-sample test between half A of ``images`` (``uint8 [N, 3, R, R]``, one per id, with ``bool [N, R, R]``
     disc masks) and each changed copy of half B, for each of ``judges`` (``recipe`` with that invariance); only the
-    rows whose names start with one of ``rows`` when given. Writes ``output_json`` after every row and judge when
-    given."""
+    rows whose names start with one of ``rows`` when given. ``region="disc"`` judges ``realism.disc_crops`` of both
+    halves instead (each image's square around its expert disc, as evaluate.py's disc-region test), after the change.
+    Writes ``output_json`` after every row and judge when given."""
     first, second = split_halves(ids, seed)
     a, b, b_discs = images[first].to(device), images[second], discs[second]
+    side = images.shape[-1] // DISC_CROP_FRACTION
+    if region == "disc":
+        a = disc_crops(a, discs[first].to(device), side)
     result = {
         "name": TEST_NAME,
         "resolution": int(images.shape[-1]),
@@ -283,6 +296,7 @@ def calibrate(
         "ids_a": [ids[i] for i in first],
         "ids_b": [ids[i] for i in second],
         "perturbations_applied_at": f"{images.shape[-1]} px arrays (what the judge sees)",
+        "region": "whole image" if region == "image" else f"disc: {side} px squares around each expert disc's centroid",
         "rows": {},
     }
     for name, (should, change) in perturbations(result["resolution"]).items():
@@ -296,7 +310,7 @@ def calibrate(
             "changed_pixels_outside_disc": int((difference.amax(dim=1) > 0)[~b_discs].sum()),
             "judges": {},
         }
-        changed = changed.to(device)
+        changed = changed.to(device) if region == "image" else disc_crops(changed.to(device), b_discs.to(device), side)
         for judge in judges:
             start = time.perf_counter()
             judged = two_sample_auc(a, changed, RealismRecipe(**{**recipe.to_dict(), "invariance": judge}), device, f"{name} [{judge}]")
@@ -322,6 +336,11 @@ def parse_args(argv=None):
         "table header as a non-default recipe.",
     )  # fmt: skip
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    parser.add_argument(
+        "--region", choices=["image", "disc"], default="image",
+        help="What the judge sees: the whole image, or the square around each expert disc (evaluate.py's disc-region "
+        "test), taken after the change.",
+    )  # fmt: skip
     parser.add_argument(
         "--rows", default=None,
         help="Semicolon-separated starts of the row names to run (names hold commas), e.g. 'none;down;mottled "
@@ -352,7 +371,10 @@ def main(args):
     dataset = load_fundus_dataset(args.data)
     arrays = dataset_arrays(dataset, args.resolution, ("disc",), "real set")
     recipe = RealismRecipe(steps=args.steps, folds=args.folds, seed=args.seed, **args.overrides)
-    result = calibrate(arrays[:, :3], arrays[:, 3] > 0, list(dataset["id"]), recipe, args.judge, args.seed, args.output_json, device, args.rows)
+    result = calibrate(
+        arrays[:, :3], arrays[:, 3] > 0, list(dataset["id"]), recipe, args.judge, args.seed, args.output_json, device,
+        args.rows, args.region,
+    )  # fmt: skip
     result["wall_seconds"] = time.perf_counter() - start
     result["torch_threads"] = torch.get_num_threads()
     result["data"] = args.data

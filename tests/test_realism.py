@@ -11,6 +11,8 @@ from fundus_diffusion.evaluation.realism import (
     INVARIANCES,
     RealismRecipe,
     colour_statistics,
+    disc_crops,
+    disc_region_test,
     field_of_view,
     realism_test,
     standardise_colour,
@@ -147,3 +149,31 @@ def test_report_names_the_judge_and_shows_the_colour_table():
     old = {**result, "recipe": {k: v for k, v in result["recipe"].items() if k != "invariance"}}
     old.pop("colour_statistics")
     assert "**Judge: plain judge" in "\n".join(realism_lines(old, "32 px"))  # a report from before the robust judge
+
+
+def test_disc_crops_are_centred_on_each_disc_and_leave_out_images_without_one():
+    images = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).reshape(2, 3, 32, 32).remainder(251).to(torch.uint8)
+    images = torch.cat([images, images[:1]])
+    discs = torch.zeros(3, 32, 32, dtype=torch.bool)
+    discs[0, 10:14, 20:24] = True  # centroid (11.5, 21.5) -> row 12, column 22 (rounded half to even: 12, 22)
+    discs[1, 0:3, 0:3] = True  # at the corner: the square runs past the border, black there
+    crops = disc_crops(images, discs, 8)
+    assert crops.shape == (2, 3, 8, 8)  # the third image has no disc
+    assert torch.equal(crops[0], images[0, :3, 8:16, 18:26])
+    assert crops[1, :, :3].eq(0).all() and torch.equal(crops[1, :, 3:, 3:], images[1, :3, 0:5, 0:5])
+
+
+def test_disc_region_test_sees_a_fault_confined_to_the_disc():
+    """A speckled disc in otherwise identical photographs: the crops show it at a quarter of their area."""
+    generator = torch.Generator().manual_seed(0)
+    real, synthetic = round_fundus(60, generator, size=64), round_fundus(60, generator, size=64)
+    discs = torch.zeros(60, 64, 64, dtype=torch.bool)
+    discs[:, 26:38, 36:48] = True
+    noise = (torch.rand(60, 3, 64, 64, generator=generator) - 0.5) * 200
+    synthetic = torch.where(discs[:, None], (synthetic.float() + noise).clamp(0, 255), synthetic.float()).to(torch.uint8)
+    region = disc_region_test(real, discs, synthetic, discs, RealismRecipe(**TINY))
+    assert region["computed"] and region["resolution"] == 16 and "16 px square" in region["region"]
+    assert region["real_vs_synthetic"]["auc"]["mean"] > 0.9, region["real_vs_synthetic"]
+    assert abs(region["real_vs_real"]["auc"]["mean"] - 0.5) < 0.25, region["real_vs_real"]
+    markdown = "\n".join(realism_lines({**realism_test(real, synthetic, RealismRecipe(steps=2, width=4, folds=2)), "disc_region": region}, "64 px"))
+    assert "**Disc region** (optic disc: a 16 px square" in markdown and "| compared on 16 px disc crops |" in markdown

@@ -100,3 +100,15 @@ def test_positive_controls_change_the_disc_and_nothing_else():
     mirrored = near_disc.flip(-1).flip(-2)  # the disc's point reflection through the centre
     assert not changed(second)[~mirrored].any() and not (near_disc & mirrored).any()
     assert second[:, 0][discs.flip(-1).flip(-2)].float().mean() > images[:, 0][discs].float().mean() - 10
+
+
+def test_disc_region_rows_judge_the_squares_around_the_discs(tmp_path, monkeypatch, capsys):
+    output = tmp_path / "calibration.json"
+    argv = [str(SCRIPT), "--data", "phantom:12", "--resolution", "64", "--steps", "2", "--folds", "2", "--device", "cpu"]
+    argv += ["--judge", "robust", "--region", "disc", "--rows", "none;mottled disc, strong", "--output_json", str(output)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    result = json.loads(output.read_text())
+    assert result["region"] == "disc: 16 px squares around each expert disc's centroid"
+    assert len(result["rows"]) == 2 and "judged on disc: 16 px squares" in capsys.readouterr().out
+    assert all(len(row["judges"]["robust"]["auc_per_fold"]) == 2 for row in result["rows"].values())

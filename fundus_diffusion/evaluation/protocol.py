@@ -27,7 +27,7 @@ from .fid import fid_kid
 from .figures import bar_chart, histograms, titled
 from .memorisation import PIXEL_SPACE, controlled_copy_check, nearest_neighbours, pixel_features, refusal
 from .metrics import cup_to_disc_ratios, dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
-from .realism import RealismRecipe, realism_test
+from .realism import RealismRecipe, disc_region_test, realism_test
 from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
 from .splits import holdout_ids, read_split_file, source_of, split_by_ids, write_split_file
 
@@ -402,6 +402,12 @@ def evaluate(
     recipe = RealismRecipe(steps=config.realism_steps, folds=config.realism_folds, invariance=config.realism_invariance)
     all_real = torch.cat([on_device["real"][:, :3], on_device["holdout"][:, :3]])
     report["realism"] = realism_test(all_real, on_device["synthetic"][:, :3], recipe, device)
+    if "disc" in mask_names and report["realism"]["computed"]:  # the region where generated discs have failed
+        disc = 3 + list(mask_names).index("disc")
+        real_discs = torch.cat([on_device["real"][:, disc], on_device["holdout"][:, disc]]) > 0
+        report["realism"]["disc_region"] = disc_region_test(
+            all_real, real_discs, on_device["synthetic"][:, :3], on_device["synthetic"][:, disc] > 0, recipe, device
+        )
     report["fid_kid"] = fid_kid(
         arrays["real"][:, :3], arrays["synthetic"][:, :3], config.inception_weights, device=device
     )

@@ -240,15 +240,34 @@ def realism_lines(realism: Optional[Dict], px: str) -> List[str]:
             f"size, noise sigma 0-"
             f"{recipe['noise_max']:g}/255; held-out images scored as the mean logit of {recipe['copies']} draws.",
         ]
-    lines += [
+    lines += auc_table(main, control, f"compared at {px}")
+    lines += colour_lines(realism.get("colour_statistics"), px)
+    return lines + disc_region_lines(realism.get("disc_region"))
+
+
+def auc_table(main: Dict, control: Dict, heading: str) -> List[str]:
+    return [
         "",
-        f"| compared at {px} | ROC AUC | per fold |",
+        f"| {heading} | ROC AUC | per fold |",
         "|---|---|---|",
         f"| real vs synthetic | {format_mean_std(main['auc'])} | {', '.join(format_value(a) for a in main['auc_per_fold'])} |",
         f"| real vs real (control: two halves of the real images) | {format_mean_std(control['auc'])} | "
         f"{', '.join(format_value(a) for a in control['auc_per_fold'])} |",
     ]
-    return lines + colour_lines(realism.get("colour_statistics"), px)
+
+
+def disc_region_lines(region: Optional[Dict]) -> List[str]:
+    """The same judge on the optic-disc crops (``realism.disc_region_test``), where a whole-image judge dilutes a
+    fault of the disc."""
+    if region is None:
+        return []
+    lines = ["", f"**Disc region** ({region.get('region', 'optic disc crops')}; images without a disc left out)."]
+    if not region["computed"]:
+        return lines + [f"Not computed: {region['reason']}."]
+    crops = f"{region['resolution']} px disc crops"
+    lines[-1] += f" The same judge and recipe, {region['real_vs_synthetic']['n_per_class']} crops per side."
+    lines += auc_table(region["real_vs_synthetic"], region["real_vs_real"], f"compared on {crops}")
+    return lines + colour_lines(region.get("colour_statistics"), crops)
 
 
 def colour_lines(colour: Optional[Dict], px: str) -> List[str]:
