@@ -56,6 +56,7 @@ def point(report: dict, mask: str):
         return None
     realism = report.get("realism", {})
     computed = realism.get("computed", False)
+    region = realism.get("disc_region", {})
     return {
         "dice_synthetic": synthetic,
         "dice_real": real,
@@ -64,6 +65,8 @@ def point(report: dict, mask: str):
         "auc": realism["real_vs_synthetic"]["auc"]["mean"] if computed else None,
         "auc_control": realism["real_vs_real"]["auc"]["mean"] if computed else None,
         "judge": judge_of(realism) if computed else None,
+        # the same judge on squares around the discs (reports since session 9), beside the bar's whole-image AUC
+        "auc_disc_region": region["real_vs_synthetic"]["auc"]["mean"] if region.get("computed") else None,
     }
 
 
@@ -104,17 +107,18 @@ def time_to_quality(points) -> dict:
 
 def table(curves: dict) -> str:
     lines = [
-        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---|",
+        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for variant, points in curves.items():
         for p in points:
             minutes = f"{p['minutes']:.1f}" if p["minutes"] is not None else "?"
             auc = f"{p['auc']:.3f} ({p['judge']})" if p["auc"] is not None else "not computed"
             control = f"{p['auc_control']:.3f}" if p["auc_control"] is not None else ""
+            region = f"{p['auc_disc_region']:.3f}" if p["auc_disc_region"] is not None else ""
             lines.append(
                 f"| {variant} | {p['step']:,} | {minutes} | {p['dice_synthetic']:.3f} | {p['dice_share']:.0%} | "
-                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {'met' if meets_bars(p) else 'no'} |"
+                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {'met' if meets_bars(p) else 'no'} |"
             )
     for variant, points in curves.items():
         first = time_to_quality(points)
