@@ -8,21 +8,17 @@ the package once, not once per set and picture: each load cost about 15 s of dev
 
     python benchmarks/realism_pictures.py /tmp/realism/synthetic --samples 56 --samples_dir /tmp/realism/samples
 
-A set is finished when its ``dataset_info.json`` exists; what already exists is not made again (a ``done`` file marks
-a set's exported samples).
+A set counts once generate.py has saved it whole (``generate.saved_dataset``); what already exists is not made again
+(a ``done`` file marks a set's exported samples).
 """
 
 import argparse
 import os
 
-from fundus_diffusion.data import load_fundus_dataset
+from fundus_diffusion.generate import saved_dataset
 from fundus_diffusion.visualization import contact_sheet
 
 FULLSIZE = "fullsize.png"
-
-
-def finished(set_dir: str) -> bool:
-    return any(os.path.isfile(os.path.join(set_dir, *part, "dataset_info.json")) for part in ((), ("arrow",)))
 
 
 def make_pictures(synthetic_root: str, samples: int, samples_dir: str) -> list:
@@ -33,9 +29,11 @@ def make_pictures(synthetic_root: str, samples: int, samples_dir: str) -> list:
         fullsize = os.path.join(set_dir, FULLSIZE)
         export_dir = os.path.join(samples_dir, name)
         done = os.path.join(export_dir, "done")
-        if not finished(set_dir) or (os.path.isfile(fullsize) and (samples == 0 or os.path.isfile(done))):
+        if os.path.isfile(fullsize) and (samples == 0 or os.path.isfile(done)):
             continue
-        dataset = load_fundus_dataset(set_dir)
+        dataset = saved_dataset(set_dir)
+        if dataset is None:  # still being written, or its save was cut short
+            continue
         if not os.path.isfile(fullsize):
             contact_sheet(list(dataset.select(range(min(8, len(dataset))))["image"]), columns=4, tile=256).save(fullsize)
         if samples and not os.path.isfile(done):

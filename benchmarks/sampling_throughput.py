@@ -64,6 +64,7 @@ from fundus_diffusion.generate import (
     generate_dataset,
     generate_samples,
     prepare_pipeline,
+    shard_paths,
     write_samples,
 )
 
@@ -273,7 +274,7 @@ def writer_rows(args, work_dir: str) -> list:
             for repeat in range(args.repeats):  # the best of --repeats: other work on a shared CPU only slows a run
                 folder = os.path.join(work_dir, f"writer-{threads}-{png}-{repeat}")
                 os.makedirs(folder)
-                shards = [(k, os.path.join(folder, f"shard-{k:05d}.arrow")) for k in range(-(-n // args.shard_size))]
+                shards = list(enumerate(shard_paths(config, folder)))
                 start = time.perf_counter()
                 write_samples(iter(batches), config, shards, ["disc", "atrophy"], threads, os.path.join(folder, "png"))
                 times.append(time.perf_counter() - start)

@@ -518,9 +518,9 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
         raise ValueError("--labels needs a class-conditional model; this one is unconditional.")
     check_mask_sets(pipe, config, mask_sets)
     shards_dir = os.path.join(output_dir, SHARDS_DIR)
-    dataset = _saved_dataset(output_dir)  # a resumed run may find the samples all there already
+    dataset = saved_dataset(output_dir)  # a resumed run may find the samples all there already
     if dataset is None:
-        paths = _shard_paths(config, shards_dir)
+        paths = shard_paths(config, shards_dir)
         missing = [k for k, path in enumerate(paths) if not os.path.exists(path)]
         state.wait_for_everyone()  # every process has checked and listed the folder before anything is written
         if state.is_main_process:
@@ -572,7 +572,7 @@ def check_mask_sets(pipe, config: GenerationConfig, mask_sets: Optional[MaskSets
 SAVED_FILES = ("state.json", "dataset_info.json")  # save_to_disk writes them last, in this order
 
 
-def _saved_dataset(output_dir: str):
+def saved_dataset(output_dir: str):
     """The finished dataset in ``output_dir``, or None when there is none or its save was cut short."""
     output_dir = export.arrow_folder(output_dir) or output_dir  # in arrow/ once write_extras has run
     if not all(os.path.isfile(os.path.join(output_dir, name)) for name in SAVED_FILES):
@@ -592,7 +592,7 @@ def _remove_partial_save(output_dir: str) -> None:
             os.remove(os.path.join(output_dir, name))
 
 
-def _shard_paths(config: GenerationConfig, shards_dir: str) -> List[str]:
+def shard_paths(config: GenerationConfig, shards_dir: str) -> List[str]:
     """The path of every shard, in sample order (shard ``k``: samples ``[k * shard_size, (k + 1) * shard_size)``)."""
     return [os.path.join(shards_dir, f"shard-{k:05d}.arrow") for k in range(-(-config.num_samples // config.shard_size))]
 

@@ -311,7 +311,7 @@ def disc_crops(images: torch.Tensor, discs: torch.Tensor, side: int) -> torch.Te
     area = discs.sum(dim=(1, 2))
     rows = (discs.sum(dim=2) * torch.arange(discs.shape[1], device=discs.device)).sum(dim=1) / area
     cols = (discs.sum(dim=1) * torch.arange(discs.shape[2], device=discs.device)).sum(dim=1) / area
-    padded = torch.nn.functional.pad(images, (side, side, side, side))  # a centroid at the border still has a square
+    padded = F.pad(images, (side, side, side, side))  # a centroid at the border still has a square
     tops = (rows.round().long() - side // 2 + side).tolist()
     lefts = (cols.round().long() - side // 2 + side).tolist()
     crops = [padded[i, :, top : top + side, left : left + side] for i, (top, left) in enumerate(zip(tops, lefts))]

@@ -246,6 +246,7 @@ def realism_lines(realism: Optional[Dict], px: str) -> List[str]:
 
 
 def auc_table(main: Dict, control: Dict, heading: str) -> List[str]:
+    """The two-sample test's table: real vs synthetic, then the real-vs-real control, each with its per-fold AUCs."""
     return [
         "",
         f"| {heading} | ROC AUC | per fold |",
