@@ -6,8 +6,9 @@ training had run when it wrote that snapshot; and the first snapshot that meets 
 
 Reads what ``benchmarks/realism_ablation.sh`` writes (and packs into realism_reports.tgz): ``runs/<variant>/logs/
 metrics.csv`` (its ``step`` and ``wall_s`` columns: seconds since the training started, compilation included) and
-``eval/<variant>-<step><suffix>/report.json``; ``--sampler_suffix`` picks the sets of one sampler (default "": the
-ablation's DPM-Solver++ 20 sets; e.g. ``-ddpm100``). The minutes are the training's own wall clock: where several
+``eval/<variant>-<step><suffix>/report.json``; ``--sampler_suffix`` picks the sets of the samplers named (comma-separated
+suffixes; default "": the ablation's DPM-Solver++ 20 sets; ``--sampler_suffix=,-ddpm100`` adds the DDPM 100 sets as a
+curve of their own, named ``<variant>-ddpm100``). The minutes are the training's own wall clock: where several
 trainings or evaluations shared the GPU they are not GPU minutes of one training, and the caption says so. Each AUC
 is named by its judge (``realism.judge_of``); AUCs of different judges are not comparable. ``wall_s`` starts again
 at 0 when a training resumes from a checkpoint, and does not hold a pre-training it started from (``--init_from``):
@@ -70,8 +71,9 @@ def point(report: dict, mask: str):
     }
 
 
-def collect(work: str, sampler_suffix: str = "", mask: str = "disc") -> dict:
-    """``{variant: [point, ...]}`` sorted by step, each point with its ``step`` and ``minutes``."""
+def collect(work: str, sampler_suffixes=("",), mask: str = "disc") -> dict:
+    """``{variant + suffix: [point, ...]}`` for each sampler suffix, sorted by step, each point with its ``step`` and
+    ``minutes`` (the variant's training clock: the sets of every sampler of a snapshot share it)."""
     curves = {}
     eval_dir, runs_dir = os.path.join(work, "eval"), os.path.join(work, "runs")
     for variant in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
@@ -79,7 +81,8 @@ def collect(work: str, sampler_suffix: str = "", mask: str = "disc") -> dict:
         if not os.path.isfile(metrics):
             continue
         minutes = training_minutes(metrics)
-        pattern = re.compile(rf"^{re.escape(variant)}-(\d+){re.escape(sampler_suffix)}$")
+        suffixes = "|".join(re.escape(suffix) for suffix in sampler_suffixes)
+        pattern = re.compile(rf"^{re.escape(variant)}-(\d+)({suffixes})$")
         for name in sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else []:
             found = pattern.match(name)
             report_path = os.path.join(eval_dir, name, "report.json")
@@ -92,8 +95,9 @@ def collect(work: str, sampler_suffix: str = "", mask: str = "disc") -> dict:
                 print(f"{report_path}: no {mask} Dice of real and synthetic segmenters; left out.", file=sys.stderr)
                 continue
             step = int(found.group(1))
-            curves.setdefault(variant, []).append({"step": step, "minutes": minutes_at(minutes, step), **figures})
-    return {variant: sorted(points, key=lambda p: p["step"]) for variant, points in curves.items()}
+            series = variant + found.group(2)
+            curves.setdefault(series, []).append({"step": step, "minutes": minutes_at(minutes, step), **figures})
+    return {series: sorted(points, key=lambda p: p["step"]) for series, points in sorted(curves.items())}
 
 
 def meets_bars(p: dict) -> bool:
@@ -161,22 +165,27 @@ def draw(curves: dict, path: str, title: str) -> bool:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("work", help="The ablation's WORK folder (or an unpacked realism_reports.tgz).")
-    parser.add_argument("--sampler_suffix", default="", help="The sets of one sampler, e.g. -ddpm100 (default: DPM-Solver++ 20).")
+    parser.add_argument(
+        "--sampler_suffix", default="",
+        help="The sets of these samplers, comma-separated set-name suffixes: =-ddpm100, or =,-ddpm100 for DPM-Solver++ 20 "
+        "and DDPM 100 as two curves (default: DPM-Solver++ 20 alone).",
+    )
     parser.add_argument("--mask", default="disc", help="The mask whose Dice is plotted.")
     parser.add_argument("--figure", default=None, help="Write the figure here (PNG).")
     parser.add_argument("--json", default=None, help="Write the points here.")
     args = parser.parse_args(argv)
-    curves = collect(args.work, args.sampler_suffix, args.mask)
+    suffixes = args.sampler_suffix.split(",")
+    curves = collect(args.work, suffixes, args.mask)
     if not curves:
         sys.exit(f"{args.work}: no evaluated snapshot (eval/<variant>-<step>{args.sampler_suffix}/report.json beside runs/<variant>/logs/metrics.csv).")
     print(table(curves))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"sampler_suffix": args.sampler_suffix, "mask": args.mask, "curves": curves}, f, indent=2)
+            json.dump({"sampler_suffixes": suffixes, "mask": args.mask, "curves": curves}, f, indent=2)
     if args.figure:
-        sampler = args.sampler_suffix.lstrip("-") or "DPM-Solver++ 20"
+        samplers = " and ".join(suffix.lstrip("-") or "DPM-Solver++ 20" for suffix in suffixes)
         title = (
-            f"{args.mask} quality against training time, sampled with {sampler} (the minutes are not one training's "
+            f"{args.mask} quality against training time, sampled with {samplers}\n(the minutes are not one training's "
             "GPU minutes where several jobs shared the GPU)"
         )
         if not draw(curves, args.figure, title):

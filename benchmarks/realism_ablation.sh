@@ -102,7 +102,9 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
       fix="pack fewer sets (EVAL_SETS) or move them off"; [[ $archive == *realism_samples-* ]] && fix="lower SAMPLES_BACK"
       [ "$(stat -c %s "$archive")" -le $((16 << 20)) ] || log "warning: $archive is over 16 MiB and will not come back from the device: $fix"
     done
-    log "packed $(ls eval 2>/dev/null | wc -l) evaluations into $OUT/realism_reports.tgz and $OUT/realism_figures.tgz"
+    # logged when the count changes: STAGE=follow packs every 15 s
+    packed="packed $(ls eval 2>/dev/null | wc -l) evaluations into $OUT/realism_reports.tgz and $OUT/realism_figures.tgz"
+    [ "$packed" = "$(cat "$WORK/packed.last" 2>/dev/null)" ] || { log "$packed"; echo "$packed" > "$WORK/packed.last"; }
   )
 }
 pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in archives of at most about 12 MiB

@@ -58,6 +58,8 @@ def test_points_minutes_and_time_to_quality(tmp_path, capsys):
     images_only.mkdir()
     (images_only / "report.json").write_text(json.dumps({"downstream": {"results": {}}, "realism": {"computed": False}}))
     assert [p["step"] for p in quality_curve.collect(str(tmp_path))["ours"]] == [2500, 5000, 7500]  # left out, no crash
-    ddpm = quality_curve.collect(str(tmp_path), "-ddpm100")
-    assert list(ddpm) == ["ours"] and [p["step"] for p in ddpm["ours"]] == [7500]
-    assert quality_curve.time_to_quality(ddpm["ours"]) is None  # 0.80 / 0.96 = 83% of real: the Dice bar is missed
+    ddpm = quality_curve.collect(str(tmp_path), ["-ddpm100"])
+    assert list(ddpm) == ["ours-ddpm100"] and [p["step"] for p in ddpm["ours-ddpm100"]] == [7500]
+    assert quality_curve.time_to_quality(ddpm["ours-ddpm100"]) is None  # 0.80 / 0.96 = 83% of real: the Dice bar is missed
+    both = quality_curve.main([str(tmp_path), "--sampler_suffix=,-ddpm100"])  # each sampler its own curve
+    assert list(both) == ["other", "ours", "ours-ddpm100"] and both["ours-ddpm100"][0]["minutes"] == 11.0
