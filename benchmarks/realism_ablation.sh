@@ -102,9 +102,10 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
       fix="pack fewer sets (EVAL_SETS) or move them off"; [[ $archive == *realism_samples-* ]] && fix="lower SAMPLES_BACK"
       [ "$(stat -c %s "$archive")" -le $((16 << 20)) ] || log "warning: $archive is over 16 MiB and will not come back from the device: $fix"
     done
-    # logged when the count changes: STAGE=follow packs every 15 s
+    # inside STAGE=follow (PACK_LOG=changes), which packs every 15 s, logged only when the count changes
     packed="packed $(ls eval 2>/dev/null | wc -l) evaluations into $OUT/realism_reports.tgz and $OUT/realism_figures.tgz"
-    [ "$packed" = "$(cat "$WORK/packed.last" 2>/dev/null)" ] || { log "$packed"; echo "$packed" > "$WORK/packed.last"; }
+    [ "${PACK_LOG:-}" = changes ] && [ "$packed" = "$(cat "$WORK/packed.last" 2>/dev/null)" ] || log "$packed"
+    echo "$packed" > "$WORK/packed.last"
   )
 }
 pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in archives of at most about 12 MiB
@@ -181,6 +182,7 @@ wait)
   pack_results
   ;;
 follow)
+  export PACK_LOG=changes
   deadline=$((SECONDS + ${WAIT_S:-540}))
   while :; do
     if [ $((deadline - SECONDS)) -gt "${FOLLOW_MARGIN_S:-120}" ] && [ -n "$(unsampled)" ]; then
