@@ -9,7 +9,7 @@ metrics.csv`` (its ``step`` and ``wall_s`` columns: seconds since the training s
 ``eval/<variant>-<step><suffix>/report.json``; ``--sampler_suffix`` picks the sets of the samplers named (comma-separated
 suffixes; default "": the ablation's DPM-Solver++ 20 sets; ``--sampler_suffix=,-ddpm100`` adds the DDPM 100 sets as a
 curve of their own, named ``<variant>-ddpm100``). The minutes are the training's own wall clock: where several
-trainings or evaluations shared the GPU they are not GPU minutes of one training, and the caption says so. Each AUC
+trainings or evaluations shared the GPU they are not GPU minutes of one training, and the figure's title says so. Each AUC
 is named by its judge (``realism.judge_of``); AUCs of different judges are not comparable. ``wall_s`` starts again
 at 0 when a training resumes from a checkpoint, and does not hold a pre-training it started from (``--init_from``):
 add those minutes by hand for such runs. Reports without the mask's Dice (images-only evaluations) are left out, with
@@ -121,7 +121,7 @@ def table(curves: dict) -> str:
             control = f"{p['auc_control']:.3f}" if p["auc_control"] is not None else ""
             region = f"{p['auc_disc_region']:.3f}" if p["auc_disc_region"] is not None else ""
             lines.append(
-                f"| {variant} | {p['step']:,} | {minutes} | {p['dice_synthetic']:.3f} | {p['dice_share']:.0%} | "
+                f"| {variant} | {p['step']:,} | {minutes} | {p['dice_synthetic']:.3f} | {p['dice_share']:.1%} | "
                 f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {'met' if meets_bars(p) else 'no'} |"
             )
     for variant, points in curves.items():
@@ -167,8 +167,8 @@ def main(argv=None):
     parser.add_argument("work", help="The ablation's WORK folder (or an unpacked realism_reports.tgz).")
     parser.add_argument(
         "--sampler_suffix", default="",
-        help="The sets of these samplers, comma-separated set-name suffixes: =-ddpm100, or =,-ddpm100 for DPM-Solver++ 20 "
-        "and DDPM 100 as two curves (default: DPM-Solver++ 20 alone).",
+        help="The sets of these samplers, comma-separated set-name suffixes: --sampler_suffix=-ddpm100, or "
+        "--sampler_suffix=,-ddpm100 for DPM-Solver++ 20 and DDPM 100 as two curves (default: DPM-Solver++ 20 alone).",
     )
     parser.add_argument("--mask", default="disc", help="The mask whose Dice is plotted.")
     parser.add_argument("--figure", default=None, help="Write the figure here (PNG).")
@@ -177,7 +177,8 @@ def main(argv=None):
     suffixes = args.sampler_suffix.split(",")
     curves = collect(args.work, suffixes, args.mask)
     if not curves:
-        sys.exit(f"{args.work}: no evaluated snapshot (eval/<variant>-<step>{args.sampler_suffix}/report.json beside runs/<variant>/logs/metrics.csv).")
+        sets = " or ".join(f"eval/<variant>-<step>{suffix}/report.json" for suffix in suffixes)
+        sys.exit(f"{args.work}: no evaluated snapshot ({sets} beside runs/<variant>/logs/metrics.csv).")
     print(table(curves))
     if args.json:
         with open(args.json, "w") as f:

@@ -51,7 +51,7 @@ def test_points_minutes_and_time_to_quality(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ours: time to quality step 7,500, 11.0 min." in printed
     assert "| 0.780 (robust) | 0.500 | 0.900 | met |" in printed  # the disc-region AUC beside the bar's
-    assert "| ours | 5,000 | 8.0 | 0.930 | 97% | 0.960 | 0.850 (robust) | 0.500 |  | no |" in printed  # no disc region
+    assert "| ours | 5,000 | 8.0 | 0.930 | 96.9% | 0.960 | 0.850 (robust) | 0.500 |  | no |" in printed  # no disc region
     assert (tmp_path / "curve.png").stat().st_size > 0
     assert json.loads((tmp_path / "c.json").read_text())["curves"]["ours"][2]["auc"] == 0.78
     images_only = tmp_path / "eval" / "ours-9000"
