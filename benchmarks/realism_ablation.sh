@@ -8,8 +8,9 @@
 #                   VARIANTS adds trainings that run the same code, and evaluations running from it are left alone),
 #                   start every variant in the background (setsid), return at once
 #   STAGE=wait      wait until the trainings end, WAIT_S seconds pass or (UNTIL_STEP) every variant has that snapshot
-#   STAGE=follow    keep up with the trainings for WAIT_S seconds (default 540): sample each new snapshot with SAMPLER
-#                   (a generation starts only while FOLLOW_MARGIN_S, default 120, remain), start its evaluation
+#   STAGE=follow    keep up with the trainings for WAIT_S seconds (default 540): sample each new snapshot with each of
+#                   SAMPLERS (default: SAMPLER; e.g. "dpmsolver++:20 ddpm:100", the quality curve then draws one curve
+#                   per sampler; a generation starts only while FOLLOW_MARGIN_S, default 120, remain), start its evaluation
 #                   detached, pack; ends early once the trainings have ended and every snapshot is sampled and judged.
 #                   One device call after another can run just this (the first after STAGE=train); give WAIT_S the
 #                   call's time left minus a minute
@@ -55,6 +56,7 @@ SEEDS=${SEEDS:-3}
 SEG_STEPS=${SEG_STEPS:-800}
 MASKS=${MASKS:-disc}
 SAMPLER=${SAMPLER:-dpmsolver++:20}  # sets sampled otherwise are named <variant>-<step>-<scheduler><steps>
+export SAMPLERS=${SAMPLERS:-$SAMPLER}  # STAGE=follow's samplers (space-separated), and the quality curve's
 SAMPLES_BACK=${SAMPLES_BACK:-56}  # RGB samples per set packed as PNG (realism_samples-*.tgz; 0: none), judged later with
 # build_dataset.py --folder_dir <set> --images_only and evaluate.py --masks none if the evaluations are lost
 DTYPE=${DTYPE:-auto}  # generate.py --dtype (auto: fp16 on a GPU); sets sampled otherwise get a -<dtype> suffix
@@ -84,7 +86,8 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
     if [ -n "$(find "$WORK/eval" -name report.json -newer "$WORK/quality_curve.stamp" 2>/dev/null | head -1)" ] ||
       { [ ! -f "$WORK/quality_curve.stamp" ] && ls "$WORK"/eval/*/report.json > /dev/null 2>&1; }; then
       touch "$WORK/quality_curve.stamp"  # before: a report written meanwhile is newer, and drawn next time
-      $PY benchmarks/quality_curve.py "$WORK" --figure "$WORK/quality_curve.png" --json "$WORK/quality_curve.json" \
+      $PY benchmarks/quality_curve.py "$WORK" --sampler_suffix="$(sampler_suffixes)" \
+        --figure "$WORK/quality_curve.png" --json "$WORK/quality_curve.json" \
         > "$WORK/quality_curve.md" 2>> "$WORK/quality_curve.log" || log "quality_curve.py failed: see quality_curve.log"
     fi
     # Only what holds no real photograph comes back: report text and JSON, logs, losses (realism_reports.tgz), and
@@ -137,6 +140,8 @@ sampler_suffix() {  # how a set's name says its sampler and precision: none for 
   [ "$DTYPE" = auto ] || suffix="$suffix-$DTYPE"
   echo "$suffix"
 }
+sampler_suffixes() { local sampler; for sampler in $SAMPLERS; do SAMPLER=$sampler sampler_suffix; done | paste -sd, -; }
+unsampled_by_any() { local sampler; for sampler in $SAMPLERS; do SAMPLER=$sampler unsampled | sed "s|$| ($sampler)|"; done; }
 unsampled() {  # the saved snapshots (within STEPS, when given) without a finished set of SAMPLER / DTYPE, one per line
   local suffix snap step set
   suffix=$(sampler_suffix)
@@ -185,16 +190,17 @@ follow)
   export PACK_LOG=changes
   deadline=$((SECONDS + ${WAIT_S:-540}))
   while :; do
-    if [ $((deadline - SECONDS)) -gt "${FOLLOW_MARGIN_S:-120}" ] && [ -n "$(unsampled)" ]; then
-      STAGE=generate bash "$SCRIPT" > /dev/null
-    fi
+    for sampler in $SAMPLERS; do
+      [ $((deadline - SECONDS)) -gt "${FOLLOW_MARGIN_S:-120}" ] && [ -n "$(SAMPLER=$sampler unsampled)" ] &&
+        SAMPLER=$sampler STAGE=generate bash "$SCRIPT" > /dev/null
+    done
     BACKGROUND=1 STAGE=evaluate bash "$SCRIPT" > /dev/null
     if ! pgrep -f "scripts/train_ddpm.py|scripts/evaluate.py|benchmarks/conditional_sampling.py" > /dev/null &&
-      [ -z "$(unsampled)" ]; then
+      [ -z "$(unsampled_by_any)" ]; then
       log "follow: the trainings have ended and every snapshot is sampled and judged"
       break
     fi
-    [ $((deadline - SECONDS)) -gt 30 ] || { log "follow: time is up; still to do: $(unsampled | tr '\n' ' ')"; break; }
+    [ $((deadline - SECONDS)) -gt 30 ] || { log "follow: time is up; still to do: $(unsampled_by_any | tr '\n' ' ')"; break; }
     sleep 15
   done
   pack_results
