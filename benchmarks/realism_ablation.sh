@@ -29,7 +29,7 @@
 #                   background like BACKGROUND=1 evaluations; then evaluate.py judges the images drawn for the
 #                   held-out masks (eval/<name>-mask_to_image: realism, agreement with the given masks)
 #   STAGE=pack      wait up to WAIT_S (default 0) for running evaluations and conditional benchmarks, then pack
-#                   reports, the quality-against-minutes curve, sample sheets, SAMPLES_BACK samples per set and logs
+#                   reports, the quality-against-minutes curve, sample sheets, SAMPLES_BACK samples per set (and its flagged ones) and logs
 #                   into $OUT. Every stage but train and stop ends by packing what
 #                   exists: a device command that runs past its limit returns nothing, so leave a minute of margin and
 #                   pack often.
@@ -74,11 +74,16 @@ names() { tr ';' '\n' <<< "$VARIANTS" | cut -d= -f1; }
 pack_results() {  # into $OUT now, whatever exists: a device command cut off later loses nothing packed before
   (
     cd "$CODE"
-    # Full-size synthetic samples (8 per set, no masks drawn) to look at beside real photographs, and the first
-    # SAMPLES_BACK RGB samples of each set as PNG (for judging a set elsewhere if the machine is lost with its evaluation).
+    # Full-size synthetic samples (8 per set, no masks drawn) to look at beside real photographs, the first
+    # SAMPLES_BACK RGB samples of each set as PNG (for judging a set elsewhere if the machine is lost with its
+    # evaluation), and, once it is evaluated, the samples its memorisation checks flagged (to look at beside their
+    # nearest training photographs where the real data is).
     for set in "$WORK"/synthetic/*; do  # start the script (seconds of package loading) only when it has work
-      finished "$set" && { [ ! -f "$set/fullsize.png" ] || { [ "$SAMPLES_BACK" -gt 0 ] && [ ! -f "$WORK/samples/$(basename "$set")/done" ]; }; } || continue
-      $PY benchmarks/realism_pictures.py "$WORK/synthetic" --samples "$SAMPLES_BACK" --samples_dir "$WORK/samples" > /dev/null
+      name=$(basename "$set")
+      finished "$set" && { [ ! -f "$set/fullsize.png" ] || { [ "$SAMPLES_BACK" -gt 0 ] && [ ! -f "$WORK/samples/$name/done" ]; } ||
+        { [ -f "$WORK/eval/$name/flagged_ids.txt" ] && [ ! -f "$WORK/samples/$name/flagged/done" ]; }; } || continue
+      $PY benchmarks/realism_pictures.py "$WORK/synthetic" --samples "$SAMPLES_BACK" --samples_dir "$WORK/samples" \
+        --eval_dir "$WORK/eval" > /dev/null
       break
     done
     # Quality against training minutes, from the snapshots evaluated so far (benchmarks/quality_curve.py), drawn
@@ -112,11 +117,13 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
   )
 }
 pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in archives of at most about 12 MiB
-  # (the device returns files of at most 16 MiB, 8 in all: 6 of samples); packed again only when a set was added
-  local done_sets group=() size=0 k=0 folder add
+  # (the device returns files of at most 16 MiB, 8 in all: 6 of samples); packed again only when a set or a set's
+  # flagged samples were added
+  local done_sets marks group=() size=0 k=0 folder add
   done_sets=$(ls -d "$WORK"/samples/*/done 2>/dev/null)
   [ -n "$done_sets" ] || return 0
-  [ "$done_sets" = "$(cat "$WORK/samples.packed" 2>/dev/null)" ] && ls "$OUT"/realism_samples-*.tgz > /dev/null 2>&1 && return 0
+  marks=$(ls -d "$WORK"/samples/*/done "$WORK"/samples/*/flagged/done 2>/dev/null)
+  [ "$marks" = "$(cat "$WORK/samples.packed" 2>/dev/null)" ] && ls "$OUT"/realism_samples-*.tgz > /dev/null 2>&1 && return 0
   rm -f "$OUT"/realism_samples-*.tgz
   archive() {  # through a temporary name: a command cut off mid-way leaves no truncated archive behind
     tar czf "$OUT/.realism_samples-$k.tgz" -C "$WORK/samples" "${group[@]}" && mv "$OUT/.realism_samples-$k.tgz" "$OUT/realism_samples-$k.tgz"
@@ -128,7 +135,7 @@ pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in arc
     group+=("$(basename "$folder")") size=$((size + add))
   done
   [ ${#group[@]} -eq 0 ] || archive
-  echo "$done_sets" > "$WORK/samples.packed"
+  echo "$marks" > "$WORK/samples.packed"
   [ $k -le 6 ] || log "warning: $k sample archives: the device returns 8 files in all; lower SAMPLES_BACK"
 }
 set_masks() { $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.data.schema \

@@ -22,3 +22,18 @@ def test_pictures_of_finished_sets_are_made_once(tmp_path):
     assert exported == [f"{i:03d}.png" for i in range(6)]
     assert Image.open(samples / "a-2" / "images" / "000.png").mode == "RGB"
     assert realism_pictures.make_pictures(str(synthetic), 6, str(samples)) == []  # nothing made twice
+
+
+def test_flagged_samples_are_exported_once_their_evaluation_exists(tmp_path):
+    synthetic, samples, evaluations = tmp_path / "synthetic", tmp_path / "samples", tmp_path / "eval"
+    dataset = load_phantom_dataset(10, size=32)
+    dataset.save_to_disk(str(synthetic / "a-2"))
+    assert realism_pictures.make_pictures(str(synthetic), 2, str(samples), str(evaluations)) == ["a-2"]
+    assert not (samples / "a-2" / "flagged").exists()  # not evaluated yet
+    (evaluations / "a-2").mkdir(parents=True)
+    (evaluations / "a-2" / "flagged_ids.txt").write_text(f"{dataset[7]['id']}\n{dataset[3]['id']}\n")
+    assert realism_pictures.make_pictures(str(synthetic), 2, str(samples), str(evaluations)) == ["a-2"]
+    flagged = samples / "a-2" / "flagged"
+    assert sorted(p.name for p in flagged.iterdir()) == ["003.png", "007.png", "done"]  # indices in the set
+    assert Image.open(flagged / "007.png").tobytes() == dataset[7]["image"].convert("RGB").tobytes()
+    assert realism_pictures.make_pictures(str(synthetic), 2, str(samples), str(evaluations)) == []
