@@ -8,6 +8,8 @@ from fundus_diffusion.evaluation.memorisation import (
     REFUSE_P,
     controlled_copy_check,
     copy_excess_p,
+    memorisation_report,
+    nearest_training_neighbours,
     pixel_features,
     refusal,
 )
@@ -58,3 +60,26 @@ def test_controlled_copy_check_flags_copies_and_counts_the_control():
     assert section["p_above_control"] == pytest.approx(copy_excess_p(section)) and section["p_above_control"] < 1e-4
     assert "distances" not in section and "neighbours" not in section  # JSON-able: no per-sample arrays
     assert refusal({"pixels": section}).startswith("REFUSED: 12 of 12")
+
+
+def test_a_mirrored_copy_is_caught_only_against_the_mirror_images():
+    """The generators train on left-right flips: a mirrored copy of a training image is a copy, which the check finds
+    only when it is given the training images' mirror features; a real image's own mirror is not its neighbour."""
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    real[5, ..., 16:] = real[5, ..., :16].flip(-1)  # symmetric: its own mirror is itself, at distance 0
+    held_out = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    far = torch.stack([torch.full((3, 32, 32), value, dtype=torch.uint8) for value in (0, 255)])  # farther than any pair
+    synthetic = torch.cat([real[:3].flip(-1), far])
+    blind = memorisation_report(pixel_features(synthetic), pixel_features(real))
+    assert (blind["distances"][:3] > 0).all() and not blind["mirrored"].any() and not blind["mirrored_too"]
+    ids = ([f"syn/{i}" for i in range(5)], [f"real/{i}" for i in range(20)])
+    features = [pixel_features(a) for a in (synthetic, real, held_out)]
+    seen = controlled_copy_check(*features, *ids, real_train_mirrored=pixel_features(real.flip(-1)))
+    assert seen["mirrored_too"] and seen["n_flagged"] == 3 and seen["held_out_control"]["n_flagged"] == 0
+    assert [(f["synthetic_id"], f["real_id"], f["mirrored"], f["distance"]) for f in seen["flagged"]] == [
+        (f"syn/{i}", f"real/{i}", True, 0.0) for i in range(3)
+    ]
+    real_features, mirrored_features = pixel_features(real), pixel_features(real.flip(-1))
+    real_to_real, _, _ = nearest_training_neighbours(real_features, real_features, mirrored_features, exclude_self=True)
+    assert real_to_real[5] > 0  # image 5's own mirror (itself, distance 0) is not its nearest other image

@@ -81,7 +81,7 @@ def _as_float(images: torch.Tensor) -> torch.Tensor:
 def _memorisation(arrays: Dict[str, torch.Tensor], real_model, synthetic_ids, real_ids, resolution: int) -> Dict:
     """The copy check of the synthetic images against the real training images, with its held-out control
     (``memorisation.controlled_copy_check``), in downsampled pixels and in the real-trained classifier's stage
-    features (seed 0)."""
+    features (seed 0); against the training images and their mirror images (the generators train on both)."""
     spaces = {
         PIXEL_SPACE: pixel_features,
         f"real-trained PM classifier, stage features (seed 0, {resolution} px, L2)": lambda images: classify(
@@ -90,7 +90,8 @@ def _memorisation(arrays: Dict[str, torch.Tensor], real_model, synthetic_ids, re
     }
     return {
         space: controlled_copy_check(
-            *(features(arrays[name]) for name in ("synthetic", "real", "holdout")), synthetic_ids, real_ids
+            *(features(arrays[name]) for name in ("synthetic", "real", "holdout")), synthetic_ids, real_ids,
+            real_train_mirrored=features(arrays["real"].flip(-1)),
         )
         for space, features in spaces.items()
     }

@@ -25,7 +25,7 @@ from .arrays import dataset_arrays, default_device, to_pil
 from .checks import native_resolution
 from .fid import fid_kid
 from .figures import bar_chart, histograms, titled
-from .memorisation import PIXEL_SPACE, controlled_copy_check, nearest_neighbours, pixel_features, refusal
+from .memorisation import PIXEL_SPACE, controlled_copy_check, nearest_training_neighbours, pixel_features, refusal
 from .metrics import cup_to_disc_ratios, dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
 from .realism import RealismRecipe, disc_region_test, realism_test
 from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
@@ -272,31 +272,39 @@ def _mask_figures(report: Dict, arrays, annotated, mask_names) -> Dict[str, Imag
 
 def _memorisation(arrays, real_models, synthetic_ids, real_ids, resolution: int) -> Dict:
     """Section 4: the copy check with its held-out control (``memorisation.controlled_copy_check``) in downsampled
-    pixels and, where a real-trained segmenter exists, in its encoder features."""
+    pixels and, where a real-trained segmenter exists, in its encoder features; against the training images and their
+    mirror images (the DDPM trains on both)."""
     spaces = {PIXEL_SPACE: pixel_features}
     if real_models:
         name = f"real-trained segmenter encoder, global-average-pooled bottleneck (seed 0, {resolution} px, L2)"
         spaces[name] = partial(encode_images, real_models[0])
     return {
         space: controlled_copy_check(
-            *(features(arrays[name]) for name in ("synthetic", "real", "holdout")), synthetic_ids, real_ids
+            *(features(arrays[name]) for name in ("synthetic", "real", "holdout")), synthetic_ids, real_ids,
+            real_train_mirrored=features(arrays["real"].flip(-1)),
         )
         for space, features in spaces.items()
     }
 
 def _closest_pairs(threshold: float, arrays, synthetic_ids, real_ids, num_pairs: int):
-    """The synthetic samples nearest to a real training image (pixel space), listed and drawn side by side; those
-    below the copy check's ``threshold`` captioned as possible copies."""
-    distances, neighbours = nearest_neighbours(pixel_features(arrays["synthetic"]), pixel_features(arrays["real"]))
+    """The synthetic samples nearest to a real training image or its mirror image (pixel space), listed and drawn side
+    by side (the mirror image where it was the nearer); those below the copy check's ``threshold`` captioned as
+    possible copies."""
+    real, mirrored = arrays["real"], arrays["real"].flip(-1)
+    distances, neighbours, nearer_mirrored = nearest_training_neighbours(
+        pixel_features(arrays["synthetic"]), pixel_features(real), pixel_features(mirrored)
+    )
     pairs, captions, listed = [], [], []
     for i in np.argsort(distances, kind="stable")[:num_pairs]:
-        j, distance = int(neighbours[i]), float(distances[i])
-        pairs += [to_pil(arrays["synthetic"][i], ())[0], to_pil(arrays["real"][j], ())[0]]
+        j, distance, flipped = int(neighbours[i]), float(distances[i]), bool(nearer_mirrored[i])
+        pairs += [to_pil(arrays["synthetic"][i], ())[0], to_pil((mirrored if flipped else real)[j], ())[0]]
         captions += [
             f"syn d={distance:.2f}{' COPY?' if distance < threshold else ''}",
-            f"real {real_ids[j].split('/')[-1]}",
+            f"real {real_ids[j].split('/')[-1]}{' mirrored' if flipped else ''}",
         ]
-        listed.append({"synthetic_id": synthetic_ids[int(i)], "real_id": real_ids[j], "pixel_distance": distance})
+        listed.append(
+            {"synthetic_id": synthetic_ids[int(i)], "real_id": real_ids[j], "pixel_distance": distance, "mirrored": flipped}
+        )
     return listed, contact_sheet(pairs, captions=captions, columns=4)
 
 def _resolution(config: EvaluationConfig, synthetic) -> Tuple[int, Dict]:

@@ -197,7 +197,7 @@ def memorisation_lines(memorisation: Dict[str, Dict], refused: Optional[str]) ->
         control = m["held_out_control"]
         lines.append(
             f"- {space}: {m['n_flagged']} of {m['n_synthetic']} samples ({format_value(m['share_flagged'])}) are closer "
-            f"to a training image than the {m['percentile']:g}st percentile of real-to-real nearest-neighbour distances "
+            f"to a training image{' or its mirror image' if m.get('mirrored_too') else ''} than the {m['percentile']:g}st percentile of real-to-real nearest-neighbour distances "
             f"({format_value(m['threshold'])}, over {m['n_real_train']} training images). Control: "
             f"{control['n_flagged']} of {control['n_held_out']} held-out real images ({format_value(control['share_flagged'])}), "
             f"never seen by the generator, are flagged the same way; one-sided Fisher p = {copy_excess_p(m):.2g} that "
@@ -205,7 +205,8 @@ def memorisation_lines(memorisation: Dict[str, Dict], refused: Optional[str]) ->
             f"{format_value(m['median_synthetic_to_real'])}, real→real {format_value(m['median_real_to_real'])}."
         )
         lines += [
-            f"  - flagged `{f['synthetic_id']}`: nearest `{f['real_id']}`, distance {format_value(f['distance'])}"
+            f"  - flagged `{f['synthetic_id']}`: nearest `{f['real_id']}`{' (mirrored)' if f.get('mirrored') else ''}, "
+            f"distance {format_value(f['distance'])}"
             for f in m["flagged"]
         ]
     verdict = (
