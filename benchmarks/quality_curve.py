@@ -1,6 +1,7 @@
 """Quality against training time (issues 18 and 19): for each variant of a realism ablation, the synthetic-only Dice
 (as a share of the real-trained Dice) and the two-sample AUC of every evaluated snapshot, against the minutes its
-training had run when it wrote that snapshot; and the first snapshot that meets both bars (time to quality).
+training had run when it wrote that snapshot; and the first snapshot that meets both bars and whose set the copy check
+did not refuse (time to quality).
 
     python benchmarks/quality_curve.py /tmp/realism --figure quality_curve.png --json quality_curve.json
 
@@ -68,6 +69,8 @@ def point(report: dict, mask: str):
         "judge": judge_of(realism) if computed else None,
         # the same judge on squares around the discs (reports since session 9), beside the bar's whole-image AUC
         "auc_disc_region": region["real_vs_synthetic"]["auc"]["mean"] if region.get("computed") else None,
+        # the copy check refused the set: its scores may be earned by copies, so it cannot meet the bars
+        "refused": report.get("refused") is not None,
     }
 
 
@@ -101,7 +104,7 @@ def collect(work: str, sampler_suffixes=("",), mask: str = "disc") -> dict:
 
 
 def meets_bars(p: dict) -> bool:
-    return p["dice_share"] >= DICE_SHARE_BAR and p["auc"] is not None and p["auc"] <= AUC_BAR
+    return p["dice_share"] >= DICE_SHARE_BAR and p["auc"] is not None and p["auc"] <= AUC_BAR and not p["refused"]
 
 
 def time_to_quality(points) -> dict:
@@ -111,7 +114,7 @@ def time_to_quality(points) -> dict:
 
 def table(curves: dict) -> str:
     lines = [
-        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}) |",
+        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}, not refused as copies) |",
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for variant, points in curves.items():
@@ -122,7 +125,7 @@ def table(curves: dict) -> str:
             region = f"{p['auc_disc_region']:.3f}" if p["auc_disc_region"] is not None else ""
             lines.append(
                 f"| {variant} | {p['step']:,} | {minutes} | {p['dice_synthetic']:.3f} | {p['dice_share']:.1%} | "
-                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {'met' if meets_bars(p) else 'no'} |"
+                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {'met' if meets_bars(p) else 'refused: copies' if p['refused'] else 'no'} |"
             )
     for variant, points in curves.items():
         first = time_to_quality(points)

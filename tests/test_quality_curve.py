@@ -18,10 +18,11 @@ def write_run(work, variant, rows):
     (logs / "metrics.csv").write_text("step,loss,wall_s\n" + "".join(f"{step},0.1,{seconds}\n" for step, seconds in rows))
 
 
-def write_report(work, name, synthetic, auc, real=0.96, disc_region_auc=None):
+def write_report(work, name, synthetic, auc, real=0.96, disc_region_auc=None, refused=None):
     dice = lambda value: {"disc": {"dice": {"mean": value, "std": 0.0, "n": 1}}}  # noqa: E731
     report = {
         "downstream": {"results": {"real": dice(real), "synthetic": dice(synthetic), "real+synthetic": dice(real)}},
+        "refused": refused,
         "realism": {
             "computed": True,
             "recipe": {"invariance": "robust"},
@@ -43,12 +44,16 @@ def test_points_minutes_and_time_to_quality(tmp_path, capsys):
     write_report(tmp_path, "ours-7500-ddpm100", synthetic=0.80, auc=0.70)  # another sampler: not in the default curve
     write_run(tmp_path, "other", [(10, 100), (2000, 400)])
     write_report(tmp_path, "other-2500", synthetic=0.95, auc=0.6)  # snapshot after the last logged step
+    write_report(tmp_path, "other-2000", synthetic=0.95, auc=0.6, refused="REFUSED: 9 of 56 ...")  # copies
     curves = quality_curve.main([str(tmp_path), "--figure", str(tmp_path / "curve.png"), "--json", str(tmp_path / "c.json")])
     assert [p["step"] for p in curves["ours"]] == [2500, 5000, 7500]
     assert [p["minutes"] for p in curves["ours"]] == [5.0, 482 / 60, 11.0]
-    assert curves["other"][0]["minutes"] == 400 / 60  # the last logged step before the snapshot
+    assert curves["other"][1]["minutes"] == 400 / 60  # the last logged step before the snapshot
+    assert quality_curve.time_to_quality(curves["other"])["step"] == 2500  # 2,000 meets the numbers but copies
+    assert curves["other"][0]["refused"] and not curves["other"][1]["refused"]
     assert quality_curve.time_to_quality(curves["ours"])["step"] == 7500
     printed = capsys.readouterr().out
+    assert "| 0.600 (robust) | 0.500 |  | refused: copies |" in printed and "other: time to quality step 2,500" in printed
     assert "ours: time to quality step 7,500, 11.0 min." in printed
     assert "| 0.780 (robust) | 0.500 | 0.900 | met |" in printed  # the disc-region AUC beside the bar's
     assert "| ours | 5,000 | 8.0 | 0.930 | 96.9% | 0.960 | 0.850 (robust) | 0.500 |  | no |" in printed  # no disc region
