@@ -22,17 +22,17 @@ their nearest training photographs (ids only), to look at side by side where the
 """
 
 import argparse
-import io
 import json
 from typing import Callable, Dict
 
 import numpy as np
 import torch
-from PIL import Image
+from realism_judge_calibration import jpeg
 from torch.nn import functional as F
 
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import dataset_arrays
+from fundus_diffusion.evaluation.augment import gaussian_blur
 from fundus_diffusion.evaluation.memorisation import (
     COPY_PERCENTILE,
     PIXEL_SPACE,
@@ -46,12 +46,7 @@ VESSEL_SPACE = "vessel structure (green at 64 px minus its blur, sigma 2 px, uni
 def vessel_features(arrays: torch.Tensor, size: int = 64, sigma: float = 2.0) -> torch.Tensor:
     """``uint8 [N, >=3, H, W]`` -> the green channel's high-pass at ``size`` px, zero mean and unit norm per image."""
     green = F.adaptive_avg_pool2d(arrays[:, 1:2].float() / 255.0, size)
-    radius = int(3 * sigma)
-    kernel = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2 / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    blurred = F.conv2d(F.pad(green, (radius,) * 4, mode="replicate"), kernel.view(1, 1, 1, -1))
-    blurred = F.conv2d(blurred, kernel.view(1, 1, -1, 1))
-    detail = (green - blurred).flatten(1)
+    detail = (green - gaussian_blur(green, torch.full((len(green),), sigma), int(3 * sigma))).flatten(1)
     detail = detail - detail.mean(dim=1, keepdim=True)
     return detail / detail.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
@@ -61,12 +56,7 @@ SPACES: Dict[str, Callable] = {PIXEL_SPACE: pixel_features, VESSEL_SPACE: vessel
 
 def jpeg_copies(arrays: torch.Tensor, quality: int = 75, red_gain: float = 1.05) -> torch.Tensor:
     """Re-encoded copies of ``uint8 [N, >=3, H, W]`` images (RGB only), red channel scaled: a copy a check must catch."""
-    copies = []
-    for image in arrays[:, :3]:
-        buffer = io.BytesIO()
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)
-        copies.append(torch.from_numpy(np.array(Image.open(buffer).convert("RGB"))).permute(2, 0, 1))
-    copies = torch.stack(copies).float()
+    copies = jpeg(quality)(arrays[:, :3], None, None).float()
     copies[:, 0] = (copies[:, 0] * red_gain).clamp(0, 255)
     return copies.round().to(torch.uint8)
 

@@ -2,11 +2,13 @@
 
 import importlib.util
 import json
+import sys
 
 from conftest import REPO_ROOT
 
 from fundus_diffusion.data import load_phantom_dataset
 
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # it imports its sibling realism_judge_calibration, as when run
 spec = importlib.util.spec_from_file_location(
     "memorisation_calibration", REPO_ROOT / "benchmarks" / "memorisation_calibration.py"
 )

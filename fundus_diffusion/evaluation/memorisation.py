@@ -19,7 +19,7 @@ flagged": at small N the threshold is about the smallest of N real-to-real dista
 7 of 80 held-out images as copies of 20 training images, so a faultless generator would be refused as well.
 """
 
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -141,6 +141,24 @@ def controlled_copy_check(
     }
     section["p_above_control"] = copy_excess_p(section)
     return section
+
+
+def copy_checks(
+    spaces: Dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    arrays: Dict[str, torch.Tensor],
+    synthetic_ids: Sequence[str],
+    real_ids: Sequence[str],
+) -> Dict[str, Dict]:
+    """``controlled_copy_check`` in each feature space (``{name: images -> [N, D] features}``) of ``arrays``'
+    ``"synthetic"``, ``"real"`` (the generator's training images, compared with their mirror images too) and
+    ``"holdout"`` images: the report section every evaluation writes."""
+    return {
+        space: controlled_copy_check(
+            *(features(arrays[name]) for name in ("synthetic", "real", "holdout")), synthetic_ids, real_ids,
+            real_train_mirrored=features(arrays["real"].flip(-1)),
+        )
+        for space, features in spaces.items()
+    }
 
 
 def copy_excess_p(space: Dict) -> float:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..data.schema import LABEL_NAMES
 from .arrays import dataset_arrays, default_device
 from .checks import native_resolution
-from .memorisation import PIXEL_SPACE, controlled_copy_check, pixel_features, refusal
+from .memorisation import PIXEL_SPACE, copy_checks, pixel_features, refusal
 from .metrics import format_mean_std, format_value, summarise
 from .pm_classifier import ClassifierRecipe, classify, label_agreement, realism_guard, train_pm_classifier
 from .protocol import TRAINING_SETS
@@ -88,13 +88,7 @@ def _memorisation(arrays: Dict[str, torch.Tensor], real_model, synthetic_ids, re
             real_model, _as_float(images)
         )["features"],
     }
-    return {
-        space: controlled_copy_check(
-            *(features(arrays[name]) for name in ("synthetic", "real", "holdout")), synthetic_ids, real_ids,
-            real_train_mirrored=features(arrays["real"].flip(-1)),
-        )
-        for space, features in spaces.items()
-    }
+    return copy_checks(spaces, arrays, synthetic_ids, real_ids)
 
 
 def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConfig] = None) -> Dict:

@@ -25,7 +25,7 @@ from .arrays import dataset_arrays, default_device, to_pil
 from .checks import native_resolution
 from .fid import fid_kid
 from .figures import bar_chart, histograms, titled
-from .memorisation import PIXEL_SPACE, controlled_copy_check, nearest_training_neighbours, pixel_features, refusal
+from .memorisation import PIXEL_SPACE, copy_checks, nearest_training_neighbours, pixel_features, refusal
 from .metrics import cup_to_disc_ratios, dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
 from .realism import RealismRecipe, disc_region_test, realism_test
 from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
@@ -278,13 +278,7 @@ def _memorisation(arrays, real_models, synthetic_ids, real_ids, resolution: int)
     if real_models:
         name = f"real-trained segmenter encoder, global-average-pooled bottleneck (seed 0, {resolution} px, L2)"
         spaces[name] = partial(encode_images, real_models[0])
-    return {
-        space: controlled_copy_check(
-            *(features(arrays[name]) for name in ("synthetic", "real", "holdout")), synthetic_ids, real_ids,
-            real_train_mirrored=features(arrays["real"].flip(-1)),
-        )
-        for space, features in spaces.items()
-    }
+    return copy_checks(spaces, arrays, synthetic_ids, real_ids)
 
 def _closest_pairs(threshold: float, arrays, synthetic_ids, real_ids, num_pairs: int):
     """The synthetic samples nearest to a real training image or its mirror image (pixel space), listed and drawn side
