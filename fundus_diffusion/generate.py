@@ -67,7 +67,7 @@ from . import export
 from .data.readers import images_by_stem, require_dir
 from .data.schema import LABEL_NAMES, UNKNOWN_LABEL, annotation_column, fundus_features, label_to_id, mask_column
 from .model_cards import LICENSE, render_dataset_card, size_category
-from .pipelines.loading import DTYPES, SCHEDULERS, is_class_conditional, use_scheduler
+from .pipelines.loading import DTYPES, SCHEDULERS, use_scheduler
 from .training.args import launched_without_gpu, output_dir_problem
 from .visualization import contact_sheet
 
@@ -514,7 +514,7 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
     state = process_state()
     config = prepare_pipeline(pipe, config)
     check_resume(output_dir, config, resume)
-    if config.labels and not is_class_conditional(pipe):
+    if config.labels and not pipe.class_conditional:
         raise ValueError("--labels needs a class-conditional model; this one is unconditional.")
     check_mask_sets(pipe, config, mask_sets)
     shards_dir = os.path.join(output_dir, SHARDS_DIR)

@@ -160,8 +160,3 @@ def check_finite_weights(pipe, class_name: str, source: str, dtype: str = "fp32"
                 "or snapshot of the run, or re-save / retrain the model."
             )
 
-
-def is_class_conditional(pipe) -> bool:
-    """Whether the pipeline's model takes class labels."""
-    model = pipe.unet if hasattr(pipe, "unet") else pipe.gan_generator
-    return bool(model.config.num_class_embeds)

@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 # ----------------------------------------------------------------------------------------------------------------
 IMAGE_CHANNELS = 3
 DEFAULT_MASK_NAMES = ("disc", "atrophy")  # channel 3, channel 4
+ROTATIONS = 4  # quarter turns a rotation-conditioned UNet is told about: 0, 90, 180 and 270 degrees
 DEFAULT_ID2LABEL = {0: "non-PM", 1: "PM"}  # the null class (unknown label, unconditional) is len(id2label)
 UNKNOWN_LABEL = -1
 PIPELINE_FILE = "pipeline.py"  # model_index.json's "_class_name": ["pipeline", "<class>"] names this copy
@@ -58,9 +59,12 @@ def split_mask_names(mask_names: Union[str, Sequence[str]]) -> List[str]:
     return list(mask_names)
 
 
-def check_fundus_config(model_name, channels, num_class_embeds, image_channels, mask_names, id2label):
+def check_fundus_config(
+    model_name, channels, num_class_embeds, image_channels, mask_names, id2label, rotation_conditioning=False
+):
     """Check a model's ``channels`` (``{"in": n, "out": n}``) and class embeddings against the pipeline's settings;
-    returns the normalised ``(mask_names, id2label)``: ``mask_names`` a list, also when given as ``"disc,atrophy"``."""
+    returns the normalised ``(mask_names, id2label)``: ``mask_names`` a list, also when given as ``"disc,atrophy"``.
+    A rotation-conditioned model has ``ROTATIONS`` embeddings per class (see ``embedding_ids``)."""
     mask_names = split_mask_names(mask_names)
     if len(set(mask_names)) != len(mask_names) or not all(
         isinstance(m, str) and m and MASK_NAME_SEPARATOR not in m for m in mask_names
@@ -77,12 +81,38 @@ def check_fundus_config(model_name, channels, num_class_embeds, image_channels, 
             f"{' and '.join(f'{k}put' for k in channels)} channels; this one has "
             f"{' and '.join(f'{v} {k}' for k, v in channels.items())}."
         )
+    if rotation_conditioning:
+        if not num_class_embeds or num_class_embeds % ROTATIONS:
+            raise ValueError(
+                f"A rotation-conditioned {model_name} has {ROTATIONS} class embeddings per class (one per quarter "
+                f"turn); this one has {num_class_embeds}. Fix: load it with rotation_conditioning=False, or train it "
+                "with --rotation_conditioning_prob."
+            )
+        num_class_embeds = num_class_embeds // ROTATIONS
+        num_class_embeds = None if num_class_embeds == 1 else num_class_embeds
     if num_class_embeds is not None and num_class_embeds != len(id2label) + 1:
         raise ValueError(
-            f"The {model_name} has {num_class_embeds} class embeddings; labels {id2label} plus the null class need "
-            f"{len(id2label) + 1}."
+            f"The {model_name} has {num_class_embeds} class embeddings{' per rotation' if rotation_conditioning else ''}"
+            f"; labels {id2label} plus the null class need {len(id2label) + 1}."
         )
     return mask_names, id2label
+
+
+def embedding_ids(
+    class_ids: Optional[torch.Tensor], rotations: Optional[torch.Tensor], num_classes: int
+) -> Optional[torch.Tensor]:
+    """The UNet's class-embedding index of each sample: ``rotation * num_classes + class id``.
+
+    Rotation conditioning (EDM's non-leaking augmentation, Karras et al. 2022, with quarter turns): training rotates
+    some images by ``k`` quarter turns and tells the UNet ``k`` through its class embedding, so the model learns from
+    more views of a small set without learning to draw rotated photographs; sampling asks for ``k = 0``. An
+    unconditional model has one class (id 0). ``rotations`` None: no rotation conditioning, the class ids as given.
+    """
+    if rotations is None:
+        return class_ids
+    if class_ids is None:
+        class_ids = torch.zeros_like(rotations)
+    return rotations * num_classes + class_ids
 
 
 def class_ids(id2label: dict, class_labels: Union[Label, Sequence[Label]], batch_size: int, device) -> torch.Tensor:
@@ -329,6 +359,13 @@ class FundusPipelineMixin:
     def null_class_id(self) -> int:
         return len(self.config.id2label)
 
+    @property
+    def class_conditional(self) -> bool:
+        """Whether the model takes class labels (a rotation-conditioned UNet's embedding may hold rotations alone)."""
+        model = self.unet if hasattr(self, "unet") else self.gan_generator
+        embeddings = model.config.num_class_embeds or 0
+        return embeddings // (ROTATIONS if self.config.get("rotation_conditioning") else 1) > 1
+
     def class_ids(self, class_labels: Union[Label, Sequence[Label]], batch_size: int) -> torch.Tensor:
         """Names, ids, ``None`` or -1 (the null class: unconditional) -> a ``[batch_size]`` tensor of class ids."""
         return class_ids(self.config.id2label, class_labels, batch_size, self._execution_device)
@@ -359,6 +396,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         id2label (`Dict[int, str]`): class ids and names; unknown labels use the null class ``len(id2label)``.
         training_info (`Dict`, *optional*): how the weights were trained (``fundus_diffusion.hub.save_model`` records
             it; the model card shows it). Not used for sampling.
+        rotation_conditioning (`bool`): the UNet was trained with rotation conditioning (``embedding_ids``): it has
+            ``ROTATIONS`` class embeddings per class, and sampling asks for upright photographs.
     """
 
     model_cpu_offload_seq = "unet"
@@ -371,16 +410,19 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         mask_names: Union[List[str], str, None] = None,
         id2label: Optional[dict] = None,
         training_info: Optional[dict] = None,
+        rotation_conditioning: bool = False,
     ):
         super().__init__()
         mask_names, id2label = check_fundus_config(
             "UNet", {"in": unet.config.in_channels, "out": unet.config.out_channels}, unet.config.num_class_embeds,
             image_channels, DEFAULT_MASK_NAMES[:1] if mask_names is None else mask_names, id2label,
+            rotation_conditioning,
         )  # fmt: skip
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(
-            image_channels=image_channels, mask_names=mask_names, id2label=id2label, training_info=training_info
-        )
+            image_channels=image_channels, mask_names=mask_names, id2label=id2label, training_info=training_info,
+            rotation_conditioning=rotation_conditioning,
+        )  # fmt: skip
 
     def prepare_extra_step_kwargs(self, generator, eta):
         # Not all schedulers take the same step arguments: eta is DDIM's, generator belongs to the stochastic ones.
@@ -462,7 +504,7 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         >>> inferred = pipe(image=out.images[0], num_inference_steps=250, resample_steps=4).masks[0]
         ```
         """
-        conditional = self.unet.config.num_class_embeds is not None
+        conditional = self.class_conditional
         if guidance_scale > 1 and (not conditional or class_labels is None):
             raise ValueError("guidance_scale > 1 needs a class-conditional UNet and class_labels to guide towards.")
         if not conditional and class_labels is not None:
@@ -479,6 +521,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
 
         device = self._execution_device
         labels = self.class_ids(class_labels, batch_size) if conditional else None
+        if self.config.rotation_conditioning:  # upright: rotation 0, whose embedding ids are the class ids
+            labels = embedding_ids(labels, torch.zeros(batch_size, dtype=torch.long, device=device), 1)
         do_guidance = guidance_scale > 1
         if do_guidance:
             labels = torch.cat([torch.full_like(labels, self.null_class_id), labels])

@@ -1,10 +1,11 @@
 """``UNet2DModel`` presets for C-channel fundus tensors (stock diffusers model, configured, never subclassed)."""
 
-from typing import Dict
+from typing import Dict, Optional
 
 from diffusers import UNet2DModel
 
 from ..data.schema import NUM_CLASS_EMBEDS
+from ..pipelines.pipeline_fundus import ROTATIONS
 
 # Each preset: channels per resolution level, resnets per level, which levels get self-attention (by index, 0 =
 # full resolution), head width, dropout and norm groups. Attention sits where feature maps are 8-32 px at the
@@ -47,16 +48,28 @@ def check_resolution(config, resolution: int) -> None:
         )
 
 
-def build_unet(preset: str, resolution: int, in_channels: int, class_conditional: bool = True) -> UNet2DModel:
+def build_unet(
+    preset: str,
+    resolution: int,
+    in_channels: int,
+    class_conditional: bool = True,
+    dropout: Optional[float] = None,
+    rotation_conditioning: bool = False,
+) -> UNet2DModel:
     """A ``UNet2DModel`` mapping ``in_channels`` to ``in_channels`` at ``resolution`` px.
 
     Class-conditional models get ``NUM_CLASS_EMBEDS`` class embeddings: non-PM, PM and the null class that unknown
-    labels and classifier-free guidance use.
+    labels and classifier-free guidance use. ``rotation_conditioning`` multiplies them by ``ROTATIONS`` (one per
+    quarter turn of each class; an unconditional model gets ``ROTATIONS``: see ``pipeline_fundus.embedding_ids``).
+    ``dropout`` replaces the preset's.
     """
     if preset not in UNET_PRESETS:
         raise ValueError(f"Unknown UNet preset {preset!r}; choose from {', '.join(UNET_PRESETS)}.")
     p = UNET_PRESETS[preset]
     levels = range(len(p["channels"]))
+    num_class_embeds = NUM_CLASS_EMBEDS if class_conditional else None
+    if rotation_conditioning:
+        num_class_embeds = (num_class_embeds or 1) * ROTATIONS
     unet = UNet2DModel(
         sample_size=resolution,
         in_channels=in_channels,
@@ -66,10 +79,10 @@ def build_unet(preset: str, resolution: int, in_channels: int, class_conditional
         down_block_types=tuple("AttnDownBlock2D" if i in p["attention"] else "DownBlock2D" for i in levels),
         up_block_types=tuple("AttnUpBlock2D" if i in p["attention"] else "UpBlock2D" for i in reversed(levels)),
         attention_head_dim=p["head_dim"],
-        dropout=p["dropout"],
+        dropout=p["dropout"] if dropout is None else dropout,
         norm_num_groups=p["groups"],
         resnet_time_scale_shift="scale_shift",
-        num_class_embeds=NUM_CLASS_EMBEDS if class_conditional else None,
+        num_class_embeds=num_class_embeds,
     )
     check_resolution(unet.config, resolution)
     return unet

@@ -1,4 +1,9 @@
-"""Differentiable augmentation (DiffAugment, Zhao et al. 2020) for C-channel fundus tensors.
+"""Augmentation for training on a few hundred C-channel fundus tensors without the samples learning it.
+
+For the DDPM, ``random_quarter_turns``: rotations the UNet is told about (rotation conditioning, see
+``pipeline_fundus.embedding_ids``), so they enlarge the set without leaking into upright samples.
+
+For the DCGAN, differentiable augmentation (DiffAugment, Zhao et al. 2020):
 
 With a few hundred real pairs the discriminator memorises the training set and stops teaching the generator.
 DiffAugment applies the same family of random, differentiable transforms to every tensor the discriminator sees,
@@ -7,11 +12,22 @@ reproduce the augmentations themselves. Colour transforms touch only the RGB cha
 and masks together, so the discriminator still judges whether a mask fits its image.
 """
 
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Sequence, Tuple
 
 import torch
 
+from ..pipelines.pipeline_fundus import ROTATIONS
+
 RGB = 3
+
+
+def random_quarter_turns(x: torch.Tensor, prob: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Turn each square sample, with probability ``prob``, by 1, 2 or 3 quarter turns (equally likely), image and
+    masks together; returns the turned batch and each sample's number of quarter turns (``[B]`` long, 0 = upright)."""
+    turned = (torch.rand(x.shape[0], device=x.device) < prob).long()
+    turns = turned * torch.randint(1, ROTATIONS, (x.shape[0],), device=x.device)
+    views = torch.stack([torch.rot90(x, k, dims=(-2, -1)) for k in range(ROTATIONS)])  # [ROTATIONS, B, C, H, W]
+    return views[turns, torch.arange(x.shape[0], device=x.device)], turns
 
 
 def _per_sample(x: torch.Tensor, low: float, high: float) -> torch.Tensor:

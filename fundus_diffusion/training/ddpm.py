@@ -23,14 +23,15 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
 
-from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, num_channels
+from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, num_channels
 from ..model_cards import portable_name
 from ..models.unet import UNET_PRESETS, build_unet
 from ..pipelines.loading import load_fundus_pipeline
-from ..pipelines.pipeline_fundus import FundusPipeline, split_mask_names
+from ..pipelines.pipeline_fundus import FundusPipeline, embedding_ids, split_mask_names
 from ..visualization import contact_sheet
 from . import loop, post_hoc_ema
 from .args import parse_training_args
+from .augment import random_quarter_turns
 
 logger = get_logger(__name__)
 
@@ -125,9 +126,19 @@ def final_alpha_bar(noise_scheduler) -> float:
 
 
 def diffusion_loss(
-    unet, noise_scheduler, pixel_values, class_labels=None, class_dropout_prob=0.0, snr_gamma=None, mask_annotated=None
+    unet,
+    noise_scheduler,
+    pixel_values,
+    class_labels=None,
+    class_dropout_prob=0.0,
+    snr_gamma=None,
+    mask_annotated=None,
+    rotations=None,
 ):
     """The denoising MSE at random timesteps; dropped labels become the null class (classifier-free guidance).
+
+    ``rotations`` (``[B]`` long, None: no rotation conditioning): the quarter turns each sample was rotated by,
+    given to a rotation-conditioned UNet with its class (``pipeline_fundus.embedding_ids``).
 
     ``mask_annotated`` (``bool [B, M]``, None: all annotated) marks the mask channels (3, 4, ...) each sample is
     annotated for. An unannotated channel holds no information (the training view stores it as -1, not as "absent"):
@@ -149,6 +160,7 @@ def diffusion_loss(
     if class_labels is not None and class_dropout_prob > 0:
         dropped = torch.rand(bsz, device=pixel_values.device) < class_dropout_prob
         class_labels = torch.where(dropped, torch.full_like(class_labels, NULL_CLASS_ID), class_labels)
+    class_labels = embedding_ids(class_labels, rotations, NUM_CLASS_EMBEDS if class_labels is not None else 1)
     prediction = unet(noisy, timesteps, class_labels=class_labels).sample
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(pixel_values, noise, timesteps)
@@ -182,7 +194,7 @@ def load_initial_weights(unet, source: str, mask_names) -> None:
             f"train with --masks {','.join(theirs_masks) or 'none'}, or start from a model of these masks."
         )
     ours, theirs = (json.loads(json.dumps(dict(model.config))) for model in (unet, pipe.unet))  # tuples -> lists
-    differ = sorted(k for k in ours.keys() | theirs.keys() if not k.startswith("_") and k != "sample_size" and ours.get(k) != theirs.get(k))
+    differ = sorted(k for k in ours.keys() | theirs.keys() if not k.startswith("_") and k not in ("sample_size", "dropout") and ours.get(k) != theirs.get(k))
     if differ:
         raise ValueError(
             f"--init_from {source}: its UNet differs from this run's in "
@@ -194,7 +206,12 @@ def load_initial_weights(unet, source: str, mask_names) -> None:
 
 
 def make_pipeline(unet, noise_scheduler, args) -> FundusPipeline:
-    return FundusPipeline(unet=unet, scheduler=noise_scheduler, mask_names=list(args.mask_names))
+    return FundusPipeline(
+        unet=unet,
+        scheduler=noise_scheduler,
+        mask_names=list(args.mask_names),
+        rotation_conditioning=args.rotation_conditioning_prob > 0,
+    )
 
 
 class DDPMKind(loop.ModelKind):
@@ -208,7 +225,7 @@ class DDPMKind(loop.ModelKind):
     # class_conditional None: conditional when the data has a labelled example (a model of unknown labels only would
     # offer PM / non-PM classes it never saw).
     DEFAULTS = dict(class_conditional=None, use_ema=True, logging_steps=10, num_validation_images=16)
-    MODEL_FLAGS = ("preset", "model_config", "masks", "class_conditional")
+    MODEL_FLAGS = ("preset", "model_config", "masks", "class_conditional", "dropout", "rotation_conditioning_prob")
     LOSSES = ("loss",)
     PEAK_METRICS = {"grad_norm": "gradient norm"}  # the interval's largest, before clipping: spikes precede NaNs
 
@@ -229,6 +246,21 @@ class DDPMKind(loop.ModelKind):
             "convolutional. For training at a lower resolution first, where a step costs a quarter of the compute "
             "per halving, then at the full one. A --resume_from_checkpoint still wins: its weights replace these "
             "(the model named here is still read, so it must still exist).",
+        )
+        model.add_argument(
+            "--dropout",
+            type=float,
+            default=None,
+            help="Dropout in the UNet's residual blocks (default: the --model_config preset's, 0.1 for the 256 px "
+            "ones). More of it is a regulariser against reproducing training images of a small set.",
+        )
+        model.add_argument(
+            "--rotation_conditioning_prob",
+            type=float,
+            default=0.0,
+            help="Rotate each training image (with its masks) by 90, 180 or 270 degrees with this probability and "
+            "tell the UNet by how much (EDM's non-leaking augmentation, Karras et al. 2022, with quarter turns): four "
+            "times the views of a small set, while samples stay upright (sampling asks for no rotation). 0: off.",
         )
         model.add_argument("--num_train_timesteps", type=int)
         model.add_argument("--beta_schedule", choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
@@ -296,6 +328,10 @@ class DDPMKind(loop.ModelKind):
             )
         if not args.use_ema:
             parser.error("The DDPM always keeps an EMA of its weights (it is the saved model): drop --no-use_ema.")
+        if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+            parser.error(f"--dropout {args.dropout}: give a probability in [0, 1).")
+        if not 0.0 <= args.rotation_conditioning_prob <= 1.0:
+            parser.error(f"--rotation_conditioning_prob {args.rotation_conditioning_prob}: give a probability in [0, 1].")
         if args.snr_gamma is not None and args.snr_gamma < 0:
             parser.error(f"--snr_gamma {args.snr_gamma}: give a positive gamma, or 0 for the plain MSE.")
         if args.snr_gamma == 0:
@@ -333,7 +369,12 @@ class DDPMKind(loop.ModelKind):
             if not args.class_conditional:
                 logger.info("No image of the dataset has a PM / non-PM label: training an unconditional model.")
         unet = build_unet(
-            args.model_config, args.resolution, num_channels(args.mask_names), class_conditional=args.class_conditional
+            args.model_config,
+            args.resolution,
+            num_channels(args.mask_names),
+            class_conditional=args.class_conditional,
+            dropout=args.dropout,
+            rotation_conditioning=args.rotation_conditioning_prob > 0,
         )
         if args.init_from:
             load_initial_weights(unet, args.init_from, args.mask_names)
@@ -383,7 +424,9 @@ class DDPMKind(loop.ModelKind):
         """One forward/backward (an optimizer step once gradients are accumulated) and the EMA update; the gradient
         norm (before clipping) on optimizer steps."""
         args, accelerator = self.args, self.accelerator
-        pixel_values = batch["pixel_values"]
+        pixel_values, rotations = batch["pixel_values"], None
+        if args.rotation_conditioning_prob > 0:
+            pixel_values, rotations = random_quarter_turns(pixel_values, args.rotation_conditioning_prob)
         if args.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         class_labels = batch["class_labels"] if args.class_conditional else None
@@ -391,7 +434,7 @@ class DDPMKind(loop.ModelKind):
         with accelerator.accumulate(self.unet):
             loss = diffusion_loss(
                 self.unet, self.noise_scheduler, pixel_values, class_labels, args.class_dropout_prob, args.snr_gamma,
-                batch["mask_annotated"],
+                batch["mask_annotated"], rotations,
             )  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:  # an infinite bound measures the norm without clipping
@@ -440,6 +483,10 @@ class DDPMKind(loop.ModelKind):
             "loss": f"min-SNR-{args.snr_gamma:g} weighted MSE" if args.snr_gamma else "MSE",
             "lr_scheduler": args.lr_scheduler,
         }
+        if args.dropout is not None:
+            info["dropout"] = args.dropout
+        if args.rotation_conditioning_prob:
+            info["rotation conditioning"] = f"{args.rotation_conditioning_prob:g} of the images turned by quarter turns"
         if args.init_from:
             info["initialised from"] = portable_name(args.init_from)
         if args.post_hoc_ema:
