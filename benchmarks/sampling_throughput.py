@@ -159,7 +159,7 @@ def throughput_row(pipe, args, mode: str, dtype: str, batch: int) -> dict:
         batch_size=batch, device=args.device, compile=None if mode == "eager" else mode,
     )  # fmt: skip
     config = prepare_pipeline(pipe, config)
-    conditional = bool(pipe.unet.config.num_class_embeds)
+    conditional = pipe.class_conditional
     labels = [("PM", "non-PM")[i % 2] if conditional else None for i in range(batch)]
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

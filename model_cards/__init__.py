@@ -20,7 +20,7 @@ from huggingface_hub.repocard import RepoCard
 from jinja2 import meta
 from safetensors import safe_open
 
-from ..pipelines.pipeline_fundus import split_mask_names
+from ..pipelines.pipeline_fundus import split_mask_names, takes_class_labels
 
 # One licence for every card: weights and samples derive from datasets published for research use under their own
 # terms (PALM, ADAM, ...), so no open licence can be granted for them; each card's body says so.
@@ -124,7 +124,7 @@ def model_card(folder: str) -> ModelCard:
         mask_names=split_mask_names(index["mask_names"]),  # "disc,atrophy"; a list in folders saved before
         id2label=id2label,
         null_class_id=len(id2label),
-        conditional=model.get("num_class_embeds") is not None,
+        conditional=takes_class_labels(model.get("num_class_embeds"), bool(index.get("rotation_conditioning"))),
         num_parameters=_num_parameters(os.path.join(folder, component)),
         data={k: training[k] for k in DATA_KEYS if k in training},
         hub_dataset=hub_dataset,

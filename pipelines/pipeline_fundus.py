@@ -98,6 +98,12 @@ def check_fundus_config(
     return mask_names, id2label
 
 
+def takes_class_labels(num_class_embeds: Optional[int], rotation_conditioning: bool = False) -> bool:
+    """Whether a model with these class embeddings follows class labels (a rotation-conditioned UNet's embedding may
+    hold rotations alone)."""
+    return (num_class_embeds or 0) // (ROTATIONS if rotation_conditioning else 1) > 1
+
+
 def embedding_ids(
     class_ids: Optional[torch.Tensor], rotations: Optional[torch.Tensor], num_classes: int
 ) -> Optional[torch.Tensor]:
@@ -361,10 +367,9 @@ class FundusPipelineMixin:
 
     @property
     def class_conditional(self) -> bool:
-        """Whether the model takes class labels (a rotation-conditioned UNet's embedding may hold rotations alone)."""
+        """Whether the model takes class labels."""
         model = self.unet if hasattr(self, "unet") else self.gan_generator
-        embeddings = model.config.num_class_embeds or 0
-        return embeddings // (ROTATIONS if self.config.get("rotation_conditioning") else 1) > 1
+        return takes_class_labels(model.config.num_class_embeds, bool(self.config.get("rotation_conditioning")))
 
     def class_ids(self, class_labels: Union[Label, Sequence[Label]], batch_size: int) -> torch.Tensor:
         """Names, ids, ``None`` or -1 (the null class: unconditional) -> a ``[batch_size]`` tensor of class ids."""

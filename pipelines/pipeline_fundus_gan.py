@@ -105,7 +105,7 @@ class FundusGANPipeline(FundusPipelineMixin, DiffusionPipeline):
         shape = (batch_size, model.config.nz, 1, 1)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"Got {len(generator)} generators for batch_size {batch_size}; pass one per sample.")
-        conditional = model.config.num_class_embeds is not None
+        conditional = self.class_conditional
         if not conditional and class_labels is not None:
             raise ValueError("This generator is unconditional: leave class_labels as None.")
         labels = self.class_ids(class_labels, batch_size) if conditional else None

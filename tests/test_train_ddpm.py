@@ -276,7 +276,7 @@ def test_a_dataset_without_labels_trains_an_unconditional_model(tmp_path, cache_
         + ["--dataset", str(unlabelled)]
     )
     ddpm.train(args)
-    assert FundusPipeline.from_pretrained(tmp_path / "run").unet.config.num_class_embeds is None
+    assert not FundusPipeline.from_pretrained(tmp_path / "run").class_conditional
     card = (tmp_path / "run" / "README.md").read_text()
     data = card.split("## Training data")[1].split("## Training\n")[0]  # a section of its own, also for local data
     assert "A local dataset, `unlabelled`" in data
@@ -289,7 +289,7 @@ def test_a_dataset_without_labels_trains_an_unconditional_model(tmp_path, cache_
         ddpm.train(ddpm.parse_args(forced + ["--dataset", str(unlabelled)]))
     labelled = ddpm.parse_args(tiny_args(tmp_path / "labelled", cache_dir, "--max_train_steps", "1", "--logger", "none"))
     ddpm.train(labelled)  # phantoms carry PM / non-PM labels: conditional, as before
-    assert FundusPipeline.from_pretrained(tmp_path / "labelled").unet.config.num_class_embeds is not None
+    assert FundusPipeline.from_pretrained(tmp_path / "labelled").class_conditional
 
 
 def test_post_hoc_ema_flags_default_to_the_library_and_refuse_what_cannot_work(capsys):

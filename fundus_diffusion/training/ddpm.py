@@ -51,6 +51,7 @@ PRESETS = {
         ema_max_decay=0.9999,
         schedule_base_resolution=64,  # with min-SNR-5: the better 256 px recipe of RESULTS.md's session 5
         snr_gamma=5.0,
+        rotation_conditioning_prob=0.5,  # no copies at 10,000 steps where the recipe without it copies: session 11
     ),
     "paper": dict(
         resolution=64,
@@ -89,6 +90,7 @@ PRESETS["demo"] = dict(
     seed=0,
     schedule_base_resolution=None,  # the demo's recorded settings, from before the 256 px recipe changed
     snr_gamma=None,
+    rotation_conditioning_prob=0.0,
 )
 
 
@@ -260,7 +262,8 @@ class DDPMKind(loop.ModelKind):
             default=0.0,
             help="Rotate each training image (with its masks) by 90, 180 or 270 degrees with this probability and "
             "tell the UNet by how much (EDM's non-leaking augmentation, Karras et al. 2022, with quarter turns): four "
-            "times the views of a small set, while samples stay upright (sampling asks for no rotation). 0: off.",
+            "times the views of a small set, while samples stay upright (sampling asks for no rotation). The ours preset "
+            "uses 0.5; 0: off.",
         )
         model.add_argument("--num_train_timesteps", type=int)
         model.add_argument("--beta_schedule", choices=["linear", "scaled_linear", "squaredcos_cap_v2"])

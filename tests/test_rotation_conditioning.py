@@ -1,0 +1,104 @@
+"""Rotation conditioning: training turns images (masks with them) by quarter turns and tells the UNet how far; the
+pipeline samples upright; the regularising flags parse, train and save."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_train_ddpm import tiny_args
+
+from fundus_diffusion import FundusPipeline
+from fundus_diffusion.data import load_phantom_dataset
+from fundus_diffusion.models.unet import build_unet
+from fundus_diffusion.pipelines.pipeline_fundus import ROTATIONS, check_fundus_config, embedding_ids
+from fundus_diffusion.training import ddpm
+from fundus_diffusion.training.augment import random_quarter_turns
+
+
+def test_quarter_turns_move_image_and_masks_together_and_never_turn_at_probability_zero():
+    torch.manual_seed(0)
+    x = torch.randn(64, 4, 8, 8)
+    same, turns = random_quarter_turns(x, 0.0)
+    assert torch.equal(same, x) and not turns.any()
+    turned, turns = random_quarter_turns(x, 1.0)
+    assert set(turns.tolist()) == {1, 2, 3}  # every sample turned, by each amount somewhere in 64
+    for i, k in enumerate(turns.tolist()):
+        assert torch.equal(turned[i], torch.rot90(x[i], k, dims=(-2, -1)))  # all channels: masks stay on their image
+    _, half = random_quarter_turns(torch.randn(2000, 1, 4, 4), 0.5)
+    assert 0.45 < (half > 0).float().mean() < 0.55
+
+
+def test_embedding_ids_put_each_rotation_after_all_classes():
+    rotations = torch.tensor([0, 1, 3])
+    assert embedding_ids(None, None, 1) is None
+    assert torch.equal(embedding_ids(torch.tensor([2, 1, 0]), None, 3), torch.tensor([2, 1, 0]))
+    assert torch.equal(embedding_ids(None, rotations, 1), rotations)  # unconditional: the rotation alone
+    assert torch.equal(embedding_ids(torch.tensor([0, 1, 2]), rotations, 3), torch.tensor([0, 4, 11]))
+
+
+def test_the_loss_gives_the_unet_rotation_and_class_with_dropped_labels_made_null_first():
+    seen = []
+
+    def unet(x, t, class_labels=None):
+        seen.append(class_labels)
+        return SimpleNamespace(sample=torch.zeros_like(x))
+
+    scheduler = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "x", "--resolution", "16"]))
+    x, rotations = torch.zeros(3, 4, 8, 8), torch.tensor([0, 1, 3])
+    ddpm.diffusion_loss(unet, scheduler, x, torch.tensor([0, 1, 2]), rotations=rotations)
+    ddpm.diffusion_loss(unet, scheduler, x, torch.tensor([0, 1, 2]), class_dropout_prob=0.999999, rotations=rotations)
+    ddpm.diffusion_loss(unet, scheduler, x, rotations=rotations)
+    assert [s.tolist() for s in seen] == [[0, 4, 11], [2, 5, 11], [0, 1, 3]]
+
+
+def test_a_rotation_conditioned_unet_needs_rotations_times_classes_embeddings():
+    assert build_unet("tiny", 16, 4, class_conditional=False, rotation_conditioning=True).config.num_class_embeds == 4
+    assert build_unet("tiny", 16, 4, class_conditional=True, rotation_conditioning=True).config.num_class_embeds == 12
+    assert build_unet("tiny", 16, 4, dropout=0.3).config.dropout == 0.3
+    channels = {"in": 4, "out": 4}
+    for embeddings in (ROTATIONS, 3 * ROTATIONS):  # rotations alone; 2 labels + null class, each in 4 rotations
+        check_fundus_config("UNet", channels, embeddings, 3, ["disc"], None, rotation_conditioning=True)
+    with pytest.raises(ValueError, match="4 class embeddings per class .* this one has 3"):
+        check_fundus_config("UNet", channels, 3, 3, ["disc"], None, rotation_conditioning=True)
+    with pytest.raises(ValueError, match="has 8 class embeddings per rotation"):
+        check_fundus_config("UNet", channels, 32, 3, ["disc"], None, rotation_conditioning=True)
+
+
+def test_presets_and_flag_checks():
+    assert ddpm.parse_args(["--output_dir", "x"]).rotation_conditioning_prob == 0.5  # ours: the 256 px recipe
+    for preset in ("paper", "demo"):  # their recorded settings stay as they were
+        assert ddpm.parse_args(["--preset", preset, "--output_dir", "x"]).rotation_conditioning_prob == 0.0
+    for bad in (["--rotation_conditioning_prob", "1.5"], ["--dropout", "1.0"]):
+        with pytest.raises(SystemExit):
+            ddpm.parse_args(["--output_dir", "x", *bad])
+
+
+def sampled_class_labels(pipe, **kwargs):
+    """The class ids the pipeline's UNet is called with."""
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["class_labels"]), with_kwargs=True)
+    pipe(batch_size=2, num_inference_steps=1, output_type="np", **kwargs)
+    hook.remove()
+    return seen[0].tolist()
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_a_rotation_conditioned_model_trains_saves_and_samples_upright(tmp_path, labelled):
+    data = tmp_path / "data"
+    phantoms = load_phantom_dataset(8, size=32)
+    (phantoms if labelled else phantoms.map(lambda row: {"label": -1})).save_to_disk(str(data))
+    out = tmp_path / "run"
+    extra = ["--max_train_steps", "2", "--logger", "none", "--rotation_conditioning_prob", "0.5", "--dropout", "0.3"]
+    ddpm.train(ddpm.parse_args(tiny_args(out, tmp_path / "cache", *extra) + ["--dataset", str(data)]))
+    pipe = FundusPipeline.from_pretrained(out)
+    assert pipe.config.rotation_conditioning and pipe.unet.config.dropout == 0.3
+    assert pipe.config.training_info["rotation conditioning"] == "0.5 of the images turned by quarter turns"
+    if labelled:  # 3 classes x 4 rotations; upright ids are the class ids, the null class first under guidance
+        assert pipe.unet.config.num_class_embeds == 12 and pipe.class_conditional
+        assert sampled_class_labels(pipe, class_labels="PM") == [1, 1]
+        assert sampled_class_labels(pipe, class_labels="PM", guidance_scale=2.0) == [2, 2, 1, 1]
+    else:  # the embedding holds the 4 rotations only: not class-conditional, labels refused
+        assert pipe.unet.config.num_class_embeds == 4 and not pipe.class_conditional
+        assert sampled_class_labels(pipe) == [0, 0]
+        with pytest.raises(ValueError, match="This model is unconditional"):
+            pipe(batch_size=1, class_labels="PM", num_inference_steps=1)
