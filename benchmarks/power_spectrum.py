@@ -1,0 +1,118 @@
+"""At which spatial frequencies synthetic photographs differ from real ones: radially averaged power spectra.
+
+The two-sample judge (``evaluate.py``) says *whether* synthetic photographs can be told from real ones; this says where
+their energy differs. For each image: the green channel (where the vessels have their contrast) at ``--resolution``
+px, zero mean, times a Hann window (so the square's edges add no false high frequencies), its 2-D power spectrum
+averaged over rings of equal frequency; per set, the geometric mean over its images. The result is each set's ratio
+to the real training set's spectrum per frequency: 1 = the same energy, below 1 = missing detail. Held-out real
+photographs are the control (how far from 1 a set of real photographs lies by chance). Bands: coarse (below 1/32
+cycles per px: illumination and the field of view), middle (1/32 to 1/8: the disc and large vessels), fine (1/8 to
+1/3: small vessels and texture, 3-8 px), pixel (above 1/3: speckle and noise at 2-3 px).
+
+    python benchmarks/power_spectrum.py --real <split>/train --holdout <split>/test \\
+        --synthetic rot50-10000-ddpm100=<set> --synthetic rot50-10000=<set> --figure spectra.png --output_json spectra.json
+"""
+
+import argparse
+import json
+from typing import Dict
+
+import matplotlib
+import numpy as np
+import torch
+
+from fundus_diffusion.data import load_fundus_dataset
+from fundus_diffusion.evaluation.arrays import dataset_arrays
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# cycles per px; a band's ratio is the geometric mean of the ratios at its frequencies
+BANDS = {"coarse": (0.0, 1 / 32), "middle": (1 / 32, 1 / 8), "fine": (1 / 8, 1 / 3), "pixel": (1 / 3, 0.5)}
+
+
+def log_radial_spectra(arrays: torch.Tensor) -> torch.Tensor:
+    """``uint8 [N, >=3, S, S]`` -> ``[N, S // 2]``: the log of each image's green-channel power, averaged over the ring
+    of each integer frequency 0 .. S/2 - 1 (in cycles per image; divide by S for cycles per px)."""
+    green = arrays[:, 1].double() / 255.0
+    size = green.shape[-1]
+    window = torch.hann_window(size, periodic=False, dtype=torch.float64)
+    windowed = (green - green.mean(dim=(1, 2), keepdim=True)) * window[:, None] * window[None, :]
+    power = torch.fft.fftshift(torch.fft.fft2(windowed).abs() ** 2, dim=(-2, -1))
+    centre = torch.arange(size, dtype=torch.float64) - size // 2
+    ring = torch.sqrt(centre[:, None] ** 2 + centre[None, :] ** 2).round().long().flatten()
+    keep = ring < size // 2
+    sums = torch.zeros(len(green), size // 2, dtype=torch.float64).index_add_(1, ring[keep], power.flatten(1)[:, keep])
+    counts = torch.bincount(ring[keep], minlength=size // 2).double()
+    return torch.log(sums / counts + 1e-20)
+
+
+def compare(real: torch.Tensor, sets: Dict[str, torch.Tensor]) -> Dict:
+    """Per set: its spectrum's ratio to ``real``'s per frequency (geometric means over images) and per band."""
+    reference = log_radial_spectra(real).mean(dim=0)
+    frequencies = np.arange(len(reference)) / real.shape[-1]
+    results = {"frequencies_cycles_per_px": frequencies[1:].tolist(), "sets": {}}
+    for name, arrays in sets.items():
+        log_ratio = (log_radial_spectra(arrays).mean(dim=0) - reference).numpy()[1:]  # the mean (frequency 0) is removed
+        bands = {
+            band: float(np.exp(log_ratio[(frequencies[1:] >= low) & (frequencies[1:] < high)].mean()))
+            for band, (low, high) in BANDS.items()
+        }
+        results["sets"][name] = {"n": len(arrays), "ratio": np.exp(log_ratio).tolist(), "bands": bands}
+    return results
+
+
+def table(results: Dict) -> str:
+    lines = [
+        "| images | n | " + " | ".join(f"{b} ({lo:.3g}-{hi:.3g} cycles/px)" for b, (lo, hi) in BANDS.items()) + " |",
+        "|---|---:|" + "---:|" * len(BANDS),
+    ]
+    for name, row in results["sets"].items():
+        lines.append(f"| {name} | {row['n']} | " + " | ".join(f"{row['bands'][b]:.2f}" for b in BANDS) + " |")
+    return "\n".join(lines)
+
+
+def figure(results: Dict, path: str, resolution: int) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, row in results["sets"].items():
+        ax.plot(results["frequencies_cycles_per_px"], row["ratio"], label=name, ls="--" if "held-out" in name else "-")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="spatial frequency (cycles per px)",
+           ylabel="power / real training photographs' power",
+           title=f"green-channel power spectra at {resolution} px, against the real training set")  # fmt: skip
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real", required=True, help="The real photographs to compare with (a saved dataset).")
+    parser.add_argument("--holdout", default=None, help="Other real photographs: the control (a saved dataset).")
+    parser.add_argument("--synthetic", action="append", default=[], help="name=dataset, repeatable.")
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--figure", default=None, help="Where to save the ratio-against-frequency plot (PNG).")
+    parser.add_argument("--output_json", default=None)
+    args = parser.parse_args(argv)
+    real = dataset_arrays(load_fundus_dataset(args.real), args.resolution, [], "real set")
+    sets = {}
+    if args.holdout:
+        sets["held-out real (control)"] = dataset_arrays(load_fundus_dataset(args.holdout), args.resolution, [], "held-out set")
+    for item in args.synthetic:
+        name, _, path = item.partition("=")
+        if not path:
+            parser.error(f"--synthetic {item!r}: give name=dataset, e.g. rot50-10000=data/synthetic")
+        sets[name] = dataset_arrays(load_fundus_dataset(path), args.resolution, [], name)
+    results = compare(real, sets)
+    print(table(results))
+    if args.figure:
+        figure(results, args.figure, args.resolution)
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump({"resolution": args.resolution, "bands": BANDS, **results}, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""benchmarks/power_spectrum.py: spectra ratios that can fail: a set against itself is 1 everywhere, a blurred copy
+loses its fine and pixel bands and keeps its coarse one, and the CLI writes the table, figure and JSON."""
+
+import importlib.util
+import json
+
+import torch
+import torch.nn.functional as F
+from conftest import REPO_ROOT
+
+from fundus_diffusion.data import load_phantom_dataset
+from fundus_diffusion.evaluation.arrays import dataset_arrays
+
+spec = importlib.util.spec_from_file_location("power_spectrum", REPO_ROOT / "benchmarks" / "power_spectrum.py")
+power_spectrum = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(power_spectrum)
+
+
+def test_a_set_against_itself_is_one_and_a_blurred_copy_loses_the_fine_bands():
+    real = dataset_arrays(load_phantom_dataset(8, size=64), 64, [], "phantoms")
+    noisy = (real.float() + torch.randn(real.shape, generator=torch.Generator().manual_seed(0)) * 8).clamp(0, 255)
+    blurred = F.interpolate(F.avg_pool2d(real.float(), 4), scale_factor=4, mode="bilinear").round().to(torch.uint8)
+    bands = {name: row["bands"] for name, row in power_spectrum.compare(
+        real, {"same": real, "blurred": blurred, "noisy": noisy.round().to(torch.uint8)}
+    )["sets"].items()}  # fmt: skip
+    assert all(abs(ratio - 1.0) < 1e-9 for ratio in bands["same"].values())
+    assert bands["blurred"]["pixel"] < bands["blurred"]["fine"] < 0.5 < 0.8 < bands["blurred"]["coarse"] < 1.25
+    assert bands["noisy"]["pixel"] > 1.5 and 0.8 < bands["noisy"]["coarse"] < 1.25  # added noise: extra pixel energy
+
+
+def test_the_cli_prints_the_bands_and_writes_the_figure_and_json(tmp_path, capsys):
+    phantoms = load_phantom_dataset(12, size=64)
+    paths = {}
+    for name, rows in {"train": range(8), "holdout": range(8, 12)}.items():
+        paths[name] = str(tmp_path / name)
+        phantoms.select(rows).save_to_disk(paths[name])
+    power_spectrum.main([
+        "--real", paths["train"], "--holdout", paths["holdout"], "--synthetic", f"copy={paths['train']}",
+        "--resolution", "64", "--figure", str(tmp_path / "spectra.png"), "--output_json", str(tmp_path / "s.json"),
+    ])  # fmt: skip
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert set(saved["sets"]) == {"held-out real (control)", "copy"} and len(saved["frequencies_cycles_per_px"]) == 31
+    assert saved["sets"]["copy"]["bands"]["fine"] == 1.0 and (tmp_path / "spectra.png").stat().st_size > 0
+    assert "| copy | 8 | 1.00 | 1.00 | 1.00 | 1.00 |" in capsys.readouterr().out
