@@ -31,7 +31,7 @@ from realism_judge_calibration import jpeg
 from torch.nn import functional as F
 
 from fundus_diffusion.data import load_fundus_dataset
-from fundus_diffusion.evaluation.arrays import dataset_arrays
+from fundus_diffusion.evaluation.arrays import dataset_arrays, named_sets
 from fundus_diffusion.evaluation.augment import gaussian_blur
 from fundus_diffusion.evaluation.memorisation import (
     COPY_PERCENTILE,
@@ -129,14 +129,9 @@ def main(argv=None):
     real_set = load_fundus_dataset(args.real)
     real = dataset_arrays(real_set, args.resolution, [], "real training set")
     holdout = dataset_arrays(load_fundus_dataset(args.holdout), args.resolution, [], "held-out set")
-    synthetic, synthetic_ids = {}, {}
-    for item in args.synthetic:
-        name, _, path = item.partition("=")
-        if not path:
-            parser.error(f"--synthetic {item!r}: give name=dataset, e.g. ours-10000=data/synthetic")
-        dataset = load_fundus_dataset(path)
-        synthetic[name] = dataset_arrays(dataset, args.resolution, [], name)
-        synthetic_ids[name] = list(dataset["id"])
+    loaded = named_sets(args.synthetic, args.resolution)
+    synthetic = {name: arrays for name, (arrays, _) in loaded.items()}
+    synthetic_ids = {name: ids for name, (_, ids) in loaded.items()}
     results = calibrate(real, holdout, synthetic, list(real_set["id"]), synthetic_ids)
     print(table(results))
     for space, result in results.items():

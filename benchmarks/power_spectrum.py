@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fundus_diffusion.data import load_fundus_dataset
-from fundus_diffusion.evaluation.arrays import dataset_arrays
+from fundus_diffusion.evaluation.arrays import dataset_arrays, named_sets
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -99,11 +99,7 @@ def main(argv=None):
     sets = {}
     if args.holdout:
         sets["held-out real (control)"] = dataset_arrays(load_fundus_dataset(args.holdout), args.resolution, [], "held-out set")
-    for item in args.synthetic:
-        name, _, path = item.partition("=")
-        if not path:
-            parser.error(f"--synthetic {item!r}: give name=dataset, e.g. rot50-10000=data/synthetic")
-        sets[name] = dataset_arrays(load_fundus_dataset(path), args.resolution, [], name)
+    sets.update({name: arrays for name, (arrays, _) in named_sets(args.synthetic, args.resolution).items()})
     results = compare(real, sets)
     print(table(results))
     if args.figure:

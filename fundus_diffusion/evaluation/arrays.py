@@ -1,12 +1,13 @@
 """Images as the evaluation networks take them: ``uint8 [N, 3 + M, R, R]`` stacks of a dataset's rows, cropped and
 resized as for training, and the device they train on."""
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..data import load_fundus_dataset
 from ..data.schema import check_has_masks, mask_column
 from ..data.transforms import pair_to_array
 
@@ -24,6 +25,18 @@ def dataset_arrays(dataset, resolution: int, mask_names: Sequence[str], desc: st
         masks = {name: row[mask_column(name)] for name in mask_names}
         out[i] = torch.from_numpy(pair_to_array(row["image"], masks, mask_names, resolution))
     return out
+
+
+def named_sets(items: Sequence[str], resolution: int) -> Dict[str, Tuple[torch.Tensor, List[str]]]:
+    """A benchmark's repeatable ``--synthetic name=dataset`` -> ``{name: (dataset_arrays without masks, ids)}``."""
+    sets = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        if not name or not path:
+            raise ValueError(f"--synthetic {item!r}: give name=dataset, e.g. ours-10000=data/synthetic")
+        dataset = load_fundus_dataset(path)
+        sets[name] = dataset_arrays(dataset, resolution, [], name), list(dataset["id"])
+    return sets
 
 
 def to_pil(array: torch.Tensor, mask_names: Sequence[str]) -> Tuple[Image.Image, Dict[str, Image.Image]]:
