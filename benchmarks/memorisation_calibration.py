@@ -126,10 +126,13 @@ def main(argv=None):
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
+    try:
+        loaded = named_sets(args.synthetic, args.resolution)
+    except ValueError as err:
+        parser.error(str(err))
     real_set = load_fundus_dataset(args.real)
     real = dataset_arrays(real_set, args.resolution, [], "real training set")
     holdout = dataset_arrays(load_fundus_dataset(args.holdout), args.resolution, [], "held-out set")
-    loaded = named_sets(args.synthetic, args.resolution)
     synthetic = {name: arrays for name, (arrays, _) in loaded.items()}
     synthetic_ids = {name: ids for name, (_, ids) in loaded.items()}
     results = calibrate(real, holdout, synthetic, list(real_set["id"]), synthetic_ids)

@@ -95,11 +95,17 @@ def main(argv=None):
     parser.add_argument("--figure", default=None, help="Where to save the ratio-against-frequency plot (PNG).")
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
+    if args.resolution < 128:
+        parser.error(f"--resolution {args.resolution}: the coarse band (below 1/32 cycles per px) needs at least 128 px.")
+    try:
+        synthetic = {name: arrays for name, (arrays, _) in named_sets(args.synthetic, args.resolution).items()}
+    except ValueError as err:
+        parser.error(str(err))
     real = dataset_arrays(load_fundus_dataset(args.real), args.resolution, [], "real set")
     sets = {}
     if args.holdout:
         sets["held-out real (control)"] = dataset_arrays(load_fundus_dataset(args.holdout), args.resolution, [], "held-out set")
-    sets.update({name: arrays for name, (arrays, _) in named_sets(args.synthetic, args.resolution).items()})
+    sets.update(synthetic)
     results = compare(real, sets)
     print(table(results))
     if args.figure:

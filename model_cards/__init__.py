@@ -125,6 +125,7 @@ def model_card(folder: str) -> ModelCard:
         id2label=id2label,
         null_class_id=len(id2label),
         conditional=takes_class_labels(model.get("num_class_embeds"), bool(index.get("rotation_conditioning"))),
+        rotation_conditioning=bool(index.get("rotation_conditioning")),
         num_parameters=_num_parameters(os.path.join(folder, component)),
         data={k: training[k] for k in DATA_KEYS if k in training},
         hub_dataset=hub_dataset,

@@ -514,8 +514,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
             raise ValueError("guidance_scale > 1 needs a class-conditional UNet and class_labels to guide towards.")
         if not conditional and class_labels is not None:
             raise ValueError(
-                "This model is unconditional: it was trained without class labels (its UNet has no class embedding), "
-                "so it cannot follow class_labels; leave class_labels as None."
+                "This model is unconditional: it was trained without class labels (its UNet has no class embeddings, "
+                "or embeddings for rotations only), so it cannot follow class_labels; leave class_labels as None."
             )
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size}.")

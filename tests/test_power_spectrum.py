@@ -4,6 +4,7 @@ loses its fine and pixel bands and keeps its coarse one, and the CLI writes the 
 import importlib.util
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT
@@ -20,25 +21,44 @@ def test_a_set_against_itself_is_one_and_a_blurred_copy_loses_the_fine_bands():
     real = dataset_arrays(load_phantom_dataset(8, size=64), 64, [], "phantoms")
     noisy = (real.float() + torch.randn(real.shape, generator=torch.Generator().manual_seed(0)) * 8).clamp(0, 255)
     blurred = F.interpolate(F.avg_pool2d(real.float(), 4), scale_factor=4, mode="bilinear").round().to(torch.uint8)
+    red_changed = real.clone()
+    red_changed[:, 0] = 255 - red_changed[:, 0]
     bands = {name: row["bands"] for name, row in power_spectrum.compare(
-        real, {"same": real, "blurred": blurred, "noisy": noisy.round().to(torch.uint8)}
+        real, {"same": real, "blurred": blurred, "noisy": noisy.round().to(torch.uint8), "red": red_changed}
     )["sets"].items()}  # fmt: skip
-    assert all(abs(ratio - 1.0) < 1e-9 for ratio in bands["same"].values())
+    for name in ("same", "red"):  # the green channel alone is compared
+        assert all(abs(ratio - 1.0) < 1e-9 for ratio in bands[name].values()), name
     assert bands["blurred"]["pixel"] < bands["blurred"]["fine"] < 0.5 < 0.8 < bands["blurred"]["coarse"] < 1.25
     assert bands["noisy"]["pixel"] > 1.5 and 0.8 < bands["noisy"]["coarse"] < 1.25  # added noise: extra pixel energy
 
 
+def test_a_green_stripe_pattern_shows_at_its_own_frequency_and_band():
+    real = dataset_arrays(load_phantom_dataset(8, size=128), 128, [], "phantoms")
+    stripes = real.clone()
+    columns = torch.arange(128, dtype=torch.float64)
+    wave = 40 * torch.cos(2 * torch.pi * 0.25 * columns)  # 0.25 cycles per px: a 4 px period
+    stripes[:, 1] = (stripes[:, 1].double() + wave).clamp(0, 255).round().to(torch.uint8)
+    results = power_spectrum.compare(real, {"stripes": stripes})
+    frequencies, row = results["frequencies_cycles_per_px"], results["sets"]["stripes"]
+    assert frequencies == [k / 128 for k in range(1, 64)]
+    assert frequencies[int(torch.tensor(row["ratio"]).argmax())] == 0.25
+    assert row["bands"]["fine"] > 1.5 and max(row["bands"][b] for b in ("coarse", "middle", "pixel")) < 1.2
+
+
 def test_the_cli_prints_the_bands_and_writes_the_figure_and_json(tmp_path, capsys):
-    phantoms = load_phantom_dataset(12, size=64)
+    phantoms = load_phantom_dataset(12, size=128)
     paths = {}
     for name, rows in {"train": range(8), "holdout": range(8, 12)}.items():
         paths[name] = str(tmp_path / name)
         phantoms.select(rows).save_to_disk(paths[name])
     power_spectrum.main([
         "--real", paths["train"], "--holdout", paths["holdout"], "--synthetic", f"copy={paths['train']}",
-        "--resolution", "64", "--figure", str(tmp_path / "spectra.png"), "--output_json", str(tmp_path / "s.json"),
+        "--resolution", "128", "--figure", str(tmp_path / "spectra.png"), "--output_json", str(tmp_path / "s.json"),
     ])  # fmt: skip
     saved = json.loads((tmp_path / "s.json").read_text())
-    assert set(saved["sets"]) == {"held-out real (control)", "copy"} and len(saved["frequencies_cycles_per_px"]) == 31
+    assert set(saved["sets"]) == {"held-out real (control)", "copy"} and len(saved["frequencies_cycles_per_px"]) == 63
     assert saved["sets"]["copy"]["bands"]["fine"] == 1.0 and (tmp_path / "spectra.png").stat().st_size > 0
     assert "| copy | 8 | 1.00 | 1.00 | 1.00 | 1.00 |" in capsys.readouterr().out
+    for bad in (["--resolution", "64"], ["--synthetic", "no-name-given"], ["--synthetic", "a=x", "--synthetic", "a=y"]):
+        with pytest.raises(SystemExit):  # refused before any set is read
+            power_spectrum.main(["--real", str(tmp_path / "missing"), *bad])

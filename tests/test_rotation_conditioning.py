@@ -1,6 +1,8 @@
 """Rotation conditioning: training turns images (masks with them) by quarter turns and tells the UNet how far; the
 pipeline samples upright; the regularising flags parse, train and save."""
 
+import json
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -68,7 +70,7 @@ def test_presets_and_flag_checks():
     assert ddpm.parse_args(["--output_dir", "x"]).rotation_conditioning_prob == 0.5  # ours: the 256 px recipe
     for preset in ("paper", "demo"):  # their recorded settings stay as they were
         assert ddpm.parse_args(["--preset", preset, "--output_dir", "x"]).rotation_conditioning_prob == 0.0
-    for bad in (["--rotation_conditioning_prob", "1.5"], ["--dropout", "1.0"]):
+    for bad in (["--rotation_conditioning_prob", "1.0"], ["--rotation_conditioning_prob", "-0.1"], ["--dropout", "1.0"]):
         with pytest.raises(SystemExit):
             ddpm.parse_args(["--output_dir", "x", *bad])
 
@@ -93,6 +95,7 @@ def test_a_rotation_conditioned_model_trains_saves_and_samples_upright(tmp_path,
     pipe = FundusPipeline.from_pretrained(out)
     assert pipe.config.rotation_conditioning and pipe.unet.config.dropout == 0.3
     assert pipe.config.training_info["rotation conditioning"] == "0.5 of the images turned by quarter turns"
+    assert "Rotation conditioning: the UNet was trained on photographs" in (out / "README.md").read_text()
     if labelled:  # 3 classes x 4 rotations; upright ids are the class ids, the null class first under guidance
         assert pipe.unet.config.num_class_embeds == 12 and pipe.class_conditional
         assert sampled_class_labels(pipe, class_labels="PM") == [1, 1]
@@ -102,3 +105,76 @@ def test_a_rotation_conditioned_model_trains_saves_and_samples_upright(tmp_path,
         assert sampled_class_labels(pipe) == [0, 0]
         with pytest.raises(ValueError, match="This model is unconditional"):
             pipe(batch_size=1, class_labels="PM", num_inference_steps=1)
+
+
+def test_a_training_step_gives_the_loss_the_turned_images_and_their_turns(tmp_path, monkeypatch):
+    turned_by_step, seen_by_loss = [], []
+    real_turns, real_loss = ddpm.random_quarter_turns, ddpm.diffusion_loss
+
+    def turns(x, prob):
+        out = real_turns(x, prob)
+        turned_by_step.append((x.clone(), *out))
+        return out
+
+    def loss(unet, scheduler, pixel_values, *args):
+        seen_by_loss.append((pixel_values, args[-1]))
+        return real_loss(unet, scheduler, pixel_values, *args)
+
+    monkeypatch.setattr(ddpm, "random_quarter_turns", turns)
+    monkeypatch.setattr(ddpm, "diffusion_loss", loss)
+    extra = ["--max_train_steps", "1", "--logger", "none", "--rotation_conditioning_prob", "0.999999"]
+    ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "run", tmp_path / "cache", *extra)))
+    (upright, turned, k), (given, rotations) = turned_by_step[0], seen_by_loss[0]
+    assert k.min() >= 1 and torch.equal(rotations, k) and torch.equal(given, turned)
+    for i in range(len(k)):
+        assert torch.equal(given[i], torch.rot90(upright[i], int(k[i]), dims=(-2, -1)))
+
+
+@pytest.fixture(scope="module")
+def unrotated_run(tmp_path_factory):
+    """A labelled tiny run trained without rotation conditioning, with a checkpoint at step 2."""
+    root = tmp_path_factory.mktemp("unrotated")
+    extra = ["--max_train_steps", "2", "--checkpointing_steps", "2", "--logger", "none", "--rotation_conditioning_prob", "0"]
+    ddpm.train(ddpm.parse_args(tiny_args(root / "run", root / "cache", *extra)))
+    return root
+
+
+def test_a_resume_names_a_changed_or_unrecorded_rotation_setting(unrotated_run, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(unrotated_run / "run", run)
+    resume = tiny_args(run, unrotated_run / "cache", "--max_train_steps", "4", "--logger", "none")
+    resume += ["--resume_from_checkpoint", "latest", "--rotation_conditioning_prob", "0.5"]
+    with pytest.raises(ValueError, match=r"--rotation_conditioning_prob 0.5 \(checkpoint: 0.0\)"):
+        ddpm.train(ddpm.parse_args(resume))
+    # A checkpoint written before the flag existed records no rotation setting.
+    old = tmp_path / "old"
+    flags_then = tuple(f for f in ddpm.DDPMKind.MODEL_FLAGS if f not in ("dropout", "rotation_conditioning_prob"))
+    with monkeypatch.context() as then:
+        then.setattr(ddpm.DDPMKind, "MODEL_FLAGS", flags_then)
+        ddpm.train(ddpm.parse_args(tiny_args(old, tmp_path / "cache", "--max_train_steps", "2", "--checkpointing_steps",
+                                             "2", "--logger", "none", "--rotation_conditioning_prob", "0")))  # fmt: skip
+    resume_old = tiny_args(old, tmp_path / "cache", "--max_train_steps", "4", "--logger", "none")
+    with pytest.raises(ValueError, match=r"--rotation_conditioning_prob 0.5 \(checkpoint: not recorded, its run predates"):
+        ddpm.train(ddpm.parse_args(resume_old + ["--resume_from_checkpoint", "latest"]))
+
+
+def test_init_from_ignores_dropout_and_names_the_rotation_flag(unrotated_run, tmp_path):
+    source = str(unrotated_run / "run")
+    common = ["--max_train_steps", "1", "--logger", "none", "--init_from", source]
+    ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "a", tmp_path / "cache", *common, "--rotation_conditioning_prob",
+                                         "0", "--dropout", "0.3")))  # fmt: skip
+    assert FundusPipeline.from_pretrained(tmp_path / "a").unet.config.dropout == 0.3
+    with pytest.raises(ValueError, match=r"num_class_embeds \(3 there, 12 here\).*--rotation_conditioning_prob"):
+        ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "b", tmp_path / "cache", *common)))
+
+
+def test_a_model_saved_before_rotation_conditioning_loads_and_samples_as_before(unrotated_run, tmp_path):
+    folder = tmp_path / "old"
+    shutil.copytree(unrotated_run / "run", folder, ignore=shutil.ignore_patterns("checkpoint-*"))
+    index = json.loads((folder / "model_index.json").read_text())
+    index.pop("rotation_conditioning")
+    (folder / "model_index.json").write_text(json.dumps(index))
+    pipe = FundusPipeline.from_pretrained(folder)
+    assert not pipe.config.rotation_conditioning and pipe.class_conditional
+    assert "Rotation conditioning" not in (folder / "README.md").read_text()
+    assert sampled_class_labels(pipe, class_labels="PM") == [1, 1]

@@ -28,12 +28,17 @@ def dataset_arrays(dataset, resolution: int, mask_names: Sequence[str], desc: st
 
 
 def named_sets(items: Sequence[str], resolution: int) -> Dict[str, Tuple[torch.Tensor, List[str]]]:
-    """A benchmark's repeatable ``--synthetic name=dataset`` -> ``{name: (dataset_arrays without masks, ids)}``."""
-    sets = {}
-    for item in items:
-        name, _, path = item.partition("=")
+    """A benchmark's repeatable ``--synthetic name=dataset`` -> ``{name: (dataset_arrays without masks, ids)}``; every
+    item is checked (``ValueError``) before any set is loaded."""
+    named = [item.partition("=")[::2] for item in items]
+    for item, (name, path) in zip(items, named):
         if not name or not path:
             raise ValueError(f"--synthetic {item!r}: give name=dataset, e.g. ours-10000=data/synthetic")
+    names = [name for name, _ in named]
+    if len(set(names)) < len(names):
+        raise ValueError(f"--synthetic: each set needs its own name; got {names}.")
+    sets = {}
+    for name, path in named:
         dataset = load_fundus_dataset(path)
         sets[name] = dataset_arrays(dataset, resolution, [], name), list(dataset["id"])
     return sets

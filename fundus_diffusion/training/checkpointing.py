@@ -514,6 +514,11 @@ def load_checkpoint(
             raise CheckpointError(f"Could not load {path}: {problem}.") from err
         saved, now = (json.loads(json.dumps(f or {}, default=str)) for f in (state.get("settings"), flags))
         changed = [f"--{k} {now[k]} (checkpoint: {saved[k]})" for k in sorted(saved) if k in now and now[k] != saved[k]]
+        changed += [  # a flag added after the checkpoint's run, set now: that run trained without it
+            f"--{k} {now[k]} (checkpoint: not recorded, its run predates the flag)"
+            for k in sorted(now)
+            if k not in saved and now[k] not in (None, False, 0, "")
+        ]
         hint = f" Flags that differ from the checkpoint's run: {', '.join(changed)}." if changed else ""
         raise ValueError(
             f"{path} does not fit the models these flags build ({detail[:200].rstrip('.')}).{hint} Resume with the checkpoint's "

@@ -201,8 +201,8 @@ def load_initial_weights(unet, source: str, mask_names) -> None:
         raise ValueError(
             f"--init_from {source}: its UNet differs from this run's in "
             + "; ".join(f"{k} ({theirs.get(k)} there, {ours.get(k)} here)" for k in differ)
-            + ". Fix: train with the --model_config and class conditioning that model was trained with (its "
-            "training_args.json says which)."
+            + ". Fix: train with the --model_config, class conditioning and --rotation_conditioning_prob that model "
+            "was trained with (its training_args.json says which; 0 for models trained before that flag)."
         )
     unet.load_state_dict(pipe.unet.state_dict())
 
@@ -333,8 +333,11 @@ class DDPMKind(loop.ModelKind):
             parser.error("The DDPM always keeps an EMA of its weights (it is the saved model): drop --no-use_ema.")
         if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
             parser.error(f"--dropout {args.dropout}: give a probability in [0, 1).")
-        if not 0.0 <= args.rotation_conditioning_prob <= 1.0:
-            parser.error(f"--rotation_conditioning_prob {args.rotation_conditioning_prob}: give a probability in [0, 1].")
+        if not 0.0 <= args.rotation_conditioning_prob < 1.0:
+            parser.error(
+                f"--rotation_conditioning_prob {args.rotation_conditioning_prob}: give a probability in [0, 1) (at 1 "
+                "no image trains upright, and sampling asks for upright ones)."
+            )
         if args.snr_gamma is not None and args.snr_gamma < 0:
             parser.error(f"--snr_gamma {args.snr_gamma}: give a positive gamma, or 0 for the plain MSE.")
         if args.snr_gamma == 0:
