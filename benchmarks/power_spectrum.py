@@ -9,6 +9,12 @@ photographs are the control (how far from 1 a set of real photographs lies by ch
 cycles per px: illumination and the field of view), middle (1/32 to 1/8: the disc and large vessels), fine (1/8 to
 1/3: small vessels and texture, 3-8 px), pixel (above 1/3: speckle and noise at 2-3 px).
 
+Why a band may be missing: a diffusion sampler's last step predicts the clean image from its last noisy one, and a
+band whose energy is below the noise there comes out as an average, not a sample. So the benchmark also prints, per
+band, the log-SNR at which the real photographs' band carries as much energy as the noise (model space, [-1, 1]), and
+with ``--model`` (a saved diffusion model: only its scheduler config is read) the last timestep and its log-SNR for
+each of ``--samplers`` (scheduler:steps[:timestep spacing], as ``generate.py`` takes them).
+
     python benchmarks/power_spectrum.py --real <split>/train --holdout <split>/test \\
         --synthetic rot50-10000-ddpm100=<set> --synthetic rot50-10000=<set> --figure spectra.png --output_json spectra.json
 """
@@ -17,12 +23,14 @@ import argparse
 import json
 from typing import Dict
 
+import diffusers
 import matplotlib
 import numpy as np
 import torch
 
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import dataset_arrays, named_sets
+from fundus_diffusion.pipelines.loading import SCHEDULERS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -62,6 +70,40 @@ def compare(real: torch.Tensor, sets: Dict[str, torch.Tensor]) -> Dict:
     return results
 
 
+def noise_crossings(real: torch.Tensor) -> Dict[str, float]:
+    """Per band, the log-SNR at which the green channel's energy in it equals white noise's: ``log(share of the
+    frequencies in the band / band energy per pixel)``, images in model space ([-1, 1]). Above it the band shows
+    through the noise."""
+    green = real[:, 1].double() / 127.5 - 1.0
+    size = green.shape[-1]
+    power = (torch.fft.fft2(green - green.mean(dim=(1, 2), keepdim=True)).abs() ** 2 / size**4).mean(dim=0)
+    f = torch.fft.fftfreq(size, dtype=torch.float64).abs()
+    radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    crossings = {}
+    for band, (low, high) in BANDS.items():
+        inside = (radius >= low) & (radius < (high if high < 0.5 else 1.0))  # the pixel band takes the corners too
+        crossings[band] = float(torch.log(inside.double().mean() / power[inside].sum()))
+    return crossings
+
+
+def last_steps(model: str, samplers) -> Dict[str, Dict]:
+    """For each ``scheduler:steps[:spacing]``: the sampler's last timestep on ``model``'s training chain and its
+    log-SNR."""
+    schedule = diffusers.DDPMScheduler.from_pretrained(model, subfolder="scheduler")
+    alpha_bar = schedule.alphas_cumprod.double()
+    results = {}
+    for sampler in samplers:
+        name, steps, spacing = (sampler.split(":") + [None])[:3]
+        class_name, overrides = SCHEDULERS[name]
+        if spacing:
+            overrides = {**overrides, "timestep_spacing": spacing}
+        scheduler = getattr(diffusers, class_name).from_config(schedule.config, **overrides)
+        scheduler.set_timesteps(int(steps))
+        t = int(round(float(scheduler.timesteps[-1])))
+        results[sampler] = {"last_timestep": t, "log_snr": float(torch.log(alpha_bar[t] / (1 - alpha_bar[t])))}
+    return results
+
+
 def table(results: Dict) -> str:
     lines = [
         "| images | n | " + " | ".join(f"{b} ({lo:.3g}-{hi:.3g} cycles/px)" for b, (lo, hi) in BANDS.items()) + " |",
@@ -93,8 +135,18 @@ def main(argv=None):
     parser.add_argument("--synthetic", action="append", default=[], help="name=dataset, repeatable.")
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--figure", default=None, help="Where to save the ratio-against-frequency plot (PNG).")
+    parser.add_argument("--model", default=None, help="A saved diffusion model whose samplers' last steps to print.")
+    parser.add_argument(
+        "--samplers", default="dpmsolver++:20,ddpm:100,ddpm:100:linspace",
+        help="With --model: comma-separated scheduler:steps[:timestep spacing].",
+    )  # fmt: skip
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
+    samplers = [s for s in args.samplers.split(",") if s]
+    for sampler in samplers:
+        parts = sampler.split(":")
+        if not 2 <= len(parts) <= 3 or parts[0] not in SCHEDULERS or not parts[1].isdigit():
+            parser.error(f"--samplers {sampler!r}: give scheduler:steps[:spacing], schedulers {', '.join(SCHEDULERS)}.")
     if args.resolution < 128:
         parser.error(f"--resolution {args.resolution}: the coarse band (below 1/32 cycles per px) needs at least 128 px.")
     try:
@@ -107,7 +159,15 @@ def main(argv=None):
         sets["held-out real (control)"] = dataset_arrays(load_fundus_dataset(args.holdout), args.resolution, [], "held-out set")
     sets.update(synthetic)
     results = compare(real, sets)
+    results["noise_crossing_log_snr"] = noise_crossings(real)
     print(table(results))
+    print("\nlog-SNR at which the real photographs' band energy equals the noise's: " + ", ".join(
+        f"{band} {value:.2f}" for band, value in results["noise_crossing_log_snr"].items()
+    ))  # fmt: skip
+    if args.model:
+        results["last_steps"] = last_steps(args.model, samplers)
+        for sampler, step in results["last_steps"].items():
+            print(f"{sampler}: last step t = {step['last_timestep']}, log-SNR {step['log_snr']:.2f}")
     if args.figure:
         figure(results, args.figure, args.resolution)
     if args.output_json:

@@ -9,12 +9,13 @@
 #                   start every variant in the background (setsid), return at once
 #   STAGE=wait      wait until the trainings end, WAIT_S seconds pass or (UNTIL_STEP) every variant has that snapshot
 #   STAGE=follow    keep up with the trainings for WAIT_S seconds (default 540): sample each new snapshot with each of
-#                   SAMPLERS (default: SAMPLER; e.g. "dpmsolver++:20 ddpm:100", the quality curve then draws one curve
+#                   SAMPLERS (default: SAMPLER; e.g. "dpmsolver++:20 ddpm:100 ddpm:100:linspace", scheduler:steps and
+#                   optionally generate.py's --timestep_spacing; the quality curve then draws one curve
 #                   per sampler; a generation starts only while FOLLOW_MARGIN_S, default 120, remain), start its evaluation
 #                   detached, pack; ends early once the trainings have ended and every snapshot is sampled and judged.
 #                   One device call after another can run just this (the first after STAGE=train); give WAIT_S the
 #                   call's time left minus a minute
-#   STAGE=generate  sample N_SYN pairs with SAMPLER (scheduler:steps) in DTYPE from each snapshot at STEPS (default:
+#   STAGE=generate  sample N_SYN pairs with SAMPLER (scheduler:steps[:timestep spacing]) in DTYPE from each snapshot at STEPS (default:
 #                   every snapshot not yet sampled); trainings keep running, so snapshots are judged while later ones
 #                   train
 #   STAGE=post_hoc_ema  for each finished variant trained with --post_hoc_ema: one model per EMA length in
@@ -141,9 +142,14 @@ pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in arc
 set_masks() { $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.data.schema \
 import dataset_mask_names; print(','.join(dataset_mask_names(load_fundus_dataset(sys.argv[1]))))" "$1"; }
 finished() { [ -f "$1/arrow/dataset_info.json" ] || [ -f "$1/dataset_info.json" ]; }  # a saved synthetic set
+sampler_parts() {  # SAMPLER = scheduler:steps[:timestep spacing] -> "scheduler steps [spacing]"
+  local rest=${SAMPLER#*:}
+  echo "${SAMPLER%%:*} ${rest%%:*} $([[ $rest == *:* ]] && echo "${rest#*:}")"
+}
 sampler_suffix() {  # how a set's name says its sampler and precision: none for DPM-Solver++ 20 at DTYPE=auto
-  local scheduler=${SAMPLER%%:*} steps=${SAMPLER##*:} suffix=""
-  [ "$SAMPLER" = dpmsolver++:20 ] || suffix="-${scheduler//+/p}$steps"
+  local scheduler steps spacing suffix=""
+  read -r scheduler steps spacing <<< "$(sampler_parts)"
+  [ "$SAMPLER" = dpmsolver++:20 ] || suffix="-${scheduler//+/p}$steps${spacing:+-$spacing}"
   [ "$DTYPE" = auto ] || suffix="$suffix-$DTYPE"
   echo "$suffix"
 }
@@ -214,7 +220,7 @@ follow)
   ;;
 generate)
   cd "$CODE"
-  scheduler=${SAMPLER%%:*}; sampler_steps=${SAMPLER##*:}
+  read -r scheduler sampler_steps spacing <<< "$(sampler_parts)"
   suffix=$(sampler_suffix)
   pids=() sets=()
   for snap in $(unsampled); do
@@ -222,7 +228,7 @@ generate)
     step=$((10#${snap##*step-}))
     set=$WORK/synthetic/$name-$step$suffix
     $PY scripts/generate.py --model "$snap" --num_samples "$N_SYN" --scheduler "$scheduler" \
-      --num_inference_steps "$sampler_steps" --dtype "$DTYPE" --seed 0 --batch_size 100 --output_dir "$set" \
+      --num_inference_steps "$sampler_steps" ${spacing:+--timestep_spacing "$spacing"} --dtype "$DTYPE" --seed 0 --batch_size 100 --output_dir "$set" \
       > "$WORK/gen-$name-$step$suffix.log" 2>&1 &
     pids+=($!) sets+=("$set")
   done

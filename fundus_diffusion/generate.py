@@ -83,6 +83,9 @@ OWN_SCHEDULER = "own"  # the scheduler the model was saved with
 # Left unset (None) until prepare_pipeline settles them from the loaded pipeline.
 SETTLED_FIELDS = ("scheduler", "num_inference_steps", "dtype")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")  # torch.compile's
+# diffusers' timestep_spacing: where a sampler's steps fall on the training chain. "trailing" (the ours preset's) starts
+# at the last training step and ends T / steps - 1 above 0; "linspace" runs from the last step to 0; "leading" ends at 0.
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 MASK_SETS_LAYOUT = """--masks_from layout (the generic folder layout without images/):
   <dir>/masks/<name>/<id>.png   one folder per mask name of the model; 255 = structure; the model's resolution, square
 An id with files in only some of the folders gets its other masks generated with the image."""
@@ -207,6 +210,7 @@ class GenerationConfig:
     resample_steps: int = 0  # RePaint resampling with masks_from (FundusPipeline's resample_steps)
     compile: Optional[str] = None  # a torch.compile mode (COMPILE_MODES) for the network; None: eager
     dtype: Optional[str] = None  # the network's precision (a DTYPES name), recorded from the loaded pipeline
+    timestep_spacing: Optional[str] = None  # a TIMESTEP_SPACINGS name; None: as the model's scheduler was saved
 
     def __post_init__(self):
         if self.labels and sum(self.labels.values()) != self.num_samples:
@@ -218,6 +222,8 @@ class GenerationConfig:
             raise ValueError(f"Unknown post-processing {sorted(unknown)}: choose from {', '.join(POSTPROCESSING)}.")
         if self.scheduler not in (None, OWN_SCHEDULER, *SCHEDULERS):
             raise ValueError(f"Unknown scheduler {self.scheduler!r}: choose from {', '.join([*SCHEDULERS, OWN_SCHEDULER])}.")
+        if self.timestep_spacing not in (None, *TIMESTEP_SPACINGS):
+            raise ValueError(f"Unknown timestep spacing {self.timestep_spacing!r}: choose from {', '.join(TIMESTEP_SPACINGS)}.")
         if self.compile not in (None, *COMPILE_MODES):
             raise ValueError(f"Unknown torch.compile mode {self.compile!r}: choose from {', '.join(COMPILE_MODES)}.")
 
@@ -427,8 +433,11 @@ def sampler_description(output_dir: str) -> Optional[str]:
     """How a synthetic set was sampled, e.g. "dpmsolver++, 20 steps" (None for a GAN, or when not recorded)."""
     config = read_generation_config(output_dir)
     steps = config.get("num_inference_steps")
-    scheduler = config.get("scheduler")
-    return f"{'own scheduler' if scheduler in (None, OWN_SCHEDULER) else scheduler}, {steps} steps" if steps else None
+    scheduler, spacing = config.get("scheduler"), config.get("timestep_spacing")
+    if not steps:
+        return None
+    spaced = f", {spacing} spacing" if spacing else ""
+    return f"{'own scheduler' if scheduler in (None, OWN_SCHEDULER) else scheduler}, {steps} steps{spaced}"
 
 
 def check_resume(output_dir: str, config: GenerationConfig, resume: bool, model_loaded: bool = True):
@@ -457,17 +466,17 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
     """Make ``pipe`` sample as ``config`` says and return ``config`` with its sampler and precision settled.
 
     A diffusion pipeline gets the scheduler ``config`` names (``use_scheduler``, from its saved noise schedule; kept
-    with ``own``), by default DPM-Solver++ in 20 steps (DDPM with RePaint's ``resample_steps``); a GAN takes no
-    sampler settings. With ``compile``, the network (UNet or GAN generator) is compiled in place, once (a pipeline
+    with ``own``), by default DPM-Solver++ in 20 steps (DDPM with RePaint's ``resample_steps``), its steps spaced as
+    ``timestep_spacing`` says (default: as saved); a GAN takes no sampler settings. With ``compile``, the network (UNet or GAN generator) is compiled in place, once (a pipeline
     prepared before keeps its compiled network), for fixed shapes: ``generate_samples`` pads every batch to
     ``batch_size``. Eager is the default: compiling costs tens of seconds (minutes with the max-autotune modes)
     before the first batch, which only a long run earns back.
     """
     if not hasattr(pipe, "scheduler"):  # a GAN draws its samples in one pass
-        if config.scheduler is not None or config.num_inference_steps is not None:
+        if config.scheduler is not None or config.num_inference_steps is not None or config.timestep_spacing:
             raise ValueError(
-                f"--scheduler / --num_inference_steps apply to diffusion models; {type(pipe).__name__} (a GAN) has "
-                "no sampler: leave them out."
+                f"--scheduler / --num_inference_steps / --timestep_spacing apply to diffusion models; "
+                f"{type(pipe).__name__} (a GAN) has no sampler: leave them out."
             )
     elif config.scheduler is None:
         resampling = config.resample_steps > 0
@@ -477,6 +486,8 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
         config = replace(config, scheduler=DEFAULT_RESAMPLING_SCHEDULER if resampling else DEFAULT_SCHEDULER, num_inference_steps=steps)
     if config.scheduler not in (None, OWN_SCHEDULER):
         use_scheduler(pipe, config.scheduler)
+    if config.timestep_spacing and pipe.scheduler.config.timestep_spacing != config.timestep_spacing:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, timestep_spacing=config.timestep_spacing)
     network = pipe.unet if hasattr(pipe, "unet") else pipe.gan_generator
     if config.compile and getattr(network, "_compiled_call_impl", None) is None:  # what nn.Module.compile sets
         network.compile(mode=config.compile, dynamic=False, fullgraph=True)
@@ -686,7 +697,9 @@ def dataset_card(pipe, config: GenerationConfig, dataset):
         resolution=dataset[0]["image"].size[0],
         mask_names=list(pipe.config.mask_names),
         is_gan=is_gan,
-        sampler=None if is_gan else f"{type(pipe.scheduler).__name__} ({scheduler or 'as saved'})",
+        sampler=None if is_gan else f"{type(pipe.scheduler).__name__} ({scheduler or 'as saved'}, "
+        f"{pipe.scheduler.config.timestep_spacing} spacing)",
+        timestep_spacing=config.timestep_spacing,
         steps=config.num_inference_steps or (None if is_gan else pipe.scheduler.config.num_train_timesteps),
         guidance_scale=config.guidance_scale,
         label_counts=label_counts,

@@ -27,6 +27,7 @@ from fundus_diffusion.generate import (
     DEFAULT_SCHEDULER,
     OWN_SCHEDULER,
     POSTPROCESSING,
+    TIMESTEP_SPACINGS,
     GenerationConfig,
     check_resume,
     generate_dataset,
@@ -61,6 +62,12 @@ def parse_args(argv=None):
         "--num_inference_steps", type=int, default=None,
         help=f"Default: {DEFAULT_INFERENCE_STEPS} with the default scheduler, else the full training chain.",
     )  # fmt: skip
+    parser.add_argument(
+        "--timestep_spacing", choices=TIMESTEP_SPACINGS, default=None,
+        help="Where the sampler's steps fall on the training chain (diffusers' timestep_spacing). Default: as the "
+        "model's scheduler was saved (the ours preset: trailing, whose last step is T / steps - 1 above 0: t = 9 with "
+        "100 steps). linspace and leading end at t = 0.",
+    )  # fmt: skip
     parser.add_argument("--guidance_scale", type=float, default=1.0, help="Classifier-free guidance (> 1 needs --labels).")
     parser.add_argument("--seed", type=int, default=0, help="Sample i uses seed + i.")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -92,6 +99,7 @@ def main(args):
         labels=labels,
         scheduler=args.scheduler,
         num_inference_steps=args.num_inference_steps,
+        timestep_spacing=args.timestep_spacing,
         guidance_scale=args.guidance_scale,
         seed=args.seed,
         postprocess=[p.strip() for p in args.postprocess.split(",") if p.strip()],

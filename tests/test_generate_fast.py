@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.generate import (
     DEFAULT_INFERENCE_STEPS,
     DEFAULT_SCHEDULER,
@@ -55,12 +56,12 @@ def test_the_default_sampler_is_dpm_solver_20_and_is_recorded(models, ddpm_1000,
     recorded = saved_config(tmp_path / "ddpm")
     assert (recorded["scheduler"], recorded["num_inference_steps"]) == (DEFAULT_SCHEDULER, DEFAULT_INFERENCE_STEPS) == ("dpmsolver++", 20)
     card = (tmp_path / "ddpm" / "README.md").read_text()
-    assert "DPMSolverMultistepScheduler (dpmsolver++)" in card and "| inference steps | 20 |" in card
+    assert "DPMSolverMultistepScheduler (dpmsolver++, " in card and "| inference steps | 20 |" in card
 
     # --scheduler own: the model's saved scheduler (here a 4-step DDPM) over its whole chain
     run_generate("--model", models["ddpm"], "--num_samples", "2", "--scheduler", "own", "--output_dir", str(tmp_path / "own"))
     assert (saved_config(tmp_path / "own")["scheduler"], saved_config(tmp_path / "own")["num_inference_steps"]) == ("own", None)
-    assert "DDPMScheduler (as saved)" in (tmp_path / "own" / "README.md").read_text()
+    assert "DDPMScheduler (as saved, " in (tmp_path / "own" / "README.md").read_text()
 
     # a GAN has no sampler: nothing is recorded for it, and asking for one is an error
     run_generate("--model", models["gan"], "--num_samples", "2", "--output_dir", str(tmp_path / "gan"))
@@ -68,6 +69,8 @@ def test_the_default_sampler_is_dpm_solver_20_and_is_recorded(models, ddpm_1000,
     gan = load_fundus_pipeline(models["gan"], device="cpu")
     with pytest.raises(ValueError, match=r"apply to diffusion models; FundusGANPipeline \(a GAN\) has no sampler"):
         prepare_pipeline(gan, GenerationConfig(model=models["gan"], num_samples=1, num_inference_steps=20))
+    with pytest.raises(ValueError, match=r"--timestep_spacing apply to diffusion models"):
+        prepare_pipeline(gan, GenerationConfig(model=models["gan"], num_samples=1, timestep_spacing="linspace"))
 
 
 def test_resume_compares_the_settled_sampler_once_the_model_is_loaded(models, tmp_path):  # noqa: F811
@@ -179,3 +182,24 @@ def test_sampling_throughput_quick_prints_a_table(tmp_path, capsys):
     assert [r["samples"] for r in stream["rss_after_shard"]] == [16, 32, 48]  # 64 pairs in shards of 16
     assert stream["peak_rss_mib"] >= max(r["rss_mib"] for r in stream["rss_after_shard"]) > 0
     assert stream["pairs_per_s"] > 0 and [r["seconds"] for r in stream["rss_after_shard"]] == sorted(r["seconds"] for r in stream["rss_after_shard"])
+
+
+def test_timestep_spacing_moves_the_last_step_to_zero_and_is_recorded_and_regenerated(ddpm_1000, tmp_path):
+    run_generate("--model", ddpm_1000, "--num_samples", "2", "--scheduler", "ddpm", "--num_inference_steps", "5",
+                 "--timestep_spacing", "linspace", "--output_dir", str(tmp_path / "linspace"))  # fmt: skip
+    recorded = GenerationConfig(**{**saved_config(tmp_path / "linspace"), "model": ddpm_1000})
+    assert recorded.timestep_spacing == "linspace"
+    card = (tmp_path / "linspace" / "README.md").read_text()
+    assert "DDPMScheduler (ddpm, linspace spacing)" in card and 'timestep_spacing="linspace"' in card
+    pipe = load_fundus_pipeline(ddpm_1000, device="cpu")
+    last_steps = {}
+    for spacing in ("trailing", "linspace"):  # trailing ends 1000 / 5 - 1 above 0; linspace at 0
+        prepare_pipeline(pipe, replace(recorded, timestep_spacing=spacing))
+        pipe.scheduler.set_timesteps(5)
+        last_steps[spacing] = int(pipe.scheduler.timesteps[-1])
+    assert last_steps == {"trailing": 199, "linspace": 0}
+    image, _ = regenerate(pipe, recorded, 1)  # the spacing comes back from the recorded settings
+    written = load_fundus_dataset(str(tmp_path / "linspace"))[1]["image"]
+    assert np.array_equal(np.asarray(image), np.asarray(written))
+    with pytest.raises(ValueError, match="Unknown timestep spacing 'middle'"):
+        GenerationConfig(model=ddpm_1000, num_samples=1, timestep_spacing="middle")

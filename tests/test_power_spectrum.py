@@ -3,11 +3,13 @@ loses its fine and pixel bands and keeps its coarse one, and the CLI writes the 
 
 import importlib.util
 import json
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT
+from diffusers import DDPMScheduler
 
 from fundus_diffusion.data import load_phantom_dataset
 from fundus_diffusion.evaluation.arrays import dataset_arrays
@@ -59,6 +61,22 @@ def test_the_cli_prints_the_bands_and_writes_the_figure_and_json(tmp_path, capsy
     assert set(saved["sets"]) == {"held-out real (control)", "copy"} and len(saved["frequencies_cycles_per_px"]) == 63
     assert saved["sets"]["copy"]["bands"]["fine"] == 1.0 and (tmp_path / "spectra.png").stat().st_size > 0
     assert "| copy | 8 | 1.00 | 1.00 | 1.00 | 1.00 |" in capsys.readouterr().out
-    for bad in (["--resolution", "64"], ["--synthetic", "no-name-given"], ["--synthetic", "a=x", "--synthetic", "a=y"]):
+    for bad in (["--resolution", "64"], ["--synthetic", "no-name-given"], ["--synthetic", "a=x", "--synthetic", "a=y"],
+                ["--samplers", "ddpm"], ["--samplers", "heun:20"]):
         with pytest.raises(SystemExit):  # refused before any set is read
             power_spectrum.main(["--real", str(tmp_path / "missing"), *bad])
+
+
+def test_white_noise_crosses_the_noise_at_its_own_log_snr_in_every_band():
+    noise = 128 + 12.75 * torch.randn(16, 3, 128, 128, generator=torch.Generator().manual_seed(0))  # std 0.1 in [-1, 1]
+    crossings = power_spectrum.noise_crossings(noise.clamp(0, 255).round().to(torch.uint8))
+    assert set(crossings) == set(power_spectrum.BANDS)
+    assert all(abs(value - math.log(1 / 0.01)) < 0.1 for value in crossings.values())  # -log(variance) = 4.61
+
+
+def test_last_steps_follow_the_spacing(tmp_path):
+    DDPMScheduler(num_train_timesteps=1000, timestep_spacing="trailing").save_pretrained(tmp_path / "scheduler")
+    steps = power_spectrum.last_steps(str(tmp_path), ["ddpm:100", "ddpm:100:linspace", "dpmsolver++:20"])
+    assert {k: v["last_timestep"] for k, v in steps.items()} == {"ddpm:100": 9, "ddpm:100:linspace": 0, "dpmsolver++:20": 49}
+    alpha_bar = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod.double()
+    assert steps["ddpm:100"]["log_snr"] == pytest.approx(math.log(alpha_bar[9] / (1 - alpha_bar[9])))
