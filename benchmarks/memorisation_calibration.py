@@ -31,7 +31,7 @@ from realism_judge_calibration import jpeg
 from torch.nn import functional as F
 
 from fundus_diffusion.data import load_fundus_dataset
-from fundus_diffusion.evaluation.arrays import dataset_arrays, named_sets
+from fundus_diffusion.evaluation.arrays import add_named_set_args, dataset_arrays, named_sets
 from fundus_diffusion.evaluation.augment import gaussian_blur
 from fundus_diffusion.evaluation.memorisation import (
     COPY_PERCENTILE,
@@ -120,10 +120,10 @@ def table(results: Dict) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real", required=True, help="The generator's real training set (a saved dataset).")
-    parser.add_argument("--holdout", required=True, help="Held-out real photographs (never trained on).")
-    parser.add_argument("--synthetic", action="append", default=[], help="name=dataset, repeatable.")
-    parser.add_argument("--resolution", type=int, default=256)
+    add_named_set_args(
+        parser, "The generator's real training set (a saved dataset).", "Held-out real photographs (never trained on).",
+        holdout_required=True,
+    )  # fmt: skip
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
     try:

@@ -21,7 +21,7 @@ each of ``--samplers`` (scheduler:steps[:timestep spacing], as ``generate.py`` t
 
 import argparse
 import json
-from typing import Dict
+from typing import Dict, Optional, Sequence, Tuple
 
 import diffusers
 import matplotlib
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from fundus_diffusion.data import load_fundus_dataset
-from fundus_diffusion.evaluation.arrays import dataset_arrays, named_sets
-from fundus_diffusion.pipelines.loading import SCHEDULERS
+from fundus_diffusion.evaluation.arrays import add_named_set_args, dataset_arrays, named_sets
+from fundus_diffusion.pipelines.loading import SCHEDULERS, make_sampler
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -39,18 +39,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 BANDS = {"coarse": (0.0, 1 / 32), "middle": (1 / 32, 1 / 8), "fine": (1 / 8, 1 / 3), "pixel": (1 / 3, 0.5)}
 
 
+def green_power(arrays: torch.Tensor, windowed: bool) -> torch.Tensor:
+    """``uint8 [N, >=3, S, S]`` -> ``[N, S, S]``: the 2-D power spectrum (unshifted) of each image's green channel in
+    model space ([-1, 1]), its mean removed and, ``windowed``, times a Hann window."""
+    green = arrays[:, 1].double() / 127.5 - 1.0
+    green = green - green.mean(dim=(1, 2), keepdim=True)
+    if windowed:
+        window = torch.hann_window(green.shape[-1], periodic=False, dtype=torch.float64)
+        green = green * window[:, None] * window[None, :]
+    return torch.fft.fft2(green).abs() ** 2
+
+
 def log_radial_spectra(arrays: torch.Tensor) -> torch.Tensor:
-    """``uint8 [N, >=3, S, S]`` -> ``[N, S // 2]``: the log of each image's green-channel power, averaged over the ring
-    of each integer frequency 0 .. S/2 - 1 (in cycles per image; divide by S for cycles per px)."""
-    green = arrays[:, 1].double() / 255.0
-    size = green.shape[-1]
-    window = torch.hann_window(size, periodic=False, dtype=torch.float64)
-    windowed = (green - green.mean(dim=(1, 2), keepdim=True)) * window[:, None] * window[None, :]
-    power = torch.fft.fftshift(torch.fft.fft2(windowed).abs() ** 2, dim=(-2, -1))
+    """``uint8 [N, >=3, S, S]`` -> ``[N, S // 2]``: the log of each image's windowed green-channel power, averaged over
+    the ring of each integer frequency 0 .. S/2 - 1 (in cycles per image; divide by S for cycles per px)."""
+    size = arrays.shape[-1]
+    power = torch.fft.fftshift(green_power(arrays, windowed=True), dim=(-2, -1))
     centre = torch.arange(size, dtype=torch.float64) - size // 2
     ring = torch.sqrt(centre[:, None] ** 2 + centre[None, :] ** 2).round().long().flatten()
     keep = ring < size // 2
-    sums = torch.zeros(len(green), size // 2, dtype=torch.float64).index_add_(1, ring[keep], power.flatten(1)[:, keep])
+    sums = torch.zeros(len(arrays), size // 2, dtype=torch.float64).index_add_(1, ring[keep], power.flatten(1)[:, keep])
     counts = torch.bincount(ring[keep], minlength=size // 2).double()
     return torch.log(sums / counts + 1e-20)
 
@@ -74,9 +82,8 @@ def noise_crossings(real: torch.Tensor) -> Dict[str, float]:
     """Per band, the log-SNR at which the green channel's energy in it equals white noise's: ``log(share of the
     frequencies in the band / band energy per pixel)``, images in model space ([-1, 1]). Above it the band shows
     through the noise."""
-    green = real[:, 1].double() / 127.5 - 1.0
-    size = green.shape[-1]
-    power = (torch.fft.fft2(green - green.mean(dim=(1, 2), keepdim=True)).abs() ** 2 / size**4).mean(dim=0)
+    size = real.shape[-1]
+    power = green_power(real, windowed=False).mean(dim=0) / size**4
     f = torch.fft.fftfreq(size, dtype=torch.float64).abs()
     radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
     crossings = {}
@@ -86,19 +93,24 @@ def noise_crossings(real: torch.Tensor) -> Dict[str, float]:
     return crossings
 
 
-def last_steps(model: str, samplers) -> Dict[str, Dict]:
+def parse_sampler(spec: str) -> Tuple[str, int, Optional[str]]:
+    """``scheduler:steps[:timestep spacing]`` (as ``generate.py`` takes them) -> ``(scheduler, steps, spacing)``."""
+    parts = spec.split(":")
+    if not 2 <= len(parts) <= 3 or parts[0] not in SCHEDULERS or not parts[1].isdigit():
+        raise ValueError(f"--samplers {spec!r}: give scheduler:steps[:spacing], schedulers {', '.join(SCHEDULERS)}.")
+    return parts[0], int(parts[1]), parts[2] if len(parts) == 3 else None
+
+
+def last_steps(model: str, samplers: Sequence[str]) -> Dict[str, Dict]:
     """For each ``scheduler:steps[:spacing]``: the sampler's last timestep on ``model``'s training chain and its
     log-SNR."""
     schedule = diffusers.DDPMScheduler.from_pretrained(model, subfolder="scheduler")
     alpha_bar = schedule.alphas_cumprod.double()
     results = {}
     for sampler in samplers:
-        name, steps, spacing = (sampler.split(":") + [None])[:3]
-        class_name, overrides = SCHEDULERS[name]
-        if spacing:
-            overrides = {**overrides, "timestep_spacing": spacing}
-        scheduler = getattr(diffusers, class_name).from_config(schedule.config, **overrides)
-        scheduler.set_timesteps(int(steps))
+        name, steps, spacing = parse_sampler(sampler)
+        scheduler = make_sampler(schedule.config, name, spacing)
+        scheduler.set_timesteps(steps)
         t = int(round(float(scheduler.timesteps[-1])))
         results[sampler] = {"last_timestep": t, "log_snr": float(torch.log(alpha_bar[t] / (1 - alpha_bar[t])))}
     return results
@@ -130,10 +142,10 @@ def figure(results: Dict, path: str, resolution: int) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real", required=True, help="The real photographs to compare with (a saved dataset).")
-    parser.add_argument("--holdout", default=None, help="Other real photographs: the control (a saved dataset).")
-    parser.add_argument("--synthetic", action="append", default=[], help="name=dataset, repeatable.")
-    parser.add_argument("--resolution", type=int, default=256)
+    add_named_set_args(
+        parser, "The real photographs to compare with (a saved dataset).",
+        "Other real photographs: the control (a saved dataset).", holdout_required=False,
+    )  # fmt: skip
     parser.add_argument("--figure", default=None, help="Where to save the ratio-against-frequency plot (PNG).")
     parser.add_argument("--model", default=None, help="A saved diffusion model whose samplers' last steps to print.")
     parser.add_argument(
@@ -143,13 +155,11 @@ def main(argv=None):
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
     samplers = [s for s in args.samplers.split(",") if s]
-    for sampler in samplers:
-        parts = sampler.split(":")
-        if not 2 <= len(parts) <= 3 or parts[0] not in SCHEDULERS or not parts[1].isdigit():
-            parser.error(f"--samplers {sampler!r}: give scheduler:steps[:spacing], schedulers {', '.join(SCHEDULERS)}.")
     if args.resolution < 128:
         parser.error(f"--resolution {args.resolution}: the coarse band (below 1/32 cycles per px) needs at least 128 px.")
     try:
+        for sampler in samplers:
+            parse_sampler(sampler)
         synthetic = {name: arrays for name, (arrays, _) in named_sets(args.synthetic, args.resolution).items()}
     except ValueError as err:
         parser.error(str(err))

@@ -484,10 +484,8 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
         if steps is None and not resampling:  # no more steps than the training chain has (tiny test models)
             steps = min(DEFAULT_INFERENCE_STEPS, pipe.scheduler.config.num_train_timesteps)
         config = replace(config, scheduler=DEFAULT_RESAMPLING_SCHEDULER if resampling else DEFAULT_SCHEDULER, num_inference_steps=steps)
-    if config.scheduler not in (None, OWN_SCHEDULER):
-        use_scheduler(pipe, config.scheduler)
-    if config.timestep_spacing and pipe.scheduler.config.timestep_spacing != config.timestep_spacing:
-        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, timestep_spacing=config.timestep_spacing)
+    if hasattr(pipe, "scheduler"):  # OWN_SCHEDULER keeps the saved kind
+        use_scheduler(pipe, None if config.scheduler == OWN_SCHEDULER else config.scheduler, config.timestep_spacing)
     network = pipe.unet if hasattr(pipe, "unet") else pipe.gan_generator
     if config.compile and getattr(network, "_compiled_call_impl", None) is None:  # what nn.Module.compile sets
         network.compile(mode=config.compile, dynamic=False, fullgraph=True)

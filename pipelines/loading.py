@@ -129,14 +129,28 @@ def no_scheduler_error(scheduler: str, class_name: str) -> ValueError:
     return ValueError(f"--scheduler {scheduler} applies to diffusion models; {class_name} has no scheduler.")
 
 
-def use_scheduler(pipe, scheduler: str) -> None:
-    """Give a diffusion pipeline the scheduler ``scheduler`` (one of ``SCHEDULERS``), built from its own scheduler's
-    config (the training noise schedule); a scheduler of that kind already in place is kept as it is."""
+def sampler_settings(scheduler: Optional[str], timestep_spacing: Optional[str] = None, current=None):
+    """The diffusers class name and config overrides of ``scheduler`` (one of ``SCHEDULERS``; None: ``current``'s
+    class), its steps spaced as ``timestep_spacing`` says (None: as the noise schedule's config)."""
     check_scheduler(scheduler)
+    scheduler_class, overrides = SCHEDULERS[scheduler] if scheduler else (type(current).__name__, {})
+    return scheduler_class, {**overrides, **({"timestep_spacing": timestep_spacing} if timestep_spacing else {})}
+
+
+def make_sampler(schedule_config, scheduler: str, timestep_spacing: Optional[str] = None):
+    """The sampler ``scheduler`` (one of ``SCHEDULERS``) built from a training noise schedule's config."""
+    scheduler_class, overrides = sampler_settings(scheduler, timestep_spacing)
+    return getattr(diffusers, scheduler_class).from_config(schedule_config, **overrides)
+
+
+def use_scheduler(pipe, scheduler: Optional[str], timestep_spacing: Optional[str] = None) -> None:
+    """Give a diffusion pipeline the scheduler ``scheduler`` (one of ``SCHEDULERS``; None: keep its kind), built from
+    its own scheduler's config (the training noise schedule), its steps spaced as ``timestep_spacing`` says (None: as
+    saved); a scheduler of that kind and spacing already in place is kept as it is."""
     if not hasattr(pipe, "scheduler"):
         raise no_scheduler_error(scheduler, type(pipe).__name__)
-    scheduler_class, overrides = SCHEDULERS[scheduler]
     current = pipe.scheduler
+    scheduler_class, overrides = sampler_settings(scheduler, timestep_spacing, current)
     if type(current).__name__ == scheduler_class and all(current.config.get(k) == v for k, v in overrides.items()):
         return
     pipe.scheduler = getattr(diffusers, scheduler_class).from_config(current.config, **overrides)

@@ -81,27 +81,31 @@ def check_fundus_config(
             f"{' and '.join(f'{k}put' for k in channels)} channels; this one has "
             f"{' and '.join(f'{v} {k}' for k, v in channels.items())}."
         )
-    if rotation_conditioning:
-        if not num_class_embeds or num_class_embeds % ROTATIONS:
-            raise ValueError(
-                f"A rotation-conditioned {model_name} has {ROTATIONS} class embeddings per class (one per quarter "
-                f"turn); this one has {num_class_embeds}. Fix: load it with rotation_conditioning=False, or train it "
-                "with --rotation_conditioning_prob."
-            )
-        num_class_embeds = num_class_embeds // ROTATIONS
-        num_class_embeds = None if num_class_embeds == 1 else num_class_embeds
-    if num_class_embeds is not None and num_class_embeds != len(id2label) + 1:
+    if rotation_conditioning and (not num_class_embeds or num_class_embeds % ROTATIONS):
         raise ValueError(
-            f"The {model_name} has {num_class_embeds} class embeddings{' per rotation' if rotation_conditioning else ''}"
+            f"A rotation-conditioned {model_name} has {ROTATIONS} class embeddings per class (one per quarter "
+            f"turn); this one has {num_class_embeds}. Fix: load it with rotation_conditioning=False, or train it "
+            "with --rotation_conditioning_prob."
+        )
+    classes = class_embeddings(num_class_embeds, rotation_conditioning)
+    if classes is not None and classes != len(id2label) + 1:
+        raise ValueError(
+            f"The {model_name} has {classes} class embeddings{' per rotation' if rotation_conditioning else ''}"
             f"; labels {id2label} plus the null class need {len(id2label) + 1}."
         )
     return mask_names, id2label
 
 
+def class_embeddings(num_class_embeds: Optional[int], rotation_conditioning: bool = False) -> Optional[int]:
+    """How many classes a model's class embeddings stand for (per rotation, for a rotation-conditioned UNet); None
+    when it takes no class labels (no embeddings, or embeddings for rotations alone)."""
+    classes = (num_class_embeds or 0) // (ROTATIONS if rotation_conditioning else 1)
+    return classes if classes > 1 else None
+
+
 def takes_class_labels(num_class_embeds: Optional[int], rotation_conditioning: bool = False) -> bool:
-    """Whether a model with these class embeddings follows class labels (a rotation-conditioned UNet's embedding may
-    hold rotations alone)."""
-    return (num_class_embeds or 0) // (ROTATIONS if rotation_conditioning else 1) > 1
+    """Whether a model with these class embeddings follows class labels."""
+    return class_embeddings(num_class_embeds, rotation_conditioning) is not None
 
 
 def embedding_ids(
@@ -526,8 +530,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
 
         device = self._execution_device
         labels = self.class_ids(class_labels, batch_size) if conditional else None
-        if self.config.rotation_conditioning:  # upright: rotation 0, whose embedding ids are the class ids
-            labels = embedding_ids(labels, torch.zeros(batch_size, dtype=torch.long, device=device), 1)
+        if self.config.rotation_conditioning and labels is None:  # upright (rotation 0): embedding ids = class ids, 0
+            labels = torch.zeros(batch_size, dtype=torch.long, device=device)  # for a model of rotations alone
         do_guidance = guidance_scale > 1
         if do_guidance:
             labels = torch.cat([torch.full_like(labels, self.null_class_id), labels])

@@ -27,6 +27,14 @@ def dataset_arrays(dataset, resolution: int, mask_names: Sequence[str], desc: st
     return out
 
 
+def add_named_set_args(parser, real_help: str, holdout_help: str, holdout_required: bool) -> None:
+    """A benchmark's real, held-out and ``--synthetic name=dataset`` sets (``named_sets``) and their resolution."""
+    parser.add_argument("--real", required=True, help=real_help)
+    parser.add_argument("--holdout", required=holdout_required, default=None, help=holdout_help)
+    parser.add_argument("--synthetic", action="append", default=[], help="name=dataset, repeatable.")
+    parser.add_argument("--resolution", type=int, default=256)
+
+
 def named_sets(items: Sequence[str], resolution: int) -> Dict[str, Tuple[torch.Tensor, List[str]]]:
     """A benchmark's repeatable ``--synthetic name=dataset`` -> ``{name: (dataset_arrays without masks, ids)}``; every
     item is checked (``ValueError``) before any set is loaded."""
