@@ -37,7 +37,13 @@ from fundus_diffusion.evaluation.arrays import dataset_arrays, default_device
 from fundus_diffusion.evaluation.metrics import dice_per_image
 from fundus_diffusion.evaluation.protocol import EvaluationConfig, resolve_split, segmenter_scores
 from fundus_diffusion.evaluation.segmenter import predict_masks
-from fundus_diffusion.generate import OWN_SCHEDULER, GenerationConfig, generate_dataset, read_mask_sets
+from fundus_diffusion.generate import (
+    OWN_SCHEDULER,
+    TIMESTEP_SPACINGS,
+    GenerationConfig,
+    generate_dataset,
+    read_mask_sets,
+)
 from fundus_diffusion.pipelines.loading import SCHEDULERS, load_fundus_pipeline
 
 RESULTS_FILE = "conditional_sampling.json"
@@ -52,6 +58,10 @@ def parse_args(argv=None):
     parser.add_argument("--masks", default=None, help="Masks to give and score, e.g. disc. Default: the model's.")
     parser.add_argument("--scheduler", choices=list(SCHEDULERS), default=None, help="Default: the model's own.")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="Default: the full training chain.")
+    parser.add_argument(
+        "--timestep_spacing", choices=TIMESTEP_SPACINGS, default=None,
+        help="Where the steps fall on the training chain (generate.py's flag). Default: as the model's scheduler was saved.",
+    )  # fmt: skip
     parser.add_argument("--resample_steps", type=int, default=0, help="RePaint resampling (ddpm or ddim only).")
     parser.add_argument("--max_images", type=int, default=None, help="Use the first N held-out images only.")
     parser.add_argument("--segmenter_steps", type=int, default=1000, help="Training steps of the real-trained segmenter.")
@@ -146,7 +156,7 @@ def main(args):
     config = GenerationConfig(
         model=args.model, num_samples=len(mask_sets.ids), scheduler=args.scheduler or OWN_SCHEDULER,
         num_inference_steps=args.num_inference_steps, seed=args.seed, batch_size=args.batch_size, device=device,
-        masks_from=mask_sets.name, resample_steps=args.resample_steps,
+        timestep_spacing=args.timestep_spacing, masks_from=mask_sets.name, resample_steps=args.resample_steps,
     )  # fmt: skip
     start = time.perf_counter()
     generated = generate_dataset(pipe, config, os.path.join(args.output_dir, "mask_to_image"), mask_sets=mask_sets)
@@ -155,7 +165,7 @@ def main(args):
     found = predict_masks(segmenter, generated.to(device))
     mask_to_image = mean_dice(found, generated[:, 3:] > 127, annotated["holdout"], mask_names)
 
-    # (b) image -> mask
+    # (b) image -> mask, with the sampler generate_dataset set up for (a)
     start = time.perf_counter()
     inferred = masks_from_images(pipe, arrays["holdout"], mask_names, args)
     image_to_mask_seconds = (time.perf_counter() - start) / len(inferred)
@@ -166,6 +176,7 @@ def main(args):
         "model": config.model_name,
         "scheduler": type(pipe.scheduler).__name__,
         "num_inference_steps": steps,
+        "timestep_spacing": pipe.scheduler.config.timestep_spacing,
         "resample_steps": args.resample_steps,
         "unet_passes_per_image": steps + args.resample_steps * (steps - 1),
         "resolution": resolution,
@@ -191,7 +202,8 @@ def main(args):
 
 def print_table(results: dict) -> None:
     print(
-        f"{results['model']}: {results['scheduler']}, {results['num_inference_steps']} steps, resample_steps "
+        f"{results['model']}: {results['scheduler']}, {results['num_inference_steps']} steps "
+        f"({results['timestep_spacing']} spacing), resample_steps "
         f"{results['resample_steps']} ({results['unet_passes_per_image']} UNet passes per image), "
         f"{results['resolution']} px, {results['n_holdout']} held-out / {results['n_train']} training images, "
         f"{results['device']}"

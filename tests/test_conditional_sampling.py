@@ -197,11 +197,12 @@ def test_benchmark_tiny_run(tmp_path, capsys):
     benchmark = runpy.run_path(str(REPO / "benchmarks" / "conditional_sampling.py"))
     argv = ["--model", str(tmp_path / "model"), "--real", splits["train"], "--holdout", splits["test"],
             "--output_dir", str(tmp_path / "out"), "--num_inference_steps", "2",
-            "--resample_steps", "1", "--segmenter_steps", "2", "--batch_size", "2", "--device", "cpu"]  # fmt: skip
+            "--timestep_spacing", "linspace", "--resample_steps", "1", "--segmenter_steps", "2", "--batch_size", "2", "--device", "cpu"]  # fmt: skip
     results = benchmark["main"](benchmark["parse_args"](argv))
 
     assert json.loads((tmp_path / "out" / "conditional_sampling.json").read_text()) == results
     assert results["n_holdout"] == 3 and results["unet_passes_per_image"] == 3
+    assert results["timestep_spacing"] == "linspace"  # the tiny model's scheduler was saved with leading spacing
     assert results["masks"] == ["disc", "atrophy"] and results["n_holdout_annotated"] == {"disc": 3, "atrophy": 2}
     given = tmp_path / "out" / "given_masks" / "masks"
     assert len(list((given / "disc").iterdir())) == 3 and len(list((given / "atrophy").iterdir())) == 2
