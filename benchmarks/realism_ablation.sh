@@ -15,7 +15,10 @@
 #                   detached, pack; ends early once the trainings have ended and every snapshot is sampled and judged.
 #                   One device call after another can run just this (the first after STAGE=train); give WAIT_S the
 #                   call's time left minus a minute
-#   STAGE=generate  sample N_SYN pairs with SAMPLER (scheduler:steps[:timestep spacing]) in DTYPE from each snapshot at STEPS (default:
+#   STAGE=generate  sample N_SYN pairs with SAMPLER (scheduler:steps[:timestep spacing]) in DTYPE, guided by
+#                   AUTOGUIDANCE (step:weight, e.g. 2500:2: the same run's snapshot of that step as the weak model of
+#                   generate.py's --autoguidance_model, at that --autoguidance_scale; set suffix -ag<step>w<weight>)
+#                   when given, from each snapshot at STEPS (default:
 #                   every snapshot not yet sampled); trainings keep running, so snapshots are judged while later ones
 #                   train
 #   STAGE=post_hoc_ema  for each finished variant trained with --post_hoc_ema: one model per EMA length in
@@ -146,11 +149,12 @@ sampler_parts() {  # SAMPLER = scheduler:steps[:timestep spacing] -> "scheduler 
   local rest=${SAMPLER#*:}
   echo "${SAMPLER%%:*} ${rest%%:*} $([[ $rest == *:* ]] && echo "${rest#*:}")"
 }
-sampler_suffix() {  # how a set's name says its sampler and precision: none for DPM-Solver++ 20 at DTYPE=auto
+sampler_suffix() {  # how a set's name says its sampler, precision and guide: none for DPM-Solver++ 20 at DTYPE=auto
   local scheduler steps spacing suffix=""
   read -r scheduler steps spacing <<< "$(sampler_parts)"
   [ "$SAMPLER" = dpmsolver++:20 ] || suffix="-${scheduler//+/p}$steps${spacing:+-$spacing}"
   [ "$DTYPE" = auto ] || suffix="$suffix-$DTYPE"
+  [ -z "${AUTOGUIDANCE:-}" ] || suffix="$suffix-ag${AUTOGUIDANCE%%:*}w${AUTOGUIDANCE#*:}"
   echo "$suffix"
 }
 sampler_suffixes() { local sampler; for sampler in $SAMPLERS; do SAMPLER=$sampler sampler_suffix; done | paste -sd, -; }
@@ -227,9 +231,13 @@ generate)
     name=$(basename "$(dirname "$(dirname "$snap")")")
     step=$((10#${snap##*step-}))
     set=$WORK/synthetic/$name-$step$suffix
+    guide=()
+    if [ -n "${AUTOGUIDANCE:-}" ]; then  # the weak model: the same run's snapshot of the step AUTOGUIDANCE names
+      guide=(--autoguidance_model "$(dirname "$snap")/step-$(printf %07d "${AUTOGUIDANCE%%:*}")" --autoguidance_scale "${AUTOGUIDANCE#*:}")
+    fi
     $PY scripts/generate.py --model "$snap" --num_samples "$N_SYN" --scheduler "$scheduler" \
-      --num_inference_steps "$sampler_steps" ${spacing:+--timestep_spacing "$spacing"} --dtype "$DTYPE" --seed 0 --batch_size 100 --output_dir "$set" \
-      > "$WORK/gen-$name-$step$suffix.log" 2>&1 &
+      --num_inference_steps "$sampler_steps" ${spacing:+--timestep_spacing "$spacing"} --dtype "$DTYPE" --seed 0 --batch_size 100 \
+      "${guide[@]}" --output_dir "$set" > "$WORK/gen-$name-$step$suffix.log" 2>&1 &
     pids+=($!) sets+=("$set")
   done
   for i in "${!pids[@]}"; do  # a failed set is not tried again (unsampled skips it): its log says why

@@ -32,6 +32,10 @@ With ``masks_from`` (``read_mask_sets``), sample ``i`` is drawn for the ``i``-th
 ``<dir>/masks/<name>/<id>.png`` (in id order) and keeps its id: the given masks come out exactly as given, the image
 and any mask its set lacks are generated (``FundusPipeline``'s ``masks=``).
 
+With ``autoguidance_model`` (a weaker model of the same kind: an earlier snapshot of the same training), every step
+is guided away from that model's prediction with weight ``autoguidance_scale`` (``FundusPipeline``'s
+``autoguidance_unet``; autoguidance, Karras et al. 2024), at the cost of a second UNet pass per step.
+
 Output folder::
 
     data/train-*.parquet                          the dataset (schema columns + ``seed``) for ``load_dataset(folder)``
@@ -67,7 +71,7 @@ from . import export
 from .data.readers import images_by_stem, require_dir
 from .data.schema import LABEL_NAMES, UNKNOWN_LABEL, annotation_column, fundus_features, label_to_id, mask_column
 from .model_cards import LICENSE, render_dataset_card, size_category
-from .pipelines.loading import DTYPES, SCHEDULERS, use_scheduler
+from .pipelines.loading import DTYPES, SCHEDULERS, load_fundus_pipeline, use_scheduler
 from .training.args import launched_without_gpu, output_dir_problem
 from .visualization import contact_sheet
 
@@ -211,6 +215,8 @@ class GenerationConfig:
     compile: Optional[str] = None  # a torch.compile mode (COMPILE_MODES) for the network; None: eager
     dtype: Optional[str] = None  # the network's precision (a DTYPES name), recorded from the loaded pipeline
     timestep_spacing: Optional[str] = None  # a TIMESTEP_SPACINGS name; None: as the model's scheduler was saved
+    autoguidance_model: Optional[str] = None  # a weaker model to guide with (folder or Hub id; load_autoguidance)
+    autoguidance_scale: Optional[float] = None  # its weight w in weak + w * (main - weak); None without a model
 
     def __post_init__(self):
         if self.labels and sum(self.labels.values()) != self.num_samples:
@@ -226,13 +232,50 @@ class GenerationConfig:
             raise ValueError(f"Unknown timestep spacing {self.timestep_spacing!r}: choose from {', '.join(TIMESTEP_SPACINGS)}.")
         if self.compile not in (None, *COMPILE_MODES):
             raise ValueError(f"Unknown torch.compile mode {self.compile!r}: choose from {', '.join(COMPILE_MODES)}.")
+        if (self.autoguidance_model is None) != (self.autoguidance_scale is None) or self.autoguidance_scale == 1:
+            raise ValueError(
+                "--autoguidance_model and --autoguidance_scale go together, with a weight other than 1 (1 is the main "
+                f"model alone; e.g. 2); got {self.autoguidance_model!r} and {self.autoguidance_scale!r}."
+            )
 
     @property
     def model_name(self) -> str:
-        return os.path.basename(os.path.normpath(self.model)) if os.path.isdir(self.model) else self.model
+        return local_name(self.model)
+
+    @property
+    def autoguidance_name(self) -> Optional[str]:
+        return local_name(self.autoguidance_model) if self.autoguidance_model else None
 
     def sample_labels(self) -> List[Optional[str]]:
         return interleave_labels(self.labels) if self.labels else [None] * self.num_samples
+
+
+def local_name(model: str) -> str:
+    """A model's name for records and cards: a local folder's name only (its path means nothing elsewhere and may
+    name people), a Hub id as it is."""
+    return os.path.basename(os.path.normpath(model)) if os.path.isdir(model) else model
+
+
+def load_autoguidance(pipe, config: GenerationConfig):
+    """The UNet of ``config.autoguidance_model`` (None without one), on ``pipe``'s device in its precision and compiled
+    as ``config`` says; refused unless it was trained on ``pipe``'s noise schedule and prediction type (otherwise its
+    predictions are not comparable with the main model's, and guiding away from them is meaningless)."""
+    if config.autoguidance_model is None:
+        return None
+    weak = load_fundus_pipeline(config.autoguidance_model, device=str(pipe.device), dtype=config.dtype)
+    if not hasattr(weak, "scheduler"):
+        raise ValueError(f"--autoguidance_model {config.autoguidance_model} is a GAN; guide with a diffusion model.")
+    ours, theirs = pipe.scheduler, weak.scheduler
+    if ours.config.prediction_type != theirs.config.prediction_type or not torch.allclose(
+        ours.alphas_cumprod.double(), theirs.alphas_cumprod.double()
+    ):
+        raise ValueError(
+            f"--autoguidance_model {config.autoguidance_model} was trained with another noise schedule or prediction "
+            f"type than {config.model_name}: guide with an earlier snapshot of the same training."
+        )
+    if config.compile:
+        weak.unet.compile(mode=config.compile, dynamic=False, fullgraph=True)
+    return weak.unet
 
 
 def generate_samples(
@@ -241,13 +284,17 @@ def generate_samples(
     labels: Sequence[Optional[str]],
     config: GenerationConfig,
     given: Optional[Sequence[Dict[str, Image.Image]]] = None,
+    guide=None,
 ):
     """Images and post-processed masks for one batch; sample ``k`` depends only on ``seeds[k]``, ``labels[k]`` and
-    its given masks ``given[k]`` (kept as given: post-processing applies to the generated masks only)."""
+    its given masks ``given[k]`` (kept as given: post-processing applies to the generated masks only), guided by the
+    weaker UNet ``guide`` (``load_autoguidance``) when given."""
     n = len(seeds)
     padding = max(0, config.batch_size - n) if config.compile else 0  # one batch shape for the compiled network
     seeds, labels = [*seeds, *[seeds[-1]] * padding], [*labels, *[labels[-1]] * padding]
     conditioning = {"masks": [*given, *[given[-1]] * padding], "resample_steps": config.resample_steps} if given is not None else {}
+    if guide is not None:
+        conditioning.update(autoguidance_unet=guide, autoguidance_scale=config.autoguidance_scale)
     out = pipe(
         batch_size=len(seeds),
         class_labels=None if all(label is None for label in labels) else list(labels),
@@ -284,7 +331,8 @@ def regenerate(
     again alone (``pipe`` prepared as ``generate_dataset`` prepares it: ``prepare_pipeline``)."""
     config = prepare_pipeline(pipe, config)
     given = [mask_sets.load(index)] if mask_sets is not None else None
-    images, masks = generate_samples(pipe, [config.seed + index], [config.sample_labels()[index]], config, given)
+    guide = load_autoguidance(pipe, config)
+    images, masks = generate_samples(pipe, [config.seed + index], [config.sample_labels()[index]], config, given, guide)
     return images[0], masks[0]
 
 
@@ -437,7 +485,9 @@ def sampler_description(output_dir: str) -> Optional[str]:
     if not steps:
         return None
     spaced = f", {spacing} spacing" if spacing else ""
-    return f"{'own scheduler' if scheduler in (None, OWN_SCHEDULER) else scheduler}, {steps} steps{spaced}"
+    guide = config.get("autoguidance_model")
+    guided = f", autoguidance by {local_name(guide)} at {config['autoguidance_scale']}" if guide else ""
+    return f"{'own scheduler' if scheduler in (None, OWN_SCHEDULER) else scheduler}, {steps} steps{spaced}{guided}"
 
 
 def check_resume(output_dir: str, config: GenerationConfig, resume: bool, model_loaded: bool = True):
@@ -473,9 +523,9 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
     before the first batch, which only a long run earns back.
     """
     if not hasattr(pipe, "scheduler"):  # a GAN draws its samples in one pass
-        if config.scheduler is not None or config.num_inference_steps is not None or config.timestep_spacing:
+        if config.scheduler is not None or config.num_inference_steps is not None or config.timestep_spacing or config.autoguidance_model:
             raise ValueError(
-                f"--scheduler / --num_inference_steps / --timestep_spacing apply to diffusion models; "
+                f"--scheduler / --num_inference_steps / --timestep_spacing / --autoguidance_model apply to diffusion models; "
                 f"{type(pipe).__name__} (a GAN) has no sampler: leave them out."
             )
     elif config.scheduler is None:
@@ -526,6 +576,7 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
     if config.labels and not pipe.class_conditional:
         raise ValueError("--labels needs a class-conditional model; this one is unconditional.")
     check_mask_sets(pipe, config, mask_sets)
+    guide = load_autoguidance(pipe, config)  # refused before anything is written
     shards_dir = os.path.join(output_dir, SHARDS_DIR)
     dataset = saved_dataset(output_dir)  # a resumed run may find the samples all there already
     if dataset is None:
@@ -541,7 +592,7 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
         with state.split_between_processes(missing) as own:
             shards = [(k, paths[k]) for k in own]
             threads = threads or encoding_threads(state.num_processes)
-            _write_shards(pipe, config, shards, os.path.join(output_dir, "png"), mask_sets, state, threads)
+            _write_shards(pipe, config, shards, os.path.join(output_dir, "png"), mask_sets, state, threads, guide)
         state.wait_for_everyone()  # every shard is on disk
     if not state.is_main_process:
         return None
@@ -553,7 +604,7 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
         concatenate_datasets([Dataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
         dataset = load_from_disk(output_dir)
     shutil.rmtree(shards_dir, ignore_errors=True)  # only once the saved dataset reads back
-    write_extras(dataset, pipe, config, output_dir)
+    write_extras(dataset, pipe, config, output_dir, mask_sets)
     return dataset
 
 
@@ -607,10 +658,11 @@ def shard_paths(config: GenerationConfig, shards_dir: str) -> List[str]:
 
 
 def _write_shards(
-    pipe, config: GenerationConfig, shards, png_dir: str, mask_sets, state: PartialState, threads: int
+    pipe, config: GenerationConfig, shards, png_dir: str, mask_sets, state: PartialState, threads: int, guide=None
 ) -> None:
-    """The ``(index, path)`` shards given to this process, sampled batch by batch (a batch never spans two shards)
-    and written by ``write_samples``, with a progress bar over its samples (main process)."""
+    """The ``(index, path)`` shards given to this process, sampled batch by batch (a batch never spans two shards,
+    guided by ``guide`` when given) and written by ``write_samples``, with a progress bar over its samples (main
+    process)."""
     labels = config.sample_labels()
 
     def batches():
@@ -620,7 +672,7 @@ def _write_shards(
                 indices = range(first, min(first + config.batch_size, stop))
                 given = [mask_sets.load(i) for i in indices] if mask_sets is not None else None
                 seeds = [config.seed + i for i in indices]
-                yield (indices, *generate_samples(pipe, seeds, [labels[i] for i in indices], config, given))
+                yield (indices, *generate_samples(pipe, seeds, [labels[i] for i in indices], config, given, guide))
 
     total = sum(stop - start for start, stop in (_shard_range(config, k) for k, _ in shards))
     where = f" (process 0 of {state.num_processes})" if state.num_processes > 1 else ""
@@ -631,8 +683,16 @@ def _write_shards(
         write_samples(batches(), config, shards, list(pipe.config.mask_names), threads, png_dir, mask_sets, progress)
 
 
-def write_extras(dataset, pipe, config: GenerationConfig, output_dir: str, sheet_samples: int = 64):
-    """The contact sheet, the dataset card and, with ``png``, ``png/metadata.csv``."""
+def write_extras(
+    dataset,
+    pipe,
+    config: GenerationConfig,
+    output_dir: str,
+    mask_sets: Optional[MaskSets] = None,
+    sheet_samples: int = 64,
+):
+    """The contact sheet, the dataset card (which says what ``mask_sets`` gave) and, with ``png``,
+    ``png/metadata.csv``."""
     first = dataset.select(range(min(sheet_samples, len(dataset))))
     mask_names = list(pipe.config.mask_names)
     label_name = dataset.features["label"].int2str
@@ -641,7 +701,7 @@ def write_extras(dataset, pipe, config: GenerationConfig, output_dir: str, sheet
     contact_sheet(list(first["image"]), masks, captions=captions).save(os.path.join(output_dir, "contact_sheet.png"))
     if config.png:
         _write_png_metadata(dataset, mask_names, os.path.join(output_dir, "png"))
-    dataset_card(pipe, config, dataset).save(os.path.join(output_dir, "README.md"))
+    dataset_card(pipe, config, dataset, mask_sets).save(os.path.join(output_dir, "README.md"))
     export.write_hub_layout(output_dir)  # data/*.parquet for load_dataset(output_dir); the Arrow files into arrow/
 
 
@@ -669,8 +729,14 @@ def _write_png_metadata(dataset, mask_names: Sequence[str], png_dir: str) -> Non
     export.write_imagefolder_metadata(png_dir, columns, rows())
 
 
-def dataset_card(pipe, config: GenerationConfig, dataset):
-    """The dataset card (``model_cards/synthetic.md``): model, sampler, steps, guidance, post-processing and seeds."""
+def dataset_card(pipe, config: GenerationConfig, dataset, mask_sets: Optional[MaskSets] = None):
+    """The dataset card (``model_cards/synthetic.md``): model, sampler, steps, guidance (autoguidance included),
+    post-processing, seeds and a snippet that makes one sample again.
+
+    A set drawn for ``mask_sets`` (``config.masks_from``) also gets the folder's name and ``resample_steps``, and how
+    many samples each mask was given for (kept as given) or drawn for: every mask column is filled, so its
+    ``has_<name>_annotation`` alone cannot tell.
+    """
     is_gan = not hasattr(pipe, "scheduler")
     scheduler = None if config.scheduler == OWN_SCHEDULER else config.scheduler  # load_fundus_pipeline's spelling
     counts = np.bincount(np.asarray(list(dataset["label"])) + 1, minlength=len(LABEL_NAMES) + 1)
@@ -678,10 +744,12 @@ def dataset_card(pipe, config: GenerationConfig, dataset):
     if counts[0]:
         label_counts["unconditional (label -1)"] = int(counts[0])
     model = config.model_name  # a local folder's name only: its path means nothing elsewhere and may name people
+    mask_names = list(pipe.config.mask_names)
+    given = {name: sum(name in files for files in mask_sets.files.values()) for name in mask_names} if mask_sets else {}
     data = DatasetCardData(
         **LICENSE,
-        pretty_name=f"Synthetic fundus images{' with masks' if pipe.config.mask_names else ''} from {model}",
-        task_categories=(["image-segmentation"] if pipe.config.mask_names else []) + ["image-classification"],
+        pretty_name=f"Synthetic fundus images{' with masks' if mask_names else ''} from {model}",
+        task_categories=(["image-segmentation"] if mask_names else []) + ["image-classification"],
         tags=["medical", "ophthalmology", "fundus", "retina", "synthetic", "fundus-diffusion"],
         size_categories=[size_category(len(dataset))],
     )
@@ -693,19 +761,27 @@ def dataset_card(pipe, config: GenerationConfig, dataset):
         pipeline_class=type(pipe).__name__,
         num_samples=len(dataset),
         resolution=dataset[0]["image"].size[0],
-        mask_names=list(pipe.config.mask_names),
+        mask_names=mask_names,
+        masks_from=config.masks_from,  # the folder's name (MaskSets.name, checked by check_mask_sets), not its path
+        resample_steps=config.resample_steps,
+        given_masks=given,
         is_gan=is_gan,
         sampler=None if is_gan else f"{type(pipe.scheduler).__name__} ({scheduler or 'as saved'}, "
         f"{pipe.scheduler.config.timestep_spacing} spacing)",
         timestep_spacing=config.timestep_spacing,
+        autoguidance_model=config.autoguidance_name,
+        autoguidance_is_local=bool(config.autoguidance_model) and os.path.isdir(config.autoguidance_model),
+        autoguidance_scale=config.autoguidance_scale,
         steps=config.num_inference_steps or (None if is_gan else pipe.scheduler.config.num_train_timesteps),
         guidance_scale=config.guidance_scale,
         label_counts=label_counts,
         label_names=list(LABEL_NAMES),
+        labels=config.labels,  # the snippet's interleave_labels(labels)[i] is sample i's label, as sample_labels()
         postprocess=list(config.postprocess),
         seed=config.seed,
         scheduler=scheduler,
         num_inference_steps=config.num_inference_steps,
+        dtype=config.dtype,
     )
 
 

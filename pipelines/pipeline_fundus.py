@@ -467,6 +467,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         image=None,
         masks=None,
         resample_steps: int = 0,
+        autoguidance_unet: Optional[UNet2DModel] = None,
+        autoguidance_scale: float = 1.0,
     ):
         r"""
         Args:
@@ -493,6 +495,12 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
                 the sample back by one step (RePaint resampling, Lugmayr et al. 2022), so the generated channels
                 agree better with the given ones; each costs one more UNet pass per step. Needs a ``DDPMScheduler``
                 or ``DDIMScheduler``; 0 (replacement only) works with any scheduler that has ``add_noise``.
+            autoguidance_unet ([`UNet2DModel`], *optional*): a weaker version of this model (an earlier snapshot of
+                the same training, or a smaller model trained on the same data and noise schedule) to guide with:
+                ``weak + w * (main - weak)`` (autoguidance, Karras et al. 2024). Unlike classifier-free guidance it
+                needs no classes: it pushes the sample away from what the weaker model gets wrong. A second UNet pass
+                per step.
+            autoguidance_scale (`float`): the weight ``w``; 1 is the main model alone, 0 the weak one alone.
 
         Given channels condition the model at sampling time (no retraining): before every UNet pass, they are
         replaced by the given values noised to the step's level with the scheduler's ``add_noise``.
@@ -521,6 +529,7 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
                 "This model is unconditional: it was trained without class labels (its UNet has no class embeddings, "
                 "or embeddings for rotations only), so it cannot follow class_labels; leave class_labels as None."
             )
+        self.check_autoguidance(autoguidance_unet, autoguidance_scale, guidance_scale)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size}.")
         resolution = resolution or self.unet.config.sample_size
@@ -559,6 +568,9 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
                 if do_guidance:
                     uncond, cond = model_output.chunk(2)
                     model_output = uncond + guidance_scale * (cond - uncond)
+                if autoguidance_unet is not None:
+                    weak = autoguidance_unet(model_input, t, class_labels=labels).sample
+                    model_output = weak + autoguidance_scale * (model_output - weak)
                 sample = self.scheduler.step(model_output, t, sample, **extra_step_kwargs, return_dict=False)[0]
                 if jump < jumps:
                     sample = self.noise_back(sample, t, noise_generator)
@@ -566,6 +578,28 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         if x0 is not None:
             sample = torch.where(known, x0, sample)
         return self.outputs(sample, output_type, return_dict)
+
+    def check_autoguidance(self, weak: Optional[UNet2DModel], scale: float, guidance_scale: float) -> None:
+        """A guiding UNet must read and predict the same channels, classes and size as this pipeline's, on its device
+        and dtype; a weight without one, or with classifier-free guidance as well, is refused."""
+        if weak is None:
+            if scale != 1:
+                raise ValueError(f"autoguidance_scale={scale} needs autoguidance_unet, the weaker model to guide with.")
+            return
+        if guidance_scale > 1:
+            raise ValueError("Use guidance_scale (classifier-free guidance) or autoguidance_unet, not both at once.")
+        keys = ("in_channels", "out_channels", "num_class_embeds", "sample_size")
+        different = {k: (self.unet.config[k], weak.config[k]) for k in keys if self.unet.config[k] != weak.config[k]}
+        if different:
+            raise ValueError(
+                f"autoguidance_unet differs from this pipeline's UNet in {different} (this, guide): guide with an "
+                "earlier snapshot of the same training, or a model trained on the same channels, classes and size."
+            )
+        if (weak.device, weak.dtype) != (self.unet.device, self.unet.dtype):
+            raise ValueError(
+                f"autoguidance_unet is on {weak.device} in {weak.dtype}, this pipeline's UNet on {self.unet.device} "
+                f"in {self.unet.dtype}: move it with autoguidance_unet.to(pipe.device, pipe.unet.dtype)."
+            )
 
     def check_resampling(self, resample_steps: int, conditioned: bool) -> None:
         """Resampling needs given channels and a scheduler whose step can be done again (``RESAMPLING_SCHEDULERS``);

@@ -69,6 +69,15 @@ def parse_args(argv=None):
         "100 steps). linspace and leading end at t = 0.",
     )  # fmt: skip
     parser.add_argument("--guidance_scale", type=float, default=1.0, help="Classifier-free guidance (> 1 needs --labels).")
+    parser.add_argument(
+        "--autoguidance_model", default=None, metavar="MODEL",
+        help="Autoguidance: a weaker model of the same training (e.g. an earlier snapshot) to guide away from, at "
+        "--autoguidance_scale. A second UNet pass per step.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--autoguidance_scale", type=float, default=None,
+        help="With --autoguidance_model: the weight w in weak + w * (main - weak); 1 is the main model alone.",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="Sample i uses seed + i.")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--shard_size", type=int, default=256, help="Samples per on-disk shard (the unit of --resume).")
@@ -101,6 +110,8 @@ def main(args):
         num_inference_steps=args.num_inference_steps,
         timestep_spacing=args.timestep_spacing,
         guidance_scale=args.guidance_scale,
+        autoguidance_model=args.autoguidance_model,
+        autoguidance_scale=args.autoguidance_scale,
         seed=args.seed,
         postprocess=[p.strip() for p in args.postprocess.split(",") if p.strip()],
         shard_size=args.shard_size,

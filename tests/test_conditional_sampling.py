@@ -16,6 +16,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 from PIL import Image
+from test_generate import assert_same_sample, run_card_snippet
 from test_pipeline_fundus import get_dummy_inputs, make_pipe
 
 from fundus_diffusion import FundusGANPipeline
@@ -155,6 +156,16 @@ def test_masks_from_round_trip_with_a_partial_mask_set(saved_models, tmp_path):
     image, masks = regenerate(make_pipe_from(saved_models["ddpm"]), generation, 1, read_mask_sets(str(masks_dir)))
     assert np.array_equal(np.asarray(masks["disc"]), np.asarray(rows["eye_b"]["disc_mask"]))
     assert np.array_equal(np.asarray(image), np.asarray(rows["eye_b"]["image"]))
+
+    # the card names the folder (not its path) and the resampling, says which masks were given, and its code
+    # makes eye_b again: the disc as given, the atrophy drawn and post-processed
+    card = (out / "README.md").read_text()
+    assert str(tmp_path) not in card and "| mask sets | `patient-site-A`: " in card
+    assert "| resample_steps | 1 (RePaint" in card
+    assert "| disc | 2 | 0 |" in card and "| atrophy | 1 | 1 |" in card and "| fill_holes (drawn masks only) |" in card
+    assert "True: every sample has it, given\nor drawn" in card and "the model draws it for" not in card
+    image, masks = run_card_snippet(card, 1, {"ddpm": saved_models["ddpm"], "patient-site-A": masks_dir})
+    assert_same_sample(image, masks, rows["eye_b"])
 
 
 def make_pipe_from(folder):

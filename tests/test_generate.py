@@ -77,6 +77,9 @@ def test_ddpm_generation_round_trips_through_the_schema(models, tmp_path):
     card = (out / "README.md").read_text()
     for fact in ("DDIMScheduler", "| inference steps | 2 |", "largest_disc", "manual_seed(3 + i)", "non-PM: 2, PM: 3"):
         assert fact in card
+    assert "given or drawn" not in card.replace("\n", " ") and "the model draws it for\nevery sample" in card
+    image, masks = run_card_snippet(card, 4, {"ddpm": models["ddpm"]})  # the card's code makes sample 4 (a PM) again
+    assert_same_sample(image, masks, row)
     assert Image.open(out / "contact_sheet.png").size[0] > 0
     assert (out / "png" / "masks" / "atrophy" / "000004.png").exists()
     with open(out / "png" / "metadata.csv") as f:
@@ -93,6 +96,26 @@ def test_ddpm_generation_round_trips_through_the_schema(models, tmp_path):
     # ... and the folder itself loads with load_dataset (parquet shards and the card's configs), as from the Hub
     parquet = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf"))
     assert parquet.features == dataset.features and parquet["id"] == dataset["id"]
+
+
+def run_card_snippet(card: str, i: int, folders: dict):
+    """Run the card's "Regenerate one sample" code for sample ``i``, each ``path/to/<name>`` in it being
+    ``folders[name]``; return the image and masks it makes."""
+    code = card.split("## Regenerate one sample")[1].split("```python\n")[1].split("```")[0]
+    for name, folder in folders.items():
+        code = code.replace(f'"path/to/{name}"', repr(str(folder)))
+    assert "path/to/" not in code and "\ni = 0  #" in code
+    namespace = {}
+    exec(code.replace("\ni = 0  #", f"\ni = {i}  #"), namespace)
+    return namespace["out"].images[0], namespace["masks"]
+
+
+def assert_same_sample(image, masks, row):
+    """``image`` and ``masks`` are the pixels of the dataset row ``row``."""
+    assert np.array_equal(np.asarray(image), np.asarray(row["image"]))
+    assert masks.keys() == {c[: -len("_mask")] for c in row if c.endswith("_mask")}
+    for name, mask in masks.items():
+        assert np.array_equal(np.asarray(mask), np.asarray(row[f"{name}_mask"])), name
 
 
 def assert_same_samples(imagefolder, dataset):
@@ -210,6 +233,54 @@ def test_generate_script(models, tmp_path):
     out = tmp_path / "cli"
     script["main"](script["parse_args"](["--model", models["gan"], "--num_samples", "2", "--output_dir", str(out), "--device", "cpu", "--postprocess", "binarize,fill_holes"]))
     assert len(load_fundus_dataset(str(out))) == 2 and "binarize, fill_holes" in (out / "README.md").read_text()
+
+
+def save_weaker_copy(model: str, folder: Path, seed: int = 1, **scheduler_changes) -> str:
+    """``model``'s pipeline with other UNet weights (a stand-in for an earlier snapshot of the same training), its
+    noise schedule changed by ``scheduler_changes``, saved in ``folder``."""
+    pipe = load_fundus_pipeline(model, device="cpu")
+    torch.manual_seed(seed)
+    unet = UNet2DModel.from_config(pipe.unet.config)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config, **scheduler_changes)
+    FundusPipeline(unet=unet, scheduler=scheduler, mask_names=pipe.config.mask_names).save_pretrained(folder)
+    return str(folder)
+
+
+def test_autoguidance_by_a_weaker_model_through_the_script(models, tmp_path):
+    weak = save_weaker_copy(models["ddpm"], tmp_path / "weak")
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "generate.py"))
+    common = ["--model", models["ddpm"], "--num_samples", "3", "--scheduler", "ddim", "--num_inference_steps", "2",
+              "--seed", "5", "--device", "cpu"]  # fmt: skip
+    script["main"](script["parse_args"]([*common, "--output_dir", str(tmp_path / "plain")]))
+    argv = [*common, "--autoguidance_model", weak, "--autoguidance_scale", "2", "--output_dir", str(tmp_path / "guided")]
+    script["main"](script["parse_args"](argv))
+    plain, guided = (load_fundus_dataset(str(tmp_path / name)) for name in ("plain", "guided"))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain["image"], guided["image"]))
+
+    recorded = json.loads((tmp_path / "guided" / "generation_config.json").read_text())
+    assert recorded["autoguidance_model"] == weak and recorded["autoguidance_scale"] == 2.0
+    assert sampler_description(str(tmp_path / "guided")) == "ddim, 2 steps, autoguidance by weak at 2.0"
+    card = (tmp_path / "guided" / "README.md").read_text()
+    assert "guided away from the weaker model `weak` with weight 2.0" in card and str(tmp_path) not in card
+    image, masks = run_card_snippet(card, 2, {"ddpm": models["ddpm"], "weak": weak})  # the card's code, sample 2
+    assert_same_sample(image, masks, guided[2])
+    cfg = config(models["ddpm"], num_samples=3, seed=5, scheduler="ddim", num_inference_steps=2, autoguidance_model=weak, autoguidance_scale=2.0)
+    assert_same_sample(*regenerate(load_fundus_pipeline(models["ddpm"], device="cpu"), cfg, 1), guided[1])
+
+
+def test_autoguidance_refusals(models, tmp_path):
+    for model, scale in ((None, 2.0), ("weak", None), ("weak", 1.0)):
+        with pytest.raises(ValueError, match="go together"):
+            config(models["ddpm"], autoguidance_model=model, autoguidance_scale=scale)
+    other_schedule = save_weaker_copy(models["ddpm"], tmp_path / "other", prediction_type="v_prediction")
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    cfg = config(models["ddpm"], num_samples=2, num_inference_steps=2, autoguidance_model=other_schedule, autoguidance_scale=2.0)
+    with pytest.raises(ValueError, match="another noise schedule or prediction type"):
+        generate_dataset(pipe, cfg, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())  # nothing written: no --resume needed
+    gan = load_fundus_pipeline(models["gan"], device="cpu")
+    with pytest.raises(ValueError, match="apply to diffusion models"):
+        generate_dataset(gan, config(models["gan"], num_samples=2, autoguidance_model=models["ddpm"], autoguidance_scale=2.0), str(tmp_path / "gan"))
 
 
 def test_postprocessing():

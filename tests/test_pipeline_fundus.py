@@ -163,6 +163,46 @@ def test_classifier_free_guidance_changes_samples_and_needs_labels():
         pipe(**{**get_dummy_inputs(), "class_labels": None}, guidance_scale=2.0)
 
 
+def weaker_unet(unet: UNet2DModel, seed: int = 1) -> UNet2DModel:
+    """A UNet of the same configuration with other weights: a stand-in for an earlier snapshot."""
+    torch.manual_seed(seed)
+    return UNet2DModel.from_config(unet.config)
+
+
+def make_pipe_with_unet(unet: UNet2DModel) -> FundusPipeline:
+    pipe = FundusPipeline(**{**get_dummy_components(), "unet": unet})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_autoguidance_interpolates_between_the_weak_and_the_main_model():
+    pipe = make_pipe()
+    weak = weaker_unet(pipe.unet)
+    main_only = pipe(**get_dummy_inputs()).images
+    weak_only = make_pipe_with_unet(weak)(**get_dummy_inputs()).images
+    assert np.abs(main_only - weak_only).max() > 1e-3  # else the checks below could not fail
+
+    at_zero = pipe(**get_dummy_inputs(), autoguidance_unet=weak, autoguidance_scale=0.0).images
+    at_one = pipe(**get_dummy_inputs(), autoguidance_unet=weak, autoguidance_scale=1.0).images
+    guided = pipe(**get_dummy_inputs(), autoguidance_unet=weak, autoguidance_scale=2.0).images
+    np.testing.assert_array_equal(at_zero, weak_only)  # weak + 0 * (main - weak): the weak model alone
+    np.testing.assert_allclose(at_one, main_only, atol=1e-6)
+    assert np.isfinite(guided).all() and min(np.abs(guided - main_only).max(), np.abs(guided - weak_only).max()) > 1e-4
+
+
+def test_autoguidance_refuses_what_it_cannot_use():
+    pipe = make_pipe()
+    with pytest.raises(ValueError, match="needs autoguidance_unet"):
+        pipe(**get_dummy_inputs(), autoguidance_scale=2.0)
+    with pytest.raises(ValueError, match="not both"):
+        pipe(**get_dummy_inputs(), guidance_scale=2.0, autoguidance_unet=weaker_unet(pipe.unet))
+    other = make_pipe(mask_names=("disc", "atrophy")).unet  # 5 channels against 4
+    with pytest.raises(ValueError, match="in_channels"):
+        pipe(**get_dummy_inputs(), autoguidance_unet=other, autoguidance_scale=2.0)
+    with pytest.raises(ValueError, match=r"move it with autoguidance_unet.to"):
+        pipe(**get_dummy_inputs(), autoguidance_unet=weaker_unet(pipe.unet).to(torch.float64), autoguidance_scale=2.0)
+
+
 def test_labels_accept_names_ids_and_unknown():
     pipe = make_pipe()
     assert pipe.class_ids(["PM", 0, None, -1], 4).tolist() == [1, 0, 2, 2]
