@@ -16,9 +16,10 @@
 #                   One device call after another can run just this (the first after STAGE=train); give WAIT_S the
 #                   call's time left minus a minute
 #   STAGE=generate  sample N_SYN pairs with SAMPLER (scheduler:steps[:timestep spacing]) in DTYPE, guided by
-#                   AUTOGUIDANCE (step:weight, e.g. 2500:2: the same run's snapshot of that step as the weak model of
-#                   generate.py's --autoguidance_model, at that --autoguidance_scale; set suffix -ag<step>w<weight>)
-#                   when given, from each snapshot at STEPS (default:
+#                   AUTOGUIDANCE (step:weight, e.g. 3000:2 with SNAPSHOT=1500: the same run's snapshot of that step as
+#                   the weak model of generate.py's --autoguidance_model, at that --autoguidance_scale; set suffix
+#                   -ag<step>w<weight>; only snapshots after that step, of runs that have it) when given, from each
+#                   snapshot at STEPS (default:
 #                   every snapshot not yet sampled); trainings keep running, so snapshots are judged while later ones
 #                   train
 #   STAGE=post_hoc_ema  for each finished variant trained with --post_hoc_ema: one model per EMA length in
@@ -167,10 +168,14 @@ unsampled() {  # the saved snapshots (within STEPS, when given) without a finish
     [ -f "$snap/model_index.json" ] || continue  # absent, or still being written
     step=$((10#${snap##*step-}))
     [ -n "${STEPS:-}" ] && [[ ",$STEPS," != *",$step,"* ]] && continue
+    if [ -n "${AUTOGUIDANCE:-}" ]; then  # a guide from an earlier snapshot of the same run, which must exist
+      [ "$step" -gt "${AUTOGUIDANCE%%:*}" ] && [ -f "$(guide_of "$snap")/model_index.json" ] || continue
+    fi
     set=$WORK/synthetic/$(basename "$(dirname "$(dirname "$snap")")")-$step$suffix
     finished "$set" || [ -f "$set.failed" ] || echo "$snap"
   done
 }
+guide_of() { echo "$(dirname "$1")/step-$(printf %07d "${AUTOGUIDANCE%%:*}")"; }  # AUTOGUIDANCE's snapshot beside snapshot $1
 flags_of() { tr ';' '\n' <<< "$VARIANTS" | grep "^$1=" | cut -d= -f2-; }
 
 case $STAGE in
@@ -233,7 +238,7 @@ generate)
     set=$WORK/synthetic/$name-$step$suffix
     guide=()
     if [ -n "${AUTOGUIDANCE:-}" ]; then  # the weak model: the same run's snapshot of the step AUTOGUIDANCE names
-      guide=(--autoguidance_model "$(dirname "$snap")/step-$(printf %07d "${AUTOGUIDANCE%%:*}")" --autoguidance_scale "${AUTOGUIDANCE#*:}")
+      guide=(--autoguidance_model "$(guide_of "$snap")" --autoguidance_scale "${AUTOGUIDANCE#*:}")
     fi
     $PY scripts/generate.py --model "$snap" --num_samples "$N_SYN" --scheduler "$scheduler" \
       --num_inference_steps "$sampler_steps" ${spacing:+--timestep_spacing "$spacing"} --dtype "$DTYPE" --seed 0 --batch_size 100 \

@@ -237,6 +237,8 @@ class GenerationConfig:
                 "--autoguidance_model and --autoguidance_scale go together, with a weight other than 1 (1 is the main "
                 f"model alone; e.g. 2); got {self.autoguidance_model!r} and {self.autoguidance_scale!r}."
             )
+        if self.autoguidance_model is not None and self.guidance_scale > 1:
+            raise ValueError("Use --guidance_scale (classifier-free guidance) or --autoguidance_model, not both at once.")
 
     @property
     def model_name(self) -> str:
@@ -250,31 +252,51 @@ class GenerationConfig:
         return interleave_labels(self.labels) if self.labels else [None] * self.num_samples
 
 
+def is_local_path(model: str) -> bool:
+    """Whether ``model`` names a local folder rather than a Hub id: an existing folder, or a path no Hub id can be
+    (absolute, ``~``, ``.``-relative), whether or not it still exists where the name is read."""
+    return os.path.isdir(os.path.expanduser(model)) or model.startswith(("/", "~", ".")) or os.path.isabs(model)
+
+
 def local_name(model: str) -> str:
     """A model's name for records and cards: a local folder's name only (its path means nothing elsewhere and may
     name people), a Hub id as it is."""
-    return os.path.basename(os.path.normpath(model)) if os.path.isdir(model) else model
+    return os.path.basename(os.path.normpath(os.path.expanduser(model))) if is_local_path(model) else model
+
+
+def compile_network(network, mode: str) -> None:
+    """Compile ``network`` in place for fixed shapes (``generate_samples`` pads every batch to ``batch_size``)."""
+    network.compile(mode=mode, dynamic=False, fullgraph=True)
 
 
 def load_autoguidance(pipe, config: GenerationConfig):
     """The UNet of ``config.autoguidance_model`` (None without one), on ``pipe``'s device in its precision and compiled
-    as ``config`` says; refused unless it was trained on ``pipe``'s noise schedule and prediction type (otherwise its
-    predictions are not comparable with the main model's, and guiding away from them is meaningless)."""
+    as ``config`` says. Refused unless it is a model of the same kind as ``pipe``'s: the same masks, classes and
+    rotation conditioning, channels and size (``FundusPipeline.check_autoguidance``), noise schedule and prediction
+    type (otherwise its predictions are not comparable with the main model's, and guiding away from them is
+    meaningless)."""
     if config.autoguidance_model is None:
         return None
-    weak = load_fundus_pipeline(config.autoguidance_model, device=str(pipe.device), dtype=config.dtype)
+    source = config.autoguidance_model
+    weak = load_fundus_pipeline(source, device=str(pipe.device), dtype=config.dtype)
     if not hasattr(weak, "scheduler"):
-        raise ValueError(f"--autoguidance_model {config.autoguidance_model} is a GAN; guide with a diffusion model.")
+        raise ValueError(f"--autoguidance_model {source} is a GAN; guide with a diffusion model.")
+    fix = "guide with an earlier snapshot of the same training."
+    kind = ("mask_names", "id2label", "rotation_conditioning")
+    different = {k: (pipe.config.get(k), weak.config.get(k)) for k in kind if pipe.config.get(k) != weak.config.get(k)}
+    if different:
+        raise ValueError(f"--autoguidance_model {source} differs from {config.model_name} in {different} (model, guide): {fix}")
     ours, theirs = pipe.scheduler, weak.scheduler
-    if ours.config.prediction_type != theirs.config.prediction_type or not torch.allclose(
-        ours.alphas_cumprod.double(), theirs.alphas_cumprod.double()
-    ):
+    schedule = (ours.config.prediction_type, len(ours.alphas_cumprod)), (theirs.config.prediction_type, len(theirs.alphas_cumprod))
+    if schedule[0] != schedule[1] or not torch.allclose(ours.alphas_cumprod.double(), theirs.alphas_cumprod.double()):
         raise ValueError(
-            f"--autoguidance_model {config.autoguidance_model} was trained with another noise schedule or prediction "
-            f"type than {config.model_name}: guide with an earlier snapshot of the same training."
+            f"--autoguidance_model {source} was trained with another noise schedule or prediction type than "
+            f"{config.model_name} (prediction type and training steps: {schedule[0]} against {schedule[1]}, or "
+            f"other betas): {fix}"
         )
+    pipe.check_autoguidance(weak.unet, config.autoguidance_scale, config.guidance_scale)  # channels, classes, size
     if config.compile:
-        weak.unet.compile(mode=config.compile, dynamic=False, fullgraph=True)
+        compile_network(weak.unet, config.compile)
     return weak.unet
 
 
@@ -320,7 +342,8 @@ def check_finite_samples(images: np.ndarray, seeds: Sequence[int], config: Gener
         raise FloatingPointError(
             f"{len(bad)} of {len(seeds)} samples of this batch (seeds {bad[:5]}{' ...' if len(bad) > 5 else ''}) hold "
             f"NaN or inf values: {config.model_name} did not produce images, and nothing of this batch was written. "
-            "Fix: sample with --dtype fp32 (fp16 can overflow), or use another checkpoint of the model."
+            "Fix: sample with --dtype fp32 (fp16 can overflow, the more so with a large --autoguidance_scale), or use "
+            "another checkpoint of the model."
         )
 
 
@@ -328,7 +351,8 @@ def regenerate(
     pipe, config: GenerationConfig, index: int, mask_sets: Optional[MaskSets] = None
 ) -> Tuple[Image.Image, Dict[str, Image.Image]]:
     """Sample ``index`` of the dataset ``config`` describes (with ``masks_from``: drawn for ``mask_sets``), made
-    again alone (``pipe`` prepared as ``generate_dataset`` prepares it: ``prepare_pipeline``)."""
+    again alone (``pipe`` prepared as ``generate_dataset`` prepares it: ``prepare_pipeline``; the guide of
+    ``autoguidance_model`` loaded, and compiled with ``compile``, at every call)."""
     config = prepare_pipeline(pipe, config)
     given = [mask_sets.load(index)] if mask_sets is not None else None
     guide = load_autoguidance(pipe, config)
@@ -538,7 +562,7 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
         use_scheduler(pipe, None if config.scheduler == OWN_SCHEDULER else config.scheduler, config.timestep_spacing)
     network = pipe.unet if hasattr(pipe, "unet") else pipe.gan_generator
     if config.compile and getattr(network, "_compiled_call_impl", None) is None:  # what nn.Module.compile sets
-        network.compile(mode=config.compile, dynamic=False, fullgraph=True)
+        compile_network(network, config.compile)
     return replace(config, dtype=next(name for name, dtype in DTYPES.items() if dtype == network.dtype))
 
 
@@ -757,7 +781,7 @@ def dataset_card(pipe, config: GenerationConfig, dataset, mask_sets: Optional[Ma
         "synthetic",
         data,
         model=model,
-        model_is_local=os.path.isdir(config.model),
+        model_is_local=is_local_path(config.model),
         pipeline_class=type(pipe).__name__,
         num_samples=len(dataset),
         resolution=dataset[0]["image"].size[0],
@@ -770,7 +794,7 @@ def dataset_card(pipe, config: GenerationConfig, dataset, mask_sets: Optional[Ma
         f"{pipe.scheduler.config.timestep_spacing} spacing)",
         timestep_spacing=config.timestep_spacing,
         autoguidance_model=config.autoguidance_name,
-        autoguidance_is_local=bool(config.autoguidance_model) and os.path.isdir(config.autoguidance_model),
+        autoguidance_is_local=bool(config.autoguidance_model) and is_local_path(config.autoguidance_model),
         autoguidance_scale=config.autoguidance_scale,
         steps=config.num_inference_steps or (None if is_gan else pipe.scheduler.config.num_train_timesteps),
         guidance_scale=config.guidance_scale,

@@ -498,8 +498,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
             autoguidance_unet ([`UNet2DModel`], *optional*): a weaker version of this model (an earlier snapshot of
                 the same training, or a smaller model trained on the same data and noise schedule) to guide with:
                 ``weak + w * (main - weak)`` (autoguidance, Karras et al. 2024). Unlike classifier-free guidance it
-                needs no classes: it pushes the sample away from what the weaker model gets wrong. A second UNet pass
-                per step.
+                needs no classes: it pushes the sample away from what the weaker model gets wrong. Each UNet pass
+                (resampling passes included) costs a pass of the weak UNet too.
             autoguidance_scale (`float`): the weight ``w``; 1 is the main model alone, 0 the weak one alone.
 
         Given channels condition the model at sampling time (no retraining): before every UNet pass, they are

@@ -19,6 +19,7 @@ from fundus_diffusion.generate import (
     generate_dataset,
     generating_model,
     interleave_labels,
+    local_name,
     parse_label_counts,
     png_name,
     postprocess_masks,
@@ -235,14 +236,14 @@ def test_generate_script(models, tmp_path):
     assert len(load_fundus_dataset(str(out))) == 2 and "binarize, fill_holes" in (out / "README.md").read_text()
 
 
-def save_weaker_copy(model: str, folder: Path, seed: int = 1, **scheduler_changes) -> str:
+def save_weaker_copy(model: str, folder: Path, mask_names=None, sample_size=None, **scheduler_changes) -> str:
     """``model``'s pipeline with other UNet weights (a stand-in for an earlier snapshot of the same training), its
-    noise schedule changed by ``scheduler_changes``, saved in ``folder``."""
+    masks, UNet size or noise schedule changed when given, saved in ``folder``."""
     pipe = load_fundus_pipeline(model, device="cpu")
-    torch.manual_seed(seed)
-    unet = UNet2DModel.from_config(pipe.unet.config)
+    torch.manual_seed(1)
+    unet = UNet2DModel.from_config(pipe.unet.config, **({"sample_size": sample_size} if sample_size else {}))
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config, **scheduler_changes)
-    FundusPipeline(unet=unet, scheduler=scheduler, mask_names=pipe.config.mask_names).save_pretrained(folder)
+    FundusPipeline(unet=unet, scheduler=scheduler, mask_names=mask_names or pipe.config.mask_names).save_pretrained(folder)
     return str(folder)
 
 
@@ -272,15 +273,29 @@ def test_autoguidance_refusals(models, tmp_path):
     for model, scale in ((None, 2.0), ("weak", None), ("weak", 1.0)):
         with pytest.raises(ValueError, match="go together"):
             config(models["ddpm"], autoguidance_model=model, autoguidance_scale=scale)
-    other_schedule = save_weaker_copy(models["ddpm"], tmp_path / "other", prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="not both"):
+        config(models["ddpm"], labels={"PM": 5}, guidance_scale=2.0, autoguidance_model="weak", autoguidance_scale=2.0)
     pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
-    cfg = config(models["ddpm"], num_samples=2, num_inference_steps=2, autoguidance_model=other_schedule, autoguidance_scale=2.0)
-    with pytest.raises(ValueError, match="another noise schedule or prediction type"):
-        generate_dataset(pipe, cfg, str(tmp_path / "out"))
-    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())  # nothing written: no --resume needed
+    guides = {  # each differs from the ddpm model in one way; refused before anything is written (no --resume needed)
+        "another prediction type": (dict(prediction_type="v_prediction"), r"another noise schedule or prediction type.*epsilon"),
+        "another chain length": (dict(num_train_timesteps=8), r"another noise schedule or prediction type.*4\)"),
+        "other masks, as many channels": (dict(mask_names=["disc", "cup"]), r"mask_names"),
+        "another size": (dict(sample_size=16), r"sample_size"),
+    }
+    for k, (changes, message) in enumerate(guides.values()):
+        guide = save_weaker_copy(models["ddpm"], tmp_path / f"guide{k}", **changes)
+        cfg = config(models["ddpm"], num_samples=2, num_inference_steps=2, autoguidance_model=guide, autoguidance_scale=2.0)
+        with pytest.raises(ValueError, match=message):
+            generate_dataset(pipe, cfg, str(tmp_path / f"out{k}"))
+        assert not (tmp_path / f"out{k}").exists() or not list((tmp_path / f"out{k}").iterdir())
     gan = load_fundus_pipeline(models["gan"], device="cpu")
     with pytest.raises(ValueError, match="apply to diffusion models"):
         generate_dataset(gan, config(models["gan"], num_samples=2, autoguidance_model=models["ddpm"], autoguidance_scale=2.0), str(tmp_path / "gan"))
+
+
+def test_records_name_a_local_model_by_its_folder_even_once_it_is_gone():
+    assert local_name("/data/people/alice/runs/weak") == "weak" and local_name("~/runs/weak/") == "weak"
+    assert local_name("./runs/weak") == "weak" and local_name("owner/fundus-ddpm") == "owner/fundus-ddpm"  # a Hub id
 
 
 def test_postprocessing():

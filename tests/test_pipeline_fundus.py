@@ -190,6 +190,17 @@ def test_autoguidance_interpolates_between_the_weak_and_the_main_model():
     assert np.isfinite(guided).all() and min(np.abs(guided - main_only).max(), np.abs(guided - weak_only).max()) > 1e-4
 
 
+def test_autoguidance_keeps_given_channels_exactly_with_resampling():
+    pipe = make_pipe(mask_names=("disc", "atrophy"))
+    disc = np.zeros((8, 8), np.float32)
+    disc[2:5, 3:6] = 1
+    out = pipe(
+        **{**get_dummy_inputs(), "output_type": "np"}, masks={"disc": disc}, resample_steps=2,
+        autoguidance_unet=weaker_unet(pipe.unet), autoguidance_scale=2.0,
+    )  # fmt: skip
+    assert all(np.array_equal(masks["disc"], disc) for masks in out.masks) and np.isfinite(out.images).all()
+
+
 def test_autoguidance_refuses_what_it_cannot_use():
     pipe = make_pipe()
     with pytest.raises(ValueError, match="needs autoguidance_unet"):
