@@ -1,13 +1,6 @@
-"""At which spatial frequencies synthetic photographs differ from real ones: radially averaged power spectra.
-
-The two-sample judge (``evaluate.py``) says *whether* synthetic photographs can be told from real ones; this says where
-their energy differs. For each image: the green channel (where the vessels have their contrast) at ``--resolution``
-px, zero mean, times a Hann window (so the square's edges add no false high frequencies), its 2-D power spectrum
-averaged over rings of equal frequency; per set, the geometric mean over its images. The result is each set's ratio
-to the real training set's spectrum per frequency: 1 = the same energy, below 1 = missing detail. Held-out real
-photographs are the control (how far from 1 a set of real photographs lies by chance). Bands: coarse (below 1/32
-cycles per px: illumination and the field of view), middle (1/32 to 1/8: the disc and large vessels), fine (1/8 to
-1/3: small vessels and texture, 3-8 px), pixel (above 1/3: speckle and noise at 2-3 px).
+"""At which spatial frequencies synthetic photographs differ from real ones, for several sets at once: the
+green-channel power spectra of ``fundus_diffusion.evaluation.spectrum`` (which ``evaluate.py`` reports for one set) as
+ratios to the real training photographs', per frequency and band, with held-out real photographs as the control.
 
 Why a band may be missing: a diffusion sampler's last step predicts the clean image from its last noisy one, and a
 band whose energy is below the noise there comes out as an average, not a sample. So the benchmark also prints, per
@@ -24,73 +17,13 @@ import json
 from typing import Dict, Optional, Sequence, Tuple
 
 import diffusers
-import matplotlib
-import numpy as np
 import torch
 
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import add_named_set_args, dataset_arrays, named_sets
+from fundus_diffusion.evaluation.figures import ratio_chart
+from fundus_diffusion.evaluation.spectrum import BANDS, CONTROL, MIN_RESOLUTION, band_table, compare, noise_crossings
 from fundus_diffusion.pipelines.loading import SCHEDULERS, make_sampler
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-# cycles per px; a band's ratio is the geometric mean of the ratios at its frequencies
-BANDS = {"coarse": (0.0, 1 / 32), "middle": (1 / 32, 1 / 8), "fine": (1 / 8, 1 / 3), "pixel": (1 / 3, 0.5)}
-
-
-def green_power(arrays: torch.Tensor, windowed: bool) -> torch.Tensor:
-    """``uint8 [N, >=3, S, S]`` -> ``[N, S, S]``: the 2-D power spectrum (unshifted) of each image's green channel in
-    model space ([-1, 1]), its mean removed and, ``windowed``, times a Hann window."""
-    green = arrays[:, 1].double() / 127.5 - 1.0
-    green = green - green.mean(dim=(1, 2), keepdim=True)
-    if windowed:
-        window = torch.hann_window(green.shape[-1], periodic=False, dtype=torch.float64)
-        green = green * window[:, None] * window[None, :]
-    return torch.fft.fft2(green).abs() ** 2
-
-
-def log_radial_spectra(arrays: torch.Tensor) -> torch.Tensor:
-    """``uint8 [N, >=3, S, S]`` -> ``[N, S // 2]``: the log of each image's windowed green-channel power, averaged over
-    the ring of each integer frequency 0 .. S/2 - 1 (in cycles per image; divide by S for cycles per px)."""
-    size = arrays.shape[-1]
-    power = torch.fft.fftshift(green_power(arrays, windowed=True), dim=(-2, -1))
-    centre = torch.arange(size, dtype=torch.float64) - size // 2
-    ring = torch.sqrt(centre[:, None] ** 2 + centre[None, :] ** 2).round().long().flatten()
-    keep = ring < size // 2
-    sums = torch.zeros(len(arrays), size // 2, dtype=torch.float64).index_add_(1, ring[keep], power.flatten(1)[:, keep])
-    counts = torch.bincount(ring[keep], minlength=size // 2).double()
-    return torch.log(sums / counts + 1e-20)
-
-
-def compare(real: torch.Tensor, sets: Dict[str, torch.Tensor]) -> Dict:
-    """Per set: its spectrum's ratio to ``real``'s per frequency (geometric means over images) and per band."""
-    reference = log_radial_spectra(real).mean(dim=0)
-    frequencies = np.arange(len(reference)) / real.shape[-1]
-    results = {"frequencies_cycles_per_px": frequencies[1:].tolist(), "sets": {}}
-    for name, arrays in sets.items():
-        log_ratio = (log_radial_spectra(arrays).mean(dim=0) - reference).numpy()[1:]  # the mean (frequency 0) is removed
-        bands = {
-            band: float(np.exp(log_ratio[(frequencies[1:] >= low) & (frequencies[1:] < high)].mean()))
-            for band, (low, high) in BANDS.items()
-        }
-        results["sets"][name] = {"n": len(arrays), "ratio": np.exp(log_ratio).tolist(), "bands": bands}
-    return results
-
-
-def noise_crossings(real: torch.Tensor) -> Dict[str, float]:
-    """Per band, the log-SNR at which the green channel's energy in it equals white noise's: ``log(share of the
-    frequencies in the band / band energy per pixel)``, images in model space ([-1, 1]). Above it the band shows
-    through the noise."""
-    size = real.shape[-1]
-    power = green_power(real, windowed=False).mean(dim=0) / size**4
-    f = torch.fft.fftfreq(size, dtype=torch.float64).abs()
-    radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
-    crossings = {}
-    for band, (low, high) in BANDS.items():
-        inside = (radius >= low) & (radius < (high if high < 0.5 else 1.0))  # the pixel band takes the corners too
-        crossings[band] = float(torch.log(inside.double().mean() / power[inside].sum()))
-    return crossings
 
 
 def parse_sampler(spec: str) -> Tuple[str, int, Optional[str]]:
@@ -116,30 +49,6 @@ def last_steps(model: str, samplers: Sequence[str]) -> Dict[str, Dict]:
     return results
 
 
-def table(results: Dict) -> str:
-    lines = [
-        "| images | n | " + " | ".join(f"{b} ({lo:.3g}-{hi:.3g} cycles/px)" for b, (lo, hi) in BANDS.items()) + " |",
-        "|---|---:|" + "---:|" * len(BANDS),
-    ]
-    for name, row in results["sets"].items():
-        lines.append(f"| {name} | {row['n']} | " + " | ".join(f"{row['bands'][b]:.2f}" for b in BANDS) + " |")
-    return "\n".join(lines)
-
-
-def figure(results: Dict, path: str, resolution: int) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, row in results["sets"].items():
-        ax.plot(results["frequencies_cycles_per_px"], row["ratio"], label=name, ls="--" if "held-out" in name else "-")
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set(xscale="log", yscale="log", xlabel="spatial frequency (cycles per px)",
-           ylabel="power / real training photographs' power",
-           title=f"green-channel power spectra at {resolution} px, against the real training set")  # fmt: skip
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_named_set_args(
@@ -155,8 +64,8 @@ def main(argv=None):
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
     samplers = [s for s in args.samplers.split(",") if s]
-    if args.resolution < 128:
-        parser.error(f"--resolution {args.resolution}: the coarse band (below 1/32 cycles per px) needs at least 128 px.")
+    if args.resolution < MIN_RESOLUTION:
+        parser.error(f"--resolution {args.resolution}: the coarse band (below 1/32 cycles per px) needs at least {MIN_RESOLUTION} px.")
     try:
         for sampler in samplers:
             parse_sampler(sampler)
@@ -166,11 +75,11 @@ def main(argv=None):
     real = dataset_arrays(load_fundus_dataset(args.real), args.resolution, [], "real set")
     sets = {}
     if args.holdout:
-        sets["held-out real (control)"] = dataset_arrays(load_fundus_dataset(args.holdout), args.resolution, [], "held-out set")
+        sets[CONTROL] = dataset_arrays(load_fundus_dataset(args.holdout), args.resolution, [], "held-out set")
     sets.update(synthetic)
     results = compare(real, sets)
     results["noise_crossing_log_snr"] = noise_crossings(real)
-    print(table(results))
+    print("\n".join(band_table(results["sets"])))
     print("\nlog-SNR at which the real photographs' band energy equals the noise's: " + ", ".join(
         f"{band} {value:.2f}" for band, value in results["noise_crossing_log_snr"].items()
     ))  # fmt: skip
@@ -179,7 +88,11 @@ def main(argv=None):
         for sampler, step in results["last_steps"].items():
             print(f"{sampler}: last step t = {step['last_timestep']}, log-SNR {step['log_snr']:.2f}")
     if args.figure:
-        figure(results, args.figure, args.resolution)
+        ratio_chart(
+            f"green-channel power spectra at {args.resolution} px, as ratios to the real training photographs'",
+            results["frequencies_cycles_per_px"], {name: row["ratio"] for name, row in results["sets"].items()},
+            x_label="spatial frequency (cycles per px)", y_label="power / real training photographs' power",
+        ).save(args.figure)  # fmt: skip
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump({"resolution": args.resolution, "bands": BANDS, **results}, f, indent=2)

@@ -107,7 +107,7 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
     cd "$WORK" && tar czf "$OUT/realism_reports.tgz" eval/*/report.json eval/*/report.md \
       conditional/*/conditional_sampling.json conditional/*.log synthetic/*/generation_config.json \
       runs/*/logs/metrics.csv runs/*/training_args.json ./*.log quality_curve.md quality_curve.json 2>/dev/null
-    tar czf "$OUT/realism_figures.tgz" eval/*/dice_bars.png eval/*/disc_histograms.png eval/*/cup_to_disc.png \
+    tar czf "$OUT/realism_figures.tgz" eval/*/dice_bars.png eval/*/disc_histograms.png eval/*/cup_to_disc.png eval/*/power_spectrum.png \
       synthetic/*/contact_sheet.png synthetic/*/fullsize.png quality_curve.png 2>/dev/null
     pack_samples
     for archive in "$OUT"/realism_reports.tgz "$OUT"/realism_figures.tgz "$OUT"/realism_samples-*.tgz; do

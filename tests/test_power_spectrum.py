@@ -1,5 +1,6 @@
-"""benchmarks/power_spectrum.py: spectra ratios that can fail: a set against itself is 1 everywhere, a blurred copy
-loses its fine and pixel bands and keeps its coarse one, and the CLI writes the table, figure and JSON."""
+"""fundus_diffusion.evaluation.spectrum and benchmarks/power_spectrum.py: spectra ratios that can fail (a set against
+itself is 1 everywhere, a blurred copy loses its fine and pixel bands and keeps its coarse one), the evaluation
+report's section, and the benchmark's table, figure and JSON."""
 
 import importlib.util
 import json
@@ -12,7 +13,9 @@ from conftest import REPO_ROOT
 from diffusers import DDPMScheduler
 
 from fundus_diffusion.data import load_phantom_dataset
+from fundus_diffusion.evaluation import spectrum
 from fundus_diffusion.evaluation.arrays import dataset_arrays
+from fundus_diffusion.evaluation.report import spectrum_lines
 
 spec = importlib.util.spec_from_file_location("power_spectrum", REPO_ROOT / "benchmarks" / "power_spectrum.py")
 power_spectrum = importlib.util.module_from_spec(spec)
@@ -25,7 +28,7 @@ def test_a_set_against_itself_is_one_and_a_blurred_copy_loses_the_fine_bands():
     blurred = F.interpolate(F.avg_pool2d(real.float(), 4), scale_factor=4, mode="bilinear").round().to(torch.uint8)
     red_changed = real.clone()
     red_changed[:, 0] = 255 - red_changed[:, 0]
-    bands = {name: row["bands"] for name, row in power_spectrum.compare(
+    bands = {name: row["bands"] for name, row in spectrum.compare(
         real, {"same": real, "blurred": blurred, "noisy": noisy.round().to(torch.uint8), "red": red_changed}
     )["sets"].items()}  # fmt: skip
     for name in ("same", "red"):  # the green channel alone is compared
@@ -40,7 +43,7 @@ def test_a_green_stripe_pattern_shows_at_its_own_frequency_and_band():
     columns = torch.arange(128, dtype=torch.float64)
     wave = 40 * torch.cos(2 * torch.pi * 0.25 * columns)  # 0.25 cycles per px: a 4 px period
     stripes[:, 1] = (stripes[:, 1].double() + wave).clamp(0, 255).round().to(torch.uint8)
-    results = power_spectrum.compare(real, {"stripes": stripes})
+    results = spectrum.compare(real, {"stripes": stripes})
     frequencies, row = results["frequencies_cycles_per_px"], results["sets"]["stripes"]
     assert frequencies == [k / 128 for k in range(1, 64)]
     assert frequencies[int(torch.tensor(row["ratio"]).argmax())] == 0.25
@@ -69,8 +72,8 @@ def test_the_cli_prints_the_bands_and_writes_the_figure_and_json(tmp_path, capsy
 
 def test_white_noise_crosses_the_noise_at_its_own_log_snr_in_every_band():
     noise = 128 + 12.75 * torch.randn(16, 3, 128, 128, generator=torch.Generator().manual_seed(0))  # std 0.1 in [-1, 1]
-    crossings = power_spectrum.noise_crossings(noise.clamp(0, 255).round().to(torch.uint8))
-    assert set(crossings) == set(power_spectrum.BANDS)
+    crossings = spectrum.noise_crossings(noise.clamp(0, 255).round().to(torch.uint8))
+    assert set(crossings) == set(spectrum.BANDS)
     assert all(abs(value - math.log(1 / 0.01)) < 0.1 for value in crossings.values())  # -log(variance) = 4.61
 
 
@@ -80,3 +83,17 @@ def test_last_steps_follow_the_spacing(tmp_path):
     assert {k: v["last_timestep"] for k, v in steps.items()} == {"ddpm:100": 9, "ddpm:100:linspace": 0, "dpmsolver++:20": 49}
     alpha_bar = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod.double()
     assert steps["ddpm:100"]["log_snr"] == pytest.approx(math.log(alpha_bar[9] / (1 - alpha_bar[9])))
+
+
+def test_the_report_section_is_computed_from_128_px_and_shows_each_band():
+    real = dataset_arrays(load_phantom_dataset(8, size=128), 128, [], "phantoms")
+    blurred = F.interpolate(F.avg_pool2d(real.float(), 4), scale_factor=4, mode="bilinear").round().to(torch.uint8)
+    section = spectrum.spectrum_section(real, real[:4], blurred)
+    assert section["computed"] and set(section["sets"]) == {spectrum.CONTROL, "synthetic"}
+    assert section["sets"][spectrum.CONTROL]["bands"]["fine"] == pytest.approx(1.0, abs=0.2)
+    assert section["sets"]["synthetic"]["bands"]["fine"] < 0.5
+    lines = spectrum_lines(section, "128 px")
+    assert f"| synthetic | 8 | {section['sets']['synthetic']['bands']['coarse']:.2f} |" in "\n".join(lines)
+    small = spectrum.spectrum_section(real[:, :, ::2, ::2], real[:4, :, ::2, ::2], blurred[:, :, ::2, ::2])
+    assert not small["computed"] and "128 or more pixels a side (these: 64)" in small["reason"]
+    assert "Not computed: the coarse band needs images of 128" in "\n".join(spectrum_lines(small, "64 px"))

@@ -3,7 +3,8 @@
 Every image goes through the same preprocessing as training (square fundus crop, ``resolution`` px; masks by
 nearest neighbour), then: downstream segmentation (mean and per source of the held-out images), mask-image agreement,
 mask plausibility, memorisation (with the held-out control that decides whether the set is refused, ``refused``),
-the classifier two-sample realism test, FID / KID. The resolution defaults to the
+the classifier two-sample realism test, where the synthetic images' detail differs (green-channel power spectra,
+``spectrum``), FID / KID. The resolution defaults to the
 synthetic set's native one (the size its images were generated at): a lower one can average away texture that makes
 the samples useless at the size a user trains at.
 ``report.write_report`` turns the result into ``report.json``, ``report.md`` and PNG figures.
@@ -24,11 +25,12 @@ from ..visualization import contact_sheet
 from .arrays import dataset_arrays, default_device, to_pil
 from .checks import native_resolution
 from .fid import fid_kid
-from .figures import bar_chart, histograms, titled
+from .figures import bar_chart, histograms, ratio_chart, titled
 from .memorisation import PIXEL_SPACE, copy_checks, nearest_training_neighbours, pixel_features, refusal
 from .metrics import cup_to_disc_ratios, dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
 from .realism import RealismRecipe, disc_region_test, realism_test
 from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
+from .spectrum import spectrum_section
 from .splits import holdout_ids, read_split_file, source_of, split_by_ids, write_split_file
 
 TRAINING_SETS = ("real", "synthetic", "real+synthetic")
@@ -410,7 +412,21 @@ def evaluate(
         report["realism"]["disc_region"] = disc_region_test(
             all_real, real_discs, on_device["synthetic"][:, :3], on_device["synthetic"][:, disc] > 0, recipe, device
         )
+    report["power_spectrum"] = spectrum_section(arrays["real"], arrays["holdout"], arrays["synthetic"])
+    if report["power_spectrum"]["computed"]:
+        figures["power_spectrum"] = _spectrum_figure(report["power_spectrum"], resolution)
     report["fid_kid"] = fid_kid(
         arrays["real"][:, :3], arrays["synthetic"][:, :3], config.inception_weights, device=device
     )
     return report, figures
+
+
+def _spectrum_figure(section: Dict, resolution: int) -> Image.Image:
+    """Each set's green-channel power spectrum as a ratio to the real training photographs', against frequency."""
+    return ratio_chart(
+        f"green-channel power spectra at {resolution} px, as ratios to the real training photographs'",
+        section["frequencies_cycles_per_px"],
+        {name: row["ratio"] for name, row in section["sets"].items()},
+        x_label="spatial frequency (cycles per px)",
+        y_label="power / real training photographs' power",
+    )

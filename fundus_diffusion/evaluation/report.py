@@ -13,6 +13,7 @@ from .memorisation import REFUSE_P, copy_excess_p
 from .metrics import CUP_INSIDE_SHARE, format_mean_std, format_value
 from .protocol import WORST_FIGURE
 from .realism import INVARIANCES, TEST_NAME
+from .spectrum import band_table
 
 PRIVACY_NOTE = (
     "This folder holds real photographs (`nearest_pairs.png`, and `worst_holdout.png`: held-out real images with "
@@ -33,6 +34,8 @@ FIGURE_CAPTIONS = {
     "the truth (outline colours in the legend).",
     "nearest_pairs": "Each synthetic sample beside its nearest real training image (the memorisation check's closest "
     "pairs).",
+    "power_spectrum": "Green-channel power per spatial frequency as a ratio to the real training photographs' (1 = the "
+    "same energy; below 1: missing detail); dashed: held-out real photographs, the control.",
 }
 
 
@@ -95,7 +98,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
             "",
             f"`{FLAGGED_FILE}` lists the flagged ids, to drop them before sharing the set (README: evaluate.py).",
         ]
-    lines += realism_lines(report.get("realism"), px)
+    lines += realism_lines(report.get("realism"), px) + spectrum_lines(report.get("power_spectrum"), px)
     fid = report["fid_kid"]
     lines += ["", f"## 6. FID and KID (RGB at {px}, Inception-v3 via torchmetrics)", ""]
     if fid["computed"]:
@@ -293,6 +296,17 @@ def colour_lines(colour: Optional[Dict], px: str) -> List[str]:
                 f"{synthetic[stat][c] - real[stat][c]:+.1f} | {other[stat][c] - real[stat][c]:+.1f} |"
             )
     return lines
+
+def spectrum_lines(section: Optional[Dict], px: str) -> List[str]:
+    """Where the synthetic images' detail differs from the real photographs' (``spectrum.spectrum_section``; older
+    reports: none), per band, with the held-out photographs as the yardstick."""
+    if section is None:
+        return []
+    lines = ["", f"Where the energy differs ({px}): green-channel power spectra as ratios to the real training photographs' (1 = the same; below 1: missing detail)."]
+    if not section["computed"]:
+        return lines + ["", f"Not computed: {section['reason']}."]
+    return lines + [""] + band_table(section["sets"])
+
 
 def json_safe(value):
     """NaN (an undefined statistic) -> null, so that report.json is strict JSON."""
