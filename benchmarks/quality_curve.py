@@ -1,7 +1,8 @@
 """Quality against training time (issues 18 and 19): for each variant of a realism ablation, the synthetic-only Dice
 (as a share of the real-trained Dice) and the two-sample AUC of every evaluated snapshot, against the minutes its
 training had run when it wrote that snapshot; and the first snapshot that meets both bars and whose set the copy check
-did not refuse (time to quality).
+did not refuse (time to quality). The table also gives, from reports that have it (evaluate.py's power-spectrum
+section), the synthetic images' green-channel power in the middle and fine bands as a share of the real photographs'.
 
     python benchmarks/quality_curve.py /tmp/realism --figure quality_curve.png --json quality_curve.json
 
@@ -59,6 +60,8 @@ def point(report: dict, mask: str):
     realism = report.get("realism", {})
     computed = realism.get("computed", False)
     region = realism.get("disc_region", {})
+    spectrum = report.get("power_spectrum", {})  # reports since session 12
+    bands = spectrum["sets"]["synthetic"]["bands"] if spectrum.get("computed") else {}
     return {
         "dice_synthetic": synthetic,
         "dice_real": real,
@@ -69,6 +72,10 @@ def point(report: dict, mask: str):
         "judge": judge_of(realism) if computed else None,
         # the same judge on squares around the discs (reports since session 9), beside the bar's whole-image AUC
         "auc_disc_region": region["real_vs_synthetic"]["auc"]["mean"] if region.get("computed") else None,
+        # the synthetic images' green-channel power as a share of the real photographs' (1 = real): disc rim and
+        # large vessels (middle band), small vessels (fine band)
+        "power_middle": bands.get("middle"),
+        "power_fine": bands.get("fine"),
         # the copy check refused the set: its scores may be earned by copies, so it cannot meet the bars
         "refused": report.get("refused") is not None,
     }
@@ -114,8 +121,8 @@ def time_to_quality(points) -> dict:
 
 def table(curves: dict) -> str:
     lines = [
-        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}, not refused as copies) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | power / real, middle / fine band | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}, not refused as copies) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---|",
     ]
     for variant, points in curves.items():
         for p in points:
@@ -123,9 +130,11 @@ def table(curves: dict) -> str:
             auc = f"{p['auc']:.3f} ({p['judge']})" if p["auc"] is not None else "not computed"
             control = f"{p['auc_control']:.3f}" if p["auc_control"] is not None else ""
             region = f"{p['auc_disc_region']:.3f}" if p["auc_disc_region"] is not None else ""
+            power = f"{p['power_middle']:.2f} / {p['power_fine']:.2f}" if p["power_middle"] is not None else ""
             lines.append(
                 f"| {variant} | {p['step']:,} | {minutes} | {p['dice_synthetic']:.3f} | {p['dice_share']:.1%} | "
-                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {'met' if meets_bars(p) else 'refused: copies' if p['refused'] else 'no'} |"
+                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {power} | "
+                f"{'met' if meets_bars(p) else 'refused: copies' if p['refused'] else 'no'} |"
             )
     for variant, points in curves.items():
         first = time_to_quality(points)
