@@ -21,8 +21,15 @@ import torch
 
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import add_named_set_args, dataset_arrays, named_sets
-from fundus_diffusion.evaluation.figures import ratio_chart
-from fundus_diffusion.evaluation.spectrum import BANDS, CONTROL, MIN_RESOLUTION, band_table, compare, noise_crossings
+from fundus_diffusion.evaluation.spectrum import (
+    BANDS,
+    CONTROL,
+    MIN_RESOLUTION,
+    band_table,
+    compare,
+    noise_crossings,
+    ratio_figure,
+)
 from fundus_diffusion.pipelines.loading import SCHEDULERS, make_sampler
 
 
@@ -88,11 +95,7 @@ def main(argv=None):
         for sampler, step in results["last_steps"].items():
             print(f"{sampler}: last step t = {step['last_timestep']}, log-SNR {step['log_snr']:.2f}")
     if args.figure:
-        ratio_chart(
-            f"green-channel power spectra at {args.resolution} px, as ratios to the real training photographs'",
-            results["frequencies_cycles_per_px"], {name: row["ratio"] for name, row in results["sets"].items()},
-            x_label="spatial frequency (cycles per px)", y_label="power / real training photographs' power",
-        ).save(args.figure)  # fmt: skip
+        ratio_figure(results, args.resolution).save(args.figure)
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump({"resolution": args.resolution, "bands": BANDS, **results}, f, indent=2)

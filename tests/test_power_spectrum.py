@@ -13,7 +13,7 @@ from conftest import REPO_ROOT
 from diffusers import DDPMScheduler
 
 from fundus_diffusion.data import load_phantom_dataset
-from fundus_diffusion.evaluation import spectrum
+from fundus_diffusion.evaluation import EvaluationConfig, evaluate, spectrum, write_report
 from fundus_diffusion.evaluation.arrays import dataset_arrays
 from fundus_diffusion.evaluation.report import spectrum_lines
 
@@ -97,3 +97,16 @@ def test_the_report_section_is_computed_from_128_px_and_shows_each_band():
     small = spectrum.spectrum_section(real[:, :, ::2, ::2], real[:4, :, ::2, ::2], blurred[:, :, ::2, ::2])
     assert not small["computed"] and "128 or more pixels a side (these: 64)" in small["reason"]
     assert "Not computed: the coarse band needs images of 128" in "\n".join(spectrum_lines(small, "64 px"))
+
+
+def test_evaluate_reports_the_spectrum_with_its_figure_and_older_reports_render_without(tmp_path):
+    real, holdout = load_phantom_dataset(12, size=128, seed=0), load_phantom_dataset(6, size=128, seed=1000, split="test")
+    synthetic = load_phantom_dataset(8, size=128, seed=2000)
+    config = EvaluationConfig(masks="none", resolution=128, device="cpu", realism_steps=1, realism_folds=2)
+    report, figures = evaluate(real, synthetic, holdout, config)
+    paths = write_report(report, figures, str(tmp_path))
+    saved = json.loads(open(paths["json"]).read())["power_spectrum"]
+    assert saved["computed"] and saved["sets"]["synthetic"]["n"] == 8 and saved["sets"][spectrum.CONTROL]["n"] == 6
+    assert (tmp_path / "power_spectrum.png").stat().st_size > 0
+    assert "| synthetic | 8 |" in open(paths["markdown"]).read()
+    assert spectrum_lines(None, "128 px") == []  # a report from before the section

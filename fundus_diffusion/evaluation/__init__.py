@@ -1,8 +1,10 @@
-"""Judging synthetic fundus datasets: downstream segmentation, mask metrics, memorisation, realism, FID / KID.
+"""Judging synthetic fundus datasets: downstream segmentation, mask metrics, memorisation, realism, power spectra,
+FID / KID.
 
 ``protocol`` runs the evaluation, ``report`` writes it, ``model_card`` puts its numbers on a model's card, ``checks``
-holds the scripts' input checks, ``arrays`` the shared image stacks; the networks (``segmenter``, ``pm_classifier``,
-``realism``) train through one loop (``recipe``) with one augmentation module (``augment``)."""
+holds the scripts' input checks, ``arrays`` the shared image stacks, ``spectrum`` where the images' detail differs;
+the networks (``segmenter``, ``pm_classifier``, ``realism``) train through one loop (``recipe``) with one augmentation
+module (``augment``)."""
 
 from .fid import fid_kid
 from .memorisation import memorisation_report, nearest_neighbours, pixel_features

@@ -131,13 +131,20 @@ def line_chart(
     return _to_image(figure)
 
 
-def ratio_chart(title: str, x: Sequence[float], curves: Dict[str, Sequence[float]], x_label: str, y_label: str) -> Image.Image:
+def ratio_chart(
+    title: str,
+    x: Sequence[float],
+    curves: Dict[str, Sequence[float]],
+    x_label: str,
+    y_label: str,
+    dashed: Sequence[str] = (),
+) -> Image.Image:
     """``{name: y values}`` over the shared ``x`` on log-log axes, with the line y = 1 (e.g. a power spectrum as a
-    ratio to a reference's); a name holding "control" is drawn dashed."""
+    ratio to a reference's); the curves named in ``dashed`` (a control) are drawn dashed."""
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(2 * PANEL[0], 1.3 * PANEL[1]), constrained_layout=True)
     for i, (name, y) in enumerate(curves.items()):
-        ax.plot(x, y, color=_colour(i), linewidth=2, label=name, linestyle="--" if "control" in name else "-")
+        ax.plot(x, y, color=_colour(i), linewidth=2, label=name, linestyle="--" if name in dashed else "-")
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set(xscale="log", yscale="log", xlabel=x_label, ylabel=y_label)
     ax.set_title(title, fontsize=10)

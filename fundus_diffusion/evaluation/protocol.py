@@ -25,12 +25,12 @@ from ..visualization import contact_sheet
 from .arrays import dataset_arrays, default_device, to_pil
 from .checks import native_resolution
 from .fid import fid_kid
-from .figures import bar_chart, histograms, ratio_chart, titled
+from .figures import bar_chart, histograms, titled
 from .memorisation import PIXEL_SPACE, copy_checks, nearest_training_neighbours, pixel_features, refusal
 from .metrics import cup_to_disc_ratios, dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
 from .realism import RealismRecipe, disc_region_test, realism_test
 from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
-from .spectrum import spectrum_section
+from .spectrum import ratio_figure, spectrum_section
 from .splits import holdout_ids, read_split_file, source_of, split_by_ids, write_split_file
 
 TRAINING_SETS = ("real", "synthetic", "real+synthetic")
@@ -414,19 +414,8 @@ def evaluate(
         )
     report["power_spectrum"] = spectrum_section(arrays["real"], arrays["holdout"], arrays["synthetic"])
     if report["power_spectrum"]["computed"]:
-        figures["power_spectrum"] = _spectrum_figure(report["power_spectrum"], resolution)
+        figures["power_spectrum"] = ratio_figure(report["power_spectrum"], resolution)
     report["fid_kid"] = fid_kid(
         arrays["real"][:, :3], arrays["synthetic"][:, :3], config.inception_weights, device=device
     )
     return report, figures
-
-
-def _spectrum_figure(section: Dict, resolution: int) -> Image.Image:
-    """Each set's green-channel power spectrum as a ratio to the real training photographs', against frequency."""
-    return ratio_chart(
-        f"green-channel power spectra at {resolution} px, as ratios to the real training photographs'",
-        section["frequencies_cycles_per_px"],
-        {name: row["ratio"] for name, row in section["sets"].items()},
-        x_label="spatial frequency (cycles per px)",
-        y_label="power / real training photographs' power",
-    )

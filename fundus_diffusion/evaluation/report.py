@@ -297,6 +297,7 @@ def colour_lines(colour: Optional[Dict], px: str) -> List[str]:
             )
     return lines
 
+
 def spectrum_lines(section: Optional[Dict], px: str) -> List[str]:
     """Where the synthetic images' detail differs from the real photographs' (``spectrum.spectrum_section``; older
     reports: none), per band, with the held-out photographs as the yardstick."""

@@ -18,6 +18,8 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from .figures import ratio_chart
+
 # cycles per px; a band's ratio is the geometric mean of the ratios at its frequencies
 BANDS = {"coarse": (0.0, 1 / 32), "middle": (1 / 32, 1 / 8), "fine": (1 / 8, 1 / 3), "pixel": (1 / 3, 0.5)}
 MIN_RESOLUTION = 128  # the coarse band (below 1/32 cycles per px) holds frequencies 1-3 of a 128 px image
@@ -27,7 +29,7 @@ CONTROL = "held-out real (control)"
 def green_power(arrays: torch.Tensor, windowed: bool) -> torch.Tensor:
     """``uint8 [N, >=3, S, S]`` -> ``[N, S, S]``: the 2-D power spectrum (unshifted) of each image's green channel in
     model space ([-1, 1]), its mean removed and, ``windowed``, times a Hann window."""
-    green = arrays[:, 1].double().cpu() / 127.5 - 1.0
+    green = arrays[:, 1].cpu().double() / 127.5 - 1.0
     green = green - green.mean(dim=(1, 2), keepdim=True)
     if windowed:
         window = torch.hann_window(green.shape[-1], periodic=False, dtype=torch.float64)
@@ -85,6 +87,18 @@ def band_table(sets: Dict[str, Dict]) -> List[str]:
         "|---|---:|" + "---:|" * len(BANDS),
     ]
     return lines + [f"| {name} | {row['n']} | " + " | ".join(f"{row['bands'][b]:.2f}" for b in BANDS) + " |" for name, row in sets.items()]
+
+
+def ratio_figure(results: Dict, resolution: int):
+    """``compare``'s (or ``spectrum_section``'s) ratio per frequency of every set, the control dashed, as a PIL image."""
+    return ratio_chart(
+        f"green-channel power spectra at {resolution} px, as ratios to the real training photographs'",
+        results["frequencies_cycles_per_px"],
+        {name: row["ratio"] for name, row in results["sets"].items()},
+        x_label="spatial frequency (cycles per px)",
+        y_label="power / real training photographs' power",
+        dashed=[CONTROL],
+    )
 
 
 def spectrum_section(real: torch.Tensor, holdout: torch.Tensor, synthetic: torch.Tensor) -> Dict:
