@@ -3,18 +3,24 @@ green-channel power spectra of ``fundus_diffusion.evaluation.spectrum`` (which `
 ratios to the real training photographs', per frequency and band, with held-out real photographs as the control.
 
 Why a band may be missing: a diffusion sampler's last step predicts the clean image from its last noisy one, and a
-band whose energy is below the noise there comes out as an average, not a sample. So the benchmark also prints, per
-band, the log-SNR at which the real photographs' band carries as much energy as the noise (model space, [-1, 1]), and
-with ``--model`` (a saved diffusion model: only its scheduler config is read) the last timestep and its log-SNR for
-each of ``--samplers`` (scheduler:steps[:timestep spacing], as ``generate.py`` takes them).
+band whose energy is below the noise there comes out as an average, not a sample; and a model draws a band well only
+if training visits the noise levels where that band emerges. So the benchmark also prints, per band, the log-SNR at
+which the real photographs' band carries as much energy as the noise (model space, [-1, 1]), and for each noise
+schedule — a saved model's (``--model``: only its scheduler config is read) and those that ``train_ddpm.py`` flags
+build at ``--resolution`` (``--schedules name=flags;...``) — the share of its training timesteps within 1 of each
+crossing, and the last timestep and log-SNR of each of ``--samplers`` (scheduler:steps[:timestep spacing], as
+``generate.py`` takes them).
 
     python benchmarks/power_spectrum.py --real <split>/train --holdout <split>/test \\
         --synthetic rot50-10000-ddpm100=<set> --synthetic rot50-10000=<set> --figure spectra.png --output_json spectra.json
+    python benchmarks/power_spectrum.py --real <split>/train --schedules "shift64=--schedule_base_resolution 64; \\
+        interpolated=--schedule_base_resolution 64 --schedule_detail_resolution 256"
 """
 
 import argparse
 import json
-from typing import Dict, Optional, Sequence, Tuple
+import shlex
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import diffusers
 import torch
@@ -29,8 +35,10 @@ from fundus_diffusion.evaluation.spectrum import (
     compare,
     noise_crossings,
     ratio_figure,
+    training_share_near_crossings,
 )
 from fundus_diffusion.pipelines.loading import SCHEDULERS, make_sampler
+from fundus_diffusion.training import ddpm
 
 
 def parse_sampler(spec: str) -> Tuple[str, int, Optional[str]]:
@@ -41,10 +49,9 @@ def parse_sampler(spec: str) -> Tuple[str, int, Optional[str]]:
     return parts[0], int(parts[1]), parts[2] if len(parts) == 3 else None
 
 
-def last_steps(model: str, samplers: Sequence[str]) -> Dict[str, Dict]:
-    """For each ``scheduler:steps[:spacing]``: the sampler's last timestep on ``model``'s training chain and its
+def last_steps(schedule: diffusers.DDPMScheduler, samplers: Sequence[str]) -> Dict[str, Dict]:
+    """For each ``scheduler:steps[:spacing]``: the sampler's last timestep on ``schedule``'s training chain and its
     log-SNR."""
-    schedule = diffusers.DDPMScheduler.from_pretrained(model, subfolder="scheduler")
     alpha_bar = schedule.alphas_cumprod.double()
     results = {}
     for sampler in samplers:
@@ -56,6 +63,38 @@ def last_steps(model: str, samplers: Sequence[str]) -> Dict[str, Dict]:
     return results
 
 
+def training_schedules(specs: str, resolution: int) -> Dict[str, diffusers.DDPMScheduler]:
+    """``name=train_ddpm flags;...`` -> the noise schedule each builds at ``resolution`` px (``ValueError`` naming
+    the item that ``train_ddpm.py`` would refuse)."""
+    schedules = {}
+    for item in (part.strip() for part in specs.split(";") if part.strip()):
+        name, _, flags = item.partition("=")
+        if not name or name in schedules:
+            raise ValueError(f"--schedules {item!r}: give each schedule its own name=flags (flags may be empty).")
+        argv = ["--output_dir", "unused", "--resolution", str(resolution), *shlex.split(flags)]
+        try:
+            schedules[name] = ddpm.make_noise_scheduler(ddpm.parse_args(argv))
+        except SystemExit:
+            raise ValueError(f"--schedules {item!r}: train_ddpm.py refuses these flags (above).") from None
+    return schedules
+
+
+def schedule_table(schedules: Dict[str, Dict]) -> List[str]:
+    """Markdown lines: per schedule, the share of training timesteps near each band's crossing and each sampler's
+    last log-SNR."""
+    samplers = sorted({s for row in schedules.values() for s in row["last_steps"]})
+    lines = [
+        "| schedule | " + " | ".join(f"training near {b}" for b in BANDS) + " | "
+        + " | ".join(f"{s}: last t, log-SNR" for s in samplers) + " |",
+        "|---|" + "---:|" * (len(BANDS) + len(samplers)),
+    ]  # fmt: skip
+    for name, row in schedules.items():
+        shares = " | ".join(f"{row['training_share_near_crossing'][b]:.1%}" for b in BANDS)
+        steps = " | ".join(f"{row['last_steps'][s]['last_timestep']}, {row['last_steps'][s]['log_snr']:.2f}" for s in samplers)
+        lines.append(f"| {name} | {shares} | {steps} |")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_named_set_args(
@@ -63,10 +102,15 @@ def main(argv=None):
         "Other real photographs: the control (a saved dataset).", holdout_required=False,
     )  # fmt: skip
     parser.add_argument("--figure", default=None, help="Where to save the ratio-against-frequency plot (PNG).")
-    parser.add_argument("--model", default=None, help="A saved diffusion model whose samplers' last steps to print.")
+    parser.add_argument("--model", default=None, help="A saved diffusion model whose noise schedule to print.")
+    parser.add_argument(
+        "--schedules", default="",
+        help="Noise schedules to print, as train_ddpm.py's flags build them at --resolution: "
+        "'name=flags;name=flags', e.g. 'shift64=--schedule_base_resolution 64' ('default=' is the ours preset's).",
+    )
     parser.add_argument(
         "--samplers", default="dpmsolver++:20,ddpm:100,ddpm:100:linspace",
-        help="With --model: comma-separated scheduler:steps[:timestep spacing].",
+        help="Comma-separated scheduler:steps[:timestep spacing] whose last steps to print on each schedule.",
     )  # fmt: skip
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
@@ -76,6 +120,9 @@ def main(argv=None):
     try:
         for sampler in samplers:
             parse_sampler(sampler)
+        schedules = training_schedules(args.schedules, args.resolution)
+        if args.model:
+            schedules = {args.model: diffusers.DDPMScheduler.from_pretrained(args.model, subfolder="scheduler"), **schedules}
         synthetic = {name: arrays for name, (arrays, _) in named_sets(args.synthetic, args.resolution).items()}
     except ValueError as err:
         parser.error(str(err))
@@ -90,10 +137,18 @@ def main(argv=None):
     print("\nlog-SNR at which the real photographs' band energy equals the noise's: " + ", ".join(
         f"{band} {value:.2f}" for band, value in results["noise_crossing_log_snr"].items()
     ))  # fmt: skip
-    if args.model:
-        results["last_steps"] = last_steps(args.model, samplers)
-        for sampler, step in results["last_steps"].items():
-            print(f"{sampler}: last step t = {step['last_timestep']}, log-SNR {step['log_snr']:.2f}")
+    results["schedules"] = {
+        name: {
+            "training_share_near_crossing": training_share_near_crossings(
+                schedule.alphas_cumprod, results["noise_crossing_log_snr"]
+            ),
+            "last_steps": last_steps(schedule, samplers),
+        }
+        for name, schedule in schedules.items()
+    }
+    if schedules:
+        print("\nShare of each schedule's training timesteps within 1 of a band's log-SNR crossing, and where samplers stop:")
+        print("\n".join(schedule_table(results["schedules"])))
     if args.figure:
         ratio_figure(results, args.resolution).save(args.figure)
     if args.output_json:

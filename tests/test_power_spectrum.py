@@ -77,9 +77,9 @@ def test_white_noise_crosses_the_noise_at_its_own_log_snr_in_every_band():
     assert all(abs(value - math.log(1 / 0.01)) < 0.1 for value in crossings.values())  # -log(variance) = 4.61
 
 
-def test_last_steps_follow_the_spacing(tmp_path):
-    DDPMScheduler(num_train_timesteps=1000, timestep_spacing="trailing").save_pretrained(tmp_path / "scheduler")
-    steps = power_spectrum.last_steps(str(tmp_path), ["ddpm:100", "ddpm:100:linspace", "dpmsolver++:20"])
+def test_last_steps_follow_the_spacing():
+    schedule = DDPMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+    steps = power_spectrum.last_steps(schedule, ["ddpm:100", "ddpm:100:linspace", "dpmsolver++:20"])
     assert {k: v["last_timestep"] for k, v in steps.items()} == {"ddpm:100": 9, "ddpm:100:linspace": 0, "dpmsolver++:20": 49}
     alpha_bar = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod.double()
     assert steps["ddpm:100"]["log_snr"] == pytest.approx(math.log(alpha_bar[9] / (1 - alpha_bar[9])))
@@ -110,3 +110,32 @@ def test_evaluate_reports_the_spectrum_with_its_figure_and_older_reports_render_
     assert (tmp_path / "power_spectrum.png").stat().st_size > 0
     assert "| synthetic | 8 |" in open(paths["markdown"]).read()
     assert spectrum_lines(None, "128 px") == []  # a report from before the section
+
+
+def test_training_share_counts_the_timesteps_near_each_crossing():
+    alpha_bar = torch.sigmoid(torch.linspace(10, -10, 1000, dtype=torch.float64))  # log-SNR evenly from 10 to -10
+    shares = spectrum.training_share_near_crossings(alpha_bar, {"a": 0.0, "b": 9.5, "c": 30.0})
+    assert shares == {"a": pytest.approx(0.1, abs=0.002), "b": pytest.approx(0.075, abs=0.002), "c": 0.0}
+
+
+def test_schedules_from_training_flags_with_their_shares_and_last_steps(tmp_path, capsys):
+    phantoms = load_phantom_dataset(8, size=128)
+    phantoms.save_to_disk(str(tmp_path / "real"))
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(tmp_path / "model" / "scheduler")
+    results = power_spectrum.main([
+        "--real", str(tmp_path / "real"), "--resolution", "128", "--samplers", "ddpm:100", "--model", str(tmp_path / "model"),
+        "--schedules", "shift32=--schedule_base_resolution 32; interpolated=--schedule_base_resolution 32 "
+        "--schedule_detail_resolution 128",
+    ])  # fmt: skip
+    rows = results["schedules"]
+    assert list(rows) == [str(tmp_path / "model"), "shift32", "interpolated"]
+    near = {name: row["training_share_near_crossing"] for name, row in rows.items()}
+    # the constant shift moves training towards the noise: the interpolated one gives the finest bands more of it
+    assert near["interpolated"]["pixel"] > near["shift32"]["pixel"] and near["interpolated"]["fine"] > near["shift32"]["fine"]
+    assert near["shift32"]["coarse"] >= near["interpolated"]["coarse"]
+    last = {name: row["last_steps"]["ddpm:100"]["log_snr"] for name, row in rows.items()}
+    assert last["shift32"] < last["interpolated"]
+    assert "| shift32 |" in capsys.readouterr().out
+    for bad in ("a=--preset paper --schedule_detail_resolution 128", "a=;a=", "=--snr_gamma 5"):
+        with pytest.raises(SystemExit):  # refused before any set is read
+            power_spectrum.main(["--real", str(tmp_path / "missing"), "--resolution", "128", "--schedules", bad])

@@ -243,6 +243,35 @@ def test_shifted_schedule_moves_log_snr_by_the_resolution_ratio():
     assert torch.allclose(solver.alphas_cumprod, shifted.alphas_cumprod)
 
 
+def test_interpolated_shift_moves_log_snr_linearly_in_t():
+    base = ["--output_dir", "x", "--resolution", "256", "--schedule_base_resolution"]
+    plain = ddpm.make_noise_scheduler(ddpm.parse_args(base + ["256"]))
+    args = ddpm.parse_args(base + ["64", "--schedule_detail_resolution", "256"])
+    interpolated = ddpm.make_noise_scheduler(args)
+    log_snr = lambda a: torch.log(a / (1 - a))  # noqa: E731
+    t = torch.tensor([0, 250, 500, 750, 998])
+    difference = log_snr(interpolated.alphas_cumprod[t].double()) - log_snr(plain.alphas_cumprod[t].double())
+    expected = 2 * math.log(64 / 256) * (t.double() + 1) / 1000  # none at the cleanest timestep, all at the noisiest
+    assert torch.allclose(difference, expected, atol=1e-3)
+    constant = ddpm.make_noise_scheduler(ddpm.parse_args(base + ["64"]))
+    assert (interpolated.alphas_cumprod[:999] > constant.alphas_cumprod[:999]).all()  # less noise wherever t < T
+    assert ddpm.final_alpha_bar(interpolated) < ddpm.final_alpha_bar(plain)  # still pure noise at t = T
+    assert "64 px at the noisiest timestep to 256 px at the cleanest" in ddpm.schedule_shift_description(args)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--schedule_detail_resolution", "256"], "give both"),
+        (["--schedule_base_resolution", "64", "--schedule_detail_resolution", "0"], "give a resolution in pixels"),
+    ],
+)
+def test_interpolated_shift_refuses_what_cannot_work(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        ddpm.parse_args(["--output_dir", "x", "--resolution", "256", "--preset", "paper"] + flags)
+    assert message in capsys.readouterr().err
+
+
 def test_min_snr_weighting_caps_low_noise_timesteps():
     torch.manual_seed(0)
     scheduler = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "x", "--resolution", "16"]))

@@ -11,6 +11,8 @@ cycles per px: illumination and the field of view), middle (1/32 to 1/8: the dis
 
 ``noise_crossings`` gives, per band, the log-SNR at which the real photographs' band carries as much energy as a
 diffusion model's noise: a sampler whose last step lies below it returns that band as an average, not a sample.
+``training_share_near_crossings`` gives, per band, the share of a noise schedule's training timesteps near that
+crossing: where a model learns to draw the band.
 """
 
 from typing import Dict, List
@@ -78,6 +80,17 @@ def noise_crossings(real: torch.Tensor) -> Dict[str, float]:
         inside = (radius >= low) & (radius < (high if high < 0.5 else 1.0))  # the pixel band takes the corners too
         crossings[band] = float(torch.log(inside.double().mean() / power[inside].sum()))
     return crossings
+
+
+def training_share_near_crossings(
+    alphas_cumprod: torch.Tensor, crossings: Dict[str, float], width: float = 1.0
+) -> Dict[str, float]:
+    """Per band, the share of a noise schedule's training timesteps (drawn uniformly, as the trainer draws them)
+    whose log-SNR lies within ``width`` of the band's noise crossing (``noise_crossings``): where the band is neither
+    plain above the noise nor wholly under it, so where the model learns to draw it rather than copy or ignore it."""
+    alpha_bar = alphas_cumprod.double()
+    log_snr = torch.log(alpha_bar / (1.0 - alpha_bar))
+    return {band: float(((log_snr - value).abs() <= width).double().mean()) for band, value in crossings.items()}
 
 
 def band_table(sets: Dict[str, Dict]) -> List[str]:

@@ -14,7 +14,7 @@ Presets set the defaults (explicit flags win); ``demo`` trains the tiny UNet on 
 
 import json
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -94,15 +94,23 @@ PRESETS["demo"] = dict(
 )
 
 
-def shifted_betas(betas: torch.Tensor, shift: float) -> torch.Tensor:
+def shifted_betas(betas: torch.Tensor, shift: float, detail_shift: Optional[float] = None) -> torch.Tensor:
     """The betas whose alpha-bars have log-SNR ``log SNR(t) + 2 ln(shift)``; computed in float64.
 
     ``shift = base / resolution`` < 1 adds noise at every timestep, as the schedule designed at ``base`` px would
-    destroy the image at ``resolution`` px (Hoogeboom et al. 2023). The last beta stays capped at 0.999 as diffusers
-    caps its cosine betas.
+    destroy the image at ``resolution`` px (Hoogeboom et al. 2023). That also moves the low-noise timesteps, where
+    small detail forms, to noisier levels, so training and sampling spend few steps there. ``detail_shift`` (e.g. 1:
+    the resolution's own schedule) interpolates the shift in t, as the same paper's interpolated schedule does: the
+    log-shift is ``(t / T) ln(shift) + (1 - t / T) ln(detail_shift)``, ``shift`` at the noisiest timestep and
+    ``detail_shift`` at the cleanest. The last beta stays capped at 0.999 as diffusers caps its cosine betas.
     """
     alpha_bar = torch.cumprod(1.0 - betas.double(), dim=0)
-    shifted = torch.sigmoid(torch.logit(alpha_bar) + 2.0 * math.log(shift))
+    log_shift = torch.full_like(alpha_bar, math.log(shift))
+    if detail_shift is not None:
+        # alpha_bar[i] belongs to t = (i + 1) / T: diffusers' cosine betas are 1 - alpha_bar((i + 1) / T) / alpha_bar(i / T)
+        weight = torch.arange(1, len(alpha_bar) + 1, dtype=torch.float64) / len(alpha_bar)
+        log_shift = weight * math.log(shift) + (1.0 - weight) * math.log(detail_shift)
+    shifted = torch.sigmoid(torch.logit(alpha_bar) + 2.0 * log_shift)
     previous = torch.cat([shifted.new_ones(1), shifted[:-1]])
     return (1.0 - shifted / previous).clamp(max=0.999)
 
@@ -118,8 +126,23 @@ def make_noise_scheduler(args) -> DDPMScheduler:
     )
     if args.schedule_base_resolution is None:
         return scheduler
-    betas = shifted_betas(scheduler.betas, args.schedule_base_resolution / args.resolution)
+    detail = args.schedule_detail_resolution
+    betas = shifted_betas(
+        scheduler.betas,
+        args.schedule_base_resolution / args.resolution,
+        None if detail is None else detail / args.resolution,
+    )
     return DDPMScheduler.from_config(scheduler.config, trained_betas=betas.float().tolist())
+
+
+def schedule_shift_description(args) -> str:
+    """How the noise schedule's log-SNR was shifted, for the model card ('' when it was not)."""
+    base, detail = args.schedule_base_resolution, args.schedule_detail_resolution
+    if base is None:
+        return ""
+    if detail is None:
+        return f", log-SNR shifted for {base} px"
+    return f", log-SNR shifted for {base} px at the noisiest timestep to {detail} px at the cleanest (interpolated)"
 
 
 def final_alpha_bar(noise_scheduler) -> float:
@@ -281,6 +304,16 @@ class DDPMKind(loop.ModelKind):
             "(e.g. 256 at 256 px) means no shift.",
         )
         model.add_argument(
+            "--schedule_detail_resolution",
+            type=int,
+            default=None,
+            help="With --schedule_base_resolution: interpolate the shift in t (Hoogeboom et al. 2023's interpolated "
+            "schedule): BASE's schedule at the noisiest timestep, this resolution's at the cleanest, the log-shift "
+            "linear in t between. The constant shift also moves the low-noise timesteps, where small vessels form, to "
+            "noisier levels, so training and sampling spend few steps on them; the resolution itself (e.g. 256 at 256 "
+            "px) keeps that end unshifted. Default: the constant shift.",
+        )
+        model.add_argument(
             "--snr_gamma",
             type=float,
             default=None,
@@ -337,6 +370,15 @@ class DDPMKind(loop.ModelKind):
             parser.error(
                 f"--rotation_conditioning_prob {args.rotation_conditioning_prob}: give a probability in [0, 1) (at 1 "
                 "no image trains upright, and sampling asks for upright ones)."
+            )
+        for name in ("schedule_base_resolution", "schedule_detail_resolution"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                parser.error(f"--{name} {value}: give a resolution in pixels, e.g. 64 or {args.resolution}.")
+        if args.schedule_detail_resolution is not None and args.schedule_base_resolution is None:
+            parser.error(
+                "--schedule_detail_resolution interpolates the shift of --schedule_base_resolution: give both (e.g. "
+                f"--schedule_base_resolution 64 --schedule_detail_resolution {args.resolution})."
             )
         if args.snr_gamma is not None and args.snr_gamma < 0:
             parser.error(f"--snr_gamma {args.snr_gamma}: give a positive gamma, or 0 for the plain MSE.")
@@ -485,7 +527,7 @@ class DDPMKind(loop.ModelKind):
         info = {
             "model_config": args.model_config,
             "noise schedule": f"{args.beta_schedule}, T = {args.num_train_timesteps}, {args.prediction_type}"
-            + (f", log-SNR shifted for {args.schedule_base_resolution} px" if args.schedule_base_resolution else ""),
+            + schedule_shift_description(args),
             "loss": f"min-SNR-{args.snr_gamma:g} weighted MSE" if args.snr_gamma else "MSE",
             "lr_scheduler": args.lr_scheduler,
         }
