@@ -149,8 +149,8 @@ def test_model_card_needs_every_variable():
         render_model_card("ddpm", resolution=64)
 
 
-def test_a_checkpoint_that_does_not_fit_names_the_changed_flags(tmp_path):
-    saved_with = {"masks": "disc,atrophy", "model_config": "tiny", "mask_names": ("disc", "atrophy")}
+def test_a_resume_with_other_model_flags_names_them_before_loading(tmp_path):
+    saved_with = {"masks": "disc,atrophy", "model_config": "tiny", "mask_names": ("disc", "atrophy"), "dropout": 0.1}
     accelerator = Accelerator()
     accelerator.prepare(torch.nn.Linear(3, 2))
     path = save_checkpoint(accelerator, str(tmp_path), 1, settings=saved_with)
@@ -159,18 +159,27 @@ def test_a_checkpoint_that_does_not_fit_names_the_changed_flags(tmp_path):
         == "disc,atrophy"
     )
 
+    fits = Accelerator()
+    model = fits.prepare(torch.nn.Linear(3, 2))
+    before = model.weight.detach().clone()
+    now = {**saved_with, "dropout": 0.3, "mask_names": ["disc", "atrophy"]}  # a tuple is saved as a list: the same
+    with pytest.raises(ValueError, match=r"checkpoint-1 was trained with other model flags than these: --dropout 0\.3 "
+                       r"\(checkpoint: 0\.1\)\. Resume with the checkpoint's flags"):  # fmt: skip
+        load_checkpoint(fits, path, now)  # the weights would fit: refused all the same
+    assert torch.equal(model.weight, before)  # nothing loaded
+
     other = Accelerator()
     other.prepare(torch.nn.Linear(4, 2))  # the weights no longer fit
-    now = {"masks": "disc", "model_config": "tiny", "mask_names": ("disc", "atrophy")}  # a tuple saved as a list
-    with pytest.raises(
-        ValueError, match=r"size mismatch for weight.* --masks disc \(checkpoint: disc,atrophy\)\. "
-    ) as e:
-        load_checkpoint(other, path, now)
+    with pytest.raises(ValueError, match=r"--masks disc \(checkpoint: disc,atrophy\)\. ") as e:
+        load_checkpoint(other, path, {**saved_with, "masks": "disc"})
     assert "model_config" not in str(e.value) and "mask_names" not in str(e.value)
 
     (tmp_path / "checkpoint-1" / "training_state.json").write_text(json.dumps({"step": 1}))  # an older checkpoint
-    with pytest.raises(ValueError, match=r"size mismatch.*\)\. Resume with the checkpoint's model flags"):
-        load_checkpoint(other, path, now)
+    with pytest.raises(
+        ValueError, match=r"size mismatch.*--masks disc \(checkpoint: not recorded, its run predates the flag\).* Resume "
+        "with the checkpoint's model flags"
+    ):  # fmt: skip
+        load_checkpoint(other, path, {"masks": "disc"})
 
 
 def test_other_load_errors_keep_their_message(tmp_path, monkeypatch):

@@ -119,13 +119,18 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
     pipe = FundusPipeline.from_pretrained(out)
     assert pipe.config.mask_names == ["disc", "atrophy"] and pipe.config.training_info["steps"] == 6
 
-    # Resuming with other model flags names them instead of dumping a state-dict size mismatch; nothing is lost.
-    other = tiny_args(out, cache_dir, "--max_train_steps", "8", *more, "--logger", "none", "--masks", "disc")
-    with pytest.raises(
-        ValueError, match=r"checkpoint-6 does not fit.*size mismatch.*--masks disc \(checkpoint: disc,atrophy\)\."
-    ) as refused:
-        ddpm.train(ddpm.parse_args(other + ["--resume_from_checkpoint", "latest"]))
-    assert "mask_names" not in str(refused.value) and "training_cache_dir" not in str(refused.value)  # model flags only
+    # Resuming with other model flags names them before anything is loaded, whether or not the weights would fit
+    # (other masks would not; another dropout or noise schedule would, and silently train another model); nothing is lost.
+    for changed, named in [
+        (["--masks", "disc"], r"--masks disc \(checkpoint: disc,atrophy\)"),
+        (["--dropout", "0.3"], r"--dropout 0.3 \(checkpoint: None\)"),
+        (["--prediction_type", "epsilon"], r"--prediction_type epsilon \(checkpoint: v_prediction\)"),
+        (["--schedule_detail_resolution", "16"], r"--schedule_detail_resolution 16 \(checkpoint: None\)"),
+    ]:  # fmt: skip
+        other = tiny_args(out, cache_dir, "--max_train_steps", "8", *more, "--logger", "none", "--masks", "disc,atrophy")
+        with pytest.raises(ValueError, match=rf"checkpoint-6 was trained with other model flags than these: {named}\.") as refused:
+            ddpm.train(ddpm.parse_args(other + changed + ["--resume_from_checkpoint", "latest"]))
+        assert "mask_names" not in str(refused.value) and "training_cache_dir" not in str(refused.value)  # model flags only
     assert steps(out) == [5, 6] and logged(out, "step") == [1, 2, 3, 4, 5, 6]
 
 

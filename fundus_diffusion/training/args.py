@@ -312,7 +312,7 @@ def public_args(args, scalars_only: bool = False) -> dict:
 
 
 def model_flags(args, names) -> dict:
-    """The run's values of the flags ``names`` that it has (the ones that shape a trainer's networks)."""
+    """The run's values of the flags ``names`` that it has (a kind's ``MODEL_FLAGS``: those that define its model)."""
     return {k: getattr(args, k) for k in names if hasattr(args, k)}
 
 

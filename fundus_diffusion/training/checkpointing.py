@@ -491,15 +491,24 @@ def load_checkpoint(
     accelerator, path: str, flags: Optional[dict] = None, extra_state: Optional[Dict[str, object]] = None
 ) -> int:
     """Restore everything ``save_checkpoint`` saved (``extra_state`` as passed to it) and return the step it was
-    taken at. When the weights do not fit the models built now, the error names those of ``flags`` (the flags that
-    shape the models) that differ from the checkpoint's run. A file that cannot be read, or that would need code to
-    load, is a ``CheckpointError`` naming it; restored weights that hold NaN/inf are one too."""
+    taken at. ``flags`` (those that define the model: its networks and how it is trained to denoise) must equal the
+    checkpoint's where it recorded them: a ``ValueError`` naming those that differ, before anything is loaded. When
+    the weights do not fit the models built now, the error also names flags the checkpoint's run predates. A file that
+    cannot be read, or that would need code to load, is a ``CheckpointError`` naming it; restored weights that hold
+    NaN/inf are one too."""
     try:
         with open(os.path.join(path, STATE_FILE)) as f:
             state = json.load(f)
         int(state["step"])
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"Could not load {path}: {STATE_FILE} is unreadable ({type(err).__name__}).") from err
+    saved, now = (json.loads(json.dumps(f or {}, default=str)) for f in (state.get("settings"), flags))
+    changed = [f"--{k} {now[k]} (checkpoint: {saved[k]})" for k in sorted(saved) if k in now and now[k] != saved[k]]
+    if changed:
+        raise ValueError(
+            f"{path} was trained with other model flags than these: {', '.join(changed)}. Resume with the "
+            "checkpoint's flags, or start a new --output_dir (--init_from a saved model starts from its weights)."
+        )
     objects = _objects(accelerator, extra_state)
     _warn_if_rng_unreadable(accelerator, path)
     try:
@@ -512,14 +521,12 @@ def load_checkpoint(
             if problem is None:
                 raise  # not a model / checkpoint mismatch
             raise CheckpointError(f"Could not load {path}: {problem}.") from err
-        saved, now = (json.loads(json.dumps(f or {}, default=str)) for f in (state.get("settings"), flags))
-        changed = [f"--{k} {now[k]} (checkpoint: {saved[k]})" for k in sorted(saved) if k in now and now[k] != saved[k]]
-        changed += [  # a flag added after the checkpoint's run, set now: that run trained without it
+        unrecorded = [  # a flag added after the checkpoint's run, set now: that run trained without it
             f"--{k} {now[k]} (checkpoint: not recorded, its run predates the flag)"
             for k in sorted(now)
             if k not in saved and now[k] not in (None, False, 0, "")
         ]
-        hint = f" Flags that differ from the checkpoint's run: {', '.join(changed)}." if changed else ""
+        hint = f" Flags that differ from the checkpoint's run: {', '.join(unrecorded)}." if unrecorded else ""
         raise ValueError(
             f"{path} does not fit the models these flags build ({detail[:200].rstrip('.')}).{hint} Resume with the checkpoint's "
             "model flags, or start a new --output_dir."

@@ -250,7 +250,11 @@ class DDPMKind(loop.ModelKind):
     # class_conditional None: conditional when the data has a labelled example (a model of unknown labels only would
     # offer PM / non-PM classes it never saw).
     DEFAULTS = dict(class_conditional=None, use_ema=True, logging_steps=10, num_validation_images=16)
-    MODEL_FLAGS = ("preset", "model_config", "masks", "class_conditional", "dropout", "rotation_conditioning_prob")
+    MODEL_FLAGS = (
+        "preset", "resolution", "model_config", "masks", "class_conditional", "dropout", "rotation_conditioning_prob",
+        "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+        "schedule_base_resolution", "schedule_detail_resolution",
+    )  # fmt: skip
     LOSSES = ("loss",)
     PEAK_METRICS = {"grad_norm": "gradient norm"}  # the interval's largest, before clipping: spikes precede NaNs
 

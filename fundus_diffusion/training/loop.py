@@ -40,8 +40,9 @@ class ModelKind:
     """What a model kind plugs into ``train``. Subclasses set the class attributes and implement the methods.
 
     Class attributes: ``NAME`` (tracker project), ``DESCRIPTION`` (``--help``), ``PRESETS`` / ``DEFAULT_PRESET`` /
-    ``PRESET_HELP`` and ``DEFAULTS`` (see ``args.parse_training_args``), ``MODEL_FLAGS`` (the flags that shape the
-    networks: checkpoints record them), ``LOSSES`` (metrics that must stay finite), ``PEAK_METRICS`` (metric name: label, for
+    ``PRESET_HELP`` and ``DEFAULTS`` (see ``args.parse_training_args``), ``MODEL_FLAGS`` (the flags that define the
+    model: its networks and, for a diffusion model, its noise schedule; checkpoints record them and a resume must
+    match them), ``LOSSES`` (metrics that must stay finite), ``PEAK_METRICS`` (metric name: label, for
     metrics logged as the interval's maximum, not its mean) and ``VALIDATION_LOG`` (a CSV name for ``validate``'s numbers).
     """
 
@@ -276,7 +277,7 @@ def train(args, kind_class) -> str:
         )
     plan = EpochPlan.for_run(batches, args)
     kind = seeded_build(args.seed, lambda: kind_class(args, accelerator, view, plan), args.data_seed)
-    flags = model_flags(args, kind.MODEL_FLAGS)  # recorded in every checkpoint, compared on resume
+    flags = model_flags(args, kind.MODEL_FLAGS)  # recorded in every checkpoint, equal on resume
     saved_objects = checkpoint_objects(kind)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
