@@ -47,7 +47,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--masks", default="disc", help="Masks to score, e.g. disc, disc,cup, disc,atrophy or none (each on the images annotated for it).")
     parser.add_argument("--seeds", type=int, default=3, help="Segmenter training seeds (mean and std are reported).")
-    parser.add_argument("--segmenter_steps", type=int, default=1000, help="Training steps per segmenter.")
+    parser.add_argument(
+        "--segmenter_steps", type=int, default=EvaluationConfig.segmenter_steps, help="Training steps per segmenter."
+    )
     parser.add_argument(
         "--equal_real_passes",
         action="store_true",

@@ -58,6 +58,8 @@ def test_presets_and_schedule_facts():
     assert ours.learning_rate == 2e-4 and ours.model_config == "base64" and ours.prediction_type == "v_prediction"
     assert ddpm.final_alpha_bar(ddpm.make_noise_scheduler(ours)) < 1e-8
     assert (ours.schedule_base_resolution, ours.snr_gamma) == (64, 5.0)  # the 256 px recipe of RESULTS.md, session 5
+    at_256 = ddpm.parse_args(["--output_dir", "x"])  # the measured recipe: small256, 10,000 steps of 16 on 134 images
+    assert (at_256.resolution, at_256.model_config, at_256.train_batch_size, at_256.num_epochs) == (256, "small256", 16, 1250)
     demo = ddpm.parse_args(["--preset", "demo", "--output_dir", "x"])
     assert (demo.schedule_base_resolution, demo.snr_gamma) == (None, None)
     assert ddpm.parse_args(["--output_dir", "x", "--snr_gamma", "0"]).snr_gamma is None  # ours without min-SNR
