@@ -23,7 +23,7 @@
 #                   every snapshot not yet sampled); trainings keep running, so snapshots are judged while later ones
 #                   train
 #   STAGE=post_hoc_ema  for each finished variant trained with --post_hoc_ema: one model per EMA length in
-#                   PHEMA_SIGMAS (two or more; default 0.05,0.10,0.20), run <variant>-phema<sigma_rel>, sampled by a later generate
+#                   PHEMA_SIGMAS (one or more; default 0.05,0.10,0.20), run <variant>-phema<sigma_rel>, sampled by a later generate
 #   STAGE=stop      stop the trainings
 #   STAGE=evaluate  evaluate each synthetic set (EVAL_SETS: a glob of set names, default all) with SEEDS segmenter seeds;
 #                   BACKGROUND=1 starts the evaluations detached and returns (a later evaluate or STAGE=pack waits;
@@ -70,7 +70,9 @@ DTYPE=${DTYPE:-auto}  # generate.py --dtype (auto: fp16 on a GPU); sets sampled 
 # SEG_STEPS=3 EVAL_FLAGS="--realism_steps 2 --realism_folds 2").
 RECIPE=${RECIPE:-"--resolution 256 --model_config small256 --train_batch_size 16 --mixed_precision bf16 --compile --compile_mode reduce-overhead"}
 EVAL_FLAGS=${EVAL_FLAGS:-}  # more evaluate.py flags, e.g. "--resolution 128" for the labelled low-resolution column
-VARIANTS=${VARIANTS:-"baseline=;shift64=--schedule_base_resolution 64;shift64-minsnr5=--schedule_base_resolution 64 --snr_gamma 5"}
+# Default: the ours preset against its log-SNR shift interpolated to none at the cleanest timestep (not yet trained;
+# RESULTS.md session 13). Earlier ablations and their VARIANTS: RESULTS.md, each session with its command.
+VARIANTS=${VARIANTS:-"ours=;interp=--schedule_detail_resolution 256"}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT" "$WORK"
 export OUT=$(cd "$OUT" && pwd)

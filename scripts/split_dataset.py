@@ -1,5 +1,7 @@
 """Split a dataset once, deterministically by id: into train/ and test/ folders (and the held-out id list), into nested
 training subsets for learning curves (--subsets), or into one part per source for cross-camera tests (--by_source).
+Every part written says what it is in its `split` column: train for train/ and the subsets, test for test/ (not the
+source's own split, e.g. a folder's metadata.csv source_split, which the split by id does not follow).
 
     python scripts/split_dataset.py --dataset data/fundus-od --test_fraction 0.2 --stratify id_prefix \
         --output_dir data/fundus-od-split
@@ -66,7 +68,8 @@ def main(args):
                 print(f"{source}: train {parts['train']['strata']}, test {parts['test']['strata']}")
         else:
             train, test = split_to_disk(dataset, args.output_dir, args.test_fraction, args.seed, args.stratify)
-            print(f"{len(train)} train / {len(test)} test rows (stratified by {args.stratify}, seed {args.seed})")
+            print(f"{len(train)} train / {len(test)} test rows (stratified by {args.stratify}, seed {args.seed}); "
+                  "their split column says train / test")
     except FileExistsError as error:
         raise SystemExit(str(error)) from None
     except ValueError as error:

@@ -102,11 +102,47 @@ def test_script_writes_one_loadable_pipeline_per_length(run, tmp_path):
         out_images = pipe(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
         assert out_images.images[0].size == (16, 16)
     assert not torch.equal(weights["0.1"], weights["0.2"])
-    one = tmp_path / "one"  # a single length goes into --output_dir itself
-    phema.write_post_hoc_pipelines(str(folder), [0.1], str(one), step=4)
-    assert load_fundus_pipeline(str(one), device="cpu").config.training_info["steps"] == 4
-    with pytest.raises(FileExistsError, match=r"one already holds a saved model\. Fix: choose another --output_dir"):
-        phema.write_post_hoc_pipelines(str(folder), [0.2], str(one))
+    with pytest.raises(FileExistsError, match=r"sigma_rel-0.2 already holds a saved model\. Fix: choose another"):
+        phema.write_post_hoc_pipelines(str(folder), [0.2], str(out))
+
+
+def test_one_length_gets_its_own_folder_as_several_do(run, tmp_path):
+    # README's "one folder per length" holds for one length too, so a later call adds its lengths beside.
+    folder, _, _ = run
+    one = tmp_path / "one"
+    assert phema.write_post_hoc_pipelines(str(folder), [0.1], str(one), step=4) == [str(one / "sigma_rel-0.1")]
+    assert load_fundus_pipeline(str(one / "sigma_rel-0.1"), device="cpu").config.training_info["steps"] == 4
+    assert not (one / "model_index.json").exists()
+    phema.write_post_hoc_pipelines(str(folder), [0.2], str(one))
+    assert sorted(p.name for p in one.iterdir()) == ["sigma_rel-0.1", "sigma_rel-0.2"]
+    # an --output_dir that an older version filled with one length's model is not written into
+    with pytest.raises(FileExistsError, match=r"one/sigma_rel-0.1 is itself a saved model .*Fix: choose another"):
+        phema.write_post_hoc_pipelines(str(folder), [0.15], str(one / "sigma_rel-0.1"))
+
+
+def test_a_short_run_is_refused_for_its_few_snapshots_not_for_the_length(tmp_path):
+    # README's example lengths on a short run: 0.2 lies between the profiles (0.05, 0.28) but snapshots at two steps
+    # cannot reconstruct it. The refusal names that cause and its fixes, not "choose a sigma_rel between 0.05 and
+    # 0.28" (which 0.2 is); every length is checked and nothing is written.
+    short, out = tmp_path / "short", tmp_path / "out"
+    make_run(short, steps=4, every=2)
+    with pytest.raises(ValueError) as refused:
+        phema.write_post_hoc_pipelines(str(short), [0.05, 0.1, 0.2], str(out))
+    message = str(refused.value)
+    assert message.startswith("sigma_rel 0.2 at step 4 cannot be reconstructed")
+    assert "taken at 2 steps: 2, 4" in message and "weights sum to 1.012, not 1" in message
+    assert "Cause: too few snapshots" in message and "0.2 needs 3 such steps where this run has 2" in message
+    assert "Fix: train longer or save snapshots more often" in message and "--post_hoc_ema_every 1 or less" in message
+    assert "reconstruct: sigma_rel 0.05-0.14, 0.26-0.28" in message
+    assert "between 0.05 and 0.28" not in message
+    assert not out.exists()
+    phema.synthesise(str(short), 0.1)  # a length the message lists is synthesised
+    once = tmp_path / "once"  # one snapshot step: only the tracked lengths; several refused lengths in one message
+    make_run(once, steps=2, every=2)
+    with pytest.raises(ValueError, match=r"sigma_rel 0.1, 0.2 at step 2 .* need 3 such steps where this run has 1\. "
+                       r"Fix: .*--post_hoc_ema_every 1 or less.* sigma_rel 0.05, 0.28 \(the tracked"):  # fmt: skip
+        phema.write_post_hoc_pipelines(str(once), [0.1, 0.2], str(out))
+    assert phema.snapshot_steps_needed([phema.sigma_rel_to_gamma(s) for s in SIGMA_RELS], 0.1) == 2
 
 
 def test_errors_name_the_file_the_problem_and_the_fix(run, tmp_path):
@@ -120,10 +156,12 @@ def test_errors_name_the_file_the_problem_and_the_fix(run, tmp_path):
         phema.write_post_hoc_pipelines(str(tmp_path / "empty"), [0.1], str(tmp_path / "out"))
     with pytest.raises(ValueError, match=r"--step 7: the snapshots in .*run/post_hoc_ema span steps 2 to 6\. Fix"):
         phema.synthesise(str(folder), 0.1, step=7)
-    with pytest.raises(ValueError, match=r"sigma_rel 0.5 at step 6 cannot be reconstructed .* Fix: choose a sigma_rel"):
+    with pytest.raises(ValueError, match=r"sigma_rel 0.5 at step 6 cannot be reconstructed .* Cause: sigma_rel 0.5 lies "
+                       r"outside the tracked lengths.* Fix: choose a sigma_rel between 0.05 and 0.28"):  # fmt: skip
         phema.synthesise(str(folder), 0.5)
-    with pytest.raises(ValueError, match=r"weights sum to 0\.\d+, not 1"):  # between snapshots: the recent weights are missing
-        phema.synthesise(str(folder), 0.08, step=5)
+    with pytest.raises(ValueError, match=r"weights sum to 0\.\d+, not 1.* Cause: no snapshot was taken at step 5 \(the "
+                       r"last before it: 4\).* Fix: choose a --step with a snapshot \(2, 4\)"):  # fmt: skip
+        phema.synthesise(str(folder), 0.08, step=5)  # between snapshots: the recent weights are missing
     with pytest.raises(ValueError, match=r"sigma_rel 1.5 is outside \(0, 1\)"):
         phema.parse_sigma_rels("0.1,1.5")
     assert not (tmp_path / "out").exists()  # nothing is written before every length is synthesised

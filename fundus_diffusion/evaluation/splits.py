@@ -78,6 +78,18 @@ def write_split_file(path: str, test_ids: List[str]):
         f.write("".join(f"{i}\n" for i in test_ids))
 
 
+def with_split(dataset, part: str):
+    """``dataset`` with every row's ``split`` column set to ``part`` (``"train"`` / ``"test"``): the part of the split
+    it was written to. The column otherwise keeps the split of the rows' source (a folder's ``metadata.csv``
+    ``source_split``: fundus-od's DRIONS / DRISHTI train 117 / test 50), which a split by id ignores, so a written
+    train/ would hold rows saying ``test``. The source's value is not kept in another column (the schema has none; it
+    stays in ``--dataset``). Column order and features are unchanged; a dataset without the column is returned as is."""
+    if "split" not in dataset.column_names:
+        return dataset
+    order = dataset.column_names
+    return dataset.remove_columns("split").add_column("split", [part] * len(dataset)).select_columns(order)
+
+
 # Named stratifications for ``split_to_disk`` (and ``scripts/split_dataset.py --stratify``).
 STRATA = {
     "source": "source",
@@ -99,7 +111,8 @@ def _strata_of(dataset, stratify: str) -> Optional[List[str]]:
 
 
 def split_to_disk(dataset, output_dir: str, test_fraction: float = 0.2, seed: int = 0, stratify: str = "source"):
-    """Split once by id and write ``train/``, ``test/`` (``save_to_disk``) and ``test_ids.txt``; returns the parts.
+    """Split once by id and write ``train/``, ``test/`` (``save_to_disk``; their ``split`` column says ``train`` /
+    ``test``: ``with_split``) and ``test_ids.txt``; returns the parts.
 
     Refuses an existing ``output_dir``: a split is written once, so every model is judged on the same images.
     """
@@ -107,6 +120,7 @@ def split_to_disk(dataset, output_dir: str, test_fraction: float = 0.2, seed: in
     if os.path.exists(output_dir):
         raise FileExistsError(f"{output_dir} exists; choose a new output folder (a split is written once).")
     train, test = split_by_ids(dataset, holdout_ids(list(dataset["id"]), strata, test_fraction, seed))
+    train, test = with_split(train, "train"), with_split(test, "test")
     train.save_to_disk(os.path.join(output_dir, "train"))
     test.save_to_disk(os.path.join(output_dir, "test"))
     write_split_file(os.path.join(output_dir, "test_ids.txt"), list(test["id"]))
@@ -184,7 +198,7 @@ def _write_record(output_dir: str, name: str, record: Dict):
 
 
 def subsets_to_disk(dataset, output_dir: str, sizes: List[int], seeds: List[int], stratify: str = "source") -> Dict:
-    """Write ``n<N>-seed<S>/`` (``save_to_disk``) for every size and subset seed (``nested_subsets``) and
+    """Write ``n<N>-seed<S>/`` (``save_to_disk``, ``split`` column ``train``) for every size and subset seed (``nested_subsets``) and
     ``subsets.json`` beside them (ids and per-stratum counts of each subset); returns that record.
 
     Refuses an existing ``output_dir``, as ``split_to_disk``: subsets are drawn once and every run reads the same.
@@ -200,14 +214,16 @@ def subsets_to_disk(dataset, output_dir: str, sizes: List[int], seeds: List[int]
     for seed, subsets in drawn.items():
         for n, chosen in subsets.items():
             name = f"n{n}-seed{seed}"
-            dataset.select(sorted(position[i] for i in chosen)).save_to_disk(os.path.join(output_dir, name))
+            subset = with_split(dataset.select(sorted(position[i] for i in chosen)), "train")  # training subsets
+            subset.save_to_disk(os.path.join(output_dir, name))
             record["subsets"][name] = {"n": n, "seed": seed, "strata": _counts(chosen, strata_by_id), "ids": chosen}
     _write_record(output_dir, "subsets.json", record)
     return record
 
 
 def sources_to_disk(dataset, output_dir: str, stratify: str = "id_prefix", test_ids=()) -> Dict:
-    """For every source (stratum) write ``<source>/train`` and ``<source>/test`` (``source_split``) and
+    """For every source (stratum) write ``<source>/train`` and ``<source>/test`` (``source_split``; ``split`` column
+    ``train`` / ``test``) and
     ``sources.json`` beside them (ids and per-stratum counts of each part); returns that record."""
     strata = _strata_of(dataset, stratify)
     if strata is None:
@@ -220,7 +236,8 @@ def sources_to_disk(dataset, output_dir: str, stratify: str = "id_prefix", test_
     record = {"stratify": stratify, "n_rows": len(ids), "n_test_ids": len(set(test_ids)), "sources": {}}
     for source, (train, test) in parts.items():
         for part, chosen in (("train", train), ("test", test)):
-            dataset.select(sorted(position[i] for i in chosen)).save_to_disk(os.path.join(output_dir, str(source), part))
+            rows = with_split(dataset.select(sorted(position[i] for i in chosen)), part)
+            rows.save_to_disk(os.path.join(output_dir, str(source), part))
         record["sources"][str(source)] = {
             part: {"strata": _counts(chosen, strata_by_id), "ids": chosen}
             for part, chosen in (("train", train), ("test", test))

@@ -12,9 +12,12 @@ newer than the step a run starts from belong to an abandoned trajectory and are 
 
 After training, ``synthesise`` solves ema-pytorch's least-squares problem (``solve_weights``, the paper's Algorithm 3)
 for the weights that combine the snapshots into the profile of any ``sigma_rel`` at any step up to the last snapshot,
-and ``write_post_hoc_pipelines`` (``scripts/post_hoc_ema.py``) saves each such EMA as an ordinary model folder. A
-combination whose weights do not sum to 1 would scale a constant model; such a ``sigma_rel`` (typically longer than
-the longest profile) is refused rather than written.
+and ``write_post_hoc_pipelines`` (``scripts/post_hoc_ema.py``) saves each such EMA as an ordinary model folder,
+``OUTPUT_DIR/sigma_rel-{value}``. A combination whose weights do not sum to 1 would scale a constant model; such a
+``sigma_rel`` is refused rather than written, with its cause: a length outside the tracked profiles' range, a step
+without a snapshot, or, for a length between the profiles, snapshots at too few steps (a short run or a long
+``--post_hoc_ema_every``: one snapshot step reconstructs only the tracked lengths, 0.1 of the default profiles needs
+two, 0.2 three; ``snapshot_steps_needed``).
 """
 
 import os
@@ -154,9 +157,10 @@ def start_snapshots(run: str, step: int, sigma_rels: Sequence[float]) -> List[st
     return removed
 
 
-def synthesise(run: str, sigma_rel: float, step: Optional[int] = None) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """The float32 weights of the EMA of relative length ``sigma_rel`` at ``step`` (default: the last snapshot's),
-    combined from the run's snapshots up to ``step``, and what it was made of (for the model card)."""
+def _combination(run: str, sigma_rels: Sequence[float], step: Optional[int]):
+    """``(used, step, weights)``: the snapshots up to ``step`` (default: the last snapshot's), the step, and for each
+    of ``sigma_rels`` the weights (float64 ``[len(used)]``) that combine them into its EMA; refuses ``sigma_rels``
+    whose weights do not sum to 1 (one error naming all of them, the cause and the fix)."""
     folder = snapshot_folder(run)
     snapshots = list_snapshots(run)
     if not snapshots:
@@ -176,18 +180,19 @@ def synthesise(run: str, sigma_rel: float, step: Optional[int] = None) -> Tuple[
         torch.tensor([s.step for s in used], dtype=torch.float64),
         torch.tensor([s.gamma for s in used], dtype=torch.float64),
         torch.tensor([step], dtype=torch.float64),
-        torch.tensor([sigma_rel_to_gamma(sigma_rel)], dtype=torch.float64),
-    ).squeeze(-1)
+        torch.tensor([sigma_rel_to_gamma(s) for s in sigma_rels], dtype=torch.float64),
+    )
+    refused = [(s, float(w.sum())) for s, w in zip(sigma_rels, weights.T) if abs(float(w.sum()) - 1) > WEIGHT_SUM_TOLERANCE]
+    if refused:
+        raise ValueError(_why_not_reconstructed(folder, used, step, refused))
+    return used, step, list(weights.T)
+
+
+def synthesise(run: str, sigma_rel: float, step: Optional[int] = None) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """The float32 weights of the EMA of relative length ``sigma_rel`` at ``step`` (default: the last snapshot's),
+    combined from the run's snapshots up to ``step``, and what it was made of (for the model card)."""
+    used, step, (weights,) = _combination(run, [sigma_rel], step)
     profiles = sorted({s.sigma_rel for s in used})
-    total = float(weights.sum())
-    if abs(total - 1) > WEIGHT_SUM_TOLERANCE:
-        raise ValueError(
-            f"sigma_rel {sigma_rel:g} at step {step} cannot be reconstructed from the {len(used)} snapshots of "
-            f"{folder} up to that step (profiles sigma_rel {', '.join(f'{p:g}' for p in profiles)}): the "
-            f"combination's weights sum to {total:.3f}, not 1, so it would scale the weights. Fix: choose a "
-            f"sigma_rel between {profiles[0]:g} and {profiles[-1]:g} at a step with a snapshot (the last: {last}), "
-            "or train with more snapshots (--post_hoc_ema_every) or profiles (--post_hoc_ema_sigma_rels)."
-        )
     combined = None
     for snapshot, weight in zip(used, weights.tolist()):
         with safe_open(snapshot.path, "pt") as f:
@@ -209,10 +214,92 @@ def synthesise(run: str, sigma_rel: float, step: Optional[int] = None) -> Tuple[
     return state, info
 
 
+def _weight_sum(steps: Sequence[int], gammas: Sequence[float], step: int, sigma_rel: float) -> float:
+    """The sum of ``solve_weights``'s combination of every profile (``gammas``) at every one of ``steps`` into the
+    EMA of ``sigma_rel`` at ``step``: 1 where that EMA is reconstructed."""
+    steps_i = torch.tensor([s for s in steps for _ in gammas], dtype=torch.float64)
+    gammas_i = torch.tensor([g for _ in steps for g in gammas], dtype=torch.float64)
+    target = torch.tensor([sigma_rel_to_gamma(sigma_rel)], dtype=torch.float64)
+    return float(solve_weights(steps_i, gammas_i, torch.tensor([float(step)], dtype=torch.float64), target).sum())
+
+
+def snapshot_steps_needed(gammas: Sequence[float], sigma_rel: float, limit: int = 64) -> Optional[int]:
+    """The fewest evenly spaced snapshot steps (the last one the step synthesised at) from which the profiles
+    ``gammas`` reconstruct the EMA of ``sigma_rel`` within ``WEIGHT_SUM_TOLERANCE``; None if more than ``limit``.
+    The answer does not depend on the spacing (the profiles are power functions of the step)."""
+    for count in range(1, limit + 1):
+        if abs(_weight_sum(range(1, count + 1), gammas, count, sigma_rel) - 1) <= WEIGHT_SUM_TOLERANCE:
+            return count
+    return None
+
+
+def _ranges(values: Sequence[float], grid: Sequence[float]) -> str:
+    """``values`` (a subset of the sorted ``grid``) as runs of neighbours on it: ``0.05-0.1, 0.28``."""
+    runs, index = [], {v: i for i, v in enumerate(grid)}
+    for value in values:
+        if runs and index[value] == index[runs[-1][-1]] + 1:
+            runs[-1].append(value)
+        else:
+            runs.append([value])
+    return ", ".join(f"{r[0]:g}" if len(r) == 1 else f"{r[0]:g}-{r[-1]:g}" for r in runs)
+
+
+def _why_not_reconstructed(folder: str, used: Sequence[Snapshot], step: int, refused) -> str:
+    """Why the EMAs of ``refused`` (``(sigma_rel, weight sum)`` pairs) at ``step`` cannot be synthesised from ``used``,
+    and the fix: ``step`` has no snapshot, a length lies outside the tracked profiles' lengths, or (a length inside
+    them) the run has too few snapshots: a short run, or a long ``--post_hoc_ema_every``."""
+    profiles = sorted({s.sigma_rel for s in used})
+    gammas = sorted({s.gamma for s in used})
+    steps = sorted({s.step for s in used})
+    shown = ", ".join(str(s) for s in steps) if len(steps) <= 6 else f"{steps[0]}, {steps[1]}, ..., {steps[-1]}"
+    names = lambda pairs: ", ".join(f"{s:g}" for s, _ in pairs)  # noqa: E731
+    many = len(refused) > 1
+    text = (
+        f"sigma_rel {names(refused)} at step {step} cannot be reconstructed from the snapshots in {folder} (profiles "
+        f"sigma_rel {', '.join(f'{p:g}' for p in profiles)}, taken at {len(steps)} step{'s' if len(steps) > 1 else ''}: "
+        f"{shown}): the combination's weights sum to {', '.join(f'{t:.3f}' for _, t in refused)}, not 1, so "
+        f"{'they' if many else 'it'} would scale the weights."
+    )
+    if step != steps[-1]:
+        return text + (
+            f" Cause: no snapshot was taken at step {step} (the last before it: {steps[-1]}), and an EMA up to a step "
+            "cannot be rebuilt without the weights of the steps just before it. Fix: choose a --step with a snapshot "
+            f"({shown}), or leave --step out (the last snapshot's)."
+        )
+    outside = [(s, t) for s, t in refused if not profiles[0] <= s <= profiles[-1]]
+    inside = [(s, t) for s, t in refused if profiles[0] <= s <= profiles[-1]]
+    if outside:
+        text += (
+            f" Cause: sigma_rel {names(outside)} lie{'' if len(outside) > 1 else 's'} outside the tracked lengths, and the "
+            f"synthesis only interpolates between them. Fix: choose a sigma_rel between {profiles[0]:g} and "
+            f"{profiles[-1]:g}, or train with --post_hoc_ema_sigma_rels spanning it."
+        )
+    if inside:
+        counts = [snapshot_steps_needed(gammas, s) for s, _ in inside]
+        needed = None if None in counts else max(counts)
+        lo, hi = int(round(profiles[0] * 100)), int(round(profiles[-1] * 100))
+        grid = sorted({*profiles, *(k / 100 for k in range(lo, hi + 1) if profiles[0] <= k / 100 <= profiles[-1])})
+        fits = [v for v in grid if abs(_weight_sum(steps, gammas, step, v) - 1) <= WEIGHT_SUM_TOLERANCE]
+        if needed is None:
+            target = "snapshots at many more steps, or a profile nearer the length (--post_hoc_ema_sigma_rels)"
+        else:
+            target = (
+                f"snapshots at {needed} or more evenly spaced steps (for {step} steps: --post_hoc_ema_every "
+                f"{max(step // needed, 1)} or less)"
+            )
+        text += (
+            f" Cause: too few snapshots (a short run, or a long --post_hoc_ema_every), not the length{'s' if len(inside) > 1 else ''}"
+            f": a length between the tracked ones is combined from snapshots at several steps, and sigma_rel "
+            f"{names(inside)} need{'' if len(inside) > 1 else 's'} {needed or 'more than 64'} such steps where this "
+            f"run has {len(steps)}. Fix: train longer or save snapshots more often, to have {target}; or choose among "
+            f"the lengths these snapshots do reconstruct: sigma_rel {_ranges(fits, grid)} (the tracked lengths are "
+            "exact at any snapshot step)."
+        )
+    return text
+
 def output_folders(output_dir: str, sigma_rels: Sequence[float]) -> List[str]:
-    """``output_dir`` for one ``sigma_rel``; ``output_dir/sigma_rel-{value}`` for each of several."""
-    if len(sigma_rels) == 1:
-        return [output_dir]
+    """``output_dir/sigma_rel-{value}`` for each ``sigma_rel``, one length or several: the layout does not depend on
+    how many lengths one call writes, so lengths added by a later call land beside the earlier ones."""
     return [os.path.join(output_dir, f"sigma_rel-{value:g}") for value in sigma_rels]
 
 
@@ -230,10 +317,17 @@ def write_post_hoc_pipelines(
             f"{index} is missing: {run} holds no saved model, whose pipeline and card the synthesised EMA reuses. "
             "Fix: finish the training (train_ddpm.py ... --resume_from_checkpoint latest) and run this again."
         )
+    if os.path.isfile(os.path.join(output_dir, "model_index.json")):
+        raise FileExistsError(
+            f"{output_dir} is itself a saved model (one length, written straight into --output_dir by an older "
+            "version); the post-hoc EMA models now go into its sigma_rel-VALUE sub-folders. Fix: choose another "
+            "--output_dir."
+        )
     folders = output_folders(output_dir, sigma_rels)
     for folder in folders:
         if os.path.exists(os.path.join(folder, "model_index.json")):
             raise FileExistsError(f"{folder} already holds a saved model. Fix: choose another --output_dir.")
+    _combination(run, sigma_rels, step)  # every length refused at once, with the cause, before any weights are read
     synthesised = [synthesise(run, sigma_rel, step) for sigma_rel in sigma_rels]
     pipeline = load_fundus_pipeline(run, device="cpu", dtype="fp32")
     run_info = dict(pipeline.config.get("training_info") or {})
