@@ -42,13 +42,16 @@ Output folder::
     arrow/                                        the same, ``save_to_disk``, which ``load_fundus_dataset`` reads
     README.md                                     dataset card: model, sampler, steps, guidance, post-processing, seed
     contact_sheet.png                             the first samples with their mask outlines
-    generation_config.json                        the settings, checked by --resume
+    generation_config.json                        the settings, checked by --resume (a run that finished no shard
+                                                  yet has nothing to lose: any rerun starts it over)
     png/                                          with --png: images/<n>.png, masks/<name>/<n>.png, metadata.csv
                                                   (<n>: the sample's number, or its id with masks_from), both this
                                                   package's generic folder layout and an imagefolder
 """
 
+import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -75,6 +78,8 @@ from .pipelines.loading import DTYPES, SCHEDULERS, load_fundus_pipeline, use_sch
 from .training.args import launched_without_gpu, output_dir_problem
 from .visualization import contact_sheet
 
+logger = logging.getLogger(__name__)
+
 POSTPROCESSING = ("binarize", "largest_disc", "cup_in_disc", "fill_holes")
 CONFIG_FILE = "generation_config.json"
 SHARDS_DIR = "shards"
@@ -91,7 +96,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "ma
 # at the last training step and ends T / steps - 1 above 0; "linspace" runs from the last step to 0; "leading" ends at 0.
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 MASK_SETS_LAYOUT = """--masks_from layout (the generic folder layout without images/):
-  <dir>/masks/<name>/<id>.png   one folder per mask name of the model; 255 = structure; the model's resolution, square
+  <dir>/masks/<name>/<id>.png   one folder per mask name of the model; 255 = structure; the model's resolution, square,
+                                framed as training framed its photographs (cropped square around the fundus field)
 An id with files in only some of the folders gets its other masks generated with the image."""
 
 
@@ -129,14 +135,34 @@ class MaskSets:
                 f"{', '.join(mask_names) or 'none'}). Fix: rename or remove masks/{'/, masks/'.join(unknown)}/."
             )
         for files in self.files.values():
-            for path in files.values():
+            for name, path in files.items():
                 with Image.open(path) as mask:
                     if mask.size != (resolution, resolution):
-                        raise ValueError(
-                            f"--masks_from: {path} is {mask.size[0]}x{mask.size[1]} px; the model generates "
-                            f"{resolution}x{resolution} px. Fix: resize the masks to {resolution}x{resolution} with "
-                            "nearest-neighbour interpolation."
-                        )
+                        raise ValueError(mask_size_error(path, name, mask.size, resolution))
+
+
+def mask_size_error(path: str, name: str, size: Tuple[int, int], resolution: int) -> str:
+    """Why the ``--masks_from`` mask ``name`` of ``size`` (width, height) at ``path`` does not fit a model of
+    ``resolution`` px, and the fix. Training framed every photograph and its masks alike (``pair_to_array``): cropped
+    to a square around the fundus field (padded with black), then resized; a resize alone stretches any other mask."""
+    width, height = size
+    fit = f"{resolution}x{resolution}"
+    crop = (
+        f"fundus_diffusion.data.transforms.pair_to_array(photograph, {{{name!r}: mask}}, [{name!r}], {resolution})[3] "
+        "crops and resizes a mask with its photograph as training does"
+    )
+    framing = "training cropped each photograph and its masks to a square around the fundus field (padded with black)"
+    if width != height:
+        return (
+            f"--masks_from: {path} is {width}x{height} px; the model generates {fit} px. A resize cannot make it fit: "
+            f"{framing} before resizing them, and resizing a {width}x{height} mask to {fit} stretches it. Fix: crop "
+            f"each mask as its photograph is cropped for training, then resize it to {fit} with nearest-neighbour "
+            f"interpolation: {crop}."
+        )
+    return (
+        f"--masks_from: {path} is {width}x{height} px; the model generates {fit} px. Fix: if the masks are cropped as "
+        f"{framing}, resize them to {fit} with nearest-neighbour interpolation; if not, crop them so first: {crop}."
+    )
 
 
 def read_mask_sets(root: str) -> MaskSets:
@@ -514,11 +540,15 @@ def sampler_description(output_dir: str) -> Optional[str]:
     return f"{'own scheduler' if scheduler in (None, OWN_SCHEDULER) else scheduler}, {steps} steps{spaced}{guided}"
 
 
-def check_resume(output_dir: str, config: GenerationConfig, resume: bool, model_loaded: bool = True):
+def check_resume(output_dir: str, config: GenerationConfig, resume: bool, model_loaded: bool = True) -> bool:
     """Refuse to overwrite, and refuse to resume with settings that would change the samples (cheap: the script
     calls it before loading the model, too, with ``model_loaded=False``: sampler settings left to their defaults are
     then not compared, since what they stand for depends on the model, nor is the precision it is loaded in;
-    ``generate_dataset`` compares them settled)."""
+    ``generate_dataset`` compares them settled).
+
+    A run that finished no shard yet (``nothing_finished``: stopped at its first batch, or refused there by an earlier
+    release) has nothing to lose: a plain rerun, or one with other settings, starts it over instead of being refused.
+    Returns whether the run in ``output_dir`` is to be started over (``generate_dataset`` then clears it)."""
     problem = output_dir_problem(output_dir)
     if problem:  # a file in its place, or a folder no file can be written in
         raise ValueError(f"--output_dir {output_dir}: {problem}")
@@ -526,14 +556,36 @@ def check_resume(output_dir: str, config: GenerationConfig, resume: bool, model_
     if not saved:
         if os.path.isdir(output_dir) and os.listdir(output_dir):
             raise FileExistsError(f"{output_dir} exists and is not a generation output; choose an empty --output_dir.")
-        return
-    if not resume:
-        raise FileExistsError(f"{output_dir} already holds a generation run; pass --resume to continue it, or choose another --output_dir.")
+        return False
     unsettled = () if model_loaded else tuple(k for k in SETTLED_FIELDS if getattr(config, k) is None)
     ignored = (*RESUMABLE_DIFFERENCES, *unsettled)
     changed = {k: (saved.get(k), v) for k, v in asdict(config).items() if k not in ignored and saved.get(k) != v}
+    if nothing_finished(output_dir):
+        return not resume or bool(changed)
+    if not resume:
+        raise FileExistsError(f"{output_dir} already holds a generation run; pass --resume to continue it, or choose another --output_dir.")
     if changed:
         raise ValueError(f"--resume with other settings than the run in {output_dir}: {changed} (saved, now).")
+    return False
+
+
+def nothing_finished(output_dir: str) -> bool:
+    """Whether the generation run in ``output_dir`` holds nothing a restart would lose: its settings, unfinished
+    shards (``*.tmp``) and the ``--png`` files of those (written again with their shard), nothing else."""
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name == SHARDS_DIR and os.path.isdir(path):
+            if any(not shard.endswith(".tmp") for shard in os.listdir(path)):
+                return False
+        elif name not in (CONFIG_FILE, "png"):
+            return False
+    return True
+
+
+def _changes(saved: dict, config: GenerationConfig) -> str:
+    """`` (changed: name saved -> now, ...)`` for the settings in which ``config`` differs from ``saved``, or ``""``."""
+    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in asdict(config).items() if k in saved and saved[k] != v]
+    return f" (changed: {', '.join(changed)})" if changed else ""
 
 
 def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
@@ -596,10 +648,9 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
     shard is on disk (waiting for the assembly too could outlast the collective backend's timeout)."""
     state = process_state()
     config = prepare_pipeline(pipe, config)
-    check_resume(output_dir, config, resume)
-    if config.labels and not pipe.class_conditional:
-        raise ValueError("--labels needs a class-conditional model; this one is unconditional.")
+    start_over = check_resume(output_dir, config, resume)
     check_mask_sets(pipe, config, mask_sets)
+    check_sampling(pipe, config, mask_sets)
     guide = load_autoguidance(pipe, config)  # refused before anything is written
     shards_dir = os.path.join(output_dir, SHARDS_DIR)
     dataset = saved_dataset(output_dir)  # a resumed run may find the samples all there already
@@ -608,6 +659,13 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
         missing = [k for k, path in enumerate(paths) if not os.path.exists(path)]
         state.wait_for_everyone()  # every process has checked and listed the folder before anything is written
         if state.is_main_process:
+            if start_over:  # its unfinished shards and their PNGs were drawn with the old settings
+                logger.info(
+                    f"{output_dir} holds a generation run that finished no shard yet (nothing to lose): starting it "
+                    f"over with the settings given now{_changes(read_generation_config(output_dir), config)}."
+                )
+                for name in (SHARDS_DIR, "png"):
+                    shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
             _remove_partial_save(output_dir)  # a run killed inside save_to_disk: its shards are still there
             os.makedirs(shards_dir, exist_ok=True)
             with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
@@ -630,6 +688,57 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
     shutil.rmtree(shards_dir, ignore_errors=True)  # only once the saved dataset reads back
     write_extras(dataset, pipe, config, output_dir, mask_sets)
     return dataset
+
+
+def check_sampling(pipe, config: GenerationConfig, mask_sets: Optional[MaskSets] = None) -> None:
+    """Refuse before anything is written what the pipeline would refuse at the first batch, naming the flag and its
+    fix. The rules are the pipeline's own checks (``check_guidance``, ``check_resampling``), run on the settings of
+    ``config`` with the scheduler ``prepare_pipeline`` set; their messages give the Python fix, these the flags."""
+    if config.labels and not pipe.class_conditional:
+        raise ValueError(
+            "--labels needs a class-conditional model; this one is unconditional (trained without classes), so it "
+            "cannot follow labels. Fix: leave --labels out (and give --num_samples)."
+        )
+    if config.postprocess and importlib.util.find_spec("scipy") is None:
+        raise ValueError(
+            f"--postprocess {','.join(config.postprocess)} needs scipy, which is not installed. Fix: pip install "
+            '"fundus-diffusion[eval]" (or pip install scipy), or leave --postprocess out.'
+        )
+    if not hasattr(pipe, "scheduler"):  # a GAN: no guidance nor given masks (check_mask_sets refuses --masks_from)
+        return
+    try:
+        pipe.check_guidance(config.guidance_scale, config.sample_labels() if config.labels else None)
+    except ValueError as err:
+        scale = f"--guidance_scale {config.guidance_scale:g}"
+        if not pipe.class_conditional:
+            raise ValueError(
+                f"{scale}: this model is unconditional (no classes), so there is nothing to guide towards. "
+                "Fix: leave --guidance_scale out (--autoguidance_model guides a model without classes)."
+            ) from err
+        classes = list(pipe.config.id2label.values())
+        raise ValueError(
+            f"{scale} guides each sample towards its class, and no --labels were given (the samples are "
+            f"unconditional). Fix: add --labels with a count per class of the model ({', '.join(classes)}), e.g. "
+            f"--labels {','.join(f'{name}=10' for name in classes)}, or leave --guidance_scale out."
+        ) from err
+    try:
+        pipe.check_resampling(config.resample_steps, mask_sets is not None)
+    except ValueError as err:
+        steps = f"--resample_steps {config.resample_steps}"
+        if config.resample_steps < 0:
+            raise ValueError(f"{steps}: give 0 (replacement only) or more (e.g. 4).") from err
+        sampler = f"--scheduler {config.scheduler} ({type(pipe.scheduler).__name__})"
+        if not hasattr(pipe.scheduler, "add_noise"):
+            raise ValueError(
+                f"--masks_from needs a scheduler that noises the given masks to each step's level; {sampler} has no "
+                "add_noise. Fix: add --scheduler ddpm (or ddim)."
+            ) from err
+        raise ValueError(
+            f"{steps} needs a scheduler without solver state: each step is done again, and {sampler} keeps some (its "
+            "step index, earlier model outputs). Fix: add --scheduler ddpm (or ddim), or leave --scheduler out (ddpm "
+            f"is the default with --resample_steps); or leave --resample_steps out (replacement only, which works "
+            f"with --scheduler {config.scheduler})."
+        ) from err
 
 
 def check_mask_sets(pipe, config: GenerationConfig, mask_sets: Optional[MaskSets]) -> None:

@@ -270,7 +270,7 @@ def image_to_channels(image, resolution: int, where: str) -> torch.Tensor:
     if x.shape[-2:] != (resolution, resolution):
         raise ValueError(
             f"{where} is {x.shape[-1]}x{x.shape[-2]} px; this pipeline generates {resolution}x{resolution} px "
-            f"(resolution=): resize it to {resolution}x{resolution}."
+            f"(resolution={resolution}): resize it to {resolution}x{resolution}."
         )
     if not (x.min() >= 0 and x.max() <= 1):  # also catches NaN
         raise ValueError(f"{where} has values outside [0, 1]: give float images in [0, 1] or uint8 images.")
@@ -297,7 +297,7 @@ def mask_to_channel(mask, resolution: int, where: str) -> torch.Tensor:
     if x.shape != (resolution, resolution):
         raise ValueError(
             f"{where} is {x.shape[1]}x{x.shape[0]} px; this pipeline generates {resolution}x{resolution} px "
-            f"(resolution=): resize it to {resolution}x{resolution} with nearest-neighbour interpolation."
+            f"(resolution={resolution}): resize it to {resolution}x{resolution} with nearest-neighbour interpolation."
         )
     return x.float() * 2 - 1
 
@@ -522,13 +522,7 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         ```
         """
         conditional = self.class_conditional
-        if guidance_scale > 1 and (not conditional or class_labels is None):
-            raise ValueError("guidance_scale > 1 needs a class-conditional UNet and class_labels to guide towards.")
-        if not conditional and class_labels is not None:
-            raise ValueError(
-                "This model is unconditional: it was trained without class labels (its UNet has no class embeddings, "
-                "or embeddings for rotations only), so it cannot follow class_labels; leave class_labels as None."
-            )
+        self.check_guidance(guidance_scale, class_labels)
         self.check_autoguidance(autoguidance_unet, autoguidance_scale, guidance_scale)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size}.")
@@ -578,6 +572,18 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         if x0 is not None:
             sample = torch.where(known, x0, sample)
         return self.outputs(sample, output_type, return_dict)
+
+    def check_guidance(self, guidance_scale: float, class_labels: Union[Label, Sequence[Label]]) -> None:
+        """Classifier-free guidance (``guidance_scale > 1``) needs a class-conditional UNet and ``class_labels`` to
+        guide towards; an unconditional UNet takes no ``class_labels``."""
+        conditional = self.class_conditional
+        if guidance_scale > 1 and (not conditional or class_labels is None):
+            raise ValueError("guidance_scale > 1 needs a class-conditional UNet and class_labels to guide towards.")
+        if not conditional and class_labels is not None:
+            raise ValueError(
+                "This model is unconditional: it was trained without class labels (its UNet has no class embeddings, "
+                "or embeddings for rotations only), so it cannot follow class_labels; leave class_labels as None."
+            )
 
     def check_autoguidance(self, weak: Optional[UNet2DModel], scale: float, guidance_scale: float) -> None:
         """A guiding UNet must read and predict the same channels, classes and size as this pipeline's, on its device

@@ -237,6 +237,8 @@ def test_generate_script_compares_a_resumed_runs_settings_before_loading_the_mod
     out.mkdir()
     saved = GenerationConfig(model="any/model", num_samples=2, scheduler="dpmsolver++", num_inference_steps=20, seed=0)
     (out / "generation_config.json").write_text(json.dumps(asdict(saved)))
+    (out / "shards").mkdir()
+    (out / "shards" / "shard-00000.arrow").write_bytes(b"")  # a finished shard: a run with something to lose
     monkeypatch.setattr(loading, "load_fundus_pipeline", lambda *a, **k: pytest.fail("the model was loaded first"))
     argv = ["generate.py", "--model", "any/model", "--output_dir", str(out), "--num_samples", "2", "--seed", "1", "--resume"]
     monkeypatch.setattr(sys, "argv", argv)

@@ -240,6 +240,14 @@ def test_bad_inputs_raise():
         unconditional(**get_dummy_inputs())
 
 
+def test_size_errors_show_the_resolution():
+    pipe = make_pipe()
+    with pytest.raises(ValueError, match=r"generates 8x8 px \(resolution=8\): resize it to 8x8 with nearest"):
+        pipe(**get_dummy_inputs(), masks={"disc": np.zeros((4, 4))})
+    with pytest.raises(ValueError, match=r"generates 8x8 px \(resolution=8\): resize it to 8x8\."):
+        pipe(**get_dummy_inputs(), image=np.zeros((4, 4, 3)))
+
+
 def test_save_load_round_trip_in_this_and_a_fresh_process(tmp_path):
     pipe = make_pipe(mask_names=("disc", "atrophy"))
     expected = pipe(**get_dummy_inputs()).images

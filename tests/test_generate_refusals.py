@@ -1,0 +1,219 @@
+"""fundus-generate refuses before it writes: every setting the pipeline would refuse at the first batch is refused
+before the output folder exists, in one line naming the flag and its fix; a folder whose run finished no shard yet
+(nothing to lose) is started over by a rerun, one with a finished shard is still refused; a missing train extra is
+one line, not a traceback."""
+
+import json
+import logging
+import runpy
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+
+from fundus_diffusion import FundusPipeline
+from fundus_diffusion.data import load_fundus_dataset
+from fundus_diffusion.generate import GenerationConfig, generate_dataset, read_mask_sets
+from fundus_diffusion.pipelines.loading import load_fundus_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from test_generate import Interrupted, InterruptingPipeline, models  # noqa: E402, F401
+
+
+@pytest.fixture(scope="module")
+def unconditional(tmp_path_factory):
+    """A tiny DDPM (disc + atrophy) trained without classes, saved."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8, in_channels=5, out_channels=5, block_out_channels=(4, 8), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("unconditional") / "uncond"
+    FundusPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=4), mask_names=["disc", "atrophy"]).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def mask_sets_dir(tmp_path_factory):
+    """Two 8 px disc masks in the --masks_from layout."""
+    root = tmp_path_factory.mktemp("given")
+    (root / "masks" / "disc").mkdir(parents=True)
+    disc = np.zeros((8, 8), np.uint8)
+    disc[2:6, 3:7] = 255
+    for name in ("a", "b"):
+        Image.fromarray(disc).save(root / "masks" / "disc" / f"{name}.png")
+    return str(root)
+
+
+def run_script(monkeypatch, *argv):
+    """scripts/generate.py as the command runs it; returns its exit code (0: finished) and stderr's last line."""
+    monkeypatch.setattr(sys, "argv", ["generate.py", *argv, "--device", "cpu", "--num_inference_steps", "2"])
+    try:
+        runpy.run_path(str(REPO / "scripts" / "generate.py"), run_name="__main__")
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
+
+
+REFUSALS = {  # model, flags, what the one line must say
+    "guidance, unconditional model": (
+        "uncond", ["--num_samples", "2", "--guidance_scale", "2"],
+        ["--guidance_scale 2: this model is unconditional (no classes), so there is nothing to guide towards",
+         "Fix: leave --guidance_scale out"],
+    ),
+    "guidance without labels": (
+        "ddpm", ["--num_samples", "2", "--guidance_scale", "2"],
+        ["--guidance_scale 2 guides each sample towards its class, and no --labels were given",
+         "Fix: add --labels", "--labels non-PM=10,PM=10"],
+    ),
+    "labels, unconditional model": (
+        "uncond", ["--labels", "PM=2"], ["--labels needs a class-conditional model", "Fix: leave --labels out"],
+    ),
+    "resampling with a multistep solver": (
+        "ddpm", ["--masks_from", "GIVEN", "--scheduler", "dpmsolver++", "--resample_steps", "2"],
+        ["--resample_steps 2 needs a scheduler without solver state",
+         "--scheduler dpmsolver++ (DPMSolverMultistepScheduler) keeps some", "Fix: add --scheduler ddpm"],
+    ),
+    "negative resampling": ("uncond", ["--masks_from", "GIVEN", "--resample_steps", "-1"], ["--resample_steps -1: give 0"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_refused_before_anything_is_written_naming_the_flag_and_the_fix(
+    case, models, unconditional, mask_sets_dir, tmp_path, monkeypatch, capsys  # noqa: F811
+):
+    model, flags, expected = REFUSALS[case]
+    model = unconditional if model == "uncond" else models[model]
+    flags = [mask_sets_dir if flag == "GIVEN" else flag for flag in flags]
+    out = tmp_path / "out"
+    assert run_script(monkeypatch, "--model", model, "--output_dir", str(out), *flags) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = next(line for line in err.splitlines() if line.startswith("generate.py: error: "))
+    for part in expected:
+        assert part in line
+    assert "pipe.scheduler" not in line and "class_labels" not in line  # the flags' fix, not the pipeline's Python
+    assert not out.exists()  # nothing written: the corrected command runs in the same folder
+    if case == "resampling with a multistep solver":  # the fix works there
+        assert run_script(monkeypatch, "--model", model, "--output_dir", str(out), "--masks_from", mask_sets_dir,
+                          "--scheduler", "ddpm", "--resample_steps", "2") == 0  # fmt: skip
+        assert len(load_fundus_dataset(str(out))) == 2
+
+
+def test_postprocessing_without_scipy_is_refused_before_anything_is_written(models, tmp_path, monkeypatch):  # noqa: F811
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else find_spec(name, *a))
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    config = GenerationConfig(model=models["ddpm"], num_samples=2, num_inference_steps=2, postprocess=["fill_holes"], device="cpu")
+    with pytest.raises(ValueError, match=r"--postprocess fill_holes needs scipy.*fundus-diffusion\[eval\]"):
+        generate_dataset(pipe, config, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def leftover_of_a_first_batch_failure(pipe, config: GenerationConfig, folder: Path) -> None:
+    """What a run stopped at its first batch leaves (as an earlier release's refusal there did): its settings, an
+    unfinished shard and, with --png, no finished shard's files."""
+    with pytest.raises(Interrupted):
+        generate_dataset(InterruptingPipeline(pipe, calls=0), config, str(folder))
+    (folder / "png" / "images").mkdir(parents=True)
+    (folder / "png" / "images" / "000000.png").write_bytes(b"a sample of the old settings")
+    assert sorted(p.name for p in (folder / "shards").iterdir()) == ["shard-00000.arrow.tmp"]
+
+
+def test_a_rerun_with_other_settings_starts_a_run_that_finished_no_shard_over(models, tmp_path, caplog):  # noqa: F811
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    config = GenerationConfig(model=models["ddpm"], num_samples=3, num_inference_steps=2, shard_size=2, batch_size=2, device="cpu")
+    out = tmp_path / "run"
+    leftover_of_a_first_batch_failure(pipe, replace(config, seed=7, png=True), out)
+
+    with caplog.at_level(logging.INFO, logger="fundus_diffusion.generate"):
+        dataset = generate_dataset(pipe, config, str(out))  # a plain rerun, other settings, no --resume
+    assert "finished no shard yet (nothing to lose): starting it over" in caplog.text and "seed 7 -> 0" in caplog.text
+    fresh = generate_dataset(pipe, config, str(tmp_path / "fresh"))
+    assert dataset["seed"] == fresh["seed"] == [0, 1, 2]
+    assert [np.asarray(im).tobytes() for im in dataset["image"]] == [np.asarray(im).tobytes() for im in fresh["image"]]
+    assert json.loads((out / "generation_config.json").read_text())["seed"] == 0
+    assert not (out / "png").exists()  # the old run's PNGs went with it
+
+    again = tmp_path / "resumed"  # --resume with other settings: nothing to keep either
+    leftover_of_a_first_batch_failure(pipe, replace(config, seed=7), again)
+    assert generate_dataset(pipe, config, str(again), resume=True)["seed"] == [0, 1, 2]
+
+
+def test_the_script_reruns_in_the_folder_a_first_batch_failure_left(models, tmp_path, monkeypatch, caplog):  # noqa: F811
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    out = tmp_path / "run"
+    leftover_of_a_first_batch_failure(pipe, GenerationConfig(model=models["ddpm"], num_samples=2, seed=7), out)
+    with caplog.at_level(logging.INFO, logger="fundus_diffusion.generate"):
+        assert run_script(monkeypatch, "--model", models["ddpm"], "--num_samples", "2", "--output_dir", str(out)) == 0
+    assert len(load_fundus_dataset(str(out))) == 2 and "starting it over" in caplog.text
+
+
+def test_a_folder_with_a_finished_shard_is_still_refused(models, tmp_path):  # noqa: F811
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    config = GenerationConfig(model=models["ddpm"], num_samples=5, num_inference_steps=2, shard_size=2, batch_size=2, device="cpu")
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        generate_dataset(InterruptingPipeline(pipe, calls=2), config, str(out))  # shard 0 finished, 1 not
+    assert (out / "shards" / "shard-00000.arrow").exists()
+    other = replace(config, seed=7)
+    with pytest.raises(FileExistsError, match="already holds a generation run; pass --resume"):
+        generate_dataset(pipe, other, str(out))
+    with pytest.raises(ValueError, match=r"--resume with other settings.*'seed': \(0, 7\)"):
+        generate_dataset(pipe, other, str(out), resume=True)
+    assert (out / "shards" / "shard-00000.arrow").exists()  # kept
+    assert generate_dataset(pipe, config, str(out), resume=True)["seed"] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "size, says, not_says",
+    [
+        ((16, 8), ["is 16x8 px; the model generates 8x8 px", "A resize cannot make it fit", "stretches it",
+                   "pair_to_array(photograph, {'disc': mask}, ['disc'], 8)[3]"], "Fix: resize"),
+        ((16, 16), ["is 16x16 px; the model generates 8x8 px", "Fix: if the masks are cropped as training cropped",
+                    "resize them to 8x8 with nearest-neighbour", "pair_to_array("], "A resize cannot"),
+    ],
+)  # fmt: skip
+def test_masks_of_another_size_are_told_how_training_framed_them(models, tmp_path, size, says, not_says):  # noqa: F811
+    (tmp_path / "masks" / "disc").mkdir(parents=True)
+    Image.new("L", size).save(tmp_path / "masks" / "disc" / "a.png")
+    with pytest.raises(ValueError) as err:
+        read_mask_sets(str(tmp_path)).check(["disc", "atrophy"], 8)
+    message = str(err.value)
+    assert all(part in message for part in says) and not_says not in message
+
+
+def test_the_crop_the_message_names_makes_masks_that_fit():
+    from fundus_diffusion.data.transforms import pair_to_array
+
+    photograph = Image.new("RGB", (60, 40))
+    photograph.paste((200, 90, 40), (15, 2, 45, 38))  # the fundus field
+    mask = Image.new("L", (60, 40))
+    mask.paste(255, (20, 10, 30, 20))
+    fitted = Image.fromarray(pair_to_array(photograph, {"disc": mask}, ["disc"], 8)[3])
+    assert fitted.size == (8, 8) and set(np.unique(np.asarray(fitted))) == {0, 255}
+
+
+@pytest.mark.parametrize("package", ["accelerate", "datasets"])
+def test_the_command_without_the_train_extra_says_what_to_install(package):
+    """A fresh interpreter in which ``package`` cannot be imported (as on an install without the train extra)."""
+    code = (
+        f"import runpy, sys; sys.modules[{package!r}] = None; sys.argv = ['fundus-generate', '--help']; "
+        "runpy.run_module('fundus_diffusion.scripts.generate', run_name='__main__')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"fundus-generate: error: this command needs the package {package!r} (the train extra), which is not "
+        'installed. Fix: pip install "fundus-diffusion[train]" (from a checkout: pip install ".[train]").'
+    )
