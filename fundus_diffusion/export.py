@@ -8,6 +8,8 @@
 - ``export_imagefolder(dataset, folder)``: ``images/<uid>.<ext>``, ``masks/<name>/<uid>.png`` and a ``metadata.csv``
   whose ``file_name`` / ``<name>_mask_file_name`` columns ``load_dataset("imagefolder", data_dir=folder)`` reads
   (diffusers' ``--train_data_dir`` too), and which is also this package's generic folder layout (``--folder_dir``).
+  With ``resolution``, every photograph and its masks framed as training frames them (``pair_to_array``: the fundus
+  field cropped square, then resized): masks a model of that resolution takes as given (``generate.py --masks_from``).
   ``uid`` is a hash of the row's id and image (``export_uid``), so exports of different datasets (two synthetic runs
   of one model with other seeds included) can be written into one folder and combine.
 - ``export_nnunet(dataset, folder)``: nnU-Net v2's raw layout (``imagesTr/<case>_0000.png``, ``labelsTr/<case>.png``,
@@ -36,6 +38,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image as PILImage
 
 from .data.schema import LABEL_NAMES, annotation_flags, dataset_mask_names, mask_column, parse_mask_names
+from .data.transforms import pair_to_array
 
 PARQUET_DIR = "data"  # the folder push_to_hub uploads shards to
 ARROW_DIR = "arrow"  # where the save_to_disk files of a folder in the Hub layout live
@@ -118,14 +121,16 @@ def _add_card_yaml(folder: str, features: Features, split: str, num_examples: in
     card.save(path)
 
 
-def export_uid(row_id: str, image_bytes: bytes) -> str:
-    """A file name unique across datasets: 16 hex digits of a hash of the row's id and its image's bytes.
+def export_uid(row_id: str, image_bytes: bytes, resolution: Optional[int] = None) -> str:
+    """A file name unique across datasets: 16 hex digits of a hash of the row's id and its image's bytes (and the
+    ``resolution`` it was framed at, if any).
 
     Two samples that share an id but differ (runs of one model with other seeds) never clash, the same sample
     exported twice gets the same name, and the name holds no word such as "train" or "test" from which
     ``load_dataset`` would infer splits. The row's id is kept beside it (``source_id``).
     """
-    return hashlib.sha1(row_id.encode() + b"\0" + image_bytes).hexdigest()[:16]
+    framed = b"" if resolution is None else f"\0{resolution}px".encode()
+    return hashlib.sha1(row_id.encode() + b"\0" + image_bytes + framed).hexdigest()[:16]
 
 
 def _rows(dataset: Dataset):
@@ -145,11 +150,16 @@ def _label_name(label: int) -> str:
     return LABEL_NAMES[label] if 0 <= label < len(LABEL_NAMES) else "unknown"
 
 
-def export_imagefolder(dataset: Dataset, folder: str, mask_names: Optional[Sequence[str]] = None) -> int:
+def export_imagefolder(
+    dataset: Dataset, folder: str, mask_names: Optional[Sequence[str]] = None, resolution: Optional[int] = None
+) -> int:
     """Write ``dataset`` (default: all its masks) as an ``imagefolder`` / generic folder into ``folder``; rows
     already there are kept, so several exports combine; return the number of rows in ``metadata.csv``.
 
-    Columns: ``file_name`` (``images/<uid>.<ext>``, the stored bytes unchanged), ``<name>_mask_file_name``
+    ``resolution``: each photograph and its masks framed as for training at that size (``pair_to_array``: the fundus
+    field cropped square, padded with black, resized; PNG), instead of the stored bytes.
+
+    Columns: ``file_name`` (``images/<uid>.<ext>``, the stored bytes unchanged unless framed), ``<name>_mask_file_name``
     (``masks/<name>/<uid>.png``, empty where the row is not annotated for the mask), ``id`` (= ``uid``, what the
     generic folder reader matches files by), ``source_id`` (the row's own id), ``source``, ``split``, ``label``
     (``PM`` / ``non-PM`` / ``unknown``), ``has_<name>_annotation``, and ``seed`` for synthetic sets.
@@ -163,7 +173,11 @@ def export_imagefolder(dataset: Dataset, folder: str, mask_names: Optional[Seque
     rows = dict(existing)
     for index, row in enumerate(_rows(dataset)):
         data = _image_bytes(row["image"])
-        uid = export_uid(row["id"], data)
+        uid = export_uid(row["id"], data, resolution)
+        annotated = {m: bool(flags[m][index]) and row[mask_column(m)] is not None for m in names}
+        files = {m: _png_bytes(row[mask_column(m)]) for m in names if annotated[m]}
+        if resolution is not None:
+            data, files = _framed(data, files, resolution)
         file_name = f"images/{uid}{_extension(data)}"
         entry = {"file_name": file_name, "id": uid, "source_id": row["id"], "source": row["source"], "split": row["split"]}
         entry["label"] = _label_name(row["label"])
@@ -171,14 +185,26 @@ def export_imagefolder(dataset: Dataset, folder: str, mask_names: Optional[Seque
             entry["seed"] = row["seed"]
         _write_file(os.path.join(folder, file_name), data)
         for m in names:
-            annotated = bool(flags[m][index]) and row[mask_column(m)] is not None
-            entry[f"has_{m}_annotation"] = annotated
-            entry[f"{mask_column(m)}_file_name"] = f"masks/{m}/{uid}.png" if annotated else ""
-            if annotated:
-                _write_file(os.path.join(folder, entry[f"{mask_column(m)}_file_name"]), _png_bytes(row[mask_column(m)]))
+            entry[f"has_{m}_annotation"] = annotated[m]
+            entry[f"{mask_column(m)}_file_name"] = f"masks/{m}/{uid}.png" if annotated[m] else ""
+            if annotated[m]:
+                _write_file(os.path.join(folder, entry[f"{mask_column(m)}_file_name"]), files[m])
         rows[file_name] = entry
     write_imagefolder_metadata(folder, columns, rows.values())
     return len(rows)
+
+
+def _framed(image: bytes, masks: Dict[str, bytes], resolution: int):
+    """A photograph and its masks (encoded bytes) framed as for training at ``resolution`` px, as PNG bytes."""
+    names = list(masks)
+    opened = {m: PILImage.open(io.BytesIO(data)) for m, data in masks.items()}
+    array = pair_to_array(PILImage.open(io.BytesIO(image)), opened, names, resolution)
+    encoded = []
+    for channels, mode in [(array[:3].transpose(1, 2, 0), "RGB"), *((array[3 + k], "L") for k in range(len(names)))]:
+        buffer = io.BytesIO()
+        PILImage.fromarray(np.ascontiguousarray(channels), mode=mode).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    return encoded[0], dict(zip(names, encoded[1:]))
 
 
 def write_imagefolder_metadata(folder: str, columns: Sequence[str], rows: Iterable[dict]) -> None:

@@ -147,21 +147,20 @@ def mask_size_error(path: str, name: str, size: Tuple[int, int], resolution: int
     to a square around the fundus field (padded with black), then resized; a resize alone stretches any other mask."""
     width, height = size
     fit = f"{resolution}x{resolution}"
-    crop = (
-        f"fundus_diffusion.data.transforms.pair_to_array(photograph, {{{name!r}: mask}}, [{name!r}], {resolution})[3] "
-        "crops and resizes a mask with its photograph as training does"
-    )
     framing = "training cropped each photograph and its masks to a square around the fundus field (padded with black)"
+    export = (
+        f"build a dataset of the photographs with their masks (fundus-build-dataset), then fundus-export-dataset "
+        f"--dataset <it> --format imagefolder --resolution {resolution} --output_dir <dir> frames both as training "
+        f"did, and --masks_from <dir> takes the result"
+    )
     if width != height:
         return (
             f"--masks_from: {path} is {width}x{height} px; the model generates {fit} px. A resize cannot make it fit: "
-            f"{framing} before resizing them, and resizing a {width}x{height} mask to {fit} stretches it. Fix: crop "
-            f"each mask as its photograph is cropped for training, then resize it to {fit} with nearest-neighbour "
-            f"interpolation: {crop}."
+            f"{framing} before resizing them, and resizing a {width}x{height} mask to {fit} stretches it. Fix: {export}."
         )
     return (
         f"--masks_from: {path} is {width}x{height} px; the model generates {fit} px. Fix: if the masks are cropped as "
-        f"{framing}, resize them to {fit} with nearest-neighbour interpolation; if not, crop them so first: {crop}."
+        f"{framing}, resize them to {fit} with nearest-neighbour interpolation; if not, {export}."
     )
 
 

@@ -161,3 +161,39 @@ def test_a_built_dataset_loads_with_load_dataset(tmp_path):
     ours = load_fundus_dataset(str(out))
     assert len(hub) == len(ours) > 0 and hub.features == ours.features and list(hub["id"]) == list(ours["id"])
     assert "configs" in (out / "README.md").read_text() and (out / ARROW_DIR / "state.json").exists()
+
+
+def test_imagefolder_export_at_a_resolution_frames_photographs_and_masks_as_training_does(tmp_path):
+    """Non-square photographs with their masks, exported at a model's resolution: every file is what the training
+    view makes of the row (fundus field cropped square, resized), so generate.py --masks_from takes the masks."""
+    from fundus_diffusion.evaluation.arrays import dataset_arrays
+    from fundus_diffusion.generate import read_mask_sets
+
+    raw = tmp_path / "raw"
+    for name in ("images", "masks/disc", "masks/cup"):
+        (raw / name).mkdir(parents=True)
+    for i in range(3):
+        photograph = Image.new("RGB", (60, 40))
+        photograph.paste((200, 90 + 20 * i, 40), (12 + i, 2, 48 + i, 38))  # the fundus field, off-centre
+        photograph.save(raw / "images" / f"case{i}.png")
+        disc = Image.new("L", (60, 40))
+        disc.paste(255, (20 + i, 10, 30 + i, 20))
+        disc.save(raw / "masks" / "disc" / f"case{i}.png")
+        if i < 2:  # case2 has no cup annotation
+            cup = Image.new("L", (60, 40))
+            cup.paste(255, (23 + i, 13, 27 + i, 17))
+            cup.save(raw / "masks" / "cup" / f"case{i}.png")
+    dataset = load_fundus_dataset(str(raw), cache_dir=str(tmp_path / "cache"))
+    folder = tmp_path / "framed"
+    assert export_imagefolder(dataset, str(folder), resolution=8) == 3
+    expected = dataset_arrays(dataset, 8, ["disc", "cup"], "raw").numpy()
+    metadata = {row["source_id"]: row for row in load_dataset(
+        "csv", data_files=str(folder / "metadata.csv"), split="train", cache_dir=str(tmp_path / "hf"))}  # fmt: skip
+    for k, row_id in enumerate(dataset["id"]):
+        entry = metadata[row_id]
+        assert (pixels(Image.open(folder / entry["file_name"])) == expected[k, :3].transpose(1, 2, 0)).all()
+        assert (pixels(Image.open(folder / entry["disc_mask_file_name"])) == expected[k, 3]).all()
+        assert bool(entry["cup_mask_file_name"]) == (k < 2)
+    read_mask_sets(str(folder)).check(["disc", "cup"], 8)  # the sizes a model of 8 px takes: no refusal
+    unframed = export_uid(dataset[0]["id"], _bytes(dataset, dataset[0]["id"]))
+    assert not (folder / "images" / f"{unframed}.png").exists()  # framed files have names of their own

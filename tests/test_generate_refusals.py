@@ -179,9 +179,9 @@ def test_a_folder_with_a_finished_shard_is_still_refused(models, tmp_path):  # n
     "size, says, not_says",
     [
         ((16, 8), ["is 16x8 px; the model generates 8x8 px", "A resize cannot make it fit", "stretches it",
-                   "pair_to_array(photograph, {'disc': mask}, ['disc'], 8)[3]"], "Fix: resize"),
+                   "fundus-export-dataset --dataset <it> --format imagefolder --resolution 8"], "Fix: resize"),
         ((16, 16), ["is 16x16 px; the model generates 8x8 px", "Fix: if the masks are cropped as training cropped",
-                    "resize them to 8x8 with nearest-neighbour", "pair_to_array("], "A resize cannot"),
+                    "resize them to 8x8 with nearest-neighbour", "--resolution 8 --output_dir"], "A resize cannot"),
     ],
 )  # fmt: skip
 def test_masks_of_another_size_are_told_how_training_framed_them(models, tmp_path, size, says, not_says):  # noqa: F811
@@ -191,17 +191,6 @@ def test_masks_of_another_size_are_told_how_training_framed_them(models, tmp_pat
         read_mask_sets(str(tmp_path)).check(["disc", "atrophy"], 8)
     message = str(err.value)
     assert all(part in message for part in says) and not_says not in message
-
-
-def test_the_crop_the_message_names_makes_masks_that_fit():
-    from fundus_diffusion.data.transforms import pair_to_array
-
-    photograph = Image.new("RGB", (60, 40))
-    photograph.paste((200, 90, 40), (15, 2, 45, 38))  # the fundus field
-    mask = Image.new("L", (60, 40))
-    mask.paste(255, (20, 10, 30, 20))
-    fitted = Image.fromarray(pair_to_array(photograph, {"disc": mask}, ["disc"], 8)[3])
-    assert fitted.size == (8, 8) and set(np.unique(np.asarray(fitted))) == {0, 255}
 
 
 @pytest.mark.parametrize("package", ["accelerate", "datasets"])
