@@ -64,7 +64,10 @@ def parse_args(argv=None):
     )  # fmt: skip
     parser.add_argument("--resample_steps", type=int, default=0, help="RePaint resampling (ddpm or ddim only).")
     parser.add_argument("--max_images", type=int, default=None, help="Use the first N held-out images only.")
-    parser.add_argument("--segmenter_steps", type=int, default=1000, help="Training steps of the real-trained segmenter.")
+    parser.add_argument(
+        "--segmenter_steps", type=int, default=EvaluationConfig.segmenter_steps,
+        help="Training steps of the real-trained segmenter.",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="Sampling seed (image i uses seed + i) and segmenter seed.")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")

@@ -145,6 +145,18 @@ def test_a_short_run_is_refused_for_its_few_snapshots_not_for_the_length(tmp_pat
     assert phema.snapshot_steps_needed([phema.sigma_rel_to_gamma(s) for s in SIGMA_RELS], 0.1) == 2
 
 
+def test_unevenly_spread_snapshots_are_named_as_the_cause(tmp_path):
+    # Snapshots at 10, 20 and the last step 21 (not a multiple of the interval): three steps, as many as 0.2 needs
+    # when evenly spread; the message blames the short last interval, not the count.
+    folder = tmp_path / "uneven"
+    unet, tracker = make_run(folder, steps=20, every=10)
+    tracker.update()
+    phema.save_snapshots(tracker, str(folder), SIGMA_RELS)
+    with pytest.raises(ValueError, match=r"taken at 3 steps: 10, 20, 21.*Cause: the snapshot steps are unevenly spread "
+                       r".*--max_train_steps a multiple of --post_hoc_ema_every"):  # fmt: skip
+        phema.synthesise(str(folder), 0.2)
+
+
 def test_errors_name_the_file_the_problem_and_the_fix(run, tmp_path):
     folder, _, _ = run
     plain = tmp_path / "plain"  # a saved model trained without --post_hoc_ema

@@ -125,9 +125,9 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
     # (other masks would not; another dropout or noise schedule would, and silently train another model); nothing is lost.
     for changed, named in [
         (["--masks", "disc"], r"--masks disc \(checkpoint: disc,atrophy\)"),
-        (["--dropout", "0.3"], r"--dropout 0.3 \(checkpoint: None\)"),
+        (["--dropout", "0.3"], r"--dropout 0.3 \(checkpoint: 0.0\)"),  # the tiny UNet's own dropout
         (["--prediction_type", "epsilon"], r"--prediction_type epsilon \(checkpoint: v_prediction\)"),
-        (["--schedule_detail_resolution", "16"], r"--schedule_detail_resolution 16 \(checkpoint: None\)"),
+        (["--schedule_detail_resolution", "128"], r"--schedule_detail_resolution 128 \(checkpoint: None\)"),
     ]:  # fmt: skip
         other = tiny_args(out, cache_dir, "--max_train_steps", "8", *more, "--logger", "none", "--masks", "disc,atrophy")
         with pytest.raises(ValueError, match=rf"checkpoint-6 was trained with other model flags than these: {named}\.") as refused:
@@ -271,12 +271,24 @@ def test_interpolated_shift_moves_log_snr_linearly_in_t():
     [
         (["--schedule_detail_resolution", "256"], "give both"),
         (["--schedule_base_resolution", "64", "--schedule_detail_resolution", "0"], "give a resolution in pixels"),
+        (["--schedule_base_resolution", "64", "--schedule_detail_resolution", "32"], "is below --schedule_base_resolution"),
     ],
 )
 def test_interpolated_shift_refuses_what_cannot_work(flags, message, capsys):
     with pytest.raises(SystemExit):
         ddpm.parse_args(["--output_dir", "x", "--resolution", "256", "--preset", "paper"] + flags)
     assert message in capsys.readouterr().err
+
+
+def test_a_resume_compares_the_model_the_flags_build_not_their_spelling():
+    recorded = {"model_config": "tiny", "masks": "disc,atrophy", "dropout": None, "beta_schedule": "squaredcos_cap_v2",
+                "beta_start": 1e-4, "beta_end": 0.02}  # fmt: skip
+    same = {**recorded, "masks": "disc, atrophy", "dropout": 0.0, "beta_start": 0.5}  # tiny's dropout is 0; cosine ignores betas
+    assert ddpm.DDPMKind.comparable_flags(same) == ddpm.DDPMKind.comparable_flags(recorded)
+    for other in ({"dropout": 0.1}, {"masks": "atrophy,disc"}, {"beta_schedule": "linear"}):
+        assert ddpm.DDPMKind.comparable_flags({**recorded, **other}) != ddpm.DDPMKind.comparable_flags(recorded)
+    linear = {**recorded, "beta_schedule": "linear"}
+    assert ddpm.DDPMKind.comparable_flags({**linear, "beta_end": 0.01}) != ddpm.DDPMKind.comparable_flags(linear)
 
 
 def test_min_snr_weighting_caps_low_noise_timesteps():

@@ -47,7 +47,7 @@ class EvaluationConfig:
     resolution: Optional[int] = None  # None: the synthetic set's native resolution
     masks: Sequence[str] = ("disc",)
     seeds: int = 3
-    segmenter_steps: int = 800  # the budget of every figure in RESULTS.md
+    segmenter_steps: int = SegmenterRecipe.steps
     holdout_fraction: float = 0.2
     split_seed: int = 0
     split_file: Optional[str] = None

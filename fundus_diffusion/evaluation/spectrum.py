@@ -87,7 +87,9 @@ def training_share_near_crossings(
 ) -> Dict[str, float]:
     """Per band, the share of a noise schedule's training timesteps (drawn uniformly, as the trainer draws them)
     whose log-SNR lies within ``width`` of the band's noise crossing (``noise_crossings``): where the band is neither
-    plain above the noise nor wholly under it, so where the model learns to draw it rather than copy or ignore it."""
+    plain above the noise nor wholly under it, so where the model learns to draw it rather than copy or ignore it.
+    Shares, not loss weights: min-SNR-gamma weighs the clean image's error alike at every log-SNR above ln(gamma)
+    (1.6 for gamma 5, below the middle and fine crossings), so there the share is the training's emphasis."""
     alpha_bar = alphas_cumprod.double()
     log_snr = torch.log(alpha_bar / (1.0 - alpha_bar))
     return {band: float(((log_snr - value).abs() <= width).double().mean()) for band, value in crossings.items()}

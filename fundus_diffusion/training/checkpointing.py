@@ -488,11 +488,16 @@ def _warn_if_rng_unreadable(accelerator, path: str) -> None:
 
 
 def load_checkpoint(
-    accelerator, path: str, flags: Optional[dict] = None, extra_state: Optional[Dict[str, object]] = None
+    accelerator,
+    path: str,
+    flags: Optional[dict] = None,
+    extra_state: Optional[Dict[str, object]] = None,
+    comparable: Callable[[dict], dict] = dict,
 ) -> int:
     """Restore everything ``save_checkpoint`` saved (``extra_state`` as passed to it) and return the step it was
     taken at. ``flags`` (those that define the model: its networks and how it is trained to denoise) must equal the
-    checkpoint's where it recorded them: a ``ValueError`` naming those that differ, before anything is loaded. When
+    checkpoint's where it recorded them, both as ``comparable`` puts them (two spellings of one model alike): a
+    ``ValueError`` naming those that differ, before anything is loaded. When
     the weights do not fit the models built now, the error also names flags the checkpoint's run predates. A file that
     cannot be read, or that would need code to load, is a ``CheckpointError`` naming it; restored weights that hold
     NaN/inf are one too."""
@@ -503,11 +508,17 @@ def load_checkpoint(
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"Could not load {path}: {STATE_FILE} is unreadable ({type(err).__name__}).") from err
     saved, now = (json.loads(json.dumps(f or {}, default=str)) for f in (state.get("settings"), flags))
-    changed = [f"--{k} {now[k]} (checkpoint: {saved[k]})" for k in sorted(saved) if k in now and now[k] != saved[k]]
+    saved_model, this_model = comparable(saved), comparable(now)
+    changed = [
+        f"--{k} {this_model[k]} (checkpoint: {saved_model[k]})"
+        for k in sorted(saved_model)
+        if k in this_model and this_model[k] != saved_model[k]
+    ]
     if changed:
         raise ValueError(
             f"{path} was trained with other model flags than these: {', '.join(changed)}. Resume with the "
-            "checkpoint's flags, or start a new --output_dir (--init_from a saved model starts from its weights)."
+            "checkpoint's flags (a flag left out takes this version's default, which may not be the one the "
+            "checkpoint's run had), or start a new --output_dir (--init_from a saved model starts from its weights)."
         )
     objects = _objects(accelerator, extra_state)
     _warn_if_rng_unreadable(accelerator, path)

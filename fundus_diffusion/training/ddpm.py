@@ -23,7 +23,7 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
 
-from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, num_channels
+from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, num_channels, parse_mask_names
 from ..model_cards import portable_name
 from ..models.unet import UNET_PRESETS, build_unet
 from ..pipelines.loading import load_fundus_pipeline
@@ -358,6 +358,20 @@ class DDPMKind(loop.ModelKind):
         val.add_argument("--validation_inference_steps", type=int, default=25, help="DPM-Solver++ steps per grid.")
 
     @staticmethod
+    def comparable_flags(flags: dict) -> dict:
+        """The masks as their names, no --dropout as the UNet preset's own, and the betas' endpoints only for the
+        linear schedule (the cosine one ignores them): what a resume compares."""
+        flags = dict(flags)
+        if isinstance(flags.get("masks"), str):
+            flags["masks"] = ",".join(parse_mask_names(flags["masks"])) or "none"
+        if flags.get("dropout") is None and flags.get("model_config") in UNET_PRESETS:
+            flags["dropout"] = UNET_PRESETS[flags["model_config"]]["dropout"]
+        if flags.get("beta_schedule") != "linear":
+            flags.pop("beta_start", None)
+            flags.pop("beta_end", None)
+        return flags
+
+    @staticmethod
     def check_args(parser, args):
         if args.model_config is None:
             args.model_config = "base64" if args.resolution <= 64 else "small256"
@@ -384,6 +398,13 @@ class DDPMKind(loop.ModelKind):
             parser.error(
                 "--schedule_detail_resolution interpolates the shift of --schedule_base_resolution: give both (e.g. "
                 f"--schedule_base_resolution 64 --schedule_detail_resolution {args.resolution})."
+            )
+        if (args.schedule_detail_resolution or 0) and args.schedule_detail_resolution < args.schedule_base_resolution:
+            parser.error(
+                f"--schedule_detail_resolution {args.schedule_detail_resolution} is below --schedule_base_resolution "
+                f"{args.schedule_base_resolution}: the cleanest timesteps would get more noise than the noisiest, and "
+                "the noise would shrink with t. Fix: give a detail resolution of at least the base one (e.g. "
+                f"{args.resolution})."
             )
         if args.snr_gamma is not None and args.snr_gamma < 0:
             parser.error(f"--snr_gamma {args.snr_gamma}: give a positive gamma, or 0 for the plain MSE.")

@@ -56,6 +56,12 @@ class ModelKind:
     VALIDATION_LOG: Optional[str] = None
 
     @staticmethod
+    def comparable_flags(flags: dict) -> dict:
+        """``flags`` (``MODEL_FLAGS`` values, as a checkpoint records them) as a resume compares them: two spellings
+        of one model must compare equal."""
+        return dict(flags)
+
+    @staticmethod
     def add_args(parser) -> None:
         """Add the kind's own flags."""
 
@@ -289,7 +295,7 @@ def train(args, kind_class) -> str:
 
     global_step = 0
     if resume_path:
-        global_step = load_checkpoint(accelerator, resume_path, flags, saved_objects)
+        global_step = load_checkpoint(accelerator, resume_path, flags, saved_objects, kind.comparable_flags)
         logger.info(f"Resumed from {resume_path} at step {global_step}")
     elif args.resume_from_checkpoint:
         logger.info(f"No checkpoint in {args.output_dir} yet; starting from scratch.")
