@@ -48,6 +48,14 @@ def logged(output_dir, column):
         return [float(row[column]) for row in csv.DictReader(f)]
 
 
+def test_an_unseeded_run_says_so_on_its_card(tmp_path, cache_dir):
+    argv = tiny_args(tmp_path / "run", cache_dir, "--max_train_steps", "1")
+    del argv[argv.index("--seed") : argv.index("--seed") + 2]
+    ddpm.train(ddpm.parse_args(argv + ["--logger", "none", "--validation_steps", "100", "--checkpointing_steps", "100"]))
+    assert json.loads((tmp_path / "run" / "model_index.json").read_text())["training_info"]["seed"] == "not set (not reproducible)"
+    assert "not set (not reproducible)" in (tmp_path / "run" / "README.md").read_text()
+
+
 def test_presets_and_schedule_facts():
     paper = ddpm.parse_args(["--preset", "paper", "--output_dir", "x"])
     assert (paper.resolution, paper.train_batch_size, paper.num_train_timesteps) == (64, 8, 300)

@@ -201,7 +201,7 @@ def run_info(args, view, accelerator, steps: int, epochs: int, seconds: float) -
         "weights": f"EMA, decay up to {args.ema_max_decay}" if args.use_ema else "last step",
         "class_conditional": bool(args.class_conditional),
         "mixed_precision": accelerator.mixed_precision,
-        "seed": args.seed,
+        "seed": args.seed if args.seed is not None else "not set (not reproducible)",
         "device": torch.cuda.get_device_name() if accelerator.device.type == "cuda" else accelerator.device.type,
         "session_time_s": round(seconds),
     }
