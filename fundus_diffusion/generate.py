@@ -56,9 +56,14 @@ import os
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
+
+try:
+    import fcntl  # exclusive_writer's lock; POSIX only
+except ImportError:
+    fcntl = None
 
 import numpy as np
 import torch
@@ -150,8 +155,8 @@ def mask_size_error(path: str, name: str, size: Tuple[int, int], resolution: int
     framing = "training cropped each photograph and its masks to a square around the fundus field (padded with black)"
     export = (
         f"build a dataset of the photographs with their masks (fundus-build-dataset), then fundus-export-dataset "
-        f"--dataset <it> --format imagefolder --resolution {resolution} --output_dir <dir> frames both as training "
-        f"did, and --masks_from <dir> takes the result"
+        f"--dataset <it> --format imagefolder --resolution {resolution} --masks <the model's masks> --output_dir <a new "
+        f"folder> frames both as training did, and --masks_from <that folder> takes the result"
     )
     if width != height:
         return (
@@ -576,9 +581,35 @@ def nothing_finished(output_dir: str) -> bool:
         if name == SHARDS_DIR and os.path.isdir(path):
             if any(not shard.endswith(".tmp") for shard in os.listdir(path)):
                 return False
-        elif name not in (CONFIG_FILE, "png"):
+        elif name == "png":
+            if os.path.exists(os.path.join(path, "metadata.csv")):  # written once the run's PNGs are all there
+                return False
+        elif name != CONFIG_FILE:
             return False
     return True
+
+
+@contextmanager
+def exclusive_writer(output_dir: str):
+    """Held by the process that writes ``output_dir``'s settings and assembles its dataset, for the whole run: a lock
+    on the folder itself (``flock``, released when the run ends or dies), so that a second command started on the
+    same folder is refused instead of starting it over or resuming it under the first. Where ``fcntl`` is missing
+    (Windows), nothing is locked."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(output_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(
+                f"{output_dir}: another command is generating into it now. Fix: wait for it to end (--resume then "
+                "continues it if it stopped early), or choose another --output_dir."
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _changes(saved: dict, config: GenerationConfig) -> str:
@@ -651,42 +682,45 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
     check_mask_sets(pipe, config, mask_sets)
     check_sampling(pipe, config, mask_sets)
     guide = load_autoguidance(pipe, config)  # refused before anything is written
-    shards_dir = os.path.join(output_dir, SHARDS_DIR)
-    dataset = saved_dataset(output_dir)  # a resumed run may find the samples all there already
-    if dataset is None:
-        paths = shard_paths(config, shards_dir)
-        missing = [k for k, path in enumerate(paths) if not os.path.exists(path)]
-        state.wait_for_everyone()  # every process has checked and listed the folder before anything is written
-        if state.is_main_process:
-            if start_over:  # its unfinished shards and their PNGs were drawn with the old settings
-                logger.info(
-                    f"{output_dir} holds a generation run that finished no shard yet (nothing to lose): starting it "
-                    f"over with the settings given now{_changes(read_generation_config(output_dir), config)}."
-                )
-                for name in (SHARDS_DIR, "png"):
-                    shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
-            _remove_partial_save(output_dir)  # a run killed inside save_to_disk: its shards are still there
-            os.makedirs(shards_dir, exist_ok=True)
-            with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-                json.dump(asdict(config), f, indent=2)
-        state.wait_for_everyone()
-        with state.split_between_processes(missing) as own:
-            shards = [(k, paths[k]) for k in own]
-            threads = threads or encoding_threads(state.num_processes)
-            _write_shards(pipe, config, shards, os.path.join(output_dir, "png"), mask_sets, state, threads, guide)
-        state.wait_for_everyone()  # every shard is on disk
-    if not state.is_main_process:
-        return None
-    if dataset is None:
-        drawn_for = f", drawn for the mask sets of {config.masks_from}" if config.masks_from else ""
-        info = DatasetInfo(
-            features=synthetic_features(pipe.config.mask_names), description=f"Synthetic fundus samples from {config.model_name}{drawn_for}"
-        )
-        concatenate_datasets([Dataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
-        dataset = load_from_disk(output_dir)
-    shutil.rmtree(shards_dir, ignore_errors=True)  # only once the saved dataset reads back
-    write_extras(dataset, pipe, config, output_dir, mask_sets)
-    return dataset
+    with ExitStack() as stack:  # the main process holds exclusive_writer from its first write to the end
+        shards_dir = os.path.join(output_dir, SHARDS_DIR)
+        dataset = saved_dataset(output_dir)  # a resumed run may find the samples all there already
+        if dataset is None:
+            paths = shard_paths(config, shards_dir)
+            missing = [k for k, path in enumerate(paths) if not os.path.exists(path)]
+            state.wait_for_everyone()  # every process has checked and listed the folder before anything is written
+            if state.is_main_process:
+                os.makedirs(output_dir, exist_ok=True)
+                stack.enter_context(exclusive_writer(output_dir))  # before anything in it is removed or written
+                if start_over:  # its unfinished shards and their PNGs were drawn with the old settings
+                    logger.info(
+                        f"{output_dir} holds a generation run that finished no shard yet (nothing to lose): starting it "
+                        f"over with the settings given now{_changes(read_generation_config(output_dir), config)}."
+                    )
+                    for name in (SHARDS_DIR, "png"):
+                        shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+                _remove_partial_save(output_dir)  # a run killed inside save_to_disk: its shards are still there
+                os.makedirs(shards_dir, exist_ok=True)
+                with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+                    json.dump(asdict(config), f, indent=2)
+            state.wait_for_everyone()
+            with state.split_between_processes(missing) as own:
+                shards = [(k, paths[k]) for k in own]
+                threads = threads or encoding_threads(state.num_processes)
+                _write_shards(pipe, config, shards, os.path.join(output_dir, "png"), mask_sets, state, threads, guide)
+            state.wait_for_everyone()  # every shard is on disk
+        if not state.is_main_process:
+            return None
+        if dataset is None:
+            drawn_for = f", drawn for the mask sets of {config.masks_from}" if config.masks_from else ""
+            info = DatasetInfo(
+                features=synthetic_features(pipe.config.mask_names), description=f"Synthetic fundus samples from {config.model_name}{drawn_for}"
+            )
+            concatenate_datasets([Dataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
+            dataset = load_from_disk(output_dir)
+        shutil.rmtree(shards_dir, ignore_errors=True)  # only once the saved dataset reads back
+        write_extras(dataset, pipe, config, output_dir, mask_sets)
+        return dataset
 
 
 def check_sampling(pipe, config: GenerationConfig, mask_sets: Optional[MaskSets] = None) -> None:
@@ -704,6 +738,11 @@ def check_sampling(pipe, config: GenerationConfig, mask_sets: Optional[MaskSets]
             '"fundus-diffusion[eval]" (or pip install scipy), or leave --postprocess out.'
         )
     if not hasattr(pipe, "scheduler"):  # a GAN: no guidance nor given masks (check_mask_sets refuses --masks_from)
+        if config.guidance_scale != 1:
+            raise ValueError(
+                f"--guidance_scale {config.guidance_scale:g}: a GAN draws each sample in one pass, with no guidance. "
+                "Fix: leave --guidance_scale out."
+            )
         return
     try:
         pipe.check_guidance(config.guidance_scale, config.sample_labels() if config.labels else None)

@@ -5,7 +5,9 @@ one line, not a traceback."""
 
 import json
 import logging
+import os
 import runpy
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -19,7 +21,7 @@ from PIL import Image
 
 from fundus_diffusion import FundusPipeline
 from fundus_diffusion.data import load_fundus_dataset
-from fundus_diffusion.generate import GenerationConfig, generate_dataset, read_mask_sets
+from fundus_diffusion.generate import GenerationConfig, exclusive_writer, generate_dataset, read_mask_sets
 from fundus_diffusion.pipelines.loading import load_fundus_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +152,38 @@ def test_a_rerun_with_other_settings_starts_a_run_that_finished_no_shard_over(mo
     assert generate_dataset(pipe, config, str(again), resume=True)["seed"] == [0, 1, 2]
 
 
+def test_a_command_running_in_the_folder_is_not_started_over_under_it(models, tmp_path):  # noqa: F811
+    # A first command holds the folder (exclusive_writer) while its first shard is being drawn: a second one with
+    # other settings would start that run over and delete its files; it is refused and changes nothing.
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    config = GenerationConfig(model=models["ddpm"], num_samples=3, num_inference_steps=2, shard_size=2, batch_size=2, device="cpu")
+    out = tmp_path / "run"
+    leftover_of_a_first_batch_failure(pipe, replace(config, seed=7, png=True), out)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with exclusive_writer(str(out)):  # the first command, still running
+        for resume in (False, True):
+            with pytest.raises(FileExistsError, match="another command is generating into it now"):
+                generate_dataset(pipe, config, str(out), resume=resume)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert json.loads((out / "generation_config.json").read_text())["seed"] == 7
+    assert generate_dataset(pipe, config, str(out))["seed"] == [0, 1, 2]  # once it has ended, the rerun proceeds
+
+
+def test_a_run_whose_pngs_are_all_written_is_not_started_over(models, tmp_path):  # noqa: F811
+    # A finished --png run kept as its PNG folder only (the arrow dataset removed): png/metadata.csv says it is whole.
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    config = GenerationConfig(model=models["ddpm"], num_samples=2, num_inference_steps=2, png=True, device="cpu")
+    out = tmp_path / "run"
+    generate_dataset(pipe, config, str(out))
+    for name in os.listdir(out):
+        if name not in ("png", "generation_config.json"):
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+    image = (out / "png" / "images" / "000000.png").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a generation run"):
+        generate_dataset(pipe, replace(config, seed=7), str(out))
+    assert (out / "png" / "images" / "000000.png").read_bytes() == image
+
+
 def test_the_script_reruns_in_the_folder_a_first_batch_failure_left(models, tmp_path, monkeypatch, caplog):  # noqa: F811
     pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
     out = tmp_path / "run"
@@ -181,7 +215,7 @@ def test_a_folder_with_a_finished_shard_is_still_refused(models, tmp_path):  # n
         ((16, 8), ["is 16x8 px; the model generates 8x8 px", "A resize cannot make it fit", "stretches it",
                    "fundus-export-dataset --dataset <it> --format imagefolder --resolution 8"], "Fix: resize"),
         ((16, 16), ["is 16x16 px; the model generates 8x8 px", "Fix: if the masks are cropped as training cropped",
-                    "resize them to 8x8 with nearest-neighbour", "--resolution 8 --output_dir"], "A resize cannot"),
+                    "resize them to 8x8 with nearest-neighbour", "--resolution 8 --masks <the model's masks>"], "A resize cannot"),
     ],
 )  # fmt: skip
 def test_masks_of_another_size_are_told_how_training_framed_them(models, tmp_path, size, says, not_says):  # noqa: F811
@@ -206,3 +240,10 @@ def test_the_command_without_the_train_extra_says_what_to_install(package):
         f"fundus-generate: error: this command needs the package {package!r} (the train extra), which is not "
         'installed. Fix: pip install "fundus-diffusion[train]" (from a checkout: pip install ".[train]").'
     )
+
+
+def test_a_gan_refuses_guidance_instead_of_ignoring_it(models, tmp_path):  # noqa: F811
+    gan = load_fundus_pipeline(models["gan"], device="cpu")
+    with pytest.raises(ValueError, match=r"--guidance_scale 3: a GAN draws each sample in one pass, with no guidance"):
+        generate_dataset(gan, GenerationConfig(model=models["gan"], num_samples=2, guidance_scale=3.0, device="cpu"), str(tmp_path / "g"))
+    assert not (tmp_path / "g").exists()

@@ -295,8 +295,9 @@ def test_a_resume_compares_the_model_the_flags_build_not_their_spelling():
     assert ddpm.DDPMKind.comparable_flags(same) == ddpm.DDPMKind.comparable_flags(recorded)
     for other in ({"dropout": 0.1}, {"masks": "atrophy,disc"}, {"beta_schedule": "linear"}):
         assert ddpm.DDPMKind.comparable_flags({**recorded, **other}) != ddpm.DDPMKind.comparable_flags(recorded)
-    linear = {**recorded, "beta_schedule": "linear"}
-    assert ddpm.DDPMKind.comparable_flags({**linear, "beta_end": 0.01}) != ddpm.DDPMKind.comparable_flags(linear)
+    for schedule in ("linear", "scaled_linear"):  # these use the endpoints
+        other = {**recorded, "beta_schedule": schedule}
+        assert ddpm.DDPMKind.comparable_flags({**other, "beta_end": 0.01}) != ddpm.DDPMKind.comparable_flags(other)
 
 
 def test_min_snr_weighting_caps_low_noise_timesteps():

@@ -359,14 +359,14 @@ class DDPMKind(loop.ModelKind):
 
     @staticmethod
     def comparable_flags(flags: dict) -> dict:
-        """The masks as their names, no --dropout as the UNet preset's own, and the betas' endpoints only for the
-        linear schedule (the cosine one ignores them): what a resume compares."""
+        """The masks as their names, no --dropout as the UNet preset's own, and the betas' endpoints except for the
+        cosine schedule (which ignores them): what a resume compares."""
         flags = dict(flags)
         if isinstance(flags.get("masks"), str):
             flags["masks"] = ",".join(parse_mask_names(flags["masks"])) or "none"
         if flags.get("dropout") is None and flags.get("model_config") in UNET_PRESETS:
             flags["dropout"] = UNET_PRESETS[flags["model_config"]]["dropout"]
-        if flags.get("beta_schedule") != "linear":
+        if flags.get("beta_schedule") == "squaredcos_cap_v2":
             flags.pop("beta_start", None)
             flags.pop("beta_end", None)
         return flags

@@ -280,11 +280,11 @@ def _why_not_reconstructed(folder: str, used: Sequence[Snapshot], step: int, ref
         lo, hi = int(round(profiles[0] * 100)), int(round(profiles[-1] * 100))
         grid = sorted({*profiles, *(k / 100 for k in range(lo, hi + 1) if profiles[0] <= k / 100 <= profiles[-1])})
         fits = [v for v in grid if abs(_weight_sum(steps, gammas, step, v) - 1) <= WEIGHT_SUM_TOLERANCE]
-        if needed is not None and needed <= len(steps):  # enough steps, but not evenly spread (a short last interval)
+        if needed is not None and needed <= len(steps):  # enough steps, but not evenly spread
             return text + (
-                f" Cause: the snapshot steps are unevenly spread ({shown}): the last ones lie too close together to "
-                f"combine into sigma_rel {names(inside)} (the last snapshot is always taken, so a last step that is "
-                "not a multiple of --post_hoc_ema_every leaves a short interval). Fix: train with --max_train_steps a "
+                f" Cause: the snapshot steps are unevenly spread ({shown}) to combine into sigma_rel {names(inside)}: "
+                "a short last interval (the last step is always saved, so a last step that is not a multiple of "
+                "--post_hoc_ema_every leaves one) or a missing snapshot. Fix: train with --max_train_steps a "
                 "multiple of --post_hoc_ema_every, or a smaller --post_hoc_ema_every; or choose among the lengths "
                 f"these snapshots do reconstruct: sigma_rel {_ranges(fits, grid)}."
             )
