@@ -78,6 +78,27 @@ def test_mask_size_differs_from_image(folder, tmp_path):
         build(tmp_path, folder_dirs=[folder])
 
 
+def test_a_photograph_with_an_exif_orientation_tag_keeps_its_pixels_beside_its_masks(tmp_path):
+    # datasets turns an image by its EXIF tag when decoding; the masks have no tag and match the stored pixels (their
+    # size is checked against them), so the builder stores the pixels as they are, without the tag.
+    root = tmp_path / "tagged"
+    for name in ("images", "masks/disc"):
+        (root / name).mkdir(parents=True)
+    photograph = np.zeros((40, 60, 3), np.uint8)
+    photograph[5:15, 40:55] = (220, 60, 30)  # the disc, top right as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees to display"
+    Image.fromarray(photograph).save(root / "images" / "a.jpg", quality=95, exif=exif.tobytes())
+    disc = np.zeros((40, 60), np.uint8)
+    disc[5:15, 40:55] = 255
+    Image.fromarray(disc).save(root / "masks" / "disc" / "a.png")
+    build(tmp_path, folder_dirs=[str(root)])
+    row = load_fundus_dataset(str(tmp_path / "out"))[0]
+    assert row["image"].size == row["disc_mask"].size == (60, 40)
+    red = np.asarray(row["image"])[..., 0] > 128
+    assert (red == (np.asarray(row["disc_mask"]) > 0)).mean() > 0.99  # the disc still under its mask
+
+
 def test_non_binary_mask_is_thresholded_and_counted(folder, tmp_path):
     mask = os.path.join(folder, "masks", "disc", "phantom_003.png")
     blurred = Image.open(mask).filter(ImageFilter.GaussianBlur(2))

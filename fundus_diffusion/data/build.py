@@ -255,13 +255,21 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+EXIF_ORIENTATION = 0x0112
+
+
 def read_image(path: str) -> Tuple[dict, Tuple[int, int], bool]:
     """The stored image (original bytes for RGB JPEG / PNG, else converted to RGB PNG), its size, and whether it
-    was converted."""
+    was converted.
+
+    A photograph with an EXIF orientation tag is converted too, its pixels kept as stored: ``datasets`` would turn
+    the original bytes by the tag when decoding them, while its masks (checked against the stored size) stay as they
+    are, and the two would no longer line up."""
     with open(path, "rb") as f:
         data = f.read()
     image = _open(path, data, "image")
-    converted = not (image.format in ("JPEG", "PNG") and image.mode == "RGB")
+    turned = image.getexif().get(EXIF_ORIENTATION, 1) != 1
+    converted = turned or not (image.format in ("JPEG", "PNG") and image.mode == "RGB")
     if converted:
         data = _png(to_rgb(image))
     return {"bytes": data, "path": os.path.basename(path)}, image.size, converted
