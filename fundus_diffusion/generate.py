@@ -563,7 +563,7 @@ def check_resume(output_dir: str, config: GenerationConfig, resume: bool, model_
         return False
     unsettled = () if model_loaded else tuple(k for k in SETTLED_FIELDS if getattr(config, k) is None)
     ignored = (*RESUMABLE_DIFFERENCES, *unsettled)
-    changed = {k: (saved.get(k), v) for k, v in asdict(config).items() if k not in ignored and saved.get(k) != v}
+    changed = changed_settings(saved, config, ignored)
     if nothing_finished(output_dir):
         return not resume or bool(changed)
     if not resume:
@@ -612,10 +612,10 @@ def exclusive_writer(output_dir: str):
         os.close(fd)
 
 
-def _changes(saved: dict, config: GenerationConfig) -> str:
-    """`` (changed: name saved -> now, ...)`` for the settings in which ``config`` differs from ``saved``, or ``""``."""
-    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in asdict(config).items() if k in saved and saved[k] != v]
-    return f" (changed: {', '.join(changed)})" if changed else ""
+def changed_settings(saved: dict, config: GenerationConfig, ignored: Sequence[str] = ()) -> Dict[str, Tuple]:
+    """``{name: (saved, now)}`` for the settings, but ``ignored``, in which ``config`` differs from a run's ``saved``
+    ones (``generation_config.json``)."""
+    return {k: (saved.get(k), v) for k, v in asdict(config).items() if k not in ignored and saved.get(k) != v}
 
 
 def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
@@ -693,9 +693,11 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
                 os.makedirs(output_dir, exist_ok=True)
                 stack.enter_context(exclusive_writer(output_dir))  # before anything in it is removed or written
                 if start_over:  # its unfinished shards and their PNGs were drawn with the old settings
+                    changed = changed_settings(read_generation_config(output_dir), config)
+                    changes = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()) or "none"
                     logger.info(
                         f"{output_dir} holds a generation run that finished no shard yet (nothing to lose): starting it "
-                        f"over with the settings given now{_changes(read_generation_config(output_dir), config)}."
+                        f"over with the settings given now (changed: {changes})."
                     )
                     for name in (SHARDS_DIR, "png"):
                         shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)

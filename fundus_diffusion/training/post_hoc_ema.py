@@ -192,6 +192,11 @@ def synthesise(run: str, sigma_rel: float, step: Optional[int] = None) -> Tuple[
     """The float32 weights of the EMA of relative length ``sigma_rel`` at ``step`` (default: the last snapshot's),
     combined from the run's snapshots up to ``step``, and what it was made of (for the model card)."""
     used, step, (weights,) = _combination(run, [sigma_rel], step)
+    return _combine(used, step, sigma_rel, weights)
+
+
+def _combine(used: Sequence[Snapshot], step: int, sigma_rel: float, weights: torch.Tensor):
+    """``synthesise``'s result from ``_combination``'s snapshots and one length's weights."""
     profiles = sorted({s.sigma_rel for s in used})
     combined = None
     for snapshot, weight in zip(used, weights.tolist()):
@@ -335,8 +340,8 @@ def write_post_hoc_pipelines(
     for folder in folders:
         if os.path.exists(os.path.join(folder, "model_index.json")):
             raise FileExistsError(f"{folder} already holds a saved model. Fix: choose another --output_dir.")
-    _combination(run, sigma_rels, step)  # every length refused at once, with the cause, before any weights are read
-    synthesised = [synthesise(run, sigma_rel, step) for sigma_rel in sigma_rels]
+    used, at, weights = _combination(run, sigma_rels, step)  # every length refused at once, before any weights are read
+    synthesised = [_combine(used, at, sigma_rel, w) for sigma_rel, w in zip(sigma_rels, weights)]
     pipeline = load_fundus_pipeline(run, device="cpu", dtype="fp32")
     run_info = dict(pipeline.config.get("training_info") or {})
     run_info.pop("hub_model_id", None)  # the run's upload, not this model's
