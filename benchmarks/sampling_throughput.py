@@ -30,10 +30,16 @@ between ``torch.cuda.synchronize()`` calls.
 The stream rows run ``generate_dataset`` (generate.py's writer: Arrow shards, then the dataset, card and Hub layout)
 for ``--stream_samples`` pairs in ``--work_dir``, eager, with ``--stream_steps`` solver steps (host memory does not
 depend on the step count; the rows' speed is not the sampling figure), and print the process's resident memory when
-each shard is on disk and after the assembly, with the peak (sampled every 20 ms). Flat host memory: the RSS after the
-last shard is about the RSS after the first. ``--output_json`` is rewritten after every row, so a run cut short keeps
+each shard is on disk and after the assembly, with the peak (sampled every 20 ms): the RSS and, on Linux, its
+anonymous part (RSS less file-backed pages: the memory-mapped Arrow files datasets reads are in the RSS as page cache
+the kernel can drop, not memory the process holds). Flat host memory: the RSS after the last shard is about the RSS
+after the first. ``--output_json`` is rewritten after every row, so a run cut short keeps
 what it measured. The stream rows print the pairs/s of the whole run (dataset assembly included) and when each shard
-was on disk.
+was on disk. ``--stream_sampler phantom`` keeps everything of that path but the denoising: each pipeline call returns
+ready-made phantom pairs of the sample's seed (``draw_phantom``, image, disc and atrophy masks at ``--resolution``)
+in the pipeline's own output format, so the row measures what stays in host memory on a GPU machine (where the
+UNet's activations live on the GPU) at the writer's speed instead of a CPU's UNet's: 10,000 pairs at 256 px in
+minutes on a CPU, where a tiny UNet draws about 1.4 pairs/s.
 
 The writer rows time ``fundus_diffusion.generate.write_samples``, what ``generate.py`` runs after sampling (each pair
 encoded as PNG into Arrow shards of ``--shard_size``; with ``--png`` also written as PNG files), on ``--writer_samples``
@@ -51,7 +57,9 @@ import os
 import tempfile
 import threading
 import time
+from typing import Optional
 
+import numpy as np
 import psutil
 import torch
 
@@ -96,6 +104,10 @@ def parse_args(argv=None):
     parser.add_argument("--stream_samples", type=int, default=None, help="Pairs the stream rows write (default 10,000).")
     parser.add_argument("--stream_steps", type=int, default=2, help="Solver steps of the stream rows (memory, not speed).")
     parser.add_argument("--shard_size", type=int, default=None, help="generate.py's --shard_size for the stream rows (default 256).")
+    parser.add_argument(
+        "--stream_sampler", choices=("model", "phantom"), default="model",
+        help="What draws the stream rows' pairs: the model, or ready-made phantom pairs in its place (see above).",
+    )  # fmt: skip
     parser.add_argument("--writer_samples", type=int, default=None, help="Ready-made pairs the writer rows write (default 256).")
     parser.add_argument(
         "--writer_threads", default=f"1,{encoding_threads()}",
@@ -187,20 +199,29 @@ def throughput_row(pipe, args, mode: str, dtype: str, batch: int) -> dict:
 class ShardMemory:
     """Wraps a prepared pipeline: before each batch that starts a new shard (the previous shard is then fully drawn;
     its last batch is encoded while this one is drawn), records the process's RSS and the seconds since the start; a
-    thread keeps the peak RSS, sampled every 20 ms."""
+    thread keeps the peak RSS and anonymous memory, sampled every 20 ms. With ``phantom_size``, each call returns phantom pairs of that
+    size for the call's seeds instead of running the pipeline (``--stream_sampler phantom``)."""
 
-    def __init__(self, pipe, shard_size: int):
-        self.pipe, self.shard_size, self.generated, self.after_shard = pipe, shard_size, 0, []
+    def __init__(self, pipe, shard_size: int, phantom_size: Optional[int] = None):
+        self.pipe, self.shard_size, self.phantom_size, self.generated, self.after_shard = pipe, shard_size, phantom_size, 0, []
         self.start = time.perf_counter()
-        self.process, self.peak, self.stopped = psutil.Process(), 0, threading.Event()
+        self.process, self.peak, self.stopped = psutil.Process(), {}, threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
-    def rss(self) -> int:
-        return self.process.memory_info().rss
+    def memory(self) -> dict:
+        """MiB of resident memory: ``rss_mib``, and ``anonymous_mib`` where the OS tells file-backed pages apart."""
+        info = self.process.memory_info()
+        shared = getattr(info, "shared", None)  # Linux: resident file-backed and shared-memory pages
+        return {"rss_mib": round(info.rss / MIB, 1), "anonymous_mib": None if shared is None else round((info.rss - shared) / MIB, 1)}
+
+    def _keep_peak(self) -> None:
+        for key, value in self.memory().items():
+            if value is not None:
+                self.peak[key] = max(self.peak.get(key, 0), value)
 
     def _watch(self):
         while not self.stopped.wait(0.02):
-            self.peak = max(self.peak, self.rss())
+            self._keep_peak()
 
     def __getattr__(self, name):
         return getattr(self.pipe, name)
@@ -208,19 +229,36 @@ class ShardMemory:
     def __call__(self, **kwargs):
         if self.generated and self.generated % self.shard_size == 0:
             seconds = round(time.perf_counter() - self.start, 1)
-            self.after_shard.append({"samples": self.generated, "rss_mib": round(self.rss() / MIB, 1), "seconds": seconds})
+            self.after_shard.append({"samples": self.generated, **self.memory(), "seconds": seconds})
         self.generated += kwargs["batch_size"]
-        return self.pipe(**kwargs)
+        return self.pipe(**kwargs) if self.phantom_size is None else self.phantoms(kwargs["generator"])
+
+    def phantoms(self, generators):
+        """The pipeline's ``output_type="np"`` output, drawn as phantoms of each generator's seed."""
+        from fundus_diffusion import FundusPipelineOutput
+        from fundus_diffusion.data import draw_phantom
+
+        drawn = [draw_phantom(g.initial_seed(), size=self.phantom_size) for g in generators]
+        return FundusPipelineOutput(
+            images=np.stack([np.asarray(p.image, dtype=np.float32) / 255 for p in drawn]),
+            masks=[{"disc": binary(p.disc_mask), "atrophy": binary(p.atrophy_mask)} for p in drawn],
+        )
 
     def __enter__(self):
-        self.peak, self.start = self.rss(), time.perf_counter()
+        self.start = time.perf_counter()
+        self._keep_peak()
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.stopped.set()
         self.thread.join()
-        self.peak = max(self.peak, self.rss())
+        self._keep_peak()
+
+
+def binary(mask) -> np.ndarray:
+    """An ``L`` mask (0 / 255) as the pipeline's ``np`` output gives it: float32 in {0, 1}."""
+    return (np.asarray(mask) > 127).astype(np.float32)
 
 
 def stream(args, work_dir: str) -> dict:
@@ -232,11 +270,13 @@ def stream(args, work_dir: str) -> dict:
         num_inference_steps=args.stream_steps, batch_size=batch, shard_size=args.shard_size, device=args.device,
     )  # fmt: skip
     config = prepare_pipeline(pipe, config)  # before wrapping: the scheduler is set on the pipeline itself
-    before = psutil.Process().memory_info().rss
+    if args.stream_sampler == "phantom" and list(pipe.mask_names) != ["disc", "atrophy"]:
+        raise ValueError(f"--stream_sampler phantom draws disc and atrophy masks; this model has {list(pipe.mask_names)}.")
     start = time.perf_counter()
-    with ShardMemory(pipe, args.shard_size) as watched:
+    with ShardMemory(pipe, args.shard_size, args.resolution if args.stream_sampler == "phantom" else None) as watched:
+        before = watched.memory()
         generate_dataset(watched, config, os.path.join(work_dir, "stream"))
-        after = watched.rss()
+        after = watched.memory()
     seconds = time.perf_counter() - start
     return {
         "num_samples": args.stream_samples,
@@ -244,13 +284,14 @@ def stream(args, work_dir: str) -> dict:
         "batch": batch,
         "dtype": args.dtypes[0],
         "steps": args.stream_steps,
+        "sampler": args.stream_sampler,
         "encoding_threads": encoding_threads(),
         "seconds": round(seconds, 1),
         "pairs_per_s": round(args.stream_samples / seconds, 2),
-        "rss_before_mib": round(before / MIB, 1),
-        "rss_after_shard": watched.after_shard,
-        "rss_after_assembly_mib": round(after / MIB, 1),
-        "peak_rss_mib": round(watched.peak / MIB, 1),
+        "memory_before": before,
+        "memory_after_shard": watched.after_shard,
+        "memory_after_assembly": after,
+        "memory_peak": watched.peak,
     }
 
 
@@ -313,16 +354,21 @@ def print_throughput(rows, args) -> None:
 def print_stream(result) -> None:
     print(
         f"\nHost memory streaming {result['num_samples']} pairs to disk (shards of {result['shard_size']}, batch "
-        f"{result['batch']}, {result['steps']} steps, {result['encoding_threads']} encoding threads): "
+        f"{result['batch']}, {drawn_by(result)}, {result['encoding_threads']} encoding threads): "
         f"{result['seconds']} s, {result['pairs_per_s']:.1f} pairs/s\n"
     )
-    print("| samples drawn | host RSS MiB | s |")
-    print("|---|---|---|")
-    print(f"| 0 (model loaded) | {result['rss_before_mib']} | 0 |")
-    for r in result["rss_after_shard"]:
-        print(f"| {r['samples']} | {r['rss_mib']} | {r['seconds']} |")
-    print(f"| {result['num_samples']} + dataset assembled | {result['rss_after_assembly_mib']} | {result['seconds']} |")
-    print(f"\nPeak RSS during the stream: {result['peak_rss_mib']} MiB")
+    print("| samples drawn | host RSS MiB | anonymous MiB | s |")
+    print("|---|---|---|---|")
+    rows = [("0 (model loaded)", result["memory_before"], 0), *[(r["samples"], r, r["seconds"]) for r in result["memory_after_shard"]]]
+    rows += [(f"{result['num_samples']} + dataset assembled", result["memory_after_assembly"], result["seconds"]), ("peak", result["memory_peak"], "")]
+    for name, memory, seconds in rows:
+        print(f"| {name} | {memory['rss_mib']} | {memory.get('anonymous_mib') or '-'} | {seconds} |")
+
+
+def drawn_by(result) -> str:
+    if result.get("sampler") == "phantom":
+        return "pairs drawn as phantoms in the model's place"
+    return f"{result['steps']} steps"
 
 
 def print_writer(rows, args) -> None:

@@ -14,7 +14,7 @@ import argparse
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import FundusDataError, load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
-from fundus_diffusion.evaluation.checks import resolution_problem, warn_if_upscaled
+from fundus_diffusion.evaluation.checks import native_resolution, resolution_problem, warn_if_upscaled
 from fundus_diffusion.evaluation.model_card import update_model_card
 from fundus_diffusion.evaluation.realism import INVARIANCES, RealismRecipe
 
@@ -98,6 +98,10 @@ def parse_args(argv=None):
         parser.error(resolution_problem(args.resolution))
     if args.realism_folds < 2:
         parser.error(f"--realism_folds {args.realism_folds}: cross-validation needs at least 2 folds.")
+    if args.seeds < 1 or args.segmenter_steps < 1:
+        parser.error(f"--seeds {args.seeds}, --segmenter_steps {args.segmenter_steps}: each must be at least 1.")
+    if not 0 < args.holdout_fraction < 1:
+        parser.error(f"--holdout_fraction {args.holdout_fraction}: a share of --real, between 0 and 1 (default 0.2).")
     return args
 
 
@@ -129,8 +133,10 @@ def main(args):
     )
     real, synthetic = load_input("real", args.real), load_input("synthetic", args.synthetic)
     holdout = load_input("holdout", args.holdout) if args.holdout else None
-    if args.resolution is not None:
-        warn_if_upscaled(synthetic, args.resolution, "the synthetic")
+    resolution = args.resolution or native_resolution(synthetic)
+    for what, dataset in (("the synthetic", synthetic), ("the real", real), ("the held-out", holdout)):
+        if dataset is not None:
+            warn_if_upscaled(dataset, resolution, what)
     report, figures = evaluate(real, synthetic, holdout, config)
     paths = write_report(report, figures, args.output_dir)
     print(f"Wrote {paths['markdown']} and {len(figures)} figures")

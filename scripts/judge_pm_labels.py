@@ -26,10 +26,11 @@ def parse_args(argv=None):
     parser.add_argument("--images_only", action="store_true", help="Real data without masks (e.g. palm-224).")
     parser.add_argument("--synthetic", required=True, help="Generated dataset with PM / non-PM labels.")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--resolution", type=int, default=None, help="Default: the synthetic images' native size.")
     parser.add_argument("--steps", type=int, default=ClassifierRecipe.steps)
     parser.add_argument("--realism_test", action="store_true", help="Also run the classifier two-sample test.")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the classifier (and the two-sample test).")
+    parser.add_argument("--split_seed", type=int, default=0, help="Seed of the real train / held-out split.")
     parser.add_argument("--device", default=None)
     return parser.parse_args(argv)
 
@@ -62,6 +63,7 @@ def main(args):
     report = judge_class_conditional(
         real, synthetic, args.resolution, ClassifierRecipe(steps=args.steps, seed=args.seed),
         device=args.device or default_device(), realism=RealismRecipe(seed=args.seed) if args.realism_test else None,
+        split_seed=args.split_seed,
     )  # fmt: skip
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "pm_labels.json"), "w") as f:

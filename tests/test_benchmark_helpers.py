@@ -74,3 +74,28 @@ def test_sampling_throughput_writer_rows_time_one_thread_and_the_pool(tmp_path, 
     printed = capsys.readouterr().out
     assert "| encoding threads | --png | s (best of 2) | pairs/s | files as with the first row |" in printed and "| 2 | yes |" in printed
     assert list(tmp_path.iterdir()) == []  # the rows' folders are removed
+
+
+def test_sampling_throughput_phantom_stream_writes_phantoms_in_the_models_place(tmp_path, capsys):
+    """--stream_sampler phantom: the pipeline is never called; each call returns the phantoms of its generators' seeds
+    in the pipeline's np output format, and the stream row runs generate.py's writer on them, shard by shard."""
+    import numpy as np
+    import torch
+
+    from fundus_diffusion.data import draw_phantom
+
+    benchmark = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "sampling_throughput.py"))
+
+    def refuse(**kwargs):
+        raise AssertionError("the model was called")
+
+    watched = benchmark["ShardMemory"](refuse, shard_size=4, phantom_size=32)
+    out = watched(batch_size=2, generator=[torch.Generator().manual_seed(s) for s in (5, 9)], output_type="np")
+    assert out.images.shape == (2, 32, 32, 3) and out.images.dtype == np.float32
+    np.testing.assert_array_equal(np.round(out.images[1] * 255).astype(np.uint8), np.asarray(draw_phantom(9, size=32).image))
+    assert set(np.unique(out.masks[0]["disc"])) == {0.0, 1.0} and out.masks[0]["disc"].dtype == np.float32
+
+    argv = ["--quick", "--sections", "stream", "--stream_sampler", "phantom", "--stream_samples", "8", "--shard_size", "4"]
+    stream = benchmark["main"](benchmark["parse_args"]([*argv, "--work_dir", str(tmp_path)]))["stream"]
+    assert stream["sampler"] == "phantom" and [r["samples"] for r in stream["memory_after_shard"]] == [4]
+    assert "pairs drawn as phantoms in the model's place" in capsys.readouterr().out

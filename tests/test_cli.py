@@ -75,5 +75,5 @@ def test_evaluate_warns_when_it_scales_images_up(capsys):
     capsys.readouterr()  # the dataset build's progress output
     warn_if_upscaled(small, 32, "the synthetic")
     assert capsys.readouterr().err == ""
-    warn_if_upscaled(small, 128, "the synthetic")
-    assert "the synthetic images are 32x32, smaller than --resolution 128" in capsys.readouterr().err
+    warn_if_upscaled(small, 128, "the real")
+    assert "2 of 2 of the real images are smaller than the evaluation's 128 px (the smallest 32x32)" in capsys.readouterr().err

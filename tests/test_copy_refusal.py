@@ -83,3 +83,42 @@ def test_a_mirrored_copy_is_caught_only_against_the_mirror_images():
     real_features, mirrored_features = pixel_features(real), pixel_features(real.flip(-1))
     real_to_real, _, _ = nearest_training_neighbours(real_features, real_features, mirrored_features, exclude_self=True)
     assert real_to_real[5] > 0  # image 5's own mirror (itself, distance 0) is not its nearest other image
+
+
+def test_copies_of_held_out_images_are_refused_and_training_look_alikes_are_the_control():
+    """A generator trained on all of --real and judged on a part of it (evaluate.py's own split) can copy the
+    held-out images: the samples are checked against them, the training images are the control."""
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    held_out = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    fresh = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    held_out_ids = [f"held/{i}" for i in range(10)]
+
+    def check(synthetic):
+        return controlled_copy_check(
+            *(pixel_features(a) for a in (synthetic, real, held_out)), [f"syn/{i}" for i in range(len(synthetic))],
+            [f"real/{i}" for i in range(30)], held_out_ids=held_out_ids,
+            held_out_mirrored=pixel_features(held_out.flip(-1)),
+        )  # fmt: skip
+
+    copied = check(torch.cat([held_out[:6].flip(-1), fresh[:14]]))  # six mirrored copies of held-out images
+    assert copied["n_flagged"] == 0  # not near a training image: the training check alone passes this set
+    found = copied["held_out_copies"]
+    assert found["n_flagged"] == 6 and found["training_control"] == {"n_real_train": 30, "n_flagged": 0}
+    assert sorted(f["held_out_id"] for f in found["flagged"]) == held_out_ids[:6]
+    assert all(f["mirrored"] and f["distance"] == 0 for f in found["flagged"])
+    refused = refusal({"pixels": copied})
+    assert "6 of 20 synthetic samples flagged as copies of the 10 held-out real images" in refused
+    assert "--holdout" in refused
+    assert refusal({"pixels": check(fresh)}) is None and check(fresh)["held_out_copies"]["n_flagged"] == 0
+
+
+def test_a_duplicate_training_photograph_does_not_blind_the_check():
+    """One photograph stored twice would make the 1st percentile of real-to-real distances 0, so that nothing could
+    be flagged; the duplicates are counted and left out of the yardstick."""
+    generator = torch.Generator().manual_seed(1)
+    real = torch.randint(0, 256, (80, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    real[1] = real[0]
+    found = memorisation_report(pixel_features(real[:10].clone()), pixel_features(real))
+    assert found["n_real_train_duplicates"] == 2 and found["threshold"] > 0
+    assert found["n_flagged"] == 10

@@ -51,6 +51,25 @@ def test_overlap_scores_known_answers():
         dice_per_image(a, b[:2])
 
 
+def test_empty_targets_are_scored_apart_from_dice():
+    """Four eyes with atrophy, six without: a segmenter that never predicts atrophy must not outscore one that finds
+    every lesion and adds one stray pixel on each healthy eye (with empty-vs-empty Dice = 1 it did: 0.6 vs 0.4)."""
+    from fundus_diffusion.evaluation.protocol import _means, _per_image_scores
+
+    truth = np.zeros((10, 1, 16, 16), bool)
+    truth[:4, 0] = disc_at(6, 6, 3)
+    stray = truth.copy()
+    stray[4:, 0, 0, 0] = True
+    never = np.zeros_like(truth)
+    found, missed = (_means(_per_image_scores(torch.from_numpy(p), torch.from_numpy(truth), ["atrophy"]))["atrophy"] for p in (stray, never))
+    assert found["dice"] == 1.0 and missed["dice"] == 0.0  # over the four eyes with atrophy
+    assert found["empty_kept_empty"] == 0.0 and missed["empty_kept_empty"] == 1.0  # over the six without
+    annotated = torch.ones(10, 1, dtype=torch.bool)
+    annotated[0] = annotated[9] = False
+    scores = _per_image_scores(torch.from_numpy(stray), torch.from_numpy(truth), ["atrophy"], annotated)["atrophy"]
+    assert np.isnan(scores["dice"][[0, 4, 9]]).all() and np.isnan(scores["empty_kept_empty"][[0, 1, 9]]).all()
+
+
 def test_disc_components_geometry_and_atrophy():
     two = disc_at(4, 4, 2) | disc_at(11, 11, 2)
     assert (
@@ -171,6 +190,9 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     assert len(copies) == 2 and all(m["value"].endswith("of 8") for m in copies)  # pixels, segmenter features
     assert all("held-out real images flagged by the same threshold" in m["notes"] for m in copies)
     assert all(("REFUSED" in m["notes"]) == (report["refused"] is not None) for m in copies)
+    assert not any(str(tmp_path) in m.get("notes", "") for m in card.values())  # cards are pushed: no local paths
+    assert report["holdout_split"].startswith("held out of --real") and "unseen by the generator only if" in report["holdout_split"]
+    assert all(m["held_out_copies"]["n_held_out"] == 3 for m in report["memorisation"].values())
 
 
 def test_image_only_evaluation_and_missing_annotations(tmp_path):
@@ -184,7 +206,9 @@ def test_image_only_evaluation_and_missing_annotations(tmp_path):
     copied = {f["synthetic_id"] for f in pixels["flagged"]}
     assert len(copied) == 5 and all(f["real_id"] == f["synthetic_id"] and f["distance"] == 0 for f in pixels["flagged"])
     paths = write_report(report, figures, str(tmp_path))
-    assert set(open(paths["flagged"]).read().split()) == copied
+    (held_out_copy,) = pixels["held_out_copies"]["flagged"]  # the set is --real itself: its held-out image too
+    assert held_out_copy["synthetic_id"] == held_out_copy["held_out_id"] and held_out_copy["distance"] == 0
+    assert set(open(paths["flagged"]).read().split()) == copied | {held_out_copy["synthetic_id"]}
     assert all(f"flagged `{i}`" in open(paths["markdown"]).read() for i in copied)
     unannotated = dataset.map(lambda row: {"has_atrophy_annotation": False})
     with pytest.raises(ValueError, match="(?s)synthetic set is not annotated everywhere for atrophy.*leave those masks out"):

@@ -14,7 +14,8 @@ from torch.nn import functional as F
 from fundus_diffusion.data import load_phantom_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate
 from fundus_diffusion.evaluation.realism import TEST_NAME, RealismRecipe, realism_test, stratified_folds
-from fundus_diffusion.evaluation.splits import source_of
+from fundus_diffusion.evaluation.report import render_markdown
+from fundus_diffusion.evaluation.splits import ORIGIN_MIN_IMAGES, holdout_ids, origins
 
 EVALUATE = runpy.run_path(str(REPO_ROOT / "scripts" / "evaluate.py"))
 TINY = ["--seeds", "1", "--segmenter_steps", "2", "--realism_steps", "2", "--realism_folds", "2", "--device", "cpu"]
@@ -103,6 +104,9 @@ def test_resolution_flag_is_a_labelled_comparison_and_mixed_sizes_are_refused(tm
     report, _ = evaluate(real, load_phantom_dataset(8, size=32, seed=100), config=config)
     assert report["config"]["resolution"] == 16 and report["resolution"]["native"] == 32
     assert "a comparison" in report["resolution"]["how"]
+    assert "## 1. Downstream utility (a comparison, not the native-resolution headline: 16 px)" in render_markdown(report, [])
+    with pytest.raises(ValueError, match="1 real training and 1 held-out images .* at least two training images"):
+        evaluate(real.select(range(2)), real, config=config)
     mixed = concatenate_datasets([load_phantom_dataset(4, size=32, seed=1), load_phantom_dataset(4, size=48, seed=2)])
     with pytest.raises(ValueError, match="several sizes.*--resolution"):
         evaluate(real, mixed, config=EvaluationConfig(device="cpu"))
@@ -111,7 +115,16 @@ def test_resolution_flag_is_a_labelled_comparison_and_mixed_sizes_are_refused(tm
         evaluate(real, wide, config=EvaluationConfig(device="cpu"))
 
 
-def test_source_of_uses_the_file_name_prefix_else_the_source_column():
-    assert source_of("folder:fundus-od/drishti_012", "folder:fundus-od") == "drishti"
-    assert source_of("phantom/train/000003", "phantom") == "phantom"
-    assert np.array_equal(np.unique([source_of(f"x/{p}_1", "x") for p in "ab"]), ["a", "b"])
+def test_origins_are_shared_file_name_prefixes_else_the_source_column():
+    ids = [f"folder:fundus-od/drishti_{i:03d}" for i in range(ORIGIN_MIN_IMAGES)] + ["phantom/train/000003", "x/ab_1"]
+    found = origins(ids, ["folder:fundus-od"] * ORIGIN_MIN_IMAGES + ["phantom", "x"])
+    assert found == ["drishti"] * ORIGIN_MIN_IMAGES + ["phantom", "x"]  # "ab" is one image's prefix, not an origin
+
+
+def test_per_patient_prefixes_neither_make_strata_nor_split_patients():
+    """``12_left`` / ``12_right``: a prefix per patient. Used as strata, every patient would give one eye to each
+    side and 20 % would become 50 %."""
+    ids = [f"folder:odir/{k}_{side}" for k in range(50) for side in ("left", "right")]
+    strata = origins(ids, ["folder:odir"] * len(ids))
+    assert set(strata) == {"folder:odir"}
+    assert len(holdout_ids(ids, strata, 0.2)) == 20

@@ -175,13 +175,15 @@ def test_sampling_throughput_quick_prints_a_table(tmp_path, capsys):
     benchmark["main"](args)
     printed = capsys.readouterr().out
     assert "| mode | dtype | batch | images/s |" in printed and "| eager | fp32 |" in printed
-    assert "| samples drawn | host RSS MiB | s |" in printed and "pairs/s" in printed
+    assert "| samples drawn | host RSS MiB | anonymous MiB | s |" in printed and "pairs/s" in printed
     saved = json.loads(output.read_text())
     assert {row["mode"] for row in saved["throughput"]} == {"eager"} and all(r["images_per_s"] > 0 for r in saved["throughput"])
     stream = saved["stream"]
-    assert [r["samples"] for r in stream["rss_after_shard"]] == [16, 32, 48]  # 64 pairs in shards of 16
-    assert stream["peak_rss_mib"] >= max(r["rss_mib"] for r in stream["rss_after_shard"]) > 0
-    assert stream["pairs_per_s"] > 0 and [r["seconds"] for r in stream["rss_after_shard"]] == sorted(r["seconds"] for r in stream["rss_after_shard"])
+    assert [r["samples"] for r in stream["memory_after_shard"]] == [16, 32, 48]  # 64 pairs in shards of 16
+    peak = stream["memory_peak"]
+    assert peak["rss_mib"] >= max(r["rss_mib"] for r in stream["memory_after_shard"]) > 0
+    assert peak["anonymous_mib"] >= max(r["anonymous_mib"] for r in stream["memory_after_shard"]) > 0  # Linux
+    assert stream["pairs_per_s"] > 0 and [r["seconds"] for r in stream["memory_after_shard"]] == sorted(r["seconds"] for r in stream["memory_after_shard"])
 
 
 def test_timestep_spacing_moves_the_last_step_to_zero_and_is_recorded_and_regenerated(ddpm_1000, tmp_path):

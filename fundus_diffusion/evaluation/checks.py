@@ -20,14 +20,16 @@ def warn(message: str) -> None:
 
 
 def warn_if_upscaled(dataset, resolution: int, what: str) -> None:
-    """Images smaller than --resolution are scaled up: say so, since it blurs what the segmenter sees."""
-    if len(dataset) == 0:
-        return
-    width, height = dataset[0]["image"].size
-    if min(width, height) < resolution:
+    """Images smaller than the evaluation's resolution are scaled up: say so (the smallest), since it blurs what the
+    segmenter and the realism judge see."""
+    sizes = [image.size for image in dataset["image"]]
+    small = [size for size in sizes if min(size) < resolution]
+    if small:
+        width, height = min(small, key=min)
         warn(
-            f"{what} images are {width}x{height}, smaller than --resolution {resolution}: they are scaled up. Pass "
-            f"--resolution {max(8, min(width, height) // 8 * 8)} to evaluate at their size."
+            f"{len(small)} of {len(sizes)} of {what} images are smaller than the evaluation's {resolution} px (the "
+            f"smallest {width}x{height}): they are scaled up, which blurs them. Pass --resolution "
+            f"{max(8, min(width, height) // 8 * 8)} to evaluate at their size."
         )
 
 def native_resolution(dataset, what: str = "synthetic") -> int:

@@ -17,6 +17,16 @@ same way as the synthetic samples (the *control*), and a synthetic set is refuse
 samples are flagged more often than the control (one-sided Fisher exact test, p < ``REFUSE_P``). Not "any sample
 flagged": at small N the threshold is about the smallest of N real-to-real distances, and on palm-224 it flags up to
 7 of 80 held-out images as copies of 20 training images, so a faultless generator would be refused as well.
+
+The held-out images are unseen only if the generator was trained without them, which an evaluation cannot know (a
+generator trained on all of ``--real``, split afterwards by ``evaluate.py``, has seen them; its copies of them would
+lift every Dice measured on them). So the samples are also checked against the held-out images, with the training
+images checked the same way as the control, and a set that copies held-out images more often than the training images
+resemble them is refused by the same test.
+
+Exact duplicates within the training images (a photograph stored twice) are left out of the real-to-real yardstick
+and counted: one duplicate pair among a hundred images would otherwise set the threshold to 0, and nothing could be
+flagged.
 """
 
 from typing import Callable, Dict, List, Optional, Sequence
@@ -29,6 +39,7 @@ from torch.nn import functional as F
 COPY_PERCENTILE = 1.0
 PIXEL_SPACE = "downsampled pixels (32x32 RGB in [0, 1], L2)"  # the name of ``pixel_features``'s space in reports
 REFUSE_P = 0.01  # refuse when samples are flagged more often than the held-out control at this significance
+DUPLICATE_DISTANCE = 1e-6  # real-to-real nearest distances at most this are duplicates, not the yardstick
 
 
 def pixel_features(arrays: torch.Tensor, size: int = 32) -> torch.Tensor:
@@ -77,16 +88,21 @@ def memorisation_report(
     the neighbour's mirror image was the nearer.
     """
     if len(real_train) < 2:
-        raise ValueError("The memorisation check needs at least two real training images.")
+        raise ValueError(
+            f"The copy check compares each real training image with its nearest other one, and there are "
+            f"{len(real_train)}. Fix: evaluate against a real training set of at least two images (--real)."
+        )
     real_to_real, _, _ = nearest_training_neighbours(real_train, real_train, real_train_mirrored, exclude_self=True)
     syn_to_real, neighbour, mirrored = nearest_training_neighbours(synthetic, real_train, real_train_mirrored)
-    threshold = float(np.percentile(real_to_real, percentile))
+    distinct = real_to_real[real_to_real > DUPLICATE_DISTANCE]
+    threshold = float(np.percentile(distinct, percentile)) if len(distinct) else 0.0
     flagged = syn_to_real < threshold
     return {
         "threshold": threshold,
         "percentile": percentile,
         "n_synthetic": int(len(syn_to_real)),
         "n_real_train": int(len(real_train)),
+        "n_real_train_duplicates": int(len(real_to_real) - len(distinct)),
         "n_flagged": int(flagged.sum()),
         "share_flagged": float(flagged.mean()),
         "median_synthetic_to_real": float(np.median(syn_to_real)),
@@ -120,14 +136,18 @@ def controlled_copy_check(
     synthetic_ids: Sequence[str],
     real_ids: Sequence[str],
     real_train_mirrored: Optional[torch.Tensor] = None,
+    held_out_ids: Optional[Sequence[str]] = None,
+    held_out_mirrored: Optional[torch.Tensor] = None,
 ) -> Dict:
     """The copy check in one feature space with its control, as a JSON-able report section.
 
     ``synthetic``, ``real_train`` and ``held_out`` are ``[N, D]`` features of the synthetic samples, the generator's
     training images and held-out real images; ``real_train_mirrored`` those of the training images flipped left-right
-    (row ``i`` the mirror of image ``i``), so that a mirrored copy is caught too. Returns ``memorisation_report``'s statistics without the per-sample
-    arrays, ``flagged`` (each flagged sample and its nearest training image, by id), ``held_out_control`` (how many
-    held-out images the same threshold flags) and ``p_above_control`` (``copy_excess_p``).
+    (row ``i`` the mirror of image ``i``), so that a mirrored copy is caught too. Returns ``memorisation_report``'s
+    statistics without the per-sample arrays, ``flagged`` (each flagged sample and its nearest training image, by id),
+    ``held_out_control`` (how many held-out images the same threshold flags) and ``p_above_control``
+    (``copy_excess_p``). With ``held_out_ids`` also ``held_out_copies``: the samples closer to a held-out image (or
+    its mirror, ``held_out_mirrored``) than the same threshold, against the training images checked the same way.
     """
     found, control = (
         memorisation_report(features, real_train, real_train_mirrored=real_train_mirrored) for features in (synthetic, held_out)
@@ -140,7 +160,29 @@ def controlled_copy_check(
         "share_flagged": control["share_flagged"],
     }
     section["p_above_control"] = copy_excess_p(section)
+    if held_out_ids is not None:
+        section["held_out_copies"] = _held_out_copies(
+            synthetic, real_train, held_out, held_out_mirrored, found["threshold"], synthetic_ids, held_out_ids
+        )  # fmt: skip
     return section
+
+
+def _held_out_copies(synthetic, real_train, held_out, held_out_mirrored, threshold, synthetic_ids, held_out_ids) -> Dict:
+    """The samples closer than ``threshold`` to a held-out image (or its mirror), and as control how many training
+    images are (a generator that never saw the held-out images has no reason to come closer to them than its
+    training images do)."""
+    distances, neighbours, mirrored = nearest_training_neighbours(synthetic, held_out, held_out_mirrored)
+    control, _, _ = nearest_training_neighbours(real_train, held_out, held_out_mirrored)
+    found = {"threshold": threshold, "distances": distances, "neighbours": neighbours, "mirrored": mirrored}
+    flagged = [{**f, "held_out_id": f.pop("real_id")} for f in _flagged(found, synthetic_ids, held_out_ids)]
+    n_control = int((control < threshold).sum())
+    return {
+        "n_held_out": int(len(held_out)),
+        "n_flagged": len(flagged),
+        "flagged": flagged,
+        "training_control": {"n_real_train": int(len(real_train)), "n_flagged": n_control},
+        "p_above_control": _excess_p(len(flagged), len(synthetic), n_control, len(real_train)),
+    }
 
 
 def copy_checks(
@@ -148,14 +190,17 @@ def copy_checks(
     arrays: Dict[str, torch.Tensor],
     synthetic_ids: Sequence[str],
     real_ids: Sequence[str],
+    held_out_ids: Sequence[str],
 ) -> Dict[str, Dict]:
     """``controlled_copy_check`` in each feature space (``{name: images -> [N, D] features}``) of ``arrays``'
-    ``"synthetic"``, ``"real"`` (the generator's training images, compared with their mirror images too) and
-    ``"holdout"`` images: the report section every evaluation writes."""
+    ``"synthetic"``, ``"real"`` (the generator's training images) and ``"holdout"`` images, each compared with their
+    mirror images too, held-out copies included: the report section every evaluation writes."""
     return {
         space: controlled_copy_check(
             *(features(arrays[name]) for name in ("synthetic", "real", "holdout")), synthetic_ids, real_ids,
             real_train_mirrored=features(arrays["real"].flip(-1)),
+            held_out_ids=held_out_ids,
+            held_out_mirrored=features(arrays["holdout"].flip(-1)),
         )
         for space, features in spaces.items()
     }
@@ -165,18 +210,22 @@ def copy_excess_p(space: Dict) -> float:
     """One-sided Fisher exact p-value that the synthetic samples of one feature space (a ``controlled_copy_check``
     section) are flagged more often than the held-out control; 1.0 when none is flagged."""
     control = space["held_out_control"]
-    if space["n_flagged"] == 0:
+    return _excess_p(space["n_flagged"], space["n_synthetic"], control["n_flagged"], control["n_held_out"])
+
+
+def _excess_p(flagged: int, n: int, control_flagged: int, control_n: int) -> float:
+    """One-sided Fisher exact p-value that ``flagged`` of ``n`` is a higher rate than ``control_flagged`` of
+    ``control_n``; 1.0 when none is flagged."""
+    if flagged == 0:
         return 1.0
-    table = [
-        [space["n_flagged"], space["n_synthetic"] - space["n_flagged"]],
-        [control["n_flagged"], control["n_held_out"] - control["n_flagged"]],
-    ]
+    table = [[flagged, n - flagged], [control_flagged, control_n - control_flagged]]
     return float(fisher_exact(table, alternative="greater")[1])
 
 
 def refusal(memorisation: Dict[str, Dict]) -> Optional[str]:
     """Why a synthetic set is refused, or None: in some feature space (``{space: controlled_copy_check section}``)
-    its samples are flagged as copies more often than the held-out real images, at one-sided Fisher p < ``REFUSE_P``.
+    its samples are flagged as copies more often than the held-out real images, or as copies of held-out images more
+    often than the training images are, at one-sided Fisher p < ``REFUSE_P``.
 
     Copies of training images lie far below the threshold and outnumber the control's chance flags; chance flags at
     the control's rate, or a few flags against a small control, are not evidence of copying. The string starts with
@@ -190,5 +239,15 @@ def refusal(memorisation: Dict[str, Dict]) -> Optional[str]:
                 f"{m['n_flagged']} of {m['n_synthetic']} synthetic samples flagged as copies of the generator's "
                 f"{m['n_real_train']} training images in {space}, against {control['n_flagged']} of "
                 f"{control['n_held_out']} held-out real images (one-sided Fisher p = {p:.2g})"
+            )
+        held_out = m.get("held_out_copies")
+        if held_out and held_out["p_above_control"] < REFUSE_P:
+            training = held_out["training_control"]
+            reasons.append(
+                f"{held_out['n_flagged']} of {m['n_synthetic']} synthetic samples flagged as copies of the "
+                f"{held_out['n_held_out']} held-out real images in {space}, against {training['n_flagged']} of "
+                f"{training['n_real_train']} training images (one-sided Fisher p = {held_out['p_above_control']:.2g}): "
+                "the generator has seen the images it is judged on. Fix: train it on the training part only "
+                "(scripts/split_dataset.py writes both parts) and pass the other part as --holdout"
             )
     return "REFUSED: " + "; ".join(reasons) + "." if reasons else None

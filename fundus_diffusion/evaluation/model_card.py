@@ -8,7 +8,7 @@ from ..hub import add_model_card_metrics
 from ..model_cards import portable_name
 from ..pipelines.loading import read_model_index
 from .checks import warn
-from .memorisation import REFUSE_P
+from .memorisation import refusal
 from .metrics import format_mean_std, format_value
 from .protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
 from .realism import TEST_NAME, judge_of
@@ -21,7 +21,7 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
     counts, config = report["counts"], report["config"]
     where = (
         f"{counts['synthetic']} synthetic vs {counts['real_train']} real training / {counts['holdout']} held-out "
-        f"real images ({', '.join(filter(None, [config['inputs'].get('real'), config['inputs'].get('holdout')]))}), "
+        f"real images ({', '.join(portable_name(config['inputs'][k]) for k in ('real', 'holdout') if config['inputs'].get(k))}), "
         f"{config['resolution']} px"
     )
     metrics = []
@@ -108,7 +108,7 @@ def control_note(found: Dict) -> str:
     control = found.get("held_out_control")
     if not control:
         return ""
-    verdict = "REFUSED: more copies than chance" if found["p_above_control"] < REFUSE_P else "not refused"
+    verdict = "REFUSED: more copies than chance" if refusal({"": found}) else "not refused"
     return (
         f"; held-out real images flagged by the same threshold: {control['n_flagged']} of {control['n_held_out']} "
         f"(one-sided Fisher p = {found['p_above_control']:.3g}, {verdict})"

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..data.schema import LABEL_NAMES
 from .arrays import dataset_arrays
 from .augment import apply_augmentation
+from .checks import native_resolution
 from .realism import RealismRecipe, realism_test
 from .recipe import Recipe, fit, plan_batches, seeded_generator
 from .splits import split_by_id
@@ -171,17 +172,20 @@ def label_agreement(predicted: Sequence[int], intended: Sequence[int]) -> Dict[s
 
 
 def judge_class_conditional(
-    real, synthetic, resolution: int = 128, recipe: ClassifierRecipe = ClassifierRecipe(), test_fraction: float = 0.2,
-    device="cpu", realism: Optional[RealismRecipe] = None,
+    real, synthetic, resolution: Optional[int] = None, recipe: ClassifierRecipe = ClassifierRecipe(),
+    test_fraction: float = 0.2, device="cpu", realism: Optional[RealismRecipe] = None, split_seed: int = 0,
 ) -> Dict:
-    """Train the classifier on most of ``real`` (split by id, stratified by label), score it on the held-out rest,
-    then report how often each ``synthetic`` sample is classified as the label it was generated for, beside the
-    ``realism_guard`` and, given a ``realism`` recipe, the classifier two-sample test (``realism.realism_test``)."""
+    """Train the classifier on most of ``real`` (split by id with ``split_seed``, stratified by label; the recipe's
+    seed changes the classifier only, never which images it is scored on), score it on the held-out rest, then report
+    how often each ``synthetic`` sample is classified as the label it was generated for, beside the ``realism_guard``
+    and, given a ``realism`` recipe, the classifier two-sample test (``realism.realism_test``). Judged at
+    ``resolution``, default the synthetic images' native one."""
     real = real.filter(lambda label: label >= 0, input_columns="label")
     synthetic = synthetic.filter(lambda label: label >= 0, input_columns="label")
     if len(synthetic) == 0:
         raise ValueError("The synthetic dataset has no PM / non-PM labels: generate it with --labels PM=N,non-PM=M.")
-    train, test = split_by_id(real, test_fraction, recipe.seed, stratify_column="label")
+    resolution = resolution or native_resolution(synthetic)
+    train, test = split_by_id(real, test_fraction, split_seed, stratify_column="label")
 
     def as_float(dataset, desc):
         return dataset_arrays(dataset, resolution, (), desc).float().div_(127.5).sub_(1.0)
@@ -192,6 +196,7 @@ def judge_class_conditional(
     outputs = {name: classify(model, batch) for name, batch in images.items()}
     report = {
         "resolution": resolution,
+        "split_seed": split_seed,
         "recipe": vars(recipe),
         "n_real_train": len(train),
         "real_held_out_accuracy": label_agreement(outputs["real held-out"]["logits"].argmax(1), list(test["label"])),

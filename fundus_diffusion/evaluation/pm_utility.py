@@ -78,7 +78,7 @@ def _as_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
-def _memorisation(arrays: Dict[str, torch.Tensor], real_model, synthetic_ids, real_ids, resolution: int) -> Dict:
+def _memorisation(arrays: Dict[str, torch.Tensor], real_model, synthetic_ids, real_ids, holdout_ids, resolution: int) -> Dict:
     """The copy check of the synthetic images against the real training images, with its held-out control
     (``memorisation.controlled_copy_check``), in downsampled pixels and in the real-trained classifier's stage
     features (seed 0); against the training images and their mirror images (the generators train on both)."""
@@ -88,7 +88,7 @@ def _memorisation(arrays: Dict[str, torch.Tensor], real_model, synthetic_ids, re
             real_model, _as_float(images)
         )["features"],
     }
-    return copy_checks(spaces, arrays, synthetic_ids, real_ids)
+    return copy_checks(spaces, arrays, synthetic_ids, real_ids, holdout_ids)
 
 
 def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConfig] = None) -> Dict:
@@ -135,7 +135,7 @@ def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConf
     per_seed = {}
     per_seed["real"], real_model = scores_of("real")
     memorisation = _memorisation(
-        arrays, real_model, list(sets["synthetic"]["id"]), list(sets["real"]["id"]), resolution
+        arrays, real_model, list(sets["synthetic"]["id"]), list(sets["real"]["id"]), list(sets["holdout"]["id"]), resolution
     )
     refused = refusal(memorisation)
     if refused:

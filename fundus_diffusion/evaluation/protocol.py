@@ -31,7 +31,7 @@ from .metrics import cup_to_disc_ratios, dice_per_image, disc_geometry, iou_per_
 from .realism import RealismRecipe, disc_region_test, realism_test
 from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
 from .spectrum import ratio_figure, spectrum_section
-from .splits import holdout_ids, read_split_file, source_of, split_by_ids, write_split_file
+from .splits import holdout_ids, origins, read_split_file, split_by_ids, write_split_file
 
 TRAINING_SETS = ("real", "synthetic", "real+synthetic")
 # Optional rows (--equal_real_passes): real + synthetic trained for steps x (real + synthetic) / real, so each real
@@ -87,31 +87,52 @@ def resolve_split(real, holdout, config: EvaluationConfig) -> Tuple[object, obje
         overlap = set(real["id"]) & set(holdout["id"])
         if overlap:
             raise ValueError(
-                f"{len(overlap)} held-out id(s) are also in the real training set, e.g. {sorted(overlap)[:3]}."
+                f"{len(overlap)} held-out id(s) are also in the real training set, e.g. {sorted(overlap)[:3]}. Fix: "
+                "pass the two parts of one split (scripts/split_dataset.py writes train/ and test/) as --real and --holdout."
             )
         return real, holdout, "given held-out dataset"
+    unseen_if = "; unseen by the generator only if it was trained without them (section 4 checks for copies of them)"
     if config.split_file and os.path.exists(config.split_file):
-        return (*split_by_ids(real, read_split_file(config.split_file)), f"ids from {config.split_file}")
-    # Stratified by origin (source_of: a file name's prefix, else the source column), so every origin the per-source
+        try:
+            parts = split_by_ids(real, read_split_file(config.split_file))
+        except ValueError as error:
+            raise ValueError(
+                f"--split_file {config.split_file}: {error} It was written for another dataset. Fix: pass that "
+                "dataset as --real, or a new --split_file path (written with a fresh split)."
+            ) from error
+        return (*parts, f"ids from {config.split_file}, held out of --real{unseen_if}")
+    # Stratified by origin (a file name's shared prefix, else the source column), so every origin the per-source
     # breakdown reports is held out in proportion.
-    strata = [source_of(i, s) for i, s in zip(real["id"], real["source"])]
+    strata = origins(list(real["id"]), list(real["source"]))
     ids = holdout_ids(list(real["id"]), strata, config.holdout_fraction, config.split_seed)
     if config.split_file:
         write_split_file(config.split_file, ids)
-    how = f"holdout_ids(test_fraction={config.holdout_fraction}, seed={config.split_seed}, stratified by source_of)"
+    how = (
+        f"held out of --real by holdout_ids(test_fraction={config.holdout_fraction}, seed={config.split_seed}, "
+        f"stratified by origin){unseen_if}"
+    )
     return (*split_by_ids(real, ids), how)
 
 def _per_image_scores(
     pred: torch.Tensor, target: torch.Tensor, mask_names: Sequence[str], annotated: Optional[torch.Tensor] = None
 ) -> Dict[str, Dict[str, np.ndarray]]:
-    """Per-image Dice and IoU per mask for ``[N, M, H, W]`` predictions and targets (on any device); NaN for the
-    images ``annotated`` (``bool [N, M]``, None: all) marks as not annotated for that mask."""
+    """Per-image scores per mask for ``[N, M, H, W]`` predictions and targets (on any device): Dice and IoU on the
+    images whose target holds the structure, and ``empty_kept_empty`` (1 where the prediction is empty too, else 0)
+    on the images whose target is empty; NaN elsewhere, and for the images ``annotated`` (``bool [N, M]``, None: all)
+    marks as not annotated for that mask.
+
+    An empty target and an empty prediction would make Dice 1: averaged with the rest, a segmenter that never finds
+    atrophy would outscore one that finds every lesion and adds a stray pixel on each healthy eye. So the two are
+    scored apart."""
     pred, target = pred.cpu().numpy(), target.cpu().numpy()
     scored = np.ones(target.shape[:2], dtype=bool) if annotated is None else annotated.cpu().numpy()
+    present = target.reshape(*target.shape[:2], -1).any(-1)
+    predicted = pred.reshape(*pred.shape[:2], -1).any(-1)
     return {
         name: {
-            "dice": np.where(scored[:, m], dice_per_image(pred[:, m], target[:, m]), np.nan),
-            "iou": np.where(scored[:, m], iou_per_image(pred[:, m], target[:, m]), np.nan),
+            "dice": np.where(scored[:, m] & present[:, m], dice_per_image(pred[:, m], target[:, m]), np.nan),
+            "iou": np.where(scored[:, m] & present[:, m], iou_per_image(pred[:, m], target[:, m]), np.nan),
+            "empty_kept_empty": np.where(scored[:, m] & ~present[:, m], (~predicted[:, m]).astype(float), np.nan),
         }
         for m, name in enumerate(mask_names)
     }
@@ -201,6 +222,10 @@ def _downstream(arrays, annotated, mask_names, config: EvaluationConfig, device,
         "steps": steps,
         "n_holdout": len(arrays["holdout"]),
         "n_holdout_annotated": {m: int(annotated["holdout"][:, i].sum()) for i, m in enumerate(mask_names)},
+        "n_holdout_empty": {  # annotated, and without the structure: scored by empty_kept_empty, not Dice
+            m: int((annotated["holdout"][:, i].cpu() & ~arrays["holdout"][:, 3 + i].flatten(1).any(1).cpu()).sum())
+            for i, m in enumerate(mask_names)
+        },
         "n_train_annotated": {
             name: {m: int(flags[name][:, i].sum()) for i, m in enumerate(mask_names)} for name in train_sets
         },
@@ -231,9 +256,19 @@ def _worst_holdout(per_image, models, arrays, holdout_ids, holdout_sources, mask
         tiles += [image, image, image]
         masks += [{}, prediction, truth]
         captions += [f"{holdout_ids[i].split('/')[-1]} Dice {dice[i]:.2f}", "prediction", "truth"]
-    sheet = contact_sheet(tiles, masks, captions, columns=3, tile=max(128, min(resolution, 256)))
-    title = f"{len(order)} worst held-out, synthetic-trained (seed 0), {mask} Dice, {resolution} px"
+    sheet = contact_sheet(tiles, masks, captions, columns=3, tile=sheet_tile(resolution))
+    title = f"{len(order)} worst held-out, synthetic-trained (seed 0), {mask} Dice, {at_resolution(resolution)}"
     return section, titled(sheet, title, outlines=mask_names)
+
+def sheet_tile(resolution: int) -> int:
+    """The tile size of a contact sheet of images judged at ``resolution``: their own size, but at least 128 px (to
+    be seen) and at most 256 px (a sheet of 36 stays a picture, not a poster)."""
+    return max(128, min(resolution, 256))
+
+def at_resolution(resolution: int) -> str:
+    """"256 px", or where a sheet shows the images at another size, both."""
+    shown = sheet_tile(resolution)
+    return f"{resolution} px" if shown == resolution else f"{resolution} px, shown at {shown} px"
 
 def _mask_figures(report: Dict, arrays, annotated, mask_names) -> Dict[str, Image.Image]:
     """Dice bars per mask and training set, and, with a disc mask, the disc geometry of the synthetic masks against
@@ -244,10 +279,11 @@ def _mask_figures(report: Dict, arrays, annotated, mask_names) -> Dict[str, Imag
         for mask in mask_names
     }
     seeds, resolution = report["config"]["seeds"], report["config"]["resolution"]
-    n_holdout = report["downstream"]["n_holdout"]
+    counts = sorted(set(report["downstream"]["n_holdout_annotated"].values()))  # the masks may differ (cup)
+    n_holdout = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     figures = {
         "dice_bars": bar_chart(
-            f"Dice at {resolution} px on {n_holdout} held-out real images (mean +- std, {seeds} seeds)",
+            f"Dice at {resolution} px on {n_holdout} annotated held-out real images (mean +- std, {seeds} seeds)",
             dice,
             x_label="mask",
             y_label="Dice",
@@ -272,7 +308,7 @@ def _mask_figures(report: Dict, arrays, annotated, mask_names) -> Dict[str, Imag
             figures["cup_to_disc"] = histograms({f"vertical cup-to-disc ratio, {resolution} px": ratios})
     return figures
 
-def _memorisation(arrays, real_models, synthetic_ids, real_ids, resolution: int) -> Dict:
+def _memorisation(arrays, real_models, synthetic_ids, real_ids, holdout_ids, resolution: int) -> Dict:
     """Section 4: the copy check with its held-out control (``memorisation.controlled_copy_check``) in downsampled
     pixels and, where a real-trained segmenter exists, in its encoder features; against the training images and their
     mirror images (the DDPM trains on both)."""
@@ -280,7 +316,7 @@ def _memorisation(arrays, real_models, synthetic_ids, real_ids, resolution: int)
     if real_models:
         name = f"real-trained segmenter encoder, global-average-pooled bottleneck (seed 0, {resolution} px, L2)"
         spaces[name] = partial(encode_images, real_models[0])
-    return copy_checks(spaces, arrays, synthetic_ids, real_ids)
+    return copy_checks(spaces, arrays, synthetic_ids, real_ids, holdout_ids)
 
 def _closest_pairs(threshold: float, arrays, synthetic_ids, real_ids, num_pairs: int):
     """The synthetic samples nearest to a real training image or its mirror image (pixel space), listed and drawn side
@@ -301,7 +337,7 @@ def _closest_pairs(threshold: float, arrays, synthetic_ids, real_ids, num_pairs:
         listed.append(
             {"synthetic_id": synthetic_ids[int(i)], "real_id": real_ids[j], "pixel_distance": distance, "mirrored": flipped}
         )
-    return listed, contact_sheet(pairs, captions=captions, columns=4)
+    return listed, contact_sheet(pairs, captions=captions, columns=4, tile=sheet_tile(arrays["synthetic"].shape[-1]))
 
 def _resolution(config: EvaluationConfig, synthetic) -> Tuple[int, Dict]:
     """The evaluation resolution (``config.resolution``, else the synthetic set's native one) and how it was chosen."""
@@ -338,6 +374,12 @@ def evaluate(
             raise ValueError(f"--{name}{where} holds no samples: nothing to evaluate. Fix: {fix}.")
     resolution, resolution_info = _resolution(config, synthetic)
     real_train, holdout, split_how = resolve_split(real, holdout, config)
+    if len(holdout) < 1 or len(real_train) < 2:
+        raise ValueError(
+            f"{len(real_train)} real training and {len(holdout)} held-out images ({split_how}): the protocol needs at "
+            "least two training images (the copy check compares each with its nearest other one) and one held-out "
+            "image. Fix: pass a larger --real, or a --holdout set beside it."
+        )
     annotated = annotation_flags_of({"real": real_train, "holdout": holdout, "synthetic": synthetic}, mask_names)
     arrays = {
         "real": dataset_arrays(real_train, resolution, mask_names, "real training set"),
@@ -346,7 +388,8 @@ def evaluate(
     }
     on_device = {name: a.to(device) for name, a in arrays.items()}  # moved once; every network trains from these
     holdout_ids = list(holdout["id"])
-    holdout_sources = [source_of(i, s) for i, s in zip(holdout_ids, holdout["source"])]
+    everyone = origins([*real_train["id"], *holdout_ids], [*real_train["source"], *holdout["source"]])
+    holdout_sources = everyone[len(real_train) :]  # prefixes counted over all real images, as the split counted them
     report = {
         "config": {**asdict(config), "resolution": resolution, "masks": list(mask_names), "device": device},
         "resolution": resolution_info,
@@ -358,8 +401,8 @@ def evaluate(
     grid = [to_pil(a, mask_names) for a in arrays["synthetic"][: config.grid_samples]]
     figures = {
         "sample_grid": titled(
-            contact_sheet([g[0] for g in grid], [g[1] for g in grid]),
-            f"{len(grid)} synthetic samples at {resolution} px with their masks",
+            contact_sheet([g[0] for g in grid], [g[1] for g in grid], tile=sheet_tile(resolution)),
+            f"{len(grid)} synthetic samples at {at_resolution(resolution)} with their masks",
             outlines=mask_names,
         )
     }
@@ -393,7 +436,7 @@ def evaluate(
             report[section] = {"computed": False, "reason": "evaluated with --masks none (image-only)"}
 
     synthetic_ids, real_ids = list(synthetic["id"]), list(real_train["id"])
-    report["memorisation"] = _memorisation(arrays, real_models, synthetic_ids, real_ids, resolution)
+    report["memorisation"] = _memorisation(arrays, real_models, synthetic_ids, real_ids, holdout_ids, resolution)
     refused = refusal(report["memorisation"])
     report["refused"] = None if refused is None else (
         f"{refused} The segmenters trained on this set are reported for inspection only: a score earned by copies "
@@ -402,7 +445,7 @@ def evaluate(
     report["memorisation_closest_pairs"], pairs = _closest_pairs(
         report["memorisation"][PIXEL_SPACE]["threshold"], arrays, synthetic_ids, real_ids, config.num_pairs
     )
-    figures["nearest_pairs"] = titled(pairs, f"synthetic samples nearest to a real training image, {resolution} px")
+    figures["nearest_pairs"] = titled(pairs, f"synthetic samples nearest to a real training image, {at_resolution(resolution)}")
     recipe = RealismRecipe(steps=config.realism_steps, folds=config.realism_folds, invariance=config.realism_invariance)
     all_real = torch.cat([on_device["real"][:, :3], on_device["holdout"][:, :3]])
     report["realism"] = realism_test(all_real, on_device["synthetic"][:, :3], recipe, device)

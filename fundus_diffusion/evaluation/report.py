@@ -39,6 +39,28 @@ FIGURE_CAPTIONS = {
 }
 
 
+def _empty_lines(downstream: Dict, masks: Sequence[str]) -> List[str]:
+    """For each mask some held-out images are annotated as without (atrophy on a healthy eye): Dice and IoU above
+    leave those out, and the share predicted empty scores them."""
+    lines = []
+    for m in masks:
+        n = downstream.get("n_holdout_empty", {}).get(m, 0)
+        if n:
+            kept = ", ".join(f"{name} {format_mean_std(r[m]['empty_kept_empty'])}" for name, r in downstream["results"].items())
+            lines.append(
+                f"- {m}: {n} held-out images have none (annotated as empty); Dice and IoU above are over the others. "
+                f"Share of those {n} a segmenter predicts empty: {kept}."
+            )
+    return [""] + lines if lines else []
+
+
+def _headline(report: Dict) -> str:
+    """"headline, " where the report judges at the synthetic set's native resolution (or predates the record)."""
+    resolution = report.get("resolution", {})
+    native = resolution.get("native", resolution.get("px"))
+    return "headline, " if native == resolution.get("px") else "a comparison, not the native-resolution headline: "
+
+
 def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
     """The human-readable report: one section per protocol item, with sample counts."""
     counts, cfg = report["counts"], report["config"]
@@ -54,7 +76,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
         "",
         f"> {PRIVACY_NOTE}",
         "",
-        f"## 1. Downstream utility (headline, {px})",
+        f"## 1. Downstream utility ({_headline(report)}{px})",
         "",
     ]
     downstream = report["downstream"]
@@ -74,6 +96,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
             steps = downstream.get("steps", {}).get(name, recipe["steps"])
             label = name if steps == recipe["steps"] else f"{name} ({steps} steps)"
             lines.append(f"| {label} | {downstream['n_train'][name]} | " + " | ".join(cells) + " |")
+        lines += _empty_lines(downstream, cfg["masks"])
         lines += _per_source_lines(downstream, cfg["masks"], px) + _worst_lines(downstream, px)
         agreement = report["agreement"]
         lines += [
@@ -192,6 +215,16 @@ def refusal_banner(refused: Optional[str]) -> List[str]:
     """The lines that open a report.md whose synthetic set is refused (``memorisation.refusal``); none otherwise."""
     return ["> " + "!" * 60, f"> **{refused}**", "> " + "!" * 60, ""] if refused else []
 
+def duplicates_note(n: int) -> str:
+    """Where the training images hold exact duplicates, that they were left out of the threshold's yardstick."""
+    if not n:
+        return ""
+    return (
+        f" {n} training image(s) have an exact duplicate among the training images; those zero distances are left "
+        "out of the real→real distances the threshold is taken from."
+    )
+
+
 def memorisation_lines(memorisation: Dict[str, Dict], refused: Optional[str]) -> List[str]:
     """The copy check of each feature space (``memorisation.controlled_copy_check``) beside its held-out control,
     the flagged samples, and the verdict of ``memorisation.refusal``: one wording for evaluate.py and evaluate_pm.py."""
@@ -202,21 +235,37 @@ def memorisation_lines(memorisation: Dict[str, Dict], refused: Optional[str]) ->
             f"- {space}: {m['n_flagged']} of {m['n_synthetic']} samples ({format_value(m['share_flagged'])}) are closer "
             f"to a training image{' or its mirror image' if m.get('mirrored_too') else ''} than the {m['percentile']:g}st percentile of real-to-real nearest-neighbour distances "
             f"({format_value(m['threshold'])}, over {m['n_real_train']} training images). Control: "
-            f"{control['n_flagged']} of {control['n_held_out']} held-out real images ({format_value(control['share_flagged'])}), "
-            f"never seen by the generator, are flagged the same way; one-sided Fisher p = {copy_excess_p(m):.2g} that "
+            f"{control['n_flagged']} of {control['n_held_out']} held-out real images ({format_value(control['share_flagged'])}) "
+            f"are flagged the same way; one-sided Fisher p = {copy_excess_p(m):.2g} that "
             f"the samples are flagged more often. Median nearest distance synthetic→real "
             f"{format_value(m['median_synthetic_to_real'])}, real→real {format_value(m['median_real_to_real'])}."
+            + duplicates_note(m.get("n_real_train_duplicates", 0))
         )
         lines += [
             f"  - flagged `{f['synthetic_id']}`: nearest `{f['real_id']}`{' (mirrored)' if f.get('mirrored') else ''}, "
             f"distance {format_value(f['distance'])}"
             for f in m["flagged"]
         ]
+        held_out = m.get("held_out_copies")  # reports written before this check have none
+        if held_out:
+            training = held_out["training_control"]
+            lines.append(
+                f"  - Copies of the held-out images (seen by the generator only if it was trained on them): "
+                f"{held_out['n_flagged']} of {m['n_synthetic']} samples are as close to one of the "
+                f"{held_out['n_held_out']} held-out images (or its mirror image); {training['n_flagged']} of "
+                f"{training['n_real_train']} training images are; one-sided Fisher p = "
+                f"{held_out['p_above_control']:.2g} that the samples are closer more often."
+            )
+            lines += [
+                f"    - flagged `{f['synthetic_id']}`: nearest held-out `{f['held_out_id']}`"
+                f"{' (mirrored)' if f.get('mirrored') else ''}, distance {format_value(f['distance'])}"
+                for f in held_out["flagged"]
+            ]
     verdict = (
         f"**{refused}**"
         if refused
-        else "Not refused: in no feature space are the samples flagged more often than the held-out real images "
-        f"(one-sided Fisher exact p < {REFUSE_P:g})."
+        else "Not refused: in no feature space are the samples flagged more often than the held-out real images, "
+        f"nor as copies of the held-out images more often than the training images (one-sided Fisher exact p < {REFUSE_P:g})."
     )
     return lines + ["", verdict]
 
@@ -319,10 +368,13 @@ def json_safe(value):
 
 def write_report(report: Dict, figures: Dict[str, Image.Image], output_dir: str) -> Dict[str, str]:
     """Write ``report.json``, ``report.md``, ``<figure>.png`` and ``flagged_ids.txt`` (the synthetic ids any
-    memorisation check flagged, one per line); returns the paths written."""
+    memorisation check flagged, as near a training or a held-out image, one per line); returns the paths written."""
     os.makedirs(output_dir, exist_ok=True)
     paths = {"flagged": os.path.join(output_dir, FLAGGED_FILE)}
-    flagged = sorted({f["synthetic_id"] for m in report["memorisation"].values() for f in m["flagged"]})
+    checks = report["memorisation"].values()
+    flagged = sorted(
+        {f["synthetic_id"] for m in checks for f in m["flagged"] + m.get("held_out_copies", {}).get("flagged", [])}
+    )
     with open(paths["flagged"], "w", encoding="utf-8") as f:
         f.write("".join(f"{synthetic_id}\n" for synthetic_id in flagged))
     for name, figure in figures.items():

@@ -4,7 +4,7 @@ training subsets for learning curves, and per-source (per-camera) splits."""
 import hashlib
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 
@@ -127,12 +127,18 @@ def split_to_disk(dataset, output_dir: str, test_fraction: float = 0.2, seed: in
     return train, test
 
 
-def source_of(sample_id: str, source: str) -> str:
-    """The origin a per-source breakdown groups an image under: the prefix of its file name before ``_`` where there
-    is one (``folder:fundus-od/drishti_012`` -> ``drishti``: a generic folder records its origins only there), else
-    its ``source`` column (``phantom``, ``palm``, ...)."""
-    name = sample_id.rsplit("/", 1)[-1]
-    return name.split("_")[0] if "_" in name else source
+ORIGIN_MIN_IMAGES = 5  # a file-name prefix fewer images share names a patient or an image, not a camera
+
+
+def origins(ids: List[str], sources: List[str]) -> List[str]:
+    """The origin a per-source breakdown, and evaluate.py's own split, group each image under: the prefix of its file
+    name before ``_`` where at least ``ORIGIN_MIN_IMAGES`` images share it (``folder:fundus-od/drishti_012`` ->
+    ``drishti``: a generic folder records its origins only there), else its ``source`` column (``phantom``, ``palm``,
+    ...). Names such as ``12_left.jpg`` / ``12_right.jpg`` share a prefix per patient: those fall back to the source,
+    so that a split neither makes one stratum per patient nor holds out one eye of each."""
+    prefixes = [name.split("_")[0] if "_" in name else None for name in (i.rsplit("/", 1)[-1] for i in ids)]
+    counts = Counter(p for p in prefixes if p is not None)
+    return [p if p is not None and counts[p] >= ORIGIN_MIN_IMAGES else s for p, s in zip(prefixes, sources)]
 
 
 def nested_subsets(
