@@ -140,7 +140,7 @@ def ddpm_eval_loss(run, args, samples=256):
     scheduler = DDPMScheduler.from_pretrained(Path(run) / "scheduler")
     config = json.loads((Path(run) / "training_args.json").read_text())
     view = FundusTrainingView(
-        load_fundus_dataset(args.dataset), config["resolution"], tuple(config["mask_names"]), flip=False,
+        load_fundus_dataset(args.dataset), config["resolution"], tuple(config["mask_names"]),
         cache_dir=str(Path(args.output_dir) / "cache"),
     )  # fmt: skip
     batch = torch.utils.data.default_collate([view[i] for i in range(min(samples, len(view)))])

@@ -57,7 +57,10 @@ def test_save_rotates_and_load_restores(tmp_path, accelerated):
     with torch.no_grad():
         model.weight.zero_()
     counter.value = 0
-    assert load_checkpoint(accelerator, find_checkpoint(str(tmp_path), "checkpoint-3")) == 3
+    # Resuming the earlier one in the same folder would train until checkpoint-4 and stop there: refused up front.
+    with pytest.raises(ValueError, match=r"later checkpoints of this run \(checkpoint-4\).*Fix: pass a new --output_dir"):
+        find_checkpoint(str(tmp_path), "checkpoint-3")
+    assert load_checkpoint(accelerator, str(tmp_path / "checkpoint-3")) == 3
     assert counter.value == 3 and torch.all(model.weight == 3)
     with pytest.raises(FileExistsError):
         save_checkpoint(accelerator, str(tmp_path), 4)
@@ -163,8 +166,8 @@ def test_a_resume_with_other_model_flags_names_them_before_loading(tmp_path):
     model = fits.prepare(torch.nn.Linear(3, 2))
     before = model.weight.detach().clone()
     now = {**saved_with, "dropout": 0.3, "mask_names": ["disc", "atrophy"]}  # a tuple is saved as a list: the same
-    with pytest.raises(ValueError, match=r"checkpoint-1 was trained with other model flags than these: --dropout 0\.3 "
-                       r"\(checkpoint: 0\.1\)\. Resume with the checkpoint's flags \(a flag left out takes"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"checkpoint-1 was trained with other model or optimiser flags than these: --dropout 0\.3 "
+                       r"\(checkpoint: 0\.1\)\. Resume with the checkpoint's flags \(a resume restores the optimiser's state"):  # fmt: skip
         load_checkpoint(fits, path, now)  # the weights would fit: refused all the same
     assert torch.equal(model.weight, before)  # nothing loaded
     as_built = lambda flags: {**flags, "dropout": 0.1 if flags["dropout"] in (None, 0.1) else flags["dropout"]}  # noqa: E731
@@ -194,3 +197,12 @@ def test_other_load_errors_keep_their_message(tmp_path, monkeypatch):
     monkeypatch.setattr(accelerator, "load_state", broken)
     with pytest.raises(RuntimeError, match="CUDA out of memory"):
         load_checkpoint(accelerator, path, {"masks": "disc"})
+
+
+def test_a_missing_ema_state_names_the_flag_that_keeps_it(tmp_path):
+    """A DCGAN checkpoint saved without --use_ema, resumed with it: the message names --use_ema (it named
+    --post_hoc_ema whatever was missing)."""
+    from fundus_diffusion.training.checkpointing import CheckpointError, _load_object
+
+    with pytest.raises(CheckpointError, match=r"holds no state for ema .*it trained without --use_ema\)\. Fix: resume"):
+        _load_object(torch.nn.Linear(1, 1), str(tmp_path), "ema", 0)

@@ -1,4 +1,4 @@
-"""The training view's cache: one build when several processes start at once, rebuilds, flips, pickling."""
+"""The training view's cache: one build when several processes start at once, rebuilds, pickling; the loader's flips."""
 
 import multiprocessing
 import os
@@ -25,7 +25,7 @@ def _make_view(args):
         original(self, build_threads)
 
     FundusTrainingView._build_cache = counting_build
-    view = FundusTrainingView(dataset, 32, "disc,atrophy", flip=False, cache_dir=cache_dir)
+    view = FundusTrainingView(dataset, 32, "disc,atrophy", cache_dir=cache_dir)
     return view.cache_path, view[5]["pixel_values"].sum().item()
 
 
@@ -41,42 +41,44 @@ def test_concurrent_processes_build_the_cache_once(phantoms, tmp_path):
 
 
 def test_stale_or_broken_cache_is_rebuilt(phantoms, tmp_path):
-    view = FundusTrainingView(phantoms, 32, "disc", flip=False, cache_dir=str(tmp_path))
+    view = FundusTrainingView(phantoms, 32, "disc", cache_dir=str(tmp_path))
     expected = view[2]["pixel_values"]
     np.save(view.cache_path, np.zeros((2, 4, 8, 8), dtype=np.uint8))  # wrong shape, e.g. from an older version
-    assert torch.equal(FundusTrainingView(phantoms, 32, "disc", flip=False, cache_dir=str(tmp_path))[2]["pixel_values"], expected)
+    assert torch.equal(FundusTrainingView(phantoms, 32, "disc", cache_dir=str(tmp_path))[2]["pixel_values"], expected)
     open(view.cache_path, "wb").write(b"garbage")
-    assert torch.equal(FundusTrainingView(phantoms, 32, "disc", flip=False, cache_dir=str(tmp_path))[2]["pixel_values"], expected)
+    assert torch.equal(FundusTrainingView(phantoms, 32, "disc", cache_dir=str(tmp_path))[2]["pixel_values"], expected)
 
 
-def test_flips_move_image_and_masks_together(phantoms, tmp_path):
-    plain = FundusTrainingView(phantoms, 32, "disc,atrophy", flip=False, cache_dir=str(tmp_path))[1]["pixel_values"]
-    view = FundusTrainingView(phantoms, 32, "disc,atrophy", flip=True, cache_dir=str(tmp_path))
-    torch.manual_seed(0)
-    seen = {torch.equal(x, plain) for x in (view[1]["pixel_values"] for _ in range(16))}
-    assert seen == {True, False}
-    torch.manual_seed(0)
-    flipped = next(x for x in (view[1]["pixel_values"] for _ in range(16)) if not torch.equal(x, plain))
-    assert torch.equal(flipped, plain.flip(-1))  # every channel, masks included, flipped left-right
-    assert flipped.dtype == torch.float32 and set(torch.unique(flipped[3:]).tolist()) == {-1.0, 1.0}
-
-
-def test_batched_fetch_matches_items_and_flips_per_sample(phantoms, tmp_path):
+def test_batched_fetch_matches_items_and_carries_the_index(phantoms, tmp_path):
     """The DataLoader fetches whole batches through ``__getitems__``; it must agree with ``__getitem__``."""
-    plain = FundusTrainingView(phantoms, 32, "disc,atrophy", flip=False, cache_dir=str(tmp_path))
+    plain = FundusTrainingView(phantoms, 32, "disc,atrophy", cache_dir=str(tmp_path))
     batch = next(iter(torch.utils.data.DataLoader(plain, batch_size=6)))
     assert torch.equal(batch["pixel_values"], torch.stack([plain[i]["pixel_values"] for i in range(6)]))
     assert torch.equal(batch["class_labels"], torch.tensor([i % 2 for i in range(6)]))
-    flipping = FundusTrainingView(phantoms, 32, "disc,atrophy", flip=True, cache_dir=str(tmp_path))
-    torch.manual_seed(1)
-    outcomes = set()
-    for _ in range(4):
-        for i, x in enumerate(next(iter(torch.utils.data.DataLoader(flipping, batch_size=6)))["pixel_values"]):
-            same, mirrored = torch.equal(x, batch["pixel_values"][i]), torch.equal(x, batch["pixel_values"][i].flip(-1))
-            assert same or mirrored
-            outcomes.add(same)
-    assert outcomes == {True, False}
-    assert torch.equal(plain[0]["pixel_values"], batch["pixel_values"][0])  # the cache was not flipped in place
+    assert batch["index"].tolist() == list(range(6))
+
+
+def test_loader_batches_flip_each_sample_by_seed_epoch_and_index_and_resume_exactly(phantoms, tmp_path):
+    """Flips are drawn from the seed and the epoch per sample index (as DeviceBatches draws them), in the main
+    process: drawn in the view from the global generator, a resumed run flipped other samples, because the DataLoader
+    fetches a batch ahead (and workers seed themselves)."""
+    from accelerate import Accelerator
+
+    from fundus_diffusion.training.batches import LoaderBatches, epoch_order_and_flips
+
+    view = FundusTrainingView(phantoms, 32, "disc,atrophy", cache_dir=str(tmp_path))
+    _, flips = epoch_order_and_flips(5, 0, len(view))
+    assert flips.any() and not flips.all()
+    expected = [view[i]["pixel_values"].flip(-1) if flips[i] else view[i]["pixel_values"] for i in range(len(view))]
+    accelerator = Accelerator(cpu=True)
+    straight = list(LoaderBatches(accelerator, view, batch_size=2, seed=5).epoch(0))
+    seen = [x for batch in straight for x in batch["pixel_values"]]
+    found = sorted(next(i for i, e in enumerate(expected) if torch.equal(x, e)) for x in seen)
+    assert found == list(range(len(view))) and all("index" not in batch for batch in straight)
+    torch.manual_seed(123)  # the global generator no longer matters
+    resumed = list(LoaderBatches(accelerator, view, batch_size=2, num_workers=1, seed=5).epoch(0, skip=1))
+    assert len(resumed) == len(straight) - 1
+    assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(straight[1:], resumed))
 
 
 def test_conversion_is_bit_identical_to_array_to_tensor():
@@ -89,7 +91,7 @@ def test_conversion_is_bit_identical_to_array_to_tensor():
 
 def test_pickled_view_does_not_carry_the_cache(phantoms, tmp_path):
     """Spawned DataLoader workers receive the view pickled: it must map the file again, not copy the array."""
-    view = FundusTrainingView(phantoms, 64, "disc", flip=False, cache_dir=str(tmp_path))
+    view = FundusTrainingView(phantoms, 64, "disc", cache_dir=str(tmp_path))
     clone = pickle.loads(pickle.dumps(view))
     assert clone._arrays is None and torch.equal(clone[4]["pixel_values"], view[4]["pixel_values"])
 
@@ -101,3 +103,11 @@ def test_image_only_view_and_unknown_labels(tmp_path):
     assert item["pixel_values"].shape == (3, 16, 16) and item["class_labels"].item() == 2  # NULL_CLASS_ID
     batch = next(iter(torch.utils.data.DataLoader(view, batch_size=2)))
     assert batch["pixel_values"].shape == (2, 3, 16, 16) and batch["class_labels"].dtype == torch.int64
+
+
+def test_too_few_batches_for_one_optimizer_step_says_so_and_how_to_fix_it():
+    from fundus_diffusion.training.batches import whole_steps
+
+    assert whole_steps(7, 3, 28, 4, 1) == 6  # the last batch, no whole step, is dropped
+    with pytest.raises(ValueError, match=r"8 samples make 2 batch\(es\) of 4 .* fewer than the 3 of one optimizer step.*Fix: a lower"):
+        whole_steps(2, 3, 8, 4, 1)

@@ -267,7 +267,7 @@ def test_loader_batches_follow_their_seed_per_epoch_and_resume(tmp_path):
     from fundus_diffusion.training.batches import LoaderBatches
 
     view = FundusTrainingView(
-        load_phantom_dataset(6, size=64, seed=1), 16, ("disc",), flip=False, cache_dir=str(tmp_path)
+        load_phantom_dataset(6, size=64, seed=1), 16, ("disc",), cache_dir=str(tmp_path)
     )
 
     def order(seed, epoch, skip=0, global_seed=0):

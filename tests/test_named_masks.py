@@ -63,7 +63,7 @@ def test_a_partially_annotated_folder_builds_with_its_mask_names(built):
 
 def test_training_view_carries_per_sample_annotation_flags(built, tmp_path):
     dataset = load_fundus_dataset(built[0])
-    view = FundusTrainingView(dataset, 16, "disc,cup", flip=False, cache_dir=str(tmp_path))
+    view = FundusTrainingView(dataset, 16, "disc,cup", cache_dir=str(tmp_path))
     expected = np.array(["a_" in i for i in dataset["id"]])
     assert (view.mask_annotated[:, 0]).all() and (view.mask_annotated[:, 1] == expected).all()
     items = view.__getitems__(list(range(len(view))))

@@ -59,8 +59,8 @@ def test_training_view_cache_matches_uncached(tmp_path):
     from fundus_diffusion.data import FundusTrainingView, load_phantom_dataset
 
     ds = load_phantom_dataset(4, size=64, seed=7)
-    cached = FundusTrainingView(ds, 32, ("disc", "atrophy"), flip=False, cache_dir=str(tmp_path))
-    plain = FundusTrainingView(ds, 32, ("disc", "atrophy"), flip=False, use_cache=False)
+    cached = FundusTrainingView(ds, 32, ("disc", "atrophy"), cache_dir=str(tmp_path))
+    plain = FundusTrainingView(ds, 32, ("disc", "atrophy"), use_cache=False)
     assert cached.cache_path and (tmp_path / cached.cache_path.split("/")[-1]).exists()
     for i in range(4):
         assert torch.equal(cached[i]["pixel_values"], plain[i]["pixel_values"])

@@ -25,7 +25,7 @@ def make_run(folder: Path, steps: int = 6, every: int = 2, learning: bool = True
     torch.manual_seed(0)
     unet = build_unet("tiny", 16, 4)
     pipe = FundusPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10), mask_names=["disc"])
-    hub.save_model(pipe, str(folder), training_info={"steps": steps, "weights": "EMA, decay up to 0.9999"})
+    hub.save_model(pipe, str(folder), training_info={"steps": steps, "epochs": 3, "weights": "EMA, decay up to 0.9999"})
     (folder / "training_args.json").write_text(json.dumps({"post_hoc_ema": True}))
     tracker = phema.make_post_hoc_ema(unet, SIGMA_RELS, str(folder), "cpu")
     for step in range(1, steps + 1):
@@ -111,9 +111,11 @@ def test_one_length_gets_its_own_folder_as_several_do(run, tmp_path):
     folder, _, _ = run
     one = tmp_path / "one"
     assert phema.write_post_hoc_pipelines(str(folder), [0.1], str(one), step=4) == [str(one / "sigma_rel-0.1")]
-    assert load_fundus_pipeline(str(one / "sigma_rel-0.1"), device="cpu").config.training_info["steps"] == 4
+    early = load_fundus_pipeline(str(one / "sigma_rel-0.1"), device="cpu").config.training_info
+    assert early["steps"] == 4 and "epochs" not in early  # the run's 3 epochs are not this model's
     assert not (one / "model_index.json").exists()
     phema.write_post_hoc_pipelines(str(folder), [0.2], str(one))
+    assert load_fundus_pipeline(str(one / "sigma_rel-0.2"), device="cpu").config.training_info["epochs"] == 3
     assert sorted(p.name for p in one.iterdir()) == ["sigma_rel-0.1", "sigma_rel-0.2"]
     # an --output_dir that an older version filled with one length's model is not written into
     with pytest.raises(FileExistsError, match=r"one/sigma_rel-0.1 is itself a saved model .*Fix: choose another"):
@@ -174,6 +176,10 @@ def test_errors_name_the_file_the_problem_and_the_fix(run, tmp_path):
     with pytest.raises(ValueError, match=r"weights sum to 0\.\d+, not 1.* Cause: no snapshot was taken at step 5 \(the "
                        r"last before it: 4\).* Fix: choose a --step with a snapshot \(2, 4\)"):  # fmt: skip
         phema.synthesise(str(folder), 0.08, step=5)  # between snapshots: the recent weights are missing
-    with pytest.raises(ValueError, match=r"sigma_rel 1.5 is outside \(0, 1\)"):
-        phema.parse_sigma_rels("0.1,1.5")
+    for given in ("0.1,1.5", "0.35"):  # 0.35 would stand for the profile of 0.289; 0.5 and above for a decay above 1
+        with pytest.raises(ValueError, match=r"is outside \(0, 0.3002\]: no power-function EMA is longer"):
+            phema.parse_sigma_rels(given)
+    with pytest.raises(ValueError, match="sigma_rel 0.05 is given twice"):  # ema-pytorch's bare assertion otherwise
+        phema.parse_sigma_rels("0.05,0.05,0.28")
+    assert phema.parse_sigma_rels("0.05,0.3") == (0.05, 0.3)
     assert not (tmp_path / "out").exists()  # nothing is written before every length is synthesised

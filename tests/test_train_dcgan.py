@@ -110,3 +110,17 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch, dataset, tr
     assert "secret" not in (out / "training_args.json").read_text()
     assert str(tmp_path) not in (out / "training_args.json").read_text()  # local paths by their last component only
     assert str(tmp_path) not in (out / "model_index.json").read_text() + (out / "README.md").read_text()
+
+
+def test_snapshot_cards_count_their_own_epochs_and_show_only_their_own_validation(tmp_path, dataset, train_in_process):
+    """8 images in batches of 4: 2 steps an epoch; validation every 3 steps, snapshots every 2. The step-4 snapshot
+    trained 2 epochs (its card said the run's 3) and was not validated (its card showed step 3's diversity ratio)."""
+    from fundus_diffusion import FundusGANPipeline
+
+    out = tmp_path / "run"
+    train_in_process("--dataset", dataset, "--output_dir", str(out), "--training_cache_dir", str(tmp_path / "cache"),
+                     "--max_train_steps", "6", "--validation_steps", "3", "--snapshot_steps", "2")  # fmt: skip
+    info = {step: FundusGANPipeline.from_pretrained(out / "snapshots" / f"step-{step:07d}").config.training_info for step in (2, 4, 6)}
+    assert [info[step]["epochs"] for step in (2, 4, 6)] == [1, 2, 3]
+    cards = {step: (out / "snapshots" / f"step-{step:07d}" / "README.md").read_text() for step in (2, 4, 6)}
+    assert "diversity ratio" not in cards[2] and "diversity ratio" not in cards[4] and "diversity ratio" in cards[6]

@@ -129,16 +129,17 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
     pipe = FundusPipeline.from_pretrained(out)
     assert pipe.config.mask_names == ["disc", "atrophy"] and pipe.config.training_info["steps"] == 6
 
-    # Resuming with other model flags names them before anything is loaded, whether or not the weights would fit
+    # Resuming with other model or optimiser flags names them before anything is loaded, whether or not the weights would fit
     # (other masks would not; another dropout or noise schedule would, and silently train another model); nothing is lost.
     for changed, named in [
         (["--masks", "disc"], r"--masks disc \(checkpoint: disc,atrophy\)"),
         (["--dropout", "0.3"], r"--dropout 0.3 \(checkpoint: 0.0\)"),  # the tiny UNet's own dropout
         (["--prediction_type", "epsilon"], r"--prediction_type epsilon \(checkpoint: v_prediction\)"),
         (["--schedule_detail_resolution", "128"], r"--schedule_detail_resolution 128 \(checkpoint: None\)"),
+        (["--learning_rate", "1e-5"], r"--learning_rate 1e-05 \(checkpoint: [0-9.e-]+\)"),  # the optimiser's state wins
     ]:  # fmt: skip
         other = tiny_args(out, cache_dir, "--max_train_steps", "8", *more, "--logger", "none", "--masks", "disc,atrophy")
-        with pytest.raises(ValueError, match=rf"checkpoint-6 was trained with other model flags than these: {named}\.") as refused:
+        with pytest.raises(ValueError, match=rf"checkpoint-6 was trained with other model or optimiser flags than these: {named}\.") as refused:
             ddpm.train(ddpm.parse_args(other + changed + ["--resume_from_checkpoint", "latest"]))
         assert "mask_names" not in str(refused.value) and "training_cache_dir" not in str(refused.value)  # model flags only
     assert steps(out) == [5, 6] and logged(out, "step") == [1, 2, 3, 4, 5, 6]
@@ -355,8 +356,9 @@ def test_post_hoc_ema_flags_default_to_the_library_and_refuse_what_cannot_work(c
     assert not ddpm.parse_args(["--output_dir", "x"]).post_hoc_ema  # the ordinary EMA stays the default
     for flags, message in [
         (["--post_hoc_ema_every", "5"], "--post_hoc_ema_every set(s) the post-hoc EMA profiles: add --post_hoc_ema"),
-        (["--post_hoc_ema", "--post_hoc_ema_sigma_rels", "0.1,0.1"], "give at least two different lengths"),
-        (["--post_hoc_ema", "--post_hoc_ema_sigma_rels", "0.1,2"], "sigma_rel 2 is outside (0, 1)"),
+        (["--post_hoc_ema", "--post_hoc_ema_sigma_rels", "0.1"], "give at least two different lengths"),
+        (["--post_hoc_ema", "--post_hoc_ema_sigma_rels", "0.1,0.1"], "sigma_rel 0.1 is given twice"),
+        (["--post_hoc_ema", "--post_hoc_ema_sigma_rels", "0.1,0.35"], "sigma_rel 0.35 is outside (0, 0.3002]"),
     ]:
         with pytest.raises(SystemExit):
             ddpm.parse_args(["--output_dir", "x", *flags])

@@ -32,11 +32,13 @@ def default_cache_dir() -> str:
 class FundusTrainingView(Dataset):
     """A torch ``Dataset`` over a schema ``datasets.Dataset``.
 
-    Items are ``{"pixel_values": float32 [C, H, W] in [-1, 1], "class_labels": int64, "mask_annotated": bool [M]}``,
-    where unknown labels (-1) become ``NULL_CLASS_ID`` so that they train the unconditional branch, and
+    Items are ``{"pixel_values": float32 [C, H, W] in [-1, 1], "class_labels": int64, "mask_annotated": bool [M],
+    "index": int}``, where unknown labels (-1) become ``NULL_CLASS_ID`` so that they train the unconditional branch,
     ``mask_annotated`` says per mask whether the sample is annotated for it (an unannotated mask's channel is -1 and
-    must not be trained on: ``training.ddpm.diffusion_loss`` leaves it out). ``flip`` flips image and masks together,
-    at random, left-right. A mask the dataset has no column for, or one annotated on none of its images, is an error.
+    must not be trained on: ``training.ddpm.diffusion_loss`` leaves it out), and ``index`` is the row, by which the
+    training batches flip it (``training.batches.epoch_flips``: drawn from the seed and epoch, not here, so that a
+    DataLoader's workers and its fetching ahead cannot change which samples a resumed run flips). A mask the dataset
+    has no column for, or one annotated on none of its images, is an error.
 
     Several processes (``accelerate launch``) may create the same view at once: the first builds the cache under
     a file lock (with ``build_threads`` threads, default up to 4), the others wait for it and then memory-map the
@@ -48,7 +50,6 @@ class FundusTrainingView(Dataset):
         dataset,
         resolution: int,
         mask_names: Sequence[str] = ("disc",),
-        flip: bool = True,
         cache_dir: Optional[str] = None,
         use_cache: bool = True,
         build_threads: Optional[int] = None,
@@ -57,7 +58,6 @@ class FundusTrainingView(Dataset):
         self.dataset = dataset
         self.resolution = int(resolution)
         self.mask_names = parse_mask_names(mask_names)
-        self.flip = flip
         self.mask_annotated = annotation_matrix(dataset, self.mask_names, what=name)
         unannotated = [n for n, count in zip(self.mask_names, self.mask_annotated.sum(axis=0)) if count == 0]
         if unannotated:
@@ -140,18 +140,14 @@ class FundusTrainingView(Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices):
-        """A whole batch at once (the DataLoader calls this): each sample is read straight from the memory map (a
-        flip is only a reversed view) into one float array, in numpy, so that no per-sample tensor operation wakes
-        torch's thread pool."""
+        """A whole batch at once (the DataLoader calls this): each sample is read straight from the memory map into
+        one float array, in numpy, so that no per-sample tensor operation wakes torch's thread pool."""
         arrays = self._cached()
         samples = [arrays[i] if arrays is not None else self._preprocess(i) for i in indices]
-        if self.flip:  # image and masks together, left-right
-            flips = torch.rand(len(samples)) < 0.5
-            samples = [s[..., ::-1] if f else s for s, f in zip(samples, flips)]
         pixel_values = torch.from_numpy(to_unit_range(samples))
         annotated = torch.from_numpy(self.mask_annotated)
         return [
-            {"pixel_values": x, "class_labels": self.class_labels[i], "mask_annotated": annotated[i]}
+            {"pixel_values": x, "class_labels": self.class_labels[i], "mask_annotated": annotated[i], "index": i}
             for x, i in zip(pixel_values, indices)
         ]
 

@@ -54,10 +54,8 @@ class DeviceBatches:
         return self.num_batches
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
-        rng = torch.Generator().manual_seed(self.seed + epoch)  # on the CPU: the same stream on every device
-        order = torch.randperm(len(self.data), generator=rng)[self.process_index :: self.num_processes]
-        flips = (torch.rand(len(self.data), generator=rng) < 0.5).to(self.data.device)
-        order = order.to(self.data.device)
+        order, flips = epoch_order_and_flips(self.seed, epoch, len(self.data))
+        order, flips = order[self.process_index :: self.num_processes].to(self.data.device), flips.to(self.data.device)
         for i in range(skip, self.num_batches):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = self.data[index].float().div_(127.5).sub_(1.0)
@@ -68,12 +66,23 @@ class DeviceBatches:
             }
 
 
+def epoch_order_and_flips(seed: int, epoch: int, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """An epoch's shuffled order of ``n`` samples and, per sample index, whether it is flipped left-right: from
+    ``seed + epoch`` on the CPU, so the same on every device and for a resumed run."""
+    rng = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(n, generator=rng)
+    return order, torch.rand(n, generator=rng) < 0.5
+
+
 class LoaderBatches:
     """The same interface over an accelerate-prepared DataLoader (the memory-mapped cache, any dataset size).
 
     The shuffle order comes from its own generator, reseeded with ``seed + epoch`` each epoch, as ``DeviceBatches``
     does: without it accelerate seeds the order of several processes from the global generator (``--seed``, not
-    ``--data_seed``), and a resumed epoch would be shuffled differently from the uninterrupted one.
+    ``--data_seed``), and a resumed epoch would be shuffled differently from the uninterrupted one. Each sample is
+    flipped by its index as ``DeviceBatches`` flips it (``epoch_order_and_flips``), here in the main process: drawn in
+    the view, the flips came from the global generator, which the DataLoader's fetching one batch ahead (and its
+    workers' own seeds) advanced differently in a resumed run.
     """
 
     def __init__(
@@ -90,7 +99,7 @@ class LoaderBatches:
             persistent_workers=num_workers > 0,
             pin_memory=accelerator.device.type == "cuda",
         )
-        self.accelerator, self.loader = accelerator, accelerator.prepare(loader)
+        self.accelerator, self.loader, self.num_samples = accelerator, accelerator.prepare(loader), len(view)
         self.num_batches = whole_steps(
             len(self.loader), accumulation_steps, len(view), batch_size, accelerator.num_processes
         )
@@ -101,8 +110,12 @@ class LoaderBatches:
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
         self.order.manual_seed(self.seed + epoch)
         self.loader.set_epoch(epoch)
+        _, flips = epoch_order_and_flips(self.seed, epoch, self.num_samples)
         batches = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
-        return itertools.islice(batches, max(self.num_batches - skip, 0))
+        for batch in itertools.islice(batches, max(self.num_batches - skip, 0)):
+            index = batch.pop("index")
+            batch["pixel_values"] = flip_where(batch["pixel_values"], flips.to(index.device)[index])
+            yield batch
 
 
 def whole_steps(num_batches: int, accumulation_steps: int, samples: int, batch_size: int, num_processes: int) -> int:
@@ -112,8 +125,10 @@ def whole_steps(num_batches: int, accumulation_steps: int, samples: int, batch_s
     whole = num_batches - num_batches % accumulation_steps
     if whole == 0:
         raise ValueError(
-            f"{samples} samples make no full batch of {batch_size} on {num_processes} process(es) "
-            f"x {accumulation_steps} accumulation step(s)."
+            f"{samples} samples make {num_batches} batch(es) of {batch_size} per process on {num_processes} "
+            f"process(es), fewer than the {accumulation_steps} of one optimizer step (--gradient_accumulation_steps "
+            f"{accumulation_steps}). Fix: a lower --gradient_accumulation_steps or --train_batch_size, or fewer "
+            "processes."
         )
     return whole
 

@@ -246,6 +246,9 @@ def _save_object(obj, folder: str, name: str) -> None:
         f.write(text)
 
 
+KEPT_BY = {"ema": "--use_ema", "post_hoc_ema": "--post_hoc_ema", "lr_scheduler": "a learning-rate schedule"}
+
+
 def _load_object(obj, folder: str, name: str, legacy_index: int) -> None:
     """The inverse of ``_save_object``. A checkpoint written before it (accelerate's
     ``custom_checkpoint_{legacy_index}.pkl``) is read with ``weights_only=True``: plain state loads, code does not."""
@@ -266,8 +269,8 @@ def _load_object(obj, folder: str, name: str, legacy_index: int) -> None:
         if not os.path.exists(legacy):
             raise CheckpointError(
                 f"{folder} holds no state for {name} ({name}.json / {name}.safetensors): the run that saved it did "
-                "not keep one (e.g. it trained without --post_hoc_ema). Fix: resume with that run's flags (its "
-                "training_args.json), or start a new --output_dir."
+                f"not keep one (it trained without {KEPT_BY.get(name, 'the flag that keeps it')}). Fix: resume "
+                "with that run's flags (its training_args.json), or start a new --output_dir."
             )
         try:
             state = weights_only_load(legacy, map_location="cpu")
@@ -431,7 +434,24 @@ def find_checkpoint(output_dir: str, resume_from: Optional[str], accelerator=Non
             f"--resume_from_checkpoint {resume_from!r}: {path} is damaged: {problem}. Use 'latest' (it skips "
             "damaged checkpoints) or another checkpoint-* folder."
         )
+    _refuse_later_checkpoints(output_dir, path, resume_from)
     return path
+
+
+def _refuse_later_checkpoints(output_dir: str, path: str, resume_from: str) -> None:
+    """An earlier checkpoint of ``output_dir`` resumed there would train another path past the later checkpoints'
+    steps and stop at the first of them (a checkpoint is never overwritten), with snapshots and grids of two paths
+    mixed in one folder: refused before anything runs."""
+    saved = list_checkpoints(output_dir)
+    here = next((step for step, c in saved if os.path.samefile(c, path)), None)
+    later = [os.path.basename(c) for step, c in saved if here is not None and step > here]
+    if later:
+        raise ValueError(
+            f"--resume_from_checkpoint {resume_from!r}: {output_dir} also holds later checkpoints of this run "
+            f"({', '.join(later)}); training on from step {here} there would reach {later[0]} and stop, since a "
+            f"checkpoint is never overwritten. Fix: pass a new --output_dir (the checkpoint path still resumes: "
+            f"--resume_from_checkpoint {path}), or use 'latest'."
+        )
 
 
 MISMATCH_SIGNS = ("size mismatch", "Missing key", "Unexpected key")
@@ -516,8 +536,9 @@ def load_checkpoint(
     ]
     if changed:
         raise ValueError(
-            f"{path} was trained with other model flags than these: {', '.join(changed)}. Resume with the "
-            "checkpoint's flags (a flag left out takes this version's default, which may not be the one the "
+            f"{path} was trained with other model or optimiser flags than these: {', '.join(changed)}. Resume with "
+            "the checkpoint's flags (a resume restores the optimiser's state, learning rate included, so a changed "
+            "one would not take effect; a flag left out takes this version's default, which may not be the one the "
             "checkpoint's run had), or start a new --output_dir (--init_from a saved model starts from its weights)."
         )
     objects = _objects(accelerator, extra_state)

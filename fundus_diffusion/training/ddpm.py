@@ -255,6 +255,7 @@ class DDPMKind(loop.ModelKind):
         "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
         "schedule_base_resolution", "schedule_detail_resolution",
     )  # fmt: skip
+    OPTIMIZER_FLAGS = loop.ModelKind.OPTIMIZER_FLAGS + ("adam_weight_decay", "lr_scheduler", "lr_warmup_steps")
     LOSSES = ("loss",)
     PEAK_METRICS = {"grad_norm": "gradient norm"}  # the interval's largest, before clipping: spikes precede NaNs
 

@@ -7,6 +7,7 @@ step: step, count, and at the logging / checkpoint / validation / snapshot steps
 (EMA weights where the kind keeps them) with its card and push it.
 """
 
+import math
 import os
 import time
 from typing import Dict, Optional, Sequence, Tuple
@@ -42,7 +43,9 @@ class ModelKind:
     Class attributes: ``NAME`` (tracker project), ``DESCRIPTION`` (``--help``), ``PRESETS`` / ``DEFAULT_PRESET`` /
     ``PRESET_HELP`` and ``DEFAULTS`` (see ``args.parse_training_args``), ``MODEL_FLAGS`` (the flags that define the
     model: its networks and, for a diffusion model, its noise schedule; checkpoints record them and a resume must
-    match them), ``LOSSES`` (metrics that must stay finite), ``PEAK_METRICS`` (metric name: label, for
+    match them), ``OPTIMIZER_FLAGS`` (the optimiser's and learning-rate schedule's settings: a checkpoint restores the
+    optimiser's state, these included, so a resume with other values would silently keep the old ones; recorded and
+    compared as the model flags are), ``LOSSES`` (metrics that must stay finite), ``PEAK_METRICS`` (metric name: label, for
     metrics logged as the interval's maximum, not its mean) and ``VALIDATION_LOG`` (a CSV name for ``validate``'s numbers).
     """
 
@@ -51,6 +54,7 @@ class ModelKind:
     DEFAULT_PRESET: Optional[str] = None
     DEFAULTS: Dict = {}
     MODEL_FLAGS: Tuple[str, ...] = ()
+    OPTIMIZER_FLAGS: Tuple[str, ...] = ("learning_rate", "adam_beta1", "adam_beta2")
     LOSSES: Tuple[str, ...] = ("loss",)
     PEAK_METRICS: Dict[str, str] = {}
     VALIDATION_LOG: Optional[str] = None
@@ -258,9 +262,11 @@ def _other_metrics(values: Dict[str, float], kind: ModelKind) -> str:
 
 def save_model_folder(kind, view, plan, step: int, started: float, validation, folder: str, repo_id=None) -> None:
     """The model as it is at ``step`` (the kind's weights to ship) with its card, metrics and training arguments:
-    the final save and every snapshot are the same kind of folder."""
+    the final save and every snapshot are the same kind of folder. The card counts the epochs begun by ``step`` and
+    shows ``validation`` only when it was measured at ``step`` (a snapshot between validations shows none)."""
     args = kind.args
-    info = {**run_info(args, view, kind.accelerator, step, plan.num_epochs, time.time() - started), **kind.training_info()}
+    epochs = math.ceil(step / plan.steps_per_epoch)
+    info = {**run_info(args, view, kind.accelerator, step, epochs, time.time() - started), **kind.training_info()}
     hub.save_model(kind.pipeline(), folder, training_info=info, metrics=kind.card_metrics(validation), repo_id=repo_id)
     write_training_args(args, folder)
 
@@ -283,7 +289,7 @@ def train(args, kind_class) -> str:
         )
     plan = EpochPlan.for_run(batches, args)
     kind = seeded_build(args.seed, lambda: kind_class(args, accelerator, view, plan), args.data_seed)
-    flags = model_flags(args, kind.MODEL_FLAGS)  # recorded in every checkpoint, equal on resume
+    flags = model_flags(args, kind.MODEL_FLAGS + kind.OPTIMIZER_FLAGS)  # recorded in every checkpoint, equal on resume
     saved_objects = checkpoint_objects(kind)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -314,7 +320,7 @@ def train(args, kind_class) -> str:
     progress = tqdm(
         total=plan.max_train_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
-    meter, validation, validated = MetricMeter(kind.PEAK_METRICS), {}, False
+    meter, validation, validated_at = MetricMeter(kind.PEAK_METRICS), {}, None
     for epoch, epoch_batches in plan.epochs(batches, global_step):
         kind.train_mode()
         for batch in epoch_batches:
@@ -344,15 +350,16 @@ def train(args, kind_class) -> str:
                     accelerator, args.output_dir, global_step, args.checkpoints_total_limit, flags, saved_objects
                 )
             if validate_now and accelerator.is_main_process:
-                validation, validated = validate(global_step), True
+                validation, validated_at = validate(global_step), global_step
             if args.snapshot_steps and global_step % args.snapshot_steps == 0 and accelerator.is_main_process:
                 folder = os.path.join(args.output_dir, "snapshots", f"step-{global_step:07d}")
-                save_model_folder(kind, view, plan, global_step, logs.started, validation, folder, repo_id=None)
+                measured = validation if validated_at == global_step else {}  # not another step's numbers
+                save_model_folder(kind, view, plan, global_step, logs.started, measured, folder, repo_id=None)
     progress.close()
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if not validated:  # resumed at the end: nothing ran, but the card reports the last validation
+        if validated_at != global_step:  # resumed at the end: nothing ran, but the card reports a validation
             validation = validate(global_step)
         repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
         save_folder_atomically(

@@ -50,16 +50,28 @@ def snapshot_folder(run: str) -> str:
     return os.path.join(run, SNAPSHOT_FOLDER)
 
 
+# The longest power-function EMA profile: sigma_rel(gamma) = sqrt((gamma + 1) / ((gamma + 2) ** 2 (gamma + 3))) peaks at
+# gamma = -0.382 (Karras et al. 2024, eq. 3); a longer one maps to another profile's gamma, or to a decay above 1.
+MAX_SIGMA_REL = 0.3002
+
+
 def parse_sigma_rels(text: str) -> Tuple[float, ...]:
-    """``"0.05,0.28"`` -> ``(0.05, 0.28)``; a ``ValueError`` naming the value that is not a number in (0, 1)."""
+    """``"0.05,0.28"`` -> ``(0.05, 0.28)``; a ``ValueError`` naming a value that is not a number in
+    (0, ``MAX_SIGMA_REL``], or given twice."""
     values = []
     for part in str(text).split(","):
         try:
             value = float(part)
         except ValueError:
             raise ValueError(f"sigma_rel {part.strip()!r} is not a number; give e.g. 0.05,0.28.") from None
-        if not 0 < value < 1:
-            raise ValueError(f"sigma_rel {value:g} is outside (0, 1): it is a fraction of the training time.")
+        if not 0 < value <= MAX_SIGMA_REL:
+            raise ValueError(
+                f"sigma_rel {value:g} is outside (0, {MAX_SIGMA_REL}]: no power-function EMA is longer than "
+                f"{MAX_SIGMA_REL} of the training time (a larger value would stand for a shorter profile). Give e.g. "
+                "0.05,0.28."
+            )
+        if value in values:
+            raise ValueError(f"sigma_rel {value:g} is given twice; each profile needs its own length.")
         values.append(value)
     return tuple(values)
 
@@ -345,6 +357,7 @@ def write_post_hoc_pipelines(
     pipeline = load_fundus_pipeline(run, device="cpu", dtype="fp32")
     run_info = dict(pipeline.config.get("training_info") or {})
     run_info.pop("hub_model_id", None)  # the run's upload, not this model's
+    run_steps = run_info.get("steps")
     for folder, (state, made_of) in zip(folders, synthesised):
         try:
             pipeline.unet.load_state_dict(state)
@@ -354,7 +367,7 @@ def write_post_hoc_pipelines(
                 f"({str(err).splitlines()[0]}). Fix: use the run folder the snapshots were trained in."
             ) from err
         info = {
-            **run_info,
+            **{k: v for k, v in run_info.items() if k != "epochs" or made_of["step"] == run_steps},  # the run's count
             "steps": made_of["step"],
             "weights": f"post-hoc EMA, sigma_rel {made_of['sigma_rel']:g} (Karras et al. 2024), synthesised from "
             f"{made_of['snapshots']} snapshots of the profiles sigma_rel "
