@@ -1,10 +1,14 @@
 """Synthetic datasets from a trained fundus pipeline, written in the same schema as the real data.
 
 Sample ``i`` is drawn with its own ``torch.Generator("cpu").manual_seed(seed + i)``, so any sample can be made
-again alone (``regenerate``), whatever the batch it first came in (stochastic samplers such as DDPM draw their
-per-step noise on the sampling device from that generator: the same there, not across device types). Rows stream to
-Arrow shards of ``shard_size`` samples (written atomically), so an interrupted run resumes at the first missing
-shard; at the end the shards become one ``save_to_disk`` folder that ``load_fundus_dataset`` reads.
+again alone (``regenerate``), whatever the batch it first came in, up to rounding: a network call on a batch rounds
+differently from one on a single sample (by ~1e-6), which can move a pixel by one 8-bit level (or a mask pixel across
+its threshold). Stochastic samplers (DDPM, SDE-DPM-Solver++, Euler ancestral), and every sampler with
+``masks_from``, draw their later noise on the sampling device from a generator that one seeds there: the same on one
+device type, another on another (``draws_noise_on_device``). Rows stream to Arrow shards of ``shard_size`` samples
+(written atomically), so an interrupted run resumes at the first missing shard, with the batch size, device type (for
+those samplers) and every other setting that changes a sample as recorded (``check_resume``); at the end the shards
+become one ``save_to_disk`` folder that ``load_fundus_dataset`` reads.
 
 Unless told otherwise a diffusion model samples with DPM-Solver++ in 20 steps (``DEFAULT_SCHEDULER``,
 ``DEFAULT_INFERENCE_STEPS``), not with the scheduler it was saved with, which for a trained DDPM is the full
@@ -42,8 +46,9 @@ Output folder::
     arrow/                                        the same, ``save_to_disk``, which ``load_fundus_dataset`` reads
     README.md                                     dataset card: model, sampler, steps, guidance, post-processing, seed
     contact_sheet.png                             the first samples with their mask outlines
-    generation_config.json                        the settings, checked by --resume (a run that finished no shard
-                                                  yet has nothing to lose: any rerun starts it over)
+    generation_config.json                        the settings (and the device type sampled on), checked by
+                                                  --resume (a run that finished no shard yet has nothing to lose:
+                                                  any rerun starts it over)
     png/                                          with --png: images/<n>.png, masks/<name>/<n>.png, metadata.csv
                                                   (<n>: the sample's number, or its id with masks_from), both this
                                                   package's generic folder layout and an imagefolder
@@ -76,10 +81,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import export
+from .data.build import read_mask
 from .data.readers import images_by_stem, require_dir
 from .data.schema import LABEL_NAMES, UNKNOWN_LABEL, annotation_column, fundus_features, label_to_id, mask_column
 from .model_cards import LICENSE, render_dataset_card, size_category
-from .pipelines.loading import DTYPES, SCHEDULERS, load_fundus_pipeline, use_scheduler
+from .pipelines.loading import DTYPES, SCHEDULERS, draws_step_noise, load_fundus_pipeline, use_scheduler
 from .training.args import launched_without_gpu, output_dir_problem
 from .visualization import contact_sheet
 
@@ -88,21 +94,24 @@ logger = logging.getLogger(__name__)
 POSTPROCESSING = ("binarize", "largest_disc", "cup_in_disc", "fill_holes")
 CONFIG_FILE = "generation_config.json"
 SHARDS_DIR = "shards"
-# Settings that do not change a sample: a resumed run may use other values.
-RESUMABLE_DIFFERENCES = ("batch_size", "device", "compile")
+# Settings a resumed run may change: another device of the recorded type, and the compiled network, which rounds
+# within one 8-bit level of the eager one. The batch size is compared: a sample's pixels can move by one level with
+# the batch it is drawn in (batched network calls round differently).
+RESUMABLE_DIFFERENCES = ("device", "compile")
 # A diffusion model's sampler unless told otherwise (see the module docstring); RePaint resampling (resample_steps)
 # needs a step without solver state: DDPM, over the full chain unless num_inference_steps says otherwise.
 DEFAULT_SCHEDULER, DEFAULT_INFERENCE_STEPS, DEFAULT_RESAMPLING_SCHEDULER = "dpmsolver++", 20, "ddpm"
 OWN_SCHEDULER = "own"  # the scheduler the model was saved with
 # Left unset (None) until prepare_pipeline settles them from the loaded pipeline.
-SETTLED_FIELDS = ("scheduler", "num_inference_steps", "dtype")
+SETTLED_FIELDS = ("scheduler", "num_inference_steps", "dtype", "device_type")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")  # torch.compile's
 # diffusers' timestep_spacing: where a sampler's steps fall on the training chain. "trailing" (the ours preset's) starts
 # at the last training step and ends T / steps - 1 above 0; "linspace" runs from the last step to 0; "leading" ends at 0.
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 MASK_SETS_LAYOUT = """--masks_from layout (the generic folder layout without images/):
-  <dir>/masks/<name>/<id>.png   one folder per mask name of the model; 255 = structure; the model's resolution, square,
-                                framed as training framed its photographs (cropped square around the fundus field)
+  <dir>/masks/<name>/<id>.png   one folder per mask name of the model; 255 = structure (or 1, in a mask of only 0 and
+                                1, as fundus-build-dataset reads masks); the model's resolution, square, framed as
+                                training framed its photographs (cropped square around the fundus field)
 An id with files in only some of the folders gets its other masks generated with the image."""
 
 
@@ -124,15 +133,12 @@ class MaskSets:
         return os.path.basename(os.path.normpath(self.root))
 
     def load(self, index: int) -> Dict[str, Image.Image]:
-        """The masks of the ``index``-th id as binary ``L`` images (>= 128 is structure)."""
-        masks = {}
-        for name, path in self.files[self.ids[index]].items():
-            with Image.open(path) as mask:
-                masks[name] = mask.convert("L").point(lambda v: 255 if v >= 128 else 0)
-        return masks
+        """The masks of the ``index``-th id as binary ``L`` images (0 / 255; ``read_given_mask``)."""
+        return {name: read_given_mask(path) for name, path in self.files[self.ids[index]].items()}
 
     def check(self, mask_names: Sequence[str], resolution: int) -> None:
-        """Every mask folder names one of the model's masks and every file is ``resolution`` px square."""
+        """Every mask folder names one of the model's masks, and every file is ``resolution`` px square and reads as
+        a mask (``read_given_mask``)."""
         unknown = sorted({name for files in self.files.values() for name in files} - set(mask_names))
         if unknown:
             raise ValueError(
@@ -144,6 +150,23 @@ class MaskSets:
                 with Image.open(path) as mask:
                     if mask.size != (resolution, resolution):
                         raise ValueError(mask_size_error(path, name, mask.size, resolution))
+                read_given_mask(path)
+
+
+def read_given_mask(path: str) -> Image.Image:
+    """A ``--masks_from`` mask as a binary ``L`` image (0 / 255), read as the dataset builder reads a folder's masks
+    (``data.build.read_mask``): 255 = structure, thresholded at 128, except in a mask of only 0 and 1, whose 1 is
+    structure. A mask with pixels above 0 but none at 128 or more would read as empty, and is refused."""
+    with Image.open(path) as mask:
+        size = mask.size  # its own: MaskSets.check compares it with the model's
+    structure, thresholded = read_mask(path, path, size, zero_is_structure=False)
+    if thresholded and not structure.any():
+        raise ValueError(
+            f"--masks_from: {path} has pixels above 0 but none at 128 or more, so it reads as an empty mask (255 = "
+            "structure, or 1 in a mask of only 0 and 1). Fix: save it with 255 (or 1, with 0 elsewhere) where the "
+            "structure is."
+        )
+    return Image.fromarray(structure.astype(np.uint8) * 255, mode="L")
 
 
 def mask_size_error(path: str, name: str, size: Tuple[int, int], resolution: int) -> str:
@@ -244,6 +267,7 @@ class GenerationConfig:
     resample_steps: int = 0  # RePaint resampling with masks_from (FundusPipeline's resample_steps)
     compile: Optional[str] = None  # a torch.compile mode (COMPILE_MODES) for the network; None: eager
     dtype: Optional[str] = None  # the network's precision (a DTYPES name), recorded from the loaded pipeline
+    device_type: Optional[str] = None  # the sampling device's type (cpu, cuda, ...), recorded from the loaded pipeline
     timestep_spacing: Optional[str] = None  # a TIMESTEP_SPACINGS name; None: as the model's scheduler was saved
     autoguidance_model: Optional[str] = None  # a weaker model to guide with (folder or Hub id; load_autoguidance)
     autoguidance_scale: Optional[float] = None  # its weight w in weak + w * (main - weak); None without a model
@@ -382,8 +406,22 @@ def regenerate(
 ) -> Tuple[Image.Image, Dict[str, Image.Image]]:
     """Sample ``index`` of the dataset ``config`` describes (with ``masks_from``: drawn for ``mask_sets``), made
     again alone (``pipe`` prepared as ``generate_dataset`` prepares it: ``prepare_pipeline``; the guide of
-    ``autoguidance_model`` loaded, and compiled with ``compile``, at every call)."""
+    ``autoguidance_model`` loaded, and compiled with ``compile``, at every call).
+
+    The same sample up to rounding, not bit for bit: the dataset drew it in a batch of ``batch_size``, and a batched
+    network call rounds differently from one on this single sample (by ~1e-6), which can move a pixel by one 8-bit
+    level or a mask pixel across its threshold (with ``compile`` the sample is padded to ``batch_size`` as the
+    dataset's batches were). With a sampler that draws noise on the device (``draws_noise_on_device``), a
+    ``config`` that records its ``device_type`` is refused on another device type, whose noise would be another.
+    """
+    recorded = config.device_type
     config = prepare_pipeline(pipe, config)
+    if recorded not in (None, config.device_type) and draws_noise_on_device(pipe, config):
+        raise ValueError(
+            f"regenerate: the dataset was drawn on {recorded} with a sampler that draws noise there at every step "
+            f"({noise_source(config)}), and this pipeline samples on {config.device_type}, whose noise differs. Fix: "
+            f"move the pipeline to a {recorded} device (pipe.to({recorded!r}))."
+        )
     given = [mask_sets.load(index)] if mask_sets is not None else None
     guide = load_autoguidance(pipe, config)
     images, masks = generate_samples(pipe, [config.seed + index], [config.sample_labels()[index]], config, given, guide)
@@ -544,11 +582,15 @@ def sampler_description(output_dir: str) -> Optional[str]:
     return f"{'own scheduler' if scheduler in (None, OWN_SCHEDULER) else scheduler}, {steps} steps{spaced}{guided}"
 
 
-def check_resume(output_dir: str, config: GenerationConfig, resume: bool, model_loaded: bool = True) -> bool:
+def check_resume(
+    output_dir: str, config: GenerationConfig, resume: bool, model_loaded: bool = True, noise_on_device: bool = True
+) -> bool:
     """Refuse to overwrite, and refuse to resume with settings that would change the samples (cheap: the script
     calls it before loading the model, too, with ``model_loaded=False``: sampler settings left to their defaults are
-    then not compared, since what they stand for depends on the model, nor is the precision it is loaded in;
-    ``generate_dataset`` compares them settled).
+    then not compared, since what they stand for depends on the model, nor are the precision it is loaded in and the
+    device type it samples on; ``generate_dataset`` compares them settled). The device type is compared only when
+    the sampling draws noise on the device (``noise_on_device``: ``draws_noise_on_device``), and only with a run
+    that recorded it (releases before this one did not).
 
     A run that finished no shard yet (``nothing_finished``: stopped at its first batch, or refused there by an earlier
     release) has nothing to lose: a plain rerun, or one with other settings, starts it over instead of being refused.
@@ -563,14 +605,63 @@ def check_resume(output_dir: str, config: GenerationConfig, resume: bool, model_
         return False
     unsettled = () if model_loaded else tuple(k for k in SETTLED_FIELDS if getattr(config, k) is None)
     ignored = (*RESUMABLE_DIFFERENCES, *unsettled)
+    if not noise_on_device or "device_type" not in saved:
+        ignored += ("device_type",)
     changed = changed_settings(saved, config, ignored)
     if nothing_finished(output_dir):
         return not resume or bool(changed)
     if not resume:
         raise FileExistsError(f"{output_dir} already holds a generation run; pass --resume to continue it, or choose another --output_dir.")
     if changed:
-        raise ValueError(f"--resume with other settings than the run in {output_dir}: {changed} (saved, now).")
+        raise ValueError(resume_refusal(output_dir, changed, config))
     return False
+
+
+def resume_refusal(output_dir: str, changed: Dict[str, Tuple], config: GenerationConfig) -> str:
+    """Why ``--resume`` refuses the ``changed`` settings (``{name: (saved, now)}``), with the fix for those whose fix
+    is not to give the recorded value back: another order of the same ``--labels``, the batch size, the device type."""
+    message = f"--resume with other settings than the run in {output_dir}: {changed} (saved, now)."
+    saved_labels, labels = changed.get("labels", (None, None))
+    if isinstance(saved_labels, dict) and saved_labels == labels:  # the same counts in another order
+        message += (
+            f" --labels {label_spec(labels)} lists the classes in another order than the run's --labels "
+            f"{label_spec(saved_labels)}: interleave_labels breaks ties between classes by that order, so the samples "
+            f"still to draw would get other labels. Fix: --labels {label_spec(saved_labels)}."
+        )
+    if "batch_size" in changed:
+        message += (
+            " A sample's pixels can move by one 8-bit level with the size of the batch it is drawn in (batched "
+            f"network calls round differently). Fix: --batch_size {changed['batch_size'][0]}."
+        )
+    if "device_type" in changed:
+        saved_type, device_type = changed["device_type"]
+        message += (
+            f" The run sampled on {saved_type} with a sampler that draws noise at every step from generators seeded "
+            f"on the sampling device ({noise_source(config)}): on {device_type} the samples still to draw would come "
+            f"from another noise stream. Fix: resume on a {saved_type} device (--device {saved_type}), or start a new "
+            "--output_dir."
+        )
+    return message
+
+
+def label_spec(labels: Dict[str, int]) -> str:
+    """``{"PM": 3, "non-PM": 2}`` -> ``"PM=3,non-PM=2"``, as ``--labels`` takes it (``parse_label_counts``)."""
+    return ",".join(f"{name}={count}" for name, count in labels.items())
+
+
+def draws_noise_on_device(pipe, config: GenerationConfig) -> bool:
+    """Whether sampling draws noise after the starting noise, which ``FundusPipeline`` draws from generators it seeds
+    on the sampling device (``step_noise_generators``): a stochastic sampler's at every step (``draws_step_noise``),
+    and with ``masks_from`` every sampler's, for the given masks. Such samples depend on the device type; samples of
+    a deterministic sampler or a GAN (whose only noise comes from CPU generators) differ between device types by
+    arithmetic rounding only."""
+    return hasattr(pipe, "scheduler") and (config.masks_from is not None or draws_step_noise(pipe.scheduler))
+
+
+def noise_source(config: GenerationConfig) -> str:
+    """The settings that make sampling draw noise on the device, for messages (see ``draws_noise_on_device``)."""
+    sampler = f"--scheduler {config.scheduler}"
+    return f"{sampler}, --masks_from {config.masks_from}" if config.masks_from else sampler
 
 
 def nothing_finished(output_dir: str) -> bool:
@@ -614,12 +705,22 @@ def exclusive_writer(output_dir: str):
 
 def changed_settings(saved: dict, config: GenerationConfig, ignored: Sequence[str] = ()) -> Dict[str, Tuple]:
     """``{name: (saved, now)}`` for the settings, but ``ignored``, in which ``config`` differs from a run's ``saved``
-    ones (``generation_config.json``)."""
-    return {k: (saved.get(k), v) for k, v in asdict(config).items() if k not in ignored and saved.get(k) != v}
+    ones (``generation_config.json``). ``labels`` differ in their order too: ``interleave_labels`` breaks ties between
+    classes by it, so ``PM=3,non-PM=3`` and ``non-PM=3,PM=3`` label the samples differently."""
+
+    def comparable(key, value):
+        return list(value.items()) if key == "labels" and isinstance(value, dict) else value
+
+    return {
+        k: (saved.get(k), v)
+        for k, v in asdict(config).items()
+        if k not in ignored and comparable(k, saved.get(k)) != comparable(k, v)
+    }
 
 
 def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
-    """Make ``pipe`` sample as ``config`` says and return ``config`` with its sampler and precision settled.
+    """Make ``pipe`` sample as ``config`` says and return ``config`` with its sampler, precision and device type
+    settled.
 
     A diffusion pipeline gets the scheduler ``config`` names (``use_scheduler``, from its saved noise schedule; kept
     with ``own``), by default DPM-Solver++ in 20 steps (DDPM with RePaint's ``resample_steps``), its steps spaced as
@@ -645,7 +746,8 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
     network = pipe.unet if hasattr(pipe, "unet") else pipe.gan_generator
     if config.compile and getattr(network, "_compiled_call_impl", None) is None:  # what nn.Module.compile sets
         compile_network(network, config.compile)
-    return replace(config, dtype=next(name for name, dtype in DTYPES.items() if dtype == network.dtype))
+    dtype = next(name for name, dtype in DTYPES.items() if dtype == network.dtype)
+    return replace(config, dtype=dtype, device_type=pipe._execution_device.type)
 
 
 def process_state() -> PartialState:
@@ -678,7 +780,7 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
     shard is on disk (waiting for the assembly too could outlast the collective backend's timeout)."""
     state = process_state()
     config = prepare_pipeline(pipe, config)
-    start_over = check_resume(output_dir, config, resume)
+    start_over = check_resume(output_dir, config, resume, noise_on_device=draws_noise_on_device(pipe, config))
     check_mask_sets(pipe, config, mask_sets)
     check_sampling(pipe, config, mask_sets)
     guide = load_autoguidance(pipe, config)  # refused before anything is written
@@ -904,7 +1006,8 @@ def _write_png_metadata(dataset, mask_names: Sequence[str], png_dir: str) -> Non
 
 def dataset_card(pipe, config: GenerationConfig, dataset, mask_sets: Optional[MaskSets] = None):
     """The dataset card (``model_cards/synthetic.md``): model, sampler, steps, guidance (autoguidance included),
-    post-processing, seeds and a snippet that makes one sample again.
+    post-processing, seeds, the device type sampled on and a snippet that makes one sample again (up to rounding:
+    ``regenerate``).
 
     A set drawn for ``mask_sets`` (``config.masks_from``) also gets the folder's name and ``resample_steps``, and how
     many samples each mask was given for (kept as given) or drawn for: every mask column is filled, so its
@@ -955,6 +1058,9 @@ def dataset_card(pipe, config: GenerationConfig, dataset, mask_sets: Optional[Ma
         scheduler=scheduler,
         num_inference_steps=config.num_inference_steps,
         dtype=config.dtype,
+        device_type=config.device_type,
+        noise_on_device=draws_noise_on_device(pipe, config),
+        batch_size=config.batch_size,
     )
 
 

@@ -1,22 +1,30 @@
 """Saving a trained pipeline with its model card, adding measured metrics to that card, and Hub uploads.
 
-A pipeline's ``save_pretrained`` writes weights, configs and its own code; ``save_model`` adds what this package knows
-about the run (training information, metrics) and the card rendered from ``model_cards/``.
+A pipeline's ``save_pretrained`` writes weights, configs (without local paths) and its own code; ``save_model`` adds
+what this package knows about the run (training information, metrics) and the card rendered from ``model_cards/``.
+A fundus pipeline's ``push_to_hub`` uploads what ``save_model`` writes (``push_pipeline``).
 """
 
 import json
 import os
-from typing import Dict, Optional, Sequence
+import tempfile
+from typing import Dict, List, Optional, Sequence
 
 import huggingface_hub
 from filelock import FileLock
 
 from .model_cards import METRICS_FILE, model_card, portable_name, read_metrics, render_model_card
 
-__all__ = ["save_model", "write_model_card", "add_model_card_metrics", "push_folder", "render_model_card"]
+__all__ = [
+    "save_model",
+    "write_model_card",
+    "add_model_card_metrics",
+    "push_folder",
+    "push_pipeline",
+    "render_model_card",
+]
 
 DEFAULT_IGNORE = ("checkpoint-*", ".tmp-*", "logs/*", "snapshots/*", "post_hoc_ema/*", "*.lock")
-COMPONENT_CONFIGS = ("config.json", "scheduler_config.json")
 
 
 def save_model(
@@ -39,23 +47,9 @@ def save_model(
             info["hub_model_id"] = repo_id
         pipeline.register_to_config(training_info=info)
     pipeline.save_pretrained(folder)
-    _drop_local_paths(folder)
     with open(os.path.join(folder, METRICS_FILE), "w", encoding="utf-8") as f:
         json.dump(list(metrics or []), f, indent=2)
     return write_model_card(folder)
-
-
-def _drop_local_paths(folder: str) -> None:
-    """Remove ``_name_or_path`` (where a loaded component came from: a local path) from the component configs."""
-    for component in os.listdir(folder):
-        for name in COMPONENT_CONFIGS:
-            path = os.path.join(folder, component, name)
-            if os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    config = json.load(f)
-                if config.pop("_name_or_path", None) is not None:
-                    with open(path, "w", encoding="utf-8") as f:
-                        json.dump(config, f, indent=2, sort_keys=True)
 
 
 def write_model_card(folder: str) -> str:
@@ -81,17 +75,45 @@ def push_folder(
     folder: str,
     repo_id: str,
     token: Optional[str] = None,
-    private: bool = False,
+    private: Optional[bool] = False,
     ignore_patterns: Sequence[str] = DEFAULT_IGNORE,
+    commit_message: Optional[str] = None,
+    create_pr: bool = False,
 ) -> str:
-    """Create ``repo_id`` if needed (``private``: visible to its owner only) and upload ``folder`` without
-    checkpoints, temporaries and logs; return the URL."""
+    """Create ``repo_id`` if needed (``private``: visible to its owner only; None: the owner's default) and upload
+    ``folder`` without checkpoints, temporaries and logs, as a pull request with ``create_pr``; return the URL (the
+    pull request's with ``create_pr``)."""
     repo_id = huggingface_hub.create_repo(repo_id, exist_ok=True, token=token, private=private).repo_id
-    huggingface_hub.upload_folder(
+    commit = huggingface_hub.upload_folder(
         repo_id=repo_id,
         folder_path=folder,
         ignore_patterns=list(ignore_patterns),
         token=token,
-        commit_message="Upload fundus-diffusion model",
+        commit_message=commit_message or "Upload fundus-diffusion model",
+        create_pr=create_pr,
     )
-    return f"https://huggingface.co/{repo_id}"
+    return commit.pr_url if create_pr else f"https://huggingface.co/{repo_id}"
+
+
+def push_pipeline(
+    pipeline,
+    repo_id: str,
+    commit_message: Optional[str] = None,
+    private: Optional[bool] = None,
+    token: Optional[str] = None,
+    create_pr: bool = False,
+    metrics: Optional[List[Dict]] = None,
+) -> str:
+    """What a fundus pipeline's ``push_to_hub`` runs: ``save_model`` into a temporary folder, its card naming
+    ``repo_id`` (which ``pipeline``'s ``training_info`` then records as ``hub_model_id``), then ``push_folder`` (as a
+    pull request with ``create_pr``); return the URL. ``metrics`` None: those recorded beside the local folder
+    ``pipeline`` was loaded from (measured on its weights), none for a pipeline built in memory or loaded from the
+    Hub."""
+    if metrics is None:
+        source = pipeline.name_or_path
+        metrics = read_metrics(source) if source and os.path.isdir(source) else []
+    with tempfile.TemporaryDirectory() as folder:
+        save_model(pipeline, folder, training_info=pipeline.config.training_info, metrics=metrics, repo_id=repo_id)
+        return push_folder(
+            folder, repo_id, token=token, private=private, commit_message=commit_message, create_pr=create_pr
+        )

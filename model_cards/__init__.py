@@ -30,6 +30,23 @@ METRICS_FILE = "metrics.json"  # the measured metrics a model card shows, kept b
 # The training-information keys a model card shows as its "Training data" section (training.loop.run_info writes them).
 DATA_KEYS = ("dataset", "images", "sources", "labels", "masks", "annotated")
 TEMPLATES = {"FundusPipeline": "ddpm", "FundusGANPipeline": "dcgan"}
+# Table 1 of Makinde & Saeed (``--preset paper``, training/dcgan.py's PAPER_PRESET) as a DCGAN run records it in its
+# training information (training.loop.run_info and DCGANKind.training_info); the epochs depend on the masks. A card
+# claims the paper's settings only where the run recorded these: flags given explicitly win over the preset. Kept
+# here because this module cannot import the trainer (it needs the train extra); tests/test_hub_fixes.py checks that
+# the two agree.
+PAPER_TABLE_1 = {
+    "resolution": 360,
+    "batch_size": 32,
+    "learning_rate": 2e-4,
+    "optimizer": "Adam, lr 0.0002, betas (0.5, 0.999)",
+    "loss": "bce",
+    "discriminator": "BatchNorm",
+    "nz / ngf / ndf": "100 / 32 / 64",
+    "weights": "last step",
+    "class_conditional": False,
+}
+PAPER_EPOCHS = {1: 100, 2: 130}  # one mask (or none): 100 epochs; two or more: 130
 _NUMBER = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*%?\s*(?:±\s*\d+(?:\.\d+)?\s*%?)?\s*")  # "0.7", "0.7 ± 0.1", "97%"
 
 
@@ -99,6 +116,13 @@ def _num_parameters(folder: str) -> int:
     return total
 
 
+def paper_differences(training: Dict, num_masks: int) -> Dict[str, tuple]:
+    """``{setting: (as the run recorded it, as Table 1 has it)}`` for the settings of a DCGAN run's training
+    information that differ from ``PAPER_TABLE_1`` (a setting the run did not record counts as different)."""
+    paper = {**PAPER_TABLE_1, "epochs": PAPER_EPOCHS[min(max(num_masks, 1), 2)]}
+    return {key: (training.get(key, "not recorded"), value) for key, value in paper.items() if training.get(key) != value}
+
+
 def read_metrics(folder: str) -> List[Dict]:
     """The measured metrics recorded beside a model's card (none when there is no ``metrics.json``)."""
     path = os.path.join(folder, METRICS_FILE)
@@ -134,14 +158,17 @@ def model_card(folder: str) -> ModelCard:
     )
     if class_name == "FundusPipeline":
         scheduler = _read_json(folder, "scheduler", "scheduler_config.json")
+        betas = scheduler.get("trained_betas")  # explicit betas (a shifted schedule) replace beta_schedule
         context.update(
             scheduler_class=scheduler["_class_name"],
             num_train_timesteps=scheduler["num_train_timesteps"],
             beta_schedule=scheduler.get("beta_schedule"),
+            trained_betas=(betas[0], betas[-1]) if betas else None,
             prediction_type=scheduler.get("prediction_type"),
         )
     else:
-        context.update(nz=model["nz"])
+        differences = paper_differences(training, len(context["mask_names"]))
+        context.update(nz=model["nz"], paper_preset=training.get("preset") == "paper", paper_differences=differences)
     data = ModelCardData(
         **LICENSE,
         library_name="diffusers",

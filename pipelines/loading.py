@@ -35,6 +35,8 @@ SCHEDULERS = {
     "unipc": ("UniPCMultistepScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
 }
+# The SCHEDULERS that draw fresh noise at every step; the others (and DDIM, whose eta is 0 here) draw none.
+STOCHASTIC_SCHEDULERS = ("ddpm", "sde-dpmsolver++", "euler_ancestral")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -135,6 +137,15 @@ def sampler_settings(scheduler: Optional[str], timestep_spacing: Optional[str] =
     check_scheduler(scheduler)
     scheduler_class, overrides = SCHEDULERS[scheduler] if scheduler else (type(current).__name__, {})
     return scheduler_class, {**overrides, **({"timestep_spacing": timestep_spacing} if timestep_spacing else {})}
+
+
+def draws_step_noise(scheduler) -> bool:
+    """Whether the diffusers ``scheduler`` draws fresh noise at every step: it is one of ``STOCHASTIC_SCHEDULERS``,
+    or of a kind none of ``SCHEDULERS`` builds (a model saved with another scheduler), which is assumed to."""
+    for name, (class_name, overrides) in SCHEDULERS.items():
+        if type(scheduler).__name__ == class_name and all(scheduler.config.get(k) == v for k, v in overrides.items()):
+            return name in STOCHASTIC_SCHEDULERS
+    return True
 
 
 def make_sampler(schedule_config, scheduler: str, timestep_spacing: Optional[str] = None):

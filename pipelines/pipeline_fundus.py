@@ -5,8 +5,11 @@ This file imports only torch, diffusers, numpy, PIL and the standard library: ``
 saved folder as ``pipeline.py``, so that the folder loads on a machine without fundus-diffusion::
 
     DiffusionPipeline.from_pretrained(folder_or_hub_id, trust_remote_code=True)
+
+Only ``push_to_hub`` needs fundus-diffusion (its model card), and imports it when called (``push_with_model_card``).
 """
 
+import importlib
 import inspect
 import json
 import os
@@ -34,6 +37,14 @@ PIPELINE_FILE = "pipeline.py"  # model_index.json's "_class_name": ["pipeline", 
 # model_index.json stores mask_names as "disc,atrophy": diffusers takes every list there for a component, and loading
 # from the Hub then looks for the component "mask_names" (a list of names loads from a local folder only).
 MASK_NAME_SEPARATOR = ","
+# Where diffusers loaded a pipeline or component from: it writes this key into model_index.json and every component's
+# config when a loaded pipeline is saved again; for a local folder that is its path, which means nothing on another
+# machine and can name people (a clinic's folder). A save drops it from these files.
+LOADED_FROM_KEY = "_name_or_path"
+SAVED_CONFIGS = ("model_index.json", "config.json", "scheduler_config.json")
+# The module that renders a saved folder's model card (research-only notice, channels, metrics): push_to_hub uploads
+# through it, and so needs fundus-diffusion installed (loading and sampling a folder never do).
+CARD_MODULE = "fundus_diffusion.hub"
 
 Label = Union[str, int, None]
 
@@ -187,11 +198,14 @@ def save_pretrained_with_code(
     - for each custom component in ``components`` (``{name: its class}``), the class's module as
       ``<name>/<module>.py``, named in ``model_index.json``. From the Hub, diffusers downloads only that file of the
       component's folder: the module must import nothing relatively.
+
+    The configs keep no local path: ``drop_local_paths`` removes where a loaded pipeline came from.
     """
     if not kwargs.pop("safe_serialization", True):
         raise ValueError("Fundus pipelines save weights as safetensors only: pickle files run code when loaded.")
     push_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "create_pr", "commit_message") if k in kwargs}
     DiffusionPipeline.save_pretrained(pipeline, save_directory, **kwargs)
+    drop_local_paths(save_directory)
     code = {PIPELINE_FILE: pipeline_file}
     if os.path.abspath(pipeline_file) != os.path.abspath(__file__):
         code[os.path.basename(__file__)] = __file__
@@ -204,15 +218,47 @@ def save_pretrained_with_code(
     with open(path, encoding="utf-8") as f:
         index = json.load(f)
     index["_class_name"] = [PIPELINE_FILE[: -len(".py")], type(pipeline).__name__]
-    index.pop("_name_or_path", None)  # where it was loaded from: a local path says nothing on another machine
     index["mask_names"] = MASK_NAME_SEPARATOR.join(index["mask_names"])
     for name, module_file in modules.items():
         index[name] = [os.path.basename(module_file)[: -len(".py")], index[name][1]]
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    if push_to_hub:  # push_to_hub uploads a fresh save_pretrained: this file goes with it
+    if push_to_hub:  # push_to_hub uploads a fresh save with its model card (push_with_model_card)
         repo_id = push_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
         pipeline.push_to_hub(repo_id, **push_kwargs)
+
+
+def drop_local_paths(folder: str) -> None:
+    """Remove ``LOADED_FROM_KEY`` (where a loaded pipeline and its components came from) from the saved configs of
+    ``folder``: ``model_index.json`` and each component's ``config.json`` / ``scheduler_config.json``."""
+    paths = [os.path.join(folder, SAVED_CONFIGS[0])]
+    paths += [os.path.join(folder, entry, name) for entry in sorted(os.listdir(folder)) for name in SAVED_CONFIGS[1:]]
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        if config.pop(LOADED_FROM_KEY, None) is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def push_with_model_card(pipeline, repo_id: str, **kwargs) -> str:
+    """``push_to_hub`` of the fundus pipelines: ``fundus_diffusion.hub.push_pipeline``, which uploads what
+    ``fundus_diffusion.hub.save_model`` writes (weights, configs without local paths, code, ``metrics.json`` and the
+    model card with its research-only notice and channel definitions) instead of diffusers' generic card. The card's
+    templates are fundus-diffusion's, so the package is imported here, when a push is asked for, and never to load or
+    sample a folder."""
+    try:
+        hub = importlib.import_module(CARD_MODULE)
+    except ImportError as err:
+        raise ImportError(
+            f"push_to_hub uploads a fundus pipeline with its model card (research-only notice, channels, metrics), "
+            f"which fundus-diffusion renders, and {CARD_MODULE} cannot be imported here ({err}). Fix: pip install "
+            "fundus-diffusion, then push_to_hub again; or upload a folder that fundus_diffusion.hub.save_model wrote "
+            "(its README.md is the card) with huggingface_hub.upload_folder."
+        ) from err
+    return hub.push_pipeline(pipeline, repo_id, **kwargs)
 
 
 def config_for_this_class(config: dict, components: Sequence[str] = ()) -> dict:
@@ -279,9 +325,17 @@ def image_to_channels(image, resolution: int, where: str) -> torch.Tensor:
 
 def mask_to_channel(mask, resolution: int, where: str) -> torch.Tensor:
     """A binary mask (``L`` PIL image, 255 = structure; ``[H, W]`` array or tensor, bool or in [0, 1]) -> ``[H, W]``
-    in {-1, +1}, the model's mask channel. A PIL pixel is set at >= 128, an array's at > 0.5."""
+    in {-1, +1}, the model's mask channel. A PIL pixel is set at >= 128, an array's at > 0.5. An image with pixels
+    above 0 but none at 128 or more (a mask saved as 0 / 1) is refused: it would condition on an empty mask."""
     if isinstance(mask, PIL.Image.Image):
-        x = torch.from_numpy(np.asarray(mask.convert("L")) >= 128)
+        values = np.asarray(mask.convert("L"))
+        x = torch.from_numpy(values >= 128)
+        if values.any() and not x.any():
+            raise ValueError(
+                f"{where} has pixels above 0 (at most {values.max()}) but none at 128 or more, so as an L image (255 = "
+                "structure) it is an empty mask; a mask saved as 0 / 1 looks so. Fix: give it as 0 / 255 "
+                "(mask.point(lambda v: 255 if v else 0)) or as an [H, W] array in {0, 1}."
+            )
     elif isinstance(mask, (np.ndarray, torch.Tensor)) and mask.ndim == 2:
         x = torch.as_tensor(mask).detach().cpu().float()
         if not (x.min() >= 0 and x.max() <= 1):
@@ -378,6 +432,28 @@ class FundusPipelineMixin:
     def class_ids(self, class_labels: Union[Label, Sequence[Label]], batch_size: int) -> torch.Tensor:
         """Names, ids, ``None`` or -1 (the null class: unconditional) -> a ``[batch_size]`` tensor of class ids."""
         return class_ids(self.config.id2label, class_labels, batch_size, self._execution_device)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: Optional[str] = None,
+        private: Optional[bool] = None,
+        token: Optional[str] = None,
+        create_pr: bool = False,
+        metrics: Optional[List[dict]] = None,
+    ) -> str:
+        """Upload this pipeline to the Hub repository ``repo_id`` (created if needed) as
+        ``fundus_diffusion.hub.save_model`` saves it, model card and ``metrics.json`` included, not with diffusers'
+        generic card (``push_with_model_card``; needs fundus-diffusion). Returns the repository's URL (with
+        ``create_pr``, the pull request's).
+
+        ``metrics``: measured values (``save_model``'s); default: those recorded beside the local folder this
+        pipeline was loaded from (``metrics.json``), none for a pipeline built in memory or loaded from the Hub.
+        """
+        return push_with_model_card(
+            self, repo_id, commit_message=commit_message, private=private, token=token, create_pr=create_pr,
+            metrics=metrics,
+        )  # fmt: skip
 
     def outputs(self, sample: torch.Tensor, output_type: str, return_dict: bool):
         """Images and per-sample mask dicts from a sampled ``[N, C, H, W]`` tensor in [-1, 1], as ``__call__`` returns

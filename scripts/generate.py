@@ -94,12 +94,20 @@ def parse_args(argv=None):
         help="With --autoguidance_model: the weight w in weak + w * (main - weak); 1 is the main model alone.",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="Sample i uses seed + i.")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument(
+        "--batch_size", type=int, default=64,
+        help="Samples per network call; --resume takes the run's (a batch rounds a sample within one 8-bit level).",
+    )  # fmt: skip
     parser.add_argument("--shard_size", type=int, default=256, help="Samples per on-disk shard (the unit of --resume).")
     parser.add_argument("--postprocess", default="", help=f"Comma list, applied in order: {', '.join(POSTPROCESSING)}.")
     parser.add_argument("--png", action="store_true", help="Also write png/images, png/masks/<name>, png/metadata.csv.")
     parser.add_argument("--resume", action="store_true", help="Continue a partly written --output_dir.")
-    parser.add_argument("--device", default=None, help="Default: cuda if available (under accelerate launch: the process's GPU), else cpu.")
+    parser.add_argument(
+        "--device", default=None,
+        help="Default: cuda if available (under accelerate launch: the process's GPU), else cpu. With a sampler that "
+        "draws noise at every step (ddpm, sde-dpmsolver++, euler_ancestral, or any with --masks_from), --resume "
+        "needs the run's device type.",
+    )  # fmt: skip
     parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto", help="auto: fp16 on a GPU, fp32 on the CPU.")
     parser.add_argument(
         "--compile", action="store_true",

@@ -2,6 +2,7 @@ import csv
 import json
 import re
 import runpy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,30 @@ def test_png_names_keep_load_dataset_from_guessing_splits(models, tmp_path):
     assert_same_samples(loaded["train"], dataset)
 
 
+def test_masks_from_reads_masks_as_the_dataset_builder_does(models, tmp_path):
+    """A 0 / 1 mask (as some tools save them) is its structure, not an empty mask; a mask with pixels above 0 but
+    none at 128 or more is refused before anything is written, naming the file."""
+    disc = np.zeros((8, 8), np.uint8)
+    disc[2:6, 3:7] = 1
+    (tmp_path / "sets" / "masks" / "disc").mkdir(parents=True)
+    Image.fromarray(disc).save(tmp_path / "sets" / "masks" / "disc" / "a.png")  # 0 / 1
+    Image.fromarray(disc * 255).save(tmp_path / "sets" / "masks" / "disc" / "b.png")  # 0 / 255
+    sets = read_mask_sets(str(tmp_path / "sets"))
+    assert [np.asarray(sets.load(i)["disc"]).tolist() for i in range(2)] == [(disc * 255).tolist()] * 2
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    cfg = config(models["ddpm"], num_samples=2, num_inference_steps=2, masks_from=sets.name)
+    dataset = generate_dataset(pipe, cfg, str(tmp_path / "syn"), mask_sets=sets)
+    assert [np.asarray(mask).tolist() for mask in dataset["disc_mask"]] == [(disc * 255).tolist()] * 2
+
+    (tmp_path / "faint" / "masks" / "disc").mkdir(parents=True)
+    Image.fromarray(disc * 100).save(tmp_path / "faint" / "masks" / "disc" / "a.png")
+    faint = read_mask_sets(str(tmp_path / "faint"))
+    message = r"faint/masks/disc/a.png has pixels above 0 but none at 128 or more.*Fix: save it with 255"
+    with pytest.raises(ValueError, match=message):
+        generate_dataset(pipe, replace(cfg, num_samples=1, masks_from=faint.name), str(tmp_path / "out"), mask_sets=faint)
+    assert not (tmp_path / "out").exists()
+
+
 class CountingPipeline:
     """Records, before each batch, how many generated samples are not yet in a finished shard file."""
 
@@ -220,12 +245,15 @@ def test_shards_stream_and_resume_gives_the_uninterrupted_result(models, tmp_pat
         generate_dataset(pipe, cfg, str(tmp_path / "run"))
     with pytest.raises(ValueError, match="seed"):
         generate_dataset(pipe, config(models["gan"], num_samples=7, shard_size=3, seed=4), str(tmp_path / "run"), resume=True)
-    resumed = generate_dataset(pipe, config(models["gan"], num_samples=7, shard_size=3, batch_size=3), str(tmp_path / "run"), resume=True)
+    # a batch rounds its samples within one 8-bit level of another batch size's: the run's batch size is kept
+    with pytest.raises(ValueError, match=r"'batch_size': \(2, 3\).*one 8-bit level.*Fix: --batch_size 2\."):
+        generate_dataset(pipe, replace(cfg, batch_size=3), str(tmp_path / "run"), resume=True)
+    resumed = generate_dataset(pipe, replace(cfg, device="cpu:0"), str(tmp_path / "run"), resume=True)
     fresh = generate_dataset(pipe, cfg, str(tmp_path / "fresh"))
     assert resumed["id"] == fresh["id"] and resumed["seed"] == list(range(3, 10))
     for a, b in zip(resumed["image"], fresh["image"]):
         assert np.array_equal(np.asarray(a), np.asarray(b))
-    assert json.loads((tmp_path / "run" / "generation_config.json").read_text())["batch_size"] == 3
+    assert json.loads((tmp_path / "run" / "generation_config.json").read_text())["device"] == "cpu:0"  # resumable
     assert generate_dataset(pipe, cfg, str(tmp_path / "run"), resume=True)["seed"] == resumed["seed"]  # finished: kept
 
 

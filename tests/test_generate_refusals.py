@@ -21,8 +21,18 @@ from PIL import Image
 
 from fundus_diffusion import FundusPipeline
 from fundus_diffusion.data import load_fundus_dataset
-from fundus_diffusion.generate import GenerationConfig, exclusive_writer, generate_dataset, read_mask_sets
-from fundus_diffusion.pipelines.loading import load_fundus_pipeline
+from fundus_diffusion.generate import (
+    GenerationConfig,
+    check_resume,
+    draws_noise_on_device,
+    exclusive_writer,
+    generate_dataset,
+    interleave_labels,
+    prepare_pipeline,
+    read_mask_sets,
+    regenerate,
+)
+from fundus_diffusion.pipelines.loading import SCHEDULERS, load_fundus_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -207,6 +217,78 @@ def test_a_folder_with_a_finished_shard_is_still_refused(models, tmp_path):  # n
         generate_dataset(pipe, other, str(out), resume=True)
     assert (out / "shards" / "shard-00000.arrow").exists()  # kept
     assert generate_dataset(pipe, config, str(out), resume=True)["seed"] == [0, 1, 2, 3, 4]
+
+
+def test_a_resume_with_the_labels_in_another_order_is_refused_naming_both(models, tmp_path):  # noqa: F811
+    """interleave_labels breaks ties between classes by their order: PM=3,non-PM=3 and non-PM=3,PM=3 label the
+    samples differently, so a resume with the other order would change the labels mid-dataset."""
+    assert interleave_labels({"PM": 3, "non-PM": 3}) != interleave_labels({"non-PM": 3, "PM": 3})
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    config = GenerationConfig(
+        model=models["ddpm"], num_samples=6, labels={"PM": 3, "non-PM": 3}, num_inference_steps=2, shard_size=2,
+        batch_size=2, device="cpu",
+    )  # fmt: skip
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        generate_dataset(InterruptingPipeline(pipe, calls=2), config, str(out))  # shard 0 finished
+    reordered = replace(config, labels={"non-PM": 3, "PM": 3})
+    refusal = (
+        r"--labels non-PM=3,PM=3 lists the classes in another order than the run's --labels PM=3,non-PM=3: "
+        r"interleave_labels breaks ties .* Fix: --labels PM=3,non-PM=3\."
+    )
+    with pytest.raises(ValueError, match=refusal):
+        check_resume(str(out), reordered, resume=True, model_loaded=False)  # the script's check, before loading
+    with pytest.raises(ValueError, match=refusal):
+        generate_dataset(pipe, reordered, str(out), resume=True)
+    assert generate_dataset(pipe, config, str(out), resume=True)["label"] == [1, 0, 1, 0, 1, 0]
+
+
+def test_samplers_that_draw_noise_on_the_device_resume_only_on_its_type(models, tmp_path):  # noqa: F811
+    """Stochastic samplers (and every sampler with --masks_from) draw their later noise from generators seeded on
+    the sampling device: a run resumed on another device type would mix two noise streams. On the CPU, the recorded
+    device type is faked."""
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    config = GenerationConfig(
+        model=models["ddpm"], num_samples=5, scheduler="ddpm", num_inference_steps=2, shard_size=2, batch_size=2,
+        device="cpu",
+    )  # fmt: skip
+    noisy = {name for name in SCHEDULERS if draws_noise_on_device(pipe, prepare_pipeline(pipe, replace(config, scheduler=name)))}
+    assert noisy == {"ddpm", "sde-dpmsolver++", "euler_ancestral"}
+    assert draws_noise_on_device(pipe, prepare_pipeline(pipe, replace(config, scheduler="ddim", masks_from="given")))
+
+    def interrupted_run_recorded_on(device_type, config, folder):
+        with pytest.raises(Interrupted):
+            generate_dataset(InterruptingPipeline(pipe, calls=2), config, str(folder))  # shard 0 finished
+        recorded = json.loads((folder / "generation_config.json").read_text())
+        assert recorded["device_type"] == "cpu"  # the type the pipeline sampled on
+        if device_type is None:  # as recorded by a release before this one
+            del recorded["device_type"]
+        else:
+            recorded["device_type"] = device_type
+        (folder / "generation_config.json").write_text(json.dumps(recorded))
+        return recorded
+
+    recorded = interrupted_run_recorded_on("cuda", config, tmp_path / "ddpm")
+    refusal = (
+        r"'device_type': \('cuda', 'cpu'\).* The run sampled on cuda with a sampler that draws noise at every step from "
+        r"generators seeded on the sampling device \(--scheduler ddpm\): on cpu the samples still to draw would come "
+        r"from another noise stream\. Fix: resume on a cuda device \(--device cuda\)"
+    )
+    with pytest.raises(ValueError, match=refusal):
+        generate_dataset(pipe, config, str(tmp_path / "ddpm"), resume=True)
+    with pytest.raises(ValueError, match=r"drawn on cuda .* samples on cpu.*Fix: move the pipeline to a cuda device"):
+        regenerate(pipe, GenerationConfig(**recorded), 0)
+
+    deterministic = replace(config, scheduler="ddim")  # its samples differ between device types by rounding only
+    interrupted_run_recorded_on("cuda", deterministic, tmp_path / "ddim")
+    assert len(generate_dataset(pipe, deterministic, str(tmp_path / "ddim"), resume=True)) == 5
+    assert "| device type | cpu |" in (tmp_path / "ddim" / "README.md").read_text()
+
+    interrupted_run_recorded_on(None, config, tmp_path / "before")  # nothing recorded to compare with
+    assert len(generate_dataset(pipe, config, str(tmp_path / "before"), resume=True)) == 5
+    card = (tmp_path / "before" / "README.md").read_text()
+    assert "| device type | cpu (sampling drew noise at every step from generators seeded on this device: the samples are reproducible on this device type only) |" in card
+    assert 'device="cpu"' in card.split("## Regenerate one sample")[1]
 
 
 @pytest.mark.parametrize(

@@ -283,6 +283,22 @@ def test_uploaded_files_hold_no_local_paths(tmp_path):
     assert json.loads((second / "model_index.json").read_text())["training_info"]["dataset"] == "patients-2024"
 
 
+@pytest.mark.parametrize("make", [tiny_ddpm, tiny_gan])
+def test_a_loaded_pipeline_saved_again_keeps_no_local_path(tmp_path, make):
+    """diffusers writes where each component was loaded from (``_name_or_path``) into its config when a loaded
+    pipeline is saved: save_pretrained itself drops it, not only hub.save_model."""
+    make().save_pretrained(tmp_path / "first")
+    loaded = type(make()).from_pretrained(tmp_path / "first")
+    loaded.save_pretrained(tmp_path / "second")
+    configs = sorted((tmp_path / "second").rglob("*.json"))
+    components = ["scheduler/scheduler_config.json", "unet/config.json"] if make is tiny_ddpm else ["gan_generator/config.json"]
+    assert [p.relative_to(tmp_path / "second").as_posix() for p in configs] == sorted(["model_index.json", *components])
+    for path in configs:
+        text = path.read_text()
+        assert str(tmp_path) not in text and "_name_or_path" not in text, path
+    assert type(loaded).from_pretrained(tmp_path / "second").config.mask_names == loaded.config.mask_names
+
+
 def test_model_card_metadata_comes_from_the_card_data_classes(tmp_path):
     save_model(
         tiny_ddpm(), tmp_path, training_info={"dataset": "pm", "hub_dataset": "me/pm"}, repo_id="me/ddpm",

@@ -240,6 +240,20 @@ def test_bad_inputs_raise():
         unconditional(**get_dummy_inputs())
 
 
+def test_a_mask_image_saved_as_0_and_1_is_refused_not_read_as_empty():
+    """An L image has 255 = structure: one saved with 1 = structure would condition on an empty mask, silently."""
+    from PIL import Image
+
+    pipe = make_pipe()
+    disc = np.zeros((8, 8), np.uint8)
+    disc[2:6, 3:7] = 1
+    with pytest.raises(ValueError, match=r"Mask 'disc' of sample 0 has pixels above 0 \(at most 1\) but none at 128.*Fix: give it as 0 / 255"):
+        pipe(**get_dummy_inputs(), masks={"disc": Image.fromarray(disc)})
+    for given in (Image.fromarray(disc * 255), disc.astype(np.float32), Image.fromarray(np.zeros((8, 8), np.uint8))):
+        out = pipe(**get_dummy_inputs(), masks={"disc": given})  # 0 / 255, an array in {0, 1}, an empty mask
+        assert np.array_equal(out.masks[0]["disc"], np.asarray(given, dtype=np.float32) > 0)
+
+
 def test_size_errors_show_the_resolution():
     pipe = make_pipe()
     with pytest.raises(ValueError, match=r"generates 8x8 px \(resolution=8\): resize it to 8x8 with nearest"):
