@@ -31,6 +31,7 @@ from diffusers.utils.torch_utils import randn_tensor
 IMAGE_CHANNELS = 3
 DEFAULT_MASK_NAMES = ("disc", "atrophy")  # channel 3, channel 4
 ROTATIONS = 4  # quarter turns a rotation-conditioned UNet is told about: 0, 90, 180 and 270 degrees
+COORDINATE_CHANNELS = 2  # x and y of each pixel, read by a UNet trained with Patch Diffusion (coordinate_channels)
 DEFAULT_ID2LABEL = {0: "non-PM", 1: "PM"}  # the null class (unknown label, unconditional) is len(id2label)
 UNKNOWN_LABEL = -1
 PIPELINE_FILE = "pipeline.py"  # model_index.json's "_class_name": ["pipeline", "<class>"] names this copy
@@ -61,6 +62,21 @@ class FundusPipelineOutput(BaseOutput):
 
     images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
     masks: List[Dict[str, Union[PIL.Image.Image, np.ndarray, torch.Tensor]]]
+
+
+def coordinate_channels(resolution: int, batch_size: int, device, dtype) -> torch.Tensor:
+    """``[batch_size, 2, resolution, resolution]``: each pixel's column (channel 0) and row (channel 1) scaled to
+    [-1, 1] across the whole image. A UNet trained with Patch Diffusion (Wang et al. 2023; ``fundus_diffusion.training
+    .patches``) saw crops of its training images with these values where the crops lay; sampling gives it the whole
+    grid beside the noisy channels, so it denoises whole images."""
+    positions = torch.linspace(-1, 1, resolution, device=device, dtype=dtype)
+    grid = torch.stack([positions.expand(resolution, -1), positions[:, None].expand(-1, resolution)])
+    return grid.expand(batch_size, -1, -1, -1)
+
+
+def reads_coordinates(unet_config) -> bool:
+    """Whether a UNet takes the ``COORDINATE_CHANNELS`` beside its noisy channels (trained with Patch Diffusion)."""
+    return unet_config.in_channels == unet_config.out_channels + COORDINATE_CHANNELS
 
 
 def split_mask_names(mask_names: Union[str, Sequence[str]]) -> List[str]:
@@ -471,7 +487,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
     (channels 0-2 RGB, then one channel per mask in ``mask_names`` order, all in [-1, 1]).
 
     Parameters:
-        unet ([`UNet2DModel`]): denoiser with ``in_channels = out_channels = image_channels + len(mask_names)`` and
+        unet ([`UNet2DModel`]): denoiser with ``in_channels = out_channels = image_channels + len(mask_names)`` (or
+            ``COORDINATE_CHANNELS`` more in, for a UNet trained with Patch Diffusion: ``coordinate_channels``) and
             ``num_class_embeds = len(id2label) + 1`` (the last class is the null class), or no class embedding.
         scheduler ([`SchedulerMixin`]): any diffusers scheduler; swap with ``Scheduler.from_config(pipe.scheduler.config)``.
         image_channels (`int`): colour channels before the masks (3).
@@ -499,7 +516,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
     ):
         super().__init__()
         mask_names, id2label = check_fundus_config(
-            "UNet", {"in": unet.config.in_channels, "out": unet.config.out_channels}, unet.config.num_class_embeds,
+            "UNet", {"in": unet.config.in_channels - COORDINATE_CHANNELS * reads_coordinates(unet.config),
+                     "out": unet.config.out_channels}, unet.config.num_class_embeds,
             image_channels, DEFAULT_MASK_NAMES[:1] if mask_names is None else mask_names, id2label,
             rotation_conditioning,
         )  # fmt: skip
@@ -615,7 +633,7 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         if do_guidance:
             labels = torch.cat([torch.full_like(labels, self.null_class_id), labels])
 
-        shape = (batch_size, self.unet.config.in_channels, resolution, resolution)
+        shape = (batch_size, self.unet.config.out_channels, resolution, resolution)
         sample = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps or self.scheduler.config.num_train_timesteps, device=device)
         sample = sample * self.scheduler.init_noise_sigma
@@ -634,6 +652,9 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
                     sample = torch.where(known, self.scheduler.add_noise(x0, noise, t.expand(len(x0))), sample)
                 model_input = torch.cat([sample] * 2) if do_guidance else sample
                 model_input = self.scheduler.scale_model_input(model_input, t)
+                if reads_coordinates(self.unet.config):
+                    grid = coordinate_channels(resolution, len(model_input), device, model_input.dtype)
+                    model_input = torch.cat([model_input, grid], dim=1)
                 model_output = self.unet(model_input, t, class_labels=labels).sample
                 if do_guidance:
                     uncond, cond = model_output.chunk(2)

@@ -5,7 +5,7 @@ from typing import Dict, Optional
 from diffusers import UNet2DModel
 
 from ..data.schema import NUM_CLASS_EMBEDS
-from ..pipelines.pipeline_fundus import ROTATIONS
+from ..pipelines.pipeline_fundus import COORDINATE_CHANNELS, ROTATIONS
 
 # Each preset: channels per resolution level, resnets per level, which levels get self-attention (by index, 0 =
 # full resolution), head width, dropout and norm groups. Attention sits where feature maps are 8-32 px at the
@@ -55,8 +55,10 @@ def build_unet(
     class_conditional: bool = True,
     dropout: Optional[float] = None,
     rotation_conditioning: bool = False,
+    coordinate_channels: bool = False,
 ) -> UNet2DModel:
-    """A ``UNet2DModel`` mapping ``in_channels`` to ``in_channels`` at ``resolution`` px.
+    """A ``UNet2DModel`` mapping ``in_channels`` to ``in_channels`` at ``resolution`` px; with ``coordinate_channels``
+    it also reads the ``COORDINATE_CHANNELS`` of Patch Diffusion (``pipeline_fundus.coordinate_channels``).
 
     Class-conditional models get ``NUM_CLASS_EMBEDS`` class embeddings: non-PM, PM and the null class that unknown
     labels and classifier-free guidance use. ``rotation_conditioning`` multiplies them by ``ROTATIONS`` (one per
@@ -72,7 +74,7 @@ def build_unet(
         num_class_embeds = (num_class_embeds or 1) * ROTATIONS
     unet = UNet2DModel(
         sample_size=resolution,
-        in_channels=in_channels,
+        in_channels=in_channels + (COORDINATE_CHANNELS if coordinate_channels else 0),
         out_channels=in_channels,
         block_out_channels=p["channels"],
         layers_per_block=p["layers"],

@@ -29,7 +29,7 @@ from ..models.unet import UNET_PRESETS, build_unet
 from ..pipelines.loading import load_fundus_pipeline
 from ..pipelines.pipeline_fundus import FundusPipeline, embedding_ids, split_mask_names
 from ..visualization import contact_sheet
-from . import loop, post_hoc_ema
+from . import loop, patches, post_hoc_ema
 from .args import parse_training_args
 from .augment import random_quarter_turns
 
@@ -159,8 +159,12 @@ def diffusion_loss(
     snr_gamma=None,
     mask_annotated=None,
     rotations=None,
+    coordinates=None,
 ):
     """The denoising MSE at random timesteps; dropped labels become the null class (classifier-free guidance).
+
+    ``coordinates`` (``[B, 2, H, W]``, None: none): where each pixel of a crop lies in its whole image, given to a UNet
+    trained with Patch Diffusion beside the noisy channels (``patches.random_patches``).
 
     ``rotations`` (``[B]`` long, None: no rotation conditioning): the quarter turns each sample was rotated by,
     given to a rotation-conditioned UNet with its class (``pipeline_fundus.embedding_ids``).
@@ -186,7 +190,8 @@ def diffusion_loss(
         dropped = torch.rand(bsz, device=pixel_values.device) < class_dropout_prob
         class_labels = torch.where(dropped, torch.full_like(class_labels, NULL_CLASS_ID), class_labels)
     class_labels = embedding_ids(class_labels, rotations, NUM_CLASS_EMBEDS if class_labels is not None else 1)
-    prediction = unet(noisy, timesteps, class_labels=class_labels).sample
+    unet_input = noisy if coordinates is None else torch.cat([noisy, coordinates.to(noisy.dtype)], dim=1)
+    prediction = unet(unet_input, timesteps, class_labels=class_labels).sample
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(pixel_values, noise, timesteps)
     else:
@@ -253,7 +258,7 @@ class DDPMKind(loop.ModelKind):
     MODEL_FLAGS = (
         "preset", "resolution", "model_config", "masks", "class_conditional", "dropout", "rotation_conditioning_prob",
         "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
-        "schedule_base_resolution", "schedule_detail_resolution",
+        "schedule_base_resolution", "schedule_detail_resolution", "patch_diffusion",
     )  # fmt: skip
     OPTIMIZER_FLAGS = loop.ModelKind.OPTIMIZER_FLAGS + ("adam_weight_decay", "lr_scheduler", "lr_warmup_steps")
     LOSSES = ("loss",)
@@ -293,6 +298,20 @@ class DDPMKind(loop.ModelKind):
             "tell the UNet by how much (EDM's non-leaking augmentation, Karras et al. 2022, with quarter turns): four "
             "times the views of a small set, while samples stay upright (sampling asks for no rotation). The ours preset "
             "uses 0.5; 0: off.",
+        )
+        model.add_argument(
+            "--patch_diffusion",
+            action="store_true",
+            help="Patch Diffusion (Wang et al. 2023): train part of the steps on random crops of a half or a quarter "
+            "of the side, with two coordinate channels that say where each crop lies (the UNet reads them; sampling "
+            "gives the whole grid), as many crops per image as keep the pixels per step; see --patch_full_share.",
+        )
+        model.add_argument(
+            "--patch_full_share",
+            type=float,
+            default=0.5,
+            help="With --patch_diffusion: the share of steps on whole images (the paper's default 0.5); the others "
+            "take quarter-side crops with probability (1 - share) * 2 / 5, half-side ones with (1 - share) * 3 / 5.",
         )
         model.add_argument("--num_train_timesteps", type=int)
         model.add_argument("--beta_schedule", choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
@@ -391,6 +410,15 @@ class DDPMKind(loop.ModelKind):
                 f"--rotation_conditioning_prob {args.rotation_conditioning_prob}: give a probability in [0, 1) (at 1 "
                 "no image trains upright, and sampling asks for upright ones)."
             )
+        if args.patch_diffusion:
+            factor = 2 ** (len(UNET_PRESETS[args.model_config]["channels"]) - 1)
+            if not 0.0 <= args.patch_full_share <= 1.0:
+                parser.error(f"--patch_full_share {args.patch_full_share}: give a share of the steps in [0, 1].")
+            if args.resolution % (4 * factor):
+                parser.error(
+                    f"--patch_diffusion crops a quarter of the side, and the {args.model_config} UNet takes multiples "
+                    f"of {factor} px: --resolution {args.resolution} is not a multiple of {4 * factor}."
+                )
         for name in ("schedule_base_resolution", "schedule_detail_resolution"):
             value = getattr(args, name)
             if value is not None and value < 1:
@@ -450,6 +478,7 @@ class DDPMKind(loop.ModelKind):
             class_conditional=args.class_conditional,
             dropout=args.dropout,
             rotation_conditioning=args.rotation_conditioning_prob > 0,
+            coordinate_channels=args.patch_diffusion,
         )
         if args.init_from:
             load_initial_weights(unet, args.init_from, args.mask_names)
@@ -499,17 +528,24 @@ class DDPMKind(loop.ModelKind):
         """One forward/backward (an optimizer step once gradients are accumulated) and the EMA update; the gradient
         norm (before clipping) on optimizer steps."""
         args, accelerator = self.args, self.accelerator
-        pixel_values, rotations = batch["pixel_values"], None
-        if args.rotation_conditioning_prob > 0:
+        pixel_values, rotations, coordinates = batch["pixel_values"], None, None
+        class_labels = batch["class_labels"] if args.class_conditional else None
+        mask_annotated = batch["mask_annotated"]
+        if args.rotation_conditioning_prob > 0:  # before cropping: a crop's coordinates are in the turned image
             pixel_values, rotations = random_quarter_turns(pixel_values, args.rotation_conditioning_prob)
+        if args.patch_diffusion:
+            size = patches.draw_patch_size(args.resolution, args.patch_full_share)
+            pixel_values, coordinates, source = patches.random_patches(pixel_values, size)
+            class_labels, mask_annotated, rotations = (
+                None if value is None else value[source] for value in (class_labels, mask_annotated, rotations)
+            )
         if args.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        class_labels = batch["class_labels"] if args.class_conditional else None
         metrics = {}
         with accelerator.accumulate(self.unet):
             loss = diffusion_loss(
                 self.unet, self.noise_scheduler, pixel_values, class_labels, args.class_dropout_prob, args.snr_gamma,
-                batch["mask_annotated"], rotations,
+                mask_annotated, rotations, coordinates,
             )  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:  # an infinite bound measures the norm without clipping
@@ -560,6 +596,12 @@ class DDPMKind(loop.ModelKind):
         }
         if args.dropout is not None:
             info["dropout"] = args.dropout
+        if args.patch_diffusion:
+            quarter, half, _ = patches.patch_size_probabilities(args.patch_full_share)
+            info["patch diffusion"] = (
+                f"{args.patch_full_share:g} of the steps on whole images, {quarter:g} on {args.resolution // 4} px and "
+                f"{half:g} on {args.resolution // 2} px crops with coordinate channels (Wang et al. 2023)"
+            )
         if args.rotation_conditioning_prob:
             info["rotation conditioning"] = f"{args.rotation_conditioning_prob:g} of the images turned by quarter turns"
         if args.init_from:
