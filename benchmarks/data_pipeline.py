@@ -1,4 +1,5 @@
-"""Throughput of the training view through a torch DataLoader, as training uses it (batch 16, shuffled, flips on).
+"""Throughput of the training view through a torch DataLoader, as training uses it (batch 16, shuffled; the
+flips come after the loader, in ``training.batches.LoaderBatches``).
 
     python benchmarks/data_pipeline.py [--dataset ../shared/data/fundus-od] [--num_workers 0,2]
 

@@ -79,6 +79,13 @@ def test_loader_batches_flip_each_sample_by_seed_epoch_and_index_and_resume_exac
     resumed = list(LoaderBatches(accelerator, view, batch_size=2, num_workers=1, seed=5).epoch(0, skip=1))
     assert len(resumed) == len(straight) - 1
     assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(straight[1:], resumed))
+    # A run resumed at an epoch boundary with workers: the epoch is shuffled as in the uninterrupted run (persistent
+    # workers drew their base seed from the order's generator only at the first epoch, so it was not).
+    uninterrupted = LoaderBatches(accelerator, view, batch_size=2, num_workers=1, seed=5)
+    list(uninterrupted.epoch(0))
+    second = list(uninterrupted.epoch(1))
+    restarted = list(LoaderBatches(accelerator, view, batch_size=2, num_workers=1, seed=5).epoch(1))
+    assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(second, restarted))
 
 
 def test_conversion_is_bit_identical_to_array_to_tensor():

@@ -68,6 +68,15 @@ def test_empty_targets_are_scored_apart_from_dice():
     annotated[0] = annotated[9] = False
     scores = _per_image_scores(torch.from_numpy(stray), torch.from_numpy(truth), ["atrophy"], annotated)["atrophy"]
     assert np.isnan(scores["dice"][[0, 4, 9]]).all() and np.isnan(scores["empty_kept_empty"][[0, 1, 9]]).all()
+    # The mask-image agreement compares two masks: a generated mask left empty where the segmenter finds atrophy
+    # is a disagreement (0), not an image left out.
+    from fundus_diffusion.evaluation.protocol import _overlap_scores
+
+    generated = np.zeros((4, 1, 16, 16), bool)
+    generated[3, 0] = disc_at(6, 6, 3)
+    found_everywhere = np.repeat(generated[3:], 4, axis=0)
+    agreement = _overlap_scores(torch.from_numpy(found_everywhere), torch.from_numpy(generated), ["atrophy"])["atrophy"]
+    assert agreement == {"dice": 0.25, "iou": 0.25}
 
 
 def test_disc_components_geometry_and_atrophy():

@@ -53,7 +53,9 @@ def nearest_neighbours(queries: torch.Tensor, keys: torch.Tensor, exclude_self: 
     queries, keys = queries.double(), keys.double()  # float64: a copy must come out at distance 0, not 1e-3
     distances, indices = [], []
     for start in range(0, len(queries), chunk):
-        d = torch.cdist(queries[start : start + chunk], keys)
+        # Not through matrix products (cdist's default for many rows): those leave identical rows 1e-6 to 1e-4 apart,
+        # and an exact copy or duplicate must come out at 0.
+        d = torch.cdist(queries[start : start + chunk], keys, compute_mode="donot_use_mm_for_euclid_dist")
         if exclude_self:
             rows = torch.arange(d.shape[0])
             d[rows, rows + start] = float("inf")
@@ -174,7 +176,7 @@ def _held_out_copies(synthetic, real_train, held_out, held_out_mirrored, thresho
     distances, neighbours, mirrored = nearest_training_neighbours(synthetic, held_out, held_out_mirrored)
     control, _, _ = nearest_training_neighbours(real_train, held_out, held_out_mirrored)
     found = {"threshold": threshold, "distances": distances, "neighbours": neighbours, "mirrored": mirrored}
-    flagged = [{**f, "held_out_id": f.pop("real_id")} for f in _flagged(found, synthetic_ids, held_out_ids)]
+    flagged = [{("held_out_id" if k == "real_id" else k): v for k, v in f.items()} for f in _flagged(found, synthetic_ids, held_out_ids)]
     n_control = int((control < threshold).sum())
     return {
         "n_held_out": int(len(held_out)),

@@ -8,7 +8,7 @@ from ..hub import add_model_card_metrics
 from ..model_cards import portable_name
 from ..pipelines.loading import read_model_index
 from .checks import warn
-from .memorisation import refusal
+from .memorisation import REFUSE_P
 from .metrics import format_mean_std, format_value
 from .protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
 from .realism import TEST_NAME, judge_of
@@ -28,10 +28,13 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
     if report["downstream"].get("results"):
         seeds = f"mean ± std over {config['seeds']} segmenter seeds; {where}"
         annotated = report["downstream"].get("n_holdout_annotated", {})
+        empty = report["downstream"].get("n_holdout_empty", {})
         for mask in report["config"]["masks"]:
             dice = {k: v[mask]["dice"] for k, v in report["downstream"]["results"].items()}
-            scored = annotated.get(mask, counts["holdout"])
-            notes = seeds if scored == counts["holdout"] else f"{seeds}; scored on the {scored} held-out images annotated for {mask}"
+            scored = annotated.get(mask, counts["holdout"]) - empty.get(mask, 0)
+            notes = seeds if scored == counts["holdout"] else f"{seeds}; scored on the {scored} held-out images that show {mask}"
+            if empty.get(mask):
+                notes += f" ({empty[mask]} annotated as without it are scored apart, in the report)"
             for training_set in [
                 s for s in ("synthetic", "real+synthetic", EQUAL_REAL_PASSES, "real", REAL_AS_LONG) if s in dice
             ]:
@@ -108,8 +111,18 @@ def control_note(found: Dict) -> str:
     control = found.get("held_out_control")
     if not control:
         return ""
-    verdict = "REFUSED: more copies than chance" if refusal({"": found}) else "not refused"
-    return (
+    verdict = "REFUSED: more copies than chance" if found["p_above_control"] < REFUSE_P else "not refused"
+    note = (
         f"; held-out real images flagged by the same threshold: {control['n_flagged']} of {control['n_held_out']} "
         f"(one-sided Fisher p = {found['p_above_control']:.3g}, {verdict})"
     )
+    held_out = found.get("held_out_copies")
+    if held_out:
+        verdict = "REFUSED: the generator saw the held-out images" if held_out["p_above_control"] < REFUSE_P else "not refused"
+        training = held_out["training_control"]
+        note += (
+            f"; samples as close to a held-out image: {held_out['n_flagged']} of {found['n_synthetic']}, training images "
+            f"{training['n_flagged']} of {training['n_real_train']} (one-sided Fisher p = "
+            f"{held_out['p_above_control']:.3g}, {verdict})"
+        )
+    return note

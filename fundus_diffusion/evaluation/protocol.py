@@ -114,7 +114,11 @@ def resolve_split(real, holdout, config: EvaluationConfig) -> Tuple[object, obje
     return (*split_by_ids(real, ids), how)
 
 def _per_image_scores(
-    pred: torch.Tensor, target: torch.Tensor, mask_names: Sequence[str], annotated: Optional[torch.Tensor] = None
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask_names: Sequence[str],
+    annotated: Optional[torch.Tensor] = None,
+    empty_apart: bool = True,
 ) -> Dict[str, Dict[str, np.ndarray]]:
     """Per-image scores per mask for ``[N, M, H, W]`` predictions and targets (on any device): Dice and IoU on the
     images whose target holds the structure, and ``empty_kept_empty`` (1 where the prediction is empty too, else 0)
@@ -123,19 +127,22 @@ def _per_image_scores(
 
     An empty target and an empty prediction would make Dice 1: averaged with the rest, a segmenter that never finds
     atrophy would outscore one that finds every lesion and adds a stray pixel on each healthy eye. So the two are
-    scored apart."""
+    scored apart; ``empty_apart=False`` scores Dice and IoU on every image instead (an agreement between two masks,
+    where an empty one against a found structure must count as 0)."""
     pred, target = pred.cpu().numpy(), target.cpu().numpy()
     scored = np.ones(target.shape[:2], dtype=bool) if annotated is None else annotated.cpu().numpy()
     present = target.reshape(*target.shape[:2], -1).any(-1)
-    predicted = pred.reshape(*pred.shape[:2], -1).any(-1)
-    return {
-        name: {
-            "dice": np.where(scored[:, m] & present[:, m], dice_per_image(pred[:, m], target[:, m]), np.nan),
-            "iou": np.where(scored[:, m] & present[:, m], iou_per_image(pred[:, m], target[:, m]), np.nan),
-            "empty_kept_empty": np.where(scored[:, m] & ~present[:, m], (~predicted[:, m]).astype(float), np.nan),
+    overlap = scored & present if empty_apart else scored
+    scores = {}
+    for m, name in enumerate(mask_names):
+        scores[name] = {
+            "dice": np.where(overlap[:, m], dice_per_image(pred[:, m], target[:, m]), np.nan),
+            "iou": np.where(overlap[:, m], iou_per_image(pred[:, m], target[:, m]), np.nan),
         }
-        for m, name in enumerate(mask_names)
-    }
+        if empty_apart:
+            left_empty = ~pred[:, m].reshape(len(pred), -1).any(-1)
+            scores[name]["empty_kept_empty"] = np.where(scored[:, m] & ~present[:, m], left_empty.astype(float), np.nan)
+    return scores
 
 def _mean(values: np.ndarray) -> float:
     """The mean of the scored (not NaN) values; NaN when there are none (no annotated image)."""
@@ -149,8 +156,9 @@ def _means(per_image: Dict[str, Dict[str, np.ndarray]], select=slice(None)) -> D
     return {mask: {k: _mean(v[select]) for k, v in metrics.items()} for mask, metrics in per_image.items()}
 
 def _overlap_scores(pred: torch.Tensor, target: torch.Tensor, mask_names: Sequence[str]) -> Dict[str, Dict[str, float]]:
-    """Mean per-image Dice and IoU per mask for ``[N, M, H, W]`` predictions and targets."""
-    return _means(_per_image_scores(pred, target, mask_names))
+    """Mean per-image Dice and IoU per mask for ``[N, M, H, W]`` predictions and targets, every image counted (an
+    agreement: see ``_per_image_scores``)."""
+    return _means(_per_image_scores(pred, target, mask_names, empty_apart=False))
 
 def _across_seeds(per_seed: List[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[str, Dict[str, float]]]:
     """``[{mask: {metric: value}}]`` per seed -> ``{mask: {metric: {mean, std, n}}}`` (n = seeds)."""
@@ -279,11 +287,12 @@ def _mask_figures(report: Dict, arrays, annotated, mask_names) -> Dict[str, Imag
         for mask in mask_names
     }
     seeds, resolution = report["config"]["seeds"], report["config"]["resolution"]
-    counts = sorted(set(report["downstream"]["n_holdout_annotated"].values()))  # the masks may differ (cup)
+    downstream = report["downstream"]
+    counts = sorted({n - downstream["n_holdout_empty"][m] for m, n in downstream["n_holdout_annotated"].items()})
     n_holdout = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     figures = {
         "dice_bars": bar_chart(
-            f"Dice at {resolution} px on {n_holdout} annotated held-out real images (mean +- std, {seeds} seeds)",
+            f"Dice at {resolution} px on {n_holdout} held-out real images showing the mask (mean +- std, {seeds} seeds)",
             dice,
             x_label="mask",
             y_label="Dice",

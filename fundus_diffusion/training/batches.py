@@ -96,7 +96,9 @@ class LoaderBatches:
             generator=self.order,  # the sampler's; accelerate synchronises it across processes
             drop_last=True,
             num_workers=num_workers,
-            persistent_workers=num_workers > 0,
+            # Not persistent: a new iterator each epoch draws the workers' base seed from ``generator`` before the
+            # epoch's order, as a resumed run's first epoch does (persistent workers drew it once, at the first epoch).
+            persistent_workers=False,
             pin_memory=accelerator.device.type == "cuda",
         )
         self.accelerator, self.loader, self.num_samples = accelerator, accelerator.prepare(loader), len(view)

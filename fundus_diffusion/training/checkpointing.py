@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import zipfile
 from contextlib import contextmanager
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from accelerate.utils import load as weights_only_load
@@ -513,12 +513,14 @@ def load_checkpoint(
     flags: Optional[dict] = None,
     extra_state: Optional[Dict[str, object]] = None,
     comparable: Callable[[dict], dict] = dict,
+    shaping: Optional[Sequence[str]] = None,
 ) -> int:
     """Restore everything ``save_checkpoint`` saved (``extra_state`` as passed to it) and return the step it was
     taken at. ``flags`` (those that define the model: its networks and how it is trained to denoise) must equal the
     checkpoint's where it recorded them, both as ``comparable`` puts them (two spellings of one model alike): a
     ``ValueError`` naming those that differ, before anything is loaded. When
-    the weights do not fit the models built now, the error also names flags the checkpoint's run predates. A file that
+    the weights do not fit the models built now, the error also names flags the checkpoint's run predates, of those
+    in ``shaping`` (the flags that shape the weights; default all of ``flags``). A file that
     cannot be read, or that would need code to load, is a ``CheckpointError`` naming it; restored weights that hold
     NaN/inf are one too."""
     try:
@@ -556,7 +558,7 @@ def load_checkpoint(
         unrecorded = [  # a flag added after the checkpoint's run, set now: that run trained without it
             f"--{k} {now[k]} (checkpoint: not recorded, its run predates the flag)"
             for k in sorted(now)
-            if k not in saved and now[k] not in (None, False, 0, "")
+            if k not in saved and now[k] not in (None, False, 0, "") and (shaping is None or k in shaping)
         ]
         hint = f" Flags that differ from the checkpoint's run: {', '.join(unrecorded)}." if unrecorded else ""
         raise ValueError(

@@ -229,8 +229,9 @@ def load_initial_weights(unet, source: str, mask_names) -> None:
         raise ValueError(
             f"--init_from {source}: its UNet differs from this run's in "
             + "; ".join(f"{k} ({theirs.get(k)} there, {ours.get(k)} here)" for k in differ)
-            + ". Fix: train with the --model_config, class conditioning and --rotation_conditioning_prob that model "
-            "was trained with (its training_args.json says which; 0 for models trained before that flag)."
+            + ". Fix: train with the --model_config, class conditioning, --rotation_conditioning_prob and "
+            "--patch_diffusion that model was trained with (its training_args.json says which; 0 / off for models "
+            "trained before those flags)."
         )
     unet.load_state_dict(pipe.unet.state_dict())
 
@@ -509,7 +510,9 @@ class DDPMKind(loop.ModelKind):
         )
         self.unet, self.optimizer = accelerator.prepare(unet, optimizer)  # the scheduler: loop.checkpoint_objects
         if args.compile:
-            self.unet.compile(mode=args.compile_mode)  # in place: state-dict keys, hence checkpoints, stay eager ones
+            # In place: state-dict keys, hence checkpoints, stay eager ones. Static shapes: Patch Diffusion's three crop
+            # sizes are three graphs, not a shape-agnostic recompile.
+            self.unet.compile(mode=args.compile_mode, dynamic=False if args.patch_diffusion else None)
         self.noise_scheduler = make_noise_scheduler(args)
 
     def describe(self) -> str:

@@ -301,7 +301,9 @@ def train(args, kind_class) -> str:
 
     global_step = 0
     if resume_path:
-        global_step = load_checkpoint(accelerator, resume_path, flags, saved_objects, kind.comparable_flags)
+        global_step = load_checkpoint(
+            accelerator, resume_path, flags, saved_objects, kind.comparable_flags, shaping=kind.MODEL_FLAGS
+        )
         logger.info(f"Resumed from {resume_path} at step {global_step}")
     elif args.resume_from_checkpoint:
         logger.info(f"No checkpoint in {args.output_dir} yet; starting from scratch.")
