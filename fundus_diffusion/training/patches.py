@@ -10,7 +10,8 @@ with probability ``(1 - full_share) * 2 / 5`` and a half-side one with ``(1 - fu
 
 Why for fundus photographs: a few hundred photographs are few whole images but very many distinct crops, and what the
 generated 256 px images lack (RESULTS.md) is local detail, the disc rim and vessels, which crops show at every noise
-level. Whether it helps here is measured, not assumed: ``benchmarks/realism_ablation.sh`` with ``--patch_diffusion``.
+level. Whether it helps here is for ``benchmarks/realism_ablation.sh`` with ``--patch_diffusion`` to measure (not yet
+run on real data).
 """
 
 from typing import Tuple
