@@ -438,3 +438,20 @@ def test_init_from_starts_from_a_lower_resolution_model_and_refuses_another_netw
     other_net = tiny_args(tmp_path / "y", cache_dir, "--max_train_steps", "1", "--logger", "none", "--no-class_conditional")
     with pytest.raises(ValueError, match=r"its UNet differs from this run's in num_class_embeds"):
         ddpm.train(ddpm.parse_args(other_net + ["--init_from", str(low)]))
+
+
+def test_a_skipped_optimizer_step_holds_the_schedule_and_the_ema(tmp_path, cache_dir, monkeypatch):
+    """fp16's loss scaler skips a step whose gradients overflowed: the learning-rate schedule and the EMA wait for
+    the next real update (they advanced, so warm-up was cut short by every skipped step). Every step is made to look
+    skipped here; the step counters stay at 0 while the run's own count reaches 3."""
+    import json
+
+    from accelerate.optimizer import AcceleratedOptimizer
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(AcceleratedOptimizer, "step_was_skipped", property(lambda self: True))
+    out = tmp_path / "run"
+    ddpm.train(ddpm.parse_args(tiny_args(out, cache_dir, "--max_train_steps", "3", "--logger", "none")))
+    checkpoint = out / "checkpoint-3"
+    assert json.loads((checkpoint / "lr_scheduler.json").read_text())["state"]["last_epoch"] == 0
+    assert int(load_file(checkpoint / "ema.safetensors")["step"]) == 0

@@ -555,10 +555,13 @@ class DDPMKind(loop.ModelKind):
                 bound = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
                 metrics["grad_norm"] = accelerator.clip_grad_norm_(self.unet.parameters(), bound)
             self.optimizer.step()
-            if accelerator.sync_gradients:
+            # An fp16 step whose gradients overflowed is skipped by the loss scaler: the schedule and the averages
+            # then wait too (as accelerate's own scheduler wrapper would), so that warm-up counts real updates.
+            updated = accelerator.sync_gradients and not self.optimizer.step_was_skipped
+            if updated:
                 self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        if accelerator.sync_gradients:
+        if updated:
             self.ema.update()
             if self.post_hoc_ema is not None:
                 self.post_hoc_ema.update()
