@@ -124,3 +124,12 @@ def test_snapshot_cards_count_their_own_epochs_and_show_only_their_own_validatio
     assert [info[step]["epochs"] for step in (2, 4, 6)] == [1, 2, 3]
     cards = {step: (out / "snapshots" / f"step-{step:07d}" / "README.md").read_text() for step in (2, 4, 6)}
     assert "diversity ratio" not in cards[2] and "diversity ratio" not in cards[4] and "diversity ratio" in cards[6]
+
+
+def test_ema_settings_without_the_ema_are_refused(capsys):
+    from fundus_diffusion.training import dcgan
+
+    with pytest.raises(SystemExit):
+        dcgan.parse_args([*TINY, "--output_dir", "x", "--max_train_steps", "1", "--ema_max_decay", "0.99"])
+    assert "--ema_max_decay set(s) the generator's EMA, which is off: add --use_ema" in capsys.readouterr().err
+    assert dcgan.parse_args([*TINY, "--output_dir", "x", "--max_train_steps", "1", "--use_ema", "--ema_max_decay", "0.99"]).use_ema

@@ -322,6 +322,10 @@ class DCGANKind(loop.ModelKind):
             upsampling_plan(args.resolution)
         except ValueError as e:
             parser.error(f"{str(e).replace('A DCGAN resolution', '--resolution')}")
+        if not args.use_ema:  # the EMA is off by default here; its settings alone would be ignored
+            given = [f"--{n}" for n in ("ema_max_decay", "ema_power", "ema_update_after_step") if getattr(args, n) != parser.get_default(n)]
+            if given:
+                parser.error(f"{', '.join(given)} set(s) the generator's EMA, which is off: add --use_ema, or leave them out.")
 
     def __init__(self, args, accelerator, view, plan):
         super().__init__(args, accelerator, view, plan)
