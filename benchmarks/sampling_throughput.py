@@ -39,7 +39,9 @@ was on disk. ``--stream_sampler phantom`` keeps everything of that path but the 
 ready-made phantom pairs of the sample's seed (``draw_phantom``, image, disc and atrophy masks at ``--resolution``)
 in the pipeline's own output format, so the row measures what stays in host memory on a GPU machine (where the
 UNet's activations live on the GPU) at the writer's speed instead of a CPU's UNet's: 10,000 pairs at 256 px in
-minutes on a CPU, where a tiny UNet draws about 1.4 pairs/s.
+minutes on a CPU, where a tiny UNet draws about 1.4 pairs/s. The model is still built (its mask names and config
+go into the dataset card), so its weights are in every row: RESULTS.md passes ``--model_config tiny`` to keep them
+small (the default ``base256`` adds about 450 MiB).
 
 The writer rows time ``fundus_diffusion.generate.write_samples``, what ``generate.py`` runs after sampling (each pair
 encoded as PNG into Arrow shards of ``--shard_size``; with ``--png`` also written as PNG files), on ``--writer_samples``

@@ -641,7 +641,22 @@ def resume_refusal(output_dir: str, changed: Dict[str, Tuple], config: Generatio
             f"from another noise stream. Fix: resume on a {saved_type} device (--device {saved_type}), or start a new "
             "--output_dir."
         )
+    flags = " ".join(filter(None, (as_flag(name, saved) for name, (saved, _) in changed.items() if name != "device_type")))
+    if flags:
+        message += (
+            f" Fix for every difference at once: --resume {flags} (the run's settings, from {CONFIG_FILE} in "
+            f"{output_dir}; a flag left out takes its default), or a new --output_dir."
+        )
     return message
+
+
+def as_flag(name: str, value) -> str:
+    """A recorded setting as the flag that gives it back (``""`` where leaving the flag out does)."""
+    if isinstance(value, dict):
+        return f"--{name} {label_spec(value)}" if value else ""
+    if value is True:
+        return f"--{name}"
+    return "" if value is None or value is False else f"--{name} {value}"
 
 
 def label_spec(labels: Dict[str, int]) -> str:
@@ -1016,7 +1031,8 @@ def dataset_card(pipe, config: GenerationConfig, dataset, mask_sets: Optional[Ma
     is_gan = not hasattr(pipe, "scheduler")
     scheduler = None if config.scheduler == OWN_SCHEDULER else config.scheduler  # load_fundus_pipeline's spelling
     counts = np.bincount(np.asarray(list(dataset["label"])) + 1, minlength=len(LABEL_NAMES) + 1)
-    label_counts = {name: int(counts[i + 1]) for i, name in enumerate(LABEL_NAMES) if counts[i + 1]}
+    order = [*(config.labels or {}), *(name for name in LABEL_NAMES if name not in (config.labels or {}))]
+    label_counts = {name: int(counts[LABEL_NAMES.index(name) + 1]) for name in order if counts[LABEL_NAMES.index(name) + 1]}
     if counts[0]:
         label_counts["unconditional (label -1)"] = int(counts[0])
     model = config.model_name  # a local folder's name only: its path means nothing elsewhere and may name people
@@ -1050,7 +1066,8 @@ def dataset_card(pipe, config: GenerationConfig, dataset, mask_sets: Optional[Ma
         autoguidance_scale=config.autoguidance_scale,
         steps=config.num_inference_steps or (None if is_gan else pipe.scheduler.config.num_train_timesteps),
         guidance_scale=config.guidance_scale,
-        label_counts=label_counts,
+        label_counts=label_counts,  # in --labels order, which decides each sample's label (a resume keeps it)
+        labels_flag=label_spec(config.labels) if config.labels else None,
         label_names=list(LABEL_NAMES),
         labels=config.labels,  # the snippet's interleave_labels(labels)[i] is sample i's label, as sample_labels()
         postprocess=list(config.postprocess),

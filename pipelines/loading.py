@@ -103,6 +103,11 @@ def load_fundus_pipeline(
     ``dtype`` ``auto`` samples in fp16 on a GPU (about twice the speed of fp32) and in fp32 on the CPU.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r}: this torch sees no CUDA device (torch.cuda.is_available() is False). Fix: --device "
+            "cpu, or leave --device out (a GPU is used when there is one)."
+        )
     path_or_hub_id = os.path.expanduser(path_or_hub_id)
     if dtype == "auto":
         dtype = "fp16" if device.startswith("cuda") else "fp32"

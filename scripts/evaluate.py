@@ -98,8 +98,9 @@ def parse_args(argv=None):
         parser.error(resolution_problem(args.resolution))
     if args.realism_folds < 2:
         parser.error(f"--realism_folds {args.realism_folds}: cross-validation needs at least 2 folds.")
-    if args.seeds < 1 or args.segmenter_steps < 1:
-        parser.error(f"--seeds {args.seeds}, --segmenter_steps {args.segmenter_steps}: each must be at least 1.")
+    for name in ("seeds", "segmenter_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: give at least 1.")
     if not 0 < args.holdout_fraction < 1:
         parser.error(f"--holdout_fraction {args.holdout_fraction}: a share of --real, between 0 and 1 (default 0.2).")
     return args

@@ -27,7 +27,7 @@ def parse_args(argv=None):
     parser.add_argument("--synthetic", required=True, help="Generated dataset with PM / non-PM labels.")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--resolution", type=int, default=None, help="Default: the synthetic images' native size.")
-    parser.add_argument("--steps", type=int, default=ClassifierRecipe.steps)
+    parser.add_argument("--steps", type=int, default=ClassifierRecipe.steps, help=f"Training steps of the PM classifier (default {ClassifierRecipe.steps}).")
     parser.add_argument("--realism_test", action="store_true", help="Also run the classifier two-sample test.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the classifier (and the two-sample test).")
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the real train / held-out split.")

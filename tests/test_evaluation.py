@@ -170,6 +170,8 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     assert report["counts"] == {"real_train": 12, "holdout": 3, "synthetic": 8}
     assert len(split_file.read_text().split("\n")) == 3 + 2  # comment line, 3 ids, final newline
     assert report["downstream"]["results"]["real+synthetic"]["disc"]["dice"]["n"] == 2
+    scored, empty = report["downstream"]["per_source_scored"], report["downstream"]["n_holdout_empty"]
+    assert scored == {"disc": {"phantom": 3}, "atrophy": {"phantom": 3 - empty["atrophy"]}}  # the images Dice counts
     equal, control = "real+synthetic, equal real passes", "real, as many steps as equal real passes"
     assert report["downstream"]["n_train"] == {"real": 12, "synthetic": 8, "real+synthetic": 20, equal: 20, control: 12}
     assert report["downstream"]["steps"] == {"real": 2, "synthetic": 2, "real+synthetic": 2, equal: 3, control: 3}
@@ -200,6 +202,9 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     assert all("held-out real images flagged by the same threshold" in m["notes"] for m in copies)
     assert all(("REFUSED" in m["notes"]) == (report["refused"] is not None) for m in copies)
     assert not any(str(tmp_path) in m.get("notes", "") for m in card.values())  # cards are pushed: no local paths
+    refused = model_card_metrics({**report, "refused": "REFUSED: 8 of 8 synthetic samples flagged as copies."})
+    assert refused[0] == {"name": "synthetic set", "value": "REFUSED (copies)", "notes": "REFUSED: 8 of 8 synthetic samples flagged as copies."}
+    assert not any("trained on synthetic" in m["name"] or "trained on real+synthetic" in m["name"] for m in refused)
     assert report["holdout_split"].startswith("held out of --real") and "unseen by the generator only if" in report["holdout_split"]
     assert all(m["held_out_copies"]["n_held_out"] == 3 for m in report["memorisation"].values())
 

@@ -77,7 +77,7 @@ def test_ddpm_generation_round_trips_through_the_schema(models, tmp_path):
     assert np.array_equal(np.asarray(masks["atrophy"]), np.asarray(row["atrophy_mask"]))
 
     card = (out / "README.md").read_text()
-    for fact in ("DDIMScheduler", "| inference steps | 2 |", "largest_disc", "manual_seed(3 + i)", "non-PM: 2, PM: 3"):
+    for fact in ("DDIMScheduler", "| inference steps | 2 |", "largest_disc", "manual_seed(3 + i)", "PM: 3, non-PM: 2 (`--labels PM=3,non-PM=2`"):
         assert fact in card
     assert "given or drawn" not in card.replace("\n", " ") and "the model draws it for\nevery sample" in card
     image, masks = run_card_snippet(card, 4, {"ddpm": models["ddpm"]})  # the card's code makes sample 4 (a PM) again

@@ -240,6 +240,9 @@ def test_a_resume_with_the_labels_in_another_order_is_refused_naming_both(models
         check_resume(str(out), reordered, resume=True, model_loaded=False)  # the script's check, before loading
     with pytest.raises(ValueError, match=refusal):
         generate_dataset(pipe, reordered, str(out), resume=True)
+    # Several differences: one fix gives all of the run's settings back.
+    with pytest.raises(ValueError, match=r"Fix for every difference at once: --resume --labels PM=3,non-PM=3 --batch_size 2 "):
+        check_resume(str(out), replace(reordered, batch_size=3), resume=True, model_loaded=False)
     assert generate_dataset(pipe, config, str(out), resume=True)["label"] == [1, 0, 1, 0, 1, 0]
 
 
@@ -329,3 +332,9 @@ def test_a_gan_refuses_guidance_instead_of_ignoring_it(models, tmp_path):  # noq
     with pytest.raises(ValueError, match=r"--guidance_scale 3: a GAN draws each sample in one pass, with no guidance"):
         generate_dataset(gan, GenerationConfig(model=models["gan"], num_samples=2, guidance_scale=3.0, device="cpu"), str(tmp_path / "g"))
     assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without CUDA")
+def test_a_cuda_device_without_cuda_is_one_clear_error(models):  # noqa: F811
+    with pytest.raises(ValueError, match=r"device 'cuda': this torch sees no CUDA device.*Fix: --device cpu"):
+        load_fundus_pipeline(models["ddpm"], device="cuda")

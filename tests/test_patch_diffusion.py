@@ -65,9 +65,14 @@ def test_a_model_trained_on_crops_samples_whole_images_with_the_whole_grid(tmp_p
                      "--rotation_conditioning_prob", "0.5", "--resume_from_checkpoint", "latest")  # fmt: skip
     with pytest.raises(ValueError, match=r"--patch_diffusion False \(checkpoint: True\)"):
         ddpm.train(ddpm.parse_args(more))
+    with pytest.raises(ValueError, match=r"--patch_full_share 0.3 \(checkpoint: 0.0\)"):  # the card's schedule holds
+        ddpm.train(ddpm.parse_args(more + ["--patch_diffusion", "--patch_full_share", "0.3"]))
 
 
 def test_crops_that_the_unet_cannot_take_are_refused(capsys):
     with pytest.raises(SystemExit):
         ddpm.parse_args(["--output_dir", "x", "--resolution", "24", "--model_config", "tiny", "--patch_diffusion"])
     assert "--resolution 24 is not a multiple of 16" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ddpm.parse_args(["--output_dir", "x", "--patch_full_share", "0.3"])
+    assert "--patch_full_share sets Patch Diffusion's crop schedule: add --patch_diffusion" in capsys.readouterr().err

@@ -40,3 +40,5 @@ def test_judge_class_conditional_reports_counts_and_refuses_unlabelled():
     unlabelled = synthetic.map(lambda row: {"label": -1})
     with pytest.raises(ValueError, match="--labels"):
         judge_class_conditional(real, unlabelled, resolution=32, recipe=ClassifierRecipe(steps=1, width=4))
+    with pytest.raises(ValueError, match=r"The real set has no PM / non-PM labels.*Fix: pass labelled images"):
+        judge_class_conditional(unlabelled, synthetic, resolution=32, recipe=ClassifierRecipe(steps=1, width=4))

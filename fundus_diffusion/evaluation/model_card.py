@@ -25,6 +25,9 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
         f"{config['resolution']} px"
     )
     metrics = []
+    refused = report.get("refused")
+    if refused:  # first, and no score earned by copies goes on the card as a result
+        metrics.append({"name": "synthetic set", "value": "REFUSED (copies)", "notes": refused})
     if report["downstream"].get("results"):
         seeds = f"mean ± std over {config['seeds']} segmenter seeds; {where}"
         annotated = report["downstream"].get("n_holdout_annotated", {})
@@ -35,9 +38,8 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
             notes = seeds if scored == counts["holdout"] else f"{seeds}; scored on the {scored} held-out images that show {mask}"
             if empty.get(mask):
                 notes += f" ({empty[mask]} annotated as without it are scored apart, in the report)"
-            for training_set in [
-                s for s in ("synthetic", "real+synthetic", EQUAL_REAL_PASSES, "real", REAL_AS_LONG) if s in dice
-            ]:
+            trained_on = ("real", REAL_AS_LONG) if refused else ("synthetic", "real+synthetic", EQUAL_REAL_PASSES, "real", REAL_AS_LONG)
+            for training_set in [s for s in trained_on if s in dice]:
                 metrics.append({
                     "name": f"held-out {mask} Dice, segmenter trained on {training_set}",
                     "value": format_mean_std(dice[training_set]),

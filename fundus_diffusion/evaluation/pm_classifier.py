@@ -171,6 +171,19 @@ def label_agreement(predicted: Sequence[int], intended: Sequence[int]) -> Dict[s
     return report
 
 
+def labelled(dataset, name: str):
+    """The rows of ``dataset`` with a PM / non-PM label; a ValueError naming the set and the fix when none has."""
+    kept = dataset.filter(lambda label: label >= 0, input_columns="label")
+    if len(kept) == 0:
+        fix = (
+            "generate it with --labels PM=N,non-PM=M" if name == "synthetic" else "pass labelled images (e.g. palm-224)"
+        )
+        raise ValueError(
+            f"The {name} set has no PM / non-PM labels, so it cannot train or judge a PM classifier. Fix: {fix}."
+        )
+    return kept
+
+
 def judge_class_conditional(
     real, synthetic, resolution: Optional[int] = None, recipe: ClassifierRecipe = ClassifierRecipe(),
     test_fraction: float = 0.2, device="cpu", realism: Optional[RealismRecipe] = None, split_seed: int = 0,
@@ -180,10 +193,7 @@ def judge_class_conditional(
     how often each ``synthetic`` sample is classified as the label it was generated for, beside the ``realism_guard``
     and, given a ``realism`` recipe, the classifier two-sample test (``realism.realism_test``). Judged at
     ``resolution``, default the synthetic images' native one."""
-    real = real.filter(lambda label: label >= 0, input_columns="label")
-    synthetic = synthetic.filter(lambda label: label >= 0, input_columns="label")
-    if len(synthetic) == 0:
-        raise ValueError("The synthetic dataset has no PM / non-PM labels: generate it with --labels PM=N,non-PM=M.")
+    real, synthetic = labelled(real, "real"), labelled(synthetic, "synthetic")
     resolution = resolution or native_resolution(synthetic)
     train, test = split_by_id(real, test_fraction, split_seed, stratify_column="label")
 

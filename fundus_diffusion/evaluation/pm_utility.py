@@ -30,7 +30,7 @@ from .arrays import dataset_arrays, default_device
 from .checks import native_resolution
 from .memorisation import PIXEL_SPACE, copy_checks, pixel_features, refusal
 from .metrics import format_mean_std, format_value, summarise
-from .pm_classifier import ClassifierRecipe, classify, label_agreement, realism_guard, train_pm_classifier
+from .pm_classifier import ClassifierRecipe, classify, label_agreement, labelled, realism_guard, train_pm_classifier
 from .protocol import TRAINING_SETS
 from .realism import RealismRecipe, realism_test
 from .report import json_safe, memorisation_lines, realism_lines, refusal_banner
@@ -48,19 +48,6 @@ class PMUtilityConfig:
     realism_folds: int = RealismRecipe.folds
     device: Optional[str] = None
     inputs: Dict = field(default_factory=dict)  # provenance (dataset paths), copied into the report
-
-
-def labelled(dataset, name: str):
-    """The rows of ``dataset`` with a PM / non-PM label; a ValueError naming the set and the fix when none has."""
-    kept = dataset.filter(lambda label: label >= 0, input_columns="label")
-    if len(kept) == 0:
-        fix = (
-            "generate it with --labels PM=N,non-PM=M" if name == "synthetic" else "pass labelled images (e.g. palm-224)"
-        )
-        raise ValueError(
-            f"The {name} set has no PM / non-PM labels, so it cannot train or judge a PM classifier. Fix: {fix}."
-        )
-    return kept
 
 
 def class_counts(labels: torch.Tensor) -> Dict[str, int]:

@@ -240,6 +240,13 @@ def _downstream(arrays, annotated, mask_names, config: EvaluationConfig, device,
         "results": {name: _across_seeds(per_seed[name]) for name in train_sets},
         "holdout_sources": {source: int(n) for source, n in zip(*np.unique(holdout_sources, return_counts=True))},
         "per_source": {name: _per_source(per_image[name], holdout_sources) for name in train_sets},
+        "per_source_scored": {  # the held-out images of each source whose Dice counts (annotated, showing the mask)
+            mask: {
+                source: int((~np.isnan(scores["dice"][np.asarray(holdout_sources) == source])).sum())
+                for source in sorted(set(holdout_sources))
+            }
+            for mask, scores in per_image["real"][0].items()
+        },
     }
     return section, models, {name: images[0] for name, images in per_image.items()}
 

@@ -14,6 +14,7 @@ from .metrics import CUP_INSIDE_SHARE, format_mean_std, format_value
 from .protocol import WORST_FIGURE
 from .realism import INVARIANCES, TEST_NAME
 from .spectrum import band_table
+from .splits import ORIGIN_MIN_IMAGES
 
 PRIVACY_NOTE = (
     "This folder holds real photographs (`nearest_pairs.png`, and `worst_holdout.png`: held-out real images with "
@@ -187,12 +188,14 @@ def _per_source_lines(downstream: Dict, masks: Sequence[str], px: str) -> List[s
     if "per_source" not in downstream:
         return []
     sources = downstream["holdout_sources"]
+    scored = downstream.get("per_source_scored", {m: sources for m in masks})  # older reports: every image
     lines = [
         "",
-        f"Dice at {px} per source of the held-out images (a file name's prefix before `_`, else the `source` column), "
-        "mean ± std over seeds:",
+        f"Dice at {px} per source of the held-out images (a file name's prefix before `_` where at least "
+        f"{ORIGIN_MIN_IMAGES} images share it, else the `source` column), mean ± std over seeds; n: the images scored "
+        "(annotated for the mask and showing it):",
         "",
-        f"| trained on ({px}) | " + " | ".join(f"{m} Dice, {s} (n={n})" for m in masks for s, n in sources.items()) + " |",
+        f"| trained on ({px}) | " + " | ".join(f"{m} Dice, {s} (n={scored[m][s]})" for m in masks for s in sources) + " |",
         "|---|" + "---|" * (len(masks) * len(sources)),
     ]
     for name, result in downstream["per_source"].items():

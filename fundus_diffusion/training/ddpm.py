@@ -259,7 +259,7 @@ class DDPMKind(loop.ModelKind):
     MODEL_FLAGS = (
         "preset", "resolution", "model_config", "masks", "class_conditional", "dropout", "rotation_conditioning_prob",
         "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
-        "schedule_base_resolution", "schedule_detail_resolution", "patch_diffusion",
+        "schedule_base_resolution", "schedule_detail_resolution", "patch_diffusion", "patch_full_share",
     )  # fmt: skip
     OPTIMIZER_FLAGS = loop.ModelKind.OPTIMIZER_FLAGS + ("adam_weight_decay", "lr_scheduler", "lr_warmup_steps")
     LOSSES = ("loss",)
@@ -380,8 +380,9 @@ class DDPMKind(loop.ModelKind):
 
     @staticmethod
     def comparable_flags(flags: dict) -> dict:
-        """The masks as their names, no --dropout as the UNet preset's own, and the betas' endpoints except for the
-        cosine schedule (which ignores them): what a resume compares."""
+        """The masks as their names, no --dropout as the UNet preset's own, the betas' endpoints except for the
+        cosine schedule (which ignores them), and the crop schedule with Patch Diffusion only: what a resume compares
+        (the card states the crop schedule for the whole run)."""
         flags = dict(flags)
         if isinstance(flags.get("masks"), str):
             flags["masks"] = ",".join(parse_mask_names(flags["masks"])) or "none"
@@ -390,6 +391,8 @@ class DDPMKind(loop.ModelKind):
         if flags.get("beta_schedule") == "squaredcos_cap_v2":
             flags.pop("beta_start", None)
             flags.pop("beta_end", None)
+        if not flags.get("patch_diffusion"):
+            flags.pop("patch_full_share", None)
         return flags
 
     @staticmethod
@@ -411,6 +414,8 @@ class DDPMKind(loop.ModelKind):
                 f"--rotation_conditioning_prob {args.rotation_conditioning_prob}: give a probability in [0, 1) (at 1 "
                 "no image trains upright, and sampling asks for upright ones)."
             )
+        if not args.patch_diffusion and args.patch_full_share != parser.get_default("patch_full_share"):
+            parser.error("--patch_full_share sets Patch Diffusion's crop schedule: add --patch_diffusion, or leave it out.")
         if args.patch_diffusion:
             factor = 2 ** (len(UNET_PRESETS[args.model_config]["channels"]) - 1)
             if not 0.0 <= args.patch_full_share <= 1.0:
