@@ -338,3 +338,12 @@ def test_a_gan_refuses_guidance_instead_of_ignoring_it(models, tmp_path):  # noq
 def test_a_cuda_device_without_cuda_is_one_clear_error(models):  # noqa: F811
     with pytest.raises(ValueError, match=r"device 'cuda': this torch sees no CUDA device.*Fix: --device cpu"):
         load_fundus_pipeline(models["ddpm"], device="cuda")
+
+
+def test_recorded_settings_become_the_flags_that_give_them_back():
+    from fundus_diffusion.generate import as_flag
+
+    assert as_flag("labels", {"PM": 2, "non-PM": 1}) == "--labels PM=2,non-PM=1" and as_flag("labels", {}) == ""
+    assert as_flag("postprocess", ["binarize", "largest_disc"]) == "--postprocess binarize,largest_disc"
+    assert as_flag("png", True) == "--png" and as_flag("png", False) == "" and as_flag("masks_from", None) == ""
+    assert as_flag("batch_size", 4) == "--batch_size 4"
