@@ -63,7 +63,7 @@ def test_a_model_trained_on_crops_samples_whole_images_with_the_whole_grid(tmp_p
     # The coordinate channels are part of the model: a resume without the flag is refused before anything loads.
     more = tiny_args(out, cache, "--resolution", "32", "--max_train_steps", "4", "--logger", "none",
                      "--rotation_conditioning_prob", "0.5", "--resume_from_checkpoint", "latest")  # fmt: skip
-    with pytest.raises(ValueError, match=r"--patch_diffusion False \(checkpoint: True\)"):
+    with pytest.raises(ValueError, match=r"without --patch_diffusion \(checkpoint: with it\)"):
         ddpm.train(ddpm.parse_args(more))
     with pytest.raises(ValueError, match=r"--patch_full_share 0.3 \(checkpoint: 0.0\)"):  # the card's schedule holds
         ddpm.train(ddpm.parse_args(more + ["--patch_diffusion", "--patch_full_share", "0.3"]))

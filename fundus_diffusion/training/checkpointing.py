@@ -507,6 +507,13 @@ def _warn_if_rng_unreadable(accelerator, path: str) -> None:
         )
 
 
+def _as_given(flag: str, now, saved) -> str:
+    """A flag that differs from the checkpoint's, as the user gives it: a switch as with / without it."""
+    if isinstance(now, bool) and isinstance(saved, bool):
+        return f"{'with' if now else 'without'} --{flag} (checkpoint: {'with' if saved else 'without'} it)"
+    return f"--{flag} {now} (checkpoint: {saved})"
+
+
 def load_checkpoint(
     accelerator,
     path: str,
@@ -532,7 +539,7 @@ def load_checkpoint(
     saved, now = (json.loads(json.dumps(f or {}, default=str)) for f in (state.get("settings"), flags))
     saved_model, this_model = comparable(saved), comparable(now)
     changed = [
-        f"--{k} {this_model[k]} (checkpoint: {saved_model[k]})"
+        _as_given(k, this_model[k], saved_model[k])
         for k in sorted(saved_model)
         if k in this_model and this_model[k] != saved_model[k]
     ]
