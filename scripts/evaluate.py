@@ -14,7 +14,7 @@ import argparse
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import FundusDataError, load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
-from fundus_diffusion.evaluation.checks import native_resolution, resolution_problem, warn_if_upscaled
+from fundus_diffusion.evaluation.checks import resolution_problem
 from fundus_diffusion.evaluation.model_card import update_model_card
 from fundus_diffusion.evaluation.realism import INVARIANCES, RealismRecipe
 
@@ -134,10 +134,6 @@ def main(args):
     )
     real, synthetic = load_input("real", args.real), load_input("synthetic", args.synthetic)
     holdout = load_input("holdout", args.holdout) if args.holdout else None
-    resolution = args.resolution or native_resolution(synthetic)
-    for what, dataset in (("the synthetic", synthetic), ("the real", real), ("the held-out", holdout)):
-        if dataset is not None:
-            warn_if_upscaled(dataset, resolution, what)
     report, figures = evaluate(real, synthetic, holdout, config)
     paths = write_report(report, figures, args.output_dir)
     print(f"Wrote {paths['markdown']} and {len(figures)} figures")

@@ -1,9 +1,13 @@
-"""Checks the scripts run on their input before the protocol: the resolution the segmenter can work at, the
-synthetic set's native resolution, and a warning when images would be scaled up."""
+"""Checks of the input: the resolution the segmenter can work at, the synthetic set's native resolution, and a
+warning when images would be scaled up (the protocol's first step)."""
 
+import io
 import os
 import sys
 from typing import Optional
+
+import PIL.Image
+from datasets import Image as ImageFeature
 
 
 def resolution_problem(resolution: int) -> Optional[str]:
@@ -19,10 +23,17 @@ def warn(message: str) -> None:
     print(f"{os.path.basename(sys.argv[0])}: warning: {message}", file=sys.stderr)
 
 
+def _stored_size(image: dict) -> tuple:
+    """The size of an undecoded ``datasets`` image (``{"bytes", "path"}``), from its header."""
+    with PIL.Image.open(io.BytesIO(image["bytes"]) if image["bytes"] else image["path"]) as opened:
+        return opened.size
+
+
 def warn_if_upscaled(dataset, resolution: int, what: str) -> None:
     """Images smaller than the evaluation's resolution are scaled up: say so (the smallest), since it blurs what the
-    segmenter and the realism judge see."""
-    sizes = [image.size for image in dataset["image"]]
+    segmenter and the realism judge see. Sizes are read from the files' headers, without decoding the pixels."""
+    stored = dataset.cast_column("image", ImageFeature(decode=False))["image"]
+    sizes = [_stored_size(f) for f in stored]
     small = [size for size in sizes if min(size) < resolution]
     if small:
         width, height = min(small, key=min)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..data.schema import annotation_matrix, parse_mask_names
 from ..visualization import contact_sheet
 from .arrays import dataset_arrays, default_device, to_pil
-from .checks import native_resolution
+from .checks import native_resolution, warn_if_upscaled
 from .fid import fid_kid
 from .figures import bar_chart, histograms, titled
 from .memorisation import PIXEL_SPACE, copy_checks, nearest_training_neighbours, pixel_features, refusal
@@ -389,6 +389,9 @@ def evaluate(
             fix = "regenerate it with scripts/generate.py" if name == "synthetic" else "rebuild it"
             raise ValueError(f"--{name}{where} holds no samples: nothing to evaluate. Fix: {fix}.")
     resolution, resolution_info = _resolution(config, synthetic)
+    for what, dataset in (("the synthetic", synthetic), ("the real", real), ("the held-out", holdout)):
+        if dataset is not None:
+            warn_if_upscaled(dataset, resolution, what)
     real_train, holdout, split_how = resolve_split(real, holdout, config)
     if len(holdout) < 1 or len(real_train) < 2:
         raise ValueError(
