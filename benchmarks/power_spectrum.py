@@ -13,8 +13,8 @@ crossing, and the last timestep and log-SNR of each of ``--samplers`` (scheduler
 
     python benchmarks/power_spectrum.py --real <split>/train --holdout <split>/test \\
         --synthetic rot50-10000-ddpm100=<set> --synthetic rot50-10000=<set> --figure spectra.png --output_json spectra.json
-    python benchmarks/power_spectrum.py --real <split>/train --schedules "shift64=--schedule_base_resolution 64; \\
-        interpolated=--schedule_base_resolution 64 --schedule_detail_resolution 256"
+    python benchmarks/power_spectrum.py --real <split>/train --schedules "shift64=--schedule_detail_resolution 64; \\
+        interpolated=--schedule_detail_resolution 256; unshifted=--schedule_base_resolution 256"
 """
 
 import argparse
@@ -106,7 +106,7 @@ def main(argv=None):
     parser.add_argument(
         "--schedules", default="",
         help="Noise schedules to print, as train_ddpm.py's flags build them at --resolution: "
-        "'name=flags;name=flags', e.g. 'shift64=--schedule_base_resolution 64' ('default=' is the ours preset's).",
+        "'name=flags;name=flags', e.g. 'shift64=--schedule_detail_resolution 64' (the ours preset's constant shift before session 15; 'default=' is the ours preset's).",
     )
     parser.add_argument(
         "--samplers", default="dpmsolver++:20,ddpm:100,ddpm:100:linspace",

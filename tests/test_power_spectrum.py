@@ -124,8 +124,8 @@ def test_schedules_from_training_flags_with_their_shares_and_last_steps(tmp_path
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(tmp_path / "model" / "scheduler")
     results = power_spectrum.main([
         "--real", str(tmp_path / "real"), "--resolution", "128", "--samplers", "ddpm:100", "--model", str(tmp_path / "model"),
-        "--schedules", "shift32=--schedule_base_resolution 32; interpolated=--schedule_base_resolution 32 "
-        "--schedule_detail_resolution 128",
+        "--schedules", "shift32=--schedule_base_resolution 32 --schedule_detail_resolution 32; "
+        "interpolated=--schedule_base_resolution 32 --schedule_detail_resolution 128",
     ])  # fmt: skip
     rows = results["schedules"]
     assert list(rows) == [str(tmp_path / "model"), "shift32", "interpolated"]

@@ -135,7 +135,7 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
         (["--masks", "disc"], r"--masks disc \(checkpoint: disc,atrophy\)"),
         (["--dropout", "0.3"], r"--dropout 0.3 \(checkpoint: 0.0\)"),  # the tiny UNet's own dropout
         (["--prediction_type", "epsilon"], r"--prediction_type epsilon \(checkpoint: v_prediction\)"),
-        (["--schedule_detail_resolution", "128"], r"--schedule_detail_resolution 128 \(checkpoint: None\)"),
+        (["--schedule_detail_resolution", "128"], r"--schedule_detail_resolution 128 \(checkpoint: 64\)"),  # the constant shift
         (["--learning_rate", "1e-5"], r"--learning_rate 1e-05 \(checkpoint: [0-9.e-]+\)"),  # the optimiser's state wins
     ]:  # fmt: skip
         other = tiny_args(out, cache_dir, "--max_train_steps", "8", *more, "--logger", "none", "--masks", "disc,atrophy")
@@ -247,7 +247,8 @@ def test_gradient_accumulation_reaches_max_train_steps(tmp_path, cache_dir, data
 def test_shifted_schedule_moves_log_snr_by_the_resolution_ratio():
     unshifted = ["--output_dir", "x", "--resolution", "256", "--schedule_base_resolution", "256"]  # a ratio of 1
     plain = ddpm.make_noise_scheduler(ddpm.parse_args(unshifted))
-    args = ddpm.parse_args(["--output_dir", "x", "--resolution", "256", "--schedule_base_resolution", "64"])
+    constant = ["--schedule_base_resolution", "64", "--schedule_detail_resolution", "64"]  # not the preset's interpolation
+    args = ddpm.parse_args(["--output_dir", "x", "--resolution", "256", *constant])
     shifted = ddpm.make_noise_scheduler(args)
     log_snr = lambda a: torch.log(a / (1 - a))  # noqa: E731
     t = torch.tensor([1, 250, 500, 750, 998])
@@ -269,10 +270,25 @@ def test_interpolated_shift_moves_log_snr_linearly_in_t():
     difference = log_snr(interpolated.alphas_cumprod[t].double()) - log_snr(plain.alphas_cumprod[t].double())
     expected = 2 * math.log(64 / 256) * (t.double() + 1) / 1000  # none at the cleanest timestep, all at the noisiest
     assert torch.allclose(difference, expected, atol=1e-3)
-    constant = ddpm.make_noise_scheduler(ddpm.parse_args(base + ["64"]))
+    constant = ddpm.make_noise_scheduler(ddpm.parse_args(base + ["64", "--schedule_detail_resolution", "64"]))
     assert (interpolated.alphas_cumprod[:999] > constant.alphas_cumprod[:999]).all()  # less noise wherever t < T
     assert ddpm.final_alpha_bar(interpolated) < ddpm.final_alpha_bar(plain)  # still pure noise at t = T
     assert "64 px at the noisiest timestep to 256 px at the cleanest" in ddpm.schedule_shift_description(args)
+
+
+def test_the_ours_preset_interpolates_its_shift_to_the_resolution_trained():
+    at = lambda *flags: ddpm.parse_args(["--output_dir", "x", *flags])  # noqa: E731
+    assert at().schedule_detail_resolution == 256 and at("--resolution", "128").schedule_detail_resolution == 128
+    assert at("--resolution", "32").schedule_detail_resolution is None  # at or below the base: the constant shift
+    constant = at("--schedule_detail_resolution", "64")  # the preset before session 15, spelt once
+    assert constant.schedule_detail_resolution is None and "interpolated" not in ddpm.schedule_shift_description(constant)
+    assert "to 256 px at the cleanest (interpolated)" in ddpm.schedule_shift_description(at())
+    # A run of the earlier preset (recorded: no detail resolution) resumes with --schedule_detail_resolution 64 only.
+    recorded = {"schedule_base_resolution": 64, "schedule_detail_resolution": None}
+    comparable = ddpm.DDPMKind.comparable_flags
+    assert comparable({**recorded, "schedule_detail_resolution": constant.schedule_detail_resolution}) == comparable(recorded)
+    assert comparable({**recorded, "schedule_detail_resolution": 256}) != comparable(recorded)
+    assert comparable({"schedule_base_resolution": None, "schedule_detail_resolution": None})["schedule_detail_resolution"] is None
 
 
 @pytest.mark.parametrize(

@@ -35,24 +35,36 @@ from .augment import random_quarter_turns
 
 logger = get_logger(__name__)
 
+OURS_PRESET = dict(
+    resolution=256,
+    train_batch_size=16,
+    num_epochs=1250,  # 10,000 steps of 16 on RESULTS.md's 134 training photographs, the measured recipe
+    num_train_timesteps=1000,
+    beta_schedule="squaredcos_cap_v2",
+    prediction_type="v_prediction",
+    timestep_spacing="trailing",
+    learning_rate=1e-4,
+    lr_scheduler="constant_with_warmup",
+    lr_warmup_steps=500,
+    adam_weight_decay=0.0,
+    ema_max_decay=0.9999,
+    schedule_base_resolution=64,  # with min-SNR-5: the better 256 px recipe of RESULTS.md's session 5
+    snr_gamma=5.0,
+    rotation_conditioning_prob=0.5,  # no copies at 10,000 steps where the recipe without it copies: session 11
+)
+
+
+def ours_preset(first_parse) -> dict:
+    """The ours preset, its log-SNR shift interpolated to none at the cleanest timestep of the resolution trained
+    (``--schedule_detail_resolution`` = ``--resolution``; RESULTS.md session 15: at 256 px the same realism in half
+    the steps as the constant shift, and small vessels the constant shift left out). At or below the shift's base
+    resolution it is the constant shift, as before."""
+    resolution = first_parse.resolution or OURS_PRESET["resolution"]
+    return dict(OURS_PRESET, schedule_detail_resolution=max(resolution, OURS_PRESET["schedule_base_resolution"]))
+
+
 PRESETS = {
-    "ours": dict(
-        resolution=256,
-        train_batch_size=16,
-        num_epochs=1250,  # 10,000 steps of 16 on RESULTS.md's 134 training photographs, the measured recipe
-        num_train_timesteps=1000,
-        beta_schedule="squaredcos_cap_v2",
-        prediction_type="v_prediction",
-        timestep_spacing="trailing",
-        learning_rate=1e-4,
-        lr_scheduler="constant_with_warmup",
-        lr_warmup_steps=500,
-        adam_weight_decay=0.0,
-        ema_max_decay=0.9999,
-        schedule_base_resolution=64,  # with min-SNR-5: the better 256 px recipe of RESULTS.md's session 5
-        snr_gamma=5.0,
-        rotation_conditioning_prob=0.5,  # no copies at 10,000 steps where the recipe without it copies: session 11
-    ),
+    "ours": ours_preset,
     "paper": dict(
         resolution=64,
         model_config="paper",
@@ -75,7 +87,7 @@ PRESETS = {
 }
 # The CPU demo: our diffusion settings on 64 phantoms at 32 px with the tiny UNet (README: its time and samples).
 PRESETS["demo"] = dict(
-    PRESETS["ours"],
+    OURS_PRESET,
     dataset="phantom:64",
     masks="disc,atrophy",
     resolution=32,
@@ -337,7 +349,8 @@ class DDPMKind(loop.ModelKind):
             "schedule): BASE's schedule at the noisiest timestep, this resolution's at the cleanest, the log-shift "
             "linear in t between. The constant shift also moves the low-noise timesteps, where small vessels form, to "
             "noisier levels, so training and sampling spend few steps on them; the resolution itself (e.g. 256 at 256 "
-            "px) keeps that end unshifted. Default: the constant shift.",
+            "px) keeps that end unshifted. The ours preset uses the resolution (RESULTS.md session 15); BASE itself "
+            "gives the constant shift (the preset's before session 15).",
         )
         model.add_argument(
             "--snr_gamma",
@@ -393,6 +406,10 @@ class DDPMKind(loop.ModelKind):
             flags.pop("beta_end", None)
         if not flags.get("patch_diffusion"):
             flags.pop("patch_full_share", None)
+        if flags.get("schedule_detail_resolution") is None and flags.get("schedule_base_resolution") is not None:
+            # the constant shift, as --schedule_detail_resolution BASE gives it (a resume of a run from before the
+            # ours preset interpolated its shift names the flag that resumes it)
+            flags["schedule_detail_resolution"] = flags["schedule_base_resolution"]
         return flags
 
     @staticmethod
@@ -434,6 +451,8 @@ class DDPMKind(loop.ModelKind):
                 "--schedule_detail_resolution interpolates the shift of --schedule_base_resolution: give both (e.g. "
                 f"--schedule_base_resolution 64 --schedule_detail_resolution {args.resolution})."
             )
+        if args.schedule_detail_resolution is not None and args.schedule_detail_resolution == args.schedule_base_resolution:
+            args.schedule_detail_resolution = None  # the constant shift: one spelling in training_args.json and the card
         if (args.schedule_detail_resolution or 0) and args.schedule_detail_resolution < args.schedule_base_resolution:
             parser.error(
                 f"--schedule_detail_resolution {args.schedule_detail_resolution} is below --schedule_base_resolution "
