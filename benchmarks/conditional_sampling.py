@@ -1,9 +1,9 @@
 """Images from masks and masks from images with one trained joint model (issue 15), on a held-out real split.
 
-    python benchmarks/conditional_sampling.py --model runs/ddpm-256 --real data/split/train \
-        --holdout data/split/test --scheduler ddpm --num_inference_steps 250 --resample_steps 4 \
+    python benchmarks/conditional_sampling.py --model runs/ddpm-256 --real data/split/train \\
+        --holdout data/split/test --scheduler ddpm --num_inference_steps 250 --resample_steps 4 \\
         --output_dir reports/conditional-ddpm-256
-    python scripts/evaluate.py --real data/split/train --holdout data/split/test \
+    python scripts/evaluate.py --real data/split/train --holdout data/split/test \\
         --synthetic reports/conditional-ddpm-256/mask_to_image --output_dir reports/conditional-ddpm-256/evaluation
 
 (a) mask -> image: each held-out image's expert masks, cropped and resized as for training, are written as a

@@ -1,7 +1,7 @@
 """Can the realism judge be passed at all, and does it still fail what is wrong? The classifier two-sample test
 between two halves of the REAL photographs, one half left as it is and the other changed (issue 18).
 
-    python benchmarks/realism_judge_calibration.py --data ../shared/data/fundus-od --judge robust,none \
+    python benchmarks/realism_judge_calibration.py --data ../shared/data/fundus-od --judge robust,none \\
         --device cuda --output_json docs/results/realism-judge-calibration-robust.json
 
 (the default ``RealismRecipe``, 5 folds x 400 steps, on a GPU: every judge's work stays on the device but the one-off

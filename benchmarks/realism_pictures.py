@@ -11,7 +11,7 @@ the package once, not once per set and picture: each load cost about 15 s of dev
   layout is for the eye to say, and session 10 could look only at the flagged samples that happened to be among the
   first 56.
 
-    python benchmarks/realism_pictures.py /tmp/realism/synthetic --samples 56 --samples_dir /tmp/realism/samples \
+    python benchmarks/realism_pictures.py /tmp/realism/synthetic --samples 56 --samples_dir /tmp/realism/samples \\
         --eval_dir /tmp/realism/eval
 
 A set counts once generate.py has saved it whole (``generate.saved_dataset``); what already exists is not made again

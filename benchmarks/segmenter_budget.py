@@ -1,6 +1,6 @@
 """Held-out Dice of the evaluation's fixed segmenter recipe against its number of steps, on real images alone.
 
-    python benchmarks/segmenter_budget.py --real reports/results/split/train --holdout reports/results/split/test \
+    python benchmarks/segmenter_budget.py --real reports/results/split/train --holdout reports/results/split/test \\
         --steps 800,1994 --json segmenter_budget.json
 
 The control for ``scripts/evaluate.py --equal_real_passes``: that row trains real + synthetic for longer (800 x 334 /

@@ -4,7 +4,7 @@
     python benchmarks/train_ddpm_throughput.py --device cpu --tiny                     # syntax check
     python benchmarks/train_ddpm_throughput.py --sizes 64 --sections train --variants baseline,compiled --profile
     # issue 19 part 2: the documented 256 px recipe against the plain loop on the same network, MFU of a measured peak
-    python benchmarks/train_ddpm_throughput.py --sizes 256 --model_256 small256 --sections train \
+    python benchmarks/train_ddpm_throughput.py --sizes 256 --model_256 small256 --sections train \\
         --variants baseline,compiled_cudagraphs --peak_tflops 790 --profile --json reports/train_throughput_small256.json
 
 Training rows: images/s and peak memory of (a) the baseline of diffusers' example scripts -- the same UNet with

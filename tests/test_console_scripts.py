@@ -32,3 +32,13 @@ def test_a_command_runs_its_script_and_names_itself(tmp_path):
     assert f"fundus-generate: error: {tmp_path / 'no-model'}: no such local folder" in missing.stderr
     usage = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=300)
     assert usage.returncode == 0 and usage.stdout.startswith("usage: fundus-generate")
+
+
+def test_help_texts_keep_their_command_lines_apart():
+    """A backslash at a docstring line's end must be written ``\\\\`` to show in ``--help``: a lone one joins the lines,
+    and the example reads ``... id_prefix         --output_dir ...``."""
+    joined = []
+    for path in sorted([*(REPO_ROOT / "scripts").glob("*.py"), *(REPO_ROOT / "benchmarks").glob("*.py")]):
+        docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")), clean=False) or ""
+        joined += [f"{path.name}: {line.strip()}" for line in docstring.splitlines() if "        --" in line.strip()]
+    assert joined == []
