@@ -70,7 +70,7 @@ def write_hub_layout(folder: str, split: str = "train", max_shard_size="500MB") 
     if source is None:
         raise FileNotFoundError(
             f"{folder} holds no saved dataset (no {config.DATASET_STATE_JSON_FILENAME} there or in {ARROW_DIR}/). Fix: "
-            "pass a folder written by scripts/build_dataset.py or scripts/generate.py."
+            "pass a folder written by fundus-build-dataset or fundus-generate."
         )
     dataset = load_from_disk(source)
     max_bytes = convert_file_size_to_int(max_shard_size)

@@ -564,7 +564,7 @@ def generating_model(output_dir: str) -> str:
     if not model or not os.path.isfile(os.path.join(model, "model_index.json")):
         raise ValueError(
             f"{os.path.join(output_dir, CONFIG_FILE)} names no local model folder ({model!r}). Give the folder "
-            "(scripts/evaluate.py: --update_model_card path/to/model)."
+            "(fundus-evaluate: --update_model_card path/to/model)."
         )
     return model
 

@@ -168,7 +168,7 @@ def test_bad_label_cells_name_the_row(tmp_path):
 
 def test_load_fundus_dataset_errors(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(MissingLayoutError, match="(?s)neither a dataset saved by scripts/build_dataset.py.*generic folder layout"):
+    with pytest.raises(MissingLayoutError, match="(?s)neither a dataset saved by fundus-build-dataset.*generic folder layout"):
         load_fundus_dataset(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         load_fundus_dataset(str(tmp_path / "missing" / "dataset"))

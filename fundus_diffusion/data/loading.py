@@ -63,7 +63,7 @@ def load_fundus_dataset(
             return load_raw_folder(spec, cache_dir=cache_dir, **options)
     elif os.path.exists(spec) or spec.startswith((".", os.sep)) or spec.count("/") > 1:
         raise FileNotFoundError(
-            f"{spec} is not a folder. Fix: pass a folder written by scripts/build_dataset.py, a raw PALM / ADAM / "
+            f"{spec} is not a folder. Fix: pass a folder written by fundus-build-dataset, a raw PALM / ADAM / "
             "generic folder, 'phantom[:N]' or a Hub dataset id (user/name)."
         )
     else:
@@ -72,7 +72,7 @@ def load_fundus_dataset(
         except Exception as err:  # the Hub's errors do not say that a local folder was looked for first
             raise FileNotFoundError(
                 f"{spec} is neither a local folder nor a loadable Hub dataset ({type(err).__name__}: {err}). Fix: check "
-                "the path (build a dataset with scripts/build_dataset.py), or the Hub id and your connection."
+                "the path (build a dataset with fundus-build-dataset), or the Hub id and your connection."
             ) from err
     if isinstance(dataset, DatasetDict):
         if split not in dataset:
@@ -99,8 +99,8 @@ def check_not_empty(folder: str) -> None:
         return  # load_from_disk says what is wrong with it
     if data_files == []:
         raise FundusDataError(
-            f"{folder} is a saved dataset with no samples. Fix: rebuild it (scripts/build_dataset.py) or regenerate it "
-            "(scripts/generate.py) with at least one sample."
+            f"{folder} is a saved dataset with no samples. Fix: rebuild it (fundus-build-dataset) or regenerate it "
+            "(fundus-generate) with at least one sample."
         )
 
 
@@ -121,10 +121,10 @@ def load_raw_folder(
     layout = build.detect_layout(path)
     if layout is None:
         raise MissingLayoutError(
-            f"{path} is a folder but neither a dataset saved by scripts/build_dataset.py (no dataset_info.json) nor a "
+            f"{path} is a folder but neither a dataset saved by fundus-build-dataset (no dataset_info.json) nor a "
             "raw PALM (PALM-Training400/ or PALM/<split>/Images/), ADAM (Training400/{AMD,Non-AMD}/) or generic "
             f"folder. Expected, for your own data, the {FOLDER_LAYOUT}\nFix: lay the folder out as above, or build "
-            "it: python scripts/build_dataset.py --palm_dir/--adam_dir/--folder_dir ... --output_dir ..."
+            "it: fundus-build-dataset --palm_dir/--adam_dir/--folder_dir ... --output_dir ..."
         )
     roots = {f"{layout}_dirs": [path]}
     candidates, report = build.scan_sources(**roots, labels=labels, include_amd=include_amd, require_masks=require_masks)

@@ -250,6 +250,6 @@ def refusal(memorisation: Dict[str, Dict]) -> Optional[str]:
                 f"{held_out['n_held_out']} held-out real images in {space}, against {training['n_flagged']} of "
                 f"{training['n_real_train']} training images (one-sided Fisher p = {held_out['p_above_control']:.2g}): "
                 "the generator has seen the images it is judged on. Fix: train it on the training part only "
-                "(scripts/split_dataset.py writes both parts) and pass the other part as --holdout"
+                "(fundus-split-dataset writes both parts) and pass the other part as --holdout"
             )
     return "REFUSED: " + "; ".join(reasons) + "." if reasons else None

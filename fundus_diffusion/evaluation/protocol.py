@@ -73,7 +73,7 @@ def annotation_flags_of(datasets: Dict[str, object], mask_names: Sequence[str]) 
     if missing:
         listed = ", ".join(f"{m} ({n} samples)" for m, n in missing.items())
         raise ValueError(
-            f"The synthetic set is not annotated everywhere for {listed}: a set made by scripts/generate.py always is. "
+            f"The synthetic set is not annotated everywhere for {listed}: a set made by fundus-generate always is. "
             "Fix: pass a generated set as --synthetic, or leave those masks out of --masks."
         )
     return flags
@@ -88,7 +88,7 @@ def resolve_split(real, holdout, config: EvaluationConfig) -> Tuple[object, obje
         if overlap:
             raise ValueError(
                 f"{len(overlap)} held-out id(s) are also in the real training set, e.g. {sorted(overlap)[:3]}. Fix: "
-                "pass the two parts of one split (scripts/split_dataset.py writes train/ and test/) as --real and --holdout."
+                "pass the two parts of one split (fundus-split-dataset writes train/ and test/) as --real and --holdout."
             )
         return real, holdout, "given held-out dataset"
     unseen_if = "; unseen by the generator only if it was trained without them (section 4 checks for copies of them)"
@@ -386,7 +386,7 @@ def evaluate(
     for name, dataset in (("real", real), ("synthetic", synthetic), ("holdout", holdout)):
         if dataset is not None and len(dataset) == 0:
             where = f" {config.inputs[name]}" if (config.inputs or {}).get(name) else ""
-            fix = "regenerate it with scripts/generate.py" if name == "synthetic" else "rebuild it"
+            fix = "regenerate it with fundus-generate" if name == "synthetic" else "rebuild it"
             raise ValueError(f"--{name}{where} holds no samples: nothing to evaluate. Fix: {fix}.")
     resolution, resolution_info = _resolution(config, synthetic)
     for what, dataset in (("the synthetic", synthetic), ("the real", real), ("the held-out", holdout)):

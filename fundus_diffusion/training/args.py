@@ -45,7 +45,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     data.add_argument(
         "--dataset",
         default="phantom",
-        help="A folder saved by scripts/build_dataset.py, a raw PALM/ADAM/generic folder, a Hub dataset id, 'phantom' "
+        help="A folder saved by fundus-build-dataset, a raw PALM/ADAM/generic folder, a Hub dataset id, 'phantom' "
         "or 'phantom:N' (N built-in phantoms).",
     )
     data.add_argument("--resolution", type=int, default=None, help="Square training resolution in pixels.")

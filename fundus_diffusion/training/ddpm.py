@@ -371,7 +371,7 @@ class DDPMKind(loop.ModelKind):
             "--post_hoc_ema",
             action="store_true",
             help="Also keep power-function EMA profiles of the UNet and save their snapshots in "
-            "OUTPUT_DIR/post_hoc_ema/ (safetensors), so that scripts/post_hoc_ema.py can synthesise an EMA of any "
+            "OUTPUT_DIR/post_hoc_ema/ (safetensors), so that fundus-post-hoc-ema can synthesise an EMA of any "
             "length afterwards. The saved model stays the ordinary EMA.",
         )
         phema.add_argument(

@@ -391,5 +391,5 @@ def describe_profiles(sigma_rels: Sequence[float], every: int) -> str:
     """The model card's line about a run that tracked post-hoc EMA profiles."""
     return (
         f"sigma_rel {', '.join(f'{s:g}' for s in sigma_rels)}, snapshots every {every} steps in {SNAPSHOT_FOLDER}/ "
-        "(scripts/post_hoc_ema.py synthesises other lengths)"
+        "(fundus-post-hoc-ema synthesises other lengths)"
     )
