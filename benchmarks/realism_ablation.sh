@@ -70,10 +70,11 @@ DTYPE=${DTYPE:-auto}  # generate.py --dtype (auto: fp16 on a GPU); sets sampled 
 # SEG_STEPS=3 EVAL_FLAGS="--realism_steps 2 --realism_folds 2").
 RECIPE=${RECIPE:-"--resolution 256 --model_config small256 --train_batch_size 16 --mixed_precision bf16 --compile --compile_mode reduce-overhead"}
 EVAL_FLAGS=${EVAL_FLAGS:-}  # more evaluate.py flags, e.g. "--resolution 128" for the labelled low-resolution column
-# Default: the ours preset against the same with Patch Diffusion (built in session 14, not yet trained). Earlier
+# Default: the ours preset with the disc region's loss weighted 5 times (--region_loss_weight 4) and with Patch
+# Diffusion, side by side (both built, not yet trained; ours itself: RESULTS.md session 15, same seed). Earlier
 # ablations and their VARIANTS: RESULTS.md, each session with its command (before session 15 the ours preset shifted
 # its log-SNR by a constant: add --schedule_detail_resolution 64 to reproduce those).
-VARIANTS=${VARIANTS:-"ours=;patch=--patch_diffusion"}
+VARIANTS=${VARIANTS:-"disc4=--region_loss_weight 4;patch=--patch_diffusion"}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT" "$WORK"
 export OUT=$(cd "$OUT" && pwd)

@@ -162,6 +162,25 @@ def final_alpha_bar(noise_scheduler) -> float:
     return float(noise_scheduler.alphas_cumprod[-1])
 
 
+# How far around the weighted mask (--region_loss_weight) its extra weight reaches, as a share of the image side: the
+# disc rim and the first stretch of the vessel trunks leaving the disc (16 px at 256 px, where the
+# fundus-od discs are 46-56 px across: with the margin, about 8% of the image).
+REGION_MARGIN = 1 / 16
+
+
+def region_loss_weights(mask_channel: torch.Tensor, weight: float, margin: int) -> torch.Tensor:
+    """Per-pixel loss weights ``[B, 1, H, W]``: ``1 + weight`` where the mask channel (``[B, H, W]`` in [-1, 1]) is on
+    or within ``margin`` px of it, 1 elsewhere, each sample's weights divided by their mean, so that the loss keeps its
+    scale and only its share moves to the region. A sample without the structure (or not annotated for it: -1
+    everywhere) weighs every pixel alike."""
+    region = (mask_channel[:, None].float() > 0).float()
+    if margin > 0:  # a square dilation, as a row and a column maximum (2k comparisons per pixel, not k squared)
+        region = F.max_pool2d(region, kernel_size=(1, 2 * margin + 1), stride=1, padding=(0, margin))
+        region = F.max_pool2d(region, kernel_size=(2 * margin + 1, 1), stride=1, padding=(margin, 0))
+    weights = 1.0 + weight * region
+    return weights / weights.mean(dim=(2, 3), keepdim=True)
+
+
 def diffusion_loss(
     unet,
     noise_scheduler,
@@ -172,8 +191,13 @@ def diffusion_loss(
     mask_annotated=None,
     rotations=None,
     coordinates=None,
+    pixel_weights=None,
 ):
     """The denoising MSE at random timesteps; dropped labels become the null class (classifier-free guidance).
+
+    ``pixel_weights`` (``[B, 1, H, W]`` with mean 1 per sample, None: all 1; ``region_loss_weights``) weight each
+    pixel's error in every channel: where the model's capacity goes, not what it learns to predict (the weighted
+    MSE has the same minimiser per pixel).
 
     ``coordinates`` (``[B, 2, H, W]``, None: none): where each pixel of a crop lies in its whole image, given to a UNet
     trained with Patch Diffusion beside the noisy channels (``patches.random_patches``).
@@ -208,7 +232,8 @@ def diffusion_loss(
         target = noise_scheduler.get_velocity(pixel_values, noise, timesteps)
     else:
         target = noise
-    per_channel = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(2, 3))
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    per_channel = (error if pixel_weights is None else error * pixel_weights).mean(dim=(2, 3))
     per_sample = (per_channel * weights).sum(dim=1) / weights.sum(dim=1)  # the image channels always count
     if snr_gamma is None:
         return per_sample.mean()
@@ -360,6 +385,19 @@ class DDPMKind(loop.ModelKind):
             "so they do not dominate the gradient. The ours preset uses 5; the paper and demo presets the plain MSE; "
             "0 turns the weighting off (plain MSE) under any preset.",
         )
+        model.add_argument(
+            "--region_loss_weight",
+            type=float,
+            default=None,
+            help="Weight the denoising error within the --region_loss_mask structure and a margin of 1/16 of the side "
+            "around it (16 px at 256 px: the disc rim and the vessels leaving the disc) 1 + W times as much as "
+            "elsewhere, the weights scaled to mean 1 per image: the disc covers a few percent of a photograph, and "
+            "its texture is what a judge tells synthetic discs by (RESULTS.md). Capacity, not target: the model still "
+            "learns the same denoiser. Default: off (0 too).",
+        )
+        model.add_argument(
+            "--region_loss_mask", default="disc", help="The mask whose region --region_loss_weight weights (default disc)."
+        )
         opt = parser.add_argument_group("DDPM optimisation")
         opt.add_argument("--lr_scheduler", default=None, help="A diffusers.optimization scheduler name.")
         opt.add_argument("--lr_warmup_steps", type=int)
@@ -459,6 +497,14 @@ class DDPMKind(loop.ModelKind):
                 f"{args.schedule_base_resolution}: the cleanest timesteps would get more noise than the noisiest, and "
                 "the noise would shrink with t. Fix: give a detail resolution of at least the base one (e.g. "
                 f"{args.resolution})."
+            )
+        if args.region_loss_weight is not None and args.region_loss_weight < 0:
+            parser.error(f"--region_loss_weight {args.region_loss_weight}: give a weight of at least 0 (0: off).")
+        if args.region_loss_weight and args.region_loss_mask not in args.mask_names:
+            parser.error(
+                f"--region_loss_weight weights the {args.region_loss_mask} mask's region, and --masks "
+                f"{','.join(args.mask_names) or 'none'} has no such channel. Fix: add it to --masks, or name one of "
+                "these with --region_loss_mask."
             )
         if args.snr_gamma is not None and args.snr_gamma < 0:
             parser.error(f"--snr_gamma {args.snr_gamma}: give a positive gamma, or 0 for the plain MSE.")
@@ -566,13 +612,18 @@ class DDPMKind(loop.ModelKind):
             class_labels, mask_annotated, rotations = (
                 None if value is None else value[source] for value in (class_labels, mask_annotated, rotations)
             )
+        pixel_weights = None
+        if args.region_loss_weight:
+            channel = 3 + list(args.mask_names).index(args.region_loss_mask)
+            margin = round(args.resolution * REGION_MARGIN)  # whole-image pixels, also on a crop
+            pixel_weights = region_loss_weights(pixel_values[:, channel], args.region_loss_weight, margin)
         if args.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         metrics = {}
         with accelerator.accumulate(self.unet):
             loss = diffusion_loss(
                 self.unet, self.noise_scheduler, pixel_values, class_labels, args.class_dropout_prob, args.snr_gamma,
-                mask_annotated, rotations, coordinates,
+                mask_annotated, rotations, coordinates, pixel_weights,
             )  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:  # an infinite bound measures the norm without clipping
@@ -621,7 +672,10 @@ class DDPMKind(loop.ModelKind):
             "model_config": args.model_config,
             "noise schedule": f"{args.beta_schedule}, T = {args.num_train_timesteps}, {args.prediction_type}"
             + schedule_shift_description(args),
-            "loss": f"min-SNR-{args.snr_gamma:g} weighted MSE" if args.snr_gamma else "MSE",
+            "loss": (f"min-SNR-{args.snr_gamma:g} weighted MSE" if args.snr_gamma else "MSE") + (
+                f", {1 + args.region_loss_weight:g} times the weight within {round(args.resolution * REGION_MARGIN)} "
+                f"px of the {args.region_loss_mask} mask" if args.region_loss_weight else ""
+            ),
             "lr_scheduler": args.lr_scheduler,
         }
         if args.dropout is not None:
