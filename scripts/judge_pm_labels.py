@@ -68,8 +68,11 @@ def main(args):
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "pm_labels.json"), "w") as f:
         json.dump(report, f, indent=2)
+    with open(os.path.join(args.output_dir, "report.md"), "w") as f:  # the lines to read, beside the full JSON
+        f.write(f"# Do the samples show the labels they were drawn for?\n\n```\n{summary(report)}\n```\n")
     print(json.dumps(report, indent=2))
     print(summary(report))
+    print(f"Wrote {os.path.join(args.output_dir, 'pm_labels.json')} and report.md")
 
 
 if __name__ == "__main__":

@@ -65,3 +65,4 @@ def test_script_says_loudly_when_samples_are_not_fundus_like(real, tmp_path, mon
     assert "NOT FUNDUS-LIKE" in out and "says nothing" in out
     report = json.loads((tmp_path / "out" / "pm_labels.json").read_text())
     assert report["realism_guard"]["fundus_like"] is False
+    assert "do not report the label agreement" in (tmp_path / "out" / "report.md").read_text()  # the file says it too
