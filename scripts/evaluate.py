@@ -10,6 +10,7 @@ The report folder holds real photographs (nearest-neighbour pairs, worst held-ou
 """
 
 import argparse
+import os
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import FundusDataError, load_fundus_dataset
@@ -17,6 +18,8 @@ from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
 from fundus_diffusion.evaluation.checks import resolution_problem
 from fundus_diffusion.evaluation.model_card import update_model_card
 from fundus_diffusion.evaluation.realism import INVARIANCES, RealismRecipe
+from fundus_diffusion.generate import generating_model
+from fundus_diffusion.training.args import output_dir_problem
 
 
 def parse_args(argv=None):
@@ -103,7 +106,22 @@ def parse_args(argv=None):
             parser.error(f"--{name} {getattr(args, name)}: give at least 1.")
     if not 0 < args.holdout_fraction < 1:
         parser.error(f"--holdout_fraction {args.holdout_fraction}: a share of --real, between 0 and 1 (default 0.2).")
+    problem = output_dir_problem(args.output_dir)
+    if problem:  # now, not after the evaluation's minutes
+        parser.error(f"--output_dir {args.output_dir}: {problem}")
     return args
+
+
+def card_to_update(flag: str, synthetic: str) -> str:
+    """The saved model folder whose card ``--update_model_card`` names (``auto``: the model recorded in the synthetic
+    set's generation config), checked before the evaluation starts."""
+    model_dir = generating_model(synthetic) if flag == "auto" else flag
+    if not os.path.isfile(os.path.join(model_dir, "model_index.json")):
+        raise ValueError(
+            f"--update_model_card {model_dir}: not a saved model folder (no model_index.json). Fix: give the folder "
+            "train_ddpm.py or train_dcgan.py saved, or leave --update_model_card out."
+        )
+    return model_dir
 
 
 def load_input(flag: str, spec: str):
@@ -115,6 +133,7 @@ def load_input(flag: str, spec: str):
 
 
 def main(args):
+    model_dir = card_to_update(args.update_model_card, args.synthetic) if args.update_model_card else None
     config = EvaluationConfig(
         resolution=args.resolution,
         masks=args.masks,
@@ -137,8 +156,7 @@ def main(args):
     report, figures = evaluate(real, synthetic, holdout, config)
     paths = write_report(report, figures, args.output_dir)
     print(f"Wrote {paths['markdown']} and {len(figures)} figures")
-    if args.update_model_card:
-        model_dir = None if args.update_model_card == "auto" else args.update_model_card
+    if model_dir:
         print(f"Updated {update_model_card(report, args.synthetic, model_dir)}")
 
 

@@ -49,12 +49,13 @@ def parse_args(argv=None):
     parser.add_argument(
         "--test_ids", help="With --by_source: held-out ids (a split's test_ids.txt) kept out of every train part."
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.test_ids and not args.by_source:
+        parser.error("--test_ids applies to --by_source only; drop it or add --by_source.")
+    return args
 
 
 def main(args):
-    if args.test_ids and not args.by_source:
-        raise SystemExit("--test_ids applies to --by_source only; drop it or add --by_source.")
     dataset = load_fundus_dataset(args.dataset, require_masks=not args.images_only)
     try:
         if args.subsets:
@@ -70,10 +71,8 @@ def main(args):
             train, test = split_to_disk(dataset, args.output_dir, args.test_fraction, args.seed, args.stratify)
             print(f"{len(train)} train / {len(test)} test rows (stratified by {args.stratify}, seed {args.seed}); "
                   "their split column says train / test")
-    except FileExistsError as error:
-        raise SystemExit(str(error)) from None
-    except ValueError as error:
-        raise SystemExit(f"{args.dataset}: {error}") from None
+    except ValueError as error:  # run_script prints it as split_dataset.py: error: ...
+        raise ValueError(f"{args.dataset}: {error}") from None
     print(f"written to {args.output_dir}")
 
 

@@ -207,6 +207,9 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     assert not any("trained on synthetic" in m["name"] or "trained on real+synthetic" in m["name"] for m in refused)
     assert report["holdout_split"].startswith("held out of --real") and "unseen by the generator only if" in report["holdout_split"]
     assert all(m["held_out_copies"]["n_held_out"] == 3 for m in report["memorisation"].values())
+    sampled = {m["name"] for m in model_card_metrics(report, sampler="ddpm, 100 steps")}  # no sampler made the real rows
+    assert "held-out disc Dice, segmenter trained on real" in sampled
+    assert "held-out disc Dice, segmenter trained on synthetic (ddpm, 100 steps)" in sampled
 
 
 def test_image_only_evaluation_and_missing_annotations(tmp_path):

@@ -396,3 +396,40 @@ def test_build_into_an_unwritable_place_fails_before_reading(folder_tree, tmp_pa
     blocker.write_text("x")
     with pytest.raises(FundusDataError, match=r"--output_dir .*a-file/out: cannot write into .*a-file \("):
         build_dataset(str(blocker / "out"), folder_dirs=[folder_tree], progress=False)
+
+
+def test_evaluate_script_refuses_what_it_could_not_write_before_it_evaluates(tmp_path, capsys, monkeypatch):
+    """An --output_dir that is a file, and an --update_model_card that is no saved model, are refused in one line
+    before the evaluation's minutes, not after them."""
+    import runpy
+
+    a_file = tmp_path / "report.md"
+    a_file.write_text("")
+    common = ["evaluate.py", "--real", "phantom:4", "--synthetic", "phantom:4"]
+    for extra, status, message in [
+        (["--output_dir", str(a_file)], 2, f"--output_dir {a_file}: is a file, not a folder"),
+        (["--output_dir", str(tmp_path / "r"), "--update_model_card", str(tmp_path / "nope")], 1,
+         f"--update_model_card {tmp_path / 'nope'}: not a saved model folder (no model_index.json)"),
+    ]:  # fmt: skip
+        monkeypatch.setattr(sys, "argv", common + extra)
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(REPO_ROOT / "scripts" / "evaluate.py"), run_name="__main__")
+        err = capsys.readouterr().err
+        assert exit_info.value.code == status and message in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing was evaluated
+
+
+def test_split_script_errors_are_one_line_with_the_commands_prefix(tmp_path, capsys, monkeypatch):
+    import runpy
+
+    (tmp_path / "split").mkdir()
+    (tmp_path / "split" / "something").write_text("")
+    for argv, status, message in [
+        (["--output_dir", str(tmp_path / "split")], 1, "split_dataset.py: error: "),  # an output folder in use
+        (["--output_dir", str(tmp_path / "s2"), "--test_ids", "ids.txt"], 2, "--test_ids applies to --by_source only"),
+    ]:
+        monkeypatch.setattr(sys, "argv", ["split_dataset.py", "--dataset", "phantom:8", *argv])
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(REPO_ROOT / "scripts" / "split_dataset.py"), run_name="__main__")
+        err = capsys.readouterr().err
+        assert exit_info.value.code == status and message in err and "Traceback" not in err

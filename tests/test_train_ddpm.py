@@ -471,3 +471,16 @@ def test_a_skipped_optimizer_step_holds_the_schedule_and_the_ema(tmp_path, cache
     checkpoint = out / "checkpoint-3"
     assert json.loads((checkpoint / "lr_scheduler.json").read_text())["state"]["last_epoch"] == 0
     assert int(load_file(checkpoint / "ema.safetensors")["step"]) == 0
+
+
+def test_the_presets_interpolation_gives_way_to_a_given_base_and_fixes_name_values_that_work(capsys):
+    at = lambda *flags: ddpm.parse_args(["--output_dir", "x", *flags])  # noqa: E731
+    assert at("--resolution", "128", "--schedule_base_resolution", "256").schedule_detail_resolution is None  # constant
+    assert ddpm.schedule_shift_description(at("--resolution", "128", "--schedule_base_resolution", "128")) == ""
+    for flags, fix in [
+        (["--resolution", "32", "--schedule_detail_resolution", "32"], "(e.g. 64; the base itself"),
+        (["--preset", "paper", "--resolution", "32", "--schedule_detail_resolution", "32"], "--schedule_detail_resolution 64)"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit):
+            at(*flags)
+        assert fix in capsys.readouterr().err

@@ -58,9 +58,10 @@ def ours_preset(first_parse) -> dict:
     """The ours preset, its log-SNR shift interpolated to none at the cleanest timestep of the resolution trained
     (``--schedule_detail_resolution`` = ``--resolution``; RESULTS.md session 15: at 256 px the same realism in half
     the steps as the constant shift, and small vessels the constant shift left out). At or below the shift's base
-    resolution it is the constant shift, as before."""
+    resolution (64, or the one given) it is the constant shift, as before."""
     resolution = first_parse.resolution or OURS_PRESET["resolution"]
-    return dict(OURS_PRESET, schedule_detail_resolution=max(resolution, OURS_PRESET["schedule_base_resolution"]))
+    base = first_parse.schedule_base_resolution or OURS_PRESET["schedule_base_resolution"]
+    return dict(OURS_PRESET, schedule_detail_resolution=max(resolution, base))
 
 
 PRESETS = {
@@ -150,7 +151,7 @@ def make_noise_scheduler(args) -> DDPMScheduler:
 def schedule_shift_description(args) -> str:
     """How the noise schedule's log-SNR was shifted, for the model card ('' when it was not)."""
     base, detail = args.schedule_base_resolution, args.schedule_detail_resolution
-    if base is None:
+    if base is None or (base == args.resolution and detail in (None, base)):  # a ratio of 1 shifts nothing
         return ""
     if detail is None:
         return f", log-SNR shifted for {base} px"
@@ -374,8 +375,8 @@ class DDPMKind(loop.ModelKind):
             "schedule): BASE's schedule at the noisiest timestep, this resolution's at the cleanest, the log-shift "
             "linear in t between. The constant shift also moves the low-noise timesteps, where small vessels form, to "
             "noisier levels, so training and sampling spend few steps on them; the resolution itself (e.g. 256 at 256 "
-            "px) keeps that end unshifted. The ours preset uses the resolution (RESULTS.md session 15); BASE itself "
-            "gives the constant shift (the preset's before session 15).",
+            "px) keeps that end unshifted. The ours preset uses the resolution (RESULTS.md session 15), or BASE where "
+            "the resolution is not above it; BASE itself gives the constant shift (the preset's before session 15).",
         )
         model.add_argument(
             "--snr_gamma",
@@ -487,7 +488,7 @@ class DDPMKind(loop.ModelKind):
         if args.schedule_detail_resolution is not None and args.schedule_base_resolution is None:
             parser.error(
                 "--schedule_detail_resolution interpolates the shift of --schedule_base_resolution: give both (e.g. "
-                f"--schedule_base_resolution 64 --schedule_detail_resolution {args.resolution})."
+                f"--schedule_base_resolution 64 --schedule_detail_resolution {max(64, args.schedule_detail_resolution)})."
             )
         if args.schedule_detail_resolution is not None and args.schedule_detail_resolution == args.schedule_base_resolution:
             args.schedule_detail_resolution = None  # the constant shift: one spelling in training_args.json and the card
@@ -496,7 +497,7 @@ class DDPMKind(loop.ModelKind):
                 f"--schedule_detail_resolution {args.schedule_detail_resolution} is below --schedule_base_resolution "
                 f"{args.schedule_base_resolution}: the cleanest timesteps would get more noise than the noisiest, and "
                 "the noise would shrink with t. Fix: give a detail resolution of at least the base one (e.g. "
-                f"{args.resolution})."
+                f"{max(args.resolution, args.schedule_base_resolution)}; the base itself: the constant shift)."
             )
         if args.region_loss_weight is not None and args.region_loss_weight < 0:
             parser.error(f"--region_loss_weight {args.region_loss_weight}: give a weight of at least 0 (0: off).")
