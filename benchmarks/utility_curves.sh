@@ -26,6 +26,8 @@
 #   STAGE=stop      stop the queue and everything it started (its process group)
 # (STAGE=queue and STAGE=job JOB=<name> are what train starts; a job skips the steps whose output exists, so
 # STAGE=train after a stop resumes: it keeps the split, subsets and finished steps.)
+# The generators train with the ours preset, whose noise-schedule shift is interpolated since session 15: a WORK
+# whose generators were trained before that mixes two schedules in one curve if resumed; start a new WORK.
 #
 #   DATA=.device_data STAGE=train bash benchmarks/utility_curves.sh     # DATA holds fundus-od (never committed)
 #

@@ -25,6 +25,10 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+# Set on the namespace of the first parse that a preset function reads, so that flags there do not speak twice.
+QUIET_PARSE = "_first_parse_for_preset"
+
+
 class RenamedFlag(argparse.Action):
     """An earlier release's spelling of a flag: sets the new one (and ``also``) and says so once on stderr."""
 
@@ -33,7 +37,8 @@ class RenamedFlag(argparse.Action):
         super().__init__(option_strings, dest, help=f"Deprecated: use {new}.", **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new}.", file=sys.stderr)
+        if not getattr(namespace, QUIET_PARSE, False):  # a preset's first look at the flags says nothing
+            print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new}.", file=sys.stderr)
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
         for name, value in self.also.items():
             setattr(namespace, name, value)
@@ -204,7 +209,9 @@ def parse_training_args(kind, argv: Optional[Sequence[str]] = None) -> argparse.
     parser.set_defaults(**kind.DEFAULTS)
     if preset is not None:
         values = kind.PRESETS[preset]
-        parser.set_defaults(**(values(parser.parse_args(argv)) if callable(values) else values))
+        if callable(values):
+            values = values(parser.parse_args(argv, namespace=argparse.Namespace(**{QUIET_PARSE: True})))
+        parser.set_defaults(**values)
     args = parser.parse_args(argv)
     args.mask_names = parse_mask_names(args.masks)
     if args.max_train_steps is None and args.num_epochs is None:

@@ -57,11 +57,13 @@ OURS_PRESET = dict(
 def ours_preset(first_parse) -> dict:
     """The ours preset, its log-SNR shift interpolated to none at the cleanest timestep of the resolution trained
     (``--schedule_detail_resolution`` = ``--resolution``; RESULTS.md session 15: at 256 px the same realism in half
-    the steps as the constant shift, and small vessels the constant shift left out). At or below the shift's base
-    resolution (64, or the one given) it is the constant shift, as before."""
+    the steps as the constant shift, and small vessels the constant shift left out). At or below 64 px it is the
+    constant shift, as before; so it is with a ``--schedule_base_resolution`` given alone, which its help describes as
+    the constant shift by that base (earlier sessions' commands give it so)."""
+    if first_parse.schedule_base_resolution is not None:
+        return OURS_PRESET
     resolution = first_parse.resolution or OURS_PRESET["resolution"]
-    base = first_parse.schedule_base_resolution or OURS_PRESET["schedule_base_resolution"]
-    return dict(OURS_PRESET, schedule_detail_resolution=max(resolution, base))
+    return dict(OURS_PRESET, schedule_detail_resolution=max(resolution, OURS_PRESET["schedule_base_resolution"]))
 
 
 PRESETS = {
@@ -375,8 +377,9 @@ class DDPMKind(loop.ModelKind):
             "schedule): BASE's schedule at the noisiest timestep, this resolution's at the cleanest, the log-shift "
             "linear in t between. The constant shift also moves the low-noise timesteps, where small vessels form, to "
             "noisier levels, so training and sampling spend few steps on them; the resolution itself (e.g. 256 at 256 "
-            "px) keeps that end unshifted. The ours preset uses the resolution (RESULTS.md session 15), or BASE where "
-            "the resolution is not above it; BASE itself gives the constant shift (the preset's before session 15).",
+            "px) keeps that end unshifted. The ours preset uses the resolution above 64 px (RESULTS.md session 15), "
+            "unless --schedule_base_resolution is given alone; BASE itself gives the constant shift (the preset's "
+            "before session 15).",
         )
         model.add_argument(
             "--snr_gamma",
