@@ -62,11 +62,34 @@ def test_the_weighted_loss_moves_the_error_inside_the_region():
     assert torch.equal(loss(inside, uniform), loss(inside, None))
 
 
-def test_a_run_with_region_weights_trains_and_says_so(tmp_path):
+@pytest.mark.parametrize("crops", [False, True])
+def test_a_run_weighs_the_turned_and_cropped_disc_and_says_so(tmp_path, monkeypatch, crops):
+    """What a training step gives the loss: weights that follow the disc of the (turned, cropped) images it trains
+    on, with the margin, and computed on the whole image (a crop inside the region keeps the region's weight)."""
+    seen, real_loss = [], ddpm.diffusion_loss
+
+    def spy(unet, scheduler, pixel_values, *rest):
+        seen.append((pixel_values.detach().clone(), rest[-1]))
+        return real_loss(unet, scheduler, pixel_values, *rest)
+
+    monkeypatch.setattr(ddpm, "diffusion_loss", spy)
     out = tmp_path / "run"
-    args = tiny_args(out, tmp_path / "cache", "--resolution", "32", "--max_train_steps", "2", "--logger", "none",
-                     "--region_loss_weight", "4")  # fmt: skip
-    ddpm.train(ddpm.parse_args(args))
+    args = tiny_args(out, tmp_path / "cache", "--resolution", "32", "--max_train_steps", "6", "--logger", "none",
+                     "--region_loss_weight", "4", "--rotation_conditioning_prob", "0.5")  # fmt: skip
+    ddpm.train(ddpm.parse_args(args + (["--patch_diffusion", "--patch_full_share", "0"] if crops else [])))
+    assert len(seen) == 6
+    margin_seen = False
+    for pixel_values, weights in seen:
+        assert weights is not None and weights.shape == (len(pixel_values), 1, *pixel_values.shape[2:])
+        disc = pixel_values[:, 3:4] > 0
+        assert (weights[disc] > 1).all()  # the disc of the images the step trains on: above the image's mean weight
+        assert (~disc[weights < 1]).all()  # below the mean only outside the disc
+        margin_seen |= bool((weights[~disc] > 1).any())  # the margin around it weighs too
+        if not crops:
+            assert torch.allclose(weights.mean(dim=(1, 2, 3)), torch.ones(len(weights)))
+        else:  # a crop's weights are its part of its image's: never all 1, which weights of its own would be off the disc
+            assert not any(torch.all(crop == 1) for crop in weights)
+    assert margin_seen
     assert "5 times the weight within 2 px of the disc mask" in (out / "README.md").read_text()
 
 

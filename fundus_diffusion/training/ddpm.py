@@ -167,7 +167,7 @@ def final_alpha_bar(noise_scheduler) -> float:
 
 # How far around the weighted mask (--region_loss_weight) its extra weight reaches, as a share of the image side: the
 # disc rim and the first stretch of the vessel trunks leaving the disc (16 px at 256 px, where the
-# fundus-od discs are 46-56 px across: with the margin, about 8% of the image).
+# fundus-od discs are 46-56 px across: with the margin, 9-11% of the image).
 REGION_MARGIN = 1 / 16
 
 
@@ -198,7 +198,7 @@ def diffusion_loss(
 ):
     """The denoising MSE at random timesteps; dropped labels become the null class (classifier-free guidance).
 
-    ``pixel_weights`` (``[B, 1, H, W]`` with mean 1 per sample, None: all 1; ``region_loss_weights``) weight each
+    ``pixel_weights`` (``[B, 1, H, W]``, None: all 1; ``region_loss_weights``, mean 1 over each whole image) weight each
     pixel's error in every channel: where the model's capacity goes, not what it learns to predict (the weighted
     MSE has the same minimiser per pixel).
 
@@ -610,17 +610,20 @@ class DDPMKind(loop.ModelKind):
         mask_annotated = batch["mask_annotated"]
         if args.rotation_conditioning_prob > 0:  # before cropping: a crop's coordinates are in the turned image
             pixel_values, rotations = random_quarter_turns(pixel_values, args.rotation_conditioning_prob)
+        pixel_weights = None
+        if args.region_loss_weight:  # on the whole (turned) image: a crop takes its part of the image's weights
+            channel = 3 + list(args.mask_names).index(args.region_loss_mask)
+            margin = round(args.resolution * REGION_MARGIN)
+            pixel_weights = region_loss_weights(pixel_values[:, channel], args.region_loss_weight, margin)
         if args.patch_diffusion:
             size = patches.draw_patch_size(args.resolution, args.patch_full_share)
-            pixel_values, coordinates, source = patches.random_patches(pixel_values, size)
+            stacked = pixel_values if pixel_weights is None else torch.cat([pixel_values, pixel_weights.to(pixel_values.dtype)], 1)
+            stacked, coordinates, source = patches.random_patches(stacked, size)
+            pixel_values = stacked[:, : pixel_values.shape[1]]
+            pixel_weights = None if pixel_weights is None else stacked[:, pixel_values.shape[1] :]
             class_labels, mask_annotated, rotations = (
                 None if value is None else value[source] for value in (class_labels, mask_annotated, rotations)
             )
-        pixel_weights = None
-        if args.region_loss_weight:
-            channel = 3 + list(args.mask_names).index(args.region_loss_mask)
-            margin = round(args.resolution * REGION_MARGIN)  # whole-image pixels, also on a crop
-            pixel_weights = region_loss_weights(pixel_values[:, channel], args.region_loss_weight, margin)
         if args.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         metrics = {}
