@@ -5,6 +5,8 @@ did not refuse (time to quality). The table also gives, from reports that have i
 section), the synthetic images' green-channel power in the middle and fine bands as a share of the real photographs'.
 
     python benchmarks/quality_curve.py /tmp/realism --figure quality_curve.png --json quality_curve.json
+    python benchmarks/quality_curve.py docs/results/realism-256-session11 docs/results/realism-256-session15 \\
+        --sampler_suffix=,-ddpm100 --figure sessions.png          # two sessions' committed results, one figure
 
 Reads what ``benchmarks/realism_ablation.sh`` writes (and packs into realism_reports.tgz): ``runs/<variant>/logs/
 metrics.csv`` (its ``step`` and ``wall_s`` columns: seconds since the training started, compilation included) and
@@ -81,22 +83,40 @@ def point(report: dict, mask: str):
     }
 
 
+def training_logs(work: str) -> dict:
+    """``{variant: metrics.csv path}`` of a WORK folder (``runs/<variant>/logs/metrics.csv``) or of a results folder
+    under docs/results (``<variant>_metrics.csv``)."""
+    runs_dir = os.path.join(work, "runs")
+    if os.path.isdir(runs_dir):
+        logs = {variant: os.path.join(runs_dir, variant, "logs", "metrics.csv") for variant in os.listdir(runs_dir)}
+    else:
+        logs = {name[: -len("_metrics.csv")]: os.path.join(work, name) for name in os.listdir(work) if name.endswith("_metrics.csv")}
+    return {variant: path for variant, path in sorted(logs.items()) if os.path.isfile(path)}
+
+
+def reports(work: str) -> dict:
+    """``{set name: report.json path}``: ``eval/<set>/report.json`` of a WORK folder, or ``<set>.report.json`` of a
+    results folder."""
+    eval_dir = os.path.join(work, "eval")
+    if os.path.isdir(eval_dir):
+        found = {name: os.path.join(eval_dir, name, "report.json") for name in os.listdir(eval_dir)}
+    else:
+        found = {name[: -len(".report.json")]: os.path.join(work, name) for name in os.listdir(work) if name.endswith(".report.json")}
+    return {name: path for name, path in sorted(found.items()) if os.path.isfile(path)}
+
+
 def collect(work: str, sampler_suffixes=("",), mask: str = "disc") -> dict:
     """``{variant + suffix: [point, ...]}`` for each sampler suffix, sorted by step, each point with its ``step`` and
     ``minutes`` (the variant's training clock: the sets of every sampler of a snapshot share it)."""
     curves = {}
-    eval_dir, runs_dir = os.path.join(work, "eval"), os.path.join(work, "runs")
-    for variant in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
-        metrics = os.path.join(runs_dir, variant, "logs", "metrics.csv")
-        if not os.path.isfile(metrics):
-            continue
+    evaluated = reports(work)
+    for variant, metrics in training_logs(work).items():
         minutes = training_minutes(metrics)
         suffixes = "|".join(re.escape(suffix) for suffix in sampler_suffixes)
         pattern = re.compile(rf"^{re.escape(variant)}-(\d+)({suffixes})$")
-        for name in sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else []:
+        for name, report_path in evaluated.items():
             found = pattern.match(name)
-            report_path = os.path.join(eval_dir, name, "report.json")
-            if not found or not os.path.isfile(report_path):
+            if not found:
                 continue
             with open(report_path) as f:
                 report = json.load(f)
@@ -108,6 +128,18 @@ def collect(work: str, sampler_suffixes=("",), mask: str = "disc") -> dict:
             series = variant + found.group(2)
             curves.setdefault(series, []).append({"step": step, "minutes": minutes_at(minutes, step), **figures})
     return {series: sorted(points, key=lambda p: p["step"]) for series, points in sorted(curves.items())}
+
+
+def collect_all(works, sampler_suffixes=("",), mask: str = "disc") -> dict:
+    """``collect`` of each folder, together; a curve name found in several folders is prefixed with its folder's
+    name (``realism-256-session11/rot50``)."""
+    found = [(work, collect(work, sampler_suffixes, mask)) for work in works]
+    names = [name for _, curves in found for name in curves]
+    return {
+        (f"{os.path.basename(os.path.normpath(work))}/{name}" if names.count(name) > 1 else name): points
+        for work, curves in found
+        for name, points in curves.items()
+    }
 
 
 def meets_bars(p: dict) -> bool:
@@ -176,7 +208,12 @@ def draw(curves: dict, path: str, title: str) -> bool:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("work", help="The ablation's WORK folder (or an unpacked realism_reports.tgz).")
+    parser.add_argument(
+        "work", nargs="+",
+        help="The ablation's WORK folder (or an unpacked realism_reports.tgz), or a results folder of docs/results "
+        "(<variant>_metrics.csv, <set>.report.json); several draw their curves together (a variant named alike in two "
+        "is named by its folder too).",
+    )  # fmt: skip
     parser.add_argument(
         "--sampler_suffix", default="",
         help="The sets of these samplers, comma-separated set-name suffixes: --sampler_suffix=-ddpm100, or "
@@ -187,10 +224,10 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="Write the points here.")
     args = parser.parse_args(argv)
     suffixes = args.sampler_suffix.split(",")
-    curves = collect(args.work, suffixes, args.mask)
+    curves = collect_all(args.work, suffixes, args.mask)
     if not curves:
         sets = " or ".join(f"eval/<variant>-<step>{suffix}/report.json" for suffix in suffixes)
-        sys.exit(f"{args.work}: no evaluated snapshot ({sets} beside runs/<variant>/logs/metrics.csv).")
+        sys.exit(f"{', '.join(args.work)}: no evaluated snapshot ({sets} beside runs/<variant>/logs/metrics.csv).")
     print(table(curves))
     if args.json:
         with open(args.json, "w") as f:

@@ -71,3 +71,21 @@ def test_points_minutes_and_time_to_quality(tmp_path, capsys):
     assert quality_curve.time_to_quality(ddpm["ours-ddpm100"]) is None  # 0.80 / 0.96 = 83% of real: the Dice bar is missed
     both = quality_curve.main([str(tmp_path), "--sampler_suffix=,-ddpm100"])  # each sampler its own curve
     assert list(both) == ["other", "ours", "ours-ddpm100"] and both["ours-ddpm100"][0]["minutes"] == 11.0
+
+
+def test_committed_results_folders_draw_together(tmp_path):
+    """docs/results/<folder> layout (<variant>_metrics.csv, <set>.report.json), several folders at once; a variant
+    named alike in two folders is named by its folder."""
+    for folder, dice in (("session-a", 0.90), ("session-b", 0.95)):
+        work = tmp_path / "work" / folder
+        write_run(work, "ours", [(10, 60), (2500, 300)])
+        write_report(work, "ours-2500", synthetic=dice, auc=0.9)
+        docs = tmp_path / folder
+        docs.mkdir()
+        (docs / "ours_metrics.csv").write_text((work / "runs" / "ours" / "logs" / "metrics.csv").read_text())
+        (docs / "ours-2500.report.json").write_text((work / "eval" / "ours-2500" / "report.json").read_text())
+    (tmp_path / "session-b" / "lone_metrics.csv").write_text("step,loss,wall_s\n10,0.1,60\n")
+    assert quality_curve.collect(str(tmp_path / "session-a")) == quality_curve.collect(str(tmp_path / "work" / "session-a"))
+    curves = quality_curve.main([str(tmp_path / "session-a"), str(tmp_path / "session-b")])
+    assert list(curves) == ["session-a/ours", "session-b/ours"]
+    assert [c[0]["dice_synthetic"] for c in curves.values()] == [0.90, 0.95] and curves["session-b/ours"][0]["minutes"] == 5.0
