@@ -62,8 +62,8 @@ SEG_STEPS=${SEG_STEPS:-800}
 MASKS=${MASKS:-disc}
 SAMPLER=${SAMPLER:-dpmsolver++:20}  # sets sampled otherwise are named <variant>-<step>-<scheduler><steps>
 export SAMPLERS=${SAMPLERS:-$SAMPLER}  # STAGE=follow's samplers (space-separated), and the quality curve's
-SAMPLES_BACK=${SAMPLES_BACK:-56}  # RGB samples per set packed as PNG (realism_samples-*.tgz; 0: none), judged later with
-# build_dataset.py --folder_dir <set> --images_only and evaluate.py --masks none if the evaluations are lost
+SAMPLES_BACK=${SAMPLES_BACK:-56}  # pairs per set packed as a generic folder, PNG image and masks (realism_samples-*.tgz;
+# 0: none): fundus-evaluate --synthetic <set> judges them elsewhere if the evaluations are lost, or with more seeds
 DTYPE=${DTYPE:-auto}  # generate.py --dtype (auto: fp16 on a GPU); sets sampled otherwise get a -<dtype> suffix
 # The documented 256 px recipe (RESULTS.md row 4), with snapshots instead of checkpoints; RECIPE replaces it (a CPU
 # smoke run: RECIPE="--resolution 32 --model_config tiny --train_batch_size 8" STEPS_MAX=4 SNAPSHOT=2 N_SYN=8 SEEDS=1
@@ -84,7 +84,7 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
   (
     cd "$CODE"
     # Full-size synthetic samples (8 per set, no masks drawn) to look at beside real photographs, the first
-    # SAMPLES_BACK RGB samples of each set as PNG (for judging a set elsewhere if the machine is lost with its
+    # SAMPLES_BACK pairs of each set as a generic folder (for judging a set elsewhere if the machine is lost with its
     # evaluation), and, once it is evaluated, the samples its memorisation checks flagged (to look at beside their
     # nearest training photographs where the real data is).
     for set in "$WORK"/synthetic/*; do  # start the script (seconds of package loading) only when it has work

@@ -2,9 +2,10 @@
 the package once, not once per set and picture: each load cost about 15 s of device time):
 
 - ``<set>/fullsize.png``: its first 8 samples at full size, no masks drawn, to look at beside real photographs;
-- ``<samples_dir>/<set>/images/NNN.png``: its first ``--samples`` RGB samples, so that the set can still be judged
-  elsewhere (``build_dataset.py --folder_dir <samples_dir>/<set> --images_only``, then ``evaluate.py --masks none``)
-  when the device machine is lost with its evaluations;
+- ``<samples_dir>/<set>/``: its first ``--samples`` pairs as a generic folder (``images/``, ``masks/<name>/``,
+  ``metadata.csv``: ``export.export_imagefolder``), so that the set can still be judged elsewhere, masks included
+  (``fundus-evaluate --synthetic <samples_dir>/<set>`` reads it as it is), when the device machine is lost with its
+  evaluations, or judged again with more segmenter seeds on another machine;
 - ``<samples_dir>/<set>/flagged/NNN.png``: once ``--eval_dir``/<set> holds its evaluation, every sample the
   memorisation checks flagged (``flagged_ids.txt``; NNN its index in the set), so that each can be looked at beside its
   nearest training photograph (named in the report) where the real data is: a near copy or only the same camera's
@@ -22,6 +23,7 @@ import argparse
 import os
 
 from fundus_diffusion.evaluation.report import FLAGGED_FILE
+from fundus_diffusion.export import export_imagefolder
 from fundus_diffusion.generate import saved_dataset
 from fundus_diffusion.visualization import contact_sheet
 
@@ -60,9 +62,7 @@ def make_pictures(synthetic_root: str, samples: int, samples_dir: str, eval_dir:
         if not os.path.isfile(fullsize):
             contact_sheet(list(dataset.select(range(min(8, len(dataset))))["image"]), columns=4, tile=256).save(fullsize)
         if samples and not os.path.isfile(done):
-            os.makedirs(os.path.join(export_dir, "images"), exist_ok=True)
-            for i, image in enumerate(dataset.select(range(min(samples, len(dataset))))["image"]):
-                image.convert("RGB").save(os.path.join(export_dir, "images", f"{i:03d}.png"))
+            export_imagefolder(dataset.select(range(min(samples, len(dataset)))), export_dir)
             open(done, "w").close()
         if flagged_due:
             export_flagged(dataset, flagged_file, flagged_dir)
@@ -73,8 +73,8 @@ def make_pictures(synthetic_root: str, samples: int, samples_dir: str, eval_dir:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("synthetic_root", help="The folder holding one saved synthetic set per subfolder.")
-    parser.add_argument("--samples", type=int, default=56, help="RGB samples exported per set (0: none).")
-    parser.add_argument("--samples_dir", required=True, help="Where <set>/images/NNN.png go.")
+    parser.add_argument("--samples", type=int, default=56, help="Pairs exported per set (0: none).")
+    parser.add_argument("--samples_dir", required=True, help="Where each set's <set>/ generic folder goes.")
     parser.add_argument("--eval_dir", default=None, help="The evaluations, <set>/flagged_ids.txt: export the flagged samples.")
     args = parser.parse_args(argv)
     for name in make_pictures(args.synthetic_root, args.samples, args.samples_dir, args.eval_dir):
