@@ -312,7 +312,9 @@ def load_pair(c: Candidate, mask_names: Sequence[str]) -> Tuple[dict, List[str],
         if was_thresholded:
             thresholded.append(path)
     fraction = masks["disc"].mean() if "disc" in masks else 0.0
-    if fraction > INVERTED_DISC_FRACTION:
+    # A generated set written back as a folder (export_imagefolder names its source) has its masks in the schema's
+    # polarity by construction: a large disc there is the model's, for the evaluation to judge, not a flipped file.
+    if fraction > INVERTED_DISC_FRACTION and not c.origin.startswith("synthetic"):
         polarity = "0 = disc" if c.zero_is_structure else "255 = disc"
         raise BadFileError(
             c.masks["disc"],
