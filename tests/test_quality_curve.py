@@ -89,3 +89,5 @@ def test_committed_results_folders_draw_together(tmp_path):
     curves = quality_curve.main([str(tmp_path / "session-a"), str(tmp_path / "session-b")])
     assert list(curves) == ["session-a/ours", "session-b/ours"]
     assert [c[0]["dice_synthetic"] for c in curves.values()] == [0.90, 0.95] and curves["session-b/ours"][0]["minutes"] == 5.0
+    alike = quality_curve.collect_all([str(tmp_path / "work" / "session-a"), str(tmp_path / "session-a")])  # one name
+    assert list(alike) == [f"{tmp_path / 'work' / 'session-a'}/ours", f"{tmp_path / 'session-a'}/ours"]

@@ -166,8 +166,8 @@ def final_alpha_bar(noise_scheduler) -> float:
 
 
 # How far around the weighted mask (--region_loss_weight) its extra weight reaches, as a share of the image side: the
-# disc rim and the first stretch of the vessel trunks leaving the disc (16 px at 256 px, where the
-# fundus-od discs are 46-56 px across: with the margin, 9-11% of the image).
+# disc rim and the first stretch of the vessel trunks leaving the disc (16 px at 256 px, where the fundus-od discs,
+# framed for training, are 39-53 px high: with the margin, 7-10% of the image).
 REGION_MARGIN = 1 / 16
 
 
