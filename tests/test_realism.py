@@ -177,3 +177,19 @@ def test_disc_region_test_sees_a_fault_confined_to_the_disc():
     assert abs(region["real_vs_real"]["auc"]["mean"] - 0.5) < 0.25, region["real_vs_real"]
     markdown = "\n".join(realism_lines({**realism_test(real, synthetic, RealismRecipe(steps=2, width=4, folds=2)), "disc_region": region}, "64 px"))
     assert "**Disc region** (optic disc: a 16 px square" in markdown and "| compared on 16 px disc crops |" in markdown
+
+
+def test_repeats_pool_other_draws_and_keep_the_single_test_as_the_first():
+    generator = torch.Generator().manual_seed(0)
+    real, synthetic = round_fundus(16, generator), round_fundus(12, generator, speckle=160)
+    recipe = dict(steps=3, width=4, folds=2)
+    once = realism_test(real, synthetic, RealismRecipe(**recipe))
+    twice = realism_test(real, synthetic, RealismRecipe(**recipe, repeats=2))
+    for test in ("real_vs_synthetic", "real_vs_real"):
+        assert twice[test]["auc_per_fold"][:2] == once[test]["auc_per_fold"]  # the first repeat is the single test
+        assert len(twice[test]["auc_per_fold"]) == 4 and twice[test]["repeats"] == 2 and twice[test]["auc"]["n"] == 4
+        assert twice[test]["auc_per_fold"][2:] != once[test]["auc_per_fold"]  # other draws, folds and judges
+    assert "mean ± std over the 4 held-out folds of 2 repeats" in "\n".join(realism_lines(twice, "32 px"))
+    assert "mean ± std over folds," in "\n".join(realism_lines(once, "32 px"))
+    with pytest.raises(ValueError, match="repeats=0"):
+        RealismRecipe(repeats=0)

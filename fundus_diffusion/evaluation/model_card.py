@@ -12,6 +12,7 @@ from .memorisation import REFUSE_P
 from .metrics import format_mean_std, format_value
 from .protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
 from .realism import TEST_NAME, judge_of
+from .report import folds_phrase
 
 
 def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict]:
@@ -77,7 +78,7 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
         metrics.append({
             "name": f"{TEST_NAME}, {judge_of(realism)} judge, real vs synthetic",
             "value": format_mean_std(main["auc"]),
-            "notes": f"mean ± std over {main['folds']} cross-validation folds, {main['n_per_class']} images per side; "
+            "notes": f"{folds_phrase(main)} ({main['folds']}-fold cross-validation), {main['n_per_class']} images per side; "
             f"real-vs-real control: {format_mean_std(control['auc'])}; {where}",
         })  # fmt: skip
     if "fid" in report["fid_kid"]:

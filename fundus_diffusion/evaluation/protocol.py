@@ -60,6 +60,7 @@ class EvaluationConfig:
     realism_steps: int = RealismRecipe.steps
     realism_folds: int = RealismRecipe.folds
     realism_invariance: str = RealismRecipe.invariance  # the judge: "robust", "colour" or "none" (realism.INVARIANCES)
+    realism_repeats: int = RealismRecipe.repeats
     inputs: Dict = field(default_factory=dict)  # provenance (dataset paths), copied into the report
 
 def annotation_flags_of(datasets: Dict[str, object], mask_names: Sequence[str]) -> Dict[str, torch.Tensor]:
@@ -465,7 +466,10 @@ def evaluate(
         report["memorisation"][PIXEL_SPACE]["threshold"], arrays, synthetic_ids, real_ids, config.num_pairs
     )
     figures["nearest_pairs"] = titled(pairs, f"synthetic samples nearest to a real training image, {at_resolution(resolution)}")
-    recipe = RealismRecipe(steps=config.realism_steps, folds=config.realism_folds, invariance=config.realism_invariance)
+    recipe = RealismRecipe(
+        steps=config.realism_steps, folds=config.realism_folds, invariance=config.realism_invariance,
+        repeats=config.realism_repeats,
+    )  # fmt: skip
     all_real = torch.cat([on_device["real"][:, :3], on_device["holdout"][:, :3]])
     report["realism"] = realism_test(all_real, on_device["synthetic"][:, :3], recipe, device)
     if "disc" in mask_names and report["realism"]["computed"]:  # the region where generated discs have failed

@@ -25,7 +25,7 @@ the global colour the robust judge ignores, beside the real-vs-real difference.
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -93,8 +93,14 @@ class RealismRecipe(Recipe):
     resize_max: float = 1.0
     jpeg_quality_min: int = 60  # robust: every image re-encoded as JPEG at a quality in [this, 100]
     copies: int = 4  # robust: JPEG copies per image, and nuisance draws averaged at scoring
+    # The whole test again with other draws of the images, other folds and other judges (repeat r: seed +
+    # REPEAT_SEED_STRIDE * r; the first is the single test's): the mean over all folds moves less from one evaluation
+    # to the next, and its expectation is the single test's.
+    repeats: int = 1
 
     def __post_init__(self):
+        if self.repeats < 1:
+            raise ValueError(f"RealismRecipe(repeats={self.repeats}): give at least 1.")
         if self.invariance not in INVARIANCES:
             raise ValueError(
                 f"RealismRecipe(invariance={self.invariance!r}) is not a judge. Fix: use one of {sorted(INVARIANCES)}."
@@ -297,6 +303,9 @@ def colour_statistics(images: torch.Tensor, batch_size: int = 256) -> Dict:
     return {key: (255 * torch.cat(v).mean(dim=0)).tolist() for key, v in (("mean", means), ("std", stds))}
 
 
+# Seeds of the realism test's repeats lie this far apart, beyond any fold's judge seed (seed + fold).
+REPEAT_SEED_STRIDE = 1000
+
 # The disc-region test's square: a quarter of the image's side (64 px at 256 px), about twice a disc's diameter.
 DISC_CROP_FRACTION = 4
 
@@ -351,10 +360,18 @@ def realism_test(
             "reason": f"{TEST_NAME} needs at least {recipe.folds} images per side in {recipe.folds} folds "
             f"(got {len(real)} real, {len(synthetic)} synthetic; the control uses half the real images per side)",
         }
-    generator = torch.Generator().manual_seed(recipe.seed)
-    real_order = torch.randperm(len(real), generator=generator)
-    synthetic_pick = torch.randperm(len(synthetic), generator=generator)[:n]
-    real_a, real_b, picked = real[real_order[:n]], real[real_order[n : 2 * n]], synthetic[synthetic_pick]
+    tests, colours = {"real_vs_synthetic": [], "real_vs_real": []}, None
+    for r in range(recipe.repeats):
+        recipe_r = RealismRecipe(**{**recipe.to_dict(), "seed": recipe.seed + REPEAT_SEED_STRIDE * r})
+        generator = torch.Generator().manual_seed(recipe_r.seed)
+        real_order = torch.randperm(len(real), generator=generator)
+        synthetic_pick = torch.randperm(len(synthetic), generator=generator)[:n]
+        real_a, real_b, picked = real[real_order[:n]], real[real_order[n : 2 * n]], synthetic[synthetic_pick]
+        repeat = f", repeat {r + 1}/{recipe.repeats}" if recipe.repeats > 1 else ""
+        tests["real_vs_synthetic"].append(two_sample_auc(real_a, picked, recipe_r, device, f"real vs synthetic{repeat}"))
+        tests["real_vs_real"].append(two_sample_auc(real_a, real_b, recipe_r, device, f"real vs real{repeat}"))
+        if colours is None:  # the first draw's
+            colours = {name: colour_statistics(x) for name, x in (("real", real_a), ("real_b", real_b), ("synthetic", picked))}
     return {
         "computed": True,
         "name": TEST_NAME,
@@ -363,9 +380,14 @@ def realism_test(
         "recipe": recipe.to_dict(),
         "n_real_available": len(real),
         "n_synthetic_available": len(synthetic),
-        "real_vs_synthetic": two_sample_auc(real_a, picked, recipe, device, "real vs synthetic"),
-        "real_vs_real": two_sample_auc(real_a, real_b, recipe, device, "real vs real"),
-        "colour_statistics": {
-            name: colour_statistics(x) for name, x in (("real", real_a), ("real_b", real_b), ("synthetic", picked))
-        },
+        **{name: pooled(results) for name, results in tests.items()},
+        "colour_statistics": colours,
     }
+
+
+def pooled(results: List[Dict]) -> Dict:
+    """``two_sample_auc`` results of the repeats as one: the mean ± std over every held-out fold of every repeat, the
+    per-fold AUCs in order, and ``repeats``."""
+    aucs = [auc for result in results for auc in result["auc_per_fold"]]
+    first = results[0]
+    return {"auc": summarise(aucs), "auc_per_fold": aucs, "n_per_class": first["n_per_class"], "folds": first["folds"], "repeats": len(results)}

@@ -284,7 +284,7 @@ def realism_lines(realism: Optional[Dict], px: str) -> List[str]:
         f"**Judge: {INVARIANCES[invariance]}** (`--realism_invariance {invariance}`). A small CNN "
         f"(`fundus_diffusion.evaluation.realism`, width {recipe['width']}, {recipe['steps']} steps), trained from "
         f"scratch, tells the two sets apart; {main['folds']}-fold cross-validated ROC AUC on the held-out folds, "
-        f"mean ± std over folds, {main['n_per_class']} images per side at {px}. Not FID. AUCs of different judges "
+        f"{folds_phrase(main)}, {main['n_per_class']} images per side at {px}. Not FID. AUCs of different judges "
         "are not comparable.",
     ]
     if invariance == "robust":
@@ -299,6 +299,14 @@ def realism_lines(realism: Optional[Dict], px: str) -> List[str]:
     lines += auc_table(main, control, f"compared at {px}")
     lines += colour_lines(realism.get("colour_statistics"), px)
     return lines + disc_region_lines(realism.get("disc_region"))
+
+
+def folds_phrase(test: Dict) -> str:
+    """What a two-sample AUC's mean ± std is over: the folds, or the folds of each repeat (``RealismRecipe.repeats``)."""
+    repeats = test.get("repeats", 1)
+    if repeats == 1:
+        return "mean ± std over folds"
+    return f"mean ± std over the {test['folds'] * repeats} held-out folds of {repeats} repeats (other draws, folds and judges)"
 
 
 def auc_table(main: Dict, control: Dict, heading: str) -> List[str]:
