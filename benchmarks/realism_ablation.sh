@@ -25,7 +25,8 @@
 #   STAGE=post_hoc_ema  for each finished variant trained with --post_hoc_ema: one model per EMA length in
 #                   PHEMA_SIGMAS (one or more; default 0.05,0.10,0.20), run <variant>-phema<sigma_rel>, sampled by a later generate
 #   STAGE=stop      stop the trainings
-#   STAGE=evaluate  evaluate each synthetic set (EVAL_SETS: a glob of set names, default all) with SEEDS segmenter seeds;
+#   STAGE=evaluate  evaluate each synthetic set (EVAL_SETS: a glob of set names, default all) with SEEDS segmenter seeds
+#                   (EVAL_SUFFIX, e.g. -r3 with EVAL_FLAGS="--realism_repeats 3": judged again as eval/<set>-r3);
 #                   BACKGROUND=1 starts the evaluations detached and returns (a later evaluate or STAGE=pack waits;
 #                   only where that later call surely follows in the same lease: a device machine goes back soon after
 #                   a call ends, with whatever runs on it, as session 9's evaluations did)
@@ -280,17 +281,17 @@ stop)
 evaluate)
   cd "$CODE"
   for set in "$WORK"/synthetic/${EVAL_SETS:-*}; do
-    name=$(basename "$set")
+    name=$(basename "$set") out=$(basename "$set")${EVAL_SUFFIX:-}
     finished "$set" || continue
-    [ -f "$WORK/eval/$name/report.json" ] || [ -f "$WORK/eval-$name.started" ] && continue
-    touch "$WORK/eval-$name.started"
-    log "evaluating $name on the masks it holds ($SEEDS seeds)"
+    [ -f "$WORK/eval/$out/report.json" ] || [ -f "$WORK/eval-$out.started" ] && continue
+    touch "$WORK/eval-$out.started"
+    log "evaluating $name on the masks it holds ($SEEDS seeds${EVAL_SUFFIX:+, as $out: $EVAL_FLAGS})"
     # Reading the set's masks loads the package (about 15 s): in the background too, so the evaluations start at once.
     export PY WORK SEEDS SEG_STEPS EVAL_FLAGS && export -f set_masks
     # shellcheck disable=SC2016,SC2086
     setsid bash -c 'masks=$(set_masks "$1") && echo "masks: $masks" && $PY scripts/evaluate.py --real "$WORK/split/train" \
       --holdout "$WORK/split/test" --synthetic "$1" --masks "$masks" --seeds "$SEEDS" $EVAL_FLAGS \
-      --segmenter_steps "$SEG_STEPS" --output_dir "$WORK/eval/$2"' _ "$set" "$name" > "$WORK/eval-$name.log" 2>&1 < /dev/null &
+      --segmenter_steps "$SEG_STEPS" --output_dir "$WORK/eval/$2"' _ "$set" "$out" > "$WORK/eval-$out.log" 2>&1 < /dev/null &
   done
   [ "${BACKGROUND:-0}" = 1 ] && pack_results || WAIT_S=${WAIT_S:-540} STAGE=pack bash "$SCRIPT"
   ;;
