@@ -56,8 +56,8 @@ OURS_PRESET = dict(
 
 def ours_preset(first_parse) -> dict:
     """The ours preset, its log-SNR shift interpolated to none at the cleanest timestep of the resolution trained
-    (``--schedule_detail_resolution`` = ``--resolution``; RESULTS.md session 15: at 256 px the same realism in half
-    the steps as the constant shift, and small vessels the constant shift left out). At or below 64 px it is the
+    (``--schedule_detail_resolution`` = ``--resolution``; RESULTS.md session 15: at 256 px the same Dice and
+    whole-image two-sample AUC in half the steps as the constant shift, and small vessels the constant shift left out). At or below 64 px it is the
     constant shift, as before; so it is with a ``--schedule_base_resolution`` given alone, which its help describes as
     the constant shift by that base (earlier sessions' commands give it so)."""
     if first_parse.schedule_base_resolution is not None:
