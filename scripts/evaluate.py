@@ -19,7 +19,7 @@ from fundus_diffusion.evaluation.checks import resolution_problem
 from fundus_diffusion.evaluation.model_card import update_model_card
 from fundus_diffusion.evaluation.realism import INVARIANCES, RealismRecipe
 from fundus_diffusion.generate import generating_model
-from fundus_diffusion.training.args import output_dir_problem
+from fundus_diffusion.training.args import RenamedFlag, output_dir_problem
 
 
 def parse_args(argv=None):
@@ -61,11 +61,9 @@ def parse_args(argv=None):
         "real images alone for as many steps (the control: longer training by itself may help).",
     )
     parser.add_argument(
-        "--inception_weights",
-        "--inference_weights",
-        default=None,
-        help="Local FID Inception weights (pt_inception-2015-12-05-6726825d.pth).",
+        "--inception_weights", default=None, help="Local FID Inception weights (pt_inception-2015-12-05-6726825d.pth)."
     )
+    parser.add_argument("--inference_weights", dest="inception_weights", action=RenamedFlag, new="--inception_weights")
     parser.add_argument(
         "--worst_images", type=int, default=8, help="Held-out images shown in worst_holdout.png (lowest Dice)."
     )

@@ -128,3 +128,10 @@ def test_per_patient_prefixes_neither_make_strata_nor_split_patients():
     strata = origins(ids, ["folder:odir"] * len(ids))
     assert set(strata) == {"folder:odir"}
     assert len(holdout_ids(ids, strata, 0.2)) == 20
+
+
+def test_the_misnamed_weights_flag_still_works_and_says_its_name(capsys):
+    argv = ["--real", "phantom:4", "--synthetic", "phantom:4", "--output_dir", "unused"]
+    args = EVALUATE["parse_args"](argv + ["--inference_weights", "w.pth"])
+    assert args.inception_weights == "w.pth"
+    assert "--inference_weights is deprecated; use --inception_weights" in capsys.readouterr().err
