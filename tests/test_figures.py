@@ -77,3 +77,11 @@ def test_report_markdown_captions_each_known_figure(tmp_path):
     markdown = open(paths["markdown"]).read()
     assert "![sample_grid, 16 px](sample_grid.png)\n*The first synthetic samples" in markdown
     assert "![nearest_pairs, 16 px](nearest_pairs.png)\n*Each synthetic sample beside" in markdown
+
+
+def test_a_ratio_chart_of_six_series_draws_six_colours():
+    from fundus_diffusion.evaluation.figures import ratio_chart
+
+    curves = {f"set {i}": [1.3 ** (i + 1)] * 3 for i in range(6)}  # a control and five sets, as session 15's spectra
+    chart = ratio_chart("t", [0.01, 0.1, 0.5], curves, "x", "y")
+    assert all(len(_pixels_of(chart, COLOURS[i])) > 50 for i in range(6)) and len(set(COLOURS)) == len(COLOURS)

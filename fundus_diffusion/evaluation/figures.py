@@ -12,7 +12,10 @@ from PIL import Image
 
 from ..visualization import mask_colour
 
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+COLOURS = [  # matplotlib's tab10: a figure of up to ten series draws each in its own colour
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+]  # fmt: skip
 PANEL = (4.0, 3.0)  # inches per panel; at DPI, 400 x 300 px
 DPI = 100
 STRIP = (20 / 255, 20 / 255, 20 / 255)  # the background of visualization.contact_sheet
