@@ -133,13 +133,16 @@ def collect(work: str, sampler_suffixes=("",), mask: str = "disc") -> dict:
 def collect_all(works, sampler_suffixes=("",), mask: str = "disc") -> dict:
     """``collect`` of each folder, together; a curve name found in several folders is prefixed with its folder's
     name (``realism-256-session11/rot50``), or its path as given where two folders share a name."""
-    found = [(os.path.normpath(work), collect(work, sampler_suffixes, mask)) for work in works]
-    folder_names = [os.path.basename(work) for work, _ in found]
-    labels = [name if folder_names.count(name) == 1 else work for work, name in zip((w for w, _ in found), folder_names)]
-    names = [name for _, curves in found for name in curves]
+    folders = [os.path.normpath(work) for work in works]
+    basenames = [os.path.basename(folder) for folder in folders]
+    found = {
+        basename if basenames.count(basename) == 1 else folder: collect(folder, sampler_suffixes, mask)
+        for folder, basename in zip(folders, basenames)
+    }
+    names = [name for curves in found.values() for name in curves]
     return {
         (f"{label}/{name}" if names.count(name) > 1 else name): points
-        for label, (_, curves) in zip(labels, found)
+        for label, curves in found.items()
         for name, points in curves.items()
     }
 

@@ -10,15 +10,13 @@ The report folder holds real photographs (nearest-neighbour pairs, worst held-ou
 """
 
 import argparse
-import os
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import FundusDataError, load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
 from fundus_diffusion.evaluation.checks import resolution_problem
-from fundus_diffusion.evaluation.model_card import update_model_card
+from fundus_diffusion.evaluation.model_card import card_model_dir, update_model_card
 from fundus_diffusion.evaluation.realism import INVARIANCES, RealismRecipe
-from fundus_diffusion.generate import generating_model
 from fundus_diffusion.training.args import RenamedFlag, output_dir_problem
 
 
@@ -118,18 +116,6 @@ def parse_args(argv=None):
     return args
 
 
-def card_to_update(flag: str, synthetic: str) -> str:
-    """The saved model folder whose card ``--update_model_card`` names (``auto``: the model recorded in the synthetic
-    set's generation config), checked before the evaluation starts."""
-    model_dir = generating_model(synthetic) if flag == "auto" else flag
-    if not os.path.isfile(os.path.join(model_dir, "model_index.json")):
-        raise ValueError(
-            f"--update_model_card {model_dir}: not a saved model folder (no model_index.json). Fix: give the folder "
-            "train_ddpm.py or train_dcgan.py saved, or leave --update_model_card out."
-        )
-    return model_dir
-
-
 def load_input(flag: str, spec: str):
     """``load_fundus_dataset(spec)``, its data errors prefixed with the flag that named it."""
     try:
@@ -139,7 +125,9 @@ def load_input(flag: str, spec: str):
 
 
 def main(args):
-    model_dir = card_to_update(args.update_model_card, args.synthetic) if args.update_model_card else None
+    model_dir = None
+    if args.update_model_card:  # checked now, not after the evaluation's minutes
+        model_dir = card_model_dir(args.synthetic, None if args.update_model_card == "auto" else args.update_model_card)
     config = EvaluationConfig(
         resolution=args.resolution,
         masks=args.masks,

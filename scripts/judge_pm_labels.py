@@ -16,7 +16,7 @@ import os
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import default_device
-from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe, judge_class_conditional
+from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe, judge_class_conditional, label_summary
 from fundus_diffusion.evaluation.realism import RealismRecipe
 
 
@@ -35,28 +35,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def summary(report: dict) -> str:
-    """The report's lines a reader must not miss: agreement, and whether the samples are fundus-like at all."""
-    agreement, guard = report["synthetic_label_agreement"], report["realism_guard"]
-    lines = [
-        f"label agreement {agreement['overall']:.1%} of {agreement['n']} samples (real held-out accuracy "
-        f"{report['real_held_out_accuracy']['overall']:.1%})",
-        f"realism guard: {guard['verdict']} (mean confidence real {guard['mean_confidence']['real_held_out']:.2f}, "
-        f"synthetic {guard['mean_confidence']['synthetic']:.2f})",
-    ]
-    test = report.get("realism_test")
-    if test and test.get("computed"):
-        lines.append(
-            f"two-sample test ROC AUC real vs synthetic {test['real_vs_synthetic']['auc']['mean']:.3f}, real vs real "
-            f"{test['real_vs_real']['auc']['mean']:.3f} (0.5 = indistinguishable)"
-        )
-    elif test:
-        lines.append(f"two-sample test not computed: {test['reason']}")
-    if not guard["fundus_like"]:
-        lines = ["!" * 100, *lines, "WARNING: the samples are not fundus-like; do not report the label agreement as a result.", "!" * 100]
-    return "\n".join(lines)
-
-
 def main(args):
     real = load_fundus_dataset(args.real, require_masks=not args.images_only)
     synthetic = load_fundus_dataset(args.synthetic)
@@ -69,9 +47,9 @@ def main(args):
     with open(os.path.join(args.output_dir, "pm_labels.json"), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(args.output_dir, "report.md"), "w") as f:  # the lines to read, beside the full JSON
-        f.write(f"# Do the samples show the labels they were drawn for?\n\n```\n{summary(report)}\n```\n")
+        f.write(f"# Do the samples show the labels they were drawn for?\n\n```\n{label_summary(report)}\n```\n")
     print(json.dumps(report, indent=2))
-    print(summary(report))
+    print(label_summary(report))
     print(f"Wrote {os.path.join(args.output_dir, 'pm_labels.json')} and report.md")
 
 

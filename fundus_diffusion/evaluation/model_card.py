@@ -1,6 +1,7 @@
 """The evaluation's headline numbers on a saved model's card (``metrics.json`` and the README table), named by the
 sampler that made the judged set."""
 
+import os
 from typing import Dict, List, Optional
 
 from ..generate import generating_model, sampler_description
@@ -100,10 +101,23 @@ def warn_if_other_data(model_dir: str, real: Optional[str]) -> None:
         )
 
 
+def card_model_dir(synthetic_dir: str, model_dir: Optional[str] = None) -> str:
+    """The saved model folder whose card an evaluation of ``synthetic_dir`` updates: ``model_dir``, or the local model
+    recorded in the set's generation config; a ValueError naming the fix when it is not a saved model (callers check
+    it before the evaluation's minutes)."""
+    model_dir = model_dir or generating_model(synthetic_dir)
+    if not os.path.isfile(os.path.join(model_dir, "model_index.json")):
+        raise ValueError(
+            f"--update_model_card {model_dir}: not a saved model folder (no model_index.json). Fix: give the folder "
+            "train_ddpm.py or train_dcgan.py saved, or leave --update_model_card out."
+        )
+    return model_dir
+
+
 def update_model_card(report: Dict, synthetic_dir: str, model_dir: Optional[str] = None) -> str:
     """Add ``report``'s headline metrics, named by the sampler that made ``synthetic_dir``, to the card of
-    ``model_dir`` (default: the local model recorded in the set's generation config); returns the card's path."""
-    model_dir = model_dir or generating_model(synthetic_dir)
+    ``card_model_dir(synthetic_dir, model_dir)``; returns the card's path."""
+    model_dir = card_model_dir(synthetic_dir, model_dir)
     warn_if_other_data(model_dir, report["config"]["inputs"].get("real"))
     metrics = model_card_metrics(report, sampler=sampler_description(synthetic_dir))
     return add_model_card_metrics(model_dir, metrics)

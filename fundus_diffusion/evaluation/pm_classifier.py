@@ -184,6 +184,28 @@ def labelled(dataset, name: str):
     return kept
 
 
+def label_summary(report: Dict) -> str:
+    """``judge_class_conditional``'s lines a reader must not miss: agreement, and whether the samples are fundus-like at all."""
+    agreement, guard = report["synthetic_label_agreement"], report["realism_guard"]
+    lines = [
+        f"label agreement {agreement['overall']:.1%} of {agreement['n']} samples (real held-out accuracy "
+        f"{report['real_held_out_accuracy']['overall']:.1%})",
+        f"realism guard: {guard['verdict']} (mean confidence real {guard['mean_confidence']['real_held_out']:.2f}, "
+        f"synthetic {guard['mean_confidence']['synthetic']:.2f})",
+    ]
+    test = report.get("realism_test")
+    if test and test.get("computed"):
+        lines.append(
+            f"two-sample test ROC AUC real vs synthetic {test['real_vs_synthetic']['auc']['mean']:.3f}, real vs real "
+            f"{test['real_vs_real']['auc']['mean']:.3f} (0.5 = indistinguishable)"
+        )
+    elif test:
+        lines.append(f"two-sample test not computed: {test['reason']}")
+    if not guard["fundus_like"]:
+        lines = ["!" * 100, *lines, "WARNING: the samples are not fundus-like; do not report the label agreement as a result.", "!" * 100]
+    return "\n".join(lines)
+
+
 def judge_class_conditional(
     real, synthetic, resolution: Optional[int] = None, recipe: ClassifierRecipe = ClassifierRecipe(),
     test_fraction: float = 0.2, device="cpu", realism: Optional[RealismRecipe] = None, split_seed: int = 0,

@@ -23,7 +23,7 @@ the global colour the robust judge ignores, beside the real-vs-real difference.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -281,7 +281,7 @@ def two_sample_auc(
         on_device = train.to(device), test.to(device)
         train_copies, test_copies = (None, None) if copies is None else (copies[index] for index in on_device)
         progress = partial(tqdm, desc=f"two-sample test {desc}, fold {k + 1}/{recipe.folds}", leave=False)
-        recipe_k = RealismRecipe(**{**recipe.to_dict(), "seed": recipe.seed + k})
+        recipe_k = replace(recipe, seed=recipe.seed + k)
         model = train_realism_classifier(images[on_device[0]], labels[train], recipe_k, device, progress, train_copies)
         scores = realism_scores(model, images[on_device[1]], recipe, generator, test_copies).float().cpu()
         aucs.append(float(binary_auroc(scores, labels[test])))
@@ -362,7 +362,7 @@ def realism_test(
         }
     tests, colours = {"real_vs_synthetic": [], "real_vs_real": []}, None
     for r in range(recipe.repeats):
-        recipe_r = RealismRecipe(**{**recipe.to_dict(), "seed": recipe.seed + REPEAT_SEED_STRIDE * r})
+        recipe_r = replace(recipe, seed=recipe.seed + REPEAT_SEED_STRIDE * r)
         generator = torch.Generator().manual_seed(recipe_r.seed)
         real_order = torch.randperm(len(real), generator=generator)
         synthetic_pick = torch.randperm(len(synthetic), generator=generator)[:n]
