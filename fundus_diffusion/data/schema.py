@@ -67,6 +67,11 @@ def num_channels(mask_names: Sequence[str]) -> int:
     return IMAGE_CHANNELS + len(mask_names)
 
 
+def mask_channel(mask_names: Sequence[str], name: str) -> int:
+    """The channel of mask ``name`` in a training tensor of ``mask_names`` (after the RGB channels)."""
+    return IMAGE_CHANNELS + list(mask_names).index(name)
+
+
 def label_to_id(label) -> int:
     """A label name ("PM", "non-PM"), an id (0, 1) or None / -1 (unknown) -> the class id."""
     if label is None:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.schema import annotation_matrix, parse_mask_names
+from ..data.schema import annotation_matrix, mask_channel, parse_mask_names
 from ..visualization import contact_sheet
 from .arrays import dataset_arrays, default_device, to_pil
 from .checks import native_resolution, warn_if_upscaled
@@ -308,7 +308,7 @@ def _mask_figures(report: Dict, arrays, annotated, mask_names) -> Dict[str, Imag
         ),
     }
     if "disc" in mask_names:
-        disc = 3 + list(mask_names).index("disc")
+        disc = mask_channel(mask_names, "disc")
         real = arrays["real"][annotated["real"][:, disc - 3]]
         real_geo, syn_geo = (disc_geometry(a[:, disc].numpy() > 0) for a in (real, arrays["synthetic"]))
         keys = ("area_fraction", "centroid_x", "centroid_y")
@@ -316,7 +316,7 @@ def _mask_figures(report: Dict, arrays, annotated, mask_names) -> Dict[str, Imag
             {f"disc {k.replace('_', ' ')}, {resolution} px": {"real": real_geo[k], "synthetic": syn_geo[k]} for k in keys}
         )
         if "cup" in mask_names:
-            cup = 3 + list(mask_names).index("cup")
+            cup = mask_channel(mask_names, "cup")
             both = annotated["real"][:, disc - 3] & annotated["real"][:, cup - 3]
             ratios = {
                 name: cup_to_disc_ratios(a[:, cup].numpy() > 0, a[:, disc].numpy() > 0)
@@ -473,7 +473,7 @@ def evaluate(
     all_real = torch.cat([on_device["real"][:, :3], on_device["holdout"][:, :3]])
     report["realism"] = realism_test(all_real, on_device["synthetic"][:, :3], recipe, device)
     if "disc" in mask_names and report["realism"]["computed"]:  # the region where generated discs have failed
-        disc = 3 + list(mask_names).index("disc")
+        disc = mask_channel(mask_names, "disc")
         real_discs = torch.cat([on_device["real"][:, disc], on_device["holdout"][:, disc]]) > 0
         report["realism"]["disc_region"] = disc_region_test(
             all_real, real_discs, on_device["synthetic"][:, :3], on_device["synthetic"][:, disc] > 0, recipe, device

@@ -23,7 +23,7 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
 
-from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, num_channels, parse_mask_names
+from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, mask_channel, num_channels, parse_mask_names
 from ..model_cards import portable_name
 from ..models.unet import UNET_PRESETS, build_unet
 from ..pipelines.loading import load_fundus_pipeline
@@ -612,7 +612,7 @@ class DDPMKind(loop.ModelKind):
             pixel_values, rotations = random_quarter_turns(pixel_values, args.rotation_conditioning_prob)
         pixel_weights = None
         if args.region_loss_weight:  # on the whole (turned) image: a crop takes its part of the image's weights
-            channel = 3 + list(args.mask_names).index(args.region_loss_mask)
+            channel = mask_channel(args.mask_names, args.region_loss_mask)
             margin = round(args.resolution * REGION_MARGIN)
             pixel_weights = region_loss_weights(pixel_values[:, channel], args.region_loss_weight, margin)
         if args.patch_diffusion:
