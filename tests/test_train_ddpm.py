@@ -138,6 +138,7 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
         (["--prediction_type", "epsilon"], r"--prediction_type epsilon \(checkpoint: v_prediction\)"),
         (["--schedule_detail_resolution", "128"], r"--schedule_detail_resolution 128 \(checkpoint: 64\)"),  # the constant shift
         (["--learning_rate", "1e-5"], r"--learning_rate 1e-05 \(checkpoint: [0-9.e-]+\)"),  # the optimiser's state wins
+        (["--snr_gamma", "0"], r"--snr_gamma None \(checkpoint: 5\.0\)"),  # the card states the loss for the run
     ]:  # fmt: skip
         other = tiny_args(out, cache_dir, "--max_train_steps", "8", *more, "--logger", "none", "--masks", "disc,atrophy")
         with pytest.raises(ValueError, match=rf"checkpoint-6 was trained with other model or optimiser flags than these: {named}\.") as refused:

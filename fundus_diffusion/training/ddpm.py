@@ -14,6 +14,7 @@ Presets set the defaults (explicit flags win); ``demo`` trains the tiny UNet on 
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
@@ -171,17 +172,40 @@ def final_alpha_bar(noise_scheduler) -> float:
 REGION_MARGIN = 1 / 16
 
 
-def region_loss_weights(mask_channel: torch.Tensor, weight: float, margin: int) -> torch.Tensor:
-    """Per-pixel loss weights ``[B, 1, H, W]``: ``1 + weight`` where the mask channel (``[B, H, W]`` in [-1, 1]) is on
-    or within ``margin`` px of it, 1 elsewhere, each sample's weights divided by their mean, so that the loss keeps its
-    scale and only its share moves to the region. A sample without the structure (or not annotated for it: -1
-    everywhere) weighs every pixel alike."""
-    region = (mask_channel[:, None].float() > 0).float()
+def region_loss_weights(noisy_mask: torch.Tensor, weight: float, margin: int) -> torch.Tensor:
+    """Per-pixel loss weights ``[B, 1, H, W]`` from the *noisy* mask channel the UNet sees (``[B, H, W]``): ``1 +
+    weight`` where its local mean (a square of ``2 * margin // 8 + 1`` px: 5 at 256 px) is above 0, the midpoint of a
+    mask's -1 and 1, or within ``margin`` px of such a pixel; 1 elsewhere; each sample's weights divided by their mean,
+    so that the loss keeps its scale and only its share moves to the region.
+
+    Why the noisy channel and not the clean mask: a weight that is a function of the UNet's input leaves the best
+    prediction at every pixel what it was (``E[w v | x_t] / E[w | x_t] = E[v | x_t]``); one computed from the clean
+    mask, which the UNet does not see, pulls the prediction towards "a disc here" wherever the noisy image leaves it
+    open (a per-pixel fit at near-pure noise with weight 4 doubled the disc probability it learnt). So the weighting
+    moves capacity, not the target: at high noise the thresholded channel is speckle whose dilation covers the image
+    (uniform weights: the plain loss), and once the mask shows through the noise (the local mean's noise std is
+    ``1 / (side x sqrt(SNR))``, so at 256 px from a log-SNR of about 0, where no pixel of the 65,536 lies 5 stds
+    off) it is the structure and its margin: the stages that draw the rim, the cup and the vessels, not the layout."""
+    smoothing = 2 * (margin // 8) + 1
+    region = F.avg_pool2d(noisy_mask[:, None].float(), smoothing, stride=1, padding=smoothing // 2, count_include_pad=False)
+    region = (region > 0).float()
     if margin > 0:  # a square dilation, as a row and a column maximum (2k comparisons per pixel, not k squared)
         region = F.max_pool2d(region, kernel_size=(1, 2 * margin + 1), stride=1, padding=(0, margin))
         region = F.max_pool2d(region, kernel_size=(2 * margin + 1, 1), stride=1, padding=(margin, 0))
     weights = 1.0 + weight * region
     return weights / weights.mean(dim=(2, 3), keepdim=True)
+
+
+@dataclass(frozen=True)
+class RegionWeighting:
+    """``--region_loss_weight``: the mask channel whose region weighs ``1 + weight`` times, and the margin in px."""
+
+    channel: int
+    weight: float
+    margin: int
+
+    def __call__(self, noisy: torch.Tensor) -> torch.Tensor:
+        return region_loss_weights(noisy[:, self.channel], self.weight, self.margin)
 
 
 def diffusion_loss(
@@ -194,13 +218,12 @@ def diffusion_loss(
     mask_annotated=None,
     rotations=None,
     coordinates=None,
-    pixel_weights=None,
+    region_weighting=None,
 ):
     """The denoising MSE at random timesteps; dropped labels become the null class (classifier-free guidance).
 
-    ``pixel_weights`` (``[B, 1, H, W]``, None: all 1; ``region_loss_weights``, mean 1 over each whole image) weight each
-    pixel's error in every channel: where the model's capacity goes, not what it learns to predict (the weighted
-    MSE has the same minimiser per pixel).
+    ``region_weighting`` (a ``RegionWeighting``, None: every pixel alike) weighs each pixel's error in every channel
+    by ``region_loss_weights`` of the noisy input: where the model's capacity goes, not what it learns to predict.
 
     ``coordinates`` (``[B, 2, H, W]``, None: none): where each pixel of a crop lies in its whole image, given to a UNet
     trained with Patch Diffusion beside the noisy channels (``patches.random_patches``).
@@ -236,7 +259,7 @@ def diffusion_loss(
     else:
         target = noise
     error = F.mse_loss(prediction.float(), target.float(), reduction="none")
-    per_channel = (error if pixel_weights is None else error * pixel_weights).mean(dim=(2, 3))
+    per_channel = (error if region_weighting is None else error * region_weighting(noisy)).mean(dim=(2, 3))
     per_sample = (per_channel * weights).sum(dim=1) / weights.sum(dim=1)  # the image channels always count
     if snr_gamma is None:
         return per_sample.mean()
@@ -302,6 +325,7 @@ class DDPMKind(loop.ModelKind):
         "schedule_base_resolution", "schedule_detail_resolution", "patch_diffusion", "patch_full_share",
     )  # fmt: skip
     OPTIMIZER_FLAGS = loop.ModelKind.OPTIMIZER_FLAGS + ("adam_weight_decay", "lr_scheduler", "lr_warmup_steps")
+    LOSS_FLAGS = ("snr_gamma", "region_loss_weight", "region_loss_mask")
     LOSSES = ("loss",)
     PEAK_METRICS = {"grad_norm": "gradient norm"}  # the interval's largest, before clipping: spikes precede NaNs
 
@@ -396,11 +420,12 @@ class DDPMKind(loop.ModelKind):
             help="Weight the denoising error within the --region_loss_mask structure and a margin of 1/16 of the side "
             "around it (16 px at 256 px: the disc rim and the vessels leaving the disc) 1 + W times as much as "
             "elsewhere, the weights scaled to mean 1 per image: the disc covers a few percent of a photograph, and "
-            "its texture is what a judge tells synthetic discs by (RESULTS.md). Capacity, not target: the model still "
-            "learns the same denoiser. Default: off (0 too).",
+            "its texture is what a judge tells synthetic discs by (RESULTS.md). The region is read from the noisy "
+            "mask channel the UNet sees, so the model still learns the same denoiser (capacity, not target; at high "
+            "noise every pixel weighs alike). Default: off (0 too).",
         )
         model.add_argument(
-            "--region_loss_mask", default="disc", help="The mask whose region --region_loss_weight weights (default disc)."
+            "--region_loss_mask", default=None, help="The mask whose region --region_loss_weight weights (default disc)."
         )
         opt = parser.add_argument_group("DDPM optimisation")
         opt.add_argument("--lr_scheduler", default=None, help="A diffusers.optimization scheduler name.")
@@ -504,6 +529,12 @@ class DDPMKind(loop.ModelKind):
             )
         if args.region_loss_weight is not None and args.region_loss_weight < 0:
             parser.error(f"--region_loss_weight {args.region_loss_weight}: give a weight of at least 0 (0: off).")
+        if args.region_loss_mask is not None and not args.region_loss_weight:
+            parser.error("--region_loss_mask names the region --region_loss_weight weights: add a weight, or leave it out.")
+        if args.region_loss_weight:
+            args.region_loss_mask = args.region_loss_mask or "disc"
+        else:
+            args.region_loss_weight = None  # off: one spelling in training_args.json, the card and a resume
         if args.region_loss_weight and args.region_loss_mask not in args.mask_names:
             parser.error(
                 f"--region_loss_weight weights the {args.region_loss_mask} mask's region, and --masks "
@@ -562,6 +593,10 @@ class DDPMKind(loop.ModelKind):
         if args.channels_last:
             unet.to(memory_format=torch.channels_last)
         self.ema = loop.make_ema(unet, args, accelerator)
+        self.region_weighting = None
+        if args.region_loss_weight:
+            channel = mask_channel(args.mask_names, args.region_loss_mask)
+            self.region_weighting = RegionWeighting(channel, args.region_loss_weight, round(args.resolution * REGION_MARGIN))
         self.post_hoc_ema = None
         if args.post_hoc_ema:
             self.post_hoc_ema = post_hoc_ema.make_post_hoc_ema(
@@ -610,17 +645,9 @@ class DDPMKind(loop.ModelKind):
         mask_annotated = batch["mask_annotated"]
         if args.rotation_conditioning_prob > 0:  # before cropping: a crop's coordinates are in the turned image
             pixel_values, rotations = random_quarter_turns(pixel_values, args.rotation_conditioning_prob)
-        pixel_weights = None
-        if args.region_loss_weight:  # on the whole (turned) image: a crop takes its part of the image's weights
-            channel = mask_channel(args.mask_names, args.region_loss_mask)
-            margin = round(args.resolution * REGION_MARGIN)
-            pixel_weights = region_loss_weights(pixel_values[:, channel], args.region_loss_weight, margin)
         if args.patch_diffusion:
             size = patches.draw_patch_size(args.resolution, args.patch_full_share)
-            stacked = pixel_values if pixel_weights is None else torch.cat([pixel_values, pixel_weights.to(pixel_values.dtype)], 1)
-            stacked, coordinates, source = patches.random_patches(stacked, size)
-            pixel_values = stacked[:, : pixel_values.shape[1]]
-            pixel_weights = None if pixel_weights is None else stacked[:, pixel_values.shape[1] :]
+            pixel_values, coordinates, source = patches.random_patches(pixel_values, size)
             class_labels, mask_annotated, rotations = (
                 None if value is None else value[source] for value in (class_labels, mask_annotated, rotations)
             )
@@ -630,7 +657,7 @@ class DDPMKind(loop.ModelKind):
         with accelerator.accumulate(self.unet):
             loss = diffusion_loss(
                 self.unet, self.noise_scheduler, pixel_values, class_labels, args.class_dropout_prob, args.snr_gamma,
-                mask_annotated, rotations, coordinates, pixel_weights,
+                mask_annotated, rotations, coordinates, self.region_weighting,
             )  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:  # an infinite bound measures the norm without clipping
