@@ -97,10 +97,7 @@ def schedule_table(schedules: Dict[str, Dict]) -> List[str]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_named_set_args(
-        parser, "The real photographs to compare with (a saved dataset).",
-        "Other real photographs: the control (a saved dataset).", holdout_required=False,
-    )  # fmt: skip
+    add_named_set_args(parser)
     parser.add_argument("--figure", default=None, help="Where to save the ratio-against-frequency plot (PNG).")
     parser.add_argument("--model", default=None, help="A saved diffusion model whose noise schedule to print.")
     parser.add_argument(

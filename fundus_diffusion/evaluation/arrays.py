@@ -27,17 +27,24 @@ def dataset_arrays(dataset, resolution: int, mask_names: Sequence[str], desc: st
     return out
 
 
-def add_named_set_args(parser, real_help: str, holdout_help: str, holdout_required: bool) -> None:
-    """A benchmark's real, held-out and ``--synthetic name=dataset`` sets (``named_sets``) and their resolution."""
+COMPARED_REAL_HELP = "The real photographs to compare with (a saved dataset)."
+CONTROL_HELP = "Other real photographs: the control (a saved dataset)."
+
+
+def add_named_set_args(
+    parser, real_help: str = COMPARED_REAL_HELP, holdout_help: str = CONTROL_HELP, holdout_required: bool = False
+) -> None:
+    """A benchmark's real, held-out and ``--synthetic name=dataset`` sets (``named_sets``) and their resolution
+    (by default: real photographs to compare several sets with, and an optional control)."""
     parser.add_argument("--real", required=True, help=real_help)
     parser.add_argument("--holdout", required=holdout_required, default=None, help=holdout_help)
     parser.add_argument("--synthetic", action="append", default=[], help="name=dataset, repeatable.")
     parser.add_argument("--resolution", type=int, default=256)
 
 
-def named_sets(items: Sequence[str], resolution: int) -> Dict[str, Tuple[torch.Tensor, List[str]]]:
-    """A benchmark's repeatable ``--synthetic name=dataset`` -> ``{name: (dataset_arrays without masks, ids)}``; every
-    item is checked (``ValueError``) before any set is loaded."""
+def parse_named_sets(items: Sequence[str]) -> List[Tuple[str, str]]:
+    """A benchmark's repeatable ``--synthetic name=dataset`` -> ``[(name, dataset)]``, a ``ValueError`` for an item
+    without both or a name given twice."""
     named = [item.partition("=")[::2] for item in items]
     for item, (name, path) in zip(items, named):
         if not name or not path:
@@ -45,8 +52,14 @@ def named_sets(items: Sequence[str], resolution: int) -> Dict[str, Tuple[torch.T
     names = [name for name, _ in named]
     if len(set(names)) < len(names):
         raise ValueError(f"--synthetic: each set needs its own name; got {names}.")
+    return named
+
+
+def named_sets(items: Sequence[str], resolution: int) -> Dict[str, Tuple[torch.Tensor, List[str]]]:
+    """A benchmark's repeatable ``--synthetic name=dataset`` -> ``{name: (dataset_arrays without masks, ids)}``; every
+    item is checked (``parse_named_sets``) before any set is loaded."""
     sets = {}
-    for name, path in named:
+    for name, path in parse_named_sets(items):
         dataset = load_fundus_dataset(path)
         sets[name] = dataset_arrays(dataset, resolution, [], name), list(dataset["id"])
     return sets

@@ -4,7 +4,7 @@ Every image goes through the same preprocessing as training (square fundus crop,
 nearest neighbour), then: downstream segmentation (mean and per source of the held-out images), mask-image agreement,
 mask plausibility, memorisation (with the held-out control that decides whether the set is refused, ``refused``),
 the classifier two-sample realism test, where the synthetic images' detail differs (green-channel power spectra,
-``spectrum``), FID / KID. The resolution defaults to the
+``spectrum``), how their optic discs look (colour, detail and its orientation, ``disc_appearance``), FID / KID. The resolution defaults to the
 synthetic set's native one (the size its images were generated at): a lower one can average away texture that makes
 the samples useless at the size a user trains at.
 ``report.write_report`` turns the result into ``report.json``, ``report.md`` and PNG figures.
@@ -24,6 +24,7 @@ from ..data.schema import annotation_matrix, mask_channel, parse_mask_names
 from ..visualization import contact_sheet
 from .arrays import dataset_arrays, default_device, to_pil
 from .checks import native_resolution, warn_if_upscaled
+from .disc_appearance import appearance_section
 from .fid import fid_kid
 from .figures import bar_chart, histograms, titled
 from .memorisation import PIXEL_SPACE, copy_checks, nearest_training_neighbours, pixel_features, refusal
@@ -479,6 +480,8 @@ def evaluate(
             all_real, real_discs, on_device["synthetic"][:, :3], on_device["synthetic"][:, disc] > 0, recipe, device
         )
     report["power_spectrum"] = spectrum_section(arrays["real"], arrays["holdout"], arrays["synthetic"])
+    disc = mask_channel(mask_names, "disc") if "disc" in mask_names else None
+    report["disc_appearance"] = appearance_section(arrays["real"], arrays["holdout"], arrays["synthetic"], disc)
     if report["power_spectrum"]["computed"]:
         figures["power_spectrum"] = ratio_figure(report["power_spectrum"], resolution)
     report["fid_kid"] = fid_kid(

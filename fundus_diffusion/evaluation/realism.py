@@ -310,19 +310,26 @@ REPEAT_SEED_STRIDE = 1000
 DISC_CROP_FRACTION = 4
 
 
+def mask_centroids(discs: torch.Tensor) -> torch.Tensor:
+    """``long [N, 2]``: the (row, column) of each of ``discs``' centroids (``bool [N, H, W]``, none empty), rounded to
+    the pixel, on their device."""
+    discs = discs.float()
+    area = discs.sum(dim=(1, 2))
+    rows = (discs.sum(dim=2) * torch.arange(discs.shape[1], device=discs.device)).sum(dim=1) / area
+    cols = (discs.sum(dim=1) * torch.arange(discs.shape[2], device=discs.device)).sum(dim=1) / area
+    return torch.stack([rows, cols], dim=1).round().long()
+
+
 def disc_crops(images: torch.Tensor, discs: torch.Tensor, side: int) -> torch.Tensor:
     """``uint8 [K, 3, side, side]``: for each of ``images`` (``uint8 [N, >=3, H, W]``) whose disc mask (``bool
     [N, H, W]``) is not empty, the square of ``side`` px centred on the disc's centroid, at the image's own
     resolution (black past the border). The whole image dilutes a fault of the disc, a few hundred of its 65,536 pixels
     at 256 px; in the crop it is a quarter."""
     keep = discs.flatten(1).any(dim=1)
-    images, discs = images[keep, :3], discs[keep].float()
-    area = discs.sum(dim=(1, 2))
-    rows = (discs.sum(dim=2) * torch.arange(discs.shape[1], device=discs.device)).sum(dim=1) / area
-    cols = (discs.sum(dim=1) * torch.arange(discs.shape[2], device=discs.device)).sum(dim=1) / area
+    images, centres = images[keep, :3], mask_centroids(discs[keep])
     padded = F.pad(images, (side, side, side, side))  # a centroid at the border still has a square
-    tops = (rows.round().long() - side // 2 + side).tolist()
-    lefts = (cols.round().long() - side // 2 + side).tolist()
+    tops = (centres[:, 0] - side // 2 + side).tolist()
+    lefts = (centres[:, 1] - side // 2 + side).tolist()
     crops = [padded[i, :, top : top + side, left : left + side] for i, (top, left) in enumerate(zip(tops, lefts))]
     return torch.stack(crops) if crops else images.new_zeros((0, 3, side, side))
 

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
+from .disc_appearance import REAL, appearance_table
 from .memorisation import REFUSE_P, copy_excess_p
 from .metrics import CUP_INSIDE_SHARE, format_mean_std, format_value
 from .protocol import WORST_FIGURE
@@ -123,6 +124,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
             f"`{FLAGGED_FILE}` lists the flagged ids, to drop them before sharing the set (README: evaluate.py).",
         ]
     lines += realism_lines(report.get("realism"), px) + spectrum_lines(report.get("power_spectrum"), px)
+    lines += disc_appearance_lines(report.get("disc_appearance"))
     fid = report["fid_kid"]
     lines += ["", f"## 6. FID and KID (RGB at {px}, Inception-v3 via torchmetrics)", ""]
     if fid["computed"]:
@@ -367,6 +369,26 @@ def spectrum_lines(section: Optional[Dict], px: str) -> List[str]:
     if not section["computed"]:
         return lines + ["", f"Not computed: {section['reason']}."]
     return lines + [""] + band_table(section["sets"])
+
+
+def disc_appearance_lines(section: Optional[Dict]) -> List[str]:
+    """How the optic discs look (``disc_appearance.appearance_section``; older reports: none), with the held-out
+    photographs as the yardstick."""
+    if section is None:
+        return []
+    if not section["computed"]:
+        return ["", f"How the optic discs look: not computed, {section['reason']}."]
+    located = {row["located_by"] for row in section["sets"].values()}
+    where = "the centroid of each disc mask" if located == {"mask"} else "each image's brightest point"
+    return [
+        "",
+        f"How the optic discs look ({section['resolution']} px): in a {section['window_side_px']} px square around "
+        f"{where}, each channel's mean (0-255), the detail finer than a Gaussian blur of sigma 1.5 px at 256 px and "
+        "between 1.5 and 4 px (RMS, 0-255), and the orientation coherence of the green channel's detail (1: it runs "
+        "along lines, as vessels and edges do; 0: no direction, as speckle or mottling); mean ± std over images.",
+        "",
+        *appearance_table(section["sets"], REAL),
+    ]
 
 
 def json_safe(value):

@@ -1,0 +1,144 @@
+"""What the optic discs look like, in numbers: colour, detail and the orientation of that detail in a window
+around each disc, per image, summarised per set beside real photographs.
+
+The disc-region judge (``realism.disc_region_test``) says *whether* generated discs can be told from real ones; this
+says *how* they differ, so that a description made by eye ("brighter", "mottled") can be checked. Per image, in a
+square of ``WINDOW_FRACTION`` of the side (42 px at 256 px, about one and a half disc diameters) centred on the disc:
+
+- ``red``, ``green``, ``blue``: each channel's mean (0-255);
+- ``fine_detail``: root mean square of the image less its Gaussian blur of sigma 1.5 px at 256 px (small vessels,
+  texture, speckle; 0-255 units);
+- ``middle_detail``: the same of the band between the blurs of sigma 1.5 and 4 px at 256 px (vessel trunks, the
+  cup's edge, blotches);
+- ``orientation_coherence``: the green channel's structure tensor (gradients' outer products, smoothed with sigma
+  2 px at 256 px): ``sum(lambda1 - lambda2) / sum(lambda1 + lambda2)`` over the window, an energy-weighted mean. 1:
+  every bit of detail runs along one direction where it is (vessels, edges); 0: no direction (speckle, mottling).
+
+Every blur scales with the resolution, so a set compares with real photographs at the same size. The window is
+centred on the centroid of the image's disc mask (``locate="mask"``), or on the brightest point of its luminance
+blurred with sigma 6 px at 256 px (``locate="brightest"``), for sets without masks; two sets compare only when
+located alike (``brightest_in_disc`` says how often the brightest point lies in a set's own disc masks).
+"""
+
+from typing import Dict, List, Optional
+
+import torch
+
+from .augment import gaussian_blur
+from .realism import mask_centroids
+from .spectrum import CONTROL
+
+WINDOW_FRACTION = 6  # the window's side: the image's side / 6
+FINE_SIGMA, MIDDLE_SIGMA, TENSOR_SIGMA, LOCATE_SIGMA = 1.5, 4.0, 2.0, 6.0  # px at REFERENCE_SIDE
+REFERENCE_SIDE = 256
+MIN_RESOLUTION = 128  # below it the blurs fall under a pixel: the fine detail and the orientation measure noise
+STATISTICS = ("red", "green", "blue", "fine_detail", "middle_detail", "orientation_coherence")
+LOCATE = ("mask", "brightest")
+REAL = "real"
+
+
+def _blur(images: torch.Tensor, sigma_at_256: float) -> torch.Tensor:
+    """Each of ``images [N, C, S, S]`` blurred with sigma ``sigma_at_256 x S / 256`` px."""
+    sigma = sigma_at_256 * images.shape[-1] / REFERENCE_SIDE
+    radius = min(max(1, int(3 * sigma + 0.5)), images.shape[-1] - 1)  # reflect padding needs radius < side
+    return gaussian_blur(images, torch.full((len(images),), sigma, dtype=images.dtype), radius)
+
+
+def brightest_points(images: torch.Tensor) -> torch.Tensor:
+    """``long [N, 2]``: (row, column) of each image's brightest point once blurred (``LOCATE_SIGMA``): in a fundus
+    photograph, almost always inside the optic disc."""
+    luminance = _blur(images[:, :3].float().mean(dim=1, keepdim=True), LOCATE_SIGMA)[:, 0]
+    index = luminance.flatten(1).argmax(dim=1)
+    return torch.stack([index // luminance.shape[-1], index % luminance.shape[-1]], dim=1)
+
+
+def appearance(images: torch.Tensor, centres: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Per image of ``images`` (``uint8 [N, >=3, S, S]``), each of ``STATISTICS`` in the window around its centre
+    (``long [N, 2]``; a window past the border is moved inside)."""
+    if len(images) == 0:
+        return {name: torch.zeros(0) for name in STATISTICS}
+    rgb = images[:, :3].float()
+    fine = rgb - _blur(rgb, FINE_SIGMA)
+    middle = _blur(rgb, FINE_SIGMA) - _blur(rgb, MIDDLE_SIGMA)
+    green = rgb[:, 1:2]
+    dx = torch.nn.functional.pad(green[..., :, 2:] - green[..., :, :-2], (1, 1, 0, 0)) / 2
+    dy = torch.nn.functional.pad(green[..., 2:, :] - green[..., :-2, :], (0, 0, 1, 1)) / 2
+    jxx, jyy, jxy = _blur(torch.cat([dx * dx, dy * dy, dx * dy], dim=1), TENSOR_SIGMA).unbind(dim=1)
+    anisotropy, energy = ((jxx - jyy) ** 2 + 4 * jxy**2).sqrt(), jxx + jyy
+    side, window = images.shape[-1], max(2, images.shape[-1] // WINDOW_FRACTION)  # 2: a std, at any size
+    corners = (centres - window // 2).clamp(0, side - window)
+    rows = {name: [] for name in STATISTICS}
+    for i, (top, left) in enumerate(corners.tolist()):
+        cut = (slice(top, top + window), slice(left, left + window))
+        colour = rgb[i][(slice(None), *cut)].mean(dim=(1, 2))
+        for c, name in enumerate(("red", "green", "blue")):
+            rows[name].append(colour[c])
+        rows["fine_detail"].append(fine[i][(slice(None), *cut)].pow(2).mean().sqrt())
+        rows["middle_detail"].append(middle[i][(slice(None), *cut)].pow(2).mean().sqrt())
+        rows["orientation_coherence"].append(anisotropy[i][cut].sum() / energy[i][cut].sum().clamp(min=1e-12))
+    return {name: torch.stack(values) for name, values in rows.items()}
+
+
+def set_appearance(images: torch.Tensor, discs: Optional[torch.Tensor], locate: str) -> Dict:
+    """One set's summary: per statistic the mean and standard deviation over its images (and each image's value).
+    ``locate="mask"``: windows on the centroids of the disc masks (``discs``, ``bool [N, S, S]``), images with an empty
+    mask left out; ``"brightest"``: on every image's brightest point. ``brightest_in_disc``: the share of the images
+    with a disc mask whose brightest point lies inside it (None without masks), how far the two ways agree."""
+    if locate not in LOCATE:
+        raise ValueError(f"locate={locate!r}: choose from {', '.join(LOCATE)}.")
+    if locate == "mask" and discs is None:
+        raise ValueError("locate='mask' needs the set's disc masks; locate='brightest' works without them.")
+    centres, brightest_in_disc = brightest_points(images), None
+    if discs is not None:
+        has_disc = discs.flatten(1).any(dim=1)
+        if bool(has_disc.any()):
+            inside = discs[torch.arange(len(images)), centres[:, 0], centres[:, 1]]
+            brightest_in_disc = float(inside[has_disc].float().mean())
+        if locate == "mask":
+            images, centres = images[has_disc], mask_centroids(discs[has_disc])
+    values = appearance(images, centres)
+    return {
+        "n": len(images),
+        "located_by": locate,
+        "brightest_in_disc": brightest_in_disc,
+        "statistics": {
+            name: {
+                "mean": float(v.mean()) if len(v) else float("nan"),
+                "std": float(v.std()) if len(v) > 1 else float("nan"),
+                "per_image": v.tolist(),
+            }
+            for name, v in values.items()
+        },
+    }
+
+
+def appearance_table(sets: Dict[str, Dict], reference: str) -> List[str]:
+    """Markdown lines: per set its image count and each statistic's mean ± std, and the last column each detail
+    statistic's ratio of means to ``reference``'s (a set's name in ``sets``)."""
+    header = "| images | n | located by | " + " | ".join(name.replace("_", " ") for name in STATISTICS)
+    header += f" | fine, middle detail and coherence / {reference}'s |"
+    lines = [header, "|---|---:|---|" + "---:|" * (len(STATISTICS) + 1)]
+    ref = sets[reference]["statistics"]
+    for name, row in sets.items():
+        stats = row["statistics"]
+        cells = " | ".join(f"{stats[s]['mean']:.3g} ± {stats[s]['std']:.2g}" for s in STATISTICS)
+        ratios = ", ".join(f"{stats[s]['mean'] / ref[s]['mean']:.2f}" for s in STATISTICS[3:])
+        lines.append(f"| {name} | {row['n']} | {row['located_by']} | {cells} | {ratios} |")
+    return lines
+
+
+def appearance_section(
+    real: torch.Tensor, holdout: torch.Tensor, synthetic: torch.Tensor, disc_channel: Optional[int]
+) -> Dict:
+    """The evaluation report's disc-appearance section: ``set_appearance`` of the real training photographs, the
+    held-out ones (the control: how far real photographs differ by chance) and the synthetic set, all ``uint8
+    [N, 3 + M, S, S]``; located by the disc masks in channel ``disc_channel``, or by the brightest point without one.
+    Not computed below ``MIN_RESOLUTION`` px."""
+    if real.shape[-1] < MIN_RESOLUTION:
+        return {"computed": False, "reason": f"measured at {MIN_RESOLUTION} or more pixels a side (these: {real.shape[-1]})"}
+    locate = "brightest" if disc_channel is None else "mask"
+    sets = {}
+    for name, arrays in ((REAL, real), (CONTROL, holdout), ("synthetic", synthetic)):
+        arrays = arrays.cpu()
+        sets[name] = set_appearance(arrays, None if disc_channel is None else arrays[:, disc_channel] > 0, locate)
+    return {"computed": True, "resolution": real.shape[-1], "window_side_px": real.shape[-1] // WINDOW_FRACTION, "sets": sets}

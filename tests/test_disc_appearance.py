@@ -1,0 +1,120 @@
+"""fundus_diffusion.evaluation.disc_appearance and benchmarks/disc_appearance.py: measures that can fail (lines are
+coherent and speckle is not, a brighter disc is brighter), windows located by the masks or the brightest point, the
+evaluation report's section and the benchmark's table and JSON."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+from fundus_diffusion.data import load_phantom_dataset
+from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
+from fundus_diffusion.evaluation.arrays import dataset_arrays
+from fundus_diffusion.evaluation.disc_appearance import (
+    appearance,
+    appearance_section,
+    brightest_points,
+    set_appearance,
+)
+from fundus_diffusion.evaluation.report import disc_appearance_lines
+
+spec = importlib.util.spec_from_file_location("disc_appearance_benchmark", REPO_ROOT / "benchmarks" / "disc_appearance.py")
+benchmark = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark)
+
+SIDE = 256
+
+
+def constructed(kind: str) -> torch.Tensor:
+    """Two ``uint8 [3, 256, 256]`` images of grey 120: vessels (vertical green lines, an 8 px period), speckle
+    (independent noise of std 30 in every pixel and channel) or plain, 40 brighter."""
+    images = torch.full((2, 3, SIDE, SIDE), 120.0)
+    if kind == "lines":
+        images[:, 1] += 30 * torch.cos(2 * torch.pi * torch.arange(SIDE) / 8)
+    elif kind == "speckle":
+        images += 30 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    else:
+        images += 40
+    return images.clamp(0, 255).round().to(torch.uint8)
+
+
+def test_lines_are_coherent_speckle_is_fine_and_undirected_and_brightness_is_the_mean():
+    centres = torch.full((2, 2), SIDE // 2)
+    lines, speckle, bright = (appearance(constructed(kind), centres) for kind in ("lines", "speckle", "brighter"))
+    assert lines["orientation_coherence"].min() > 0.99 and speckle["orientation_coherence"].max() < 0.3
+    assert speckle["fine_detail"].min() > 4 * lines["fine_detail"].max()
+    assert bright["red"].tolist() == [160.0, 160.0] and bright["fine_detail"].max() < 1e-3
+    assert lines["red"].tolist() == [120.0, 120.0]  # the lines are green only
+
+
+def test_windows_follow_the_masks_or_the_brightest_point():
+    images = torch.full((3, 3, SIDE, SIDE), 60, dtype=torch.uint8)
+    images[:, :, 40:61, 180:201] = 230  # a bright "disc" up and right
+    discs = torch.zeros((3, SIDE, SIDE), dtype=torch.bool)
+    discs[:2, 40:61, 180:201] = True  # the third image's mask is empty
+    assert brightest_points(images).tolist() == [[50, 190]] * 3
+    by_mask, by_brightness = set_appearance(images, discs, "mask"), set_appearance(images, discs, "brightest")
+    assert by_mask["n"] == 2 and by_brightness["n"] == 3 and by_mask["brightest_in_disc"] == 1.0
+    assert by_mask["statistics"]["red"]["mean"] == by_brightness["statistics"]["red"]["mean"] > 60
+    discs[0] = False
+    discs[0, 200:220, 20:40] = True  # a mask away from the bright patch: its window is elsewhere, its point outside
+    moved = set_appearance(images, discs, "mask")
+    assert moved["brightest_in_disc"] == 0.5 and moved["statistics"]["red"]["per_image"][0] == 60.0
+    assert set_appearance(images, None, "brightest")["brightest_in_disc"] is None
+    with pytest.raises(ValueError, match="locate='brightest' works without them"):
+        set_appearance(images, None, "mask")
+
+
+def test_the_report_section_and_its_lines():
+    real = dataset_arrays(load_phantom_dataset(6, size=128), 128, ["disc"], "phantoms")
+    speckled = (real.float() + 30 * torch.randn(real.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 255)
+    speckled[:, 3:] = real[:, 3:].float()  # the masks unchanged
+    section = appearance_section(real, real[:3], speckled.round().to(torch.uint8), disc_channel=3)
+    assert section["computed"] and list(section["sets"]) == ["real", "held-out real (control)", "synthetic"]
+    synthetic, same = section["sets"]["synthetic"]["statistics"], section["sets"]["real"]["statistics"]
+    assert synthetic["fine_detail"]["mean"] > 2 * same["fine_detail"]["mean"]
+    assert synthetic["orientation_coherence"]["mean"] < same["orientation_coherence"]["mean"]
+    markdown = "\n".join(disc_appearance_lines(section))
+    assert "around the centroid of each disc mask" in markdown and "| synthetic | 6 | mask |" in markdown
+    small = appearance_section(real[:, :, ::2, ::2], real[:3, :, ::2, ::2], real[:, :, ::2, ::2], disc_channel=3)
+    assert not small["computed"] and "these: 64" in "\n".join(disc_appearance_lines(small))
+    assert disc_appearance_lines(None) == []  # a report from before the section
+
+
+def test_evaluate_reports_disc_appearance_located_by_the_disc_masks(tmp_path):
+    real, holdout = load_phantom_dataset(8, size=128, seed=0), load_phantom_dataset(4, size=128, seed=1000, split="test")
+    config = EvaluationConfig(masks="disc", resolution=128, device="cpu", seeds=1, segmenter_steps=1, realism_steps=1, realism_folds=2)
+    report, figures = evaluate(real, load_phantom_dataset(6, size=128, seed=2000), holdout, config)
+    paths = write_report(report, figures, str(tmp_path))
+    saved = json.loads(open(paths["json"]).read())["disc_appearance"]
+    assert {name: row["n"] for name, row in saved["sets"].items()} == {"real": 8, "held-out real (control)": 4, "synthetic": 6}
+    assert {row["located_by"] for row in saved["sets"].values()} == {"mask"}
+    assert "How the optic discs look (128 px)" in open(paths["markdown"]).read()
+
+
+def test_the_cli_prints_the_table_and_json_and_refuses_mask_location_without_masks(tmp_path, capsys):
+    phantoms = load_phantom_dataset(10, size=128)
+    paths = {name: str(tmp_path / name) for name in ("train", "holdout", "images_only")}
+    phantoms.select(range(6)).save_to_disk(paths["train"])
+    phantoms.select(range(6, 10)).save_to_disk(paths["holdout"])
+    phantoms.select(range(4)).remove_columns(["disc_mask"]).save_to_disk(paths["images_only"])
+    benchmark.main([
+        "--real", paths["train"], "--holdout", paths["holdout"], "--synthetic", f"copy={paths['train']}",
+        "--synthetic", f"bare={paths['images_only']}", "--resolution", "128", "--locate", "brightest",
+        "--output_json", str(tmp_path / "d.json"),
+    ])  # fmt: skip
+    saved = json.loads((tmp_path / "d.json").read_text())
+    assert list(saved["sets"]) == ["real", "held-out real (control)", "copy", "bare"]
+    assert saved["sets"]["copy"]["statistics"] == saved["sets"]["real"]["statistics"]
+    assert saved["sets"]["bare"]["brightest_in_disc"] is None and saved["sets"]["copy"]["brightest_in_disc"] is not None
+    assert "| copy | 6 | brightest |" in capsys.readouterr().out
+    for bad, message in (
+        (["--resolution", "64"], "need at least 128 px"),
+        (["--synthetic", "no-name"], "give name=dataset"),
+        (["--locate", "mask", "--synthetic", f"bare={paths['images_only']}"], "has no disc masks to locate the discs by. Fix: --locate brightest"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit):
+            benchmark.main(["--real", paths["train"], *bad])
+        assert message in capsys.readouterr().err
