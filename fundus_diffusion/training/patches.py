@@ -3,8 +3,11 @@ a share of the training steps sees whole images, the others random square crops 
 each with two coordinate channels that say where in the whole image its pixels lie
 (``pipeline_fundus.coordinate_channels``); sampling always denoises whole images, with the whole grid.
 
-A step on crops takes ``(resolution / size) ** 2`` crops of each image, so that every step trains on as many pixels
-(and costs about as much) as a step on whole images, as the paper's batch multiplier does. The crop size of a step is
+A step on crops takes ``(resolution / size) ** 2`` crops of each image of its batch, so that every step trains on as
+many pixels (and costs about as much) as a step on whole images. That is ours, not the paper's: its loop enlarges the
+batch by a multiplier per crop size (at 256 px, 8 times for quarter-side crops and 2 times for half-side ones: half
+a whole-image step's pixels), each crop from another image; here the crops of a step come from the batch's images,
+which a set of 134 photographs makes a small difference. The crop size of a step is
 drawn with the paper's stochastic schedule: whole images with probability ``full_share``, else a quarter-side crop
 with probability ``(1 - full_share) * 2 / 5`` and a half-side one with ``(1 - full_share) * 3 / 5``.
 
