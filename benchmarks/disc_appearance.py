@@ -7,42 +7,59 @@ set needs disc masks) or ``brightest`` (each image's brightest point; for sets s
 samples exported as images only). For each set with disc masks the table's JSON also gives ``brightest_in_disc``,
 how often its brightest points lie inside its masks: how far the two ways agree.
 
-    python benchmarks/disc_appearance.py --real <split>/train --holdout <split>/test --locate brightest \\
+    python benchmarks/disc_appearance.py --real <split>/train --holdout <split>/test --locate brightest --real_by_origin \\
         --synthetic interp-5000-ddpm100=<set> --synthetic interp-10000-ddpm100=<set> --output_json discs.json
 """
 
 import argparse
 import json
+from typing import Dict
+
+import torch
 
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.data.schema import annotation_matrix, dataset_mask_names
 from fundus_diffusion.evaluation.arrays import add_named_set_args, dataset_arrays, parse_named_sets
 from fundus_diffusion.evaluation.disc_appearance import LOCATE, MIN_RESOLUTION, REAL, appearance_table, set_appearance
 from fundus_diffusion.evaluation.spectrum import CONTROL
+from fundus_diffusion.evaluation.splits import origins
 
 
-def load_set(path: str, resolution: int, locate: str, name: str) -> dict:
-    """One set's ``set_appearance`` (a ValueError naming the set and the fix where ``--locate mask`` finds no disc
-    annotation)."""
+def load_set(path: str, resolution: int, locate: str, name: str, by_origin: bool = False) -> Dict[str, dict]:
+    """``{name: set_appearance}`` of one set, and with ``by_origin`` also ``{name / origin: ...}`` per origin of its
+    images (``splits.origins``: the camera or collection); a ValueError naming the set and the fix where ``--locate
+    mask`` finds no disc annotation."""
     dataset = load_fundus_dataset(path)
     annotated = "disc" in dataset_mask_names(dataset) and bool(annotation_matrix(dataset, ["disc"]).any())
     if locate == "mask" and not annotated:
         raise ValueError(f"{name} ({path}) has no disc masks to locate the discs by. Fix: --locate brightest.")
     arrays = dataset_arrays(dataset, resolution, ["disc"] if annotated else [], name)
-    return set_appearance(arrays, arrays[:, 3] > 0 if annotated else None, locate)
+    discs = arrays[:, 3] > 0 if annotated else None
+    rows = {name: set_appearance(arrays, discs, locate)}
+    groups = origins(list(dataset["id"]), list(dataset["source"])) if by_origin else []
+    for origin in sorted(set(groups)) if len(set(groups)) > 1 else []:
+        keep = torch.tensor([group == origin for group in groups])
+        rows[f"{name} / {origin}"] = set_appearance(arrays[keep], None if discs is None else discs[keep], locate)
+    return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_named_set_args(parser)
     parser.add_argument("--locate", choices=LOCATE, default="mask", help="Where each window is centred (above).")
+    parser.add_argument(
+        "--real_by_origin", action="store_true",
+        help="Add a row per origin (camera or collection: splits.origins) of the real and held-out photographs.",
+    )  # fmt: skip
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
     if args.resolution < MIN_RESOLUTION:
         parser.error(f"--resolution {args.resolution}: the measures need at least {MIN_RESOLUTION} px (their blurs fall under a pixel below).")
     try:
         paths = {REAL: args.real, **({CONTROL: args.holdout} if args.holdout else {}), **dict(parse_named_sets(args.synthetic))}
-        sets = {name: load_set(path, args.resolution, args.locate, name) for name, path in paths.items()}
+        sets = {}
+        for name, path in paths.items():
+            sets.update(load_set(path, args.resolution, args.locate, name, args.real_by_origin and name in (REAL, CONTROL)))
     except ValueError as err:
         parser.error(str(err))
     print(f"Optic discs at {args.resolution} px, windows located by {args.locate}:")

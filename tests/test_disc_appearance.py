@@ -95,21 +95,25 @@ def test_evaluate_reports_disc_appearance_located_by_the_disc_masks(tmp_path):
 
 
 def test_the_cli_prints_the_table_and_json_and_refuses_mask_location_without_masks(tmp_path, capsys):
-    phantoms = load_phantom_dataset(10, size=128)
+    phantoms = load_phantom_dataset(14, size=128)
     paths = {name: str(tmp_path / name) for name in ("train", "holdout", "images_only")}
-    phantoms.select(range(6)).save_to_disk(paths["train"])
-    phantoms.select(range(6, 10)).save_to_disk(paths["holdout"])
+    two_cameras = lambda row, i: {"id": f"{'left' if i % 2 else 'right'}cam_{i:03d}"}  # noqa: E731
+    phantoms.select(range(10)).map(two_cameras, with_indices=True).save_to_disk(paths["train"])
+    phantoms.select(range(10, 14)).save_to_disk(paths["holdout"])
     phantoms.select(range(4)).remove_columns(["disc_mask"]).save_to_disk(paths["images_only"])
     benchmark.main([
         "--real", paths["train"], "--holdout", paths["holdout"], "--synthetic", f"copy={paths['train']}",
         "--synthetic", f"bare={paths['images_only']}", "--resolution", "128", "--locate", "brightest",
-        "--output_json", str(tmp_path / "d.json"),
+        "--output_json", str(tmp_path / "d.json"), "--real_by_origin",
     ])  # fmt: skip
     saved = json.loads((tmp_path / "d.json").read_text())
-    assert list(saved["sets"]) == ["real", "held-out real (control)", "copy", "bare"]
+    assert list(saved["sets"]) == ["real", "real / leftcam", "real / rightcam", "held-out real (control)", "copy", "bare"]
+    assert saved["sets"]["real / leftcam"]["n"] == 5 and saved["sets"]["real / leftcam"]["statistics"]["red"]["per_image"] == [
+        saved["sets"]["real"]["statistics"]["red"]["per_image"][i] for i in (1, 3, 5, 7, 9)
+    ]  # fmt: skip
     assert saved["sets"]["copy"]["statistics"] == saved["sets"]["real"]["statistics"]
     assert saved["sets"]["bare"]["brightest_in_disc"] is None and saved["sets"]["copy"]["brightest_in_disc"] is not None
-    assert "| copy | 6 | brightest |" in capsys.readouterr().out
+    assert "| copy | 10 | brightest |" in capsys.readouterr().out
     for bad, message in (
         (["--resolution", "64"], "need at least 128 px"),
         (["--synthetic", "no-name"], "give name=dataset"),
