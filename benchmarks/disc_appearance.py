@@ -21,6 +21,7 @@ from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.data.schema import annotation_matrix, dataset_mask_names
 from fundus_diffusion.evaluation.arrays import add_named_set_args, dataset_arrays, parse_named_sets
 from fundus_diffusion.evaluation.disc_appearance import LOCATE, MIN_RESOLUTION, REAL, appearance_table, set_appearance
+from fundus_diffusion.evaluation.report import json_safe
 from fundus_diffusion.evaluation.spectrum import CONTROL
 from fundus_diffusion.evaluation.splits import origins
 
@@ -69,7 +70,7 @@ def main(argv=None):
             print(f"{name}: brightest point inside the disc mask in {row['brightest_in_disc']:.0%} of images")
     if args.output_json:
         with open(args.output_json, "w") as f:
-            json.dump({"resolution": args.resolution, "locate": args.locate, "sets": sets}, f, indent=2)
+            json.dump(json_safe({"resolution": args.resolution, "locate": args.locate, "sets": sets}), f, indent=2, allow_nan=False)
     return sets
 
 

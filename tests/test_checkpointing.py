@@ -166,7 +166,7 @@ def test_a_resume_with_other_model_flags_names_them_before_loading(tmp_path):
     model = fits.prepare(torch.nn.Linear(3, 2))
     before = model.weight.detach().clone()
     now = {**saved_with, "dropout": 0.3, "mask_names": ["disc", "atrophy"]}  # a tuple is saved as a list: the same
-    with pytest.raises(ValueError, match=r"checkpoint-1 was trained with other model or optimiser flags than these: --dropout 0\.3 "
+    with pytest.raises(ValueError, match=r"checkpoint-1 was trained with other model, optimiser or loss flags than these: --dropout 0\.3 "
                        r"\(checkpoint: 0\.1\)\. Resume with the checkpoint's flags \(a resume restores the optimiser's state"):  # fmt: skip
         load_checkpoint(fits, path, now)  # the weights would fit: refused all the same
     assert torch.equal(model.weight, before)  # nothing loaded

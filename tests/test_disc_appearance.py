@@ -28,11 +28,14 @@ SIDE = 256
 
 
 def constructed(kind: str) -> torch.Tensor:
-    """Two ``uint8 [3, 256, 256]`` images of grey 120: vessels (vertical green lines, an 8 px period), speckle
-    (independent noise of std 30 in every pixel and channel) or plain, 40 brighter."""
+    """Two ``uint8 [3, 256, 256]`` images of grey 120: vessels (green lines of an 8 px period, vertical or diagonal),
+    speckle (independent noise of std 30 in every pixel and channel) or plain, 40 brighter."""
     images = torch.full((2, 3, SIDE, SIDE), 120.0)
+    position = torch.arange(SIDE, dtype=torch.float32)
     if kind == "lines":
-        images[:, 1] += 30 * torch.cos(2 * torch.pi * torch.arange(SIDE) / 8)
+        images[:, 1] += 30 * torch.cos(2 * torch.pi * position / 8)
+    elif kind == "diagonal lines":  # the off-diagonal term of the tensor carries their direction
+        images[:, 1] += 30 * torch.cos(2 * torch.pi * (position[:, None] + position[None, :]) / (8 * 2**0.5))
     elif kind == "speckle":
         images += 30 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
     else:
@@ -42,8 +45,10 @@ def constructed(kind: str) -> torch.Tensor:
 
 def test_lines_are_coherent_speckle_is_fine_and_undirected_and_brightness_is_the_mean():
     centres = torch.full((2, 2), SIDE // 2)
-    lines, speckle, bright = (appearance(constructed(kind), centres) for kind in ("lines", "speckle", "brighter"))
-    assert lines["orientation_coherence"].min() > 0.99 and speckle["orientation_coherence"].max() < 0.3
+    kinds = ("lines", "diagonal lines", "speckle", "brighter")
+    lines, diagonal, speckle, bright = (appearance(constructed(kind), centres) for kind in kinds)
+    assert lines["orientation_coherence"].min() > 0.99 and diagonal["orientation_coherence"].min() > 0.95
+    assert speckle["orientation_coherence"].max() < 0.3
     assert speckle["fine_detail"].min() > 4 * lines["fine_detail"].max()
     assert bright["red"].tolist() == [160.0, 160.0] and bright["fine_detail"].max() < 1e-3
     assert lines["red"].tolist() == [120.0, 120.0]  # the lines are green only
@@ -63,6 +68,13 @@ def test_windows_follow_the_masks_or_the_brightest_point():
     moved = set_appearance(images, discs, "mask")
     assert moved["brightest_in_disc"] == 0.5 and moved["statistics"]["red"]["per_image"][0] == 60.0
     assert set_appearance(images, None, "brightest")["brightest_in_disc"] is None
+    square = SIDE // 4  # the disc-region judge's square: centred on the point, and moved inside at the border
+    corner = torch.zeros((2, 3, SIDE, SIDE), dtype=torch.uint8)
+    corner[:, :, :square, :square] = 200
+    red = appearance(corner, torch.tensor([[square // 2, square // 2], [3, 3]]))["red"]
+    assert red.tolist() == [200.0, 200.0]  # exactly the bright square: centred, and at the corner moved inside
+    shifted = appearance(corner, torch.tensor([[square // 2, square // 2 + square // 4]]))["red"]
+    assert shifted.tolist() == [150.0]  # a quarter of the square's side further right: three quarters bright
     with pytest.raises(ValueError, match="locate='brightest' works without them"):
         set_appearance(images, None, "mask")
 

@@ -126,7 +126,7 @@ def test_a_run_weighs_the_turned_and_cropped_disc_says_so_and_resumes_only_with_
         assert (weights[disc] > 1 - 1e-6).all() and not disc[below].any()
         emphasised |= bool((weights[disc] > 1).any())
     assert emphasised
-    assert "5 times the weight within 2 px of the disc mask" in (out / "README.md").read_text()
+    assert "5 times the weight within 2 px of the disc mask as the noisy input shows it" in (out / "README.md").read_text()
     if not crops:
         at = args.index("--region_loss_weight")
         without = args[:at] + args[at + 2 :] + ["--max_train_steps", "8"]  # the last --max_train_steps counts

@@ -141,7 +141,7 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
         (["--snr_gamma", "0"], r"--snr_gamma None \(checkpoint: 5\.0\)"),  # the card states the loss for the run
     ]:  # fmt: skip
         other = tiny_args(out, cache_dir, "--max_train_steps", "8", *more, "--logger", "none", "--masks", "disc,atrophy")
-        with pytest.raises(ValueError, match=rf"checkpoint-6 was trained with other model or optimiser flags than these: {named}\.") as refused:
+        with pytest.raises(ValueError, match=rf"checkpoint-6 was trained with other model, optimiser or loss flags than these: {named}\.") as refused:
             ddpm.train(ddpm.parse_args(other + changed + ["--resume_from_checkpoint", "latest"]))
         assert "mask_names" not in str(refused.value) and "training_cache_dir" not in str(refused.value)  # model flags only
     assert steps(out) == [5, 6] and logged(out, "step") == [1, 2, 3, 4, 5, 6]

@@ -545,7 +545,7 @@ def load_checkpoint(
     ]
     if changed:
         raise ValueError(
-            f"{path} was trained with other model or optimiser flags than these: {', '.join(changed)}. Resume with "
+            f"{path} was trained with other model, optimiser or loss flags than these: {', '.join(changed)}. Resume with "
             "the checkpoint's flags (a resume restores the optimiser's state, learning rate included, so a changed "
             "one would not take effect; a flag left out takes this version's default, which may not be the one the "
             "checkpoint's run had), or start a new --output_dir (--init_from a saved model starts from its weights)."

@@ -174,7 +174,7 @@ REGION_MARGIN = 1 / 16
 
 def region_loss_weights(noisy_mask: torch.Tensor, weight: float, margin: int) -> torch.Tensor:
     """Per-pixel loss weights ``[B, 1, H, W]`` from the *noisy* mask channel the UNet sees (``[B, H, W]``): ``1 +
-    weight`` where its local mean (a square of ``2 * margin // 8 + 1`` px: 5 at 256 px) is above 0, the midpoint of a
+    weight`` where its local mean (a square of ``2 * (margin // 8) + 1`` px: 5 at 256 px) is above 0, the midpoint of a
     mask's -1 and 1, or within ``margin`` px of such a pixel; 1 elsewhere; each sample's weights divided by their mean,
     so that the loss keeps its scale and only its share moves to the region.
 
@@ -708,7 +708,7 @@ class DDPMKind(loop.ModelKind):
             + schedule_shift_description(args),
             "loss": (f"min-SNR-{args.snr_gamma:g} weighted MSE" if args.snr_gamma else "MSE") + (
                 f", {1 + args.region_loss_weight:g} times the weight within {round(args.resolution * REGION_MARGIN)} "
-                f"px of the {args.region_loss_mask} mask" if args.region_loss_weight else ""
+                f"px of the {args.region_loss_mask} mask as the noisy input shows it" if args.region_loss_weight else ""
             ),
             "lr_scheduler": args.lr_scheduler,
         }
