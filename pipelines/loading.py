@@ -5,6 +5,7 @@ loader (``scripts/generate.py``, the evaluation, the demo). It runs no code from
 package, and a ``model_index.json`` that names anything else is refused before any weights are read.
 """
 
+import difflib
 import json
 import os
 from typing import Optional
@@ -40,12 +41,36 @@ STOCHASTIC_SCHEDULERS = ("ddpm", "sde-dpmsolver++", "euler_ancestral")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def missing_local_path(spec: str) -> Optional[str]:
+    """Why ``spec``, which does not exist here, is a mistyped local path and no Hub id, so that no Hub request is
+    made for it (minutes of retries without a connection); None where it may be a Hub id. Local: it starts with '.',
+    '~' or '/', has more than one '/', or its parent folder exists here (``runs/ddpm-322`` beside ``runs/``), in which
+    case the message names the parent's closest entries."""
+    if os.path.exists(spec):
+        return None
+    parent = os.path.dirname(spec.rstrip("/"))
+    parent_here = bool(parent) and os.path.isdir(parent)
+    if not (parent_here or spec.startswith((".", "~", os.sep)) or spec.count("/") > 1):
+        return None
+    hint = ""
+    if parent_here:
+        entries = sorted(os.listdir(parent))
+        closest = difflib.get_close_matches(os.path.basename(spec.rstrip("/")), entries, n=3, cutoff=0.5)
+        hint = f" ({parent}/ holds {', '.join(closest or entries[:5]) or 'nothing'}{'' if closest or len(entries) <= 5 else ', ...'})"
+    return f"{spec}: no such local folder{hint}"
+
+
 def read_model_index(path_or_hub_id: str) -> dict:
     """``model_index.json`` of a local folder or a Hub repository (only that file is read)."""
     if os.path.isdir(path_or_hub_id):
         path = os.path.join(path_or_hub_id, "model_index.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path_or_hub_id} has no model_index.json: it is not a saved fundus pipeline.")
+    elif missing_local_path(path_or_hub_id):
+        raise FileNotFoundError(
+            f"{missing_local_path(path_or_hub_id)}. Fix: give a saved pipeline folder (the --output_dir of a training "
+            "run) or a Hub model id such as 'namespace/name'."
+        )
     else:
         try:
             path = hf_hub_download(path_or_hub_id, "model_index.json")

@@ -43,7 +43,7 @@ def test_a_user_error_under_accelerate_launch_quiet_is_one_line(tmp_path):
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[0].startswith(f"train_ddpm.py: error: {tmp_path / 'missing'} is not a folder. Fix:"), result.stderr
+    assert lines[0].startswith(f"train_ddpm.py: error: {tmp_path / 'missing'}: no such local folder ({tmp_path}/ holds"), result.stderr
     assert lines[1:] == [f"(FUNDUS_DEBUG=1 shows the traceback{cli.LAUNCHER_HINT})"], result.stderr
 
 

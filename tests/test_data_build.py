@@ -13,6 +13,7 @@ from PIL import Image, ImageFilter
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.data.build import build_dataset, scan_sources
 from fundus_diffusion.data.readers import BadFileError, FundusDataError, MissingLayoutError, read_label_table
+from fundus_diffusion.pipelines.loading import read_model_index
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -174,12 +175,21 @@ def test_bad_label_cells_name_the_row(tmp_path):
         read_label_table(str(path))
 
 
-def test_load_fundus_dataset_errors(tmp_path):
+def test_load_fundus_dataset_errors(tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(MissingLayoutError, match="(?s)neither a dataset saved by fundus-build-dataset.*generic folder layout"):
         load_fundus_dataset(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="is not a folder"):
+    with pytest.raises(FileNotFoundError, match="no such local folder. Fix"):
         load_fundus_dataset(str(tmp_path / "missing" / "dataset"))
+    with pytest.raises(FileNotFoundError, match="notes.txt is not a folder"):
+        load_fundus_dataset(str(tmp_path / "notes.txt"))
+    with pytest.raises(ValueError, match="give phantom:N with N a positive number"):
+        load_fundus_dataset("phantom:abc")
+    (tmp_path / "runs" / "ddpm-32").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for load in (load_fundus_dataset, read_model_index):  # a typo beside its folder is local: no Hub request
+        with pytest.raises(FileNotFoundError, match=r"^runs/ddpm-322: no such local folder \(runs/ holds ddpm-32\)"):
+            load("runs/ddpm-322")
 
 
 def test_raw_folder_is_cached_until_a_file_changes(folder, tmp_path, monkeypatch):

@@ -95,6 +95,19 @@ def test_cuda_graphs_refuse_gradient_accumulation(capsys):
     assert "cannot accumulate gradients" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "masks, message",
+    [("Disc", "'Disc' is not a valid mask name"), ("disc,disc", "disc given more than once"), ("", "--masks is empty")],
+)
+def test_mask_names_that_cannot_work_are_one_line_usage_errors(masks, message, capsys):
+    from fundus_diffusion.training import dcgan
+
+    for parse in (ddpm.parse_args, dcgan.parse_args):  # both trainers share the parse
+        with pytest.raises(SystemExit) as exit_info:
+            parse(["--output_dir", "x", "--masks", masks])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, cache_dir, monkeypatch):
     out = tmp_path / "run"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]

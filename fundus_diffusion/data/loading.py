@@ -9,6 +9,7 @@ from datasets import Dataset, DatasetDict, DatasetInfo, load_dataset, load_from_
 from filelock import FileLock
 
 from .. import export
+from ..pipelines.loading import missing_local_path
 from . import build
 from .folder import FOLDER_LAYOUT
 from .phantom import load_phantom_dataset
@@ -49,7 +50,10 @@ def load_fundus_dataset(
     """
     spec = os.path.expanduser(str(path_or_hub_id))
     if spec == "phantom" or spec.startswith("phantom:"):
-        num = int(spec.split(":", 1)[1]) if ":" in spec else PHANTOM_DEFAULT_SAMPLES
+        count = spec.split(":", 1)[1] if ":" in spec else str(PHANTOM_DEFAULT_SAMPLES)
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{spec}: give phantom:N with N a positive number of phantoms (e.g. phantom:64), or phantom.")
+        num = int(count)
         return load_phantom_dataset(num, size=PHANTOM_DEFAULT_SIZE)
     if os.path.isdir(spec):
         spec = export.arrow_folder(spec) or spec  # a folder in the Hub layout keeps its Arrow files in arrow/
@@ -61,10 +65,11 @@ def load_fundus_dataset(
         else:
             options = dict(labels=labels, include_amd=include_amd, require_masks=require_masks, skip_bad=skip_bad)
             return load_raw_folder(spec, cache_dir=cache_dir, **options)
-    elif os.path.exists(spec) or spec.startswith((".", os.sep)) or spec.count("/") > 1:
+    elif os.path.exists(spec) or missing_local_path(spec):
+        problem = f"{spec} is not a folder" if os.path.exists(spec) else missing_local_path(spec)
         raise FileNotFoundError(
-            f"{spec} is not a folder. Fix: pass a folder written by fundus-build-dataset, a raw PALM / ADAM / "
-            "generic folder, 'phantom[:N]' or a Hub dataset id (user/name)."
+            f"{problem}. Fix: pass a folder written by fundus-build-dataset, a raw PALM / ADAM / generic folder, "
+            "'phantom[:N]' or a Hub dataset id (user/name)."
         )
     else:
         try:

@@ -213,7 +213,12 @@ def parse_training_args(kind, argv: Optional[Sequence[str]] = None) -> argparse.
             values = values(parser.parse_args(argv, namespace=argparse.Namespace(**{QUIET_PARSE: True})))
         parser.set_defaults(**values)
     args = parser.parse_args(argv)
-    args.mask_names = parse_mask_names(args.masks)
+    if isinstance(args.masks, str) and not args.masks.strip():
+        parser.error("--masks is empty (an unset shell variable?): name the masks, e.g. --masks disc, or give --masks none for an image-only model.")
+    try:
+        args.mask_names = parse_mask_names(args.masks)
+    except ValueError as err:
+        parser.error(str(err))
     if args.max_train_steps is None and args.num_epochs is None:
         parser.error("Give --max_train_steps or --num_epochs.")
     if args.compile and args.compile_mode == "reduce-overhead" and args.gradient_accumulation_steps > 1:
