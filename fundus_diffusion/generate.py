@@ -953,8 +953,8 @@ def _write_shards(
     pipe, config: GenerationConfig, shards, png_dir: str, mask_sets, state: PartialState, threads: int, guide=None
 ) -> None:
     """The ``(index, path)`` shards given to this process, sampled batch by batch (a batch never spans two shards,
-    guided by ``guide`` when given) and written by ``write_samples``, with a progress bar over its samples (main
-    process)."""
+    guided by ``guide`` when given) and written by ``write_samples``, with a progress bar over its samples and one
+    over the denoising steps of the batch being drawn (main process: a batch can take minutes on a CPU)."""
     labels = config.sample_labels()
 
     def batches():
@@ -968,7 +968,8 @@ def _write_shards(
 
     total = sum(stop - start for start, stop in (_shard_range(config, k) for k, _ in shards))
     where = f" (process 0 of {state.num_processes})" if state.num_processes > 1 else ""
-    pipe.set_progress_bar_config(disable=True)
+    # the samples' bar moves as a batch is written; the denoising steps of the batch being drawn show beneath it
+    pipe.set_progress_bar_config(disable=not state.is_main_process, leave=False, position=1, desc="denoising the batch")
     with tqdm(
         total=total, unit="sample", desc=f"Generating{where}", smoothing=0.1, disable=not state.is_main_process
     ) as progress:
