@@ -58,7 +58,7 @@ def test_script_says_loudly_when_samples_are_not_fundus_like(real, tmp_path, mon
     real.save_to_disk(str(real_dir))
     noise_like(load_phantom_dataset(10, size=48, seed=500)).save_to_disk(str(noise_dir))
     argv = ["judge_pm_labels.py", "--real", str(real_dir), "--synthetic", str(noise_dir), "--output_dir", str(tmp_path / "out"),
-            "--resolution", "32", "--steps", "60", "--device", "cpu"]  # fmt: skip
+            "--resolution", "32", "--steps", "60", "--device", "cpu", "--no-realism_test"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(REPO_ROOT / "scripts" / "judge_pm_labels.py"), run_name="__main__")
     out = capsys.readouterr().out
@@ -66,3 +66,13 @@ def test_script_says_loudly_when_samples_are_not_fundus_like(real, tmp_path, mon
     report = json.loads((tmp_path / "out" / "pm_labels.json").read_text())
     assert report["realism_guard"]["fundus_like"] is False
     assert "do not report the label agreement" in (tmp_path / "out" / "report.md").read_text()  # the file says it too
+
+
+def test_a_classifier_that_cannot_tell_the_classes_is_called_useless():
+    from fundus_diffusion.evaluation.pm_classifier import label_summary
+
+    guard = {"verdict": "fundus-like: 6% of samples ...", "fundus_like": True, "mean_confidence": {"real_held_out": 0.6, "synthetic": 0.6}}
+    report = {"synthetic_label_agreement": {"overall": 0.56, "n": 16}, "realism_guard": guard}
+    weak = label_summary({**report, "real_held_out_accuracy": {"overall": 0.475}})
+    assert "only 48% of held-out real images" in weak and "neither its label agreement nor its realism guard" in weak
+    assert "WARNING" not in label_summary({**report, "real_held_out_accuracy": {"overall": 0.938}})

@@ -113,6 +113,8 @@ def predict(model: PMClassifier, images: torch.Tensor, batch_size: int = 128) ->
 # A faithful model's samples sit at about 1 - OOD_QUANTILE; RGB noise at 100%.
 OOD_QUANTILE = 0.99
 MAX_OOD_FRACTION = 0.5
+# A judge below this held-out accuracy on real images is too weak to judge samples (PALM's classes: 98.8% at 64 px).
+MIN_JUDGE_ACCURACY = 0.7
 
 
 def feature_distances(reference: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -201,8 +203,18 @@ def label_summary(report: Dict) -> str:
         )
     elif test:
         lines.append(f"two-sample test not computed: {test['reason']}")
+    warnings = []
+    accuracy = report["real_held_out_accuracy"]["overall"]
+    if accuracy < MIN_JUDGE_ACCURACY:
+        warnings.append(
+            f"WARNING: the classifier tells PM from non-PM in only {accuracy:.0%} of held-out real images (below "
+            f"{MIN_JUDGE_ACCURACY:.0%}): neither its label agreement nor its realism guard means anything. Fix: train "
+            "it longer (--steps) or on more real images."
+        )
     if not guard["fundus_like"]:
-        lines = ["!" * 100, *lines, "WARNING: the samples are not fundus-like; do not report the label agreement as a result.", "!" * 100]
+        warnings.append("WARNING: the samples are not fundus-like; do not report the label agreement as a result.")
+    if warnings:
+        lines = ["!" * 100, *lines, *warnings, "!" * 100]
     return "\n".join(lines)
 
 
