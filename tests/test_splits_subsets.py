@@ -65,6 +65,9 @@ def test_subsets_and_sources_on_disk_with_records(tmp_path):
     record = sources_to_disk(dataset, str(tmp_path / "sources"), "label", test_ids=[dataset["id"][0]])
     assert record["sources"]["0"]["train"]["strata"] == {"0": 5}  # six label-0 phantoms, one held out
     assert len(load_fundus_dataset(str(tmp_path / "sources" / "0" / "test"))) == 7
+    with pytest.raises(ValueError, match="finds one source only \\(phantom\\), so no part would test on another camera"):
+        sources_to_disk(dataset, str(tmp_path / "one-source"), "source")
+    assert not (tmp_path / "one-source").exists()
 
 
 def test_script_writes_subsets_and_refuses_a_size_too_large(tmp_path):

@@ -236,6 +236,11 @@ def sources_to_disk(dataset, output_dir: str, stratify: str = "id_prefix", test_
         raise ValueError("A per-source split needs a stratification naming the sources, e.g. id_prefix.")
     if os.path.exists(output_dir):
         raise FileExistsError(f"{output_dir} exists; choose a new output folder (a split is written once).")
+    if len(set(strata)) < 2:
+        raise ValueError(
+            f"--stratify {stratify} finds one source only ({strata[0]}), so no part would test on another camera. Fix: "
+            "a stratification that names the cameras (--stratify id_prefix for file names such as drions_001)."
+        )
     ids = list(dataset["id"])
     strata_by_id, position = dict(zip(ids, strata)), {sample_id: i for i, sample_id in enumerate(ids)}
     parts = {source: source_split(ids, strata, source, test_ids) for source in sorted(set(strata))}
