@@ -10,6 +10,7 @@ The report folder holds real photographs (nearest-neighbour pairs, worst held-ou
 """
 
 import argparse
+import os
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import FundusDataError, load_fundus_dataset
@@ -91,6 +92,7 @@ def parse_args(argv=None):
         "colour (the standardisation alone) or none (flips only, the judge of reports before the robust default).",
     )
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace the report an --output_dir holds (refused without).")
     parser.add_argument(
         "--update_model_card",
         nargs="?",
@@ -113,6 +115,11 @@ def parse_args(argv=None):
     problem = output_dir_problem(args.output_dir)
     if problem:  # now, not after the evaluation's minutes
         parser.error(f"--output_dir {args.output_dir}: {problem}")
+    if os.path.isfile(os.path.join(args.output_dir, "report.json")) and not args.overwrite:
+        parser.error(
+            f"--output_dir {args.output_dir} holds a report already (report.json). Fix: choose a new folder, or add "
+            "--overwrite to replace it."
+        )
     return args
 
 

@@ -125,6 +125,8 @@ def main(args):
     labels = parse_label_counts(args.labels)
     mask_sets = read_mask_sets(args.masks_from) if args.masks_from else None
     default_samples = len(mask_sets.ids) if mask_sets else sum(labels.values())
+    if args.num_samples is None and not default_samples:
+        raise ValueError("How many samples? Give --num_samples N (or --labels PM=N,non-PM=M, or --masks_from a set of masks).")
     config = GenerationConfig(
         model=args.model,
         num_samples=args.num_samples if args.num_samples is not None else default_samples,

@@ -405,9 +405,12 @@ def test_evaluate_script_refuses_what_it_could_not_write_before_it_evaluates(tmp
 
     a_file = tmp_path / "report.md"
     a_file.write_text("")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "report.json").write_text("{}")
     common = ["evaluate.py", "--real", "phantom:4", "--synthetic", "phantom:4"]
     for extra, status, message in [
         (["--output_dir", str(a_file)], 2, f"--output_dir {a_file}: is a file, not a folder"),
+        (["--output_dir", str(tmp_path / "done")], 2, "holds a report already (report.json). Fix: choose a new folder, or add --overwrite"),
         (["--output_dir", str(tmp_path / "r"), "--update_model_card", str(tmp_path / "nope")], 1,
          f"--update_model_card {tmp_path / 'nope'}: not a saved model folder (no model_index.json)"),
     ]:  # fmt: skip
@@ -417,6 +420,8 @@ def test_evaluate_script_refuses_what_it_could_not_write_before_it_evaluates(tmp
         err = capsys.readouterr().err
         assert exit_info.value.code == status and message in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()  # nothing was evaluated
+    parse = runpy.run_path(str(REPO_ROOT / "scripts" / "evaluate.py"))["parse_args"]
+    assert parse(common[1:] + ["--output_dir", str(tmp_path / "done"), "--overwrite"]).overwrite  # replaced on request
 
 
 def test_split_script_errors_are_one_line_with_the_commands_prefix(tmp_path, capsys, monkeypatch):
@@ -453,3 +458,12 @@ def test_a_card_is_updated_only_for_the_model_that_generated_the_set(tmp_path):
         card_model_dir(str(synthetic), str(tmp_path / "model-b"))
     (synthetic / CONFIG_FILE).write_text(json.dumps({"model": "/elsewhere/model-a"}))  # generated on another machine
     assert card_model_dir(str(synthetic), str(tmp_path / "model-b")) == str(tmp_path / "model-b")
+
+
+def test_generate_without_a_sample_count_says_which_flag_gives_it(tmp_path, capsys, monkeypatch):
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["generate.py", "--model", str(tmp_path / "model"), "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO_ROOT / "scripts" / "generate.py"), run_name="__main__")
+    assert exit_info.value.code == 1 and "How many samples? Give --num_samples N" in capsys.readouterr().err
