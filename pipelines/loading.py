@@ -65,7 +65,12 @@ def read_model_index(path_or_hub_id: str) -> dict:
     if os.path.isdir(path_or_hub_id):
         path = os.path.join(path_or_hub_id, "model_index.json")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path_or_hub_id} has no model_index.json: it is not a saved fundus pipeline.")
+            parent = os.path.dirname(os.path.normpath(path_or_hub_id))
+            run = os.path.basename(os.path.normpath(path_or_hub_id)).startswith("checkpoint-") and os.path.isfile(
+                os.path.join(parent, "model_index.json")
+            )
+            hint = f" It is a training checkpoint; the model its run saved is {parent}." if run else ""
+            raise FileNotFoundError(f"{path_or_hub_id} has no model_index.json: it is not a saved fundus pipeline.{hint}")
     elif missing_local_path(path_or_hub_id):
         raise FileNotFoundError(
             f"{missing_local_path(path_or_hub_id)}. Fix: give a saved pipeline folder (the --output_dir of a training "

@@ -35,7 +35,7 @@ def parse_args(argv=None):
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.resolution is not None and (args.format != "imagefolder" or args.resolution < 1):
-        parser.error("--resolution takes a size in pixels (e.g. 256), with --format imagefolder.")
+        parser.error("--resolution frames the photographs for --format imagefolder only, at a size of at least 1 px (e.g. 256): drop it, or use --format imagefolder.")
     if args.format == "hub" and (args.output_dir or args.masks):
         parser.error("--format hub rewrites --dataset in place and keeps every mask: drop --output_dir and --masks.")
     if args.format != "hub" and not args.output_dir:

@@ -238,3 +238,13 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "build_dataset.py: error: --adam_dir" in result.stderr and "ADAM 2020 layout" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_one_level_too_deep_or_a_checkpoint_names_the_folder_to_give(tmp_path):
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    with pytest.raises(MissingLayoutError, match=r"is the images/ folder of a generic layout. Fix: give its parent, .*data,"):
+        build_dataset(str(tmp_path / "out"), folder_dirs=[str(tmp_path / "data" / "images")], progress=False)
+    (tmp_path / "run" / "checkpoint-30").mkdir(parents=True)
+    (tmp_path / "run" / "model_index.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"It is a training checkpoint; the model its run saved is .*run\.$"):
+        read_model_index(str(tmp_path / "run" / "checkpoint-30"))

@@ -39,12 +39,12 @@ def scan_adam(root: str, include_amd: bool = False, require_masks: bool = True) 
     require_dir(root, "--adam_dir", ADAM_LAYOUT)
     training, dirs = find_adam_training(root)
     if training is None:
-        raise MissingLayoutError(f"--adam_dir {root} has no Training400/Non-AMD/ or Training400/AMD/ folder. Expected the {ADAM_LAYOUT}")
+        raise MissingLayoutError(f"The ADAM folder {root} has no Training400/Non-AMD/ or Training400/AMD/ folder. Expected the {ADAM_LAYOUT}")
     disc_dir = find_dir(dirs, ("Training400", "Disc_Masks"), ("Disc_Masks",))
     if disc_dir is None and require_masks:
         raise MissingLayoutError(
-            f"--adam_dir {root} has no Disc_Masks/ folder. Expected the {ADAM_LAYOUT}\nFix: unpack the disc and fovea "
-            "annotations beside the images, or pass --images_only (require_masks=False) for image-only work."
+            f"The ADAM folder {root} has no Disc_Masks/ folder. Expected the {ADAM_LAYOUT}\nFix: unpack the disc and fovea "
+            "annotations beside the images, or pass --images_only for image-only work."
         )
     scan, discs = SourceScan(root, "adam-2020", mask_names=["disc"]), images_by_stem(disc_dir)
     for folder, label in ADAM_CLASSES.items():

@@ -11,6 +11,7 @@ from typing import Dict, List
 from .readers import (
     Candidate,
     FundusDataError,
+    MissingLayoutError,
     SourceScan,
     images_by_stem,
     list_images,
@@ -46,6 +47,11 @@ def scan_folder(root: str, require_masks: bool = True) -> SourceScan:
     """Every image of ``images/`` with the masks of ``masks/<name>/`` it has a file in: a missing file means "not
     annotated" for that mask, except the disc, whose absence excludes the image unless ``require_masks`` is False."""
     require_dir(root, "--folder_dir", FOLDER_LAYOUT)
+    if os.path.basename(os.path.normpath(root)) == "images" and not os.path.isdir(os.path.join(root, "images")):
+        raise MissingLayoutError(
+            f"{root} is the images/ folder of a generic layout. Fix: give its parent, {os.path.dirname(os.path.normpath(root))}, "
+            f"which holds images/ and masks/<name>/. Expected the {FOLDER_LAYOUT}"
+        )
     images = list_images(require_dir(os.path.join(root, "images"), "Image folder", FOLDER_LAYOUT))
     name = os.path.basename(os.path.normpath(os.path.abspath(root)))
     masks_root = os.path.join(root, "masks")

@@ -112,13 +112,13 @@ def scan_palm(root: str, require_masks: bool = True) -> SourceScan:
             )  # fmt: skip
     else:
         raise MissingLayoutError(
-            f"--palm_dir {root} holds neither PALM layout (no PALM-Training400/ or PALM-Validation400/ folder, no "
+            f"The PALM folder {root} holds neither PALM layout (no PALM-Training400/ or PALM-Validation400/ folder, no "
             f"PALM/<split>/Images/ folder). Expected the {PALM_2019_LAYOUT}\nor the {PALM_2024_LAYOUT}"
         )
     if require_masks and not found_disc_dir and scan.excluded:
         raise MissingLayoutError(
-            f"--palm_dir {root} has {len(scan.excluded)} images but no disc-mask folder. Expected the {layout}\n"
-            "Fix: add the annotation folders, or pass --images_only (require_masks=False) for image-only work; "
+            f"The PALM folder {root} has {len(scan.excluded)} images but no disc-mask folder. Expected the {layout}\n"
+            "Fix: add the annotation folders, or pass --images_only for image-only work; "
             "the disc masks are then empty."
         )
     return scan

@@ -38,7 +38,7 @@ def load_summaries(paths: Sequence[str]) -> List[Dict]:
     parts = []
     for path in paths:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such file. scripts/reproduce_results.sh writes RESULTS/summary.json.")
+            raise FileNotFoundError(f"{path}: no such file. scripts/reproduce_results.sh writes it as $RESULTS/summary.json (default reports/results/summary.json): run it first, or give the summary.json files.")
         with open(path) as f:
             part = json.load(f)
         if "seconds" not in part:
