@@ -611,6 +611,8 @@ def check_resume(
     if nothing_finished(output_dir):
         return not resume or bool(changed)
     if not resume:
+        if os.path.isfile(os.path.join(output_dir, "README.md")):  # the dataset card: written when the set is complete
+            raise FileExistsError(f"{output_dir} already holds a finished synthetic set (its card: README.md). Fix: choose another --output_dir.")
         raise FileExistsError(f"{output_dir} already holds a generation run; pass --resume to continue it, or choose another --output_dir.")
     if changed:
         raise ValueError(resume_refusal(output_dir, changed, config))

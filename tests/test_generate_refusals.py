@@ -185,6 +185,8 @@ def test_a_run_whose_pngs_are_all_written_is_not_started_over(models, tmp_path):
     config = GenerationConfig(model=models["ddpm"], num_samples=2, num_inference_steps=2, png=True, device="cpu")
     out = tmp_path / "run"
     generate_dataset(pipe, config, str(out))
+    with pytest.raises(FileExistsError, match="already holds a finished synthetic set .*Fix: choose another --output_dir"):
+        generate_dataset(pipe, config, str(out))  # no --resume advice for a set that is complete
     for name in os.listdir(out):
         if name not in ("png", "generation_config.json"):
             shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
