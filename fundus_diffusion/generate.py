@@ -86,6 +86,7 @@ from .data.readers import images_by_stem, require_dir
 from .data.schema import LABEL_NAMES, UNKNOWN_LABEL, annotation_column, fundus_features, label_to_id, mask_column
 from .model_cards import LICENSE, render_dataset_card, size_category
 from .pipelines.loading import DTYPES, SCHEDULERS, draws_step_noise, load_fundus_pipeline, use_scheduler
+from .pipelines.pipeline_fundus import split_mask_names
 from .training.args import launched_without_gpu, output_dir_problem
 from .visualization import contact_sheet
 
@@ -860,6 +861,14 @@ def check_sampling(pipe, config: GenerationConfig, mask_sets: Optional[MaskSets]
             f"--postprocess {','.join(config.postprocess)} needs scipy, which is not installed. Fix: pip install "
             '"fundus-diffusion[eval]" (or pip install scipy), or leave --postprocess out.'
         )
+    needs = {"largest_disc": ("disc",), "cup_in_disc": ("cup", "disc")}
+    masks = set(split_mask_names(pipe.config.mask_names))
+    for step in config.postprocess:
+        if not set(needs.get(step, ())) <= masks:
+            raise ValueError(
+                f"--postprocess {step} works on the {' and '.join(needs[step])} masks, and this model draws "
+                f"{', '.join(sorted(masks)) or 'no masks'}. Fix: leave {step} out of --postprocess."
+            )
     if not hasattr(pipe, "scheduler"):  # a GAN: no guidance nor given masks (check_mask_sets refuses --masks_from)
         if config.guidance_scale != 1:
             raise ValueError(

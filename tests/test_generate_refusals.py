@@ -94,6 +94,10 @@ REFUSALS = {  # model, flags, what the one line must say
         ["--resample_steps 2 needs a scheduler without solver state",
          "--scheduler dpmsolver++ (DPMSolverMultistepScheduler) keeps some", "Fix: add --scheduler ddpm"],
     ),
+    "cup post-processing for a model without a cup": (
+        "ddpm", ["--num_samples", "2", "--postprocess", "cup_in_disc"],
+        ["--postprocess cup_in_disc works on the cup and disc masks, and this model draws", "Fix: leave cup_in_disc out"],
+    ),
     "negative resampling": ("uncond", ["--masks_from", "GIVEN", "--resample_steps", "-1"], ["--resample_steps -1: give 0"]),
 }  # fmt: skip
 
