@@ -18,11 +18,11 @@ from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
 from fundus_diffusion.evaluation.checks import resolution_problem
 from fundus_diffusion.evaluation.model_card import card_model_dir, update_model_card
 from fundus_diffusion.evaluation.realism import INVARIANCES, RealismRecipe
-from fundus_diffusion.training.args import RenamedFlag, output_dir_problem
+from fundus_diffusion.training.args import HelpFormatter, RenamedFlag, output_dir_problem
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--real", required=True, help="The real data the model was trained on (anything load_fundus_dataset accepts)."
     )

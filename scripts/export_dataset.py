@@ -17,12 +17,13 @@ import argparse
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.export import export_imagefolder, export_nnunet, write_hub_layout
+from fundus_diffusion.training.args import HelpFormatter
 
 FORMATS = ("hub", "imagefolder", "nnunet")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--dataset", required=True, help="A saved / raw dataset folder, phantom[:N] or a Hub id.")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--output_dir", default=None, help="imagefolder / nnunet: where to write (rows there are kept).")

@@ -43,6 +43,7 @@ try:
         read_mask_sets,
     )
     from fundus_diffusion.pipelines.loading import SCHEDULERS, load_fundus_pipeline
+    from fundus_diffusion.training.args import HelpFormatter
 except ModuleNotFoundError as err:
     if (err.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
         raise
@@ -54,7 +55,7 @@ except ModuleNotFoundError as err:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="A saved FundusPipeline / FundusGANPipeline folder or Hub id.")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--num_samples", type=int, default=None, help="Default: the sum of --labels, or one per --masks_from set.")

@@ -19,10 +19,11 @@ from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import default_device
 from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe, judge_class_conditional, label_summary
 from fundus_diffusion.evaluation.realism import RealismRecipe
+from fundus_diffusion.training.args import HelpFormatter
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--real", required=True, help="Real labelled images (anything load_fundus_dataset accepts).")
     parser.add_argument("--images_only", action="store_true", help="Real data without masks (e.g. palm-224).")
     parser.add_argument("--synthetic", required=True, help="Generated dataset with PM / non-PM labels.")

@@ -19,6 +19,7 @@ import argparse
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.splits import STRATA, read_split_file, sources_to_disk, split_to_disk, subsets_to_disk
+from fundus_diffusion.training.args import HelpFormatter
 
 
 def int_list(text: str):
@@ -29,7 +30,7 @@ def int_list(text: str):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--dataset", required=True, help="Anything load_fundus_dataset accepts.")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--test_fraction", type=float, default=0.2)

@@ -2,9 +2,11 @@
 have no ``scripts/`` folder."""
 
 import ast
+import runpy
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO_ROOT
 
 import fundus_diffusion.scripts as commands
@@ -42,3 +44,22 @@ def test_help_texts_keep_their_command_lines_apart():
         docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")), clean=False) or ""
         joined += [f"{path.name}: {line.strip()}" for line in docstring.splitlines() if "        --" in line.strip()]
     assert joined == []
+
+
+@pytest.mark.parametrize(
+    "script, shown, unsaid",
+    [
+        ("generate.py", ["Sample i uses seed + i. (default: 0)", "(default: 64)"], ["(default: None)", "(default: False)"]),
+        ("evaluate.py", ["Training steps per segmenter. (default: 800)", "Default: cuda if available, else cpu."],
+         ["(default: None)", "else cpu. (default"]),  # a help that names its default is left as it is
+        ("train_ddpm.py", ["Save a resumable checkpoint every N steps. (default: 500)"], ["(default: None)"]),
+    ],
+)
+def test_help_gives_each_flags_default_where_it_has_one(script, shown, unsaid, monkeypatch, capsys):
+    """A flag's default shows in --help unless it is unset (None, False, empty) or the help already names it."""
+    parse_args = runpy.run_path(str(REPO_ROOT / "scripts" / script))["parse_args"]
+    monkeypatch.setattr(sys, "argv", [script])
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # the lines as one, wrapped however the terminal is wide
+    assert all(part in text for part in shown) and not any(part in text for part in unsaid)

@@ -29,6 +29,18 @@ class NonFiniteLossError(FloatingPointError):
 QUIET_PARSE = "_first_parse_for_preset"
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` with the description's lines as written and each flag's default appended, where it has one and its
+    help does not already give it (a default of None, False or empty means "not set" and is left unsaid)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default in ("", [], argparse.SUPPRESS)
+        if not action.option_strings or unset or "default" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class RenamedFlag(argparse.Action):
     """An earlier release's spelling of a flag: sets the new one (and ``also``) and says so once on stderr."""
 
@@ -202,7 +214,7 @@ def parse_training_args(kind, argv: Optional[Sequence[str]] = None) -> argparse.
     )
     preset = preset_parser.parse_known_args(argv)[0].preset
     parser = argparse.ArgumentParser(
-        description=kind.DESCRIPTION, parents=[preset_parser], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=kind.DESCRIPTION, parents=[preset_parser], formatter_class=HelpFormatter
     )
     add_common_args(parser)
     kind.add_args(parser)
