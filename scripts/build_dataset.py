@@ -1,6 +1,6 @@
 """Build one fundus dataset (image + disc / atrophy masks + PM label) from raw PALM, ADAM and generic folders.
 
-    python scripts/build_dataset.py --palm_dir data/raw/PALM --adam_dir data/raw/ADAM --output_dir data/pm
+    fundus-build-dataset --palm_dir data/raw/PALM --adam_dir data/raw/ADAM --output_dir data/pm
 
 Writes a ``datasets`` folder (``save_to_disk``) with a ``README.md`` dataset card, and prints the build report.
 Nothing is written to ``--output_dir`` unless the build succeeds.

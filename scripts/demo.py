@@ -1,6 +1,6 @@
 """The README's main job: a tiny DDPM trained on built-in phantoms (CPU, a few minutes), then image + mask pairs.
 
-    python scripts/demo.py --output_dir outputs/demo
+    fundus-demo --output_dir outputs/demo
 """
 
 import argparse

@@ -3,7 +3,7 @@ agreement, mask plausibility, memorisation, a classifier two-sample realism test
 report.md and PNG figures to --output_dir. Everything is judged at the synthetic images' native resolution unless
 --resolution says otherwise (a comparison, labelled as such).
 
-    python scripts/evaluate.py --real data/pm --synthetic data/synthetic --output_dir reports/ddpm-256
+    fundus-evaluate --real data/pm --synthetic data/synthetic --output_dir reports/ddpm-256
 
 The report folder holds real photographs (nearest-neighbour pairs, worst held-out images): keep it out of git
 (reports/ is ignored).

@@ -1,6 +1,6 @@
 """Does a class-conditional generator's synthetic set help detect pathological myopia? (issue 20)
 
-    python scripts/evaluate_pm.py --real data/palm-subsets/n20-seed0 --holdout data/palm-split/test \\
+    fundus-evaluate-pm --real data/palm-subsets/n20-seed0 --holdout data/palm-split/test \\
         --synthetic data/synthetic-palm-n20 --output_dir reports/pm-n20-seed0 [--seeds 3] [--steps 600]
 
 --real is what the generator was trained on (its copy check is against these images), --holdout a disjoint labelled

@@ -1,9 +1,9 @@
 """Export a fundus dataset for other tools: the Hub layout (``load_dataset``), imagefolder, or nnU-Net v2.
 
-    python scripts/export_dataset.py --dataset data/pm --format hub
-    python scripts/export_dataset.py --dataset data/synthetic --format imagefolder --output_dir data/synthetic-png
-    python scripts/export_dataset.py --dataset data/pm --format nnunet --masks disc --output_dir $nnUNet_raw/Dataset501_Disc
-    python scripts/export_dataset.py --dataset data/mine --format imagefolder --resolution 256 --output_dir my_masks
+    fundus-export-dataset --dataset data/pm --format hub
+    fundus-export-dataset --dataset data/synthetic --format imagefolder --output_dir data/synthetic-png
+    fundus-export-dataset --dataset data/pm --format nnunet --masks disc --output_dir $nnUNet_raw/Dataset501_Disc
+    fundus-export-dataset --dataset data/mine --format imagefolder --resolution 256 --output_dir my_masks
 
 ``hub`` lays a saved folder (from build_dataset.py or generate.py, which now write this layout themselves) out as
 ``push_to_hub`` uploads it, in place, so ``datasets.load_dataset(folder)`` reads it. ``imagefolder`` and ``nnunet``

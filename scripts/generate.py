@@ -1,6 +1,6 @@
 """Generate a synthetic fundus dataset (images + masks, the real data's schema) from a trained pipeline.
 
-    python scripts/generate.py --model runs/ddpm-256 --num_samples 1000 --labels PM=600,non-PM=400 \\
+    fundus-generate --model runs/ddpm-256 --num_samples 1000 --labels PM=600,non-PM=400 \\
         --guidance_scale 2 --output_dir data/synthetic
 
 A diffusion model samples with DPM-Solver++ in 20 steps unless --scheduler / --num_inference_steps say otherwise
@@ -10,7 +10,7 @@ A diffusion model samples with DPM-Solver++ in 20 steps unless --scheduler / --n
 Images for given masks: one sample per mask set in DIR/masks/<name>/<id>.png (ids kept; an id without some of the
 model's masks gets them generated too):
 
-    python scripts/generate.py --model runs/ddpm-256 --masks_from my_masks --scheduler ddpm \\
+    fundus-generate --model runs/ddpm-256 --masks_from my_masks --scheduler ddpm \\
         --num_inference_steps 250 --resample_steps 4 --output_dir data/synthetic-for-my-masks
 
 On several GPUs, one process each (the shards are split between them; the dataset is the same as on one):

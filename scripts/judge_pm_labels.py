@@ -1,6 +1,6 @@
 """Does a class-conditional model make what it is asked for? A PM classifier trained on real images decides.
 
-    python scripts/judge_pm_labels.py --real data/PALM-Training400 --images_only \\
+    fundus-judge-pm-labels --real data/PALM-Training400 --images_only \\
         --synthetic data/synthetic-palm --output_dir reports/palm-labels [--no-realism_test]
 
 The label agreement comes with a realism guard (the samples' distance from the real images in the classifier's

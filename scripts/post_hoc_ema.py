@@ -1,8 +1,8 @@
 """Choose a DDPM's EMA length after training (post-hoc EMA, Karras et al. 2024):
 
-    python scripts/post_hoc_ema.py --run runs/ddpm256 --sigma_rel 0.10 --output_dir models/ddpm256-ema
+    fundus-post-hoc-ema --run runs/ddpm256 --sigma_rel 0.10 --output_dir models/ddpm256-ema
     # models/ddpm256-ema/sigma_rel-0.1 (a model folder for generate.py), and with several lengths one folder each:
-    python scripts/post_hoc_ema.py --run runs/ddpm256 --sigma_rel 0.05,0.10,0.20 --output_dir models/ema-ablation
+    fundus-post-hoc-ema --run runs/ddpm256 --sigma_rel 0.05,0.10,0.20 --output_dir models/ema-ablation
 
 --run is a folder trained with `train_ddpm.py --post_hoc_ema`. Each --sigma_rel (the EMA's length as a fraction of
 the training time) is synthesised from the run's snapshots at --step (default: the last) and saved as an ordinary model

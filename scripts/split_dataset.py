@@ -3,14 +3,14 @@ training subsets for learning curves (--subsets), or into one part per source fo
 Every part written says what it is in its `split` column: train for train/ and the subsets, test for test/ (not the
 source's own split, e.g. a folder's metadata.csv source_split, which the split by id does not follow).
 
-    python scripts/split_dataset.py --dataset data/fundus-od --test_fraction 0.2 --stratify id_prefix \\
+    fundus-split-dataset --dataset data/fundus-od --test_fraction 0.2 --stratify id_prefix \\
         --output_dir data/fundus-od-split
     # n10-seed0/ ... n50-seed2/ and subsets.json: 10 inside 25 inside 50 for each seed, DRIONS / DRISHTI kept 90:77
-    python scripts/split_dataset.py --dataset data/fundus-od-split/train --stratify id_prefix \\
+    fundus-split-dataset --dataset data/fundus-od-split/train --stratify id_prefix \\
         --subsets 10,25,50 --subset_seeds 0,1,2 --output_dir data/fundus-od-subsets
     # drions/train (its training-split images), drions/test (everything else: held-out and DRISHTI), the same for
     # drishti, and sources.json
-    python scripts/split_dataset.py --dataset data/fundus-od --stratify id_prefix --by_source \\
+    fundus-split-dataset --dataset data/fundus-od --stratify id_prefix --by_source \\
         --test_ids data/fundus-od-split/test_ids.txt --output_dir data/fundus-od-by-source
 """
 

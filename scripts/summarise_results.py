@@ -1,7 +1,7 @@
 """Print the RESULTS.md table from the ``summary.json`` files that ``scripts/reproduce_results.sh`` writes.
 
-    python scripts/summarise_results.py reports/results/summary.json
-    python scripts/summarise_results.py docs/results/summary.json reports/results-ddpm/summary.json   # merged
+    fundus-summarise-results reports/results/summary.json
+    fundus-summarise-results docs/results/summary.json reports/results-ddpm/summary.json   # merged
 
 With several files (runs done in different sessions, e.g. with ``ONLY=...``) each row comes whole from the last file
 that evaluated it (else the last that trained it): a later file's runs replace an earlier file's.
