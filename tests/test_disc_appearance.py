@@ -49,6 +49,8 @@ def test_lines_are_coherent_speckle_is_fine_and_undirected_and_brightness_is_the
     lines, diagonal, speckle, bright = (appearance(constructed(kind), centres) for kind in kinds)
     assert lines["orientation_coherence"].min() > 0.99 and diagonal["orientation_coherence"].min() > 0.95
     assert speckle["orientation_coherence"].max() < 0.3
+    assert lines["rim_coherence"].min() > 0.99 and speckle["rim_coherence"].max() < 0.3  # the ring alone
+    assert bright["gradient_around"].max() < 1e-3 < lines["gradient_around"].min()
     assert speckle["fine_detail"].min() > 4 * lines["fine_detail"].max()
     assert bright["red"].tolist() == [160.0, 160.0] and bright["fine_detail"].max() < 1e-3
     assert lines["red"].tolist() == [120.0, 120.0]  # the lines are green only
@@ -75,6 +77,11 @@ def test_windows_follow_the_masks_or_the_brightest_point():
     assert red.tolist() == [200.0, 200.0]  # exactly the bright square: centred, and at the corner moved inside
     shifted = appearance(corner, torch.tensor([[square // 2, square // 2 + square // 4]]))["red"]
     assert shifted.tolist() == [150.0]  # a quarter of the square's side further right: three quarters bright
+    ring = torch.zeros((1, 3, SIDE, SIDE), dtype=torch.uint8)  # vessels only 28-48 px from the centre
+    distance = ((torch.arange(SIDE)[:, None] - 128) ** 2 + (torch.arange(SIDE)[None, :] - 128) ** 2).float().sqrt()
+    ring[0, 1] = (((distance > 32) & (distance < 44)) * (torch.arange(SIDE)[None, :] % 8 < 2) * 200).to(torch.uint8)
+    around = appearance(ring.expand(2, -1, -1, -1), torch.tensor([[128, 128], [30, 30]]))["gradient_around"]
+    assert around[0] > 5 and around[1] < 1e-3  # about the centre, and not about a point far from the ring
     with pytest.raises(ValueError, match="locate='brightest' works without them"):
         set_appearance(images, None, "mask")
 

@@ -15,7 +15,11 @@ diameters of fundus-od's, 33-62 px) centred on the disc:
   with sigma 2 px at 256 px): ``sum(lambda1 - lambda2) / sum(lambda1 + lambda2)`` over the square, weighted by the
   gradients' energy, so the strongest edges count most. 1: every edge and line runs one way where it is (vessels, the
   rim); independent noise gives about 0.17 (the floor at that smoothing). A sharp rim alone also scores high, so a
-  softer rim and fewer vessels both lower it.
+  softer rim and fewer vessels both lower it;
+- ``rim_coherence``: the same in the ring 16-26 px from the centre at 256 px, where the rim of a fundus-od disc lies
+  (their radii: 16-31 px, median 22);
+- ``gradient_around``: the root mean square of the green channel's smoothed gradient in the ring 28-48 px from the
+  centre (0-255 units per px): the vessel trunks leaving the disc and the retina around it.
 
 Every blur scales with the resolution, so a set compares with real photographs at the same size. The square is
 centred on the centroid of the image's disc mask (``locate="mask"``), or on the brightest point of its luminance
@@ -37,7 +41,10 @@ CHUNK = 32  # images whose intermediate maps are held at once (about 7 MB each a
 FINE_SIGMA, MIDDLE_SIGMA, TENSOR_SIGMA, LOCATE_SIGMA = 1.5, 4.0, 2.0, 6.0  # px at REFERENCE_SIDE
 REFERENCE_SIDE = 256
 MIN_RESOLUTION = 128  # below it the blurs fall under a pixel: the fine detail and the orientation measure noise
-STATISTICS = ("red", "green", "blue", "fine_detail", "middle_detail", "orientation_coherence")
+RIM_RING, AROUND_RING = (16, 26), (28, 48)  # px from the centre at REFERENCE_SIDE
+STATISTICS = (
+    "red", "green", "blue", "fine_detail", "middle_detail", "orientation_coherence", "rim_coherence", "gradient_around",
+)  # fmt: skip
 LOCATE = ("mask", "brightest")
 REAL = "real"
 
@@ -79,8 +86,14 @@ def _appearance(images: torch.Tensor, centres: torch.Tensor) -> Dict[str, torch.
     anisotropy, energy = ((jxx - jyy) ** 2 + 4 * jxy**2).sqrt(), jxx + jyy
     side, window = images.shape[-1], max(2, images.shape[-1] // DISC_CROP_FRACTION)  # 2: a std, at any size
     corners = (centres - window // 2).clamp(0, side - window)
+    grid = torch.arange(side, dtype=torch.float32) * REFERENCE_SIDE / side  # px at 256
     rows = {name: [] for name in STATISTICS}
-    for i, (top, left) in enumerate(corners.tolist()):
+    for i, ((top, left), (row, col)) in enumerate(zip(corners.tolist(), centres.tolist())):
+        distance = ((grid[:, None] - grid[row]) ** 2 + (grid[None, :] - grid[col]) ** 2).sqrt()
+        rim = (distance >= RIM_RING[0]) & (distance < RIM_RING[1])
+        around = (distance >= AROUND_RING[0]) & (distance < AROUND_RING[1])
+        rows["rim_coherence"].append(anisotropy[i][rim].sum() / energy[i][rim].sum().clamp(min=1e-12))
+        rows["gradient_around"].append(energy[i][around].mean().sqrt())
         cut = (slice(top, top + window), slice(left, left + window))
         colour = rgb[i][(slice(None), *cut)].mean(dim=(1, 2))
         for c, name in enumerate(("red", "green", "blue")):
@@ -128,7 +141,7 @@ def appearance_table(sets: Dict[str, Dict], reference: str) -> List[str]:
     """Markdown lines: per set its image count and each statistic's mean ± std, and the last column each detail
     statistic's ratio of means to ``reference``'s (a set's name in ``sets``)."""
     header = "| images | n | located by | " + " | ".join(name.replace("_", " ") for name in STATISTICS)
-    header += f" | fine, middle detail and coherence / {reference}'s |"
+    header += f" | {', '.join(name.replace('_', ' ') for name in STATISTICS[3:])} / {reference}'s |"
     lines = [header, "|---|---:|---|" + "---:|" * (len(STATISTICS) + 1)]
     ref = sets[reference]["statistics"]
     for name, row in sets.items():

@@ -384,8 +384,10 @@ def disc_appearance_lines(section: Optional[Dict]) -> List[str]:
         "",
         f"How the optic discs look ({section['resolution']} px): in a {section['window_side_px']} px square around "
         f"{where}, each channel's mean (0-255), the detail finer than a Gaussian blur of sigma 1.5 px at 256 px and "
-        "between 1.5 and 4 px (RMS, 0-255), and the orientation coherence of the green channel's detail (1: it runs "
-        "along lines, as vessels and edges do; 0: no direction, as speckle or mottling); mean ± std over images.",
+        "between 1.5 and 4 px (RMS, 0-255), and the orientation coherence of the green channel's gradients (1: edges "
+        "and lines that run one way, as vessels and the rim do; about 0.17 for independent noise); the same coherence "
+        "in the ring 16-26 px from the centre at 256 px (the rim), and the RMS gradient 28-48 px from it (the vessels "
+        "leaving the disc; 0-255 per px); mean ± std over images (disc_appearance.py says more).",
         "",
         *appearance_table(section["sets"], REAL),
     ]
