@@ -13,14 +13,22 @@ how often its brightest points lie inside its masks: how far the two ways agree.
 
 import argparse
 import json
-from typing import Dict
+from typing import Dict, List
 
 import torch
 
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.data.schema import annotation_matrix, dataset_mask_names
 from fundus_diffusion.evaluation.arrays import add_named_set_args, dataset_arrays, parse_named_sets
-from fundus_diffusion.evaluation.disc_appearance import LOCATE, MIN_RESOLUTION, REAL, appearance_table, set_appearance
+from fundus_diffusion.evaluation.disc_appearance import (
+    LOCATE,
+    MIN_RESOLUTION,
+    REAL,
+    appearance_table,
+    nearest_origin,
+    set_appearance,
+    split_by,
+)
 from fundus_diffusion.evaluation.report import json_safe
 from fundus_diffusion.evaluation.spectrum import CONTROL
 from fundus_diffusion.evaluation.splits import origins
@@ -44,6 +52,33 @@ def load_set(path: str, resolution: int, locate: str, name: str, by_origin: bool
     return rows
 
 
+def with_assigned_origins(sets: Dict[str, dict], assigned: List[str]) -> Dict[str, dict]:
+    """``sets`` with, after each set named in ``assigned``, its images split by ``nearest_origin`` among the real
+    photographs' origins (rows ``<set> / like <origin>``, with each origin's ``share``); a set whose own origins are
+    known (the held-out photographs) also gets ``assignment_accuracy``: how often the nearest origin is the true one."""
+    prefix = f"{REAL} / "
+    origins = {name[len(prefix) :]: row for name, row in sets.items() if name.startswith(prefix)}
+    if len(origins) < 2:
+        raise ValueError(f"--assign_origin needs real photographs of two origins or more; found {len(origins)} (--real_by_origin rows).")
+    added = {}
+    for name in assigned:
+        row = sets[name]
+        truth = {origin: sets.get(f"{name} / {origin}") for origin in origins}
+        if all(truth.values()):
+            right = sum(group == origin for origin, part in truth.items() for group in nearest_origin(origins, part))
+            row["assignment_accuracy"] = right / sum(part["n"] for part in truth.values())
+        for origin, part in split_by(row, nearest_origin(origins, row)).items():
+            added[f"{name} / like {origin}"] = {**part, "share": part["n"] / row["n"]}
+    names = list(sets)  # each set's new rows after its own (and its origins')
+    ends = {name: max(i for i, other in enumerate(names) if other == name or other.startswith(f"{name} / ")) for name in assigned}
+    result = {}
+    for i, name in enumerate(names):
+        result[name] = sets[name]
+        for owner in (owner for owner, end in ends.items() if end == i):
+            result.update({key: row for key, row in added.items() if key.startswith(f"{owner} / like ")})
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_named_set_args(parser)
@@ -52,8 +87,15 @@ def main(argv=None):
         "--real_by_origin", action="store_true",
         help="Add a row per origin (camera or collection: splits.origins) of the real and held-out photographs.",
     )  # fmt: skip
+    parser.add_argument(
+        "--assign_origin", action="store_true",
+        help="Give each held-out and synthetic image the origin whose colour around the disc is nearest "
+        "(disc_appearance.nearest_origin; implies --real_by_origin) and add a row per set and origin: which camera's "
+        "style the samples take, and how each style compares with its camera's photographs.",
+    )  # fmt: skip
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
+    args.real_by_origin |= args.assign_origin
     if args.resolution < MIN_RESOLUTION:
         parser.error(f"--resolution {args.resolution}: the measures need at least {MIN_RESOLUTION} px (their blurs fall under a pixel below).")
     try:
@@ -63,11 +105,20 @@ def main(argv=None):
             sets.update(load_set(path, args.resolution, args.locate, name, args.real_by_origin and name in (REAL, CONTROL)))
     except ValueError as err:
         parser.error(str(err))
+    if args.assign_origin:
+        try:
+            sets = with_assigned_origins(sets, list(paths)[1:])
+        except ValueError as err:
+            parser.error(str(err))
     print(f"Optic discs at {args.resolution} px, windows located by {args.locate}:")
     print("\n".join(appearance_table(sets, REAL)))
     for name, row in sets.items():
         if row["brightest_in_disc"] is not None:
             print(f"{name}: brightest point inside the disc mask in {row['brightest_in_disc']:.0%} of images")
+        if "share" in row:
+            print(f"{name}: {row['share']:.0%} of the set's images")
+        if "assignment_accuracy" in row:
+            print(f"{name}: nearest origin by colour is the true one for {row['assignment_accuracy']:.0%} of images")
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump(json_safe({"resolution": args.resolution, "locate": args.locate, "sets": sets}), f, indent=2, allow_nan=False)

@@ -13,10 +13,14 @@ from fundus_diffusion.data import load_phantom_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
 from fundus_diffusion.evaluation.arrays import dataset_arrays
 from fundus_diffusion.evaluation.disc_appearance import (
+    STATISTICS,
     appearance,
     appearance_section,
     brightest_points,
+    nearest_origin,
     set_appearance,
+    split_by,
+    summary,
 )
 from fundus_diffusion.evaluation.report import disc_appearance_lines
 
@@ -133,6 +137,13 @@ def test_the_cli_prints_the_table_and_json_and_refuses_mask_location_without_mas
     assert saved["sets"]["copy"]["statistics"] == saved["sets"]["real"]["statistics"]
     assert saved["sets"]["bare"]["brightest_in_disc"] is None and saved["sets"]["copy"]["brightest_in_disc"] is not None
     assert "| copy | 10 | brightest |" in capsys.readouterr().out
+    assigned = benchmark.main([
+        "--real", paths["train"], "--holdout", paths["holdout"], "--synthetic", f"copy={paths['train']}",
+        "--resolution", "128", "--locate", "brightest", "--assign_origin",
+    ])  # fmt: skip
+    like = [name for name in assigned if name.startswith("copy / like ")]
+    assert like and list(assigned)[-len(like) :] == like  # after the set's own row
+    assert sum(assigned[name]["share"] for name in like) == pytest.approx(1.0)
     for bad, message in (
         (["--resolution", "64"], "need at least 128 px"),
         (["--synthetic", "no-name"], "give name=dataset"),
@@ -141,3 +152,26 @@ def test_the_cli_prints_the_table_and_json_and_refuses_mask_location_without_mas
         with pytest.raises(SystemExit):
             benchmark.main(["--real", paths["train"], *bad])
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the held-out phantoms are of one origin
+        benchmark.main(["--real", paths["holdout"], "--resolution", "128", "--locate", "brightest", "--assign_origin"])
+    assert "--assign_origin needs real photographs of two origins or more; found 0" in capsys.readouterr().err
+
+
+def record(reds, blues=None):
+    """A ``set_appearance`` record of images with these mean reds (and blues; green 100, other statistics 0)."""
+    values = {name: torch.zeros(len(reds)) for name in STATISTICS}
+    values["red"], values["green"] = torch.tensor(reds, dtype=torch.float32), torch.full((len(reds),), 100.0)
+    values["blue"] = torch.tensor(blues if blues is not None else [50.0] * len(reds), dtype=torch.float32)
+    values["fine_detail"] = torch.arange(len(reds), dtype=torch.float32)
+    return summary(values, "brightest")
+
+
+def test_each_image_takes_the_origin_of_the_nearest_colour_and_a_set_splits_by_it():
+    cameras = {"bright": record([200, 210, 190]), "dark": record([100, 110, 90], [20, 25, 15])}
+    samples = record([205, 95, 180, 120], [50, 20, 45, 30])
+    groups = nearest_origin(cameras, samples)
+    assert groups == ["bright", "dark", "bright", "dark"]
+    parts = split_by(samples, groups)
+    assert {name: part["n"] for name, part in parts.items()} == {"bright": 2, "dark": 2}
+    assert parts["dark"]["statistics"]["fine_detail"]["per_image"] == [1.0, 3.0]  # the images' own values, in order
+    assert parts["bright"]["statistics"]["red"]["mean"] == pytest.approx(192.5)

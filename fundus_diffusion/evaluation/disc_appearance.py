@@ -121,19 +121,47 @@ def set_appearance(images: torch.Tensor, discs: Optional[torch.Tensor], locate: 
             brightest_in_disc = float(inside[has_disc].float().mean())
         if locate == "mask":
             images, centres = images[has_disc], mask_centroids(discs[has_disc])
-    values = appearance(images, centres)
+    return summary(appearance(images, centres), locate, brightest_in_disc)
+
+
+def summary(values: Dict[str, torch.Tensor], located_by: str, brightest_in_disc: Optional[float] = None) -> Dict:
+    """``set_appearance``'s record of per-image ``values`` (``{statistic: [N]}``): each statistic's mean, standard
+    deviation and values."""
+    n = len(next(iter(values.values())))
+    statistics = {
+        name: {
+            "mean": float(v.mean()) if n else float("nan"),
+            "std": float(v.std()) if n > 1 else float("nan"),
+            "per_image": v.tolist(),
+        }
+        for name, v in values.items()
+    }
+    return {"n": n, "located_by": located_by, "brightest_in_disc": brightest_in_disc, "statistics": statistics}
+
+
+COLOUR = ("red", "green", "blue")
+
+
+def nearest_origin(origins: Dict[str, Dict], row: Dict) -> List[str]:
+    """For each image of ``row`` (a ``set_appearance`` record), the name of the origin in ``origins`` (``{name:
+    record}``, e.g. the real photographs of each camera) whose mean colour around the disc is nearest to the image's,
+    each channel in units of the origins' pooled standard deviation: which camera's style a sample resembles."""
+    stack = lambda record: torch.tensor([record["statistics"][c]["per_image"] for c in COLOUR]).T  # noqa: E731
+    pooled = torch.cat([stack(record) for record in origins.values()])
+    scale = pooled.std(dim=0).clamp(min=1e-6)
+    centres = torch.stack([stack(record).mean(dim=0) for record in origins.values()])
+    distances = torch.cdist(stack(row) / scale, centres / scale)
+    names = list(origins)
+    return [names[i] for i in distances.argmin(dim=1).tolist()]
+
+
+def split_by(row: Dict, groups: List[str]) -> Dict[str, Dict]:
+    """``{group: record}``: ``row``'s images (a ``set_appearance`` record) in each group of ``groups`` (one per
+    image), summarised as ``summary`` does."""
+    values = {name: torch.tensor(v["per_image"]) for name, v in row["statistics"].items()}
     return {
-        "n": len(images),
-        "located_by": locate,
-        "brightest_in_disc": brightest_in_disc,
-        "statistics": {
-            name: {
-                "mean": float(v.mean()) if len(v) else float("nan"),
-                "std": float(v.std()) if len(v) > 1 else float("nan"),
-                "per_image": v.tolist(),
-            }
-            for name, v in values.items()
-        },
+        group: summary({name: v[[g == group for g in groups]] for name, v in values.items()}, row["located_by"])
+        for group in sorted(set(groups))
     }
 
 
