@@ -6,6 +6,7 @@ releases working for one release (with a deprecation message), and checks the co
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -33,10 +34,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """``--help`` with the description's lines as written and each flag's default appended, where it has one and its
     help does not already give it (a default of None, False or empty means "not set" and is left unsaid)."""
 
+    @staticmethod
+    def _unset(action) -> bool:
+        return action.default is None or action.default is False or action.default in ("", [], argparse.SUPPRESS)
+
+    def _format_action(self, action):
+        if action.help is None and action.option_strings and not self._unset(action):  # argparse skips help-less flags
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
     def _get_help_string(self, action):
         text = action.help or ""
-        unset = action.default is None or action.default is False or action.default in ("", [], argparse.SUPPRESS)
-        if not action.option_strings or unset or "default" in text.lower():
+        if not action.option_strings or self._unset(action) or "default" in text.lower():
             return text
         return f"{text} (default: %(default)s)"
 
@@ -187,7 +197,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--snapshot_steps",
         type=int,
         default=None,
-        help="Also save the model as OUTPUT_DIR/snapshots/step-N every N steps (quality-against-time curves).",
+        help="Also save the model as OUTPUT_DIR/snapshots/step-NNNNNNN (the step in 7 digits) every N steps (quality-against-time curves).",
     )
     log.add_argument("--logger", choices=["tensorboard", "none"], default="tensorboard")
     log.add_argument(
