@@ -13,7 +13,7 @@ how often its brightest points lie inside its masks: how far the two ways agree.
 
 import argparse
 import json
-from typing import Dict, List
+from typing import Dict
 
 import torch
 
@@ -25,9 +25,8 @@ from fundus_diffusion.evaluation.disc_appearance import (
     MIN_RESOLUTION,
     REAL,
     appearance_table,
-    nearest_origin,
     set_appearance,
-    split_by,
+    with_assigned_origins,
 )
 from fundus_diffusion.evaluation.report import json_safe
 from fundus_diffusion.evaluation.spectrum import CONTROL
@@ -50,33 +49,6 @@ def load_set(path: str, resolution: int, locate: str, name: str, by_origin: bool
         keep = torch.tensor([group == origin for group in groups])
         rows[f"{name} / {origin}"] = set_appearance(arrays[keep], None if discs is None else discs[keep], locate)
     return rows
-
-
-def with_assigned_origins(sets: Dict[str, dict], assigned: List[str]) -> Dict[str, dict]:
-    """``sets`` with, after each set named in ``assigned``, its images split by ``nearest_origin`` among the real
-    photographs' origins (rows ``<set> / like <origin>``, with each origin's ``share``); a set whose own origins are
-    known (the held-out photographs) also gets ``assignment_accuracy``: how often the nearest origin is the true one."""
-    prefix = f"{REAL} / "
-    origins = {name[len(prefix) :]: row for name, row in sets.items() if name.startswith(prefix)}
-    if len(origins) < 2:
-        raise ValueError(f"--assign_origin needs real photographs of two origins or more; found {len(origins)} (--real_by_origin rows).")
-    added = {}
-    for name in assigned:
-        row = sets[name]
-        truth = {origin: sets.get(f"{name} / {origin}") for origin in origins}
-        if all(truth.values()):
-            right = sum(group == origin for origin, part in truth.items() for group in nearest_origin(origins, part))
-            row["assignment_accuracy"] = right / sum(part["n"] for part in truth.values())
-        for origin, part in split_by(row, nearest_origin(origins, row)).items():
-            added[f"{name} / like {origin}"] = {**part, "share": part["n"] / row["n"]}
-    names = list(sets)  # each set's new rows after its own (and its origins')
-    ends = {name: max(i for i, other in enumerate(names) if other == name or other.startswith(f"{name} / ")) for name in assigned}
-    result = {}
-    for i, name in enumerate(names):
-        result[name] = sets[name]
-        for owner in (owner for owner, end in ends.items() if end == i):
-            result.update({key: row for key, row in added.items() if key.startswith(f"{owner} / like ")})
-    return result
 
 
 def main(argv=None):
@@ -109,7 +81,7 @@ def main(argv=None):
         try:
             sets = with_assigned_origins(sets, list(paths)[1:])
         except ValueError as err:
-            parser.error(str(err))
+            parser.error(f"--assign_origin {err}")
     print(f"Optic discs at {args.resolution} px, windows located by {args.locate}:")
     print("\n".join(appearance_table(sets, REAL)))
     for name, row in sets.items():

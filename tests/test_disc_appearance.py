@@ -101,6 +101,18 @@ def test_the_report_section_and_its_lines():
     assert synthetic["orientation_coherence"]["mean"] < same["orientation_coherence"]["mean"]
     markdown = "\n".join(disc_appearance_lines(section))
     assert "around the centroid of each disc mask" in markdown and "| synthetic | 6 | mask |" in markdown
+    cameras = ["left", "right"] * 3
+    by_camera = appearance_section(real, real[:4], real, 3, real_origins=cameras, holdout_origins=cameras[:4])
+    names = list(by_camera["sets"])
+    assert names[:6] == [
+        "real", "real / left", "real / right", "held-out real (control)", "held-out real (control) / left",
+        "held-out real (control) / right",
+    ]  # then the control's and the synthetic set's rows per style they take (a style no image takes has none)
+    assert names.index("synthetic") > max(i for i, name in enumerate(names) if name.startswith("held-out real (control) / like"))
+    assert all(name.startswith("synthetic / like ") for name in names[names.index("synthetic") + 1 :])
+    assert by_camera["sets"]["real / left"]["n"] == 3
+    synthetic_shares = [row["share"] for name, row in by_camera["sets"].items() if name.startswith("synthetic / like")]
+    assert sum(synthetic_shares) == pytest.approx(1.0) and "assignment_accuracy" in by_camera["sets"]["held-out real (control)"]
     small = appearance_section(real[:, :, ::2, ::2], real[:3, :, ::2, ::2], real[:, :, ::2, ::2], disc_channel=3)
     assert not small["computed"] and "these: 64" in "\n".join(disc_appearance_lines(small))
     assert disc_appearance_lines(None) == []  # a report from before the section
@@ -154,7 +166,7 @@ def test_the_cli_prints_the_table_and_json_and_refuses_mask_location_without_mas
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the held-out phantoms are of one origin
         benchmark.main(["--real", paths["holdout"], "--resolution", "128", "--locate", "brightest", "--assign_origin"])
-    assert "--assign_origin needs real photographs of two origins or more; found 0" in capsys.readouterr().err
+    assert "--assign_origin needs real photographs of two origins or more (rows 'real / <origin>'); found 0" in capsys.readouterr().err
 
 
 def record(reds, blues=None):

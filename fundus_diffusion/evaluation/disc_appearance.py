@@ -28,7 +28,7 @@ located alike (``brightest_in_disc`` says how often the brightest point lies in 
 fundus-od photographs it lies a median 7 px from the mask's centroid).
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -176,22 +176,70 @@ def appearance_table(sets: Dict[str, Dict], reference: str) -> List[str]:
         stats = row["statistics"]
         cells = " | ".join(f"{stats[s]['mean']:.3g} ± {stats[s]['std']:.2g}" for s in STATISTICS)
         ratios = ", ".join(f"{stats[s]['mean'] / ref[s]['mean']:.2f}" for s in STATISTICS[3:])
-        lines.append(f"| {name} | {row['n']} | {row['located_by']} | {cells} | {ratios} |")
+        share = f" ({row['share']:.0%} of the set)" if "share" in row else ""
+        lines.append(f"| {name}{share} | {row['n']} | {row['located_by']} | {cells} | {ratios} |")
     return lines
 
 
+def with_assigned_origins(sets: Dict[str, dict], assigned: List[str]) -> Dict[str, dict]:
+    """``sets`` with, after each set named in ``assigned``, its images split by ``nearest_origin`` among the real
+    photographs' origins (rows ``<set> / like <origin>``, with each origin's ``share``); a set whose own origins are
+    known (the held-out photographs) also gets ``assignment_accuracy``: how often the nearest origin is the true one."""
+    prefix = f"{REAL} / "
+    origins = {name[len(prefix) :]: row for name, row in sets.items() if name.startswith(prefix)}
+    if len(origins) < 2:
+        raise ValueError(f"needs real photographs of two origins or more (rows '{prefix}<origin>'); found {len(origins)}.")
+    added = {}
+    for name in assigned:
+        row = sets[name]
+        truth = {origin: sets.get(f"{name} / {origin}") for origin in origins}
+        if all(truth.values()):
+            right = sum(group == origin for origin, part in truth.items() for group in nearest_origin(origins, part))
+            row["assignment_accuracy"] = right / sum(part["n"] for part in truth.values())
+        for origin, part in split_by(row, nearest_origin(origins, row)).items():
+            added[f"{name} / like {origin}"] = {**part, "share": part["n"] / row["n"]}
+    names = list(sets)  # each set's new rows after its own (and its origins')
+    ends = {name: max(i for i, other in enumerate(names) if other == name or other.startswith(f"{name} / ")) for name in assigned}
+    result = {}
+    for i, name in enumerate(names):
+        result[name] = sets[name]
+        for owner in (owner for owner, end in ends.items() if end == i):
+            result.update({key: row for key, row in added.items() if key.startswith(f"{owner} / like ")})
+    return result
+
+
+def _section_order(name: str):
+    """Real rows first, then the control's, then the synthetic set's (each set's own row before its parts)."""
+    owner = name.split(" / ")[0]
+    return ([REAL, CONTROL, "synthetic"].index(owner), name != owner, name)
+
+
 def appearance_section(
-    real: torch.Tensor, holdout: torch.Tensor, synthetic: torch.Tensor, disc_channel: Optional[int]
+    real: torch.Tensor,
+    holdout: torch.Tensor,
+    synthetic: torch.Tensor,
+    disc_channel: Optional[int],
+    real_origins: Optional[Sequence[str]] = None,
+    holdout_origins: Optional[Sequence[str]] = None,
 ) -> Dict:
     """The evaluation report's disc-appearance section: ``set_appearance`` of the real training photographs, the
     held-out ones (the control: how far real photographs differ by chance) and the synthetic set, all ``uint8
     [N, 3 + M, S, S]``; located by the disc masks in channel ``disc_channel``, or by the brightest point without one.
-    Not computed below ``MIN_RESOLUTION`` px."""
+    With the origins (cameras) of the real and held-out photographs, two or more: rows per origin, and the held-out
+    and synthetic images split by the origin they resemble (``with_assigned_origins``). Not computed below
+    ``MIN_RESOLUTION`` px."""
     if real.shape[-1] < MIN_RESOLUTION:
         return {"computed": False, "reason": f"measured at {MIN_RESOLUTION} or more pixels a side (these: {real.shape[-1]})"}
     locate = "brightest" if disc_channel is None else "mask"
-    sets = {}
+    sets, kept = {}, {}
     for name, arrays in ((REAL, real), (CONTROL, holdout), ("synthetic", synthetic)):
         arrays = arrays.cpu()
-        sets[name] = set_appearance(arrays, None if disc_channel is None else arrays[:, disc_channel] > 0, locate)
+        discs = None if disc_channel is None else arrays[:, disc_channel] > 0
+        sets[name] = set_appearance(arrays, discs, locate)
+        kept[name] = [True] * len(arrays) if discs is None else discs.flatten(1).any(dim=1).tolist()  # as located
+    if real_origins is not None and holdout_origins is not None and len(set(real_origins)) > 1:
+        for name, groups in ((REAL, real_origins), (CONTROL, holdout_origins)):
+            located = [group for group, keep in zip(groups, kept[name]) if keep]
+            sets.update({f"{name} / {origin}": part for origin, part in split_by(sets[name], located).items()})
+        sets = with_assigned_origins({key: sets[key] for key in sorted(sets, key=_section_order)}, [CONTROL, "synthetic"])
     return {"computed": True, "resolution": real.shape[-1], "window_side_px": real.shape[-1] // DISC_CROP_FRACTION, "sets": sets}

@@ -481,7 +481,10 @@ def evaluate(
         )
     report["power_spectrum"] = spectrum_section(arrays["real"], arrays["holdout"], arrays["synthetic"])
     disc = mask_channel(mask_names, "disc") if "disc" in mask_names else None
-    report["disc_appearance"] = appearance_section(arrays["real"], arrays["holdout"], arrays["synthetic"], disc)
+    report["disc_appearance"] = appearance_section(
+        arrays["real"], arrays["holdout"], arrays["synthetic"], disc,
+        everyone[: len(real_train)], holdout_sources,  # the cameras: rows per camera and per camera style
+    )  # fmt: skip
     if report["power_spectrum"]["computed"]:
         figures["power_spectrum"] = ratio_figure(report["power_spectrum"], resolution)
     report["fid_kid"] = fid_kid(
