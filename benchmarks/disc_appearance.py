@@ -1,13 +1,16 @@
 """How the optic discs of several sets look beside real photographs' (``fundus_diffusion.evaluation.disc_appearance``,
-which ``evaluate.py`` reports for one set): each channel's mean, fine and middle detail, and the orientation
-coherence of that detail, in a window around each disc, as a table (mean ± std over images) and JSON.
+which ``evaluate.py`` reports for one set): each channel's mean, fine and middle detail, the orientation coherence of
+the edges and lines (and at the rim), and the vessels' gradient around the disc, in the disc-region judge's square,
+as a table (mean ± std over images) and JSON.
 
 Every set is located the same way, so that the numbers compare: ``--locate mask`` (the disc masks' centroids; every
 set needs disc masks) or ``brightest`` (each image's brightest point; for sets saved without masks, such as
-samples exported as images only). For each set with disc masks the table's JSON also gives ``brightest_in_disc``,
-how often its brightest points lie inside its masks: how far the two ways agree.
+samples exported as images only). For each set with disc masks the JSON also gives ``brightest_in_disc``, how often
+its brightest points lie inside its masks: how far the two ways agree. ``--real_by_origin`` adds a row per camera of
+the real and held-out photographs; ``--assign_origin`` also splits the held-out and synthetic images by the camera
+whose colours they take, with each style's share and, for the held-out photographs, how often that is their camera.
 
-    python benchmarks/disc_appearance.py --real <split>/train --holdout <split>/test --locate brightest --real_by_origin \\
+    python benchmarks/disc_appearance.py --real <split>/train --holdout <split>/test --locate brightest --assign_origin \\
         --synthetic interp-5000-ddpm100=<set> --synthetic interp-10000-ddpm100=<set> --output_json discs.json
 """
 
