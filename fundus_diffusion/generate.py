@@ -612,8 +612,9 @@ def check_resume(
     if nothing_finished(output_dir):
         return not resume or bool(changed)
     if not resume:
-        if os.path.isfile(os.path.join(output_dir, "README.md")):  # the dataset card: written when the set is complete
-            raise FileExistsError(f"{output_dir} already holds a finished synthetic set (its card: README.md). Fix: choose another --output_dir.")
+        laid_out = export.arrow_folder(output_dir) == os.path.join(output_dir, export.ARROW_DIR)  # the last step's
+        if laid_out and os.path.isdir(os.path.join(output_dir, export.PARQUET_DIR)):  # output: a killed one resumes
+            raise FileExistsError(f"{output_dir} already holds a finished synthetic set. Fix: choose another --output_dir.")
         raise FileExistsError(f"{output_dir} already holds a generation run; pass --resume to continue it, or choose another --output_dir.")
     if changed:
         raise ValueError(resume_refusal(output_dir, changed, config))

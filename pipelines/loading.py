@@ -41,23 +41,23 @@ STOCHASTIC_SCHEDULERS = ("ddpm", "sde-dpmsolver++", "euler_ancestral")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def missing_local_path(spec: str) -> Optional[str]:
-    """Why ``spec``, which does not exist here, is a mistyped local path and no Hub id, so that no Hub request is
-    made for it (minutes of retries without a connection); None where it may be a Hub id. Local: it starts with '.',
-    '~' or '/', has more than one '/', or its parent folder exists here (``runs/ddpm-322`` beside ``runs/``), in which
-    case the message names the parent's closest entries."""
-    if os.path.exists(spec):
-        return None
+def certainly_local(spec: str) -> bool:
+    """Whether ``spec`` can only be a local path, never a Hub id (``namespace/name``): it starts with '.', '~' or '/',
+    or has more than one '/'. Such a path that does not exist is refused without a Hub request (minutes of retries
+    without a connection)."""
+    return spec.startswith((".", "~", os.sep)) or spec.count("/") > 1
+
+
+def local_path_hint(spec: str) -> str:
+    """For a ``spec`` that does not exist: its parent folder's closest entries when the parent exists here
+    (``runs/ddpm-322`` beside ``runs/ddpm-32``), for the error message; "" otherwise."""
     parent = os.path.dirname(spec.rstrip("/"))
-    parent_here = bool(parent) and os.path.isdir(parent)
-    if not (parent_here or spec.startswith((".", "~", os.sep)) or spec.count("/") > 1):
-        return None
-    hint = ""
-    if parent_here:
-        entries = sorted(os.listdir(parent))
-        closest = difflib.get_close_matches(os.path.basename(spec.rstrip("/")), entries, n=3, cutoff=0.5)
-        hint = f" ({parent}/ holds {', '.join(closest or entries[:5]) or 'nothing'}{'' if closest or len(entries) <= 5 else ', ...'})"
-    return f"{spec}: no such local folder{hint}"
+    if not parent or not os.path.isdir(parent):
+        return ""
+    entries = sorted(os.listdir(parent))
+    closest = difflib.get_close_matches(os.path.basename(spec.rstrip("/")), entries, n=3, cutoff=0.5)
+    more = "" if closest or len(entries) <= 5 else ", ..."
+    return f" ({parent}/ holds {', '.join(closest or entries[:5]) or 'nothing'}{more})"
 
 
 def read_model_index(path_or_hub_id: str) -> dict:
@@ -71,19 +71,16 @@ def read_model_index(path_or_hub_id: str) -> dict:
             )
             hint = f" It is a training checkpoint; the model its run saved is {parent}." if run else ""
             raise FileNotFoundError(f"{path_or_hub_id} has no model_index.json: it is not a saved fundus pipeline.{hint}")
-    elif missing_local_path(path_or_hub_id):
-        raise FileNotFoundError(
-            f"{missing_local_path(path_or_hub_id)}. Fix: give a saved pipeline folder (the --output_dir of a training "
-            "run) or a Hub model id such as 'namespace/name'."
-        )
     else:
+        fix = "Fix: give a saved pipeline folder (the --output_dir of a training run) or a Hub model id such as 'namespace/name'."
+        missing = f"{path_or_hub_id}: no such local folder{local_path_hint(path_or_hub_id)}"
+        if certainly_local(path_or_hub_id) and not os.path.exists(path_or_hub_id):
+            raise FileNotFoundError(f"{missing}. {fix}")
         try:
             path = hf_hub_download(path_or_hub_id, "model_index.json")
         except (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError) as err:
             raise FileNotFoundError(
-                f"{path_or_hub_id}: no such local folder, and no Hub model of that id could be read "
-                f"({type(err).__name__}). Give a saved pipeline folder (the --output_dir of a training run) or a Hub "
-                "model id such as 'namespace/name'."
+                f"{missing}, and no Hub model of that id could be read ({type(err).__name__}). {fix}"
             ) from err
     with open(path, encoding="utf-8") as f:
         return json.load(f)

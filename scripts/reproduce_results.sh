@@ -106,7 +106,7 @@ for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 log "evaluating"
 pids=()
 # Each set is judged at its native resolution (evaluate.py's default); sessions 1-4 passed --resolution 128.
-evaluate() { $PY scripts/evaluate.py $REALISM --seeds $SEEDS --segmenter_steps $SEG_STEPS --update_model_card $EVAL_FLAGS "$@"; }
+evaluate() { $PY scripts/evaluate.py $REALISM --seeds $SEEDS --segmenter_steps $SEG_STEPS --update_model_card --overwrite $EVAL_FLAGS "$@"; }  # a step without its .seconds file runs again
 for syn in dcgan-paper dcgan-diffaug dcgan-diffaug-sn-hinge ddpm-paper ddpm-256-dpm20 ddpm-256-ddpm1000; do
   [ -d "$RESULTS/synthetic/$syn" ] && { timed eval-$syn evaluate --real "$SPLIT/train" --holdout "$SPLIT/test" --masks disc \
     --synthetic "$RESULTS/synthetic/$syn" --output_dir "$RESULTS/eval/$syn" & pids+=($!); }

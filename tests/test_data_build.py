@@ -187,9 +187,12 @@ def test_load_fundus_dataset_errors(tmp_path, monkeypatch):
         load_fundus_dataset("phantom:abc")
     (tmp_path / "runs" / "ddpm-32").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    for load in (load_fundus_dataset, read_model_index):  # a typo beside its folder is local: no Hub request
-        with pytest.raises(FileNotFoundError, match=r"^runs/ddpm-322: no such local folder \(runs/ holds ddpm-32\)"):
+    for load in (load_fundus_dataset, read_model_index):  # a typo beside its folder: the Hub is asked (an id could
+        # be namespace/name with a folder of the namespace's name here; offline in tests), then its folder named
+        with pytest.raises(FileNotFoundError, match=r"^runs/ddpm-322: no such local folder \(runs/ holds ddpm-32\), and no"):
             load("runs/ddpm-322")
+        with pytest.raises(FileNotFoundError, match=r"^runs/x/ddpm-322: no such local folder. Fix"):
+            load("runs/x/ddpm-322")  # two slashes: no Hub id, so no Hub request
 
 
 def test_raw_folder_is_cached_until_a_file_changes(folder, tmp_path, monkeypatch):

@@ -113,6 +113,10 @@ def test_the_report_section_and_its_lines():
     assert by_camera["sets"]["real / left"]["n"] == 3
     synthetic_shares = [row["share"] for name, row in by_camera["sets"].items() if name.startswith("synthetic / like")]
     assert sum(synthetic_shares) == pytest.approx(1.0) and "assignment_accuracy" in by_camera["sets"]["held-out real (control)"]
+    unannotated = real.clone()
+    unannotated[1::2, 3] = 0  # every "right" image without a disc mask: one camera left to compare with
+    one_camera = appearance_section(unannotated, real[:4], real, 3, real_origins=cameras, holdout_origins=cameras[:4])
+    assert list(one_camera["sets"]) == ["real", "held-out real (control)", "synthetic"]  # no rows per camera, no error
     small = appearance_section(real[:, :, ::2, ::2], real[:3, :, ::2, ::2], real[:, :, ::2, ::2], disc_channel=3)
     assert not small["computed"] and "these: 64" in "\n".join(disc_appearance_lines(small))
     assert disc_appearance_lines(None) == []  # a report from before the section

@@ -189,7 +189,7 @@ def test_a_run_whose_pngs_are_all_written_is_not_started_over(models, tmp_path):
     config = GenerationConfig(model=models["ddpm"], num_samples=2, num_inference_steps=2, png=True, device="cpu")
     out = tmp_path / "run"
     generate_dataset(pipe, config, str(out))
-    with pytest.raises(FileExistsError, match="already holds a finished synthetic set .*Fix: choose another --output_dir"):
+    with pytest.raises(FileExistsError, match="already holds a finished synthetic set. Fix: choose another --output_dir"):
         generate_dataset(pipe, config, str(out))  # no --resume advice for a set that is complete
     for name in os.listdir(out):
         if name not in ("png", "generation_config.json"):
@@ -353,3 +353,25 @@ def test_recorded_settings_become_the_flags_that_give_them_back():
     assert as_flag("postprocess", ["binarize", "largest_disc"]) == "--postprocess binarize,largest_disc"
     assert as_flag("png", True) == "--png" and as_flag("png", False) == "" and as_flag("masks_from", None) == ""
     assert as_flag("batch_size", 4) == "--batch_size 4"
+
+
+def test_a_run_killed_while_laying_out_its_files_is_resumable_not_finished(models, tmp_path, monkeypatch):  # noqa: F811
+    """The card is written before the Hub layout's parquet files: a run stopped between them is not finished."""
+    from fundus_diffusion import export
+
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    config = GenerationConfig(model=models["ddpm"], num_samples=2, num_inference_steps=2, device="cpu")
+    out = tmp_path / "run"
+
+    def killed(folder, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "write_hub_layout", killed)
+        with pytest.raises(KeyboardInterrupt):
+            generate_dataset(pipe, config, str(out))
+    assert (out / "README.md").exists()
+    with pytest.raises(FileExistsError, match="already holds a generation run; pass --resume"):
+        generate_dataset(pipe, config, str(out))
+    generate_dataset(pipe, config, str(out), resume=True)
+    assert len(load_fundus_dataset(str(out))) == 2 and (out / "data").is_dir()

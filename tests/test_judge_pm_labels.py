@@ -73,6 +73,8 @@ def test_a_classifier_that_cannot_tell_the_classes_is_called_useless():
 
     guard = {"verdict": "fundus-like: 6% of samples ...", "fundus_like": True, "mean_confidence": {"real_held_out": 0.6, "synthetic": 0.6}}
     report = {"synthetic_label_agreement": {"overall": 0.56, "n": 16}, "realism_guard": guard}
-    weak = label_summary({**report, "real_held_out_accuracy": {"overall": 0.475}})
+    weak = label_summary({**report, "real_held_out_accuracy": {"overall": 0.475, "PM": 0.45, "non-PM": 0.5}})
     assert "only 48% of held-out real images" in weak and "neither its label agreement nor its realism guard" in weak
-    assert "WARNING" not in label_summary({**report, "real_held_out_accuracy": {"overall": 0.938}})
+    assert "WARNING" not in label_summary({**report, "real_held_out_accuracy": {"overall": 0.938, "PM": 0.9, "non-PM": 0.95}})
+    majority = label_summary({**report, "real_held_out_accuracy": {"overall": 0.8, "PM": 0.0, "non-PM": 1.0}})
+    assert "only 50% of held-out real images (balanced accuracy" in majority  # always non-PM on an 80% non-PM split

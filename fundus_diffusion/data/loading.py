@@ -9,7 +9,7 @@ from datasets import Dataset, DatasetDict, DatasetInfo, load_dataset, load_from_
 from filelock import FileLock
 
 from .. import export
-from ..pipelines.loading import missing_local_path
+from ..pipelines.loading import certainly_local, local_path_hint
 from . import build
 from .folder import FOLDER_LAYOUT
 from .phantom import load_phantom_dataset
@@ -65,8 +65,8 @@ def load_fundus_dataset(
         else:
             options = dict(labels=labels, include_amd=include_amd, require_masks=require_masks, skip_bad=skip_bad)
             return load_raw_folder(spec, cache_dir=cache_dir, **options)
-    elif os.path.exists(spec) or missing_local_path(spec):
-        problem = f"{spec} is not a folder" if os.path.exists(spec) else missing_local_path(spec)
+    elif os.path.exists(spec) or certainly_local(spec):
+        problem = f"{spec} is not a folder" if os.path.exists(spec) else f"{spec}: no such local folder{local_path_hint(spec)}"
         raise FileNotFoundError(
             f"{problem}. Fix: pass a folder written by fundus-build-dataset, a raw PALM / ADAM / generic folder, "
             "'phantom[:N]' or a Hub dataset id (user/name)."
@@ -76,8 +76,9 @@ def load_fundus_dataset(
             dataset = load_dataset(spec, split=split)
         except Exception as err:  # the Hub's errors do not say that a local folder was looked for first
             raise FileNotFoundError(
-                f"{spec} is neither a local folder nor a loadable Hub dataset ({type(err).__name__}: {err}). Fix: check "
-                "the path (build a dataset with fundus-build-dataset), or the Hub id and your connection."
+                f"{spec}: no such local folder{local_path_hint(spec)}, and no loadable Hub dataset of that id "
+                f"({type(err).__name__}: {err}). Fix: check the path (build a dataset with fundus-build-dataset), or "
+                "the Hub id and your connection."
             ) from err
     if isinstance(dataset, DatasetDict):
         if split not in dataset:

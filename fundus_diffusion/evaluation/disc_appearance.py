@@ -186,7 +186,7 @@ def with_assigned_origins(sets: Dict[str, dict], assigned: List[str]) -> Dict[st
     photographs' origins (rows ``<set> / like <origin>``, with each origin's ``share``); a set whose own origins are
     known (the held-out photographs) also gets ``assignment_accuracy``: how often the nearest origin is the true one."""
     prefix = f"{REAL} / "
-    origins = {name[len(prefix) :]: row for name, row in sets.items() if name.startswith(prefix)}
+    origins = {name[len(prefix) :]: row for name, row in sets.items() if name.startswith(prefix) and row["n"] > 0}
     if len(origins) < 2:
         raise ValueError(f"needs real photographs of two origins or more (rows '{prefix}<origin>'); found {len(origins)}.")
     added = {}
@@ -237,9 +237,12 @@ def appearance_section(
         discs = None if disc_channel is None else arrays[:, disc_channel] > 0
         sets[name] = set_appearance(arrays, discs, locate)
         kept[name] = [True] * len(arrays) if discs is None else discs.flatten(1).any(dim=1).tolist()  # as located
-    if real_origins is not None and holdout_origins is not None and len(set(real_origins)) > 1:
-        for name, groups in ((REAL, real_origins), (CONTROL, holdout_origins)):
-            located = [group for group, keep in zip(groups, kept[name]) if keep]
-            sets.update({f"{name} / {origin}": part for origin, part in split_by(sets[name], located).items()})
+    located = {  # the origins of the images located (mask location leaves out those with an empty mask)
+        name: [group for group, keep in zip(groups, kept[name]) if keep]
+        for name, groups in ((REAL, real_origins), (CONTROL, holdout_origins)) if groups is not None
+    }  # fmt: skip
+    if len(located) == 2 and len(set(located[REAL])) > 1:
+        for name, groups in located.items():
+            sets.update({f"{name} / {origin}": part for origin, part in split_by(sets[name], groups).items()})
         sets = with_assigned_origins({key: sets[key] for key in sorted(sets, key=_section_order)}, [CONTROL, "synthetic"])
     return {"computed": True, "resolution": real.shape[-1], "window_side_px": real.shape[-1] // DISC_CROP_FRACTION, "sets": sets}

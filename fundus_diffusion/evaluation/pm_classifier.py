@@ -204,12 +204,14 @@ def label_summary(report: Dict) -> str:
     elif test:
         lines.append(f"two-sample test not computed: {test['reason']}")
     warnings = []
-    accuracy = report["real_held_out_accuracy"]["overall"]
-    if accuracy < MIN_JUDGE_ACCURACY:
+    held_out = report["real_held_out_accuracy"]
+    per_class = [held_out[name] for name in LABEL_NAMES if name in held_out and held_out[name] == held_out[name]]
+    balanced = sum(per_class) / len(per_class) if per_class else held_out["overall"]  # always-one-class scores 50%
+    if balanced < MIN_JUDGE_ACCURACY:
         warnings.append(
-            f"WARNING: the classifier tells PM from non-PM in only {accuracy:.0%} of held-out real images (below "
-            f"{MIN_JUDGE_ACCURACY:.0%}): neither its label agreement nor its realism guard means anything. Fix: train "
-            "it longer (--steps) or on more real images."
+            f"WARNING: the classifier tells PM from non-PM in only {balanced:.0%} of held-out real images (balanced "
+            f"accuracy, below {MIN_JUDGE_ACCURACY:.0%}): neither its label agreement nor its realism guard means "
+            "anything. Fix: train it longer (--steps) or on more real images."
         )
     if not guard["fundus_like"]:
         warnings.append("WARNING: the samples are not fundus-like; do not report the label agreement as a result.")

@@ -238,7 +238,7 @@ def sources_to_disk(dataset, output_dir: str, stratify: str = "id_prefix", test_
         raise FileExistsError(f"{output_dir} exists; choose a new output folder (a split is written once).")
     if len(set(strata)) < 2:
         raise ValueError(
-            f"--stratify {stratify} finds one source only ({strata[0]}), so no part would test on another camera. Fix: "
+            f"--stratify {stratify} finds {'one source only (' + str(strata[0]) + ')' if strata else 'no image'}, so no part would test on another camera. Fix: "
             "a stratification that names the cameras (--stratify id_prefix for file names such as drions_001)."
         )
     ids = list(dataset["id"])

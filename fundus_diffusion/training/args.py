@@ -232,7 +232,10 @@ def parse_training_args(kind, argv: Optional[Sequence[str]] = None) -> argparse.
     if preset is not None:
         values = kind.PRESETS[preset]
         if callable(values):
-            values = values(parser.parse_args(argv, namespace=argparse.Namespace(**{QUIET_PARSE: True})))
+            try:  # a preset that reads the flags (e.g. the masks) refuses them as the parse below would
+                values = values(parser.parse_args(argv, namespace=argparse.Namespace(**{QUIET_PARSE: True})))
+            except ValueError as err:
+                parser.error(str(err))
         parser.set_defaults(**values)
     args = parser.parse_args(argv)
     if isinstance(args.masks, str) and not args.masks.strip():
