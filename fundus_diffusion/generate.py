@@ -864,6 +864,11 @@ def check_sampling(pipe, config: GenerationConfig, mask_sets: Optional[MaskSets]
         )
     needs = {"largest_disc": ("disc",), "cup_in_disc": ("cup", "disc")}
     masks = set(split_mask_names(pipe.config.mask_names))
+    if config.postprocess and not masks:
+        raise ValueError(
+            f"--postprocess {','.join(config.postprocess)} works on masks, and this model draws images only. Fix: leave "
+            "--postprocess out."
+        )
     for step in config.postprocess:
         if not set(needs.get(step, ())) <= masks:
             raise ValueError(

@@ -19,6 +19,7 @@ from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import default_device
 from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe, judge_class_conditional, label_summary
 from fundus_diffusion.evaluation.realism import RealismRecipe
+from fundus_diffusion.evaluation.report import json_safe
 from fundus_diffusion.training.args import HelpFormatter
 
 
@@ -34,10 +35,15 @@ def parse_args(argv=None):
         "--realism_test", action=argparse.BooleanOptionalAction, default=True,
         help="Run the classifier two-sample test beside the guard (default; --no-realism_test skips it: faster).",
     )  # fmt: skip
+    parser.add_argument("--realism_steps", type=int, default=RealismRecipe.steps, help="Training steps of each fold's judge.")
+    parser.add_argument("--realism_folds", type=int, default=RealismRecipe.folds, help="Cross-validation folds of the test.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the classifier (and the two-sample test).")
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the real train / held-out split.")
     parser.add_argument("--device", default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.realism_folds < 2 or args.realism_steps < 1:
+        parser.error("--realism_folds takes 2 or more (cross-validation) and --realism_steps 1 or more.")
+    return args
 
 
 def main(args):
@@ -45,12 +51,12 @@ def main(args):
     synthetic = load_fundus_dataset(args.synthetic)
     report = judge_class_conditional(
         real, synthetic, args.resolution, ClassifierRecipe(steps=args.steps, seed=args.seed),
-        device=args.device or default_device(), realism=RealismRecipe(seed=args.seed) if args.realism_test else None,
+        device=args.device or default_device(), realism=RealismRecipe(steps=args.realism_steps, folds=args.realism_folds, seed=args.seed) if args.realism_test else None,
         split_seed=args.split_seed,
     )  # fmt: skip
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "pm_labels.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        json.dump(json_safe(report), f, indent=2, allow_nan=False)  # strict JSON: an undefined statistic is null
     with open(os.path.join(args.output_dir, "report.md"), "w") as f:  # the lines to read, beside the full JSON
         f.write(f"# Do the samples show the labels they were drawn for?\n\n```\n{label_summary(report)}\n```\n")
     print(json.dumps(report, indent=2))

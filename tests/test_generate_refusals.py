@@ -375,3 +375,16 @@ def test_a_run_killed_while_laying_out_its_files_is_resumable_not_finished(model
         generate_dataset(pipe, config, str(out))
     generate_dataset(pipe, config, str(out), resume=True)
     assert len(load_fundus_dataset(str(out))) == 2 and (out / "data").is_dir()
+
+
+def test_post_processing_for_a_model_without_masks_is_refused(tmp_path):
+    unet = UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(4, 8), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )  # fmt: skip
+    FundusPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=4), mask_names=[]).save_pretrained(tmp_path / "images")
+    pipe = load_fundus_pipeline(str(tmp_path / "images"), device="cpu")
+    config = GenerationConfig(model=str(tmp_path / "images"), num_samples=2, postprocess=["fill_holes"], device="cpu")
+    with pytest.raises(ValueError, match="--postprocess fill_holes works on masks, and this model draws images only"):
+        generate_dataset(pipe, config, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -110,6 +110,8 @@ def test_evaluate_reports_the_spectrum_with_its_figure_and_older_reports_render_
     assert (tmp_path / "power_spectrum.png").stat().st_size > 0
     assert "| synthetic | 8 |" in open(paths["markdown"]).read()
     assert spectrum_lines(None, "128 px") == []  # a report from before the section
+    write_report(report, {k: v for k, v in figures.items() if k != "power_spectrum"}, str(tmp_path))  # --overwrite
+    assert not (tmp_path / "power_spectrum.png").exists() and (tmp_path / "report.json").exists()  # none outlives it
 
 
 def test_training_share_counts_the_timesteps_near_each_crossing():

@@ -403,8 +403,16 @@ def json_safe(value):
 
 def write_report(report: Dict, figures: Dict[str, Image.Image], output_dir: str) -> Dict[str, str]:
     """Write ``report.json``, ``report.md``, ``<figure>.png`` and ``flagged_ids.txt`` (the synthetic ids any
-    memorisation check flagged, as near a training or a held-out image, one per line); returns the paths written."""
+    memorisation check flagged, as near a training or a held-out image, one per line); returns the paths written.
+    A report already in ``output_dir`` is replaced whole: its figures go too, so none of them outlives it."""
     os.makedirs(output_dir, exist_ok=True)
+    previous = os.path.join(output_dir, "report.json")
+    if os.path.isfile(previous):
+        with open(previous, encoding="utf-8") as f:
+            old_figures = json.load(f).get("figures", [])
+        for name in [*old_figures, "report.json", "report.md", FLAGGED_FILE]:
+            if os.path.basename(name) == name and os.path.isfile(os.path.join(output_dir, name)):
+                os.remove(os.path.join(output_dir, name))
     paths = {"flagged": os.path.join(output_dir, FLAGGED_FILE)}
     checks = report["memorisation"].values()
     flagged = sorted(
