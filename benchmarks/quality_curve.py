@@ -3,7 +3,8 @@
 training had run when it wrote that snapshot; and the first snapshot that meets both bars and whose set the copy check
 did not refuse (time to quality). The table also gives, from reports that have it (evaluate.py's power-spectrum
 section), the synthetic images' green-channel power in the middle and fine bands as a share of the real photographs',
-and (its disc-appearance section) the orientation coherence of the detail around the generated discs.
+and (its disc-appearance section) the orientation coherence of the detail around the generated discs and the share
+of samples drawn in each camera's style.
 
     python benchmarks/quality_curve.py /tmp/realism --figure quality_curve.png --json quality_curve.json
     python benchmarks/quality_curve.py docs/results/realism-256-session11 docs/results/realism-256-session15 \\
@@ -67,6 +68,11 @@ def point(report: dict, mask: str):
     bands = spectrum["sets"]["synthetic"]["bands"] if spectrum.get("computed") else {}
     discs = report.get("disc_appearance", {})  # reports since session 16
     coherence = discs["sets"]["synthetic"]["statistics"]["orientation_coherence"]["mean"] if discs.get("computed") else None
+    styles = {
+        name.split(" / like ", 1)[1]: row["share"]
+        for name, row in (discs.get("sets") or {}).items()
+        if name.startswith("synthetic / like ")
+    }  # fmt: skip
     return {
         "dice_synthetic": synthetic,
         "dice_real": real,
@@ -83,6 +89,8 @@ def point(report: dict, mask: str):
         "power_fine": bands.get("fine"),
         # how much of the detail around the generated discs runs along lines, as vessels do (real photographs: 0.66)
         "disc_coherence": coherence,
+        # the share of samples in each camera's style (by the colours around the disc; session 16: one style over-drawn)
+        "camera_styles": styles,
         # the copy check refused the set: its scores may be earned by copies, so it cannot meet the bars
         "refused": report.get("refused") is not None,
     }
@@ -163,8 +171,8 @@ def time_to_quality(points) -> dict:
 
 def table(curves: dict) -> str:
     lines = [
-        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | power / real, middle / fine band | disc detail coherence | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}, not refused as copies) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|",
+        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | power / real, middle / fine band | disc detail coherence | camera styles | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}, not refused as copies) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|---|",
     ]
     for variant, points in curves.items():
         for p in points:
@@ -174,9 +182,10 @@ def table(curves: dict) -> str:
             region = f"{p['auc_disc_region']:.3f}" if p["auc_disc_region"] is not None else ""
             power = f"{p['power_middle']:.2f} / {p['power_fine']:.2f}" if p["power_middle"] is not None else ""
             coherence = f"{p['disc_coherence']:.3f}" if p["disc_coherence"] is not None else ""
+            styles = ", ".join(f"{name} {share:.0%}" for name, share in p["camera_styles"].items())
             lines.append(
                 f"| {variant} | {p['step']:,} | {minutes} | {p['dice_synthetic']:.3f} | {p['dice_share']:.1%} | "
-                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {power} | {coherence} | "
+                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {power} | {coherence} | {styles} | "
                 f"{'met' if meets_bars(p) else 'refused: copies' if p['refused'] else 'no'} |"
             )
     for variant, points in curves.items():

@@ -37,7 +37,8 @@ def write_report(work, name, synthetic, auc, real=0.96, disc_region_auc=None, re
         report["power_spectrum"] = {"computed": True, "sets": {"synthetic": {"bands": bands}}}
     if coherence is not None:  # evaluate.py's disc-appearance section
         statistics = {"orientation_coherence": {"mean": coherence}}
-        report["disc_appearance"] = {"computed": True, "sets": {"synthetic": {"statistics": statistics}}}
+        styles = {"synthetic / like drions": {"share": 0.43}, "synthetic / like drishti": {"share": 0.57}}
+        report["disc_appearance"] = {"computed": True, "sets": {"synthetic": {"statistics": statistics}, **styles}}
     (work / "eval" / name).mkdir(parents=True)
     (work / "eval" / name / "report.json").write_text(json.dumps(report))
 
@@ -59,10 +60,10 @@ def test_points_minutes_and_time_to_quality(tmp_path, capsys):
     assert curves["other"][0]["refused"] and not curves["other"][1]["refused"]
     assert quality_curve.time_to_quality(curves["ours"])["step"] == 7500
     printed = capsys.readouterr().out
-    assert "| 0.600 (robust) | 0.500 |  |  |  | refused: copies |" in printed and "other: time to quality step 2,500" in printed
+    assert "| 0.600 (robust) | 0.500 |  |  |  |  | refused: copies |" in printed and "other: time to quality step 2,500" in printed
     assert "ours: time to quality step 7,500, 11.0 min." in printed
-    assert "| 0.780 (robust) | 0.500 | 0.900 | 0.71 / 0.37 | 0.610 | met |" in printed  # disc region, bands, discs
-    assert "| ours | 5,000 | 8.0 | 0.930 | 96.9% | 0.960 | 0.850 (robust) | 0.500 |  |  |  | no |" in printed  # neither
+    assert "| 0.780 (robust) | 0.500 | 0.900 | 0.71 / 0.37 | 0.610 | drions 43%, drishti 57% | met |" in printed
+    assert "| ours | 5,000 | 8.0 | 0.930 | 96.9% | 0.960 | 0.850 (robust) | 0.500 |  |  |  |  | no |" in printed  # neither
     assert (tmp_path / "curve.png").stat().st_size > 0
     assert json.loads((tmp_path / "c.json").read_text())["curves"]["ours"][2]["auc"] == 0.78
     images_only = tmp_path / "eval" / "ours-9000"
