@@ -54,6 +54,7 @@ def test_help_texts_keep_their_command_lines_apart():
          ["(default: None)", "else cpu. (default"]),  # a help that names its default is left as it is
         ("train_ddpm.py", ["Save a resumable checkpoint every N steps. (default: 500)"], ["(default: None)"]),
         ("split_dataset.py", ["--test_fraction TEST_FRACTION (default: 0.2)"], ["(default: None)"]),  # no help text
+        ("train_ddpm.py", ["Per-device batch size. (default: 16)"], []),  # the ours preset's, computed from the flags
     ],
 )
 def test_help_gives_each_flags_default_where_it_has_one(script, shown, unsaid, monkeypatch, capsys):

@@ -109,6 +109,14 @@ def test_mask_names_that_cannot_work_are_one_line_usage_errors(masks, message, c
         assert exit_info.value.code == 2 and message in err and "Traceback" not in err
 
 
+def test_help_shows_the_defaults_a_preset_computes_from_the_flags(capsys):
+    from fundus_diffusion.training import dcgan
+
+    with pytest.raises(SystemExit):
+        dcgan.parse_args(["--preset", "paper", "--masks", "disc,atrophy", "--help"])  # 130 epochs for two masks
+    assert "--num_epochs NUM_EPOCHS (default: 130)" in " ".join(capsys.readouterr().out.split())
+
+
 def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, cache_dir, monkeypatch):
     out = tmp_path / "run"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]

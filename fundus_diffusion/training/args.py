@@ -232,8 +232,13 @@ def parse_training_args(kind, argv: Optional[Sequence[str]] = None) -> argparse.
     if preset is not None:
         values = kind.PRESETS[preset]
         if callable(values):
+            first = list(sys.argv[1:] if argv is None else argv)
+            if any(flag in ("-h", "--help") for flag in first):  # --help shows the defaults the preset gives
+                first = [flag for flag in first if flag not in ("-h", "--help")]
+                if not any(flag == "--output_dir" or flag.startswith("--output_dir=") for flag in first):
+                    first += ["--output_dir", "unused"]  # required, and no part of any preset
             try:  # a preset that reads the flags (e.g. the masks) refuses them as the parse below would
-                values = values(parser.parse_args(argv, namespace=argparse.Namespace(**{QUIET_PARSE: True})))
+                values = values(parser.parse_args(first, namespace=argparse.Namespace(**{QUIET_PARSE: True})))
             except ValueError as err:
                 parser.error(str(err))
         parser.set_defaults(**values)
