@@ -168,7 +168,8 @@ def export_imagefolder(
     existing = _read_metadata(os.path.join(folder, IMAGEFOLDER_METADATA))
     columns = ["file_name", *(f"{mask_column(m)}_file_name" for m in names), "id", "source_id", "source", "split", "label"]
     columns += [f"has_{m}_annotation" for m in names] + (["seed"] if "seed" in dataset.column_names else [])
-    columns += [c for row in existing.values() for c in row if c not in columns]  # an earlier export's other masks
+    for row in existing.values():  # an earlier export's other columns (other masks), each once
+        columns += [c for c in row if c not in columns]
     flags = {m: annotation_flags(dataset, m) for m in names}
     rows = dict(existing)
     for index, row in enumerate(_rows(dataset)):

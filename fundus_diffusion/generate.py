@@ -217,8 +217,11 @@ def parse_label_counts(spec: Optional[str]) -> Dict[str, int]:
         name = name.strip()
         if not sep or not count.strip().isdigit():
             raise ValueError(f"--labels takes NAME=COUNT pairs such as 'PM=600,non-PM=400'; got {part!r}.")
-        label_to_id(name)  # raises on an unknown name
-        counts[name] = counts.get(name, 0) + int(count)
+        if name not in LABEL_NAMES:  # names only: the counts are recorded and written per name
+            raise ValueError(f"--labels {spec}: unknown class {name!r}; the classes are {', '.join(LABEL_NAMES)} (e.g. PM=600,non-PM=400).")
+        if name in counts:
+            raise ValueError(f"--labels {spec}: {name} given twice; give each class once (a typo for another class?).")
+        counts[name] = int(count)
     return counts
 
 

@@ -96,6 +96,16 @@ def test_imagefolder_export_loads_and_two_exports_combine(tmp_path):
         assert back["label"] == ("PM" if row["label"] == 1 else "non-PM")
 
 
+def test_a_synthetic_export_then_a_real_one_keep_one_column_each(tmp_path):
+    """An earlier export's columns the new rows lack (a synthetic set's seed, then real photographs) are listed once."""
+    folder = tmp_path / "png"
+    synthetic = load_phantom_dataset(3, size=32).map(lambda row, i: {"id": f"syn_{i}", "seed": i}, with_indices=True)
+    export_imagefolder(synthetic, str(folder))
+    assert export_imagefolder(load_phantom_dataset(3, size=32, seed=9), str(folder)) == 6
+    header = (folder / "metadata.csv").read_text().splitlines()[0].split(",")
+    assert header.count("seed") == 1 and len(header) == len(set(header))
+
+
 def test_imagefolder_export_leaves_unannotated_masks_out_and_reads_back_as_a_generic_folder(tmp_path):
     dataset = disc_cup_atrophy_dataset()
     folder = tmp_path / "png"

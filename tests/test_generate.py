@@ -349,8 +349,12 @@ def test_postprocessing():
 def test_labels_and_bad_settings(tmp_path):
     assert parse_label_counts("PM=3, non-PM=1") == {"PM": 3, "non-PM": 1}
     assert interleave_labels({"PM": 3, "non-PM": 1}) == ["PM", "PM", "non-PM", "PM"]
-    with pytest.raises(ValueError, match="Unknown class label"):
+    with pytest.raises(ValueError, match="unknown class 'AMD'; the classes are non-PM, PM"):
         parse_label_counts("AMD=3")
+    with pytest.raises(ValueError, match="unknown class '1'"):  # ids are the pipeline's, names the command line's
+        parse_label_counts("1=2,0=2")
+    with pytest.raises(ValueError, match="PM given twice"):
+        parse_label_counts("PM=2,PM=2")
     with pytest.raises(ValueError, match="NAME=COUNT"):
         parse_label_counts("PM")
     with pytest.raises(ValueError, match="add up"):

@@ -9,6 +9,7 @@ annotated" for PALM's lesions.
 import os
 
 from .readers import (
+    IMAGES_ONLY_FIX,
     Candidate,
     MissingLayoutError,
     SourceScan,
@@ -44,7 +45,7 @@ def scan_adam(root: str, include_amd: bool = False, require_masks: bool = True) 
     if disc_dir is None and require_masks:
         raise MissingLayoutError(
             f"The ADAM folder {root} has no Disc_Masks/ folder. Expected the {ADAM_LAYOUT}\nFix: unpack the disc and fovea "
-            "annotations beside the images, or pass --images_only for image-only work."
+            f"annotations beside the images, or {IMAGES_ONLY_FIX}."
         )
     scan, discs = SourceScan(root, "adam-2020", mask_names=["disc"]), images_by_stem(disc_dir)
     for folder, label in ADAM_CLASSES.items():

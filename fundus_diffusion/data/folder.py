@@ -9,6 +9,7 @@ import os
 from typing import Dict, List
 
 from .readers import (
+    IMAGES_ONLY_FIX,
     Candidate,
     FundusDataError,
     MissingLayoutError,
@@ -57,7 +58,7 @@ def scan_folder(root: str, require_masks: bool = True) -> SourceScan:
     masks_root = os.path.join(root, "masks")
     scan = SourceScan(root, "folder", mask_names=folder_mask_names(masks_root))
     if require_masks:
-        require_dir(os.path.join(masks_root, "disc"), "Disc-mask folder", FOLDER_LAYOUT + "\nFix: add masks/disc/, or pass --images_only for image-only work.")
+        require_dir(os.path.join(masks_root, "disc"), "Disc-mask folder", FOLDER_LAYOUT + f"\nFix: add masks/disc/, or {IMAGES_ONLY_FIX}.")
     files = {mask: images_by_stem(os.path.join(masks_root, mask)) for mask in scan.mask_names}
     metadata = read_metadata(os.path.join(root, "metadata.csv"))
     unmatched = set(metadata) - {stem(p) for p in images}

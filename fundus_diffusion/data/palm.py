@@ -12,6 +12,7 @@ import os
 from typing import Dict, Optional
 
 from .readers import (
+    IMAGES_ONLY_FIX,
     Candidate,
     MissingLayoutError,
     SourceScan,
@@ -118,8 +119,7 @@ def scan_palm(root: str, require_masks: bool = True) -> SourceScan:
     if require_masks and not found_disc_dir and scan.excluded:
         raise MissingLayoutError(
             f"The PALM folder {root} has {len(scan.excluded)} images but no disc-mask folder. Expected the {layout}\n"
-            "Fix: add the annotation folders, or pass --images_only for image-only work; "
-            "the disc masks are then empty."
+            f"Fix: add the annotation folders, or {IMAGES_ONLY_FIX} (its images are then not annotated for the disc)."
         )
     return scan
 

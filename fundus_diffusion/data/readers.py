@@ -69,6 +69,13 @@ class SourceScan:
     notes: List[str] = field(default_factory=list)
 
 
+# How a layout error names the way to image-only data: the trainers read built datasets and have no --images_only.
+IMAGES_ONLY_FIX = (
+    "for image-only work pass --images_only where the command has it (fundus-build-dataset, fundus-split-dataset, "
+    "...), or build the folder once with it and give the trainer that dataset"
+)
+
+
 def require_dir(path: str, what: str, layout: str) -> str:
     if not os.path.isdir(path):
         kind = "does not exist" if not os.path.exists(path) else "is not a folder"
