@@ -107,3 +107,30 @@ def test_palm_subsets_keep_the_label_proportions(palm224_dir, tmp_path):
     whole = record["strata"]["1"] / record["n_rows"]  # PM share of the training split (about 0.53)
     assert all(abs(share - whole) <= 1 / 20 for share in shares.values()), shares
     assert set(record["subsets"]["n20-seed0"]["ids"]) <= set(record["subsets"]["n50-seed0"]["ids"])
+
+
+def test_what_makes_the_rows_mean_little_is_said_first():
+    from fundus_diffusion.evaluation.pm_utility import pm_warnings
+
+    def report(real_accuracy, synthetic_counts, fundus_like):
+        guard = {"fundus_like": fundus_like, "verdict": "fundus-like" if fundus_like else "NOT FUNDUS-LIKE: 100% of samples ..."}
+        return {
+            "detection": {"results": {"real": {"accuracy": {"mean": real_accuracy}}}},
+            "counts": {"synthetic": synthetic_counts},
+            "synthetic_by_real_classifier": {"realism_guard": guard},
+        }
+
+    assert pm_warnings(report(0.95, {"n": 4, "non-PM": 2, "PM": 2}, True)) == []
+    found = pm_warnings(report(0.475, {"n": 4, "non-PM": 0, "PM": 4}, False))
+    assert len(found) == 3 and "only 48% accuracy" in found[0] and "holds no non-PM image" in found[1]
+    assert found[2].startswith("NOT FUNDUS-LIKE") and "say nothing about PM detection" in found[2]
+
+
+def test_the_warnings_open_the_markdown(phantoms):
+    from fundus_diffusion.evaluation.pm_utility import render_markdown
+
+    one_class = phantoms["synthetic"].filter(lambda label: label == 1, input_columns="label")
+    report = evaluate_pm_utility(phantoms["real"], phantoms["holdout"], one_class, TINY)
+    assert any("holds no non-PM image" in warning for warning in report["warnings"])
+    lines = render_markdown(report).splitlines()
+    assert lines[2].startswith("> **WARNING: ") and "holds no non-PM image" in "\n".join(lines[:8])

@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc
@@ -30,7 +30,15 @@ from .arrays import dataset_arrays, default_device
 from .checks import native_resolution
 from .memorisation import PIXEL_SPACE, copy_checks, pixel_features, refusal
 from .metrics import format_mean_std, format_value, summarise
-from .pm_classifier import ClassifierRecipe, classify, label_agreement, labelled, realism_guard, train_pm_classifier
+from .pm_classifier import (
+    MIN_JUDGE_ACCURACY,
+    ClassifierRecipe,
+    classify,
+    label_agreement,
+    labelled,
+    realism_guard,
+    train_pm_classifier,
+)
 from .protocol import TRAINING_SETS
 from .realism import RealismRecipe, realism_test
 from .report import json_safe, memorisation_lines, realism_lines, refusal_banner
@@ -136,7 +144,7 @@ def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConf
     outputs = {name: classify(real_model, images[name]) for name in ("real", "holdout", "synthetic")}
     realism = RealismRecipe(steps=config.realism_steps, folds=config.realism_folds)
     all_real = torch.cat([arrays["real"], arrays["holdout"]]).to(device)
-    return {
+    report = {
         "task": "PM detection (PM vs non-PM) on held-out real images",
         "config": {**asdict(config), "resolution": resolution, "device": device},
         "resolution": {
@@ -160,6 +168,30 @@ def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConf
         },
         "realism": realism_test(all_real, arrays["synthetic"].to(device), realism, device),
     }
+    return {**report, "warnings": pm_warnings(report)}
+
+
+def pm_warnings(report: Dict) -> List[str]:
+    """What makes the detection rows mean little, for the top of the report: a real-trained classifier too weak to
+    compare with (below ``MIN_JUDGE_ACCURACY`` on the held-out images), a synthetic set of one class (a classifier
+    trained on it alone cannot learn PM against non-PM), samples the real-trained classifier finds not fundus-like."""
+    found = []
+    real = report["detection"]["results"].get("real")
+    if real and real["accuracy"]["mean"] < MIN_JUDGE_ACCURACY:
+        found.append(
+            f"The real-trained classifier reaches only {real['accuracy']['mean']:.0%} accuracy on the held-out images "
+            f"(below {MIN_JUDGE_ACCURACY:.0%}): every row compares weak classifiers. Fix: train them longer (--steps)."
+        )
+    missing = [label for label in LABEL_NAMES if report["counts"]["synthetic"][label] == 0]
+    if missing:
+        found.append(
+            f"The synthetic set holds no {' or '.join(missing)} image: a classifier trained on it alone cannot learn PM "
+            "against non-PM, whatever its scores. Fix: generate both classes (--labels PM=N,non-PM=M)."
+        )
+    guard = report["synthetic_by_real_classifier"]["realism_guard"]
+    if not guard["fundus_like"]:
+        found.append(f"{guard['verdict']}: the rows trained on synthetic images say nothing about PM detection.")
+    return found
 
 
 def render_markdown(report: Dict) -> str:
@@ -172,6 +204,7 @@ def render_markdown(report: Dict) -> str:
         return f"{c['n']} ({', '.join(f'{c[label]} {label}' for label in LABEL_NAMES)})"
 
     lines = ["# PM detection utility", ""]
+    lines += [f"> **WARNING: {warning}**\n" for warning in report.get("warnings", [])]
     lines += refusal_banner(report["refused"]) + [
         f"Real training images (the generator's): {described('real')}; synthetic: {described('synthetic')}; held-out "
         f"real: {described('holdout')}. Everything at **{px}** ({report['resolution']['how']}), device "
