@@ -10,12 +10,11 @@ The report folder holds real photographs (nearest-neighbour pairs, worst held-ou
 """
 
 import argparse
-import os
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import FundusDataError, load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
-from fundus_diffusion.evaluation.checks import resolution_problem
+from fundus_diffusion.evaluation.checks import add_overwrite_arg, refuse_existing_report, resolution_problem
 from fundus_diffusion.evaluation.model_card import card_model_dir, update_model_card
 from fundus_diffusion.evaluation.realism import INVARIANCES, RealismRecipe
 from fundus_diffusion.training.args import HelpFormatter, RenamedFlag, output_dir_problem
@@ -92,7 +91,7 @@ def parse_args(argv=None):
         "colour (the standardisation alone) or none (flips only, the judge of reports before the robust default).",
     )
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace the report an --output_dir holds (refused without).")
+    add_overwrite_arg(parser)
     parser.add_argument(
         "--update_model_card",
         nargs="?",
@@ -115,11 +114,7 @@ def parse_args(argv=None):
     problem = output_dir_problem(args.output_dir)
     if problem:  # now, not after the evaluation's minutes
         parser.error(f"--output_dir {args.output_dir}: {problem}")
-    if os.path.isfile(os.path.join(args.output_dir, "report.json")) and not args.overwrite:
-        parser.error(
-            f"--output_dir {args.output_dir} holds a report already (report.json). Fix: choose a new folder, or add "
-            "--overwrite to replace it."
-        )
+    refuse_existing_report(parser, args, "report.json")
     return args
 
 

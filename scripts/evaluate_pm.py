@@ -14,6 +14,7 @@ import argparse
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
+from fundus_diffusion.evaluation.checks import add_overwrite_arg, refuse_existing_report
 from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe
 from fundus_diffusion.evaluation.pm_utility import PMUtilityConfig, evaluate_pm_utility, write_pm_report
 from fundus_diffusion.evaluation.realism import RealismRecipe
@@ -32,7 +33,10 @@ def parse_args(argv=None):
     parser.add_argument("--realism_steps", type=int, default=RealismRecipe.steps)
     parser.add_argument("--realism_folds", type=int, default=RealismRecipe.folds)
     parser.add_argument("--device", default=None)
-    return parser.parse_args(argv)
+    add_overwrite_arg(parser)
+    args = parser.parse_args(argv)
+    refuse_existing_report(parser, args, "report.json")
+    return args
 
 
 def main(args):

@@ -114,7 +114,7 @@ done
 [ -d "$RESULTS/synthetic/phantom-5ch" ] && { timed eval-phantom-5ch evaluate --real "phantom:$N_PHANTOM" --masks disc,atrophy \
   --synthetic "$RESULTS/synthetic/phantom-5ch" --output_dir "$RESULTS/eval/phantom-5ch" & pids+=($!); }
 [ -d "$RESULTS/synthetic/palm-cond" ] && { timed judge-palm-cond $PY scripts/judge_pm_labels.py --real "$DATA/palm-224/PALM-Training400" \
-  --images_only --synthetic "$RESULTS/synthetic/palm-cond" --steps $CLS_STEPS --output_dir "$RESULTS/eval/palm-cond" & pids+=($!); }
+  --images_only --synthetic "$RESULTS/synthetic/palm-cond" --steps $CLS_STEPS --overwrite --output_dir "$RESULTS/eval/palm-cond" & pids+=($!); }
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 
 $PY -c "import sys; from fundus_diffusion.evaluation.summary import write_summary; print('summary:', write_summary(sys.argv[1]))" "$RESULTS"

@@ -467,3 +467,16 @@ def test_generate_without_a_sample_count_says_which_flag_gives_it(tmp_path, caps
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(REPO_ROOT / "scripts" / "generate.py"), run_name="__main__")
     assert exit_info.value.code == 1 and "How many samples? Give --num_samples N" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, report_file", [("evaluate_pm.py", "report.json"), ("judge_pm_labels.py", "pm_labels.json")])
+def test_pm_scripts_refuse_a_folder_with_a_report_unless_told_to_overwrite(script, report_file, tmp_path, capsys):
+    import runpy
+
+    (tmp_path / report_file).write_text("{}")
+    parse = runpy.run_path(str(REPO_ROOT / "scripts" / script))["parse_args"]
+    flags = ["--real", "r", "--synthetic", "s", "--output_dir", str(tmp_path)] + (["--holdout", "h"] if script == "evaluate_pm.py" else [])
+    with pytest.raises(SystemExit):
+        parse(flags)
+    assert f"holds a report already ({report_file}). Fix: choose a new folder, or add --overwrite" in capsys.readouterr().err
+    assert parse(flags + ["--overwrite"]).overwrite

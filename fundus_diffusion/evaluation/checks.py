@@ -17,6 +17,21 @@ def resolution_problem(resolution: int) -> Optional[str]:
         return f"--resolution {resolution}: the segmenter takes multiples of 8, e.g. {low} or {low + 8}."
     return None
 
+def add_overwrite_arg(parser) -> None:
+    """``--overwrite``: an evaluation script replaces a report its ``--output_dir`` holds only when asked to."""
+    parser.add_argument("--overwrite", action="store_true", help="Replace the report --output_dir holds (refused without).")
+
+
+def refuse_existing_report(parser, args, report_file: str) -> None:
+    """``parser.error`` when ``args.output_dir`` holds ``report_file`` and ``--overwrite`` was not given: a second run
+    would replace the first one's report without a word."""
+    if os.path.isfile(os.path.join(args.output_dir, report_file)) and not args.overwrite:
+        parser.error(
+            f"--output_dir {args.output_dir} holds a report already ({report_file}). Fix: choose a new folder, or add "
+            "--overwrite to replace it."
+        )
+
+
 def warn(message: str) -> None:
     """``<script>: warning: message`` on stderr: the one style of the scripts' warnings about their input (argparse's
     ``error:`` lines, and ``fundus_diffusion.cli.run_script``'s, look the same)."""
