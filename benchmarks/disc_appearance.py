@@ -18,8 +18,6 @@ import argparse
 import json
 from typing import Dict
 
-import torch
-
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.data.schema import annotation_matrix, dataset_mask_names
 from fundus_diffusion.evaluation.arrays import add_named_set_args, dataset_arrays, parse_named_sets
@@ -28,6 +26,7 @@ from fundus_diffusion.evaluation.disc_appearance import (
     MIN_RESOLUTION,
     REAL,
     appearance_table,
+    origin_rows,
     set_appearance,
     with_assigned_origins,
 )
@@ -47,10 +46,8 @@ def load_set(path: str, resolution: int, locate: str, name: str, by_origin: bool
     arrays = dataset_arrays(dataset, resolution, ["disc"] if annotated else [], name)
     discs = arrays[:, 3] > 0 if annotated else None
     rows = {name: set_appearance(arrays, discs, locate)}
-    groups = origins(list(dataset["id"]), list(dataset["source"])) if by_origin else []
-    for origin in sorted(set(groups)) if len(set(groups)) > 1 else []:
-        keep = torch.tensor([group == origin for group in groups])
-        rows[f"{name} / {origin}"] = set_appearance(arrays[keep], None if discs is None else discs[keep], locate)
+    if by_origin:
+        rows.update(origin_rows(name, arrays, discs, locate, origins(list(dataset["id"]), list(dataset["source"]))))
     return rows
 
 

@@ -208,10 +208,19 @@ def with_assigned_origins(sets: Dict[str, dict], assigned: List[str]) -> Dict[st
     return result
 
 
-def _section_order(name: str):
-    """Real rows first, then the control's, then the synthetic set's (each set's own row before its parts)."""
-    owner = name.split(" / ")[0]
-    return ([REAL, CONTROL, "synthetic"].index(owner), name != owner, name)
+def origin_rows(
+    name: str, images: torch.Tensor, discs: Optional[torch.Tensor], locate: str, origins: Sequence[str]
+) -> Dict[str, Dict]:
+    """``{"<name> / <origin>": set_appearance of that origin's images}`` (``origins``: one per image, e.g.
+    ``splits.origins``), for each origin with an image located, when two or more have one; ``{}`` otherwise (one
+    camera left to compare with, e.g. when another's images have no disc mask)."""
+    rows = {}
+    for origin in sorted(set(origins)):
+        keep = torch.tensor([group == origin for group in origins])
+        row = set_appearance(images[keep], None if discs is None else discs[keep], locate)
+        if row["n"]:
+            rows[f"{name} / {origin}"] = row
+    return rows if len(rows) > 1 else {}
 
 
 def appearance_section(
@@ -231,18 +240,15 @@ def appearance_section(
     if real.shape[-1] < MIN_RESOLUTION:
         return {"computed": False, "reason": f"measured at {MIN_RESOLUTION} or more pixels a side (these: {real.shape[-1]})"}
     locate = "brightest" if disc_channel is None else "mask"
-    sets, kept = {}, {}
-    for name, arrays in ((REAL, real), (CONTROL, holdout), ("synthetic", synthetic)):
+    origins, sets, by_origin = {REAL: real_origins, CONTROL: holdout_origins}, {}, {}
+    for name, arrays in ((REAL, real), (CONTROL, holdout), ("synthetic", synthetic)):  # each set's rows after it
         arrays = arrays.cpu()
         discs = None if disc_channel is None else arrays[:, disc_channel] > 0
         sets[name] = set_appearance(arrays, discs, locate)
-        kept[name] = [True] * len(arrays) if discs is None else discs.flatten(1).any(dim=1).tolist()  # as located
-    located = {  # the origins of the images located (mask location leaves out those with an empty mask)
-        name: [group for group, keep in zip(groups, kept[name]) if keep]
-        for name, groups in ((REAL, real_origins), (CONTROL, holdout_origins)) if groups is not None
-    }  # fmt: skip
-    if len(located) == 2 and len(set(located[REAL])) > 1:
-        for name, groups in located.items():
-            sets.update({f"{name} / {origin}": part for origin, part in split_by(sets[name], groups).items()})
-        sets = with_assigned_origins({key: sets[key] for key in sorted(sets, key=_section_order)}, [CONTROL, "synthetic"])
+        if origins.get(name) is not None:
+            by_origin[name] = origin_rows(name, arrays, discs, locate, origins[name])
+        if by_origin.get(REAL):  # cameras to compare with: the real photographs' rows, then the control's
+            sets.update(by_origin.get(name, {}))
+    if by_origin.get(REAL):
+        sets = with_assigned_origins(sets, [CONTROL, "synthetic"])
     return {"computed": True, "resolution": real.shape[-1], "window_side_px": real.shape[-1] // DISC_CROP_FRACTION, "sets": sets}
