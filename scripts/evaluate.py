@@ -14,7 +14,12 @@ import argparse
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import FundusDataError, load_fundus_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, write_report
-from fundus_diffusion.evaluation.checks import add_overwrite_arg, refuse_existing_report, resolution_problem
+from fundus_diffusion.evaluation.checks import (
+    add_overwrite_arg,
+    realism_args_problem,
+    refuse_existing_report,
+    resolution_problem,
+)
 from fundus_diffusion.evaluation.model_card import card_model_dir, update_model_card
 from fundus_diffusion.evaluation.realism import INVARIANCES, RealismRecipe
 from fundus_diffusion.training.args import HelpFormatter, RenamedFlag, output_dir_problem
@@ -104,8 +109,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.resolution is not None and resolution_problem(args.resolution):
         parser.error(resolution_problem(args.resolution))
-    if args.realism_folds < 2:
-        parser.error(f"--realism_folds {args.realism_folds}: cross-validation needs at least 2 folds.")
+    if realism_args_problem(args):
+        parser.error(realism_args_problem(args))
     for name in ("seeds", "segmenter_steps", "realism_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} {getattr(args, name)}: give at least 1.")

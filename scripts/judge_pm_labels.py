@@ -17,7 +17,7 @@ import os
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import default_device
-from fundus_diffusion.evaluation.checks import add_overwrite_arg, refuse_existing_report
+from fundus_diffusion.evaluation.checks import add_overwrite_arg, realism_args_problem, refuse_existing_report
 from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe, judge_class_conditional, label_summary
 from fundus_diffusion.evaluation.realism import RealismRecipe
 from fundus_diffusion.evaluation.report import json_safe
@@ -44,8 +44,8 @@ def parse_args(argv=None):
     add_overwrite_arg(parser)
     args = parser.parse_args(argv)
     refuse_existing_report(parser, args, "pm_labels.json")
-    if args.realism_folds < 2 or args.realism_steps < 1:
-        parser.error("--realism_folds takes 2 or more (cross-validation) and --realism_steps 1 or more.")
+    if realism_args_problem(args):
+        parser.error(realism_args_problem(args))
     return args
 
 

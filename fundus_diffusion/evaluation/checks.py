@@ -17,6 +17,16 @@ def resolution_problem(resolution: int) -> Optional[str]:
         return f"--resolution {resolution}: the segmenter takes multiples of 8, e.g. {low} or {low + 8}."
     return None
 
+def realism_args_problem(args) -> Optional[str]:
+    """Why the scripts' two-sample test settings (``--realism_folds``, ``--realism_steps``) cannot work (None when
+    they can)."""
+    if args.realism_folds < 2:
+        return f"--realism_folds {args.realism_folds}: cross-validation needs at least 2 folds."
+    if args.realism_steps < 1:
+        return f"--realism_steps {args.realism_steps}: give at least 1."
+    return None
+
+
 def add_overwrite_arg(parser) -> None:
     """``--overwrite``: an evaluation script replaces a report its ``--output_dir`` holds only when asked to."""
     parser.add_argument("--overwrite", action="store_true", help="Replace the report --output_dir holds (refused without).")
