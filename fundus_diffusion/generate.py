@@ -60,6 +60,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -988,8 +989,11 @@ def _write_shards(
 
     total = sum(stop - start for start, stop in (_shard_range(config, k) for k, _ in shards))
     where = f" (process 0 of {state.num_processes})" if state.num_processes > 1 else ""
-    # the samples' bar moves as a batch is written; the denoising steps of the batch being drawn show beneath it
-    pipe.set_progress_bar_config(disable=not state.is_main_process, leave=False, position=1, desc="denoising the batch")
+    # the samples' bar moves as a batch is written; the denoising steps of the batch being drawn show beneath it on a
+    # terminal, and on the same line in a redirected log (a second line costs cursor-up escape codes there)
+    pipe.set_progress_bar_config(
+        disable=not state.is_main_process, leave=False, position=1 if sys.stderr.isatty() else 0, desc="denoising the batch"
+    )
     with tqdm(
         total=total, unit="sample", desc=f"Generating{where}", smoothing=0.1, disable=not state.is_main_process
     ) as progress:

@@ -264,6 +264,16 @@ def test_generate_script(models, tmp_path):
     assert len(load_fundus_dataset(str(out))) == 2 and "binarize, fill_holes" in (out / "README.md").read_text()
 
 
+def test_a_redirected_log_gets_both_progress_bars_without_cursor_escapes(models, tmp_path, capsys):
+    """On a terminal the batch's denoising bar sits beneath the samples' bar; in a log (stderr not a terminal, as
+    under pytest) it shares their line, so the log holds no cursor-up escape codes."""
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "generate.py"))
+    script["main"](script["parse_args"](["--model", models["ddpm"], "--num_samples", "2", "--scheduler", "ddim", "--num_inference_steps", "2", "--output_dir", str(tmp_path / "set"), "--device", "cpu"]))
+    err = capsys.readouterr().err
+    assert "denoising the batch" in err and "Generating" in err
+    assert "\x1b[" not in err
+
+
 def save_weaker_copy(model: str, folder: Path, mask_names=None, sample_size=None, **scheduler_changes) -> str:
     """``model``'s pipeline with other UNet weights (a stand-in for an earlier snapshot of the same training), its
     masks, UNet size or noise schedule changed when given, saved in ``folder``."""

@@ -11,10 +11,14 @@ import pytest
 import torch
 
 from fundus_diffusion.data import load_phantom_dataset
+from fundus_diffusion.evaluation.arrays import dataset_arrays
+from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe, classify, train_pm_classifier
 from fundus_diffusion.evaluation.pm_utility import (
+    UNTRAINED,
     PMUtilityConfig,
     detection_scores,
     evaluate_pm_utility,
+    render_markdown,
     write_pm_report,
 )
 
@@ -46,9 +50,9 @@ def test_report_holds_every_training_set_realism_and_copy_check(phantoms, tmp_pa
     report = evaluate_pm_utility(phantoms["real"], phantoms["holdout"], phantoms["synthetic"], TINY)
     assert report["refused"] is None, report["memorisation"]
     results = report["detection"]["results"]
-    assert set(results) == {"real", "synthetic", "real+synthetic"}
+    assert set(results) == {UNTRAINED, "real", "synthetic", "real+synthetic"}
     assert all(results[name][metric]["n"] == 2 for name in results for metric in ("accuracy", "auc"))
-    assert report["detection"]["n_train"] == {"real": 16, "synthetic": 12, "real+synthetic": 28}
+    assert report["detection"]["n_train"] == {UNTRAINED: 0, "real": 16, "synthetic": 12, "real+synthetic": 28}
     assert report["counts"]["holdout"] == {"n": 12, "non-PM": 6, "PM": 6}
     assert report["realism"]["computed"] and report["realism"]["real_vs_synthetic"]["n_per_class"] == 12
     assert len(report["memorisation"]) == 2 and all(m["n_real_train"] == 16 for m in report["memorisation"].values())
@@ -64,12 +68,25 @@ def test_a_set_of_copies_is_refused_loudly(phantoms, tmp_path):
     copies = phantoms["real"].select(range(8)).map(lambda row: {"id": row["id"].replace("train", "copy")})
     report = evaluate_pm_utility(phantoms["real"], phantoms["holdout"], copies, TINY)
     assert report["refused"].startswith("REFUSED: 8 of 8 synthetic samples flagged")
-    assert set(report["detection"]["results"]) == {"real"}  # no classifier trained on the copies
+    assert set(report["detection"]["results"]) == {UNTRAINED, "real"}  # no classifier trained on the copies
     flagged = report["memorisation"]["downsampled pixels (32x32 RGB in [0, 1], L2)"]["flagged"]
     assert {f["real_id"] for f in flagged} == set(phantoms["real"].select(range(8))["id"])
     markdown = Path(write_pm_report(report, str(tmp_path))["markdown"]).read_text()
     assert markdown.index("**REFUSED") < markdown.index("## 1.")  # before any number
     assert "| synthetic | 8 | REFUSED (copies) | REFUSED (copies) |" in markdown
+
+
+def test_the_untrained_control_scores_the_classifier_as_initialised(phantoms):
+    """The control row is each seed's classifier before any training step, scored here independently."""
+    report = evaluate_pm_utility(phantoms["real"], phantoms["holdout"], phantoms["synthetic"], TINY)
+    holdout = dataset_arrays(phantoms["holdout"], 32, (), "held-out").float() / 127.5 - 1.0
+    labels = torch.tensor(phantoms["holdout"]["label"])
+    for seed, scores in enumerate(report["detection"]["per_seed"][UNTRAINED]):
+        untrained = train_pm_classifier(holdout[:2], labels[:2], ClassifierRecipe(steps=0, seed=seed))
+        assert scores == pytest.approx(detection_scores(classify(untrained, holdout)["logits"], labels))
+        assert scores != report["detection"]["per_seed"]["real"][seed]  # the trained one differs
+    markdown = render_markdown(report)
+    assert f"| {UNTRAINED} | 0 |" in markdown and "trained on nothing" in markdown
 
 
 def test_unlabelled_synthetic_and_overlapping_split_are_refused(phantoms):

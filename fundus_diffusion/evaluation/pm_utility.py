@@ -44,6 +44,9 @@ from .realism import RealismRecipe, realism_test
 from .report import json_safe, memorisation_lines, realism_lines, refusal_banner
 
 SYNTHETIC_SETS = TRAINING_SETS[1:]  # the classifiers a refused set (copies of training images) does not get
+# The chance control: the classifier as initialised, trained on nothing. Its held-out AUC is what a row gets from the
+# architecture and its seed alone (a one-class or noise set teaches nothing, yet its AUC need not be 0.5).
+UNTRAINED = "untrained (control)"
 METRICS = ("accuracy", "auc")
 
 
@@ -115,19 +118,19 @@ def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConf
     recipe = ClassifierRecipe(steps=config.classifier_steps)
     seeds = list(range(config.seeds))
 
-    def scores_of(name: str):
-        """One classifier per seed trained on set ``name``, each scored on the held-out images: ``(scores per seed,
-        seed 0's classifier)``."""
+    def scores_of(name: str, steps: int = recipe.steps):
+        """One classifier per seed trained on set ``name`` for ``steps`` steps, each scored on the held-out images:
+        ``(scores per seed, seed 0's classifier)``."""
         scores, first = [], None
         for seed in seeds:
             progress = partial(tqdm, desc=f"PM classifier on {name}, seed {seed}", leave=False)
-            seeded = ClassifierRecipe(**{**recipe.to_dict(), "seed": seed})
+            seeded = ClassifierRecipe(**{**recipe.to_dict(), "seed": seed, "steps": steps})
             model = train_pm_classifier(images[name], labels[name], seeded, device, progress)
             scores.append(detection_scores(classify(model, images["holdout"])["logits"], labels["holdout"]))
             first = model if first is None else first
         return scores, first
 
-    per_seed = {}
+    per_seed = {UNTRAINED: scores_of("real", steps=0)[0]}
     per_seed["real"], real_model = scores_of("real")
     memorisation = _memorisation(
         arrays, real_model, list(sets["synthetic"]["id"]), list(sets["real"]["id"]), list(sets["holdout"]["id"]), resolution
@@ -154,7 +157,7 @@ def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConf
         "counts": {name: class_counts(labels[name]) for name in sets},
         "detection": {
             "recipe": {**recipe.to_dict(), "seeds": seeds},
-            "n_train": {name: len(labels[name]) for name in TRAINING_SETS},
+            "n_train": {UNTRAINED: 0, **{name: len(labels[name]) for name in TRAINING_SETS}},
             "per_seed": per_seed,
             "results": {
                 name: {m: summarise([s[m] for s in scores]) for m in METRICS} for name, scores in per_seed.items()
@@ -214,12 +217,13 @@ def render_markdown(report: Dict) -> str:
         "",
         f"Classifier: `fundus_diffusion.evaluation.pm_classifier` (width {recipe['width']}, {recipe['steps']} steps, batch "
         f"{recipe['batch_size']}, class-balanced batches), seeds {recipe['seeds']}; accuracy and ROC AUC of P(PM) on the "
-        f"{counts['holdout']['n']} held-out images, mean ± std over seeds.",
+        f"{counts['holdout']['n']} held-out images, mean ± std over seeds. The `{UNTRAINED}` row is the same "
+        "classifier as initialised, trained on nothing: a row is evidence only as far as it beats it.",
         "",
         f"| trained on ({px}) | n train | accuracy | ROC AUC |",
         "|---|---|---|---|",
     ]
-    for name in TRAINING_SETS:
+    for name in (UNTRAINED, *TRAINING_SETS):
         result = detection["results"].get(name)
         cells = (
             "REFUSED (copies) | REFUSED (copies)"
