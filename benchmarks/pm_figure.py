@@ -1,6 +1,7 @@
 """PM-detection accuracy and ROC AUC against the number of real training images (issue 20), from the evaluate_pm.py
 reports benchmarks/pm_detection.sh packs: one line per classifier training set (real N, synthetic alone, real N +
-synthetic), the mean over subset seeds with their standard deviation as error bars, one panel per metric.
+synthetic) and for the chance control (real N with shuffled labels), the mean over subset seeds with their standard
+deviation as error bars, one panel per metric.
 
     python benchmarks/pm_figure.py /tmp/pm/eval --figure pm_curves.png --json pm_table.json
 
@@ -28,7 +29,10 @@ from utility_figure import (
     save,
 )
 
+from fundus_diffusion.evaluation.pm_utility import SHUFFLED, SYNTHETIC_SETS
+
 METRICS = {"accuracy": "accuracy", "auc": "ROC AUC of P(PM)"}
+SETS = (*TRAINING_SETS, SHUFFLED)  # the classifiers' training sets and the chance control
 
 
 def curve_rows(reports: dict) -> list:
@@ -43,7 +47,7 @@ def curve_rows(reports: dict) -> list:
         row = {"job": job, "n": report["counts"]["real"]["n"], "subset_seed": None if seed is None else int(seed)}
         row["refused"], row["rule"] = refusal_of(report)
         for metric in METRICS:
-            row[metric] = {name: results[name][metric]["mean"] for name in TRAINING_SETS if name in results}
+            row[metric] = {name: results[name][metric]["mean"] for name in SETS if name in results}
         rows.append(row)
     return sorted(rows, key=lambda r: (r["n"], r["job"]))
 
@@ -51,18 +55,18 @@ def curve_rows(reports: dict) -> list:
 def format_tables(rows: list, summaries: dict) -> str:
     """Markdown: every job (both metrics per training set) and the summary over subset seeds; refused jobs named."""
 
-    def cell(value):
-        return "REFUSED" if value is None else f"{value:.3f}"
+    def cell(value, name):  # a refused set's synthetic classifiers were not trained; "-": not in the report
+        return f"{value:.3f}" if value is not None else "REFUSED" if name in SYNTHETIC_SETS else "-"
 
-    header = " | ".join(f"{name} {metric}" for name in TRAINING_SETS for metric in METRICS)
-    lines = [f"| job | N | {header} |", "|---" * (2 + len(TRAINING_SETS) * len(METRICS)) + "|"]
+    header = " | ".join(f"{name} {metric}" for name in SETS for metric in METRICS)
+    lines = [f"| job | N | {header} |", "|---" * (2 + len(SETS) * len(METRICS)) + "|"]
     for row in rows:
-        cells = " | ".join(cell(row[metric].get(name)) for name in TRAINING_SETS for metric in METRICS)
+        cells = " | ".join(cell(row[metric].get(name), name) for name in SETS for metric in METRICS)
         lines.append(f"| {row['job']} | {row['n']} | {cells} |")
-    lines += ["", f"| N | {header} |", "|---" * (1 + len(TRAINING_SETS) * len(METRICS)) + "|"]
+    lines += ["", f"| N | {header} |", "|---" * (1 + len(SETS) * len(METRICS)) + "|"]
     for n in sorted({row["n"] for row in rows}):
         cells = []
-        for name in TRAINING_SETS:
+        for name in SETS:
             for metric in METRICS:
                 entry = summaries[metric].get(name, {}).get(n)
                 cells.append("-" if entry is None else f"{entry['mean']:.3f} ± {entry['std']:.3f} ({entry['n']})")
@@ -91,7 +95,7 @@ def main(argv=None):
     parser.add_argument("--json", help="Write the rows and the summaries here.")
     args = parser.parse_args(argv)
     rows = curve_rows(load_reports(args.reports))
-    summaries = {metric: curve_summary(rows, metric, TRAINING_SETS) for metric in METRICS}
+    summaries = {metric: curve_summary(rows, metric, SETS) for metric in METRICS}
     print(format_tables(rows, summaries))
     print_refusals(rows)
     if args.json:

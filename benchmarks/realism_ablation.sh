@@ -72,8 +72,8 @@ DTYPE=${DTYPE:-auto}  # generate.py --dtype (auto: fp16 on a GPU); sets sampled 
 RECIPE=${RECIPE:-"--resolution 256 --model_config small256 --train_batch_size 16 --mixed_precision bf16 --compile --compile_mode reduce-overhead"}
 EVAL_FLAGS=${EVAL_FLAGS:-}  # more evaluate.py flags, e.g. "--resolution 128" for the labelled low-resolution column
 # Default: the ours preset with the disc region's loss weighted 5 times (--region_loss_weight 4; built, not yet
-# trained) and with Patch Diffusion (trained to 2,500 steps in session 17: a second disc in 10 of 56 samples; to 5,000
-# here), side by side (ours itself: RESULTS.md session 15, same seed). Earlier
+# trained) and with Patch Diffusion (trained to 2,500 steps in session 17: a second disc in 10 of 56 samples), side by
+# side (ours itself: RESULTS.md session 15, same seed). Earlier
 # ablations and their VARIANTS: RESULTS.md, each session with its command (before session 15 the ours preset shifted
 # its log-SNR by a constant: add --schedule_detail_resolution 64 to reproduce those).
 VARIANTS=${VARIANTS:-"disc4=--region_loss_weight 4;patch=--patch_diffusion"}

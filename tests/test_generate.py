@@ -2,6 +2,7 @@ import csv
 import json
 import re
 import runpy
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -264,14 +265,16 @@ def test_generate_script(models, tmp_path):
     assert len(load_fundus_dataset(str(out))) == 2 and "binarize, fill_holes" in (out / "README.md").read_text()
 
 
-def test_a_redirected_log_gets_both_progress_bars_without_cursor_escapes(models, tmp_path, capsys):
-    """On a terminal the batch's denoising bar sits beneath the samples' bar; in a log (stderr not a terminal, as
-    under pytest) it shares their line, so the log holds no cursor-up escape codes."""
+@pytest.mark.parametrize("terminal", [False, True])
+def test_the_denoising_bar_sits_beneath_on_a_terminal_and_on_the_line_in_a_log(terminal, models, tmp_path, capsys, monkeypatch):
+    """On a terminal the batch's denoising bar sits beneath the samples' bar (tqdm moves the cursor up to it); in a
+    log (stderr not a terminal, as under pytest) it shares their line, so the log holds no cursor-up escape codes."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "generate.py"))
     script["main"](script["parse_args"](["--model", models["ddpm"], "--num_samples", "2", "--scheduler", "ddim", "--num_inference_steps", "2", "--output_dir", str(tmp_path / "set"), "--device", "cpu"]))
     err = capsys.readouterr().err
     assert "denoising the batch" in err and "Generating" in err
-    assert "\x1b[" not in err
+    assert ("\x1b[A" in err) == terminal
 
 
 def save_weaker_copy(model: str, folder: Path, mask_names=None, sample_size=None, **scheduler_changes) -> str:

@@ -8,6 +8,8 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
+from fundus_diffusion.evaluation.pm_utility import SHUFFLED
+
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # pm_figure imports its sibling utility_figure, as when run
 spec = importlib.util.spec_from_file_location("pm_figure", REPO_ROOT / "benchmarks" / "pm_figure.py")
 pm_figure = importlib.util.module_from_spec(spec)
@@ -27,9 +29,9 @@ def report(n_real, accuracy, refused=None):
 @pytest.fixture
 def reports_dir(tmp_path):
     jobs = {
-        "n20-seed0": report(20, {"real": 0.6, "synthetic": 0.5, "real+synthetic": 0.7}),
-        "n20-seed1": report(20, {"real": 0.8, "synthetic": 0.7, "real+synthetic": 0.9}),
-        "n50-seed0": report(50, {"real": 0.85}, refused="REFUSED: 40 of 200 synthetic samples flagged"),
+        "n20-seed0": report(20, {"real": 0.6, "synthetic": 0.5, "real+synthetic": 0.7, SHUFFLED: 0.4}),
+        "n20-seed1": report(20, {"real": 0.8, "synthetic": 0.7, "real+synthetic": 0.9, SHUFFLED: 0.6}),
+        "n50-seed0": report(50, {"real": 0.85, SHUFFLED: 0.5}, refused="REFUSED: 40 of 200 synthetic samples flagged"),
         "all": report(320, {"real": 0.95, "synthetic": 0.9, "real+synthetic": 0.96}),
     }
     for job, content in jobs.items():
@@ -43,13 +45,15 @@ def test_rows_summary_and_refusal(reports_dir):
     assert [(r["job"], r["n"], r["subset_seed"]) for r in rows] == [
         ("n20-seed0", 20, 0), ("n20-seed1", 20, 1), ("n50-seed0", 50, 0), ("all", 320, None)
     ]  # fmt: skip
-    assert rows[2]["accuracy"] == {"real": 0.85} and rows[2]["refused"].startswith("REFUSED")
-    summaries = {metric: pm_figure.curve_summary(rows, metric, pm_figure.TRAINING_SETS) for metric in pm_figure.METRICS}
+    assert rows[2]["accuracy"] == {"real": 0.85, SHUFFLED: 0.5} and rows[2]["refused"].startswith("REFUSED")
+    summaries = {metric: pm_figure.curve_summary(rows, metric, pm_figure.SETS) for metric in pm_figure.METRICS}
     assert summaries["accuracy"]["real"][20] == pytest.approx({"mean": 0.7, "std": 0.1, "n": 2})
     assert summaries["auc"]["real+synthetic"][20]["mean"] == pytest.approx(0.85)
     assert sorted(summaries["accuracy"]["synthetic"]) == [20, 320]  # the refused N = 50 left out
     text = pm_figure.format_tables(rows, summaries)
-    assert "| n50-seed0 | 50 | 0.850 | 0.900 | REFUSED | REFUSED | REFUSED | REFUSED |" in text
+    assert summaries["accuracy"][SHUFFLED][20] == pytest.approx({"mean": 0.5, "std": 0.1, "n": 2})
+    assert "| n50-seed0 | 50 | 0.850 | 0.900 | REFUSED | REFUSED | REFUSED | REFUSED | 0.500 | 0.550 |" in text
+    assert "| all | 320 | 0.950 | 1.000 | 0.900 | 0.950 | 0.960 | 1.010 | - | - |" in text  # no control in it
     assert "| 20 | 0.700 ± 0.100 (2) | 0.750 ± 0.100 (2) |" in text and "REFUSED for copies" in text
 
 

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from fundus_diffusion.data import load_phantom_dataset
-from fundus_diffusion.evaluation.arrays import dataset_arrays
-from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe, classify, train_pm_classifier
+from fundus_diffusion.evaluation import pm_utility
+from fundus_diffusion.evaluation.pm_classifier import train_pm_classifier
 from fundus_diffusion.evaluation.pm_utility import (
-    UNTRAINED,
+    SHUFFLED,
     PMUtilityConfig,
+    auc_null_std,
     detection_scores,
     evaluate_pm_utility,
     render_markdown,
@@ -50,9 +51,9 @@ def test_report_holds_every_training_set_realism_and_copy_check(phantoms, tmp_pa
     report = evaluate_pm_utility(phantoms["real"], phantoms["holdout"], phantoms["synthetic"], TINY)
     assert report["refused"] is None, report["memorisation"]
     results = report["detection"]["results"]
-    assert set(results) == {UNTRAINED, "real", "synthetic", "real+synthetic"}
+    assert set(results) == {"real", "synthetic", "real+synthetic", SHUFFLED}
     assert all(results[name][metric]["n"] == 2 for name in results for metric in ("accuracy", "auc"))
-    assert report["detection"]["n_train"] == {UNTRAINED: 0, "real": 16, "synthetic": 12, "real+synthetic": 28}
+    assert report["detection"]["n_train"] == {"real": 16, "synthetic": 12, "real+synthetic": 28, SHUFFLED: 16}
     assert report["counts"]["holdout"] == {"n": 12, "non-PM": 6, "PM": 6}
     assert report["realism"]["computed"] and report["realism"]["real_vs_synthetic"]["n_per_class"] == 12
     assert len(report["memorisation"]) == 2 and all(m["n_real_train"] == 16 for m in report["memorisation"].values())
@@ -68,7 +69,7 @@ def test_a_set_of_copies_is_refused_loudly(phantoms, tmp_path):
     copies = phantoms["real"].select(range(8)).map(lambda row: {"id": row["id"].replace("train", "copy")})
     report = evaluate_pm_utility(phantoms["real"], phantoms["holdout"], copies, TINY)
     assert report["refused"].startswith("REFUSED: 8 of 8 synthetic samples flagged")
-    assert set(report["detection"]["results"]) == {UNTRAINED, "real"}  # no classifier trained on the copies
+    assert set(report["detection"]["results"]) == {"real", SHUFFLED}  # no classifier trained on the copies
     flagged = report["memorisation"]["downsampled pixels (32x32 RGB in [0, 1], L2)"]["flagged"]
     assert {f["real_id"] for f in flagged} == set(phantoms["real"].select(range(8))["id"])
     markdown = Path(write_pm_report(report, str(tmp_path))["markdown"]).read_text()
@@ -76,17 +77,37 @@ def test_a_set_of_copies_is_refused_loudly(phantoms, tmp_path):
     assert "| synthetic | 8 | REFUSED (copies) | REFUSED (copies) |" in markdown
 
 
-def test_the_untrained_control_scores_the_classifier_as_initialised(phantoms):
-    """The control row is each seed's classifier before any training step, scored here independently."""
-    report = evaluate_pm_utility(phantoms["real"], phantoms["holdout"], phantoms["synthetic"], TINY)
-    holdout = dataset_arrays(phantoms["holdout"], 32, (), "held-out").float() / 127.5 - 1.0
-    labels = torch.tensor(phantoms["holdout"]["label"])
-    for seed, scores in enumerate(report["detection"]["per_seed"][UNTRAINED]):
-        untrained = train_pm_classifier(holdout[:2], labels[:2], ClassifierRecipe(steps=0, seed=seed))
-        assert scores == pytest.approx(detection_scores(classify(untrained, holdout)["logits"], labels))
-        assert scores != report["detection"]["per_seed"]["real"][seed]  # the trained one differs
+def test_the_chance_control_trains_the_same_recipe_on_shuffled_labels(phantoms, monkeypatch):
+    """Each seed's control is trained like the real row (same images, steps and seed) on a permutation of the real
+    labels that differs per seed; the report states the AUC's null spread for the held-out counts."""
+    calls = []
+
+    def recording(images, labels, recipe, *args, **kwargs):
+        calls.append({"images": images, "labels": labels.clone(), "recipe": recipe})
+        return train_pm_classifier(images, labels, recipe, *args, **kwargs)
+
+    monkeypatch.setattr(pm_utility, "train_pm_classifier", recording)
+    report = pm_utility.evaluate_pm_utility(phantoms["real"], phantoms["holdout"], phantoms["synthetic"], TINY)
+    real = [c for c in calls if len(c["labels"]) == 16]
+    trained, shuffled = real[: TINY.seeds], real[TINY.seeds :]
+    assert len(shuffled) == TINY.seeds and len(report["detection"]["per_seed"][SHUFFLED]) == TINY.seeds
+    for seed, (plain, control) in enumerate(zip(trained, shuffled)):
+        assert control["recipe"] == plain["recipe"] and plain["recipe"].seed == seed and plain["recipe"].steps == 3
+        assert torch.equal(control["images"], plain["images"])
+        assert sorted(control["labels"].tolist()) == sorted(plain["labels"].tolist())
+        assert not torch.equal(control["labels"], plain["labels"])
+    assert not torch.equal(shuffled[0]["labels"], shuffled[1]["labels"])
+    assert report["detection"]["chance"]["auc_null_std"] == pytest.approx(math.sqrt(13 / (12 * 36)))  # 6 PM, 6 not
     markdown = render_markdown(report)
-    assert f"| {UNTRAINED} | 0 |" in markdown and "trained on nothing" in markdown
+    assert f"| {SHUFFLED} | 16 |" in markdown and "0.5 ± 0.173" in markdown
+
+
+def test_auc_null_std_matches_the_spread_of_random_scores():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.tensor([1] * 10 + [0] * 30)
+    aucs = [detection_scores(torch.randn(40, 2, generator=generator), labels)["auc"] for _ in range(2000)]
+    assert float(torch.tensor(aucs).std()) == pytest.approx(auc_null_std(labels), rel=0.1)
+    assert math.isnan(auc_null_std(torch.tensor([1, 1])))
 
 
 def test_unlabelled_synthetic_and_overlapping_split_are_refused(phantoms):

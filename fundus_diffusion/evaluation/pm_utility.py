@@ -3,7 +3,9 @@ classifier judged on real photographs?
 
 The PM classifier of ``pm_classifier`` (its fixed recipe) is trained, for every seed, on three sets: the real images
 the generator was trained on (``real``), the synthetic set alone and both together, and scored on one fixed held-out
-real split: accuracy and ROC AUC of P(PM) (torchmetrics), mean ± std over seeds. Beside them, as in the segmentation
+real split: accuracy and ROC AUC of P(PM) (torchmetrics), mean ± std over seeds; chance beside them: the same recipe
+on the real images with shuffled labels (``SHUFFLED``) and the AUC's null spread (``auc_null_std``), since a
+classifier trained on a one-class or noise set need not score 0.5. Beside them, as in the segmentation
 protocol: the two-sample realism test of the synthetic images (``realism.realism_test``) and the copy check of the
 synthetic set against the generator's training images (``memorisation``, in downsampled pixels and in the
 real-trained classifier's features), each beside its held-out control. A set whose samples are flagged more often
@@ -16,6 +18,7 @@ of ``pm_classifier`` beside the agreement.
 """
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -44,9 +47,9 @@ from .realism import RealismRecipe, realism_test
 from .report import json_safe, memorisation_lines, realism_lines, refusal_banner
 
 SYNTHETIC_SETS = TRAINING_SETS[1:]  # the classifiers a refused set (copies of training images) does not get
-# The chance control: the classifier as initialised, trained on nothing. Its held-out AUC is what a row gets from the
-# architecture and its seed alone (a one-class or noise set teaches nothing, yet its AUC need not be 0.5).
-UNTRAINED = "untrained (control)"
+# The chance control: the same recipe, seeds and steps on the real training images with their labels shuffled (each
+# seed its own permutation): what a classifier that learnt the images but nothing of PM scores on the held-out ones.
+SHUFFLED = "real, labels shuffled (control)"
 METRICS = ("accuracy", "auc")
 
 
@@ -93,8 +96,8 @@ def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConf
     """The PM-detection report for schema datasets: ``real`` (what the generator trained on), a disjoint real
     ``holdout`` and the labelled ``synthetic`` set; rows with an unknown label (-1) are left out of all three.
 
-    Returns a JSON-able dict: counts per class, ``detection`` (accuracy and AUC per training set, per seed and
-    mean ± std), ``memorisation``, ``refused`` (None, or why the synthetic classifiers were not trained),
+    Returns a JSON-able dict: counts per class, ``detection`` (accuracy and AUC per training set and for the
+    shuffled-label control, per seed and mean ± std; ``chance``: the AUC's null spread), ``memorisation``, ``refused`` (None, or why the synthetic classifiers were not trained),
     ``synthetic_by_real_classifier`` (label agreement and realism guard) and ``realism``.
     """
     config = config or PMUtilityConfig()
@@ -118,20 +121,24 @@ def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConf
     recipe = ClassifierRecipe(steps=config.classifier_steps)
     seeds = list(range(config.seeds))
 
-    def scores_of(name: str, steps: int = recipe.steps):
-        """One classifier per seed trained on set ``name`` for ``steps`` steps, each scored on the held-out images:
-        ``(scores per seed, seed 0's classifier)``."""
+    def scores_of(name: str, shuffle: bool = False):
+        """One classifier per seed trained on set ``name`` (``shuffle``: on its labels permuted, each seed its own
+        permutation), each scored on the held-out images: ``(scores per seed, seed 0's classifier)``."""
         scores, first = [], None
         for seed in seeds:
-            progress = partial(tqdm, desc=f"PM classifier on {name}, seed {seed}", leave=False)
-            seeded = ClassifierRecipe(**{**recipe.to_dict(), "seed": seed, "steps": steps})
-            model = train_pm_classifier(images[name], labels[name], seeded, device, progress)
+            desc = f"PM classifier on {name}{' (labels shuffled)' if shuffle else ''}, seed {seed}"
+            seeded = ClassifierRecipe(**{**recipe.to_dict(), "seed": seed})
+            y = labels[name]
+            if shuffle:
+                y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))]
+            model = train_pm_classifier(images[name], y, seeded, device, partial(tqdm, desc=desc, leave=False))
             scores.append(detection_scores(classify(model, images["holdout"])["logits"], labels["holdout"]))
             first = model if first is None else first
         return scores, first
 
-    per_seed = {UNTRAINED: scores_of("real", steps=0)[0]}
+    per_seed = {}
     per_seed["real"], real_model = scores_of("real")
+    per_seed[SHUFFLED] = scores_of("real", shuffle=True)[0]
     memorisation = _memorisation(
         arrays, real_model, list(sets["synthetic"]["id"]), list(sets["real"]["id"]), list(sets["holdout"]["id"]), resolution
     )
@@ -157,7 +164,8 @@ def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConf
         "counts": {name: class_counts(labels[name]) for name in sets},
         "detection": {
             "recipe": {**recipe.to_dict(), "seeds": seeds},
-            "n_train": {UNTRAINED: 0, **{name: len(labels[name]) for name in TRAINING_SETS}},
+            "n_train": {**{name: len(labels[name]) for name in TRAINING_SETS}, SHUFFLED: len(labels["real"])},
+            "chance": {"auc": 0.5, "auc_null_std": auc_null_std(labels["holdout"])},
             "per_seed": per_seed,
             "results": {
                 name: {m: summarise([s[m] for s in scores]) for m in METRICS} for name, scores in per_seed.items()
@@ -172,6 +180,17 @@ def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConf
         "realism": realism_test(all_real, arrays["synthetic"].to(device), realism, device),
     }
     return {**report, "warnings": pm_warnings(report)}
+
+
+def auc_null_std(labels: torch.Tensor) -> float:
+    """The standard deviation of the ROC AUC of scores that know nothing of the labels (Mann-Whitney's U under the
+    null, without ties): ``sqrt((n1 + n0 + 1) / (12 n1 n0))`` for ``n1`` positive and ``n0`` negative 0 / 1 labels; NaN
+    for one class. A row's AUC within about two of these of 0.5 is what chance gives on these held-out images."""
+    positives = int((labels == 1).sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    return math.sqrt((positives + negatives + 1) / (12 * positives * negatives))
 
 
 def pm_warnings(report: Dict) -> List[str]:
@@ -217,13 +236,15 @@ def render_markdown(report: Dict) -> str:
         "",
         f"Classifier: `fundus_diffusion.evaluation.pm_classifier` (width {recipe['width']}, {recipe['steps']} steps, batch "
         f"{recipe['batch_size']}, class-balanced batches), seeds {recipe['seeds']}; accuracy and ROC AUC of P(PM) on the "
-        f"{counts['holdout']['n']} held-out images, mean ± std over seeds. The `{UNTRAINED}` row is the same "
-        "classifier as initialised, trained on nothing: a row is evidence only as far as it beats it.",
+        f"{counts['holdout']['n']} held-out images, mean ± std over seeds. Chance: the last row, the same recipe on "
+        "the real images with their labels shuffled, and, for scores that know nothing of the labels, an AUC of 0.5 "
+        f"± {format_value(detection['chance']['auc_null_std'])} (the null's standard deviation on these held-out "
+        "images): a row is evidence of PM detection only as far as it stands above both.",
         "",
         f"| trained on ({px}) | n train | accuracy | ROC AUC |",
         "|---|---|---|---|",
     ]
-    for name in (UNTRAINED, *TRAINING_SETS):
+    for name in (*TRAINING_SETS, SHUFFLED):
         result = detection["results"].get(name)
         cells = (
             "REFUSED (copies) | REFUSED (copies)"
