@@ -6,10 +6,10 @@
 --real is what the generator was trained on (its copy check is against these images), --holdout a disjoint labelled
 real split (scripts/split_dataset.py --images_only --stratify label). A PM classifier is trained on real, synthetic
 and real + synthetic images for every seed and scored on the held-out images (accuracy, ROC AUC), beside chance (the
-same recipe on shuffled real labels, and the AUC's null spread); the report adds the
-two-sample realism test and the copy check, and refuses, loudly, a synthetic set whose samples are flagged as copies
-more often than the held-out real images (fundus-evaluate's rule). Writes
-report.json and report.md (no images: nothing of the real data leaves in them but ids).
+same recipe on shuffled real labels, and the AUC's null spread); the report adds the two-sample realism test and the
+copy check, and refuses, loudly, a synthetic set whose samples are flagged as copies more often than the held-out
+real images (fundus-evaluate's rule). Writes report.json and report.md (no images: nothing of the real data leaves
+in them but ids).
 """
 
 import argparse

@@ -97,8 +97,9 @@ def evaluate_pm_utility(real, holdout, synthetic, config: Optional[PMUtilityConf
     ``holdout`` and the labelled ``synthetic`` set; rows with an unknown label (-1) are left out of all three.
 
     Returns a JSON-able dict: counts per class, ``detection`` (accuracy and AUC per training set and for the
-    shuffled-label control, per seed and mean ± std; ``chance``: the AUC's null spread), ``memorisation``, ``refused`` (None, or why the synthetic classifiers were not trained),
-    ``synthetic_by_real_classifier`` (label agreement and realism guard) and ``realism``.
+    shuffled-label control, per seed and mean ± std; ``chance``: the AUC's null spread), ``memorisation``,
+    ``refused`` (None, or why the synthetic classifiers were not trained), ``synthetic_by_real_classifier`` (label
+    agreement and realism guard) and ``realism``.
     """
     config = config or PMUtilityConfig()
     device = config.device or default_device()
