@@ -18,7 +18,6 @@ import sys
 
 from utility_figure import (
     CURVE_JOB,
-    TRAINING_SETS,
     curve_summary,
     load_reports,
     plot_curves,
@@ -29,10 +28,10 @@ from utility_figure import (
     save,
 )
 
-from fundus_diffusion.evaluation.pm_utility import SHUFFLED, SYNTHETIC_SETS
+from fundus_diffusion.evaluation.pm_utility import DETECTION_ROWS as SETS  # the training sets, then the chance control
+from fundus_diffusion.evaluation.pm_utility import SYNTHETIC_SETS
 
 METRICS = {"accuracy": "accuracy", "auc": "ROC AUC of P(PM)"}
-SETS = (*TRAINING_SETS, SHUFFLED)  # the classifiers' training sets and the chance control
 
 
 def curve_rows(reports: dict) -> list:

@@ -17,6 +17,7 @@ def resolution_problem(resolution: int) -> Optional[str]:
         return f"--resolution {resolution}: the segmenter takes multiples of 8, e.g. {low} or {low + 8}."
     return None
 
+
 def realism_args_problem(args) -> Optional[str]:
     """Why the scripts' two-sample test settings (``--realism_folds``, ``--realism_steps``) cannot work (None when
     they can)."""

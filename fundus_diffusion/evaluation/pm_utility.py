@@ -50,6 +50,7 @@ SYNTHETIC_SETS = TRAINING_SETS[1:]  # the classifiers a refused set (copies of t
 # The chance control: the same recipe, seeds and steps on the real training images with their labels shuffled (each
 # seed its own permutation): what a classifier that learnt the images but nothing of PM scores on the held-out ones.
 SHUFFLED = "real, labels shuffled (control)"
+DETECTION_ROWS = (*TRAINING_SETS, SHUFFLED)  # the detection table's rows, in order
 METRICS = ("accuracy", "auc")
 
 
@@ -245,7 +246,7 @@ def render_markdown(report: Dict) -> str:
         f"| trained on ({px}) | n train | accuracy | ROC AUC |",
         "|---|---|---|---|",
     ]
-    for name in (*TRAINING_SETS, SHUFFLED):
+    for name in DETECTION_ROWS:
         result = detection["results"].get(name)
         cells = (
             "REFUSED (copies) | REFUSED (copies)"
