@@ -182,6 +182,10 @@ unsampled() {  # the saved snapshots (within STEPS, when given) without a finish
   done
 }
 guide_of() { echo "$(dirname "$1")/step-$(printf %07d "${AUTOGUIDANCE%%:*}")"; }  # AUTOGUIDANCE's snapshot beside snapshot $1
+running_outputs() {  # the output folders of the evaluations and conditional benchmarks still running, one line
+  pgrep -af 'scripts/evaluate.py|benchmarks/conditional_sampling.py' | grep -o -- '--output_dir [^ ]*' | cut -d' ' -f2 |
+    grep -v '\$' | sort -u | tr '\n' ' '  # not the bash -c wrappers' own text ("$WORK/eval/$2")
+}
 flags_of() { tr ';' '\n' <<< "$VARIANTS" | grep "^$1=" | cut -d= -f2-; }
 
 case $STAGE in
@@ -228,7 +232,10 @@ follow)
       log "follow: the trainings have ended and every snapshot is sampled and judged"
       break
     fi
-    [ $((deadline - SECONDS)) -gt 30 ] || { log "follow: time is up; still to do: $(unsampled_by_any | tr '\n' ' ')"; break; }
+    if [ $((deadline - SECONDS)) -le 30 ]; then  # the evaluations go on on a warm machine: the next call's follow or pack
+      log "follow: time is up; still to sample: $(unsampled_by_any | tr '\n' ' '); still judging: $(running_outputs)"
+      break
+    fi
     sleep 15
   done
   pack_results
@@ -320,9 +327,8 @@ conditional)
   ;;
 pack)
   deadline=$((SECONDS + ${WAIT_S:-0}))
-  busy() { pgrep -f "scripts/evaluate.py|benchmarks/conditional_sampling.py" > /dev/null; }
-  while busy && [ $SECONDS -lt $deadline ]; do sleep 10; done
-  busy && log "still running: $(pgrep -af 'scripts/evaluate.py|benchmarks/conditional_sampling.py' | grep -o -- '--output_dir [^ ]*' | tr '\n' ' ')"
+  while [ -n "$(running_outputs)" ] && [ $SECONDS -lt $deadline ]; do sleep 10; done
+  [ -n "$(running_outputs)" ] && log "still running: $(running_outputs)"
   pack_results
   ;;
 *) echo "unknown STAGE=$STAGE"; exit 2 ;;
