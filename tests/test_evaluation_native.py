@@ -96,6 +96,9 @@ def test_native_resolution_per_source_dice_and_worst_images(tmp_path):
     realism = report["realism"]
     assert realism["computed"] and realism["resolution"] == 32 and realism["real_vs_real"]["folds"] == 2
     assert TEST_NAME in markdown and "FID" not in realism["name"]
+    for region, title in (("disc_region", "**Disc region**"), ("outside_disc", "**Outside the disc**")):  # the masks hold a disc
+        assert realism[region]["computed"] and realism[region]["real_vs_synthetic"]["n_per_class"] > 0, region
+        assert title in markdown
 
 
 def test_resolution_flag_is_a_labelled_comparison_and_mixed_sizes_are_refused(tmp_path):

@@ -12,11 +12,12 @@ from fundus_diffusion.evaluation.realism import (
     RealismRecipe,
     colour_statistics,
     disc_crops,
-    disc_region_test,
     field_of_view,
     realism_test,
+    region_test,
     standardise_colour,
     two_sample_auc,
+    without_disc,
 )
 from fundus_diffusion.evaluation.recipe import plan_nuisance
 from fundus_diffusion.evaluation.report import realism_lines
@@ -163,20 +164,56 @@ def test_disc_crops_are_centred_on_each_disc_and_leave_out_images_without_one():
     assert crops[1, :, :3].eq(0).all() and torch.equal(crops[1, :, 3:, 3:], images[1, :3, 0:5, 0:5])
 
 
-def test_disc_region_test_sees_a_fault_confined_to_the_disc():
-    """A speckled disc in otherwise identical photographs: the crops show it at a quarter of their area."""
+def test_without_disc_blacks_out_the_square_disc_crops_cuts():
+    images = torch.full((3, 3, 32, 32), 200, dtype=torch.uint8)
+    discs = torch.zeros(3, 32, 32, dtype=torch.bool)
+    discs[0, 10:14, 20:24] = True  # centroid row 12, column 22: the square rows 8-15, columns 18-25
+    discs[1, 0:3, 0:3] = True  # at the corner: what lies inside the image of the square past the border
+    kept = without_disc(images, discs, 8)
+    assert kept.shape == (2, 3, 32, 32)  # the third image has no disc
+    assert kept[0, :, 8:16, 18:26].eq(0).all() and kept[0].eq(0).sum() == 3 * 64
+    assert kept[1, :, 0:5, 0:5].eq(0).all() and kept[1].eq(0).sum() == 3 * 25
+    assert images.eq(200).all()  # the caller's images untouched
+
+
+def speckled(images: torch.Tensor, where: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``images`` with strong pixel noise where ``where`` (``bool [N, H, W]``) holds."""
+    noise = (torch.rand(images.shape, generator=generator) - 0.5) * 200
+    return torch.where(where[:, None], (images.float() + noise).clamp(0, 255), images.float()).to(torch.uint8)
+
+
+def test_disc_region_test_sees_a_fault_confined_to_the_disc_and_the_outside_test_does_not():
+    """A speckled disc in otherwise identical photographs: the crops show it at a quarter of their area; without the
+    disc's square the judge has nothing to go on."""
     generator = torch.Generator().manual_seed(0)
     real, synthetic = round_fundus(60, generator, size=64), round_fundus(60, generator, size=64)
     discs = torch.zeros(60, 64, 64, dtype=torch.bool)
     discs[:, 26:38, 36:48] = True
-    noise = (torch.rand(60, 3, 64, 64, generator=generator) - 0.5) * 200
-    synthetic = torch.where(discs[:, None], (synthetic.float() + noise).clamp(0, 255), synthetic.float()).to(torch.uint8)
-    region = disc_region_test(real, discs, synthetic, discs, RealismRecipe(**TINY))
+    synthetic = speckled(synthetic, discs, generator)
+    region = region_test("disc_region", real, discs, synthetic, discs, RealismRecipe(**TINY))
     assert region["computed"] and region["resolution"] == 16 and "16 px square" in region["region"]
     assert region["real_vs_synthetic"]["auc"]["mean"] > 0.9, region["real_vs_synthetic"]
     assert abs(region["real_vs_real"]["auc"]["mean"] - 0.5) < 0.25, region["real_vs_real"]
-    markdown = "\n".join(realism_lines({**realism_test(real, synthetic, RealismRecipe(steps=2, width=4, folds=2)), "disc_region": region}, "64 px"))
+    outside = region_test("outside_disc", real, discs, synthetic, discs, RealismRecipe(**TINY))
+    assert outside["computed"] and outside["resolution"] == 64 and "blacked out" in outside["region"]
+    assert abs(outside["real_vs_synthetic"]["auc"]["mean"] - 0.5) < 0.25, outside["real_vs_synthetic"]
+    whole = realism_test(real, synthetic, RealismRecipe(steps=2, width=4, folds=2))
+    markdown = "\n".join(realism_lines({**whole, "disc_region": region, "outside_disc": outside}, "64 px"))
     assert "**Disc region** (optic disc: a 16 px square" in markdown and "| compared on 16 px disc crops |" in markdown
+    assert "**Outside the disc** (everything but the optic disc" in markdown
+    assert "| compared on 64 px images without the disc |" in markdown
+
+
+def test_outside_disc_test_sees_a_fault_outside_the_disc():
+    """The complement: speckle everywhere but in the disc's square is seen without it."""
+    generator = torch.Generator().manual_seed(1)
+    real, synthetic = round_fundus(60, generator, size=64), round_fundus(60, generator, size=64)
+    discs = torch.zeros(60, 64, 64, dtype=torch.bool)
+    discs[:, 26:38, 36:48] = True
+    outside_square = torch.ones_like(discs)
+    outside_square[:, 24:40, 34:50] = False  # the 16 px square around the disc's centroid (row 32, column 42)
+    outside = region_test("outside_disc", real, discs, speckled(synthetic, outside_square, generator), discs, RealismRecipe(**TINY))
+    assert outside["real_vs_synthetic"]["auc"]["mean"] > 0.9, outside["real_vs_synthetic"]
 
 
 def test_repeats_pool_other_draws_and_keep_the_single_test_as_the_first():

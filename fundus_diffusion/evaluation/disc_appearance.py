@@ -1,7 +1,7 @@
 """What the optic discs look like, in numbers: colour, detail and how much of the disc's edges and lines run in one
 direction, in a square around each disc, per image, summarised per set beside real photographs.
 
-The disc-region judge (``realism.disc_region_test``) says *whether* generated discs can be told from real ones; this
+The disc-region judge (``realism.region_test``) says *whether* generated discs can be told from real ones; this
 says *how* they differ, so that a description made by eye ("brighter", "mottled") can be checked. Per image, in the
 judge's square (``realism.DISC_CROP_FRACTION``: a quarter of the side, 64 px at 256 px, about one and a half disc
 diameters of fundus-od's, 33-62 px) centred on the disc:

@@ -320,13 +320,19 @@ def mask_centroids(discs: torch.Tensor) -> torch.Tensor:
     return torch.stack([rows, cols], dim=1).round().long()
 
 
+def located_discs(images: torch.Tensor, discs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The RGB of each of ``images`` (``uint8 [N, >=3, H, W]``) whose disc mask (``bool [N, H, W]``) is not empty, and
+    its disc's centroid (``long [K, 2]``): what the disc-region views are cut from."""
+    keep = discs.flatten(1).any(dim=1)
+    return images[keep, :3], mask_centroids(discs[keep])
+
+
 def disc_crops(images: torch.Tensor, discs: torch.Tensor, side: int) -> torch.Tensor:
     """``uint8 [K, 3, side, side]``: for each of ``images`` (``uint8 [N, >=3, H, W]``) whose disc mask (``bool
     [N, H, W]``) is not empty, the square of ``side`` px centred on the disc's centroid, at the image's own
     resolution (black past the border). The whole image dilutes a fault of the disc, a few hundred of its 65,536 pixels
     at 256 px; in the crop it is a quarter."""
-    keep = discs.flatten(1).any(dim=1)
-    images, centres = images[keep, :3], mask_centroids(discs[keep])
+    images, centres = located_discs(images, discs)
     padded = F.pad(images, (side, side, side, side))  # a centroid at the border still has a square
     tops = (centres[:, 0] - side // 2 + side).tolist()
     lefts = (centres[:, 1] - side // 2 + side).tolist()
@@ -334,7 +340,30 @@ def disc_crops(images: torch.Tensor, discs: torch.Tensor, side: int) -> torch.Te
     return torch.stack(crops) if crops else images.new_zeros((0, 3, side, side))
 
 
-def disc_region_test(
+def without_disc(images: torch.Tensor, discs: torch.Tensor, side: int) -> torch.Tensor:
+    """``uint8 [K, 3, H, W]``: each of ``images`` whose disc mask is not empty, with the square ``disc_crops`` cuts
+    out blacked out: the rest of the photograph (vessels, background, the field's edge) alone. Black is the
+    photograph's surround, which the robust judge's colour standardisation leaves out (``FOV_THRESHOLD``)."""
+    images, centres = located_discs(images, discs)
+    images = images.clone()
+    for image, (row, col) in zip(images, centres.tolist()):
+        top, left = row - side // 2, col - side // 2
+        image[:, max(0, top) : top + side, max(0, left) : left + side] = 0
+    return images
+
+
+# The two views of the disc-region tests (``region_test``): the view of each image and what the report calls it.
+REGIONS = {
+    "disc_region": (disc_crops, "optic disc: a {side} px square around each disc's centroid at {resolution} px"),
+    "outside_disc": (
+        without_disc,
+        "everything but the optic disc: the {side} px square around each disc's centroid blacked out at {resolution} px",
+    ),
+}
+
+
+def region_test(
+    region: str,
     real: torch.Tensor,
     real_discs: torch.Tensor,
     synthetic: torch.Tensor,
@@ -342,11 +371,14 @@ def disc_region_test(
     recipe: RealismRecipe = RealismRecipe(),
     device="cpu",
 ) -> Dict:
-    """``realism_test`` on ``disc_crops`` of both sets (real: the expert disc masks, synthetic: the generated ones), so
-    that the judge looks where the generated discs fail; images without a disc are left out."""
+    """``realism_test`` on one of ``REGIONS``' views of both sets (real: the expert disc masks, synthetic: the
+    generated ones; images without a disc left out): ``"disc_region"`` looks where the generated discs fail, and
+    ``"outside_disc"``, its complement, beside the whole-image test says whether what still tells the sets apart lies
+    in the disc or in the rest of the photograph."""
+    view, description = REGIONS[region]
     side = real.shape[-1] // DISC_CROP_FRACTION
-    result = realism_test(disc_crops(real, real_discs, side), disc_crops(synthetic, synthetic_discs, side), recipe, device)
-    return {**result, "region": f"optic disc: a {side} px square around each disc's centroid at {real.shape[-1]} px"}
+    result = realism_test(view(real, real_discs, side), view(synthetic, synthetic_discs, side), recipe, device)
+    return {**result, "region": description.format(side=side, resolution=real.shape[-1])}
 
 
 def realism_test(

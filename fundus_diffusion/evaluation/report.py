@@ -300,7 +300,8 @@ def realism_lines(realism: Optional[Dict], px: str) -> List[str]:
         ]
     lines += auc_table(main, control, f"compared at {px}")
     lines += colour_lines(realism.get("colour_statistics"), px)
-    return lines + disc_region_lines(realism.get("disc_region"))
+    lines += region_lines(realism.get("disc_region"), "Disc region", "disc crops")
+    return lines + region_lines(realism.get("outside_disc"), "Outside the disc", "images without the disc")
 
 
 def folds_phrase(test: Dict) -> str:
@@ -323,18 +324,18 @@ def auc_table(main: Dict, control: Dict, heading: str) -> List[str]:
     ]
 
 
-def disc_region_lines(region: Optional[Dict]) -> List[str]:
-    """The same judge on the optic-disc crops (``realism.disc_region_test``), where a whole-image judge dilutes a
-    fault of the disc."""
+def region_lines(region: Optional[Dict], title: str, views: str) -> List[str]:
+    """The same judge on one region of the images (``realism.region_test``: the optic-disc crops, where a whole-image
+    judge dilutes a fault of the disc, or everything else), ``views`` naming what it compares."""
     if region is None:
         return []
-    lines = ["", f"**Disc region** ({region.get('region', 'optic disc crops')}; images without a disc left out)."]
+    lines = ["", f"**{title}** ({region['region']}; images without a disc left out)."]
     if not region["computed"]:
         return lines + [f"Not computed: {region['reason']}."]
-    crops = f"{region['resolution']} px disc crops"
-    lines[-1] += f" The same judge and recipe, {region['real_vs_synthetic']['n_per_class']} crops per side."
-    lines += auc_table(region["real_vs_synthetic"], region["real_vs_real"], f"compared on {crops}")
-    return lines + colour_lines(region.get("colour_statistics"), crops)
+    compared = f"{region['resolution']} px {views}"
+    lines[-1] += f" The same judge and recipe, {region['real_vs_synthetic']['n_per_class']} per side."
+    lines += auc_table(region["real_vs_synthetic"], region["real_vs_real"], f"compared on {compared}")
+    return lines + colour_lines(region.get("colour_statistics"), compared)
 
 
 def colour_lines(colour: Optional[Dict], px: str) -> List[str]:
