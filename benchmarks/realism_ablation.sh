@@ -182,7 +182,7 @@ unsampled() {  # the saved snapshots (within STEPS, when given) without a finish
   done
 }
 guide_of() { echo "$(dirname "$1")/step-$(printf %07d "${AUTOGUIDANCE%%:*}")"; }  # AUTOGUIDANCE's snapshot beside snapshot $1
-running_outputs() {  # the output folders of the evaluations and conditional benchmarks still running, one line
+running_outputs() {  # the output folders of the evaluations and conditional benchmarks running, one line (for logs)
   pgrep -af 'scripts/evaluate.py|benchmarks/conditional_sampling.py' | grep -o -- '--output_dir [^ ]*' | cut -d' ' -f2 |
     grep -v '\$' | sort -u | tr '\n' ' '  # not the bash -c wrappers' own text ("$WORK/eval/$2")
 }
@@ -327,8 +327,10 @@ conditional)
   ;;
 pack)
   deadline=$((SECONDS + ${WAIT_S:-0}))
-  while [ -n "$(running_outputs)" ] && [ $SECONDS -lt $deadline ]; do sleep 10; done
-  [ -n "$(running_outputs)" ] && log "still running: $(running_outputs)"
+  # busy counts the bash -c wrappers too: an evaluation's first 15 s (reading its masks) come before evaluate.py runs
+  busy() { pgrep -f "scripts/evaluate.py|benchmarks/conditional_sampling.py" > /dev/null; }
+  while busy && [ $SECONDS -lt $deadline ]; do sleep 10; done
+  busy && log "still running: $(running_outputs)"
   pack_results
   ;;
 *) echo "unknown STAGE=$STAGE"; exit 2 ;;

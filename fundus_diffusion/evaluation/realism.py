@@ -342,8 +342,10 @@ def disc_crops(images: torch.Tensor, discs: torch.Tensor, side: int) -> torch.Te
 
 def without_disc(images: torch.Tensor, discs: torch.Tensor, side: int) -> torch.Tensor:
     """``uint8 [K, 3, H, W]``: each of ``images`` whose disc mask is not empty, with the square ``disc_crops`` cuts
-    out blacked out: the rest of the photograph (vessels, background, the field's edge) alone. Black is the
-    photograph's surround, which the robust judge's colour standardisation leaves out (``FOV_THRESHOLD``)."""
+    out blacked out: the rest of the photograph (vessels, background, the field's edge). The square sits where the
+    mask puts the disc, so a disc drawn off its mask leaves part of itself in view, and the square's place is a cue
+    of its own where the two sets' disc positions differ (the report's plausibility section measures that). Black is
+    the photograph's surround, which the robust judge's colour standardisation leaves out (``FOV_THRESHOLD``)."""
     images, centres = located_discs(images, discs)
     images = images.clone()
     for image, (row, col) in zip(images, centres.tolist()):
@@ -373,8 +375,8 @@ def region_test(
 ) -> Dict:
     """``realism_test`` on one of ``REGIONS``' views of both sets (real: the expert disc masks, synthetic: the
     generated ones; images without a disc left out): ``"disc_region"`` looks where the generated discs fail, and
-    ``"outside_disc"``, its complement, beside the whole-image test says whether what still tells the sets apart lies
-    in the disc or in the rest of the photograph."""
+    ``"outside_disc"``, its complement, beside the whole-image test says how much of what tells the sets apart
+    remains without the disc (``without_disc`` says what can still leak through)."""
     view, description = REGIONS[region]
     side = real.shape[-1] // DISC_CROP_FRACTION
     result = realism_test(view(real, real_discs, side), view(synthetic, synthetic_discs, side), recipe, device)
