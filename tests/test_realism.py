@@ -182,9 +182,8 @@ def speckled(images: torch.Tensor, where: torch.Tensor, generator: torch.Generat
     return torch.where(where[:, None], (images.float() + noise).clamp(0, 255), images.float()).to(torch.uint8)
 
 
-def test_disc_region_test_sees_a_fault_confined_to_the_disc_and_the_outside_test_does_not():
-    """A speckled disc in otherwise identical photographs: the crops show it at a quarter of their area; without the
-    disc's square the judge has nothing to go on."""
+def test_disc_region_test_sees_a_fault_confined_to_the_disc():
+    """A speckled disc in otherwise identical photographs: the crops show it at a quarter of their area."""
     generator = torch.Generator().manual_seed(0)
     real, synthetic = round_fundus(60, generator, size=64), round_fundus(60, generator, size=64)
     discs = torch.zeros(60, 64, 64, dtype=torch.bool)
@@ -194,26 +193,30 @@ def test_disc_region_test_sees_a_fault_confined_to_the_disc_and_the_outside_test
     assert region["computed"] and region["resolution"] == 16 and "16 px square" in region["region"]
     assert region["real_vs_synthetic"]["auc"]["mean"] > 0.9, region["real_vs_synthetic"]
     assert abs(region["real_vs_real"]["auc"]["mean"] - 0.5) < 0.25, region["real_vs_real"]
-    outside = region_test("outside_disc", real, discs, synthetic, discs, RealismRecipe(**TINY))
-    assert outside["computed"] and outside["resolution"] == 64 and "blacked out" in outside["region"]
-    assert abs(outside["real_vs_synthetic"]["auc"]["mean"] - 0.5) < 0.25, outside["real_vs_synthetic"]
-    whole = realism_test(real, synthetic, RealismRecipe(steps=2, width=4, folds=2))
-    markdown = "\n".join(realism_lines({**whole, "disc_region": region, "outside_disc": outside}, "64 px"))
+    markdown = "\n".join(realism_lines({**realism_test(real, synthetic, RealismRecipe(steps=2, width=4, folds=2)), "disc_region": region}, "64 px"))
     assert "**Disc region** (optic disc: a 16 px square" in markdown and "| compared on 16 px disc crops |" in markdown
-    assert "**Outside the disc** (everything but the optic disc" in markdown
-    assert "| compared on 64 px images without the disc |" in markdown
 
 
-def test_outside_disc_test_sees_a_fault_outside_the_disc():
-    """The complement: speckle everywhere but in the disc's square is seen without it."""
+def test_outside_disc_test_sees_what_lies_outside_the_disc_and_not_the_disc():
+    """A white disc, which the whole-image judge sees, is gone without the disc's square; speckle everywhere else is
+    seen."""
     generator = torch.Generator().manual_seed(1)
     real, synthetic = round_fundus(60, generator, size=64), round_fundus(60, generator, size=64)
     discs = torch.zeros(60, 64, 64, dtype=torch.bool)
-    discs[:, 26:38, 36:48] = True
+    discs[:, 26:38, 36:48] = True  # centroid row 32, column 42: the 16 px square rows 24-39, columns 34-49
+    white_disc = torch.where(discs[:, None], torch.full_like(synthetic, 255), synthetic)
+    whole = two_sample_auc(real, white_disc, RealismRecipe(**TINY))
+    assert whole["auc"]["mean"] > 0.9, whole  # what the outside test must then not see
+    hidden = region_test("outside_disc", real, discs, white_disc, discs, RealismRecipe(**TINY))
+    assert hidden["computed"] and hidden["resolution"] == 64 and "blacked out" in hidden["region"]
+    assert abs(hidden["real_vs_synthetic"]["auc"]["mean"] - 0.5) < 0.25, hidden["real_vs_synthetic"]
     outside_square = torch.ones_like(discs)
-    outside_square[:, 24:40, 34:50] = False  # the 16 px square around the disc's centroid (row 32, column 42)
-    outside = region_test("outside_disc", real, discs, speckled(synthetic, outside_square, generator), discs, RealismRecipe(**TINY))
-    assert outside["real_vs_synthetic"]["auc"]["mean"] > 0.9, outside["real_vs_synthetic"]
+    outside_square[:, 24:40, 34:50] = False
+    seen = region_test("outside_disc", real, discs, speckled(synthetic, outside_square, generator), discs, RealismRecipe(**TINY))
+    assert seen["real_vs_synthetic"]["auc"]["mean"] > 0.9, seen["real_vs_synthetic"]
+    markdown = "\n".join(realism_lines({**realism_test(real, white_disc, RealismRecipe(steps=2, width=4, folds=2)), "outside_disc": hidden}, "64 px"))
+    assert "**Outside the disc** (everything but the optic disc" in markdown
+    assert "| compared on 64 px images without the disc |" in markdown
 
 
 def test_repeats_pool_other_draws_and_keep_the_single_test_as_the_first():
