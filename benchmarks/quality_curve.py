@@ -63,7 +63,7 @@ def point(report: dict, mask: str):
         return None
     realism = report.get("realism", {})
     computed = realism.get("computed", False)
-    region = realism.get("disc_region", {})
+    region, outside = realism.get("disc_region", {}), realism.get("outside_disc", {})  # the second since session 18
     spectrum = report.get("power_spectrum", {})  # reports since session 12
     bands = spectrum["sets"]["synthetic"]["bands"] if spectrum.get("computed") else {}
     discs = report.get("disc_appearance", {})  # reports since session 16
@@ -83,6 +83,8 @@ def point(report: dict, mask: str):
         "judge": judge_of(realism) if computed else None,
         # the same judge on squares around the discs (reports since session 9), beside the bar's whole-image AUC
         "auc_disc_region": region["real_vs_synthetic"]["auc"]["mean"] if region.get("computed") else None,
+        # and on the images without those squares: how much of the whole-image AUC lies outside the disc
+        "auc_outside_disc": outside["real_vs_synthetic"]["auc"]["mean"] if outside.get("computed") else None,
         # the synthetic images' green-channel power as a share of the real photographs' (1 = real): disc rim and
         # large vessels (middle band), small vessels (fine band)
         "power_middle": bands.get("middle"),
@@ -171,21 +173,21 @@ def time_to_quality(points) -> dict:
 
 def table(curves: dict) -> str:
     lines = [
-        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | power / real, middle / fine band | disc detail coherence | camera styles | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}, not refused as copies) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|---|",
+        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | outside-disc AUC | power / real, middle / fine band | disc detail coherence | camera styles | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}, not refused as copies) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---|---|",
     ]
     for variant, points in curves.items():
         for p in points:
             minutes = f"{p['minutes']:.1f}" if p["minutes"] is not None else "?"
             auc = f"{p['auc']:.3f} ({p['judge']})" if p["auc"] is not None else "not computed"
             control = f"{p['auc_control']:.3f}" if p["auc_control"] is not None else ""
-            region = f"{p['auc_disc_region']:.3f}" if p["auc_disc_region"] is not None else ""
+            region, outside = (f"{p[key]:.3f}" if p[key] is not None else "" for key in ("auc_disc_region", "auc_outside_disc"))
             power = f"{p['power_middle']:.2f} / {p['power_fine']:.2f}" if p["power_middle"] is not None else ""
             coherence = f"{p['disc_coherence']:.3f}" if p["disc_coherence"] is not None else ""
             styles = ", ".join(f"{name} {share:.0%}" for name, share in p["camera_styles"].items())
             lines.append(
                 f"| {variant} | {p['step']:,} | {minutes} | {p['dice_synthetic']:.3f} | {p['dice_share']:.1%} | "
-                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {power} | {coherence} | {styles} | "
+                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {outside} | {power} | {coherence} | {styles} | "
                 f"{'met' if meets_bars(p) else 'refused: copies' if p['refused'] else 'no'} |"
             )
     for variant, points in curves.items():
