@@ -51,6 +51,12 @@ def minutes_at(minutes: dict, step: int):
     return minutes[steps[i - 1]] if i else None
 
 
+def view_auc(realism: dict, view: str):
+    """The two-sample AUC of one of the realism section's views of the images (``realism.REGIONS``), or None."""
+    test = realism.get(view, {})
+    return test["real_vs_synthetic"]["auc"]["mean"] if test.get("computed") else None
+
+
 def point(report: dict, mask: str):
     """One snapshot's figures from its evaluate.py report; None when it scored no ``mask`` (an images-only or
     other-mask evaluation) or its real-trained Dice is 0 (no share to take)."""
@@ -63,7 +69,6 @@ def point(report: dict, mask: str):
         return None
     realism = report.get("realism", {})
     computed = realism.get("computed", False)
-    region, outside = realism.get("disc_region", {}), realism.get("outside_disc", {})  # the second since session 18
     spectrum = report.get("power_spectrum", {})  # reports since session 12
     bands = spectrum["sets"]["synthetic"]["bands"] if spectrum.get("computed") else {}
     discs = report.get("disc_appearance", {})  # reports since session 16
@@ -82,9 +87,9 @@ def point(report: dict, mask: str):
         "auc_control": realism["real_vs_real"]["auc"]["mean"] if computed else None,
         "judge": judge_of(realism) if computed else None,
         # the same judge on squares around the discs (reports since session 9), beside the bar's whole-image AUC
-        "auc_disc_region": region["real_vs_synthetic"]["auc"]["mean"] if region.get("computed") else None,
-        # and on the images without those squares: how much of the whole-image AUC lies outside the disc
-        "auc_outside_disc": outside["real_vs_synthetic"]["auc"]["mean"] if outside.get("computed") else None,
+        "auc_disc_region": view_auc(realism, "disc_region"),
+        # and on the images without those squares (reports since session 18): how much of it lies outside the disc
+        "auc_outside_disc": view_auc(realism, "outside_disc"),
         # the synthetic images' green-channel power as a share of the real photographs' (1 = real): disc rim and
         # large vessels (middle band), small vessels (fine band)
         "power_middle": bands.get("middle"),

@@ -182,8 +182,11 @@ unsampled() {  # the saved snapshots (within STEPS, when given) without a finish
   done
 }
 guide_of() { echo "$(dirname "$1")/step-$(printf %07d "${AUTOGUIDANCE%%:*}")"; }  # AUTOGUIDANCE's snapshot beside snapshot $1
-running_outputs() {  # the output folders of the evaluations and conditional benchmarks running, one line (for logs)
-  pgrep -af 'scripts/evaluate.py|benchmarks/conditional_sampling.py' | grep -o -- '--output_dir [^ ]*' | cut -d' ' -f2 |
+JUDGING='scripts/evaluate.py|benchmarks/conditional_sampling.py'  # the evaluations and conditional benchmarks
+# busy counts the bash -c wrappers too: an evaluation's first 15 s (reading its masks) come before evaluate.py runs
+busy() { pgrep -f "$JUDGING" > /dev/null; }
+running_outputs() {  # the output folders of those running, one line (for logs)
+  pgrep -af "$JUDGING" | grep -o -- '--output_dir [^ ]*' | cut -d' ' -f2 |
     grep -v '\$' | sort -u | tr '\n' ' '  # not the bash -c wrappers' own text ("$WORK/eval/$2")
 }
 flags_of() { tr ';' '\n' <<< "$VARIANTS" | grep "^$1=" | cut -d= -f2-; }
@@ -227,7 +230,7 @@ follow)
         SAMPLER=$sampler STAGE=generate bash "$SCRIPT" > /dev/null
     done
     BACKGROUND=1 STAGE=evaluate bash "$SCRIPT" > /dev/null
-    if ! pgrep -f "scripts/train_ddpm.py|scripts/evaluate.py|benchmarks/conditional_sampling.py" > /dev/null &&
+    if ! pgrep -f "scripts/train_ddpm.py|$JUDGING" > /dev/null &&
       [ -z "$(unsampled_by_any)" ]; then
       log "follow: the trainings have ended and every snapshot is sampled and judged"
       break
@@ -327,8 +330,6 @@ conditional)
   ;;
 pack)
   deadline=$((SECONDS + ${WAIT_S:-0}))
-  # busy counts the bash -c wrappers too: an evaluation's first 15 s (reading its masks) come before evaluate.py runs
-  busy() { pgrep -f "scripts/evaluate.py|benchmarks/conditional_sampling.py" > /dev/null; }
   while busy && [ $SECONDS -lt $deadline ]; do sleep 10; done
   busy && log "still running: $(running_outputs)"
   pack_results

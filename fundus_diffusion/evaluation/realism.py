@@ -383,6 +383,17 @@ def region_test(
     return {**result, "region": description.format(side=side, resolution=real.shape[-1])}
 
 
+def draw_sides(
+    real: torch.Tensor, synthetic: torch.Tensor, n: int, seed: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``realism_test``'s seeded draw: ``n`` real images (the main test's and the control's first half), ``n`` others
+    (the control's second half) and ``n`` synthetic ones."""
+    generator = torch.Generator().manual_seed(seed)
+    real_order = torch.randperm(len(real), generator=generator)
+    synthetic_pick = torch.randperm(len(synthetic), generator=generator)[:n]
+    return real[real_order[:n]], real[real_order[n : 2 * n]], synthetic[synthetic_pick]
+
+
 def realism_test(
     real: torch.Tensor, synthetic: torch.Tensor, recipe: RealismRecipe = RealismRecipe(), device="cpu"
 ) -> Dict:
@@ -404,10 +415,7 @@ def realism_test(
     tests, colours = {"real_vs_synthetic": [], "real_vs_real": []}, None
     for r in range(recipe.repeats):
         recipe_r = replace(recipe, seed=recipe.seed + REPEAT_SEED_STRIDE * r)
-        generator = torch.Generator().manual_seed(recipe_r.seed)
-        real_order = torch.randperm(len(real), generator=generator)
-        synthetic_pick = torch.randperm(len(synthetic), generator=generator)[:n]
-        real_a, real_b, picked = real[real_order[:n]], real[real_order[n : 2 * n]], synthetic[synthetic_pick]
+        real_a, real_b, picked = draw_sides(real, synthetic, n, recipe_r.seed)
         repeat = f", repeat {r + 1}/{recipe.repeats}" if recipe.repeats > 1 else ""
         tests["real_vs_synthetic"].append(two_sample_auc(real_a, picked, recipe_r, device, f"real vs synthetic{repeat}"))
         tests["real_vs_real"].append(two_sample_auc(real_a, real_b, recipe_r, device, f"real vs real{repeat}"))

@@ -12,7 +12,13 @@ import torch
 
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import dataset_arrays
-from fundus_diffusion.evaluation.realism import DISC_CROP_FRACTION, RealismRecipe, two_sample_auc, without_disc
+from fundus_diffusion.evaluation.realism import (
+    DISC_CROP_FRACTION,
+    RealismRecipe,
+    draw_sides,
+    two_sample_auc,
+    without_disc,
+)
 
 train, test, synthetic_path, out = sys.argv[1:5]
 sets = (("real", train), ("held-out", test), ("synthetic", synthetic_path))
@@ -20,9 +26,7 @@ arrays = {name: dataset_arrays(load_fundus_dataset(path), 256, ["disc"], name) f
 real, synthetic = torch.cat([arrays["real"], arrays["held-out"]]), arrays["synthetic"]
 recipe = RealismRecipe()
 n = min(len(real) // 2, len(synthetic))
-generator = torch.Generator().manual_seed(recipe.seed)  # realism_test's draw of the main test
-real_a = real[torch.randperm(len(real), generator=generator)[:n]]
-picked = synthetic[torch.randperm(len(synthetic), generator=generator)[:n]]
+real_a, _, picked = draw_sides(real, synthetic, n, recipe.seed)  # realism_test's draw of its main test
 side = 256 // DISC_CROP_FRACTION
 results = {
     "outside_disc": two_sample_auc(
