@@ -22,6 +22,8 @@
 # ~15 s; evaluate_pm.py with CLS_STEPS=400 x 3 seeds x 3 sets and the realism test (REALISM_STEPS=200, 5 folds, 2
 # tests) ~2-3 min on its CPU core. The 10 default jobs at PARALLEL=10 share the GPU and 10 of its 16 cores: ~7-8 min
 # wall in all, plus the machine's start. A first round within less: SUBSET_SEEDS=0 (4 jobs), or STEPS=800.
+# Measured once (RESULTS.md session 19, H100): 4 jobs beside a compiled 256 px training trained at 3.1 steps/s each,
+# 1,500 steps in 8 min, and cut that training from 8.3 to 1.3-2.3 steps/s: run the queue alone on the GPU.
 #
 # In stages, as benchmarks/utility_curves.sh (one device command lasts at most 10 minutes):
 #   STAGE=train   copy the code and palm-224 to $WORK, write the split and subsets, start the detached queue, return

@@ -300,6 +300,22 @@ def test_interpolated_shift_moves_log_snr_linearly_in_t():
     assert "64 px at the noisiest timestep to 256 px at the cleanest" in ddpm.schedule_shift_description(args)
 
 
+def test_a_detail_resolution_above_the_training_one_raises_the_clean_end():
+    """--schedule_detail_resolution 1024 at 256 px: log-SNR up by 2 ln 4 at the cleanest timestep, the base's shift
+    at the noisiest, linear in t between (the lever RESULTS.md session 19 names for the missing fine detail)."""
+    base = ["--output_dir", "x", "--resolution", "256", "--schedule_base_resolution"]
+    plain = ddpm.make_noise_scheduler(ddpm.parse_args(base + ["256"]))
+    raised = ddpm.make_noise_scheduler(ddpm.parse_args(base + ["64", "--schedule_detail_resolution", "1024"]))
+    log_snr = lambda a: torch.log(a / (1 - a))  # noqa: E731
+    t = torch.tensor([100, 250, 500, 750, 998])  # t = 0 is within float32's rounding of 1 there
+    difference = log_snr(raised.alphas_cumprod[t].double()) - log_snr(plain.alphas_cumprod[t].double())
+    weight = (t.double() + 1) / 1000
+    expected = 2 * math.log(64 / 256) * weight + 2 * math.log(1024 / 256) * (1 - weight)
+    assert torch.allclose(difference, expected, atol=1e-3)
+    assert raised.alphas_cumprod[0] > plain.alphas_cumprod[0]  # less noise at the cleanest timestep
+    assert ddpm.final_alpha_bar(raised) < ddpm.final_alpha_bar(plain)  # still pure noise at t = T
+
+
 def test_the_ours_preset_interpolates_its_shift_to_the_resolution_trained():
     at = lambda *flags: ddpm.parse_args(["--output_dir", "x", *flags])  # noqa: E731
     assert at().schedule_detail_resolution == 256 and at("--resolution", "128").schedule_detail_resolution == 128

@@ -401,7 +401,9 @@ class DDPMKind(loop.ModelKind):
             "schedule): BASE's schedule at the noisiest timestep, this resolution's at the cleanest, the log-shift "
             "linear in t between. The constant shift also moves the low-noise timesteps, where small vessels form, to "
             "noisier levels, so training and sampling spend few steps on them; the resolution itself (e.g. 256 at 256 "
-            "px) keeps that end unshifted. The ours preset uses the resolution above 64 px (RESULTS.md session 15), "
+            "px) keeps that end unshifted, and a larger one (e.g. 1024 at 256 px) raises that end's log-SNR, giving "
+            "the finest detail more of the training timesteps (RESULTS.md session 19: not yet trained). The ours "
+            "preset uses the resolution above 64 px (RESULTS.md session 15), "
             "unless --schedule_base_resolution is given alone; BASE itself gives the constant shift (the preset's "
             "before session 15).",
         )

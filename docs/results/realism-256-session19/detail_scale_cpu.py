@@ -1,0 +1,43 @@
+"""RESULTS.md session 19: at which scale the judge tells the samples from the photographs. The robust judge's default
+recipe (fundus_diffusion.evaluation.realism), 5 folds, 256 px input every time, on the same draw of real photographs
+(training + held-out, as evaluate.py pools them) against the same synthetic images, seen whole and with the detail
+finer than 128 px and 64 px removed from both sides (antialiased bilinear down to that size, bilinear back up to 256:
+the judge and its input size stay the same, only the finest detail goes); no controls (CPU time).
+
+    python detail_scale_cpu.py <split>/train <split>/test <synthetic set> <output.json>
+"""
+
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from fundus_diffusion.data import load_fundus_dataset
+from fundus_diffusion.evaluation.arrays import dataset_arrays
+from fundus_diffusion.evaluation.realism import RealismRecipe, draw_sides, two_sample_auc
+
+
+def keep_coarser_than(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``[N, 3, 256, 256]`` with the detail finer than ``size`` px removed, at 256 px again."""
+    x = images.float()
+    down = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    up = F.interpolate(down, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return up.round().clamp(0, 255).to(torch.uint8)
+
+
+train, test, synthetic_path, out = sys.argv[1:5]
+sets = (("real", train), ("held-out", test), ("synthetic", synthetic_path))
+arrays = {name: dataset_arrays(load_fundus_dataset(path), 256, [], name) for name, path in sets}
+real, synthetic = torch.cat([arrays["real"], arrays["held-out"]]), arrays["synthetic"]
+recipe = RealismRecipe()
+n = min(len(real) // 2, len(synthetic))
+real_a, _, picked = draw_sides(real, synthetic, n, recipe.seed)  # realism_test's draw of its main test
+results = {}
+for size in (256, 128, 64):
+    view = (lambda x: x) if size == 256 else (lambda x, s=size: keep_coarser_than(x, s))
+    name = "whole" if size == 256 else f"coarser than {size} px"
+    results[name] = two_sample_auc(view(real_a[:, :3]), view(picked[:, :3]), recipe, "cpu", name)
+    print(name, results[name]["auc"], results[name]["auc_per_fold"], results[name]["n_per_class"], flush=True)
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
