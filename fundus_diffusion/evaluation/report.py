@@ -300,6 +300,7 @@ def realism_lines(realism: Optional[Dict], px: str) -> List[str]:
         ]
     lines += auc_table(main, control, f"compared at {px}")
     lines += colour_lines(realism.get("colour_statistics"), px)
+    lines += region_lines(realism.get("coarse"), "Coarse content only", "coarse images", "the whole-image test's images")
     lines += region_lines(realism.get("disc_region"), "Disc region", "disc crops")
     return lines + region_lines(realism.get("outside_disc"), "Outside the disc", "images without the disc")
 
@@ -324,12 +325,15 @@ def auc_table(main: Dict, control: Dict, heading: str) -> List[str]:
     ]
 
 
-def region_lines(region: Optional[Dict], title: str, views: str) -> List[str]:
-    """The same judge on one region of the images (``realism.region_test``: the optic-disc crops, where a whole-image
-    judge dilutes a fault of the disc, or everything else), ``views`` naming what it compares."""
+def region_lines(
+    region: Optional[Dict], title: str, views: str, images: str = "images without a disc left out"
+) -> List[str]:
+    """The same judge on one view of the images (``realism.region_test``: the optic-disc crops, where a whole-image
+    judge dilutes a fault of the disc, or everything else; ``realism.coarse_test``: the images without their fine
+    detail), ``views`` naming what it compares and ``images`` which images it uses."""
     if region is None:
         return []
-    lines = ["", f"**{title}** ({region['region']}; images without a disc left out)."]
+    lines = ["", f"**{title}** ({region['region']}; {images})."]
     if not region["computed"]:
         return lines + [f"Not computed: {region['reason']}."]
     compared = f"{region['resolution']} px {views}"

@@ -2,7 +2,8 @@
 recipe (fundus_diffusion.evaluation.realism), 5 folds, 256 px input every time, on the same draw of real photographs
 (training + held-out, as evaluate.py pools them) against the same synthetic images, seen whole and with the detail
 finer than 128 px and 64 px removed from both sides (antialiased bilinear down to that size, bilinear back up to 256:
-the judge and its input size stay the same, only the finest detail goes); no controls (CPU time).
+the judge and its input size stay the same, only the finest detail goes: realism.keep_coarser_than, which
+evaluate.py's coarse view uses since); no controls (CPU time).
 
     python detail_scale_cpu.py <split>/train <split>/test <synthetic set> <output.json>
 """
@@ -11,20 +12,10 @@ import json
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import dataset_arrays
-from fundus_diffusion.evaluation.realism import RealismRecipe, draw_sides, two_sample_auc
-
-
-def keep_coarser_than(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 ``[N, 3, 256, 256]`` with the detail finer than ``size`` px removed, at 256 px again."""
-    x = images.float()
-    down = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    up = F.interpolate(down, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return up.round().clamp(0, 255).to(torch.uint8)
-
+from fundus_diffusion.evaluation.realism import RealismRecipe, draw_sides, keep_coarser_than, two_sample_auc
 
 train, test, synthetic_path, out = sys.argv[1:5]
 sets = (("real", train), ("held-out", test), ("synthetic", synthetic_path))
