@@ -52,7 +52,7 @@ def minutes_at(minutes: dict, step: int):
 
 
 def view_auc(realism: dict, view: str):
-    """The two-sample AUC of one of the realism section's views of the images (``realism.REGIONS``, ``"coarse"``), or
+    """The two-sample AUC of one of the realism section's views of the images (``realism.REGIONS``, ``"quarter_resolution"``), or
     None."""
     test = realism.get(view, {})
     return test["real_vs_synthetic"]["auc"]["mean"] if test.get("computed") else None
@@ -91,8 +91,8 @@ def point(report: dict, mask: str):
         "auc_disc_region": view_auc(realism, "disc_region"),
         # and on the images without those squares (reports since session 18): how much of it lies outside the disc
         "auc_outside_disc": view_auc(realism, "outside_disc"),
-        # and on the images without their fine detail (reports since session 19): how much of it is coarse
-        "auc_coarse": view_auc(realism, "coarse"),
+        # and on the images at a quarter of the resolution (reports since session 19): how much needs no fine detail
+        "auc_quarter_resolution": view_auc(realism, "quarter_resolution"),
         # the synthetic images' green-channel power as a share of the real photographs' (1 = real): disc rim and
         # large vessels (middle band), small vessels (fine band)
         "power_middle": bands.get("middle"),
@@ -181,7 +181,7 @@ def time_to_quality(points) -> dict:
 
 def table(curves: dict) -> str:
     lines = [
-        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | outside-disc AUC | coarse-only AUC | power / real, middle / fine band | disc detail coherence | camera styles | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}, not refused as copies) |",
+        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | outside-disc AUC | quarter-resolution AUC | power / real, middle / fine band | disc detail coherence | camera styles | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}, not refused as copies) |",
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for variant, points in curves.items():
@@ -189,15 +189,16 @@ def table(curves: dict) -> str:
             minutes = f"{p['minutes']:.1f}" if p["minutes"] is not None else "?"
             auc = f"{p['auc']:.3f} ({p['judge']})" if p["auc"] is not None else "not computed"
             control = f"{p['auc_control']:.3f}" if p["auc_control"] is not None else ""
-            region, outside, coarse = (
-                f"{p[key]:.3f}" if p[key] is not None else "" for key in ("auc_disc_region", "auc_outside_disc", "auc_coarse")
+            region, outside, quarter = (
+                f"{p[key]:.3f}" if p[key] is not None else ""
+                for key in ("auc_disc_region", "auc_outside_disc", "auc_quarter_resolution")
             )
             power = f"{p['power_middle']:.2f} / {p['power_fine']:.2f}" if p["power_middle"] is not None else ""
             coherence = f"{p['disc_coherence']:.3f}" if p["disc_coherence"] is not None else ""
             styles = ", ".join(f"{name} {share:.0%}" for name, share in p["camera_styles"].items())
             lines.append(
                 f"| {variant} | {p['step']:,} | {minutes} | {p['dice_synthetic']:.3f} | {p['dice_share']:.1%} | "
-                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {outside} | {coarse} | {power} | {coherence} | {styles} | "
+                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {outside} | {quarter} | {power} | {coherence} | {styles} | "
                 f"{'met' if meets_bars(p) else 'refused: copies' if p['refused'] else 'no'} |"
             )
     for variant, points in curves.items():

@@ -239,6 +239,9 @@ def test_a_set_of_copies_is_refused_first_in_the_report(tmp_path):
     copies = real.select(range(10)).map(lambda row: {"id": row["id"].replace("train", "copy")})
     config = EvaluationConfig(masks="none", resolution=16, device="cpu", realism_steps=1, realism_folds=2)
     report, figures = evaluate(real, copies, holdout, config)
+    whole, quarter = report["realism"], report["realism"]["quarter_resolution"]  # images only: the one other view
+    assert quarter["computed"] and quarter["real_vs_synthetic"]["n_per_class"] == whole["real_vs_synthetic"]["n_per_class"]
+    assert (quarter["n_real_available"], quarter["n_synthetic_available"]) == (whole["n_real_available"], whole["n_synthetic_available"])
     pixels = report["memorisation"]["downsampled pixels (32x32 RGB in [0, 1], L2)"]
     control = pixels["held_out_control"]  # phantoms are alike: 2 of the 10 unseen ones are flagged by chance
     assert pixels["n_flagged"] == 10 and control["n_held_out"] == 10 and control["n_flagged"] < 5

@@ -96,8 +96,9 @@ def test_native_resolution_per_source_dice_and_worst_images(tmp_path):
     realism = report["realism"]
     assert realism["computed"] and realism["resolution"] == 32 and realism["real_vs_real"]["folds"] == 2
     assert TEST_NAME in markdown and "FID" not in realism["name"]
-    views = (("coarse", "**Coarse content only**"), ("disc_region", "**Disc region**"), ("outside_disc", "**Outside the disc**"))
-    for region, title in views:  # the masks hold a disc; the coarse view needs none
+    views = (("quarter_resolution", "**At a quarter of the resolution** (both sets brought down to 8 px"),
+             ("disc_region", "**Disc region**"), ("outside_disc", "**Outside the disc**"))  # fmt: skip
+    for region, title in views:  # the masks hold a disc; the quarter-resolution view needs none
         assert realism[region]["computed"] and realism[region]["real_vs_synthetic"]["n_per_class"] > 0, region
         assert title in markdown
 

@@ -21,7 +21,7 @@ def write_run(work, variant, rows):
 def write_report(
     work, name, synthetic, auc, real=0.96, refused=None, power=None, coherence=None, views=()
 ):
-    """``views``: (view, AUC) pairs of the realism section's other views (disc_region, outside_disc, coarse)."""
+    """``views``: (view, AUC) pairs of the realism section's other views (disc_region, outside_disc, quarter_resolution)."""
     dice = lambda value: {"disc": {"dice": {"mean": value, "std": 0.0, "n": 1}}}  # noqa: E731
     report = {
         "downstream": {"results": {"real": dice(real), "synthetic": dice(synthetic), "real+synthetic": dice(real)}},
@@ -52,7 +52,7 @@ def test_points_minutes_and_time_to_quality(tmp_path, capsys):
     write_report(tmp_path, "ours-5000", synthetic=0.93, auc=0.85)  # Dice met, AUC not
     write_report(
         tmp_path, "ours-7500", synthetic=0.92, auc=0.78, power=(0.71, 0.37), coherence=0.61,
-        views=(("disc_region", 0.9), ("outside_disc", 0.74), ("coarse", 0.77)),
+        views=(("disc_region", 0.9), ("outside_disc", 0.74), ("quarter_resolution", 0.77)),
     )  # both met
     write_report(tmp_path, "ours-7500-ddpm100", synthetic=0.80, auc=0.70)  # another sampler: not in the default curve
     write_run(tmp_path, "other", [(10, 100), (2000, 400)])

@@ -10,11 +10,11 @@ from fundus_diffusion.evaluation.augment import apply_nuisance, gaussian_blur, j
 from fundus_diffusion.evaluation.realism import (
     INVARIANCES,
     RealismRecipe,
-    coarse_test,
     colour_statistics,
     disc_crops,
     field_of_view,
     keep_coarser_than,
+    quarter_resolution_test,
     realism_test,
     region_test,
     standardise_colour,
@@ -227,30 +227,32 @@ def test_keep_coarser_than_drops_pixel_detail_and_keeps_smooth_shading():
     images = torch.stack([checkerboard.expand(3, 64, 64), ramp.expand(3, 64, 64)])
     coarse = keep_coarser_than(torch.cat([images, images[:, :1]], dim=1), 16)  # a mask channel beside: RGB back
     assert coarse.shape == (2, 3, 64, 64) and coarse.dtype == torch.uint8
+    assert torch.equal(keep_coarser_than(images, 16, batch_size=1), coarse)  # batches change nothing
     assert coarse[0].float().std() < 3 < images[0].float().std()  # the 1 px pattern is gone
     inner = (slice(None), slice(4, -4), slice(4, -4))  # away from the border, where bilinear resizing clamps
     assert (coarse[1][inner].float() - images[1][inner].float()).abs().max() <= 2  # the slow ramp stays
 
 
-def test_coarse_test_sees_a_coarse_difference_and_not_pixel_speckle():
-    """A fine pattern inside the field, which the whole-image judge sees, is gone from the coarse view; a dark half of
-    the field is not."""
+def test_quarter_resolution_test_sees_a_coarse_difference_and_not_a_fine_pattern():
+    """A fine pattern inside the field, which the whole-image judge sees, is gone at a quarter of the resolution; a dark
+    half of the field is not."""
     generator = torch.Generator().manual_seed(2)
     real, synthetic = round_fundus(60, generator, size=64), round_fundus(60, generator, size=64)
     pattern = ((torch.arange(64)[:, None] // 2 + torch.arange(64)[None] // 2) % 2 * 2 - 1) * 50.0  # 2 px squares
     speckle = torch.where(synthetic > 0, (synthetic.float() + pattern).clamp(0, 255), 0.0).to(torch.uint8)
     whole = two_sample_auc(real, speckle, RealismRecipe(**TINY))
-    assert whole["auc"]["mean"] > 0.9, whole  # what the coarse test must then not see
-    hidden = coarse_test(real, speckle, RealismRecipe(**TINY))
-    assert hidden["computed"] and hidden["resolution"] == 64 and "finer than 16 px removed" in hidden["region"]
+    assert whole["auc"]["mean"] > 0.9, whole  # what the quarter-resolution test must then not see
+    hidden = quarter_resolution_test(real, speckle, RealismRecipe(**TINY))
+    assert hidden["computed"] and hidden["resolution"] == 64 and "brought down to 16 px and back up to 64 px" in hidden["region"]
+    assert "colour_statistics" not in hidden  # the whole image's colour, which its own table gives
     assert abs(hidden["real_vs_synthetic"]["auc"]["mean"] - 0.5) < 0.25, hidden["real_vs_synthetic"]
     dark_half = synthetic.clone()
     dark_half[:, :, :32] //= 3
-    seen = coarse_test(real, dark_half, RealismRecipe(**TINY))
+    seen = quarter_resolution_test(real, dark_half, RealismRecipe(**TINY))
     assert seen["real_vs_synthetic"]["auc"]["mean"] > 0.9, seen["real_vs_synthetic"]
-    markdown = "\n".join(realism_lines({**realism_test(real, speckle, RealismRecipe(steps=2, width=4, folds=2)), "coarse": hidden}, "64 px"))
-    assert "**Coarse content only** (the detail finer than 16 px removed" in markdown
-    assert "| compared on 64 px coarse images |" in markdown
+    markdown = "\n".join(realism_lines({**realism_test(real, speckle, RealismRecipe(steps=2, width=4, folds=2)), "quarter_resolution": hidden}, "64 px"))
+    assert "**At a quarter of the resolution** (both sets brought down to 16 px" in markdown
+    assert "| compared on 64 px images at a quarter of the resolution |" in markdown
 
 
 def test_repeats_pool_other_draws_and_keep_the_single_test_as_the_first():

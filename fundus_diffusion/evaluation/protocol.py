@@ -29,7 +29,7 @@ from .fid import fid_kid
 from .figures import bar_chart, histograms, titled
 from .memorisation import PIXEL_SPACE, copy_checks, nearest_training_neighbours, pixel_features, refusal
 from .metrics import cup_to_disc_ratios, dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
-from .realism import REGIONS, RealismRecipe, coarse_test, realism_test, region_test
+from .realism import REGIONS, RealismRecipe, quarter_resolution_test, realism_test, region_test
 from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
 from .spectrum import ratio_figure, spectrum_section
 from .splits import holdout_ids, origins, read_split_file, split_by_ids, write_split_file
@@ -473,8 +473,8 @@ def evaluate(
     )  # fmt: skip
     all_real = torch.cat([on_device["real"][:, :3], on_device["holdout"][:, :3]])
     report["realism"] = realism_test(all_real, on_device["synthetic"][:, :3], recipe, device)
-    if report["realism"]["computed"]:  # at which scale the sets differ: the same judge without the fine detail
-        report["realism"]["coarse"] = coarse_test(all_real, on_device["synthetic"][:, :3], recipe, device)
+    if report["realism"]["computed"]:  # at which scale the sets differ: the same judge at a quarter of the resolution
+        report["realism"]["quarter_resolution"] = quarter_resolution_test(all_real, on_device["synthetic"][:, :3], recipe, device)
     if "disc" in mask_names and report["realism"]["computed"]:  # the disc, where generated ones failed, and the rest
         disc = mask_channel(mask_names, "disc")
         real_discs = torch.cat([on_device["real"][:, disc], on_device["holdout"][:, disc]]) > 0

@@ -300,7 +300,10 @@ def realism_lines(realism: Optional[Dict], px: str) -> List[str]:
         ]
     lines += auc_table(main, control, f"compared at {px}")
     lines += colour_lines(realism.get("colour_statistics"), px)
-    lines += region_lines(realism.get("coarse"), "Coarse content only", "coarse images", "the whole-image test's images")
+    lines += region_lines(
+        realism.get("quarter_resolution"), "At a quarter of the resolution", "images at a quarter of the resolution",
+        "the whole-image test's images",
+    )  # fmt: skip
     lines += region_lines(realism.get("disc_region"), "Disc region", "disc crops")
     return lines + region_lines(realism.get("outside_disc"), "Outside the disc", "images without the disc")
 
@@ -329,8 +332,8 @@ def region_lines(
     region: Optional[Dict], title: str, views: str, images: str = "images without a disc left out"
 ) -> List[str]:
     """The same judge on one view of the images (``realism.region_test``: the optic-disc crops, where a whole-image
-    judge dilutes a fault of the disc, or everything else; ``realism.coarse_test``: the images without their fine
-    detail), ``views`` naming what it compares and ``images`` which images it uses."""
+    judge dilutes a fault of the disc, or everything else; ``realism.quarter_resolution_test``: the images without
+    their finest detail), ``views`` naming what it compares and ``images`` which images it uses."""
     if region is None:
         return []
     lines = ["", f"**{title}** ({region['region']}; {images})."]

@@ -2,8 +2,9 @@
 recipe (fundus_diffusion.evaluation.realism), 5 folds, 256 px input every time, on the same draw of real photographs
 (training + held-out, as evaluate.py pools them) against the same synthetic images, seen whole and with the detail
 finer than 128 px and 64 px removed from both sides (antialiased bilinear down to that size, bilinear back up to 256:
-the judge and its input size stay the same, only the finest detail goes: realism.keep_coarser_than, which
-evaluate.py's coarse view uses since); no controls (CPU time).
+the judge and its input size stay the same, only the finest detail goes); no controls (CPU time). The committed JSON
+came from a local copy of what is now realism.keep_coarser_than (commit b0b47aa's version of this script), which
+evaluate.py's quarter-resolution view uses since.
 
     python detail_scale_cpu.py <split>/train <split>/test <synthetic set> <output.json>
 """
