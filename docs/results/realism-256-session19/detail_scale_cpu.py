@@ -6,7 +6,7 @@ the judge and its input size stay the same, only the finest detail goes); no con
 came from a local copy of what is now realism.keep_coarser_than (commit b0b47aa's version of this script), which
 evaluate.py's quarter-resolution view uses since.
 
-    python detail_scale_cpu.py <split>/train <split>/test <synthetic set> <output.json>
+    python detail_scale_cpu.py <split>/train <split>/test <synthetic set> <output.json> [sizes, default 256,128,64]
 """
 
 import json
@@ -26,7 +26,7 @@ recipe = RealismRecipe()
 n = min(len(real) // 2, len(synthetic))
 real_a, _, picked = draw_sides(real, synthetic, n, recipe.seed)  # realism_test's draw of its main test
 results = {}
-for size in (256, 128, 64):
+for size in map(int, (sys.argv[5] if len(sys.argv) > 5 else "256,128,64").split(",")):
     view = (lambda x: x) if size == 256 else (lambda x, s=size: keep_coarser_than(x, s))
     name = "whole" if size == 256 else f"coarser than {size} px"
     results[name] = two_sample_auc(view(real_a[:, :3]), view(picked[:, :3]), recipe, "cpu", name)
