@@ -64,6 +64,13 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int) -> tor
     return x.reshape(b, c, h, w)
 
 
+def down_up(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``images [B, C, H, W]`` (float) brought down to ``size`` px (bilinear, antialiased) and back up to their own size
+    (bilinear): the detail finer than the ``size`` px grid gone, the rest where it was."""
+    down = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(down, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
 def resize_round_trip(images: torch.Tensor, level: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
     """Each of ``images [B, C, H, W]`` resized to ``scales[level]`` of its size and back (bilinear, antialiased on
     the way down; a scale of 1 leaves it as it is). Every scale is applied to the whole batch and selected per image,
@@ -72,9 +79,7 @@ def resize_round_trip(images: torch.Tensor, level: torch.Tensor, scales: Sequenc
     for i, scale in enumerate(scales):
         if scale >= 1:
             continue
-        low = max(1, round(images.shape[-1] * scale))
-        down = F.interpolate(images, size=low, mode="bilinear", antialias=True, align_corners=False)
-        up = F.interpolate(down, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        up = down_up(images, max(1, round(images.shape[-1] * scale)))
         out = torch.where((level == i)[:, None, None, None], up, out)
     return out
 

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from torchmetrics.functional.classification import binary_auroc
 from tqdm.auto import tqdm
 
-from .augment import apply_augmentation, apply_nuisance, jpeg_copies
+from .augment import apply_augmentation, apply_nuisance, down_up, jpeg_copies
 from .metrics import summarise
 from .recipe import Recipe, fit, plan_batches, plan_nuisance, seeded_generator
 
@@ -395,10 +395,7 @@ def keep_coarser_than(images: torch.Tensor, size: int, batch_size: int = 256) ->
     only the detail finer than the ``size`` px grid goes. In batches: a float copy of a large set would not fit."""
     out = torch.empty((len(images), 3, *images.shape[-2:]), dtype=torch.uint8, device=images.device)
     for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size, :3].float()
-        down = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        up = F.interpolate(down, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        out[i : i + batch_size] = up.round().clamp(0, 255).to(torch.uint8)
+        out[i : i + batch_size] = down_up(images[i : i + batch_size, :3].float(), size).round().clamp(0, 255).to(torch.uint8)
     return out
 
 
