@@ -71,9 +71,9 @@ DTYPE=${DTYPE:-auto}  # generate.py --dtype (auto: fp16 on a GPU); sets sampled 
 # SEG_STEPS=3 EVAL_FLAGS="--realism_steps 2 --realism_folds 2").
 RECIPE=${RECIPE:-"--resolution 256 --model_config small256 --train_batch_size 16 --mixed_precision bf16 --compile --compile_mode reduce-overhead"}
 EVAL_FLAGS=${EVAL_FLAGS:-}  # more evaluate.py flags, e.g. "--resolution 128" for the labelled low-resolution column
-# Default (RESULTS.md session 20's plan): the ours preset with training seed 1 (session 20's seed1, whose 0.817 sits
-# within 0.01 of seed 0's whole-image AUC), alone on the GPU, its 5,000-step snapshot then sampled with each of SAMPLERS
-# and with AUTOGUIDANCE by its own 2,500-step snapshot. Untried: --schedule_detail_resolution 1024 (the cleanest
+# Default: the ours preset with training seed 1 (session 20's seed1, whose 0.817 sits within 0.01 of seed 0's
+# whole-image AUC), the training of RESULTS.md session 20's plan; the plan's other settings (STEPS_MAX, SNAPSHOT,
+# STEPS, SAMPLERS, AUTOGUIDANCE) are given there with its commands. Untried: --schedule_detail_resolution 1024 (the cleanest
 # timesteps' log-SNR raised, 8.4% of the training timesteps near the fine band's crossing against 3.5%). Earlier
 # ablations and their VARIANTS: RESULTS.md, each session with its command (before session 15 the ours preset shifted
 # its log-SNR by a constant: add --schedule_detail_resolution 64 to reproduce those). A variant's flags come after

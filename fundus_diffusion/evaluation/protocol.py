@@ -3,7 +3,7 @@
 Every image goes through the same preprocessing as training (square fundus crop, ``resolution`` px; masks by
 nearest neighbour), then: downstream segmentation (mean and per source of the held-out images), mask-image agreement,
 mask plausibility, memorisation (with the held-out control that decides whether the set is refused, ``refused``),
-the classifier two-sample realism test, where the synthetic images' detail differs (green-channel power spectra,
+the classifier two-sample realism test, how light spreads over their field (``global_look``), where the synthetic images' detail differs (green-channel power spectra,
 ``spectrum``), how their optic discs look (colour, detail and its orientation, ``disc_appearance``), FID / KID. The resolution defaults to the
 synthetic set's native one (the size its images were generated at): a lower one can average away texture that makes
 the samples useless at the size a user trains at.
@@ -27,6 +27,7 @@ from .checks import native_resolution, warn_if_upscaled
 from .disc_appearance import appearance_section
 from .fid import fid_kid
 from .figures import bar_chart, histograms, titled
+from .global_look import global_look_section
 from .memorisation import PIXEL_SPACE, copy_checks, nearest_training_neighbours, pixel_features, refusal
 from .metrics import cup_to_disc_ratios, dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
 from .realism import REGIONS, RealismRecipe, quarter_resolution_test, realism_test, region_test
@@ -483,6 +484,9 @@ def evaluate(
                 region, all_real, real_discs, on_device["synthetic"][:, :3], on_device["synthetic"][:, disc] > 0,
                 recipe, device,
             )  # fmt: skip
+    report["global_look"] = global_look_section(
+        torch.cat([arrays["real"][:, :3], arrays["holdout"][:, :3]]), arrays["synthetic"][:, :3]
+    )
     report["power_spectrum"] = spectrum_section(arrays["real"], arrays["holdout"], arrays["synthetic"])
     disc = mask_channel(mask_names, "disc") if "disc" in mask_names else None
     report["disc_appearance"] = appearance_section(

@@ -23,6 +23,7 @@ PRIVACY_NOTE = (
     "the real data's terms do not allow it."
 )
 FLAGGED_FILE = "flagged_ids.txt"
+GLOBAL_LOOK_ROWS = 8  # the features shown in report.md (report.json holds every one)
 # The caption under each figure in report.md (a figure without one is shown with its name only).
 FIGURE_CAPTIONS = {
     "sample_grid": "The first synthetic samples with their generated masks drawn as outlines (colours in the legend).",
@@ -123,7 +124,8 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
             "",
             f"`{FLAGGED_FILE}` lists the flagged ids, to drop them before sharing the set (README: evaluate.py).",
         ]
-    lines += realism_lines(report.get("realism"), px) + spectrum_lines(report.get("power_spectrum"), px)
+    lines += realism_lines(report.get("realism"), px) + global_look_lines(report.get("global_look"), px)
+    lines += spectrum_lines(report.get("power_spectrum"), px)
     lines += disc_appearance_lines(report.get("disc_appearance"))
     fid = report["fid_kid"]
     lines += ["", f"## 6. FID and KID (RGB at {px}, Inception-v3 via torchmetrics)", ""]
@@ -366,6 +368,37 @@ def colour_lines(colour: Optional[Dict], px: str) -> List[str]:
                 f"{synthetic[stat][c] - real[stat][c]:+.1f} | {other[stat][c] - real[stat][c]:+.1f} |"
             )
     return lines
+
+
+def global_look_lines(section: Optional[Dict], px: str) -> List[str]:
+    """report.md's lines for ``global_look_section`` (none for reports from before it)."""
+    if section is None:
+        return []
+    lines = [
+        "",
+        f"**How light spreads over the field ({px})**: what the robust judge still sees once each channel is "
+        "standardised over the field, one feature at a time (`fundus_diffusion.evaluation.global_look`; specks in the "
+        "black surround cleared first). ROC AUC folded to 0.5-1 (0.5: no difference, either way); the control: two "
+        "random halves of the real photographs.",
+    ]
+    if not section["computed"]:
+        return lines + ["", f"Not computed: {section['reason']}."]
+    combined, control = section["combined"], section["combined_real_vs_real"]
+    lines += [
+        "",
+        f"All {combined['n_features']} features together (a logistic regression, {len(combined['per_fold'])}-fold "
+        f"cross-validated; {section['n_real']} real, {section['n_synthetic']} synthetic): ROC AUC "
+        f"{combined['mean']:.3f} ± {combined['std']:.3f}; real vs real (control) {control['mean']:.3f} ± "
+        f"{control['std']:.3f}. The {GLOBAL_LOOK_ROWS} that separate the sets best (every feature: report.json; the best "
+        f"of {combined['n_features']}, so their AUCs lean high):",
+        "",
+        "| feature (channels standardised over the field) | real | synthetic | ROC AUC | real vs real (control) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    return lines + [
+        f"| {row['feature']} | {row['real']:.2f} | {row['synthetic']:.2f} | {row['auc']:.3f} | {row['auc_real_vs_real']:.3f} |"
+        for row in section["features"][:GLOBAL_LOOK_ROWS]
+    ]
 
 
 def spectrum_lines(section: Optional[Dict], px: str) -> List[str]:

@@ -5,10 +5,13 @@ the device packed back (`realism_samples-*.tgz`, a generic folder each). Every m
 
     python global_look_cpu.py framing  <train> <test> <out.json> SET [SET ...]   # camera framing: field height
     python global_look_cpu.py surround <train> <test> <out.json> SET [SET ...]   # the black surround
-    python global_look_cpu.py features <train> <test> <out.json> SET [SET ...]   # one feature at a time, per framing
+    python global_look_cpu.py features <train> <test> <out.json> SET [SET ...]   # one feature at a time, per framing,
+                                                                                 # and all of them together
     python global_look_cpu.py judge    <train> <test> <out.json> SET [views]      # robust judge, views: raw,cleaned
     python global_look_cpu.py judge16  <train> <test> <out.json> SET [framing]    # within one framing at 16 px
 
+The surround clearing, the features and their logistic regression are ``fundus_diffusion.evaluation.global_look``'s
+(every evaluate.py report's section since); the committed judge JSONs came from a local copy of the same clearing.
 `judge` and `judge16` are the robust judge's default recipe (5 folds x 400 steps, no controls: CPU time), about 15 min
 per view on two cores at 56 per side.
 """
@@ -18,17 +21,15 @@ import os
 import sys
 
 import torch
-from torch.nn import functional as F
-from torchmetrics.functional.classification import binary_auroc
 
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import dataset_arrays
+from fundus_diffusion.evaluation.global_look import clear_surround, combined_auc, field_features, folded_auc
 from fundus_diffusion.evaluation.realism import (
     RealismRecipe,
     draw_sides,
     field_of_view,
     keep_coarser_than,
-    standardise_colour,
     two_sample_auc,
 )
 
@@ -42,23 +43,8 @@ def load(path: str) -> torch.Tensor:
 
 
 def tall(images: torch.Tensor) -> torch.Tensor:
-    """bool [N]: the field (any channel above 15/255) spans more than TALL of the height."""
-    return field_of_view(images.float() / 255)[:, 0].any(2).float().mean(1) > TALL
-
-
-def cleaned(images: torch.Tensor, threshold: float = 15, size: int = 9) -> torch.Tensor:
-    """The images with every pixel outside their field set to 0: the field is where the brightest channel, averaged
-    over size x size, exceeds threshold (0-255), grown by size // 2 px; isolated bright specks fall outside it."""
-    brightest = images.float().amax(1, keepdim=True)
-    field = F.avg_pool2d(brightest, size, 1, size // 2, count_include_pad=False) > threshold
-    field = F.max_pool2d(field.float(), size, 1, size // 2) > 0
-    return torch.where(field, images, torch.zeros_like(images))
-
-
-def auc(real: torch.Tensor, synthetic: torch.Tensor) -> float:
-    """ROC AUC of one feature (ties counted half), folded so that 0.5 = no difference, 1 = separates either way."""
-    value = binary_auroc(torch.cat([real, synthetic]).double(), torch.cat([torch.zeros(len(real)), torch.ones(len(synthetic))]).long())
-    return float(abs(value - 0.5) + 0.5)
+    """bool [N]: the field (any channel above 15/255, specks outside it cleared) spans more than TALL of the height."""
+    return field_of_view(clear_surround(images).float() / 255)[:, 0].any(2).float().mean(1) > TALL
 
 
 def surround(images: torch.Tensor) -> dict:
@@ -72,36 +58,9 @@ def surround(images: torch.Tensor) -> dict:
     }
 
 
-def features(images: torch.Tensor) -> dict:
-    """What the robust judge's view keeps at coarse scale: each channel standardised over the field (its colour
-    standardisation), then the shape of that distribution, light across the field (rings around the field's
-    centroid) and between channels."""
-    x = cleaned(images).float() / 255
-    fov = field_of_view(x)
-    z, weight = standardise_colour(x, fov), fov[:, 0].float()
-    n = weight.sum((1, 2))
-    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
-    cy, cx = (weight * yy).sum((1, 2)) / n, (weight * xx).sum((1, 2)) / n
-    r = ((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2).sqrt()
-    r = r / (r * weight).amax((1, 2))[:, None, None]
-    out = {}
-    for c, name in enumerate("rgb"):
-        values = [z[i, c][fov[i, 0]] for i in range(len(x))]
-        out[f"{name} skew"] = torch.stack([(v**3).mean() for v in values])
-        out[f"{name} kurtosis"] = torch.stack([(v**4).mean() for v in values])
-        out[f"{name} 99th percentile"] = torch.stack([v.quantile(0.99) for v in values])
-        out[f"{name} 1st percentile"] = torch.stack([v.quantile(0.01) for v in values])
-        for low, high in [(0, 0.3), (0.3, 0.6), (0.6, 0.8), (0.8, 0.9), (0.9, 1.01)]:
-            ring = weight * ((r >= low) & (r < high)).float()
-            out[f"{name} ring {low}-{min(high, 1)}"] = (z[:, c] * ring).sum((1, 2)) / ring.sum((1, 2)).clamp(min=1)
-    for a, b in [(0, 1), (0, 2), (1, 2)]:
-        out[f"correlation {'rgb'[a]}{'rgb'[b]}"] = (z[:, a] * z[:, b]).sum((1, 2)) / n
-    return out
-
-
 def compare(real: dict, synthetic: dict, top: int = 8) -> list:
     rows = [
-        {"feature": k, "auc": auc(real[k], synthetic[k]), "real": float(real[k].mean()),
+        {"feature": k, "auc": folded_auc(real[k], synthetic[k]), "real": float(real[k].mean()),
          "synthetic": float(synthetic[k].mean())}
         for k in real
     ]  # fmt: skip
@@ -121,8 +80,15 @@ def main(mode, train, test, out, *rest):
                 result[name] = {"n": len(synthetic), "rows": compare(surround(real), surround(synthetic))}
             else:
                 real_tall, synthetic_tall = tall(real), tall(synthetic)
-                fr, fs = features(real), features(synthetic)
+                fr, fs = field_features(real), field_features(synthetic)
+                half = torch.randperm(len(real), generator=torch.Generator().manual_seed(0)) < len(real) // 2
                 result[name] = {
+                    "all features, logistic regression, 5 folds": combined_auc(fr, fs),
+                    "control: the same between two halves of the real photographs": combined_auc(
+                        {k: v[half] for k, v in fr.items()}, {k: v[~half] for k, v in fr.items()}
+                    ),
+                }
+                result[name] |= {
                     framing: {"n_real": int(r.sum()), "n_synthetic": int(s.sum()),
                               "rows": compare({k: v[r] for k, v in fr.items()}, {k: v[s] for k, v in fs.items()})}
                     for framing, r, s in (("tall", real_tall, synthetic_tall), ("wide", ~real_tall, ~synthetic_tall))
@@ -131,7 +97,7 @@ def main(mode, train, test, out, *rest):
         synthetic, recipe = load(rest[0]), RealismRecipe()
         real_side, _, picked = draw_sides(real, synthetic, min(len(real) // 2, len(synthetic)), recipe.seed)
         for view in (rest[1] if len(rest) > 1 else "raw,cleaned").split(","):
-            side = picked if view == "raw" else cleaned(picked)
+            side = picked if view == "raw" else clear_surround(picked)
             result[view] = two_sample_auc(real_side, side, recipe, "cpu", view)
             print(view, result[view]["auc"], flush=True)
     elif mode == "judge16":
