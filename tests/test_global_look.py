@@ -74,4 +74,16 @@ def test_report_lines_show_the_table_and_say_why_when_too_few_images():
     too_few = global_look_section(fields(4, seed=7), fields(3, seed=8))
     assert not too_few["computed"]
     assert "Not computed: it needs" in "\n".join(global_look_lines(too_few, "64 px"))
+
+
+def test_black_images_are_left_out_and_counted_and_the_control_matches_the_sizes():
+    real, synthetic = fields(4 * MIN_PER_SET, seed=9), fields(MIN_PER_SET + 1, seed=10)
+    real[0], synthetic[0] = 0, 3  # a black photograph, a sample too dark for a field of view anywhere
+    section = global_look_section(real, synthetic)
+    assert section["computed"] and (section["n_real_without_field"], section["n_synthetic_without_field"]) == (1, 1)
+    assert (section["n_real"], section["n_synthetic"]) == (4 * MIN_PER_SET - 1, MIN_PER_SET)
+    assert section["n_control"] == [3 * MIN_PER_SET - 1, MIN_PER_SET]  # as many real as synthetic, against the rest
+    assert "Left out, without a field of view (black or too dark): 1 real, 1 synthetic." in "\n".join(
+        global_look_lines(section, "64 px")
+    )
     assert global_look_lines(None, "64 px") == []

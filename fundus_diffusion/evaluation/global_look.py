@@ -19,6 +19,7 @@ from typing import Dict
 
 import torch
 from torch.nn import functional as F
+from torchmetrics.functional.classification import binary_auroc
 
 from .realism import FOV_THRESHOLD, field_of_view, standardise_colour, stratified_folds
 
@@ -30,8 +31,8 @@ MIN_PER_SET = 2 * FOLDS
 
 def clear_surround(images: torch.Tensor) -> torch.Tensor:
     """``uint8 [N, 3, H, W]`` with every pixel outside its field set to 0. The field: where the brightest channel,
-    averaged over a window of about 1/28 of the side (odd, at least 3 px), is brighter than ``FOV_THRESHOLD``, grown
-    by half the window. A speck of a few pixels in the black surround falls outside it; the field's rim does not."""
+    averaged over a window of about 1/32 of the side (``2 round(side / 64) + 1`` px, at least 3), is brighter than
+    ``FOV_THRESHOLD``, grown by half the window. A speck of a few pixels in the black surround falls outside it; the field's rim does not."""
     size = 2 * max(1, round(images.shape[-1] / 64)) + 1
     brightest = images.float().amax(dim=1, keepdim=True)
     field = F.avg_pool2d(brightest, size, 1, size // 2, count_include_pad=False) > FOV_THRESHOLD * 255
@@ -39,9 +40,21 @@ def clear_surround(images: torch.Tensor) -> torch.Tensor:
     return torch.where(field, images, torch.zeros_like(images))
 
 
-def field_features(images: torch.Tensor) -> Dict[str, torch.Tensor]:
+def field_share(images: torch.Tensor) -> torch.Tensor:
+    """``[N]``: the share of each image of ``uint8 [N, >=3, H, W]`` inside its field, specks in the surround cleared."""
+    return field_of_view(clear_surround(images[:, :3]).float() / 255).float().mean(dim=(1, 2, 3))
+
+
+def field_features(images: torch.Tensor, batch_size: int = 64) -> Dict[str, torch.Tensor]:
     """Per image of ``uint8 [N, >=3, H, W]``, each feature (``[N]`` float64) of how light spreads over its field,
-    measured on the robust judge's view (each channel standardised to mean 0, std 1 over the field)."""
+    measured on the robust judge's view (each channel standardised to mean 0, std 1 over the field), in batches (the
+    float64 copies of a whole set would not fit in memory). Every image needs a field (``field_share`` above 0)."""
+    batches = [_features_of_batch(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return {name: torch.cat([batch[name] for batch in batches]) for name in batches[0]}
+
+
+def _features_of_batch(images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """``field_features`` of one batch."""
     x = clear_surround(images[:, :3]).double() / 255
     fov = field_of_view(x)
     z, weight = standardise_colour(x, fov), fov[:, 0].double()
@@ -67,22 +80,27 @@ def field_features(images: torch.Tensor) -> Dict[str, torch.Tensor]:
     return features
 
 
-def mann_whitney(first: torch.Tensor, second: torch.Tensor) -> float:
-    """P(second > first) + P(tie) / 2 over all pairs: the ROC AUC of a score for telling ``second`` from ``first``,
-    exact with ties and at any scale."""
-    first, second = first.double()[None, :], second.double()[:, None]
-    return float((second > first).double().mean() + 0.5 * (second == first).double().mean())
+def roc_auc(first: torch.Tensor, second: torch.Tensor) -> float:
+    """torchmetrics' ROC AUC (exact with ties) of scores for telling ``second`` from ``first``. The scores are scaled
+    into [0, 1] first, an order-keeping map: torchmetrics would read scores outside it as logits and squash large ones
+    into ties."""
+    scores = torch.cat([first, second]).double()
+    low, high = scores.min(), scores.max()
+    if not high > low:  # all equal: nothing separates the sets
+        return 0.5
+    target = torch.cat([torch.zeros(len(first)), torch.ones(len(second))]).long()
+    return float(binary_auroc((scores - low) / (high - low), target))
 
 
 def folded_auc(first: torch.Tensor, second: torch.Tensor) -> float:
-    """One feature's ROC AUC folded to 0.5-1: how well it separates the sets, whichever set is higher."""
-    return abs(mann_whitney(first, second) - 0.5) + 0.5
+    """How well one feature separates the sets, whichever is higher: ``roc_auc`` folded to 0.5-1."""
+    return abs(roc_auc(first, second) - 0.5) + 0.5
 
 
 def _logistic_weights(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Weights (bias last) of an L2-penalised logistic regression of ``y`` on ``x``, fitted with LBFGS."""
     w = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([w], max_iter=200)
+    optimiser = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
 
     def loss():
         optimiser.zero_grad()
@@ -107,33 +125,41 @@ def combined_auc(first: Dict[str, torch.Tensor], second: Dict[str, torch.Tensor]
         mean, std = x[train].mean(0), x[train].std(0).clamp(min=1e-9)
         w = _logistic_weights((x[train] - mean) / std, y[train])
         scores = (x[test] - mean) / std @ w[:-1] + w[-1]
-        aucs.append(mann_whitney(scores[y[test] == 0], scores[y[test] == 1]))
+        aucs.append(roc_auc(scores[y[test] == 0], scores[y[test] == 1]))  # the regression's own direction: unfolded
     per_fold = torch.tensor(aucs)
     return {"mean": float(per_fold.mean()), "std": float(per_fold.std()), "per_fold": aucs, "n_features": len(names)}
 
 
 def global_look_section(real: torch.Tensor, synthetic: torch.Tensor, seed: int = 0) -> Dict:
     """The evaluation report's global-look section: every feature's AUC between ``real`` and ``synthetic``
-    (``uint8 [N, >=3, H, W]``; the real photographs pooled as the two-sample test pools them) and between two random
-    halves of ``real`` (the control), their means, and the logistic regression on all of them with its control.
-    Rows are sorted by the real-vs-synthetic AUC."""
-    if min(len(real), len(synthetic)) < MIN_PER_SET or len(real) < 2 * MIN_PER_SET:
+    (``uint8 [N, >=3, H, W]``; the real photographs pooled as the two-sample test pools them), their means, and the
+    logistic regression on all of them. The control does the same between real photographs only: as many as the
+    synthetic images (at most half of the real ones) against the rest, so that both comparisons have alike sizes
+    (a folded AUC leans above 0.5 the more, the smaller a side). Images without a field (black, or too dark for
+    ``FOV_THRESHOLD`` anywhere) are left out and counted. Rows are sorted by the real-vs-synthetic AUC."""
+    with_field = {name: field_share(images) > 0 for name, images in (("real", real), ("synthetic", synthetic))}
+    real, synthetic = real[with_field["real"]], synthetic[with_field["synthetic"]]
+    left_out = {f"n_{name}_without_field": int((~kept).sum()) for name, kept in with_field.items()}
+    if len(synthetic) < MIN_PER_SET or len(real) < 2 * MIN_PER_SET:
         return {
             "computed": False,
-            "reason": f"it needs {MIN_PER_SET} synthetic and {2 * MIN_PER_SET} real images or more "
-            f"(got {len(synthetic)} and {len(real)})",
+            "reason": f"it needs {MIN_PER_SET} synthetic and {2 * MIN_PER_SET} real images with a field of view or "
+            f"more (got {len(synthetic)} and {len(real)})",
+            **left_out,
         }
     of_real, of_synthetic = field_features(real), field_features(synthetic)
-    half = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed)) < len(real) // 2
-    first_half = {k: v[half] for k, v in of_real.items()}
-    second_half = {k: v[~half] for k, v in of_real.items()}
+    as_synthetic = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed)) < min(
+        len(synthetic), len(real) // 2
+    )
+    control_real = {k: v[~as_synthetic] for k, v in of_real.items()}
+    control_synthetic = {k: v[as_synthetic] for k, v in of_real.items()}
     rows = [
         {
             "feature": name,
             "real": float(of_real[name].mean()),
             "synthetic": float(of_synthetic[name].mean()),
             "auc": folded_auc(of_real[name], of_synthetic[name]),
-            "auc_real_vs_real": folded_auc(first_half[name], second_half[name]),
+            "auc_real_vs_real": folded_auc(control_real[name], control_synthetic[name]),
         }
         for name in of_real
     ]
@@ -141,8 +167,9 @@ def global_look_section(real: torch.Tensor, synthetic: torch.Tensor, seed: int =
         "computed": True,
         "n_real": len(real),
         "n_synthetic": len(synthetic),
+        **left_out,
+        "n_control": [int((~as_synthetic).sum()), int(as_synthetic.sum())],
         "features": sorted(rows, key=lambda row: -row["auc"]),
         "combined": combined_auc(of_real, of_synthetic, seed),
-        "combined_real_vs_real": combined_auc(first_half, second_half, seed),
+        "combined_real_vs_real": combined_auc(control_real, control_synthetic, seed),
     }
-

@@ -378,9 +378,12 @@ def global_look_lines(section: Optional[Dict], px: str) -> List[str]:
         "",
         f"**How light spreads over the field ({px})**: what the robust judge still sees once each channel is "
         "standardised over the field, one feature at a time (`fundus_diffusion.evaluation.global_look`; specks in the "
-        "black surround cleared first). ROC AUC folded to 0.5-1 (0.5: no difference, either way); the control: two "
-        "random halves of the real photographs.",
+        "black surround cleared first, unlike the judge). ROC AUC folded to 0.5-1 (0.5: no difference, either way); "
+        "the control: the same between real photographs only, as many as the synthetic images against the rest.",
     ]
+    dark = {key: section.get(f"n_{key}_without_field", 0) for key in ("real", "synthetic")}
+    if any(dark.values()):
+        lines[-1] += f" Left out, without a field of view (black or too dark): {dark['real']} real, {dark['synthetic']} synthetic."
     if not section["computed"]:
         return lines + ["", f"Not computed: {section['reason']}."]
     combined, control = section["combined"], section["combined_real_vs_real"]
