@@ -73,6 +73,7 @@ def point(report: dict, mask: str):
     spectrum = report.get("power_spectrum", {})  # reports since session 12
     bands = spectrum["sets"]["synthetic"]["bands"] if spectrum.get("computed") else {}
     discs = report.get("disc_appearance", {})  # reports since session 16
+    look = report.get("global_look", {})  # reports since session 20
     coherence = discs["sets"]["synthetic"]["statistics"]["orientation_coherence"]["mean"] if discs.get("computed") else None
     styles = {
         name.split(" / like ", 1)[1]: row["share"]
@@ -93,6 +94,8 @@ def point(report: dict, mask: str):
         "auc_outside_disc": view_auc(realism, "outside_disc"),
         # and on the images at a quarter of the resolution (reports since session 19): how much needs no fine detail
         "auc_quarter_resolution": view_auc(realism, "quarter_resolution"),
+        # a judge that sees only how light spreads over the field (global_look's logistic regression on its features)
+        "auc_global_look": look["combined"]["mean"] if look.get("computed") else None,
         # the synthetic images' green-channel power as a share of the real photographs' (1 = real): disc rim and
         # large vessels (middle band), small vessels (fine band)
         "power_middle": bands.get("middle"),
@@ -181,24 +184,24 @@ def time_to_quality(points) -> dict:
 
 def table(curves: dict) -> str:
     lines = [
-        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | outside-disc AUC | quarter-resolution AUC | power / real, middle / fine band | disc detail coherence | camera styles | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}, not refused as copies) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---|---|",
+        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | outside-disc AUC | quarter-resolution AUC | global-look AUC (features) | power / real, middle / fine band | disc detail coherence | camera styles | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}, not refused as copies) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for variant, points in curves.items():
         for p in points:
             minutes = f"{p['minutes']:.1f}" if p["minutes"] is not None else "?"
             auc = f"{p['auc']:.3f} ({p['judge']})" if p["auc"] is not None else "not computed"
             control = f"{p['auc_control']:.3f}" if p["auc_control"] is not None else ""
-            region, outside, quarter = (
-                f"{p[key]:.3f}" if p[key] is not None else ""
-                for key in ("auc_disc_region", "auc_outside_disc", "auc_quarter_resolution")
+            region, outside, quarter, look = (
+                f"{p[key]:.3f}" if p.get(key) is not None else ""
+                for key in ("auc_disc_region", "auc_outside_disc", "auc_quarter_resolution", "auc_global_look")
             )
             power = f"{p['power_middle']:.2f} / {p['power_fine']:.2f}" if p["power_middle"] is not None else ""
             coherence = f"{p['disc_coherence']:.3f}" if p["disc_coherence"] is not None else ""
             styles = ", ".join(f"{name} {share:.0%}" for name, share in p["camera_styles"].items())
             lines.append(
                 f"| {variant} | {p['step']:,} | {minutes} | {p['dice_synthetic']:.3f} | {p['dice_share']:.1%} | "
-                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {outside} | {quarter} | {power} | {coherence} | {styles} | "
+                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {outside} | {quarter} | {look} | {power} | {coherence} | {styles} | "
                 f"{'met' if meets_bars(p) else 'refused: copies' if p['refused'] else 'no'} |"
             )
     for variant, points in curves.items():
