@@ -40,15 +40,19 @@ def clear_surround(images: torch.Tensor) -> torch.Tensor:
     return torch.where(field, images, torch.zeros_like(images))
 
 
-def field_share(images: torch.Tensor) -> torch.Tensor:
-    """``[N]``: the share of each image of ``uint8 [N, >=3, H, W]`` inside its field, specks in the surround cleared."""
-    return field_of_view(clear_surround(images[:, :3]).float() / 255).float().mean(dim=(1, 2, 3))
+def has_field(images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """``bool [N]``: which of ``uint8 [N, >=3, H, W]`` have a field of view once specks in the surround are cleared
+    (in batches, as ``field_features``)."""
+    return torch.cat([
+        field_of_view(clear_surround(images[i : i + batch_size, :3]).float() / 255).flatten(1).any(dim=1)
+        for i in range(0, len(images), batch_size)
+    ])  # fmt: skip
 
 
 def field_features(images: torch.Tensor, batch_size: int = 64) -> Dict[str, torch.Tensor]:
     """Per image of ``uint8 [N, >=3, H, W]``, each feature (``[N]`` float64) of how light spreads over its field,
     measured on the robust judge's view (each channel standardised to mean 0, std 1 over the field), in batches (the
-    float64 copies of a whole set would not fit in memory). Every image needs a field (``field_share`` above 0)."""
+    float64 copies of a whole set would not fit in memory). Every image needs a field (``has_field``)."""
     batches = [_features_of_batch(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return {name: torch.cat([batch[name] for batch in batches]) for name in batches[0]}
 
@@ -137,7 +141,7 @@ def global_look_section(real: torch.Tensor, synthetic: torch.Tensor, seed: int =
     synthetic images (at most half of the real ones) against the rest, so that both comparisons have alike sizes
     (a folded AUC leans above 0.5 the more, the smaller a side). Images without a field (black, or too dark for
     ``FOV_THRESHOLD`` anywhere) are left out and counted. Rows are sorted by the real-vs-synthetic AUC."""
-    with_field = {name: field_share(images) > 0 for name, images in (("real", real), ("synthetic", synthetic))}
+    with_field = {name: has_field(images) for name, images in (("real", real), ("synthetic", synthetic))}
     real, synthetic = real[with_field["real"]], synthetic[with_field["synthetic"]]
     left_out = {f"n_{name}_without_field": int((~kept).sum()) for name, kept in with_field.items()}
     if len(synthetic) < MIN_PER_SET or len(real) < 2 * MIN_PER_SET:

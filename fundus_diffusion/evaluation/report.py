@@ -391,8 +391,7 @@ def global_look_lines(section: Optional[Dict], px: str) -> List[str]:
         "",
         f"All {combined['n_features']} features together (a logistic regression, {len(combined['per_fold'])}-fold "
         f"cross-validated; {section['n_real']} real, {section['n_synthetic']} synthetic): ROC AUC "
-        f"{combined['mean']:.3f} ± {combined['std']:.3f}; real vs real (control) {control['mean']:.3f} ± "
-        f"{control['std']:.3f}. The {GLOBAL_LOOK_ROWS} that separate the sets best (every feature: report.json; the best "
+        f"{format_mean_std(combined)}; real vs real (control) {format_mean_std(control)}. The {GLOBAL_LOOK_ROWS} that separate the sets best (every feature: report.json; the best "
         f"of {combined['n_features']}, so their AUCs lean high):",
         "",
         "| feature (channels standardised over the field) | real | synthetic | ROC AUC | real vs real (control) |",
