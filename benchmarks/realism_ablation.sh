@@ -9,19 +9,19 @@
 #                   start every variant in the background (setsid), return at once
 #   STAGE=wait      wait until the trainings end, WAIT_S seconds pass or (UNTIL_STEP) every variant has that snapshot
 #   STAGE=follow    keep up with the trainings for WAIT_S seconds (default 540): sample each new snapshot with each of
-#                   SAMPLERS (default: SAMPLER; e.g. "dpmsolver++:20 ddpm:100 ddpm:100:linspace", scheduler:steps and
-#                   optionally generate.py's --timestep_spacing; the quality curve then draws one curve
-#                   per sampler; a generation starts only while FOLLOW_MARGIN_S, default 120, remain), start its evaluation
+#                   SAMPLERS (default: SAMPLER; e.g. "dpmsolver++:20 ddpm:100 ddpm:100:linspace ddpm:100@2500:1.5",
+#                   each as STAGE=generate reads SAMPLER; the quality curve then draws one curve per sampler; a
+#                   generation starts only while FOLLOW_MARGIN_S, default 120, remain), start its evaluation
 #                   detached, pack; ends early once the trainings have ended and every snapshot is sampled and judged.
 #                   One device call after another can run just this (the first after STAGE=train); give WAIT_S the
 #                   call's time left minus a minute
-#   STAGE=generate  sample N_SYN pairs with SAMPLER (scheduler:steps[:timestep spacing]) in DTYPE, guided by
-#                   AUTOGUIDANCE (step:weight, e.g. 3000:2 with SNAPSHOT=1500: the same run's snapshot of that step as
-#                   the weak model of generate.py's --autoguidance_model, at that --autoguidance_scale; set suffix
-#                   -ag<step>w<weight>; only snapshots after that step, of runs that have it) when given, from each
-#                   snapshot at STEPS (default:
-#                   every snapshot not yet sampled); trainings keep running, so snapshots are judged while later ones
-#                   train
+#   STAGE=generate  sample N_SYN pairs with SAMPLER in DTYPE from each snapshot at STEPS (default: every snapshot not
+#                   yet sampled); trainings keep running, so snapshots are judged while later ones train. SAMPLER:
+#                   scheduler:steps, then optionally :timestep spacing (generate.py's --timestep_spacing) and
+#                   @step:weight, the guide (else AUTOGUIDANCE, the same step:weight, e.g. 3000:2 with SNAPSHOT=1500):
+#                   the same run's snapshot of that step as the weak model of generate.py's --autoguidance_model, at
+#                   that --autoguidance_scale; set suffix -ag<step>w<weight>; only snapshots after that step, of runs
+#                   that have it
 #   STAGE=post_hoc_ema  for each finished variant trained with --post_hoc_ema: one model per EMA length in
 #                   PHEMA_SIGMAS (one or more; default 0.05,0.10,0.20), run <variant>-phema<sigma_rel>, sampled by a later generate
 #   STAGE=stop      stop the trainings
@@ -71,14 +71,14 @@ DTYPE=${DTYPE:-auto}  # generate.py --dtype (auto: fp16 on a GPU); sets sampled 
 # SEG_STEPS=3 EVAL_FLAGS="--realism_steps 2 --realism_folds 2").
 RECIPE=${RECIPE:-"--resolution 256 --model_config small256 --train_batch_size 16 --mixed_precision bf16 --compile --compile_mode reduce-overhead"}
 EVAL_FLAGS=${EVAL_FLAGS:-}  # more evaluate.py flags, e.g. "--resolution 128" for the labelled low-resolution column
-# Default: the ours preset with training seed 1 (session 20's seed1, whose 0.817 sits within 0.01 of seed 0's
-# whole-image AUC), the training of RESULTS.md session 20's plan; the plan's other settings (STEPS_MAX, SNAPSHOT,
-# STEPS, SAMPLERS, AUTOGUIDANCE) are given there with its commands. Untried: --schedule_detail_resolution 1024 (the cleanest
-# timesteps' log-SNR raised, 8.4% of the training timesteps near the fine band's crossing against 3.5%). Earlier
-# ablations and their VARIANTS: RESULTS.md, each session with its command (before session 15 the ours preset shifted
-# its log-SNR by a constant: add --schedule_detail_resolution 64 to reproduce those). A variant's flags come after
-# the recipe's and the common flags (--seed 0 among them), so they override them.
-VARIANTS=${VARIANTS:-"seed1=--seed 1"}
+# Default: the ours preset with training seeds 2 and 3, side by side, the trainings of RESULTS.md session 21's plan
+# (is session 21's seed1, whose DDPM 250 and autoguided sets met the bar, a lucky draw?); the plan's other settings
+# (STEPS_MAX, SNAPSHOT, STEPS, SAMPLERS) are given there with its commands. Untried: --schedule_detail_resolution 1024
+# (the cleanest timesteps' log-SNR raised, 8.4% of the training timesteps near the fine band's crossing against 3.5%).
+# Earlier ablations and their VARIANTS: RESULTS.md, each session with its command (before session 15 the ours preset
+# shifted its log-SNR by a constant: add --schedule_detail_resolution 64 to reproduce those). A variant's flags come
+# after the recipe's and the common flags (--seed 0 among them), so they override them.
+VARIANTS=${VARIANTS:-"seed2=--seed 2;seed3=--seed 3"}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT" "$WORK"
 export OUT=$(cd "$OUT" && pwd)
@@ -154,16 +154,16 @@ pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in arc
 set_masks() { $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.data.schema \
 import dataset_mask_names; print(','.join(dataset_mask_names(load_fundus_dataset(sys.argv[1]))))" "$1"; }
 finished() { [ -f "$1/arrow/dataset_info.json" ] || [ -f "$1/dataset_info.json" ]; }  # a saved synthetic set
-sampler_parts() {  # SAMPLER = scheduler:steps[:timestep spacing] -> "scheduler steps [spacing]"
-  local rest=${SAMPLER#*:}
+sampler_parts() {  # SAMPLER = scheduler:steps[:timestep spacing][@guide] -> "scheduler steps [spacing]"
+  local rest=${SAMPLER%%@*}; rest=${rest#*:}
   echo "${SAMPLER%%:*} ${rest%%:*} $([[ $rest == *:* ]] && echo "${rest#*:}")"
 }
 sampler_suffix() {  # how a set's name says its sampler, precision and guide: none for DPM-Solver++ 20 at DTYPE=auto
   local scheduler steps spacing suffix=""
   read -r scheduler steps spacing <<< "$(sampler_parts)"
-  [ "$SAMPLER" = dpmsolver++:20 ] || suffix="-${scheduler//+/p}$steps${spacing:+-$spacing}"
+  [ "${SAMPLER%%@*}" = dpmsolver++:20 ] || suffix="-${scheduler//+/p}$steps${spacing:+-$spacing}"
   [ "$DTYPE" = auto ] || suffix="$suffix-$DTYPE"
-  [ -z "${AUTOGUIDANCE:-}" ] || suffix="$suffix-ag${AUTOGUIDANCE%%:*}w${AUTOGUIDANCE#*:}"
+  [ -z "$(guidance)" ] || suffix="$suffix-ag$(guidance | cut -d: -f1)w$(guidance | cut -d: -f2)"
   echo "$suffix"
 }
 sampler_suffixes() { local sampler; for sampler in $SAMPLERS; do SAMPLER=$sampler sampler_suffix; done | paste -sd, -; }
@@ -176,14 +176,17 @@ unsampled() {  # the saved snapshots (within STEPS, when given) without a finish
     [ -f "$snap/model_index.json" ] || continue  # absent, or still being written
     step=$((10#${snap##*step-}))
     [ -n "${STEPS:-}" ] && [[ ",$STEPS," != *",$step,"* ]] && continue
-    if [ -n "${AUTOGUIDANCE:-}" ]; then  # a guide from an earlier snapshot of the same run, which must exist
-      [ "$step" -gt "${AUTOGUIDANCE%%:*}" ] && [ -f "$(guide_of "$snap")/model_index.json" ] || continue
+    if [ -n "$(guidance)" ]; then  # a guide from an earlier snapshot of the same run, which must exist
+      [ "$step" -gt "$(guidance | cut -d: -f1)" ] && [ -f "$(guide_of "$snap")/model_index.json" ] || continue
     fi
     set=$WORK/synthetic/$(basename "$(dirname "$(dirname "$snap")")")-$step$suffix
     finished "$set" || [ -f "$set.failed" ] || echo "$snap"
   done
 }
-guide_of() { echo "$(dirname "$1")/step-$(printf %07d "${AUTOGUIDANCE%%:*}")"; }  # AUTOGUIDANCE's snapshot beside snapshot $1
+guidance() {  # the guide, step:weight: SAMPLER's @ part, else AUTOGUIDANCE, else nothing
+  if [[ $SAMPLER == *@* ]]; then echo "${SAMPLER#*@}"; elif [ -n "${AUTOGUIDANCE:-}" ]; then echo "$AUTOGUIDANCE"; fi
+}
+guide_of() { echo "$(dirname "$1")/step-$(printf %07d "$(guidance | cut -d: -f1)")"; }  # the guide's snapshot beside snapshot $1
 JUDGING='scripts/evaluate.py|benchmarks/conditional_sampling.py'  # the evaluations and conditional benchmarks
 # busy counts the bash -c wrappers too: an evaluation's first 15 s (reading its masks) come before evaluate.py runs
 busy() { pgrep -f "$JUDGING" > /dev/null; }
@@ -255,8 +258,8 @@ generate)
     step=$((10#${snap##*step-}))
     set=$WORK/synthetic/$name-$step$suffix
     guide=()
-    if [ -n "${AUTOGUIDANCE:-}" ]; then  # the weak model: the same run's snapshot of the step AUTOGUIDANCE names
-      guide=(--autoguidance_model "$(guide_of "$snap")" --autoguidance_scale "${AUTOGUIDANCE#*:}")
+    if [ -n "$(guidance)" ]; then  # the weak model: the same run's snapshot of the step the guide names
+      guide=(--autoguidance_model "$(guide_of "$snap")" --autoguidance_scale "$(guidance | cut -d: -f2)")
     fi
     $PY scripts/generate.py --model "$snap" --num_samples "$N_SYN" --scheduler "$scheduler" \
       --num_inference_steps "$sampler_steps" ${spacing:+--timestep_spacing "$spacing"} --dtype "$DTYPE" --seed 0 --batch_size 100 \
