@@ -36,9 +36,10 @@ With ``masks_from`` (``read_mask_sets``), sample ``i`` is drawn for the ``i``-th
 ``<dir>/masks/<name>/<id>.png`` (in id order) and keeps its id: the given masks come out exactly as given, the image
 and any mask its set lacks are generated (``FundusPipeline``'s ``masks=``).
 
-With ``autoguidance_model`` (a weaker model of the same kind: an earlier snapshot of the same training), every step
-is guided away from that model's prediction with weight ``autoguidance_scale`` (``FundusPipeline``'s
-``autoguidance_unet``; autoguidance, Karras et al. 2024), at the cost of a second UNet pass per step.
+With ``autoguidance_scale``, every step is guided away from a weaker model's prediction with that weight
+(``FundusPipeline``'s ``autoguidance_unet``; autoguidance, Karras et al. 2024), at the cost of a second UNet pass per
+step: ``autoguidance_model`` (a model of the same kind: an earlier snapshot of the same training), or without one the
+guide saved with the model (``fundus-train-ddpm --guide_step``).
 
 Output folder::
 
@@ -274,8 +275,9 @@ class GenerationConfig:
     dtype: Optional[str] = None  # the network's precision (a DTYPES name), recorded from the loaded pipeline
     device_type: Optional[str] = None  # the sampling device's type (cpu, cuda, ...), recorded from the loaded pipeline
     timestep_spacing: Optional[str] = None  # a TIMESTEP_SPACINGS name; None: as the model's scheduler was saved
-    autoguidance_model: Optional[str] = None  # a weaker model to guide with (folder or Hub id; load_autoguidance)
-    autoguidance_scale: Optional[float] = None  # its weight w in weak + w * (main - weak); None without a model
+    autoguidance_model: Optional[str] = None  # a weaker model to guide with (folder or Hub id; load_autoguidance);
+    # None with autoguidance_scale: the guide saved with the model
+    autoguidance_scale: Optional[float] = None  # the weight w in weak + w * (main - weak); None: no autoguidance
 
     def __post_init__(self):
         if self.labels and sum(self.labels.values()) != self.num_samples:
@@ -291,13 +293,14 @@ class GenerationConfig:
             raise ValueError(f"Unknown timestep spacing {self.timestep_spacing!r}: choose from {', '.join(TIMESTEP_SPACINGS)}.")
         if self.compile not in (None, *COMPILE_MODES):
             raise ValueError(f"Unknown torch.compile mode {self.compile!r}: choose from {', '.join(COMPILE_MODES)}.")
-        if (self.autoguidance_model is None) != (self.autoguidance_scale is None) or self.autoguidance_scale == 1:
+        if (self.autoguidance_model is not None and self.autoguidance_scale is None) or self.autoguidance_scale == 1:
             raise ValueError(
-                "--autoguidance_model and --autoguidance_scale go together, with a weight other than 1 (1 is the main "
-                f"model alone; e.g. 2); got {self.autoguidance_model!r} and {self.autoguidance_scale!r}."
+                "Autoguidance needs --autoguidance_scale, a weight other than 1 (1 is the main model alone; e.g. 1.5), "
+                "with --autoguidance_model or the guide saved with the model; got --autoguidance_model "
+                f"{self.autoguidance_model!r} and --autoguidance_scale {self.autoguidance_scale!r}."
             )
-        if self.autoguidance_model is not None and self.guidance_scale > 1:
-            raise ValueError("Use --guidance_scale (classifier-free guidance) or --autoguidance_model, not both at once.")
+        if self.autoguidance_scale is not None and self.guidance_scale > 1:
+            raise ValueError("Use --guidance_scale (classifier-free guidance) or autoguidance, not both at once.")
 
     @property
     def model_name(self) -> str:
@@ -329,13 +332,25 @@ def compile_network(network, mode: str) -> None:
 
 
 def load_autoguidance(pipe, config: GenerationConfig):
-    """The UNet of ``config.autoguidance_model`` (None without one), on ``pipe``'s device in its precision and compiled
-    as ``config`` says. Refused unless it is a model of the same kind as ``pipe``'s: the same masks, classes and
-    rotation conditioning, channels and size (``FundusPipeline.check_autoguidance``), noise schedule and prediction
-    type (otherwise its predictions are not comparable with the main model's, and guiding away from them is
-    meaningless)."""
-    if config.autoguidance_model is None:
+    """The guiding UNet, compiled as ``config`` says: None without ``autoguidance_scale``; the pipeline's own
+    ``guide_unet`` without ``autoguidance_model`` (refused where the model was saved without one); else the UNet of
+    ``config.autoguidance_model``, on ``pipe``'s device in its precision. That one is refused unless it is a model of
+    the same kind as ``pipe``'s: the same masks, classes and rotation conditioning, channels and size
+    (``FundusPipeline.check_autoguidance``), noise schedule and prediction type (otherwise its predictions are not
+    comparable with the main model's, and guiding away from them is meaningless)."""
+    if config.autoguidance_scale is None:
         return None
+    if config.autoguidance_model is None:
+        own = getattr(pipe, "guide_unet", None)
+        if own is None:
+            raise ValueError(
+                f"--autoguidance_scale {config.autoguidance_scale} without --autoguidance_model guides with the guide "
+                f"saved with the model, and {config.model_name} has none (it was trained without --guide_step). Fix: "
+                "name a weaker model of the same training with --autoguidance_model (e.g. one of its snapshots)."
+            )
+        if config.compile and getattr(own, "_compiled_call_impl", None) is None:
+            compile_network(own, config.compile)
+        return own
     source = config.autoguidance_model
     weak = load_fundus_pipeline(source, device=str(pipe.device), dtype=config.dtype)
     if not hasattr(weak, "scheduler"):
@@ -582,8 +597,8 @@ def sampler_description(output_dir: str) -> Optional[str]:
     if not steps:
         return None
     spaced = f", {spacing} spacing" if spacing else ""
-    guide = config.get("autoguidance_model")
-    guided = f", autoguidance by {local_name(guide)} at {config['autoguidance_scale']}" if guide else ""
+    guide, scale = config.get("autoguidance_model"), config.get("autoguidance_scale")
+    guided = f", autoguidance by {local_name(guide) if guide else 'its own guide'} at {scale}" if scale else ""
     return f"{'own scheduler' if scheduler in (None, OWN_SCHEDULER) else scheduler}, {steps} steps{spaced}{guided}"
 
 
@@ -755,9 +770,9 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
     before the first batch, which only a long run earns back.
     """
     if not hasattr(pipe, "scheduler"):  # a GAN draws its samples in one pass
-        if config.scheduler is not None or config.num_inference_steps is not None or config.timestep_spacing or config.autoguidance_model:
+        if config.scheduler is not None or config.num_inference_steps is not None or config.timestep_spacing or config.autoguidance_scale:
             raise ValueError(
-                f"--scheduler / --num_inference_steps / --timestep_spacing / --autoguidance_model apply to diffusion models; "
+                f"--scheduler / --num_inference_steps / --timestep_spacing / autoguidance apply to diffusion models; "
                 f"{type(pipe).__name__} (a GAN) has no sampler: leave them out."
             )
     elif config.scheduler is None:

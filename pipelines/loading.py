@@ -20,6 +20,7 @@ from .pipeline_fundus_gan import GENERATOR_MODULE, FundusGANPipeline
 
 PIPELINE_CLASSES = {"FundusPipeline": FundusPipeline, "FundusGANPipeline": FundusGANPipeline}
 COMPONENTS = {"FundusPipeline": ("unet", "scheduler"), "FundusGANPipeline": ("gan_generator",)}
+OPTIONAL_COMPONENTS = {"FundusPipeline": ("guide_unet",), "FundusGANPipeline": ()}  # absent, or null in model_index.json
 # Where model_index.json may say a generator's code lives: the saved copy of its module (dcgan_generator), or in older
 # folders the saved copy of the whole GAN pipeline file (pipeline_fundus_gan) or this package's modules.
 GENERATOR_MODULES = (
@@ -94,7 +95,7 @@ def pipeline_class_name(index: dict) -> Optional[str]:
 
 
 def _allowed_component(name: str, library: str, class_name: str) -> bool:
-    if name == "unet":
+    if name in ("unet", "guide_unet"):
         return (library, class_name) == ("diffusers", "UNet2DModel")
     if name == "scheduler":
         return library == "diffusers" and class_name.endswith("Scheduler") and hasattr(diffusers, class_name)
@@ -110,8 +111,10 @@ def check_model_index(index: dict, source: str) -> str:
             f"{source} holds a {class_name!r} pipeline; fundus-diffusion loads {' or '.join(PIPELINE_CLASSES)}. "
             "Give a folder saved by this package's training (or load other pipelines with diffusers)."
         )
-    for name in COMPONENTS[class_name]:
+    for name in (*COMPONENTS[class_name], *OPTIONAL_COMPONENTS[class_name]):
         entry = index.get(name)
+        if name in OPTIONAL_COMPONENTS[class_name] and entry in (None, [None, None]):
+            continue
         if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and _allowed_component(name, *map(str, entry))):
             raise ValueError(
                 f"{source}/model_index.json names {entry!r} for the {class_name}'s {name!r}, which is not what this "
@@ -202,7 +205,7 @@ def use_scheduler(pipe, scheduler: Optional[str], timestep_spacing: Optional[str
 def check_finite_weights(pipe, class_name: str, source: str, dtype: str = "fp32") -> None:
     """Refuse a pipeline whose network weights hold NaN or inf (a damaged file, or a run that diverged): it would
     sample black images with empty masks."""
-    for name in COMPONENTS[class_name]:
+    for name in (*COMPONENTS[class_name], *OPTIONAL_COMPONENTS[class_name]):
         module = getattr(pipe, name, None)
         if not isinstance(module, torch.nn.Module):
             continue

@@ -500,9 +500,13 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
             it; the model card shows it). Not used for sampling.
         rotation_conditioning (`bool`): the UNet was trained with rotation conditioning (``embedding_ids``): it has
             ``ROTATIONS`` class embeddings per class, and sampling asks for upright photographs.
+        guide_unet ([`UNet2DModel`], *optional*): the weaker model this one is sampled with under autoguidance
+            (``autoguidance_scale``), shipped with it: an earlier snapshot of the same training
+            (``fundus-train-ddpm --guide_step``).
     """
 
     model_cpu_offload_seq = "unet"
+    _optional_components = ["guide_unet"]
 
     def __init__(
         self,
@@ -513,6 +517,7 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         id2label: Optional[dict] = None,
         training_info: Optional[dict] = None,
         rotation_conditioning: bool = False,
+        guide_unet: Optional[UNet2DModel] = None,
     ):
         super().__init__()
         mask_names, id2label = check_fundus_config(
@@ -521,7 +526,7 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
             image_channels, DEFAULT_MASK_NAMES[:1] if mask_names is None else mask_names, id2label,
             rotation_conditioning,
         )  # fmt: skip
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         self.register_to_config(
             image_channels=image_channels, mask_names=mask_names, id2label=id2label, training_info=training_info,
             rotation_conditioning=rotation_conditioning,
@@ -593,7 +598,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
                 the same training, or a smaller model trained on the same data and noise schedule) to guide with:
                 ``weak + w * (main - weak)`` (autoguidance, Karras et al. 2024). Unlike classifier-free guidance it
                 needs no classes: it pushes the sample away from what the weaker model gets wrong. Each UNet pass
-                (resampling passes included) costs a pass of the weak UNet too.
+                (resampling passes included) costs a pass of the weak UNet too. Default: the pipeline's own
+                ``guide_unet``, where it was saved with one.
             autoguidance_scale (`float`): the weight ``w``; 1 is the main model alone, 0 the weak one alone.
 
         Given channels condition the model at sampling time (no retraining): before every UNet pass, they are
@@ -617,6 +623,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         """
         conditional = self.class_conditional
         self.check_guidance(guidance_scale, class_labels)
+        if autoguidance_unet is None and autoguidance_scale != 1:
+            autoguidance_unet = self.guide_unet
         self.check_autoguidance(autoguidance_unet, autoguidance_scale, guidance_scale)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size}.")
@@ -687,7 +695,10 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         and dtype; a weight without one, or with classifier-free guidance as well, is refused."""
         if weak is None:
             if scale != 1:
-                raise ValueError(f"autoguidance_scale={scale} needs autoguidance_unet, the weaker model to guide with.")
+                raise ValueError(
+                    f"autoguidance_scale={scale} needs a weaker model to guide with: pass autoguidance_unet, or load a "
+                    "model saved with its guide (fundus-train-ddpm --guide_step); this one has none."
+                )
             return
         if guidance_scale > 1:
             raise ValueError("Use guidance_scale (classifier-free guidance) or autoguidance_unet, not both at once.")

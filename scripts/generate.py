@@ -88,11 +88,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--autoguidance_model", default=None, metavar="MODEL",
         help="Autoguidance: a weaker model of the same training (e.g. an earlier snapshot) to guide away from, at "
-        "--autoguidance_scale. A second UNet pass per step.",
+        "--autoguidance_scale. Default: the guide saved with the model (fundus-train-ddpm --guide_step).",
     )  # fmt: skip
     parser.add_argument(
         "--autoguidance_scale", type=float, default=None,
-        help="With --autoguidance_model: the weight w in weak + w * (main - weak); 1 is the main model alone.",
+        help="Autoguidance: the weight w in weak + w * (main - weak), e.g. 1.5 (RESULTS.md session 21); 1 is the main "
+        "model alone. A second UNet pass per step.",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="Sample i uses seed + i.")
     parser.add_argument(

@@ -310,9 +310,34 @@ def test_autoguidance_by_a_weaker_model_through_the_script(models, tmp_path):
     assert_same_sample(*regenerate(load_fundus_pipeline(models["ddpm"], device="cpu"), cfg, 1), guided[1])
 
 
+def test_autoguidance_by_the_guide_saved_with_the_model(models, tmp_path):
+    """--autoguidance_scale alone guides with the model's own guide_unet (fundus-train-ddpm --guide_step): the same
+    samples as naming that guide with --autoguidance_model; a model saved without one is refused, nothing written."""
+    weak = save_weaker_copy(models["ddpm"], tmp_path / "weak")
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    pipe.register_modules(guide_unet=load_fundus_pipeline(weak, device="cpu").unet)
+    pipe.save_pretrained(tmp_path / "guided-model")
+    common = dict(num_samples=3, seed=5, scheduler="ddim", num_inference_steps=2, autoguidance_scale=2.0)
+    own = config(str(tmp_path / "guided-model"), **common)
+    generate_dataset(load_fundus_pipeline(own.model, device="cpu"), own, str(tmp_path / "own"))
+    named = config(models["ddpm"], autoguidance_model=weak, **common)
+    generate_dataset(load_fundus_pipeline(models["ddpm"], device="cpu"), named, str(tmp_path / "named"))
+    for a, b in zip(load_fundus_dataset(str(tmp_path / "own")), load_fundus_dataset(str(tmp_path / "named"))):
+        assert_same_sample(a["image"], {k: a[f"{k}_mask"] for k in ("disc", "atrophy")}, b)
+    assert sampler_description(str(tmp_path / "own")) == "ddim, 2 steps, autoguidance by its own guide at 2.0"
+    card = (tmp_path / "own" / "README.md").read_text()
+    assert "guided away from the guide saved with the model (its `guide_unet`) with weight 2.0" in card
+    image, masks = run_card_snippet(card, 2, {"guided-model": str(tmp_path / "guided-model")})  # the card's code, sample 2
+    assert_same_sample(image, masks, load_fundus_dataset(str(tmp_path / "own"))[2])
+
+    with pytest.raises(ValueError, match="has none .* trained without --guide_step"):
+        generate_dataset(load_fundus_pipeline(models["ddpm"], device="cpu"), config(models["ddpm"], **common), str(tmp_path / "none"))
+    assert not (tmp_path / "none").exists() or not list((tmp_path / "none").iterdir())
+
+
 def test_autoguidance_refusals(models, tmp_path):
-    for model, scale in ((None, 2.0), ("weak", None), ("weak", 1.0)):
-        with pytest.raises(ValueError, match="go together"):
+    for model, scale in (("weak", None), ("weak", 1.0), (None, 1.0)):
+        with pytest.raises(ValueError, match="Autoguidance needs --autoguidance_scale, a weight other than 1"):
             config(models["ddpm"], autoguidance_model=model, autoguidance_scale=scale)
     with pytest.raises(ValueError, match="not both"):
         config(models["ddpm"], labels={"PM": 5}, guidance_scale=2.0, autoguidance_model="weak", autoguidance_scale=2.0)

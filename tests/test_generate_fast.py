@@ -69,7 +69,7 @@ def test_the_default_sampler_is_dpm_solver_20_and_is_recorded(models, ddpm_1000,
     gan = load_fundus_pipeline(models["gan"], device="cpu")
     with pytest.raises(ValueError, match=r"apply to diffusion models; FundusGANPipeline \(a GAN\) has no sampler"):
         prepare_pipeline(gan, GenerationConfig(model=models["gan"], num_samples=1, num_inference_steps=20))
-    with pytest.raises(ValueError, match=r"--timestep_spacing / --autoguidance_model apply to diffusion models"):
+    with pytest.raises(ValueError, match=r"--timestep_spacing / autoguidance apply to diffusion models"):
         prepare_pipeline(gan, GenerationConfig(model=models["gan"], num_samples=1, timestep_spacing="linspace"))
 
 

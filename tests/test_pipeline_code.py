@@ -49,7 +49,7 @@ extra = {"auto": {}, "folder": {"custom_pipeline": folder}, "file": {"custom_pip
 pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True, **extra)
 pipe.set_progress_bar_config(disable=True)
 out = pipe(batch_size=2, class_labels=json.loads(sys.argv[3]), generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
-           num_inference_steps=2, output_type="np")
+           num_inference_steps=2, output_type="np", **json.loads(sys.argv[4]))
 np.save(folder + f"/alone-{how}.npy", out.images)
 print(json.dumps([type(pipe).__module__, type(pipe).__name__, sorted(out.masks[0]),
                   sorted(m for m in sys.modules if m.split(".")[0] == "fundus_diffusion")]))
@@ -74,10 +74,10 @@ print(json.dumps([type(pipe).__module__, type(pipe).__name__, sorted(result.mask
 """
 
 
-def run_without_package(folder, how, labels=None):
+def run_without_package(folder, how, labels=None, **call):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     return subprocess.run(
-        [sys.executable, "-c", WITHOUT_FUNDUS_DIFFUSION, str(folder), how, json.dumps(labels)],
+        [sys.executable, "-c", WITHOUT_FUNDUS_DIFFUSION, str(folder), how, json.dumps(labels), json.dumps(call)],
         capture_output=True, text=True, timeout=300, cwd=folder, env=env,
     )  # fmt: skip
 
@@ -94,24 +94,37 @@ def tiny_ddpm():
     return pipe
 
 
+def tiny_guided_ddpm():
+    """tiny_ddpm saved with a guide (fundus-train-ddpm --guide_step), sampled with it."""
+    pipe = tiny_ddpm()
+    torch.manual_seed(1)
+    pipe.register_modules(guide_unet=UNet2DModel.from_config(pipe.unet.config))
+    return pipe
+
+
 def tiny_gan():
     torch.manual_seed(0)
     generator = DCGANGenerator(sample_size=8, out_channels=4, nz=8, ngf=4, num_class_embeds=3).eval()  # as loaded
     return FundusGANPipeline(gan_generator=generator)
 
 
-def samples(pipe, labels):
+def samples(pipe, labels, **call):
     generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    return pipe(batch_size=2, class_labels=labels, generator=generators, num_inference_steps=2, output_type="np").images
+    return pipe(batch_size=2, class_labels=labels, generator=generators, num_inference_steps=2, output_type="np", **call).images
 
 
-@pytest.mark.parametrize("make,labels", [(tiny_ddpm, ["PM", "non-PM"]), (tiny_gan, ["PM", None])])
-def test_a_saved_folder_loads_and_samples_with_diffusers_alone(tmp_path, make, labels):
+@pytest.mark.parametrize(
+    "make,labels,call",
+    [(tiny_ddpm, ["PM", "non-PM"], {}), (tiny_guided_ddpm, [None, None], {"autoguidance_scale": 1.5}), (tiny_gan, ["PM", None], {})],
+)
+def test_a_saved_folder_loads_and_samples_with_diffusers_alone(tmp_path, make, labels, call):
     pipe = make()
     save_model(pipe, tmp_path, training_info={"steps": 1})
-    expected = samples(pipe, labels)
+    expected = samples(pipe, labels, **call)
+    if call:  # else the comparison below could not tell whether the guide was used
+        assert np.abs(expected - samples(pipe, labels)).max() > 1e-4
     for how in ("auto", "folder", "file"):
-        result = run_without_package(tmp_path, how, labels)
+        result = run_without_package(tmp_path, how, labels, **call)
         assert result.returncode == 0, result.stderr[-3000:]
         module, name, masks, imported = json.loads(result.stdout.splitlines()[-1])
         assert module.startswith("diffusers_modules.") and name == type(pipe).__name__, result.stdout
@@ -262,9 +275,10 @@ def test_our_loader_runs_no_code_from_the_folder_and_refuses_foreign_modules(tmp
     ddpm = tmp_path / "ddpm"
     tiny_ddpm().save_pretrained(ddpm)
     index = json.loads((ddpm / "model_index.json").read_text())
-    (ddpm / "model_index.json").write_text(json.dumps({**index, "scheduler": ["evil_module", "DDPMScheduler"]}))
-    with pytest.raises(ValueError, match="refusing to load it"):
-        load_fundus_pipeline(str(ddpm), device="cpu")
+    for forged in ({"scheduler": ["evil_module", "DDPMScheduler"]}, {"guide_unet": ["evil_module", "UNet2DModel"]}):
+        (ddpm / "model_index.json").write_text(json.dumps({**index, **forged}))
+        with pytest.raises(ValueError, match="refusing to load it"):
+            load_fundus_pipeline(str(ddpm), device="cpu")
 
 
 def test_uploaded_files_hold_no_local_paths(tmp_path):

@@ -17,7 +17,7 @@ from diffusers import (
 from fundus_diffusion import FundusPipeline, FundusPipelineOutput
 from fundus_diffusion.data import NUM_CLASS_EMBEDS
 from fundus_diffusion.hub import save_model
-from fundus_diffusion.pipelines.loading import SCHEDULERS, use_scheduler
+from fundus_diffusion.pipelines.loading import SCHEDULERS, load_fundus_pipeline, use_scheduler
 from fundus_diffusion.pipelines.pipeline_fundus import step_noise_generators
 
 
@@ -190,6 +190,25 @@ def test_autoguidance_interpolates_between_the_weak_and_the_main_model():
     assert np.isfinite(guided).all() and min(np.abs(guided - main_only).max(), np.abs(guided - weak_only).max()) > 1e-4
 
 
+def test_a_pipeline_saved_with_its_guide_guides_with_it(tmp_path):
+    pipe = make_pipe()
+    weak = weaker_unet(pipe.unet)
+    expected = pipe(**get_dummy_inputs(), autoguidance_unet=weak, autoguidance_scale=1.5).images
+    guided = FundusPipeline(**get_dummy_components(), guide_unet=weak)
+    guided.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(guided(**get_dummy_inputs(), autoguidance_scale=1.5).images, expected)
+    np.testing.assert_array_equal(guided(**get_dummy_inputs()).images, pipe(**get_dummy_inputs()).images)  # w = 1
+
+    save_model(guided, tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["guide_unet"] == ["diffusers", "UNet2DModel"]
+    loaded = load_fundus_pipeline(str(tmp_path), device="cpu")
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(loaded(**get_dummy_inputs(), autoguidance_scale=1.5).images, expected, atol=1e-5)
+    save_model(pipe, tmp_path / "plain")  # without a guide: none in the folder, none loaded
+    assert not (tmp_path / "plain" / "guide_unet").exists()
+    assert load_fundus_pipeline(str(tmp_path / "plain"), device="cpu").guide_unet is None
+
+
 def test_autoguidance_keeps_given_channels_exactly_with_resampling():
     pipe = make_pipe(mask_names=("disc", "atrophy"))
     disc = np.zeros((8, 8), np.float32)
@@ -203,7 +222,7 @@ def test_autoguidance_keeps_given_channels_exactly_with_resampling():
 
 def test_autoguidance_refuses_what_it_cannot_use():
     pipe = make_pipe()
-    with pytest.raises(ValueError, match="needs autoguidance_unet"):
+    with pytest.raises(ValueError, match="needs a weaker model to guide with: pass autoguidance_unet"):
         pipe(**get_dummy_inputs(), autoguidance_scale=2.0)
     with pytest.raises(ValueError, match="not both"):
         pipe(**get_dummy_inputs(), guidance_scale=2.0, autoguidance_unet=weaker_unet(pipe.unet))

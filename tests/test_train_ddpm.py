@@ -382,6 +382,24 @@ def test_snapshots_save_the_ema_pipeline_every_n_steps(tmp_path, cache_dir):
     assert pipe.unet.config.sample_size == 16
 
 
+def test_guide_step_ships_that_steps_ema_model_as_the_final_models_guide(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    args = ddpm.parse_args(tiny_args(out, cache_dir, "--max_train_steps", "4", "--guide_step", "3", "--logger", "none"))
+    ddpm.train(args)
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["step-0000003"]  # the guide, without --snapshot_steps
+    pipe, guide = FundusPipeline.from_pretrained(out), FundusPipeline.from_pretrained(out / "snapshots" / "step-0000003")
+    assert guide.guide_unet is None  # the snapshot is the guide itself
+    ours, theirs = pipe.guide_unet.state_dict(), guide.unet.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert any(not torch.equal(pipe.unet.state_dict()[k], ours[k]) for k in ours)  # step 4's weights differ from 3's
+    assert "step 3 ships with the final model" in pipe.config.training_info["autoguidance guide"]
+    assert "holds a guide (`guide_unet`" in (out / "README.md").read_text()
+    assert "holds a guide" not in (out / "snapshots" / "step-0000003" / "README.md").read_text()
+
+    with pytest.raises(SystemExit):  # argparse's error: the guide must come before the last step
+        ddpm.parse_args(tiny_args(tmp_path / "late", cache_dir, "--max_train_steps", "4", "--guide_step", "4"))
+
+
 def test_a_dataset_without_labels_trains_an_unconditional_model(tmp_path, cache_dir):
     from fundus_diffusion.data import load_phantom_dataset
 

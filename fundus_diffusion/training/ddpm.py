@@ -14,13 +14,14 @@ Presets set the defaults (explicit flags win); ``demo`` trains the tiny UNet on 
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
 
@@ -457,6 +458,17 @@ class DDPMKind(loop.ModelKind):
             help=f"Save the profiles every N optimizer steps and at the last step (default {post_hoc_ema.DEFAULT_EVERY}, "
             "ema-pytorch's). More snapshots fit other lengths more closely; each is the UNet in float32 per profile.",
         )
+        guide = parser.add_argument_group("autoguidance (Karras et al. 2024): a guide shipped with the model")
+        guide.add_argument(
+            "--guide_step",
+            type=int,
+            default=None,
+            help="Ship the EMA model of this step with the final model as its autoguidance guide (the pipeline's "
+            "guide_unet, one more UNet in the folder), so that fundus-generate --autoguidance_scale W and "
+            "pipe(autoguidance_scale=W) guide the model away from its own earlier self (RESULTS.md session 21: "
+            "the ours preset, 5,000 steps, guided by step 2,500 at 1.5). Saved as the snapshot of that step, which "
+            "the end of the run (a resumed one too) reads back.",
+        )
         val = parser.add_argument_group("DDPM validation")
         val.add_argument("--validation_inference_steps", type=int, default=25, help="DPM-Solver++ steps per grid.")
 
@@ -548,6 +560,12 @@ class DDPMKind(loop.ModelKind):
         if args.snr_gamma == 0:
             args.snr_gamma = None  # the plain MSE: how a preset's min-SNR weighting is taken out of an ablation
         DDPMKind._check_post_hoc_ema(parser, args)
+        if args.guide_step is not None and not 0 < args.guide_step < (args.max_train_steps or math.inf):
+            last = f" ({args.max_train_steps})" if args.max_train_steps else ""
+            parser.error(
+                f"--guide_step {args.guide_step}: the guide is the model of a step before the run's last{last}; give "
+                "one from 1 on, e.g. half of --max_train_steps."
+            )
 
     @staticmethod
     def _check_post_hoc_ema(parser, args):
@@ -575,6 +593,11 @@ class DDPMKind(loop.ModelKind):
 
     def __init__(self, args, accelerator, view, plan):
         super().__init__(args, accelerator, view, plan)
+        if args.guide_step is not None and args.guide_step >= plan.max_train_steps:  # --num_epochs: known only now
+            raise ValueError(
+                f"--guide_step {args.guide_step}: this run ends at step {plan.max_train_steps}, and the guide is the "
+                "model of an earlier step. Fix: give a step before it, e.g. half of it."
+            )
         if args.class_conditional is None:
             args.class_conditional = bool((view.class_labels != NULL_CLASS_ID).any())
             if not args.class_conditional:
@@ -702,6 +725,24 @@ class DDPMKind(loop.ModelKind):
     def pipeline(self) -> FundusPipeline:
         return make_pipeline(self.ema.ema_model, self.noise_scheduler, self.args)
 
+    def final_pipeline(self) -> FundusPipeline:
+        """``pipeline`` with, under ``--guide_step``, the guide: the UNet of that step's snapshot."""
+        pipe = self.pipeline()
+        if self.args.guide_step is not None:
+            folder = loop.snapshot_folder(self.args.output_dir, self.args.guide_step)
+            if not os.path.isfile(os.path.join(folder, "unet", "config.json")):
+                raise FileNotFoundError(
+                    f"--guide_step {self.args.guide_step}: the guide, the snapshot of that step, is not in {folder} "
+                    "(it was removed, or the run resumed from a checkpoint of another folder). Fix: put the snapshot "
+                    "back, or resume from the last checkpoint with --guide_step left out (the model is then saved "
+                    "without a guide)."
+                )
+            pipe.register_modules(guide_unet=UNet2DModel.from_pretrained(folder, subfolder="unet", use_safetensors=True))
+        return pipe
+
+    def snapshot_due(self, step: int) -> bool:
+        return super().snapshot_due(step) or step == self.args.guide_step
+
     def training_info(self) -> dict:
         args = self.args
         info = {
@@ -728,6 +769,11 @@ class DDPMKind(loop.ModelKind):
             info["initialised from"] = portable_name(args.init_from)
         if args.post_hoc_ema:
             info["post_hoc_ema"] = post_hoc_ema.describe_profiles(args.post_hoc_ema_sigma_rels, args.post_hoc_ema_every)
+        if args.guide_step is not None:
+            info["autoguidance guide"] = (
+                f"the EMA model of step {args.guide_step} ships with the final model as its guide_unet: sample with "
+                "autoguidance_scale (e.g. 1.5)"
+            )
         return info
 
 

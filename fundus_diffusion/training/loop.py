@@ -102,6 +102,15 @@ class ModelKind:
         """The pipeline to save: the weights to ship (the EMA where kept), detached from training."""
         raise NotImplementedError
 
+    def final_pipeline(self):
+        """The pipeline the run ends with (its saved model): ``pipeline`` and whatever ships with the last weights
+        only."""
+        return self.pipeline()
+
+    def snapshot_due(self, step: int) -> bool:
+        """Whether to save the model as it is at ``step`` under snapshots/ (``--snapshot_steps``)."""
+        return bool(self.args.snapshot_steps) and step % self.args.snapshot_steps == 0
+
     def training_info(self) -> dict:
         """What the model card says about this kind's settings, beyond what every run records."""
         return {}
@@ -261,14 +270,22 @@ def _other_metrics(values: Dict[str, float], kind: ModelKind) -> str:
     return "; ".join(peaks + rest)
 
 
-def save_model_folder(kind, view, plan, step: int, started: float, validation, folder: str, repo_id=None) -> None:
-    """The model as it is at ``step`` (the kind's weights to ship) with its card, metrics and training arguments:
-    the final save and every snapshot are the same kind of folder. The card counts the epochs begun by ``step`` and
+def snapshot_folder(output_dir: str, step: int) -> str:
+    """Where the snapshot of ``step`` is saved (``--snapshot_steps``)."""
+    return os.path.join(output_dir, "snapshots", f"step-{step:07d}")
+
+
+def save_model_folder(
+    kind, view, plan, step: int, started: float, validation, folder: str, repo_id=None, final: bool = False
+) -> None:
+    """The model as it is at ``step`` (the kind's weights to ship; ``final``: its ``final_pipeline``) with its card,
+    metrics and training arguments: the final save and every snapshot are the same kind of folder. The card counts the epochs begun by ``step`` and
     shows ``validation`` only when it was measured at ``step`` (a snapshot between validations shows none)."""
     args = kind.args
     epochs = math.ceil(step / plan.steps_per_epoch)
     info = {**run_info(args, view, kind.accelerator, step, epochs, time.time() - started), **kind.training_info()}
-    hub.save_model(kind.pipeline(), folder, training_info=info, metrics=kind.card_metrics(validation), repo_id=repo_id)
+    pipeline = kind.final_pipeline() if final else kind.pipeline()
+    hub.save_model(pipeline, folder, training_info=info, metrics=kind.card_metrics(validation), repo_id=repo_id)
     write_training_args(args, folder)
 
 
@@ -354,8 +371,8 @@ def train(args, kind_class) -> str:
                 )
             if validate_now and accelerator.is_main_process:
                 validation, validated_at = validate(global_step), global_step
-            if args.snapshot_steps and global_step % args.snapshot_steps == 0 and accelerator.is_main_process:
-                folder = os.path.join(args.output_dir, "snapshots", f"step-{global_step:07d}")
+            if kind.snapshot_due(global_step) and accelerator.is_main_process:
+                folder = snapshot_folder(args.output_dir, global_step)
                 measured = validation if validated_at == global_step else {}  # not another step's numbers
                 save_model_folder(kind, view, plan, global_step, logs.started, measured, folder, repo_id=None)
     progress.close()
@@ -367,7 +384,8 @@ def train(args, kind_class) -> str:
         repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
         save_folder_atomically(
             lambda folder: save_model_folder(
-                kind, view, plan, global_step, logs.started, validation, folder, repo_id if args.push_to_hub else None
+                kind, view, plan, global_step, logs.started, validation, folder, repo_id if args.push_to_hub else None,
+                final=True,
             ),
             args.output_dir,
         )
