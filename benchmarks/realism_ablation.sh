@@ -9,7 +9,7 @@
 #                   start every variant in the background (setsid), return at once
 #   STAGE=wait      wait until the trainings end, WAIT_S seconds pass or (UNTIL_STEP) every variant has that snapshot
 #   STAGE=follow    keep up with the trainings for WAIT_S seconds (default 540): sample each new snapshot with each of
-#                   SAMPLERS (default: SAMPLER; e.g. "dpmsolver++:20 ddpm:100 ddpm:100:linspace ddpm:100@2500:1.5",
+#                   SAMPLERS (default: SAMPLER; e.g. "dpmsolver++:20 ddpm:100 ddpm:100:linspace ddpm:100@3000:1.5",
 #                   each as STAGE=generate reads SAMPLER; the quality curve then draws one curve per sampler; a
 #                   generation starts only while FOLLOW_MARGIN_S, default 120, remain), start its evaluation
 #                   detached, pack; ends early once the trainings have ended and every snapshot is sampled and judged.
@@ -80,6 +80,15 @@ EVAL_FLAGS=${EVAL_FLAGS:-}  # more evaluate.py flags, e.g. "--resolution 128" fo
 # after the recipe's and the common flags (--seed 0 among them), so they override them.
 VARIANTS=${VARIANTS:-"seed2=--seed 2;seed3=--seed 3"}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+for spec in $SAMPLERS ${AUTOGUIDANCE:+"@$AUTOGUIDANCE"}; do  # a guide (step:weight) names a snapshot the runs save
+  [[ $spec == *@* ]] || continue
+  guide=${spec#*@} step=${spec#*@}; step=${step%%:*}
+  if ! [[ $guide =~ ^[0-9]+:[0-9]*\.?[0-9]+$ ]] || [ $((step % SNAPSHOT)) -ne 0 ] || [ "$step" -ge "$STEPS_MAX" ]; then
+    echo "guide $guide (in ${spec}): give step:weight, e.g. 2500:1.5, with a step that the runs save as a snapshot" \
+      "(a multiple of SNAPSHOT=$SNAPSHOT) before their last (STEPS_MAX=$STEPS_MAX)" >&2
+    exit 2
+  fi
+done
 mkdir -p "$OUT" "$WORK"
 export OUT=$(cd "$OUT" && pwd)
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$WORK/driver.log"; }

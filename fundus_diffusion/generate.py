@@ -598,7 +598,7 @@ def sampler_description(output_dir: str) -> Optional[str]:
         return None
     spaced = f", {spacing} spacing" if spacing else ""
     guide, scale = config.get("autoguidance_model"), config.get("autoguidance_scale")
-    guided = f", autoguidance by {local_name(guide) if guide else 'its own guide'} at {scale}" if scale else ""
+    guided = f", autoguidance by {local_name(guide) if guide else 'its own guide'} at {scale}" if scale is not None else ""
     return f"{'own scheduler' if scheduler in (None, OWN_SCHEDULER) else scheduler}, {steps} steps{spaced}{guided}"
 
 
@@ -770,7 +770,7 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
     before the first batch, which only a long run earns back.
     """
     if not hasattr(pipe, "scheduler"):  # a GAN draws its samples in one pass
-        if config.scheduler is not None or config.num_inference_steps is not None or config.timestep_spacing or config.autoguidance_scale:
+        if config.scheduler is not None or config.num_inference_steps is not None or config.timestep_spacing or config.autoguidance_scale is not None:
             raise ValueError(
                 f"--scheduler / --num_inference_steps / --timestep_spacing / autoguidance apply to diffusion models; "
                 f"{type(pipe).__name__} (a GAN) has no sampler: leave them out."

@@ -94,6 +94,11 @@ def pipeline_class_name(index: dict) -> Optional[str]:
     return name[-1] if isinstance(name, (list, tuple)) and name else name
 
 
+def component_names(class_name: str) -> tuple:
+    """The components a pipeline of ``class_name`` may hold, the optional ones last."""
+    return (*COMPONENTS[class_name], *OPTIONAL_COMPONENTS[class_name])
+
+
 def _allowed_component(name: str, library: str, class_name: str) -> bool:
     if name in ("unet", "guide_unet"):
         return (library, class_name) == ("diffusers", "UNet2DModel")
@@ -111,7 +116,7 @@ def check_model_index(index: dict, source: str) -> str:
             f"{source} holds a {class_name!r} pipeline; fundus-diffusion loads {' or '.join(PIPELINE_CLASSES)}. "
             "Give a folder saved by this package's training (or load other pipelines with diffusers)."
         )
-    for name in (*COMPONENTS[class_name], *OPTIONAL_COMPONENTS[class_name]):
+    for name in component_names(class_name):
         entry = index.get(name)
         if name in OPTIONAL_COMPONENTS[class_name] and entry in (None, [None, None]):
             continue
@@ -205,7 +210,7 @@ def use_scheduler(pipe, scheduler: Optional[str], timestep_spacing: Optional[str
 def check_finite_weights(pipe, class_name: str, source: str, dtype: str = "fp32") -> None:
     """Refuse a pipeline whose network weights hold NaN or inf (a damaged file, or a run that diverged): it would
     sample black images with empty masks."""
-    for name in (*COMPONENTS[class_name], *OPTIONAL_COMPONENTS[class_name]):
+    for name in component_names(class_name):
         module = getattr(pipe, name, None)
         if not isinstance(module, torch.nn.Module):
             continue

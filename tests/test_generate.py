@@ -357,6 +357,8 @@ def test_autoguidance_refusals(models, tmp_path):
     gan = load_fundus_pipeline(models["gan"], device="cpu")
     with pytest.raises(ValueError, match="apply to diffusion models"):
         generate_dataset(gan, config(models["gan"], num_samples=2, autoguidance_model=models["ddpm"], autoguidance_scale=2.0), str(tmp_path / "gan"))
+    with pytest.raises(ValueError, match="apply to diffusion models"):  # w = 0 (the guide alone) is autoguidance too
+        generate_dataset(gan, config(models["gan"], num_samples=2, autoguidance_scale=0.0), str(tmp_path / "gan0"))
 
 
 def test_records_name_a_local_model_by_its_folder_even_once_it_is_gone():

@@ -19,13 +19,18 @@ REPO = Path(__file__).resolve().parents[1]
 SIGMA_RELS = (0.05, 0.28)
 
 
-def make_run(folder: Path, steps: int = 6, every: int = 2, learning: bool = True):
-    """A run folder as ``train_ddpm.py --post_hoc_ema`` leaves it: a saved pipeline and profile snapshots. The
-    "training" moves the weights by seeded noise (or not at all); returns the online UNet and the tracker."""
+def make_run(folder: Path, steps: int = 6, every: int = 2, learning: bool = True, guide: bool = False):
+    """A run folder as ``train_ddpm.py --post_hoc_ema`` (``guide``: and ``--guide_step``) leaves it: a saved pipeline
+    and profile snapshots. The "training" moves the weights by seeded noise (or not at all); returns the online UNet
+    and the tracker."""
     torch.manual_seed(0)
     unet = build_unet("tiny", 16, 4)
     pipe = FundusPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10), mask_names=["disc"])
-    hub.save_model(pipe, str(folder), training_info={"steps": steps, "epochs": 3, "weights": "EMA, decay up to 0.9999"})
+    info = {"steps": steps, "epochs": 3, "weights": "EMA, decay up to 0.9999"}
+    if guide:
+        pipe.register_modules(guide_unet=build_unet("tiny", 16, 4))
+        info["autoguidance guide"] = "the EMA model of step 3 ships with the final model as its guide_unet"
+    hub.save_model(pipe, str(folder), training_info=info)
     (folder / "training_args.json").write_text(json.dumps({"post_hoc_ema": True}))
     tracker = phema.make_post_hoc_ema(unet, SIGMA_RELS, str(folder), "cpu")
     for step in range(1, steps + 1):
@@ -42,7 +47,7 @@ def make_run(folder: Path, steps: int = 6, every: int = 2, learning: bool = True
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("phema") / "run"
-    unet, tracker = make_run(folder)
+    unet, tracker = make_run(folder, guide=True)
     return folder, unet, tracker
 
 
@@ -97,6 +102,7 @@ def test_script_writes_one_loadable_pipeline_per_length(run, tmp_path):
         pipe = load_fundus_pipeline(str(saved), device="cpu")
         info = pipe.config.training_info
         assert info["post_hoc_ema_sigma_rel"] == float(value) and info["steps"] == 6
+        assert pipe.guide_unet is None and "autoguidance guide" not in info  # the run's guide suits its own EMA
         assert f"post-hoc EMA, sigma_rel {value} " in (saved / "README.md").read_text()
         weights[value] = pipe.unet.conv_in.weight.detach().clone()
         out_images = pipe(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0))

@@ -394,10 +394,23 @@ def test_guide_step_ships_that_steps_ema_model_as_the_final_models_guide(tmp_pat
     assert any(not torch.equal(pipe.unet.state_dict()[k], ours[k]) for k in ours)  # step 4's weights differ from 3's
     assert "step 3 ships with the final model" in pipe.config.training_info["autoguidance guide"]
     assert "holds a guide (`guide_unet`" in (out / "README.md").read_text()
-    assert "holds a guide" not in (out / "snapshots" / "step-0000003" / "README.md").read_text()
+    snapshot_card = (out / "snapshots" / "step-0000003" / "README.md").read_text()
+    assert "holds a guide" not in snapshot_card and "autoguidance guide" not in snapshot_card  # the final model's alone
 
-    with pytest.raises(SystemExit):  # argparse's error: the guide must come before the last step
+
+def test_guide_step_refusals_come_before_training(tmp_path, cache_dir, capsys):
+    with pytest.raises(SystemExit):
         ddpm.parse_args(tiny_args(tmp_path / "late", cache_dir, "--max_train_steps", "4", "--guide_step", "4"))
+    assert "--guide_step 4: the guide is the model of a step before the run's last (4)" in capsys.readouterr().err
+    # A resume past the guide's step whose snapshot is missing (removed here; or --guide_step added on resume) is
+    # refused before it trains, not when it saves the model at the end.
+    out, common = tmp_path / "run", ["--checkpointing_steps", "2", "--guide_step", "2", "--logger", "none"]
+    ddpm.train(ddpm.parse_args(tiny_args(out, cache_dir, "--max_train_steps", "3", *common)))
+    shutil.rmtree(out / "snapshots" / "step-0000002")
+    resume = ddpm.parse_args(tiny_args(out, cache_dir, "--max_train_steps", "4", *common, "--resume_from_checkpoint", "latest"))
+    with pytest.raises(FileNotFoundError, match="a resume at step 3 comes after that step"):
+        ddpm.train(resume)
+    assert not (out / "checkpoint-4").exists()
 
 
 def test_a_dataset_without_labels_trains_an_unconditional_model(tmp_path, cache_dir):

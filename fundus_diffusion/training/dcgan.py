@@ -417,7 +417,7 @@ class DCGANKind(loop.ModelKind):
         generator = copy.deepcopy(self.sampling_generator()).to(memory_format=torch.contiguous_format).eval()
         return FundusGANPipeline(gan_generator=generator, mask_names=list(self.args.mask_names))
 
-    def training_info(self) -> dict:
+    def training_info(self, final: bool = False) -> dict:
         args = self.args
         return {
             "nz / ngf / ndf": f"{args.nz} / {args.ngf} / {args.ndf}",

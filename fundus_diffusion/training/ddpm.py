@@ -729,21 +729,31 @@ class DDPMKind(loop.ModelKind):
         """``pipeline`` with, under ``--guide_step``, the guide: the UNet of that step's snapshot."""
         pipe = self.pipeline()
         if self.args.guide_step is not None:
+            self.check_guide_saved("the end of the run")
             folder = loop.snapshot_folder(self.args.output_dir, self.args.guide_step)
-            if not os.path.isfile(os.path.join(folder, "unet", "config.json")):
-                raise FileNotFoundError(
-                    f"--guide_step {self.args.guide_step}: the guide, the snapshot of that step, is not in {folder} "
-                    "(it was removed, or the run resumed from a checkpoint of another folder). Fix: put the snapshot "
-                    "back, or resume from the last checkpoint with --guide_step left out (the model is then saved "
-                    "without a guide)."
-                )
             pipe.register_modules(guide_unet=UNet2DModel.from_pretrained(folder, subfolder="unet", use_safetensors=True))
         return pipe
+
+    def check_resumed(self, step: int) -> None:
+        if self.args.guide_step is not None and step >= self.args.guide_step:
+            self.check_guide_saved(f"a resume at step {step}")
+
+    def check_guide_saved(self, when: str) -> None:
+        """The snapshot of ``--guide_step`` is complete on disk (its ``model_index.json`` is written last), or a
+        ``FileNotFoundError`` that says how to go on."""
+        folder = loop.snapshot_folder(self.args.output_dir, self.args.guide_step)
+        if not os.path.isfile(os.path.join(folder, "model_index.json")):
+            raise FileNotFoundError(
+                f"--guide_step {self.args.guide_step}: the guide, the snapshot of that step, is not in {folder}, and "
+                f"{when} comes after that step (the snapshot was removed, or --guide_step was not given before). "
+                "Fix: resume from a checkpoint before that step (--resume_from_checkpoint checkpoint-K), or leave "
+                "--guide_step out (the model is then saved without a guide)."
+            )
 
     def snapshot_due(self, step: int) -> bool:
         return super().snapshot_due(step) or step == self.args.guide_step
 
-    def training_info(self) -> dict:
+    def training_info(self, final: bool = False) -> dict:
         args = self.args
         info = {
             "model_config": args.model_config,
@@ -769,7 +779,7 @@ class DDPMKind(loop.ModelKind):
             info["initialised from"] = portable_name(args.init_from)
         if args.post_hoc_ema:
             info["post_hoc_ema"] = post_hoc_ema.describe_profiles(args.post_hoc_ema_sigma_rels, args.post_hoc_ema_every)
-        if args.guide_step is not None:
+        if args.guide_step is not None and final:
             info["autoguidance guide"] = (
                 f"the EMA model of step {args.guide_step} ships with the final model as its guide_unet: sample with "
                 "autoguidance_scale (e.g. 1.5)"

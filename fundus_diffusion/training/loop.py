@@ -10,6 +10,7 @@ step: step, count, and at the logging / checkpoint / validation / snapshot steps
 import math
 import os
 import time
+from functools import partial
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -107,12 +108,16 @@ class ModelKind:
         only."""
         return self.pipeline()
 
+    def check_resumed(self, step: int) -> None:
+        """Refuse, before any training, to resume at ``step`` when the run cannot end well from there."""
+
     def snapshot_due(self, step: int) -> bool:
         """Whether to save the model as it is at ``step`` under snapshots/ (``--snapshot_steps``)."""
         return bool(self.args.snapshot_steps) and step % self.args.snapshot_steps == 0
 
-    def training_info(self) -> dict:
-        """What the model card says about this kind's settings, beyond what every run records."""
+    def training_info(self, final: bool = False) -> dict:
+        """What the model card says about this kind's settings, beyond what every run records (``final``: for the
+        model the run ends with, ``final_pipeline``)."""
         return {}
 
     def card_metrics(self, validation: Dict[str, float]) -> Optional[Sequence[dict]]:
@@ -283,7 +288,7 @@ def save_model_folder(
     shows ``validation`` only when it was measured at ``step`` (a snapshot between validations shows none)."""
     args = kind.args
     epochs = math.ceil(step / plan.steps_per_epoch)
-    info = {**run_info(args, view, kind.accelerator, step, epochs, time.time() - started), **kind.training_info()}
+    info = {**run_info(args, view, kind.accelerator, step, epochs, time.time() - started), **kind.training_info(final)}
     pipeline = kind.final_pipeline() if final else kind.pipeline()
     hub.save_model(pipeline, folder, training_info=info, metrics=kind.card_metrics(validation), repo_id=repo_id)
     write_training_args(args, folder)
@@ -323,6 +328,7 @@ def train(args, kind_class) -> str:
             accelerator, resume_path, flags, saved_objects, kind.comparable_flags, shaping=kind.MODEL_FLAGS
         )
         logger.info(f"Resumed from {resume_path} at step {global_step}")
+        kind.check_resumed(global_step)
     elif args.resume_from_checkpoint:
         logger.info(f"No checkpoint in {args.output_dir} yet; starting from scratch.")
     logs = RunLogs(kind, global_step if resume_path else None)
@@ -361,20 +367,23 @@ def train(args, kind_class) -> str:
                 values.update(kind.schedule_logs())
                 progress.set_postfix({name: f"{values[name]:.4f}" for name in kind.LOSSES}, refresh=False)
                 logs.metric_row(global_step, epoch, values)
-            # Before the checkpoint: a run killed between the two resumes from the previous one and writes it again.
+            # All a step saves comes before its checkpoint: a run killed in between resumes from the previous
+            # checkpoint and writes it again (a resume never starts past a snapshot that is missing).
             profiles_due = post_hoc is not None and (last or global_step % args.post_hoc_ema_every == 0)
             if profiles_due and accelerator.is_main_process:
                 save_snapshots(post_hoc, args.output_dir, args.post_hoc_ema_sigma_rels)
+            if validate_now and accelerator.is_main_process:
+                validation, validated_at = validate(global_step), global_step
+            if kind.snapshot_due(global_step) and accelerator.is_main_process:
+                measured = validation if validated_at == global_step else {}  # not another step's numbers
+                save_folder_atomically(
+                    partial(save_model_folder, kind, view, plan, global_step, logs.started, measured),  # (folder)
+                    snapshot_folder(args.output_dir, global_step),
+                )
             if save_now:
                 save_checkpoint(
                     accelerator, args.output_dir, global_step, args.checkpoints_total_limit, flags, saved_objects
                 )
-            if validate_now and accelerator.is_main_process:
-                validation, validated_at = validate(global_step), global_step
-            if kind.snapshot_due(global_step) and accelerator.is_main_process:
-                folder = snapshot_folder(args.output_dir, global_step)
-                measured = validation if validated_at == global_step else {}  # not another step's numbers
-                save_model_folder(kind, view, plan, global_step, logs.started, measured, folder, repo_id=None)
     progress.close()
 
     accelerator.wait_for_everyone()

@@ -355,8 +355,10 @@ def write_post_hoc_pipelines(
     used, at, weights = _combination(run, sigma_rels, step)  # every length refused at once, before any weights are read
     synthesised = [_combine(used, at, sigma_rel, w) for sigma_rel, w in zip(sigma_rels, weights)]
     pipeline = load_fundus_pipeline(run, device="cpu", dtype="fp32")
+    pipeline.register_modules(guide_unet=None)  # the run's guide (--guide_step) was chosen for its ordinary EMA
     run_info = dict(pipeline.config.get("training_info") or {})
-    run_info.pop("hub_model_id", None)  # the run's upload, not this model's
+    for key in ("hub_model_id", "autoguidance guide"):  # the run's upload and guide, not this model's
+        run_info.pop(key, None)
     run_steps = run_info.get("steps")
     for folder, (state, made_of) in zip(folders, synthesised):
         try:
