@@ -586,9 +586,9 @@ def load_checkpoint(
 def save_folder_atomically(save_fn: Callable[[str], None], output_dir: str) -> None:
     """Run ``save_fn(tmp)`` into ``output_dir/.tmp-save``, then move what it wrote into ``output_dir``.
 
-    For the final ``save_pretrained`` of a run: an earlier model in ``output_dir`` is only replaced, entry by entry
-    (the ``model_index.json`` or config file last), once the new one is complete on disk; a save that fails leaves
-    it untouched.
+    For a model folder a run saves (its final model, a snapshot): an earlier model in ``output_dir`` is only replaced,
+    entry by entry (the ``model_index.json`` or config file last), once the new one is complete on disk; a save that
+    fails leaves it untouched.
     """
     tmp = os.path.join(output_dir, f"{TMP_PREFIX}save")
     shutil.rmtree(tmp, ignore_errors=True)
