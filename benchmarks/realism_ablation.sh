@@ -174,7 +174,7 @@ sampler_suffix() {  # how a set's name says its sampler, precision and guide: no
   read -r scheduler steps spacing <<< "$(sampler_parts)"
   [ "${SAMPLER%%@*}" = dpmsolver++:20 ] || suffix="-${scheduler//+/p}$steps${spacing:+-$spacing}"
   [ "$DTYPE" = auto ] || suffix="$suffix-$DTYPE"
-  [ -z "$(guidance)" ] || suffix="$suffix-ag$(guidance | cut -d: -f1)w$(guidance | cut -d: -f2)"
+  [ -z "$(guidance)" ] || suffix="$suffix-ag$(guide_step)w$(guide_weight)"
   echo "$suffix"
 }
 sampler_suffixes() { local sampler; for sampler in $SAMPLERS; do SAMPLER=$sampler sampler_suffix; done | paste -sd, -; }
@@ -188,7 +188,7 @@ unsampled() {  # the saved snapshots (within STEPS, when given) without a finish
     step=$((10#${snap##*step-}))
     [ -n "${STEPS:-}" ] && [[ ",$STEPS," != *",$step,"* ]] && continue
     if [ -n "$(guidance)" ]; then  # a guide from an earlier snapshot of the same run, which must exist
-      [ "$step" -gt "$(guidance | cut -d: -f1)" ] && [ -f "$(guide_of "$snap")/model_index.json" ] || continue
+      [ "$step" -gt "$(guide_step)" ] && [ -f "$(guide_of "$snap")/model_index.json" ] || continue
     fi
     set=$WORK/synthetic/$(basename "$(dirname "$(dirname "$snap")")")-$step$suffix
     finished "$set" || [ -f "$set.failed" ] || echo "$snap"
@@ -197,7 +197,9 @@ unsampled() {  # the saved snapshots (within STEPS, when given) without a finish
 guidance() {  # the guide, step:weight: SAMPLER's @ part, else AUTOGUIDANCE, else nothing
   if [[ $SAMPLER == *@* ]]; then echo "${SAMPLER#*@}"; elif [ -n "${AUTOGUIDANCE:-}" ]; then echo "$AUTOGUIDANCE"; fi
 }
-guide_of() { echo "$(dirname "$1")/step-$(printf %07d "$(guidance | cut -d: -f1)")"; }  # the guide's snapshot beside snapshot $1
+guide_step() { guidance | cut -d: -f1; }
+guide_weight() { guidance | cut -d: -f2; }
+guide_of() { echo "$(dirname "$1")/step-$(printf %07d "$(guide_step)")"; }  # the guide's snapshot beside snapshot $1
 JUDGING='scripts/evaluate.py|benchmarks/conditional_sampling.py'  # the evaluations and conditional benchmarks
 # busy counts the bash -c wrappers too: an evaluation's first 15 s (reading its masks) come before evaluate.py runs
 busy() { pgrep -f "$JUDGING" > /dev/null; }
@@ -270,7 +272,7 @@ generate)
     set=$WORK/synthetic/$name-$step$suffix
     guide=()
     if [ -n "$(guidance)" ]; then  # the weak model: the same run's snapshot of the step the guide names
-      guide=(--autoguidance_model "$(guide_of "$snap")" --autoguidance_scale "$(guidance | cut -d: -f2)")
+      guide=(--autoguidance_model "$(guide_of "$snap")" --autoguidance_scale "$(guide_weight)")
     fi
     $PY scripts/generate.py --model "$snap" --num_samples "$N_SYN" --scheduler "$scheduler" \
       --num_inference_steps "$sampler_steps" ${spacing:+--timestep_spacing "$spacing"} --dtype "$DTYPE" --seed 0 --batch_size 100 \

@@ -326,9 +326,11 @@ def local_name(model: str) -> str:
     return os.path.basename(os.path.normpath(os.path.expanduser(model))) if is_local_path(model) else model
 
 
-def compile_network(network, mode: str) -> None:
-    """Compile ``network`` in place for fixed shapes (``generate_samples`` pads every batch to ``batch_size``)."""
-    network.compile(mode=mode, dynamic=False, fullgraph=True)
+def compile_network(network, mode: Optional[str]) -> None:
+    """Compile ``network`` in place for fixed shapes (``generate_samples`` pads every batch to ``batch_size``), once:
+    a network compiled before is left as it is; ``mode`` None leaves it eager."""
+    if mode and getattr(network, "_compiled_call_impl", None) is None:  # what nn.Module.compile sets
+        network.compile(mode=mode, dynamic=False, fullgraph=True)
 
 
 def load_autoguidance(pipe, config: GenerationConfig):
@@ -348,8 +350,7 @@ def load_autoguidance(pipe, config: GenerationConfig):
                 f"saved with the model, and {config.model_name} has none (it was trained without --guide_step). Fix: "
                 "name a weaker model of the same training with --autoguidance_model (e.g. one of its snapshots)."
             )
-        if config.compile and getattr(own, "_compiled_call_impl", None) is None:
-            compile_network(own, config.compile)
+        compile_network(own, config.compile)
         return own
     source = config.autoguidance_model
     weak = load_fundus_pipeline(source, device=str(pipe.device), dtype=config.dtype)
@@ -369,8 +370,7 @@ def load_autoguidance(pipe, config: GenerationConfig):
             f"other betas): {fix}"
         )
     pipe.check_autoguidance(weak.unet, config.autoguidance_scale, config.guidance_scale)  # channels, classes, size
-    if config.compile:
-        compile_network(weak.unet, config.compile)
+    compile_network(weak.unet, config.compile)
     return weak.unet
 
 
@@ -784,8 +784,7 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
     if hasattr(pipe, "scheduler"):  # OWN_SCHEDULER keeps the saved kind
         use_scheduler(pipe, None if config.scheduler == OWN_SCHEDULER else config.scheduler, config.timestep_spacing)
     network = pipe.unet if hasattr(pipe, "unet") else pipe.gan_generator
-    if config.compile and getattr(network, "_compiled_call_impl", None) is None:  # what nn.Module.compile sets
-        compile_network(network, config.compile)
+    compile_network(network, config.compile)
     dtype = next(name for name, dtype in DTYPES.items() if dtype == network.dtype)
     return replace(config, dtype=dtype, device_type=pipe._execution_device.type)
 

@@ -729,18 +729,17 @@ class DDPMKind(loop.ModelKind):
         """``pipeline`` with, under ``--guide_step``, the guide: the UNet of that step's snapshot."""
         pipe = self.pipeline()
         if self.args.guide_step is not None:
-            self.check_guide_saved("the end of the run")
-            folder = loop.snapshot_folder(self.args.output_dir, self.args.guide_step)
+            folder = self.saved_guide("the end of the run")
             pipe.register_modules(guide_unet=UNet2DModel.from_pretrained(folder, subfolder="unet", use_safetensors=True))
         return pipe
 
     def check_resumed(self, step: int) -> None:
         if self.args.guide_step is not None and step >= self.args.guide_step:
-            self.check_guide_saved(f"a resume at step {step}")
+            self.saved_guide(f"a resume at step {step}")
 
-    def check_guide_saved(self, when: str) -> None:
-        """The snapshot of ``--guide_step`` is complete on disk (its ``model_index.json`` is written last), or a
-        ``FileNotFoundError`` that says how to go on."""
+    def saved_guide(self, when: str) -> str:
+        """The folder of the ``--guide_step`` snapshot, complete on disk (its ``model_index.json`` is written last),
+        or a ``FileNotFoundError`` that says how to go on."""
         folder = loop.snapshot_folder(self.args.output_dir, self.args.guide_step)
         if not os.path.isfile(os.path.join(folder, "model_index.json")):
             raise FileNotFoundError(
@@ -749,6 +748,7 @@ class DDPMKind(loop.ModelKind):
                 "Fix: resume from a checkpoint before that step (--resume_from_checkpoint checkpoint-K), or leave "
                 "--guide_step out (the model is then saved without a guide)."
             )
+        return folder
 
     def snapshot_due(self, step: int) -> bool:
         return super().snapshot_due(step) or step == self.args.guide_step
