@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 from fundus_diffusion.evaluation import realism
 from fundus_diffusion.evaluation.augment import apply_nuisance, gaussian_blur, jpeg_copies, resize_round_trip
+from fundus_diffusion.evaluation.metrics import format_mean_std
 from fundus_diffusion.evaluation.realism import (
     INVARIANCES,
     RealismRecipe,
@@ -266,6 +267,11 @@ def test_repeats_pool_other_draws_and_keep_the_single_test_as_the_first():
         assert len(twice[test]["auc_per_fold"]) == 4 and twice[test]["repeats"] == 2 and twice[test]["auc"]["n"] == 4
         assert twice[test]["auc_per_fold"][2:] != once[test]["auc_per_fold"]  # other draws, folds and judges
     assert "mean ± std over the 4 held-out folds of 2 repeats" in "\n".join(realism_lines(twice, "32 px"))
+    first, second = twice["real_vs_synthetic"]["auc_per_fold"][:2], twice["real_vs_synthetic"]["auc_per_fold"][2:]
+    each_repeat = "; ".join(f"{a:.3f}, {b:.3f} (mean {(a + b) / 2:.3f})" for a, b in (first, second))
+    assert f"| real vs synthetic | {format_mean_std(twice['real_vs_synthetic']['auc'])} | {each_repeat} |" in "\n".join(
+        realism_lines(twice, "32 px")
+    )
     assert "mean ± std over folds," in "\n".join(realism_lines(once, "32 px"))
     with pytest.raises(ValueError, match="repeats=0"):
         RealismRecipe(repeats=0)

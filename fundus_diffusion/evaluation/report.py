@@ -318,15 +318,27 @@ def folds_phrase(test: Dict) -> str:
     return f"mean ± std over the {test['folds'] * repeats} held-out folds of {repeats} repeats (other draws, folds and judges)"
 
 
+def per_fold_cell(test: Dict) -> str:
+    """A two-sample test's per-fold AUCs; with repeats, grouped per repeat with the repeat's mean, so that how far one
+    evaluation's figure moves from the next (other draws, folds and judges of the same sets) is in the report."""
+    aucs, repeats = test["auc_per_fold"], test.get("repeats", 1)
+    if repeats == 1:
+        return ", ".join(format_value(a) for a in aucs)
+    folds = len(aucs) // repeats
+    groups = [aucs[r * folds : (r + 1) * folds] for r in range(repeats)]
+    return "; ".join(f"{', '.join(format_value(a) for a in g)} (mean {format_value(sum(g) / len(g))})" for g in groups)
+
+
 def auc_table(main: Dict, control: Dict, heading: str) -> List[str]:
     """The two-sample test's table: real vs synthetic, then the real-vs-real control, each with its per-fold AUCs."""
+    column = "per fold" if main.get("repeats", 1) == 1 else "per fold, by repeat (the repeat's mean)"
     return [
         "",
-        f"| {heading} | ROC AUC | per fold |",
+        f"| {heading} | ROC AUC | {column} |",
         "|---|---|---|",
-        f"| real vs synthetic | {format_mean_std(main['auc'])} | {', '.join(format_value(a) for a in main['auc_per_fold'])} |",
+        f"| real vs synthetic | {format_mean_std(main['auc'])} | {per_fold_cell(main)} |",
         f"| real vs real (control: two halves of the real images) | {format_mean_std(control['auc'])} | "
-        f"{', '.join(format_value(a) for a in control['auc_per_fold'])} |",
+        f"{per_fold_cell(control)} |",
     ]
 
 
