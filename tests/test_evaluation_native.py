@@ -67,7 +67,7 @@ def test_native_resolution_per_source_dice_and_worst_images(tmp_path):
     load_phantom_dataset(12, size=32, seed=100).save_to_disk(str(synthetic))
     out = tmp_path / "report"
     argv = ["--real", str(real), "--synthetic", str(synthetic), "--output_dir", str(out), "--worst_images", "3"]
-    EVALUATE["main"](EVALUATE["parse_args"](argv + TINY))  # no --resolution: the synthetic images' 32 px
+    EVALUATE["main"](EVALUATE["parse_args"](argv + TINY + ["--realism_repeats", "2"]))  # no --resolution: 32 px
 
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["resolution"] == 32 and report["resolution"]["native"] == 32
@@ -101,6 +101,10 @@ def test_native_resolution_per_source_dice_and_worst_images(tmp_path):
     for region, title in views:  # the masks hold a disc; the quarter-resolution view needs none
         assert realism[region]["computed"] and realism[region]["real_vs_synthetic"]["n_per_class"] > 0, region
         assert title in markdown
+        assert realism[region]["real_vs_synthetic"]["repeats"] == 1, region  # the views run once
+    for test in ("real_vs_synthetic", "real_vs_real"):  # --realism_repeats 2: the whole-image test and its control
+        assert realism[test]["repeats"] == 2 and len(realism[test]["auc_per_fold"]) == 2 * 2, test
+    assert "mean ± std over the 4 held-out folds of 2 repeats" in markdown
 
 
 def test_resolution_flag_is_a_labelled_comparison_and_mixed_sizes_are_refused(tmp_path):

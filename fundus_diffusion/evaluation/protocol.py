@@ -11,7 +11,7 @@ the samples useless at the size a user trains at.
 """
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -474,15 +474,17 @@ def evaluate(
     )  # fmt: skip
     all_real = torch.cat([on_device["real"][:, :3], on_device["holdout"][:, :3]])
     report["realism"] = realism_test(all_real, on_device["synthetic"][:, :3], recipe, device)
+    # The views below explain the whole-image figure, the bar's measure; they run once, whatever --realism_repeats.
+    once = replace(recipe, repeats=1)
     if report["realism"]["computed"]:  # at which scale the sets differ: the same judge at a quarter of the resolution
-        report["realism"]["quarter_resolution"] = quarter_resolution_test(all_real, on_device["synthetic"][:, :3], recipe, device)
+        report["realism"]["quarter_resolution"] = quarter_resolution_test(all_real, on_device["synthetic"][:, :3], once, device)
     if "disc" in mask_names and report["realism"]["computed"]:  # the disc, where generated ones failed, and the rest
         disc = mask_channel(mask_names, "disc")
         real_discs = torch.cat([on_device["real"][:, disc], on_device["holdout"][:, disc]]) > 0
         for region in REGIONS:
             report["realism"][region] = region_test(
                 region, all_real, real_discs, on_device["synthetic"][:, :3], on_device["synthetic"][:, disc] > 0,
-                recipe, device,
+                once, device,
             )  # fmt: skip
     report["global_look"] = global_look_section(
         torch.cat([arrays["real"][:, :3], arrays["holdout"][:, :3]]), arrays["synthetic"][:, :3]
