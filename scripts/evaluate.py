@@ -85,7 +85,7 @@ def parse_args(argv=None):
         default=RealismRecipe.repeats,
         help="Run the whole-image two-sample test and its control this many times with other draws of the images, "
         "other folds and other judges, and pool their folds (default 1; the first repeat is the single test): a "
-        "steadier mean for a figure near a bar. The quarter-resolution and disc views run once.",
+        "steadier mean for a figure near a bar. The quarter-resolution, disc-region and outside-disc views run once.",
     )
     parser.add_argument(
         "--realism_invariance",

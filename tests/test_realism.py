@@ -267,11 +267,12 @@ def test_repeats_pool_other_draws_and_keep_the_single_test_as_the_first():
         assert len(twice[test]["auc_per_fold"]) == 4 and twice[test]["repeats"] == 2 and twice[test]["auc"]["n"] == 4
         assert twice[test]["auc_per_fold"][2:] != once[test]["auc_per_fold"]  # other draws, folds and judges
     assert "mean ± std over the 4 held-out folds of 2 repeats" in "\n".join(realism_lines(twice, "32 px"))
-    first, second = twice["real_vs_synthetic"]["auc_per_fold"][:2], twice["real_vs_synthetic"]["auc_per_fold"][2:]
-    each_repeat = "; ".join(f"{a:.3f}, {b:.3f} (mean {(a + b) / 2:.3f})" for a, b in (first, second))
-    assert f"| real vs synthetic | {format_mean_std(twice['real_vs_synthetic']['auc'])} | {each_repeat} |" in "\n".join(
-        realism_lines(twice, "32 px")
-    )
+    markdown = "\n".join(realism_lines(twice, "32 px"))
+    assert "| compared at 32 px | ROC AUC | per fold, by repeat (the repeat's mean) |" in markdown
+    for test, row in (("real_vs_synthetic", "real vs synthetic"), ("real_vs_real", "real vs real (control: two halves of the real images)")):
+        aucs = twice[test]["auc_per_fold"]
+        each_repeat = "; ".join(f"{a:.3f}, {b:.3f} (mean {(a + b) / 2:.3f})" for a, b in (aucs[:2], aucs[2:]))
+        assert f"| {row} | {format_mean_std(twice[test]['auc'])} | {each_repeat} |" in markdown, test
     assert "mean ± std over folds," in "\n".join(realism_lines(once, "32 px"))
     with pytest.raises(ValueError, match="repeats=0"):
         RealismRecipe(repeats=0)

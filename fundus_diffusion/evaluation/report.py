@@ -324,7 +324,7 @@ def per_fold_cell(test: Dict) -> str:
     aucs, repeats = test["auc_per_fold"], test.get("repeats", 1)
     if repeats == 1:
         return ", ".join(format_value(a) for a in aucs)
-    folds = len(aucs) // repeats
+    folds = test["folds"]
     groups = [aucs[r * folds : (r + 1) * folds] for r in range(repeats)]
     return "; ".join(f"{', '.join(format_value(a) for a in g)} (mean {format_value(sum(g) / len(g))})" for g in groups)
 
@@ -354,7 +354,10 @@ def region_lines(
     if not region["computed"]:
         return lines + [f"Not computed: {region['reason']}."]
     compared = f"{region['resolution']} px {views}"
-    lines[-1] += f" The same judge and recipe, {region['real_vs_synthetic']['n_per_class']} per side."
+    lines[-1] += (
+        f" The same judge and recipe, {region['real_vs_synthetic']['n_per_class']} per side, "
+        f"{folds_phrase(region['real_vs_synthetic'])}."
+    )
     lines += auc_table(region["real_vs_synthetic"], region["real_vs_real"], f"compared on {compared}")
     return lines + colour_lines(region.get("colour_statistics"), compared)
 
