@@ -7,7 +7,8 @@ the device packed back (`realism_samples-*.tgz`, a generic folder each). Every m
     python global_look_cpu.py surround <train> <test> <out.json> SET [SET ...]   # the black surround
     python global_look_cpu.py features <train> <test> <out.json> SET [SET ...]   # one feature at a time, per framing,
                                                                                  # and all of them together
-    python global_look_cpu.py judge    <train> <test> <out.json> SET [views]      # robust judge, views: raw,cleaned
+    python global_look_cpu.py judge    <train> <test> <out.json> SET [views] [seed]  # robust judge, views: raw,cleaned;
+                                                                                 # seed: the recipe's (draw, folds, init)
     python global_look_cpu.py judge16  <train> <test> <out.json> SET [framing]    # within one framing at 16 px
 
 The surround clearing, the features and their logistic regression are ``fundus_diffusion.evaluation.global_look``'s
@@ -94,7 +95,7 @@ def main(mode, train, test, out, *rest):
                     for framing, r, s in (("tall", real_tall, synthetic_tall), ("wide", ~real_tall, ~synthetic_tall))
                 }  # fmt: skip
     elif mode == "judge":
-        synthetic, recipe = load(rest[0]), RealismRecipe()
+        synthetic, recipe = load(rest[0]), RealismRecipe(seed=int(rest[2]) if len(rest) > 2 else RealismRecipe.seed)
         real_side, _, picked = draw_sides(real, synthetic, min(len(real) // 2, len(synthetic)), recipe.seed)
         for view in (rest[1] if len(rest) > 1 else "raw,cleaned").split(","):
             side = picked if view == "raw" else clear_surround(picked)
