@@ -295,7 +295,7 @@ post_hoc_ema)
     [ -f "$WORK/runs/$name/model_index.json" ] || { log "$name has not finished: no post-hoc EMA"; continue; }
     $PY scripts/post_hoc_ema.py --run "$WORK/runs/$name" --sigma_rel "${PHEMA_SIGMAS:-0.05,0.10,0.20}" \
       --output_dir "$WORK/post_hoc_ema/$name" > "$WORK/post_hoc_ema-$name.log" 2>&1 \
-      || { log "post-hoc EMA of $name failed: $(tail -1 "$WORK/post_hoc_ema-$name.log")"; continue; }
+      || { log "post-hoc EMA of $name failed: $(grep -v "FUNDUS_DEBUG=1" "$WORK/post_hoc_ema-$name.log" | tail -1)"; continue; }
     step=$(ls "$WORK/runs/$name/snapshots" | tail -1)
     for folder in "$WORK/post_hoc_ema/$name"/sigma_rel-*; do
       mkdir -p "$WORK/runs/$name-phema${folder##*sigma_rel-}/snapshots"
