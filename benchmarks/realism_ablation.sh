@@ -74,8 +74,9 @@ EVAL_FLAGS=${EVAL_FLAGS:-}  # more evaluate.py flags, e.g. "--resolution 128" fo
 # Default: the ours preset with training seed 1, alone, keeping post-hoc EMA snapshots, the training of RESULTS.md
 # session 22's plan (three trainings of one configuration drew nearly the same pictures whose global look a judge told
 # from photographs at 0.71 to 0.92: does it drift within a training, and does a longer EMA hold it?); the plan's other
-# settings (STEPS_MAX, SNAPSHOT, STEPS, N_SYN, SAMPLES_BACK, SAMPLER) are given there with its commands. Untried: --schedule_detail_resolution 1024
-# (the cleanest timesteps' log-SNR raised, 8.4% of the training timesteps near the fine band's crossing against 3.5%).
+# settings (STEPS_MAX, SNAPSHOT, STEPS, N_SYN, SAMPLES_BACK, SAMPLER) are given there with its commands. Untried:
+# --schedule_detail_resolution 1024 (the cleanest timesteps' log-SNR raised, 8.4% of the training timesteps near the
+# fine band's crossing against 3.5%).
 # Earlier ablations and their VARIANTS: RESULTS.md, each session with its command (before session 15 the ours preset
 # shifted its log-SNR by a constant: add --schedule_detail_resolution 64 to reproduce those). A variant's flags come
 # after the recipe's and the common flags (--seed 0 among them), so they override them.
