@@ -16,12 +16,12 @@
 #                   One device call after another can run just this (the first after STAGE=train); give WAIT_S the
 #                   call's time left minus a minute
 #   STAGE=generate  sample N_SYN pairs with SAMPLER in DTYPE from each snapshot at STEPS (default: every snapshot not
-#                   yet sampled); trainings keep running, so snapshots are judged while later ones train. SAMPLER:
-#                   scheduler:steps, then optionally :timestep spacing (generate.py's --timestep_spacing) and
-#                   @step:weight, the guide (else AUTOGUIDANCE, the same step:weight, e.g. 3000:2 with SNAPSHOT=1500):
-#                   the same run's snapshot of that step as the weak model of generate.py's --autoguidance_model, at
-#                   that --autoguidance_scale; set suffix -ag<step>w<weight>; only snapshots after that step, of runs
-#                   that have it
+#                   yet sampled), GEN_PARALLEL at a time; trainings keep running, so snapshots are judged while
+#                   later ones train. SAMPLER: scheduler:steps, then optionally :timestep spacing (generate.py's
+#                   --timestep_spacing) and @step:weight, the guide (else AUTOGUIDANCE, the same step:weight, e.g.
+#                   3000:2 with SNAPSHOT=1500): the same run's snapshot of that step as the weak model of generate.py's
+#                   --autoguidance_model, at that --autoguidance_scale; set suffix -ag<step>w<weight>; only snapshots
+#                   after that step, of runs that have it
 #   STAGE=post_hoc_ema  for each finished variant trained with --post_hoc_ema: one model per EMA length in
 #                   PHEMA_SIGMAS (one or more; default 0.05,0.10,0.20), run <variant>-phema<sigma_rel>, sampled by a later generate
 #   STAGE=stop      stop the trainings
@@ -65,6 +65,8 @@ SAMPLER=${SAMPLER:-dpmsolver++:20}  # sets sampled otherwise are named <variant>
 export SAMPLERS=${SAMPLERS:-$SAMPLER}  # STAGE=follow's samplers (space-separated), and the quality curve's
 SAMPLES_BACK=${SAMPLES_BACK:-56}  # pairs per set packed as a generic folder, PNG image and masks (realism_samples-*.tgz;
 # 0: none): fundus-evaluate --synthetic <set> judges them elsewhere if the evaluations are lost, or with more seeds
+GEN_PARALLEL=${GEN_PARALLEL:-3}  # generations at once: one of batch 100 at 256 px held 23 GB, and the fourth of four
+# ran out of memory on an 80 GB H100 (session 23)
 DTYPE=${DTYPE:-auto}  # generate.py --dtype (auto: fp16 on a GPU); sets sampled otherwise get a -<dtype> suffix
 # The documented 256 px recipe (RESULTS.md row 4), with snapshots instead of checkpoints; RECIPE replaces it (a CPU
 # smoke run: RECIPE="--resolution 32 --model_config tiny --train_batch_size 8" STEPS_MAX=4 SNAPSHOT=2 N_SYN=8 SEEDS=1
@@ -269,6 +271,7 @@ generate)
   suffix=$(sampler_suffix)
   pids=() sets=()
   for snap in $(unsampled); do
+    while [ "$(jobs -rp | wc -l)" -ge "$GEN_PARALLEL" ]; do sleep 2; done  # wait reads the finished ones' status later
     name=$(basename "$(dirname "$(dirname "$snap")")")
     step=$((10#${snap##*step-}))
     set=$WORK/synthetic/$name-$step$suffix
@@ -284,7 +287,7 @@ generate)
   for i in "${!pids[@]}"; do  # a failed set is not tried again (unsampled skips it): its log says why
     wait "${pids[$i]}" || { touch "${sets[$i]}.failed"; log "generating $(basename "${sets[$i]}") failed: gen-$(basename "${sets[$i]}").log"; }
   done
-  log "generated: $(ls "$WORK/synthetic" | tr '\n' ' ')"
+  log "generated: $(for set in "$WORK"/synthetic/*; do finished "$set" && basename "$set"; done | tr '\n' ' ')"
   pack_results
   ;;
 post_hoc_ema)
