@@ -11,6 +11,8 @@ grain; where the whole-image correlation is mostly the field's shape and light).
     python pair_similarity.py seed1=<folder> seed2=<folder> ... > pair_similarity.json
     python pair_similarity.py --sheet same_seed_across_trainings.png "seed 1 (session 21)=<folder>" ...  # one row per
                                                                         # set, the first 6 sample seeds all sets hold
+    python pair_similarity.py --within seed3-3500=<folder> ...   # session 23: within each set, the detail of one
+                   # sample seed against the next's (median), in the whole image, the black surround and the field
 """
 
 import csv
@@ -55,11 +57,29 @@ def sheet(sets: dict, path: str, columns: int = 6, side: int = 200, label: int =
     canvas.save(path, optimize=True)
 
 
+def within(images: dict) -> dict:
+    """One sample seed's detail against the next seed's, median over the set: in the whole image, where both are black
+    surround (every channel below 0.08) and where both are field; high values mean a pattern the samples share."""
+    seeds = sorted(images)
+    details = {seed: detail(images[seed]) for seed in seeds}
+    dark = {seed: images[seed].max(-1) < 0.08 for seed in seeds}
+    pairs = list(zip(seeds, seeds[1:]))
+    return {
+        "n_pairs": len(pairs),
+        "detail_next_seed_correlation_median": float(np.median([correlation(details[a], details[b]) for a, b in pairs])),
+        "in_surround": float(np.median([correlation(details[a][dark[a] & dark[b]], details[b][dark[a] & dark[b]]) for a, b in pairs])),
+        "in_field": float(np.median([correlation(details[a][~dark[a] & ~dark[b]], details[b][~dark[a] & ~dark[b]]) for a, b in pairs])),
+    }  # fmt: skip
+
+
 def main(*args: str) -> None:
-    sheet_path, named_folders = (args[1], args[2:]) if args[0] == "--sheet" else (None, args)
+    mode = args[0] if args[0] in ("--sheet", "--within") else None
+    sheet_path, named_folders = (args[1], args[2:]) if mode == "--sheet" else (None, args[1:] if mode else args)
     sets = {name: load(folder) for name, folder in (arg.split("=", 1) for arg in named_folders)}
     if sheet_path:
         return sheet(sets, sheet_path)
+    if mode == "--within":
+        return print(json.dumps({name: within(images) for name, images in sets.items()}, indent=1))
     details = {name: {seed: detail(image) for seed, image in images.items()} for name, images in sets.items()}
     result = {}
     for x, y in itertools.combinations(sets, 2):
