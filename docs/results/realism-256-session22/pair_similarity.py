@@ -11,6 +11,7 @@ grain; where the whole-image correlation is mostly the field's shape and light).
     python pair_similarity.py seed1=<folder> seed2=<folder> ... > pair_similarity.json
     python pair_similarity.py --sheet same_seed_across_trainings.png "seed 1 (session 21)=<folder>" ...  # one row per
                                                                         # set, the first 6 sample seeds all sets hold
+    python pair_similarity.py "seed 1 (s20)=<fullsize.png>" ...   # session 23: the 8 samples of committed sheets
     python pair_similarity.py --within seed3-3500=<folder> ...   # session 23: within each set, the detail of one
                    # sample seed against the next's (median), in the whole image, the black surround and the field
 """
@@ -25,7 +26,11 @@ from PIL import Image, ImageDraw, ImageFilter
 
 
 def load(folder: str) -> dict:
-    """{sample seed: float32 [H, W, 3] in 0-1}."""
+    """{sample seed: float32 [H, W, 3] in 0-1}. A .png instead of a folder is a set's fullsize.png
+    (benchmarks/realism_pictures.py: its first 8 samples, sample seeds 0-7, in 256 px tiles, 4 to a row)."""
+    if folder.endswith(".png"):
+        sheet = np.asarray(Image.open(folder).convert("RGB"), np.float32) / 255
+        return {4 * r + c: sheet[256 * r : 256 * (r + 1), 256 * c : 256 * (c + 1)] for r in range(2) for c in range(4)}
     with open(f"{folder}/metadata.csv") as f:
         rows = list(csv.DictReader(f))
     return {int(r["seed"]): np.asarray(Image.open(f"{folder}/{r['file_name']}").convert("RGB"), np.float32) / 255 for r in rows}
