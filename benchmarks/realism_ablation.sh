@@ -66,7 +66,8 @@ export SAMPLERS=${SAMPLERS:-$SAMPLER}  # STAGE=follow's samplers (space-separate
 SAMPLES_BACK=${SAMPLES_BACK:-56}  # pairs per set packed as a generic folder, PNG image and masks (realism_samples-*.tgz;
 # 0: none): fundus-evaluate --synthetic <set> judges them elsewhere if the evaluations are lost, or with more seeds
 GEN_PARALLEL=${GEN_PARALLEL:-3}  # generations at once: one of batch 100 at 256 px held 23 GB, and the fourth of four
-# ran out of memory on an 80 GB H100 (session 23)
+# ran out of memory on an 80 GB H100 with no training running (session 23); lower it beside trainings or for
+# autoguided sets (two models each)
 DTYPE=${DTYPE:-auto}  # generate.py --dtype (auto: fp16 on a GPU); sets sampled otherwise get a -<dtype> suffix
 # The documented 256 px recipe (RESULTS.md row 4), with snapshots instead of checkpoints; RECIPE replaces it (a CPU
 # smoke run: RECIPE="--resolution 32 --model_config tiny --train_batch_size 8" STEPS_MAX=4 SNAPSHOT=2 N_SYN=8 SEEDS=1
@@ -93,6 +94,10 @@ for spec in $SAMPLERS ${AUTOGUIDANCE:+"@$AUTOGUIDANCE"}; do  # a guide (step:wei
     exit 2
   fi
 done
+[[ $GEN_PARALLEL =~ ^[1-9][0-9]*$ ]] || {
+  echo "GEN_PARALLEL=$GEN_PARALLEL: give a whole number of at least 1" >&2
+  exit 2
+}
 mkdir -p "$OUT" "$WORK"
 export OUT=$(cd "$OUT" && pwd)
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$WORK/driver.log"; }

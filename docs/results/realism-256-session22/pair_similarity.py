@@ -30,6 +30,8 @@ def load(folder: str) -> dict:
     (benchmarks/realism_pictures.py: its first 8 samples, sample seeds 0-7, in 256 px tiles, 4 to a row)."""
     if folder.endswith(".png"):
         sheet = np.asarray(Image.open(folder).convert("RGB"), np.float32) / 255
+        if sheet.shape[:2] != (512, 1024):
+            raise ValueError(f"{folder}: {sheet.shape[1]}x{sheet.shape[0]} px, not a fullsize.png of 8 tiles of 256 px (1024x512)")
         return {4 * r + c: sheet[256 * r : 256 * (r + 1), 256 * c : 256 * (c + 1)] for r in range(2) for c in range(4)}
     with open(f"{folder}/metadata.csv") as f:
         rows = list(csv.DictReader(f))
