@@ -68,6 +68,9 @@ SAMPLES_BACK=${SAMPLES_BACK:-56}  # pairs per set packed as a generic folder, PN
 GEN_PARALLEL=${GEN_PARALLEL:-3}  # generations at once: one of batch 100 at 256 px held 23 GB, and the fourth of four
 # ran out of memory on an 80 GB H100 with no training running (session 23); lower it beside trainings or for
 # autoguided sets (two models each)
+COMPILE_CACHE=${COMPILE_CACHE:-}  # compile_cache.bin as an earlier session's pack returned it (carried in, e.g. in
+# .device_cache/): compiled trainings start from a copy in $WORK (--compile_cache: with the same torch and GPU kind
+# they need not compile again what matches) and the pack returns what they wrote, for a later machine
 DTYPE=${DTYPE:-auto}  # generate.py --dtype (auto: fp16 on a GPU); sets sampled otherwise get a -<dtype> suffix
 # The documented 256 px recipe (RESULTS.md row 4), with snapshots instead of checkpoints; RECIPE replaces it (a CPU
 # smoke run: RECIPE="--resolution 32 --model_config tiny --train_batch_size 8" STEPS_MAX=4 SNAPSHOT=2 N_SYN=8 SEEDS=1
@@ -138,6 +141,7 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
     tar czf "$OUT/realism_figures.tgz" eval/*/dice_bars.png eval/*/disc_histograms.png eval/*/cup_to_disc.png eval/*/power_spectrum.png \
       synthetic/*/contact_sheet.png synthetic/*/fullsize.png quality_curve.png 2>/dev/null
     pack_samples
+    [ ! -f "$WORK/compile_cache.bin" ] || cp -u "$WORK/compile_cache.bin" "$OUT/compile_cache.bin"
     for archive in "$OUT"/realism_reports.tgz "$OUT"/realism_figures.tgz "$OUT"/realism_samples-*.tgz; do
       [ -f "$archive" ] || continue
       fix="pack fewer sets (EVAL_SETS) or move them off"; [[ $archive == *realism_samples-* ]] && fix="lower SAMPLES_BACK"
@@ -150,8 +154,8 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
   )
 }
 pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in archives of at most about 12 MiB
-  # (the device returns files of at most 16 MiB, 8 in all: 6 of samples); packed again only when a set or a set's
-  # flagged samples were added
+  # (the device returns files of at most 16 MiB, 8 in all: 6 of samples, 5 beside compile_cache.bin); packed again
+  # only when a set or a set's flagged samples were added
   local done_sets marks group=() size=0 k=0 folder add
   done_sets=$(ls -d "$WORK"/samples/*/done 2>/dev/null)
   [ -n "$done_sets" ] || return 0
@@ -169,7 +173,8 @@ pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in arc
   done
   [ ${#group[@]} -eq 0 ] || archive
   echo "$marks" > "$WORK/samples.packed"
-  [ $k -le 6 ] || log "warning: $k sample archives: the device returns 8 files in all; lower SAMPLES_BACK"
+  local room=6; [ ! -f "$WORK/compile_cache.bin" ] || room=5
+  [ $k -le $room ] || log "warning: $k sample archives: the device returns 8 files in all; lower SAMPLES_BACK"
 }
 set_masks() { $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.data.schema \
 import dataset_mask_names; print(','.join(dataset_mask_names(load_fundus_dataset(sys.argv[1]))))" "$1"; }
@@ -225,6 +230,12 @@ train)
     cp -r pipelines "$CODE/fundus_diffusion/pipelines" && cp -r model_cards "$CODE/fundus_diffusion/model_cards"
     cp -r "$DATA/fundus-od" "$WORK/fundus-od"
   fi
+  cache=()  # compiled trainings keep torch.compile's portable cache (written at their end; the pack returns it)
+  if [[ " $RECIPE " == *" --compile "* ]]; then
+    [ -z "$COMPILE_CACHE" ] || [ -f "$WORK/compile_cache.bin" ] || cp "$COMPILE_CACHE" "$WORK/compile_cache.bin" ||
+      log "COMPILE_CACHE=$COMPILE_CACHE could not be copied: the trainings compile afresh"
+    cache=(--compile_cache "$WORK/compile_cache.bin")
+  fi
   cd "$CODE"  # the copy: the working tree may change under a later call
   [ -d "$WORK/split" ] || $PY scripts/split_dataset.py --dataset "$WORK/fundus-od" --stratify id_prefix \
     --output_dir "$WORK/split" > "$WORK/split.log" 2>&1 || { cat "$WORK/split.log"; exit 1; }
@@ -233,7 +244,7 @@ train)
     setsid $PY scripts/train_ddpm.py --dataset "$WORK/split/train" --masks "$MASKS" $RECIPE \
       --max_train_steps "$STEPS_MAX" --snapshot_steps "$SNAPSHOT" --checkpointing_steps 100000 \
       --validation_steps 100000 --logger none --seed 0 --training_cache_dir "$WORK/cache" \
-      --output_dir "$WORK/runs/$name" $(flags_of "$name") > "$WORK/train-$name.log" 2>&1 < /dev/null &
+      --output_dir "$WORK/runs/$name" "${cache[@]}" $(flags_of "$name") > "$WORK/train-$name.log" 2>&1 < /dev/null &
     log "started $name ($(flags_of "$name"))"
   done
   ;;

@@ -118,15 +118,6 @@ class BatchRecorder:
         return self.pipe(**kwargs)
 
 
-@pytest.fixture(scope="module")
-def inductor():
-    """Skip where torch.compile's default backend cannot build kernels here (it needs a C++ compiler on the CPU)."""
-    try:
-        torch.compile(lambda x: x + 1, dynamic=False)(torch.ones(2))
-    except Exception as err:  # the backend's own failure types differ between torch versions
-        pytest.skip(f"torch.compile (inductor) does not work on this machine: {type(err).__name__}: {err}")
-
-
 def test_compiled_network_samples_as_eager_with_one_batch_shape(models, tmp_path, inductor):  # noqa: F811
     """5 samples in batches of 2 (the last one padded to 2, its copy dropped), compiled once, never recompiled: the
     same images as eager within a grey level, the same masks nearly everywhere; regenerate pads its one sample too."""

@@ -170,6 +170,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "for many minutes.",
     )
     perf.add_argument(
+        "--compile_cache",
+        default=None,
+        metavar="FILE",
+        help="With --compile: load torch.compile's portable cache artifacts from FILE before compiling, and write "
+        "what this run compiled there at its end, so a run on a fresh machine with the same torch and GPU kind need "
+        "not compile again what matches (benchmarks/compile_cache.py measures the saving). Only a file your own runs "
+        "wrote: it holds compiled code that runs.",
+    )
+    perf.add_argument(
         "--channels_last",
         action="store_true",
         help="NHWC memory format. Slower in eager mode on CUDA where GroupNorm has no NHWC kernel; try it with --compile.",
@@ -255,6 +264,8 @@ def parse_training_args(kind, argv: Optional[Sequence[str]] = None) -> argparse.
         # A replayed backward graph writes the gradients into its own buffers: accumulating over micro-batches would
         # overwrite them (pytorch/pytorch#169545).
         parser.error("--compile_mode reduce-overhead cannot accumulate gradients: use --gradient_accumulation_steps 1.")
+    if args.compile_cache and not args.compile:
+        parser.error("--compile_cache keeps what torch.compile compiled: add --compile, or leave --compile_cache out.")
     if not 0.0 <= args.class_dropout_prob < 1.0:
         parser.error("--class_dropout_prob must be in [0, 1).")
     check_common_args(parser, args)
@@ -358,7 +369,7 @@ def model_flags(args, names) -> dict:
     return {k: getattr(args, k) for k in names if hasattr(args, k)}
 
 
-PATH_ARGS = ("dataset", "output_dir", "training_cache_dir", "resume_from_checkpoint", "init_from")
+PATH_ARGS = ("dataset", "output_dir", "training_cache_dir", "resume_from_checkpoint", "init_from", "compile_cache")
 
 
 def write_training_args(args, folder: str) -> None:

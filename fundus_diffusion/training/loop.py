@@ -32,6 +32,7 @@ from .checkpointing import (
     save_checkpoint,
     save_folder_atomically,
 )
+from .compile_cache import load_compile_cache, save_compile_cache
 from .csv_log import CSVLog
 from .post_hoc_ema import save_snapshots, start_snapshots
 
@@ -311,6 +312,8 @@ def train(args, kind_class) -> str:
             "give the labels (build_dataset.py --labels FILE)."
         )
     plan = EpochPlan.for_run(batches, args)
+    if args.compile_cache:  # before the first compiled call, which is the first step's
+        load_compile_cache(args.compile_cache)
     kind = seeded_build(args.seed, lambda: kind_class(args, accelerator, view, plan), args.data_seed)
     flags = model_flags(args, kind.MODEL_FLAGS + kind.OPTIMIZER_FLAGS + kind.LOSS_FLAGS)  # in every checkpoint, equal on resume
     saved_objects = checkpoint_objects(kind)
@@ -399,6 +402,8 @@ def train(args, kind_class) -> str:
             args.output_dir,
         )
         logger.info(f"Saved the model and its card to {args.output_dir}")
+        if args.compile_cache:
+            save_compile_cache(args.compile_cache)
         if args.push_to_hub:
             url = hub.push_folder(args.output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo)
             logger.info(f"Uploaded to {url}")
