@@ -1,4 +1,4 @@
-"""How much of a compiled training's warm-up ``--compile_cache`` saves on a fresh machine (issue 19: time to quality).
+r"""How much of a compiled training's warm-up ``--compile_cache`` saves on a fresh machine (issue 19: time to quality).
 
     python benchmarks/compile_cache.py --dataset phantom:16 \
         --recipe "--resolution 32 --model_config tiny --train_batch_size 4"                      # this CPU (gcc)
@@ -8,8 +8,8 @@
 Trains the recipe with ``--compile`` for --steps steps three times, each in a fresh subprocess with empty inductor and
 Triton cache folders (as on a fresh machine): ``cold`` without a cache file (it writes one), ``loaded`` with that file,
 and ``cold again`` without it (how much a cold start varies). Prints a table of the seconds to the first logged
-step (the compile and the first step; ``logs/metrics.csv``'s ``wall_s``) and of each whole process, and writes it as
-JSON with --json.
+step (the compile and the first step; ``logs/metrics.csv``'s ``wall_s``, which starts after the cache is loaded) and
+of each whole process (the loading included), and writes it as JSON with --json.
 """
 
 import argparse
@@ -27,12 +27,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def train_once(folder: str, name: str, dataset: str, recipe: str, steps: int, cache_file: str) -> dict:
     """One compiled training in a fresh process whose inductor and Triton caches start empty; its timings."""
+    slug = name.replace(" ", "-")  # a space in the inductor folder breaks its C++ compiler's command line
     env = {
         **os.environ,
-        "TORCHINDUCTOR_CACHE_DIR": os.path.join(folder, f"inductor-{name}"),
-        "TRITON_CACHE_DIR": os.path.join(folder, f"triton-{name}"),
+        "TORCHINDUCTOR_CACHE_DIR": os.path.join(folder, f"inductor-{slug}"),
+        "TRITON_CACHE_DIR": os.path.join(folder, f"triton-{slug}"),
     }
-    output_dir = os.path.join(folder, f"run-{name}")
+    output_dir = os.path.join(folder, f"run-{slug}")
     argv = [
         sys.executable, os.path.join(REPO, "scripts", "train_ddpm.py"), "--dataset", dataset, *shlex.split(recipe),
         "--compile", "--max_train_steps", str(steps), "--logging_steps", "1", "--logger", "none",

@@ -35,10 +35,10 @@
 #                   background like BACKGROUND=1 evaluations; then evaluate.py judges the images drawn for the
 #                   held-out masks (eval/<name>-mask_to_image: realism, agreement with the given masks)
 #   STAGE=pack      wait up to WAIT_S (default 0) for running evaluations and conditional benchmarks, then pack
-#                   reports, the quality-against-minutes curve, sample sheets, SAMPLES_BACK samples per set (and its flagged ones) and logs
-#                   into $OUT. Every stage but train and stop ends by packing what
-#                   exists: a device command that runs past its limit returns nothing, so leave a minute of margin and
-#                   pack often.
+#                   reports, the quality-against-minutes curve, sample sheets, SAMPLES_BACK samples per set (and its
+#                   flagged ones), logs and the compiled trainings' compile_cache.bin into $OUT. Every stage but
+#                   train and stop ends by packing what exists: a device command that runs past its limit returns
+#                   nothing, so leave a minute of margin and pack often.
 #
 #   DATA=.device_data STAGE=train bash benchmarks/realism_ablation.sh     # DATA holds fundus-od (never committed)
 #
@@ -142,9 +142,11 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
       synthetic/*/contact_sheet.png synthetic/*/fullsize.png quality_curve.png 2>/dev/null
     pack_samples
     [ ! -f "$WORK/compile_cache.bin" ] || cp -u "$WORK/compile_cache.bin" "$OUT/compile_cache.bin"
-    for archive in "$OUT"/realism_reports.tgz "$OUT"/realism_figures.tgz "$OUT"/realism_samples-*.tgz; do
+    for archive in "$OUT"/realism_reports.tgz "$OUT"/realism_figures.tgz "$OUT"/realism_samples-*.tgz \
+      "$OUT"/compile_cache.bin; do
       [ -f "$archive" ] || continue
       fix="pack fewer sets (EVAL_SETS) or move them off"; [[ $archive == *realism_samples-* ]] && fix="lower SAMPLES_BACK"
+      [[ $archive == *compile_cache.bin ]] && fix="delete it from \$OUT at the command's end"
       [ "$(stat -c %s "$archive")" -le $((16 << 20)) ] || log "warning: $archive is over 16 MiB and will not come back from the device: $fix"
     done
     # inside STAGE=follow (PACK_LOG=changes), which packs every 15 s, logged only when the count changes
@@ -230,16 +232,16 @@ train)
     cp -r pipelines "$CODE/fundus_diffusion/pipelines" && cp -r model_cards "$CODE/fundus_diffusion/model_cards"
     cp -r "$DATA/fundus-od" "$WORK/fundus-od"
   fi
-  cache=()  # compiled trainings keep torch.compile's portable cache (written at their end; the pack returns it)
-  if [[ " $RECIPE " == *" --compile "* ]]; then
-    [ -z "$COMPILE_CACHE" ] || [ -f "$WORK/compile_cache.bin" ] || cp "$COMPILE_CACHE" "$WORK/compile_cache.bin" ||
-      log "COMPILE_CACHE=$COMPILE_CACHE could not be copied: the trainings compile afresh"
-    cache=(--compile_cache "$WORK/compile_cache.bin")
-  fi
+  # Compiled trainings keep torch.compile's portable cache in one file (written after their first step and at their
+  # end, the last writer's whole; the pack returns it)
+  [ -z "$COMPILE_CACHE" ] || [ -f "$WORK/compile_cache.bin" ] || cp "$COMPILE_CACHE" "$WORK/compile_cache.bin" ||
+    log "COMPILE_CACHE=$COMPILE_CACHE could not be copied: the trainings compile afresh"
   cd "$CODE"  # the copy: the working tree may change under a later call
   [ -d "$WORK/split" ] || $PY scripts/split_dataset.py --dataset "$WORK/fundus-od" --stratify id_prefix \
     --output_dir "$WORK/split" > "$WORK/split.log" 2>&1 || { cat "$WORK/split.log"; exit 1; }
   for name in $(names); do
+    cache=()
+    [[ " $RECIPE $(flags_of "$name") " != *" --compile "* ]] || cache=(--compile_cache "$WORK/compile_cache.bin")
     # shellcheck disable=SC2046
     setsid $PY scripts/train_ddpm.py --dataset "$WORK/split/train" --masks "$MASKS" $RECIPE \
       --max_train_steps "$STEPS_MAX" --snapshot_steps "$SNAPSHOT" --checkpointing_steps 100000 \

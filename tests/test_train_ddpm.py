@@ -559,11 +559,11 @@ def test_the_presets_interpolation_gives_way_to_a_given_base_and_fixes_name_valu
         assert fix in capsys.readouterr().err
 
 
-def test_a_compiled_run_loads_the_compile_cache_before_its_first_step_and_writes_it_at_the_end(
+def test_a_compiled_run_loads_the_compile_cache_first_and_writes_it_after_its_first_step_and_at_the_end(
     tmp_path, cache_dir, monkeypatch, capsys
 ):
-    """The loop's part of --compile_cache (compiling itself skipped: test_compile_cache.py tests the
-    artifacts); training_args.json names the file, not its local path; without --compile it is refused."""
+    """The loop's part of --compile_cache (compiling itself skipped: test_compile_cache.py tests the artifacts);
+    training_args.json names the file, not its local path; refused without --compile and inside --output_dir."""
     from fundus_diffusion.training import loop
 
     calls = []
@@ -575,8 +575,12 @@ def test_a_compiled_run_loads_the_compile_cache_before_its_first_step_and_writes
     cache = str(tmp_path / "compile" / "cache.bin")
     flags = ("--max_train_steps", "2", "--logger", "none", "--compile", "--compile_cache", cache)
     ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "run", cache_dir, *flags)))
-    assert calls == [("load", cache), "step", "step", ("save", cache)]
+    assert calls == [("load", cache), "step", ("save", cache), "step", ("save", cache)]
     assert json.loads((tmp_path / "run" / "training_args.json").read_text())["compile_cache"] == "cache.bin"
     with pytest.raises(SystemExit):
         ddpm.parse_args(tiny_args(tmp_path / "x", cache_dir, "--max_train_steps", "1", "--compile_cache", cache))
     assert "--compile_cache keeps what torch.compile compiled: add --compile" in capsys.readouterr().err
+    inside = str(tmp_path / "x" / "compile_cache.bin")
+    with pytest.raises(SystemExit):
+        ddpm.parse_args(tiny_args(tmp_path / "x", cache_dir, "--max_train_steps", "1", "--compile", "--compile_cache", inside))
+    assert "is inside --output_dir, which --push_to_hub uploads whole" in capsys.readouterr().err

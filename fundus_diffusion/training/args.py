@@ -174,9 +174,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="With --compile: load torch.compile's portable cache artifacts from FILE before compiling, and write "
-        "what this run compiled there at its end, so a run on a fresh machine with the same torch and GPU kind need "
-        "not compile again what matches (benchmarks/compile_cache.py measures the saving). Only a file your own runs "
-        "wrote: it holds compiled code that runs.",
+        "what this run compiled there after its first step and at its end, so a run on a fresh machine with the same "
+        "torch and GPU kind need not compile again what matches (benchmarks/compile_cache.py measures the saving). "
+        "Only a file your own runs wrote: it holds compiled code that runs. Not inside --output_dir (uploaded).",
     )
     perf.add_argument(
         "--channels_last",
@@ -266,6 +266,14 @@ def parse_training_args(kind, argv: Optional[Sequence[str]] = None) -> argparse.
         parser.error("--compile_mode reduce-overhead cannot accumulate gradients: use --gradient_accumulation_steps 1.")
     if args.compile_cache and not args.compile:
         parser.error("--compile_cache keeps what torch.compile compiled: add --compile, or leave --compile_cache out.")
+    if args.compile_cache:
+        args.compile_cache = os.path.expanduser(args.compile_cache)
+    if args.compile_cache and is_inside(args.compile_cache, args.output_dir):
+        parser.error(
+            f"--compile_cache {args.compile_cache} is inside --output_dir, which --push_to_hub uploads whole, and the "
+            "file holds compiled code and this machine's paths. Put it elsewhere, e.g. "
+            "~/.cache/fundus_diffusion/compile_cache.bin."
+        )
     if not 0.0 <= args.class_dropout_prob < 1.0:
         parser.error("--class_dropout_prob must be in [0, 1).")
     check_common_args(parser, args)
@@ -302,6 +310,12 @@ def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
     problem = output_dir_problem(args.output_dir)
     if problem:
         parser.error(f"--output_dir {args.output_dir}: {problem}")
+
+
+def is_inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both made absolute, ``~`` expanded)."""
+    path, folder = (os.path.abspath(os.path.expanduser(p)) for p in (path, folder))
+    return os.path.commonpath([path, folder]) == folder
 
 
 def output_dir_problem(output_dir: str) -> Optional[str]:

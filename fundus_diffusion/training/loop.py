@@ -350,6 +350,7 @@ def train(args, kind_class) -> str:
         total=plan.max_train_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
     meter, validation, validated_at = MetricMeter(kind.PEAK_METRICS), {}, None
+    first_step = global_step + 1
     for epoch, epoch_batches in plan.epochs(batches, global_step):
         kind.train_mode()
         for batch in epoch_batches:
@@ -360,6 +361,8 @@ def train(args, kind_class) -> str:
                 continue
             global_step += 1
             progress.update(1)
+            if args.compile_cache and global_step == first_step and accelerator.is_main_process:
+                save_compile_cache(args.compile_cache)  # the training's graphs, kept by a run stopped before its end
             last = global_step == plan.max_train_steps
             save_now = global_step % args.checkpointing_steps == 0 or last
             validate_now = global_step % args.validation_steps == 0 or last
@@ -402,7 +405,7 @@ def train(args, kind_class) -> str:
             args.output_dir,
         )
         logger.info(f"Saved the model and its card to {args.output_dir}")
-        if args.compile_cache:
+        if args.compile_cache:  # again, with the validation's graphs
             save_compile_cache(args.compile_cache)
         if args.push_to_hub:
             url = hub.push_folder(args.output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo)
