@@ -13,7 +13,6 @@ of each whole process (the loading included), and writes it as JSON with --json.
 """
 
 import argparse
-import csv
 import json
 import os
 import shlex
@@ -22,11 +21,14 @@ import sys
 import tempfile
 import time
 
+from fundus_diffusion.training.run_folder import read_metrics
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def train_once(folder: str, name: str, dataset: str, recipe: str, steps: int, cache_file: str) -> dict:
-    """One compiled training in a fresh process whose inductor and Triton caches start empty; its timings."""
+def train_once(folder: str, name: str, dataset: str, recipe: str, steps: int, cache_file: str, loads: bool) -> dict:
+    """One compiled training in a fresh process whose inductor and Triton caches start empty, with ``cache_file`` as
+    its --compile_cache (none when empty; ``loads``: the file exists, so the run loads it); its timings."""
     slug = name.replace(" ", "-")  # a space in the inductor folder breaks its C++ compiler's command line
     env = {
         **os.environ,
@@ -47,9 +49,8 @@ def train_once(folder: str, name: str, dataset: str, recipe: str, steps: int, ca
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{name}: train_ddpm.py failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
-    with open(os.path.join(output_dir, "logs", "metrics.csv"), newline="") as f:
-        first = next(csv.DictReader(f))
-    return {"run": name, "compile cache": "loaded" if name == "loaded" else "none",
+    first = read_metrics(output_dir)[0]
+    return {"run": name, "compile cache": "loaded" if loads else "none",
             "seconds to step 1": float(first["wall_s"]), "process seconds": round(seconds, 1)}  # fmt: skip
 
 
@@ -63,9 +64,9 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="compile-cache-benchmark-") as folder:
         cache_file = os.path.join(folder, "compile_cache.bin")
         rows = [
-            train_once(folder, "cold", args.dataset, args.recipe, args.steps, cache_file),  # writes the file
-            train_once(folder, "loaded", args.dataset, args.recipe, args.steps, cache_file),
-            train_once(folder, "cold again", args.dataset, args.recipe, args.steps, ""),
+            train_once(folder, "cold", args.dataset, args.recipe, args.steps, cache_file, loads=False),  # writes it
+            train_once(folder, "loaded", args.dataset, args.recipe, args.steps, cache_file, loads=True),
+            train_once(folder, "cold again", args.dataset, args.recipe, args.steps, "", loads=False),
         ]
         size = os.path.getsize(cache_file) / 2**20
     print(f"| run | compile cache | seconds to step 1 | process seconds |  (cache file {size:.1f} MiB)")

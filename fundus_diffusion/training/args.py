@@ -264,16 +264,8 @@ def parse_training_args(kind, argv: Optional[Sequence[str]] = None) -> argparse.
         # A replayed backward graph writes the gradients into its own buffers: accumulating over micro-batches would
         # overwrite them (pytorch/pytorch#169545).
         parser.error("--compile_mode reduce-overhead cannot accumulate gradients: use --gradient_accumulation_steps 1.")
-    if args.compile_cache and not args.compile:
-        parser.error("--compile_cache keeps what torch.compile compiled: add --compile, or leave --compile_cache out.")
     if args.compile_cache:
-        args.compile_cache = os.path.expanduser(args.compile_cache)
-    if args.compile_cache and is_inside(args.compile_cache, args.output_dir):
-        parser.error(
-            f"--compile_cache {args.compile_cache} is inside --output_dir, which --push_to_hub uploads whole, and the "
-            "file holds compiled code and this machine's paths. Put it elsewhere, e.g. "
-            "~/.cache/fundus_diffusion/compile_cache.bin."
-        )
+        check_compile_cache(parser, args)
     if not 0.0 <= args.class_dropout_prob < 1.0:
         parser.error("--class_dropout_prob must be in [0, 1).")
     check_common_args(parser, args)
@@ -312,10 +304,19 @@ def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error(f"--output_dir {args.output_dir}: {problem}")
 
 
-def is_inside(path: str, folder: str) -> bool:
-    """Whether ``path`` is ``folder`` or lies under it (both made absolute, ``~`` expanded)."""
-    path, folder = (os.path.abspath(os.path.expanduser(p)) for p in (path, folder))
-    return os.path.commonpath([path, folder]) == folder
+def check_compile_cache(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a ``--compile_cache`` without ``--compile`` or inside ``--output_dir`` (uploaded whole by
+    ``--push_to_hub``: the file holds compiled code and this machine's paths); expand its ``~``."""
+    if not args.compile:
+        parser.error("--compile_cache keeps what torch.compile compiled: add --compile, or leave --compile_cache out.")
+    args.compile_cache = os.path.expanduser(args.compile_cache)
+    cache, output_dir = (os.path.abspath(os.path.expanduser(p)) for p in (args.compile_cache, args.output_dir))
+    if os.path.commonpath([cache, output_dir]) == output_dir:
+        parser.error(
+            f"--compile_cache {args.compile_cache} is inside --output_dir, which --push_to_hub uploads whole, and the "
+            "file holds compiled code and this machine's paths. Put it elsewhere, e.g. "
+            "~/.cache/fundus_diffusion/compile_cache.bin."
+        )
 
 
 def output_dir_problem(output_dir: str) -> Optional[str]:
