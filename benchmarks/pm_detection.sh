@@ -17,13 +17,14 @@
 # holds "all". PARALLEL jobs run at once (GPUS=0,1,..: job i on GPUS[i mod count]); each trains, generates, evaluates.
 # Every generator trains STEPS steps whatever N, with a batch of min(16, N).
 #
-# GPU budget, estimated (not measured) for one H200 at 128 px: a generator about 8 steps/s (host-bound uncompiled,
-# like the 256 px runs of RESULTS.md), so STEPS=1500 is ~3 min; 200 samples, 20 DPM-Solver++ steps with guidance,
-# ~15 s; evaluate_pm.py with CLS_STEPS=400 x 3 seeds x 3 sets and the realism test (REALISM_STEPS=200, 5 folds, 2
-# tests) ~2-3 min on its CPU core. The 10 default jobs at PARALLEL=10 share the GPU and 10 of its 16 cores: ~7-8 min
-# wall in all, plus the machine's start. A first round within less: SUBSET_SEEDS=0 (4 jobs), or STEPS=800.
-# Measured once (RESULTS.md session 19, H100): 4 jobs beside a compiled 256 px training trained at 3.1 steps/s each,
-# 1,500 steps in 8 min, and cut that training from 8.3 to 1.3-2.3 steps/s: run the queue alone on the GPU.
+# GPU budget, measured (RESULTS.md session 24, one H100, the 10 default jobs at PARALLEL=10, nothing else on the GPU):
+# the ten generators trained side by side at 1.9 steps/s each (the GPU at 100 %), 1,500 steps in 12.9-13.2 min;
+# sampling 200 images took under 30 s (generate.py, one sampler at a time since: ten at once ran out of memory);
+# evaluate_pm.py 2-3 min beside the others. The queue: 21.5 min from start to the last report (three device calls;
+# the third resumed the three samplings that had run out of memory).
+# A first round within one call: SUBSET_SEEDS=0 (4 jobs), or STEPS=800 (both unmeasured).
+# Session 19 (H100): 4 jobs beside a compiled 256 px training trained at 3.1 steps/s each and cut that training from
+# 8.3 to 1.3-2.3 steps/s: run the queue alone on the GPU.
 #
 # In stages, as benchmarks/utility_curves.sh (one device command lasts at most 10 minutes):
 #   STAGE=train   copy the code and palm-224 to $WORK, write the split and subsets, start the detached queue, return
@@ -136,7 +137,7 @@ job)
   if ! finished "$WORK/synthetic/$job"; then
     log "$job: generating $N_SYN images, half PM, half non-PM"
     # shellcheck disable=SC2086
-    $PY scripts/generate.py --model "$WORK/runs/$job" --labels "PM=$((N_SYN / 2)),non-PM=$((N_SYN - N_SYN / 2))" \
+    one_sampler_at_a_time $PY scripts/generate.py --model "$WORK/runs/$job" --labels "PM=$((N_SYN / 2)),non-PM=$((N_SYN - N_SYN / 2))" \
       --guidance_scale "$GUIDANCE" --seed 0 $GEN_FLAGS --output_dir "$WORK/synthetic/$job" > "$WORK/gen-$job.log" 2>&1 \
       || { log "$job: generation failed: $(tail -n 2 "$WORK/gen-$job.log")"; exit 1; }
   fi
