@@ -6,6 +6,8 @@
 # classifier trained on the N real, the synthetic alone and both, accuracy and ROC AUC on the fixed held-out split
 # (seed 0, 20 %, stratified by label: docs/results/palm-224_test_ids.txt), the two-sample realism test and the copy
 # check against the N images, which refuses a set copied more often than held-out images are flagged.
+# GUIDANCE="2 1": each generator sampled and judged again at every further scale (sets <job>-w<scale>, pm_figure.py's
+# "(guidance <scale>)" lines), a paired comparison on the same generators for a sampling and an evaluation each.
 #
 # Resolution: 128 px (RESOLUTION). palm-224's images are 224 px; 256 would be upsampled (no new detail for 1.3x the
 # work of 224), and even 224 costs 3x the work of 128 per step, which the GPU budget of this experiment (about 10
@@ -60,7 +62,10 @@ SUBSET_SEEDS=${SUBSET_SEEDS:-"0 1 2"}
 RESOLUTION=${RESOLUTION:-128}
 STEPS=${STEPS:-1500}
 N_SYN=${N_SYN:-200}
-GUIDANCE=${GUIDANCE:-2}
+GUIDANCE=${GUIDANCE:-2}  # classifier-free guidance; several ("2 1"): each generator sampled and judged once per scale
+for scale in $GUIDANCE; do
+  [[ $scale =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "GUIDANCE=$GUIDANCE: give guidance scales, e.g. 2 or \"2 1\"" >&2; exit 2; }
+done
 SEEDS=${SEEDS:-3}
 CLS_STEPS=${CLS_STEPS:-400}
 REALISM_STEPS=${REALISM_STEPS:-200}
@@ -134,21 +139,26 @@ job)
       --output_dir "$WORK/runs/$job" > "$WORK/train-$job.log" 2>&1 \
       || { log "$job: training failed: $(tail -n 2 "$WORK/train-$job.log")"; exit 1; }
   fi
-  if ! finished "$WORK/synthetic/$job"; then
-    log "$job: generating $N_SYN images, half PM, half non-PM"
-    # shellcheck disable=SC2086
-    one_sampler_at_a_time $PY scripts/generate.py --model "$WORK/runs/$job" --labels "PM=$((N_SYN / 2)),non-PM=$((N_SYN - N_SYN / 2))" \
-      --guidance_scale "$GUIDANCE" --seed 0 $GEN_FLAGS --output_dir "$WORK/synthetic/$job" > "$WORK/gen-$job.log" 2>&1 \
-      || { log "$job: generation failed: $(tail -n 2 "$WORK/gen-$job.log")"; exit 1; }
-  fi
-  if [ ! -f "$WORK/eval/$job/report.json" ]; then
-    log "$job: evaluating ($SEEDS classifier seeds)"
-    $PY scripts/evaluate_pm.py --real "$real" --holdout "$WORK/split/test" --synthetic "$WORK/synthetic/$job" \
-      --seeds "$SEEDS" --steps "$CLS_STEPS" --realism_steps "$REALISM_STEPS" --realism_folds "$REALISM_FOLDS" \
-      --output_dir "$WORK/eval/$job" > "$WORK/eval-$job.log" 2>&1 \
-      || { log "$job: evaluation failed: $(tail -n 2 "$WORK/eval-$job.log")"; exit 1; }
-    grep -q '"refused": null' "$WORK/eval/$job/report.json" || log "$job: REFUSED (copies): see eval/$job/report.md"
-  fi
+  scales=($GUIDANCE)
+  for scale in "${scales[@]}"; do  # the first scale's set is the job's; each further one is <job>-w<scale>
+    set=$job; [ "$scale" = "${scales[0]}" ] || set=$job-w$scale
+    if ! finished "$WORK/synthetic/$set"; then
+      log "$set: generating $N_SYN images, half PM, half non-PM, guidance $scale"
+      # shellcheck disable=SC2086
+      one_sampler_at_a_time $PY scripts/generate.py --model "$WORK/runs/$job" \
+        --labels "PM=$((N_SYN / 2)),non-PM=$((N_SYN - N_SYN / 2))" --guidance_scale "$scale" --seed 0 $GEN_FLAGS \
+        --output_dir "$WORK/synthetic/$set" > "$WORK/gen-$set.log" 2>&1 \
+        || { log "$set: generation failed: $(tail -n 2 "$WORK/gen-$set.log")"; exit 1; }
+    fi
+    if [ ! -f "$WORK/eval/$set/report.json" ]; then
+      log "$set: evaluating ($SEEDS classifier seeds)"
+      $PY scripts/evaluate_pm.py --real "$real" --holdout "$WORK/split/test" --synthetic "$WORK/synthetic/$set" \
+        --seeds "$SEEDS" --steps "$CLS_STEPS" --realism_steps "$REALISM_STEPS" --realism_folds "$REALISM_FOLDS" \
+        --output_dir "$WORK/eval/$set" > "$WORK/eval-$set.log" 2>&1 \
+        || { log "$set: evaluation failed: $(tail -n 2 "$WORK/eval-$set.log")"; exit 1; }
+      grep -q '"refused": null' "$WORK/eval/$set/report.json" || log "$set: REFUSED (copies): see eval/$set/report.md"
+    fi
+  done
   log "$job: done"
   ;;
 *)  # queue, wait, pack, stop

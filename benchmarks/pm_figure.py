@@ -6,6 +6,9 @@ deviation as error bars, one panel per metric.
     python benchmarks/pm_figure.py /tmp/pm/eval --figure pm_curves.png --json pm_table.json
 
 Reads ``<reports>/<job>/report.json`` for jobs ``n<N>-seed<S>`` and ``all``; N is the report's real training count.
+A job ``<job>-w<scale>`` is the same generator sampled again at guidance ``<scale>`` (pm_detection.sh's further
+GUIDANCE values): its synthetic and real + synthetic classifiers become the lines "synthetic (guidance <scale>)" and
+"real+synthetic (guidance <scale>)", paired with the job's own (its real and control classifiers are the job's again).
 A refused set (its synthetic samples copy the generator's training images more often than held-out real images are
 flagged: the same rule and verdict, ``report["refused"]``, as evaluate.py's) has no synthetic rows: the table says
 REFUSED, loudly, and the curves leave it out. The loading, refusal, summary and plotting are
@@ -14,10 +17,10 @@ benchmarks/utility_figure.py's (the segmentation curves); matplotlib is optional
 
 import argparse
 import json
+import re
 import sys
 
 from utility_figure import (
-    CURVE_JOB,
     curve_summary,
     load_reports,
     plot_curves,
@@ -32,6 +35,19 @@ from fundus_diffusion.evaluation.pm_utility import DETECTION_ROWS as SETS  # the
 from fundus_diffusion.evaluation.pm_utility import SYNTHETIC_SETS
 
 METRICS = {"accuracy": "accuracy", "auc": "ROC AUC of P(PM)"}
+PM_JOB = re.compile(r"^(n\d+-seed(?P<seed>\d+)|all)(-w(?P<guidance>\d+(\.\d+)?))?$")
+
+
+def sets_of(guidance) -> dict:
+    """``{name in the table: evaluate_pm.py's training set}`` of a job: a guidance variant's synthetic sets renamed."""
+    if guidance is None:
+        return {name: name for name in SETS}
+    return {f"{name} (guidance {guidance})": name for name in SYNTHETIC_SETS}
+
+
+def is_synthetic(name: str) -> bool:
+    """Whether a table's training set holds synthetic images (trained only where the set is not refused)."""
+    return name.split(" (guidance ")[0] in SYNTHETIC_SETS
 
 
 def curve_rows(reports: dict) -> list:
@@ -39,33 +55,45 @@ def curve_rows(reports: dict) -> list:
     per metric, the mean over classifier seeds of each training set (sets a refused job did not train are absent)."""
     rows = []
     for job, report in reports.items():
-        match = CURVE_JOB.match(job)
+        match = PM_JOB.match(job)
         if not match or "detection" not in report:
             continue
         results, seed = report["detection"]["results"], match.group("seed")
         row = {"job": job, "n": report["counts"]["real"]["n"], "subset_seed": None if seed is None else int(seed)}
         row["refused"], row["rule"] = refusal_of(report)
+        names = sets_of(match.group("guidance"))
         for metric in METRICS:
-            row[metric] = {name: results[name][metric]["mean"] for name in SETS if name in results}
+            row[metric] = {name: results[source][metric]["mean"] for name, source in names.items() if source in results}
         rows.append(row)
     return sorted(rows, key=lambda r: (r["n"], r["job"]))
 
 
+def table_sets(rows: list) -> list:
+    """The training sets of the table and the curves: ``SETS``, then each guidance variant's, in their jobs' order."""
+    variants = [name for row in rows for name in row["accuracy"] if name not in SETS]
+    return list(SETS) + list(dict.fromkeys(variants))
+
+
 def format_tables(rows: list, summaries: dict) -> str:
     """Markdown: every job (both metrics per training set) and the summary over subset seeds; refused jobs named."""
+    sets = table_sets(rows)
 
-    def cell(value, name):  # a refused set's synthetic classifiers were not trained; "-": not in the report
-        return f"{value:.3f}" if value is not None else "REFUSED" if name in SYNTHETIC_SETS else "-"
+    def cell(row, name, metric):  # a refused set's synthetic classifiers were not trained; "-": not this job's
+        value = row[metric].get(name)
+        if value is not None:
+            return f"{value:.3f}"
+        own = name in sets_of(PM_JOB.match(row["job"]).group("guidance"))
+        return "REFUSED" if row["refused"] and own and is_synthetic(name) else "-"
 
-    header = " | ".join(f"{name} {metric}" for name in SETS for metric in METRICS)
-    lines = [f"| job | N | {header} |", "|---" * (2 + len(SETS) * len(METRICS)) + "|"]
+    header = " | ".join(f"{name} {metric}" for name in sets for metric in METRICS)
+    lines = [f"| job | N | {header} |", "|---" * (2 + len(sets) * len(METRICS)) + "|"]
     for row in rows:
-        cells = " | ".join(cell(row[metric].get(name), name) for name in SETS for metric in METRICS)
+        cells = " | ".join(cell(row, name, metric) for name in sets for metric in METRICS)
         lines.append(f"| {row['job']} | {row['n']} | {cells} |")
-    lines += ["", f"| N | {header} |", "|---" * (1 + len(SETS) * len(METRICS)) + "|"]
+    lines += ["", f"| N | {header} |", "|---" * (1 + len(sets) * len(METRICS)) + "|"]
     for n in sorted({row["n"] for row in rows}):
         cells = []
-        for name in SETS:
+        for name in sets:
             for metric in METRICS:
                 entry = summaries[metric].get(name, {}).get(n)
                 cells.append("-" if entry is None else f"{entry['mean']:.3f} ± {entry['std']:.3f} ({entry['n']})")
@@ -94,7 +122,7 @@ def main(argv=None):
     parser.add_argument("--json", help="Write the rows and the summaries here.")
     args = parser.parse_args(argv)
     rows = curve_rows(load_reports(args.reports))
-    summaries = {metric: curve_summary(rows, metric, SETS) for metric in METRICS}
+    summaries = {metric: curve_summary(rows, metric, table_sets(rows)) for metric in METRICS}
     print(format_tables(rows, summaries))
     print_refusals(rows)
     if args.json:
