@@ -9,7 +9,7 @@ Trains the recipe with ``--compile`` for --steps steps three times, each in a fr
 Triton cache folders (as on a fresh machine): ``cold`` without a cache file (it writes one), ``loaded`` with that file,
 and ``cold again`` without it (how much a cold start varies). Prints a table of the seconds to the first logged
 step (the compile and the first step; ``logs/metrics.csv``'s ``wall_s``, which starts after the cache is loaded) and
-of each whole process (the loading included), and writes it as JSON with --json.
+of each whole process (the loading included), each row as its run ends, and writes it as JSON with --json.
 """
 
 import argparse
@@ -61,19 +61,19 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="Training steps per run.")
     parser.add_argument("--json", help="Also write the table here.")
     args = parser.parse_args(argv)
+    print("| run | compile cache | seconds to step 1 | process seconds |")
+    print("|---|---|---:|---:|")
+    rows = []
     with tempfile.TemporaryDirectory(prefix="compile-cache-benchmark-") as folder:
         cache_file = os.path.join(folder, "compile_cache.bin")
-        rows = [
-            train_once(folder, "cold", args.dataset, args.recipe, args.steps, cache_file, loads=False),  # writes it
-            train_once(folder, "loaded", args.dataset, args.recipe, args.steps, cache_file, loads=True),
-            train_once(folder, "cold again", args.dataset, args.recipe, args.steps, "", loads=False),
-        ]
-        size = os.path.getsize(cache_file) / 2**20
-    print(f"| run | compile cache | seconds to step 1 | process seconds |  (cache file {size:.1f} MiB)")
-    print("|---|---|---:|---:|")
-    for row in rows:
-        seconds = f"{row['seconds to step 1']:.1f} | {row['process seconds']:.1f}"
-        print(f"| {row['run']} | {row['compile cache']} | {seconds} |")
+        runs = [("cold", cache_file, False), ("loaded", cache_file, True), ("cold again", "", False)]  # cold writes it
+        for name, cache, loads in runs:  # each row as it comes: a run takes minutes on a GPU
+            row = train_once(folder, name, args.dataset, args.recipe, args.steps, cache, loads)
+            seconds = f"{row['seconds to step 1']:.1f} | {row['process seconds']:.1f}"
+            print(f"| {name} | {row['compile cache']} | {seconds} |", flush=True)
+            rows.append(row)
+        size = os.path.getsize(cache_file) / 2**20 if os.path.exists(cache_file) else 0.0  # a failed save only warns
+    print(f"cache file: {size:.1f} MiB" if size else "cache file: not written (see the cold run's warnings)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"recipe": args.recipe, "dataset": os.path.basename(args.dataset), "steps": args.steps,

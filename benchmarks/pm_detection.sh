@@ -10,8 +10,8 @@
 # "(guidance <scale>)" lines), a paired comparison on the same generators for a sampling and an evaluation each.
 #
 # Resolution: 128 px (RESOLUTION). palm-224's images are 224 px; 256 would be upsampled (no new detail for 1.3x the
-# work of 224), and even 224 costs 3x the work of 128 per step, which the GPU budget of this experiment (about 10
-# GPU-minutes for 10 generators) cannot pay. The signs a PM classifier reads (peripapillary atrophy, tessellation,
+# work of 224), and even 224 costs 3x the work of 128 per step, which the GPU budget of this experiment (22 minutes
+# of one H100 for the 10 default generators at 128 px, measured below) cannot pay. The signs a PM classifier reads (peripapillary atrophy, tessellation,
 # the disc's tilt) span tens of pixels at 128 px; a classifier at 64 px was 98.8 % accurate on held-out real PALM
 # images (RESULTS.md row 6). RESOLUTION=224 runs natively where budget allows (224 is a multiple of 32).
 #
@@ -20,10 +20,10 @@
 # Every generator trains STEPS steps whatever N, with a batch of min(16, N).
 #
 # GPU budget, measured (RESULTS.md session 24, one H100, the 10 default jobs at PARALLEL=10, nothing else on the GPU):
-# the ten generators trained side by side at 1.9 steps/s each (the GPU at 100 %), 1,500 steps in 12.9-13.2 min;
-# sampling 200 images took under 30 s (generate.py, one sampler at a time since: ten at once ran out of memory);
-# evaluate_pm.py 2-3 min beside the others. The queue: 21.5 min from start to the last report (three device calls;
-# the third resumed the three samplings that had run out of memory).
+# the ten generators trained side by side at 2.0 steps/s each (the GPU at 100 %), 1,500 steps in 12.7-13.1 min;
+# sampling 200 images took 31-56 s with the model's loading, up to ten at once (they ran out of memory: one sampler
+# per GPU at a time since); evaluate_pm.py 2-4 min beside the others. The queue: 21.5 min from start to the last
+# report (three device calls; the third resumed the three samplings that had run out of memory).
 # A first round within one call: SUBSET_SEEDS=0 (4 jobs), or STEPS=800 (both unmeasured).
 # Session 19 (H100): 4 jobs beside a compiled 256 px training trained at 3.1 steps/s each and cut that training from
 # 8.3 to 1.3-2.3 steps/s: run the queue alone on the GPU.
@@ -63,9 +63,10 @@ RESOLUTION=${RESOLUTION:-128}
 STEPS=${STEPS:-1500}
 N_SYN=${N_SYN:-200}
 GUIDANCE=${GUIDANCE:-2}  # classifier-free guidance; several ("2 1"): each generator sampled and judged once per scale
-for scale in $GUIDANCE; do
-  [[ $scale =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "GUIDANCE=$GUIDANCE: give guidance scales, e.g. 2 or \"2 1\"" >&2; exit 2; }
-done
+read -ra scales <<< "$GUIDANCE"
+bad_guidance() { echo "GUIDANCE='$GUIDANCE': give one or more guidance scales, e.g. 2 or \"2 1\"" >&2; exit 2; }
+[ ${#scales[@]} -gt 0 ] || bad_guidance
+for scale in "${scales[@]}"; do [[ $scale =~ ^[0-9]+(\.[0-9]+)?$ ]] || bad_guidance; done
 SEEDS=${SEEDS:-3}
 CLS_STEPS=${CLS_STEPS:-400}
 REALISM_STEPS=${REALISM_STEPS:-200}
@@ -79,6 +80,18 @@ mkdir -p "$OUT"
 export OUT=$(cd "$OUT" && pwd)
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$WORK/driver.log"; }
 finished() { [ -f "$1/arrow/dataset_info.json" ] || [ -f "$1/dataset_info.json" ]; }
+sampled_at() {  # whether the set in folder $1 was sampled at guidance $2 (its generation_config.json)
+  $PY -c "import json, sys; sys.exit(json.load(open(sys.argv[1]))['guidance_scale'] != float(sys.argv[2]))" \
+    "$1/generation_config.json" "$2" 2>/dev/null
+}
+one_sampler_at_a_time() {  # "$@" while no other job samples on this job's GPU: ten PM generators sampling at batch 100
+  # at once ran an 80 GB H100 out of memory (RESULTS.md session 24); a sampling takes under a minute
+  if command -v flock > /dev/null; then
+    flock "$WORK/sampler${CUDA_VISIBLE_DEVICES:+-$CUDA_VISIBLE_DEVICES}.lock" "$@"
+  else
+    log "flock not found: sampling without waiting for the other jobs (they may run out of GPU memory)"; "$@"
+  fi
+}
 
 jobs_list() {
   for n in $SIZES; do
@@ -139,9 +152,12 @@ job)
       --output_dir "$WORK/runs/$job" > "$WORK/train-$job.log" 2>&1 \
       || { log "$job: training failed: $(tail -n 2 "$WORK/train-$job.log")"; exit 1; }
   fi
-  scales=($GUIDANCE)
   for scale in "${scales[@]}"; do  # the first scale's set is the job's; each further one is <job>-w<scale>
     set=$job; [ "$scale" = "${scales[0]}" ] || set=$job-w$scale
+    if finished "$WORK/synthetic/$set" && ! sampled_at "$WORK/synthetic/$set" "$scale"; then
+      log "$set: sampled at another guidance than $scale by an earlier GUIDANCE; keep GUIDANCE's first scale, or use a new WORK"
+      exit 1
+    fi
     if ! finished "$WORK/synthetic/$set"; then
       log "$set: generating $N_SYN images, half PM, half non-PM, guidance $scale"
       # shellcheck disable=SC2086

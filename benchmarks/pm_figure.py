@@ -8,7 +8,8 @@ deviation as error bars, one panel per metric.
 Reads ``<reports>/<job>/report.json`` for jobs ``n<N>-seed<S>`` and ``all``; N is the report's real training count.
 A job ``<job>-w<scale>`` is the same generator sampled again at guidance ``<scale>`` (pm_detection.sh's further
 GUIDANCE values): its synthetic and real + synthetic classifiers become the lines "synthetic (guidance <scale>)" and
-"real+synthetic (guidance <scale>)", paired with the job's own (its real and control classifiers are the job's again).
+"real+synthetic (guidance <scale>)", paired with the job's own (its real and control classifiers are the job's again);
+the lines without a scale are the driver's first GUIDANCE scale's.
 A refused set (its synthetic samples copy the generator's training images more often than held-out real images are
 flagged: the same rule and verdict, ``report["refused"]``, as evaluate.py's) has no synthetic rows: the table says
 REFUSED, loudly, and the curves leave it out. The loading, refusal, summary and plotting are
@@ -21,6 +22,7 @@ import re
 import sys
 
 from utility_figure import (
+    CURVE_JOB_BASE,
     curve_summary,
     load_reports,
     plot_curves,
@@ -35,24 +37,22 @@ from fundus_diffusion.evaluation.pm_utility import DETECTION_ROWS as SETS  # the
 from fundus_diffusion.evaluation.pm_utility import SYNTHETIC_SETS
 
 METRICS = {"accuracy": "accuracy", "auc": "ROC AUC of P(PM)"}
-PM_JOB = re.compile(r"^(n\d+-seed(?P<seed>\d+)|all)(-w(?P<guidance>\d+(\.\d+)?))?$")
+PM_JOB = re.compile(rf"^{CURVE_JOB_BASE}(-w(?P<guidance>\d+(\.\d+)?))?$")  # -w<scale>: sampled again at that guidance
 
 
 def sets_of(guidance) -> dict:
-    """``{name in the table: evaluate_pm.py's training set}`` of a job: a guidance variant's synthetic sets renamed."""
+    """``{name in the table: evaluate_pm.py's training set}`` of a job (``guidance``: its -w<scale>, None for the
+    job's own set): a guidance variant contributes only its synthetic sets, renamed; its real and control classifiers
+    repeat the job's own and are not counted twice."""
     if guidance is None:
         return {name: name for name in SETS}
     return {f"{name} (guidance {guidance})": name for name in SYNTHETIC_SETS}
 
 
-def is_synthetic(name: str) -> bool:
-    """Whether a table's training set holds synthetic images (trained only where the set is not refused)."""
-    return name.split(" (guidance ")[0] in SYNTHETIC_SETS
-
-
 def curve_rows(reports: dict) -> list:
-    """One row per learning-curve job: N, subset seed, the refusal (None or why) and its rule (``refusal_of``) and,
-    per metric, the mean over classifier seeds of each training set (sets a refused job did not train are absent)."""
+    """One row per learning-curve job and guidance variant: N, subset seed, guidance (None: the job's own set), the
+    refusal (None or why) and its rule (``refusal_of``) and, per metric, the mean over classifier seeds of each training
+    set under its table name (``sets_of``; sets a refused job did not train are absent)."""
     rows = []
     for job, report in reports.items():
         match = PM_JOB.match(job)
@@ -61,7 +61,8 @@ def curve_rows(reports: dict) -> list:
         results, seed = report["detection"]["results"], match.group("seed")
         row = {"job": job, "n": report["counts"]["real"]["n"], "subset_seed": None if seed is None else int(seed)}
         row["refused"], row["rule"] = refusal_of(report)
-        names = sets_of(match.group("guidance"))
+        row["guidance"] = match.group("guidance")
+        names = sets_of(row["guidance"])
         for metric in METRICS:
             row[metric] = {name: results[source][metric]["mean"] for name, source in names.items() if source in results}
         rows.append(row)
@@ -69,8 +70,9 @@ def curve_rows(reports: dict) -> list:
 
 
 def table_sets(rows: list) -> list:
-    """The training sets of the table and the curves: ``SETS``, then each guidance variant's, in their jobs' order."""
-    variants = [name for row in rows for name in row["accuracy"] if name not in SETS]
+    """The training sets of the table and the curves: ``SETS``, then each guidance variant's (refused ones too), in
+    their jobs' order."""
+    variants = [name for row in rows if row["guidance"] is not None for name in sets_of(row["guidance"])]
     return list(SETS) + list(dict.fromkeys(variants))
 
 
@@ -82,8 +84,7 @@ def format_tables(rows: list, summaries: dict) -> str:
         value = row[metric].get(name)
         if value is not None:
             return f"{value:.3f}"
-        own = name in sets_of(PM_JOB.match(row["job"]).group("guidance"))
-        return "REFUSED" if row["refused"] and own and is_synthetic(name) else "-"
+        return "REFUSED" if row["refused"] and sets_of(row["guidance"]).get(name) in SYNTHETIC_SETS else "-"
 
     header = " | ".join(f"{name} {metric}" for name in sets for metric in METRICS)
     lines = [f"| job | N | {header} |", "|---" * (2 + len(sets) * len(METRICS)) + "|"]
@@ -108,9 +109,9 @@ def draw(summaries: dict, path: str) -> bool:
         return False
     figure, axes = plt.subplots(1, len(METRICS), figsize=(11, 4))
     for axis, (metric, label) in zip(axes, METRICS.items()):
-        x_label = "real training images N (generator and classifier trained on these only)"
+        x_label = "real training images N\n(generator and classifier trained on these only)"
         plot_curves(
-            axis, summaries[metric], x_label, f"PM detection {label}, held-out real images", "classifier trained on"
+            axis, summaries[metric], x_label, f"PM detection {label}\non held-out real images", "classifier trained on"
         )
     return save(plt, figure, path)
 

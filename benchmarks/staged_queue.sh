@@ -1,6 +1,6 @@
 # The stages the staged GPU drivers of benchmarks/ share (utility_curves.sh, pm_detection.sh): sourced by a driver
 # that has defined WORK (its work folder, holding queue.pid, driver.log and eval/), SCRIPT (its own path), PARALLEL,
-# GPUS, log, jobs_list and pack_results; its jobs call use_job_gpu and wrap generate.py in one_sampler_at_a_time.
+# GPUS, log, jobs_list and pack_results.
 #   queue  run every job of jobs_list, PARALLEL at a time, each as `STAGE=job JOB=<job> bash $SCRIPT`
 #   wait   wait until the queue ends or WAIT_S seconds pass (default 540), show progress, pack
 #   pack   pack_results
@@ -34,11 +34,6 @@ start_queue() {  # the queue stage, detached in its own process group (STAGE=sto
   setsid env STAGE=queue WORK="$WORK" bash "$SCRIPT" > "$WORK/queue.log" 2>&1 < /dev/null &
   echo $! > "$WORK/queue.pid"
   log "started the queue (pid $!, $PARALLEL at a time): $(jobs_list | tr '\n' ' ')"
-}
-
-one_sampler_at_a_time() {  # run "$@" while no other job of the queue samples: ten PM generators sampling at batch 100
-  # beside their neighbours' classifiers ran an 80 GB H100 out of memory (RESULTS.md session 24); sampling is seconds
-  flock "$WORK/sampler.lock" "$@"
 }
 
 use_job_gpu() {  # job i of jobs_list runs on GPUS[i mod count] (CUDA_VISIBLE_DEVICES); GPUS empty: the default

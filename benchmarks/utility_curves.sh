@@ -144,14 +144,14 @@ job)
   if ! finished "$WORK/synthetic/$job"; then
     log "$job: generating $N_SYN pairs"
     # shellcheck disable=SC2086
-    one_sampler_at_a_time $PY scripts/generate.py --model "$WORK/runs/$job" --num_samples "$N_SYN" --seed 0 $GEN_FLAGS $png \
+    $PY scripts/generate.py --model "$WORK/runs/$job" --num_samples "$N_SYN" --seed 0 $GEN_FLAGS $png \
       --output_dir "$WORK/synthetic/$job" > "$WORK/gen-$job.log" 2>&1 \
       || { log "$job: generation failed: $(tail -n 2 "$WORK/gen-$job.log")"; exit 1; }
   fi
   if [ "$TWO_STEP" = 1 ] && ! finished "$WORK/synthetic/$job-twostep"; then
     log "$job: images for the joint samples' masks (two-step)"
     # shellcheck disable=SC2086
-    one_sampler_at_a_time $PY scripts/generate.py --model "$WORK/runs/$job" --masks_from "$WORK/synthetic/$job/png" --seed 1 \
+    $PY scripts/generate.py --model "$WORK/runs/$job" --masks_from "$WORK/synthetic/$job/png" --seed 1 \
       $TWO_STEP_FLAGS --output_dir "$WORK/synthetic/$job-twostep" > "$WORK/gen-$job-twostep.log" 2>&1 \
       || { log "$job: two-step generation failed: $(tail -n 2 "$WORK/gen-$job-twostep.log")"; exit 1; }
   fi

@@ -29,7 +29,8 @@ TWO_STEP = "-twostep"  # the job suffix of the two-step sets (masks first, then 
 # The lines of the figure: evaluate.py's training sets, and the two-step job's synthetic ones (its "real" segmenters are
 # the joint job's, trained on the same N pairs with the same seeds).
 CURVE_SETS = TRAINING_SETS + tuple(f"{name} (two-step)" for name in SYNTHETIC_SETS)
-CURVE_JOB = re.compile(rf"^(n\d+-seed(?P<seed>\d+)|all)(?P<two_step>{TWO_STEP})?$")
+CURVE_JOB_BASE = r"(n\d+-seed(?P<seed>\d+)|all)"  # a learning-curve job: subset size and seed, or the whole split
+CURVE_JOB = re.compile(rf"^{CURVE_JOB_BASE}(?P<two_step>{TWO_STEP})?$")
 VERDICT_RULE = "the report's verdict (flagged more often than held-out real images)"
 ANY_FLAG_RULE = "any sample flagged (the report has no held-out control)"
 
@@ -131,7 +132,8 @@ def curve_summary(rows: list, key: str = "dice", sets: tuple = CURVE_SETS) -> di
                 values[name][row["n"]].append(value)
     return {
         name: {
-            n: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for n, v in sorted(values[name].items())
+            n: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+            for n, v in sorted(values[name].items())
         }
         for name in sets
         if name in values
@@ -166,7 +168,9 @@ def format_tables(rows: list, summary: dict, sources: list, judged: list) -> str
         return "refused" if row["dice"][name] is None else f"{row['dice'][name]:.3f}"
 
     def verdict(row):
-        return ("REFUSED" if row["refused"] else "passed") + (" (any-flag rule)" if row["rule"] == ANY_FLAG_RULE else "")
+        return ("REFUSED" if row["refused"] else "passed") + (
+            " (any-flag rule)" if row["rule"] == ANY_FLAG_RULE else ""
+        )
 
     lines = ["| job | N | " + " | ".join(sets) + " | copies flagged | copy check |", "|---" * (len(sets) + 4) + "|"]
     for row in rows:

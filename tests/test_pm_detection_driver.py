@@ -1,5 +1,6 @@
 """benchmarks/pm_detection.sh's CPU smoke run on the real palm-224 images (skips without them): every stage, one tiny
-job sampled at two guidance scales, and a pack that holds their reports, the table and figure, and no real photograph."""
+job sampled at two guidance scales, a pack that holds their reports, the table and figure and no real photograph,
+and a resume at another guidance refused."""
 
 import json
 import os
@@ -30,9 +31,16 @@ def test_smoke_run_packs_a_report(palm224_dir, tmp_path):
         subprocess.run(["bash", script], env={**env, "STAGE": stage, "WAIT_S": "300"}, check=True, timeout=360)
     with tarfile.open(tmp_path / "out" / "pm_reports.tgz") as packed:
         names = set(packed.getnames())
-    assert {"eval/n20-seed0/report.json", "eval/n20-seed0/report.md", "pm_table.json", "split/test_ids.txt"} <= names
-    assert {"eval/n20-seed0-w1/report.json", "synthetic/n20-seed0-w1/generation_config.json"} <= names  # the 2nd scale
-    with tarfile.open(tmp_path / "out" / "pm_reports.tgz") as packed:
         table = json.load(packed.extractfile("pm_table.json"))
+        scales = {
+            folder: json.load(packed.extractfile(f"synthetic/{folder}/generation_config.json"))["guidance_scale"]
+            for folder in ("n20-seed0", "n20-seed0-w1")
+        }
+    assert {"eval/n20-seed0/report.json", "eval/n20-seed0/report.md", "pm_table.json", "split/test_ids.txt"} <= names
+    assert "eval/n20-seed0-w1/report.json" in names and scales == {"n20-seed0": 2.0, "n20-seed0-w1": 1.0}
     assert "synthetic (guidance 1)" in table["summary"]["accuracy"]
     assert not any(name.startswith(("palm-224", "split/train", "subsets/n20")) for name in names)
+    # The same WORK resumed with another first scale would label the guidance-2 set as guidance 1: refused.
+    resumed = subprocess.run(["bash", script], env={**env, "STAGE": "job", "JOB": "n20-seed0", "GUIDANCE": "1"})
+    assert resumed.returncode == 1
+    assert "sampled at another guidance than 1" in (tmp_path / "work" / "driver.log").read_text()

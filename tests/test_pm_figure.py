@@ -70,20 +70,31 @@ def test_script_writes_the_json_and_the_figure(reports_dir, tmp_path, capsys):
     assert Image.open(figure).size[0] > 1000  # two panels side by side
 
 
-def test_a_guidance_variant_adds_its_synthetic_lines_only(reports_dir):
-    variant = report(20, {"real": 0.2, "synthetic": 0.3, "real+synthetic": 0.4, SHUFFLED: 0.1})  # real: not counted
-    (reports_dir / "n20-seed0-w1").mkdir()
-    (reports_dir / "n20-seed0-w1" / "report.json").write_text(json.dumps(variant))
+def test_guidance_variants_add_their_synthetic_lines_only(reports_dir):
+    variants = {
+        "n20-seed0-w1": report(20, {"real": 0.2, "synthetic": 0.3, "real+synthetic": 0.4, SHUFFLED: 0.1}),
+        "n20-seed1-w1": report(20, {"real": 0.2, "synthetic": 0.5, "real+synthetic": 0.6, SHUFFLED: 0.1}),
+        "all-w1.5": report(320, {"real": 0.95, SHUFFLED: 0.5}, refused="REFUSED: 30 of 200 synthetic samples flagged"),
+    }  # their real and control classifiers repeat their jobs' own: not counted again
+    for job, content in variants.items():
+        (reports_dir / job).mkdir()
+        (reports_dir / job / "report.json").write_text(json.dumps(content))
     rows = pm_figure.curve_rows(pm_figure.load_reports(str(reports_dir)))
     row = next(r for r in rows if r["job"] == "n20-seed0-w1")
-    assert (row["n"], row["subset_seed"]) == (20, 0)
+    assert (row["n"], row["subset_seed"], row["guidance"]) == (20, 0, "1")
     assert row["accuracy"] == {"synthetic (guidance 1)": 0.3, "real+synthetic (guidance 1)": 0.4}
     sets = pm_figure.table_sets(rows)
-    assert sets[: len(pm_figure.SETS)] == list(pm_figure.SETS)
-    assert sets[len(pm_figure.SETS) :] == ["synthetic (guidance 1)", "real+synthetic (guidance 1)"]
+    assert sets == [*pm_figure.SETS, "synthetic (guidance 1)", "real+synthetic (guidance 1)",
+                    "synthetic (guidance 1.5)", "real+synthetic (guidance 1.5)"]  # fmt: skip
     summaries = {metric: pm_figure.curve_summary(rows, metric, sets) for metric in pm_figure.METRICS}
-    assert summaries["accuracy"]["real"][20]["mean"] == pytest.approx(0.7)  # the variant's own real 0.2 left out
-    assert summaries["auc"]["synthetic (guidance 1)"] == {20: pytest.approx({"mean": 0.35, "std": 0.0, "n": 1})}
+    assert summaries["accuracy"]["real"][20] == pytest.approx({"mean": 0.7, "std": 0.1, "n": 2})
+    assert summaries["auc"]["synthetic (guidance 1)"] == {20: pytest.approx({"mean": 0.45, "std": 0.1, "n": 2})}
+    assert "synthetic (guidance 1.5)" not in summaries["accuracy"]  # refused: no line
     text = pm_figure.format_tables(rows, summaries)
-    assert "| n20-seed0-w1 | 20 | - | - | - | - | - | - | - | - | 0.300 | 0.350 | 0.400 | 0.450 |" in text
+    dashes = " | ".join(["-"] * 8)
+    assert f"| n20-seed0-w1 | 20 | {dashes} | 0.300 | 0.350 | 0.400 | 0.450 | - | - | - | - |" in text
+    assert f"| all-w1.5 | 320 | {dashes} | - | - | - | - | REFUSED | REFUSED | REFUSED | REFUSED |" in text
+    refused_base = "| n50-seed0 | 50 | 0.850 | 0.900 | REFUSED | REFUSED | REFUSED | REFUSED | 0.500 | 0.550 |"
+    assert refused_base + " - | - | - | - | - | - | - | - |" in text  # not REFUSED under the variants' columns
     assert pm_figure.PM_JOB.match("n20-seed0-twostep") is None  # a segmentation job's suffix is not a PM job
+    assert pm_figure.PM_JOB.match("n20-seed0-wx") is None
