@@ -150,18 +150,23 @@ def test_palm_subsets_keep_the_label_proportions(palm224_dir, tmp_path):
 def test_what_makes_the_rows_mean_little_is_said_first():
     from fundus_diffusion.evaluation.pm_utility import pm_warnings
 
-    def report(real_accuracy, synthetic_counts, fundus_like):
+    def report(real_accuracy, synthetic_counts, fundus_like, judge_auc=0.6):
         guard = {"fundus_like": fundus_like, "verdict": "fundus-like" if fundus_like else "NOT FUNDUS-LIKE: 100% of samples ..."}
+        realism = {"computed": True, "real_vs_synthetic": {"auc": {"mean": judge_auc}}, "real_vs_real": {"auc": {"mean": 0.5}}}
         return {
             "detection": {"results": {"real": {"accuracy": {"mean": real_accuracy}}}},
             "counts": {"synthetic": synthetic_counts},
             "synthetic_by_real_classifier": {"realism_guard": guard},
+            "realism": realism,
         }
 
     assert pm_warnings(report(0.95, {"n": 4, "non-PM": 2, "PM": 2}, True)) == []
-    found = pm_warnings(report(0.475, {"n": 4, "non-PM": 0, "PM": 4}, False))
-    assert len(found) == 3 and "only 48% accuracy" in found[0] and "holds no non-PM image" in found[1]
+    found = pm_warnings(report(0.475, {"n": 4, "non-PM": 0, "PM": 4}, False, judge_auc=0.998))
+    assert len(found) == 4 and "only 48% accuracy" in found[0] and "holds no non-PM image" in found[1]
     assert found[2].startswith("NOT FUNDUS-LIKE") and "say nothing about PM detection" in found[2]
+    assert found[3].startswith("NOT PHOTOGRAPH-LIKE") and "ROC AUC 0.998 (real vs real: 0.500; the bar is 0.80)" in found[3]
+    # The guard passes, the labels agree, the judge still tells the sets apart (session 24's PALM sets): said first.
+    assert [w[:19] for w in pm_warnings(report(0.95, {"n": 4, "non-PM": 2, "PM": 2}, True, 0.81))] == ["NOT PHOTOGRAPH-LIKE"]
 
 
 def test_the_warnings_open_the_markdown(phantoms):

@@ -44,7 +44,7 @@ from .pm_classifier import (
 )
 from .protocol import TRAINING_SETS
 from .realism import RealismRecipe, realism_test
-from .report import json_safe, memorisation_lines, realism_lines, refusal_banner
+from .report import json_safe, memorisation_lines, realism_lines, realism_warning, refusal_banner, warning_lines
 
 SYNTHETIC_SETS = TRAINING_SETS[1:]  # the classifiers a refused set (copies of training images) does not get
 # The chance control: the same recipe, seeds and steps on the real training images with their labels shuffled (each
@@ -198,7 +198,9 @@ def auc_null_std(labels: torch.Tensor) -> float:
 def pm_warnings(report: Dict) -> List[str]:
     """What makes the detection rows mean little, for the top of the report: a real-trained classifier too weak to
     compare with (below ``MIN_JUDGE_ACCURACY`` on the held-out images), a synthetic set of one class (a classifier
-    trained on it alone cannot learn PM against non-PM), samples the real-trained classifier finds not fundus-like."""
+    trained on it alone cannot learn PM against non-PM), samples the real-trained classifier finds not fundus-like,
+    and samples the two-sample judge tells from the photographs (``report.realism_warning``: the guard is weak, and the
+    label agreement passes images unlike photographs)."""
     found = []
     real = report["detection"]["results"].get("real")
     if real and real["accuracy"]["mean"] < MIN_JUDGE_ACCURACY:
@@ -215,6 +217,9 @@ def pm_warnings(report: Dict) -> List[str]:
     guard = report["synthetic_by_real_classifier"]["realism_guard"]
     if not guard["fundus_like"]:
         found.append(f"{guard['verdict']}: the rows trained on synthetic images say nothing about PM detection.")
+    told_apart = realism_warning(report["realism"])
+    if told_apart:
+        found.append(told_apart)
     return found
 
 
@@ -228,7 +233,7 @@ def render_markdown(report: Dict) -> str:
         return f"{c['n']} ({', '.join(f'{c[label]} {label}' for label in LABEL_NAMES)})"
 
     lines = ["# PM detection utility", ""]
-    lines += [f"> **WARNING: {warning}**\n" for warning in report.get("warnings", [])]
+    lines += warning_lines(report.get("warnings", []))
     lines += refusal_banner(report["refused"]) + [
         f"Real training images (the generator's): {described('real')}; synthetic: {described('synthetic')}; held-out "
         f"real: {described('holdout')}. Everything at **{px}** ({report['resolution']['how']}), device "

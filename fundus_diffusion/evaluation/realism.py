@@ -38,6 +38,9 @@ from .metrics import summarise
 from .recipe import Recipe, fit, plan_batches, plan_nuisance, seeded_generator
 
 TEST_NAME = "classifier two-sample test (ROC AUC; 0.5 = indistinguishable)"
+# The realism bar (issue 18): above this ROC AUC the judge tells the synthetic images from the photographs too well
+# for them to stand in for photographs; reports say so at their top.
+REALISM_AUC_BAR = 0.80
 # What each judge does to the images before the CNN (named in report.md beside the numbers).
 INVARIANCES = {
     "robust": "robust judge: colour standardised per image inside the field of view, and the same random nuisance "

@@ -13,7 +13,7 @@ from .disc_appearance import REAL, appearance_table
 from .memorisation import REFUSE_P, copy_excess_p
 from .metrics import CUP_INSIDE_SHARE, format_mean_std, format_value
 from .protocol import WORST_FIGURE
-from .realism import INVARIANCES, TEST_NAME
+from .realism import INVARIANCES, REALISM_AUC_BAR, TEST_NAME
 from .spectrum import band_table
 from .splits import ORIGIN_MIN_IMAGES
 
@@ -72,6 +72,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
     lines = [
         "# Synthetic data evaluation",
         "",
+        *warning_lines([warning for warning in [realism_warning(report.get("realism"))] if warning]),
         *refusal_banner(report["refused"]),
         f"Synthetic: {', '.join(report['synthetic_sources'])} — {counts['synthetic']} samples. "
         f"Real training set: {counts['real_train']}; held-out real: {counts['holdout']} ({report['holdout_split']}). "
@@ -275,6 +276,27 @@ def memorisation_lines(memorisation: Dict[str, Dict], refused: Optional[str]) ->
         f"nor as copies of the held-out images more often than the training images (one-sided Fisher exact p < {REFUSE_P:g})."
     )
     return lines + ["", verdict]
+
+def realism_warning(realism: Optional[Dict]) -> Optional[str]:
+    """The warning for a report's top when the two-sample judge tells the synthetic images from the real photographs
+    above ``REALISM_AUC_BAR`` (None when it does not, or was not run): the sections above the judge's (Dice or PM
+    detection, label agreement, the realism guard) can look fine for images no one would take for photographs."""
+    if not realism or not realism.get("computed"):
+        return None
+    auc, control = (realism[test]["auc"]["mean"] for test in ("real_vs_synthetic", "real_vs_real"))
+    if auc <= REALISM_AUC_BAR:
+        return None
+    return (
+        f"NOT PHOTOGRAPH-LIKE: the two-sample judge tells the synthetic images from the real photographs at ROC AUC "
+        f"{auc:.3f} (real vs real: {control:.3f}; the bar is {REALISM_AUC_BAR:.2f}). Whatever the sections above it "
+        "find, a model trained on these images learns from pictures unlike the photographs it will be used on."
+    )
+
+
+def warning_lines(warnings: Sequence[str]) -> List[str]:
+    """Each warning as a bold quoted line, for the top of a report."""
+    return [f"> **WARNING: {warning}**\n" for warning in warnings]
+
 
 def realism_lines(realism: Optional[Dict], px: str) -> List[str]:
     lines = ["", f"## 5. Realism: {TEST_NAME}, {px}", ""]
