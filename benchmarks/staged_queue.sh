@@ -8,6 +8,7 @@
 shared_stage() {
   case $1 in
   wait)
+    [ -f "$WORK/queue.pid" ] || { log "no queue was started in $WORK: run STAGE=train first, or give its WORK"; exit 1; }
     local deadline=$((SECONDS + ${WAIT_S:-540}))
     running() { [ -f "$WORK/queue.pid" ] && kill -0 "$(cat "$WORK/queue.pid")" 2>/dev/null; }
     while running && [ $SECONDS -lt $deadline ]; do sleep 10; done

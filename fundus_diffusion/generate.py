@@ -590,7 +590,8 @@ def generating_model(output_dir: str) -> str:
 
 
 def sampler_description(output_dir: str) -> Optional[str]:
-    """How a synthetic set was sampled, e.g. "dpmsolver++, 20 steps" (None for a GAN, or when not recorded)."""
+    """How a synthetic set was sampled, e.g. "dpmsolver++, 20 steps" or "dpmsolver++, 20 steps, classifier-free
+    guidance 2" (None for a GAN, or when not recorded)."""
     config = read_generation_config(output_dir)
     steps = config.get("num_inference_steps")
     scheduler, spacing = config.get("scheduler"), config.get("timestep_spacing")
@@ -599,6 +600,8 @@ def sampler_description(output_dir: str) -> Optional[str]:
     spaced = f", {spacing} spacing" if spacing else ""
     guide, scale = config.get("autoguidance_model"), config.get("autoguidance_scale")
     guided = f", autoguidance by {local_name(guide) if guide else 'its own guide'} at {scale}" if scale is not None else ""
+    class_guidance = config.get("guidance_scale") or 1
+    guided += f", classifier-free guidance {class_guidance:g}" if class_guidance != 1 else ""
     return f"{'own scheduler' if scheduler in (None, OWN_SCHEDULER) else scheduler}, {steps} steps{spaced}{guided}"
 
 

@@ -1,4 +1,4 @@
-"""Does a class-conditional generator's synthetic set help detect pathological myopia? (issue 20)
+"""Does a class-conditional generator's synthetic set help detect pathological myopia?
 
     fundus-evaluate-pm --real data/palm-subsets/n20-seed0 --holdout data/palm-split/test \\
         --synthetic data/synthetic-palm-n20 --output_dir reports/pm-n20-seed0 [--seeds 3] [--steps 600]
@@ -20,6 +20,7 @@ from fundus_diffusion.evaluation.checks import add_overwrite_arg, refuse_existin
 from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe
 from fundus_diffusion.evaluation.pm_utility import PMUtilityConfig, evaluate_pm_utility, write_pm_report
 from fundus_diffusion.evaluation.realism import RealismRecipe
+from fundus_diffusion.generate import sampler_description
 from fundus_diffusion.training.args import HelpFormatter
 
 
@@ -32,9 +33,9 @@ def parse_args(argv=None):
     parser.add_argument("--resolution", type=int, default=None, help="Default: the synthetic images' native size.")
     parser.add_argument("--seeds", type=int, default=3, help="Classifier seeds per training set.")
     parser.add_argument("--steps", type=int, default=ClassifierRecipe.steps, help="PM classifier training steps.")
-    parser.add_argument("--realism_steps", type=int, default=RealismRecipe.steps)
-    parser.add_argument("--realism_folds", type=int, default=RealismRecipe.folds)
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--realism_steps", type=int, default=RealismRecipe.steps, help="Two-sample judge training steps.")
+    parser.add_argument("--realism_folds", type=int, default=RealismRecipe.folds, help="Two-sample judge folds.")
+    parser.add_argument("--device", default=None, help="Default: cuda where available, else cpu.")
     add_overwrite_arg(parser)
     args = parser.parse_args(argv)
     refuse_existing_report(parser, args, "report.json")
@@ -49,6 +50,7 @@ def main(args):
         resolution=args.resolution, seeds=args.seeds, classifier_steps=args.steps, realism_steps=args.realism_steps,
         realism_folds=args.realism_folds, device=args.device,
         inputs={name: getattr(args, name) for name in ("real", "holdout", "synthetic")},
+        synthetic_sampling=sampler_description(args.synthetic),
     )  # fmt: skip
     report = evaluate_pm_utility(datasets["real"], datasets["holdout"], datasets["synthetic"], config)
     paths = write_pm_report(report, args.output_dir)

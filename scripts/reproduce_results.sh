@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Every run behind RESULTS.md, on one GPU, in one go (the recorded sessions: over 10 minutes per DDPM run on an H200,
-# when the DDPM trainer still fed batches through a DataLoader; RESULTS.md has each run's seconds).
+# The seven runs of RESULTS.md's sessions 1-4 table (judged at 128 px then), on one GPU, in one go (the recorded
+# sessions: over 10 minutes per DDPM run on an H200, when the DDPM trainer still fed batches through a DataLoader;
+# RESULTS.md has each run's seconds). Sessions 5 onwards ran the drivers of benchmarks/ (realism_ablation.sh,
+# pm_detection.sh, utility_curves.sh, ...); each session of RESULTS.md gives its commands.
 #
 #   DATA=../shared/data bash scripts/reproduce_results.sh            # the recorded run
 #   SMOKE=1 DATA=../shared/data bash scripts/reproduce_results.sh    # the same chain with tiny settings (CPU check)

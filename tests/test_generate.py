@@ -417,6 +417,9 @@ def test_measured_metrics_reach_the_model_card_without_rewriting_weights(models,
     generate_dataset(load_fundus_pipeline(str(model), device="cpu"), config(str(model), num_inference_steps=2), str(synthetic))
     assert generating_model(str(synthetic)) == str(model)
     assert sampler_description(str(synthetic)) == "dpmsolver++, 2 steps"  # goes into the metric names
+    recorded = json.loads((synthetic / "generation_config.json").read_text())
+    (synthetic / "generation_config.json").write_text(json.dumps({**recorded, "guidance_scale": 2.0}))
+    assert sampler_description(str(synthetic)) == "dpmsolver++, 2 steps, classifier-free guidance 2"
 
     add_model_card_metrics(str(model), [{"name": "held-out disc Dice", "value": "0.5 ± 0.1", "notes": "first"}])
     add_model_card_metrics(str(model), [{"name": "held-out disc Dice", "value": "0.7 ± 0.1"}, {"name": "FID", "value": 9}])

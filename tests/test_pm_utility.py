@@ -121,6 +121,8 @@ def test_unlabelled_synthetic_and_overlapping_split_are_refused(phantoms):
 def test_script_writes_both_reports(phantoms, tmp_path, monkeypatch, capsys):
     for name, dataset in phantoms.items():
         dataset.save_to_disk(str(tmp_path / name))
+    sampling = {"scheduler": "dpmsolver++", "num_inference_steps": 20, "guidance_scale": 2.0}  # as generate.py records
+    (tmp_path / "synthetic" / "generation_config.json").write_text(json.dumps(sampling))
     argv = ["evaluate_pm.py", *(f"--{name}={tmp_path / name}" for name in phantoms), f"--output_dir={tmp_path / 'out'}",
             "--resolution=32", "--seeds=1", "--steps=2", "--realism_steps=1", "--realism_folds=2", "--device=cpu"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
@@ -128,7 +130,8 @@ def test_script_writes_both_reports(phantoms, tmp_path, monkeypatch, capsys):
     assert "# PM detection utility" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["config"]["inputs"]["synthetic"] == str(tmp_path / "synthetic")
-    assert (tmp_path / "out" / "report.md").is_file()
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "(`synthetic`, dpmsolver++, 20 steps, classifier-free guidance 2);" in markdown  # which set, sampled how
 
 
 def test_palm_subsets_keep_the_label_proportions(palm224_dir, tmp_path):

@@ -63,6 +63,7 @@ class PMUtilityConfig:
     realism_folds: int = RealismRecipe.folds
     device: Optional[str] = None
     inputs: Dict = field(default_factory=dict)  # provenance (dataset paths), copied into the report
+    synthetic_sampling: Optional[str] = None  # how the synthetic set was sampled (generate.sampler_description)
 
 
 def class_counts(labels: torch.Tensor) -> Dict[str, int]:
@@ -234,10 +235,12 @@ def render_markdown(report: Dict) -> str:
 
     lines = ["# PM detection utility", ""]
     lines += warning_lines(report.get("warnings", []))
+    synthetic_path, sampling = report["config"]["inputs"].get("synthetic"), report["config"].get("synthetic_sampling")
+    origin = ", ".join(filter(None, [synthetic_path and f"`{os.path.basename(os.path.normpath(synthetic_path))}`", sampling]))
     lines += refusal_banner(report["refused"]) + [
-        f"Real training images (the generator's): {described('real')}; synthetic: {described('synthetic')}; held-out "
-        f"real: {described('holdout')}. Everything at **{px}** ({report['resolution']['how']}), device "
-        f"{report['config']['device']}.",
+        f"Real training images (the generator's): {described('real')}; synthetic: {described('synthetic')}"
+        f"{f' ({origin})' if origin else ''}; held-out real: {described('holdout')}. Everything at **{px}** "
+        f"({report['resolution']['how']}), device {report['config']['device']}.",
         "",
         f"## 1. PM detection on held-out real images ({px})",
         "",
