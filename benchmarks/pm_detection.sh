@@ -11,9 +11,10 @@
 #
 # Resolution: 128 px (RESOLUTION). palm-224's images are 224 px; 256 would be upsampled (no new detail for 1.3x the
 # work of 224), and even 224 costs 3x the work of 128 per step, which the GPU budget of this experiment (22 minutes
-# of one H100 for the 10 default generators at 128 px, measured below) cannot pay. The signs a PM classifier reads (peripapillary atrophy, tessellation,
-# the disc's tilt) span tens of pixels at 128 px; a classifier at 64 px was 98.8 % accurate on held-out real PALM
-# images (RESULTS.md row 6). RESOLUTION=224 runs natively where budget allows (224 is a multiple of 32).
+# of one H100 for the 10 default generators at 128 px, measured below) cannot pay. The signs a PM classifier reads
+# (peripapillary atrophy, tessellation, the disc's tilt) span tens of pixels at 128 px; a classifier at 64 px was
+# 98.8 % accurate on held-out real PALM images (RESULTS.md row 6). RESOLUTION=224 runs natively where budget allows
+# (224 is a multiple of 32).
 #
 # Jobs: n<N>-seed<S> for N in SIZES and S in SUBSET_SEEDS, and "all" (the whole training split, 320 images) when SIZES
 # holds "all". PARALLEL jobs run at once (GPUS=0,1,..: job i on GPUS[i mod count]); each trains, generates, evaluates.

@@ -235,8 +235,9 @@ def render_markdown(report: Dict) -> str:
 
     lines = ["# PM detection utility", ""]
     lines += warning_lines(report.get("warnings", []))
-    synthetic_path, sampling = report["config"]["inputs"].get("synthetic"), report["config"].get("synthetic_sampling")
-    origin = ", ".join(filter(None, [synthetic_path and f"`{os.path.basename(os.path.normpath(synthetic_path))}`", sampling]))
+    synthetic_path = report["config"]["inputs"].get("synthetic")  # the set's folder name and how it was sampled
+    folder = synthetic_path and f"`{os.path.basename(os.path.normpath(synthetic_path))}`"
+    origin = ", ".join(filter(None, [folder, report["config"].get("synthetic_sampling")]))
     lines += refusal_banner(report["refused"]) + [
         f"Real training images (the generator's): {described('real')}; synthetic: {described('synthetic')}"
         f"{f' ({origin})' if origin else ''}; held-out real: {described('holdout')}. Everything at **{px}** "

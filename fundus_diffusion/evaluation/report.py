@@ -277,6 +277,7 @@ def memorisation_lines(memorisation: Dict[str, Dict], refused: Optional[str]) ->
     )
     return lines + ["", verdict]
 
+
 def realism_warning(realism: Optional[Dict]) -> Optional[str]:
     """The warning for a report's top when the two-sample judge tells the synthetic images from the real photographs
     above ``REALISM_AUC_BAR`` (None when it does not, or was not run): the sections above the judge's (Dice or PM
