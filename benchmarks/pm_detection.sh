@@ -105,11 +105,12 @@ pack_results() {  # whatever exists, into $OUT now: a device command cut off lat
   (
     cd "$WORK" || exit
     figure_failed=0
+    rm -f pm_table.* pm_curves.png  # a table from an earlier pack would pass for this one's
     if ls eval/*/report.json > /dev/null 2>&1; then
       $PY "$CODE/benchmarks/pm_figure.py" eval --figure pm_curves.png --json pm_table.json > pm_table.txt \
         2> pm_figure.log || {
         log "pm_figure.py failed with $PY (give the PYTHON of the train stage): $(tail -n 3 pm_figure.log)"
-        figure_failed=1
+        figure_failed=1 && rm -f pm_table.* pm_curves.png  # no empty table in the archive
       }
     fi
     # Nothing that holds a real photograph: reports (ids only), table, figure, synthetic sheets, id lists, logs.

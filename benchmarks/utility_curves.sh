@@ -87,11 +87,12 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
   (
     cd "$WORK" || exit
     figure_failed=0
+    rm -f utility_table.* utility_curves.png  # a table from an earlier pack would pass for this one's
     if ls eval/*/report.json > /dev/null 2>&1; then
       $PY "$CODE/benchmarks/utility_figure.py" eval --figure utility_curves.png --json utility_table.json \
         > utility_table.txt 2> utility_figure.log || {
         log "utility_figure.py failed with $PY (give the PYTHON of the train stage): $(tail -n 3 utility_figure.log)"
-        figure_failed=1
+        figure_failed=1 && rm -f utility_table.* utility_curves.png  # no empty table in the archive
       }
     fi
     # Only what holds no real photograph comes back: report text and JSON, the table and figure, synthetic sample

@@ -81,7 +81,12 @@ def choose_cpu_threads() -> int:
         return torch.get_num_threads()
     threads = min(free_cpu_cores(), torch.get_num_threads())
     if threads != torch.get_num_threads():
-        logger.info(f"Using {threads} CPU threads of {torch.get_num_threads()} (the others' cores are busy); set OMP_NUM_THREADS to choose.")
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        logger.info(
+            f"Using {threads} CPU threads of {torch.get_num_threads()}: the machine's 1-minute load average, {load:.1f}, "
+            "counts the other cores as busy (it lags: work that ended in the last minute still counts); set "
+            "OMP_NUM_THREADS to choose."
+        )
         torch.set_num_threads(threads)
     return threads
 

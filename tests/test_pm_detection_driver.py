@@ -40,6 +40,13 @@ def test_smoke_run_packs_a_report(palm224_dir, tmp_path):
     assert "eval/n20-seed0-w1/report.json" in names and scales == {"n20-seed0": 2.0, "n20-seed0-w1": 1.0}
     assert "synthetic (guidance 1)" in table["summary"]["accuracy"]
     assert not any(name.startswith(("palm-224", "split/train", "subsets/n20")) for name in names)
+    # A table script that fails (here a PYTHON that is no Python) packs the reports without a table, and says so.
+    failed = subprocess.run(["bash", script], env={**env, "STAGE": "pack", "PYTHON": "false"}, capture_output=True)
+    assert failed.returncode == 1 and b"pm_figure.py failed with false" in failed.stdout
+    with tarfile.open(tmp_path / "out" / "pm_reports.tgz") as packed:
+        assert "eval/n20-seed0/report.json" in packed.getnames() and "pm_table.json" not in packed.getnames()
+    lost = subprocess.run(["bash", script], env={**env, "STAGE": "wait", "WORK": str(tmp_path / "elsewhere")})
+    assert lost.returncode == 1  # a WORK where no queue was started
     # The same WORK resumed with another first scale would label the guidance-2 set as guidance 1: refused.
     resumed = subprocess.run(["bash", script], env={**env, "STAGE": "job", "JOB": "n20-seed0", "GUIDANCE": "1"})
     assert resumed.returncode == 1
