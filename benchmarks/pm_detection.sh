@@ -104,21 +104,13 @@ train_set() { if [ "$1" = all ]; then echo "$WORK/split/train"; else echo "$WORK
 pack_results() {  # whatever exists, into $OUT now: a device command cut off later loses nothing packed before
   (
     cd "$WORK" || exit
-    figure_failed=0
-    rm -f pm_table.* pm_curves.png  # a table from an earlier pack would pass for this one's
-    if ls eval/*/report.json > /dev/null 2>&1; then
-      $PY "$CODE/benchmarks/pm_figure.py" eval --figure pm_curves.png --json pm_table.json > pm_table.txt \
-        2> pm_figure.log || {
-        log "pm_figure.py failed with $PY (give the PYTHON of the train stage): $(tail -n 3 pm_figure.log)"
-        figure_failed=1 && rm -f pm_table.* pm_curves.png  # no empty table in the archive
-      }
-    fi
+    draw_table pm_figure pm_curves pm_table; drawn=$?
     # Nothing that holds a real photograph: reports (ids only), table, figure, synthetic sheets, id lists, logs.
     tar czf "$OUT/pm_reports.tgz" eval/*/report.json eval/*/report.md pm_table.* pm_curves.png subsets/subsets.json \
       split/test_ids.txt synthetic/*/contact_sheet.png synthetic/*/generation_config.json runs/*/logs/metrics.csv \
       ./*.log 2>/dev/null
     log "packed $(ls eval/*/report.json 2>/dev/null | wc -l) evaluations into $OUT/pm_reports.tgz"
-    exit $figure_failed  # packed all the same: the reports are in the archive without the table
+    exit $drawn  # packed all the same: the reports are in the archive without the table
   )
 }
 

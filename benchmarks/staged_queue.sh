@@ -1,6 +1,6 @@
 # The stages the staged GPU drivers of benchmarks/ share (utility_curves.sh, pm_detection.sh): sourced by a driver
 # that has defined WORK (its work folder, holding queue.pid, driver.log and eval/), SCRIPT (its own path), PARALLEL,
-# GPUS, log, jobs_list and pack_results.
+# GPUS, log, jobs_list and pack_results (which may call draw_table, with the driver's CODE and PY).
 #   queue  run every job of jobs_list, PARALLEL at a time, each as `STAGE=job JOB=<job> bash $SCRIPT`
 #   wait   wait until the queue ends or WAIT_S seconds pass (default 540), show progress, pack
 #   pack   pack_results
@@ -29,6 +29,16 @@ shared_stage() {
     ;;
   *) echo "unknown STAGE=$1"; exit 2 ;;
   esac
+}
+
+draw_table() {  # in $WORK: benchmarks/$1.py over eval/ into $2.png and $3.{txt,json}; 1 when it fails (then no table)
+  local script=$1 figure=$2.png table=$3
+  rm -f "$figure" "$table".*  # a table from an earlier pack would pass for this one's
+  ls eval/*/report.json > /dev/null 2>&1 || return 0
+  $PY "$CODE/benchmarks/$script.py" eval --figure "$figure" --json "$table.json" > "$table.txt" 2> "$script.log" && return 0
+  log "$script.py failed with $PY (give the PYTHON of the train stage): $(tail -n 3 "$script.log")"
+  rm -f "$figure" "$table".*  # no empty table in the archive
+  return 1
 }
 
 start_queue() {  # the queue stage, detached in its own process group (STAGE=stop kills the group)

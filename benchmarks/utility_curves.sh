@@ -86,22 +86,14 @@ holdout_set() {  # what a job is judged on: the fixed held-out split, or everyth
 pack_results() {  # into $OUT now, whatever exists: a device command cut off later loses nothing packed before
   (
     cd "$WORK" || exit
-    figure_failed=0
-    rm -f utility_table.* utility_curves.png  # a table from an earlier pack would pass for this one's
-    if ls eval/*/report.json > /dev/null 2>&1; then
-      $PY "$CODE/benchmarks/utility_figure.py" eval --figure utility_curves.png --json utility_table.json \
-        > utility_table.txt 2> utility_figure.log || {
-        log "utility_figure.py failed with $PY (give the PYTHON of the train stage): $(tail -n 3 utility_figure.log)"
-        figure_failed=1 && rm -f utility_table.* utility_curves.png  # no empty table in the archive
-      }
-    fi
+    draw_table utility_figure utility_curves utility_table; drawn=$?
     # Only what holds no real photograph comes back: report text and JSON, the table and figure, synthetic sample
     # sheets, the subsets' id lists, logs, losses.
     tar czf "$OUT/utility_reports.tgz" eval/*/report.json eval/*/report.md eval/*/dice_bars.png utility_table.* \
       utility_curves.png subsets/subsets.json by-source/sources.json split/test_ids.txt synthetic/*/contact_sheet.png \
       synthetic/*/generation_config.json runs/*/logs/metrics.csv runs/*/training_args.json ./*.log 2>/dev/null
     log "packed $(ls eval/*/report.json 2>/dev/null | wc -l) evaluations into $OUT/utility_reports.tgz"
-    exit $figure_failed  # packed all the same: the reports are in the archive without the table
+    exit $drawn  # packed all the same: the reports are in the archive without the table
   )
 }
 

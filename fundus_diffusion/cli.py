@@ -60,12 +60,15 @@ def dataset_repo_id(args: argparse.Namespace) -> str:
     return args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
 
 
+def load_average() -> float:
+    """The machine's load: the 1-minute average of runnable processes (0 where the system does not say)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
 def free_cpu_cores() -> int:
-    """The cores this process may run on (its affinity, a container's cpuset) minus the machine's load (the 1-minute
-    average of runnable processes), at least 1."""
+    """The cores this process may run on (its affinity, a container's cpuset) minus ``load_average``, at least 1."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, cores - math.floor(load)))
+    return max(1, min(cores, cores - math.floor(load_average())))
 
 
 def choose_cpu_threads() -> int:
@@ -81,11 +84,10 @@ def choose_cpu_threads() -> int:
         return torch.get_num_threads()
     threads = min(free_cpu_cores(), torch.get_num_threads())
     if threads != torch.get_num_threads():
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         logger.info(
-            f"Using {threads} CPU threads of {torch.get_num_threads()}: the machine's 1-minute load average, {load:.1f}, "
-            "counts the other cores as busy (it lags: work that ended in the last minute still counts); set "
-            "OMP_NUM_THREADS to choose."
+            f"Using {threads} CPU threads of {torch.get_num_threads()}: the machine's 1-minute load average, "
+            f"{load_average():.1f}, counts the other cores as busy (it lags: work that ended in the last minute still "
+            "counts); set OMP_NUM_THREADS to choose."
         )
         torch.set_num_threads(threads)
     return threads

@@ -5,7 +5,7 @@ shared with ``pm_utility``'s report (refusal banner, memorisation and realism se
 import json
 import math
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from PIL import Image
 
@@ -72,7 +72,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
     lines = [
         "# Synthetic data evaluation",
         "",
-        *warning_lines([warning for warning in [realism_warning(report.get("realism"))] if warning]),
+        *warning_lines(filter(None, [realism_warning(report.get("realism"))])),
         *refusal_banner(report["refused"]),
         f"Synthetic: {', '.join(report['synthetic_sources'])} — {counts['synthetic']} samples. "
         f"Real training set: {counts['real_train']}; held-out real: {counts['holdout']} ({report['holdout_split']}). "
@@ -294,7 +294,7 @@ def realism_warning(realism: Optional[Dict]) -> Optional[str]:
     )
 
 
-def warning_lines(warnings: Sequence[str]) -> List[str]:
+def warning_lines(warnings: Iterable[str]) -> List[str]:
     """Each warning as a bold quoted line, for the top of a report."""
     return [f"> **WARNING: {warning}**\n" for warning in warnings]
 

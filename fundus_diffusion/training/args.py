@@ -310,7 +310,7 @@ def check_compile_cache(parser: argparse.ArgumentParser, args: argparse.Namespac
     if not args.compile:
         parser.error("--compile_cache keeps what torch.compile compiled: add --compile, or leave --compile_cache out.")
     args.compile_cache = os.path.expanduser(args.compile_cache)
-    cache, output_dir = (os.path.abspath(os.path.expanduser(p)) for p in (args.compile_cache, args.output_dir))
+    cache, output_dir = os.path.abspath(args.compile_cache), os.path.abspath(os.path.expanduser(args.output_dir))
     if os.path.commonpath([cache, output_dir]) == output_dir:
         parser.error(
             f"--compile_cache {args.compile_cache} is inside --output_dir, which --push_to_hub uploads whole, and the "
