@@ -36,9 +36,9 @@
 #                   held-out masks (eval/<name>-mask_to_image: realism, agreement with the given masks)
 #   STAGE=pack      wait up to WAIT_S (default 0) for running evaluations and conditional benchmarks, then pack
 #                   reports, the quality-against-minutes curve, sample sheets, SAMPLES_BACK samples per set (and its
-#                   flagged ones), logs and the compiled trainings' compile_cache.bin into $OUT. Every stage but
-#                   train and stop ends by packing what exists: a device command that runs past its limit returns
-#                   nothing, so leave a minute of margin and pack often.
+#                   flagged ones), logs and the compiled trainings' compile_cache.bin (if at most 16 MiB) into $OUT.
+#                   Every stage but train and stop ends by packing what exists: a device command that runs past its
+#                   limit returns nothing, so leave a minute of margin and pack often.
 #
 #   DATA=.device_data STAGE=train bash benchmarks/realism_ablation.sh     # DATA holds fundus-od (never committed)
 #
@@ -141,12 +141,10 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
     tar czf "$OUT/realism_figures.tgz" eval/*/dice_bars.png eval/*/disc_histograms.png eval/*/cup_to_disc.png eval/*/power_spectrum.png \
       synthetic/*/contact_sheet.png synthetic/*/fullsize.png quality_curve.png 2>/dev/null
     pack_samples
-    [ ! -f "$WORK/compile_cache.bin" ] || cp -u "$WORK/compile_cache.bin" "$OUT/compile_cache.bin"
-    for archive in "$OUT"/realism_reports.tgz "$OUT"/realism_figures.tgz "$OUT"/realism_samples-*.tgz \
-      "$OUT"/compile_cache.bin; do
+    pack_compile_cache
+    for archive in "$OUT"/realism_reports.tgz "$OUT"/realism_figures.tgz "$OUT"/realism_samples-*.tgz; do
       [ -f "$archive" ] || continue
       fix="pack fewer sets (EVAL_SETS) or move them off"; [[ $archive == *realism_samples-* ]] && fix="lower SAMPLES_BACK"
-      [[ $archive == *compile_cache.bin ]] && fix="delete it from \$OUT at the command's end"
       [ "$(stat -c %s "$archive")" -le $((16 << 20)) ] || log "warning: $archive is over 16 MiB and will not come back from the device: $fix"
     done
     # inside STAGE=follow (PACK_LOG=changes), which packs every 15 s, logged only when the count changes
@@ -154,6 +152,18 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
     [ "${PACK_LOG:-}" = changes ] && [ "$packed" = "$(cat "$WORK/packed.last" 2>/dev/null)" ] || log "$packed"
     echo "$packed" > "$WORK/packed.last"
   )
+}
+pack_compile_cache() {  # the compiled trainings' cache into $OUT for a later machine, where the device can return it:
+  # files of at most 16 MiB (a small256 training's on an H200 held 105.7 MiB, session 25: it stays in WORK, where
+  # later trainings on this machine still load it; said once)
+  local cache=$WORK/compile_cache.bin
+  [ -f "$cache" ] || return 0
+  if [ "$(stat -c %s "$cache")" -le $((16 << 20)) ]; then
+    cp -u "$cache" "$OUT/compile_cache.bin"
+  elif [ ! -f "$WORK/compile_cache.kept" ]; then
+    touch "$WORK/compile_cache.kept"
+    log "note: $cache ($(du -h --apparent-size "$cache" | cut -f1)) is over the 16 MiB the device returns: not packed; later trainings in $WORK load it"
+  fi
 }
 pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in archives of at most about 12 MiB
   # (the device returns files of at most 16 MiB, 8 in all: 6 of samples, 5 beside compile_cache.bin); packed again
@@ -175,7 +185,7 @@ pack_samples() {  # the exported samples (benchmarks/realism_pictures.py) in arc
   done
   [ ${#group[@]} -eq 0 ] || archive
   echo "$marks" > "$WORK/samples.packed"
-  local room=6; [ ! -f "$WORK/compile_cache.bin" ] || room=5
+  local room=6; [ ! -f "$OUT/compile_cache.bin" ] || room=5
   [ $k -le $room ] || log "warning: $k sample archives: the device returns 8 files in all; lower SAMPLES_BACK"
 }
 set_masks() { $PY -c "import sys; from fundus_diffusion.data import load_fundus_dataset; from fundus_diffusion.data.schema \
