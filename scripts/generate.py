@@ -19,39 +19,25 @@ On several GPUs, one process each (the shards are split between them; the datase
 """
 
 import argparse
-import os
-import sys
 
-# The command writes a datasets dataset and splits its work between processes with accelerate: both come with the
-# package's train extra, not with the package alone. Without them: one line saying what to install, no traceback.
-TRAIN_EXTRA_MODULES = ("accelerate", "datasets")
-try:
-    from fundus_diffusion.cli import add_dataset_push_args, dataset_repo_id, run_script
-    from fundus_diffusion.generate import (
-        COMPILE_MODES,
-        DEFAULT_INFERENCE_STEPS,
-        DEFAULT_SCHEDULER,
-        OWN_SCHEDULER,
-        POSTPROCESSING,
-        TIMESTEP_SPACINGS,
-        GenerationConfig,
-        check_resume,
-        generate_dataset,
-        parse_label_counts,
-        process_state,
-        push_dataset,
-        read_mask_sets,
-    )
-    from fundus_diffusion.pipelines.loading import SCHEDULERS, load_fundus_pipeline
-    from fundus_diffusion.training.args import HelpFormatter
-except ModuleNotFoundError as err:
-    if (err.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
-        raise
-    sys.exit(
-        f"{os.path.basename(sys.argv[0])}: error: this command needs the package {err.name.split('.')[0]!r} (the "
-        'train extra), which is not installed. Fix: pip install "fundus-diffusion[train]" (from a checkout: '
-        'pip install ".[train]").'
-    )
+from fundus_diffusion.cli import add_dataset_push_args, dataset_repo_id, run_script
+from fundus_diffusion.generate import (
+    COMPILE_MODES,
+    DEFAULT_INFERENCE_STEPS,
+    DEFAULT_SCHEDULER,
+    OWN_SCHEDULER,
+    POSTPROCESSING,
+    TIMESTEP_SPACINGS,
+    GenerationConfig,
+    check_resume,
+    generate_dataset,
+    parse_label_counts,
+    process_state,
+    push_dataset,
+    read_mask_sets,
+)
+from fundus_diffusion.pipelines.loading import SCHEDULERS, load_fundus_pipeline
+from fundus_diffusion.training.args import HelpFormatter
 
 
 def parse_args(argv=None):

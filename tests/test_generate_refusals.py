@@ -1,6 +1,6 @@
 """fundus-generate refuses before it writes: every setting the pipeline would refuse at the first batch is refused
 before the output folder exists, in one line naming the flag and its fix; a folder whose run finished no shard yet
-(nothing to lose) is started over by a rerun, one with a finished shard is still refused; a missing train extra is
+(nothing to lose) is started over by a rerun, one with a finished shard is still refused; a missing extra is
 one line, not a traceback."""
 
 import json
@@ -318,18 +318,24 @@ def test_masks_of_another_size_are_told_how_training_framed_them(models, tmp_pat
     assert all(part in message for part in says) and not_says not in message
 
 
-@pytest.mark.parametrize("package", ["accelerate", "datasets"])
-def test_the_command_without_the_train_extra_says_what_to_install(package):
-    """A fresh interpreter in which ``package`` cannot be imported (as on an install without the train extra)."""
+@pytest.mark.parametrize(
+    "command, package, extra",
+    [("generate", "accelerate", "train"), ("generate", "datasets", "train"), ("evaluate", "accelerate", "train"),
+     ("evaluate", "torchmetrics", "eval"), ("train_ddpm", "ema_pytorch", "train"), ("build_dataset", "accelerate", "train")],
+)  # fmt: skip
+def test_a_command_without_its_extra_says_what_to_install(command, package, extra):
+    """A fresh interpreter in which ``package`` cannot be imported (as on an install without that extra), the command
+    run as its console script runs it, with --help."""
+    name = "fundus-" + command.replace("_", "-")
     code = (
-        f"import runpy, sys; sys.modules[{package!r}] = None; sys.argv = ['fundus-generate', '--help']; "
-        "runpy.run_module('fundus_diffusion.scripts.generate', run_name='__main__')"
+        f"import sys; sys.modules[{package!r}] = None; sys.argv = [{name!r}, '--help']; "
+        f"from fundus_diffusion.scripts import {command}_command; {command}_command()"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
-        f"fundus-generate: error: this command needs the package {package!r} (the train extra), which is not "
-        'installed. Fix: pip install "fundus-diffusion[train]" (from a checkout: pip install ".[train]").'
+        f"{name}: error: this command needs the package {package!r} (the {extra} extra), which is not installed. "
+        'Fix: pip install "fundus-diffusion[train,eval]" (from a checkout: pip install ".[train,eval]").'
     )
 
 
