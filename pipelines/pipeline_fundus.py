@@ -682,12 +682,16 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         """Classifier-free guidance (``guidance_scale > 1``) needs a class-conditional UNet and ``class_labels`` to
         guide towards; an unconditional UNet takes no ``class_labels``."""
         conditional = self.class_conditional
-        if guidance_scale > 1 and (not conditional or class_labels is None):
-            raise ValueError("guidance_scale > 1 needs a class-conditional UNet and class_labels to guide towards.")
         if not conditional and class_labels is not None:
             raise ValueError(
                 "This model is unconditional: it was trained without class labels (its UNet has no class embeddings, "
-                "or embeddings for rotations only), so it cannot follow class_labels; leave class_labels as None."
+                "or embeddings for rotations only), so it cannot follow class_labels or guidance towards them; "
+                "leave class_labels as None and guidance_scale at 1."
+            )
+        if guidance_scale > 1 and (not conditional or class_labels is None):
+            raise ValueError(
+                "guidance_scale > 1 needs class_labels to guide towards"
+                + ("." if conditional else ", and this model is unconditional: leave guidance_scale at 1.")
             )
 
     def check_autoguidance(self, weak: Optional[UNet2DModel], scale: float, guidance_scale: float) -> None:

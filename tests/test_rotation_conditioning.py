@@ -105,6 +105,11 @@ def test_a_rotation_conditioned_model_trains_saves_and_samples_upright(tmp_path,
         assert sampled_class_labels(pipe) == [0, 0]
         with pytest.raises(ValueError, match="This model is unconditional"):
             pipe(batch_size=1, class_labels="PM", num_inference_steps=1)
+        # README's snippet on an unconditional model: the cause named first, not the guidance's
+        with pytest.raises(ValueError, match="This model is unconditional.*guidance_scale at 1"):
+            pipe(batch_size=1, class_labels="PM", guidance_scale=2.0, num_inference_steps=1)
+        with pytest.raises(ValueError, match="this model is unconditional: leave guidance_scale at 1"):
+            pipe(batch_size=1, guidance_scale=2.0, num_inference_steps=1)
 
 
 def test_a_training_step_gives_the_loss_the_turned_images_and_their_turns(tmp_path, monkeypatch):
