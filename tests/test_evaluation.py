@@ -207,6 +207,16 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     assert not any("trained on synthetic" in m["name"] or "trained on real+synthetic" in m["name"] for m in refused)
     assert report["holdout_split"].startswith("held out of --real") and "unseen by the generator only if" in report["holdout_split"]
     assert all(m["held_out_copies"]["n_held_out"] == 3 for m in report["memorisation"].values())
+    # The report's top warnings go on the card as one entry ("none" too, so a later evaluation replaces it)
+    from fundus_diffusion.evaluation.report import report_warnings
+
+    verdicts = [w.partition(": ")[0] for w in report_warnings(report)]
+    assert card["evaluation warnings"]["value"] == ("; ".join(verdicts) or "none")
+    weak = json.loads(json.dumps(report))
+    for row in weak["downstream"]["results"]["real"].values():
+        row["dice"]["mean"] = 0.1
+    warned = {m["name"]: m for m in model_card_metrics(weak)}["evaluation warnings"]
+    assert warned["value"].startswith("WEAK YARDSTICK") and "Fix: train them longer" in warned["notes"]
     sampled = {m["name"] for m in model_card_metrics(report, sampler="ddpm, 100 steps")}  # no sampler made the real rows
     assert "held-out disc Dice, segmenter trained on real" in sampled
     assert "held-out disc Dice, segmenter trained on synthetic (ddpm, 100 steps)" in sampled

@@ -114,10 +114,24 @@ def test_resolution_flag_is_a_labelled_comparison_and_mixed_sizes_are_refused(tm
     assert report["config"]["resolution"] == 16 and report["resolution"]["native"] == 32
     assert "a comparison" in report["resolution"]["how"]
     assert "## 1. Downstream utility (a comparison, not the native-resolution headline: 16 px)" in render_markdown(report, [])
+    real_rows = report["downstream"]["results"]["real"]
+    for row in real_rows.values():  # a one-step segmenter: its top warning comes first
+        assert row["dice"]["mean"] >= 0.70 or "WEAK YARDSTICK" in render_markdown(report, []).splitlines()[2]
+        row["dice"]["mean"] = 0.9
+    report["realism"]["real_vs_real"]["auc"]["mean"] = 0.5
     for auc, warned in ((0.81, True), (0.80, False)):  # above the realism bar, the report opens with the judge's verdict
         report["realism"]["real_vs_synthetic"]["auc"]["mean"] = auc
         top = render_markdown(report, []).splitlines()[2]
         assert top.startswith("> **WARNING: NOT PHOTOGRAPH-LIKE") == warned and (f"ROC AUC {auc:.3f}" in top) == warned
+    report["realism"]["real_vs_real"]["auc"]["mean"] = 0.85  # a judge that tells real from real: no verdict either way
+    for auc in (0.95, 0.6):
+        report["realism"]["real_vs_synthetic"]["auc"]["mean"] = auc
+        top = render_markdown(report, []).splitlines()[2]
+        assert top.startswith("> **WARNING: REALISM INCONCLUSIVE") and f"so its {auc:.3f} for the synthetic" in top
+    mask = next(iter(real_rows))
+    real_rows[mask]["dice"]["mean"] = 0.072  # a real-trained segmenter that learnt nothing: said above the rest
+    top = render_markdown(report, []).splitlines()[2]
+    assert top.startswith("> **WARNING: WEAK YARDSTICK") and f"{mask} 0.072 Dice" in top
     with pytest.raises(ValueError, match="1 real training and 1 held-out images .* at least two training images"):
         evaluate(real.select(range(2)), real, config=config)
     mixed = concatenate_datasets([load_phantom_dataset(4, size=32, seed=1), load_phantom_dataset(4, size=48, seed=2)])

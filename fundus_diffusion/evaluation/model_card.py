@@ -13,7 +13,7 @@ from .memorisation import REFUSE_P
 from .metrics import format_mean_std, format_value
 from .protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
 from .realism import TEST_NAME, judge_of
-from .report import folds_phrase
+from .report import folds_phrase, report_warnings
 
 
 def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict]:
@@ -30,6 +30,14 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
     refused = report.get("refused")
     if refused:  # first, and no score earned by copies goes on the card as a result
         metrics.append({"name": "synthetic set", "value": "REFUSED (copies)", "notes": refused})
+    # Then what the report's top warns of, before the figures it qualifies; one entry, "none" included, so that a
+    # later evaluation of the same sampler replaces an earlier one's warning on the card (metrics merge by name).
+    warnings = report_warnings(report)
+    metrics.append({
+        "name": "evaluation warnings",
+        "value": "; ".join(warning.partition(": ")[0] for warning in warnings) or "none",
+        "notes": " ".join(warnings) or "the report's top warns of nothing",
+    })  # fmt: skip
     if report["downstream"].get("results"):
         seeds = f"mean ± std over {config['seeds']} segmenter seeds; {where}"
         annotated = report["downstream"].get("n_holdout_annotated", {})

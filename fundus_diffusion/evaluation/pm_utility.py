@@ -200,8 +200,8 @@ def pm_warnings(report: Dict) -> List[str]:
     """What makes the detection rows mean little, for the top of the report: a real-trained classifier too weak to
     compare with (below ``MIN_JUDGE_ACCURACY`` on the held-out images), a synthetic set of one class (a classifier
     trained on it alone cannot learn PM against non-PM), samples the real-trained classifier finds not fundus-like,
-    and samples the two-sample judge tells from the photographs (``report.realism_warning``: the guard is weak, and the
-    label agreement passes images unlike photographs)."""
+    and samples the two-sample judge tells from the photographs or a judge whose control fails
+    (``report.realism_warning``: the guard is weak, and the label agreement passes images unlike photographs)."""
     found = []
     real = report["detection"]["results"].get("real")
     if real and real["accuracy"]["mean"] < MIN_JUDGE_ACCURACY:
@@ -218,9 +218,9 @@ def pm_warnings(report: Dict) -> List[str]:
     guard = report["synthetic_by_real_classifier"]["realism_guard"]
     if not guard["fundus_like"]:
         found.append(f"{guard['verdict']}: the rows trained on synthetic images say nothing about PM detection.")
-    told_apart = realism_warning(report["realism"])
-    if told_apart:
-        found.append(told_apart)
+    judged = realism_warning(report["realism"])  # told apart from the photographs, or a judge without power
+    if judged:
+        found.append(judged)
     return found
 
 

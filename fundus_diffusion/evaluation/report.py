@@ -72,7 +72,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
     lines = [
         "# Synthetic data evaluation",
         "",
-        *warning_lines(filter(None, [realism_warning(report.get("realism"))])),
+        *warning_lines(report_warnings(report)),
         *refusal_banner(report["refused"]),
         f"Synthetic: {', '.join(report['synthetic_sources'])} — {counts['synthetic']} samples. "
         f"Real training set: {counts['real_train']}; held-out real: {counts['holdout']} ({report['holdout_split']}). "
@@ -278,20 +278,57 @@ def memorisation_lines(memorisation: Dict[str, Dict], refused: Optional[str]) ->
     return lines + ["", verdict]
 
 
+MIN_REAL_DICE = 0.70  # the real-trained segmenter's held-out Dice below which the utility rows compare weak segmenters
+
+
+def segmenter_warning(report: Dict) -> Optional[str]:
+    """The warning for a report's top when a segmenter trained on the real photographs scores below ``MIN_REAL_DICE``
+    on the held-out ones for some mask (None otherwise): the synthetic rows, and the copy check in that segmenter's
+    features, are then measured against a yardstick that has not learnt the task."""
+    downstream = report.get("downstream", {})
+    real = downstream.get("results", {}).get("real", {}) if downstream.get("computed", True) else {}
+    weak = {mask: row["dice"]["mean"] for mask, row in real.items() if (row["dice"]["mean"] or 1.0) < MIN_REAL_DICE}
+    if not weak:
+        return None
+    scores = ", ".join(f"{mask} {dice:.3f}" for mask, dice in weak.items())
+    return (
+        f"WEAK YARDSTICK: the segmenter trained on the real photographs reaches only {scores} Dice on the held-out ones "
+        f"(below {MIN_REAL_DICE:.2f}): every Dice row compares weak segmenters, and the copy check in their features "
+        "means little. Fix: train them longer (--segmenter_steps; the default is the measured recipe)."
+    )
+
+
 def realism_warning(realism: Optional[Dict]) -> Optional[str]:
     """The warning for a report's top when the two-sample judge tells the synthetic images from the real photographs
-    above ``REALISM_AUC_BAR`` (None when it does not, or was not run): the sections above the judge's (Dice or PM
-    detection, label agreement, the realism guard) can look fine for images no one would take for photographs."""
+    above ``REALISM_AUC_BAR`` (None when it does not, or was not run): the other sections (Dice or PM detection, label
+    agreement, the realism guard) can look fine for images no one would take for photographs. When the judge's own
+    control, real photographs against other real photographs, is above the bar too, the judge has no power (too few
+    images or steps) and the warning says the test is inconclusive instead of passing or failing the set."""
     if not realism or not realism.get("computed"):
         return None
     auc, control = (realism[test]["auc"]["mean"] for test in ("real_vs_synthetic", "real_vs_real"))
+    if control > REALISM_AUC_BAR:
+        return (
+            f"REALISM INCONCLUSIVE: the two-sample judge tells real photographs from other real photographs at ROC AUC "
+            f"{control:.3f}, above the bar of {REALISM_AUC_BAR:.2f}, so its {auc:.3f} for the synthetic images says "
+            f"nothing: {realism['real_vs_real']['n_per_class']} images per side or {realism['recipe']['steps']} "
+            "training steps are too few. Fix: judge more images (a larger synthetic set, more real photographs) with "
+            "the default --realism_steps and --realism_folds."
+        )
     if auc <= REALISM_AUC_BAR:
         return None
     return (
         f"NOT PHOTOGRAPH-LIKE: the two-sample judge tells the synthetic images from the real photographs at ROC AUC "
-        f"{auc:.3f} (real vs real: {control:.3f}; the bar is {REALISM_AUC_BAR:.2f}). Whatever the sections above it "
-        "find, a model trained on these images learns from pictures unlike the photographs it will be used on."
+        f"{auc:.3f} (real vs real: {control:.3f}; the bar is {REALISM_AUC_BAR:.2f}). Whatever the other sections of "
+        "this report find, a model trained on these images learns from pictures unlike the photographs it will be "
+        "used on."
     )
+
+
+def report_warnings(report: Dict) -> List[str]:
+    """What makes the report's figures mean less than they seem, for its top and the model card's: a weak real-trained
+    segmenter, then the two-sample judge's verdict (told apart, or no power)."""
+    return list(filter(None, [segmenter_warning(report), realism_warning(report.get("realism"))]))
 
 
 def warning_lines(warnings: Iterable[str]) -> List[str]:
