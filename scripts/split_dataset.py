@@ -18,7 +18,14 @@ import argparse
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
-from fundus_diffusion.evaluation.splits import STRATA, read_split_file, sources_to_disk, split_to_disk, subsets_to_disk
+from fundus_diffusion.evaluation.splits import (
+    ORIGIN,
+    STRATA,
+    read_split_file,
+    sources_to_disk,
+    split_to_disk,
+    subsets_to_disk,
+)
 from fundus_diffusion.training.args import HelpFormatter
 
 
@@ -35,7 +42,13 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--test_fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0, help="Seed of the held-out split.")
-    parser.add_argument("--stratify", choices=sorted(STRATA), default="source")
+    parser.add_argument(
+        "--stratify",
+        choices=sorted(STRATA),
+        default=ORIGIN,
+        help="origin: a generic folder's file-name prefix shared by at least 5 images (drions_001 -> drions), else the "
+        "source column (evaluate.py's own grouping); source, label, id_prefix or none.",
+    )
     parser.add_argument("--images_only", action="store_true", help="Keep images without masks.")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(

@@ -17,6 +17,7 @@ from fundus_diffusion.evaluation.realism import (
     keep_coarser_than,
     quarter_resolution_test,
     realism_test,
+    roc_auc,
     region_test,
     standardise_colour,
     two_sample_auc,
@@ -276,3 +277,11 @@ def test_repeats_pool_other_draws_and_keep_the_single_test_as_the_first():
     assert "mean ± std over folds," in "\n".join(realism_lines(once, "32 px"))
     with pytest.raises(ValueError, match="repeats=0"):
         RealismRecipe(repeats=0)
+
+
+def test_the_auc_of_confident_logits_is_not_squashed_into_ties():
+    """Scores outside [0, 1] are a judge's logits; torchmetrics would squash those above about 17 into ties at 1.0
+    (this pair would read 0.75). The two-sample test's AUC keeps their order (audit, session 25)."""
+    assert roc_auc(torch.tensor([20.0, -1.0]), torch.tensor([30.0, 25.0])) == 1.0
+    assert roc_auc(torch.tensor([30.0, 25.0]), torch.tensor([20.0, -1.0])) == 0.0
+    assert roc_auc(torch.tensor([2.0, 2.0]), torch.tensor([2.0])) == 0.5

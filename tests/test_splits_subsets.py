@@ -1,6 +1,7 @@
 """Nested stratified training subsets and per-source splits (issue 20's learning curves and cross-camera rows)."""
 
 import json
+import runpy
 import subprocess
 import sys
 
@@ -100,3 +101,19 @@ def test_fundus_od_subsets_keep_both_origins(fundus_od_dir, tmp_path):
         assert abs(sum(STRATA["id_prefix"](i) == "drions" for i in chosen) - drions * n) <= 1
     train_ids, test_ids = source_split(ids, strata, "drions")
     assert len(train_ids) == strata.count("drions") and len(test_ids) == strata.count("drishti")
+
+
+def test_the_default_split_is_stratified_by_origin_in_a_generic_folder(tmp_path):
+    """A generic folder's source column is one value for every image (``folder:x``): the default split ("origin")
+    stratifies by the file-name prefix instead, as evaluate.py's own split does, so both cameras are held out in
+    proportion; by source it is one stratum."""
+    from fundus_diffusion.evaluation.splits import split_to_disk
+
+    dataset = load_phantom_dataset(30, size=32, seed=0).map(
+        lambda row, i: {"id": f"folder:x/{'drions' if i < 18 else 'drishti'}_{i:03d}", "source": "folder:x"},
+        with_indices=True,
+    )
+    _, test = split_to_disk(dataset, str(tmp_path / "by-origin"), test_fraction=0.2, stratify="origin")
+    assert sorted(i.split("/")[1].split("_")[0] for i in test["id"]) == ["drions"] * 4 + ["drishti"] * 2  # 18:12
+    parse_args = runpy.run_path(str(REPO_ROOT / "scripts" / "split_dataset.py"))["parse_args"]
+    assert parse_args(["--dataset", "phantom:8", "--output_dir", str(tmp_path / "o")]).stratify == "origin"

@@ -19,9 +19,8 @@ from typing import Dict
 
 import torch
 from torch.nn import functional as F
-from torchmetrics.functional.classification import binary_auroc
 
-from .realism import FOV_THRESHOLD, field_of_view, standardise_colour, stratified_folds
+from .realism import FOV_THRESHOLD, field_of_view, roc_auc, standardise_colour, stratified_folds
 
 RINGS = ((0.0, 0.3), (0.3, 0.6), (0.6, 0.8), (0.8, 0.9), (0.9, 1.0))  # shares of the field's radius
 FOLDS = 5
@@ -82,18 +81,6 @@ def _features_of_batch(images: torch.Tensor) -> Dict[str, torch.Tensor]:
     for a, b in ((0, 1), (0, 2), (1, 2)):
         features[f"correlation {'rgb'[a]}-{'rgb'[b]}"] = (z[:, a] * z[:, b]).sum(dim=(1, 2)) / n
     return features
-
-
-def roc_auc(first: torch.Tensor, second: torch.Tensor) -> float:
-    """torchmetrics' ROC AUC (exact with ties) of scores for telling ``second`` from ``first``. The scores are scaled
-    into [0, 1] first, an order-keeping map: torchmetrics would read scores outside it as logits and squash large ones
-    into ties."""
-    scores = torch.cat([first, second]).double()
-    low, high = scores.min(), scores.max()
-    if not high > low:  # all equal: nothing separates the sets
-        return 0.5
-    target = torch.cat([torch.zeros(len(first)), torch.ones(len(second))]).long()
-    return float(binary_auroc((scores - low) / (high - low), target))
 
 
 def folded_auc(first: torch.Tensor, second: torch.Tensor) -> float:

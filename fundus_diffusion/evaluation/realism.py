@@ -287,8 +287,20 @@ def two_sample_auc(
         recipe_k = replace(recipe, seed=recipe.seed + k)
         model = train_realism_classifier(images[on_device[0]], labels[train], recipe_k, device, progress, train_copies)
         scores = realism_scores(model, images[on_device[1]], recipe, generator, test_copies).float().cpu()
-        aucs.append(float(binary_auroc(scores, labels[test])))
+        aucs.append(roc_auc(scores[labels[test] == 0], scores[labels[test] == 1]))
     return {"auc": summarise(aucs), "auc_per_fold": aucs, "n_per_class": len(first), "folds": recipe.folds}
+
+
+def roc_auc(first: torch.Tensor, second: torch.Tensor) -> float:
+    """torchmetrics' ROC AUC (exact with ties) of scores for telling ``second`` from ``first``. The scores are scaled
+    into [0, 1] first, an order-keeping map: torchmetrics would read scores outside it as logits and squash large ones
+    into ties (a judge's logits above about 17 all became 1.0 in float32, pulling a confident judge towards 0.5)."""
+    scores = torch.cat([first, second]).double()
+    low, high = scores.min(), scores.max()
+    if not high > low:  # all equal: nothing separates the sets
+        return 0.5
+    target = torch.cat([torch.zeros(len(first)), torch.ones(len(second))]).long()
+    return float(binary_auroc((scores - low) / (high - low), target))
 
 
 @torch.no_grad()

@@ -90,8 +90,12 @@ def with_split(dataset, part: str):
     return dataset.remove_columns("split").add_column("split", [part] * len(dataset)).select_columns(order)
 
 
-# Named stratifications for ``split_to_disk`` (and ``scripts/split_dataset.py --stratify``).
+# Named stratifications for ``split_to_disk`` (and ``scripts/split_dataset.py --stratify``). "origin" is the grouping
+# evaluate.py's own split and per-source breakdown use (``origins``): a generic folder's file-name prefix shared by
+# enough images (drions_001 -> drions), else the source column, which in a generic folder is one value for all.
+ORIGIN = "origin"
 STRATA = {
+    ORIGIN: ORIGIN,
     "source": "source",
     "label": "label",
     # "folder:fundus-od/drions_001" -> "drions": the origin named in a generic folder's file names
@@ -105,6 +109,8 @@ def _strata_of(dataset, stratify: str) -> Optional[List[str]]:
         raise ValueError(f"Unknown stratification {stratify!r}: choose from {', '.join(STRATA)}.")
     column = STRATA[stratify]
     ids = list(dataset["id"])
+    if column == ORIGIN:
+        return origins(ids, list(dataset["source"]))
     if callable(column):
         return [column(i) for i in ids]
     return list(dataset[column]) if column else None
