@@ -179,6 +179,7 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     assert report["plausibility"]["one_disc_component_synthetic"] == 1.0
     assert len(report["memorisation"]) == 2 and report["fid_kid"]["computed"] is False
     assert report["refused"] is None and list(report).index("refused") < list(report).index("downstream")  # read first
+    assert report["downstream"]["synthetic_with_holdout_masks"] == 0  # a generated set: no held-out image's own masks
     assert all(m["held_out_control"]["n_held_out"] == 3 and 0 <= m["p_above_control"] <= 1 for m in report["memorisation"].values())
     for figure in ("sample_grid", "nearest_pairs", "disc_histograms", "dice_bars"):
         assert (out / f"{figure}.png").stat().st_size > 0
@@ -278,3 +279,25 @@ def test_split_to_disk_writes_once_with_both_origins_in_each_part(tmp_path):
     assert len(load_fundus_dataset(str(tmp_path / "split" / "train"))) == 8
     with pytest.raises(FileExistsError, match="written once"):
         split_to_disk(dataset, str(tmp_path / "split"))
+
+
+def test_images_drawn_for_the_held_out_masks_are_said_to_train_on_the_test_labels():
+    """The mask-to-image path draws images for given masks; judged against the held-out images whose masks they were
+    drawn for, its synthetic and real + synthetic segmenters were trained on the test labels (audit, session 25)."""
+    from fundus_diffusion.evaluation.protocol import held_out_masks_reused
+    from fundus_diffusion.evaluation.report import report_warnings
+
+    def pair(top, left, rgb_seed):
+        x = torch.zeros(4, 32, 32, dtype=torch.uint8)
+        x[:3] = torch.randint(0, 256, (3, 32, 32), generator=torch.Generator().manual_seed(rgb_seed), dtype=torch.uint8)
+        x[3, top : top + 8, left : left + 8] = 255
+        return x
+
+    holdout = torch.stack([pair(4, 4, 0), pair(10, 12, 1), pair(20, 2, 2), torch.zeros(4, 32, 32, dtype=torch.uint8)])
+    drawn_for_them = torch.stack([pair(4, 4, 10), pair(10, 12, 11)])  # the held-out masks, other images
+    generated = torch.stack([pair(5, 4, 12), pair(16, 16, 13), torch.zeros(4, 32, 32, dtype=torch.uint8)])
+    assert held_out_masks_reused(torch.cat([drawn_for_them, generated]), holdout) == 2
+    assert held_out_masks_reused(generated, holdout) == 0  # a disc one row off (Dice 0.875) or none: not the same
+    assert held_out_masks_reused(generated[:, :3], holdout) == 0  # an image-only set
+    report = {"downstream": {"synthetic_with_holdout_masks": 2}, "counts": {"synthetic": 5}}
+    assert report_warnings(report)[0].startswith("TEST LABELS IN TRAINING: 2 of the 5 synthetic samples")

@@ -281,6 +281,20 @@ def memorisation_lines(memorisation: Dict[str, Dict], refused: Optional[str]) ->
 MIN_REAL_DICE = 0.70  # the real-trained segmenter's held-out Dice below which the utility rows compare weak segmenters
 
 
+def leaked_labels_warning(report: Dict) -> Optional[str]:
+    """The warning for a report's top when synthetic samples carry held-out images' own masks (images drawn for
+    them): the synthetic and real + synthetic segmenters were trained on the test labels."""
+    reused = report.get("downstream", {}).get("synthetic_with_holdout_masks", 0)
+    if not reused:
+        return None
+    return (
+        f"TEST LABELS IN TRAINING: {reused} of the {report['counts']['synthetic']} synthetic samples carry a held-out "
+        "image's own masks (images drawn for the held-out masks), so the synthetic and real + synthetic Dice rows were "
+        "trained on the labels they are scored against. Fix: judge such a set for realism and mask agreement only, or "
+        "draw images for masks outside the held-out split."
+    )
+
+
 def segmenter_warning(report: Dict) -> Optional[str]:
     """The warning for a report's top when a segmenter trained on the real photographs scores below ``MIN_REAL_DICE``
     on the held-out ones for some mask (None otherwise): the synthetic rows, and the copy check in that segmenter's
@@ -327,8 +341,8 @@ def realism_warning(realism: Optional[Dict]) -> Optional[str]:
 
 def report_warnings(report: Dict) -> List[str]:
     """What makes the report's figures mean less than they seem, for its top and the model card's: a weak real-trained
-    segmenter, then the two-sample judge's verdict (told apart, or no power)."""
-    return list(filter(None, [segmenter_warning(report), realism_warning(report.get("realism"))]))
+    segmenter or one trained on the test labels, then the two-sample judge's verdict (told apart, or no power)."""
+    return list(filter(None, [leaked_labels_warning(report), segmenter_warning(report), realism_warning(report.get("realism"))]))
 
 
 def warning_lines(warnings: Iterable[str]) -> List[str]:
