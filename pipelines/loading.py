@@ -44,9 +44,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def certainly_local(spec: str) -> bool:
     """Whether ``spec`` can only be a local path, never a Hub id (``namespace/name``): it starts with '.', '~' or '/',
-    or has more than one '/'. Such a path that does not exist is refused without a Hub request (minutes of retries
-    without a connection)."""
-    return spec.startswith((".", "~", os.sep)) or spec.count("/") > 1
+    has more than one '/', or its first part is a folder here (``runs/ddpm-tinny`` beside ``runs/``). Such a path that
+    does not exist is refused without a Hub request (minutes of retries without a connection)."""
+    return spec.startswith((".", "~", os.sep)) or spec.count("/") > 1 or ("/" in spec and os.path.isdir(spec.split("/")[0]))
 
 
 def local_path_hint(spec: str) -> str:
@@ -70,7 +70,13 @@ def read_model_index(path_or_hub_id: str) -> dict:
             run = os.path.basename(os.path.normpath(path_or_hub_id)).startswith("checkpoint-") and os.path.isfile(
                 os.path.join(parent, "model_index.json")
             )
-            hint = f" It is a training checkpoint; the model its run saved is {parent}." if run else ""
+            dataset = any(os.path.exists(os.path.join(path_or_hub_id, name)) for name in ("dataset_info.json", "images"))
+            if run:
+                hint = f" It is a training checkpoint. Fix: give the model its run saved, {parent}."
+            elif dataset:
+                hint = " It holds a dataset (images for --dataset or --masks_from, not a --model). Fix: give a saved model."
+            else:
+                hint = " Fix: give the --output_dir of fundus-train-ddpm or fundus-train-dcgan (it holds model_index.json)."
             raise FileNotFoundError(f"{path_or_hub_id} has no model_index.json: it is not a saved fundus pipeline.{hint}")
     else:
         fix = "Fix: give a saved pipeline folder (the --output_dir of a training run) or a Hub model id such as 'namespace/name'."

@@ -480,3 +480,24 @@ def test_pm_scripts_refuse_a_folder_with_a_report_unless_told_to_overwrite(scrip
         parse(flags)
     assert f"holds a report already ({report_file}). Fix: choose a new folder, or add --overwrite" in capsys.readouterr().err
     assert parse(flags + ["--overwrite"]).overwrite
+
+
+def test_a_model_and_a_dataset_given_for_each_other_are_told_apart(tmp_path, monkeypatch):
+    """A saved model given as a dataset, a dataset given as a model, and a mistyped local model path (new-user pass,
+    session 25): each named for what it is, with the fix, and no Hub request for a path under a local folder."""
+    from fundus_diffusion.data import load_fundus_dataset
+    from fundus_diffusion.pipelines.loading import certainly_local, read_model_index
+
+    model = tmp_path / "runs" / "ddpm-tiny"
+    model.mkdir(parents=True)
+    (model / "model_index.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"is a saved model, not a dataset. Fix: sample a dataset from it first"):
+        load_fundus_dataset(str(model))
+    dataset = tmp_path / "data"
+    (dataset / "images").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"It holds a dataset .* Fix: give a saved model"):
+        read_model_index(str(dataset))
+    with pytest.raises(FileNotFoundError, match=r"Fix: give the --output_dir of fundus-train-ddpm"):
+        read_model_index(str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path)
+    assert certainly_local("runs/ddpm-tinny") and not certainly_local("namespace/name")  # no local namespace/ here

@@ -125,6 +125,11 @@ def load_raw_folder(
     wait and then memory-map the same file.
     """
     layout = build.detect_layout(path)
+    if layout is None and os.path.isfile(os.path.join(path, "model_index.json")):
+        raise MissingLayoutError(
+            f"{path} is a saved model, not a dataset. Fix: sample a dataset from it first: fundus-generate --model "
+            f"{path} --output_dir <new folder>, and give that folder."
+        )
     if layout is None:
         raise MissingLayoutError(
             f"{path} is a folder but neither a dataset saved by fundus-build-dataset (no dataset_info.json) nor a "
