@@ -6,15 +6,14 @@ Writes a ``datasets`` folder (``save_to_disk``) with a ``README.md`` dataset car
 Nothing is written to ``--output_dir`` unless the build succeeds.
 """
 
-import argparse
 
 from fundus_diffusion.cli import add_dataset_push_args, dataset_repo_id, run_script
 from fundus_diffusion.data.build import build_dataset, push_dataset_to_hub
-from fundus_diffusion.training.args import HelpFormatter
+from fundus_diffusion.training.args import CommandParser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__)
     parser.add_argument("--palm_dir", action="append", default=[], help="PALM root, 2019 or 2024 layout (repeatable).")
     parser.add_argument("--adam_dir", action="append", default=[], help="ADAM 2020 root (repeatable).")
     parser.add_argument(

@@ -3,15 +3,14 @@
     fundus-demo --output_dir outputs/demo
 """
 
-import argparse
 import time
 
 from fundus_diffusion.demo import run_demo
-from fundus_diffusion.training.args import HelpFormatter
+from fundus_diffusion.training.args import CommandParser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__)
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--num_samples", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)

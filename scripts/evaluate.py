@@ -9,7 +9,6 @@ The report folder holds real photographs (nearest-neighbour pairs, worst held-ou
 (reports/ is ignored).
 """
 
-import argparse
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import FundusDataError, load_fundus_dataset
@@ -22,11 +21,11 @@ from fundus_diffusion.evaluation.checks import (
 )
 from fundus_diffusion.evaluation.model_card import card_model_dir, update_model_card
 from fundus_diffusion.evaluation.realism import INVARIANCES, RealismRecipe
-from fundus_diffusion.training.args import HelpFormatter, RenamedFlag, output_dir_problem
+from fundus_diffusion.training.args import CommandParser, RenamedFlag, output_dir_problem
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__)
     parser.add_argument(
         "--real", required=True, help="The real data the model was trained on (anything load_fundus_dataset accepts)."
     )

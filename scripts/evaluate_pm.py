@@ -12,7 +12,6 @@ real images (fundus-evaluate's rule). Writes report.json and report.md (no image
 in them but ids).
 """
 
-import argparse
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
@@ -21,11 +20,11 @@ from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe
 from fundus_diffusion.evaluation.pm_utility import PMUtilityConfig, evaluate_pm_utility, write_pm_report
 from fundus_diffusion.evaluation.realism import RealismRecipe
 from fundus_diffusion.generate import sampler_description
-from fundus_diffusion.training.args import HelpFormatter
+from fundus_diffusion.training.args import CommandParser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__)
     parser.add_argument("--real", required=True, help="The generator's labelled real training images.")
     parser.add_argument("--holdout", required=True, help="Labelled held-out real images, none of them in --real.")
     parser.add_argument("--synthetic", required=True, help="A generated set with PM / non-PM labels.")

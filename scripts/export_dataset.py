@@ -12,18 +12,17 @@ take any --dataset that training takes (saved folder, raw folder, phantom, Hub i
 square, then resized): its masks/ is what ``generate.py --masks_from`` takes for a model of that resolution.
 """
 
-import argparse
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.export import export_imagefolder, export_nnunet, write_hub_layout
-from fundus_diffusion.training.args import HelpFormatter
+from fundus_diffusion.training.args import CommandParser
 
 FORMATS = ("hub", "imagefolder", "nnunet")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__)
     parser.add_argument("--dataset", required=True, help="A saved / raw dataset folder, phantom[:N] or a Hub id.")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--output_dir", default=None, help="imagefolder / nnunet: where to write (rows there are kept).")

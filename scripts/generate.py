@@ -18,7 +18,6 @@ On several GPUs, one process each (the shards are split between them; the datase
     accelerate launch --num_processes 4 scripts/generate.py --model runs/ddpm-256 --num_samples 10000 ...
 """
 
-import argparse
 
 from fundus_diffusion.cli import add_dataset_push_args, dataset_repo_id, run_script
 from fundus_diffusion.generate import (
@@ -37,11 +36,11 @@ from fundus_diffusion.generate import (
     read_mask_sets,
 )
 from fundus_diffusion.pipelines.loading import SCHEDULERS, load_fundus_pipeline
-from fundus_diffusion.training.args import HelpFormatter
+from fundus_diffusion.training.args import CommandParser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__)
     parser.add_argument("--model", required=True, help="A saved FundusPipeline / FundusGANPipeline folder or Hub id.")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--num_samples", type=int, default=None, help="Default: the sum of --labels, or one per --masks_from set.")

@@ -21,11 +21,11 @@ from fundus_diffusion.evaluation.checks import add_overwrite_arg, realism_args_p
 from fundus_diffusion.evaluation.pm_classifier import ClassifierRecipe, judge_class_conditional, label_summary
 from fundus_diffusion.evaluation.realism import RealismRecipe
 from fundus_diffusion.evaluation.report import json_safe
-from fundus_diffusion.training.args import HelpFormatter
+from fundus_diffusion.training.args import CommandParser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__)
     parser.add_argument("--real", required=True, help="Real labelled images (anything load_fundus_dataset accepts).")
     parser.add_argument("--images_only", action="store_true", help="Real data without masks (e.g. palm-224).")
     parser.add_argument("--synthetic", required=True, help="Generated dataset with PM / non-PM labels.")

@@ -12,15 +12,14 @@ outside the tracked profiles' lengths, a --step without a snapshot, or too few s
 with a smaller --post_hoc_ema_every). The logic lives in fundus_diffusion.training.post_hoc_ema.
 """
 
-import argparse
 
 from fundus_diffusion.cli import run_script
-from fundus_diffusion.training.args import HelpFormatter
+from fundus_diffusion.training.args import CommandParser
 from fundus_diffusion.training.post_hoc_ema import parse_sigma_rels, write_post_hoc_pipelines
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__)
     parser.add_argument("--run", required=True, help="A train_ddpm.py --post_hoc_ema output folder.")
     parser.add_argument("--sigma_rel", required=True, help="One EMA length or several, comma-separated (0.05,0.10).")
     parser.add_argument("--step", type=int, default=None, help="The training step to synthesise at; default: the last.")

@@ -26,7 +26,7 @@ from fundus_diffusion.evaluation.splits import (
     split_to_disk,
     subsets_to_disk,
 )
-from fundus_diffusion.training.args import HelpFormatter
+from fundus_diffusion.training.args import CommandParser
 
 
 def int_list(text: str):
@@ -37,7 +37,7 @@ def int_list(text: str):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__)
     parser.add_argument("--dataset", required=True, help="Anything load_fundus_dataset accepts.")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--test_fraction", type=float, default=0.2)

@@ -7,12 +7,11 @@ With several files (runs done in different sessions, e.g. with ``ONLY=...``) eac
 that evaluated it (else the last that trained it): a later file's runs replace an earlier file's.
 """
 
-import argparse
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.evaluation.protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
 from fundus_diffusion.evaluation.summary import load_summaries, realism_cell, row_source, training_run
-from fundus_diffusion.training.args import HelpFormatter
+from fundus_diffusion.training.args import CommandParser
 
 # fmt: off
 RUNS = {  # run name -> (what, resolution, channels, model, training images, sampler)
@@ -108,7 +107,7 @@ def main(paths):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__)
     parser.add_argument(
         "summaries", nargs="*", default=["reports/results/summary.json"], help="summary.json files, oldest first."
     )

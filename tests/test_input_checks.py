@@ -501,3 +501,15 @@ def test_a_model_and_a_dataset_given_for_each_other_are_told_apart(tmp_path, mon
         read_model_index(str(tmp_path / "runs"))
     monkeypatch.chdir(tmp_path)
     assert certainly_local("runs/ddpm-tinny") and not certainly_local("namespace/name")  # no local namespace/ here
+
+
+def test_an_unknown_flag_is_one_line_with_the_closest_known_ones(capsys):
+    """argparse printed the usage text of every flag (about 60 lines for the trainer) before the error, and no
+    suggestion (new-user pass, session 25)."""
+    from fundus_diffusion.training import ddpm
+
+    with pytest.raises(SystemExit) as exit_:
+        ddpm.parse_args(["--dataset", "phantom:4", "--output_dir", "out", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "usage:" not in err and len(err.strip().splitlines()) == 1
+    assert "unrecognized arguments: --epochs 1 (--epochs: did you mean --num_epochs?)" in err and "--help" in err

@@ -7,6 +7,7 @@ releases working for one release (with a deprecation message), and checks the co
 
 import argparse
 import copy
+import difflib
 import json
 import math
 import os
@@ -49,6 +50,28 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if not action.option_strings or self._unset(action) or "default" in text.lower():
             return text
         return f"{text} (default: %(default)s)"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """Every script's parser: ``--help`` as ``HelpFormatter`` writes it; a command line refused while it is read ends
+    with one line (not the usage text of every flag before it) that points at ``--help``, and an unknown flag is
+    answered with the closest known ones (``--epochs``: did you mean --num_epochs?)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            known = [flag for action in self._actions for flag in action.option_strings if flag.startswith("--")]
+            given = [word.split("=")[0] for word in message.split(":", 1)[1].split() if word.startswith("--")]
+            hints = [
+                f"{flag}: did you mean {' or '.join(close)}?"
+                for flag in given
+                if (close := difflib.get_close_matches(flag, known, n=2, cutoff=0.6))
+            ]
+            message += "".join(f" ({hint})" for hint in hints)
+        self.exit(2, f"{self.prog}: error: {message}. All flags: {self.prog} --help\n")
 
 
 class RenamedFlag(argparse.Action):
@@ -232,9 +255,7 @@ def parse_training_args(kind, argv: Optional[Sequence[str]] = None) -> argparse.
         "--preset", choices=sorted(kind.PRESETS), default=kind.DEFAULT_PRESET, help=kind.PRESET_HELP
     )
     preset = preset_parser.parse_known_args(argv)[0].preset
-    parser = argparse.ArgumentParser(
-        description=kind.DESCRIPTION, parents=[preset_parser], formatter_class=HelpFormatter
-    )
+    parser = CommandParser(description=kind.DESCRIPTION, parents=[preset_parser])
     add_common_args(parser)
     kind.add_args(parser)
     parser.set_defaults(**kind.DEFAULTS)
