@@ -199,6 +199,7 @@ def _per_source(per_seed_images: List[Dict], sources: Sequence[str]) -> Dict:
         for mask in per_seed_images[0]
     }
 
+
 REUSED_MASK_DICE = 0.98  # a synthetic sample's masks this close to a held-out image's are that image's own
 
 

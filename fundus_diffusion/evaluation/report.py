@@ -301,7 +301,8 @@ def segmenter_warning(report: Dict) -> Optional[str]:
     features, are then measured against a yardstick that has not learnt the task."""
     downstream = report.get("downstream", {})
     real = downstream.get("results", {}).get("real", {}) if downstream.get("computed", True) else {}
-    weak = {mask: row["dice"]["mean"] for mask, row in real.items() if (row["dice"]["mean"] or 1.0) < MIN_REAL_DICE}
+    means = {mask: row["dice"]["mean"] for mask, row in real.items()}  # None: no held-out image annotated for it
+    weak = {mask: dice for mask, dice in means.items() if dice is not None and dice < MIN_REAL_DICE}
     if not weak:
         return None
     scores = ", ".join(f"{mask} {dice:.3f}" for mask, dice in weak.items())
