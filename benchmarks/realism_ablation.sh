@@ -140,8 +140,8 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
       runs/*/logs/metrics.csv runs/*/training_args.json ./*.log quality_curve.md quality_curve.json 2>/dev/null
     tar czf "$OUT/realism_figures.tgz" eval/*/dice_bars.png eval/*/disc_histograms.png eval/*/cup_to_disc.png eval/*/power_spectrum.png \
       synthetic/*/contact_sheet.png synthetic/*/fullsize.png quality_curve.png 2>/dev/null
+    pack_compile_cache  # first: pack_samples leaves room for it
     pack_samples
-    pack_compile_cache
     for archive in "$OUT"/realism_reports.tgz "$OUT"/realism_figures.tgz "$OUT"/realism_samples-*.tgz; do
       [ -f "$archive" ] || continue
       fix="pack fewer sets (EVAL_SETS) or move them off"; [[ $archive == *realism_samples-* ]] && fix="lower SAMPLES_BACK"

@@ -44,9 +44,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def certainly_local(spec: str) -> bool:
     """Whether ``spec`` can only be a local path, never a Hub id (``namespace/name``): it starts with '.', '~' or '/',
-    has more than one '/', or its first part is a folder here (``runs/ddpm-tinny`` beside ``runs/``). Such a path that
-    does not exist is refused without a Hub request (minutes of retries without a connection)."""
-    return spec.startswith((".", "~", os.sep)) or spec.count("/") > 1 or ("/" in spec and os.path.isdir(spec.split("/")[0]))
+    or has more than one '/'. Such a path that does not exist is refused without a Hub request (minutes of retries
+    without a connection)."""
+    return spec.startswith((".", "~", os.sep)) or spec.count("/") > 1
 
 
 def local_path_hint(spec: str) -> str:
@@ -72,7 +72,7 @@ def read_model_index(path_or_hub_id: str) -> dict:
             )
             dataset = any(os.path.exists(os.path.join(path_or_hub_id, name)) for name in ("dataset_info.json", "images"))
             if run:
-                hint = f" It is a training checkpoint. Fix: give the model its run saved, {parent}."
+                hint = f" It is a training checkpoint; the model its run saved is {parent}."
             elif dataset:
                 hint = " It holds a dataset (images for --dataset or --masks_from, not a --model). Fix: give a saved model."
             else:

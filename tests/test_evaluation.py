@@ -299,5 +299,12 @@ def test_images_drawn_for_the_held_out_masks_are_said_to_train_on_the_test_label
     assert held_out_masks_reused(torch.cat([drawn_for_them, generated]), holdout) == 2
     assert held_out_masks_reused(generated, holdout) == 0  # a disc one row off (Dice 0.875) or none: not the same
     assert held_out_masks_reused(generated[:, :3], holdout) == 0  # an image-only set
+    disc_only = holdout[:1].clone()  # a disc,cup model drawing for a disc-only held-out mask: the cup is its own
+    two_masks = lambda x, cup: torch.cat([x, cup[None].expand(len(x), 1, 32, 32)], dim=1)  # noqa: E731
+    cup = torch.zeros(32, 32, dtype=torch.uint8)
+    cup[6:9, 6:9] = 255
+    drawn_with_a_cup = two_masks(drawn_for_them[:1], cup)
+    assert held_out_masks_reused(drawn_with_a_cup, two_masks(disc_only, torch.zeros_like(cup))) == 1
+    assert held_out_masks_reused(drawn_with_a_cup, two_masks(disc_only, torch.flip(cup, (0,)))) == 0  # another cup
     report = {"downstream": {"synthetic_with_holdout_masks": 2}, "counts": {"synthetic": 5}}
     assert report_warnings(report)[0].startswith("TEST LABELS IN TRAINING: 2 of the 5 synthetic samples")

@@ -279,9 +279,19 @@ def test_repeats_pool_other_draws_and_keep_the_single_test_as_the_first():
         RealismRecipe(repeats=0)
 
 
-def test_the_auc_of_confident_logits_is_not_squashed_into_ties():
-    """Scores outside [0, 1] are a judge's logits; torchmetrics would squash those above about 17 into ties at 1.0
-    (this pair would read 0.75). The two-sample test's AUC keeps their order (audit, session 25)."""
-    assert roc_auc(torch.tensor([20.0, -1.0]), torch.tensor([30.0, 25.0])) == 1.0
+def test_the_auc_of_confident_logits_is_not_squashed_into_ties(monkeypatch):
+    """A confident judge's logits lie far outside [0, 1]; torchmetrics squashed those above about 17 into ties at 1.0
+    (a perfect judge scoring the held-out fold 20, -1 for real and 30, 25 for synthetic read 0.75). The two-sample
+    test's fold AUC keeps their order (audit, session 25)."""
+    monkeypatch.setattr(realism, "train_realism_classifier", lambda *args, **kwargs: None)
+
+    def confident(model, images, *args):  # real images are all 0 here, synthetic all 255: far apart logits
+        brightness = images[:, 0].float().mean(dim=(1, 2))
+        return torch.where(brightness > 127, 25.0 + torch.arange(len(images)), 20.0 - torch.arange(len(images)))
+
+    monkeypatch.setattr(realism, "realism_scores", confident)
+    first, second = torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.full((4, 3, 8, 8), 255, dtype=torch.uint8)
+    found = realism.two_sample_auc(first, second, RealismRecipe(folds=2, invariance="none"))
+    assert found["auc_per_fold"] == [1.0, 1.0]
     assert roc_auc(torch.tensor([30.0, 25.0]), torch.tensor([20.0, -1.0])) == 0.0
     assert roc_auc(torch.tensor([2.0, 2.0]), torch.tensor([2.0])) == 0.5

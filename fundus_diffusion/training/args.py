@@ -250,7 +250,7 @@ def parse_training_args(kind, argv: Optional[Sequence[str]] = None) -> argparse.
 
     Also sets ``args.mask_names``.
     """
-    preset_parser = argparse.ArgumentParser(add_help=False)
+    preset_parser = CommandParser(add_help=False)
     preset_parser.add_argument(
         "--preset", choices=sorted(kind.PRESETS), default=kind.DEFAULT_PRESET, help=kind.PRESET_HELP
     )

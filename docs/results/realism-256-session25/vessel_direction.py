@@ -20,6 +20,7 @@ import torch
 from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.arrays import dataset_arrays
 from fundus_diffusion.evaluation.augment import gaussian_blur
+from fundus_diffusion.evaluation.realism import roc_auc
 
 
 def vertical_share(folder: str) -> torch.Tensor:
@@ -43,13 +44,6 @@ def vertical_share(folder: str) -> torch.Tensor:
     return torch.tensor(shares)
 
 
-def auc(real: torch.Tensor, synthetic: torch.Tensor) -> float:
-    """P(a real image's share > a synthetic one's), ties counted half."""
-    greater = (real[:, None] > synthetic[None, :]).float().mean()
-    ties = (real[:, None] == synthetic[None, :]).float().mean()
-    return (greater + 0.5 * ties).item()
-
-
 def main(real_folder: str, *named: str) -> None:
     real = vertical_share(real_folder)
     quantiles = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])
@@ -60,7 +54,7 @@ def main(real_folder: str, *named: str) -> None:
         out[name] = {
             "n": len(shares),
             "quantiles_10_25_50_75_90": torch.quantile(shares, quantiles).tolist(),
-            "auc_real_above_synthetic": auc(real, shares),
+            "auc_real_above_synthetic": roc_auc(shares, real),  # P(a real share > a synthetic one)
         }
     json.dump(out, sys.stdout, indent=1)
 
