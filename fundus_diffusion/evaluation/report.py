@@ -299,8 +299,7 @@ def segmenter_warning(report: Dict) -> Optional[str]:
     """The warning for a report's top when a segmenter trained on the real photographs scores below ``MIN_REAL_DICE``
     on the held-out ones for some mask (None otherwise): the synthetic rows, and the copy check in that segmenter's
     features, are then measured against a yardstick that has not learnt the task."""
-    downstream = report.get("downstream", {})
-    real = downstream.get("results", {}).get("real", {}) if downstream.get("computed", True) else {}
+    real = report.get("downstream", {}).get("results", {}).get("real", {})  # none where section 1 was not computed
     means = {mask: row["dice"]["mean"] for mask, row in real.items()}  # None: no held-out image annotated for it
     weak = {mask: dice for mask, dice in means.items() if dice is not None and dice < MIN_REAL_DICE}
     if not weak:
