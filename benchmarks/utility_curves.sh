@@ -3,7 +3,9 @@
 # 256 px DDPM trained on the N real pairs only (a nested, stratified subset of the fixed training split of fundus-od:
 # scripts/split_dataset.py --subsets), N_SYN pairs sampled from it with DPM-Solver++ 20, and evaluate.py with
 # --real <the N pairs>, so its report holds the Dice of segmenters trained on real-N, synthetic alone and real-N +
-# synthetic, on the fixed held-out split (the realism ablation's: seed 0, 20 %, stratified by id prefix), and the copy
+# synthetic, on the fixed held-out split (seed 0, 20 %, stratified by id prefix, as the realism ablation's, but split by
+# eye: the repeat photographs of EYE_GROUPS, default docs/results/fundus-od_eye_groups.csv, kept on one side; the
+# held-out ids are docs/results/fundus-od_test_ids_by_eye.txt, 3 of 33 unlike the realism ablation's), and the copy
 # check of the synthetic set against the N pairs. Per-source jobs (SOURCES) train on one source's training-split
 # images and are judged on everything else (its held-out images and every image of the other source, none seen):
 # the report's per-source Dice is the in-camera and the other-camera score side by side.
@@ -47,6 +49,7 @@ export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"
 DATA=${DATA:-.device_data}
 OUT=${OUT:-reports/utility}
 PY=${PYTHON:-python3}
+EYE_GROUPS=$(realpath "${EYE_GROUPS:-docs/results/fundus-od_eye_groups.csv}")  # split_dataset.py --groups
 [[ $PY == */* ]] && PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # jobs run in $CODE: keep a path valid
 STAGE=${STAGE:?set STAGE to train, wait, pack or stop}
 SIZES=${SIZES-"10 25 50 all"}  # empty: per-source jobs only
@@ -112,7 +115,7 @@ train)
     $PY scripts/split_dataset.py --stratify id_prefix --output_dir "$WORK/$1" "${@:2}" > "$WORK/split-$1.log" 2>&1 \
       || { cat "$WORK/split-$1.log"; exit 1; }
   }
-  write_split split --dataset "$WORK/fundus-od"
+  write_split split --dataset "$WORK/fundus-od" --groups "$EYE_GROUPS"
   numeric_sizes=$(tr ' ' '\n' <<< "$SIZES" | grep -v '^all$' | paste -sd, -)
   [ -n "$numeric_sizes" ] && write_split subsets --dataset "$WORK/split/train" --subsets "$numeric_sizes" \
     --subset_seeds "$(tr ' ' , <<< "$SUBSET_SEEDS")"

@@ -5,6 +5,9 @@ source's own split, e.g. a folder's metadata.csv source_split, which the split b
 
     fundus-split-dataset --dataset data/fundus-od --test_fraction 0.2 --stratify id_prefix \\
         --output_dir data/fundus-od-split
+    # the same, with each eye's repeat photographs on one side (issue 20's learning curves use this split)
+    fundus-split-dataset --dataset data/fundus-od --stratify id_prefix \
+        --groups docs/results/fundus-od_eye_groups.csv --output_dir data/fundus-od-split-by-eye
     # n10-seed0/ ... n50-seed2/ and subsets.json: 10 inside 25 inside 50 for each seed, DRIONS / DRISHTI kept 90:77
     fundus-split-dataset --dataset data/fundus-od-split/train --stratify id_prefix \\
         --subsets 10,25,50 --subset_seeds 0,1,2 --output_dir data/fundus-od-subsets
@@ -21,6 +24,7 @@ from fundus_diffusion.data import load_fundus_dataset
 from fundus_diffusion.evaluation.splits import (
     ORIGIN,
     STRATA,
+    read_groups_file,
     read_split_file,
     sources_to_disk,
     split_to_disk,
@@ -49,6 +53,13 @@ def parse_args(argv=None):
         help="origin: a generic folder's file-name prefix shared by at least 5 images (drions_001 -> drions), else the "
         "source column (evaluate.py's own grouping); source, label, id_prefix or none.",
     )
+    parser.add_argument(
+        "--groups",
+        metavar="CSV",
+        help="A held-out split that keeps each group's images on one side: a CSV with the columns id and group (e.g. "
+        "repeat photographs of one eye, or one patient's eyes; ids as in the dataset or their file names; images it "
+        "does not name split alone). docs/results/fundus-od_eye_groups.csv groups fundus-od's repeat photographs.",
+    )
     parser.add_argument("--images_only", action="store_true", help="Keep images without masks.")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -66,6 +77,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.test_ids and not args.by_source:
         parser.error("--test_ids applies to --by_source only; drop it or add --by_source.")
+    if args.groups and (args.subsets or args.by_source):
+        parser.error("--groups applies to a held-out split only; split with it first, then draw --subsets or "
+                     "--by_source parts with that split's test_ids.txt.")
     return args
 
 
@@ -82,9 +96,11 @@ def main(args):
             for source, parts in record["sources"].items():
                 print(f"{source}: train {parts['train']['strata']}, test {parts['test']['strata']}")
         else:
-            train, test = split_to_disk(dataset, args.output_dir, args.test_fraction, args.seed, args.stratify)
-            print(f"{len(train)} train / {len(test)} test rows (stratified by {args.stratify}, seed {args.seed}); "
-                  "their split column says train / test")
+            groups = read_groups_file(args.groups, list(dataset["id"])) if args.groups else None
+            train, test = split_to_disk(dataset, args.output_dir, args.test_fraction, args.seed, args.stratify, groups)
+            grouping = f", {len(set(filter(None, groups)))} groups kept whole" if groups else ""
+            print(f"{len(train)} train / {len(test)} test rows (stratified by {args.stratify}, seed {args.seed}"
+                  f"{grouping}); their split column says train / test")
     except ValueError as error:  # run_script prints it as split_dataset.py: error: ...
         raise ValueError(f"{args.dataset}: {error}") from None
     print(f"written to {args.output_dir}")

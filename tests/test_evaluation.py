@@ -132,6 +132,41 @@ def test_split_by_id_is_deterministic_stratified_and_order_free():
         holdout_ids(["a", "a", "b"])
 
 
+def test_a_grouped_split_keeps_each_group_on_one_side_and_leaves_the_rest_alone():
+    ids = [f"s/{i:03d}" for i in range(50)]
+    strata = ["A" if i < 20 else "B" for i in range(50)]
+    ungrouped = holdout_ids(ids, strata, 0.2, seed=0)
+    assert holdout_ids(ids, strata, 0.2, seed=0, groups=[None] * 50) == ungrouped
+    # pair every held-out id with the id after it (a training id): each pair must now fall on one side
+    pairs = {h: h for h in ungrouped}
+    pairs.update({f"s/{int(h[2:]) + 1:03d}": h for h in ungrouped if f"s/{int(h[2:]) + 1:03d}" not in ungrouped})
+    groups = [pairs.get(i) for i in ids]
+    held = set(holdout_ids(ids, strata, 0.2, seed=0, groups=groups))
+    for group in set(filter(None, groups)):
+        members = {i for i, g in zip(ids, groups) if g == group}
+        assert members <= held or not members & held, group
+    assert 10 <= len(held) <= 12 and {s for s, i in zip(strata, ids) if i in held} == {"A", "B"}
+    singles_held = {i for i, g in zip(ids, groups) if g is None and i in held}
+    assert singles_held <= set(ungrouped)  # an ungrouped id is held out only where it was without groups
+    with pytest.raises(ValueError, match="Group 'eye' holds images of two strata"):
+        holdout_ids(ids, strata, 0.2, groups=["eye" if i in (0, 30) else None for i in range(50)])
+
+
+def test_groups_file_by_id_or_file_name_and_its_errors(tmp_path):
+    from fundus_diffusion.evaluation.splits import read_groups_file
+
+    ids = ["folder:x/drions_002", "folder:x/drions_003", "folder:x/drions_004"]
+    path = tmp_path / "groups.csv"
+    path.write_text("# repeat photographs\nid,group\ndrions_002,eye1\nfolder:x/drions_003,eye1\n")
+    assert read_groups_file(str(path), ids) == ["eye1", "eye1", None]
+    path.write_text("id,group\ndrions_009,eye1\n")
+    with pytest.raises(ValueError, match="1 id\\(s\\) are not in the dataset, e.g. \\['drions_009'\\]"):
+        read_groups_file(str(path), ids)
+    path.write_text("name,eye\ndrions_002,eye1\n")
+    with pytest.raises(ValueError, match="columns id and group"):
+        read_groups_file(str(path), ids)
+
+
 def test_segmenter_learns_bright_discs():
     generator = torch.Generator().manual_seed(0)
     arrays = torch.zeros(32, 4, 16, 16, dtype=torch.uint8)

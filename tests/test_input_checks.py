@@ -429,9 +429,12 @@ def test_split_script_errors_are_one_line_with_the_commands_prefix(tmp_path, cap
 
     (tmp_path / "split").mkdir()
     (tmp_path / "split" / "something").write_text("")
+    (tmp_path / "g.csv").write_text("id,group\nnot_a_phantom,eye\n")
     for argv, status, message in [
         (["--output_dir", str(tmp_path / "split")], 1, "split_dataset.py: error: "),  # an output folder in use
         (["--output_dir", str(tmp_path / "s2"), "--test_ids", "ids.txt"], 2, "--test_ids applies to --by_source only"),
+        (["--output_dir", str(tmp_path / "s3"), "--subsets", "4", "--groups", "g.csv"], 2, "--groups applies to a held-out split only"),
+        (["--output_dir", str(tmp_path / "s4"), "--groups", str(tmp_path / "g.csv")], 1, "g.csv: 1 id(s) are not in the dataset"),
     ]:
         monkeypatch.setattr(sys, "argv", ["split_dataset.py", "--dataset", "phantom:8", *argv])
         with pytest.raises(SystemExit) as exit_info:

@@ -1,6 +1,7 @@
 """Deterministic splits by sample id: held-out splits, so that every model is judged on the same real images, nested
 training subsets for learning curves, and per-source (per-camera) splits."""
 
+import csv
 import hashlib
 import json
 import os
@@ -12,24 +13,83 @@ def _rank(sample_id: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{sample_id}".encode()).hexdigest()
 
 
-def holdout_ids(ids: List[str], strata: Optional[List[str]] = None, test_fraction: float = 0.2, seed: int = 0) -> List[str]:
+def holdout_ids(
+    ids: List[str],
+    strata: Optional[List[str]] = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    groups: Optional[List[Optional[str]]] = None,
+) -> List[str]:
     """The held-out ids: within each stratum, the ``fraction * n`` ids (rounded half up) ranked first by a seeded hash.
 
     Hash ranking makes the choice independent of row order and stable when rows are added: an id is held out or
     not by its own hash. Every stratum of two or more ids keeps at least one id on each side.
+
+    ``groups`` (one name per id, or None for an id alone) keeps the images of one group (e.g. repeat photographs of
+    one eye) on one side: a group ranks where its first-ranked image does and is held out whole, so held-out groups
+    are taken in rank order until the stratum has its ``fraction * n`` images (a last group may add a few more). Ids
+    outside any group are held out exactly as without ``groups``, so a grouped split differs from the ungrouped one
+    only around the groups. A group's images must share a stratum.
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
     if len(set(ids)) != len(ids):
         raise ValueError("Sample ids must be unique to split by id.")
-    groups = defaultdict(list)
+    units = defaultdict(list)  # (stratum, group) -> ids; an id outside every group is its own unit
     for i, sample_id in enumerate(ids):
-        groups[strata[i] if strata is not None else ""].append(sample_id)
+        group = groups[i] if groups is not None else None
+        unit = ("group", group) if group is not None else ("id", sample_id)
+        units[(strata[i] if strata is not None else ""), unit].append(sample_id)
+    _check_groups_within_strata(units)
+    by_stratum = defaultdict(list)
+    for (stratum, _), members in units.items():
+        by_stratum[stratum].append(sorted(members, key=lambda s: _rank(s, seed)))
     held_out = []
-    for members in groups.values():
-        n_test = min(max(int(test_fraction * len(members) + 0.5), 1), len(members) - 1)
-        held_out += sorted(members, key=lambda s: _rank(s, seed))[:n_test]
+    for stratum_units in by_stratum.values():
+        n_images = sum(len(unit) for unit in stratum_units)
+        n_test = min(max(int(test_fraction * n_images + 0.5), 1), n_images - 1)
+        taken = 0
+        for unit in sorted(stratum_units, key=lambda unit: _rank(unit[0], seed)):
+            if taken >= n_test:
+                break
+            if taken + len(unit) >= n_images:  # every stratum keeps a training image
+                continue
+            held_out += unit
+            taken += len(unit)
     return sorted(held_out)
+
+
+def _check_groups_within_strata(units):
+    stratum_of = {}
+    for stratum, unit in units:
+        if unit[0] == "group" and stratum_of.setdefault(unit[1], stratum) != stratum:
+            raise ValueError(
+                f"Group {unit[1]!r} holds images of two strata ({stratum_of[unit[1]]!r} and {stratum!r}); a group is "
+                "held out whole, within one stratum. Fix: regroup those images, or split with --stratify none."
+            )
+
+
+def read_groups_file(path: str, ids: List[str]) -> List[Optional[str]]:
+    """The group of each of ``ids`` (None for an id the file does not name) from a CSV with the columns ``id`` and
+    ``group``, e.g. one patient or eye per group. An id is a dataset id (``folder:fundus-od/drions_002``) or its file
+    name (``drions_002``); a named id the dataset lacks is an error, as a mistyped one would otherwise split silently
+    as ungrouped."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    if not rows or not {"id", "group"} <= set(rows[0]):
+        raise ValueError(f"{path}: expected a CSV with the columns id and group (one row per grouped image).")
+    known, by_name = set(ids), {sample_id.rsplit("/", 1)[-1]: sample_id for sample_id in ids}
+    group_of = {}
+    for row in rows:
+        sample_id = row["id"].strip()
+        group_of[sample_id if sample_id in known else by_name.get(sample_id, sample_id)] = row["group"].strip()
+    unknown = sorted(set(group_of) - known)
+    if unknown:
+        raise ValueError(
+            f"{path}: {len(unknown)} id(s) are not in the dataset, e.g. {unknown[:3]}; ids are the dataset's (e.g. "
+            f"{ids[0]!r}) or their file names."
+        )
+    return [group_of.get(sample_id) for sample_id in ids]
 
 
 def split_by_id(
@@ -116,16 +176,18 @@ def _strata_of(dataset, stratify: str) -> Optional[List[str]]:
     return list(dataset[column]) if column else None
 
 
-def split_to_disk(dataset, output_dir: str, test_fraction: float = 0.2, seed: int = 0, stratify: str = "source"):
+def split_to_disk(
+    dataset, output_dir: str, test_fraction: float = 0.2, seed: int = 0, stratify: str = "source", groups=None
+):
     """Split once by id and write ``train/``, ``test/`` (``save_to_disk``; their ``split`` column says ``train`` /
-    ``test``: ``with_split``) and ``test_ids.txt``; returns the parts.
+    ``test``: ``with_split``) and ``test_ids.txt``; returns the parts. ``groups``: as ``holdout_ids``'s.
 
     Refuses an existing ``output_dir``: a split is written once, so every model is judged on the same images.
     """
     strata = _strata_of(dataset, stratify)
     if os.path.exists(output_dir):
         raise FileExistsError(f"{output_dir} exists; choose a new output folder (a split is written once).")
-    train, test = split_by_ids(dataset, holdout_ids(list(dataset["id"]), strata, test_fraction, seed))
+    train, test = split_by_ids(dataset, holdout_ids(list(dataset["id"]), strata, test_fraction, seed, groups))
     train, test = with_split(train, "train"), with_split(test, "test")
     train.save_to_disk(os.path.join(output_dir, "train"))
     test.save_to_disk(os.path.join(output_dir, "test"))
