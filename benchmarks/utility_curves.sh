@@ -5,7 +5,7 @@
 # --real <the N pairs>, so its report holds the Dice of segmenters trained on real-N, synthetic alone and real-N +
 # synthetic, on the fixed held-out split (seed 0, 20 %, stratified by id prefix, as the realism ablation's, but split by
 # eye: the repeat photographs of EYE_GROUPS, default docs/results/fundus-od_eye_groups.csv, kept on one side; the
-# held-out ids are docs/results/fundus-od_test_ids_by_eye.txt, 3 of 33 unlike the realism ablation's), and the copy
+# held-out ids are docs/results/fundus-od_test_ids_by_eye.txt, 2 of 33 unlike the realism ablation's), and the copy
 # check of the synthetic set against the N pairs. Per-source jobs (SOURCES) train on one source's training-split
 # images and are judged on everything else (its held-out images and every image of the other source, none seen):
 # the report's per-source Dice is the in-camera and the other-camera score side by side.
@@ -116,6 +116,11 @@ train)
       || { cat "$WORK/split-$1.log"; exit 1; }
   }
   write_split split --dataset "$WORK/fundus-od" --groups "$EYE_GROUPS"
+  by_eye=$(realpath "$(dirname "$SCRIPT")/../docs/results/fundus-od_test_ids_by_eye.txt")
+  if [ "$EYE_GROUPS" = "$(realpath "$(dirname "$SCRIPT")/../docs/results/fundus-od_eye_groups.csv")" ] \
+    && ! diff -q <(grep -v '^#' "$WORK/split/test_ids.txt") <(grep -v '^#' "$by_eye") > /dev/null; then
+    log "$WORK/split is not the split by eye of $by_eye (a WORK from before it, or other data): start a new WORK"; exit 1
+  fi
   numeric_sizes=$(tr ' ' '\n' <<< "$SIZES" | grep -v '^all$' | paste -sd, -)
   [ -n "$numeric_sizes" ] && write_split subsets --dataset "$WORK/split/train" --subsets "$numeric_sizes" \
     --subset_seeds "$(tr ' ' , <<< "$SUBSET_SEEDS")"

@@ -5,8 +5,9 @@ source's own split, e.g. a folder's metadata.csv source_split, which the split b
 
     fundus-split-dataset --dataset data/fundus-od --test_fraction 0.2 --stratify id_prefix \\
         --output_dir data/fundus-od-split
-    # the same, with each eye's repeat photographs on one side (issue 20's learning curves use this split)
-    fundus-split-dataset --dataset data/fundus-od --stratify id_prefix \
+    # the same, with each eye's repeat photographs on one side (issue 20's learning curves use this split; draw their
+    # subsets from its train/ and the per-source parts with its test_ids.txt)
+    fundus-split-dataset --dataset data/fundus-od --stratify id_prefix \\
         --groups docs/results/fundus-od_eye_groups.csv --output_dir data/fundus-od-split-by-eye
     # n10-seed0/ ... n50-seed2/ and subsets.json: 10 inside 25 inside 50 for each seed, DRIONS / DRISHTI kept 90:77
     fundus-split-dataset --dataset data/fundus-od-split/train --stratify id_prefix \\
@@ -78,13 +79,19 @@ def parse_args(argv=None):
     if args.test_ids and not args.by_source:
         parser.error("--test_ids applies to --by_source only; drop it or add --by_source.")
     if args.groups and (args.subsets or args.by_source):
-        parser.error("--groups applies to a held-out split only; split with it first, then draw --subsets or "
-                     "--by_source parts with that split's test_ids.txt.")
+        parser.error("--groups applies to a held-out split only; split with it first, then draw --subsets from that "
+                     "split's train/ and --by_source parts with its test_ids.txt")
     return args
 
 
 def main(args):
     dataset = load_fundus_dataset(args.dataset, require_masks=not args.images_only)
+    groups = None
+    if args.groups:  # its errors name the groups file, not the dataset
+        try:
+            groups = read_groups_file(args.groups, list(dataset["id"]))
+        except (ValueError, FileNotFoundError) as error:
+            raise type(error)(f"--groups {error}") from None
     try:
         if args.subsets:
             record = subsets_to_disk(dataset, args.output_dir, args.subsets, args.subset_seeds, args.stratify)
@@ -96,7 +103,6 @@ def main(args):
             for source, parts in record["sources"].items():
                 print(f"{source}: train {parts['train']['strata']}, test {parts['test']['strata']}")
         else:
-            groups = read_groups_file(args.groups, list(dataset["id"])) if args.groups else None
             train, test = split_to_disk(dataset, args.output_dir, args.test_fraction, args.seed, args.stratify, groups)
             grouping = f", {len(set(filter(None, groups)))} groups kept whole" if groups else ""
             print(f"{len(train)} train / {len(test)} test rows (stratified by {args.stratify}, seed {args.seed}"

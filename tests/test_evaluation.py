@@ -132,39 +132,53 @@ def test_split_by_id_is_deterministic_stratified_and_order_free():
         holdout_ids(["a", "a", "b"])
 
 
-def test_a_grouped_split_keeps_each_group_on_one_side_and_leaves_the_rest_alone():
+def test_a_grouped_split_keeps_each_group_on_one_side_and_holds_groups_out_as_often_as_images():
     ids = [f"s/{i:03d}" for i in range(50)]
     strata = ["A" if i < 20 else "B" for i in range(50)]
-    ungrouped = holdout_ids(ids, strata, 0.2, seed=0)
-    assert holdout_ids(ids, strata, 0.2, seed=0, groups=[None] * 50) == ungrouped
-    # pair every held-out id with the id after it (a training id): each pair must now fall on one side
-    pairs = {h: h for h in ungrouped}
-    pairs.update({f"s/{int(h[2:]) + 1:03d}": h for h in ungrouped if f"s/{int(h[2:]) + 1:03d}" not in ungrouped})
-    groups = [pairs.get(i) for i in ids]
-    held = set(holdout_ids(ids, strata, 0.2, seed=0, groups=groups))
-    for group in set(filter(None, groups)):
-        members = {i for i, g in zip(ids, groups) if g == group}
-        assert members <= held or not members & held, group
-    assert 10 <= len(held) <= 12 and {s for s, i in zip(strata, ids) if i in held} == {"A", "B"}
-    singles_held = {i for i, g in zip(ids, groups) if g is None and i in held}
-    assert singles_held <= set(ungrouped)  # an ungrouped id is held out only where it was without groups
-    with pytest.raises(ValueError, match="Group 'eye' holds images of two strata"):
+    assert holdout_ids(ids, strata, 0.2, seed=0, groups=[None] * 50) == holdout_ids(ids, strata, 0.2, seed=0)
+    groups = [f"pair{i // 2}" if i % 5 < 2 else None for i in range(50)]  # 10 pairs, 30 images alone, both strata
+    held_share = {"pair": [], "alone": []}
+    for seed in range(300):
+        held = set(holdout_ids(ids, strata, 0.2, seed=seed, groups=groups))
+        for group in set(filter(None, groups)):
+            members = {i for i, g in zip(ids, groups) if g == group}
+            assert members <= held or not members & held, (seed, group)
+        assert 10 <= len(held) <= 12 and 4 <= sum(h < "s/020" for h in held) <= 5  # a pair taken last: one more
+        for i, g in zip(ids, groups):
+            held_share["pair" if g else "alone"].append(i in held)
+    share = {kind: sum(v) / len(v) for kind, v in held_share.items()}
+    assert 0.16 < share["pair"] < 0.24 and 0.16 < share["alone"] < 0.24, share  # ranked by its best image: 0.36
+    assert holdout_ids(["a", "b", "c"], None, 0.5, 0, groups=["g", "g", "g"]) == []  # one group: all in training
+    for seed in range(20):  # a group of 8 among 10 at 20 %: held out whole (8 of 10) or not at all, "b" or "a" trains
+        big = set(holdout_ids(list("abcdefghij"), None, 0.2, seed, groups=[None, None] + ["g"] * 8))
+        assert len(big) < 10 and (set("cdefghij") <= big or not set("cdefghij") & big)
+    with pytest.raises(ValueError, match="Group 'eye' holds images of 2 strata .*s/000.*s/030"):
         holdout_ids(ids, strata, 0.2, groups=["eye" if i in (0, 30) else None for i in range(50)])
 
 
-def test_groups_file_by_id_or_file_name_and_its_errors(tmp_path):
+def test_groups_file_by_id_file_name_or_stem_and_its_errors(tmp_path):
     from fundus_diffusion.evaluation.splits import read_groups_file
 
-    ids = ["folder:x/drions_002", "folder:x/drions_003", "folder:x/drions_004"]
+    ids = ["folder:x/drions_002", "folder:x/drions_003", "folder:x/drions_004", "folder:x/drions_005"]
     path = tmp_path / "groups.csv"
-    path.write_text("# repeat photographs\nid,group\ndrions_002,eye1\nfolder:x/drions_003,eye1\n")
-    assert read_groups_file(str(path), ids) == ["eye1", "eye1", None]
-    path.write_text("id,group\ndrions_009,eye1\n")
-    with pytest.raises(ValueError, match="1 id\\(s\\) are not in the dataset, e.g. \\['drions_009'\\]"):
-        read_groups_file(str(path), ids)
-    path.write_text("name,eye\ndrions_002,eye1\n")
-    with pytest.raises(ValueError, match="columns id and group"):
-        read_groups_file(str(path), ids)
+    path.write_text(  # Excel's CSV UTF-8: a byte-order mark, a comment, padded header cells, a blank group
+        "\ufeff# repeat photographs\nid, Group\ndrions_002,eye1\nfolder:x/drions_003, eye1\ndrions_004.jpg,\n",
+        encoding="utf-8",
+    )
+    assert read_groups_file(str(path), ids) == ["eye1", "eye1", None, None]
+    for text, message in [
+        ("id,group\ndrions_009,eye1\n", "1 id\\(s\\) are not in the dataset, e.g. \\['drions_009'\\]"),
+        ("name,eye\ndrions_002,eye1\n", "columns id and group; its first row is \\['name', 'eye'\\]"),
+        ("id,group\ndrions_002,eye1\ndrions_002.png,eye2\n", "given group 'eye1' on row 2 and 'eye2' on row 3"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_groups_file(str(path), ids)
+    path.write_text("id,group\n000001,a\n")
+    with pytest.raises(ValueError, match="row 2: '000001' names 2 images"):
+        read_groups_file(str(path), ["folder:a/000001", "folder:b/000001"])
+    with pytest.raises(FileNotFoundError, match="missing.csv does not exist"):
+        read_groups_file(str(tmp_path / "missing.csv"), ids)
 
 
 def test_segmenter_learns_bright_discs():

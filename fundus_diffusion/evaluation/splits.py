@@ -1,12 +1,13 @@
 """Deterministic splits by sample id: held-out splits, so that every model is judged on the same real images, nested
 training subsets for learning curves, and per-source (per-camera) splits."""
 
-import csv
 import hashlib
 import json
 import os
 from collections import Counter, defaultdict
 from typing import Callable, Dict, List, Optional, Tuple, Union
+
+from ..data.readers import read_table
 
 
 def _rank(sample_id: str, seed: int) -> str:
@@ -26,10 +27,12 @@ def holdout_ids(
     not by its own hash. Every stratum of two or more ids keeps at least one id on each side.
 
     ``groups`` (one name per id, or None for an id alone) keeps the images of one group (e.g. repeat photographs of
-    one eye) on one side: a group ranks where its first-ranked image does and is held out whole, so held-out groups
-    are taken in rank order until the stratum has its ``fraction * n`` images (a last group may add a few more). Ids
-    outside any group are held out exactly as without ``groups``, so a grouped split differs from the ungrouped one
-    only around the groups. A group's images must share a stratum.
+    one eye) on one side. A group ranks as its first id (in sort order) would alone, so it is held out as often as a
+    single image; held-out units are taken in rank order until the stratum has its ``fraction * n`` images, so a
+    group taken last can hold out more than that, and a group that would leave its stratum no training image is
+    skipped. A grouped split therefore differs from the ungrouped one where the groups take or give up held-out
+    places: the ungrouped ids next in rank order move in or out. A stratum that is one group stays whole in training.
+    A group's images must share a stratum.
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
@@ -43,7 +46,7 @@ def holdout_ids(
     _check_groups_within_strata(units)
     by_stratum = defaultdict(list)
     for (stratum, _), members in units.items():
-        by_stratum[stratum].append(sorted(members, key=lambda s: _rank(s, seed)))
+        by_stratum[stratum].append(sorted(members))
     held_out = []
     for stratum_units in by_stratum.values():
         n_images = sum(len(unit) for unit in stratum_units)
@@ -52,44 +55,79 @@ def holdout_ids(
         for unit in sorted(stratum_units, key=lambda unit: _rank(unit[0], seed)):
             if taken >= n_test:
                 break
-            if taken + len(unit) >= n_images:  # every stratum keeps a training image
-                continue
-            held_out += unit
-            taken += len(unit)
+            if taken + len(unit) < n_images:  # else it would leave the stratum no training image
+                held_out += unit
+                taken += len(unit)
     return sorted(held_out)
 
 
 def _check_groups_within_strata(units):
-    stratum_of = {}
-    for stratum, unit in units:
-        if unit[0] == "group" and stratum_of.setdefault(unit[1], stratum) != stratum:
+    members = defaultdict(dict)  # group -> {stratum: ids}
+    for (stratum, (kind, name)), ids in units.items():
+        if kind == "group":
+            members[name][stratum] = ids
+    for name, by_stratum in members.items():
+        if len(by_stratum) > 1:
+            examples = "; ".join(f"{stratum!r}: {', '.join(ids[:2])}" for stratum, ids in by_stratum.items())
             raise ValueError(
-                f"Group {unit[1]!r} holds images of two strata ({stratum_of[unit[1]]!r} and {stratum!r}); a group is "
-                "held out whole, within one stratum. Fix: regroup those images, or split with --stratify none."
+                f"Group {name!r} holds images of {len(by_stratum)} strata ({examples}); a group is held out whole, "
+                "within one stratum. Fix: give those images separate groups, or split with another stratification."
             )
 
 
 def read_groups_file(path: str, ids: List[str]) -> List[Optional[str]]:
     """The group of each of ``ids`` (None for an id the file does not name) from a CSV with the columns ``id`` and
-    ``group``, e.g. one patient or eye per group. An id is a dataset id (``folder:fundus-od/drions_002``) or its file
-    name (``drions_002``); a named id the dataset lacks is an error, as a mistyped one would otherwise split silently
-    as ungrouped."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
-    if not rows or not {"id", "group"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected a CSV with the columns id and group (one row per grouped image).")
-    known, by_name = set(ids), {sample_id.rsplit("/", 1)[-1]: sample_id for sample_id in ids}
-    group_of = {}
-    for row in rows:
-        sample_id = row["id"].strip()
-        group_of[sample_id if sample_id in known else by_name.get(sample_id, sample_id)] = row["group"].strip()
-    unknown = sorted(set(group_of) - known)
+    ``group``, e.g. one patient or eye per group; rows whose first cell starts with ``#`` are comments, a blank group
+    cell means no group. An id is a dataset id (``folder:fundus-od/drions_002``), its last part (``drions_002``) or
+    that with an extension (``drions_002.jpg``). Every named image must be in the dataset, once, and unambiguous: a
+    mistyped id would otherwise split silently as ungrouped."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist. Fix: pass a CSV with the columns id and group.")
+    try:
+        rows = [row for row in read_table(path) if not str(row[0]).lstrip().startswith("#")]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason}). Fix: save it as CSV UTF-8.") from None
+    header = [str(cell).strip().lower() for cell in rows[0]] if rows else []
+    if "id" not in header or "group" not in header:
+        found = f"its first row is {rows[0]}" if rows else "it has no rows"
+        raise ValueError(f"{path}: expected a CSV with the columns id and group; {found}. Fix: add that header row.")
+    id_col, group_col = header.index("id"), header.index("group")
+    known, by_name = set(ids), defaultdict(list)
+    for sample_id in ids:
+        by_name[sample_id.rsplit("/", 1)[-1]].append(sample_id)
+    group_of, row_of, unknown = {}, {}, []
+    for number, row in enumerate(rows[1:], start=2):
+        cells = [str(cell).strip() if cell is not None else "" for cell in row] + ["", ""]
+        name, group = cells[id_col], cells[group_col]
+        sample_id = _dataset_id(name, known, by_name, path, number)
+        if sample_id is None:
+            unknown.append(name)
+            continue
+        if sample_id in group_of and group_of[sample_id] != (group or None):
+            raise ValueError(
+                f"{path}: {sample_id} is given group {group_of[sample_id]!r} on row {row_of[sample_id]} and "
+                f"{group or 'none'!r} on row {number}. Fix: give each image one group."
+            )
+        group_of[sample_id], row_of[sample_id] = group or None, number
     if unknown:
         raise ValueError(
-            f"{path}: {len(unknown)} id(s) are not in the dataset, e.g. {unknown[:3]}; ids are the dataset's (e.g. "
-            f"{ids[0]!r}) or their file names."
+            f"{path}: {len(unknown)} id(s) are not in the dataset, e.g. {unknown[:3]}; name images by the dataset's id "
+            f"(e.g. {ids[0]!r}) or its file name. (Images without masks are not in it unless --images_only is given.)"
         )
     return [group_of.get(sample_id) for sample_id in ids]
+
+
+def _dataset_id(name: str, known, by_name, path: str, number: int) -> Optional[str]:
+    """The dataset id a groups file's ``name`` means (None: none), by id, last part or last part with an extension."""
+    if name in known:
+        return name
+    candidates = by_name.get(name) or by_name.get(os.path.splitext(name)[0]) or []
+    if len(candidates) > 1:
+        raise ValueError(
+            f"{path}, row {number}: {name!r} names {len(candidates)} images ({', '.join(candidates[:3])}). Fix: "
+            "give the full id."
+        )
+    return candidates[0] if candidates else None
 
 
 def split_by_id(
@@ -131,10 +169,10 @@ def read_split_file(path: str) -> List[str]:
         return [line.strip() for line in f if line.strip() and not line.startswith("#")]
 
 
-def write_split_file(path: str, test_ids: List[str]):
+def write_split_file(path: str, test_ids: List[str], how: str = "fundus_diffusion.evaluation.split_by_id"):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        f.write("# held-out ids (fundus_diffusion.evaluation.split_by_id), one per line\n")
+        f.write(f"# held-out ids ({how}), one per line\n")
         f.write("".join(f"{i}\n" for i in test_ids))
 
 
@@ -191,7 +229,9 @@ def split_to_disk(
     train, test = with_split(train, "train"), with_split(test, "test")
     train.save_to_disk(os.path.join(output_dir, "train"))
     test.save_to_disk(os.path.join(output_dir, "test"))
-    write_split_file(os.path.join(output_dir, "test_ids.txt"), list(test["id"]))
+    how = f"holdout_ids: test_fraction {test_fraction}, seed {seed}, stratified by {stratify}"
+    how += ", grouped" if groups is not None and any(group is not None for group in groups) else ""
+    write_split_file(os.path.join(output_dir, "test_ids.txt"), list(test["id"]), how)
     return train, test
 
 
