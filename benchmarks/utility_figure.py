@@ -9,7 +9,8 @@ Reads ``<reports>/<job>/report.json``; a job is ``n<N>-seed<S>``, ``all`` or ``s
 ``-twostep``, and N is read from the report (the real pairs its segmenters trained on). A job whose report refuses
 its synthetic set (``report["refused"]``: its samples are flagged as copies of the N training images more often than
 held-out real images are, ``fundus_diffusion.evaluation.memorisation.refusal``) has its synthetic and real + synthetic
-Dice left out of the curves, and the table names it, loudly. A report written before that verdict existed is judged
+Dice left out of the curves, and the table names it, loudly. The per-source jobs also get a table of their own: the
+two-sample AUC of each job's synthetic set against the photographs of the camera it was trained on, and its copy check. A report written before that verdict existed is judged
 by the old rule (refused if any sample is flagged), and the table says which jobs were.
 The figure needs matplotlib (imported here, not in the package); without it the table is printed alone.
 """
@@ -157,7 +158,29 @@ def source_rows(reports: dict, mask: str = "disc") -> list:
     return rows
 
 
-def format_tables(rows: list, summary: dict, sources: list, judged: list) -> str:
+def two_sample_aucs(report: dict) -> tuple:
+    """``(real vs synthetic, real vs real)``: the mean two-sample AUCs of the report's realism section (None where it
+    was not computed)."""
+    realism = report.get("realism", {})
+    if not realism.get("computed"):
+        return None, None
+    return tuple(realism.get(side, {}).get("auc", {}).get("mean") for side in ("real_vs_synthetic", "real_vs_real"))
+
+
+def source_job_rows(reports: dict) -> list:
+    """One row per per-source job: how far its synthetic set is told from the photographs of the camera it was
+    trained on (the report's two-sample AUC and its real-vs-real control; 0.5 = indistinguishable) and its copy check."""
+    rows = []
+    for job, report in reports.items():
+        if job.startswith("source-"):
+            auc, control = two_sample_aucs(report)
+            refused, rule = refusal_of(report)
+            rows.append({"job": job, "auc": auc, "control": control, "flagged_copies": flagged_copies(report),
+                         "refused": refused, "rule": rule})  # fmt: skip
+    return rows
+
+
+def format_tables(rows: list, summary: dict, sources: list, judged: list, source_jobs: list = ()) -> str:
     """Markdown tables: every curve job (with its copy check), the summary over subset seeds, the per-source rows;
     then the refused jobs, and the jobs judged by the old any-flag rule, of ``judged`` (``judged_jobs``)."""
     sets = [name for name in CURVE_SETS if any(name in row["dice"] for row in rows)]
@@ -172,25 +195,35 @@ def format_tables(rows: list, summary: dict, sources: list, judged: list) -> str
             " (any-flag rule)" if row["rule"] == ANY_FLAG_RULE else ""
         )
 
-    lines = ["| job | N | " + " | ".join(sets) + " | copies flagged | copy check |", "|---" * (len(sets) + 4) + "|"]
-    for row in rows:
-        dice = " | ".join(fmt(row, name) for name in sets)
-        lines.append(f"| {row['job']} | {row['n']} | {dice} | {row['flagged_copies']} | {verdict(row)} |")
-    lines += ["", "| N | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
-    for n in sorted({n for by_n in summary.values() for n in by_n}):
-        cells = []
-        for name in sets:
-            entry = summary.get(name, {}).get(n)
-            cells.append("-" if entry is None else f"{entry['mean']:.3f} ± {entry['std']:.3f} ({entry['n']})")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines = []
+    if rows:  # the learning curves (a run of per-source jobs alone has none)
+        lines += ["| job | N | " + " | ".join(sets) + " | copies flagged | copy check |", "|---" * (len(sets) + 4) + "|"]
+        for row in rows:
+            dice = " | ".join(fmt(row, name) for name in sets)
+            lines.append(f"| {row['job']} | {row['n']} | {dice} | {row['flagged_copies']} | {verdict(row)} |")
+        lines += ["", "| N | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
+        for n in sorted({n for by_n in summary.values() for n in by_n}):
+            cells = []
+            for name in sets:
+                entry = summary.get(name, {}).get(n)
+                cells.append("-" if entry is None else f"{entry['mean']:.3f} ± {entry['std']:.3f} ({entry['n']})")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines.append("")
     if sources:
         held_out = sorted({source for row in sources for source in row["dice"]})
-        lines += ["", "| trained on | training set | " + " | ".join(f"Dice on {s}" for s in held_out) + " |"]
+        lines += ["| trained on | training set | " + " | ".join(f"Dice on {s}" for s in held_out) + " |"]
         lines.append("|---" * (len(held_out) + 2) + "|")
         for row in sources:
             cells = " | ".join(f"{row['dice'][s]:.3f}" if s in row["dice"] else "-" for s in held_out)
             lines.append(f"| {row['trained_on']} | {row['training_set']} | {cells} |")
-    return "\n".join(lines + refusal_lines(judged))
+        lines.append("")
+    if source_jobs:
+        lines += ["| per-source job | two-sample AUC against its camera's photographs | real-vs-real control | "
+                  "copies flagged | copy check |", "|---" * 5 + "|"]  # fmt: skip
+        for row in source_jobs:
+            auc, control = (("-" if v is None else f"{v:.3f}") for v in (row["auc"], row["control"]))
+            lines.append(f"| {row['job']} | {auc} | {control} | {row['flagged_copies']} | {verdict(row)} |")
+    return "\n".join((lines[:-1] if lines and lines[-1] == "" else lines) + refusal_lines(judged))
 
 
 def pyplot():
@@ -256,15 +289,19 @@ def main(argv=None):
     rows, sources = curve_rows(reports, args.mask), source_rows(reports, args.mask)
     summary = curve_summary(rows)
     judged = judged_jobs(reports)
-    print(format_tables(rows, summary, sources, judged))
+    source_jobs = source_job_rows(reports)
+    print(format_tables(rows, summary, sources, judged, source_jobs))
     print_refusals(judged)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(
-                {"mask": args.mask, "rows": rows, "summary": summary, "per_source": sources, "copy_check": judged},
+                {"mask": args.mask, "rows": rows, "summary": summary, "per_source": sources,
+                 "per_source_jobs": source_jobs, "copy_check": judged},
                 f, indent=2,
             )  # fmt: skip
-    if args.figure and not draw(summary, args.figure, args.mask):
+    if args.figure and not summary:
+        print(f"no learning-curve job among the reports: {args.figure} not drawn", file=sys.stderr)
+    elif args.figure and not draw(summary, args.figure, args.mask):
         print(f"matplotlib is not installed: {args.figure} not drawn (pip install matplotlib)", file=sys.stderr)
 
 

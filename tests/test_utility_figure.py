@@ -17,8 +17,9 @@ OLD = object()  # a report written before evaluate.py gave a verdict: no "refuse
 COPIES = "REFUSED: 40 of 200 synthetic samples flagged as copies of the generator's 25 training images in pixels"
 
 
-def report(n_real, dice, flagged=0, per_source=None, refused=None):
-    """The parts of an evaluate.py report.json the figure reads (``refused``: the verdict, ``OLD`` for none)."""
+def report(n_real, dice, flagged=0, per_source=None, refused=None, auc=None):
+    """The parts of an evaluate.py report.json the figure reads (``refused``: the verdict, ``OLD`` for none; ``auc``:
+    the two-sample test's real-vs-synthetic and real-vs-real AUCs, None: not computed)."""
     scores = lambda d: {"disc": {"dice": {"mean": d, "std": 0.0, "n": 1}}}  # noqa: E731
     downstream = {"n_train": {"real": n_real}, "results": {name: scores(d) for name, d in dice.items()}}
     downstream["per_source"] = {
@@ -26,6 +27,9 @@ def report(n_real, dice, flagged=0, per_source=None, refused=None):
         for name, by_source in (per_source or {}).items()
     }
     content = {"downstream": downstream, "memorisation": {"pixels": {"n_flagged": flagged}, "segmenter": {"n_flagged": 0}}}
+    if auc is not None:
+        sides = {side: {"auc": {"mean": value, "std": 0.0, "n": 5}} for side, value in zip(("real_vs_synthetic", "real_vs_real"), auc)}
+        content["realism"] = {"computed": True, **sides}
     return content if refused is OLD else {**content, "refused": refused}
 
 
@@ -42,6 +46,7 @@ def reports_dir(tmp_path):
         "source-drions": report(
             72, {"real": 0.9, "synthetic": 0.8, "real+synthetic": 0.9},
             per_source={"real": {"drions": 0.95, "drishti": 0.7}, "synthetic": {"drions": 0.9, "drishti": 0.75}},
+            auc=(0.81, 0.52),
         ),  # fmt: skip
         "source-drions-twostep": report(
             72, {"real": 0.9, "synthetic": 0.8, "real+synthetic": 0.9},
@@ -111,3 +116,18 @@ def test_script_writes_the_json_and_the_figure(reports_dir, tmp_path, capsys):
 def test_an_empty_folder_is_named(tmp_path):
     with pytest.raises(SystemExit, match="no <job>/report.json"):
         utility_figure.load_reports(str(tmp_path))
+
+
+def test_per_source_jobs_alone_get_their_tables_and_no_empty_curve(reports_dir, tmp_path, capsys):
+    for job in [p.name for p in reports_dir.iterdir() if not p.name.startswith("source-")]:
+        for f in (reports_dir / job).iterdir():
+            f.unlink()
+        (reports_dir / job).rmdir()
+    figure = tmp_path / "curves.png"
+    utility_figure.main([str(reports_dir), "--figure", str(figure)])
+    captured = capsys.readouterr()
+    assert "| job | N |" not in captured.out and "| N |" not in captured.out  # no learning-curve table
+    assert "| drions | real | 0.950 | 0.700 |" in captured.out
+    assert "| source-drions | 0.810 | 0.520 | 0 | passed |" in captured.out
+    assert "| source-drions-twostep | - | - | 40 | REFUSED |" in captured.out
+    assert "no learning-curve job among the reports" in captured.err and not figure.exists()
