@@ -9,9 +9,10 @@ Reads ``<reports>/<job>/report.json``; a job is ``n<N>-seed<S>``, ``all`` or ``s
 ``-twostep``, and N is read from the report (the real pairs its segmenters trained on). A job whose report refuses
 its synthetic set (``report["refused"]``: its samples are flagged as copies of the N training images more often than
 held-out real images are, ``fundus_diffusion.evaluation.memorisation.refusal``) has its synthetic and real + synthetic
-Dice left out of the curves, and the table names it, loudly. The per-source jobs also get a table of their own: the
-two-sample AUC of each job's synthetic set against the photographs of the camera it was trained on, and its copy check. A report written before that verdict existed is judged
-by the old rule (refused if any sample is flagged), and the table says which jobs were.
+Dice left out of the curves, and the table names it, loudly. A report written before that verdict existed is judged
+by the old rule (refused if any sample is flagged), and the table says which jobs were. The per-source jobs also get a
+table of their own: each job's two-sample AUC and real-vs-real control (its report's realism section: the real side is
+every photograph its evaluation saw, both cameras, not its own camera's alone) and its copy check.
 The figure needs matplotlib (imported here, not in the package); without it the table is printed alone.
 """
 
@@ -168,8 +169,8 @@ def two_sample_aucs(report: dict) -> tuple:
 
 
 def source_job_rows(reports: dict) -> list:
-    """One row per per-source job: how far its synthetic set is told from the photographs of the camera it was
-    trained on (the report's two-sample AUC and its real-vs-real control; 0.5 = indistinguishable) and its copy check."""
+    """One row per per-source job: its report's two-sample AUC and real-vs-real control (0.5 = indistinguishable; the
+    real side is every photograph of its evaluation, both cameras) and its copy check."""
     rows = []
     for job, report in reports.items():
         if job.startswith("source-"):
@@ -181,8 +182,9 @@ def source_job_rows(reports: dict) -> list:
 
 
 def format_tables(rows: list, summary: dict, sources: list, judged: list, source_jobs: list = ()) -> str:
-    """Markdown tables: every curve job (with its copy check), the summary over subset seeds, the per-source rows;
-    then the refused jobs, and the jobs judged by the old any-flag rule, of ``judged`` (``judged_jobs``)."""
+    """Markdown tables: every curve job (with its copy check) and the summary over subset seeds (where there are
+    curve jobs), the per-source rows, the per-source jobs' two-sample AUCs and copy checks (``source_job_rows``); then
+    the refused jobs, and the jobs judged by the old any-flag rule, of ``judged`` (``judged_jobs``)."""
     sets = [name for name in CURVE_SETS if any(name in row["dice"] for row in rows)]
 
     def fmt(row, name):
@@ -218,7 +220,7 @@ def format_tables(rows: list, summary: dict, sources: list, judged: list, source
             lines.append(f"| {row['trained_on']} | {row['training_set']} | {cells} |")
         lines.append("")
     if source_jobs:
-        lines += ["| per-source job | two-sample AUC against its camera's photographs | real-vs-real control | "
+        lines += ["| per-source job | two-sample AUC (against every photograph, both cameras) | real-vs-real control | "
                   "copies flagged | copy check |", "|---" * 5 + "|"]  # fmt: skip
         for row in source_jobs:
             auc, control = (("-" if v is None else f"{v:.3f}") for v in (row["auc"], row["control"]))
@@ -283,7 +285,9 @@ def main(argv=None):
     parser.add_argument("reports", help="The folder of <job>/report.json (utility_curves.sh's eval/).")
     parser.add_argument("--mask", default="disc")
     parser.add_argument("--figure", help="Write the Dice-vs-N figure here (PNG; needs matplotlib).")
-    parser.add_argument("--json", help="Write the rows, the summary and each job's copy check here.")
+    parser.add_argument(
+        "--json", help="Write the rows, the summary, the per-source rows and jobs, and each job's copy check here."
+    )
     args = parser.parse_args(argv)
     reports = load_reports(args.reports)
     rows, sources = curve_rows(reports, args.mask), source_rows(reports, args.mask)

@@ -105,6 +105,10 @@ def test_script_writes_the_json_and_the_figure(reports_dir, tmp_path, capsys):
     written = json.loads(table.read_text())
     assert len(written["rows"]) == 6 and written["summary"]["real+synthetic"]["10"]["n"] == 2
     assert {j["job"]: j["refused"] for j in written["copy_check"]}["source-drions-twostep"] == COPIES
+    per_source_jobs = {row["job"]: (row["auc"], row["control"]) for row in written["per_source_jobs"]}
+    assert per_source_jobs == {"source-drions": (0.81, 0.52), "source-drions-twostep": (None, None)}
+    job_table = captured.out[captured.out.index("| per-source job |") :]
+    assert "| source-drions | 0.810 | 0.520 |" in job_table and "| n10-seed0 |" not in job_table
     if importlib.util.find_spec("matplotlib") is None:
         assert "matplotlib is not installed" in captured.err and not figure.exists()
         pytest.skip("matplotlib is not installed: the figure is not drawn")

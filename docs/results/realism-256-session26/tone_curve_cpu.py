@@ -3,7 +3,7 @@ histogram of each channel is mapped onto the training photographs' (a 256-level 
 surround left alone); the global-look regression and the robust judge (global_look_cpu.py's recipe: 5 folds x 400
 steps, no control) then judge the set before and after. CPU; the 64 packed samples of a set against the 167 photographs.
 
-    python tone_curve_cpu.py <split>/train <split>/test <set> out.json [raw,tone]
+    python tone_curve_cpu.py <split>/train <split>/test <set> out.json [raw,tone | none]
 """
 
 import json
@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from fundus_diffusion.evaluation.global_look import combined_auc, field_features
+from fundus_diffusion.evaluation.global_look import combined_auc, field_features, global_look_section
 from fundus_diffusion.evaluation.realism import RealismRecipe, draw_sides, field_of_view, two_sample_auc
 
 g = runpy.run_path(
@@ -21,7 +21,7 @@ g = runpy.run_path(
 )
 
 train, test, synth_path, out = sys.argv[1:5]
-views = sys.argv[5].split(",") if len(sys.argv) > 5 else ["raw", "tone"]
+views = [v for v in (sys.argv[5] if len(sys.argv) > 5 else "raw,tone").split(",") if v != "none"]
 real_train, real_test = g["load"](train), g["load"](test)
 real = torch.cat([real_train, real_test])
 synthetic = g["load"](synth_path)
@@ -56,16 +56,22 @@ def tone(source, target):
     return mapped
 
 
+def write(result):
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
 result = {"n_real": len(real), "n_synthetic": len(synthetic)}
 sets = {"raw": synthetic, "tone": tone(synthetic, real_train)}
 for name, s in sets.items():
     fr, fs = field_features(real), field_features(s)
     result[f"{name}: global-look regression"] = combined_auc(fr, fs)
+    result[f"{name}: global-look features, top 6"] = global_look_section(real, s)["features"][:6]
     print(name, "features", result[f"{name}: global-look regression"]["mean"], flush=True)
 recipe = RealismRecipe()
-for name in views:
+for name in views:  # "none": the features alone (seconds)
     real_side, _, picked = draw_sides(real, sets[name], min(len(real) // 2, len(synthetic)), recipe.seed)
     result[f"{name}: judge"] = two_sample_auc(real_side, picked, recipe, "cpu", name)
     print(name, "judge", result[f"{name}: judge"]["auc"], flush=True)
-    json.dump(result, open(out, "w"), indent=1)
-json.dump(result, open(out, "w"), indent=1)
+    write(result)
+write(result)
