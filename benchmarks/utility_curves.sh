@@ -8,7 +8,9 @@
 # held-out ids are docs/results/fundus-od_test_ids_by_eye.txt, 2 of 33 unlike the realism ablation's), and the copy
 # check of the synthetic set against the N pairs. Per-source jobs (SOURCES) train on one source's training-split
 # images and are judged on everything else (its held-out images and every image of the other source, none seen):
-# the report's per-source Dice is the in-camera and the other-camera score side by side.
+# the report's per-source Dice is the in-camera and the other-camera score side by side. That report's two-sample test
+# pools both cameras' photographs; a second, image-only evaluation (eval-own-camera/<job>/) judges the job's samples
+# against its own camera's photographs alone (its training images and its held-out ones).
 #
 # Jobs: n<N>-seed<S> for N in SIZES (N=all: one job "all" on the whole training split) and S in SUBSET_SEEDS, and
 # source-<name> for name in SOURCES. Each job trains, generates and evaluates in turn; PARALLEL jobs share the GPU.
@@ -93,6 +95,7 @@ pack_results() {  # into $OUT now, whatever exists: a device command cut off lat
     # Only what holds no real photograph comes back: report text and JSON, the table and figure, synthetic sample
     # sheets, the subsets' id lists, logs, losses.
     tar czf "$OUT/utility_reports.tgz" eval/*/report.json eval/*/report.md eval/*/dice_bars.png utility_table.* \
+      eval-own-camera/*/report.json eval-own-camera/*/report.md \
       utility_curves.png subsets/subsets.json by-source/sources.json split/test_ids.txt synthetic/*/contact_sheet.png \
       synthetic/*/generation_config.json runs/*/logs/metrics.csv runs/*/training_args.json ./*.log 2>/dev/null
     log "packed $(ls eval/*/report.json 2>/dev/null | wc -l) evaluations into $OUT/utility_reports.tgz"
@@ -125,6 +128,8 @@ train)
   [ -n "$numeric_sizes" ] && write_split subsets --dataset "$WORK/split/train" --subsets "$numeric_sizes" \
     --subset_seeds "$(tr ' ' , <<< "$SUBSET_SEEDS")"
   [ -n "$SOURCES" ] && write_split by-source --dataset "$WORK/fundus-od" --by_source --test_ids "$WORK/split/test_ids.txt"
+  # each source's held-out photographs alone (<source>/train), for the per-source jobs' own-camera realism judge
+  [ -n "$SOURCES" ] && write_split heldout-by-source --dataset "$WORK/split/test" --by_source
   for job in $(jobs_list); do
     finished "$(train_set "$job")" || { log "no training set for $job: $(train_set "$job")"; exit 1; }
   done
@@ -169,6 +174,16 @@ job)
       --masks disc --seeds "$SEEDS" --segmenter_steps "$SEG_STEPS" $EVAL_FLAGS --output_dir "$WORK/eval/$set" \
       > "$WORK/eval-$set.log" 2>&1 || { log "$set: evaluation failed: $(tail -n 2 "$WORK/eval-$set.log")"; exit 1; }
   done
+  if [[ $job == source-* ]] && [ ! -f "$WORK/eval-own-camera/$job/report.json" ]; then
+    # The report above judges the samples against every photograph it saw, both cameras; this one against the
+    # photographs of the job's own camera only (its training images and its held-out ones), images only.
+    log "$job: judging against its own camera's photographs"
+    # shellcheck disable=SC2086
+    $PY scripts/evaluate.py --real "$real" --holdout "$WORK/heldout-by-source/${job#source-}/train" \
+      --synthetic "$WORK/synthetic/$job" --masks none $EVAL_FLAGS --output_dir "$WORK/eval-own-camera/$job" \
+      > "$WORK/eval-own-camera-$job.log" 2>&1 \
+      || { log "$job: own-camera evaluation failed: $(tail -n 2 "$WORK/eval-own-camera-$job.log")"; exit 1; }
+  fi
   log "$job: done"
   ;;
 *)  # queue, wait, pack, stop

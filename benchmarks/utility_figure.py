@@ -12,7 +12,9 @@ held-out real images are, ``fundus_diffusion.evaluation.memorisation.refusal``) 
 Dice left out of the curves, and the table names it, loudly. A report written before that verdict existed is judged
 by the old rule (refused if any sample is flagged), and the table says which jobs were. The per-source jobs also get a
 table of their own: each job's two-sample AUC and real-vs-real control (its report's realism section: the real side is
-every photograph its evaluation saw, both cameras, not its own camera's alone) and its copy check.
+every photograph its evaluation saw, both cameras), the same against its own camera's photographs alone (the
+image-only reports utility_curves.sh writes to ``eval-own-camera/<job>/`` beside ``eval/``, where they exist) and its
+copy check.
 The figure needs matplotlib (imported here, not in the package); without it the table is printed alone.
 """
 
@@ -33,19 +35,20 @@ TWO_STEP = "-twostep"  # the job suffix of the two-step sets (masks first, then 
 CURVE_SETS = TRAINING_SETS + tuple(f"{name} (two-step)" for name in SYNTHETIC_SETS)
 CURVE_JOB_BASE = r"(n\d+-seed(?P<seed>\d+)|all)"  # a learning-curve job: subset size and seed, or the whole split
 CURVE_JOB = re.compile(rf"^{CURVE_JOB_BASE}(?P<two_step>{TWO_STEP})?$")
+OWN_CAMERA = "eval-own-camera"  # utility_curves.sh's folder of per-source reports judged against one camera
 VERDICT_RULE = "the report's verdict (flagged more often than held-out real images)"
 ANY_FLAG_RULE = "any sample flagged (the report has no held-out control)"
 
 
-def load_reports(root: str) -> dict:
-    """``{job: report}`` for every ``<root>/<job>/report.json``."""
+def load_reports(root: str, required: bool = True) -> dict:
+    """``{job: report}`` for every ``<root>/<job>/report.json`` (none: an error if ``required``, else ``{}``)."""
     reports = {}
-    for job in sorted(os.listdir(root)):
+    for job in sorted(os.listdir(root) if os.path.isdir(root) or required else []):
         path = os.path.join(root, job, "report.json")
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 reports[job] = json.load(f)
-    if not reports:
+    if not reports and required:
         raise SystemExit(f"{root}: no <job>/report.json inside; point at the eval/ folder of utility_curves.sh.")
     return reports
 
@@ -168,15 +171,19 @@ def two_sample_aucs(report: dict) -> tuple:
     return tuple(realism.get(side, {}).get("auc", {}).get("mean") for side in ("real_vs_synthetic", "real_vs_real"))
 
 
-def source_job_rows(reports: dict) -> list:
+def source_job_rows(reports: dict, own_camera: dict = None) -> list:
     """One row per per-source job: its report's two-sample AUC and real-vs-real control (0.5 = indistinguishable; the
-    real side is every photograph of its evaluation, both cameras) and its copy check."""
+    real side is every photograph of its evaluation, both cameras), the same from its report in ``own_camera``
+    (``{job: report}`` judged against its own camera's photographs alone; None where there is none) and its copy
+    check."""
     rows = []
     for job, report in reports.items():
         if job.startswith("source-"):
             auc, control = two_sample_aucs(report)
+            own_auc, own_control = two_sample_aucs((own_camera or {}).get(job, {}))
             refused, rule = refusal_of(report)
-            rows.append({"job": job, "auc": auc, "control": control, "flagged_copies": flagged_copies(report),
+            rows.append({"job": job, "auc": auc, "control": control, "own_camera_auc": own_auc,
+                         "own_camera_control": own_control, "flagged_copies": flagged_copies(report),
                          "refused": refused, "rule": rule})  # fmt: skip
     return rows
 
@@ -220,11 +227,14 @@ def format_tables(rows: list, summary: dict, sources: list, judged: list, source
             lines.append(f"| {row['trained_on']} | {row['training_set']} | {cells} |")
         lines.append("")
     if source_jobs:
-        lines += ["| per-source job | two-sample AUC (against every photograph, both cameras) | real-vs-real control | "
+        lines += ["| per-source job | two-sample AUC, both cameras (control) | two-sample AUC, its own camera (control) | "
                   "copies flagged | copy check |", "|---" * 5 + "|"]  # fmt: skip
         for row in source_jobs:
-            auc, control = (("-" if v is None else f"{v:.3f}") for v in (row["auc"], row["control"]))
-            lines.append(f"| {row['job']} | {auc} | {control} | {row['flagged_copies']} | {verdict(row)} |")
+            both, own = (
+                "-" if row[auc] is None else f"{row[auc]:.3f} ({'-' if row[control] is None else f'{row[control]:.3f}'})"
+                for auc, control in (("auc", "control"), ("own_camera_auc", "own_camera_control"))
+            )
+            lines.append(f"| {row['job']} | {both} | {own} | {row['flagged_copies']} | {verdict(row)} |")
     return "\n".join((lines[:-1] if lines and lines[-1] == "" else lines) + refusal_lines(judged))
 
 
@@ -288,12 +298,19 @@ def main(argv=None):
     parser.add_argument(
         "--json", help="Write the rows, the summary, the per-source rows and jobs, and each job's copy check here."
     )
+    parser.add_argument(
+        "--own_camera_reports",
+        help="The per-source jobs' reports judged against their own camera's photographs (default: eval-own-camera/ "
+        "beside the reports folder, where it exists).",
+    )
     args = parser.parse_args(argv)
     reports = load_reports(args.reports)
     rows, sources = curve_rows(reports, args.mask), source_rows(reports, args.mask)
     summary = curve_summary(rows)
     judged = judged_jobs(reports)
-    source_jobs = source_job_rows(reports)
+    own_camera_dir = args.own_camera_reports or os.path.join(os.path.dirname(os.path.abspath(args.reports)), OWN_CAMERA)
+    own_camera = load_reports(own_camera_dir, required=bool(args.own_camera_reports))
+    source_jobs = source_job_rows(reports, own_camera)
     print(format_tables(rows, summary, sources, judged, source_jobs))
     print_refusals(judged)
     if args.json:

@@ -108,7 +108,7 @@ def test_script_writes_the_json_and_the_figure(reports_dir, tmp_path, capsys):
     per_source_jobs = {row["job"]: (row["auc"], row["control"]) for row in written["per_source_jobs"]}
     assert per_source_jobs == {"source-drions": (0.81, 0.52), "source-drions-twostep": (None, None)}
     job_table = captured.out[captured.out.index("| per-source job |") :]
-    assert "| source-drions | 0.810 | 0.520 |" in job_table and "| n10-seed0 |" not in job_table
+    assert "| source-drions | 0.810 (0.520) | - |" in job_table and "| n10-seed0 |" not in job_table
     if importlib.util.find_spec("matplotlib") is None:
         assert "matplotlib is not installed" in captured.err and not figure.exists()
         pytest.skip("matplotlib is not installed: the figure is not drawn")
@@ -132,6 +132,12 @@ def test_per_source_jobs_alone_get_their_tables_and_no_empty_curve(reports_dir, 
     captured = capsys.readouterr()
     assert "| job | N |" not in captured.out and "| N |" not in captured.out  # no learning-curve table
     assert "| drions | real | 0.950 | 0.700 |" in captured.out
-    assert "| source-drions | 0.810 | 0.520 | 0 | passed |" in captured.out
+    assert "| source-drions | 0.810 (0.520) | - | 0 | passed |" in captured.out
     assert "| source-drions-twostep | - | - | 40 | REFUSED |" in captured.out
     assert "no learning-curve job among the reports" in captured.err and not figure.exists()
+    # the own-camera reports beside eval/ (utility_curves.sh's eval-own-camera/) fill their column
+    own = reports_dir.parent / "eval-own-camera" / "source-drions"
+    own.mkdir(parents=True)
+    (own / "report.json").write_text(json.dumps(report(72, {}, auc=(0.74, 0.49))))
+    utility_figure.main([str(reports_dir)])
+    assert "| source-drions | 0.810 (0.520) | 0.740 (0.490) | 0 | passed |" in capsys.readouterr().out
