@@ -30,7 +30,7 @@ import os
 import re
 import sys
 
-from utility_figure import pyplot, save
+from utility_figure import pyplot, save, two_sample_aucs
 
 from fundus_diffusion.evaluation.realism import REALISM_AUC_BAR as AUC_BAR
 from fundus_diffusion.evaluation.realism import judge_of
@@ -52,13 +52,6 @@ def minutes_at(minutes: dict, step: int):
     return minutes[steps[i - 1]] if i else None
 
 
-def view_auc(realism: dict, view: str):
-    """The two-sample AUC of one of the realism section's views of the images (``realism.REGIONS``, ``"quarter_resolution"``), or
-    None."""
-    test = realism.get(view, {})
-    return test["real_vs_synthetic"]["auc"]["mean"] if test.get("computed") else None
-
-
 def point(report: dict, mask: str):
     """One snapshot's figures from its evaluate.py report; None when it scored no ``mask`` (an images-only or
     other-mask evaluation) or its real-trained Dice is 0 (no share to take)."""
@@ -70,7 +63,7 @@ def point(report: dict, mask: str):
     if not real:
         return None
     realism = report.get("realism", {})
-    computed = realism.get("computed", False)
+    auc, auc_control = two_sample_aucs(realism)
     spectrum = report.get("power_spectrum", {})  # reports since session 12
     bands = spectrum["sets"]["synthetic"]["bands"] if spectrum.get("computed") else {}
     discs = report.get("disc_appearance", {})  # reports since session 16
@@ -86,15 +79,15 @@ def point(report: dict, mask: str):
         "dice_real": real,
         "dice_share": synthetic / real,
         "dice_real_plus_synthetic": results["real+synthetic"][mask]["dice"]["mean"],
-        "auc": realism["real_vs_synthetic"]["auc"]["mean"] if computed else None,
-        "auc_control": realism["real_vs_real"]["auc"]["mean"] if computed else None,
-        "judge": judge_of(realism) if computed else None,
+        "auc": auc,
+        "auc_control": auc_control,
+        "judge": judge_of(realism) if realism.get("computed") else None,
         # the same judge on squares around the discs (reports since session 9), beside the bar's whole-image AUC
-        "auc_disc_region": view_auc(realism, "disc_region"),
+        "auc_disc_region": two_sample_aucs(realism.get("disc_region", {}))[0],
         # and on the images without those squares (reports since session 18): how much of it lies outside the disc
-        "auc_outside_disc": view_auc(realism, "outside_disc"),
+        "auc_outside_disc": two_sample_aucs(realism.get("outside_disc", {}))[0],
         # and on the images at a quarter of the resolution (reports since session 19): how much needs no fine detail
-        "auc_quarter_resolution": view_auc(realism, "quarter_resolution"),
+        "auc_quarter_resolution": two_sample_aucs(realism.get("quarter_resolution", {}))[0],
         # a judge that sees only how light spreads over the field (global_look's logistic regression on its features)
         "auc_global_look": look["combined"]["mean"] if look.get("computed") else None,
         # the synthetic images' green-channel power as a share of the real photographs' (1 = real): disc rim and

@@ -51,7 +51,9 @@ export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"
 DATA=${DATA:-.device_data}
 OUT=${OUT:-reports/utility}
 PY=${PYTHON:-python3}
-EYE_GROUPS=$(realpath "${EYE_GROUPS:-docs/results/fundus-od_eye_groups.csv}")  # split_dataset.py --groups
+EYE_GROUPS_DEFAULT=$(realpath docs/results/fundus-od_eye_groups.csv)  # and the split by eye it gives:
+BY_EYE_IDS=$(realpath docs/results/fundus-od_test_ids_by_eye.txt)
+EYE_GROUPS=$(realpath "${EYE_GROUPS:-$EYE_GROUPS_DEFAULT}")  # split_dataset.py --groups
 [[ $PY == */* ]] && PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # jobs run in $CODE: keep a path valid
 STAGE=${STAGE:?set STAGE to train, wait, pack or stop}
 SIZES=${SIZES-"10 25 50 all"}  # empty: per-source jobs only
@@ -119,10 +121,10 @@ train)
       || { cat "$WORK/split-$1.log"; exit 1; }
   }
   write_split split --dataset "$WORK/fundus-od" --groups "$EYE_GROUPS"
-  by_eye=$(realpath "$(dirname "$SCRIPT")/../docs/results/fundus-od_test_ids_by_eye.txt")
-  if [ "$EYE_GROUPS" = "$(realpath "$(dirname "$SCRIPT")/../docs/results/fundus-od_eye_groups.csv")" ] \
-    && ! diff -q <(grep -v '^#' "$WORK/split/test_ids.txt") <(grep -v '^#' "$by_eye") > /dev/null; then
-    log "$WORK/split is not the split by eye of $by_eye (a WORK from before it, or other data): start a new WORK"; exit 1
+  if [ "$EYE_GROUPS" = "$EYE_GROUPS_DEFAULT" ] \
+    && ! diff -q <(grep -v '^#' "$WORK/split/test_ids.txt") <(grep -v '^#' "$BY_EYE_IDS") > /dev/null; then
+    log "$WORK/split is not the split by eye of $BY_EYE_IDS (a WORK from before it, or other data): start a new WORK"
+    exit 1
   fi
   numeric_sizes=$(tr ' ' '\n' <<< "$SIZES" | grep -v '^all$' | paste -sd, -)
   [ -n "$numeric_sizes" ] && write_split subsets --dataset "$WORK/split/train" --subsets "$numeric_sizes" \

@@ -42,8 +42,10 @@ ANY_FLAG_RULE = "any sample flagged (the report has no held-out control)"
 
 def load_reports(root: str, required: bool = True) -> dict:
     """``{job: report}`` for every ``<root>/<job>/report.json`` (none: an error if ``required``, else ``{}``)."""
+    if not required and not os.path.isdir(root):
+        return {}
     reports = {}
-    for job in sorted(os.listdir(root) if os.path.isdir(root) or required else []):
+    for job in sorted(os.listdir(root)):
         path = os.path.join(root, job, "report.json")
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
@@ -162,13 +164,12 @@ def source_rows(reports: dict, mask: str = "disc") -> list:
     return rows
 
 
-def two_sample_aucs(report: dict) -> tuple:
-    """``(real vs synthetic, real vs real)``: the mean two-sample AUCs of the report's realism section (None where it
-    was not computed)."""
-    realism = report.get("realism", {})
-    if not realism.get("computed"):
+def two_sample_aucs(test: dict) -> tuple:
+    """``(real vs synthetic, real vs real)``: the mean two-sample AUCs of a report's realism section or one of its
+    views (``realism["disc_region"]``, ...), None where it was not computed."""
+    if not test.get("computed"):
         return None, None
-    return tuple(realism.get(side, {}).get("auc", {}).get("mean") for side in ("real_vs_synthetic", "real_vs_real"))
+    return tuple(test.get(side, {}).get("auc", {}).get("mean") for side in ("real_vs_synthetic", "real_vs_real"))
 
 
 def source_job_rows(reports: dict, own_camera: dict = None) -> list:
@@ -179,8 +180,8 @@ def source_job_rows(reports: dict, own_camera: dict = None) -> list:
     rows = []
     for job, report in reports.items():
         if job.startswith("source-"):
-            auc, control = two_sample_aucs(report)
-            own_auc, own_control = two_sample_aucs((own_camera or {}).get(job, {}))
+            auc, control = two_sample_aucs(report.get("realism", {}))
+            own_auc, own_control = two_sample_aucs((own_camera or {}).get(job, {}).get("realism", {}))
             refused, rule = refusal_of(report)
             rows.append({"job": job, "auc": auc, "control": control, "own_camera_auc": own_auc,
                          "own_camera_control": own_control, "flagged_copies": flagged_copies(report),

@@ -10,6 +10,12 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 from ..data.readers import read_table
 
 
+def file_name(sample_id: str) -> str:
+    """The last part of an id, the image's file name without its extension ("folder:fundus-od/drions_001" ->
+    "drions_001")."""
+    return sample_id.rsplit("/", 1)[-1]
+
+
 def _rank(sample_id: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{sample_id}".encode()).hexdigest()
 
@@ -94,7 +100,7 @@ def read_groups_file(path: str, ids: List[str]) -> List[Optional[str]]:
     id_col, group_col = header.index("id"), header.index("group")
     known, by_name = set(ids), defaultdict(list)
     for sample_id in ids:
-        by_name[sample_id.rsplit("/", 1)[-1]].append(sample_id)
+        by_name[file_name(sample_id)].append(sample_id)
     group_of, row_of, unknown = {}, {}, []
     for number, row in enumerate(rows[1:], start=2):
         cells = [str(cell).strip() if cell is not None else "" for cell in row] + ["", ""]
@@ -197,7 +203,7 @@ STRATA = {
     "source": "source",
     "label": "label",
     # "folder:fundus-od/drions_001" -> "drions": the origin named in a generic folder's file names
-    "id_prefix": lambda sample_id: sample_id.rsplit("/", 1)[-1].split("_")[0],
+    "id_prefix": lambda sample_id: file_name(sample_id).split("_")[0],
     "none": None,
 }
 
@@ -244,7 +250,7 @@ def origins(ids: List[str], sources: List[str]) -> List[str]:
     ``drishti``: a generic folder records its origins only there), else its ``source`` column (``phantom``, ``palm``,
     ...). Names such as ``12_left.jpg`` / ``12_right.jpg`` share a prefix per patient: those fall back to the source,
     so that a split neither makes one stratum per patient nor holds out one eye of each."""
-    prefixes = [name.split("_")[0] if "_" in name else None for name in (i.rsplit("/", 1)[-1] for i in ids)]
+    prefixes = [name.split("_")[0] if "_" in name else None for name in map(file_name, ids)]
     counts = Counter(p for p in prefixes if p is not None)
     return [p if p is not None and counts[p] >= ORIGIN_MIN_IMAGES else s for p, s in zip(prefixes, sources)]
 
