@@ -54,6 +54,7 @@ Each row says whether its files (shards and PNGs) are byte for byte those of the
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -99,6 +100,14 @@ def parse_args(argv=None):
     parser.add_argument("--modes", default=None, help="Comma list of eager and torch.compile modes. Default: eager,reduce-overhead on CUDA, eager,default on the CPU.")
     parser.add_argument("--dtypes", default=None, help="Comma list of fp32, fp16, bf16. Default: fp16,bf16 on CUDA, fp32 on the CPU.")
     parser.add_argument("--batch_sizes", default=None, help="Comma list (default 32,64).")
+    parser.add_argument(
+        "--memory_formats", default="contiguous",
+        help="Comma list of contiguous and channels_last: the network's weight layout (generate.py's --channels_last).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cudnn_benchmark", default="off",
+        help="Comma list of off and on: cuDNN's algorithm search per shape (generate.py's --cudnn_benchmark).",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps.")
     parser.add_argument("--warmup", type=int, default=None, help="Batches per row timed as warm-up (compilation happens here; default 2).")
     parser.add_argument("--repeats", type=int, default=None, help="Timed batches per throughput row; runs per writer row, the best kept (default 3).")
@@ -126,6 +135,10 @@ def parse_args(argv=None):
     args.modes = (args.modes or ("eager,reduce-overhead" if cuda else "eager,default")).split(",")
     args.dtypes = (args.dtypes or ("fp16,bf16" if cuda else "fp32")).split(",")
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.memory_formats = args.memory_formats.split(",")
+    args.cudnn_benchmark = [{"off": False, "on": True}.get(v, v) for v in args.cudnn_benchmark.split(",")]
+    if set(args.memory_formats) - {"contiguous", "channels_last"} or set(map(str, args.cudnn_benchmark)) - {"False", "True"}:
+        parser.error("--memory_formats takes contiguous, channels_last; --cudnn_benchmark takes off, on.")
     args.sections = set(args.sections.split(","))
     args.writer_threads = list(dict.fromkeys(int(t) for t in args.writer_threads.split(",")))
     for mode in args.modes:
@@ -166,11 +179,16 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def throughput_row(pipe, args, mode: str, dtype: str, batch: int) -> dict:
+def row_key(mode: str, dtype: str, layout: str, cudnn_benchmark: bool, batch: int) -> dict:
+    return {"mode": mode, "dtype": dtype, "memory_format": layout, "cudnn_benchmark": cudnn_benchmark, "batch": batch}
+
+
+def throughput_row(pipe, args, mode: str, dtype: str, layout: str, cudnn_benchmark: bool, batch: int) -> dict:
     """Images/s of ``generate_samples`` on batches of ``batch``, after ``--warmup`` batches timed as warm-up."""
     config = GenerationConfig(
         model=model_name(args), num_samples=batch, scheduler="dpmsolver++", num_inference_steps=args.steps,
         batch_size=batch, device=args.device, compile=None if mode == "eager" else mode,
+        channels_last=layout == "channels_last", cudnn_benchmark=cudnn_benchmark,
     )  # fmt: skip
     config = prepare_pipeline(pipe, config)
     conditional = pipe.class_conditional
@@ -189,9 +207,7 @@ def throughput_row(pipe, args, mode: str, dtype: str, batch: int) -> dict:
     warmup_s = run(args.warmup)
     seconds = run(args.repeats)
     return {
-        "mode": mode,
-        "dtype": dtype,
-        "batch": batch,
+        **row_key(mode, dtype, layout, cudnn_benchmark, batch),
         "images_per_s": batch * args.repeats / seconds,
         "warmup_s": round(warmup_s, 2),
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
@@ -343,14 +359,15 @@ def folder_digest(folder: str) -> str:
 
 def print_throughput(rows, args) -> None:
     print(f"\nSampling: {model_name(args)} at {args.resolution} px, DPM-Solver++ {args.steps} steps, {args.device}\n")
-    print("| mode | dtype | batch | images/s | warm-up s | peak GPU GiB |")
-    print("|---|---|---|---|---|---|")
+    print("| mode | dtype | memory format | cuDNN benchmark | batch | images/s | warm-up s | peak GPU GiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        key = f"| {r['mode']} | {r['dtype']} | {r['memory_format']} | {'on' if r['cudnn_benchmark'] else 'off'} | {r['batch']} |"
         if "error" in r:
-            print(f"| {r['mode']} | {r['dtype']} | {r['batch']} | failed: {r['error'][:200]} | | |")
+            print(f"{key} failed: {r['error'][:200]} | | |")
             continue
         gib = f"{r['peak_gpu_gib']:.2f}" if r["peak_gpu_gib"] is not None else "-"
-        print(f"| {r['mode']} | {r['dtype']} | {r['batch']} | {r['images_per_s']:.1f} | {r['warmup_s']} | {gib} |")
+        print(f"{key} {r['images_per_s']:.1f} | {r['warmup_s']} | {gib} |")
 
 
 def print_stream(result) -> None:
@@ -401,21 +418,21 @@ def main(args):
 
     if "throughput" in args.sections:
         # Eager rows first: the compiled ones' minutes of compilation must not keep them from being measured.
-        for mode in sorted(args.modes, key=lambda m: m != "eager"):
-            for dtype in args.dtypes:
-                torch._dynamo.reset()  # each mode compiles afresh; no earlier graph counts against the recompile limit
-                pipe = make_pipeline(args, dtype)  # compiling is in place: a fresh network per mode
-                for batch in args.batch_sizes:
-                    try:
-                        row = throughput_row(pipe, args, mode, dtype, batch)
-                    except Exception as err:  # one failing mode (e.g. a compile error) must not cost the other rows
-                        row = {"mode": mode, "dtype": dtype, "batch": batch, "error": f"{type(err).__name__}: {err}"}
-                    results["throughput"].append(row)
-                    print(row, flush=True)
-                    save()
-                    if "error" in row:
-                        break
-                del pipe
+        settings = itertools.product(args.dtypes, args.memory_formats, args.cudnn_benchmark)
+        for mode, (dtype, layout, cudnn_benchmark) in itertools.product(sorted(args.modes, key=lambda m: m != "eager"), settings):
+            torch._dynamo.reset()  # each mode compiles afresh; no earlier graph counts against the recompile limit
+            pipe = make_pipeline(args, dtype)  # compiling and the layout are in place: a fresh network per row group
+            for batch in args.batch_sizes:
+                try:
+                    row = throughput_row(pipe, args, mode, dtype, layout, cudnn_benchmark, batch)
+                except Exception as err:  # one failing mode (e.g. a compile error) must not cost the other rows
+                    row = {**row_key(mode, dtype, layout, cudnn_benchmark, batch), "error": f"{type(err).__name__}: {err}"}
+                results["throughput"].append(row)
+                print(row, flush=True)
+                save()
+                if "error" in row:
+                    break
+            del pipe
         print_throughput(results["throughput"], args)
     if "stream" in args.sections:
         results["stream"] = in_work_dir(stream, args)

@@ -97,10 +97,10 @@ logger = logging.getLogger(__name__)
 POSTPROCESSING = ("binarize", "largest_disc", "cup_in_disc", "fill_holes")
 CONFIG_FILE = "generation_config.json"
 SHARDS_DIR = "shards"
-# Settings a resumed run may change: another device of the recorded type, and the compiled network, which rounds
-# within one 8-bit level of the eager one. The batch size is compared: a sample's pixels can move by one level with
+# Settings a resumed run may change: another device of the recorded type, and how the network runs (compiled, its
+# memory format, cuDNN's algorithm search), which rounds within one 8-bit level of the eager one. The batch size is compared: a sample's pixels can move by one level with
 # the batch it is drawn in (batched network calls round differently).
-RESUMABLE_DIFFERENCES = ("device", "compile")
+RESUMABLE_DIFFERENCES = ("device", "compile", "channels_last", "cudnn_benchmark")
 # A diffusion model's sampler unless told otherwise (see the module docstring); RePaint resampling (resample_steps)
 # needs a step without solver state: DDPM, over the full chain unless num_inference_steps says otherwise.
 DEFAULT_SCHEDULER, DEFAULT_INFERENCE_STEPS, DEFAULT_RESAMPLING_SCHEDULER = "dpmsolver++", 20, "ddpm"
@@ -272,6 +272,8 @@ class GenerationConfig:
     masks_from: Optional[str] = None  # the name of the --masks_from folder (MaskSets.name), not its path
     resample_steps: int = 0  # RePaint resampling with masks_from (FundusPipeline's resample_steps)
     compile: Optional[str] = None  # a torch.compile mode (COMPILE_MODES) for the network; None: eager
+    channels_last: bool = False  # the network's weights in channels-last (NHWC) memory format
+    cudnn_benchmark: Optional[bool] = None  # torch.backends.cudnn.benchmark for this run; None: left as it is
     dtype: Optional[str] = None  # the network's precision (a DTYPES name), recorded from the loaded pipeline
     device_type: Optional[str] = None  # the sampling device's type (cpu, cuda, ...), recorded from the loaded pipeline
     timestep_spacing: Optional[str] = None  # a TIMESTEP_SPACINGS name; None: as the model's scheduler was saved
@@ -770,7 +772,10 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
     ``timestep_spacing`` says (default: as saved); a GAN takes no sampler settings. With ``compile``, the network (UNet or GAN generator) is compiled in place, once (a pipeline
     prepared before keeps its compiled network), for fixed shapes: ``generate_samples`` pads every batch to
     ``batch_size``. Eager is the default: compiling costs tens of seconds (minutes with the max-autotune modes)
-    before the first batch, which only a long run earns back.
+    before the first batch, which only a long run earns back. ``channels_last`` stores the network's weights NHWC
+    (cuDNN's native layout for half-precision convolutions; compiled, the activations follow), and ``cudnn_benchmark``
+    lets cuDNN time its convolution algorithms once per shape, which fixed batch shapes repay: both off by default
+    until measured (RESULTS.md, issue 19).
     """
     if not hasattr(pipe, "scheduler"):  # a GAN draws its samples in one pass
         if config.scheduler is not None or config.num_inference_steps is not None or config.timestep_spacing or config.autoguidance_scale is not None:
@@ -787,6 +792,10 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
     if hasattr(pipe, "scheduler"):  # OWN_SCHEDULER keeps the saved kind
         use_scheduler(pipe, None if config.scheduler == OWN_SCHEDULER else config.scheduler, config.timestep_spacing)
     network = pipe.unet if hasattr(pipe, "unet") else pipe.gan_generator
+    if config.channels_last:
+        network.to(memory_format=torch.channels_last)
+    if config.cudnn_benchmark is not None:
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
     compile_network(network, config.compile)
     dtype = next(name for name, dtype in DTYPES.items() if dtype == network.dtype)
     return replace(config, dtype=dtype, device_type=pipe._execution_device.type)

@@ -104,6 +104,11 @@ def parse_args(argv=None):
         "--compile_mode", choices=COMPILE_MODES, default="default",
         help="With --compile: reduce-overhead replays CUDA graphs; the max-autotune modes search kernels for minutes.",
     )  # fmt: skip
+    parser.add_argument("--channels_last", action="store_true", help="The network's weights in channels-last (NHWC) memory format.")
+    parser.add_argument(
+        "--cudnn_benchmark", action="store_true",
+        help="Let cuDNN time its convolution algorithms once for the batch's fixed shape (seconds at the start).",
+    )  # fmt: skip
     add_dataset_push_args(parser)
     return parser.parse_args(argv)
 
@@ -133,6 +138,8 @@ def main(args):
         masks_from=mask_sets.name if mask_sets else None,
         resample_steps=args.resample_steps,
         compile=args.compile_mode if args.compile else None,
+        channels_last=args.channels_last,
+        cudnn_benchmark=args.cudnn_benchmark or None,
     )
     # Before the model loads (a Hub id would be downloaded first): a wrong folder fails at once. The default sampler
     # depends on the model's kind and is compared by generate_dataset once the model is loaded.

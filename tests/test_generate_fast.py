@@ -147,6 +147,27 @@ def test_compiled_network_samples_as_eager_with_one_batch_shape(models, tmp_path
     check_resume(str(tmp_path / "eager"), GenerationConfig(**saved_config(tmp_path / "compiled")), resume=True)
 
 
+def test_channels_last_and_cudnn_benchmark_sample_as_the_default(models, tmp_path):  # noqa: F811
+    """The layout and cuDNN settings are speed settings: the network's weights become NHWC, the flag is set, the
+    images stay within a grey level of the default run's, and such a run resumes a default one."""
+    settings = dict(model=models["ddpm"], num_samples=3, seed=5, batch_size=3, num_inference_steps=2)
+    default = generate_dataset(load_fundus_pipeline(models["ddpm"], device="cpu"), GenerationConfig(**settings), str(tmp_path / "default"))
+    config = GenerationConfig(**settings, channels_last=True, cudnn_benchmark=True)
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    was = torch.backends.cudnn.benchmark
+    try:
+        prepare_pipeline(pipe, config)
+        assert torch.backends.cudnn.benchmark is True
+        weight = next(w for w in pipe.unet.parameters() if w.dim() == 4)
+        assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+        fast = generate_dataset(pipe, config, str(tmp_path / "fast"))
+    finally:
+        torch.backends.cudnn.benchmark = was
+    for a, b in zip(fast["image"], default["image"]):
+        assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
+    check_resume(str(tmp_path / "default"), GenerationConfig(**saved_config(tmp_path / "fast")), resume=True)
+
+
 def test_padding_drops_the_copies_and_keeps_each_sample(models):  # noqa: F811
     """Without compiling: a padded batch (compile set, network already prepared) gives the unpadded samples."""
     pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
@@ -165,7 +186,8 @@ def test_sampling_throughput_quick_prints_a_table(tmp_path, capsys):
     args = benchmark["parse_args"](["--quick", "--modes", "eager", "--output_json", str(output), "--work_dir", str(tmp_path / "w")])
     benchmark["main"](args)
     printed = capsys.readouterr().out
-    assert "| mode | dtype | batch | images/s |" in printed and "| eager | fp32 |" in printed
+    assert "| mode | dtype | memory format | cuDNN benchmark | batch | images/s |" in printed
+    assert "| eager | fp32 | contiguous | off | 4 |" in printed
     assert "| samples drawn | host RSS MiB | anonymous MiB | s |" in printed and "pairs/s" in printed
     saved = json.loads(output.read_text())
     assert {row["mode"] for row in saved["throughput"]} == {"eager"} and all(r["images_per_s"] > 0 for r in saved["throughput"])
