@@ -23,7 +23,8 @@ Throughput rows time ``fundus_diffusion.generate.generate_samples``, what ``gene
 CPU generator per sample, class labels, 8-bit images and binary masks out), on a randomly initialised UNet of
 ``--model_config`` at ``--resolution`` (no download; untrained weights measure speed only) or on a saved ``--model``,
 with DPM-Solver++ in ``--steps`` steps, for each of ``--modes`` (``eager`` or a ``torch.compile`` mode, compiled by
-generate.py's own path, ``prepare_pipeline``), ``--dtypes`` and ``--batch_sizes``. The first ``--warmup`` batches
+generate.py's own path, ``prepare_pipeline``), ``--dtypes``, ``--memory_formats`` (generate.py's ``--channels_last``),
+``--cudnn_benchmark`` (off / on: cuDNN's algorithm search for the fixed batch shape) and ``--batch_sizes``. The first ``--warmup`` batches
 (compilation, CUDA-graph capture) are timed apart and reported as warm-up; then ``--repeats`` batches are timed
 between ``torch.cuda.synchronize()`` calls.
 
