@@ -328,15 +328,18 @@ def local_name(model: str) -> str:
     return os.path.basename(os.path.normpath(os.path.expanduser(model))) if is_local_path(model) else model
 
 
-def compile_network(network, mode: Optional[str]) -> None:
-    """Compile ``network`` in place for fixed shapes (``generate_samples`` pads every batch to ``batch_size``), once:
-    a network compiled before is left as it is; ``mode`` None leaves it eager."""
-    if mode and getattr(network, "_compiled_call_impl", None) is None:  # what nn.Module.compile sets
-        network.compile(mode=mode, dynamic=False, fullgraph=True)
+def prepare_network(network, config: GenerationConfig) -> None:
+    """Lay out ``network``'s weights as ``config.channels_last`` says and compile it in place for fixed shapes
+    (``generate_samples`` pads every batch to ``batch_size``), once: a network compiled before is left as it is;
+    ``config.compile`` None leaves it eager."""
+    if config.channels_last:
+        network.to(memory_format=torch.channels_last)
+    if config.compile and getattr(network, "_compiled_call_impl", None) is None:  # what nn.Module.compile sets
+        network.compile(mode=config.compile, dynamic=False, fullgraph=True)
 
 
 def load_autoguidance(pipe, config: GenerationConfig):
-    """The guiding UNet, compiled as ``config`` says: None without ``autoguidance_scale``; the pipeline's own
+    """The guiding UNet, laid out and compiled as ``config`` says (``prepare_network``): None without ``autoguidance_scale``; the pipeline's own
     ``guide_unet`` without ``autoguidance_model`` (refused where the model was saved without one); else the UNet of
     ``config.autoguidance_model``, on ``pipe``'s device in its precision. That one is refused unless it is a model of
     the same kind as ``pipe``'s: the same masks, classes and rotation conditioning, channels and size
@@ -352,7 +355,7 @@ def load_autoguidance(pipe, config: GenerationConfig):
                 f"saved with the model, and {config.model_name} has none (it was trained without --guide_step). Fix: "
                 "name a weaker model of the same training with --autoguidance_model (e.g. one of its snapshots)."
             )
-        compile_network(own, config.compile)
+        prepare_network(own, config)
         return own
     source = config.autoguidance_model
     weak = load_fundus_pipeline(source, device=str(pipe.device), dtype=config.dtype)
@@ -372,7 +375,7 @@ def load_autoguidance(pipe, config: GenerationConfig):
             f"other betas): {fix}"
         )
     pipe.check_autoguidance(weak.unet, config.autoguidance_scale, config.guidance_scale)  # channels, classes, size
-    compile_network(weak.unet, config.compile)
+    prepare_network(weak.unet, config)
     return weak.unet
 
 
@@ -772,10 +775,11 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
     ``timestep_spacing`` says (default: as saved); a GAN takes no sampler settings. With ``compile``, the network (UNet or GAN generator) is compiled in place, once (a pipeline
     prepared before keeps its compiled network), for fixed shapes: ``generate_samples`` pads every batch to
     ``batch_size``. Eager is the default: compiling costs tens of seconds (minutes with the max-autotune modes)
-    before the first batch, which only a long run earns back. ``channels_last`` stores the network's weights NHWC
-    (cuDNN's native layout for half-precision convolutions; compiled, the activations follow), and ``cudnn_benchmark``
-    lets cuDNN time its convolution algorithms once per shape, which fixed batch shapes repay: both off by default
-    until measured (RESULTS.md, issue 19).
+    before the first batch, which only a long run earns back. ``channels_last`` stores the network's (and an
+    autoguidance guide's) weights NHWC, cuDNN's preferred layout for half-precision convolutions; ``cudnn_benchmark``
+    sets the process-wide ``torch.backends.cudnn.benchmark`` (cuDNN times its convolution algorithms once per shape,
+    which fixed batch shapes could repay). Both off by default: together they sampled slower in their one measurement
+    (README, "Speed").
     """
     if not hasattr(pipe, "scheduler"):  # a GAN draws its samples in one pass
         if config.scheduler is not None or config.num_inference_steps is not None or config.timestep_spacing or config.autoguidance_scale is not None:
@@ -792,11 +796,9 @@ def prepare_pipeline(pipe, config: GenerationConfig) -> GenerationConfig:
     if hasattr(pipe, "scheduler"):  # OWN_SCHEDULER keeps the saved kind
         use_scheduler(pipe, None if config.scheduler == OWN_SCHEDULER else config.scheduler, config.timestep_spacing)
     network = pipe.unet if hasattr(pipe, "unet") else pipe.gan_generator
-    if config.channels_last:
-        network.to(memory_format=torch.channels_last)
     if config.cudnn_benchmark is not None:
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
-    compile_network(network, config.compile)
+    prepare_network(network, config)
     dtype = next(name for name, dtype in DTYPES.items() if dtype == network.dtype)
     return replace(config, dtype=dtype, device_type=pipe._execution_device.type)
 

@@ -183,11 +183,19 @@ def test_padding_drops_the_copies_and_keeps_each_sample(models):  # noqa: F811
 def test_sampling_throughput_quick_prints_a_table(tmp_path, capsys):
     benchmark = runpy.run_path(str(REPO / "benchmarks" / "sampling_throughput.py"))
     output = tmp_path / "throughput.json"
-    args = benchmark["parse_args"](["--quick", "--modes", "eager", "--output_json", str(output), "--work_dir", str(tmp_path / "w")])
+    argv = ["--quick", "--modes", "eager", "--memory_formats", "contiguous,channels_last", "--cudnn_benchmark", "on,off"]
+    args = benchmark["parse_args"]([*argv, "--output_json", str(output), "--work_dir", str(tmp_path / "w")])
+    was = torch.backends.cudnn.benchmark
     benchmark["main"](args)
+    assert torch.backends.cudnn.benchmark == was  # the rows' setting does not outlive them
     printed = capsys.readouterr().out
     assert "| mode | dtype | memory format | cuDNN benchmark | batch | images/s |" in printed
-    assert "| eager | fp32 | contiguous | off | 4 |" in printed
+    rows = [line for line in printed.splitlines() if line.startswith("| eager | fp32 |")]
+    assert [line.split(" | ")[2:4] for line in rows] == [
+        ["contiguous", "off"], ["contiguous", "on"], ["channels_last", "off"], ["channels_last", "on"]
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):
+        benchmark["parse_args"](["--quick", "--cudnn_benchmark", "False"])
     assert "| samples drawn | host RSS MiB | anonymous MiB | s |" in printed and "pairs/s" in printed
     saved = json.loads(output.read_text())
     assert {row["mode"] for row in saved["throughput"]} == {"eager"} and all(r["images_per_s"] > 0 for r in saved["throughput"])
