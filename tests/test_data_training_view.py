@@ -88,6 +88,25 @@ def test_loader_batches_flip_each_sample_by_seed_epoch_and_index_and_resume_exac
     assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(second, restarted))
 
 
+def test_without_random_flip_no_image_is_flipped_and_the_order_stays(phantoms, tmp_path):
+    from accelerate import Accelerator
+
+    from fundus_diffusion.training.batches import DeviceBatches, LoaderBatches, epoch_order_and_flips
+
+    order, flips = epoch_order_and_flips(5, 0, 6)
+    plain_order, none = epoch_order_and_flips(5, 0, 6, random_flip=False)
+    assert flips.any() and not none.any() and torch.equal(order, plain_order)
+    view = FundusTrainingView(phantoms, 32, "disc,atrophy", cache_dir=str(tmp_path))
+    as_photographed = [view[i]["pixel_values"] for i in range(len(view))]
+    on_device = [x for b in DeviceBatches(view, batch_size=2, device="cpu", seed=5, random_flip=False).epoch(0) for x in b["pixel_values"]]
+    flipped = [x for b in DeviceBatches(view, batch_size=2, device="cpu", seed=5).epoch(0) for x in b["pixel_values"]]
+    loaded = [x for b in LoaderBatches(Accelerator(cpu=True), view, batch_size=2, seed=5, random_flip=False).epoch(0) for x in b["pixel_values"]]
+    for seen in (on_device, loaded):
+        assert all(any(torch.equal(x, y) for y in as_photographed) for x in seen)
+    assert not all(any(torch.equal(x, y) for y in as_photographed) for x in flipped)  # the default does flip
+    assert all(torch.equal(a, b) or torch.equal(a, b.flip(-1)) for a, b in zip(on_device, flipped))  # the same order
+
+
 def test_conversion_is_bit_identical_to_array_to_tensor():
     from fundus_diffusion.data.training_view import to_unit_range
     from fundus_diffusion.data.transforms import array_to_tensor

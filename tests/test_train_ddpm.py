@@ -56,6 +56,15 @@ def test_an_unseeded_run_says_so_on_its_card(tmp_path, cache_dir):
     assert "not set (not reproducible)" in (tmp_path / "run" / "README.md").read_text()
 
 
+def test_no_random_flip_is_recorded_on_the_card(tmp_path, cache_dir):
+    argv = tiny_args(tmp_path / "run", cache_dir, "--max_train_steps", "1", "--no-random_flip")
+    ddpm.train(ddpm.parse_args(argv + ["--logger", "none", "--validation_steps", "100", "--checkpointing_steps", "100"]))
+    assert json.loads((tmp_path / "run" / "training_args.json").read_text())["random_flip"] is False
+    assert "--no-random_flip" in json.loads((tmp_path / "run" / "model_index.json").read_text())["training_info"]["left-right flips"]
+    assert "--no-random_flip" in (tmp_path / "run" / "README.md").read_text()
+    assert ddpm.parse_args(["--output_dir", "x"]).random_flip is True  # flips stay the default
+
+
 def test_presets_and_schedule_facts():
     paper = ddpm.parse_args(["--preset", "paper", "--output_dir", "x"])
     assert (paper.resolution, paper.train_batch_size, paper.num_train_timesteps) == (64, 8, 300)

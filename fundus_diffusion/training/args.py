@@ -114,6 +114,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers (--data_on_device no).")
     data.add_argument(
+        "--random_flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Flip half the training images left-right each epoch (masks with them; drawn from the data seed). "
+        "--no-random_flip shows every image as photographed, for data whose sides differ in what a sample should "
+        "show (a camera's number stamp, text), at the cost of the mirrored views; the epochs' order stays the same.",
+    )
+    data.add_argument(
         "--training_cache_dir",
         default=None,
         help="Where the training arrays preprocessed per resolution are cached (default $FUNDUS_CACHE or "

@@ -21,8 +21,9 @@ from .args import data_seed
 
 
 class DeviceBatches:
-    """The whole training view as one ``uint8`` tensor on the device, batched, scaled to [-1, 1] and flipped there;
-    batches hold ``pixel_values``, ``class_labels`` and ``mask_annotated`` (``[B, M]`` bool), as the view's items.
+    """The whole training view as one ``uint8`` tensor on the device, batched, scaled to [-1, 1] and flipped there
+    (``random_flip``); batches hold ``pixel_values``, ``class_labels`` and ``mask_annotated`` (``[B, M]`` bool), as
+    the view's items.
 
     A DataLoader spends most of a GAN step at 360 px converting and copying floats; the real sets are ~1k images
     (0.5 GB as uint8 at 360 px, 4 channels), which fit any training GPU. Each epoch's order and flips come from
@@ -38,6 +39,7 @@ class DeviceBatches:
         process_index: int = 0,
         num_processes: int = 1,
         accumulation_steps: int = 1,
+        random_flip: bool = True,
     ):
         arrays = np.load(view.cache_path, mmap_mode="r")
         self.data = torch.empty(arrays.shape, dtype=torch.uint8, device=device)
@@ -45,7 +47,7 @@ class DeviceBatches:
             self.data[start : start + 256] = torch.from_numpy(np.array(arrays[start : start + 256]))
         self.labels = view.class_labels.to(device)
         self.mask_annotated = torch.from_numpy(view.mask_annotated).to(device)
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.random_flip = batch_size, seed, random_flip
         self.process_index, self.num_processes = process_index, num_processes
         batches = len(arrays) // num_processes // batch_size
         self.num_batches = whole_steps(batches, accumulation_steps, len(arrays), batch_size, num_processes)
@@ -54,7 +56,7 @@ class DeviceBatches:
         return self.num_batches
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
-        order, flips = epoch_order_and_flips(self.seed, epoch, len(self.data))
+        order, flips = epoch_order_and_flips(self.seed, epoch, len(self.data), self.random_flip)
         order, flips = order[self.process_index :: self.num_processes].to(self.data.device), flips.to(self.data.device)
         for i in range(skip, self.num_batches):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
@@ -66,12 +68,13 @@ class DeviceBatches:
             }
 
 
-def epoch_order_and_flips(seed: int, epoch: int, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def epoch_order_and_flips(seed: int, epoch: int, n: int, random_flip: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """An epoch's shuffled order of ``n`` samples and, per sample index, whether it is flipped left-right: from
-    ``seed + epoch`` on the CPU, so the same on every device and for a resumed run."""
+    ``seed + epoch`` on the CPU, so the same on every device and for a resumed run. Without ``random_flip`` none is
+    flipped, in the same order."""
     rng = torch.Generator().manual_seed(seed + epoch)
     order = torch.randperm(n, generator=rng)
-    return order, torch.rand(n, generator=rng) < 0.5
+    return order, (torch.rand(n, generator=rng) < 0.5) & random_flip
 
 
 class LoaderBatches:
@@ -86,9 +89,16 @@ class LoaderBatches:
     """
 
     def __init__(
-        self, accelerator, view, batch_size: int, num_workers: int = 0, accumulation_steps: int = 1, seed: int = 0
+        self,
+        accelerator,
+        view,
+        batch_size: int,
+        num_workers: int = 0,
+        accumulation_steps: int = 1,
+        seed: int = 0,
+        random_flip: bool = True,
     ):
-        self.seed, self.order = seed, torch.Generator().manual_seed(seed)
+        self.seed, self.order, self.random_flip = seed, torch.Generator().manual_seed(seed), random_flip
         loader = DataLoader(
             view,
             batch_size=batch_size,
@@ -112,7 +122,7 @@ class LoaderBatches:
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
         self.order.manual_seed(self.seed + epoch)
         self.loader.set_epoch(epoch)
-        _, flips = epoch_order_and_flips(self.seed, epoch, self.num_samples)
+        _, flips = epoch_order_and_flips(self.seed, epoch, self.num_samples, self.random_flip)
         batches = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
         for batch in itertools.islice(batches, max(self.num_batches - skip, 0)):
             index = batch.pop("index")
@@ -154,9 +164,11 @@ def make_batches(accelerator, view, args, seed: int):
     if on_device:
         return DeviceBatches(
             view, args.train_batch_size, accelerator.device, seed, accelerator.process_index,
-            accelerator.num_processes, accumulation,
+            accelerator.num_processes, accumulation, args.random_flip,
         )  # fmt: skip
-    return LoaderBatches(accelerator, view, args.train_batch_size, args.dataloader_num_workers, accumulation, seed)
+    return LoaderBatches(
+        accelerator, view, args.train_batch_size, args.dataloader_num_workers, accumulation, seed, args.random_flip
+    )
 
 
 def load_training_batches(accelerator, args, mask_names):

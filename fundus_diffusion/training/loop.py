@@ -227,6 +227,8 @@ def run_info(args, view, accelerator, steps: int, epochs: int, seconds: float) -
     }
     if args.class_conditional:
         info["class_dropout_prob"] = args.class_dropout_prob
+    if not args.random_flip:
+        info["left-right flips"] = "none (--no-random_flip): every image as photographed"
     if not (args.dataset.startswith("phantom") or os.path.exists(args.dataset)):
         info["hub_dataset"] = args.dataset
     return info
