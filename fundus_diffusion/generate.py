@@ -342,7 +342,7 @@ def load_autoguidance(pipe, config: GenerationConfig):
     """The guiding UNet, laid out and compiled as ``config`` says (``prepare_network``): None without ``autoguidance_scale``; the pipeline's own
     ``guide_unet`` without ``autoguidance_model`` (refused where the model was saved without one); else the UNet of
     ``config.autoguidance_model``, on ``pipe``'s device in its precision. That one is refused unless it is a model of
-    the same kind as ``pipe``'s: the same masks, classes and rotation conditioning, channels and size
+    the same kind as ``pipe``'s: the same masks, classes, rotation and flip conditioning, channels and size
     (``FundusPipeline.check_autoguidance``), noise schedule and prediction type (otherwise its predictions are not
     comparable with the main model's, and guiding away from them is meaningless)."""
     if config.autoguidance_scale is None:
@@ -362,7 +362,7 @@ def load_autoguidance(pipe, config: GenerationConfig):
     if not hasattr(weak, "scheduler"):
         raise ValueError(f"--autoguidance_model {source} is a GAN; guide with a diffusion model.")
     fix = "guide with an earlier snapshot of the same training."
-    kind = ("mask_names", "id2label", "rotation_conditioning")
+    kind = ("mask_names", "id2label", "rotation_conditioning", "flip_conditioning")
     different = {k: (pipe.config.get(k), weak.config.get(k)) for k in kind if pipe.config.get(k) != weak.config.get(k)}
     if different:
         raise ValueError(f"--autoguidance_model {source} differs from {config.model_name} in {different} (model, guide): {fix}")

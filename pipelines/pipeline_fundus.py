@@ -31,6 +31,7 @@ from diffusers.utils.torch_utils import randn_tensor
 IMAGE_CHANNELS = 3
 DEFAULT_MASK_NAMES = ("disc", "atrophy")  # channel 3, channel 4
 ROTATIONS = 4  # quarter turns a rotation-conditioned UNet is told about: 0, 90, 180 and 270 degrees
+FLIPS = 2  # a flip-conditioned UNet is told whether the image was mirrored left-right
 COORDINATE_CHANNELS = 2  # x and y of each pixel, read by a UNet trained with Patch Diffusion (coordinate_channels)
 DEFAULT_ID2LABEL = {0: "non-PM", 1: "PM"}  # the null class (unknown label, unconditional) is len(id2label)
 UNKNOWN_LABEL = -1
@@ -87,11 +88,12 @@ def split_mask_names(mask_names: Union[str, Sequence[str]]) -> List[str]:
 
 
 def check_fundus_config(
-    model_name, channels, num_class_embeds, image_channels, mask_names, id2label, rotation_conditioning=False
-):
+    model_name, channels, num_class_embeds, image_channels, mask_names, id2label, rotation_conditioning=False,
+    flip_conditioning=False,
+):  # fmt: skip
     """Check a model's ``channels`` (``{"in": n, "out": n}``) and class embeddings against the pipeline's settings;
     returns the normalised ``(mask_names, id2label)``: ``mask_names`` a list, also when given as ``"disc,atrophy"``.
-    A rotation-conditioned model has ``ROTATIONS`` embeddings per class (see ``embedding_ids``)."""
+    A rotation- or flip-conditioned model has ``orientations(...)`` embeddings per class (see ``embedding_ids``)."""
     mask_names = split_mask_names(mask_names)
     if len(set(mask_names)) != len(mask_names) or not all(
         isinstance(m, str) and m and MASK_NAME_SEPARATOR not in m for m in mask_names
@@ -108,48 +110,64 @@ def check_fundus_config(
             f"{' and '.join(f'{k}put' for k in channels)} channels; this one has "
             f"{' and '.join(f'{v} {k}' for k, v in channels.items())}."
         )
-    if rotation_conditioning and (not num_class_embeds or num_class_embeds % ROTATIONS):
+    views = orientations(rotation_conditioning, flip_conditioning)
+    if views > 1 and (not num_class_embeds or num_class_embeds % views):
         raise ValueError(
-            f"A rotation-conditioned {model_name} has {ROTATIONS} class embeddings per class (one per quarter "
-            f"turn); this one has {num_class_embeds}. Fix: load it with rotation_conditioning=False, or train it "
-            "with --rotation_conditioning_prob."
+            f"A {model_name} conditioned on {'rotations' if rotation_conditioning else ''}"
+            f"{' and ' if rotation_conditioning and flip_conditioning else ''}{'flips' if flip_conditioning else ''} "
+            f"has {views} class embeddings per class (one per orientation); this one has {num_class_embeds}. Fix: "
+            "load it with the rotation_conditioning and flip_conditioning it was trained with (its model_index.json "
+            "says which)."
         )
-    classes = class_embeddings(num_class_embeds, rotation_conditioning)
+    classes = class_embeddings(num_class_embeds, rotation_conditioning, flip_conditioning)
     if classes is not None and classes != len(id2label) + 1:
         raise ValueError(
-            f"The {model_name} has {classes} class embeddings{' per rotation' if rotation_conditioning else ''}"
+            f"The {model_name} has {classes} class embeddings{' per orientation' if views > 1 else ''}"
             f"; labels {id2label} plus the null class need {len(id2label) + 1}."
         )
     return mask_names, id2label
 
 
-def class_embeddings(num_class_embeds: Optional[int], rotation_conditioning: bool = False) -> Optional[int]:
-    """How many classes a model's class embeddings stand for (per rotation, for a rotation-conditioned UNet); None
-    when it takes no class labels (no embeddings, or embeddings for rotations alone)."""
-    classes = (num_class_embeds or 0) // (ROTATIONS if rotation_conditioning else 1)
+def orientations(rotation_conditioning: bool = False, flip_conditioning: bool = False) -> int:
+    """How many orientations a conditioned UNet tells apart: ``ROTATIONS`` quarter turns, each also mirrored with
+    flip conditioning (``FLIPS``); 1 without either."""
+    return (ROTATIONS if rotation_conditioning else 1) * (FLIPS if flip_conditioning else 1)
+
+
+def class_embeddings(
+    num_class_embeds: Optional[int], rotation_conditioning: bool = False, flip_conditioning: bool = False
+) -> Optional[int]:
+    """How many classes a model's class embeddings stand for (per orientation, for a rotation- or flip-conditioned
+    UNet); None when it takes no class labels (no embeddings, or embeddings for orientations alone)."""
+    classes = (num_class_embeds or 0) // orientations(rotation_conditioning, flip_conditioning)
     return classes if classes > 1 else None
 
 
-def takes_class_labels(num_class_embeds: Optional[int], rotation_conditioning: bool = False) -> bool:
+def takes_class_labels(
+    num_class_embeds: Optional[int], rotation_conditioning: bool = False, flip_conditioning: bool = False
+) -> bool:
     """Whether a model with these class embeddings follows class labels."""
-    return class_embeddings(num_class_embeds, rotation_conditioning) is not None
+    return class_embeddings(num_class_embeds, rotation_conditioning, flip_conditioning) is not None
 
 
 def embedding_ids(
-    class_ids: Optional[torch.Tensor], rotations: Optional[torch.Tensor], num_classes: int
+    class_ids: Optional[torch.Tensor], orientation_ids: Optional[torch.Tensor], num_classes: int
 ) -> Optional[torch.Tensor]:
-    """The UNet's class-embedding index of each sample: ``rotation * num_classes + class id``.
+    """The UNet's class-embedding index of each sample: ``orientation * num_classes + class id``.
 
     Rotation conditioning (EDM's non-leaking augmentation, Karras et al. 2022, with quarter turns): training rotates
     some images by ``k`` quarter turns and tells the UNet ``k`` through its class embedding, so the model learns from
-    more views of a small set without learning to draw rotated photographs; sampling asks for ``k = 0``. An
-    unconditional model has one class (id 0). ``rotations`` None: no rotation conditioning, the class ids as given.
+    more views of a small set without learning to draw rotated photographs; sampling asks for ``k = 0``. Flip
+    conditioning tells it the same of left-right mirroring (a camera's number stamp, text: what a mirrored photograph
+    shows that no photograph does): the orientation is ``k + ROTATIONS * mirrored`` with both, ``mirrored`` alone
+    without rotations, and 0 (upright, as photographed) at sampling. An unconditional model has one class (id 0).
+    ``orientation_ids`` None: no such conditioning, the class ids as given.
     """
-    if rotations is None:
+    if orientation_ids is None:
         return class_ids
     if class_ids is None:
-        class_ids = torch.zeros_like(rotations)
-    return rotations * num_classes + class_ids
+        class_ids = torch.zeros_like(orientation_ids)
+    return orientation_ids * num_classes + class_ids
 
 
 def class_ids(id2label: dict, class_labels: Union[Label, Sequence[Label]], batch_size: int, device) -> torch.Tensor:
@@ -443,7 +461,11 @@ class FundusPipelineMixin:
     def class_conditional(self) -> bool:
         """Whether the model takes class labels."""
         model = self.unet if hasattr(self, "unet") else self.gan_generator
-        return takes_class_labels(model.config.num_class_embeds, bool(self.config.get("rotation_conditioning")))
+        return takes_class_labels(
+            model.config.num_class_embeds,
+            bool(self.config.get("rotation_conditioning")),
+            bool(self.config.get("flip_conditioning")),
+        )
 
     def class_ids(self, class_labels: Union[Label, Sequence[Label]], batch_size: int) -> torch.Tensor:
         """Names, ids, ``None`` or -1 (the null class: unconditional) -> a ``[batch_size]`` tensor of class ids."""
@@ -500,6 +522,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
             it; the model card shows it). Not used for sampling.
         rotation_conditioning (`bool`): the UNet was trained with rotation conditioning (``embedding_ids``): it has
             ``ROTATIONS`` class embeddings per class, and sampling asks for upright photographs.
+        flip_conditioning (`bool`): the UNet was told which training images were mirrored left-right: it has twice
+            the class embeddings, and sampling asks for unmirrored photographs.
         guide_unet ([`UNet2DModel`], *optional*): the weaker model this one is sampled with under autoguidance
             (``autoguidance_scale``), shipped with it: an earlier snapshot of the same training
             (``fundus-train-ddpm --guide_step``).
@@ -518,18 +542,19 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         training_info: Optional[dict] = None,
         rotation_conditioning: bool = False,
         guide_unet: Optional[UNet2DModel] = None,
+        flip_conditioning: bool = False,
     ):
         super().__init__()
         mask_names, id2label = check_fundus_config(
             "UNet", {"in": unet.config.in_channels - COORDINATE_CHANNELS * reads_coordinates(unet.config),
                      "out": unet.config.out_channels}, unet.config.num_class_embeds,
             image_channels, DEFAULT_MASK_NAMES[:1] if mask_names is None else mask_names, id2label,
-            rotation_conditioning,
+            rotation_conditioning, flip_conditioning,
         )  # fmt: skip
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         self.register_to_config(
             image_channels=image_channels, mask_names=mask_names, id2label=id2label, training_info=training_info,
-            rotation_conditioning=rotation_conditioning,
+            rotation_conditioning=rotation_conditioning, flip_conditioning=flip_conditioning,
         )  # fmt: skip
 
     def prepare_extra_step_kwargs(self, generator, eta):
@@ -635,8 +660,9 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
 
         device = self._execution_device
         labels = self.class_ids(class_labels, batch_size) if conditional else None
-        if self.config.rotation_conditioning and labels is None:  # upright (rotation 0): embedding ids = class ids, 0
-            labels = torch.zeros(batch_size, dtype=torch.long, device=device)  # for a model of rotations alone
+        oriented = self.config.rotation_conditioning or self.config.get("flip_conditioning")
+        if oriented and labels is None:  # upright and unmirrored (orientation 0): embedding ids = class ids, 0
+            labels = torch.zeros(batch_size, dtype=torch.long, device=device)  # for a model of orientations alone
         do_guidance = guidance_scale > 1
         if do_guidance:
             labels = torch.cat([torch.full_like(labels, self.null_class_id), labels])
@@ -685,7 +711,7 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         if not conditional and class_labels is not None:
             raise ValueError(
                 "This model is unconditional: it was trained without class labels (its UNet has no class embeddings, "
-                "or embeddings for rotations only), so it cannot follow class_labels or guidance towards them; "
+                "or embeddings for orientations only), so it cannot follow class_labels or guidance towards them; "
                 "leave class_labels as None and guidance_scale at 1."
             )
         if guidance_scale > 1 and (not conditional or class_labels is None):

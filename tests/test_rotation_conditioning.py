@@ -12,7 +12,7 @@ from test_train_ddpm import tiny_args
 from fundus_diffusion import FundusPipeline
 from fundus_diffusion.data import load_phantom_dataset
 from fundus_diffusion.models.unet import build_unet
-from fundus_diffusion.pipelines.pipeline_fundus import ROTATIONS, check_fundus_config, embedding_ids
+from fundus_diffusion.pipelines.pipeline_fundus import ROTATIONS, check_fundus_config, embedding_ids, orientations
 from fundus_diffusion.training import ddpm
 from fundus_diffusion.training.augment import random_quarter_turns
 
@@ -47,9 +47,9 @@ def test_the_loss_gives_the_unet_rotation_and_class_with_dropped_labels_made_nul
 
     scheduler = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "x", "--resolution", "16"]))
     x, rotations = torch.zeros(3, 4, 8, 8), torch.tensor([0, 1, 3])
-    ddpm.diffusion_loss(unet, scheduler, x, torch.tensor([0, 1, 2]), rotations=rotations)
-    ddpm.diffusion_loss(unet, scheduler, x, torch.tensor([0, 1, 2]), class_dropout_prob=0.999999, rotations=rotations)
-    ddpm.diffusion_loss(unet, scheduler, x, rotations=rotations)
+    ddpm.diffusion_loss(unet, scheduler, x, torch.tensor([0, 1, 2]), orientation_ids=rotations)
+    ddpm.diffusion_loss(unet, scheduler, x, torch.tensor([0, 1, 2]), class_dropout_prob=0.999999, orientation_ids=rotations)
+    ddpm.diffusion_loss(unet, scheduler, x, orientation_ids=rotations)
     assert [s.tolist() for s in seen] == [[0, 4, 11], [2, 5, 11], [0, 1, 3]]
 
 
@@ -62,7 +62,7 @@ def test_a_rotation_conditioned_unet_needs_rotations_times_classes_embeddings():
         check_fundus_config("UNet", channels, embeddings, 3, ["disc"], None, rotation_conditioning=True)
     with pytest.raises(ValueError, match="4 class embeddings per class .* this one has 3"):
         check_fundus_config("UNet", channels, 3, 3, ["disc"], None, rotation_conditioning=True)
-    with pytest.raises(ValueError, match="has 8 class embeddings per rotation"):
+    with pytest.raises(ValueError, match="has 8 class embeddings per orientation"):
         check_fundus_config("UNet", channels, 32, 3, ["disc"], None, rotation_conditioning=True)
 
 
@@ -183,3 +183,52 @@ def test_a_model_saved_before_rotation_conditioning_loads_and_samples_as_before(
     assert not pipe.config.rotation_conditioning and pipe.class_conditional
     assert "Rotation conditioning" not in (folder / "README.md").read_text()
     assert sampled_class_labels(pipe, class_labels="PM") == [1, 1]
+
+
+def test_flip_conditioning_doubles_the_embeddings_per_orientation():
+    assert orientations() == 1 and orientations(True) == ROTATIONS and orientations(True, True) == 2 * ROTATIONS
+    assert build_unet("tiny", 16, 4, class_conditional=False, flip_conditioning=True).config.num_class_embeds == 2
+    both = build_unet("tiny", 16, 4, class_conditional=True, rotation_conditioning=True, flip_conditioning=True)
+    assert both.config.num_class_embeds == 3 * 2 * ROTATIONS
+    channels = {"in": 4, "out": 4}
+    check_fundus_config("UNet", channels, 24, 3, ["disc"], None, rotation_conditioning=True, flip_conditioning=True)
+    with pytest.raises(ValueError, match="rotations and flips has 8 class embeddings per class .* this one has 12"):
+        check_fundus_config("UNet", channels, 12, 3, ["disc"], None, rotation_conditioning=True, flip_conditioning=True)
+    # a mirrored sample turned by k quarter turns: orientation k + 4, after all classes of each orientation before it
+    assert torch.equal(embedding_ids(torch.tensor([1, 2]), torch.tensor([0 + ROTATIONS, 3 + ROTATIONS]), 3), torch.tensor([13, 23]))
+    with pytest.raises(SystemExit):
+        ddpm.parse_args(["--output_dir", "x", "--flip_conditioning", "--no-random_flip"])
+
+
+def test_a_training_step_tells_the_unet_each_images_flip(tmp_path, monkeypatch):
+    flips_by_step, seen_by_loss = [], []
+    real_step, real_loss = ddpm.DDPMKind.step, ddpm.diffusion_loss
+
+    def step(self, batch):
+        flips_by_step.append(batch["flipped"].clone())
+        return real_step(self, batch)
+
+    def loss(unet, scheduler, pixel_values, *args):
+        seen_by_loss.append(args[4])  # the orientation ids: after the labels, dropout, gamma and masks
+        return real_loss(unet, scheduler, pixel_values, *args)
+
+    monkeypatch.setattr(ddpm.DDPMKind, "step", step)
+    monkeypatch.setattr(ddpm, "diffusion_loss", loss)
+    extra = ["--max_train_steps", "4", "--logger", "none", "--rotation_conditioning_prob", "0", "--flip_conditioning"]
+    ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "run", tmp_path / "cache", *extra)))
+    flips = torch.cat(flips_by_step)
+    assert flips.any() and not flips.all()  # 16 draws: both kinds
+    assert torch.equal(torch.cat(seen_by_loss), flips.long())
+
+
+def test_a_flip_conditioned_model_trains_saves_and_samples_unmirrored(tmp_path):
+    out = tmp_path / "run"
+    extra = ["--max_train_steps", "2", "--logger", "none", "--rotation_conditioning_prob", "0.5", "--flip_conditioning"]
+    ddpm.train(ddpm.parse_args(tiny_args(out, tmp_path / "cache", *extra)))
+    pipe = FundusPipeline.from_pretrained(out)
+    assert pipe.config.flip_conditioning and pipe.config.rotation_conditioning
+    assert pipe.unet.config.num_class_embeds == 24 and pipe.class_conditional  # 3 classes x 4 turns x 2
+    assert "mirrored" in pipe.config.training_info["flip conditioning"]
+    assert "Flip conditioning: the UNet was told" in (out / "README.md").read_text()
+    assert sampled_class_labels(pipe, class_labels="PM") == [1, 1]  # orientation 0: upright, unmirrored
+    assert sampled_class_labels(pipe, class_labels="PM", guidance_scale=2.0) == [2, 2, 1, 1]

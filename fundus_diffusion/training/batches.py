@@ -22,8 +22,8 @@ from .args import data_seed
 
 class DeviceBatches:
     """The whole training view as one ``uint8`` tensor on the device, batched, scaled to [-1, 1] and flipped there
-    (``random_flip``); batches hold ``pixel_values``, ``class_labels`` and ``mask_annotated`` (``[B, M]`` bool), as
-    the view's items.
+    (``random_flip``); batches hold ``pixel_values``, ``flipped`` (``[B]`` bool: mirrored left-right), ``class_labels``
+    and ``mask_annotated`` (``[B, M]`` bool), as the view's items.
 
     A DataLoader spends most of a GAN step at 360 px converting and copying floats; the real sets are ~1k images
     (0.5 GB as uint8 at 360 px, 4 channels), which fit any training GPU. Each epoch's order and flips come from
@@ -63,6 +63,7 @@ class DeviceBatches:
             x = self.data[index].float().div_(127.5).sub_(1.0)
             yield {
                 "pixel_values": flip_where(x, flips[index]),
+                "flipped": flips[index],
                 "class_labels": self.labels[index],
                 "mask_annotated": self.mask_annotated[index],
             }
@@ -126,7 +127,8 @@ class LoaderBatches:
         batches = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
         for batch in itertools.islice(batches, max(self.num_batches - skip, 0)):
             index = batch.pop("index")
-            batch["pixel_values"] = flip_where(batch["pixel_values"], flips.to(index.device)[index])
+            batch["flipped"] = flips.to(index.device)[index]
+            batch["pixel_values"] = flip_where(batch["pixel_values"], batch["flipped"])
             yield batch
 
 

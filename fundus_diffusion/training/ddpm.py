@@ -29,7 +29,7 @@ from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, mask_cha
 from ..model_cards import portable_name
 from ..models.unet import UNET_PRESETS, build_unet
 from ..pipelines.loading import load_fundus_pipeline
-from ..pipelines.pipeline_fundus import FundusPipeline, embedding_ids, split_mask_names
+from ..pipelines.pipeline_fundus import ROTATIONS, FundusPipeline, embedding_ids, split_mask_names
 from ..visualization import contact_sheet
 from . import loop, patches, post_hoc_ema
 from .args import parse_training_args
@@ -217,7 +217,7 @@ def diffusion_loss(
     class_dropout_prob=0.0,
     snr_gamma=None,
     mask_annotated=None,
-    rotations=None,
+    orientation_ids=None,
     coordinates=None,
     region_weighting=None,
 ):
@@ -229,8 +229,9 @@ def diffusion_loss(
     ``coordinates`` (``[B, 2, H, W]``, None: none): where each pixel of a crop lies in its whole image, given to a UNet
     trained with Patch Diffusion beside the noisy channels (``patches.random_patches``).
 
-    ``rotations`` (``[B]`` long, None: no rotation conditioning): the quarter turns each sample was rotated by,
-    given to a rotation-conditioned UNet with its class (``pipeline_fundus.embedding_ids``).
+    ``orientation_ids`` (``[B]`` long, None: no rotation or flip conditioning): each sample's quarter turns, plus
+    ``ROTATIONS`` where it was mirrored with flip conditioning, given to the UNet with its class
+    (``pipeline_fundus.embedding_ids``).
 
     ``mask_annotated`` (``bool [B, M]``, None: all annotated) marks the mask channels (3, 4, ...) each sample is
     annotated for. An unannotated channel holds no information (the training view stores it as -1, not as "absent"):
@@ -252,7 +253,7 @@ def diffusion_loss(
     if class_labels is not None and class_dropout_prob > 0:
         dropped = torch.rand(bsz, device=pixel_values.device) < class_dropout_prob
         class_labels = torch.where(dropped, torch.full_like(class_labels, NULL_CLASS_ID), class_labels)
-    class_labels = embedding_ids(class_labels, rotations, NUM_CLASS_EMBEDS if class_labels is not None else 1)
+    class_labels = embedding_ids(class_labels, orientation_ids, NUM_CLASS_EMBEDS if class_labels is not None else 1)
     unet_input = noisy if coordinates is None else torch.cat([noisy, coordinates.to(noisy.dtype)], dim=1)
     prediction = unet(unet_input, timesteps, class_labels=class_labels).sample
     if noise_scheduler.config.prediction_type == "v_prediction":
@@ -293,8 +294,8 @@ def load_initial_weights(unet, source: str, mask_names) -> None:
         raise ValueError(
             f"--init_from {source}: its UNet differs from this run's in "
             + "; ".join(f"{k} ({theirs.get(k)} there, {ours.get(k)} here)" for k in differ)
-            + ". Fix: train with the --model_config, class conditioning, --rotation_conditioning_prob and "
-            "--patch_diffusion that model was trained with (its training_args.json says which; 0 / off for models "
+            + ". Fix: train with the --model_config, class conditioning, --rotation_conditioning_prob, "
+            "--flip_conditioning and --patch_diffusion that model was trained with (its training_args.json says which; 0 / off for models "
             "trained before those flags)."
         )
     unet.load_state_dict(pipe.unet.state_dict())
@@ -306,6 +307,7 @@ def make_pipeline(unet, noise_scheduler, args) -> FundusPipeline:
         scheduler=noise_scheduler,
         mask_names=list(args.mask_names),
         rotation_conditioning=args.rotation_conditioning_prob > 0,
+        flip_conditioning=args.flip_conditioning,
     )
 
 
@@ -322,7 +324,7 @@ class DDPMKind(loop.ModelKind):
     DEFAULTS = dict(class_conditional=None, use_ema=True, logging_steps=10, num_validation_images=16)
     MODEL_FLAGS = (
         "preset", "resolution", "model_config", "masks", "class_conditional", "dropout", "rotation_conditioning_prob",
-        "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+        "flip_conditioning", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
         "schedule_base_resolution", "schedule_detail_resolution", "patch_diffusion", "patch_full_share",
     )  # fmt: skip
     OPTIMIZER_FLAGS = loop.ModelKind.OPTIMIZER_FLAGS + ("adam_weight_decay", "lr_scheduler", "lr_warmup_steps")
@@ -364,6 +366,14 @@ class DDPMKind(loop.ModelKind):
             "tell the UNet by how much (EDM's non-leaking augmentation, Karras et al. 2022, with quarter turns): four "
             "times the views of a small set, while samples stay upright (sampling asks for no rotation). The ours preset "
             "uses 0.5; 0: off.",
+        )
+        model.add_argument(
+            "--flip_conditioning",
+            action="store_true",
+            help="Tell the UNet which training images are mirrored left-right (the random flips, as rotations are "
+            "told): the model keeps the mirrored views but learns what a mirrored photograph shows that none does "
+            "(a camera's number stamp, text), and sampling asks for unmirrored photographs. Doubles the class "
+            "embeddings; needs the random flips (not --no-random_flip).",
         )
         model.add_argument(
             "--patch_diffusion",
@@ -512,6 +522,8 @@ class DDPMKind(loop.ModelKind):
                 f"--rotation_conditioning_prob {args.rotation_conditioning_prob}: give a probability in [0, 1) (at 1 "
                 "no image trains upright, and sampling asks for upright ones)."
             )
+        if args.flip_conditioning and not args.random_flip:
+            parser.error("--flip_conditioning tells the UNet which images are flipped, and --no-random_flip flips none: drop one.")
         if not args.patch_diffusion and args.patch_full_share != parser.get_default("patch_full_share"):
             parser.error("--patch_full_share sets Patch Diffusion's crop schedule: add --patch_diffusion, or leave it out.")
         if args.patch_diffusion:
@@ -610,6 +622,7 @@ class DDPMKind(loop.ModelKind):
             dropout=args.dropout,
             rotation_conditioning=args.rotation_conditioning_prob > 0,
             coordinate_channels=args.patch_diffusion,
+            flip_conditioning=args.flip_conditioning,
         )
         if args.init_from:
             load_initial_weights(unet, args.init_from, args.mask_names)
@@ -665,16 +678,19 @@ class DDPMKind(loop.ModelKind):
         """One forward/backward (an optimizer step once gradients are accumulated) and the EMA update; the gradient
         norm (before clipping) on optimizer steps."""
         args, accelerator = self.args, self.accelerator
-        pixel_values, rotations, coordinates = batch["pixel_values"], None, None
+        pixel_values, orientation_ids, coordinates = batch["pixel_values"], None, None
         class_labels = batch["class_labels"] if args.class_conditional else None
         mask_annotated = batch["mask_annotated"]
         if args.rotation_conditioning_prob > 0:  # before cropping: a crop's coordinates are in the turned image
-            pixel_values, rotations = random_quarter_turns(pixel_values, args.rotation_conditioning_prob)
+            pixel_values, orientation_ids = random_quarter_turns(pixel_values, args.rotation_conditioning_prob)
+        if args.flip_conditioning:  # the batch's flips, told as rotations are (pipeline_fundus.embedding_ids)
+            mirrored = batch["flipped"].long()
+            orientation_ids = mirrored if orientation_ids is None else orientation_ids + ROTATIONS * mirrored
         if args.patch_diffusion:
             size = patches.draw_patch_size(args.resolution, args.patch_full_share)
             pixel_values, coordinates, source = patches.random_patches(pixel_values, size)
-            class_labels, mask_annotated, rotations = (
-                None if value is None else value[source] for value in (class_labels, mask_annotated, rotations)
+            class_labels, mask_annotated, orientation_ids = (
+                None if value is None else value[source] for value in (class_labels, mask_annotated, orientation_ids)
             )
         if args.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
@@ -682,7 +698,7 @@ class DDPMKind(loop.ModelKind):
         with accelerator.accumulate(self.unet):
             loss = diffusion_loss(
                 self.unet, self.noise_scheduler, pixel_values, class_labels, args.class_dropout_prob, args.snr_gamma,
-                mask_annotated, rotations, coordinates, self.region_weighting,
+                mask_annotated, orientation_ids, coordinates, self.region_weighting,
             )  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:  # an infinite bound measures the norm without clipping
@@ -775,6 +791,8 @@ class DDPMKind(loop.ModelKind):
             )
         if args.rotation_conditioning_prob:
             info["rotation conditioning"] = f"{args.rotation_conditioning_prob:g} of the images turned by quarter turns"
+        if args.flip_conditioning:
+            info["flip conditioning"] = "the UNet told which images were mirrored left-right; samples drawn unmirrored"
         if args.init_from:
             info["initialised from"] = portable_name(args.init_from)
         if args.post_hoc_ema:
