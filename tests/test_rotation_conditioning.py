@@ -178,9 +178,10 @@ def test_a_model_saved_before_rotation_conditioning_loads_and_samples_as_before(
     shutil.copytree(unrotated_run / "run", folder, ignore=shutil.ignore_patterns("checkpoint-*"))
     index = json.loads((folder / "model_index.json").read_text())
     index.pop("rotation_conditioning")
+    index.pop("flip_conditioning")
     (folder / "model_index.json").write_text(json.dumps(index))
     pipe = FundusPipeline.from_pretrained(folder)
-    assert not pipe.config.rotation_conditioning and pipe.class_conditional
+    assert not pipe.config.rotation_conditioning and not pipe.config.flip_conditioning and pipe.class_conditional
     assert "Rotation conditioning" not in (folder / "README.md").read_text()
     assert sampled_class_labels(pipe, class_labels="PM") == [1, 1]
 
@@ -196,29 +197,56 @@ def test_flip_conditioning_doubles_the_embeddings_per_orientation():
         check_fundus_config("UNet", channels, 12, 3, ["disc"], None, rotation_conditioning=True, flip_conditioning=True)
     # a mirrored sample turned by k quarter turns: orientation k + 4, after all classes of each orientation before it
     assert torch.equal(embedding_ids(torch.tensor([1, 2]), torch.tensor([0 + ROTATIONS, 3 + ROTATIONS]), 3), torch.tensor([13, 23]))
+
+
+
+def test_flip_conditioning_needs_the_flips(capsys):
     with pytest.raises(SystemExit):
         ddpm.parse_args(["--output_dir", "x", "--flip_conditioning", "--no-random_flip"])
+    assert "--flip_conditioning tells the UNet which images are flipped" in capsys.readouterr().err
 
 
-def test_a_training_step_tells_the_unet_each_images_flip(tmp_path, monkeypatch):
-    flips_by_step, seen_by_loss = [], []
-    real_step, real_loss = ddpm.DDPMKind.step, ddpm.diffusion_loss
+@pytest.mark.parametrize("extra", [["--rotation_conditioning_prob", "0"], ["--rotation_conditioning_prob", "0.5"], ["--rotation_conditioning_prob", "0.5", "--patch_diffusion"]])
+def test_a_training_step_tells_the_unet_each_images_flip_and_turn(tmp_path, monkeypatch, extra):
+    """The orientation the loss gets is the image's quarter turns plus ROTATIONS where its batch flipped it (the flip
+    alone without rotation conditioning), and Patch Diffusion's crops keep their image's."""
+    flips_by_step, turns_by_step, sources_by_step, seen_by_loss = [], [], [], []
+    real_step, real_loss, real_turns = ddpm.DDPMKind.step, ddpm.diffusion_loss, ddpm.random_quarter_turns
+    real_patches = ddpm.patches.random_patches
 
     def step(self, batch):
         flips_by_step.append(batch["flipped"].clone())
         return real_step(self, batch)
+
+    def turns(x, prob):
+        out = real_turns(x, prob)
+        turns_by_step.append(out[1])
+        return out
+
+    def patches(x, size):
+        out = real_patches(x, size)
+        sources_by_step.append(out[2])
+        return out
 
     def loss(unet, scheduler, pixel_values, *args):
         seen_by_loss.append(args[4])  # the orientation ids: after the labels, dropout, gamma and masks
         return real_loss(unet, scheduler, pixel_values, *args)
 
     monkeypatch.setattr(ddpm.DDPMKind, "step", step)
+    monkeypatch.setattr(ddpm, "random_quarter_turns", turns)
+    monkeypatch.setattr(ddpm.patches, "random_patches", patches)
     monkeypatch.setattr(ddpm, "diffusion_loss", loss)
-    extra = ["--max_train_steps", "4", "--logger", "none", "--rotation_conditioning_prob", "0", "--flip_conditioning"]
-    ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "run", tmp_path / "cache", *extra)))
+    argv = ["--max_train_steps", "4", "--logger", "none", "--flip_conditioning", *extra]
+    ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "run", tmp_path / "cache", *argv)))
+    for i, flips in enumerate(flips_by_step):
+        expected = flips.long() * (ROTATIONS if turns_by_step else 1) + (turns_by_step[i] if turns_by_step else 0)
+        if sources_by_step:
+            expected = expected[sources_by_step[i]]
+        assert torch.equal(seen_by_loss[i], expected)
     flips = torch.cat(flips_by_step)
     assert flips.any() and not flips.all()  # 16 draws: both kinds
-    assert torch.equal(torch.cat(seen_by_loss), flips.long())
+    if turns_by_step:
+        assert torch.cat(turns_by_step).any() and torch.cat(seen_by_loss).max() >= ROTATIONS  # a turned, mirrored image
 
 
 def test_a_flip_conditioned_model_trains_saves_and_samples_unmirrored(tmp_path):

@@ -63,6 +63,12 @@ def test_no_random_flip_is_recorded_on_the_card(tmp_path, cache_dir):
     assert "--no-random_flip" in json.loads((tmp_path / "run" / "model_index.json").read_text())["training_info"]["left-right flips"]
     assert "--no-random_flip" in (tmp_path / "run" / "README.md").read_text()
     assert ddpm.parse_args(["--output_dir", "x"]).random_flip is True  # flips stay the default
+    # the checkpoint records it: a resume that changes what the model trains on is refused
+    run = tiny_args(tmp_path / "flipped", cache_dir, "--max_train_steps", "1", "--checkpointing_steps", "1", "--logger", "none")
+    ddpm.train(ddpm.parse_args(run + ["--validation_steps", "100"]))
+    resume = run[: run.index("--max_train_steps")] + ["--max_train_steps", "2", "--logger", "none", "--resume_from_checkpoint", "latest"]
+    with pytest.raises(ValueError, match=r"without --random_flip \(checkpoint: with it\)"):
+        ddpm.train(ddpm.parse_args(resume + ["--no-random_flip"]))
 
 
 def test_presets_and_schedule_facts():

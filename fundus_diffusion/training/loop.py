@@ -58,6 +58,7 @@ class ModelKind:
     MODEL_FLAGS: Tuple[str, ...] = ()
     OPTIMIZER_FLAGS: Tuple[str, ...] = ("learning_rate", "adam_beta1", "adam_beta2")
     LOSS_FLAGS: Tuple[str, ...] = ()  # how the error is weighted: equal on resume, as the card states it for the run
+    DATA_FLAGS: Tuple[str, ...] = ("random_flip",)  # which views of the images train: equal on resume, as the card says
     LOSSES: Tuple[str, ...] = ("loss",)
     PEAK_METRICS: Dict[str, str] = {}
     VALIDATION_LOG: Optional[str] = None
@@ -317,7 +318,7 @@ def train(args, kind_class) -> str:
     if args.compile_cache:  # before the first compiled call, which is the first step's
         load_compile_cache(args.compile_cache)
     kind = seeded_build(args.seed, lambda: kind_class(args, accelerator, view, plan), args.data_seed)
-    flags = model_flags(args, kind.MODEL_FLAGS + kind.OPTIMIZER_FLAGS + kind.LOSS_FLAGS)  # in every checkpoint, equal on resume
+    flags = model_flags(args, kind.MODEL_FLAGS + kind.OPTIMIZER_FLAGS + kind.LOSS_FLAGS + kind.DATA_FLAGS)  # in every checkpoint, equal on resume
     saved_objects = checkpoint_objects(kind)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
