@@ -27,7 +27,8 @@ generate.py's own path, ``prepare_pipeline``), ``--dtypes``, ``--memory_formats`
 ``--cudnn_benchmark`` (off / on: cuDNN's algorithm search for the fixed batch shape; the off rows run first, as the
 algorithms the search picks stay cached in the process) and ``--batch_sizes``. The first ``--warmup`` batches
 (compilation, CUDA-graph capture) are timed apart and reported as warm-up; then ``--repeats`` batches are timed
-between ``torch.cuda.synchronize()`` calls.
+between ``torch.cuda.synchronize()`` calls. ``--profile`` then runs one more batch of each row under the profiler
+and prints its 15 costliest kernels (``train_ddpm_throughput.print_profile``): where the time goes.
 
 The stream rows run ``generate_dataset`` (generate.py's writer: Arrow shards, then the dataset, card and Hub layout)
 for ``--stream_samples`` pairs in ``--work_dir``, eager, with ``--stream_steps`` solver steps (host memory does not
@@ -67,6 +68,7 @@ from typing import Optional
 import numpy as np
 import psutil
 import torch
+from train_ddpm_throughput import print_profile  # a sibling script: run from benchmarks/, as the others are
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data.schema import num_channels
@@ -128,6 +130,10 @@ def parse_args(argv=None):
     )  # fmt: skip
     parser.add_argument("--work_dir", default=None, help="Where the stream and writer rows write (default: a temporary folder, removed).")
     parser.add_argument("--output_json", default=None)
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="After each throughput row, print the 15 costliest kernels of one more batch (where the time goes).",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="Tiny UNet at 32 px, batch 4, 64 streamed and 32 written pairs: a CPU check.")
     args = parser.parse_args(argv)
     for name, value in (QUICK if args.quick else DEFAULTS).items():
@@ -210,6 +216,9 @@ def throughput_row(pipe, args, mode: str, dtype: str, layout: str, cudnn_benchma
 
     warmup_s = run(args.warmup)
     seconds = run(args.repeats)
+    if args.profile:  # after the timing, so the profiler costs the row nothing
+        print(f"profile: {mode} {dtype} {layout} cuDNN benchmark {'on' if cudnn_benchmark else 'off'} batch {batch}", flush=True)
+        print_profile(lambda: generate_samples(pipe, list(range(batch)), labels, config), torch.device(args.device), steps=1)
     return {
         **row_key(mode, dtype, layout, cudnn_benchmark, batch),
         "images_per_s": batch * args.repeats / seconds,

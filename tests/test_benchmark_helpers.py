@@ -62,10 +62,16 @@ def test_reuses_only_finished_runs_with_the_same_settings(tmp_path):
     assert finished(run, expected)
 
 
-def test_sampling_throughput_writer_rows_time_one_thread_and_the_pool(tmp_path, capsys):
+def load_sampling_throughput(monkeypatch):
+    """benchmarks/sampling_throughput.py's namespace; it imports a sibling script, as when run from benchmarks/."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    return runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "sampling_throughput.py"))
+
+
+def test_sampling_throughput_writer_rows_time_one_thread_and_the_pool(tmp_path, capsys, monkeypatch):
     """benchmarks/sampling_throughput.py --sections writer: ready-made pairs through generate.py's writer, no model;
     every thread count writes the same files."""
-    benchmark = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "sampling_throughput.py"))
+    benchmark = load_sampling_throughput(monkeypatch)
     argv = ["--quick", "--sections", "writer", "--writer_samples", "6", "--shard_size", "4", "--writer_threads", "1,2"]
     results = benchmark["main"](benchmark["parse_args"]([*argv, "--work_dir", str(tmp_path)]))
     rows = results["writer"]
@@ -76,7 +82,7 @@ def test_sampling_throughput_writer_rows_time_one_thread_and_the_pool(tmp_path, 
     assert list(tmp_path.iterdir()) == []  # the rows' folders are removed
 
 
-def test_sampling_throughput_phantom_stream_writes_phantoms_in_the_models_place(tmp_path, capsys):
+def test_sampling_throughput_phantom_stream_writes_phantoms_in_the_models_place(tmp_path, capsys, monkeypatch):
     """--stream_sampler phantom: the pipeline is never called; each call returns the phantoms of its generators' seeds
     in the pipeline's np output format, and the stream row runs generate.py's writer on them, shard by shard."""
     import numpy as np
@@ -84,7 +90,7 @@ def test_sampling_throughput_phantom_stream_writes_phantoms_in_the_models_place(
 
     from fundus_diffusion.data import draw_phantom
 
-    benchmark = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "sampling_throughput.py"))
+    benchmark = load_sampling_throughput(monkeypatch)
 
     def refuse(**kwargs):
         raise AssertionError("the model was called")

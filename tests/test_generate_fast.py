@@ -180,7 +180,8 @@ def test_padding_drops_the_copies_and_keeps_each_sample(models):  # noqa: F811
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_sampling_throughput_quick_prints_a_table(tmp_path, capsys):
+def test_sampling_throughput_quick_prints_a_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # it imports a sibling script, as when run from there
     benchmark = runpy.run_path(str(REPO / "benchmarks" / "sampling_throughput.py"))
     output = tmp_path / "throughput.json"
     argv = ["--quick", "--modes", "eager", "--memory_formats", "contiguous,channels_last", "--cudnn_benchmark", "on,off"]
@@ -205,6 +206,10 @@ def test_sampling_throughput_quick_prints_a_table(tmp_path, capsys):
     assert peak["rss_mib"] >= max(r["rss_mib"] for r in stream["memory_after_shard"]) > 0
     assert peak["anonymous_mib"] >= max(r["anonymous_mib"] for r in stream["memory_after_shard"]) > 0  # Linux
     assert stream["pairs_per_s"] > 0 and [r["seconds"] for r in stream["memory_after_shard"]] == sorted(r["seconds"] for r in stream["memory_after_shard"])
+    # --profile: one more batch of each row through the profiler, its costliest kernels printed (CPU here)
+    benchmark["main"](benchmark["parse_args"](["--quick", "--modes", "eager", "--sections", "throughput", "--profile"]))
+    printed = capsys.readouterr().out
+    assert "profile: eager fp32 contiguous cuDNN benchmark off batch 4" in printed and "Self CPU time total" in printed
 
 
 def test_timestep_spacing_moves_the_last_step_to_zero_and_is_recorded_and_regenerated(ddpm_1000, tmp_path):
