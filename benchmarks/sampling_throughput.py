@@ -68,7 +68,7 @@ from typing import Optional
 import numpy as np
 import psutil
 import torch
-from train_ddpm_throughput import print_profile  # a sibling script: run from benchmarks/, as the others are
+from train_ddpm_throughput import print_profile, sync  # a sibling script: run from benchmarks/, as the others are
 
 from fundus_diffusion.cli import run_script
 from fundus_diffusion.data.schema import num_channels
@@ -184,11 +184,6 @@ def model_name(args) -> str:
     return os.path.basename(os.path.normpath(args.model)) if args.model else f"random-{args.model_config}"
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def row_key(mode: str, dtype: str, layout: str, cudnn_benchmark: bool, batch: int) -> dict:
     return {"mode": mode, "dtype": dtype, "memory_format": layout, "cudnn_benchmark": cudnn_benchmark, "batch": batch}
 
@@ -203,27 +198,28 @@ def throughput_row(pipe, args, mode: str, dtype: str, layout: str, cudnn_benchma
     config = prepare_pipeline(pipe, config)
     conditional = pipe.class_conditional
     labels = [("PM", "non-PM")[i % 2] if conditional else None for i in range(batch)]
-    if args.device.startswith("cuda"):
+    device = torch.device(args.device)
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     def run(batches: int) -> float:
-        sync(args.device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(batches):
             generate_samples(pipe, list(range(batch)), labels, config)
-        sync(args.device)
+        sync(device)
         return time.perf_counter() - start
 
     warmup_s = run(args.warmup)
     seconds = run(args.repeats)
     if args.profile:  # after the timing, so the profiler costs the row nothing
         print(f"profile: {mode} {dtype} {layout} cuDNN benchmark {'on' if cudnn_benchmark else 'off'} batch {batch}", flush=True)
-        print_profile(lambda: generate_samples(pipe, list(range(batch)), labels, config), torch.device(args.device), steps=1)
+        print_profile(lambda: generate_samples(pipe, list(range(batch)), labels, config), device, steps=1)
     return {
         **row_key(mode, dtype, layout, cudnn_benchmark, batch),
         "images_per_s": batch * args.repeats / seconds,
         "warmup_s": round(warmup_s, 2),
-        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
+        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
     }
 
 

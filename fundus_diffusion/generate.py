@@ -98,8 +98,8 @@ POSTPROCESSING = ("binarize", "largest_disc", "cup_in_disc", "fill_holes")
 CONFIG_FILE = "generation_config.json"
 SHARDS_DIR = "shards"
 # Settings a resumed run may change: another device of the recorded type, and how the network runs (compiled, its
-# memory format, cuDNN's algorithm search), which rounds within one 8-bit level of the eager one. The batch size is compared: a sample's pixels can move by one level with
-# the batch it is drawn in (batched network calls round differently).
+# memory format, cuDNN's algorithm search), which rounds within one 8-bit level of the eager one. The batch size is
+# compared: a sample's pixels can move by one level with the batch it is drawn in (batched calls round differently).
 RESUMABLE_DIFFERENCES = ("device", "compile", "channels_last", "cudnn_benchmark")
 # A diffusion model's sampler unless told otherwise (see the module docstring); RePaint resampling (resample_steps)
 # needs a step without solver state: DDPM, over the full chain unless num_inference_steps says otherwise.
@@ -339,8 +339,8 @@ def prepare_network(network, config: GenerationConfig) -> None:
 
 
 def load_autoguidance(pipe, config: GenerationConfig):
-    """The guiding UNet, laid out and compiled as ``config`` says (``prepare_network``): None without ``autoguidance_scale``; the pipeline's own
-    ``guide_unet`` without ``autoguidance_model`` (refused where the model was saved without one); else the UNet of
+    """The guiding UNet, laid out and compiled as ``config`` says (``prepare_network``): None without
+    ``autoguidance_scale``; the pipeline's own ``guide_unet`` without ``autoguidance_model`` (refused where the model was saved without one); else the UNet of
     ``config.autoguidance_model``, on ``pipe``'s device in its precision. That one is refused unless it is a model of
     the same kind as ``pipe``'s: the same masks, classes, rotation and flip conditioning, channels and size
     (``FundusPipeline.check_autoguidance``), noise schedule and prediction type (otherwise its predictions are not

@@ -295,8 +295,8 @@ def load_initial_weights(unet, source: str, mask_names) -> None:
             f"--init_from {source}: its UNet differs from this run's in "
             + "; ".join(f"{k} ({theirs.get(k)} there, {ours.get(k)} here)" for k in differ)
             + ". Fix: train with the --model_config, class conditioning, --rotation_conditioning_prob, "
-            "--flip_conditioning and --patch_diffusion that model was trained with (its training_args.json says which; 0 / off for models "
-            "trained before those flags)."
+            "--flip_conditioning and --patch_diffusion that model was trained with (its training_args.json says "
+            "which; 0 / off for models trained before those flags)."
         )
     unet.load_state_dict(pipe.unet.state_dict())
 
@@ -523,7 +523,9 @@ class DDPMKind(loop.ModelKind):
                 "no image trains upright, and sampling asks for upright ones)."
             )
         if args.flip_conditioning and not args.random_flip:
-            parser.error("--flip_conditioning tells the UNet which images are flipped, and --no-random_flip flips none: drop one.")
+            parser.error(
+                "--flip_conditioning tells the UNet which images are flipped, and --no-random_flip flips none: drop one."
+            )
         if not args.patch_diffusion and args.patch_full_share != parser.get_default("patch_full_share"):
             parser.error("--patch_full_share sets Patch Diffusion's crop schedule: add --patch_diffusion, or leave it out.")
         if args.patch_diffusion:
