@@ -19,7 +19,7 @@ import json
 from typing import Dict
 
 from fundus_diffusion.data import load_fundus_dataset
-from fundus_diffusion.data.schema import annotation_matrix, dataset_mask_names
+from fundus_diffusion.data.schema import annotation_matrix, dataset_mask_names, origins
 from fundus_diffusion.evaluation.arrays import add_named_set_args, dataset_arrays, parse_named_sets
 from fundus_diffusion.evaluation.disc_appearance import (
     LOCATE,
@@ -32,12 +32,11 @@ from fundus_diffusion.evaluation.disc_appearance import (
 )
 from fundus_diffusion.evaluation.report import json_safe
 from fundus_diffusion.evaluation.spectrum import CONTROL
-from fundus_diffusion.evaluation.splits import origins
 
 
 def load_set(path: str, resolution: int, locate: str, name: str, by_origin: bool = False) -> Dict[str, dict]:
     """``{name: set_appearance}`` of one set, and with ``by_origin`` also ``{name / origin: ...}`` per origin of its
-    images (``splits.origins``: the camera or collection); a ValueError naming the set and the fix where ``--locate
+    images (``schema.origins``: the camera or collection); a ValueError naming the set and the fix where ``--locate
     mask`` finds no disc annotation."""
     dataset = load_fundus_dataset(path)
     annotated = "disc" in dataset_mask_names(dataset) and bool(annotation_matrix(dataset, ["disc"]).any())
@@ -57,7 +56,7 @@ def main(argv=None):
     parser.add_argument("--locate", choices=LOCATE, default="mask", help="Where each window is centred (above).")
     parser.add_argument(
         "--real_by_origin", action="store_true",
-        help="Add a row per origin (camera or collection: splits.origins) of the real and held-out photographs.",
+        help="Add a row per origin (camera or collection: schema.origins) of the real and held-out photographs.",
     )  # fmt: skip
     parser.add_argument(
         "--assign_origin", action="store_true",

@@ -96,6 +96,7 @@ logger = logging.getLogger(__name__)
 
 POSTPROCESSING = ("binarize", "largest_disc", "cup_in_disc", "fill_holes")
 CONFIG_FILE = "generation_config.json"
+ORIGIN_COLUMN = "origin"  # an origin-conditioned model's samples: the origin (camera or collection) each was drawn as
 SHARDS_DIR = "shards"
 # Settings a resumed run may change: another device of the recorded type, and how the network runs (compiled, its
 # memory format, cuDNN's algorithm search), which rounds within one 8-bit level of the eager one. The batch size is
@@ -260,6 +261,8 @@ class GenerationConfig:
     model: str
     num_samples: int
     labels: Dict[str, int] = field(default_factory=dict)  # empty: unconditional (label -1)
+    origin: Optional[str] = None  # every sample drawn as this origin (an origin-conditioned model); None: each drawn
+    # in the training images' proportions (FundusPipeline's origins)
     scheduler: Optional[str] = None  # a SCHEDULERS name or OWN_SCHEDULER; None: the default (prepare_pipeline; a GAN: none)
     num_inference_steps: Optional[int] = None  # None: DEFAULT_INFERENCE_STEPS with the default, else the full chain
     guidance_scale: float = 1.0
@@ -342,7 +345,7 @@ def load_autoguidance(pipe, config: GenerationConfig):
     """The guiding UNet, laid out and compiled as ``config`` says (``prepare_network``): None without
     ``autoguidance_scale``; the pipeline's own ``guide_unet`` without ``autoguidance_model`` (refused where the model was saved without one); else the UNet of
     ``config.autoguidance_model``, on ``pipe``'s device in its precision. That one is refused unless it is a model of
-    the same kind as ``pipe``'s: the same masks, classes, rotation and flip conditioning, channels and size
+    the same kind as ``pipe``'s: the same masks, classes, rotation, flip and origin conditioning, channels and size
     (``FundusPipeline.check_autoguidance``), noise schedule and prediction type (otherwise its predictions are not
     comparable with the main model's, and guiding away from them is meaningless)."""
     if config.autoguidance_scale is None:
@@ -364,6 +367,8 @@ def load_autoguidance(pipe, config: GenerationConfig):
     fix = "guide with an earlier snapshot of the same training."
     kind = ("mask_names", "id2label", "rotation_conditioning", "flip_conditioning")
     different = {k: (pipe.config.get(k), weak.config.get(k)) for k in kind if pipe.config.get(k) != weak.config.get(k)}
+    if pipe.origin_names != weak.origin_names:  # the same origins; their counts may differ (another subset)
+        different["origin_names"] = (pipe.origin_names, weak.origin_names)
     if different:
         raise ValueError(f"--autoguidance_model {source} differs from {config.model_name} in {different} (model, guide): {fix}")
     ours, theirs = pipe.scheduler, weak.scheduler
@@ -387,15 +392,18 @@ def generate_samples(
     given: Optional[Sequence[Dict[str, Image.Image]]] = None,
     guide=None,
 ):
-    """Images and post-processed masks for one batch; sample ``k`` depends only on ``seeds[k]``, ``labels[k]`` and
-    its given masks ``given[k]`` (kept as given: post-processing applies to the generated masks only), guided by the
-    weaker UNet ``guide`` (``load_autoguidance``) when given."""
+    """Images, post-processed masks and origins (each sample's origin name for an origin-conditioned model, else
+    None) for one batch; sample ``k`` depends only on ``seeds[k]``, ``labels[k]`` and its given masks ``given[k]``
+    (kept as given: post-processing applies to the generated masks only), guided by the weaker UNet ``guide``
+    (``load_autoguidance``) when given."""
     n = len(seeds)
     padding = max(0, config.batch_size - n) if config.compile else 0  # one batch shape for the compiled network
     seeds, labels = [*seeds, *[seeds[-1]] * padding], [*labels, *[labels[-1]] * padding]
     conditioning = {"masks": [*given, *[given[-1]] * padding], "resample_steps": config.resample_steps} if given is not None else {}
     if guide is not None:
         conditioning.update(autoguidance_unet=guide, autoguidance_scale=config.autoguidance_scale)
+    if config.origin is not None:
+        conditioning["origins"] = config.origin
     out = pipe(
         batch_size=len(seeds),
         class_labels=None if all(label is None for label in labels) else list(labels),
@@ -406,12 +414,13 @@ def generate_samples(
         **conditioning,
     )
     seeds, out_images, out_masks = seeds[:n], out.images[:n], out.masks[:n]  # the padding's copies dropped
+    origins = (getattr(out, "origins", None) or [None] * n)[:n]
     check_finite_samples(out_images, seeds, config)
     images = [Image.fromarray((im * 255).round().astype(np.uint8), mode="RGB") for im in out_images]
     masks = [{name: Image.fromarray((m * 255).astype(np.uint8), mode="L") for name, m in ms.items()} for ms in out_masks]
     kept = given or [{}] * len(masks)
     generated = [postprocess_masks({n: m for n, m in ms.items() if n not in k}, config.postprocess) for ms, k in zip(masks, kept)]
-    return images, [{n: k[n] if n in k else g[n] for n in ms} for ms, k, g in zip(masks, kept, generated)]
+    return images, [{n: k[n] if n in k else g[n] for n in ms} for ms, k, g in zip(masks, kept, generated)], origins
 
 
 def check_finite_samples(images: np.ndarray, seeds: Sequence[int], config: GenerationConfig) -> None:
@@ -449,7 +458,7 @@ def regenerate(
         )
     given = [mask_sets.load(index)] if mask_sets is not None else None
     guide = load_autoguidance(pipe, config)
-    images, masks = generate_samples(pipe, [config.seed + index], [config.sample_labels()[index]], config, given, guide)
+    images, masks, _ = generate_samples(pipe, [config.seed + index], [config.sample_labels()[index]], config, given, guide)
     return images[0], masks[0]
 
 
@@ -477,7 +486,7 @@ def png_name(sample_name: str) -> str:
     return _SPLIT_WORD.sub(r"\1~", sample_name)
 
 
-def _row(config: GenerationConfig, sample_name: str, index: int, label, image, masks, mask_names) -> dict:
+def _row(config: GenerationConfig, sample_name: str, index: int, label, image, masks, mask_names, origin=None) -> dict:
     row = {
         "id": f"synthetic:{config.model_name}/{sample_name}",
         "source": f"synthetic:{config.model_name}",
@@ -488,13 +497,18 @@ def _row(config: GenerationConfig, sample_name: str, index: int, label, image, m
     }
     for name in mask_names:  # every mask of the model is drawn for every sample: annotated everywhere
         row[mask_column(name)], row[annotation_column(name)] = masks[name], True
+    if origin is not None:
+        row[ORIGIN_COLUMN] = origin
     return row
 
 
-def synthetic_features(mask_names):
-    """The schema's features for the model's ``mask_names`` plus each sample's ``seed``."""
+def synthetic_features(mask_names, origins: bool = False):
+    """The schema's features for the model's ``mask_names`` plus each sample's ``seed`` and, for an origin-conditioned
+    model (``origins``), the origin it was drawn as (``ORIGIN_COLUMN``)."""
     features = fundus_features(mask_names)
     features["seed"] = Value("int64")
+    if origins:
+        features[ORIGIN_COLUMN] = Value("string")
     return features
 
 
@@ -508,11 +522,12 @@ def _write_png(png_dir: str, sample_name: str, image, masks):
 
 
 def write_samples(
-    batches, config: GenerationConfig, shards, mask_names, threads: int, png_dir="", mask_sets=None, progress=None
-):
-    """Encode the samples of ``batches`` (``(indices, images, masks)``, in sample order) into the ``(index, path)``
-    shards (each written to ``path.tmp``, then renamed: a shard on disk is whole), and with ``config.png`` into
-    ``png_dir``.
+    batches, config: GenerationConfig, shards, mask_names, threads: int, png_dir="", mask_sets=None, progress=None,
+    origins: bool = False,
+):  # fmt: skip
+    """Encode the samples of ``batches`` (``(indices, images, masks)``, in sample order, and the origins with
+    ``origins``) into the ``(index, path)`` shards (each written to ``path.tmp``, then renamed: a shard on disk is whole), and with ``config.png`` into
+    ``png_dir``; ``origins``: the model is origin-conditioned, and each row records its sample's origin.
 
     The encoding (PNG compression, single-threaded inside ``datasets`` and PIL) runs on ``threads`` threads while the
     next batch is drawn from ``batches``, so a GPU sampler does not wait for it; rows reach the shards in sample order,
@@ -520,15 +535,15 @@ def write_samples(
     a run stopped while drawing a batch loses the batch being encoded too. A failure in a thread is raised here, with
     the sample it was writing.
     """
-    features = synthetic_features(mask_names)
+    features = synthetic_features(mask_names, origins)
     labels = config.sample_labels()
 
-    def encode(index, image, masks):
+    def encode(index, image, masks, origin=None):
         name = _sample_name(index, mask_sets)
         try:
             if config.png:
                 _write_png(png_dir, name, image, masks)
-            return features.encode_example(_row(config, name, index, labels[index], image, masks, mask_names))
+            return features.encode_example(_row(config, name, index, labels[index], image, masks, mask_names, origin))
         except Exception as err:  # raised in the main thread by future.result(), with the sample named
             raise RuntimeError(
                 f"Writing sample {index} ({name}, seed {config.seed + index}) failed: {type(err).__name__}: {err}. "
@@ -548,7 +563,7 @@ def write_samples(
 
 
 def _encoded_in_order(batches, encode, threads: int):
-    """``encode(index, image, masks)`` of every sample of ``batches``, in order: a batch's samples are encoded in a
+    """``encode(*sample)`` of every sample of ``batches`` (its index, image, masks and origin), in order: a batch's samples are encoded in a
     pool of ``threads`` while the next batch is drawn; not-yet-started work is cancelled when closed early."""
     pool = ThreadPoolExecutor(threads, thread_name_prefix="encode")
     try:
@@ -871,7 +886,7 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
         if dataset is None:
             drawn_for = f", drawn for the mask sets of {config.masks_from}" if config.masks_from else ""
             info = DatasetInfo(
-                features=synthetic_features(pipe.config.mask_names), description=f"Synthetic fundus samples from {config.model_name}{drawn_for}"
+                features=synthetic_features(pipe.config.mask_names, bool(pipe.origin_names)), description=f"Synthetic fundus samples from {config.model_name}{drawn_for}"
             )
             concatenate_datasets([Dataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
             dataset = load_from_disk(output_dir)
@@ -889,6 +904,14 @@ def check_sampling(pipe, config: GenerationConfig, mask_sets: Optional[MaskSets]
             "--labels needs a class-conditional model; this one is unconditional (trained without classes), so it "
             "cannot follow labels. Fix: leave --labels out (and give --num_samples)."
         )
+    origin_names = getattr(pipe, "origin_names", [])  # a GAN has none
+    if config.origin is not None and config.origin not in origin_names:
+        raise ValueError(
+            f"--origin {config.origin}: "
+            + (f"this model was trained on the origins {', '.join(origin_names)}. Fix: name one of them."
+               if origin_names else "this model was trained without origin conditioning (fundus-train-ddpm "
+               "--origin_conditioning), so it draws no chosen camera or collection. Fix: leave --origin out.")
+        )  # fmt: skip
     if config.postprocess and importlib.util.find_spec("scipy") is None:
         raise ValueError(
             f"--postprocess {','.join(config.postprocess)} needs scipy, which is not installed. Fix: pip install "
@@ -1025,7 +1048,10 @@ def _write_shards(
     with tqdm(
         total=total, unit="sample", desc=f"Generating{where}", smoothing=0.1, disable=not state.is_main_process
     ) as progress:
-        write_samples(batches(), config, shards, list(pipe.config.mask_names), threads, png_dir, mask_sets, progress)
+        write_samples(
+            batches(), config, shards, list(pipe.config.mask_names), threads, png_dir, mask_sets, progress,
+            origins=bool(pipe.origin_names),
+        )  # fmt: skip
 
 
 def write_extras(
@@ -1042,6 +1068,8 @@ def write_extras(
     mask_names = list(pipe.config.mask_names)
     label_name = dataset.features["label"].int2str
     captions = [label_name(label) if label >= 0 else "uncond." for label in list(first["label"])]
+    if ORIGIN_COLUMN in dataset.column_names:
+        captions = [f"{caption} {origin}" for caption, origin in zip(captions, first[ORIGIN_COLUMN])]
     masks = [{name: row[mask_column(name)] for name in mask_names} for row in first]
     contact_sheet(list(first["image"]), masks, captions=captions).save(os.path.join(output_dir, "contact_sheet.png"))
     if config.png:
@@ -1052,12 +1080,14 @@ def write_extras(
 
 def _write_png_metadata(dataset, mask_names: Sequence[str], png_dir: str) -> None:
     """``png/metadata.csv``: ``id`` (the file stem) and ``label`` for the generic folder reader, ``file_name`` and
-    ``<name>_mask_file_name`` for ``load_dataset("imagefolder", data_dir=png_dir)``, the row's id in ``source_id``."""
+    ``<name>_mask_file_name`` for ``load_dataset("imagefolder", data_dir=png_dir)``, the row's id in ``source_id``,
+    and each sample's ``origin`` where the model is origin-conditioned."""
     label_name = dataset.features["label"].int2str
     mask_files = {m: f"{mask_column(m)}_file_name" for m in mask_names}
+    extra = [ORIGIN_COLUMN] if ORIGIN_COLUMN in dataset.column_names else []
 
     def rows():
-        for row in dataset.select_columns(["id", "label", "source", "seed"]):
+        for row in dataset.select_columns(["id", "label", "source", "seed", *extra]):
             stem = png_name(row["id"].rsplit("/", 1)[-1])
             yield {
                 "file_name": f"images/{stem}.png",
@@ -1068,9 +1098,10 @@ def _write_png_metadata(dataset, mask_names: Sequence[str], png_dir: str) -> Non
                 "split": "train",
                 "source": row["source"],
                 "seed": row["seed"],
+                **{column: row[column] for column in extra},
             }
 
-    columns = ["file_name", *mask_files.values(), "id", "source_id", "label", "split", "source", "seed"]
+    columns = ["file_name", *mask_files.values(), "id", "source_id", "label", "split", "source", "seed", *extra]
     export.write_imagefolder_metadata(png_dir, columns, rows())
 
 
@@ -1090,6 +1121,9 @@ def dataset_card(pipe, config: GenerationConfig, dataset, mask_sets: Optional[Ma
     label_counts = {name: int(counts[LABEL_NAMES.index(name) + 1]) for name in order if counts[LABEL_NAMES.index(name) + 1]}
     if counts[0]:
         label_counts["unconditional (label -1)"] = int(counts[0])
+    origin_names = getattr(pipe, "origin_names", [])
+    drawn_as = list(dataset[ORIGIN_COLUMN]) if ORIGIN_COLUMN in dataset.column_names else []
+    origin_counts = {name: drawn_as.count(name) for name in origin_names if drawn_as.count(name)}
     model = config.model_name  # a local folder's name only: its path means nothing elsewhere and may name people
     mask_names = list(pipe.config.mask_names)
     given = {name: sum(name in files for files in mask_sets.files.values()) for name in mask_names} if mask_sets else {}
@@ -1122,6 +1156,9 @@ def dataset_card(pipe, config: GenerationConfig, dataset, mask_sets: Optional[Ma
         steps=config.num_inference_steps or (None if is_gan else pipe.scheduler.config.num_train_timesteps),
         guidance_scale=config.guidance_scale,
         label_counts=label_counts,  # in --labels order, which decides each sample's label (a resume keeps it)
+        origin_counts=origin_counts,  # an origin-conditioned model's samples per origin (column ORIGIN_COLUMN)
+        origin=config.origin,
+        training_origin_counts=pipe.config.get("origin_counts") or {},
         labels_flag=label_spec(config.labels) if config.labels else None,
         label_names=list(LABEL_NAMES),
         labels=config.labels,  # the snippet's interleave_labels(labels)[i] is sample i's label, as sample_labels()

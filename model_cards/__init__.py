@@ -149,10 +149,12 @@ def model_card(folder: str) -> ModelCard:
         id2label=id2label,
         null_class_id=len(id2label),
         conditional=takes_class_labels(
-            model.get("num_class_embeds"), bool(index.get("rotation_conditioning")), bool(index.get("flip_conditioning"))
+            model.get("num_class_embeds"), bool(index.get("rotation_conditioning")), bool(index.get("flip_conditioning")),
+            len(index.get("origin_counts") or {}),
         ),
         rotation_conditioning=bool(index.get("rotation_conditioning")),
         flip_conditioning=bool(index.get("flip_conditioning")),
+        origin_counts=index.get("origin_counts") or {},
         has_guide=(index.get("guide_unet") or [None])[0] is not None,  # saved with --guide_step
         num_parameters=_num_parameters(os.path.join(folder, component)),
         data={k: training[k] for k in DATA_KEYS if k in training},

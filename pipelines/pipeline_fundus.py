@@ -59,10 +59,14 @@ class FundusPipelineOutput(BaseOutput):
             RGB images: PIL images, float32 ``[B, H, W, 3]`` in [0, 1] (``np``) or ``[B, 3, H, W]`` in [0, 1] (``pt``).
         masks (`List[Dict[str, ...]]`):
             Per sample, ``{mask name: binary mask}`` as an ``L`` image (0 / 255) or an ``[H, W]`` array in {0, 1}.
+        origins (`List[str]`, *optional*):
+            Per sample, the origin (camera or collection) it was drawn as, for a model trained with origin
+            conditioning; None otherwise.
     """
 
     images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
     masks: List[Dict[str, Union[PIL.Image.Image, np.ndarray, torch.Tensor]]]
+    origins: Optional[List[str]] = None  # per sample, the origin it was drawn as (an origin-conditioned model only)
 
 
 def coordinate_channels(resolution: int, batch_size: int, device, dtype) -> torch.Tensor:
@@ -89,11 +93,12 @@ def split_mask_names(mask_names: Union[str, Sequence[str]]) -> List[str]:
 
 def check_fundus_config(
     model_name, channels, num_class_embeds, image_channels, mask_names, id2label, rotation_conditioning=False,
-    flip_conditioning=False,
+    flip_conditioning=False, origin_counts=None,
 ):  # fmt: skip
-    """Check a model's ``channels`` (``{"in": n, "out": n}``) and class embeddings against the pipeline's settings;
-    returns the normalised ``(mask_names, id2label)``: ``mask_names`` a list, also when given as ``"disc,atrophy"``.
-    A rotation- or flip-conditioned model has ``orientations(...)`` embeddings per class (see ``embedding_ids``)."""
+    """Check a model's ``channels`` (``{"in": n, "out": n}``), class embeddings and ``origin_counts`` against the
+    pipeline's settings; returns the normalised ``(mask_names, id2label)``: ``mask_names`` a list, also when given as
+    ``"disc,atrophy"``. A rotation-, flip- or origin-conditioned model has ``conditions(...)`` embeddings per class
+    (see ``embedding_ids``)."""
     mask_names = split_mask_names(mask_names)
     if len(set(mask_names)) != len(mask_names) or not all(
         isinstance(m, str) and m and MASK_NAME_SEPARATOR not in m for m in mask_names
@@ -110,19 +115,30 @@ def check_fundus_config(
             f"{' and '.join(f'{k}put' for k in channels)} channels; this one has "
             f"{' and '.join(f'{v} {k}' for k, v in channels.items())}."
         )
-    views = orientations(rotation_conditioning, flip_conditioning)
-    if views > 1 and (not num_class_embeds or num_class_embeds % views):
+    if origin_counts is not None and (
+        len(origin_counts) < 2
+        or not all(isinstance(name, str) and name for name in origin_counts)
+        or not all(isinstance(count, int) and count > 0 for count in origin_counts.values())
+    ):
         raise ValueError(
-            f"A {model_name} conditioned on {'rotations' if rotation_conditioning else ''}"
-            f"{' and ' if rotation_conditioning and flip_conditioning else ''}{'flips' if flip_conditioning else ''} "
-            f"has {views} class embeddings per class (one per orientation); this one has {num_class_embeds}. Fix: "
-            "load it with the rotation_conditioning and flip_conditioning it was trained with (its model_index.json "
-            "says which)."
+            "origin_counts names the origins an origin-conditioned model was trained on and how many training images "
+            f"each had: at least two names with positive counts, e.g. {{'drions': 72, 'drishti': 62}}; got "
+            f"{origin_counts!r}."
         )
-    classes = class_embeddings(num_class_embeds, rotation_conditioning, flip_conditioning)
+    num_origins = len(origin_counts or {})
+    views = conditions(rotation_conditioning, flip_conditioning, num_origins)
+    if views > 1 and (not num_class_embeds or num_class_embeds % views):
+        kinds = [k for k, on in (("rotations", rotation_conditioning), ("flips", flip_conditioning),
+                                 (f"{num_origins} origins", num_origins)) if on]  # fmt: skip
+        raise ValueError(
+            f"A {model_name} conditioned on {' and '.join(kinds)} has {views} class embeddings per class (one per "
+            f"orientation and origin); this one has {num_class_embeds}. Fix: load it with the rotation_conditioning, "
+            "flip_conditioning and origin_counts it was trained with (its model_index.json says which)."
+        )
+    classes = class_embeddings(num_class_embeds, rotation_conditioning, flip_conditioning, num_origins)
     if classes is not None and classes != len(id2label) + 1:
         raise ValueError(
-            f"The {model_name} has {classes} class embeddings{' per orientation' if views > 1 else ''}"
+            f"The {model_name} has {classes} class embeddings{' per orientation and origin' if views > 1 else ''}"
             f"; labels {id2label} plus the null class need {len(id2label) + 1}."
         )
     return mask_names, id2label
@@ -134,40 +150,58 @@ def orientations(rotation_conditioning: bool = False, flip_conditioning: bool = 
     return (ROTATIONS if rotation_conditioning else 1) * (FLIPS if flip_conditioning else 1)
 
 
+def conditions(rotation_conditioning: bool = False, flip_conditioning: bool = False, num_origins: int = 0) -> int:
+    """How many conditions a UNet's class embeddings hold per class: each orientation (``orientations``) of each
+    origin for an origin-conditioned UNet (``num_origins``; 0: none)."""
+    return orientations(rotation_conditioning, flip_conditioning) * max(num_origins, 1)
+
+
 def class_embeddings(
-    num_class_embeds: Optional[int], rotation_conditioning: bool = False, flip_conditioning: bool = False
-) -> Optional[int]:
-    """How many classes a model's class embeddings stand for (per orientation, for a rotation- or flip-conditioned
-    UNet); None when it takes no class labels (no embeddings, or embeddings for orientations alone)."""
-    classes = (num_class_embeds or 0) // orientations(rotation_conditioning, flip_conditioning)
+    num_class_embeds: Optional[int], rotation_conditioning: bool = False, flip_conditioning: bool = False,
+    num_origins: int = 0,
+) -> Optional[int]:  # fmt: skip
+    """How many classes a model's class embeddings stand for (per condition, for a rotation-, flip- or origin-
+    conditioned UNet); None when it takes no class labels (no embeddings, or embeddings for conditions alone)."""
+    classes = (num_class_embeds or 0) // conditions(rotation_conditioning, flip_conditioning, num_origins)
     return classes if classes > 1 else None
 
 
 def takes_class_labels(
-    num_class_embeds: Optional[int], rotation_conditioning: bool = False, flip_conditioning: bool = False
-) -> bool:
+    num_class_embeds: Optional[int], rotation_conditioning: bool = False, flip_conditioning: bool = False,
+    num_origins: int = 0,
+) -> bool:  # fmt: skip
     """Whether a model with these class embeddings follows class labels."""
-    return class_embeddings(num_class_embeds, rotation_conditioning, flip_conditioning) is not None
+    return class_embeddings(num_class_embeds, rotation_conditioning, flip_conditioning, num_origins) is not None
 
 
 def embedding_ids(
-    class_ids: Optional[torch.Tensor], orientation_ids: Optional[torch.Tensor], num_classes: int
+    class_ids: Optional[torch.Tensor],
+    orientation_ids: Optional[torch.Tensor],
+    num_classes: int,
+    origin_ids: Optional[torch.Tensor] = None,
+    num_origins: int = 0,
 ) -> Optional[torch.Tensor]:
-    """The UNet's class-embedding index of each sample: ``orientation * num_classes + class id``.
+    """The UNet's class-embedding index of each sample: ``condition * num_classes + class id``, where the condition
+    is the orientation, or ``orientation * num_origins + origin`` for an origin-conditioned UNet.
 
     Rotation conditioning (EDM's non-leaking augmentation, Karras et al. 2022, with quarter turns): training rotates
     some images by ``k`` quarter turns and tells the UNet ``k`` through its class embedding, so the model learns from
     more views of a small set without learning to draw rotated photographs; sampling asks for ``k = 0``. Flip
     conditioning tells it the same of left-right mirroring (a camera's number stamp, text: what a mirrored photograph
     shows that no photograph does): the orientation is ``k + ROTATIONS * mirrored`` with both, ``mirrored`` alone
-    without rotations, and 0 (upright, as photographed) at sampling. An unconditional model has one class (id 0).
-    ``orientation_ids`` None: no such conditioning, the class ids as given.
+    without rotations, and 0 (upright, as photographed) at sampling. Origin conditioning tells it each training
+    image's origin (camera or collection, ``origin_ids`` in ``[0, num_origins)``), so that one model draws each
+    camera's look instead of a blend of them; sampling asks for one origin per sample. An unconditional model has one
+    class (id 0). ``orientation_ids`` and ``origin_ids`` None: no such conditioning, the class ids as given.
     """
-    if orientation_ids is None:
+    if orientation_ids is None and origin_ids is None:
         return class_ids
+    condition = orientation_ids if orientation_ids is not None else torch.zeros_like(origin_ids)
+    if origin_ids is not None:
+        condition = condition * num_origins + origin_ids
     if class_ids is None:
-        class_ids = torch.zeros_like(orientation_ids)
-    return orientation_ids * num_classes + class_ids
+        class_ids = torch.zeros_like(condition)
+    return condition * num_classes + class_ids
 
 
 def class_ids(id2label: dict, class_labels: Union[Label, Sequence[Label]], batch_size: int, device) -> torch.Tensor:
@@ -443,9 +477,28 @@ def step_noise_generators(generator, device: torch.device):
 def _peek_seed(generator: torch.Generator) -> int:
     """A seed drawn from ``generator`` whose state is then put back."""
     state = generator.get_state()
-    seed = int(torch.randint(2**62, (1,), generator=generator))
+    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
     generator.set_state(state)
     return seed
+
+
+def draw_origins(weights: Sequence[int], generator, batch_size: int, device) -> torch.Tensor:
+    """Each sample's origin id (``[batch_size]`` long), drawn in proportion to ``weights`` (training images per
+    origin) from a seed peeked from the sample's generator (one per sample in a list), which is left as it was: a
+    seed gives the same starting noise whether its origin is drawn or given. Without a generator, torch's global
+    one draws."""
+    cumulative = torch.tensor(weights, dtype=torch.float64).cumsum(0)
+    if generator is None:
+        uniform = torch.rand(batch_size, dtype=torch.float64)
+    else:
+        generators = generator if isinstance(generator, list) else [generator]
+        per_generator = 1 if isinstance(generator, list) else batch_size
+        uniform = torch.cat([
+            torch.rand(per_generator, dtype=torch.float64, generator=torch.Generator().manual_seed(_peek_seed(g)))
+            for g in generators
+        ])  # fmt: skip
+    ids = torch.searchsorted(cumulative, uniform * cumulative[-1], right=True).clamp(max=len(weights) - 1)
+    return ids.to(device)
 
 
 class FundusPipelineMixin:
@@ -465,7 +518,13 @@ class FundusPipelineMixin:
             model.config.num_class_embeds,
             bool(self.config.get("rotation_conditioning")),
             bool(self.config.get("flip_conditioning")),
+            len(self.origin_names),
         )
+
+    @property
+    def origin_names(self) -> List[str]:
+        """The origins an origin-conditioned model tells apart, in the order of their ids (sorted); [] otherwise."""
+        return sorted(self.config.get("origin_counts") or {})
 
     def class_ids(self, class_labels: Union[Label, Sequence[Label]], batch_size: int) -> torch.Tensor:
         """Names, ids, ``None`` or -1 (the null class: unconditional) -> a ``[batch_size]`` tensor of class ids."""
@@ -493,14 +552,14 @@ class FundusPipelineMixin:
             metrics=metrics,
         )  # fmt: skip
 
-    def outputs(self, sample: torch.Tensor, output_type: str, return_dict: bool):
-        """Images and per-sample mask dicts from a sampled ``[N, C, H, W]`` tensor in [-1, 1], as ``__call__`` returns
-        them; the model hooks are released first."""
+    def outputs(self, sample: torch.Tensor, output_type: str, return_dict: bool, origins: Optional[List[str]] = None):
+        """Images and per-sample mask dicts (and ``origins``, each sample's origin name, in the output) from a sampled
+        ``[N, C, H, W]`` tensor in [-1, 1], as ``__call__`` returns them; the model hooks are released first."""
         images, masks = tensor_to_outputs(sample, self.config.mask_names, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, masks
-        return FundusPipelineOutput(images=images, masks=masks)
+        return FundusPipelineOutput(images=images, masks=masks, origins=origins)
 
 
 class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
@@ -524,6 +583,10 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
             ``ROTATIONS`` class embeddings per class, and sampling asks for upright photographs.
         flip_conditioning (`bool`): the UNet was told which training images were mirrored left-right: it has twice
             the class embeddings, and sampling asks for unmirrored photographs.
+        origin_counts (`Dict[str, int]`, *optional*): the UNet was told each training image's origin (camera or
+            collection; ``fundus-train-ddpm --origin_conditioning``): these names (ids in sorted order) and how many
+            training images each had. It has that many times the class embeddings, and each sample is drawn as one
+            origin: the one asked for (``origins``), else one drawn in these proportions.
         guide_unet ([`UNet2DModel`], *optional*): the weaker model this one is sampled with under autoguidance
             (``autoguidance_scale``), shipped with it: an earlier snapshot of the same training
             (``fundus-train-ddpm --guide_step``).
@@ -543,18 +606,20 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         rotation_conditioning: bool = False,
         guide_unet: Optional[UNet2DModel] = None,
         flip_conditioning: bool = False,
+        origin_counts: Optional[Dict[str, int]] = None,
     ):
         super().__init__()
         mask_names, id2label = check_fundus_config(
             "UNet", {"in": unet.config.in_channels - COORDINATE_CHANNELS * reads_coordinates(unet.config),
                      "out": unet.config.out_channels}, unet.config.num_class_embeds,
             image_channels, DEFAULT_MASK_NAMES[:1] if mask_names is None else mask_names, id2label,
-            rotation_conditioning, flip_conditioning,
+            rotation_conditioning, flip_conditioning, origin_counts,
         )  # fmt: skip
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         self.register_to_config(
             image_channels=image_channels, mask_names=mask_names, id2label=id2label, training_info=training_info,
             rotation_conditioning=rotation_conditioning, flip_conditioning=flip_conditioning,
+            origin_counts=origin_counts,
         )  # fmt: skip
 
     def prepare_extra_step_kwargs(self, generator, eta):
@@ -593,6 +658,7 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         resample_steps: int = 0,
         autoguidance_unet: Optional[UNet2DModel] = None,
         autoguidance_scale: float = 1.0,
+        origins: Union[str, Sequence[str], None] = None,
     ):
         r"""
         Args:
@@ -626,6 +692,12 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
                 (resampling passes included) costs a pass of the weak UNet too. Default: the pipeline's own
                 ``guide_unet``, where it was saved with one.
             autoguidance_scale (`float`): the weight ``w``; 1 is the main model alone, 0 the weak one alone.
+            origins (`str` or a list of one per sample, *optional*): for a model trained with origin conditioning
+                (``origin_names``), the origin (camera or collection) to draw each sample as, e.g. ``"drions"``.
+                Default: each sample's origin drawn in the training images' proportions (``origin_counts``) from a
+                seed peeked from its generator, which leaves the starting noise as it would be with the origin given
+                (without a generator, torch's global one draws both).
+                The output's ``origins`` says which each sample was drawn as.
 
         Given channels condition the model at sampling time (no retraining): before every UNet pass, they are
         replaced by the given values noised to the step's level with the scheduler's ``add_noise``.
@@ -659,13 +731,18 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         self.check_resampling(resample_steps, x0 is not None)
 
         device = self._execution_device
+        origin_ids = self.origin_ids(origins, batch_size, generator)
         labels = self.class_ids(class_labels, batch_size) if conditional else None
-        oriented = self.config.rotation_conditioning or self.config.get("flip_conditioning")
-        if oriented and labels is None:  # upright and unmirrored (orientation 0): embedding ids = class ids, 0
-            labels = torch.zeros(batch_size, dtype=torch.long, device=device)  # for a model of orientations alone
         do_guidance = guidance_scale > 1
         if do_guidance:
             labels = torch.cat([torch.full_like(labels, self.null_class_id), labels])
+        if self.config.rotation_conditioning or self.config.get("flip_conditioning") or origin_ids is not None:
+            # upright and unmirrored (orientation 0), as each sample's origin; guidance's two halves share it
+            upright = torch.zeros(len(labels) if labels is not None else batch_size, dtype=torch.long, device=device)
+            labels = embedding_ids(
+                labels, upright, self.null_class_id + 1 if conditional else 1,
+                None if origin_ids is None else origin_ids.repeat(2 if do_guidance else 1), len(self.origin_names),
+            )  # fmt: skip
 
         shape = (batch_size, self.unet.config.out_channels, resolution, resolution)
         sample = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
@@ -702,7 +779,29 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
 
         if x0 is not None:
             sample = torch.where(known, x0, sample)
-        return self.outputs(sample, output_type, return_dict)
+        drawn_as = None if origin_ids is None else [self.origin_names[i] for i in origin_ids.tolist()]
+        return self.outputs(sample, output_type, return_dict, drawn_as)
+
+    def origin_ids(self, origins: Union[str, Sequence[str], None], batch_size: int, generator) -> Optional[torch.Tensor]:
+        """Each sample's origin id for an origin-conditioned model (``origins`` as ``__call__`` takes it: given by
+        name, or drawn by ``draw_origins``); None for other models, which refuse ``origins``."""
+        names = self.origin_names
+        if not names:
+            if origins is not None:
+                raise ValueError(
+                    "This model was trained without origin conditioning (its model_index.json has no origin_counts), "
+                    f"so it cannot draw a given origin; leave origins as None (got {origins!r})."
+                )
+            return None
+        if origins is None:
+            counts = self.config.origin_counts
+            return draw_origins([counts[name] for name in names], generator, batch_size, self._execution_device)
+        ids = []
+        for origin in per_sample(origins, batch_size, "origins"):
+            if origin not in names:
+                raise ValueError(f"Unknown origin {origin!r}: this model was trained on {', '.join(names)}.")
+            ids.append(names.index(origin))
+        return torch.tensor(ids, dtype=torch.long, device=self._execution_device)
 
     def check_guidance(self, guidance_scale: float, class_labels: Union[Label, Sequence[Label]]) -> None:
         """Classifier-free guidance (``guidance_scale > 1``) needs a class-conditional UNet and ``class_labels`` to

@@ -55,6 +55,12 @@ def parse_args(argv=None):
     )  # fmt: skip
     parser.add_argument("--labels", default=None, help="Counts per class, e.g. PM=600,non-PM=400. Default: unconditional.")
     parser.add_argument(
+        "--origin", default=None,
+        help="For a model trained with --origin_conditioning: draw every sample as this origin (camera or "
+        "collection, e.g. drions; the model card lists them). Default: each sample's origin drawn in the training "
+        "images' proportions. Either way the dataset's origin column says which.",
+    )  # fmt: skip
+    parser.add_argument(
         "--scheduler", choices=[*SCHEDULERS, OWN_SCHEDULER], default=None,
         help=f"Default: {DEFAULT_SCHEDULER} ({DEFAULT_INFERENCE_STEPS} steps); with --resample_steps ddpm. "
         f"{OWN_SCHEDULER}: the one the model was saved with.",
@@ -123,6 +129,7 @@ def main(args):
         model=args.model,
         num_samples=args.num_samples if args.num_samples is not None else default_samples,
         labels=labels,
+        origin=args.origin,
         scheduler=args.scheduler,
         num_inference_steps=args.num_inference_steps,
         timestep_spacing=args.timestep_spacing,

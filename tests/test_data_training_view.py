@@ -107,20 +107,25 @@ def test_without_random_flip_no_image_is_flipped_and_the_order_stays(phantoms, t
     assert all(torch.equal(a, b) or torch.equal(a, b.flip(-1)) for a, b in zip(on_device, flipped))  # the same order
 
 
+def batch_sources(view) -> list:
+    """Both data paths over ``view``, batches of 2: on the device for each of two processes, and the DataLoader."""
+    from accelerate import Accelerator
+
+    from fundus_diffusion.training.batches import DeviceBatches, LoaderBatches
+
+    sources = [DeviceBatches(view, batch_size=2, device="cpu", seed=5, process_index=i, num_processes=2) for i in (0, 1)]
+    return sources + [LoaderBatches(Accelerator(cpu=True), view, batch_size=2, seed=5)]
+
+
 def test_each_batch_says_which_of_its_images_are_flipped(phantoms, tmp_path):
     """``flipped`` (what flip conditioning tells the UNet) is the flip each image got: undoing it gives back the stored
     image, on both data paths, for each of two processes, over epochs."""
-    from accelerate import Accelerator
-
     from fundus_diffusion.data.transforms import flip_where
-    from fundus_diffusion.training.batches import DeviceBatches, LoaderBatches
 
     view = FundusTrainingView(phantoms, 32, "disc,atrophy", cache_dir=str(tmp_path))
     stored = [view[i]["pixel_values"] for i in range(len(view))]
-    sources = [DeviceBatches(view, batch_size=2, device="cpu", seed=5, process_index=i, num_processes=2) for i in (0, 1)]
-    sources.append(LoaderBatches(Accelerator(cpu=True), view, batch_size=2, seed=5))
     flags = []
-    for batches in sources:
+    for batches in batch_sources(view):
         for epoch in range(3):
             for batch in batches.epoch(epoch):
                 assert batch["flipped"].dtype == torch.bool and len(batch["flipped"]) == len(batch["pixel_values"])

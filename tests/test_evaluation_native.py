@@ -12,10 +12,11 @@ from datasets import concatenate_datasets
 from torch.nn import functional as F
 
 from fundus_diffusion.data import load_phantom_dataset
+from fundus_diffusion.data.schema import ORIGIN_MIN_IMAGES, origins
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate
 from fundus_diffusion.evaluation.realism import TEST_NAME, RealismRecipe, realism_test, stratified_folds
 from fundus_diffusion.evaluation.report import render_markdown
-from fundus_diffusion.evaluation.splits import ORIGIN_MIN_IMAGES, holdout_ids, origins
+from fundus_diffusion.evaluation.splits import holdout_ids
 
 EVALUATE = runpy.run_path(str(REPO_ROOT / "scripts" / "evaluate.py"))
 TINY = ["--seeds", "1", "--segmenter_steps", "2", "--realism_steps", "2", "--realism_folds", "2", "--device", "cpu"]

@@ -173,8 +173,8 @@ def test_padding_drops_the_copies_and_keeps_each_sample(models):  # noqa: F811
     pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
     config = prepare_pipeline(pipe, GenerationConfig(model=models["ddpm"], num_samples=3, batch_size=4, num_inference_steps=2))
     pipe = BatchRecorder(pipe)
-    plain_images, plain_masks = generate_samples(pipe, [7, 8, 9], [None] * 3, config)
-    padded_images, padded_masks = generate_samples(pipe, [7, 8, 9], [None] * 3, replace(config, compile="default"))
+    plain_images, plain_masks, _ = generate_samples(pipe, [7, 8, 9], [None] * 3, config)
+    padded_images, padded_masks, _ = generate_samples(pipe, [7, 8, 9], [None] * 3, replace(config, compile="default"))
     assert pipe.batches == [3, 4] and len(padded_images) == len(padded_masks) == 3
     for a, b in zip(plain_images, padded_images):
         assert np.array_equal(np.asarray(a), np.asarray(b))

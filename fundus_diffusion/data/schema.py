@@ -8,7 +8,8 @@ flag False, an annotated image without the structure as an all-zero mask with it
 """
 
 import re
-from typing import Optional, Sequence, Tuple
+from collections import Counter
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from datasets import ClassLabel, Features, Image, Value
@@ -138,3 +139,23 @@ def annotation_matrix(dataset, mask_names: Sequence[str], what: Optional[str] = 
     check_has_masks(dataset, mask_names, what or "the dataset")
     flags = [annotation_flags(dataset, name) for name in mask_names]
     return np.stack(flags, axis=1) if flags else np.zeros((len(dataset), 0), dtype=bool)
+
+
+def file_name(sample_id: str) -> str:
+    """The last part of an id, the image's file name without its extension ("folder:fundus-od/drions_001" ->
+    "drions_001")."""
+    return sample_id.rsplit("/", 1)[-1]
+
+
+ORIGIN_MIN_IMAGES = 5  # a file-name prefix fewer images share names a patient or an image, not a camera
+
+
+def origins(ids: List[str], sources: List[str]) -> List[str]:
+    """The origin a per-source breakdown, evaluate.py's own split and the DDPM's ``--origin_conditioning`` group each
+    image under (its camera or collection): the prefix of its file name before ``_`` where at least
+    ``ORIGIN_MIN_IMAGES`` images share it (``folder:fundus-od/drishti_012`` -> ``drishti``: a generic folder records
+    its origins only there), else its ``source`` column (``phantom``, ``palm``, ...). Names such as ``12_left.jpg`` / ``12_right.jpg`` share a prefix per patient: those fall back to the source,
+    so that a split neither makes one stratum per patient nor holds out one eye of each."""
+    prefixes = [name.split("_")[0] if "_" in name else None for name in map(file_name, ids)]
+    counts = Counter(p for p in prefixes if p is not None)
+    return [p if p is not None and counts[p] >= ORIGIN_MIN_IMAGES else s for p, s in zip(prefixes, sources)]

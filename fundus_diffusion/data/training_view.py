@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .build import ordered_map
-from .schema import NULL_CLASS_ID, UNKNOWN_LABEL, annotation_matrix, mask_column, parse_mask_names
+from .schema import NULL_CLASS_ID, UNKNOWN_LABEL, annotation_matrix, mask_column, origins, parse_mask_names
 from .transforms import pair_to_array
 
 CACHE_VERSION = 2  # bump when preprocessing changes, so that old caches are not reused
@@ -32,8 +32,10 @@ def default_cache_dir() -> str:
 class FundusTrainingView(Dataset):
     """A torch ``Dataset`` over a schema ``datasets.Dataset``.
 
-    Items are ``{"pixel_values": float32 [C, H, W] in [-1, 1], "class_labels": int64, "mask_annotated": bool [M],
-    "index": int}``, where unknown labels (-1) become ``NULL_CLASS_ID`` so that they train the unconditional branch,
+    Items are ``{"pixel_values": float32 [C, H, W] in [-1, 1], "class_labels": int64, "origin_ids": int64,
+    "mask_annotated": bool [M], "index": int}``, where unknown labels (-1) become ``NULL_CLASS_ID`` so that they train
+    the unconditional branch, ``origin_ids`` index ``origin_names`` (each image's camera or collection:
+    ``schema.origins``; sorted names) for ``--origin_conditioning``,
     ``mask_annotated`` says per mask whether the sample is annotated for it (an unannotated mask's channel is -1 and
     must not be trained on: ``training.ddpm.diffusion_loss`` leaves it out), and ``index`` is the row, by which the
     training batches flip it (``training.batches.epoch_flips``: drawn from the seed and epoch, not here, so that a
@@ -67,11 +69,19 @@ class FundusTrainingView(Dataset):
             )
         labels = np.asarray(dataset["label"], dtype=np.int64)
         self.class_labels = torch.from_numpy(np.where(labels == UNKNOWN_LABEL, NULL_CLASS_ID, labels))
+        row_origins = origins(list(dataset["id"]), list(dataset["source"]))
+        self.origin_names = sorted(set(row_origins))
+        self.origin_ids = torch.tensor([self.origin_names.index(o) for o in row_origins], dtype=torch.long)
         self.cache_path = None
         self._arrays = None
         if use_cache:
             self.cache_path = os.path.join(cache_dir or default_cache_dir(), self._cache_name())
             self._arrays = self._load_or_build_cache(build_threads)
+
+    def origin_counts(self) -> dict:
+        """``{origin: images}`` in ``origin_names`` order: what an origin-conditioned model records and samples by."""
+        counts = torch.bincount(self.origin_ids, minlength=len(self.origin_names)).tolist()
+        return dict(zip(self.origin_names, counts))
 
     def partially_annotated(self) -> dict:
         """``{mask: (images annotated, images)}`` for each mask some images of the view are not annotated for."""
@@ -147,7 +157,10 @@ class FundusTrainingView(Dataset):
         pixel_values = torch.from_numpy(to_unit_range(samples))
         annotated = torch.from_numpy(self.mask_annotated)
         return [
-            {"pixel_values": x, "class_labels": self.class_labels[i], "mask_annotated": annotated[i], "index": i}
+            {
+                "pixel_values": x, "class_labels": self.class_labels[i], "origin_ids": self.origin_ids[i],
+                "mask_annotated": annotated[i], "index": i,
+            }  # fmt: skip
             for x, i in zip(pixel_values, indices)
         ]
 

@@ -212,7 +212,7 @@ def origin_rows(
     name: str, images: torch.Tensor, discs: Optional[torch.Tensor], locate: str, origins: Sequence[str]
 ) -> Dict[str, Dict]:
     """``{"<name> / <origin>": set_appearance of that origin's images}`` (``origins``: one per image, e.g.
-    ``splits.origins``), for each origin with an image located, when two or more have one; ``{}`` otherwise (one
+    ``data.schema.origins``), for each origin with an image located, when two or more have one; ``{}`` otherwise (one
     camera left to compare with, e.g. when another's images have no disc mask)."""
     rows = {}
     for origin in sorted(set(origins)):

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.schema import annotation_matrix, mask_channel, parse_mask_names
+from ..data.schema import annotation_matrix, mask_channel, origins, parse_mask_names
 from ..visualization import contact_sheet
 from .arrays import dataset_arrays, default_device, to_pil
 from .checks import native_resolution, warn_if_upscaled
@@ -33,7 +33,7 @@ from .metrics import cup_to_disc_ratios, dice_per_image, disc_geometry, iou_per_
 from .realism import REGIONS, RealismRecipe, quarter_resolution_test, realism_test, region_test
 from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
 from .spectrum import ratio_figure, spectrum_section
-from .splits import holdout_ids, origins, read_split_file, split_by_ids, write_split_file
+from .splits import holdout_ids, read_split_file, split_by_ids, write_split_file
 
 TRAINING_SETS = ("real", "synthetic", "real+synthetic")
 # Optional rows (--equal_real_passes): real + synthetic trained for steps x (real + synthetic) / real, so each real

@@ -9,13 +9,13 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from PIL import Image
 
+from ..data.schema import ORIGIN_MIN_IMAGES
 from .disc_appearance import REAL, appearance_table
 from .memorisation import REFUSE_P, copy_excess_p
 from .metrics import CUP_INSIDE_SHARE, format_mean_std, format_value
 from .protocol import WORST_FIGURE
 from .realism import INVARIANCES, REALISM_AUC_BAR, TEST_NAME
 from .spectrum import band_table
-from .splits import ORIGIN_MIN_IMAGES
 
 PRIVACY_NOTE = (
     "This folder holds real photographs (`nearest_pairs.png`, and `worst_holdout.png`: held-out real images with "

@@ -4,16 +4,11 @@ training subsets for learning curves, and per-source (per-camera) splits."""
 import hashlib
 import json
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from ..data.readers import read_table
-
-
-def file_name(sample_id: str) -> str:
-    """The last part of an id, the image's file name without its extension ("folder:fundus-od/drions_001" ->
-    "drions_001")."""
-    return sample_id.rsplit("/", 1)[-1]
+from ..data.schema import file_name, origins
 
 
 def _rank(sample_id: str, seed: int) -> str:
@@ -239,20 +234,6 @@ def split_to_disk(
     how += ", grouped" if groups is not None and any(group is not None for group in groups) else ""
     write_split_file(os.path.join(output_dir, "test_ids.txt"), list(test["id"]), how)
     return train, test
-
-
-ORIGIN_MIN_IMAGES = 5  # a file-name prefix fewer images share names a patient or an image, not a camera
-
-
-def origins(ids: List[str], sources: List[str]) -> List[str]:
-    """The origin a per-source breakdown, and evaluate.py's own split, group each image under: the prefix of its file
-    name before ``_`` where at least ``ORIGIN_MIN_IMAGES`` images share it (``folder:fundus-od/drishti_012`` ->
-    ``drishti``: a generic folder records its origins only there), else its ``source`` column (``phantom``, ``palm``,
-    ...). Names such as ``12_left.jpg`` / ``12_right.jpg`` share a prefix per patient: those fall back to the source,
-    so that a split neither makes one stratum per patient nor holds out one eye of each."""
-    prefixes = [name.split("_")[0] if "_" in name else None for name in map(file_name, ids)]
-    counts = Counter(p for p in prefixes if p is not None)
-    return [p if p is not None and counts[p] >= ORIGIN_MIN_IMAGES else s for p, s in zip(prefixes, sources)]
 
 
 def nested_subsets(

@@ -5,7 +5,7 @@ from typing import Dict, Optional
 from diffusers import UNet2DModel
 
 from ..data.schema import NUM_CLASS_EMBEDS
-from ..pipelines.pipeline_fundus import COORDINATE_CHANNELS, orientations
+from ..pipelines.pipeline_fundus import COORDINATE_CHANNELS, conditions
 
 # Each preset: channels per resolution level, resnets per level, which levels get self-attention (by index, 0 =
 # full resolution), head width, dropout and norm groups. Attention sits where feature maps are 8-32 px at the
@@ -57,14 +57,16 @@ def build_unet(
     rotation_conditioning: bool = False,
     coordinate_channels: bool = False,
     flip_conditioning: bool = False,
+    num_origins: int = 0,
 ) -> UNet2DModel:
     """A ``UNet2DModel`` mapping ``in_channels`` to ``in_channels`` at ``resolution`` px; with ``coordinate_channels``
     it also reads the ``COORDINATE_CHANNELS`` of Patch Diffusion (``pipeline_fundus.coordinate_channels``).
 
     Class-conditional models get ``NUM_CLASS_EMBEDS`` class embeddings: non-PM, PM and the null class that unknown
     labels and classifier-free guidance use. ``rotation_conditioning`` multiplies them by ``ROTATIONS`` (one per
-    quarter turn of each class) and ``flip_conditioning`` by ``FLIPS`` (mirrored or not); an unconditional model gets
-    one per orientation: see ``pipeline_fundus.embedding_ids``.
+    quarter turn of each class), ``flip_conditioning`` by ``FLIPS`` (mirrored or not) and ``num_origins`` (origin
+    conditioning; 0: none) by that; an unconditional model gets one per condition: see
+    ``pipeline_fundus.embedding_ids``.
     ``dropout`` replaces the preset's.
     """
     if preset not in UNET_PRESETS:
@@ -72,8 +74,8 @@ def build_unet(
     p = UNET_PRESETS[preset]
     levels = range(len(p["channels"]))
     num_class_embeds = NUM_CLASS_EMBEDS if class_conditional else None
-    if rotation_conditioning or flip_conditioning:
-        num_class_embeds = (num_class_embeds or 1) * orientations(rotation_conditioning, flip_conditioning)
+    if rotation_conditioning or flip_conditioning or num_origins:
+        num_class_embeds = (num_class_embeds or 1) * conditions(rotation_conditioning, flip_conditioning, num_origins)
     unet = UNet2DModel(
         sample_size=resolution,
         in_channels=in_channels + (COORDINATE_CHANNELS if coordinate_channels else 0),

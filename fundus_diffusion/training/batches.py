@@ -22,8 +22,8 @@ from .args import data_seed
 
 class DeviceBatches:
     """The whole training view as one ``uint8`` tensor on the device, batched, scaled to [-1, 1] and flipped there
-    (``random_flip``); batches hold ``pixel_values``, ``flipped`` (``[B]`` bool: mirrored left-right), ``class_labels``
-    and ``mask_annotated`` (``[B, M]`` bool), as the view's items.
+    (``random_flip``); batches hold ``pixel_values``, ``flipped`` (``[B]`` bool: mirrored left-right), ``class_labels``,
+    ``origin_ids`` and ``mask_annotated`` (``[B, M]`` bool), as the view's items.
 
     A DataLoader spends most of a GAN step at 360 px converting and copying floats; the real sets are ~1k images
     (0.5 GB as uint8 at 360 px, 4 channels), which fit any training GPU. Each epoch's order and flips come from
@@ -46,6 +46,7 @@ class DeviceBatches:
         for start in range(0, len(arrays), 256):  # chunked, so host RAM never holds the whole array
             self.data[start : start + 256] = torch.from_numpy(np.array(arrays[start : start + 256]))
         self.labels = view.class_labels.to(device)
+        self.origin_ids = view.origin_ids.to(device)
         self.mask_annotated = torch.from_numpy(view.mask_annotated).to(device)
         self.batch_size, self.seed, self.random_flip = batch_size, seed, random_flip
         self.process_index, self.num_processes = process_index, num_processes
@@ -65,6 +66,7 @@ class DeviceBatches:
                 "pixel_values": flip_where(x, flips[index]),
                 "flipped": flips[index],
                 "class_labels": self.labels[index],
+                "origin_ids": self.origin_ids[index],
                 "mask_annotated": self.mask_annotated[index],
             }
 

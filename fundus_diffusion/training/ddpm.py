@@ -16,7 +16,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -220,6 +220,8 @@ def diffusion_loss(
     orientation_ids=None,
     coordinates=None,
     region_weighting=None,
+    origin_ids=None,
+    num_origins=0,
 ):
     """The denoising MSE at random timesteps; dropped labels become the null class (classifier-free guidance).
 
@@ -231,7 +233,8 @@ def diffusion_loss(
 
     ``orientation_ids`` (``[B]`` long, None: no rotation or flip conditioning): each sample's quarter turns, plus
     ``ROTATIONS`` where it was mirrored with flip conditioning, given to the UNet with its class
-    (``pipeline_fundus.embedding_ids``).
+    (``pipeline_fundus.embedding_ids``). ``origin_ids`` (``[B]`` long in ``[0, num_origins)``, None: no origin
+    conditioning): each sample's origin (camera or collection), given the same way; never dropped with the class.
 
     ``mask_annotated`` (``bool [B, M]``, None: all annotated) marks the mask channels (3, 4, ...) each sample is
     annotated for. An unannotated channel holds no information (the training view stores it as -1, not as "absent"):
@@ -253,7 +256,9 @@ def diffusion_loss(
     if class_labels is not None and class_dropout_prob > 0:
         dropped = torch.rand(bsz, device=pixel_values.device) < class_dropout_prob
         class_labels = torch.where(dropped, torch.full_like(class_labels, NULL_CLASS_ID), class_labels)
-    class_labels = embedding_ids(class_labels, orientation_ids, NUM_CLASS_EMBEDS if class_labels is not None else 1)
+    class_labels = embedding_ids(
+        class_labels, orientation_ids, NUM_CLASS_EMBEDS if class_labels is not None else 1, origin_ids, num_origins
+    )
     unet_input = noisy if coordinates is None else torch.cat([noisy, coordinates.to(noisy.dtype)], dim=1)
     prediction = unet(unet_input, timesteps, class_labels=class_labels).sample
     if noise_scheduler.config.prediction_type == "v_prediction":
@@ -275,10 +280,13 @@ def validation_labels(n: int, conditional: bool):
     return [LABEL_NAMES[i % len(LABEL_NAMES)] if conditional else None for i in range(n)]
 
 
-def load_initial_weights(unet, source: str, mask_names) -> None:
+def load_initial_weights(unet, source: str, args, origin_names: Sequence[str] = ()) -> None:
     """Copy the UNet weights of the saved model ``source`` into ``unet`` (``--init_from``), after checking that
-    both are the same network for the same channels: the UNet configs may differ in ``sample_size`` alone, and the
-    mask names must match in order (equal channel counts with other names would train, on the wrong masks)."""
+    both are the same network for the same channels: the UNet configs may differ in ``sample_size`` alone, the mask
+    names must match in order (equal channel counts with other names would train, on the wrong masks), and so must
+    what the class embeddings stand for: rotations and flips as ``args`` ask, the origins ``origin_names`` (several
+    set-ups have as many embeddings: class + flips and class + two origins, say)."""
+    mask_names = args.mask_names
     pipe = load_fundus_pipeline(source, device="cpu", dtype="fp32")  # model_index checked, safetensors only, finite
     if not isinstance(pipe, FundusPipeline):
         raise ValueError(f"--init_from {source}: that is a {type(pipe).__name__}, not a diffusion model (FundusPipeline).")
@@ -295,19 +303,36 @@ def load_initial_weights(unet, source: str, mask_names) -> None:
             f"--init_from {source}: its UNet differs from this run's in "
             + "; ".join(f"{k} ({theirs.get(k)} there, {ours.get(k)} here)" for k in differ)
             + ". Fix: train with the --model_config, class conditioning, --rotation_conditioning_prob, "
-            "--flip_conditioning and --patch_diffusion that model was trained with (its training_args.json says "
-            "which; 0 / off for models trained before those flags)."
+            "--flip_conditioning, --origin_conditioning (on data of as many origins) and --patch_diffusion that "
+            "model was trained with (its training_args.json says which; 0 / off for models trained before those "
+            "flags)."
+        )
+    conditioning = ("rotation_conditioning", "flip_conditioning", "origins")
+    theirs_conditioning = (
+        bool(pipe.config.get("rotation_conditioning")), bool(pipe.config.get("flip_conditioning")), pipe.origin_names
+    )
+    ours_conditioning = (args.rotation_conditioning_prob > 0, args.flip_conditioning, sorted(origin_names))
+    differ = [f"{k} ({a} there, {b} here)" for k, a, b in zip(conditioning, theirs_conditioning, ours_conditioning) if a != b]
+    if differ:
+        raise ValueError(
+            f"--init_from {source}: its class embeddings stand for other conditions than this run's: "
+            + "; ".join(differ)
+            + ". Fix: train with the --rotation_conditioning_prob (above 0 or 0), --flip_conditioning and "
+            "--origin_conditioning (on data of the same origins) that model was trained with."
         )
     unet.load_state_dict(pipe.unet.state_dict())
 
 
-def make_pipeline(unet, noise_scheduler, args) -> FundusPipeline:
+def make_pipeline(unet, noise_scheduler, args, origin_counts: Optional[dict] = None) -> FundusPipeline:
+    """The pipeline of a trained (or training) UNet; ``origin_counts``: ``{origin: training images}`` of an
+    origin-conditioned one (``FundusTrainingView.origin_counts``)."""
     return FundusPipeline(
         unet=unet,
         scheduler=noise_scheduler,
         mask_names=list(args.mask_names),
         rotation_conditioning=args.rotation_conditioning_prob > 0,
         flip_conditioning=args.flip_conditioning,
+        origin_counts=origin_counts,
     )
 
 
@@ -324,7 +349,7 @@ class DDPMKind(loop.ModelKind):
     DEFAULTS = dict(class_conditional=None, use_ema=True, logging_steps=10, num_validation_images=16)
     MODEL_FLAGS = (
         "preset", "resolution", "model_config", "masks", "class_conditional", "dropout", "rotation_conditioning_prob",
-        "flip_conditioning", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+        "flip_conditioning", "origin_conditioning", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
         "schedule_base_resolution", "schedule_detail_resolution", "patch_diffusion", "patch_full_share",
     )  # fmt: skip
     OPTIMIZER_FLAGS = loop.ModelKind.OPTIMIZER_FLAGS + ("adam_weight_decay", "lr_scheduler", "lr_warmup_steps")
@@ -374,6 +399,15 @@ class DDPMKind(loop.ModelKind):
             "told): the model keeps the mirrored views but learns what a mirrored photograph shows that none does "
             "(a camera's number stamp, text), and sampling asks for unmirrored photographs. Doubles the class "
             "embeddings; needs the random flips (not --no-random_flip).",
+        )
+        model.add_argument(
+            "--origin_conditioning",
+            action="store_true",
+            help="Tell the UNet each training image's origin, its camera or collection (the prefix before '_' that "
+            "at least 5 file names share, as drions_001, else the source column: the grouping of evaluate.py's "
+            "per-source Dice), through its class embedding: one model then draws each camera's look instead of a "
+            "blend, and sampling draws each sample as one origin, in the training images' proportions unless "
+            "generation names one. Multiplies the class embeddings by the number of origins; needs two or more.",
         )
         model.add_argument(
             "--patch_diffusion",
@@ -616,6 +650,14 @@ class DDPMKind(loop.ModelKind):
             args.class_conditional = bool((view.class_labels != NULL_CLASS_ID).any())
             if not args.class_conditional:
                 logger.info("No image of the dataset has a PM / non-PM label: training an unconditional model.")
+        self.origin_counts = view.origin_counts() if args.origin_conditioning else None
+        if self.origin_counts is not None and len(self.origin_counts) < 2:
+            raise ValueError(
+                f"--origin_conditioning: every image of --dataset {args.dataset} has one origin "
+                f"({view.origin_names[0]}), so there is nothing to tell the UNet. Fix: leave --origin_conditioning "
+                "out, or train on images of several cameras or collections named by a file-name prefix shared by at "
+                "least 5 images (drions_001, drishti_002, ...) or by the source column."
+            )
         unet = build_unet(
             args.model_config,
             args.resolution,
@@ -625,9 +667,10 @@ class DDPMKind(loop.ModelKind):
             rotation_conditioning=args.rotation_conditioning_prob > 0,
             coordinate_channels=args.patch_diffusion,
             flip_conditioning=args.flip_conditioning,
+            num_origins=len(self.origin_counts or {}),
         )
         if args.init_from:
-            load_initial_weights(unet, args.init_from, args.mask_names)
+            load_initial_weights(unet, args.init_from, args, list(self.origin_counts or {}))
         if args.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         if args.channels_last:
@@ -664,6 +707,11 @@ class DDPMKind(loop.ModelKind):
             self.unet.compile(mode=args.compile_mode, dynamic=False if args.patch_diffusion else None)
         self.noise_scheduler = make_noise_scheduler(args)
 
+    def data_settings(self) -> dict:
+        """With ``--origin_conditioning``, the origins the embeddings stand for (``origin_names`` order), which the
+        dataset decides: a resume on data of other origins would give the ids other meanings."""
+        return {"origin_conditioning": f"on the origins {','.join(self.origin_counts)}"} if self.origin_counts else {}
+
     def describe(self) -> str:
         alpha_bar = final_alpha_bar(self.noise_scheduler)
         args = self.args
@@ -682,6 +730,7 @@ class DDPMKind(loop.ModelKind):
         args, accelerator = self.args, self.accelerator
         pixel_values, orientation_ids, coordinates = batch["pixel_values"], None, None
         class_labels = batch["class_labels"] if args.class_conditional else None
+        origin_ids = batch["origin_ids"] if self.origin_counts else None
         mask_annotated = batch["mask_annotated"]
         if args.rotation_conditioning_prob > 0:  # before cropping: a crop's coordinates are in the turned image
             pixel_values, orientation_ids = random_quarter_turns(pixel_values, args.rotation_conditioning_prob)
@@ -691,8 +740,9 @@ class DDPMKind(loop.ModelKind):
         if args.patch_diffusion:
             size = patches.draw_patch_size(args.resolution, args.patch_full_share)
             pixel_values, coordinates, source = patches.random_patches(pixel_values, size)
-            class_labels, mask_annotated, orientation_ids = (
-                None if value is None else value[source] for value in (class_labels, mask_annotated, orientation_ids)
+            class_labels, mask_annotated, orientation_ids, origin_ids = (
+                None if value is None else value[source]
+                for value in (class_labels, mask_annotated, orientation_ids, origin_ids)
             )
         if args.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
@@ -700,7 +750,8 @@ class DDPMKind(loop.ModelKind):
         with accelerator.accumulate(self.unet):
             loss = diffusion_loss(
                 self.unet, self.noise_scheduler, pixel_values, class_labels, args.class_dropout_prob, args.snr_gamma,
-                mask_annotated, orientation_ids, coordinates, self.region_weighting,
+                mask_annotated, orientation_ids, coordinates, self.region_weighting, origin_ids,
+                len(self.origin_counts or {}),
             )  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:  # an infinite bound measures the norm without clipping
@@ -727,7 +778,7 @@ class DDPMKind(loop.ModelKind):
         """A fixed-seed grid from the EMA weights with DPM-Solver++."""
         args = self.args
         scheduler = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config)
-        pipeline = make_pipeline(self.ema.ema_model, scheduler, args)
+        pipeline = make_pipeline(self.ema.ema_model, scheduler, args, self.origin_counts)
         pipeline.set_progress_bar_config(disable=True)
         labels = validation_labels(args.num_validation_images, args.class_conditional)
         generator = torch.Generator(self.accelerator.device).manual_seed(args.seed or 0)
@@ -738,10 +789,11 @@ class DDPMKind(loop.ModelKind):
                 generator=generator,
                 num_inference_steps=args.validation_inference_steps,
             )
-        return contact_sheet(out.images, out.masks, captions=[label or "" for label in labels]), {}
+        captions = [" ".join(filter(None, parts)) for parts in zip(labels, out.origins or [None] * len(labels))]
+        return contact_sheet(out.images, out.masks, captions=captions), {}
 
     def pipeline(self) -> FundusPipeline:
-        return make_pipeline(self.ema.ema_model, self.noise_scheduler, self.args)
+        return make_pipeline(self.ema.ema_model, self.noise_scheduler, self.args, self.origin_counts)
 
     def final_pipeline(self) -> FundusPipeline:
         """``pipeline`` with, under ``--guide_step``, the guide: the UNet of that step's snapshot."""
@@ -795,6 +847,12 @@ class DDPMKind(loop.ModelKind):
             info["rotation conditioning"] = f"{args.rotation_conditioning_prob:g} of the images turned by quarter turns"
         if args.flip_conditioning:
             info["flip conditioning"] = "the UNet told which images were mirrored left-right; samples drawn unmirrored"
+        if self.origin_counts:
+            info["origin conditioning"] = (
+                "the UNet told each image's origin ("
+                + ", ".join(f"{name}: {count} images" for name, count in self.origin_counts.items())
+                + "); samples drawn as one origin each, in these proportions unless one is asked for"
+            )
         if args.init_from:
             info["initialised from"] = portable_name(args.init_from)
         if args.post_hoc_ema:

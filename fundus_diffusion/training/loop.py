@@ -69,6 +69,11 @@ class ModelKind:
         of one model must compare equal."""
         return dict(flags)
 
+    def data_settings(self) -> dict:
+        """Model settings the dataset decides rather than a flag (by flag name: they replace its value in every
+        checkpoint's record, so a resume on data that decides otherwise is refused as a changed flag)."""
+        return {}
+
     @staticmethod
     def add_args(parser) -> None:
         """Add the kind's own flags."""
@@ -319,6 +324,7 @@ def train(args, kind_class) -> str:
         load_compile_cache(args.compile_cache)
     kind = seeded_build(args.seed, lambda: kind_class(args, accelerator, view, plan), args.data_seed)
     flags = model_flags(args, kind.MODEL_FLAGS + kind.OPTIMIZER_FLAGS + kind.LOSS_FLAGS + kind.DATA_FLAGS)  # in every checkpoint, equal on resume
+    flags.update(kind.data_settings())
     saved_objects = checkpoint_objects(kind)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
