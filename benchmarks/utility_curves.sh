@@ -14,7 +14,10 @@
 #
 # Jobs: n<N>-seed<S> for N in SIZES (N=all: one job "all" on the whole training split) and S in SUBSET_SEEDS, and
 # source-<name> for name in SOURCES. Each job trains, generates and evaluates in turn; PARALLEL jobs share the GPU.
-# Every generator trains STEPS_MAX steps whatever N (equal work), with a batch of min(the recipe's batch, N).
+# Every generator trains STEPS_MAX steps whatever N (equal work), with a batch of min(the recipe's batch, N);
+# PASSES_MAX (unset: no cap) stops a generator after that many passes over its N images if that comes first: a small
+# set trained for equal steps is seen many more times, and copies (RESULTS.md session 28: the DRISHTI-GS1 generator
+# copied 13 of 100 samples from its 62 photographs after 1,290 passes, the DRIONS-DB one none after 1,111 from 72).
 # GPUS=0,1,2,3 spreads the jobs over those GPUs (job i on GPUS[i mod count]; set PARALLEL to a multiple of the count).
 # TWO_STEP=1 adds the two-step variant next to joint generation: the masks of the joint samples, then images drawn for
 # them by the mask-to-image path (generate.py --masks_from, RePaint; TWO_STEP_FLAGS) of the same generator, judged as
@@ -60,6 +63,7 @@ SIZES=${SIZES-"10 25 50 all"}  # empty: per-source jobs only
 SUBSET_SEEDS=${SUBSET_SEEDS:-"0 1 2"}
 SOURCES=${SOURCES-"drions drishti"}  # id prefixes of fundus-od (--stratify id_prefix); empty: no per-source jobs
 STEPS_MAX=${STEPS_MAX:-6000}
+PASSES_MAX=${PASSES_MAX:-}
 N_SYN=${N_SYN:-200}
 SEEDS=${SEEDS:-3}
 SEG_STEPS=${SEG_STEPS:-800}
@@ -145,11 +149,15 @@ job)
   n=$($PY -c "import sys; from datasets import load_from_disk; print(len(load_from_disk(sys.argv[1])))" "$real")
   recipe_batch=$(grep -o -- '--train_batch_size [0-9]*' <<< "$RECIPE" | grep -o '[0-9]*$')
   batch=$(( ${recipe_batch:-16} < n ? ${recipe_batch:-16} : n ))
+  steps=$STEPS_MAX
+  if [ -n "$PASSES_MAX" ] && (( (PASSES_MAX * n + batch - 1) / batch < steps )); then
+    steps=$(( (PASSES_MAX * n + batch - 1) / batch ))  # PASSES_MAX passes over the n images, rounded up
+  fi
   if [ ! -f "$WORK/runs/$job/model_index.json" ]; then
-    log "$job: training on $n real pairs (batch $batch, $STEPS_MAX steps, GPU ${CUDA_VISIBLE_DEVICES:-default})"
+    log "$job: training on $n real pairs (batch $batch, $steps steps, GPU ${CUDA_VISIBLE_DEVICES:-default})"
     # shellcheck disable=SC2086
     $PY scripts/train_ddpm.py --dataset "$real" --masks disc $RECIPE --train_batch_size "$batch" \
-      --max_train_steps "$STEPS_MAX" --checkpointing_steps 100000 --validation_steps 100000 --logger none --seed 0 \
+      --max_train_steps "$steps" --checkpointing_steps 100000 --validation_steps 100000 --logger none --seed 0 \
       --training_cache_dir "$WORK/cache" --output_dir "$WORK/runs/$job" > "$WORK/train-$job.log" 2>&1 \
       || { log "$job: training failed: $(tail -n 2 "$WORK/train-$job.log")"; exit 1; }
   fi
