@@ -85,7 +85,15 @@ from tqdm.auto import tqdm
 from . import export
 from .data.build import read_mask
 from .data.readers import images_by_stem, require_dir
-from .data.schema import LABEL_NAMES, UNKNOWN_LABEL, annotation_column, fundus_features, label_to_id, mask_column
+from .data.schema import (
+    LABEL_NAMES,
+    ORIGIN_COLUMN,
+    UNKNOWN_LABEL,
+    annotation_column,
+    fundus_features,
+    label_to_id,
+    mask_column,
+)
 from .model_cards import LICENSE, render_dataset_card, size_category
 from .pipelines.loading import DTYPES, SCHEDULERS, draws_step_noise, load_fundus_pipeline, use_scheduler
 from .pipelines.pipeline_fundus import split_mask_names
@@ -96,7 +104,6 @@ logger = logging.getLogger(__name__)
 
 POSTPROCESSING = ("binarize", "largest_disc", "cup_in_disc", "fill_holes")
 CONFIG_FILE = "generation_config.json"
-ORIGIN_COLUMN = "origin"  # an origin-conditioned model's samples: the origin (camera or collection) each was drawn as
 SHARDS_DIR = "shards"
 # Settings a resumed run may change: another device of the recorded type, and how the network runs (compiled, its
 # memory format, cuDNN's algorithm search), which rounds within one 8-bit level of the eager one. The batch size is

@@ -65,7 +65,8 @@ def two_origins(dataset):
 def test_native_resolution_per_source_dice_and_worst_images(tmp_path):
     real, synthetic = tmp_path / "real", tmp_path / "synthetic"
     two_origins(load_phantom_dataset(20, size=48, seed=0)).save_to_disk(str(real))
-    load_phantom_dataset(12, size=32, seed=100).save_to_disk(str(synthetic))
+    drawn_as = ["aaa"] * 6 + ["bbb"] * 4 + ["ccc"] * 2  # as an origin-conditioned model's set records them
+    load_phantom_dataset(12, size=32, seed=100).add_column("origin", drawn_as).save_to_disk(str(synthetic))
     out = tmp_path / "report"
     argv = ["--real", str(real), "--synthetic", str(synthetic), "--output_dir", str(out), "--worst_images", "3"]
     EVALUATE["main"](EVALUATE["parse_args"](argv + TINY + ["--realism_repeats", "2"]))  # no --resolution: 32 px
@@ -106,6 +107,11 @@ def test_native_resolution_per_source_dice_and_worst_images(tmp_path):
     for test in ("real_vs_synthetic", "real_vs_real"):  # --realism_repeats 2: the whole-image test and its control
         assert realism[test]["repeats"] == 2 and len(realism[test]["auc_per_fold"]) == 2 * 2, test
     assert "mean ± std over the 4 held-out folds of 2 repeats" in markdown
+    by_origin = realism["by_origin"]  # each origin's samples against that origin's 10 real images
+    assert by_origin["aaa"]["computed"] and by_origin["aaa"]["real_vs_synthetic"]["n_per_class"] == 5
+    assert by_origin["bbb"]["real_vs_synthetic"]["n_per_class"] == 4 and by_origin["bbb"]["real_vs_real"]["folds"] == 2
+    assert not by_origin["ccc"]["computed"] and "got 0 real" in by_origin["ccc"]["reason"]
+    assert "**Drawn as aaa** (6 samples drawn as aaa against its 10 real images; fewer per side" in markdown
 
 
 def test_resolution_flag_is_a_labelled_comparison_and_mixed_sizes_are_refused(tmp_path):

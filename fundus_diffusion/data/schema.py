@@ -148,6 +148,8 @@ def file_name(sample_id: str) -> str:
 
 
 ORIGIN_MIN_IMAGES = 5  # a file-name prefix fewer images share names a patient or an image, not a camera
+# A synthetic set's column (an origin-conditioned model's samples): the origin each sample was drawn as
+ORIGIN_COLUMN = "origin"
 
 
 def origins(ids: List[str], sources: List[str]) -> List[str]:

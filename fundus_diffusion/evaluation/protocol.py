@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.schema import annotation_matrix, mask_channel, origins, parse_mask_names
+from ..data.schema import ORIGIN_COLUMN, annotation_matrix, mask_channel, origins, parse_mask_names
 from ..visualization import contact_sheet
 from .arrays import dataset_arrays, default_device, to_pil
 from .checks import native_resolution, warn_if_upscaled
@@ -30,7 +30,7 @@ from .figures import bar_chart, histograms, titled
 from .global_look import global_look_section
 from .memorisation import PIXEL_SPACE, copy_checks, nearest_training_neighbours, pixel_features, refusal
 from .metrics import cup_to_disc_ratios, dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
-from .realism import REGIONS, RealismRecipe, quarter_resolution_test, realism_test, region_test
+from .realism import REGIONS, RealismRecipe, origin_tests, quarter_resolution_test, realism_test, region_test
 from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
 from .spectrum import ratio_figure, spectrum_section
 from .splits import holdout_ids, read_split_file, split_by_ids, write_split_file
@@ -512,6 +512,10 @@ def evaluate(
                 region, all_real, real_discs, on_device["synthetic"][:, :3], on_device["synthetic"][:, disc] > 0,
                 once, device,
             )  # fmt: skip
+    if ORIGIN_COLUMN in synthetic.column_names and report["realism"]["computed"]:  # each camera against its own
+        report["realism"]["by_origin"] = origin_tests(
+            all_real, everyone, on_device["synthetic"][:, :3], list(synthetic[ORIGIN_COLUMN]), once, device
+        )
     report["global_look"] = global_look_section(
         torch.cat([arrays["real"][:, :3], arrays["holdout"][:, :3]]), arrays["synthetic"][:, :3]
     )

@@ -431,6 +431,28 @@ def quarter_resolution_test(
     return {**result, "region": description}
 
 
+def origin_tests(
+    real: torch.Tensor,
+    real_origins: List[str],
+    synthetic: torch.Tensor,
+    synthetic_origins: List[str],
+    recipe: RealismRecipe = RealismRecipe(),
+    device="cpu",
+) -> Dict[str, Dict]:
+    """``realism_test`` per origin a synthetic set was drawn as (an origin-conditioned model's samples, each with its
+    camera or collection) against the real images of that origin: whether each camera's look is right, which the
+    pooled test blurs with how often each is drawn. Fewer images per side than the whole-image test make a weaker
+    judge: its control is beside it. ``{origin: result}``; an origin without enough images is reported not computed."""
+    results = {}
+    for origin in sorted(set(synthetic_origins)):
+        r = [i for i, o in enumerate(real_origins) if o == origin]
+        s = [i for i, o in enumerate(synthetic_origins) if o == origin]
+        result = realism_test(real[r], synthetic[s], recipe, device)
+        result.pop("colour_statistics", None)
+        results[origin] = {**result, "region": f"{len(s)} samples drawn as {origin} against its {len(r)} real images"}
+    return results
+
+
 def draw_sides(
     real: torch.Tensor, synthetic: torch.Tensor, n: int, seed: int
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
