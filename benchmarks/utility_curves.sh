@@ -15,9 +15,12 @@
 # Jobs: n<N>-seed<S> for N in SIZES (N=all: one job "all" on the whole training split) and S in SUBSET_SEEDS, and
 # source-<name> for name in SOURCES. Each job trains, generates and evaluates in turn; PARALLEL jobs share the GPU.
 # Every generator trains STEPS_MAX steps whatever N (equal work), with a batch of min(the recipe's batch, N);
-# PASSES_MAX (unset: no cap) stops a generator after that many passes over its N images if that comes first: a small
-# set trained for equal steps is seen many more times, and copies (RESULTS.md session 28: the DRISHTI-GS1 generator
-# copied 13 of 100 samples from its 62 photographs after 1,290 passes, the DRIONS-DB one none after 1,111 from 72).
+# PASSES_MAX (a positive integer; unset: no cap) stops a generator after that many passes over its N images (steps x
+# batch / N, the times each image is seen on average) if that comes first: a small set trained for equal steps is seen
+# many more times, and copies (RESULTS.md session 28: the DRISHTI-GS1 generator drew 13 of 100 samples as copies of
+# its 62 photographs after 1,290 passes, the DRIONS-DB one none after 1,111 from 72). A capped short run spends more
+# of itself in the preset's 500 warm-up steps and the EMA's slow start. A WORK resumed with another STEPS_MAX or
+# PASSES_MAX keeps the generators it has: start a new WORK.
 # GPUS=0,1,2,3 spreads the jobs over those GPUs (job i on GPUS[i mod count]; set PARALLEL to a multiple of the count).
 # TWO_STEP=1 adds the two-step variant next to joint generation: the masks of the joint samples, then images drawn for
 # them by the mask-to-image path (generate.py --masks_from, RePaint; TWO_STEP_FLAGS) of the same generator, judged as
@@ -64,6 +67,8 @@ SUBSET_SEEDS=${SUBSET_SEEDS:-"0 1 2"}
 SOURCES=${SOURCES-"drions drishti"}  # id prefixes of fundus-od (--stratify id_prefix); empty: no per-source jobs
 STEPS_MAX=${STEPS_MAX:-6000}
 PASSES_MAX=${PASSES_MAX:-}
+[ -z "$PASSES_MAX" ] || [[ $PASSES_MAX =~ ^[1-9][0-9]*$ ]] \
+  || { echo "PASSES_MAX=$PASSES_MAX: give a positive whole number of passes (e.g. 650), or leave it unset" >&2; exit 2; }
 N_SYN=${N_SYN:-200}
 SEEDS=${SEEDS:-3}
 SEG_STEPS=${SEG_STEPS:-800}

@@ -12,7 +12,7 @@ from datasets import concatenate_datasets
 from torch.nn import functional as F
 
 from fundus_diffusion.data import load_phantom_dataset
-from fundus_diffusion.data.schema import ORIGIN_MIN_IMAGES, origins
+from fundus_diffusion.data.schema import ORIGIN_MIN_IMAGES, origins, origins_as_trained
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate
 from fundus_diffusion.evaluation.realism import TEST_NAME, RealismRecipe, realism_test, stratified_folds
 from fundus_diffusion.evaluation.report import render_markdown
@@ -110,7 +110,7 @@ def test_native_resolution_per_source_dice_and_worst_images(tmp_path):
     by_origin = realism["by_origin"]  # each origin's samples against that origin's 10 real images
     assert by_origin["aaa"]["computed"] and by_origin["aaa"]["real_vs_synthetic"]["n_per_class"] == 5
     assert by_origin["bbb"]["real_vs_synthetic"]["n_per_class"] == 4 and by_origin["bbb"]["real_vs_real"]["folds"] == 2
-    assert not by_origin["ccc"]["computed"] and "got 0 real" in by_origin["ccc"]["reason"]
+    assert not by_origin["ccc"]["computed"] and "no real image has the origin ccc (theirs: aaa, bbb)" in by_origin["ccc"]["reason"]
     assert "**Drawn as aaa** (6 samples drawn as aaa against its 10 real images; fewer per side" in markdown
 
 
@@ -154,6 +154,16 @@ def test_origins_are_shared_file_name_prefixes_else_the_source_column():
     ids = [f"folder:fundus-od/drishti_{i:03d}" for i in range(ORIGIN_MIN_IMAGES)] + ["phantom/train/000003", "x/ab_1"]
     found = origins(ids, ["folder:fundus-od"] * ORIGIN_MIN_IMAGES + ["phantom", "x"])
     assert found == ["drishti"] * ORIGIN_MIN_IMAGES + ["phantom", "x"]  # "ab" is one image's prefix, not an origin
+
+
+def test_held_out_images_take_the_origins_the_training_images_were_named_by():
+    """A camera with fewer than ORIGIN_MIN_IMAGES training images goes by its source in training (the model's origin),
+    and so do its held-out images, however many share its prefix over both sets."""
+    train = [f"folder:x/aaa_{i}" for i in range(6)] + [f"folder:x/bbb_{i}" for i in range(4)]
+    held_out = ["folder:x/aaa_9", "folder:x/bbb_8", "folder:x/ccc_1"]
+    named = origins_as_trained(train, ["folder:x"] * 10, held_out, ["folder:x"] * 3)
+    assert named == ["aaa"] * 6 + ["folder:x"] * 4 + ["aaa", "folder:x", "folder:x"]
+    assert origins(train + held_out, ["folder:x"] * 13)[11] == "bbb"  # counted over both sets, bbb would be a camera
 
 
 def test_per_patient_prefixes_neither_make_strata_nor_split_patients():

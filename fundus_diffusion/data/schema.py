@@ -161,3 +161,15 @@ def origins(ids: List[str], sources: List[str]) -> List[str]:
     prefixes = [name.split("_")[0] if "_" in name else None for name in map(file_name, ids)]
     counts = Counter(p for p in prefixes if p is not None)
     return [p if p is not None and counts[p] >= ORIGIN_MIN_IMAGES else s for p, s in zip(prefixes, sources)]
+
+
+def origins_as_trained(train_ids: List[str], train_sources: List[str], ids: List[str], sources: List[str]) -> List[str]:
+    """The origins of the training images and then of the images ``ids`` as a model trained on the training images
+    named them (``--origin_conditioning``): ``origins`` over the training images alone, as its training view counted
+    them, and for each other image its file-name prefix where that names a training origin, else its source. (On a
+    small training subset a camera with fewer than ``ORIGIN_MIN_IMAGES`` images goes by its source, and so do its
+    other images here.)"""
+    trained = origins(train_ids, train_sources)
+    named = set(trained)
+    prefixes = [file_name(i).split("_")[0] for i in ids]
+    return trained + [p if p in named else s for p, s in zip(prefixes, sources)]

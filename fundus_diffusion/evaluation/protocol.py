@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.schema import ORIGIN_COLUMN, annotation_matrix, mask_channel, origins, parse_mask_names
+from ..data.schema import ORIGIN_COLUMN, annotation_matrix, mask_channel, origins, origins_as_trained, parse_mask_names
 from ..visualization import contact_sheet
 from .arrays import dataset_arrays, default_device, to_pil
 from .checks import native_resolution, warn_if_upscaled
@@ -513,8 +513,9 @@ def evaluate(
                 once, device,
             )  # fmt: skip
     if ORIGIN_COLUMN in synthetic.column_names and report["realism"]["computed"]:  # each camera against its own
+        as_trained = origins_as_trained(real_ids, list(real_train["source"]), holdout_ids, list(holdout["source"]))
         report["realism"]["by_origin"] = origin_tests(
-            all_real, everyone, on_device["synthetic"][:, :3], list(synthetic[ORIGIN_COLUMN]), once, device
+            all_real, as_trained, on_device["synthetic"][:, :3], list(synthetic[ORIGIN_COLUMN]), once, device
         )
     report["global_look"] = global_look_section(
         torch.cat([arrays["real"][:, :3], arrays["holdout"][:, :3]]), arrays["synthetic"][:, :3]

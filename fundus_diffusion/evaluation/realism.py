@@ -442,13 +442,19 @@ def origin_tests(
     """``realism_test`` per origin a synthetic set was drawn as (an origin-conditioned model's samples, each with its
     camera or collection) against the real images of that origin: whether each camera's look is right, which the
     pooled test blurs with how often each is drawn. Fewer images per side than the whole-image test make a weaker
-    judge: its control is beside it. ``{origin: result}``; an origin without enough images is reported not computed."""
+    judge: its control is beside it. ``{origin: result}``; an origin without enough images is reported not computed
+    (samples without an origin are left out)."""
     results = {}
-    for origin in sorted(set(synthetic_origins)):
+    for origin in sorted({o for o in synthetic_origins if o is not None}):
         r = [i for i, o in enumerate(real_origins) if o == origin]
         s = [i for i, o in enumerate(synthetic_origins) if o == origin]
         result = realism_test(real[r], synthetic[s], recipe, device)
         result.pop("colour_statistics", None)
+        if not r:
+            result["reason"] = (
+                f"no real image has the origin {origin} (theirs: {', '.join(sorted(set(real_origins)))}); name the "
+                "real images as the generator's training images were named (--real: its training set)"
+            )
         results[origin] = {**result, "region": f"{len(s)} samples drawn as {origin} against its {len(r)} real images"}
     return results
 
