@@ -465,7 +465,8 @@ def regenerate(
         )
     given = [mask_sets.load(index)] if mask_sets is not None else None
     guide = load_autoguidance(pipe, config)
-    images, masks, _ = generate_samples(pipe, [config.seed + index], [config.sample_labels()[index]], config, given, guide)
+    label = config.sample_labels()[index]
+    images, masks, _ = generate_samples(pipe, [config.seed + index], [label], config, given, guide)
     return images[0], masks[0]
 
 
@@ -533,8 +534,9 @@ def write_samples(
     origins: bool = False,
 ):  # fmt: skip
     """Encode the samples of ``batches`` (``(indices, images, masks)``, in sample order, and the origins with
-    ``origins``) into the ``(index, path)`` shards (each written to ``path.tmp``, then renamed: a shard on disk is whole), and with ``config.png`` into
-    ``png_dir``; ``origins``: the model is origin-conditioned, and each row records its sample's origin.
+    ``origins``) into the ``(index, path)`` shards (each written to ``path.tmp``, then renamed: a shard on disk is
+    whole), and with ``config.png`` into ``png_dir``; ``origins``: the model is origin-conditioned, and each row
+    records its sample's origin.
 
     The encoding (PNG compression, single-threaded inside ``datasets`` and PIL) runs on ``threads`` threads while the
     next batch is drawn from ``batches``, so a GPU sampler does not wait for it; rows reach the shards in sample order,
@@ -570,8 +572,9 @@ def write_samples(
 
 
 def _encoded_in_order(batches, encode, threads: int):
-    """``encode(*sample)`` of every sample of ``batches`` (its index, image, masks and origin), in order: a batch's samples are encoded in a
-    pool of ``threads`` while the next batch is drawn; not-yet-started work is cancelled when closed early."""
+    """``encode(*sample)`` of every sample of ``batches`` (its index, image, masks and origin), in order: a batch's
+    samples are encoded in a pool of ``threads`` while the next batch is drawn; not-yet-started work is cancelled when
+    closed early."""
     pool = ThreadPoolExecutor(threads, thread_name_prefix="encode")
     try:
         encoding = []
@@ -893,7 +896,8 @@ the settled config is what ``generation_config.json`` records and ``--resume`` c
         if dataset is None:
             drawn_for = f", drawn for the mask sets of {config.masks_from}" if config.masks_from else ""
             info = DatasetInfo(
-                features=synthetic_features(pipe.config.mask_names, bool(pipe.origin_names)), description=f"Synthetic fundus samples from {config.model_name}{drawn_for}"
+                features=synthetic_features(pipe.config.mask_names, bool(pipe.origin_names)),
+                description=f"Synthetic fundus samples from {config.model_name}{drawn_for}",
             )
             concatenate_datasets([Dataset.from_file(p, info=info) for p in paths]).save_to_disk(output_dir)
             dataset = load_from_disk(output_dir)

@@ -149,7 +149,9 @@ def model_card(folder: str) -> ModelCard:
         id2label=id2label,
         null_class_id=len(id2label),
         conditional=takes_class_labels(
-            model.get("num_class_embeds"), bool(index.get("rotation_conditioning")), bool(index.get("flip_conditioning")),
+            model.get("num_class_embeds"),
+            bool(index.get("rotation_conditioning")),
+            bool(index.get("flip_conditioning")),
             len(index.get("origin_counts") or {}),
         ),
         rotation_conditioning=bool(index.get("rotation_conditioning")),

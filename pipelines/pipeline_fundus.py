@@ -782,7 +782,9 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         drawn_as = None if origin_ids is None else [self.origin_names[i] for i in origin_ids.tolist()]
         return self.outputs(sample, output_type, return_dict, drawn_as)
 
-    def origin_ids(self, origins: Union[str, Sequence[str], None], batch_size: int, generator) -> Optional[torch.Tensor]:
+    def origin_ids(
+        self, origins: Union[str, Sequence[str], None], batch_size: int, generator
+    ) -> Optional[torch.Tensor]:
         """Each sample's origin id for an origin-conditioned model (``origins`` as ``__call__`` takes it: given by
         name, or drawn by ``draw_origins``); None for other models, which refuse ``origins``."""
         names = self.origin_names

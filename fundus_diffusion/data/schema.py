@@ -156,8 +156,9 @@ def origins(ids: List[str], sources: List[str]) -> List[str]:
     """The origin a per-source breakdown, evaluate.py's own split and the DDPM's ``--origin_conditioning`` group each
     image under (its camera or collection): the prefix of its file name before ``_`` where at least
     ``ORIGIN_MIN_IMAGES`` images share it (``folder:fundus-od/drishti_012`` -> ``drishti``: a generic folder records
-    its origins only there), else its ``source`` column (``phantom``, ``palm``, ...). Names such as ``12_left.jpg`` / ``12_right.jpg`` share a prefix per patient: those fall back to the source,
-    so that a split neither makes one stratum per patient nor holds out one eye of each."""
+    its origins only there), else its ``source`` column (``phantom``, ``palm``, ...). Names such as ``12_left.jpg`` /
+    ``12_right.jpg`` share a prefix per patient: those fall back to the source, so that a split neither makes one
+    stratum per patient nor holds out one eye of each."""
     prefixes = [name.split("_")[0] if "_" in name else None for name in map(file_name, ids)]
     counts = Counter(p for p in prefixes if p is not None)
     return [p if p is not None and counts[p] >= ORIGIN_MIN_IMAGES else s for p, s in zip(prefixes, sources)]

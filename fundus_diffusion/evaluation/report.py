@@ -383,9 +383,8 @@ def realism_lines(realism: Optional[Dict], px: str) -> List[str]:
     lines += region_lines(realism.get("disc_region"), "Disc region", "disc crops")
     lines += region_lines(realism.get("outside_disc"), "Outside the disc", "images without the disc")
     for origin, test in (realism.get("by_origin") or {}).items():  # an origin-conditioned model's set, per camera
-        lines += region_lines(
-            test, f"Drawn as {origin}", f"images of {origin}", "fewer per side than above: a weaker judge, see its control"
-        )  # fmt: skip
+        weaker = "fewer per side than above: a weaker judge, see its control"
+        lines += region_lines(test, f"Drawn as {origin}", f"images of {origin}", weaker)
     return lines
 
 

@@ -312,7 +312,8 @@ def load_initial_weights(unet, source: str, args, origin_names: Sequence[str] = 
         bool(pipe.config.get("rotation_conditioning")), bool(pipe.config.get("flip_conditioning")), pipe.origin_names
     )
     ours_conditioning = (args.rotation_conditioning_prob > 0, args.flip_conditioning, sorted(origin_names))
-    differ = [f"{k} ({a} there, {b} here)" for k, a, b in zip(conditioning, theirs_conditioning, ours_conditioning) if a != b]
+    pairs = zip(conditioning, theirs_conditioning, ours_conditioning)
+    differ = [f"{k} ({a} there, {b} here)" for k, a, b in pairs if a != b]
     if differ:
         raise ValueError(
             f"--init_from {source}: its class embeddings stand for other conditions than this run's: "
@@ -349,8 +350,9 @@ class DDPMKind(loop.ModelKind):
     DEFAULTS = dict(class_conditional=None, use_ema=True, logging_steps=10, num_validation_images=16)
     MODEL_FLAGS = (
         "preset", "resolution", "model_config", "masks", "class_conditional", "dropout", "rotation_conditioning_prob",
-        "flip_conditioning", "origin_conditioning", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
-        "schedule_base_resolution", "schedule_detail_resolution", "patch_diffusion", "patch_full_share",
+        "flip_conditioning", "origin_conditioning", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end",
+        "prediction_type", "schedule_base_resolution", "schedule_detail_resolution", "patch_diffusion",
+        "patch_full_share",
     )  # fmt: skip
     OPTIMIZER_FLAGS = loop.ModelKind.OPTIMIZER_FLAGS + ("adam_weight_decay", "lr_scheduler", "lr_warmup_steps")
     LOSS_FLAGS = ("snr_gamma", "region_loss_weight", "region_loss_mask")
