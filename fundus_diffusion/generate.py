@@ -62,6 +62,7 @@ import os
 import re
 import shutil
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -421,7 +422,7 @@ def generate_samples(
         **conditioning,
     )
     seeds, out_images, out_masks = seeds[:n], out.images[:n], out.masks[:n]  # the padding's copies dropped
-    origins = (getattr(out, "origins", None) or [None] * n)[:n]
+    origins = (out.origins or [None] * n)[:n]
     check_finite_samples(out_images, seeds, config)
     images = [Image.fromarray((im * 255).round().astype(np.uint8), mode="RGB") for im in out_images]
     masks = [{name: Image.fromarray((m * 255).astype(np.uint8), mode="L") for name, m in ms.items()} for ms in out_masks]
@@ -915,7 +916,7 @@ def check_sampling(pipe, config: GenerationConfig, mask_sets: Optional[MaskSets]
             "--labels needs a class-conditional model; this one is unconditional (trained without classes), so it "
             "cannot follow labels. Fix: leave --labels out (and give --num_samples)."
         )
-    origin_names = getattr(pipe, "origin_names", [])  # a GAN has none
+    origin_names = pipe.origin_names  # [] for a model without origin conditioning (every GAN)
     if config.origin is not None and config.origin not in origin_names:
         raise ValueError(
             f"--origin {config.origin}: "
@@ -1132,9 +1133,8 @@ def dataset_card(pipe, config: GenerationConfig, dataset, mask_sets: Optional[Ma
     label_counts = {name: int(counts[LABEL_NAMES.index(name) + 1]) for name in order if counts[LABEL_NAMES.index(name) + 1]}
     if counts[0]:
         label_counts["unconditional (label -1)"] = int(counts[0])
-    origin_names = getattr(pipe, "origin_names", [])
-    drawn_as = list(dataset[ORIGIN_COLUMN]) if ORIGIN_COLUMN in dataset.column_names else []
-    origin_counts = {name: drawn_as.count(name) for name in origin_names if drawn_as.count(name)}
+    drawn_as = Counter(dataset[ORIGIN_COLUMN]) if ORIGIN_COLUMN in dataset.column_names else Counter()
+    origin_counts = {name: drawn_as[name] for name in pipe.origin_names if drawn_as[name]}
     model = config.model_name  # a local folder's name only: its path means nothing elsewhere and may name people
     mask_names = list(pipe.config.mask_names)
     given = {name: sum(name in files for files in mask_sets.files.values()) for name in mask_names} if mask_sets else {}

@@ -4,11 +4,11 @@ origins and load as before."""
 
 import json
 import shutil
-from types import SimpleNamespace
 
 import pytest
 import torch
-from test_rotation_conditioning import sampled_class_labels
+from test_pipeline_code import tiny_unet
+from test_rotation_conditioning import embedding_ids_given_to_the_unet, sampled_class_labels, spy_on_training_steps
 from test_train_ddpm import tiny_args
 
 from fundus_diffusion import FundusPipeline
@@ -37,19 +37,13 @@ def test_embedding_ids_put_each_origin_inside_its_orientation_and_after_all_clas
 
 
 def test_the_loss_gives_the_unet_origin_orientation_and_class_and_a_dropped_class_keeps_its_origin():
-    seen = []
-
-    def unet(x, t, class_labels=None):
-        seen.append(class_labels)
-        return SimpleNamespace(sample=torch.zeros_like(x))
-
-    scheduler = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "x", "--resolution", "16"]))
-    x, classes = torch.zeros(3, 4, 8, 8), torch.tensor([0, 1, 1])
-    turns, origins = torch.tensor([0, 1, 3]), torch.tensor([1, 0, 1])
-    ddpm.diffusion_loss(unet, scheduler, x, classes, orientation_ids=turns, origin_ids=origins, num_origins=2)
-    ddpm.diffusion_loss(unet, scheduler, x, classes, class_dropout_prob=0.999999, origin_ids=origins, num_origins=2)
-    ddpm.diffusion_loss(unet, scheduler, x, origin_ids=origins, num_origins=2)
-    assert [s.tolist() for s in seen] == [[3, 2 * 3 + 1, 7 * 3 + 1], [3 + 2, 2, 3 + 2], [1, 0, 1]]
+    classes, turns, origins = torch.tensor([0, 1, 1]), torch.tensor([0, 1, 3]), torch.tensor([1, 0, 1])
+    seen = embedding_ids_given_to_the_unet(
+        ((classes,), dict(orientation_ids=turns, origin_ids=origins, num_origins=2)),
+        ((classes,), dict(class_dropout_prob=0.999999, origin_ids=origins, num_origins=2)),
+        ((), dict(origin_ids=origins, num_origins=2)),
+    )
+    assert seen == [[3, 2 * 3 + 1, 7 * 3 + 1], [3 + 2, 2, 3 + 2], [1, 0, 1]]
 
 
 def test_an_origin_conditioned_unet_needs_origins_times_the_other_embeddings():
@@ -158,25 +152,9 @@ def test_a_training_step_tells_the_unet_each_images_origin(tmp_path, monkeypatch
     """The loss gets the batch's origin ids (Patch Diffusion's crops keep their image's) and the number of origins."""
     data = tmp_path / "data"
     two_origins().save_to_disk(str(data))
-    batches, sources, seen = [], [], []
-    real_step, real_loss, real_patches = ddpm.DDPMKind.step, ddpm.diffusion_loss, ddpm.patches.random_patches
-
-    def step(self, batch):
-        batches.append(batch["origin_ids"].clone())
-        return real_step(self, batch)
-
-    def patches(x, size):
-        out = real_patches(x, size)
-        sources.append(out[2])
-        return out
-
-    def loss(unet, scheduler, pixel_values, *args):
-        seen.append(args[7:9])  # after the labels, dropout, gamma, masks, orientations, coordinates and weighting
-        return real_loss(unet, scheduler, pixel_values, *args)
-
-    monkeypatch.setattr(ddpm.DDPMKind, "step", step)
-    monkeypatch.setattr(ddpm.patches, "random_patches", patches)
-    monkeypatch.setattr(ddpm, "diffusion_loss", loss)
+    # the loss's origin ids and count: after labels, dropout, gamma, masks, orientations, coordinates and weighting
+    record = spy_on_training_steps(monkeypatch, "origin_ids", slice(7, 9))
+    batches, sources, seen = record.batches, record.sources, record.loss
     argv = tiny_args(tmp_path / "run", tmp_path / "cache", "--max_train_steps", "4", "--logger", "none",
                      "--origin_conditioning", *extra)  # fmt: skip
     ddpm.train(ddpm.parse_args(argv + ["--dataset", str(data)]))
@@ -188,15 +166,10 @@ def test_a_training_step_tells_the_unet_each_images_origin(tmp_path, monkeypatch
 @pytest.fixture(scope="module")
 def origin_model(tmp_path_factory):
     """A tiny saved unconditional DDPM (disc) conditioned on two origins, cam-b three times as common."""
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler
 
     folder = tmp_path_factory.mktemp("origin-model") / "ddpm"
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(4, 8), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4, num_class_embeds=2,
-    )  # fmt: skip
+    unet = tiny_unet(channels=4, num_class_embeds=2)
     scheduler = DDPMScheduler(num_train_timesteps=4)
     FundusPipeline(unet=unet, scheduler=scheduler, mask_names=["disc"], origin_counts={"cam-a": 1, "cam-b": 3}).save_pretrained(folder)
     return str(folder)

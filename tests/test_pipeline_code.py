@@ -82,13 +82,18 @@ def run_without_package(folder, how, labels=None, **call):
     )  # fmt: skip
 
 
-def tiny_ddpm():
+def tiny_unet(channels: int = 5, num_class_embeds: int = 3) -> UNet2DModel:
+    """An 8 px two-level UNet of ``channels`` in and out and ``num_class_embeds`` class embeddings, seeded."""
     torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8, in_channels=5, out_channels=5, block_out_channels=(4, 8), layers_per_block=1,
+    return UNet2DModel(
+        sample_size=8, in_channels=channels, out_channels=channels, block_out_channels=(4, 8), layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4, num_class_embeds=3,
+        norm_num_groups=4, num_class_embeds=num_class_embeds,
     )  # fmt: skip
+
+
+def tiny_ddpm():
+    unet = tiny_unet()
     pipe = FundusPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=4), mask_names=["disc", "atrophy"])
     pipe.set_progress_bar_config(disable=True)
     return pipe

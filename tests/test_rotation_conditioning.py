@@ -38,19 +38,29 @@ def test_embedding_ids_put_each_rotation_after_all_classes():
     assert torch.equal(embedding_ids(torch.tensor([0, 1, 2]), rotations, 3), torch.tensor([0, 4, 11]))
 
 
-def test_the_loss_gives_the_unet_rotation_and_class_with_dropped_labels_made_null_first():
+def embedding_ids_given_to_the_unet(*calls):
+    """The class-embedding ids ``diffusion_loss`` gives the UNet in each call, ``(args, kwargs)`` after the pixel
+    values (three blank 8 px images of 4 channels)."""
     seen = []
 
     def unet(x, t, class_labels=None):
-        seen.append(class_labels)
+        seen.append(class_labels.tolist())
         return SimpleNamespace(sample=torch.zeros_like(x))
 
     scheduler = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "x", "--resolution", "16"]))
-    x, rotations = torch.zeros(3, 4, 8, 8), torch.tensor([0, 1, 3])
-    ddpm.diffusion_loss(unet, scheduler, x, torch.tensor([0, 1, 2]), orientation_ids=rotations)
-    ddpm.diffusion_loss(unet, scheduler, x, torch.tensor([0, 1, 2]), class_dropout_prob=0.999999, orientation_ids=rotations)
-    ddpm.diffusion_loss(unet, scheduler, x, orientation_ids=rotations)
-    assert [s.tolist() for s in seen] == [[0, 4, 11], [2, 5, 11], [0, 1, 3]]
+    for args, kwargs in calls:
+        ddpm.diffusion_loss(unet, scheduler, torch.zeros(3, 4, 8, 8), *args, **kwargs)
+    return seen
+
+
+def test_the_loss_gives_the_unet_rotation_and_class_with_dropped_labels_made_null_first():
+    classes, rotations = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 3])
+    seen = embedding_ids_given_to_the_unet(
+        ((classes,), dict(orientation_ids=rotations)),
+        ((classes,), dict(class_dropout_prob=0.999999, orientation_ids=rotations)),
+        ((), dict(orientation_ids=rotations)),
+    )
+    assert seen == [[0, 4, 11], [2, 5, 11], [0, 1, 3]]
 
 
 def test_a_rotation_conditioned_unet_needs_rotations_times_classes_embeddings():
@@ -206,36 +216,46 @@ def test_flip_conditioning_needs_the_flips(capsys):
     assert "--flip_conditioning tells the UNet which images are flipped" in capsys.readouterr().err
 
 
+def spy_on_training_steps(monkeypatch, batch_key: str, loss_args):
+    """Record, per training step, the batch's ``batch_key`` (``batches``), Patch Diffusion's crop sources where it
+    crops (``sources``) and ``diffusion_loss``'s positional arguments after the pixel values at ``loss_args``, an
+    index or slice (``loss``)."""
+    record = SimpleNamespace(batches=[], sources=[], loss=[])
+    real_step, real_loss, real_patches = ddpm.DDPMKind.step, ddpm.diffusion_loss, ddpm.patches.random_patches
+
+    def step(self, batch):
+        record.batches.append(batch[batch_key].clone())
+        return real_step(self, batch)
+
+    def patches(x, size):
+        out = real_patches(x, size)
+        record.sources.append(out[2])
+        return out
+
+    def loss(unet, scheduler, pixel_values, *args):
+        record.loss.append(args[loss_args])
+        return real_loss(unet, scheduler, pixel_values, *args)
+
+    monkeypatch.setattr(ddpm.DDPMKind, "step", step)
+    monkeypatch.setattr(ddpm.patches, "random_patches", patches)
+    monkeypatch.setattr(ddpm, "diffusion_loss", loss)
+    return record
+
+
 @pytest.mark.parametrize("extra", [["--rotation_conditioning_prob", "0"], ["--rotation_conditioning_prob", "0.5"], ["--rotation_conditioning_prob", "0.5", "--patch_diffusion"]])
 def test_a_training_step_tells_the_unet_each_images_flip_and_turn(tmp_path, monkeypatch, extra):
     """The orientation the loss gets is the image's quarter turns plus ROTATIONS where its batch flipped it (the flip
     alone without rotation conditioning), and Patch Diffusion's crops keep their image's."""
-    flips_by_step, turns_by_step, sources_by_step, seen_by_loss = [], [], [], []
-    real_step, real_loss, real_turns = ddpm.DDPMKind.step, ddpm.diffusion_loss, ddpm.random_quarter_turns
-    real_patches = ddpm.patches.random_patches
-
-    def step(self, batch):
-        flips_by_step.append(batch["flipped"].clone())
-        return real_step(self, batch)
+    turns_by_step, real_turns = [], ddpm.random_quarter_turns
 
     def turns(x, prob):
         out = real_turns(x, prob)
         turns_by_step.append(out[1])
         return out
 
-    def patches(x, size):
-        out = real_patches(x, size)
-        sources_by_step.append(out[2])
-        return out
-
-    def loss(unet, scheduler, pixel_values, *args):
-        seen_by_loss.append(args[4])  # the orientation ids: after the labels, dropout, gamma and masks
-        return real_loss(unet, scheduler, pixel_values, *args)
-
-    monkeypatch.setattr(ddpm.DDPMKind, "step", step)
     monkeypatch.setattr(ddpm, "random_quarter_turns", turns)
-    monkeypatch.setattr(ddpm.patches, "random_patches", patches)
-    monkeypatch.setattr(ddpm, "diffusion_loss", loss)
+    record = spy_on_training_steps(monkeypatch, "flipped", 4)  # the orientation ids: after labels, dropout, gamma, masks
+    flips_by_step, sources_by_step, seen_by_loss = record.batches, record.sources, record.loss
     argv = ["--max_train_steps", "4", "--logger", "none", "--flip_conditioning", *extra]
     ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "run", tmp_path / "cache", *argv)))
     for i, flips in enumerate(flips_by_step):
