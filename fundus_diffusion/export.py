@@ -37,7 +37,7 @@ from datasets.utils.py_utils import convert_file_size_to_int
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image as PILImage
 
-from .data.schema import LABEL_NAMES, annotation_flags, dataset_mask_names, mask_column, parse_mask_names
+from .data.schema import LABEL_NAMES, ORIGIN_COLUMN, annotation_flags, dataset_mask_names, mask_column, parse_mask_names
 from .data.transforms import pair_to_array
 
 PARQUET_DIR = "data"  # the folder push_to_hub uploads shards to
@@ -162,12 +162,14 @@ def export_imagefolder(
     Columns: ``file_name`` (``images/<uid>.<ext>``, the stored bytes unchanged unless framed), ``<name>_mask_file_name``
     (``masks/<name>/<uid>.png``, empty where the row is not annotated for the mask), ``id`` (= ``uid``, what the
     generic folder reader matches files by), ``source_id`` (the row's own id), ``source``, ``split``, ``label``
-    (``PM`` / ``non-PM`` / ``unknown``), ``has_<name>_annotation``, and ``seed`` for synthetic sets.
+    (``PM`` / ``non-PM`` / ``unknown``), ``has_<name>_annotation``, and for synthetic sets ``seed`` and, from an
+    origin-conditioned model, ``origin`` (the camera or collection each sample was drawn as).
     """
     names = dataset_mask_names(dataset) if mask_names is None else parse_mask_names(mask_names)
     existing = _read_metadata(os.path.join(folder, IMAGEFOLDER_METADATA))
     columns = ["file_name", *(f"{mask_column(m)}_file_name" for m in names), "id", "source_id", "source", "split", "label"]
-    columns += [f"has_{m}_annotation" for m in names] + (["seed"] if "seed" in dataset.column_names else [])
+    synthetic_columns = [c for c in ("seed", ORIGIN_COLUMN) if c in dataset.column_names]
+    columns += [f"has_{m}_annotation" for m in names] + synthetic_columns
     for row in existing.values():  # an earlier export's other columns (other masks), each once
         columns += [c for c in row if c not in columns]
     flags = {m: annotation_flags(dataset, m) for m in names}
@@ -182,8 +184,7 @@ def export_imagefolder(
         file_name = f"images/{uid}{_extension(data)}"
         entry = {"file_name": file_name, "id": uid, "source_id": row["id"], "source": row["source"], "split": row["split"]}
         entry["label"] = _label_name(row["label"])
-        if "seed" in row:
-            entry["seed"] = row["seed"]
+        entry.update({c: row[c] for c in synthetic_columns})
         _write_file(os.path.join(folder, file_name), data)
         for m in names:
             entry[f"has_{m}_annotation"] = annotated[m]

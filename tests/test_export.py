@@ -1,5 +1,6 @@
 """Exports in the formats other tools load: the Hub layout (``load_dataset(folder)``), imagefolder, nnU-Net v2."""
 
+import csv
 import json
 import shutil
 
@@ -97,13 +98,19 @@ def test_imagefolder_export_loads_and_two_exports_combine(tmp_path):
 
 
 def test_a_synthetic_export_then_a_real_one_keep_one_column_each(tmp_path):
-    """An earlier export's columns the new rows lack (a synthetic set's seed, then real photographs) are listed once."""
+    """An earlier export's columns the new rows lack (a synthetic set's seed and drawn origin, then real photographs)
+    are listed once, and each synthetic row keeps its own seed and origin."""
     folder = tmp_path / "png"
-    synthetic = load_phantom_dataset(3, size=32).map(lambda row, i: {"id": f"syn_{i}", "seed": i}, with_indices=True)
+    synthetic = load_phantom_dataset(3, size=32).map(
+        lambda row, i: {"id": f"syn_{i}", "seed": i, "origin": ["drions", "drishti", "drions"][i]}, with_indices=True
+    )
     export_imagefolder(synthetic, str(folder))
     assert export_imagefolder(load_phantom_dataset(3, size=32, seed=9), str(folder)) == 6
     header = (folder / "metadata.csv").read_text().splitlines()[0].split(",")
-    assert header.count("seed") == 1 and len(header) == len(set(header))
+    assert header.count("seed") == 1 and header.count("origin") == 1 and len(header) == len(set(header))
+    with open(folder / "metadata.csv", newline="") as f:
+        drawn = {row["source_id"]: (row["seed"], row["origin"]) for row in csv.DictReader(f) if row["seed"]}
+    assert drawn == {"syn_0": ("0", "drions"), "syn_1": ("1", "drishti"), "syn_2": ("2", "drions")}
 
 
 def test_imagefolder_export_leaves_unannotated_masks_out_and_reads_back_as_a_generic_folder(tmp_path):
