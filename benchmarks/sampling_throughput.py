@@ -261,13 +261,15 @@ class ShardMemory:
         return self.pipe(**kwargs) if self.phantom_size is None else self.phantoms(kwargs["generator"])
 
     def phantoms(self, generators):
-        """The pipeline's ``output_type="np"`` output, drawn as phantoms of each generator's seed."""
+        """The pipeline's ``output_type="pt"`` output (what ``generate_samples`` asks for), drawn as phantoms of each
+        generator's seed."""
         from fundus_diffusion import FundusPipelineOutput
         from fundus_diffusion.data import draw_phantom
 
         drawn = [draw_phantom(g.initial_seed(), size=self.phantom_size) for g in generators]
+        images = np.stack([np.asarray(p.image, dtype=np.float32) / 255 for p in drawn])
         return FundusPipelineOutput(
-            images=np.stack([np.asarray(p.image, dtype=np.float32) / 255 for p in drawn]),
+            images=torch.from_numpy(images).permute(0, 3, 1, 2),
             masks=[{"disc": binary(p.disc_mask), "atrophy": binary(p.atrophy_mask)} for p in drawn],
         )
 
@@ -283,9 +285,9 @@ class ShardMemory:
         self._keep_peak()
 
 
-def binary(mask) -> np.ndarray:
-    """An ``L`` mask (0 / 255) as the pipeline's ``np`` output gives it: float32 in {0, 1}."""
-    return (np.asarray(mask) > 127).astype(np.float32)
+def binary(mask) -> torch.Tensor:
+    """An ``L`` mask (0 / 255) as the pipeline's ``pt`` output gives it: float32 in {0, 1}."""
+    return torch.from_numpy((np.asarray(mask) > 127).astype(np.float32))
 
 
 def stream(args, work_dir: str) -> dict:

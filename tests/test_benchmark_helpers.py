@@ -84,7 +84,8 @@ def test_sampling_throughput_writer_rows_time_one_thread_and_the_pool(tmp_path, 
 
 def test_sampling_throughput_phantom_stream_writes_phantoms_in_the_models_place(tmp_path, capsys, monkeypatch):
     """--stream_sampler phantom: the pipeline is never called; each call returns the phantoms of its generators' seeds
-    in the pipeline's np output format, and the stream row runs generate.py's writer on them, shard by shard."""
+    in the pipeline's pt output format (what generate_samples asks for), and the stream row runs generate.py's writer
+    on them, shard by shard."""
     import numpy as np
     import torch
 
@@ -96,10 +97,11 @@ def test_sampling_throughput_phantom_stream_writes_phantoms_in_the_models_place(
         raise AssertionError("the model was called")
 
     watched = benchmark["ShardMemory"](refuse, shard_size=4, phantom_size=32)
-    out = watched(batch_size=2, generator=[torch.Generator().manual_seed(s) for s in (5, 9)], output_type="np")
-    assert out.images.shape == (2, 32, 32, 3) and out.images.dtype == np.float32
-    np.testing.assert_array_equal(np.round(out.images[1] * 255).astype(np.uint8), np.asarray(draw_phantom(9, size=32).image))
-    assert set(np.unique(out.masks[0]["disc"])) == {0.0, 1.0} and out.masks[0]["disc"].dtype == np.float32
+    out = watched(batch_size=2, generator=[torch.Generator().manual_seed(s) for s in (5, 9)], output_type="pt")
+    assert out.images.shape == (2, 3, 32, 32) and out.images.dtype == torch.float32
+    eight_bit = np.round(out.images[1].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    np.testing.assert_array_equal(eight_bit, np.asarray(draw_phantom(9, size=32).image))
+    assert set(out.masks[0]["disc"].unique().tolist()) == {0.0, 1.0} and out.masks[0]["disc"].dtype == torch.float32
 
     argv = ["--quick", "--sections", "stream", "--stream_sampler", "phantom", "--stream_samples", "8", "--shard_size", "4"]
     stream = benchmark["main"](benchmark["parse_args"]([*argv, "--work_dir", str(tmp_path)]))["stream"]

@@ -180,6 +180,20 @@ def test_padding_drops_the_copies_and_keeps_each_sample(models):  # noqa: F811
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_samples_are_the_pipelines_own_8_bit_output(models):  # noqa: F811
+    """generate_samples makes its 8-bit images and masks on the device; they must equal, byte for byte, what the
+    pipeline's own ``pil`` output makes on the host from the same seeds."""
+    pipe = load_fundus_pipeline(models["ddpm"], device="cpu")
+    config = prepare_pipeline(pipe, GenerationConfig(model=models["ddpm"], num_samples=3, batch_size=3, num_inference_steps=2))
+    images, masks, _ = generate_samples(pipe, [7, 8, 9], [None] * 3, config)
+    own = pipe(batch_size=3, generator=[torch.Generator("cpu").manual_seed(s) for s in (7, 8, 9)], num_inference_steps=2)
+    assert [np.asarray(im).tobytes() for im in images] == [np.asarray(im).tobytes() for im in own.images]
+    assert [{n: np.asarray(m).tobytes() for n, m in ms.items()} for ms in masks] == [
+        {n: np.asarray(m).tobytes() for n, m in ms.items()} for ms in own.masks
+    ]
+    assert len({np.asarray(im).tobytes() for im in images}) == 3  # three different samples, not one repeated
+
+
 def test_sampling_throughput_quick_prints_a_table(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # it imports a sibling script, as when run from there
     benchmark = runpy.run_path(str(REPO / "benchmarks" / "sampling_throughput.py"))
