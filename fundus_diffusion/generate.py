@@ -418,7 +418,7 @@ def generate_samples(
         generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
         num_inference_steps=config.num_inference_steps,
         guidance_scale=config.guidance_scale,
-        output_type="pt",  # on the device: NaN checked, then 8-bit as the pipelines' "pil" makes it, one copy to the host
+        output_type="pt",  # on the device: NaN checked, then 8-bit as the pipelines' "pil" makes it, then to the host
         **conditioning,
     )
     seeds, out_images, out_masks = seeds[:n], out.images[:n], out.masks[:n]  # the padding's copies dropped
@@ -435,9 +435,9 @@ def generate_samples(
 
 def _to_8bit(values: torch.Tensor) -> np.ndarray:
     """Values in [0, 1] as uint8 on the host, rounded as the pipelines' ``pil`` output rounds them; made on the
-    values' device, so that a GPU batch crosses to the host in one copy, at a quarter of its float32 size, and the
-    host, which the GPU waits for between batches, does no float work on it."""
-    return (values * 255).round().to(torch.uint8).cpu().numpy()
+    values' device, so that a GPU batch crosses to the host in one copy per tensor, at a quarter of its float32
+    size, and the host, which the GPU waits for between batches, does no float work on it."""
+    return (values.float() * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def check_finite_samples(images: torch.Tensor, seeds: Sequence[int], config: GenerationConfig) -> None:
