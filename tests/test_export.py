@@ -113,6 +113,24 @@ def test_a_synthetic_export_then_a_real_one_keep_one_column_each(tmp_path):
     assert drawn == {"syn_0": ("0", "drions"), "syn_1": ("1", "drishti"), "syn_2": ("2", "drions")}
 
 
+def test_a_synthetic_sets_drawn_origins_read_back_from_its_generic_folder(tmp_path):
+    """The generic folder reader gives an exported synthetic set its ``origin`` column back (fundus-evaluate judges a
+    set per origin from it); a folder where some rows have no origin (real photographs added) gets none."""
+    folder = tmp_path / "png"
+    drawn = {"syn_0": "drions", "syn_1": "drishti", "syn_2": "drions"}
+    synthetic = load_phantom_dataset(3, size=32).map(
+        lambda row, i: {"id": f"syn_{i}", "seed": i, "origin": drawn[f"syn_{i}"]}, with_indices=True
+    )
+    export_imagefolder(synthetic, str(folder))
+    loaded = load_fundus_dataset(str(folder), cache_dir=str(tmp_path / "cache"))
+    with open(folder / "metadata.csv", newline="") as f:
+        source_of = {row["id"]: row["source_id"] for row in csv.DictReader(f)}
+    assert {drawn[source_of[row_id.rsplit("/", 1)[-1]]] for row_id in loaded["id"]} == {"drions", "drishti"}
+    assert [drawn[source_of[row_id.rsplit("/", 1)[-1]]] for row_id in loaded["id"]] == loaded["origin"]
+    export_imagefolder(load_phantom_dataset(2, size=32, seed=9), str(folder))
+    assert "origin" not in load_fundus_dataset(str(folder), cache_dir=str(tmp_path / "cache")).column_names
+
+
 def test_imagefolder_export_leaves_unannotated_masks_out_and_reads_back_as_a_generic_folder(tmp_path):
     dataset = disc_cup_atrophy_dataset()
     folder = tmp_path / "png"

@@ -6,7 +6,7 @@ Masks here use the schema's polarity (255 = structure), one sub-folder of ``mask
 
 import csv
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .readers import (
     IMAGES_ONLY_FIX,
@@ -28,7 +28,8 @@ FOLDER_LAYOUT = """generic folder layout:
   <folder_dir>/masks/disc/<id>.png        (255 = disc, same size as the image)
   <folder_dir>/masks/<name>/<id>.png      (any other masks: cup, atrophy, ...; 255 = structure; a missing file
                                           = that image is not annotated for <name>; an all-zero file = absent)
-  <folder_dir>/metadata.csv               (optional: id, and optional label, split / source_split, source)"""
+  <folder_dir>/metadata.csv               (optional: id, and optional label, split / source_split, source; a
+                                          synthetic set's origin, as fundus-generate --png writes it)"""
 _ID_COLUMNS = ("id", "image", "image_name", "name", "file", "filename")
 
 
@@ -80,8 +81,17 @@ def scan_folder(root: str, require_masks: bool = True) -> SourceScan:
     return scan
 
 
+def drawn_origins(root: str) -> Optional[Dict[str, str]]:
+    """``{id: origin}`` from the ``origin`` column of ``root/metadata.csv`` (a synthetic set from an origin-conditioned
+    model, written by ``fundus-generate --png`` or ``export_imagefolder``), or None where the file, the column or any
+    row's value is missing: a set is judged per origin only if every sample has one."""
+    origins = {key: entry.get("origin") for key, entry in read_metadata(os.path.join(root, "metadata.csv")).items()}
+    return origins if origins and all(origins.values()) else None
+
+
 def read_metadata(path: str) -> Dict[str, dict]:
-    """``{id: {"label": int, "split": str, "source": str}}`` from an optional ``metadata.csv``."""
+    """``{id: {"label": int, "split": str, "source": str, "origin": str}}`` from an optional ``metadata.csv`` (each
+    key only where its column is there)."""
     if not os.path.isfile(path):
         return {}
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -97,7 +107,7 @@ def read_metadata(path: str) -> Dict[str, dict]:
         metadata = {}
         for i, row in enumerate(reader, start=2):
             where = f"{path}, row {i}"
-            entry = {"source": (row[columns["source"]] or "").strip()} if "source" in columns else {}
+            entry = {name: (row[columns[name]] or "").strip() for name in ("source", "origin") if name in columns}
             if "label" in columns:
                 entry["label"] = parse_label(row[columns["label"]], where)
             if split_column and (row[split_column] or "").strip():

@@ -11,10 +11,10 @@ from filelock import FileLock
 from .. import export
 from ..pipelines.loading import certainly_local, local_path_hint
 from . import build
-from .folder import FOLDER_LAYOUT
+from .folder import FOLDER_LAYOUT, drawn_origins
 from .phantom import load_phantom_dataset
 from .readers import FundusDataError, MissingLayoutError
-from .schema import fundus_features
+from .schema import ORIGIN_COLUMN, fundus_features
 from .training_view import default_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -147,4 +147,15 @@ def load_raw_folder(
             build.write_rows(candidates, arrow, report, skip_bad=skip_bad, progress=progress)
             if report.excluded or report.skipped or report.thresholded:
                 logger.warning(report.summary())
-    return Dataset.from_file(arrow, info=DatasetInfo(features=fundus_features(report.mask_names)))
+    dataset = Dataset.from_file(arrow, info=DatasetInfo(features=fundus_features(report.mask_names)))
+    return with_drawn_origins(dataset, path) if layout == "folder" else dataset
+
+
+def with_drawn_origins(dataset: Dataset, root: str) -> Dataset:
+    """A generic folder's rows with the ``origin`` column its ``metadata.csv`` gives each sample of a synthetic set
+    (``drawn_origins``), so that fundus-evaluate judges a ``png/`` folder per origin as it does the saved set."""
+    drawn = drawn_origins(root)
+    keys = [row_id.rsplit("/", 1)[-1] for row_id in dataset["id"]]  # folder:<name>/<id>
+    if drawn is None or any(key not in drawn for key in keys):
+        return dataset
+    return dataset.add_column(ORIGIN_COLUMN, [drawn[key] for key in keys])
