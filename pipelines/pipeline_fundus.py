@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -459,6 +460,18 @@ def known_channels(image, masks, mask_names: Sequence[str], batch_size: int, res
     return x0, known
 
 
+def starting_noise(shape, generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``randn_tensor(shape, generator, device, dtype)``, the same numbers, but with one CPU generator per sample the
+    samples' noise is drawn in parallel threads: torch draws each call's normal numbers on one core, and a GPU waits
+    for the whole batch's before its first step."""
+    generators = generator if isinstance(generator, list) else []
+    if len(generators) < 2 or any(g is None or g.device.type != "cpu" for g in generators):
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    with ThreadPoolExecutor(min(len(generators), os.cpu_count() or 1)) as pool:
+        drawn = pool.map(lambda g: torch.randn((1, *shape[1:]), generator=g, dtype=dtype), generators)
+        return torch.cat(list(drawn)).to(device)
+
+
 def step_noise_generators(generator, device: torch.device):
     """Generators for the noise a stochastic scheduler (DDPM, DDIM with eta > 0) draws at every step.
 
@@ -745,7 +758,7 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
             )  # fmt: skip
 
         shape = (batch_size, self.unet.config.out_channels, resolution, resolution)
-        sample = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        sample = starting_noise(shape, generator, device, self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps or self.scheduler.config.num_train_timesteps, device=device)
         sample = sample * self.scheduler.init_noise_sigma
         noise_generator = step_noise_generators(generator, device)  # derived once: steps and given channels share it

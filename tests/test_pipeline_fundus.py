@@ -13,12 +13,13 @@ from diffusers import (
     UNet2DModel,
     UniPCMultistepScheduler,
 )
+from diffusers.utils.torch_utils import randn_tensor
 
 from fundus_diffusion import FundusPipeline, FundusPipelineOutput
 from fundus_diffusion.data import NUM_CLASS_EMBEDS
 from fundus_diffusion.hub import save_model
 from fundus_diffusion.pipelines.loading import SCHEDULERS, load_fundus_pipeline, use_scheduler
-from fundus_diffusion.pipelines.pipeline_fundus import step_noise_generators
+from fundus_diffusion.pipelines.pipeline_fundus import starting_noise, step_noise_generators
 
 
 def get_dummy_components(mask_names=("disc",), num_class_embeds=NUM_CLASS_EMBEDS, in_channels=None):
@@ -338,3 +339,17 @@ def test_every_named_sampler_keeps_sample_i_independent_of_the_batch(scheduler):
     alone = pipe(**{**inputs, "batch_size": 1, "class_labels": ["non-PM"], "generator": torch.Generator().manual_seed(8)}).images
     np.testing.assert_allclose(batch[1], alone[0], atol=1e-5)
     assert np.isfinite(batch).all() and np.abs(batch[0] - batch[1]).max() > 1e-3
+
+
+def test_starting_noise_is_randn_tensors_draw_and_leaves_the_generators_where_it_would():
+    """Drawn in threads, one per-sample CPU generator each: the same numbers, in the same order, as diffusers'
+    randn_tensor, and each generator advanced as far (its next draws, the DDPM's step noise among them, unchanged)."""
+    def generators():
+        return [torch.Generator("cpu").manual_seed(s) for s in (3, 1, 4, 1, 5)]
+
+    for dtype in (torch.float32, torch.float16):
+        ours, theirs = generators(), generators()
+        drawn = starting_noise((5, 4, 8, 8), ours, torch.device("cpu"), dtype)
+        assert drawn.dtype == dtype and torch.equal(drawn, randn_tensor((5, 4, 8, 8), generator=theirs, dtype=dtype))
+        assert not torch.equal(drawn[0], drawn[2])  # each sample its own generator's numbers
+        assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(ours, theirs))

@@ -3,12 +3,14 @@ before this session's change, timed on a CPU with one thread: the starting noise
 (what the pipeline draws through diffusers' `randn_tensor`, in the UNet's dtype: fp16, generate.py's default on a
 GPU; float32 beside it), and what the host then did with the pipeline's `np` output: the NaN check and the 8-bit PIL
 images and masks. (The float conversion that makes the `np` output runs on the device there, so it is left out.)
-CPU, seconds.
+After the change, the pipeline's `starting_noise` draws the same fp16 noise in threads, one per core of the machine
+(`threads_for_noise`). CPU, seconds.
 
     python host_work.py
 """
 
 import json
+import os
 import time
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from fundus_diffusion.pipelines.pipeline_fundus import tensor_to_outputs
+from fundus_diffusion.pipelines.pipeline_fundus import starting_noise, tensor_to_outputs
 
 BATCH, SHAPE = 64, (4, 256, 256)
 
@@ -27,15 +29,19 @@ def seconds(work) -> float:
     return round(time.perf_counter() - start, 3)
 
 
-def starting_noise(dtype: torch.dtype) -> torch.Tensor:
+def serial_noise(dtype: torch.dtype) -> torch.Tensor:
     return randn_tensor((BATCH, *SHAPE), generator=[torch.Generator("cpu").manual_seed(s) for s in range(BATCH)], dtype=dtype)
 
 
 def one_batch() -> dict:
     row = {}
     for dtype in (torch.float16, torch.float32):
-        row[f"starting_noise_{str(dtype).removeprefix('torch.')}_s"] = seconds(lambda dtype=dtype: starting_noise(dtype))
-    images, masks = tensor_to_outputs(starting_noise(torch.float32).clamp(-1, 1), ["disc"], "np")  # a sampled batch's stand-in
+        row[f"starting_noise_{str(dtype).removeprefix('torch.')}_s"] = seconds(lambda dtype=dtype: serial_noise(dtype))
+    generators = [torch.Generator("cpu").manual_seed(s) for s in range(BATCH)]
+    row["starting_noise_float16_threaded_s"] = seconds(
+        lambda: starting_noise((BATCH, *SHAPE), generators, torch.device("cpu"), torch.float16)
+    )
+    images, masks = tensor_to_outputs(serial_noise(torch.float32).clamp(-1, 1), ["disc"], "np")  # a sampled batch's stand-in
     row["nan_check_s"] = seconds(lambda: np.isfinite(images).all())
     row["eight_bit_pil_s"] = seconds(lambda: (
         [Image.fromarray((im * 255).round().astype(np.uint8), mode="RGB") for im in images],
@@ -46,7 +52,8 @@ def one_batch() -> dict:
 
 def main(repeats: int = 3) -> dict:
     torch.set_num_threads(1)
-    return {"batch": BATCH, "shape": SHAPE, "threads": 1, "repeats": [one_batch() for _ in range(repeats)]}
+    rows = [one_batch() for _ in range(repeats)]
+    return {"batch": BATCH, "shape": SHAPE, "threads": 1, "threads_for_noise": os.cpu_count(), "repeats": rows}
 
 
 if __name__ == "__main__":
