@@ -462,12 +462,17 @@ def known_channels(image, masks, mask_names: Sequence[str], batch_size: int, res
 
 def starting_noise(shape, generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``randn_tensor(shape, generator, device, dtype)``, the same numbers, but with one CPU generator per sample the
-    samples' noise is drawn in parallel threads: torch draws each call's normal numbers on one core, and a GPU waits
-    for the whole batch's before its first step."""
+    samples' noise is drawn in parallel threads (as many as torch's intra-op threads: ``OMP_NUM_THREADS`` and
+    ``torch.set_num_threads`` bound it): torch draws each call's normal numbers on one core, and a GPU waits for the
+    whole batch's before its first step. A generator listed twice draws in turn, as there its order matters."""
     generators = generator if isinstance(generator, list) else []
-    if len(generators) < 2 or any(g is None or g.device.type != "cpu" for g in generators):
+    workers = min(len(generators), torch.get_num_threads())
+    distinct_cpu = len({id(g) for g in generators}) == len(generators) and all(
+        g is not None and g.device.type == "cpu" for g in generators
+    )
+    if workers < 2 or not distinct_cpu:
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    with ThreadPoolExecutor(min(len(generators), os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         drawn = pool.map(lambda g: torch.randn((1, *shape[1:]), generator=g, dtype=dtype), generators)
         return torch.cat(list(drawn)).to(device)
 

@@ -341,9 +341,26 @@ def test_every_named_sampler_keeps_sample_i_independent_of_the_batch(scheduler):
     assert np.isfinite(batch).all() and np.abs(batch[0] - batch[1]).max() > 1e-3
 
 
-def test_starting_noise_is_randn_tensors_draw_and_leaves_the_generators_where_it_would():
+@pytest.fixture
+def four_threads():
+    """starting_noise draws in as many threads as torch's intra-op threads, which the suite sets to one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_starting_noise_is_randn_tensors_draw_and_leaves_the_generators_where_it_would(four_threads, monkeypatch):
     """Drawn in threads, one per-sample CPU generator each: the same numbers, in the same order, as diffusers'
-    randn_tensor, and each generator advanced as far (its next draws, the DDPM's step noise among them, unchanged)."""
+    randn_tensor, and each generator advanced as far (its next draws, the DDPM's step noise among them, unchanged).
+    One generator listed for several samples draws in turn, without threads (there the order matters)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fundus_diffusion.pipelines import pipeline_fundus
+
+    pools = []
+    monkeypatch.setattr(pipeline_fundus, "ThreadPoolExecutor", lambda workers: pools.append(workers) or ThreadPoolExecutor(workers))
+
     def generators():
         return [torch.Generator("cpu").manual_seed(s) for s in (3, 1, 4, 1, 5)]
 
@@ -353,3 +370,8 @@ def test_starting_noise_is_randn_tensors_draw_and_leaves_the_generators_where_it
         assert drawn.dtype == dtype and torch.equal(drawn, randn_tensor((5, 4, 8, 8), generator=theirs, dtype=dtype))
         assert not torch.equal(drawn[0], drawn[2])  # each sample its own generator's numbers
         assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(ours, theirs))
+    assert pools == [4, 4]  # drawn in threads, as many as torch's
+    shared = torch.Generator("cpu").manual_seed(7)
+    expected = randn_tensor((4, 4, 8, 8), generator=[torch.Generator("cpu").manual_seed(7)] * 4)
+    assert torch.equal(starting_noise((4, 4, 8, 8), [shared] * 4, torch.device("cpu"), torch.float32), expected)
+    assert pools == [4, 4]  # no pool for the shared generator

@@ -4,7 +4,7 @@ before this session's change, timed on a CPU with one thread: the starting noise
 GPU; float32 beside it), and what the host then did with the pipeline's `np` output: the NaN check and the 8-bit PIL
 images and masks. (The float conversion that makes the `np` output runs on the device there, so it is left out.)
 After the change, the pipeline's `starting_noise` draws the same fp16 noise in threads, one per core of the machine
-(`threads_for_noise`). CPU, seconds.
+(`threads_for_noise`, torch's intra-op threads set to match). CPU, seconds.
 
     python host_work.py
 """
@@ -38,9 +38,11 @@ def one_batch() -> dict:
     for dtype in (torch.float16, torch.float32):
         row[f"starting_noise_{str(dtype).removeprefix('torch.')}_s"] = seconds(lambda dtype=dtype: serial_noise(dtype))
     generators = [torch.Generator("cpu").manual_seed(s) for s in range(BATCH)]
+    torch.set_num_threads(os.cpu_count())  # starting_noise draws in as many threads as torch's
     row["starting_noise_float16_threaded_s"] = seconds(
         lambda: starting_noise((BATCH, *SHAPE), generators, torch.device("cpu"), torch.float16)
     )
+    torch.set_num_threads(1)
     images, masks = tensor_to_outputs(serial_noise(torch.float32).clamp(-1, 1), ["disc"], "np")  # a sampled batch's stand-in
     row["nan_check_s"] = seconds(lambda: np.isfinite(images).all())
     row["eight_bit_pil_s"] = seconds(lambda: (
