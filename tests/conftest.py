@@ -1,3 +1,4 @@
+import contextlib
 import os
 from pathlib import Path
 
@@ -49,14 +50,23 @@ def phantom_trees(tmp_path_factory):
     }
 
 
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch's intra-op threads set to ``count`` for the block, then put back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they oversubscribe it (3-5x
     slower). Subprocess tests set OMP_NUM_THREADS=1 themselves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from datasets import load_dataset
 
 from fundus_diffusion.data import dataset_mask_names, load_fundus_dataset
@@ -15,6 +14,7 @@ from fundus_diffusion.pipelines.loading import load_fundus_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from conftest import torch_threads  # noqa: E402
 from test_generate import Interrupted, InterruptingPipeline, assert_same_samples, config, models  # noqa: E402, F401
 from test_multiprocess import launch  # noqa: E402
 
@@ -35,10 +35,8 @@ def assert_same_dataset(a, b):
 @pytest.fixture
 def one_thread():
     """The launched processes run with OMP_NUM_THREADS=1: the reference in this process is drawn the same way."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def test_two_processes_write_the_single_process_dataset_and_resume_it(models, tmp_path, one_thread):  # noqa: F811

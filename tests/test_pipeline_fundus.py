@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import torch_threads
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -344,10 +345,8 @@ def test_every_named_sampler_keeps_sample_i_independent_of_the_batch(scheduler):
 @pytest.fixture
 def four_threads():
     """starting_noise draws in as many threads as torch's intra-op threads, which the suite sets to one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(4)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(4):
+        yield
 
 
 def test_starting_noise_is_randn_tensors_draw_and_leaves_the_generators_where_it_would(four_threads, monkeypatch):
