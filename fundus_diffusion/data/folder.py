@@ -6,7 +6,9 @@ Masks here use the schema's polarity (255 = structure), one sub-folder of ``mask
 
 import csv
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List
+
+from datasets import Dataset
 
 from .readers import (
     IMAGES_ONLY_FIX,
@@ -21,7 +23,7 @@ from .readers import (
     require_dir,
     stem,
 )
-from .schema import UNKNOWN_LABEL, check_mask_name
+from .schema import ORIGIN_COLUMN, UNKNOWN_LABEL, check_mask_name
 
 FOLDER_LAYOUT = """generic folder layout:
   <folder_dir>/images/<id>.jpg (or .png, ...)
@@ -81,12 +83,16 @@ def scan_folder(root: str, require_masks: bool = True) -> SourceScan:
     return scan
 
 
-def drawn_origins(root: str) -> Optional[Dict[str, str]]:
-    """``{id: origin}`` from the ``origin`` column of ``root/metadata.csv`` (a synthetic set from an origin-conditioned
-    model, written by ``fundus-generate --png`` or ``export_imagefolder``), or None where the file, the column or any
-    row's value is missing: a set is judged per origin only if every sample has one."""
+def with_drawn_origins(dataset: Dataset, root: str) -> Dataset:
+    """A generic folder's rows with the ``origin`` column of ``root/metadata.csv`` (a synthetic set from an
+    origin-conditioned model, written by ``fundus-generate --png`` or ``export_imagefolder``), so that fundus-evaluate
+    judges such a folder per origin as it does the saved set; unchanged where the file, the column or any row's value
+    is missing: a set is judged per origin only if every sample has one."""
     origins = {key: entry.get("origin") for key, entry in read_metadata(os.path.join(root, "metadata.csv")).items()}
-    return origins if origins and all(origins.values()) else None
+    keys = [row_id.rsplit("/", 1)[-1] for row_id in dataset["id"]]  # folder:<name>/<id>
+    if not origins or not all(origins.values()) or any(key not in origins for key in keys):
+        return dataset
+    return dataset.add_column(ORIGIN_COLUMN, [origins[key] for key in keys])
 
 
 def read_metadata(path: str) -> Dict[str, dict]:

@@ -11,10 +11,10 @@ from filelock import FileLock
 from .. import export
 from ..pipelines.loading import certainly_local, local_path_hint
 from . import build
-from .folder import FOLDER_LAYOUT, drawn_origins
+from .folder import FOLDER_LAYOUT, with_drawn_origins
 from .phantom import load_phantom_dataset
 from .readers import FundusDataError, MissingLayoutError
-from .schema import ORIGIN_COLUMN, fundus_features
+from .schema import fundus_features
 from .training_view import default_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -149,13 +149,3 @@ def load_raw_folder(
                 logger.warning(report.summary())
     dataset = Dataset.from_file(arrow, info=DatasetInfo(features=fundus_features(report.mask_names)))
     return with_drawn_origins(dataset, path) if layout == "folder" else dataset
-
-
-def with_drawn_origins(dataset: Dataset, root: str) -> Dataset:
-    """A generic folder's rows with the ``origin`` column its ``metadata.csv`` gives each sample of a synthetic set
-    (``drawn_origins``), so that fundus-evaluate judges a ``png/`` folder per origin as it does the saved set."""
-    drawn = drawn_origins(root)
-    keys = [row_id.rsplit("/", 1)[-1] for row_id in dataset["id"]]  # folder:<name>/<id>
-    if drawn is None or any(key not in drawn for key in keys):
-        return dataset
-    return dataset.add_column(ORIGIN_COLUMN, [drawn[key] for key in keys])
