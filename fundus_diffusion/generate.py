@@ -295,8 +295,10 @@ class GenerationConfig:
     def __post_init__(self):
         if self.labels and sum(self.labels.values()) != self.num_samples:
             raise ValueError(f"--labels {self.labels} add up to {sum(self.labels.values())}, not --num_samples {self.num_samples}.")
-        if self.num_samples < 1 or self.batch_size < 1 or self.shard_size < 1:
-            raise ValueError("num_samples (or the sum of --labels), batch_size and shard_size must be positive.")
+        sizes = ("--num_samples (or the sum of --labels)", self.num_samples), ("--batch_size", self.batch_size)
+        for flag, value in (*sizes, ("--shard_size", self.shard_size)):
+            if value < 1:
+                raise ValueError(f"{flag} is {value}. Fix: give a whole number of 1 or more.")
         unknown = set(self.postprocess) - set(POSTPROCESSING)
         if unknown:
             raise ValueError(f"Unknown post-processing {sorted(unknown)}: choose from {', '.join(POSTPROCESSING)}.")

@@ -2,7 +2,8 @@
 
     fundus-build-dataset --palm_dir data/raw/PALM --adam_dir data/raw/ADAM --output_dir data/pm
 
-Writes a ``datasets`` folder (``save_to_disk``) with a ``README.md`` dataset card, and prints the build report.
+Writes the dataset as the Hub lays one out (data/train-*.parquet, with the dataset card in README.md) and its rows
+again in arrow/ (save_to_disk, what load_fundus_dataset memory-maps), and prints the build report.
 Nothing is written to ``--output_dir`` unless the build succeeds.
 """
 
@@ -25,7 +26,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--include_amd", action="store_true", help="Keep ADAM's AMD images (label unknown).")
     parser.add_argument(
-        "--images_only", action="store_true", help="Keep images without a disc mask (empty mask), for image-only work."
+        "--images_only",
+        action="store_true",
+        help="Keep images without a disc mask, marked not annotated (no mask; has_disc_annotation false), for image-only work.",
     )
     parser.add_argument("--skip_bad", action="store_true", help="Leave out unreadable or inconsistent files and list them.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing --output_dir.")

@@ -157,6 +157,19 @@ def test_generic_folder_without_labels_or_metadata(tmp_path):
     assert [(c.label, c.split, c.origin) for c in candidates] == [(-1, "train", "folder:mine")] * 2
 
 
+def test_mask_files_named_unlike_their_images_are_reported_with_the_fix(tmp_path):
+    from phantom_layouts import write_folder_tree
+
+    root = write_folder_tree(str(tmp_path / "mine"), num_samples=3, size=48)
+    masks = os.path.join(root, "masks", "disc")
+    for name in ("phantom_001", "phantom_002"):
+        os.rename(os.path.join(masks, f"{name}.png"), os.path.join(masks, f"{name}_mask.png"))
+    candidates, report = scan_sources(folder_dirs=[root])
+    assert len(candidates) == 1 and len(report.excluded) == 2
+    assert f"{masks}: 2 files name no image (e.g. 'phantom_001_mask.png'). Fix: name each mask as its image" in report.summary()
+    assert "files name no image" not in scan_sources(folder_dirs=[write_folder_tree(str(tmp_path / "ok"), 2, 48)])[1].summary()
+
+
 def test_real_fundus_od(fundus_od_dir, tmp_path):
     dataset = load_fundus_dataset(str(fundus_od_dir), cache_dir=str(tmp_path))
     assert len(dataset) == 167

@@ -63,6 +63,7 @@ def test_bad_numbers_fail_at_parse_time_naming_the_flag(capsys, tmp_path, kind, 
 def test_resolutions_the_networks_cannot_take_fail_at_parse_time(capsys, tmp_path):
     err = parse_error(capsys, "ddpm", tmp_path, "--resolution", "18")
     assert "--resolution 18: the tiny UNet takes multiples of 4 px" in err and "use 16 or 20" in err
+    assert "use 16 or 20. All flags: " in err  # one full stop where the message ends in one
     err = parse_error(capsys, "dcgan", tmp_path, "--resolution", "97")
     assert "--resolution must be seed" in err and "Nearest" in err
 

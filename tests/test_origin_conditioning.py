@@ -189,6 +189,7 @@ def test_generated_datasets_record_each_samples_origin_drawn_or_chosen(origin_mo
     assert set(alone) == {"cam-a", "cam-b"}  # seeds 0-5 draw both (cam-a at seed 1)
     card = (tmp_path / "drawn" / "README.md").read_text()
     assert "| origins | " in card and "drawn in the training images' proportions, cam-a 1, cam-b 3" in card
+    assert "and `origin` (the\ncamera or collection each sample was drawn as)" in card  # the Columns section names it
     assert "origin" in (tmp_path / "drawn" / "png" / "metadata.csv").read_text().splitlines()[0].split(",")
     generate_dataset(pipe, GenerationConfig(**settings, num_inference_steps=2, origin="cam-a"), str(tmp_path / "chosen"))
     assert set(load_fundus_dataset(str(tmp_path / "chosen"))["origin"]) == {"cam-a"}

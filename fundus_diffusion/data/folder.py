@@ -64,9 +64,16 @@ def scan_folder(root: str, require_masks: bool = True) -> SourceScan:
         require_dir(os.path.join(masks_root, "disc"), "Disc-mask folder", FOLDER_LAYOUT + f"\nFix: add masks/disc/, or {IMAGES_ONLY_FIX}.")
     files = {mask: images_by_stem(os.path.join(masks_root, mask)) for mask in scan.mask_names}
     metadata = read_metadata(os.path.join(root, "metadata.csv"))
-    unmatched = set(metadata) - {stem(p) for p in images}
+    image_ids = {stem(p) for p in images}
+    unmatched = set(metadata) - image_ids
     if unmatched:
         scan.notes.append(f"{root}/metadata.csv: {len(unmatched)} rows name no image (e.g. {sorted(unmatched)[0]!r})")
+    for mask, found in files.items():
+        if strays := sorted(set(found) - image_ids):
+            scan.notes.append(
+                f"{masks_root}/{mask}: {len(strays)} files name no image (e.g. {os.path.basename(found[strays[0]])!r}). "
+                f"Fix: name each mask as its image (images/<id>.jpg, masks/{mask}/<id>.png)"
+            )
     for path in images:
         key = stem(path)
         meta = metadata.get(key, {})

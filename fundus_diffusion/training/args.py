@@ -71,7 +71,8 @@ class CommandParser(argparse.ArgumentParser):
                 if (close := difflib.get_close_matches(flag, known, n=2, cutoff=0.6))
             ]
             message += "".join(f" ({hint})" for hint in hints)
-        self.exit(2, f"{self.prog}: error: {message}. All flags: {self.prog} --help\n")
+        full_stop = "" if message.endswith(".") else "."
+        self.exit(2, f"{self.prog}: error: {message}{full_stop} All flags: {self.prog} --help\n")
 
 
 class RenamedFlag(argparse.Action):
