@@ -81,6 +81,7 @@ def test_ddpm_generation_round_trips_through_the_schema(models, tmp_path):
     for fact in ("DDIMScheduler", "| inference steps | 2 |", "largest_disc", "manual_seed(3 + i)", "PM: 3, non-PM: 2 (`--labels PM=3,non-PM=2`"):
         assert fact in card
     assert "given or drawn" not in card.replace("\n", " ") and "the model draws it for\nevery sample" in card
+    assert "plus `seed`." in card and "`origin`" not in card  # a model without origins: no origin column named
     image, masks = run_card_snippet(card, 4, {"ddpm": models["ddpm"]})  # the card's code makes sample 4 (a PM) again
     assert_same_sample(image, masks, row)
     assert Image.open(out / "contact_sheet.png").size[0] > 0

@@ -1,8 +1,9 @@
 """Raw PALM / ADAM / generic folders -> one schema dataset, with a build report and a dataset card.
 
 ``scan_sources`` lists the images of every root (nothing decoded yet), ``write_rows`` decodes and checks each pair
-and streams the rows into an Arrow file, and ``build_dataset`` turns that into a ``save_to_disk`` folder with a
-``README.md`` card. The folder appears at ``output_dir`` only when everything succeeded.
+and streams the rows into an Arrow file, and ``build_dataset`` turns that into a folder laid out as the Hub lays out
+a dataset (``data/*.parquet``, the ``README.md`` card) with the ``save_to_disk`` rows in ``arrow/``. The folder
+appears at ``output_dir`` only when everything succeeded.
 """
 
 import hashlib
@@ -462,7 +463,8 @@ def build_dataset(
     overwrite: bool = False,
     progress: bool = True,
 ) -> BuildReport:
-    """Build one schema dataset from raw roots into ``output_dir`` (``save_to_disk`` + ``README.md`` card).
+    """Build one schema dataset from raw roots into ``output_dir`` (the Hub layout with its ``README.md`` card, and the
+    ``save_to_disk`` rows in ``arrow/``).
 
     Everything is written into a temporary folder beside ``output_dir`` and moved into place at the end, so a failed
     build leaves ``output_dir`` untouched.

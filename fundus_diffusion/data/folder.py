@@ -72,7 +72,7 @@ def scan_folder(root: str, require_masks: bool = True) -> SourceScan:
         if strays := sorted(set(found) - image_ids):
             scan.notes.append(
                 f"{masks_root}/{mask}: {len(strays)} files name no image (e.g. {os.path.basename(found[strays[0]])!r}). "
-                f"Fix: name each mask as its image (images/<id>.jpg, masks/{mask}/<id>.png)"
+                f"Fix: name each mask as its image (images/<id>.jpg or .png, masks/{mask}/<id>.png)"
             )
     for path in images:
         key = stem(path)
