@@ -7,6 +7,7 @@ import runpy
 from pathlib import Path
 
 import pytest
+import torch
 
 from fundus_diffusion.training.run_folder import checks, finished, mean_and_error, read_metrics, second_half, throughput
 
@@ -107,3 +108,22 @@ def test_sampling_throughput_phantom_stream_writes_phantoms_in_the_models_place(
     stream = benchmark["main"](benchmark["parse_args"]([*argv, "--work_dir", str(tmp_path)]))["stream"]
     assert stream["sampler"] == "phantom" and [r["samples"] for r in stream["memory_after_shard"]] == [4]
     assert "pairs drawn as phantoms in the model's place" in capsys.readouterr().out
+
+
+def test_unet_level_costs_count_the_convolution_flops_torch_counts():
+    """benchmarks/unet_level_costs.py's per-level convolution FLOPs add up to torch.utils.flop_counter's count of the
+    same forward pass's convolutions, and every level of the tiny UNet at 32 px is there."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fundus_diffusion.models.unet import build_unet
+
+    costs = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "unet_level_costs.py"))
+    unet = build_unet("tiny", 32, in_channels=4).eval()
+    flops, norm_bytes = costs["level_costs"](unet, 4, 32)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        unet(torch.randn(1, 4, 32, 32), torch.tensor([500]), class_labels=torch.zeros(1, dtype=torch.long))
+    assert sum(flops.values()) == counter.get_flop_counts()["Global"][torch.ops.aten.convolution]
+    assert set(flops) == {32 // 2**i for i in range(len(unet.config.block_out_channels))}
+    assert set(norm_bytes) <= set(flops) and norm_bytes[32] > 0
+    assert "| 32 px |" in costs["table"](flops, norm_bytes)
