@@ -294,7 +294,10 @@ class GenerationConfig:
 
     def __post_init__(self):
         if self.labels and sum(self.labels.values()) != self.num_samples:
-            raise ValueError(f"--labels {self.labels} add up to {sum(self.labels.values())}, not --num_samples {self.num_samples}.")
+            raise ValueError(
+                f"--labels {self.labels} add up to {sum(self.labels.values())}, not --num_samples {self.num_samples}. "
+                "Fix: leave --num_samples out (the counts give it), or make them add up to it."
+            )
         sizes = ("--num_samples (or the sum of --labels)", self.num_samples), ("--batch_size", self.batch_size)
         for flag, value in (*sizes, ("--shard_size", self.shard_size)):
             if value < 1:

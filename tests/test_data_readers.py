@@ -203,6 +203,7 @@ def test_real_palm224_is_images_only(palm224_dir, tmp_path):
     build_dataset(str(tmp_path / "built"), palm_dirs=[str(palm224_dir)], require_masks=False, progress=False)
     card = (tmp_path / "built" / "README.md").read_text()
     assert "400 images." in card and "without masks" in card and "mask pairs" not in card  # claims no masks
+    assert "Fundus photographs with no masks" in card and "with disc" not in card  # nor does its title
 
 
 def test_generic_folder_reads_every_mask_folder_a_missing_file_is_not_annotated(tmp_path):

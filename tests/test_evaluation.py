@@ -312,6 +312,7 @@ def test_a_set_of_copies_is_refused_first_in_the_report(tmp_path):
     markdown = open(paths["markdown"]).read()
     assert markdown.split("\n")[3] == f"> **{report['refused']}**"  # under the title, before any number
     assert markdown.count(report["refused"]) == 2  # and again as the verdict of the memorisation section
+    assert "worst_holdout" not in markdown and "holds real photographs (`nearest_pairs.png`;" in markdown  # no masks
     look = report["global_look"]  # how light spreads over the field: real training + held-out pooled, as the judge
     assert look["computed"] and (look["n_real"], look["n_synthetic"]) == (26, 10)
     assert "**How light spreads over the field (16 px)**" in markdown and look["features"][0]["feature"] in markdown

@@ -99,6 +99,9 @@ REFUSALS = {  # model, flags, what the one line must say
         ["--postprocess cup_in_disc works on the cup and disc masks, and this model draws", "Fix: leave cup_in_disc out"],
     ),
     "negative resampling": ("uncond", ["--masks_from", "GIVEN", "--resample_steps", "-1"], ["--resample_steps -1: give 0"]),
+    "labels that miss the count": (
+        "ddpm", ["--num_samples", "8", "--labels", "PM=3,non-PM=4"], ["add up to 7, not --num_samples 8", "Fix: leave --num_samples out"],
+    ),
     "no samples": ("ddpm", ["--num_samples", "0"], ["--num_samples (or the sum of --labels) is 0", "Fix: give a whole number"]),
     "batches of none": ("ddpm", ["--num_samples", "2", "--batch_size", "0"], ["--batch_size is 0", "Fix: give a whole number"]),
 }  # fmt: skip

@@ -415,8 +415,9 @@ def dataset_card(report: BuildReport, pretty_name: Optional[str] = None):
     a body with the counts, the masks and how many images each is annotated on, the build's exclusions and the
     sources' citations."""
     n = len(report.kept)
-    pretty_name = pretty_name or f"Fundus photographs with {' and '.join(report.mask_names) or 'no'} masks"
     annotated = {name: report.annotated.get(name, 0) for name in report.mask_names}
+    masked = [name for name, count in annotated.items() if count]  # an images-only build lists masks none of it has
+    pretty_name = pretty_name or f"Fundus photographs with {' and '.join(masked) or 'no'} masks"
     counts = {c: report.counts(c) for c in ("source", "split", "label", "origin")}
     excluded = {reason: len(p) for reason, p in _by_reason(report.excluded).items()}
     data = DatasetCardData(

@@ -65,7 +65,7 @@ class FundusTrainingView(Dataset):
         if unannotated:
             raise ValueError(
                 f"No image of {name} is annotated for {', '.join(unannotated)}: nothing would train "
-                f"that channel. Fix: leave it out of --masks, or annotate some images."
+                f"that channel. Fix: leave it out of --masks (--masks none for images alone), or annotate some images."
             )
         labels = np.asarray(dataset["label"], dtype=np.int64)
         self.class_labels = torch.from_numpy(np.where(labels == UNKNOWN_LABEL, NULL_CLASS_ID, labels))

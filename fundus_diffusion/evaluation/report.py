@@ -17,11 +17,13 @@ from .protocol import WORST_FIGURE
 from .realism import INVARIANCES, REALISM_AUC_BAR, TEST_NAME
 from .spectrum import band_table
 
-PRIVACY_NOTE = (
-    "This folder holds real photographs (`nearest_pairs.png`, and `worst_holdout.png`: held-out real images with "
-    "their masks; `sample_grid.png` shows synthetic ones only). Keep it out of git and out of anything shared where "
-    "the real data's terms do not allow it."
-)
+def privacy_note(figure_files: Sequence[str]) -> str:
+    """Which of the report's figures show real photographs (the held-out worst cases only where masks were judged)."""
+    worst = f", and `{WORST_FIGURE}.png`: held-out real images with their masks" if f"{WORST_FIGURE}.png" in figure_files else ""
+    return (
+        f"This folder holds real photographs (`nearest_pairs.png`{worst}; `sample_grid.png` shows synthetic ones only). "
+        "Keep it out of git and out of anything shared where the real data's terms do not allow it."
+    )
 FLAGGED_FILE = "flagged_ids.txt"
 GLOBAL_LOOK_ROWS = 8  # the features shown in report.md (report.json holds every one)
 # The caption under each figure in report.md (a figure without one is shown with its name only).
@@ -78,7 +80,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
         f"Real training set: {counts['real_train']}; held-out real: {counts['holdout']} ({report['holdout_split']}). "
         f"Everything is judged at **{px}** ({how}); masks: {', '.join(cfg['masks']) or 'none'}, device {cfg['device']}.",
         "",
-        f"> {PRIVACY_NOTE}",
+        f"> {privacy_note(figure_files)}",
         "",
         f"## 1. Downstream utility ({_headline(report)}{px})",
         "",
