@@ -17,6 +17,7 @@ from .protocol import WORST_FIGURE
 from .realism import INVARIANCES, REALISM_AUC_BAR, TEST_NAME
 from .spectrum import band_table
 
+
 def privacy_note(figure_files: Sequence[str]) -> str:
     """Which of the report's figures show real photographs (the held-out worst cases only where masks were judged)."""
     worst = f", and `{WORST_FIGURE}.png`: held-out real images with their masks" if f"{WORST_FIGURE}.png" in figure_files else ""
