@@ -17,14 +17,6 @@ from .protocol import WORST_FIGURE
 from .realism import INVARIANCES, REALISM_AUC_BAR, TEST_NAME
 from .spectrum import band_table
 
-
-def privacy_note(figure_files: Sequence[str]) -> str:
-    """Which of the report's figures show real photographs (the held-out worst cases only where masks were judged)."""
-    worst = f", and `{WORST_FIGURE}.png`: held-out real images with their masks" if f"{WORST_FIGURE}.png" in figure_files else ""
-    return (
-        f"This folder holds real photographs (`nearest_pairs.png`{worst}; `sample_grid.png` shows synthetic ones only). "
-        "Keep it out of git and out of anything shared where the real data's terms do not allow it."
-    )
 FLAGGED_FILE = "flagged_ids.txt"
 GLOBAL_LOOK_ROWS = 8  # the features shown in report.md (report.json holds every one)
 # The caption under each figure in report.md (a figure without one is shown with its name only).
@@ -58,6 +50,15 @@ def _empty_lines(downstream: Dict, masks: Sequence[str]) -> List[str]:
                 f"Share of those {n} a segmenter predicts empty: {kept}."
             )
     return [""] + lines if lines else []
+
+
+def privacy_note(figure_files: Sequence[str]) -> str:
+    """Which of the report's figures show real photographs (the held-out worst cases only where masks were judged)."""
+    worst = f", and `{WORST_FIGURE}.png`: held-out real images with their masks" if f"{WORST_FIGURE}.png" in figure_files else ""
+    return (
+        f"This folder holds real photographs (`nearest_pairs.png`{worst}; `sample_grid.png` shows synthetic ones only). "
+        "Keep it out of git and out of anything shared where the real data's terms do not allow it."
+    )
 
 
 def _headline(report: Dict) -> str:
