@@ -515,3 +515,14 @@ def test_an_unknown_flag_is_one_line_with_the_closest_known_ones(capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "usage:" not in err and len(err.strip().splitlines()) == 1
     assert "unrecognized arguments: --epochs 1 (--epochs: did you mean --num_epochs?)" in err and "--help" in err
+
+
+def test_a_flag_prefix_is_refused_not_read_as_the_flag(capsys):
+    """argparse took ``--num_sample`` for ``--num_samples`` without a word: a flag added later could change what an
+    abbreviation meant (new-user pass, session 30)."""
+    from fundus_diffusion.training import ddpm
+
+    with pytest.raises(SystemExit):
+        ddpm.parse_args(["--dataset", "phantom:4", "--output_dir", "out", "--num_epoch", "1"])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --num_epoch 1 (--num_epoch: did you mean --num_epochs?)" in err

@@ -133,3 +133,19 @@ def test_ema_settings_without_the_ema_are_refused(capsys):
         dcgan.parse_args([*TINY, "--output_dir", "x", "--max_train_steps", "1", "--ema_max_decay", "0.99"])
     assert "--ema_max_decay set(s) the generator's EMA, which is off: add --use_ema" in capsys.readouterr().err
     assert dcgan.parse_args([*TINY, "--output_dir", "x", "--max_train_steps", "1", "--use_ema", "--ema_max_decay", "0.99"]).use_ema
+
+
+def test_labelled_data_without_class_conditional_trains_unconditional_and_says_so(tmp_path, dataset, train_in_process, caplog):
+    """The DDPM takes a dataset's PM labels by default and the DCGAN (the paper's, unconditional) does not: that
+    difference was silent (new-user pass, session 30)."""
+    args = ["--dataset", dataset, "--training_cache_dir", str(tmp_path / "cache"), "--masks", "disc", "--max_train_steps", "1"]
+    with caplog.at_level("WARNING"):
+        train_in_process(*args, "--output_dir", str(tmp_path / "default"))
+    assert "has PM / non-PM labels, and the DCGAN trains without them" in caplog.text and "--class_conditional" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train_in_process(*args, "--output_dir", str(tmp_path / "meant"), "--no-class_conditional")
+    assert "trains without them" not in caplog.text
+    from fundus_diffusion.models import DCGANGenerator
+
+    assert DCGANGenerator.from_pretrained(tmp_path / "default" / "gan_generator").config.num_class_embeds is None

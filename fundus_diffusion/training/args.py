@@ -55,10 +55,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class CommandParser(argparse.ArgumentParser):
     """Every script's parser: ``--help`` as ``HelpFormatter`` writes it; a command line refused while it is read ends
     with one line (not the usage text of every flag before it) that points at ``--help``, and an unknown flag is
-    answered with the closest known ones (``--epochs``: did you mean --num_epochs?)."""
+    answered with the closest known ones (``--epochs``: did you mean --num_epochs?); a flag's prefix is no flag, so
+    that a flag added later cannot change what an abbreviation meant."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # `--num_sample` is refused with a hint, not read as --num_samples
         super().__init__(*args, **kwargs)
 
     def error(self, message):

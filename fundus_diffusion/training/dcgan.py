@@ -260,7 +260,7 @@ class DCGANKind(loop.ModelKind):
         num_epochs=100,
         learning_rate=2e-4,
         adam_beta1=0.5,
-        class_conditional=False,
+        class_conditional=None,  # unconditional (the paper's), with a warning where the data has labels
         use_ema=False,
         ema_max_decay=0.999,
         ema_update_after_step=100,  # ema-pytorch's default, which this trainer always used
@@ -330,6 +330,14 @@ class DCGANKind(loop.ModelKind):
     def __init__(self, args, accelerator, view, plan):
         super().__init__(args, accelerator, view, plan)
         refuse_partial_annotation(view, args.dataset)
+        if args.class_conditional is None:
+            args.class_conditional = False
+            if (view.class_labels != NULL_CLASS_ID).any():
+                logger.warning(
+                    f"{args.dataset} has PM / non-PM labels, and the DCGAN trains without them (the paper's "
+                    "unconditional GAN), so its samples cannot be drawn by label. Fix: add --class_conditional to use "
+                    "them, or --no-class_conditional to say that this is meant."
+                )
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         generator, discriminator = build_models(args, 3 + len(args.mask_names))
         generator.to(accelerator.device, memory_format=memory_format)
