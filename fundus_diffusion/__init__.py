@@ -4,9 +4,12 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = ["FundusPipeline", "FundusGANPipeline", "FundusPipelineOutput", "DCGANGenerator", "DCGANDiscriminator"]
+__all__ = [
+    "FundusPipeline", "FundusGANPipeline", "FundusPipelineOutput", "DCGANGenerator", "DCGANDiscriminator", "frame_pair"
+]  # fmt: skip
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .data.transforms import frame_pair
     from .models.dcgan import DCGANDiscriminator, DCGANGenerator
     from .pipelines.pipeline_fundus import FundusPipeline, FundusPipelineOutput
     from .pipelines.pipeline_fundus_gan import FundusGANPipeline
@@ -26,4 +29,8 @@ def __getattr__(name):
         from .models import dcgan
 
         return getattr(dcgan, name)
+    if name == "frame_pair":
+        from .data.transforms import frame_pair
+
+        return frame_pair
     raise AttributeError(f"module 'fundus_diffusion' has no attribute {name!r}")

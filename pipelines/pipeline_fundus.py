@@ -367,6 +367,23 @@ def per_sample(value, batch_size: int, what: str) -> list:
     return list(value)
 
 
+def size_error(where: str, width: int, height: int, resolution: int, kind: str) -> str:
+    """Why a ``kind`` ("photograph" or "mask") of ``width`` x ``height`` px does not fit, and the fix: training
+    cropped each photograph and its masks to a square around the fundus field before resizing, so a plain resize of
+    anything else stretches it against what the model learnt."""
+    fit = f"{resolution}x{resolution}"
+    frame = (
+        f"frame the photograph and its masks together as training did: fundus_diffusion.frame_pair(photograph, "
+        f"masks, resolution={resolution}) (the fundus-diffusion package), or fundus-export-dataset --resolution "
+        f"{resolution} for a folder"
+    )
+    problem = f"{where} is {width}x{height} px; this pipeline generates {fit} px (resolution={resolution})"
+    if width != height:
+        return f"{problem}, and a resize would stretch it. Fix: {frame}."
+    how = " with nearest-neighbour interpolation" if kind == "mask" else ""
+    return f"{problem}. Fix: if it is framed as training framed it (the fundus field cropped to a square), resize it to {fit}{how}; if not, {frame}."
+
+
 def image_to_channels(image, resolution: int, where: str) -> torch.Tensor:
     """An RGB image (PIL; ``[H, W, 3]`` array or ``[3, H, W]`` tensor, float in [0, 1] or uint8) -> ``[3, H, W]`` in
     [-1, 1], the model's image channels. The formats are ``__call__``'s outputs, so an output can be fed back."""
@@ -383,10 +400,7 @@ def image_to_channels(image, resolution: int, where: str) -> torch.Tensor:
         )
     x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
     if x.shape[-2:] != (resolution, resolution):
-        raise ValueError(
-            f"{where} is {x.shape[-1]}x{x.shape[-2]} px; this pipeline generates {resolution}x{resolution} px "
-            f"(resolution={resolution}): resize it to {resolution}x{resolution}."
-        )
+        raise ValueError(size_error(where, x.shape[-1], x.shape[-2], resolution, "photograph"))
     if not (x.min() >= 0 and x.max() <= 1):  # also catches NaN
         raise ValueError(f"{where} has values outside [0, 1]: give float images in [0, 1] or uint8 images.")
     return x * 2 - 1
@@ -418,10 +432,7 @@ def mask_to_channel(mask, resolution: int, where: str) -> torch.Tensor:
             f"{type(mask).__name__}{list(getattr(mask, 'shape', []))}."
         )
     if x.shape != (resolution, resolution):
-        raise ValueError(
-            f"{where} is {x.shape[1]}x{x.shape[0]} px; this pipeline generates {resolution}x{resolution} px "
-            f"(resolution={resolution}): resize it to {resolution}x{resolution} with nearest-neighbour interpolation."
-        )
+        raise ValueError(size_error(where, x.shape[1], x.shape[0], resolution, "mask"))
     return x.float() * 2 - 1
 
 

@@ -37,6 +37,29 @@ def test_tensor_round_trip_keeps_masks_exact():
     assert np_images.shape == (1, 64, 64, 3) and np_masks[0]["atrophy"].shape == (64, 64)
 
 
+def test_frame_pair_frames_a_wide_photograph_as_training_does():
+    """The Python route to a pipeline's image= / masks= from a photograph of another shape: the fundus field of a
+    wide photograph (black bands left and right) is centred and fills the square, where a plain resize stretches it."""
+    from PIL import Image
+
+    from fundus_diffusion import frame_pair
+
+    p = draw_phantom(2, size=64)
+    wide_image = Image.new("RGB", (96, 64))
+    wide_image.paste(p.image, (16, 0))
+    wide_disc = Image.new("L", (96, 64))
+    wide_disc.paste(p.disc_mask, (16, 0))
+    image, masks = frame_pair(wide_image, {"disc": wide_disc, "cup": None}, resolution=32)
+    assert image.size == (32, 32) and masks["cup"] is None and set(np.unique(np.asarray(masks["disc"]))) <= {0, 255}
+    square_image, square_masks = frame_pair(p.image, {"disc": p.disc_mask}, resolution=32)
+    assert np.array_equal(np.asarray(masks["disc"]), np.asarray(square_masks["disc"]))
+    assert np.abs(np.asarray(image, np.int16) - np.asarray(square_image, np.int16)).max() <= 2
+    stretched = np.asarray(wide_disc.resize((32, 32), Image.NEAREST)) > 0
+    assert not np.array_equal(stretched, np.asarray(masks["disc"]) > 0)  # what the old message's resize gave
+    stacked = pair_to_array(wide_image, {"disc": wide_disc}, ["disc"], 32)
+    assert np.array_equal(stacked[:3].transpose(1, 2, 0), np.asarray(image)) and np.array_equal(stacked[3], np.asarray(masks["disc"]))
+
+
 def test_bad_inputs_raise():
     for bad in ("disc,Cup", "disc,optic cup", "1st", "disc,cup-rim", "disc,none"):
         with pytest.raises(ValueError, match="(?s)not a valid mask name.*lower-case letters, digits and '_'"):

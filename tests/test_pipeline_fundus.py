@@ -275,12 +275,14 @@ def test_a_mask_image_saved_as_0_and_1_is_refused_not_read_as_empty():
         assert np.array_equal(out.masks[0]["disc"], np.asarray(given, dtype=np.float32) > 0)
 
 
-def test_size_errors_show_the_resolution():
+def test_size_errors_show_the_resolution_and_frame_what_is_not_square():
+    """A square input of another size may be resized if framed as training framed it; a non-square one must be
+    framed (a resize stretches it): the Python message said "resize" for both (new-user pass, session 31)."""
     pipe = make_pipe()
-    with pytest.raises(ValueError, match=r"generates 8x8 px \(resolution=8\): resize it to 8x8 with nearest"):
+    with pytest.raises(ValueError, match=r"generates 8x8 px \(resolution=8\)\. Fix: if it is framed .* resize it to 8x8 with nearest"):
         pipe(**get_dummy_inputs(), masks={"disc": np.zeros((4, 4))})
-    with pytest.raises(ValueError, match=r"generates 8x8 px \(resolution=8\): resize it to 8x8\."):
-        pipe(**get_dummy_inputs(), image=np.zeros((4, 4, 3)))
+    with pytest.raises(ValueError, match=r"is 6x4 px; .*, and a resize would stretch it\. Fix: .*frame_pair\(photograph, masks, resolution=8\)"):
+        pipe(**get_dummy_inputs(), image=np.zeros((4, 6, 3)))
 
 
 def test_save_load_round_trip_in_this_and_a_fresh_process(tmp_path):

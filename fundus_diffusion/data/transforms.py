@@ -6,7 +6,7 @@ resized with antialiasing, masks with nearest
 neighbour, and every geometric operation is applied to both.
 """
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -34,25 +34,41 @@ def square_box(box: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
+def frame_pair(
+    image: Image.Image, masks: Optional[Dict[str, Optional[Image.Image]]] = None, resolution: int = 256
+) -> Tuple[Image.Image, Dict[str, Optional[Image.Image]]]:
+    """A photograph and its masks framed as training frames them: the fundus field cropped to a square (padded with
+    black where the square passes the image's edge), then resized to ``resolution`` (the photograph with antialiasing,
+    each mask with nearest neighbour, as a 0 / 255 ``L`` image; a mask given as None stays None).
+
+    What a pipeline's ``image=`` and ``masks=`` take from a photograph of another size: a plain resize of a
+    non-square photograph stretches it, and misplaces its masks against what the model learnt.
+    """
+    box = square_box(fundus_bbox(image))
+    size = (resolution, resolution)
+    rgb = image.convert("RGB").crop(box).resize(size, Image.LANCZOS, reducing_gap=3.0)
+    framed = {}
+    for name, mask in (masks or {}).items():
+        framed[name] = None if mask is None else mask.convert("L").crop(box).resize(size, Image.NEAREST).point(
+            lambda v: 255 if v >= 128 else 0
+        )
+    return rgb, framed
+
+
 def pair_to_array(
     image: Image.Image, masks: Dict[str, Image.Image], mask_names: Sequence[str], resolution: int
 ) -> np.ndarray:
-    """Crop the fundus field to a square (padding with black), resize, and stack to ``uint8 [C, H, W]``.
+    """``frame_pair``, stacked to ``uint8 [C, H, W]``.
 
     Mask channels hold 0 or 255; a mask given as None (not annotated) gives an all-zero channel, which only the
     annotation flags (``schema.annotation_matrix``) tell apart from an empty mask. The uint8 form is what the training
     cache stores (4x smaller than float).
     """
-    box = square_box(fundus_bbox(image))
-    size = (resolution, resolution)
-    rgb = image.convert("RGB").crop(box).resize(size, Image.LANCZOS, reducing_gap=3.0)
+    rgb, framed = frame_pair(image, {name: masks[name] for name in mask_names}, resolution)
     channels = [np.asarray(rgb).transpose(2, 0, 1)]
     for name in mask_names:
-        if masks[name] is None:
-            channels.append(np.zeros((1, *size), dtype=np.uint8))
-            continue
-        mask = masks[name].convert("L").crop(box).resize(size, Image.NEAREST)
-        channels.append(np.where(np.asarray(mask)[None] >= 128, 255, 0).astype(np.uint8))
+        mask = framed[name]
+        channels.append(np.zeros((1, resolution, resolution), np.uint8) if mask is None else np.asarray(mask)[None])
     return np.concatenate(channels, axis=0)
 
 
