@@ -638,7 +638,9 @@ def generating_model(output_dir: str) -> str:
 
 def sampler_description(output_dir: str) -> Optional[str]:
     """How a synthetic set was sampled, e.g. "dpmsolver++, 20 steps" or "dpmsolver++, 20 steps, classifier-free
-    guidance 2" (None for a GAN, or when not recorded)."""
+    guidance 2" (None for a GAN, or when not recorded). It names the model card's metric rows, so whatever changes
+    what the rows measure is in it: images drawn for given masks ("for the masks of <folder>, resampled 2 times"),
+    whose mask statistics are the given masks', and post-processed masks ("masks post-processed: largest_disc")."""
     config = read_generation_config(output_dir)
     steps = config.get("num_inference_steps")
     scheduler, spacing = config.get("scheduler"), config.get("timestep_spacing")
@@ -649,6 +651,11 @@ def sampler_description(output_dir: str) -> Optional[str]:
     guided = f", autoguidance by {local_name(guide) if guide else 'its own guide'} at {scale}" if scale is not None else ""
     class_guidance = config.get("guidance_scale") or 1
     guided += f", classifier-free guidance {class_guidance:g}" if class_guidance != 1 else ""
+    if config.get("masks_from"):
+        resampled = config.get("resample_steps") or 0
+        guided += f", for the masks of {config['masks_from']}" + (f", resampled {resampled} times" if resampled else "")
+    if config.get("postprocess"):
+        guided += f", masks post-processed: {'+'.join(config['postprocess'])}"
     return f"{'own scheduler' if scheduler in (None, OWN_SCHEDULER) else scheduler}, {steps} steps{spaced}{guided}"
 
 

@@ -421,6 +421,14 @@ def test_measured_metrics_reach_the_model_card_without_rewriting_weights(models,
     recorded = json.loads((synthetic / "generation_config.json").read_text())
     (synthetic / "generation_config.json").write_text(json.dumps({**recorded, "guidance_scale": 2.0}))
     assert sampler_description(str(synthetic)) == "dpmsolver++, 2 steps, classifier-free guidance 2"
+    # what changes what a card row measures names it apart (new-user pass, session 31: post-processed rows replaced
+    # the model's own, and rows of images drawn for given masks read as unconditional ones)
+    conditioned = {**recorded, "masks_from": "held-out-masks", "resample_steps": 2, "postprocess": ["largest_disc", "fill_holes"]}
+    (synthetic / "generation_config.json").write_text(json.dumps(conditioned))
+    assert sampler_description(str(synthetic)) == (
+        "dpmsolver++, 2 steps, for the masks of held-out-masks, resampled 2 times, masks post-processed: largest_disc+fill_holes"
+    )
+    (synthetic / "generation_config.json").write_text(json.dumps({**recorded, "guidance_scale": 2.0}))
 
     add_model_card_metrics(str(model), [{"name": "held-out disc Dice", "value": "0.5 ± 0.1", "notes": "first"}])
     add_model_card_metrics(str(model), [{"name": "held-out disc Dice", "value": "0.7 ± 0.1"}, {"name": "FID", "value": 9}])
