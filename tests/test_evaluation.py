@@ -292,6 +292,13 @@ def test_image_only_evaluation_and_missing_annotations(tmp_path):
         evaluate(dataset, unannotated, config=EvaluationConfig(masks="disc,atrophy", resolution=16))
     with pytest.raises(ValueError, match="(?s)The real set has no cup mask.*its masks: disc, atrophy.*masks/cup/<id>.png"):
         evaluate(dataset, dataset, config=EvaluationConfig(masks="disc,cup", resolution=16))
+    # a generated set is generated again, not rebuilt; a typo is named (new-user pass, session 31)
+    disc_only = dataset.remove_columns(["atrophy_mask", "has_atrophy_annotation"])
+    config = EvaluationConfig(masks="disc,atrophy", resolution=16, inputs={"synthetic": "syn/disc-only"})
+    with pytest.raises(ValueError, match=r"The synthetic set \(--synthetic syn/disc-only\) has no atrophy mask .*Fix: .* or generate it from a model trained"):
+        evaluate(dataset, disc_only, config=config)
+    with pytest.raises(ValueError, match=r"has no atrophys mask \(its masks: disc, atrophy; atrophys: did you mean atrophy\?\)"):
+        evaluate(dataset, dataset, config=EvaluationConfig(masks="disc,atrophys", resolution=16))
 
 
 def test_a_set_of_copies_is_refused_first_in_the_report(tmp_path):

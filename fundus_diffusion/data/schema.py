@@ -7,6 +7,7 @@ Masks are named by the data: a dataset has one ``<name>_mask`` Image column (L, 
 flag False, an annotated image without the structure as an all-zero mask with its flag True.
 """
 
+import difflib
 import re
 from collections import Counter
 from typing import List, Optional, Sequence, Tuple
@@ -107,15 +108,19 @@ def dataset_mask_names(dataset_or_features) -> Tuple[str, ...]:
     )
 
 
-def check_has_masks(dataset, mask_names: Sequence[str], what: str = "the dataset") -> None:
-    """A ValueError naming the masks of ``mask_names`` that ``dataset`` has no column for, and the ones it has."""
+def check_has_masks(dataset, mask_names: Sequence[str], what: str = "the dataset", remedy: Optional[str] = None) -> None:
+    """A ValueError naming the masks of ``mask_names`` that ``dataset`` has no column for, the ones it has, a close
+    name it has (a typo: ``cups`` for ``cup``) and the fix; ``remedy`` replaces the fix's "rebuild the dataset"
+    (a generated set is not rebuilt but generated again)."""
     have = dataset_mask_names(dataset)
     missing = [name for name in mask_names if name not in have]
     if missing:
+        typos = [f"{name}: did you mean {close[0]}?" for name in missing if (close := difflib.get_close_matches(name, have, n=1))]
+        remedy = remedy or f"rebuild the dataset with the masks (a generic folder: masks/{missing[0]}/<id>.png)"
         raise ValueError(
             f"{what} has no {', '.join(missing)} mask{'s' if len(missing) > 1 else ''} (its masks: "
-            f"{', '.join(have) or 'none'}). Fix: choose --masks among {','.join(have) or 'none'}, or rebuild the dataset "
-            f"with the masks (a generic folder: masks/{missing[0]}/<id>.png)."
+            f"{', '.join(have) or 'none'}{'; ' + ' '.join(typos) if typos else ''}). Fix: choose --masks among "
+            f"{','.join(have) or 'none'}, or {remedy}."
         )
 
 
@@ -133,10 +138,12 @@ def annotation_flags(dataset, name: str) -> np.ndarray:
     return ~np.asarray(arrow[mask_column(name)].is_null().to_pylist(), dtype=bool)
 
 
-def annotation_matrix(dataset, mask_names: Sequence[str], what: Optional[str] = None) -> np.ndarray:
+def annotation_matrix(
+    dataset, mask_names: Sequence[str], what: Optional[str] = None, remedy: Optional[str] = None
+) -> np.ndarray:
     """``bool [N, M]``: per row and mask of ``mask_names``, whether the row is annotated for it; a ValueError (naming
-    ``what``) for a mask the dataset has no column for."""
-    check_has_masks(dataset, mask_names, what or "the dataset")
+    ``what``, with ``check_has_masks``' ``remedy``) for a mask the dataset has no column for."""
+    check_has_masks(dataset, mask_names, what or "the dataset", remedy)
     flags = [annotation_flags(dataset, name) for name in mask_names]
     return np.stack(flags, axis=1) if flags else np.zeros((len(dataset), 0), dtype=bool)
 

@@ -65,13 +65,18 @@ class EvaluationConfig:
     realism_repeats: int = RealismRecipe.repeats
     inputs: Dict = field(default_factory=dict)  # provenance (dataset paths), copied into the report
 
-def annotation_flags_of(datasets: Dict[str, object], mask_names: Sequence[str]) -> Dict[str, torch.Tensor]:
+def annotation_flags_of(
+    datasets: Dict[str, object], mask_names: Sequence[str], inputs: Optional[Dict] = None
+) -> Dict[str, torch.Tensor]:
     """``{name: bool [N, M]}``: which images of each dataset are annotated for each mask. A mask a dataset has no
     column for is an error naming it; so is a synthetic set not annotated everywhere (its masks are the model's
-    output, and agreement and plausibility are measured on all of them)."""
-    flags = {}
+    output, and agreement and plausibility are measured on all of them). ``inputs``: the command line's paths
+    (``EvaluationConfig.inputs``), named in the errors."""
+    flags, inputs = {}, inputs or {}
+    remedies = {"synthetic": "generate it from a model trained with those masks (fundus-train-ddpm --masks ...)"}
     for name, dataset in datasets.items():
-        flags[name] = torch.from_numpy(annotation_matrix(dataset, mask_names, what=f"The {name} set"))
+        where = f" (--{name} {inputs[name]})" if inputs.get(name) else ""
+        flags[name] = torch.from_numpy(annotation_matrix(dataset, mask_names, f"The {name} set{where}", remedies.get(name)))
     missing = {m: int((~flags["synthetic"][:, i]).sum()) for i, m in enumerate(mask_names) if not flags["synthetic"][:, i].all()}
     if missing:
         listed = ", ".join(f"{m} ({n} samples)" for m, n in missing.items())
@@ -427,7 +432,7 @@ def evaluate(
             "least two training images (the copy check compares each with its nearest other one) and one held-out "
             "image. Fix: pass a larger --real, or a --holdout set beside it."
         )
-    annotated = annotation_flags_of({"real": real_train, "holdout": holdout, "synthetic": synthetic}, mask_names)
+    annotated = annotation_flags_of({"real": real_train, "holdout": holdout, "synthetic": synthetic}, mask_names, config.inputs)
     arrays = {
         "real": dataset_arrays(real_train, resolution, mask_names, "real training set"),
         "holdout": dataset_arrays(holdout, resolution, mask_names, "held-out set"),
