@@ -50,7 +50,13 @@ def parse_args(argv=None):
         help="Every image is cropped square and resized to this (a multiple of 8). Default: the synthetic images' "
         "native size (they must all be one square size); another value is a comparison, labelled in the report.",
     )
-    parser.add_argument("--masks", default="disc", help="Masks to score, e.g. disc, disc,cup, disc,atrophy or none (each on the images annotated for it).")
+    parser.add_argument(
+        "--masks",
+        default=None,
+        help="Masks to score, e.g. disc, disc,cup, disc,atrophy or none (each on the held-out images annotated for "
+        "it). Default: every mask of the synthetic set that the real photographs hold and some held-out image is "
+        "annotated for (the report names any other).",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="Segmenter training seeds (mean and std are reported).")
     parser.add_argument(
         "--segmenter_steps", type=int, default=EvaluationConfig.segmenter_steps, help="Training steps per segmenter."

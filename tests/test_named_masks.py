@@ -178,10 +178,10 @@ def test_disc_cup_round_trip_build_train_generate_evaluate(built, tmp_path):
 
     real = load_fundus_dataset(data)
     config = EvaluationConfig(
-        masks="disc,cup", resolution=16, seeds=1, segmenter_steps=2, realism_steps=1, realism_folds=2, device="cpu",
-        holdout_fraction=0.4,
-    )  # fmt: skip
+        resolution=16, seeds=1, segmenter_steps=2, realism_steps=1, realism_folds=2, device="cpu", holdout_fraction=0.4,
+    )  # fmt: skip  (no masks given: both are scored, where the disc alone was and the cup silently not)
     report, figures = evaluate(real, synthetic, config=config)
+    assert report["config"]["masks"] == ["disc", "cup"] and report["masks_left_out"] == []
     downstream = report["downstream"]
     held_out = downstream["n_holdout"]
     assert downstream["n_holdout_annotated"]["disc"] == held_out and 0 < downstream["n_holdout_annotated"]["cup"] < held_out
@@ -204,3 +204,20 @@ def test_unannotated_masks_are_not_drawn(tmp_path):
     assert overlay_masks(phantom["image"], {"cup": None}).tobytes() == plain.tobytes()
     assert contact_sheet([phantom["image"]], [{"disc": phantom["disc_mask"], "cup": None}], tile=32).size == (32, 32)
     assert mask_colour("cup") != mask_colour("disc") and mask_colour("hard_exudates") == mask_colour("hard_exudates")
+
+
+def test_masks_no_held_out_image_is_annotated_for_are_left_out_by_default_and_refused_when_asked(built):
+    """A cup set judged against held-out photographs none of which has a cup annotation gave "n/a" cup rows without
+    a word (new-user pass, session 31)."""
+    from fundus_diffusion.evaluation.protocol import masks_to_score
+
+    real = load_fundus_dataset(built[0])
+    holdout = real.map(lambda row: {"has_cup_annotation": False, "cup_mask": None})
+    inputs = {"holdout": "data/test-drions"}
+    names, notes = masks_to_score(None, real, holdout, real, inputs)
+    assert names == ("disc",) and notes == ["cup: not scored, no image of --holdout data/test-drions is annotated for it"]
+    with pytest.raises(ValueError, match=r"No image of --holdout data/test-drions is annotated for cup: .*Fix: leave cup out of --masks"):
+        masks_to_score("disc,cup", real, holdout, real, inputs)
+    assert masks_to_score("disc", real, holdout, real, inputs) == (("disc",), [])
+    disc_only = real.remove_columns(["cup_mask", "has_cup_annotation"])
+    assert masks_to_score(None, disc_only, holdout, real) == (("disc",), ["cup: not scored, the real photographs have no cup masks"])

@@ -20,7 +20,16 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.schema import ORIGIN_COLUMN, annotation_matrix, mask_channel, origins, origins_as_trained, parse_mask_names
+from ..data.schema import (
+    ORIGIN_COLUMN,
+    annotation_flags,
+    annotation_matrix,
+    dataset_mask_names,
+    mask_channel,
+    origins,
+    origins_as_trained,
+    parse_mask_names,
+)
 from ..visualization import contact_sheet
 from .arrays import dataset_arrays, default_device, to_pil
 from .checks import native_resolution, warn_if_upscaled
@@ -47,7 +56,7 @@ WORST_FIGURE = "worst_holdout"
 @dataclass
 class EvaluationConfig:
     resolution: Optional[int] = None  # None: the synthetic set's native resolution
-    masks: Sequence[str] = ("disc",)
+    masks: Optional[Sequence[str]] = None  # None: every mask scorable (``masks_to_score``); else these, or "none"
     seeds: int = 3
     segmenter_steps: int = SegmenterRecipe.steps
     holdout_fraction: float = 0.2
@@ -85,6 +94,36 @@ def annotation_flags_of(
             "Fix: pass a generated set as --synthetic, or leave those masks out of --masks."
         )
     return flags
+
+def masks_to_score(masks, real_train, holdout, synthetic, inputs: Optional[Dict] = None) -> Tuple[Tuple[str, ...], List[str]]:
+    """The masks to score and the notes on those left out. ``masks`` None: every mask of the synthetic set that the
+    real training set and the held-out set hold and that at least one held-out image is annotated for (a disc + cup
+    set is scored on both without being told, where it was scored on the disc alone and the cup silently left
+    out); the notes name the others. ``masks`` given: those, refusing one that no held-out image is annotated for
+    (the training refuses a mask no training image is annotated for, alike)."""
+    holdout_flag = f"--holdout {inputs['holdout']}" if (inputs or {}).get("holdout") else "the held-out part of --real"
+    if masks is not None:
+        names = parse_mask_names(masks)
+        check = [name for name in names if name in dataset_mask_names(holdout)]  # the others: annotation_flags_of
+        unscorable = [name for name in check if not annotation_flags(holdout, name).any()]
+        if unscorable:
+            listed = ", ".join(unscorable)
+            raise ValueError(
+                f"No image of {holdout_flag} is annotated for {listed}: nothing would score it. Fix: leave {listed} out "
+                "of --masks, or hold out images annotated for it."
+            )
+        return names, []
+    names, notes = [], []
+    shared = [name for name in dataset_mask_names(synthetic) if name in dataset_mask_names(real_train)]
+    for name in dataset_mask_names(synthetic):
+        if name not in shared or name not in dataset_mask_names(holdout):
+            notes.append(f"{name}: not scored, the real photographs have no {name} masks")
+        elif not annotation_flags(holdout, name).any():
+            notes.append(f"{name}: not scored, no image of {holdout_flag} is annotated for it")
+        else:
+            names.append(name)
+    return tuple(names), notes
+
 
 def resolve_split(real, holdout, config: EvaluationConfig) -> Tuple[object, object, str]:
     """``(real_train, holdout, how)``: the given holdout, the ids in ``split_file``, or a fresh split by id.
@@ -415,7 +454,8 @@ def evaluate(
     """
     config = config or EvaluationConfig()
     device = config.device or default_device()
-    mask_names = parse_mask_names(config.masks)
+    if config.masks is not None:
+        parse_mask_names(config.masks)  # a bad name is refused before any work
     for name, dataset in (("real", real), ("synthetic", synthetic), ("holdout", holdout)):
         if dataset is not None and len(dataset) == 0:
             where = f" {config.inputs[name]}" if (config.inputs or {}).get(name) else ""
@@ -432,6 +472,7 @@ def evaluate(
             "least two training images (the copy check compares each with its nearest other one) and one held-out "
             "image. Fix: pass a larger --real, or a --holdout set beside it."
         )
+    mask_names, masks_left_out = masks_to_score(config.masks, real_train, holdout, synthetic, config.inputs)
     annotated = annotation_flags_of({"real": real_train, "holdout": holdout, "synthetic": synthetic}, mask_names, config.inputs)
     arrays = {
         "real": dataset_arrays(real_train, resolution, mask_names, "real training set"),
@@ -444,6 +485,7 @@ def evaluate(
     holdout_sources = everyone[len(real_train) :]  # prefixes counted over all real images, as the split counted them
     report = {
         "config": {**asdict(config), "resolution": resolution, "masks": list(mask_names), "device": device},
+        "masks_left_out": masks_left_out,
         "resolution": resolution_info,
         "counts": {"real_train": len(real_train), "holdout": len(holdout), "synthetic": len(synthetic)},
         "holdout_split": split_how,

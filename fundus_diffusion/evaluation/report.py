@@ -80,7 +80,8 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
         *refusal_banner(report["refused"]),
         f"Synthetic: {', '.join(report['synthetic_sources'])} — {counts['synthetic']} samples. "
         f"Real training set: {counts['real_train']}; held-out real: {counts['holdout']} ({report['holdout_split']}). "
-        f"Everything is judged at **{px}** ({how}); masks: {', '.join(cfg['masks']) or 'none'}, device {cfg['device']}.",
+        f"Everything is judged at **{px}** ({how}); masks: {', '.join(cfg['masks']) or 'none'}"
+        f"{''.join(f' ({note})' for note in report.get('masks_left_out', []))}, device {cfg['device']}.",
         "",
         f"> {privacy_note(figure_files)}",
         "",
