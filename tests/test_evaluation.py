@@ -255,6 +255,12 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     refused = model_card_metrics({**report, "refused": "REFUSED: 8 of 8 synthetic samples flagged as copies."})
     assert refused[0] == {"name": "synthetic set", "value": "REFUSED (copies)", "notes": "REFUSED: 8 of 8 synthetic samples flagged as copies."}
     assert not any("trained on synthetic" in m["name"] or "trained on real+synthetic" in m["name"] for m in refused)
+    # images drawn for the held-out masks: segmenters trained on the test labels earn no card row (new-user pass,
+    # session 31), and the warning says why
+    leaked = model_card_metrics({**report, "downstream": {**report["downstream"], "synthetic_with_holdout_masks": 8}})
+    assert not any("trained on synthetic" in m["name"] or "trained on real+synthetic" in m["name"] for m in leaked)
+    assert any(m["name"] == "held-out disc Dice, segmenter trained on real" for m in leaked)
+    assert "TEST LABELS IN TRAINING" in {m["name"]: m for m in leaked}["evaluation warnings"]["value"]
     assert report["holdout_split"].startswith("held out of --real") and "unseen by the generator only if" in report["holdout_split"]
     assert all(m["held_out_copies"]["n_held_out"] == 3 for m in report["memorisation"].values())
     # The report's top warnings go on the card as one entry ("none" too, so a later evaluation replaces it)
