@@ -1203,7 +1203,8 @@ def dataset_card(pipe, config: GenerationConfig, dataset, mask_sets: Optional[Ma
         dtype=config.dtype,
         device_type=config.device_type,
         noise_on_device=draws_noise_on_device(pipe, config),
-        batch_size=config.batch_size,
+        # the network's batch: --batch_size, or fewer where the set or a shard is smaller (a compiled network pads)
+        batch_size=config.batch_size if config.compile else min(config.batch_size, config.num_samples, config.shard_size),
     )
 
 

@@ -57,6 +57,7 @@ def test_the_default_sampler_is_dpm_solver_20_and_is_recorded(models, ddpm_1000,
     assert (recorded["scheduler"], recorded["num_inference_steps"]) == (DEFAULT_SCHEDULER, DEFAULT_INFERENCE_STEPS) == ("dpmsolver++", 20)
     card = (tmp_path / "ddpm" / "README.md").read_text()
     assert "DPMSolverMultistepScheduler (dpmsolver++, " in card and "| inference steps | 20 |" in card
+    assert "| batch size | 2 (samples per network call" in card  # the batch drawn, not --batch_size's 64 (session 31)
 
     # --scheduler own: the model's saved scheduler (here a 4-step DDPM) over its whole chain
     run_generate("--model", models["ddpm"], "--num_samples", "2", "--scheduler", "own", "--output_dir", str(tmp_path / "own"))

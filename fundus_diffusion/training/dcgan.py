@@ -226,7 +226,7 @@ def refuse_partial_annotation(view, dataset: str) -> None:
         raise ValueError(
             f"--dataset {dataset}: the DCGAN cannot train on partially annotated masks: {listed}. Its discriminator "
             f"would learn that an unannotated image has no {next(iter(partial))}. Fix: train with --masks {keep} "
-            "(leaving those masks out), annotate the missing images, or train the DDPM (train_ddpm.py), whose loss "
+            "(leaving those masks out), annotate the missing images, or train the DDPM (fundus-train-ddpm), whose loss "
             "leaves unannotated channels out."
         )
 
