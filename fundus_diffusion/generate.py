@@ -638,25 +638,26 @@ def generating_model(output_dir: str) -> str:
 
 def sampler_description(output_dir: str) -> Optional[str]:
     """How a synthetic set was sampled, e.g. "dpmsolver++, 20 steps" or "dpmsolver++, 20 steps, classifier-free
-    guidance 2" (None for a GAN, or when not recorded). It names the model card's metric rows, so whatever changes
-    what the rows measure is in it: images drawn for given masks ("for the masks of <folder>, resampled 2 times"),
-    whose mask statistics are the given masks', and post-processed masks ("masks post-processed: largest_disc")."""
+    guidance 2"; "ddpm, its whole chain" without a step count; None for a GAN's plain samples, or when not recorded.
+    It names the model card's metric rows, so whatever changes what the rows measure is in it, a GAN's too: images
+    drawn for given masks ("for the masks of <folder>, resampled 2 times"), whose mask statistics are the given
+    masks', and post-processed masks ("masks post-processed: largest_disc")."""
     config = read_generation_config(output_dir)
-    steps = config.get("num_inference_steps")
-    scheduler, spacing = config.get("scheduler"), config.get("timestep_spacing")
-    if not steps:
-        return None
-    spaced = f", {spacing} spacing" if spacing else ""
-    guide, scale = config.get("autoguidance_model"), config.get("autoguidance_scale")
-    guided = f", autoguidance by {local_name(guide) if guide else 'its own guide'} at {scale}" if scale is not None else ""
-    class_guidance = config.get("guidance_scale") or 1
-    guided += f", classifier-free guidance {class_guidance:g}" if class_guidance != 1 else ""
+    steps, scheduler, spacing = config.get("num_inference_steps"), config.get("scheduler"), config.get("timestep_spacing")
+    parts = []
+    if steps or scheduler:  # neither: a GAN, which has no sampler
+        parts.append(f"{'own scheduler' if scheduler in (None, OWN_SCHEDULER) else scheduler}, {f'{steps} steps' if steps else 'its whole chain'}")
+        parts += [f"{spacing} spacing"] if spacing else []
+        guide, scale = config.get("autoguidance_model"), config.get("autoguidance_scale")
+        parts += [f"autoguidance by {local_name(guide) if guide else 'its own guide'} at {scale}"] if scale is not None else []
+        class_guidance = config.get("guidance_scale") or 1
+        parts += [f"classifier-free guidance {class_guidance:g}"] if class_guidance != 1 else []
     if config.get("masks_from"):
         resampled = config.get("resample_steps") or 0
-        guided += f", for the masks of {config['masks_from']}" + (f", resampled {resampled} times" if resampled else "")
+        parts.append(f"for the masks of {config['masks_from']}" + (f", resampled {resampled} times" if resampled else ""))
     if config.get("postprocess"):
-        guided += f", masks post-processed: {'+'.join(config['postprocess'])}"
-    return f"{'own scheduler' if scheduler in (None, OWN_SCHEDULER) else scheduler}, {steps} steps{spaced}{guided}"
+        parts.append(f"masks post-processed: {'+'.join(config['postprocess'])}")
+    return ", ".join(parts) or None
 
 
 def check_resume(

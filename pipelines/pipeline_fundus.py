@@ -373,9 +373,10 @@ def size_error(where: str, width: int, height: int, resolution: int, kind: str) 
     anything else stretches it against what the model learnt."""
     fit = f"{resolution}x{resolution}"
     frame = (
-        f"frame the photograph and its masks together as training did: fundus_diffusion.frame_pair(photograph, "
-        f"masks, resolution={resolution}) (the fundus-diffusion package), or fundus-export-dataset --resolution "
-        f"{resolution} for a folder"
+        f"frame the photograph and its masks together as training did (a mask by its own photograph's fundus field): "
+        f"fundus_diffusion.frame_pair(photograph, masks, resolution={resolution}) (the fundus-diffusion package), or "
+        f"for a folder fundus-build-dataset, then fundus-export-dataset --dataset <it> --format imagefolder "
+        f"--resolution {resolution} --masks <the model's masks> --output_dir <a new folder>"
     )
     problem = f"{where} is {width}x{height} px; this pipeline generates {fit} px (resolution={resolution})"
     if width != height:

@@ -54,8 +54,9 @@ def parse_args(argv=None):
         "--masks",
         default=None,
         help="Masks to score, e.g. disc, disc,cup, disc,atrophy or none (each on the held-out images annotated for "
-        "it). Default: every mask of the synthetic set that the real photographs hold and some held-out image is "
-        "annotated for (the report names any other).",
+        "it; one segmenter learns them together, so a mask's Dice depends on the others scored). Default: every mask "
+        "of the synthetic set that some real training and some held-out image are annotated for (the report names "
+        "any other).",
     )
     parser.add_argument("--seeds", type=int, default=3, help="Segmenter training seeds (mean and std are reported).")
     parser.add_argument(

@@ -428,6 +428,14 @@ def test_measured_metrics_reach_the_model_card_without_rewriting_weights(models,
     assert sampler_description(str(synthetic)) == (
         "dpmsolver++, 2 steps, for the masks of held-out-masks, resampled 2 times, masks post-processed: largest_disc+fill_holes"
     )
+    full_chain = {**recorded, "scheduler": "ddpm", "num_inference_steps": None, "masks_from": "held-out-masks", "resample_steps": 2}
+    (synthetic / "generation_config.json").write_text(json.dumps(full_chain))  # the RePaint default: the whole chain
+    assert sampler_description(str(synthetic)) == "ddpm, its whole chain, for the masks of held-out-masks, resampled 2 times"
+    gan = {"model": "runs/gan", "num_samples": 4, "postprocess": ["largest_disc"]}
+    (synthetic / "generation_config.json").write_text(json.dumps(gan))  # a GAN's post-processed set is named too
+    assert sampler_description(str(synthetic)) == "masks post-processed: largest_disc"
+    (synthetic / "generation_config.json").write_text(json.dumps({**gan, "postprocess": []}))
+    assert sampler_description(str(synthetic)) is None
     (synthetic / "generation_config.json").write_text(json.dumps({**recorded, "guidance_scale": 2.0}))
 
     add_model_card_metrics(str(model), [{"name": "held-out disc Dice", "value": "0.5 ± 0.1", "notes": "first"}])

@@ -206,18 +206,23 @@ def test_unannotated_masks_are_not_drawn(tmp_path):
     assert mask_colour("cup") != mask_colour("disc") and mask_colour("hard_exudates") == mask_colour("hard_exudates")
 
 
-def test_masks_no_held_out_image_is_annotated_for_are_left_out_by_default_and_refused_when_asked(built):
+def test_masks_no_real_image_is_annotated_for_are_left_out_by_default_and_refused_when_asked(built):
     """A cup set judged against held-out photographs none of which has a cup annotation gave "n/a" cup rows without
-    a word (new-user pass, session 31)."""
+    a word (new-user pass, session 31); a mask the real training images lack trained nothing and was scored."""
     from fundus_diffusion.evaluation.protocol import masks_to_score
 
     real = load_fundus_dataset(built[0])
-    holdout = real.map(lambda row: {"has_cup_annotation": False, "cup_mask": None})
-    inputs = {"holdout": "data/test-drions"}
-    names, notes = masks_to_score(None, real, holdout, real, inputs)
-    assert names == ("disc",) and notes == ["cup: not scored, no image of --holdout data/test-drions is annotated for it"]
-    with pytest.raises(ValueError, match=r"No image of --holdout data/test-drions is annotated for cup: .*Fix: leave cup out of --masks"):
-        masks_to_score("disc,cup", real, holdout, real, inputs)
-    assert masks_to_score("disc", real, holdout, real, inputs) == (("disc",), [])
+    no_cup = real.map(lambda row: {"has_cup_annotation": False, "cup_mask": None})
+    inputs = {"real": "data/train", "holdout": "data/test-drions"}
+    names, notes = masks_to_score(None, real, no_cup, real, inputs)
+    assert names == ("disc",) and notes == ["cup: not scored, no image of --holdout data/test-drions is annotated for cup"]
+    with pytest.raises(ValueError, match=r"^no image of --holdout data/test-drions is annotated for cup: .*Fix: leave it out of --masks"):
+        masks_to_score("disc,cup", real, no_cup, real, inputs)
+    assert masks_to_score("disc", real, no_cup, real, inputs) == (("disc",), [])
+    assert masks_to_score(None, no_cup, real, real, inputs)[1] == ["cup: not scored, no image of --real data/train is annotated for cup"]
     disc_only = real.remove_columns(["cup_mask", "has_cup_annotation"])
-    assert masks_to_score(None, disc_only, holdout, real) == (("disc",), ["cup: not scored, the real photographs have no cup masks"])
+    assert masks_to_score(None, real, disc_only, real) == (("disc",), ["cup: not scored, the held-out part of --real has no cup masks"])
+    images_only = disc_only.remove_columns(["disc_mask", "has_disc_annotation"])
+    with pytest.raises(ValueError, match=r"No mask of the synthetic set can be scored: disc: not scored, .*--masks none for an image-only"):
+        masks_to_score(None, real, images_only, real)  # a held-out set without masks: refused, not judged image-only
+    assert masks_to_score(None, real, real, images_only) == ((), [])  # an images-only synthetic set: image-only

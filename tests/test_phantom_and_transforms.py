@@ -56,6 +56,8 @@ def test_frame_pair_frames_a_wide_photograph_as_training_does():
     assert np.abs(np.asarray(image, np.int16) - np.asarray(square_image, np.int16)).max() <= 2
     stretched = np.asarray(wide_disc.resize((32, 32), Image.NEAREST)) > 0
     assert not np.array_equal(stretched, np.asarray(masks["disc"]) > 0)  # what the old message's resize gave
+    with pytest.raises(ValueError, match=r"Mask\(s\) disc \(64x64 px\) are not the photograph's size \(96x64 px\)"):
+        frame_pair(wide_image, {"disc": p.disc_mask}, resolution=32)  # cropped by the wrong box, it would misplace the disc
     stacked = pair_to_array(wide_image, {"disc": wide_disc}, ["disc"], 32)
     assert np.array_equal(stacked[:3].transpose(1, 2, 0), np.asarray(image)) and np.array_equal(stacked[3], np.asarray(masks["disc"]))
 

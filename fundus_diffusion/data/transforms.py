@@ -44,6 +44,13 @@ def frame_pair(
     What a pipeline's ``image=`` and ``masks=`` take from a photograph of another size: a plain resize of a
     non-square photograph stretches it, and misplaces its masks against what the model learnt.
     """
+    wrong = {name: mask.size for name, mask in (masks or {}).items() if mask is not None and mask.size != image.size}
+    if wrong:
+        raise ValueError(
+            f"Mask(s) {', '.join(f'{n} ({w}x{h} px)' for n, (w, h) in wrong.items())} are not the photograph's size "
+            f"({image.width}x{image.height} px): a mask is framed by the photograph's fundus field, so it must be "
+            "the photograph's own. Fix: give the masks as annotated on this photograph, at its size."
+        )
     box = square_box(fundus_bbox(image))
     size = (resolution, resolution)
     rgb = image.convert("RGB").crop(box).resize(size, Image.LANCZOS, reducing_gap=3.0)

@@ -39,7 +39,11 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
         "notes": " ".join(warnings) or "the report's top warns of nothing",
     })  # fmt: skip
     if report["downstream"].get("results"):
-        seeds = f"mean ± std over {config['seeds']} segmenter seeds; {where}"
+        # one segmenter learns every scored mask, so a mask's Dice depends on which others were scored: say which
+        together = f" (each learns {' + '.join(config['masks'])} together)" if len(config["masks"]) > 1 else ""
+        seeds = f"mean ± std over {config['seeds']} segmenter seeds{together}; {where}"
+        # a refused set's rows, and rows of segmenters trained on the held-out labels, are not results
+        leaked = report["downstream"].get("synthetic_with_holdout_masks", 0)
         annotated = report["downstream"].get("n_holdout_annotated", {})
         empty = report["downstream"].get("n_holdout_empty", {})
         for mask in report["config"]["masks"]:
@@ -48,8 +52,6 @@ def model_card_metrics(report: Dict, sampler: Optional[str] = None) -> List[Dict
             notes = seeds if scored == counts["holdout"] else f"{seeds}; scored on the {scored} held-out images that show {mask}"
             if empty.get(mask):
                 notes += f" ({empty[mask]} annotated as without it are scored apart, in the report)"
-            # a refused set's rows, and rows of segmenters trained on the held-out labels, are not results
-            leaked = report["downstream"].get("synthetic_with_holdout_masks", 0)
             trained_on = ("real", REAL_AS_LONG) if refused or leaked else ("synthetic", "real+synthetic", EQUAL_REAL_PASSES, "real", REAL_AS_LONG)
             for training_set in [s for s in trained_on if s in dice]:
                 metrics.append({

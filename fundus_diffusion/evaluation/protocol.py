@@ -96,32 +96,53 @@ def annotation_flags_of(
     return flags
 
 def masks_to_score(masks, real_train, holdout, synthetic, inputs: Optional[Dict] = None) -> Tuple[Tuple[str, ...], List[str]]:
-    """The masks to score and the notes on those left out. ``masks`` None: every mask of the synthetic set that the
-    real training set and the held-out set hold and that at least one held-out image is annotated for (a disc + cup
-    set is scored on both without being told, where it was scored on the disc alone and the cup silently left
-    out); the notes name the others. ``masks`` given: those, refusing one that no held-out image is annotated for
-    (the training refuses a mask no training image is annotated for, alike)."""
-    holdout_flag = f"--holdout {inputs['holdout']}" if (inputs or {}).get("holdout") else "the held-out part of --real"
+    """The masks to score and the notes on those left out. A mask is scorable where the real training set and the
+    held-out set hold it and each has at least one image annotated for it (a segmenter learns it from the one and is
+    scored on the other; training refuses a mask no training image is annotated for, alike).
+
+    ``masks`` None: every scorable mask of the synthetic set (a disc + cup set is scored on both without being told,
+    where it was scored on the disc alone and the cup silently left out); the notes name the others, and a synthetic
+    set with masks none of which is scorable is refused (``--masks none`` asks for the image-only evaluation).
+    ``masks`` given: those, refusing one that a real set holds but has no annotated image of (a mask a set has no
+    column for is ``annotation_flags_of``'s error). The masks are learnt by one segmenter together, so a mask's Dice
+    depends on which others are scored: compare rows scored on the same masks."""
+    inputs = inputs or {}
+    where = {
+        "real": f"--real {inputs['real']}" if inputs.get("real") else "the real training set",
+        "holdout": f"--holdout {inputs['holdout']}" if inputs.get("holdout") else "the held-out part of --real",
+    }
+    real_sets = {"real": real_train, "holdout": holdout}
+
+    def problem(name: str, require_column: bool) -> Optional[str]:
+        for key, dataset in real_sets.items():
+            if name not in dataset_mask_names(dataset):
+                if require_column:
+                    return f"{where[key]} has no {name} masks"
+            elif not annotation_flags(dataset, name).any():
+                return f"no image of {where[key]} is annotated for {name}"
+        return None
+
     if masks is not None:
         names = parse_mask_names(masks)
-        check = [name for name in names if name in dataset_mask_names(holdout)]  # the others: annotation_flags_of
-        unscorable = [name for name in check if not annotation_flags(holdout, name).any()]
-        if unscorable:
-            listed = ", ".join(unscorable)
+        problems = [p for p in (problem(name, require_column=False) for name in names) if p]
+        if problems:
             raise ValueError(
-                f"No image of {holdout_flag} is annotated for {listed}: nothing would score it. Fix: leave {listed} out "
-                "of --masks, or hold out images annotated for it."
+                f"{'; '.join(problems)}: nothing would learn or score it. Fix: leave it out of --masks, or use "
+                "real sets annotated for it."
             )
         return names, []
     names, notes = [], []
-    shared = [name for name in dataset_mask_names(synthetic) if name in dataset_mask_names(real_train)]
     for name in dataset_mask_names(synthetic):
-        if name not in shared or name not in dataset_mask_names(holdout):
-            notes.append(f"{name}: not scored, the real photographs have no {name} masks")
-        elif not annotation_flags(holdout, name).any():
-            notes.append(f"{name}: not scored, no image of {holdout_flag} is annotated for it")
+        why = problem(name, require_column=True)
+        if why:
+            notes.append(f"{name}: not scored, {why}")
         else:
             names.append(name)
+    if notes and not names:
+        raise ValueError(
+            f"No mask of the synthetic set can be scored: {'; '.join(notes)}. Fix: pass real sets annotated for its "
+            "masks, or --masks none for an image-only evaluation (realism and copies only)."
+        )
     return tuple(names), notes
 
 
@@ -528,7 +549,8 @@ def evaluate(
         figures.update(_mask_figures(report, arrays, annotated, mask_names))
     else:
         for section in ("downstream", "agreement", "plausibility"):
-            report[section] = {"computed": False, "reason": "evaluated with --masks none (image-only)"}
+            reason = "evaluated with --masks none (image-only)" if config.masks is not None else "the synthetic set holds no masks (image-only)"
+            report[section] = {"computed": False, "reason": reason}
 
     synthetic_ids, real_ids = list(synthetic["id"]), list(real_train["id"])
     report["memorisation"] = _memorisation(arrays, real_models, synthetic_ids, real_ids, holdout_ids, resolution)
