@@ -97,7 +97,7 @@ from .data.schema import (
 )
 from .model_cards import LICENSE, render_dataset_card, size_category
 from .pipelines.loading import DTYPES, SCHEDULERS, draws_step_noise, load_fundus_pipeline, use_scheduler
-from .pipelines.pipeline_fundus import split_mask_names
+from .pipelines.pipeline_fundus import export_command, split_mask_names
 from .training.args import launched_without_gpu, output_dir_problem
 from .visualization import contact_sheet
 
@@ -189,9 +189,8 @@ def mask_size_error(path: str, name: str, size: Tuple[int, int], resolution: int
     fit = f"{resolution}x{resolution}"
     framing = "training cropped each photograph and its masks to a square around the fundus field (padded with black)"
     export = (
-        f"build a dataset of the photographs with their masks (fundus-build-dataset), then fundus-export-dataset "
-        f"--dataset <it> --format imagefolder --resolution {resolution} --masks <the model's masks> --output_dir <a new "
-        f"folder> frames both as training did, and --masks_from <that folder> takes the result"
+        f"build a dataset of the photographs with their masks (fundus-build-dataset), then {export_command(resolution)} "
+        "frames both as training did, and --masks_from <that folder> takes the result"
     )
     if width != height:
         return (

@@ -367,6 +367,14 @@ def per_sample(value, batch_size: int, what: str) -> list:
     return list(value)
 
 
+def export_command(resolution: int) -> str:
+    """The command that frames a built dataset's photographs and masks as training did, at ``resolution`` px."""
+    return (
+        f"fundus-export-dataset --dataset <it> --format imagefolder --resolution {resolution} --masks <the model's "
+        "masks> --output_dir <a new folder>"
+    )
+
+
 def size_error(where: str, width: int, height: int, resolution: int, kind: str) -> str:
     """Why a ``kind`` ("photograph" or "mask") of ``width`` x ``height`` px does not fit, and the fix: training
     cropped each photograph and its masks to a square around the fundus field before resizing, so a plain resize of
@@ -375,8 +383,7 @@ def size_error(where: str, width: int, height: int, resolution: int, kind: str) 
     frame = (
         f"frame the photograph and its masks together as training did (a mask by its own photograph's fundus field): "
         f"fundus_diffusion.frame_pair(photograph, masks, resolution={resolution}) (the fundus-diffusion package), or "
-        f"for a folder fundus-build-dataset, then fundus-export-dataset --dataset <it> --format imagefolder "
-        f"--resolution {resolution} --masks <the model's masks> --output_dir <a new folder>"
+        f"for a folder fundus-build-dataset, then {export_command(resolution)}"
     )
     problem = f"{where} is {width}x{height} px; this pipeline generates {fit} px (resolution={resolution})"
     if width != height:

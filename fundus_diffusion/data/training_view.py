@@ -89,6 +89,11 @@ class FundusTrainingView(Dataset):
         return {n: (int(c), len(self)) for n, c in zip(self.mask_names, counts) if c < len(self)}
 
     @property
+    def labelled(self) -> bool:
+        """Whether some image of the view has a PM / non-PM label (the rest train as the null class)."""
+        return bool((self.class_labels != NULL_CLASS_ID).any())
+
+    @property
     def num_channels(self) -> int:
         return 3 + len(self.mask_names)
 

@@ -332,7 +332,7 @@ class DCGANKind(loop.ModelKind):
         refuse_partial_annotation(view, args.dataset)
         if args.class_conditional is None:
             args.class_conditional = False
-            if (view.class_labels != NULL_CLASS_ID).any():
+            if view.labelled:
                 logger.warning(
                     f"{args.dataset} has PM / non-PM labels, and the DCGAN trains without them (the paper's "
                     "unconditional GAN), so its samples cannot be drawn by label. Fix: add --class_conditional to use "

@@ -649,7 +649,7 @@ class DDPMKind(loop.ModelKind):
                 "model of an earlier step. Fix: give a step before it, e.g. half of it."
             )
         if args.class_conditional is None:
-            args.class_conditional = bool((view.class_labels != NULL_CLASS_ID).any())
+            args.class_conditional = view.labelled
             if not args.class_conditional:
                 logger.info("No image of the dataset has a PM / non-PM label: training an unconditional model.")
         self.origin_counts = view.origin_counts() if args.origin_conditioning else None

@@ -313,7 +313,7 @@ def train(args, kind_class) -> str:
     resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint, accelerator)  # before the build
 
     view, batches = load_training_batches(accelerator, args, args.mask_names)
-    if args.class_conditional and not (view.class_labels != NULL_CLASS_ID).any():
+    if args.class_conditional and not view.labelled:
         raise ValueError(
             f"--class_conditional: no image of {args.dataset} has a PM / non-PM label, so the model would learn no "
             "class and its card would offer labels it never saw. Leave the flag out for an unconditional model, or "
