@@ -125,7 +125,7 @@ def main(args):
     unknown = [name for name in mask_names if name not in model_masks]
     if unknown or not mask_names:
         raise ValueError(f"--masks {args.masks}: choose among the model's masks {model_masks}.")
-    resolution = pipe.unet.config.sample_size
+    resolution = pipe.native_resolution
     holdout = load_fundus_dataset(args.holdout) if args.holdout else None
     real, holdout, split_how = resolve_split(load_fundus_dataset(args.real), holdout, EvaluationConfig(masks=mask_names))
     if args.max_images:

@@ -165,6 +165,7 @@ def make_pipeline(args, dtype: str):
 
     from fundus_diffusion import FundusPipeline
     from fundus_diffusion.models import build_unet
+    from fundus_diffusion.models.unet import preset_space_to_depth
     from fundus_diffusion.pipelines.loading import load_fundus_pipeline
 
     if args.model:
@@ -175,7 +176,8 @@ def make_pipeline(args, dtype: str):
         masks = args.masks.split(",")
         torch.manual_seed(0)
         unet = build_unet(args.model_config, args.resolution, num_channels(masks)).to(args.device, DTYPES[dtype])
-        pipe = FundusPipeline(unet=unet, scheduler=DDPMScheduler(), mask_names=masks)
+        space_to_depth = preset_space_to_depth(args.model_config)
+        pipe = FundusPipeline(unet=unet, scheduler=DDPMScheduler(), mask_names=masks, space_to_depth=space_to_depth)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -9,15 +9,20 @@ names kernels, not levels. On the GPU the GroupNorm bytes are what Inductor's fu
 
 import argparse
 import collections
+import math
 from typing import Dict, Tuple
 
 import torch
 
-from fundus_diffusion.models.unet import UNET_PRESETS, build_unet
+from fundus_diffusion.models.unet import UNET_PRESETS, build_unet, preset_space_to_depth
+from fundus_diffusion.pipelines.pipeline_fundus import unet_output
 
 
-def level_costs(unet: torch.nn.Module, in_channels: int, resolution: int, bytes_per_value: int = 2) -> Tuple[Dict, Dict]:
-    """``({feature-map size: convolution FLOPs}, {size: GroupNorm bytes})`` for one sample through ``unet``."""
+def level_costs(
+    unet: torch.nn.Module, in_channels: int, resolution: int, bytes_per_value: int = 2, space_to_depth: int = 1
+) -> Tuple[Dict, Dict]:
+    """``({feature-map size: convolution FLOPs}, {size: GroupNorm bytes})`` for one ``resolution`` px sample of
+    ``in_channels`` through ``unet`` (called as the pipeline calls it, with its ``space_to_depth``)."""
     flops, norm_bytes = collections.Counter(), collections.Counter()
 
     def count_conv(module, inputs, output):
@@ -25,7 +30,9 @@ def level_costs(unet: torch.nn.Module, in_channels: int, resolution: int, bytes_
         flops[output.shape[-1]] += 2 * output.numel() * (module.in_channels // module.groups) * kernel
 
     def count_norm(module, inputs, output):
-        norm_bytes[inputs[0].shape[-1]] += 3 * bytes_per_value * inputs[0].numel()
+        x = inputs[0]  # [B, C, H, W], or an attention block's [B, C, H * W]
+        size = x.shape[-1] if x.dim() == 4 else math.isqrt(x.shape[-1])
+        norm_bytes[size] += 3 * bytes_per_value * x.numel()
 
     hooks = [
         m.register_forward_hook(count_conv if isinstance(m, torch.nn.Conv2d) else count_norm)
@@ -35,7 +42,8 @@ def level_costs(unet: torch.nn.Module, in_channels: int, resolution: int, bytes_
     try:
         with torch.no_grad():
             class_labels = torch.zeros(1, dtype=torch.long) if unet.config.num_class_embeds else None
-            unet(torch.randn(1, in_channels, resolution, resolution), torch.tensor([500]), class_labels=class_labels)
+            sample = torch.randn(1, in_channels, resolution, resolution)
+            unet_output(unet, sample, torch.tensor([500]), class_labels, space_to_depth)
     finally:
         for hook in hooks:
             hook.remove()
@@ -65,7 +73,8 @@ def main(argv=None):
     in_channels = 3 + (0 if args.masks == "none" else len(args.masks.split(",")))
     unet = build_unet(args.model_config, args.resolution, in_channels=in_channels).eval()
     print(f"{args.model_config} at {args.resolution} px, {in_channels} channels, one sample, one network call")
-    print(table(*level_costs(unet, in_channels, args.resolution, args.bytes_per_value)))
+    space_to_depth = preset_space_to_depth(args.model_config)
+    print(table(*level_costs(unet, in_channels, args.resolution, args.bytes_per_value, space_to_depth)))
 
 
 if __name__ == "__main__":

@@ -1025,7 +1025,7 @@ def check_mask_sets(pipe, config: GenerationConfig, mask_sets: Optional[MaskSets
             f"--masks_from {mask_sets.root} holds {len(mask_sets.ids)} mask sets, one sample each; --num_samples is "
             f"{config.num_samples}. Fix: leave --num_samples out."
         )
-    mask_sets.check(list(pipe.config.mask_names), pipe.unet.config.sample_size)
+    mask_sets.check(list(pipe.config.mask_names), pipe.native_resolution)
 
 
 SAVED_FILES = ("state.json", "dataset_info.json")  # save_to_disk writes them last, in this order

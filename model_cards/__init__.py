@@ -143,7 +143,7 @@ def model_card(folder: str) -> ModelCard:
     hub_dataset, repo_id = training.get("hub_dataset"), training.get("hub_model_id")
     context = dict(
         model_id=repo_id or "path/to/this/folder",
-        resolution=model["sample_size"],
+        resolution=model["sample_size"] * index.get("space_to_depth", 1),  # the pipeline's image size
         image_channels=index["image_channels"],
         mask_names=split_mask_names(index["mask_names"]),  # "disc,atrophy"; a list in folders saved before
         id2label=id2label,

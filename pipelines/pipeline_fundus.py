@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import PIL.Image
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DModel
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -83,6 +84,18 @@ def coordinate_channels(resolution: int, batch_size: int, device, dtype) -> torc
 def reads_coordinates(unet_config) -> bool:
     """Whether a UNet takes the ``COORDINATE_CHANNELS`` beside its noisy channels (trained with Patch Diffusion)."""
     return unet_config.in_channels == unet_config.out_channels + COORDINATE_CHANNELS
+
+
+def unet_output(unet, sample: torch.Tensor, timestep, class_labels=None, space_to_depth: int = 1) -> torch.Tensor:
+    """``unet``'s prediction for ``sample`` (``[B, C, H, W]``), at the sample's resolution. With ``space_to_depth``
+    f > 1 the UNet works at 1 / f of it on f * f times the channels: each f x f block of pixels becomes the channels
+    of one cell (``pixel_unshuffle``, the invertible downsampling of Hoogeboom et al.'s simple diffusion, 2023) and
+    the prediction is put back the same way, so that no level of the network runs at the full resolution, where a
+    256 px UNet spends most of its time. Training and sampling both call the UNet through this."""
+    if space_to_depth == 1:
+        return unet(sample, timestep, class_labels=class_labels).sample
+    prediction = unet(F.pixel_unshuffle(sample, space_to_depth), timestep, class_labels=class_labels).sample
+    return F.pixel_shuffle(prediction, space_to_depth)
 
 
 def split_mask_names(mask_names: Union[str, Sequence[str]]) -> List[str]:
@@ -627,6 +640,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         guide_unet ([`UNet2DModel`], *optional*): the weaker model this one is sampled with under autoguidance
             (``autoguidance_scale``), shipped with it: an earlier snapshot of the same training
             (``fundus-train-ddpm --guide_step``).
+        space_to_depth (`int`): the UNet works at 1 / ``space_to_depth`` of the image's resolution on that factor
+            squared times the channels (``unet_output``; a preset such as ``small256_s2d``); 1: at the full resolution.
     """
 
     model_cpu_offload_seq = "unet"
@@ -644,11 +659,21 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         guide_unet: Optional[UNet2DModel] = None,
         flip_conditioning: bool = False,
         origin_counts: Optional[Dict[str, int]] = None,
+        space_to_depth: int = 1,
     ):
         super().__init__()
+        channels = {"in": unet.config.in_channels - COORDINATE_CHANNELS * reads_coordinates(unet.config),
+                    "out": unet.config.out_channels}  # fmt: skip
+        if not (isinstance(space_to_depth, int) and space_to_depth >= 1) or any(
+            c % space_to_depth**2 for c in channels.values()
+        ):
+            raise ValueError(
+                f"space_to_depth must be a whole number of at least 1 whose square divides the UNet's channels; got "
+                f"{space_to_depth!r} for a UNet of {channels['in']} input and {channels['out']} output channels. Fix: "
+                "load the model with the space_to_depth it was trained with (its model_index.json says which)."
+            )
         mask_names, id2label = check_fundus_config(
-            "UNet", {"in": unet.config.in_channels - COORDINATE_CHANNELS * reads_coordinates(unet.config),
-                     "out": unet.config.out_channels}, unet.config.num_class_embeds,
+            "UNet", {k: c // space_to_depth**2 for k, c in channels.items()}, unet.config.num_class_embeds,
             image_channels, DEFAULT_MASK_NAMES[:1] if mask_names is None else mask_names, id2label,
             rotation_conditioning, flip_conditioning, origin_counts,
         )  # fmt: skip
@@ -656,8 +681,14 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         self.register_to_config(
             image_channels=image_channels, mask_names=mask_names, id2label=id2label, training_info=training_info,
             rotation_conditioning=rotation_conditioning, flip_conditioning=flip_conditioning,
-            origin_counts=origin_counts,
+            origin_counts=origin_counts, space_to_depth=space_to_depth,
         )  # fmt: skip
+
+    @property
+    def native_resolution(self) -> int:
+        """The square size the model was trained at, which it draws by default (the UNet's ``sample_size`` times
+        ``space_to_depth``)."""
+        return self.unet.config.sample_size * self.config.space_to_depth
 
     def prepare_extra_step_kwargs(self, generator, eta):
         # Not all schedulers take the same step arguments: eta is DDIM's, generator belongs to the stochastic ones.
@@ -670,12 +701,14 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         return extra
 
     def check_resolution(self, resolution: int) -> None:
-        """A UNet with L resolution levels halves the image L - 1 times: sizes must be multiples of 2^(L-1)."""
-        factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        """A UNet with L resolution levels halves the image L - 1 times, after ``space_to_depth``'s first reduction:
+        sizes must be multiples of ``2^(L-1) * space_to_depth``."""
+        factor = 2 ** (len(self.unet.config.block_out_channels) - 1) * self.config.space_to_depth
         if resolution < factor or resolution % factor:
             raise ValueError(
-                f"A UNet with {len(self.unet.config.block_out_channels)} resolution levels takes square sizes that are "
-                f"multiples of {factor} px; got {resolution}."
+                f"A UNet with {len(self.unet.config.block_out_channels)} resolution levels"
+                f"{f' after a space-to-depth of {self.config.space_to_depth}' if self.config.space_to_depth > 1 else ''}"
+                f" takes square sizes that are multiples of {factor} px; got {resolution}."
             )
 
     @torch.no_grad()
@@ -762,7 +795,7 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         self.check_autoguidance(autoguidance_unet, autoguidance_scale, guidance_scale)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size}.")
-        resolution = resolution or self.unet.config.sample_size
+        resolution = resolution or self.native_resolution
         self.check_resolution(resolution)
         x0, known = known_channels(image, masks, self.config.mask_names, batch_size, resolution)
         self.check_resampling(resample_steps, x0 is not None)
@@ -781,7 +814,7 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
                 None if origin_ids is None else origin_ids.repeat(2 if do_guidance else 1), len(self.origin_names),
             )  # fmt: skip
 
-        shape = (batch_size, self.unet.config.out_channels, resolution, resolution)
+        shape = (batch_size, self.unet.config.out_channels // self.config.space_to_depth**2, resolution, resolution)
         sample = starting_noise(shape, generator, device, self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps or self.scheduler.config.num_train_timesteps, device=device)
         sample = sample * self.scheduler.init_noise_sigma
@@ -803,12 +836,12 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
                 if reads_coordinates(self.unet.config):
                     grid = coordinate_channels(resolution, len(model_input), device, model_input.dtype)
                     model_input = torch.cat([model_input, grid], dim=1)
-                model_output = self.unet(model_input, t, class_labels=labels).sample
+                model_output = unet_output(self.unet, model_input, t, labels, self.config.space_to_depth)
                 if do_guidance:
                     uncond, cond = model_output.chunk(2)
                     model_output = uncond + guidance_scale * (cond - uncond)
                 if autoguidance_unet is not None:
-                    weak = autoguidance_unet(model_input, t, class_labels=labels).sample
+                    weak = unet_output(autoguidance_unet, model_input, t, labels, self.config.space_to_depth)
                     model_output = weak + autoguidance_scale * (model_output - weak)
                 sample = self.scheduler.step(model_output, t, sample, **extra_step_kwargs, return_dict=False)[0]
                 if jump < jumps:

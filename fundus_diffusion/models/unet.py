@@ -31,21 +31,26 @@ UNET_PRESETS: Dict[str, dict] = {
     "small256_attn32": dict(
         channels=(64, 128, 128, 256, 256, 256), layers=2, attention=(3, 4), head_dim=64, dropout=0.1, groups=32
     ),
+    # small256 without its 256 px level: the image's 2 x 2 pixel blocks become channels of a 128 px UNet
+    # (space_to_depth, pipeline_fundus.unet_output) whose levels are small256's from 128 px down. The 256 px level
+    # held 44 % of small256's convolution work and 63 % of its GroupNorm traffic (RESULTS.md, session 30): the
+    # candidate for sampling and training faster at 256 px (issue 19).
+    "small256_s2d": dict(
+        channels=(128, 128, 256, 256, 256), layers=2, attention=(3,), head_dim=64, dropout=0.1, groups=32,
+        space_to_depth=2,
+    ),
 }
 
 
-def downsampling_factor(config) -> int:
-    """How many pixels one bottleneck cell covers: sample sizes must be a multiple of it."""
-    return 2 ** (len(config.block_out_channels) - 1)
+def preset_space_to_depth(preset: str) -> int:
+    """The preset's ``space_to_depth`` factor (the pipeline's; 1: the UNet works at the image's resolution)."""
+    return UNET_PRESETS[preset].get("space_to_depth", 1)
 
 
-def check_resolution(config, resolution: int) -> None:
-    factor = downsampling_factor(config)
-    if resolution < factor or resolution % factor:
-        raise ValueError(
-            f"A UNet with {len(config.block_out_channels)} resolution levels takes square sizes that are multiples "
-            f"of {factor} px; got {resolution}."
-        )
+def size_multiple(preset: str) -> int:
+    """What the preset's image sizes must be multiples of: each level after the first halves the feature maps, after
+    the space-to-depth's reduction."""
+    return 2 ** (len(UNET_PRESETS[preset]["channels"]) - 1) * preset_space_to_depth(preset)
 
 
 def build_unet(
@@ -59,8 +64,11 @@ def build_unet(
     flip_conditioning: bool = False,
     num_origins: int = 0,
 ) -> UNet2DModel:
-    """A ``UNet2DModel`` mapping ``in_channels`` to ``in_channels`` at ``resolution`` px; with ``coordinate_channels``
-    it also reads the ``COORDINATE_CHANNELS`` of Patch Diffusion (``pipeline_fundus.coordinate_channels``).
+    """A ``UNet2DModel`` mapping ``in_channels`` to ``in_channels`` for ``resolution`` px images; with
+    ``coordinate_channels`` it also reads the ``COORDINATE_CHANNELS`` of Patch Diffusion
+    (``pipeline_fundus.coordinate_channels``). A preset with ``space_to_depth`` f (``preset_space_to_depth``) gets a
+    UNet of ``resolution / f`` px and f * f times the channels, which the pipeline calls through
+    ``pipeline_fundus.unet_output``.
 
     Class-conditional models get ``NUM_CLASS_EMBEDS`` class embeddings: non-PM, PM and the null class that unknown
     labels and classifier-free guidance use. ``rotation_conditioning`` multiplies them by ``ROTATIONS`` (one per
@@ -73,13 +81,21 @@ def build_unet(
         raise ValueError(f"Unknown UNet preset {preset!r}; choose from {', '.join(UNET_PRESETS)}.")
     p = UNET_PRESETS[preset]
     levels = range(len(p["channels"]))
+    cell, factor = preset_space_to_depth(preset), size_multiple(preset)
+    if resolution < factor or resolution % factor:
+        raise ValueError(f"The {preset} UNet takes square sizes that are multiples of {factor} px; got {resolution}.")
+    if coordinate_channels and cell > 1:
+        raise ValueError(
+            f"The {preset} UNet works on {cell} x {cell} pixel blocks and Patch Diffusion's coordinate channels on "
+            "pixels: choose a preset without space_to_depth for Patch Diffusion."
+        )
     num_class_embeds = NUM_CLASS_EMBEDS if class_conditional else None
     if rotation_conditioning or flip_conditioning or num_origins:
         num_class_embeds = (num_class_embeds or 1) * conditions(rotation_conditioning, flip_conditioning, num_origins)
     unet = UNet2DModel(
-        sample_size=resolution,
-        in_channels=in_channels + (COORDINATE_CHANNELS if coordinate_channels else 0),
-        out_channels=in_channels,
+        sample_size=resolution // cell,
+        in_channels=(in_channels + (COORDINATE_CHANNELS if coordinate_channels else 0)) * cell**2,
+        out_channels=in_channels * cell**2,
         block_out_channels=p["channels"],
         layers_per_block=p["layers"],
         down_block_types=tuple("AttnDownBlock2D" if i in p["attention"] else "DownBlock2D" for i in levels),
@@ -90,5 +106,4 @@ def build_unet(
         resnet_time_scale_shift="scale_shift",
         num_class_embeds=num_class_embeds,
     )
-    check_resolution(unet.config, resolution)
     return unet

@@ -27,9 +27,9 @@ from diffusers.training_utils import compute_snr
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, mask_channel, num_channels, parse_mask_names
 from ..model_cards import portable_name
-from ..models.unet import UNET_PRESETS, build_unet
+from ..models.unet import UNET_PRESETS, build_unet, preset_space_to_depth, size_multiple
 from ..pipelines.loading import load_fundus_pipeline
-from ..pipelines.pipeline_fundus import ROTATIONS, FundusPipeline, embedding_ids, split_mask_names
+from ..pipelines.pipeline_fundus import ROTATIONS, FundusPipeline, embedding_ids, split_mask_names, unet_output
 from ..visualization import contact_sheet
 from . import loop, patches, post_hoc_ema
 from .args import parse_training_args
@@ -222,6 +222,7 @@ def diffusion_loss(
     region_weighting=None,
     origin_ids=None,
     num_origins=0,
+    space_to_depth=1,
 ):
     """The denoising MSE at random timesteps; dropped labels become the null class (classifier-free guidance).
 
@@ -242,6 +243,8 @@ def diffusion_loss(
     and its error is left out of the loss, which averages over the image channels and the annotated masks only. The
     image and the annotated masks of the same sample still train.
 
+    ``space_to_depth``: the UNet's block size (``pipeline_fundus.unet_output``); the error is taken per pixel either way.
+
     With ``snr_gamma`` each sample's error is weighted by min-SNR-gamma (Hang et al. 2023), in the form for the
     prediction target: ``min(SNR, gamma) / SNR`` for epsilon, ``min(SNR, gamma) / (SNR + 1)`` for v.
     """
@@ -260,7 +263,7 @@ def diffusion_loss(
         class_labels, orientation_ids, NUM_CLASS_EMBEDS if class_labels is not None else 1, origin_ids, num_origins
     )
     unet_input = noisy if coordinates is None else torch.cat([noisy, coordinates.to(noisy.dtype)], dim=1)
-    prediction = unet(unet_input, timesteps, class_labels=class_labels).sample
+    prediction = unet_output(unet, unet_input, timesteps, class_labels, space_to_depth)
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(pixel_values, noise, timesteps)
     else:
@@ -334,6 +337,7 @@ def make_pipeline(unet, noise_scheduler, args, origin_counts: Optional[dict] = N
         rotation_conditioning=args.rotation_conditioning_prob > 0,
         flip_conditioning=args.flip_conditioning,
         origin_counts=origin_counts,
+        space_to_depth=preset_space_to_depth(args.model_config),
     )
 
 
@@ -543,7 +547,7 @@ class DDPMKind(loop.ModelKind):
     def check_args(parser, args):
         if args.model_config is None:
             args.model_config = "base64" if args.resolution <= 64 else "small256"
-        factor = 2 ** (len(UNET_PRESETS[args.model_config]["channels"]) - 1) if args.model_config in UNET_PRESETS else 1
+        factor = size_multiple(args.model_config) if args.model_config in UNET_PRESETS else 1
         if args.resolution % factor:
             parser.error(
                 f"--resolution {args.resolution}: the {args.model_config} UNet takes multiples of {factor} px. Fix: "
@@ -565,7 +569,11 @@ class DDPMKind(loop.ModelKind):
         if not args.patch_diffusion and args.patch_full_share != parser.get_default("patch_full_share"):
             parser.error("--patch_full_share sets Patch Diffusion's crop schedule: add --patch_diffusion, or leave it out.")
         if args.patch_diffusion:
-            factor = 2 ** (len(UNET_PRESETS[args.model_config]["channels"]) - 1)
+            if preset_space_to_depth(args.model_config) > 1:
+                parser.error(
+                    f"--patch_diffusion gives the UNet each pixel's coordinates, and the {args.model_config} UNet works on "
+                    "blocks of pixels (space-to-depth): choose another --model_config, or leave --patch_diffusion out."
+                )
             if not 0.0 <= args.patch_full_share <= 1.0:
                 parser.error(f"--patch_full_share {args.patch_full_share}: give a share of the steps in [0, 1].")
             if args.resolution % (4 * factor):
@@ -753,7 +761,7 @@ class DDPMKind(loop.ModelKind):
             loss = diffusion_loss(
                 self.unet, self.noise_scheduler, pixel_values, class_labels, args.class_dropout_prob, args.snr_gamma,
                 mask_annotated, orientation_ids, coordinates, self.region_weighting, origin_ids,
-                len(self.origin_counts or {}),
+                len(self.origin_counts or {}), preset_space_to_depth(args.model_config),
             )  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:  # an infinite bound measures the norm without clipping
