@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from fundus_diffusion.data.schema import NUM_CLASS_EMBEDS, num_channels
-from fundus_diffusion.models.unet import UNET_PRESETS, build_unet
+from fundus_diffusion.models.unet import UNET_PRESETS, build_unet, preset_space_to_depth
+from fundus_diffusion.pipelines.pipeline_fundus import unet_output
 from fundus_diffusion.training import ddpm
 
 MASKS = ("disc", "atrophy")
@@ -164,19 +165,20 @@ def flops_per_image(preset, resolution, device):
     unet = build_unet(preset, resolution, num_channels(MASKS)).to(device)
     batch = random_batch(1, resolution, device)
     with FlopCounterMode(display=False) as counter:
-        out = unet(batch["pixel_values"], torch.tensor([10], device=device), class_labels=batch["class_labels"])
-        out.sample.float().mean().backward()
+        t = torch.tensor([10], device=device)
+        out = unet_output(unet, batch["pixel_values"], t, batch["class_labels"], preset_space_to_depth(preset))
+        out.float().mean().backward()
     del unet
     return counter.get_total_flops()
 
 
-def baseline_step(unet, optimizer, noise_scheduler, batch, device):
+def baseline_step(unet, optimizer, noise_scheduler, batch, device, space_to_depth=1):
     """The loop of diffusers' train_unconditional.py without EMA: fp32 weights, bf16 autocast, eager."""
     x, labels = batch["pixel_values"], batch["class_labels"]
     noise = torch.randn_like(x)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x.shape[0],), device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16):
-        pred = unet(noise_scheduler.add_noise(x, noise, t), t, class_labels=labels).sample
+        pred = unet_output(unet, noise_scheduler.add_noise(x, noise, t), t, labels, space_to_depth)
     loss = F.mse_loss(pred.float(), noise_scheduler.get_velocity(x, noise, t).float())
     loss.backward()
     torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -196,7 +198,9 @@ def train_row(name, preset, resolution, batch_size, device, args, flags=()):
         unet = build_unet(preset, resolution, num_channels(MASKS)).to(device).train()
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
         noise_scheduler = ddpm.make_noise_scheduler(ddpm.parse_args(["--output_dir", "unused"]))
-        step = functools.partial(baseline_step, unet, optimizer, noise_scheduler, batch, device)
+        step = functools.partial(
+            baseline_step, unet, optimizer, noise_scheduler, batch, device, preset_space_to_depth(preset)
+        )
         release = None
     else:
         train_args = ddpm.parse_args(
@@ -270,7 +274,9 @@ def sampling_rows(preset, resolution, args, device):
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     reset_memory(device)
-    train_args = ddpm.parse_args(["--output_dir", "unused", "--masks", ",".join(MASKS)])
+    train_args = ddpm.parse_args(
+        ["--output_dir", "unused", "--masks", ",".join(MASKS), "--model_config", preset, "--resolution", str(resolution)]
+    )
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     unet = build_unet(preset, resolution, num_channels(MASKS)).to(device, dtype).eval()
     pipeline = ddpm.make_pipeline(unet, ddpm.make_noise_scheduler(train_args), train_args)
