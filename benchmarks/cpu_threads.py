@@ -23,11 +23,12 @@ def sample_once(preset: str, resolution: int, num_samples: int, steps: int, repe
     from diffusers import DPMSolverMultistepScheduler  # deferred on purpose: only the child processes sample
 
     from fundus_diffusion import FundusPipeline
-    from fundus_diffusion.models import build_unet
+    from fundus_diffusion.models import build_unet, preset_space_to_depth
 
     torch.manual_seed(0)
     unet = build_unet(preset, resolution, in_channels=4, class_conditional=False)
-    pipe = FundusPipeline(unet=unet, scheduler=DPMSolverMultistepScheduler(), mask_names=["disc"])
+    space_to_depth = preset_space_to_depth(preset)
+    pipe = FundusPipeline(unet=unet, scheduler=DPMSolverMultistepScheduler(), mask_names=["disc"], space_to_depth=space_to_depth)
     pipe.set_progress_bar_config(disable=True)
     best = float("inf")
     for _ in range(repeats):

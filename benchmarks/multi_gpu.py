@@ -148,7 +148,8 @@ def ddpm_eval_loss(run, args, samples=256):
     labels = torch.as_tensor(batch["class_labels"]).to(device)
     torch.manual_seed(0)
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        return float(diffusion_loss(unet, scheduler, pixels, labels))
+        space_to_depth = json.loads((Path(run) / "model_index.json").read_text()).get("space_to_depth", 1)
+        return float(diffusion_loss(unet, scheduler, pixels, labels, space_to_depth=space_to_depth))
 
 
 def final_diversity_ratio(run):

@@ -164,8 +164,7 @@ def make_pipeline(args, dtype: str):
     from diffusers import DDPMScheduler
 
     from fundus_diffusion import FundusPipeline
-    from fundus_diffusion.models import build_unet
-    from fundus_diffusion.models.unet import preset_space_to_depth
+    from fundus_diffusion.models import build_unet, preset_space_to_depth
     from fundus_diffusion.pipelines.loading import load_fundus_pipeline
 
     if args.model:

@@ -278,7 +278,9 @@ def sampling_rows(preset, resolution, args, device):
         ["--output_dir", "unused", "--masks", ",".join(MASKS), "--model_config", preset, "--resolution", str(resolution)]
     )
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    unet = build_unet(preset, resolution, num_channels(MASKS)).to(device, dtype).eval()
+    rotation_conditioning = train_args.rotation_conditioning_prob > 0  # the ours preset's, as the pipeline expects
+    unet = build_unet(preset, resolution, num_channels(MASKS), rotation_conditioning=rotation_conditioning)
+    unet = unet.to(device, dtype).eval()
     pipeline = ddpm.make_pipeline(unet, ddpm.make_noise_scheduler(train_args), train_args)
     pipeline.set_progress_bar_config(disable=True)
     labels = (["PM", "non-PM"] * args.sample_batch)[: args.sample_batch]

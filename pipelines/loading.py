@@ -158,9 +158,10 @@ def load_fundus_pipeline(
     class_name = check_model_index(read_model_index(path_or_hub_id), path_or_hub_id)
     if scheduler is not None and "scheduler" not in COMPONENTS[class_name]:
         raise no_scheduler_error(scheduler, class_name)
-    pipe = PIPELINE_CLASSES[class_name].from_pretrained(
-        path_or_hub_id, dtype=DTYPES[dtype], use_safetensors=True
-    )
+    try:
+        pipe = PIPELINE_CLASSES[class_name].from_pretrained(path_or_hub_id, dtype=DTYPES[dtype], use_safetensors=True)
+    except ValueError as err:  # the pipeline's own checks (channels, masks, conditioning): name the model they refuse
+        raise ValueError(f"{path_or_hub_id}: {err}") from err
     check_finite_weights(pipe, class_name, path_or_hub_id, dtype)
     if scheduler is not None:
         use_scheduler(pipe, scheduler)

@@ -12,6 +12,7 @@ Only ``push_to_hub`` needs fundus-diffusion (its model card), and imports it whe
 import importlib
 import inspect
 import json
+import math
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -96,6 +97,21 @@ def unet_output(unet, sample: torch.Tensor, timestep, class_labels=None, space_t
         return unet(sample, timestep, class_labels=class_labels).sample
     prediction = unet(F.pixel_unshuffle(sample, space_to_depth), timestep, class_labels=class_labels).sample
     return F.pixel_shuffle(prediction, space_to_depth)
+
+
+def size_multiple(num_levels: int, space_to_depth: int = 1) -> int:
+    """What a UNet's image sizes must be multiples of: its ``space_to_depth`` blocks, then a halving per level after
+    the first."""
+    return 2 ** (num_levels - 1) * space_to_depth
+
+
+def block_size(unet_channels: int, channels_per_pixel: int) -> Optional[int]:
+    """The f of f x f pixel blocks whose channels a UNet of ``unet_channels`` reads, ``channels_per_pixel`` each
+    (1: single pixels); None when no whole square block fits."""
+    cells = unet_channels // channels_per_pixel
+    if unet_channels % channels_per_pixel or math.isqrt(cells) ** 2 != cells:
+        return None
+    return math.isqrt(cells)
 
 
 def split_mask_names(mask_names: Union[str, Sequence[str]]) -> List[str]:
@@ -664,18 +680,24 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         super().__init__()
         channels = {"in": unet.config.in_channels - COORDINATE_CHANNELS * reads_coordinates(unet.config),
                     "out": unet.config.out_channels}  # fmt: skip
-        if not (isinstance(space_to_depth, int) and space_to_depth >= 1) or any(
-            c % space_to_depth**2 for c in channels.values()
-        ):
+        if not (isinstance(space_to_depth, int) and space_to_depth >= 1):
             raise ValueError(
-                f"space_to_depth must be a whole number of at least 1 whose square divides the UNet's channels; got "
-                f"{space_to_depth!r} for a UNet of {channels['in']} input and {channels['out']} output channels. Fix: "
-                "load the model with the space_to_depth it was trained with (its model_index.json says which)."
+                f"space_to_depth must be a whole number of at least 1 (1: the UNet works on single pixels); got "
+                f"{space_to_depth!r}."
+            )
+        names = split_mask_names(DEFAULT_MASK_NAMES[:1] if mask_names is None else mask_names)
+        block = block_size(channels["out"], image_channels + len(names))
+        if block is not None and block != space_to_depth:
+            raise ValueError(
+                f"The UNet's {channels['out']} output channels are {image_channels + len(names)} per pixel "
+                f"({image_channels} image channels and masks {names}) of {block} x {block} pixel blocks, but "
+                f"space_to_depth={space_to_depth}. Fix: space_to_depth={block}, as it was trained (a saved model's "
+                "model_index.json records it; one saved without it works on single pixels)."
             )
         mask_names, id2label = check_fundus_config(
-            "UNet", {k: c // space_to_depth**2 for k, c in channels.items()}, unet.config.num_class_embeds,
-            image_channels, DEFAULT_MASK_NAMES[:1] if mask_names is None else mask_names, id2label,
-            rotation_conditioning, flip_conditioning, origin_counts,
+            "UNet" if space_to_depth == 1 else f"UNet on {space_to_depth} x {space_to_depth} pixel blocks (per pixel)",
+            {k: c // space_to_depth**2 for k, c in channels.items()}, unet.config.num_class_embeds,
+            image_channels, names, id2label, rotation_conditioning, flip_conditioning, origin_counts,
         )  # fmt: skip
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         self.register_to_config(
@@ -701,14 +723,13 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         return extra
 
     def check_resolution(self, resolution: int) -> None:
-        """A UNet with L resolution levels halves the image L - 1 times, after ``space_to_depth``'s first reduction:
-        sizes must be multiples of ``2^(L-1) * space_to_depth``."""
-        factor = 2 ** (len(self.unet.config.block_out_channels) - 1) * self.config.space_to_depth
-        if resolution < factor or resolution % factor:
+        """Sizes must be multiples of ``size_multiple`` of the UNet's levels and ``space_to_depth``."""
+        multiple = size_multiple(len(self.unet.config.block_out_channels), self.config.space_to_depth)
+        if resolution < multiple or resolution % multiple:
+            lower = max(multiple, resolution // multiple * multiple)
             raise ValueError(
-                f"A UNet with {len(self.unet.config.block_out_channels)} resolution levels"
-                f"{f' after a space-to-depth of {self.config.space_to_depth}' if self.config.space_to_depth > 1 else ''}"
-                f" takes square sizes that are multiples of {factor} px; got {resolution}."
+                f"This model draws square sizes that are multiples of {multiple} px; got resolution={resolution}. Fix: "
+                f"{lower} or {lower + multiple} (the default, {self.native_resolution}, is the size it was trained at)."
             )
 
     @torch.no_grad()
@@ -743,7 +764,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
                 1 disables guidance, values above 1 strengthen the class (a second UNet pass per step).
             output_type (`str`): ``"pil"``, ``"np"`` or ``"pt"``.
             return_dict (`bool`): return a [`FundusPipelineOutput`] instead of an ``(images, masks)`` tuple.
-            resolution (`int`, *optional*): square output size; default the UNet's training size.
+            resolution (`int`, *optional*): square output size; default ``native_resolution``, the size the model was
+                trained at.
             eta (`float`): DDIM's eta (ignored by other schedulers).
             image (PIL image, ``[H, W, 3]`` array or ``[3, H, W]`` tensor in [0, 1], or a list of one per sample,
                 *optional*): a given photograph; its masks are generated (masks from an image).

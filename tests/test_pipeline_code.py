@@ -107,6 +107,18 @@ def tiny_guided_ddpm():
     return pipe
 
 
+def tiny_space_to_depth_guided_ddpm():
+    """tiny_guided_ddpm on 2 x 2 pixel blocks (the small256_s2d kind): 5 channels per pixel, 20 per cell, 16 px."""
+    unet = tiny_unet(channels=20)
+    pipe = FundusPipeline(
+        unet=unet, scheduler=DDPMScheduler(num_train_timesteps=4), mask_names=["disc", "atrophy"], space_to_depth=2
+    )
+    pipe.set_progress_bar_config(disable=True)
+    torch.manual_seed(1)
+    pipe.register_modules(guide_unet=UNet2DModel.from_config(pipe.unet.config))
+    return pipe
+
+
 def tiny_gan():
     torch.manual_seed(0)
     generator = DCGANGenerator(sample_size=8, out_channels=4, nz=8, ngf=4, num_class_embeds=3).eval()  # as loaded
@@ -120,7 +132,12 @@ def samples(pipe, labels, **call):
 
 @pytest.mark.parametrize(
     "make,labels,call",
-    [(tiny_ddpm, ["PM", "non-PM"], {}), (tiny_guided_ddpm, [None, None], {"autoguidance_scale": 1.5}), (tiny_gan, ["PM", None], {})],
+    [
+        (tiny_ddpm, ["PM", "non-PM"], {}),
+        (tiny_guided_ddpm, [None, None], {"autoguidance_scale": 1.5}),
+        (tiny_space_to_depth_guided_ddpm, [None, None], {"autoguidance_scale": 1.5}),
+        (tiny_gan, ["PM", None], {}),
+    ],
 )
 def test_a_saved_folder_loads_and_samples_with_diffusers_alone(tmp_path, make, labels, call):
     pipe = make()

@@ -7,13 +7,14 @@ import runpy
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
 
 from fundus_diffusion import FundusPipeline
 from fundus_diffusion.models import UNET_PRESETS, build_unet
-from fundus_diffusion.models.unet import preset_space_to_depth, size_multiple
+from fundus_diffusion.models.unet import preset_size_multiple, preset_space_to_depth
 from fundus_diffusion.pipelines.pipeline_fundus import unet_output
 from fundus_diffusion.training import ddpm
 
@@ -45,7 +46,7 @@ def test_the_s2d_preset_is_small256_without_its_256_px_level():
     s2d, small = UNET_PRESETS["small256_s2d"], UNET_PRESETS["small256"]
     assert list(s2d["channels"]) == list(small["channels"][1:]) and preset_space_to_depth("small256_s2d") == 2
     assert [i + 1 for i in s2d["attention"]] == list(small["attention"])  # attention at the same 16 px maps
-    assert size_multiple("small256_s2d") == size_multiple("small256") == 32
+    assert preset_size_multiple("small256_s2d") == preset_size_multiple("small256") == 32
     unet = build_unet("small256_s2d", 256, 4)
     assert (unet.config.sample_size, unet.config.in_channels, unet.config.out_channels) == (128, 16, 16)
     costs = runpy.run_path(str(REPO / "benchmarks" / "unet_level_costs.py"))
@@ -70,10 +71,25 @@ def test_a_pipeline_of_a_space_to_depth_unet_draws_full_size_pairs_and_keeps_its
     assert loaded.native_resolution == 16 and (again.images == out.images).all()
     with pytest.raises(ValueError, match="multiples of 8 px"):  # two halvings after the 2 x 2 blocks
         pipe(batch_size=1, num_inference_steps=1, resolution=20)
-    with pytest.raises(ValueError, match="space_to_depth it was trained with"):
-        FundusPipeline(unet=unet, scheduler=DDPMScheduler(), mask_names=["disc"], space_to_depth=3)
-    with pytest.raises(ValueError, match="need a UNet with 4 input and output channels"):
-        FundusPipeline(unet=unet, scheduler=DDPMScheduler(), mask_names=["disc"])  # the factor left out
+    for wrong in (1, 3):  # 1: the factor left out, as a folder saved without it would load
+        with pytest.raises(ValueError, match=r"4 per pixel .* of 2 x 2 pixel blocks, but space_to_depth=.*Fix: space_to_depth=2"):
+            FundusPipeline(unet=unet, scheduler=DDPMScheduler(), mask_names=["disc"], space_to_depth=wrong)
+    with pytest.raises(ValueError, match="whole number of at least 1"):
+        FundusPipeline(unet=unet, scheduler=DDPMScheduler(), mask_names=["disc"], space_to_depth=0)
+
+
+def test_given_masks_are_kept_at_full_resolution_through_the_blocks(tiny_s2d):
+    """Images from masks: the given disc comes out exactly as given, pixel for pixel, though the UNet sees blocks."""
+    torch.manual_seed(0)
+    pipe = FundusPipeline(
+        unet=build_unet(tiny_s2d, 16, 4, class_conditional=False), scheduler=DDPMScheduler(num_train_timesteps=10),
+        mask_names=["disc"], space_to_depth=2,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    disc = np.zeros((16, 16), dtype=np.uint8)
+    disc[5:9, 6:11] = 1  # blocks cut through: rows 5 and 8, column 6 and 10 hold half-covered 2 x 2 blocks
+    out = pipe(masks={"disc": disc}, num_inference_steps=3, resample_steps=1, output_type="np")
+    assert out.images.shape == (1, 16, 16, 3) and np.array_equal(out.masks[0]["disc"], disc)
 
 
 def test_fundus_train_ddpm_trains_and_saves_a_space_to_depth_model(tmp_path, tiny_s2d):
@@ -93,10 +109,32 @@ def test_fundus_train_ddpm_trains_and_saves_a_space_to_depth_model(tmp_path, tin
     assert pipe(batch_size=1, num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
 
 
-def test_patch_diffusion_and_sizes_the_blocks_do_not_fit_are_refused(tiny_s2d):
+def test_patch_diffusion_and_sizes_the_blocks_do_not_fit_are_refused(tiny_s2d, capsys):
     with pytest.raises(SystemExit):
         ddpm.parse_args(["--output_dir", "x", "--resolution", "64", "--model_config", tiny_s2d, "--patch_diffusion"])
+    assert "blocks of pixels (space-to-depth)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        ddpm.parse_args(["--output_dir", "x", "--resolution", "20", "--model_config", tiny_s2d])  # 8 px multiples
+        ddpm.parse_args(["--output_dir", "x", "--resolution", "20", "--model_config", tiny_s2d])
+    assert "takes multiples of 8 px. Fix: use 16 or 24" in capsys.readouterr().err  # two halvings after 2 x 2 blocks
     with pytest.raises(ValueError, match="Patch Diffusion"):
         build_unet(tiny_s2d, 32, 4, coordinate_channels=True)
+
+
+def test_init_from_a_model_on_other_blocks_names_the_blocks(tmp_path, tiny_s2d):
+    unet = build_unet(tiny_s2d, 16, 4, class_conditional=False)
+    FundusPipeline(unet=unet, scheduler=DDPMScheduler(), mask_names=["disc"], space_to_depth=2).save_pretrained(tmp_path)
+    args = ddpm.parse_args(["--output_dir", "x", "--resolution", "16", "--model_config", "tiny", "--masks", "disc"])
+    with pytest.raises(ValueError, match=r"2 x 2 pixel blocks \(space_to_depth\), this run's --model_config tiny on 1 x 1"):
+        ddpm.load_initial_weights(build_unet("tiny", 16, 4, class_conditional=False), str(tmp_path), args)
+
+
+def test_a_folder_whose_model_index_lost_the_factor_is_refused_by_name_with_the_factor_to_give(tmp_path, tiny_s2d):
+    from fundus_diffusion.pipelines.loading import load_fundus_pipeline
+
+    unet = build_unet(tiny_s2d, 16, 4, class_conditional=False)
+    FundusPipeline(unet=unet, scheduler=DDPMScheduler(), mask_names=["disc"], space_to_depth=2).save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    del index["space_to_depth"]  # as a package before space-to-depth, or a hand edit, would leave it
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=rf"^{tmp_path}: The UNet's 16 output channels .* Fix: space_to_depth=2"):
+        load_fundus_pipeline(str(tmp_path), device="cpu")

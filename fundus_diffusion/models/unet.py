@@ -5,11 +5,12 @@ from typing import Dict, Optional
 from diffusers import UNet2DModel
 
 from ..data.schema import NUM_CLASS_EMBEDS
-from ..pipelines.pipeline_fundus import COORDINATE_CHANNELS, conditions
+from ..pipelines.pipeline_fundus import COORDINATE_CHANNELS, conditions, size_multiple
 
-# Each preset: channels per resolution level, resnets per level, which levels get self-attention (by index, 0 =
-# full resolution), head width, dropout and norm groups. Attention sits where feature maps are 8-32 px at the
-# preset's intended resolution; 64-wide heads suit the fused attention kernels.
+# Each preset: channels per resolution level, resnets per level, which levels get self-attention (by index, 0 = the
+# first level: the image's resolution, or 1 / space_to_depth of it where a preset sets that), head width, dropout and
+# norm groups. Attention sits where feature maps are 8-32 px at the preset's intended resolution; 64-wide heads suit
+# the fused attention kernels.
 UNET_PRESETS: Dict[str, dict] = {
     # CPU tests and the demo: about 1.1M parameters and no attention (on a CPU it costs more than it gives here).
     "tiny": dict(channels=(32, 64, 64), layers=1, attention=(), head_dim=32, dropout=0.0, groups=8),
@@ -47,10 +48,9 @@ def preset_space_to_depth(preset: str) -> int:
     return UNET_PRESETS[preset].get("space_to_depth", 1)
 
 
-def size_multiple(preset: str) -> int:
-    """What the preset's image sizes must be multiples of: each level after the first halves the feature maps, after
-    the space-to-depth's reduction."""
-    return 2 ** (len(UNET_PRESETS[preset]["channels"]) - 1) * preset_space_to_depth(preset)
+def preset_size_multiple(preset: str) -> int:
+    """What the preset's image sizes must be multiples of (``pipeline_fundus.size_multiple``)."""
+    return size_multiple(len(UNET_PRESETS[preset]["channels"]), preset_space_to_depth(preset))
 
 
 def build_unet(
@@ -81,21 +81,21 @@ def build_unet(
         raise ValueError(f"Unknown UNet preset {preset!r}; choose from {', '.join(UNET_PRESETS)}.")
     p = UNET_PRESETS[preset]
     levels = range(len(p["channels"]))
-    cell, factor = preset_space_to_depth(preset), size_multiple(preset)
-    if resolution < factor or resolution % factor:
-        raise ValueError(f"The {preset} UNet takes square sizes that are multiples of {factor} px; got {resolution}.")
-    if coordinate_channels and cell > 1:
+    block, multiple = preset_space_to_depth(preset), preset_size_multiple(preset)
+    if resolution < multiple or resolution % multiple:
+        raise ValueError(f"The {preset} UNet takes square sizes that are multiples of {multiple} px; got {resolution}.")
+    if coordinate_channels and block > 1:
         raise ValueError(
-            f"The {preset} UNet works on {cell} x {cell} pixel blocks and Patch Diffusion's coordinate channels on "
+            f"The {preset} UNet works on {block} x {block} pixel blocks and Patch Diffusion's coordinate channels on "
             "pixels: choose a preset without space_to_depth for Patch Diffusion."
         )
     num_class_embeds = NUM_CLASS_EMBEDS if class_conditional else None
     if rotation_conditioning or flip_conditioning or num_origins:
         num_class_embeds = (num_class_embeds or 1) * conditions(rotation_conditioning, flip_conditioning, num_origins)
     unet = UNet2DModel(
-        sample_size=resolution // cell,
-        in_channels=(in_channels + (COORDINATE_CHANNELS if coordinate_channels else 0)) * cell**2,
-        out_channels=in_channels * cell**2,
+        sample_size=resolution // block,
+        in_channels=(in_channels + (COORDINATE_CHANNELS if coordinate_channels else 0)) * block**2,
+        out_channels=in_channels * block**2,
         block_out_channels=p["channels"],
         layers_per_block=p["layers"],
         down_block_types=tuple("AttnDownBlock2D" if i in p["attention"] else "DownBlock2D" for i in levels),

@@ -27,7 +27,7 @@ from diffusers.training_utils import compute_snr
 
 from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, mask_channel, num_channels, parse_mask_names
 from ..model_cards import portable_name
-from ..models.unet import UNET_PRESETS, build_unet, preset_space_to_depth, size_multiple
+from ..models.unet import UNET_PRESETS, build_unet, preset_size_multiple, preset_space_to_depth
 from ..pipelines.loading import load_fundus_pipeline
 from ..pipelines.pipeline_fundus import ROTATIONS, FundusPipeline, embedding_ids, split_mask_names, unet_output
 from ..visualization import contact_sheet
@@ -299,6 +299,13 @@ def load_initial_weights(unet, source: str, args, origin_names: Sequence[str] = 
             f"--init_from {source}: that model's masks are {theirs_masks}, this run's {list(mask_names)}. Fix: "
             f"train with --masks {','.join(theirs_masks) or 'none'}, or start from a model of these masks."
         )
+    theirs_block, ours_block = pipe.config.space_to_depth, preset_space_to_depth(args.model_config)
+    if theirs_block != ours_block:
+        raise ValueError(
+            f"--init_from {source}: that model's UNet works on {theirs_block} x {theirs_block} pixel blocks "
+            f"(space_to_depth), this run's --model_config {args.model_config} on {ours_block} x {ours_block}. Fix: "
+            "train with the --model_config that model was trained with (its training_args.json says which)."
+        )
     ours, theirs = (json.loads(json.dumps(dict(model.config))) for model in (unet, pipe.unet))  # tuples -> lists
     differ = sorted(k for k in ours.keys() | theirs.keys() if not k.startswith("_") and k not in ("sample_size", "dropout") and ours.get(k) != theirs.get(k))
     if differ:
@@ -547,7 +554,7 @@ class DDPMKind(loop.ModelKind):
     def check_args(parser, args):
         if args.model_config is None:
             args.model_config = "base64" if args.resolution <= 64 else "small256"
-        factor = size_multiple(args.model_config) if args.model_config in UNET_PRESETS else 1
+        factor = preset_size_multiple(args.model_config) if args.model_config in UNET_PRESETS else 1
         if args.resolution % factor:
             parser.error(
                 f"--resolution {args.resolution}: the {args.model_config} UNet takes multiples of {factor} px. Fix: "
@@ -679,6 +686,7 @@ class DDPMKind(loop.ModelKind):
             flip_conditioning=args.flip_conditioning,
             num_origins=len(self.origin_counts or {}),
         )
+        self.space_to_depth = preset_space_to_depth(args.model_config)
         if args.init_from:
             load_initial_weights(unet, args.init_from, args, list(self.origin_counts or {}))
         if args.gradient_checkpointing:
@@ -761,7 +769,7 @@ class DDPMKind(loop.ModelKind):
             loss = diffusion_loss(
                 self.unet, self.noise_scheduler, pixel_values, class_labels, args.class_dropout_prob, args.snr_gamma,
                 mask_annotated, orientation_ids, coordinates, self.region_weighting, origin_ids,
-                len(self.origin_counts or {}), preset_space_to_depth(args.model_config),
+                len(self.origin_counts or {}), self.space_to_depth,
             )  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:  # an infinite bound measures the norm without clipping
