@@ -599,3 +599,11 @@ def test_a_compiled_run_loads_the_compile_cache_first_and_writes_it_after_its_fi
     with pytest.raises(SystemExit):
         ddpm.parse_args(tiny_args(tmp_path / "x", cache_dir, "--max_train_steps", "1", "--compile", "--compile_cache", inside))
     assert "is inside --output_dir, which --push_to_hub uploads whole" in capsys.readouterr().err
+
+
+def test_the_card_counts_an_unfinished_epoch_as_the_share_done(tmp_path, cache_dir):
+    """8 phantoms in batches of 4 are 2 steps an epoch: 3 steps are 1.5 passes, not "2 epochs" (the epochs begun)."""
+    argv = tiny_args(tmp_path / "run", cache_dir, "--max_train_steps", "3", "--logger", "none")
+    ddpm.train(ddpm.parse_args(argv + ["--validation_steps", "100", "--checkpointing_steps", "100"]))
+    assert json.loads((tmp_path / "run" / "model_index.json").read_text())["training_info"]["epochs"] == 1.5
+    assert "| epochs | 1.5 |" in (tmp_path / "run" / "README.md").read_text()

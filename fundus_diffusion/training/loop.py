@@ -7,7 +7,6 @@ step: step, count, and at the logging / checkpoint / validation / snapshot steps
 (EMA weights where the kind keeps them) with its card and push it.
 """
 
-import math
 import os
 import time
 from functools import partial
@@ -293,10 +292,13 @@ def save_model_folder(
     kind, view, plan, step: int, started: float, validation, folder: str, repo_id=None, final: bool = False
 ) -> None:
     """The model as it is at ``step`` (the kind's weights to ship; ``final``: its ``final_pipeline``) with its card,
-    metrics and training arguments: the final save and every snapshot are the same kind of folder. The card counts the epochs begun by ``step`` and
-    shows ``validation`` only when it was measured at ``step`` (a snapshot between validations shows none)."""
+    metrics and training arguments: the final save and every snapshot are the same kind of folder. The card counts the
+    passes over the data by ``step`` (whole epochs as a whole number, an unfinished one to two decimals: 30 steps of a
+    33-step epoch are 0.91) and shows ``validation`` only when it was measured at ``step`` (a snapshot between
+    validations shows none)."""
     args = kind.args
-    epochs = math.ceil(step / plan.steps_per_epoch)
+    passes = step / plan.steps_per_epoch
+    epochs = round(passes) if passes == round(passes) else round(passes, 2)
     info = {**run_info(args, view, kind.accelerator, step, epochs, time.time() - started), **kind.training_info(final)}
     pipeline = kind.final_pipeline() if final else kind.pipeline()
     hub.save_model(pipeline, folder, training_info=info, metrics=kind.card_metrics(validation), repo_id=repo_id)
