@@ -226,3 +226,20 @@ def test_masks_no_real_image_is_annotated_for_are_left_out_by_default_and_refuse
     with pytest.raises(ValueError, match=r"No mask of the synthetic set can be scored: disc: not scored, .*--masks none for an image-only"):
         masks_to_score(None, real, images_only, real)  # a held-out set without masks: refused, not judged image-only
     assert masks_to_score(None, real, real, images_only) == ((), [])  # an images-only synthetic set: image-only
+
+
+def test_per_source_tables_leave_out_a_source_none_of_whose_held_out_images_is_scored_for_a_mask():
+    """A camera without cup annotations (DRIONS-DB in fundus-od) gets no cup column of "n/a", but a line saying so."""
+    from fundus_diffusion.evaluation.report import _per_source_lines
+
+    dice = {"dice": {"mean": 0.91, "std": 0.01, "n": 2}}  # summarise()'s form
+    downstream = {
+        "holdout_sources": ["drions", "drishti"],
+        "per_source_scored": {"disc": {"drions": 18, "drishti": 15}, "cup": {"drions": 0, "drishti": 15}},
+        "per_source": {"real": {"disc": {"drions": dice, "drishti": dice}, "cup": {"drions": {"dice": {"mean": float("nan"), "std": float("nan"), "n": 0}}, "drishti": dice}}},
+    }
+    text = "\n".join(_per_source_lines(downstream, ["disc", "cup"], "256 px"))
+    assert "disc Dice, drions (n=18) | disc Dice, drishti (n=15) | cup Dice, drishti (n=15) |" in text
+    assert "cup Dice, drions" not in text and "n/a" not in text
+    assert "No column for cup on drions: no held-out image of that source is annotated for the mask" in text
+    assert text.count("| 0.910 ± 0.010 ") == 3  # the real row: one value per column kept

@@ -199,18 +199,23 @@ def _per_source_lines(downstream: Dict, masks: Sequence[str], px: str) -> List[s
         return []
     sources = downstream["holdout_sources"]
     scored = downstream.get("per_source_scored", {m: sources for m in masks})  # older reports: every image
+    columns = [(m, s) for m in masks for s in sources if scored[m][s]]  # a source with none scored has no Dice
     lines = [
         "",
         f"Dice at {px} per source of the held-out images (a file name's prefix before `_` where at least "
         f"{ORIGIN_MIN_IMAGES} images share it, else the `source` column), mean ± std over seeds; n: the images scored "
         "(annotated for the mask and showing it):",
         "",
-        f"| trained on ({px}) | " + " | ".join(f"{m} Dice, {s} (n={scored[m][s]})" for m in masks for s in sources) + " |",
-        "|---|" + "---|" * (len(masks) * len(sources)),
+        f"| trained on ({px}) | " + " | ".join(f"{m} Dice, {s} (n={scored[m][s]})" for m, s in columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     for name, result in downstream["per_source"].items():
-        lines.append(f"| {name} | " + " | ".join(format_mean_std(result[m][s]["dice"]) for m in masks for s in sources) + " |")
+        lines.append(f"| {name} | " + " | ".join(format_mean_std(result[m][s]["dice"]) for m, s in columns) + " |")
+    unscored = [f"{m} on {s}" for m in masks for s in sources if not scored[m][s]]
+    if unscored:
+        lines += ["", f"No column for {', '.join(unscored)}: no held-out image of that source is annotated for the mask and shows it."]
     return lines
+
 
 def _worst_lines(downstream: Dict, px: str) -> List[str]:
     worst = downstream.get("worst_holdout")
