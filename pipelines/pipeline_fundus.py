@@ -105,6 +105,12 @@ def size_multiple(num_levels: int, space_to_depth: int = 1) -> int:
     return 2 ** (num_levels - 1) * space_to_depth
 
 
+def nearest_sizes(resolution: int, multiple: int) -> str:
+    """The valid sizes either side of ``resolution`` for an error's fix: ``"16 or 24"``."""
+    lower = max(multiple, resolution // multiple * multiple)
+    return f"{lower} or {lower + multiple}"
+
+
 def block_size(unet_channels: int, channels_per_pixel: int) -> Optional[int]:
     """The f of f x f pixel blocks whose channels a UNet of ``unet_channels`` reads, ``channels_per_pixel`` each
     (1: single pixels); None when no whole square block fits."""
@@ -123,10 +129,11 @@ def split_mask_names(mask_names: Union[str, Sequence[str]]) -> List[str]:
 
 def check_fundus_config(
     model_name, channels, num_class_embeds, image_channels, mask_names, id2label, rotation_conditioning=False,
-    flip_conditioning=False, origin_counts=None,
+    flip_conditioning=False, origin_counts=None, space_to_depth=1,
 ):  # fmt: skip
-    """Check a model's ``channels`` (``{"in": n, "out": n}``), class embeddings and ``origin_counts`` against the
-    pipeline's settings; returns the normalised ``(mask_names, id2label)``: ``mask_names`` a list, also when given as
+    """Check a model's ``channels`` (``{"in": n, "out": n}``; a UNet on ``space_to_depth`` x ``space_to_depth``
+    pixel blocks has that square times a pixel's), class embeddings and ``origin_counts`` against the pipeline's
+    settings; returns the normalised ``(mask_names, id2label)``: ``mask_names`` a list, also when given as
     ``"disc,atrophy"``. A rotation-, flip- or origin-conditioned model has ``conditions(...)`` embeddings per class
     (see ``embedding_ids``)."""
     mask_names = split_mask_names(mask_names)
@@ -138,11 +145,12 @@ def check_fundus_config(
             f"or 'disc,atrophy'; got {mask_names!r}."
         )
     id2label = {int(k): v for k, v in (id2label or DEFAULT_ID2LABEL).items()}
-    expected = image_channels + len(mask_names)
+    expected = (image_channels + len(mask_names)) * space_to_depth**2
     if any(c != expected for c in channels.values()):
+        blocks = f" ({image_channels + len(mask_names)} per pixel of its {space_to_depth} x {space_to_depth} blocks)"
         raise ValueError(
             f"{image_channels} image channels and masks {mask_names} need a {model_name} with {expected} "
-            f"{' and '.join(f'{k}put' for k in channels)} channels; this one has "
+            f"{' and '.join(f'{k}put' for k in channels)} channels{blocks if space_to_depth > 1 else ''}; this one has "
             f"{' and '.join(f'{v} {k}' for k, v in channels.items())}."
         )
     if origin_counts is not None and (
@@ -635,7 +643,8 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
 
     Parameters:
         unet ([`UNet2DModel`]): denoiser with ``in_channels = out_channels = image_channels + len(mask_names)`` (or
-            ``COORDINATE_CHANNELS`` more in, for a UNet trained with Patch Diffusion: ``coordinate_channels``) and
+            ``COORDINATE_CHANNELS`` more in, for a UNet trained with Patch Diffusion: ``coordinate_channels``; times
+            ``space_to_depth ** 2`` for a UNet on pixel blocks) and
             ``num_class_embeds = len(id2label) + 1`` (the last class is the null class), or no class embedding.
         scheduler ([`SchedulerMixin`]): any diffusers scheduler; swap with ``Scheduler.from_config(pipe.scheduler.config)``.
         image_channels (`int`): colour channels before the masks (3).
@@ -680,7 +689,7 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         super().__init__()
         channels = {"in": unet.config.in_channels - COORDINATE_CHANNELS * reads_coordinates(unet.config),
                     "out": unet.config.out_channels}  # fmt: skip
-        if not (isinstance(space_to_depth, int) and space_to_depth >= 1):
+        if isinstance(space_to_depth, bool) or not (isinstance(space_to_depth, int) and space_to_depth >= 1):
             raise ValueError(
                 f"space_to_depth must be a whole number of at least 1 (1: the UNet works on single pixels); got "
                 f"{space_to_depth!r}."
@@ -695,9 +704,9 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
                 "model_index.json records it; one saved without it works on single pixels)."
             )
         mask_names, id2label = check_fundus_config(
-            "UNet" if space_to_depth == 1 else f"UNet on {space_to_depth} x {space_to_depth} pixel blocks (per pixel)",
-            {k: c // space_to_depth**2 for k, c in channels.items()}, unet.config.num_class_embeds,
-            image_channels, names, id2label, rotation_conditioning, flip_conditioning, origin_counts,
+            "UNet" if space_to_depth == 1 else f"UNet on {space_to_depth} x {space_to_depth} pixel blocks", channels,
+            unet.config.num_class_embeds, image_channels, names, id2label, rotation_conditioning, flip_conditioning,
+            origin_counts, space_to_depth,
         )  # fmt: skip
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         self.register_to_config(
@@ -726,10 +735,10 @@ class FundusPipeline(FundusPipelineMixin, DiffusionPipeline):
         """Sizes must be multiples of ``size_multiple`` of the UNet's levels and ``space_to_depth``."""
         multiple = size_multiple(len(self.unet.config.block_out_channels), self.config.space_to_depth)
         if resolution < multiple or resolution % multiple:
-            lower = max(multiple, resolution // multiple * multiple)
             raise ValueError(
                 f"This model draws square sizes that are multiples of {multiple} px; got resolution={resolution}. Fix: "
-                f"{lower} or {lower + multiple} (the default, {self.native_resolution}, is the size it was trained at)."
+                f"{nearest_sizes(resolution, multiple)} (the default, {self.native_resolution}, is the size it was "
+                "trained at)."
             )
 
     @torch.no_grad()

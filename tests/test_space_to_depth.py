@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, UNet2DModel
 
 from fundus_diffusion import FundusPipeline
 from fundus_diffusion.models import UNET_PRESETS, build_unet
@@ -53,6 +53,8 @@ def test_the_s2d_preset_is_small256_without_its_256_px_level():
     flops, _ = costs["level_costs"](unet, 4, 256, space_to_depth=2)
     full, _ = costs["level_costs"](build_unet("small256", 256, 4), 4, 256)
     assert max(flops) == 128 and max(full) == 256 and sum(flops.values()) < 0.6 * sum(full.values())
+    _, norm_bytes = costs["level_costs"](unet, 4, 256, space_to_depth=2)
+    assert set(norm_bytes) <= set(flops)  # the 16 px attention's GroupNorm ([B, C, 256]) filed at 16 px, not 256
 
 
 def test_a_pipeline_of_a_space_to_depth_unet_draws_full_size_pairs_and_keeps_its_factor(tmp_path, tiny_s2d):
@@ -69,13 +71,20 @@ def test_a_pipeline_of_a_space_to_depth_unet_draws_full_size_pairs_and_keeps_its
     loaded.set_progress_bar_config(disable=True)
     again = loaded(batch_size=2, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0))
     assert loaded.native_resolution == 16 and (again.images == out.images).all()
-    with pytest.raises(ValueError, match="multiples of 8 px"):  # two halvings after the 2 x 2 blocks
+    with pytest.raises(ValueError, match="multiples of 8 px; got resolution=20. Fix: 16 or 24"):  # two halvings after the blocks
         pipe(batch_size=1, num_inference_steps=1, resolution=20)
     for wrong in (1, 3):  # 1: the factor left out, as a folder saved without it would load
         with pytest.raises(ValueError, match=r"4 per pixel .* of 2 x 2 pixel blocks, but space_to_depth=.*Fix: space_to_depth=2"):
             FundusPipeline(unet=unet, scheduler=DDPMScheduler(), mask_names=["disc"], space_to_depth=wrong)
-    with pytest.raises(ValueError, match="whole number of at least 1"):
-        FundusPipeline(unet=unet, scheduler=DDPMScheduler(), mask_names=["disc"], space_to_depth=0)
+    for wrong in (0, True):
+        with pytest.raises(ValueError, match="whole number of at least 1"):
+            FundusPipeline(unet=unet, scheduler=DDPMScheduler(), mask_names=["disc"], space_to_depth=wrong)
+    odd = UNet2DModel(
+        sample_size=8, in_channels=17, out_channels=17, block_out_channels=(8, 8), norm_num_groups=4,
+        down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"with 16 input and output channels \(4 per pixel of its 2 x 2 blocks\); this one has 17"):
+        FundusPipeline(unet=odd, scheduler=DDPMScheduler(), mask_names=["disc"], space_to_depth=2)
 
 
 def test_given_masks_are_kept_at_full_resolution_through_the_blocks(tiny_s2d):

@@ -5,7 +5,7 @@ from typing import Dict, Optional
 from diffusers import UNet2DModel
 
 from ..data.schema import NUM_CLASS_EMBEDS
-from ..pipelines.pipeline_fundus import COORDINATE_CHANNELS, conditions, size_multiple
+from ..pipelines.pipeline_fundus import COORDINATE_CHANNELS, conditions, nearest_sizes, size_multiple
 
 # Each preset: channels per resolution level, resnets per level, which levels get self-attention (by index, 0 = the
 # first level: the image's resolution, or 1 / space_to_depth of it where a preset sets that), head width, dropout and
@@ -83,7 +83,10 @@ def build_unet(
     levels = range(len(p["channels"]))
     block, multiple = preset_space_to_depth(preset), preset_size_multiple(preset)
     if resolution < multiple or resolution % multiple:
-        raise ValueError(f"The {preset} UNet takes square sizes that are multiples of {multiple} px; got {resolution}.")
+        raise ValueError(
+            f"The {preset} UNet takes square sizes that are multiples of {multiple} px; got {resolution}. Fix: "
+            f"{nearest_sizes(resolution, multiple)}."
+        )
     if coordinate_channels and block > 1:
         raise ValueError(
             f"The {preset} UNet works on {block} x {block} pixel blocks and Patch Diffusion's coordinate channels on "

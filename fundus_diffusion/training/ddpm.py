@@ -29,7 +29,14 @@ from ..data.schema import LABEL_NAMES, NULL_CLASS_ID, NUM_CLASS_EMBEDS, mask_cha
 from ..model_cards import portable_name
 from ..models.unet import UNET_PRESETS, build_unet, preset_size_multiple, preset_space_to_depth
 from ..pipelines.loading import load_fundus_pipeline
-from ..pipelines.pipeline_fundus import ROTATIONS, FundusPipeline, embedding_ids, split_mask_names, unet_output
+from ..pipelines.pipeline_fundus import (
+    ROTATIONS,
+    FundusPipeline,
+    embedding_ids,
+    nearest_sizes,
+    split_mask_names,
+    unet_output,
+)
 from ..visualization import contact_sheet
 from . import loop, patches, post_hoc_ema
 from .args import parse_training_args
@@ -558,7 +565,7 @@ class DDPMKind(loop.ModelKind):
         if args.resolution % factor:
             parser.error(
                 f"--resolution {args.resolution}: the {args.model_config} UNet takes multiples of {factor} px. Fix: "
-                f"use {max(factor, args.resolution // factor * factor)} or {(args.resolution // factor + 1) * factor}."
+                f"use {nearest_sizes(args.resolution, factor)}."
             )
         if not args.use_ema:
             parser.error("The DDPM always keeps an EMA of its weights (it is the saved model): drop --no-use_ema.")

@@ -206,7 +206,7 @@ def annotation_counts(view) -> str:
     return ", ".join(f"{name} {int(n)} of {len(view)}" for name, n in zip(view.mask_names, counts)) or "none"
 
 
-def run_info(args, view, accelerator, steps: int, epochs: int, seconds: float) -> dict:
+def run_info(args, view, accelerator, steps: int, epochs: float, seconds: float) -> dict:
     """What every model card records about the run (the kind adds its own settings); the card shows the data keys
     (``model_cards.DATA_KEYS``) as its training-data section."""
     info = {
@@ -297,8 +297,8 @@ def save_model_folder(
     33-step epoch are 0.91) and shows ``validation`` only when it was measured at ``step`` (a snapshot between
     validations shows none)."""
     args = kind.args
-    passes = step / plan.steps_per_epoch
-    epochs = round(passes) if passes == round(passes) else round(passes, 2)
+    passes = round(step / plan.steps_per_epoch, 2)
+    epochs = int(passes) if passes == int(passes) else passes
     info = {**run_info(args, view, kind.accelerator, step, epochs, time.time() - started), **kind.training_info(final)}
     pipeline = kind.final_pipeline() if final else kind.pipeline()
     hub.save_model(pipeline, folder, training_info=info, metrics=kind.card_metrics(validation), repo_id=repo_id)
