@@ -147,3 +147,11 @@ def test_a_folder_whose_model_index_lost_the_factor_is_refused_by_name_with_the_
     (tmp_path / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match=rf"^{tmp_path}: The UNet's 16 output channels .* Fix: space_to_depth=2"):
         load_fundus_pipeline(str(tmp_path), device="cpu")
+
+
+def test_the_training_benchmark_counts_a_space_to_depth_preset_through_its_blocks(tiny_s2d):
+    """train_ddpm_throughput.py's FLOP count (its MFU's numerator) calls the UNet as training does: on 2 x 2 blocks
+    a tiny UNet does about a quarter of the work per image (called on whole pixels it would fail on the channels)."""
+    bench = runpy.run_path(str(REPO / "benchmarks" / "train_ddpm_throughput.py"))
+    blocks, pixels = (bench["flops_per_image"](p, 32, torch.device("cpu")) for p in (tiny_s2d, "tiny"))
+    assert 0.15 * pixels < blocks < 0.5 * pixels
