@@ -130,14 +130,12 @@ def relative_distance(a, b):
 
 def ddpm_eval_loss(run, args, samples=256):
     """Denoising loss of the saved EMA UNet on a fixed batch: same images, noise and timesteps for every model."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
     from fundus_diffusion.data import FundusTrainingView, load_fundus_dataset
+    from fundus_diffusion.pipelines.loading import load_fundus_pipeline
     from fundus_diffusion.training.ddpm import diffusion_loss
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    unet = UNet2DModel.from_pretrained(Path(run) / "unet").to(device).eval()
-    scheduler = DDPMScheduler.from_pretrained(Path(run) / "scheduler")
+    pipe = load_fundus_pipeline(str(run), device=device.type, dtype="fp32")  # the saved scheduler, weights in fp32
     config = json.loads((Path(run) / "training_args.json").read_text())
     view = FundusTrainingView(
         load_fundus_dataset(args.dataset), config["resolution"], tuple(config["mask_names"]),
@@ -148,8 +146,7 @@ def ddpm_eval_loss(run, args, samples=256):
     labels = torch.as_tensor(batch["class_labels"]).to(device)
     torch.manual_seed(0)
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        space_to_depth = json.loads((Path(run) / "model_index.json").read_text()).get("space_to_depth", 1)
-        return float(diffusion_loss(unet, scheduler, pixels, labels, space_to_depth=space_to_depth))
+        return float(diffusion_loss(pipe.unet, pipe.scheduler, pixels, labels, space_to_depth=pipe.config.space_to_depth))
 
 
 def final_diversity_ratio(run):
