@@ -198,7 +198,7 @@ def _per_source_lines(downstream: Dict, masks: Sequence[str], px: str) -> List[s
     if "per_source" not in downstream:
         return []
     sources = downstream["holdout_sources"]
-    scored = downstream.get("per_source_scored", {m: sources for m in masks})  # older reports: every image
+    scored = downstream["per_source_scored"]
     columns = [(m, s) for m in masks for s in sources if scored[m][s]]  # a source with none scored has no Dice
     lines = [
         "",
