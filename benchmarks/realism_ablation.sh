@@ -82,7 +82,8 @@ EVAL_FLAGS=${EVAL_FLAGS:-}  # more evaluate.py flags, e.g. "--resolution 128" fo
 # do DDPM 250 or autoguidance, which met the bar in seed 1's training, carry to seed 3's?); the plan's other settings
 # (STEPS_MAX, SNAPSHOT, STEPS, N_SYN, SAMPLES_BACK, SAMPLERS, SEEDS, EVAL_FLAGS) are given there with its commands.
 # Tried once each on seed 3 at 4,000 steps (0.899 for the preset, session 23): --schedule_detail_resolution 1024 (0.921,
-# session 27) and --origin_conditioning (0.870, session 29).
+# session 27) and --origin_conditioning (0.870, session 29; then seeds 0 and 1 at 5,000 steps, session 33: 0.877 and
+# 0.848, where the preset's scored 0.824 and 0.817 / 0.717: not adopted).
 # Earlier ablations and their VARIANTS: RESULTS.md, each session with its command (before session 15 the ours preset
 # shifted its log-SNR by a constant: add --schedule_detail_resolution 64 to reproduce those). A variant's flags come
 # after the recipe's and the common flags (--seed 0 among them), so they override them.
