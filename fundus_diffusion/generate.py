@@ -259,7 +259,7 @@ def postprocess_masks(masks: Dict[str, Image.Image], steps: Sequence[str]) -> Di
         elif step == "fill_holes":
             arrays = {name: ndimage.binary_fill_holes(a) for name, a in arrays.items()}
         elif step not in POSTPROCESSING:
-            raise ValueError(f"Unknown post-processing {step!r}: choose from {', '.join(POSTPROCESSING)}.")
+            raise ValueError(f"--postprocess {step}: unknown post-processing step; choose from {', '.join(POSTPROCESSING)}.")
     return {name: Image.fromarray(a.astype(np.uint8) * 255, mode="L") for name, a in arrays.items()}
 
 
@@ -303,7 +303,10 @@ class GenerationConfig:
                 raise ValueError(f"{flag} is {value}. Fix: give a whole number of 1 or more.")
         unknown = set(self.postprocess) - set(POSTPROCESSING)
         if unknown:
-            raise ValueError(f"Unknown post-processing {sorted(unknown)}: choose from {', '.join(POSTPROCESSING)}.")
+            raise ValueError(
+                f"--postprocess {','.join(sorted(unknown))}: unknown post-processing step(s); choose from "
+                f"{', '.join(POSTPROCESSING)}."
+            )
         if self.scheduler not in (None, OWN_SCHEDULER, *SCHEDULERS):
             raise ValueError(f"Unknown scheduler {self.scheduler!r}: choose from {', '.join([*SCHEDULERS, OWN_SCHEDULER])}.")
         if self.timestep_spacing not in (None, *TIMESTEP_SPACINGS):
@@ -700,7 +703,8 @@ def check_resume(
 def resume_refusal(output_dir: str, changed: Dict[str, Tuple], config: GenerationConfig) -> str:
     """Why ``--resume`` refuses the ``changed`` settings (``{name: (saved, now)}``), with the fix for those whose fix
     is not to give the recorded value back: another order of the same ``--labels``, the batch size, the device type."""
-    message = f"--resume with other settings than the run in {output_dir}: {changed} (saved, now)."
+    differences = "; ".join(f"{name} {shown(saved)} (now {shown(now)})" for name, (saved, now) in changed.items())
+    message = f"--resume with other settings than the run in {output_dir}: {differences}."
     saved_labels, labels = changed.get("labels", (None, None))
     if isinstance(saved_labels, dict) and saved_labels == labels:  # the same counts in another order
         message += (
@@ -728,6 +732,15 @@ def resume_refusal(output_dir: str, changed: Dict[str, Tuple], config: Generatio
             f"{output_dir}; a flag left out takes its default), or a new --output_dir."
         )
     return message
+
+
+def shown(value) -> str:
+    """A recorded setting as a person reads it in a refusal: ``--labels`` counts as given, a list comma-separated."""
+    if isinstance(value, dict):
+        return label_spec(value) if value else "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return "not set" if value is None else str(value)
 
 
 def as_flag(name: str, value) -> str:
@@ -1074,7 +1087,7 @@ def _write_shards(
                 yield (indices, *generate_samples(pipe, seeds, [labels[i] for i in indices], config, given, guide))
 
     total = sum(stop - start for start, stop in (_shard_range(config, k) for k, _ in shards))
-    where = f" (process 0 of {state.num_processes})" if state.num_processes > 1 else ""
+    where = f" (process 0 of {state.num_processes})" if state.num_processes > 1 else " (one process)"
     # the samples' bar moves as a batch is written; the denoising steps of the batch being drawn show beneath it on a
     # terminal, and on the same line in a redirected log (a second line costs cursor-up escape codes there)
     pipe.set_progress_bar_config(

@@ -15,7 +15,7 @@ model's masks gets them generated too):
 
 On several GPUs, one process each (the shards are split between them; the dataset is the same as on one):
 
-    accelerate launch --num_processes 4 scripts/generate.py --model runs/ddpm-256 --num_samples 10000 ...
+    accelerate launch --multi_gpu --num_processes 4 scripts/generate.py --model runs/ddpm-256 --num_samples 10000 ...
 """
 
 

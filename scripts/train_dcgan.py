@@ -9,7 +9,7 @@ from fundus_diffusion.training.dcgan import parse_args, train
 
 
 def main(args):
-    print(f"Saved the pipeline to {train(args)}")
+    train(args)  # which logs where it saved the model, once (from the main process) however many run
 
 
 if __name__ == "__main__":

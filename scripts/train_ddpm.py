@@ -8,8 +8,7 @@ from fundus_diffusion.training.ddpm import parse_args, train
 
 
 def main(args):
-    folder = train(args)
-    print(f"Saved the EMA pipeline to {folder}")
+    train(args)  # which logs where it saved the model, once (from the main process) however many run
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import os
 import pickle
 import shlex
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from fundus_diffusion.training.checkpointing import (
     MANIFEST_FILE,
     CheckpointError,
     NonFiniteWeightsError,
+    _warn_if_rng_unreadable,
     find_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -239,6 +241,12 @@ def test_an_old_checkpoint_without_manifest_or_with_legacy_pickles_still_loads_s
         assert load_checkpoint(run[0], str(out / "checkpoint-2"), extra_state=run[3]) == 2
     assert "Could not restore the random state" in caplog.text and "random_states_0.pkl" in caplog.text
     assert find_checkpoint(str(out), "latest") == str(out / "checkpoint-1")
+    # A second process resuming a one-process checkpoint has no state of its own: expected, and said so, not as damage.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _warn_if_rng_unreadable(SimpleNamespace(process_index=1), str(out / "checkpoint-1"))
+    assert "was saved by 1 process(es), so process 1 has no random state to restore (expected" in caplog.text
+    assert "Could not restore" not in caplog.text
 
 
 @pytest.mark.parametrize("where", ["model", "ema"])

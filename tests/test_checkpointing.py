@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -60,6 +61,13 @@ def test_save_rotates_and_load_restores(tmp_path, accelerated):
     # Resuming the earlier one in the same folder would train until checkpoint-4 and stop there: refused up front.
     with pytest.raises(ValueError, match=r"later checkpoints of this run \(checkpoint-4\).*Fix: pass a new --output_dir"):
         find_checkpoint(str(tmp_path), "checkpoint-3")
+    # So would a checkpoint of step 3 from another folder (session 33's new-user pass: it trained until step 4, then
+    # stopped with "already exists"); one from a folder that holds only earlier steps resumes.
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-other" / "checkpoint-3"
+    shutil.copytree(tmp_path / "checkpoint-3", elsewhere)
+    with pytest.raises(ValueError, match=r"checkpoints of later steps \(of another run\) \(checkpoint-4\).*from step 3"):
+        find_checkpoint(str(tmp_path), str(elsewhere))
+    assert find_checkpoint(str(elsewhere.parent), str(tmp_path / "checkpoint-4")) == str(tmp_path / "checkpoint-4")
     assert load_checkpoint(accelerator, str(tmp_path / "checkpoint-3")) == 3
     assert counter.value == 3 and torch.all(model.weight == 3)
     with pytest.raises(FileExistsError):

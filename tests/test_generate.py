@@ -248,7 +248,7 @@ def test_shards_stream_and_resume_gives_the_uninterrupted_result(models, tmp_pat
     with pytest.raises(ValueError, match="seed"):
         generate_dataset(pipe, config(models["gan"], num_samples=7, shard_size=3, seed=4), str(tmp_path / "run"), resume=True)
     # a batch rounds its samples within one 8-bit level of another batch size's: the run's batch size is kept
-    with pytest.raises(ValueError, match=r"'batch_size': \(2, 3\).*one 8-bit level.*Fix: --batch_size 2\."):
+    with pytest.raises(ValueError, match=r"batch_size 2 \(now 3\).*one 8-bit level.*Fix: --batch_size 2\."):
         generate_dataset(pipe, replace(cfg, batch_size=3), str(tmp_path / "run"), resume=True)
     resumed = generate_dataset(pipe, replace(cfg, device="cpu:0"), str(tmp_path / "run"), resume=True)
     fresh = generate_dataset(pipe, cfg, str(tmp_path / "fresh"))
@@ -376,8 +376,10 @@ def test_postprocessing():
     assert not np.asarray(out)[1:4, 1:4].any() and np.asarray(out)[6, 6] == 255 and np.asarray(out)[8, 8] == 0
     filled = postprocess_masks({"disc": out}, ["fill_holes"])["disc"]
     assert np.asarray(filled)[8, 8] == 255 and np.asarray(filled).sum() == 25 * 255
-    with pytest.raises(ValueError, match="Unknown post-processing"):
+    with pytest.raises(ValueError, match="--postprocess smooth: unknown post-processing step; choose from binarize"):
         postprocess_masks({"disc": out}, ["smooth"])
+    with pytest.raises(ValueError, match=r"^--postprocess largest_cup: unknown post-processing step\(s\); choose from"):
+        GenerationConfig(model="any", num_samples=1, postprocess=["largest_disc", "largest_cup"])  # the flag, named
     cup = np.zeros((12, 12), np.uint8)
     cup[7:10, 7:10] = 255  # inside the disc
     cup[0, 11] = 255  # a stray speck outside it

@@ -175,7 +175,7 @@ def test_accelerate_launch_rotates_checkpoints_then_resume_continues(tmp_path, c
         (["--prediction_type", "epsilon"], r"--prediction_type epsilon \(checkpoint: v_prediction\)"),
         (["--schedule_detail_resolution", "128"], r"--schedule_detail_resolution 128 \(checkpoint: 64\)"),  # the constant shift
         (["--learning_rate", "1e-5"], r"--learning_rate 1e-05 \(checkpoint: [0-9.e-]+\)"),  # the optimiser's state wins
-        (["--snr_gamma", "0"], r"--snr_gamma None \(checkpoint: 5\.0\)"),  # the card states the loss for the run
+        (["--snr_gamma", "0"], r"--snr_gamma not set \(checkpoint: 5\.0\)"),  # the card states the loss for the run
     ]:  # fmt: skip
         other = tiny_args(out, cache_dir, "--max_train_steps", "8", *more, "--logger", "none", "--masks", "disc,atrophy")
         with pytest.raises(ValueError, match=rf"checkpoint-6 was trained with other model, optimiser or loss flags than these: {named}\.") as refused:
@@ -607,3 +607,49 @@ def test_the_card_counts_an_unfinished_epoch_as_the_share_done(tmp_path, cache_d
     ddpm.train(ddpm.parse_args(argv + ["--validation_steps", "100", "--checkpointing_steps", "100"]))
     assert json.loads((tmp_path / "run" / "model_index.json").read_text())["training_info"]["epochs"] == 1.5
     assert "| epochs | 1.5 |" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_a_resume_with_another_batch_counts_each_step_at_its_batch(tmp_path, cache_dir, caplog):
+    """12 phantoms: 3 steps of 4 are one pass (3 steps an epoch), then 1 step of 8 (one step an epoch: the loader
+    drops the last 4) is another: 2 passes. Not 4 (steps over the new epoch), nor 2.5 (images over the new epoch's),
+    nor a card saying the batch was 8 throughout (session 33's new-user pass and its review)."""
+    common = ["--dataset", "phantom:12", "--validation_steps", "100", "--checkpointing_steps", "3", "--logger", "none"]
+    ddpm.train(ddpm.parse_args(tiny_args(tmp_path / "run", cache_dir, "--max_train_steps", "3", *common)))
+    resumed = tiny_args(tmp_path / "run", cache_dir, "--max_train_steps", "4", "--train_batch_size", "8", *common)
+    with caplog.at_level("WARNING"):
+        ddpm.train(ddpm.parse_args(resumed + ["--resume_from_checkpoint", "latest"]))
+    assert "The batch changes at this resume: 4 images a step to step 3, 8 from here" in caplog.text
+    assert "the run ends at step 4 (--max_train_steps 4)" in caplog.text
+    info = json.loads((tmp_path / "run" / "model_index.json").read_text())["training_info"]
+    assert (info["epochs"], info["batch_size"]) == (2, "4 from step 0, then 8 from step 3")
+    state = json.loads((tmp_path / "run" / "checkpoint-4" / "training_state.json").read_text())
+    assert state["batches"] == [  # what a later resume reads back
+        {"from_step": 0, "images_per_step": 4, "steps_per_epoch": 3},
+        {"from_step": 3, "images_per_step": 8, "steps_per_epoch": 1},
+    ]
+
+
+def test_a_run_never_starts_over_a_saved_model_and_a_finished_one_resumed_is_left_alone(tmp_path, cache_dir, monkeypatch):
+    out = tmp_path / "run"
+    common = ["--validation_steps", "100", "--checkpointing_steps", "2", "--logger", "none"]
+    ddpm.train(ddpm.parse_args(tiny_args(out, cache_dir, "--max_train_steps", "2", *common)))
+    measured = [{"name": "disc Dice", "value": 0.9, "notes": "fundus-evaluate --update_model_card"}]
+    (out / "metrics.json").write_text(json.dumps(measured))
+    written = {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
+    # A requeued job resumes the finished run: nothing to do, and nothing rewritten (it reset metrics.json).
+    finished = tiny_args(out, cache_dir, "--max_train_steps", "2", "--resume_from_checkpoint", "latest", *common)
+    assert ddpm.train(ddpm.parse_args(finished)) == str(out)
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()} == written
+    pushed = []  # with --push_to_hub it uploads the saved folder (the first upload may have failed), still unchanged
+    monkeypatch.setattr("fundus_diffusion.hub.push_folder", lambda *args, **kwargs: pushed.append(args) or "url")
+    ddpm.train(ddpm.parse_args(finished + ["--push_to_hub", "--hub_model_id", "me/run"]))
+    assert pushed == [(str(out), "me/run")]
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()} == written
+    assert json.loads((out / "metrics.json").read_text()) == measured
+    # With its checkpoints deleted to save disk, a fresh run there, or a resume that finds no checkpoint, would
+    # replace the saved model: refused before anything is built.
+    shutil.rmtree(out / "checkpoint-2")
+    for resume in ([], ["--resume_from_checkpoint", "latest"]):
+        with pytest.raises(FileExistsError, match=r"already holds a saved model \(model_index.json\) and no checkpoint"):
+            ddpm.train(ddpm.parse_args(tiny_args(out, cache_dir, "--max_train_steps", "2", *common) + resume))
+    assert json.loads((out / "metrics.json").read_text()) == measured

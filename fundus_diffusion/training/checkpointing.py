@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from .args import NonFiniteLossError
 
 STATE_FILE = "training_state.json"
+MODEL_INDEX_FILE = "model_index.json"  # what a saved model folder holds (diffusers)
 MANIFEST_FILE = "manifest.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 LEGACY_CUSTOM_RE = re.compile(r"^custom_checkpoint_(\d+)\.pkl$")
@@ -320,6 +321,7 @@ def save_checkpoint(
     total_limit: Optional[int] = None,
     settings: Optional[dict] = None,
     extra_state: Optional[Dict[str, object]] = None,
+    batches: Optional[List[Dict[str, int]]] = None,
 ) -> str:
     """Save the full training state as ``output_dir/checkpoint-{step}``; every process must call this.
 
@@ -327,8 +329,8 @@ def save_checkpoint(
     (the EMA, an LR scheduler stepped by hand), safely (see the module). Keeps the newest ``total_limit``
     checkpoints (all when None). Raises ``FileExistsError`` rather than replace an existing ``checkpoint-{step}``
     that verifies; one that does not verify is set aside. ``settings`` (the flags that shape the models) go into its
-    state file, so that a resume with other ones can say which. Raises ``NonFiniteWeightsError`` (and writes
-    nothing) when a weight holds NaN or inf.
+    state file, so that a resume with other ones can say which; so do ``batches`` (``checkpoint_batches``).
+    Raises ``NonFiniteWeightsError`` (and writes nothing) when a weight holds NaN or inf.
     """
     objects = _objects(accelerator, extra_state)
     bad = _non_finite(accelerator, objects)
@@ -361,7 +363,10 @@ def save_checkpoint(
         for name, obj in objects.items():
             _save_object(obj, tmp, name)
         with open(os.path.join(tmp, STATE_FILE), "w") as f:
-            json.dump({"step": int(step), "settings": settings or {}}, f, default=str)
+            state = {"step": int(step), "settings": settings or {}}
+            if batches is not None:
+                state["batches"] = batches
+            json.dump(state, f, default=str)
         write_manifest(tmp)
         _fsync_tree(tmp)
         os.replace(tmp, final)
@@ -374,12 +379,21 @@ def save_checkpoint(
     return final
 
 
-def refuse_to_overwrite(output_dir: str, resume_from: Optional[str]) -> None:
-    """A fresh run (no ``--resume_from_checkpoint``) must not start over an earlier run's checkpoints."""
+def refuse_to_overwrite(output_dir: str, resume_from: Optional[str], resume_path: Optional[str]) -> None:
+    """A run must not start afresh over an earlier run: over its checkpoints (without ``--resume_from_checkpoint``),
+    nor over its saved model when there is no checkpoint to continue from (``resume_path`` None: none given, or
+    'latest' found none, e.g. after the checkpoints were deleted to save disk), which the new run's final save would
+    replace, card and measured metrics included."""
     if not resume_from and list_checkpoints(output_dir):
         raise FileExistsError(
             f"{output_dir} already holds checkpoints from an earlier run. Continue it with "
             "--resume_from_checkpoint latest, or choose a new --output_dir."
+        )
+    if resume_path is None and os.path.isfile(os.path.join(output_dir, MODEL_INDEX_FILE)):
+        raise FileExistsError(
+            f"{output_dir} already holds a saved model ({MODEL_INDEX_FILE}) and no checkpoint to continue it from: "
+            "this run would replace it, card and metrics included. Fix: choose a new --output_dir (a DDPM can start "
+            f"from its weights with --init_from {output_dir}), or move the saved model away first."
         )
 
 
@@ -438,18 +452,28 @@ def find_checkpoint(output_dir: str, resume_from: Optional[str], accelerator=Non
     return path
 
 
+def checkpoint_batches(path: str) -> Optional[List[Dict[str, int]]]:
+    """The batches a checkpoint's run took (``loop.batch_history``'s list), or None where the checkpoint predates
+    the record."""
+    with open(os.path.join(path, STATE_FILE)) as f:
+        return json.load(f).get("batches")
+
+
 def _refuse_later_checkpoints(output_dir: str, path: str, resume_from: str) -> None:
-    """An earlier checkpoint of ``output_dir`` resumed there would train another path past the later checkpoints'
-    steps and stop at the first of them (a checkpoint is never overwritten), with snapshots and grids of two paths
-    mixed in one folder: refused before anything runs."""
-    saved = list_checkpoints(output_dir)
-    here = next((step for step, c in saved if os.path.samefile(c, path)), None)
-    later = [os.path.basename(c) for step, c in saved if here is not None and step > here]
+    """A checkpoint resumed in an ``output_dir`` that holds checkpoints of later steps (an earlier checkpoint of the
+    same folder, or one from elsewhere) would train another path past those steps and stop at the first of them (a
+    checkpoint is never overwritten), with snapshots and grids of two paths mixed in one folder: refused before
+    anything runs."""
+    with open(os.path.join(path, STATE_FILE)) as f:  # verified by the caller
+        here = int(json.load(f)["step"])
+    later = [os.path.basename(c) for step, c in list_checkpoints(output_dir) if step > here]
     if later:
+        inside = any(os.path.samefile(c, path) for _, c in list_checkpoints(output_dir))
+        whose = "later checkpoints of this run" if inside else "checkpoints of later steps (of another run)"
         raise ValueError(
-            f"--resume_from_checkpoint {resume_from!r}: {output_dir} also holds later checkpoints of this run "
-            f"({', '.join(later)}); training on from step {here} there would reach {later[0]} and stop, since a "
-            f"checkpoint is never overwritten. Fix: pass a new --output_dir (the checkpoint path still resumes: "
+            f"--resume_from_checkpoint {resume_from!r}: {output_dir} also holds {whose} ({', '.join(later)}); "
+            f"training on from step {here} there would reach {later[0]} and stop, since a checkpoint is never "
+            f"overwritten. Fix: pass a new --output_dir (the checkpoint path still resumes: "
             f"--resume_from_checkpoint {path}), or use 'latest'."
         )
 
@@ -494,6 +518,13 @@ def _accelerate_view(path: str):
 def _warn_if_rng_unreadable(accelerator, path: str) -> None:
     """accelerate only logs (at INFO) when it cannot restore this process's RNG state; say it louder."""
     name = f"random_states_{accelerator.process_index}.pkl"
+    saved_by = len([n for n in os.listdir(path) if re.fullmatch(r"random_states_\d+\.pkl", n)])
+    if not os.path.exists(os.path.join(path, name)) and 0 < saved_by <= accelerator.process_index:
+        logger.warning(  # not damage: a resume on more processes than saved the checkpoint
+            f"{path} was saved by {saved_by} process(es), so process {accelerator.process_index} has no random state "
+            "to restore (expected when a run resumes on more processes); it continues with its own random numbers."
+        )
+        return
     try:
         states = weights_only_load(os.path.join(path, name))
         missing = {"random_state", "numpy_random_seed", "torch_manual_seed"} - set(states)
@@ -511,7 +542,10 @@ def _as_given(flag: str, now, saved) -> str:
     """A flag that differs from the checkpoint's, as the user gives it: a switch as with / without it."""
     if isinstance(now, bool) and isinstance(saved, bool):
         return f"{'with' if now else 'without'} --{flag} (checkpoint: {'with' if saved else 'without'} it)"
-    return f"--{flag} {now} (checkpoint: {saved})"
+    def shown(value):  # argparse's None is a flag left out (or given as its "off" value, e.g. --snr_gamma 0)
+        return "not set" if value is None else value
+
+    return f"--{flag} {shown(now)} (checkpoint: {shown(saved)})"
 
 
 def load_checkpoint(

@@ -7,10 +7,11 @@ step: step, count, and at the logging / checkpoint / validation / snapshot steps
 (EMA weights where the kind keeps them) with its card and push it.
 """
 
+import json
 import os
 import time
 from functools import partial
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ from ..data.schema import LABEL_NAMES, NULL_CLASS_ID
 from .args import check_finite, make_accelerator, model_flags, public_args, seeded_build, write_training_args
 from .batches import EpochPlan, load_training_batches
 from .checkpointing import (
+    MODEL_INDEX_FILE,
+    checkpoint_batches,
     find_checkpoint,
     load_checkpoint,
     refuse_to_overwrite,
@@ -289,20 +292,78 @@ def snapshot_folder(output_dir: str, step: int) -> str:
 
 
 def save_model_folder(
-    kind, view, plan, step: int, started: float, validation, folder: str, repo_id=None, final: bool = False
+    kind, view, plan, batch_record, step: int, started: float, validation, folder: str, repo_id=None, final: bool = False
 ) -> None:
     """The model as it is at ``step`` (the kind's weights to ship; ``final``: its ``final_pipeline``) with its card,
     metrics and training arguments: the final save and every snapshot are the same kind of folder. The card counts the
-    passes over the data by ``step`` (whole epochs as a whole number, an unfinished one to two decimals: 30 steps of a
-    33-step epoch are 0.91) and shows ``validation`` only when it was measured at ``step`` (a snapshot between
-    validations shows none)."""
+    passes over the data step by step in epochs of the batch each step took (``batch_record``, ``batch_history``'s; whole
+    epochs as a whole number, an unfinished one to two decimals: 30 steps of a 33-step epoch are 0.91) and shows
+    ``validation`` only when it was measured at ``step`` (a snapshot between validations shows none)."""
     args = kind.args
-    passes = round(step / plan.steps_per_epoch, 2)
+    ends = [later["from_step"] for later in batch_record[1:]] + [step]
+    passes = round(
+        sum(max(min(end, step) - b["from_step"], 0) / b["steps_per_epoch"] for b, end in zip(batch_record, ends)), 2
+    )
     epochs = int(passes) if passes == int(passes) else passes
     info = {**run_info(args, view, kind.accelerator, step, epochs, time.time() - started), **kind.training_info(final)}
+    if len(batch_record) > 1:  # the batch changed at a resume
+        info["batch_size"] = ", then ".join(f"{b['images_per_step']} from step {b['from_step']}" for b in batch_record)
     pipeline = kind.final_pipeline() if final else kind.pipeline()
     hub.save_model(pipeline, folder, training_info=info, metrics=kind.card_metrics(validation), repo_id=repo_id)
     write_training_args(args, folder)
+
+
+def hub_repo_id(args) -> str:
+    """The Hub repository a run is pushed to (``--push_to_hub``): ``--hub_model_id``, else the output folder's name."""
+    return args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+
+
+def push_run(args) -> None:
+    """Upload the run's saved folder to ``hub_repo_id(args)`` and log where."""
+    url = hub.push_folder(args.output_dir, hub_repo_id(args), token=args.hub_token, private=args.hub_private_repo)
+    logger.info(f"Uploaded to {url}")
+
+
+def finished_here(output_dir: str, resume_path: str, step: int, plan) -> bool:
+    """Whether resuming ``resume_path`` at ``step`` has nothing to train and its own run's final model is saved:
+    the checkpoint is one of ``output_dir``'s, and the model saved there was trained to ``step``, its last."""
+    if step < plan.max_train_steps or os.path.dirname(os.path.abspath(resume_path)) != os.path.abspath(output_dir):
+        return False
+    try:
+        with open(os.path.join(output_dir, MODEL_INDEX_FILE)) as f:
+            return int(json.load(f)["training_info"]["steps"]) == step
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def batch_history(args, accelerator, plan, resume_path: Optional[str], step: int) -> List[Dict[str, int]]:
+    """The batches the run's steps took, oldest first, as ``{"from_step", "images_per_step", "steps_per_epoch"}``
+    (what the checkpoints record and the card counts its epochs by): the resumed checkpoint's, and this run's batch
+    from ``step`` on where it differs (another ``--train_batch_size`` or number of processes), which is logged."""
+    now = {
+        "from_step": 0,
+        "images_per_step": args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
+        "steps_per_epoch": plan.steps_per_epoch,
+    }
+    saved = checkpoint_batches(resume_path) if resume_path else None
+    if saved is None:
+        if resume_path:
+            logger.info(f"{resume_path} predates the record of a run's batches: the card counts its steps as this batch's.")
+        return [now]
+    last = saved[-1]
+    if (last["images_per_step"], last["steps_per_epoch"]) == (now["images_per_step"], now["steps_per_epoch"]):
+        return saved
+    length = (
+        f"--max_train_steps {args.max_train_steps}" if args.max_train_steps
+        else f"--num_epochs {args.num_epochs}, counted in steps of the new batch"
+    )
+    logger.warning(
+        f"The batch changes at this resume: {last['images_per_step']} images a step to step {step}, "
+        f"{now['images_per_step']} from here (--train_batch_size {args.train_batch_size} x {accelerator.num_processes} "
+        f"process(es) x {args.gradient_accumulation_steps} accumulation steps); the learning rate is not rescaled, and "
+        f"the run ends at step {plan.max_train_steps} ({length}). The card counts the epochs by each step's batch."
+    )
+    return saved + [{**now, "from_step": step}]
 
 
 def train(args, kind_class) -> str:
@@ -311,8 +372,8 @@ def train(args, kind_class) -> str:
     accelerator = make_accelerator(args)
     if args.seed is not None:
         set_seed(args.seed)
-    refuse_to_overwrite(args.output_dir, args.resume_from_checkpoint)
     resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint, accelerator)  # before the build
+    refuse_to_overwrite(args.output_dir, args.resume_from_checkpoint, resume_path)
 
     view, batches = load_training_batches(accelerator, args, args.mask_names)
     if args.class_conditional and not view.labelled:
@@ -343,8 +404,18 @@ def train(args, kind_class) -> str:
         )
         logger.info(f"Resumed from {resume_path} at step {global_step}")
         kind.check_resumed(global_step)
+        if finished_here(args.output_dir, resume_path, global_step, plan):
+            logger.info(  # a requeued job: saving again would only rewrite the card and reset metrics.json
+                f"{args.output_dir} is finished: its saved model was trained to step {global_step} and "
+                f"--max_train_steps is {plan.max_train_steps}; nothing to train (raise --max_train_steps to go on)."
+            )
+            if args.push_to_hub and accelerator.is_main_process:  # the upload that failed the first time, say
+                push_run(args)
+            accelerator.end_training()
+            return args.output_dir
     elif args.resume_from_checkpoint:
         logger.info(f"No checkpoint in {args.output_dir} yet; starting from scratch.")
+    batch_record = batch_history(args, accelerator, plan, resume_path, global_step)
     logs = RunLogs(kind, global_step if resume_path else None)
     post_hoc = getattr(kind, "post_hoc_ema", None)  # ema-pytorch's PostHocEMA, where the kind keeps one
     if post_hoc is not None and accelerator.is_main_process:
@@ -394,12 +465,13 @@ def train(args, kind_class) -> str:
             if kind.snapshot_due(global_step) and accelerator.is_main_process:
                 measured = validation if validated_at == global_step else {}  # not another step's numbers
                 save_folder_atomically(
-                    partial(save_model_folder, kind, view, plan, global_step, logs.started, measured),  # (folder)
+                    partial(save_model_folder, kind, view, plan, batch_record, global_step, logs.started, measured),
                     snapshot_folder(args.output_dir, global_step),
                 )
             if save_now:
                 save_checkpoint(
-                    accelerator, args.output_dir, global_step, args.checkpoints_total_limit, flags, saved_objects
+                    accelerator, args.output_dir, global_step, args.checkpoints_total_limit, flags, saved_objects,
+                    batch_record,
                 )
     progress.close()
 
@@ -407,11 +479,10 @@ def train(args, kind_class) -> str:
     if accelerator.is_main_process:
         if validated_at != global_step:  # resumed at the end: nothing ran, but the card reports a validation
             validation = validate(global_step)
-        repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
         save_folder_atomically(
             lambda folder: save_model_folder(
-                kind, view, plan, global_step, logs.started, validation, folder, repo_id if args.push_to_hub else None,
-                final=True,
+                kind, view, plan, batch_record, global_step, logs.started, validation, folder,
+                hub_repo_id(args) if args.push_to_hub else None, final=True,
             ),
             args.output_dir,
         )
@@ -419,7 +490,6 @@ def train(args, kind_class) -> str:
         if args.compile_cache:  # again, with the validation's graphs
             save_compile_cache(args.compile_cache)
         if args.push_to_hub:
-            url = hub.push_folder(args.output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo)
-            logger.info(f"Uploaded to {url}")
+            push_run(args)
     accelerator.end_training()
     return args.output_dir
