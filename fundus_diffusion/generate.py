@@ -735,7 +735,8 @@ def resume_refusal(output_dir: str, changed: Dict[str, Tuple], config: Generatio
 
 
 def shown(value) -> str:
-    """A recorded setting as a person reads it in a refusal: ``--labels`` counts as given, a list comma-separated."""
+    """A recorded setting as a refusal shows it: label counts as ``--labels`` takes them, a list comma-separated,
+    None as "not set"."""
     if isinstance(value, dict):
         return label_spec(value) if value else "none"
     if isinstance(value, (list, tuple)):

@@ -130,7 +130,7 @@ def test_a_run_weighs_the_turned_and_cropped_disc_says_so_and_resumes_only_with_
     if not crops:
         at = args.index("--region_loss_weight")
         without = args[:at] + args[at + 2 :] + ["--max_train_steps", "8"]  # the last --max_train_steps counts
-        with pytest.raises(ValueError, match=r"--region_loss_weight None \(checkpoint: 4\.0\)"):
+        with pytest.raises(ValueError, match=r"--region_loss_weight not set \(checkpoint: 4\.0\)"):
             ddpm.train(ddpm.parse_args(without + ["--resume_from_checkpoint", "latest"]))
 
 
