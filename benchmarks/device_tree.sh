@@ -10,7 +10,8 @@
 #
 # hide takes docs/results/ out of git's index and ignores it in .git/info/exclude (the files stay on disk), and
 # installs a pre-commit hook that refuses every commit until restore: a commit meanwhile would delete docs/results/
-# from the repository. restore puts the index back as HEAD has it and removes both.
+# from the repository. restore puts the index back as HEAD has it and removes both (so stage new files under
+# docs/results/ after restore: changes staged there before hide come back unstaged, still on disk).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 HIDDEN=docs/results
