@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Keep docs/results/ from travelling with the device tool's calls. A call sends the checkout's tracked and
 # untracked-not-ignored files with the carried paths, at most 64 MiB in all; docs/results/ (every session's figures
-# and raw results) is most of the tracked size, no device command reads it, and since session 33 the tree with the
+# and raw results) is most of the tracked size and no device command reads it (the split files
+# they do read live in docs/splits/), and since session 33 the tree with the
 # wheels (.whl) and fundus-od (.device_data/fundus-od) passed the limit, so every call was refused.
 #
 #   bash benchmarks/device_tree.sh hide      # before the session's first device call

@@ -4,7 +4,7 @@
 # fixed training split: scripts/split_dataset.py --stratify label --subsets), a label-balanced synthetic set of N_SYN
 # images sampled from it (half PM, half non-PM, classifier-free guidance GUIDANCE), and scripts/evaluate_pm.py: a PM
 # classifier trained on the N real, the synthetic alone and both, accuracy and ROC AUC on the fixed held-out split
-# (seed 0, 20 %, stratified by label: docs/results/palm-224_test_ids.txt), the two-sample realism test and the copy
+# (seed 0, 20 %, stratified by label: docs/splits/palm-224_test_ids.txt), the two-sample realism test and the copy
 # check against the N images, which refuses a set copied more often than held-out images are flagged.
 # GUIDANCE="2 1": each generator sampled and judged again at every further scale (sets <job>-w<scale>, pm_figure.py's
 # "(guidance <scale>)" lines), a paired comparison on the same generators for a sampling and an evaluation each.

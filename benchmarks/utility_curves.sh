@@ -4,8 +4,8 @@
 # scripts/split_dataset.py --subsets), N_SYN pairs sampled from it with DPM-Solver++ 20, and evaluate.py with
 # --real <the N pairs>, so its report holds the Dice of segmenters trained on real-N, synthetic alone and real-N +
 # synthetic, on the fixed held-out split (seed 0, 20 %, stratified by id prefix, as the realism ablation's, but split by
-# eye: the repeat photographs of EYE_GROUPS, default docs/results/fundus-od_eye_groups.csv, kept on one side; the
-# held-out ids are docs/results/fundus-od_test_ids_by_eye.txt, 2 of 33 unlike the realism ablation's), and the copy
+# eye: the repeat photographs of EYE_GROUPS, default docs/splits/fundus-od_eye_groups.csv, kept on one side; the
+# held-out ids are docs/splits/fundus-od_test_ids_by_eye.txt, 2 of 33 unlike the realism ablation's), and the copy
 # check of the synthetic set against the N pairs. Per-source jobs (SOURCES) train on one source's training-split
 # images and are judged on everything else (its held-out images and every image of the other source, none seen):
 # the report's per-source Dice is the in-camera and the other-camera score side by side. That report's two-sample test
@@ -57,8 +57,8 @@ export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"
 DATA=${DATA:-.device_data}
 OUT=${OUT:-reports/utility}
 PY=${PYTHON:-python3}
-EYE_GROUPS_DEFAULT=$(realpath docs/results/fundus-od_eye_groups.csv)  # and the split by eye it gives:
-BY_EYE_IDS=$(realpath docs/results/fundus-od_test_ids_by_eye.txt)
+EYE_GROUPS_DEFAULT=$(realpath docs/splits/fundus-od_eye_groups.csv)  # and the split by eye it gives:
+BY_EYE_IDS=$(realpath docs/splits/fundus-od_test_ids_by_eye.txt)
 EYE_GROUPS=$(realpath "${EYE_GROUPS:-$EYE_GROUPS_DEFAULT}")  # split_dataset.py --groups
 [[ $PY == */* ]] && PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # jobs run in $CODE: keep a path valid
 STAGE=${STAGE:?set STAGE to train, wait, pack or stop}

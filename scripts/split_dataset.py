@@ -8,7 +8,7 @@ source's own split, e.g. a folder's metadata.csv source_split, which the split b
     # the same, with each eye's repeat photographs on one side (issue 20's learning curves use this split; draw their
     # subsets from its train/ and the per-source parts with its test_ids.txt)
     fundus-split-dataset --dataset data/fundus-od --stratify id_prefix \\
-        --groups docs/results/fundus-od_eye_groups.csv --output_dir data/fundus-od-split-by-eye
+        --groups docs/splits/fundus-od_eye_groups.csv --output_dir data/fundus-od-split-by-eye
     # n10-seed0/ ... n50-seed2/ and subsets.json: 10 inside 25 inside 50 for each seed, DRIONS / DRISHTI kept 90:77
     fundus-split-dataset --dataset data/fundus-od-split/train --stratify id_prefix \\
         --subsets 10,25,50 --subset_seeds 0,1,2 --output_dir data/fundus-od-subsets
@@ -59,7 +59,7 @@ def parse_args(argv=None):
         metavar="CSV",
         help="A held-out split that keeps each group's images on one side: a CSV with the columns id and group (e.g. "
         "repeat photographs of one eye, or one patient's eyes; ids as in the dataset or their file names; images it "
-        "does not name split alone). docs/results/fundus-od_eye_groups.csv groups fundus-od's repeat photographs.",
+        "does not name split alone). docs/splits/fundus-od_eye_groups.csv groups fundus-od's repeat photographs.",
     )
     parser.add_argument("--images_only", action="store_true", help="Keep images without masks.")
     mode = parser.add_mutually_exclusive_group()

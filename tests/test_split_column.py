@@ -60,17 +60,17 @@ def test_script_on_fundus_od_writes_no_test_rows_into_train(fundus_od_dir, tmp_p
 
 
 def test_the_split_by_eye_of_fundus_od_is_the_committed_one(fundus_od_dir, tmp_path, capsys):
-    """docs/results/fundus-od_test_ids_by_eye.txt (issue 20's held-out split) comes back from the command its header
+    """docs/splits/fundus-od_test_ids_by_eye.txt (issue 20's held-out split) comes back from the command its header
     in benchmarks/utility_curves.sh runs, and no repeat photograph of an eye is on the other side of its twin."""
     from fundus_diffusion.evaluation.splits import read_split_file
 
     script = runpy.run_path(str(REPO_ROOT / "scripts" / "split_dataset.py"))
-    groups_file = REPO_ROOT / "docs" / "results" / "fundus-od_eye_groups.csv"
+    groups_file = REPO_ROOT / "docs" / "splits" / "fundus-od_eye_groups.csv"
     out = tmp_path / "split"
     argv = ["--dataset", str(fundus_od_dir), "--stratify", "id_prefix", "--groups", str(groups_file), "--output_dir", str(out)]
     script["main"](script["parse_args"](argv))
     assert "5 groups kept whole" in capsys.readouterr().out
     held = read_split_file(str(out / "test_ids.txt"))
-    assert held == read_split_file(str(REPO_ROOT / "docs" / "results" / "fundus-od_test_ids_by_eye.txt"))
+    assert held == read_split_file(str(REPO_ROOT / "docs" / "splits" / "fundus-od_test_ids_by_eye.txt"))
     for pair in (("002", "003"), ("010", "011"), ("020", "021"), ("022", "023"), ("108", "109")):
         assert len({f"folder:fundus-od/drions_{n}" in held for n in pair}) == 1, pair
