@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 HIDDEN=docs/results
 EXCLUDE=.git/info/exclude
-HOOK=.git/hooks/pre-commit
+HOOK=$(git rev-parse --git-path hooks/pre-commit)  # a fresh clone may have no hooks/ folder yet
 MARK="# device_tree.sh: $HIDDEN/ is hidden from the index"
 
 case "${1:-}" in
@@ -30,6 +30,7 @@ case "${1:-}" in
       echo "$HOOK exists; this script would replace it. Fix: move it away, then run hide again." >&2
       exit 1
     fi
+    mkdir -p "$(dirname "$HOOK")"
     git rm -r --cached -q "$HIDDEN"
     echo "/$HIDDEN/" >> "$EXCLUDE"
     printf '#!/bin/sh\n%s\necho "%s: %s/ is out of the index for device calls; a commit now would delete it. Fix: bash benchmarks/device_tree.sh restore" >&2\nexit 1\n' \

@@ -746,13 +746,9 @@ def shown(value) -> str:
 
 def as_flag(name: str, value) -> str:
     """A recorded setting as the flag that gives it back (``""`` where leaving the flag out does)."""
-    if isinstance(value, dict):
-        return f"--{name} {label_spec(value)}" if value else ""
-    if isinstance(value, (list, tuple)):  # --postprocess: a comma list
-        return f"--{name} {','.join(map(str, value))}" if value else ""
-    if value is True:
-        return f"--{name}"
-    return "" if value is None or value is False else f"--{name} {value}"
+    if value is None or value is False or (isinstance(value, (dict, list, tuple)) and not value):
+        return ""
+    return f"--{name}" if value is True else f"--{name} {shown(value)}"
 
 
 def label_spec(labels: Dict[str, int]) -> str:

@@ -38,7 +38,10 @@ def repo(tmp_path):
     return tmp_path
 
 
-def test_hide_keeps_results_from_the_device_and_commits_out_until_restore(repo):
+@pytest.mark.parametrize("hooks_folder", [True, False], ids=["hooks-folder", "no-hooks-folder"])
+def test_hide_keeps_results_from_the_device_and_commits_out_until_restore(repo, hooks_folder):
+    if not hooks_folder:  # a clone made without git's templates has none (this session's checkout did not)
+        shutil.rmtree(repo / ".git" / "hooks", ignore_errors=True)
     everything = ["benchmarks/device_tree.sh", "code.py", "docs/results/figure.png"]
     assert sent(repo) == everything
     assert run(repo, "bash", "benchmarks/device_tree.sh", "hide").returncode == 0

@@ -37,7 +37,6 @@ from safetensors.torch import load_file, save_file
 from .args import NonFiniteLossError
 
 STATE_FILE = "training_state.json"
-MODEL_INDEX_FILE = "model_index.json"  # what a saved model folder holds (diffusers)
 MANIFEST_FILE = "manifest.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 LEGACY_CUSTOM_RE = re.compile(r"^custom_checkpoint_(\d+)\.pkl$")
@@ -389,9 +388,9 @@ def refuse_to_overwrite(output_dir: str, resume_from: Optional[str], resume_path
             f"{output_dir} already holds checkpoints from an earlier run. Continue it with "
             "--resume_from_checkpoint latest, or choose a new --output_dir."
         )
-    if resume_path is None and os.path.isfile(os.path.join(output_dir, MODEL_INDEX_FILE)):
+    if resume_path is None and os.path.isfile(os.path.join(output_dir, "model_index.json")):
         raise FileExistsError(
-            f"{output_dir} already holds a saved model ({MODEL_INDEX_FILE}) and no checkpoint to continue it from: "
+            f"{output_dir} already holds a saved model (model_index.json) and no checkpoint to continue it from: "
             "this run would replace it, card and metrics included. Fix: choose a new --output_dir (a DDPM can start "
             f"from its weights with --init_from {output_dir}), or move the saved model away first."
         )
@@ -466,9 +465,10 @@ def _refuse_later_checkpoints(output_dir: str, path: str, resume_from: str) -> N
     anything runs."""
     with open(os.path.join(path, STATE_FILE)) as f:  # verified by the caller
         here = int(json.load(f)["step"])
-    later = [os.path.basename(c) for step, c in list_checkpoints(output_dir) if step > here]
+    checkpoints = list_checkpoints(output_dir)
+    later = [os.path.basename(c) for step, c in checkpoints if step > here]
     if later:
-        inside = any(os.path.samefile(c, path) for _, c in list_checkpoints(output_dir))
+        inside = any(os.path.samefile(c, path) for _, c in checkpoints)
         whose = "later checkpoints of this run" if inside else "checkpoints of later steps (of another run)"
         raise ValueError(
             f"--resume_from_checkpoint {resume_from!r}: {output_dir} also holds {whose} ({', '.join(later)}); "

@@ -26,7 +26,6 @@ from ..data.schema import LABEL_NAMES, NULL_CLASS_ID
 from .args import check_finite, make_accelerator, model_flags, public_args, seeded_build, write_training_args
 from .batches import EpochPlan, load_training_batches
 from .checkpointing import (
-    MODEL_INDEX_FILE,
     checkpoint_batches,
     find_checkpoint,
     load_checkpoint,
@@ -330,7 +329,7 @@ def finished_here(output_dir: str, resume_path: str, step: int, plan) -> bool:
     if step < plan.max_train_steps or os.path.dirname(os.path.abspath(resume_path)) != os.path.abspath(output_dir):
         return False
     try:
-        with open(os.path.join(output_dir, MODEL_INDEX_FILE)) as f:
+        with open(os.path.join(output_dir, "model_index.json")) as f:
             return int(json.load(f)["training_info"]["steps"]) == step
     except (OSError, ValueError, KeyError, TypeError):
         return False
