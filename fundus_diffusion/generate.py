@@ -95,6 +95,7 @@ from .data.schema import (
     label_to_id,
     mask_column,
 )
+from .data.transforms import GENERATED_SOURCE_PREFIX
 from .model_cards import LICENSE, render_dataset_card, size_category
 from .pipelines.loading import DTYPES, SCHEDULERS, draws_step_noise, load_fundus_pipeline, use_scheduler
 from .pipelines.pipeline_fundus import export_command, split_mask_names
@@ -515,8 +516,8 @@ def png_name(sample_name: str) -> str:
 
 def _row(config: GenerationConfig, sample_name: str, index: int, label, image, masks, mask_names, origin=None) -> dict:
     row = {
-        "id": f"synthetic:{config.model_name}/{sample_name}",
-        "source": f"synthetic:{config.model_name}",
+        "id": f"{GENERATED_SOURCE_PREFIX}{config.model_name}/{sample_name}",
+        "source": f"{GENERATED_SOURCE_PREFIX}{config.model_name}",
         "split": "train",
         "image": image,
         "label": UNKNOWN_LABEL if label is None else label_to_id(label),

@@ -204,6 +204,16 @@ def test_fid_says_why_it_did_not_run(monkeypatch):
     assert "torch-fidelity is not installed" in fid_kid(images, images)["reason"]
 
 
+def test_a_split_file_beside_a_given_holdout_is_refused(tmp_path):
+    """Both say which images are held out; the split file was ignored while the report named it."""
+    from fundus_diffusion.evaluation.protocol import EvaluationConfig, resolve_split
+
+    real, holdout = load_phantom_dataset(6, size=32, seed=0), load_phantom_dataset(3, size=32, seed=50)
+    with pytest.raises(ValueError, match="--holdout and --split_file .* both say which images are held out"):
+        resolve_split(real, holdout, EvaluationConfig(split_file=str(tmp_path / "ids.txt")))
+    assert resolve_split(real, holdout, EvaluationConfig())[2] == "given held-out dataset"
+
+
 def test_evaluate_end_to_end_writes_the_report(tmp_path):
     real, synthetic = tmp_path / "real", tmp_path / "synthetic"
     load_phantom_dataset(15, size=48, seed=0).save_to_disk(str(real))
@@ -218,6 +228,7 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["counts"] == {"real_train": 12, "holdout": 3, "synthetic": 8}
     assert len(split_file.read_text().split("\n")) == 3 + 2  # comment line, 3 ids, final newline
+    assert "did not exist, so this split was written there" in json.dumps(report)  # a mistyped path shows
     assert report["downstream"]["results"]["real+synthetic"]["disc"]["dice"]["n"] == 2
     scored, empty = report["downstream"]["per_source_scored"], report["downstream"]["n_holdout_empty"]
     assert scored == {"disc": {"phantom": 3}, "atrophy": {"phantom": 3 - empty["atrophy"]}}  # the images Dice counts

@@ -80,6 +80,35 @@ def test_contact_sheet_size():
     assert sheet.size == (96, 2 * (32 + 12))
 
 
+def test_generated_samples_are_not_framed_again():
+    """A generated sample is framed already; framing it again re-centred the square on its own field and moved an
+    off-centre one (and its masks), as it moved 27 of 64 of session 34's samples and hid exact copies from the copy
+    check. Evaluation and training views take a generated row as it is, and frame a photograph as before."""
+    from datasets import Dataset
+    from PIL import Image
+
+    from fundus_diffusion.data.schema import fundus_features
+    from fundus_diffusion.data.transforms import is_generated
+    from fundus_diffusion.evaluation.arrays import dataset_arrays
+
+    p = draw_phantom(2, size=32)
+    drawn = Image.new("RGB", (32, 32))  # a DRIONS-like frame: black bands, the field 4 px above the centre
+    drawn.paste(p.image.resize((32, 20)), (0, 2))
+    disc = Image.new("L", (32, 32))
+    disc.paste(p.disc_mask.resize((32, 20), Image.NEAREST), (0, 2))
+    as_drawn = np.concatenate([np.asarray(drawn).transpose(2, 0, 1), np.asarray(disc)[None]])
+    rows = [
+        {"id": f"{source}/0", "source": source, "split": "train", "image": drawn, "disc_mask": disc, "has_disc_annotation": True, "label": 0}
+        for source in ("synthetic:run", "drions")
+    ]
+    assert [is_generated(row) for row in rows] == [True, False]
+    assert np.array_equal(pair_to_array(drawn, {"disc": disc}, ["disc"], 32, framed=True), as_drawn)
+    assert not np.array_equal(pair_to_array(drawn, {"disc": disc}, ["disc"], 32), as_drawn)  # re-centred
+
+    arrays = dataset_arrays(Dataset.from_list(rows, features=fundus_features(["disc"])), 32, ["disc"], "set")
+    assert np.array_equal(arrays[0].numpy(), as_drawn) and not np.array_equal(arrays[1].numpy(), as_drawn)
+
+
 def test_training_view_cache_matches_uncached(tmp_path):
     from fundus_diffusion.data import FundusTrainingView, load_phantom_dataset
 

@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 
 from .build import ordered_map
 from .schema import NULL_CLASS_ID, UNKNOWN_LABEL, annotation_matrix, mask_column, origins, parse_mask_names
-from .transforms import pair_to_array
+from .transforms import is_generated, pair_to_array
 
-CACHE_VERSION = 2  # bump when preprocessing changes, so that old caches are not reused
+CACHE_VERSION = 3  # bump when preprocessing changes, so that old caches are not reused
 
 
 def default_cache_dir() -> str:
@@ -141,7 +141,7 @@ class FundusTrainingView(Dataset):
     def _preprocess(self, index: int) -> np.ndarray:
         row = self.dataset[index]
         masks = {name: row[mask_column(name)] for name in self.mask_names}
-        return pair_to_array(row["image"], masks, self.mask_names, self.resolution)
+        return pair_to_array(row["image"], masks, self.mask_names, self.resolution, is_generated(row))
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -13,6 +13,15 @@ import torch
 from PIL import Image
 
 FUNDUS_THRESHOLD = 12  # a pixel whose brightest channel exceeds this (of 255) belongs to the fundus field
+GENERATED_SOURCE_PREFIX = "synthetic:"  # the source column of the rows generate.py writes: synthetic:<model>
+
+
+def is_generated(row: Dict) -> bool:
+    """Whether a schema row is a generated sample (``generate.py``): a picture framed already, since the model draws
+    framed pictures. Framing it again re-centres the square on its own fundus field, which moved 27 of 64 samples
+    and their masks by 8-22 px (RESULTS.md session 34) and hid exact copies of training photographs from the copy
+    check."""
+    return str(row.get("source") or "").startswith(GENERATED_SOURCE_PREFIX)
 
 
 def fundus_bbox(image: Image.Image) -> Tuple[int, int, int, int]:
@@ -35,11 +44,15 @@ def square_box(box: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
 
 
 def frame_pair(
-    image: Image.Image, masks: Optional[Dict[str, Optional[Image.Image]]] = None, resolution: int = 256
+    image: Image.Image,
+    masks: Optional[Dict[str, Optional[Image.Image]]] = None,
+    resolution: int = 256,
+    framed: bool = False,
 ) -> Tuple[Image.Image, Dict[str, Optional[Image.Image]]]:
     """A photograph and its masks framed as training frames them: the fundus field cropped to a square (padded with
     black where the square passes the image's edge), then resized to ``resolution`` (the photograph with antialiasing,
-    each mask with nearest neighbour, as a 0 / 255 ``L`` image; a mask given as None stays None).
+    each mask with nearest neighbour, as a 0 / 255 ``L`` image; a mask given as None stays None). ``framed``: the
+    picture is framed already (``is_generated``), so it is only resized.
 
     What a pipeline's ``image=`` and ``masks=`` take from a photograph of another size: a plain resize of a
     non-square photograph stretches it, and misplaces its masks against what the model learnt.
@@ -51,7 +64,7 @@ def frame_pair(
             f"({image.width}x{image.height} px): a mask is framed by the photograph's fundus field, so it must be "
             "the photograph's own. Fix: give the masks as annotated on this photograph, at its size."
         )
-    box = square_box(fundus_bbox(image))
+    box = (0, 0, image.width, image.height) if framed else square_box(fundus_bbox(image))
     size = (resolution, resolution)
     rgb = image.convert("RGB").crop(box).resize(size, Image.LANCZOS, reducing_gap=3.0)
     framed = {}
@@ -63,18 +76,18 @@ def frame_pair(
 
 
 def pair_to_array(
-    image: Image.Image, masks: Dict[str, Image.Image], mask_names: Sequence[str], resolution: int
+    image: Image.Image, masks: Dict[str, Image.Image], mask_names: Sequence[str], resolution: int, framed: bool = False
 ) -> np.ndarray:
-    """``frame_pair``, stacked to ``uint8 [C, H, W]``.
+    """``frame_pair`` (``framed`` as there), stacked to ``uint8 [C, H, W]``.
 
     Mask channels hold 0 or 255; a mask given as None (not annotated) gives an all-zero channel, which only the
     annotation flags (``schema.annotation_matrix``) tell apart from an empty mask. The uint8 form is what the training
     cache stores (4x smaller than float).
     """
-    rgb, framed = frame_pair(image, {name: masks[name] for name in mask_names}, resolution)
+    rgb, framed_masks = frame_pair(image, {name: masks[name] for name in mask_names}, resolution, framed)
     channels = [np.asarray(rgb).transpose(2, 0, 1)]
     for name in mask_names:
-        mask = framed[name]
+        mask = framed_masks[name]
         channels.append(np.zeros((1, resolution, resolution), np.uint8) if mask is None else np.asarray(mask)[None])
     return np.concatenate(channels, axis=0)
 

@@ -9,21 +9,22 @@ from tqdm.auto import tqdm
 
 from ..data import load_fundus_dataset
 from ..data.schema import check_has_masks, mask_column
-from ..data.transforms import pair_to_array
+from ..data.transforms import is_generated, pair_to_array
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 def dataset_arrays(dataset, resolution: int, mask_names: Sequence[str], desc: str) -> torch.Tensor:
-    """``uint8 [N, 3 + M, R, R]``: every row cropped, resized and stacked as for training. A mask a row is not
+    """``uint8 [N, 3 + M, R, R]``: every row cropped, resized and stacked as for training (a generated row, framed
+    already, only resized). A mask a row is not
     annotated for is an all-zero channel (``schema.annotation_matrix`` tells which); a mask the dataset has no column
     for is an error."""
     check_has_masks(dataset, mask_names, what=f"The {desc}")
     out = torch.empty((len(dataset), 3 + len(mask_names), resolution, resolution), dtype=torch.uint8)
     for i, row in enumerate(tqdm(dataset, desc=f"loading {desc}", unit="img", leave=False)):
         masks = {name: row[mask_column(name)] for name in mask_names}
-        out[i] = torch.from_numpy(pair_to_array(row["image"], masks, mask_names, resolution))
+        out[i] = torch.from_numpy(pair_to_array(row["image"], masks, mask_names, resolution, is_generated(row)))
     return out
 
 

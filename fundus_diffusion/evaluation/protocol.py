@@ -32,7 +32,7 @@ from ..data.schema import (
 )
 from ..visualization import contact_sheet
 from .arrays import dataset_arrays, default_device, to_pil
-from .checks import native_resolution, warn_if_upscaled
+from .checks import native_resolution, warn, warn_if_upscaled
 from .disc_appearance import appearance_section
 from .fid import fid_kid
 from .figures import bar_chart, histograms, titled
@@ -149,8 +149,15 @@ def masks_to_score(masks, real_train, holdout, synthetic, inputs: Optional[Dict]
 def resolve_split(real, holdout, config: EvaluationConfig) -> Tuple[object, object, str]:
     """``(real_train, holdout, how)``: the given holdout, the ids in ``split_file``, or a fresh split by id.
 
-    A ``split_file`` that does not exist yet is written with the fresh split, so later runs reuse it.
+    A ``split_file`` that does not exist yet is written with the fresh split, so later runs reuse it (and ``how`` says
+    so: a mistyped path gives a fresh split, not the one meant). A ``split_file`` beside a given holdout is refused:
+    the two name the held-out images twice.
     """
+    if holdout is not None and config.split_file:
+        raise ValueError(
+            f"--holdout and --split_file {config.split_file} both say which images are held out. Fix: pass one: "
+            "--holdout for a held-out dataset, or --split_file for held-out ids of --real."
+        )
     if holdout is not None:
         overlap = set(real["id"]) & set(holdout["id"])
         if overlap:
@@ -173,12 +180,14 @@ def resolve_split(real, holdout, config: EvaluationConfig) -> Tuple[object, obje
     # breakdown reports is held out in proportion.
     strata = origins(list(real["id"]), list(real["source"]))
     ids = holdout_ids(list(real["id"]), strata, config.holdout_fraction, config.split_seed)
-    if config.split_file:
-        write_split_file(config.split_file, ids)
     how = (
         f"held out of --real by holdout_ids(test_fraction={config.holdout_fraction}, seed={config.split_seed}, "
         f"stratified by origin){unseen_if}"
     )
+    if config.split_file:
+        write_split_file(config.split_file, ids)
+        how += f"; --split_file {config.split_file} did not exist, so this split was written there"
+        warn(f"--split_file {config.split_file} did not exist: a fresh split was written there (check the path).")
     return (*split_by_ids(real, ids), how)
 
 def _per_image_scores(
