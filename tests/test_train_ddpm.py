@@ -71,6 +71,27 @@ def test_no_random_flip_is_recorded_on_the_card(tmp_path, cache_dir):
         ddpm.train(ddpm.parse_args(resume + ["--no-random_flip"]))
 
 
+def test_antialiased_masks_train_grey_edges_and_are_kept_on_resume(tmp_path, cache_dir):
+    """--antialiased_masks frames the masks with grey edges (a view of its own in the cache), the card says so, and
+    a resume without it is refused like any change of what the model trains on."""
+    from fundus_diffusion.data import FundusTrainingView, load_phantom_dataset
+
+    phantoms = load_phantom_dataset(4, size=64, seed=1)
+    plain = FundusTrainingView(phantoms, 16, ("disc",), cache_dir=str(cache_dir))
+    grey = FundusTrainingView(phantoms, 16, ("disc",), cache_dir=str(cache_dir), antialiased_masks=True)
+    assert plain.cache_path != grey.cache_path
+    plain_disc, grey_disc = plain[0]["pixel_values"][3], grey[0]["pixel_values"][3]
+    assert set(plain_disc.unique().tolist()) == {-1.0, 1.0} and len(grey_disc.unique()) > 2  # grey levels on the rim
+    assert ((grey_disc > 0) != (plain_disc > 0)).float().mean() < 0.05  # read back as channel > 0: the same disc
+    run = tiny_args(tmp_path / "run", cache_dir, "--max_train_steps", "1", "--checkpointing_steps", "1", "--antialiased_masks")
+    ddpm.train(ddpm.parse_args(run + ["--logger", "none", "--validation_steps", "100"]))
+    assert "--antialiased_masks" in (tmp_path / "run" / "README.md").read_text()
+    resume = [a for a in run if a != "--antialiased_masks"]
+    resume[resume.index("--max_train_steps") + 1] = "2"
+    with pytest.raises(ValueError, match=r"antialiased_masks"):
+        ddpm.train(ddpm.parse_args(resume + ["--logger", "none", "--validation_steps", "100", "--resume_from_checkpoint", "latest"]))
+
+
 def test_presets_and_schedule_facts():
     paper = ddpm.parse_args(["--preset", "paper", "--output_dir", "x"])
     assert (paper.resolution, paper.train_batch_size, paper.num_train_timesteps) == (64, 8, 300)

@@ -44,7 +44,8 @@ class FundusTrainingView(Dataset):
 
     Several processes (``accelerate launch``) may create the same view at once: the first builds the cache under
     a file lock (with ``build_threads`` threads, default up to 4), the others wait for it and then memory-map the
-    finished file. ``name`` is how errors call the dataset (e.g. ``--dataset data/od``).
+    finished file. ``name`` is how errors call the dataset (e.g. ``--dataset data/od``); ``antialiased_masks``: masks
+    framed with grey edges (``transforms.frame_pair``; ``--antialiased_masks``).
     """
 
     def __init__(
@@ -56,8 +57,10 @@ class FundusTrainingView(Dataset):
         use_cache: bool = True,
         build_threads: Optional[int] = None,
         name: str = "the dataset",
+        antialiased_masks: bool = False,
     ):
         self.dataset = dataset
+        self.antialiased_masks = antialiased_masks
         self.resolution = int(resolution)
         self.mask_names = parse_mask_names(mask_names)
         self.mask_annotated = annotation_matrix(dataset, self.mask_names, what=name)
@@ -104,6 +107,7 @@ class FundusTrainingView(Dataset):
     def _cache_name(self) -> str:
         fingerprint = getattr(self.dataset, "_fingerprint", None) or str(len(self.dataset))
         key = f"{CACHE_VERSION}-{fingerprint}-{len(self.dataset)}-{self.resolution}-{','.join(self.mask_names)}"
+        key += "-antialiased" if self.antialiased_masks else ""  # the key of a plain view as before
         return f"view-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npy"
 
     def _load_or_build_cache(self, build_threads: Optional[int]) -> np.ndarray:
@@ -141,7 +145,9 @@ class FundusTrainingView(Dataset):
     def _preprocess(self, index: int) -> np.ndarray:
         row = self.dataset[index]
         masks = {name: row[mask_column(name)] for name in self.mask_names}
-        return pair_to_array(row["image"], masks, self.mask_names, self.resolution, is_generated(row))
+        return pair_to_array(
+            row["image"], masks, self.mask_names, self.resolution, is_generated(row), self.antialiased_masks
+        )
 
     def __len__(self) -> int:
         return len(self.dataset)

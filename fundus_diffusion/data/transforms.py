@@ -48,11 +48,15 @@ def frame_pair(
     masks: Optional[Dict[str, Optional[Image.Image]]] = None,
     resolution: int = 256,
     framed: bool = False,
+    antialiased_masks: bool = False,
 ) -> Tuple[Image.Image, Dict[str, Optional[Image.Image]]]:
     """A photograph and its masks framed as training frames them: the fundus field cropped to a square (padded with
     black where the square passes the image's edge), then resized to ``resolution`` (the photograph with antialiasing,
     each mask with nearest neighbour, as a 0 / 255 ``L`` image; a mask given as None stays None). ``framed``: the
-    picture is framed already (``is_generated``), so it is only resized.
+    picture is framed already (``is_generated``), so it is only resized. ``antialiased_masks``: each mask is resampled as
+    the photograph is (Lanczos), its edge a ramp of grey levels instead of a staircase of 0 and 255 (a training view's
+    choice, ``--antialiased_masks``: the generated rims' pixel-scale speckle sits on the masks' edges, RESULTS.md
+    session 34; a mask is read back as ``channel > 0`` either way).
 
     What a pipeline's ``image=`` and ``masks=`` take from a photograph of another size: a plain resize of a
     non-square photograph stretches it, and misplaces its masks against what the model learnt.
@@ -69,22 +73,31 @@ def frame_pair(
     rgb = image.convert("RGB").crop(box).resize(size, Image.LANCZOS, reducing_gap=3.0)
     framed = {}
     for name, mask in (masks or {}).items():
-        framed[name] = None if mask is None else mask.convert("L").crop(box).resize(size, Image.NEAREST).point(
-            lambda v: 255 if v >= 128 else 0
-        )
+        if mask is None:
+            framed[name] = None
+        elif antialiased_masks:
+            binary = mask.convert("L").point(lambda v: 255 if v >= 128 else 0)
+            framed[name] = binary.crop(box).resize(size, Image.LANCZOS, reducing_gap=3.0)
+        else:
+            framed[name] = mask.convert("L").crop(box).resize(size, Image.NEAREST).point(lambda v: 255 if v >= 128 else 0)
     return rgb, framed
 
 
 def pair_to_array(
-    image: Image.Image, masks: Dict[str, Image.Image], mask_names: Sequence[str], resolution: int, framed: bool = False
+    image: Image.Image,
+    masks: Dict[str, Image.Image],
+    mask_names: Sequence[str],
+    resolution: int,
+    framed: bool = False,
+    antialiased_masks: bool = False,
 ) -> np.ndarray:
-    """``frame_pair`` (``framed`` as there), stacked to ``uint8 [C, H, W]``.
+    """``frame_pair`` (``framed`` and ``antialiased_masks`` as there), stacked to ``uint8 [C, H, W]``.
 
-    Mask channels hold 0 or 255; a mask given as None (not annotated) gives an all-zero channel, which only the
+    Mask channels hold 0 or 255 (grey levels on the edges with ``antialiased_masks``); a mask given as None (not annotated) gives an all-zero channel, which only the
     annotation flags (``schema.annotation_matrix``) tell apart from an empty mask. The uint8 form is what the training
     cache stores (4x smaller than float).
     """
-    rgb, framed_masks = frame_pair(image, {name: masks[name] for name in mask_names}, resolution, framed)
+    rgb, framed_masks = frame_pair(image, {name: masks[name] for name in mask_names}, resolution, framed, antialiased_masks)
     channels = [np.asarray(rgb).transpose(2, 0, 1)]
     for name in mask_names:
         mask = framed_masks[name]

@@ -125,6 +125,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "show (a camera's number stamp, text), at the cost of the mirrored views; the epochs' order stays the same.",
     )
     data.add_argument(
+        "--antialiased_masks",
+        action="store_true",
+        help="Resample the masks as the photographs (Lanczos) when framing them for training: edges of grey levels "
+        "instead of a pixel staircase. Generated discs carried pixel-scale speckle on their masks' edges (RESULTS.md "
+        "session 34); not yet trained on real data. Samples' masks are read back as channel > 0 either way.",
+    )
+    data.add_argument(
         "--training_cache_dir",
         default=None,
         help="Where the training arrays preprocessed per resolution are cached (default $FUNDUS_CACHE or "

@@ -181,7 +181,7 @@ def load_training_batches(accelerator, args, mask_names):
     with accelerator.main_process_first():
         view = FundusTrainingView(
             load_fundus_dataset(args.dataset), args.resolution, mask_names, cache_dir=args.training_cache_dir,
-            name=f"--dataset {args.dataset}",
+            name=f"--dataset {args.dataset}", antialiased_masks=args.antialiased_masks,
         )  # fmt: skip
     if len(view) < args.train_batch_size:
         raise ValueError(f"The dataset has {len(view)} samples, fewer than --train_batch_size {args.train_batch_size}.")

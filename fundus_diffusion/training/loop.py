@@ -59,7 +59,7 @@ class ModelKind:
     MODEL_FLAGS: Tuple[str, ...] = ()
     OPTIMIZER_FLAGS: Tuple[str, ...] = ("learning_rate", "adam_beta1", "adam_beta2")
     LOSS_FLAGS: Tuple[str, ...] = ()  # how the error is weighted: equal on resume, as the card states it for the run
-    DATA_FLAGS: Tuple[str, ...] = ("random_flip",)  # which views of the images train: equal on resume, as the card says
+    DATA_FLAGS: Tuple[str, ...] = ("random_flip", "antialiased_masks")  # which views of the images train: equal on resume, as the card says
     LOSSES: Tuple[str, ...] = ("loss",)
     PEAK_METRICS: Dict[str, str] = {}
     VALIDATION_LOG: Optional[str] = None
@@ -236,6 +236,8 @@ def run_info(args, view, accelerator, steps: int, epochs: float, seconds: float)
         info["class_dropout_prob"] = args.class_dropout_prob
     if not args.random_flip:
         info["left-right flips"] = "none (--no-random_flip): every image as photographed"
+    if args.antialiased_masks:
+        info["mask edges"] = "antialiased (--antialiased_masks): grey levels, not a pixel staircase"
     if not (args.dataset.startswith("phantom") or os.path.exists(args.dataset)):
         info["hub_dataset"] = args.dataset
     return info
