@@ -139,6 +139,12 @@ def load_input(flag: str, spec: str):
 
 def main(args):
     model_dir = None
+    if args.update_model_card and args.resolution is not None:  # a comparison's figures replaced the card's headline
+        raise ValueError(
+            f"--update_model_card with --resolution {args.resolution}: the card states the native-resolution figures, "
+            "and --resolution is for comparisons. Fix: leave --resolution out to update the card (a set is judged at "
+            "its own size by default), or --update_model_card out for the comparison."
+        )
     if args.update_model_card:  # checked now, not after the evaluation's minutes
         model_dir = card_model_dir(args.synthetic, None if args.update_model_card == "auto" else args.update_model_card)
     config = EvaluationConfig(

@@ -229,6 +229,7 @@ def test_evaluate_end_to_end_writes_the_report(tmp_path):
     assert report["counts"] == {"real_train": 12, "holdout": 3, "synthetic": 8}
     assert len(split_file.read_text().split("\n")) == 3 + 2  # comment line, 3 ids, final newline
     assert "did not exist, so this split was written there" in json.dumps(report)  # a mistyped path shows
+    assert f"device cpu ({report['config']['cpu_threads']} CPU threads)" in (out / "report.md").read_text()
     assert report["downstream"]["results"]["real+synthetic"]["disc"]["dice"]["n"] == 2
     scored, empty = report["downstream"]["per_source_scored"], report["downstream"]["n_holdout_empty"]
     assert scored == {"disc": {"phantom": 3}, "atrophy": {"phantom": 3 - empty["atrophy"]}}  # the images Dice counts

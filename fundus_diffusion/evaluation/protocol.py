@@ -514,7 +514,11 @@ def evaluate(
     everyone = origins([*real_train["id"], *holdout_ids], [*real_train["source"], *holdout["source"]])
     holdout_sources = everyone[len(real_train) :]  # prefixes counted over all real images, as the split counted them
     report = {
-        "config": {**asdict(config), "resolution": resolution, "masks": list(mask_names), "device": device},
+        "config": {
+            **asdict(config), "resolution": resolution, "masks": list(mask_names), "device": device,
+            # CPU results depend on it (summation order): one thread against two moved a 32 px Dice by 0.05
+            "cpu_threads": torch.get_num_threads(),
+        },  # fmt: skip
         "masks_left_out": masks_left_out,
         "resolution": resolution_info,
         "counts": {"real_train": len(real_train), "holdout": len(holdout), "synthetic": len(synthetic)},

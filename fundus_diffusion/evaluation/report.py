@@ -73,6 +73,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
     counts, cfg = report["counts"], report["config"]
     px = f"{cfg['resolution']} px"
     how = report.get("resolution", {}).get("how", "given")
+    threads = f" ({cfg['cpu_threads']} CPU threads)" if cfg["device"] == "cpu" and "cpu_threads" in cfg else ""
     lines = [
         "# Synthetic data evaluation",
         "",
@@ -81,7 +82,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
         f"Synthetic: {', '.join(report['synthetic_sources'])} — {counts['synthetic']} samples. "
         f"Real training set: {counts['real_train']}; held-out real: {counts['holdout']} ({report['holdout_split']}). "
         f"Everything is judged at **{px}** ({how}); masks: {', '.join(cfg['masks']) or 'none'}"
-        f"{''.join(f' ({note})' for note in report.get('masks_left_out', []))}, device {cfg['device']}.",
+        f"{''.join(f' ({note})' for note in report.get('masks_left_out', []))}, device {cfg['device']}{threads}.",
         "",
         f"> {privacy_note(figure_files)}",
         "",
