@@ -21,6 +21,7 @@ from fundus_diffusion.evaluation.checks import (
 )
 from fundus_diffusion.evaluation.model_card import card_model_dir, update_model_card
 from fundus_diffusion.evaluation.realism import INVARIANCES, RealismRecipe
+from fundus_diffusion.generate import read_generation_config, sampler_description
 from fundus_diffusion.training.args import CommandParser, RenamedFlag, output_dir_problem
 
 
@@ -163,7 +164,11 @@ def main(args):
         split_file=args.split_file,
         inception_weights=args.inception_weights,
         device=args.device,
-        inputs={"real": args.real, "synthetic": args.synthetic, "holdout": args.holdout},
+        inputs={
+            "real": args.real, "synthetic": args.synthetic, "holdout": args.holdout,
+            # how the set was made, for the report's reader (generate.py's record; absent for other sets)
+            "sampler": sampler_description(args.synthetic), "generation_seed": read_generation_config(args.synthetic).get("seed"),
+        },  # fmt: skip
     )
     real, synthetic = load_input("real", args.real), load_input("synthetic", args.synthetic)
     holdout = load_input("holdout", args.holdout) if args.holdout else None

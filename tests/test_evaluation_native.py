@@ -67,6 +67,7 @@ def test_native_resolution_per_source_dice_and_worst_images(tmp_path):
     two_origins(load_phantom_dataset(20, size=48, seed=0)).save_to_disk(str(real))
     drawn_as = ["aaa"] * 6 + ["bbb"] * 4 + ["ccc"] * 2  # as an origin-conditioned model's set records them
     load_phantom_dataset(12, size=32, seed=100).add_column("origin", drawn_as).save_to_disk(str(synthetic))
+    (synthetic / "generation_config.json").write_text(json.dumps({"scheduler": "ddpm", "num_inference_steps": 100, "seed": 7}))
     out = tmp_path / "report"
     argv = ["--real", str(real), "--synthetic", str(synthetic), "--output_dir", str(out), "--worst_images", "3"]
     EVALUATE["main"](EVALUATE["parse_args"](argv + TINY + ["--realism_repeats", "2"]))  # no --resolution: 32 px
@@ -77,6 +78,7 @@ def test_native_resolution_per_source_dice_and_worst_images(tmp_path):
     markdown = (out / "report.md").read_text()
     assert "judged at **32 px**" in markdown and "## 1. Downstream utility (headline, 32 px)" in markdown
     assert "| trained on (32 px) |" in markdown and "128 px" not in markdown
+    assert "12 samples (sampled with ddpm, 100 steps; generation seed 7)." in markdown  # how the set was made
 
     downstream = report["downstream"]
     assert downstream["holdout_sources"] == {"aaa": 2, "bbb": 2}

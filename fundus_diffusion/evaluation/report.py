@@ -74,12 +74,16 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
     px = f"{cfg['resolution']} px"
     how = report.get("resolution", {}).get("how", "given")
     threads = f" ({cfg['cpu_threads']} CPU threads)" if cfg["device"] == "cpu" and "cpu_threads" in cfg else ""
+    inputs = cfg.get("inputs") or {}
+    made = [f"sampled with {inputs['sampler']}"] if inputs.get("sampler") else []
+    made += [f"generation seed {inputs['generation_seed']}"] if inputs.get("generation_seed") is not None else []
+    made = f" ({'; '.join(made)})" if made else ""
     lines = [
         "# Synthetic data evaluation",
         "",
         *warning_lines(report_warnings(report)),
         *refusal_banner(report["refused"]),
-        f"Synthetic: {', '.join(report['synthetic_sources'])} — {counts['synthetic']} samples. "
+        f"Synthetic: {', '.join(report['synthetic_sources'])} — {counts['synthetic']} samples{made}. "
         f"Real training set: {counts['real_train']}; held-out real: {counts['holdout']} ({report['holdout_split']}). "
         f"Everything is judged at **{px}** ({how}); masks: {', '.join(cfg['masks']) or 'none'}"
         f"{''.join(f' ({note})' for note in report.get('masks_left_out', []))}, device {cfg['device']}{threads}.",
