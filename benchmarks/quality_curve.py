@@ -68,6 +68,7 @@ def point(report: dict, mask: str):
     bands = spectrum["sets"]["synthetic"]["bands"] if spectrum.get("computed") else {}
     discs = report.get("disc_appearance", {})  # reports since session 16
     look = report.get("global_look", {})  # reports since session 20
+    edges = report.get("edge_detail", {})  # reports since session 34
     coherence = discs["sets"]["synthetic"]["statistics"]["orientation_coherence"]["mean"] if discs.get("computed") else None
     styles = {
         name.split(" / like ", 1)[1]: row["share"]
@@ -94,6 +95,9 @@ def point(report: dict, mask: str):
         # large vessels (middle band), small vessels (fine band)
         "power_middle": bands.get("middle"),
         "power_fine": bands.get("fine"),
+        "power_pixel": bands.get("pixel"),  # speckle and noise at 2-3 px
+        # the same speckle located: high-pass power within 3 px of the disc mask's edge, as a share of the photographs'
+        "edge_detail": edges["sets"]["synthetic"]["ratio"]["the edge, within 3 px"] if edges.get("computed") else None,
         # how much of the detail around the generated discs runs along lines, as vessels do (real photographs: 0.66)
         "disc_coherence": coherence,
         # the share of samples in each camera's style (by the colours around the disc; session 16: one style over-drawn)
@@ -178,8 +182,8 @@ def time_to_quality(points) -> dict:
 
 def table(curves: dict) -> str:
     lines = [
-        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | outside-disc AUC | quarter-resolution AUC | global-look AUC (features) | power / real, middle / fine band | disc detail coherence | camera styles | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}, not refused as copies) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---|---|",
+        f"| variant | step | minutes | synthetic-only Dice | share of real | real + synthetic | two-sample AUC (judge) | control | disc-region AUC | outside-disc AUC | quarter-resolution AUC | global-look AUC (features) | power / real, middle / fine / pixel band | disc-edge detail / real's | disc detail coherence | camera styles | both bars (Dice >= {DICE_SHARE_BAR:.0%}, AUC <= {AUC_BAR}, not refused as copies) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|---|",
     ]
     for variant, points in curves.items():
         for p in points:
@@ -190,12 +194,13 @@ def table(curves: dict) -> str:
                 f"{p[key]:.3f}" if p.get(key) is not None else ""
                 for key in ("auc_disc_region", "auc_outside_disc", "auc_quarter_resolution", "auc_global_look")
             )
-            power = f"{p['power_middle']:.2f} / {p['power_fine']:.2f}" if p["power_middle"] is not None else ""
+            power = f"{p['power_middle']:.2f} / {p['power_fine']:.2f} / {p['power_pixel']:.2f}" if p["power_middle"] is not None else ""
+            edge = f"{p['edge_detail']:.2f}" if p.get("edge_detail") is not None else ""
             coherence = f"{p['disc_coherence']:.3f}" if p["disc_coherence"] is not None else ""
             styles = ", ".join(f"{name} {share:.0%}" for name, share in p["camera_styles"].items())
             lines.append(
                 f"| {variant} | {p['step']:,} | {minutes} | {p['dice_synthetic']:.3f} | {p['dice_share']:.1%} | "
-                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {outside} | {quarter} | {look} | {power} | {coherence} | {styles} | "
+                f"{p['dice_real_plus_synthetic']:.3f} | {auc} | {control} | {region} | {outside} | {quarter} | {look} | {power} | {edge} | {coherence} | {styles} | "
                 f"{'met' if meets_bars(p) else 'refused: copies' if p['refused'] else 'no'} |"
             )
     for variant, points in curves.items():

@@ -15,7 +15,7 @@ from diffusers import DDPMScheduler
 from fundus_diffusion.data import load_phantom_dataset
 from fundus_diffusion.evaluation import EvaluationConfig, evaluate, spectrum, write_report
 from fundus_diffusion.evaluation.arrays import dataset_arrays
-from fundus_diffusion.evaluation.report import spectrum_lines
+from fundus_diffusion.evaluation.report import edge_lines, spectrum_lines
 
 spec = importlib.util.spec_from_file_location("power_spectrum", REPO_ROOT / "benchmarks" / "power_spectrum.py")
 power_spectrum = importlib.util.module_from_spec(spec)
@@ -99,13 +99,34 @@ def test_the_report_section_is_computed_from_128_px_and_shows_each_band():
     assert "Not computed: the coarse band needs images of 128" in "\n".join(spectrum_lines(small, "64 px"))
 
 
+def test_speckle_on_the_disc_edge_shows_on_the_edge_and_nowhere_else():
+    """edge_section can fail: a set against itself is 1 at every distance; the same set with speckle added within 2 px
+    of each disc's edge is far above 1 there and 1 on the retina; the report renders it, and without a disc says so."""
+    real = dataset_arrays(load_phantom_dataset(6, size=96), 96, ["disc"], "phantoms")
+    disc = real[:, 3:4].float() / 255
+    near_edge = (F.max_pool2d(disc, 5, 1, 2) - (-F.max_pool2d(-disc, 5, 1, 2))) > 0  # within 2 px of the edge
+    noise = torch.randn(real[:, :3].shape, generator=torch.Generator().manual_seed(0)) * 40
+    speckled = real.clone()
+    speckled[:, :3] = (real[:, :3].float() + noise * near_edge).clamp(0, 255).round().to(torch.uint8)
+    same = spectrum.edge_section(real, real, real, 3)
+    assert all(ratio == pytest.approx(1.0) for ratio in same["sets"]["synthetic"]["ratio"].values())
+    ratios = spectrum.edge_section(real, real, speckled, 3)["sets"]["synthetic"]["ratio"]
+    assert ratios["the edge, within 3 px"] > 3 and ratios["retina, over 20 px out"] == pytest.approx(1.0, abs=0.05)
+    lines = "\n".join(edge_lines(spectrum.edge_section(real, real, speckled, 3), "96 px"))
+    assert f"| synthetic | 6 | {ratios['disc, over 6 px inside']:.2f} |" in lines and "the edge, within 3 px" in lines
+    assert "Not computed: the sets hold no disc mask" in "\n".join(edge_lines(spectrum.edge_section(real, real, real, None), "96 px"))
+    assert edge_lines(None, "96 px") == []  # a report from before the section
+
+
 def test_evaluate_reports_the_spectrum_with_its_figure_and_older_reports_render_without(tmp_path):
     real, holdout = load_phantom_dataset(12, size=128, seed=0), load_phantom_dataset(6, size=128, seed=1000, split="test")
     synthetic = load_phantom_dataset(8, size=128, seed=2000)
     config = EvaluationConfig(masks="none", resolution=128, device="cpu", realism_steps=1, realism_folds=2)
     report, figures = evaluate(real, synthetic, holdout, config)
     paths = write_report(report, figures, str(tmp_path))
-    saved = json.loads(open(paths["json"]).read())["power_spectrum"]
+    saved_report = json.loads(open(paths["json"]).read())
+    assert saved_report["edge_detail"] == {"computed": False, "reason": "the sets hold no disc mask"}  # --masks none
+    saved = saved_report["power_spectrum"]
     assert saved["computed"] and saved["sets"]["synthetic"]["n"] == 8 and saved["sets"][spectrum.CONTROL]["n"] == 6
     assert (tmp_path / "power_spectrum.png").stat().st_size > 0
     assert "| synthetic | 8 |" in open(paths["markdown"]).read()

@@ -19,7 +19,7 @@ def write_run(work, variant, rows):
 
 
 def write_report(
-    work, name, synthetic, auc, real=0.96, refused=None, power=None, coherence=None, views=(), global_look=None
+    work, name, synthetic, auc, real=0.96, refused=None, power=None, coherence=None, views=(), global_look=None, edge=None
 ):
     """``views``: (view, AUC) pairs of the realism section's other views (disc_region, outside_disc, quarter_resolution)."""
     dice = lambda value: {"disc": {"dice": {"mean": value, "std": 0.0, "n": 1}}}  # noqa: E731
@@ -38,8 +38,10 @@ def write_report(
     if global_look is not None:  # the combined AUC of evaluate.py's global-look section
         report["global_look"] = {"computed": True, "combined": {"mean": global_look}}
     if power is not None:  # (middle, fine) band ratios of evaluate.py's power-spectrum section
-        bands = {"coarse": 1.0, "middle": power[0], "fine": power[1], "pixel": 1.0}
+        bands = {"coarse": 1.0, "middle": power[0], "fine": power[1], "pixel": 2.5}
         report["power_spectrum"] = {"computed": True, "sets": {"synthetic": {"bands": bands}}}
+    if edge is not None:  # evaluate.py's edge-detail section: the ratio within 3 px of the disc's edge
+        report["edge_detail"] = {"computed": True, "sets": {"synthetic": {"ratio": {"the edge, within 3 px": edge}}}}
     if coherence is not None:  # evaluate.py's disc-appearance section
         statistics = {"orientation_coherence": {"mean": coherence}}
         styles = {"synthetic / like drions": {"share": 0.43}, "synthetic / like drishti": {"share": 0.57}}
@@ -54,7 +56,7 @@ def test_points_minutes_and_time_to_quality(tmp_path, capsys):
     write_report(tmp_path, "ours-5000", synthetic=0.93, auc=0.85)  # Dice met, AUC not
     write_report(
         tmp_path, "ours-7500", synthetic=0.92, auc=0.78, power=(0.71, 0.37), coherence=0.61,
-        views=(("disc_region", 0.9), ("outside_disc", 0.74), ("quarter_resolution", 0.77)), global_look=0.69,
+        views=(("disc_region", 0.9), ("outside_disc", 0.74), ("quarter_resolution", 0.77)), global_look=0.69, edge=4.6,
     )  # both met
     write_report(tmp_path, "ours-7500-ddpm100", synthetic=0.80, auc=0.70)  # another sampler: not in the default curve
     write_run(tmp_path, "other", [(10, 100), (2000, 400)])
@@ -68,10 +70,10 @@ def test_points_minutes_and_time_to_quality(tmp_path, capsys):
     assert curves["other"][0]["refused"] and not curves["other"][1]["refused"]
     assert quality_curve.time_to_quality(curves["ours"])["step"] == 7500
     printed = capsys.readouterr().out
-    assert "| 0.600 (robust) | 0.500 |  |  |  |  |  |  |  | refused: copies |" in printed and "other: time to quality step 2,500" in printed
+    assert "| 0.600 (robust) | 0.500 |  |  |  |  |  |  |  |  | refused: copies |" in printed and "other: time to quality step 2,500" in printed
     assert "ours: time to quality step 7,500, 11.0 min." in printed
-    assert "| 0.780 (robust) | 0.500 | 0.900 | 0.740 | 0.770 | 0.690 | 0.71 / 0.37 | 0.610 | drions 43%, drishti 57% | met |" in printed
-    assert "| ours | 5,000 | 8.0 | 0.930 | 96.9% | 0.960 | 0.850 (robust) | 0.500 |  |  |  |  |  |  |  | no |" in printed  # neither
+    assert "| 0.780 (robust) | 0.500 | 0.900 | 0.740 | 0.770 | 0.690 | 0.71 / 0.37 / 2.50 | 4.60 | 0.610 | drions 43%, drishti 57% | met |" in printed
+    assert "| ours | 5,000 | 8.0 | 0.930 | 96.9% | 0.960 | 0.850 (robust) | 0.500 |  |  |  |  |  |  |  |  | no |" in printed  # neither
     assert (tmp_path / "curve.png").stat().st_size > 0
     assert json.loads((tmp_path / "c.json").read_text())["curves"]["ours"][2]["auc"] == 0.78
     images_only = tmp_path / "eval" / "ours-9000"

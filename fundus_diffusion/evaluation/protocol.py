@@ -41,7 +41,7 @@ from .memorisation import PIXEL_SPACE, copy_checks, nearest_training_neighbours,
 from .metrics import cup_to_disc_ratios, dice_per_image, disc_geometry, iou_per_image, mask_plausibility, summarise
 from .realism import REGIONS, RealismRecipe, origin_tests, quarter_resolution_test, realism_test, region_test
 from .segmenter import SegmenterRecipe, encode_images, predict_masks, train_segmenter
-from .spectrum import ratio_figure, spectrum_section
+from .spectrum import edge_section, ratio_figure, spectrum_section
 from .splits import holdout_ids, read_split_file, split_by_ids, write_split_file
 
 TRAINING_SETS = ("real", "synthetic", "real+synthetic")
@@ -604,6 +604,7 @@ def evaluate(
     )
     report["power_spectrum"] = spectrum_section(arrays["real"], arrays["holdout"], arrays["synthetic"])
     disc = mask_channel(mask_names, "disc") if "disc" in mask_names else None
+    report["edge_detail"] = edge_section(arrays["real"], arrays["holdout"], arrays["synthetic"], disc)
     report["disc_appearance"] = appearance_section(
         arrays["real"], arrays["holdout"], arrays["synthetic"], disc,
         everyone[: len(real_train)], holdout_sources,  # the cameras: rows per camera and per camera style

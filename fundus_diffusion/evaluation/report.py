@@ -15,7 +15,7 @@ from .memorisation import REFUSE_P, copy_excess_p
 from .metrics import CUP_INSIDE_SHARE, format_mean_std, format_value
 from .protocol import WORST_FIGURE
 from .realism import INVARIANCES, REALISM_AUC_BAR, TEST_NAME
-from .spectrum import band_table
+from .spectrum import band_table, edge_table
 
 FLAGGED_FILE = "flagged_ids.txt"
 GLOBAL_LOOK_ROWS = 8  # the features shown in report.md (report.json holds every one)
@@ -137,6 +137,7 @@ def render_markdown(report: Dict, figure_files: Sequence[str]) -> str:
         ]
     lines += realism_lines(report.get("realism"), px) + global_look_lines(report.get("global_look"), px)
     lines += spectrum_lines(report.get("power_spectrum"), px)
+    lines += edge_lines(report.get("edge_detail"), px)
     lines += disc_appearance_lines(report.get("disc_appearance"))
     fid = report["fid_kid"]
     lines += ["", f"## 6. FID and KID (RGB at {px}, Inception-v3 via torchmetrics)", ""]
@@ -520,6 +521,22 @@ def spectrum_lines(section: Optional[Dict], px: str) -> List[str]:
     if not section["computed"]:
         return lines + ["", f"Not computed: {section['reason']}."]
     return lines + [""] + band_table(section["sets"])
+
+
+def edge_lines(section: Optional[Dict], px: str) -> List[str]:
+    """Where the finest detail differs, by distance to the disc mask's edge (``spectrum.edge_section``; older
+    reports: none)."""
+    if section is None:
+        return []
+    lines = [
+        "",
+        f"Where the finest detail sits ({px}): high-pass power (the RGB image minus its 3 x 3 mean, squared) by distance "
+        "to the disc mask's edge, inside the field, as ratios to the real training photographs' at the same distance "
+        "(1 = the same; above 1 on the edge: speckle on the rim).",
+    ]
+    if not section["computed"]:
+        return lines + ["", f"Not computed: {section['reason']}."]
+    return lines + [""] + edge_table(section["sets"])
 
 
 def disc_appearance_lines(section: Optional[Dict]) -> List[str]:

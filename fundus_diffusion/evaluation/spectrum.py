@@ -13,19 +13,31 @@ cycles per px: illumination and the field of view), middle (1/32 to 1/8: the dis
 diffusion model's noise: a sampler whose last step lies below it returns that band as an average, not a sample.
 ``training_share_near_crossings`` gives, per band, the share of a noise schedule's training timesteps near that
 crossing: where a model learns to draw the band.
+
+``edge_section`` says where in the picture the finest detail differs: each pixel's high-pass power (the RGB image
+minus its 3 x 3 mean, squared) averaged by distance to the disc mask's edge, as a ratio to the real training
+photographs' at the same distance. The generated discs' speckle sat on their masks' edges (RESULTS.md session 34).
 """
 
 from typing import Dict, List
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from scipy.ndimage import distance_transform_edt
 
+from ..data.transforms import FUNDUS_THRESHOLD
 from .figures import ratio_chart
 
 # cycles per px; a band's ratio is the geometric mean of the ratios at its frequencies
 BANDS = {"coarse": (0.0, 1 / 32), "middle": (1 / 32, 1 / 8), "fine": (1 / 8, 1 / 3), "pixel": (1 / 3, 0.5)}
 MIN_RESOLUTION = 128  # the coarse band (below 1/32 cycles per px) holds frequencies 1-3 of a 128 px image
 CONTROL = "held-out real (control)"
+# signed distance to the disc mask's edge in px (negative inside the disc), for edge_section
+EDGE_BANDS = {
+    "disc, over 6 px inside": (-np.inf, -6), "3-6 px inside": (-6, -3), "the edge, within 3 px": (-3, 3),
+    "3-6 px outside": (3, 6), "6-20 px outside": (6, 20), "retina, over 20 px out": (20, np.inf),
+}  # fmt: skip
 
 
 def green_power(arrays: torch.Tensor, windowed: bool) -> torch.Tensor:
@@ -124,3 +136,42 @@ def spectrum_section(real: torch.Tensor, holdout: torch.Tensor, synthetic: torch
     if size < MIN_RESOLUTION:
         return {"computed": False, "reason": f"the coarse band needs images of {MIN_RESOLUTION} or more pixels a side (these: {size})"}
     return {"computed": True, "bands_cycles_per_px": BANDS, **compare(real, {CONTROL: holdout, "synthetic": synthetic})}
+
+
+def edge_profile(arrays: torch.Tensor, disc_channel: int) -> Dict[str, float]:
+    """``uint8 [N, C, S, S]`` -> per ``EDGE_BANDS`` band, the mean over the images with a disc of each image's mean
+    high-pass power there (the RGB image in [0, 1] minus its 3 x 3 mean, squared, summed over channels), inside the
+    fundus field."""
+    rgb = arrays[:, :3].float() / 255
+    power = ((rgb - F.avg_pool2d(F.pad(rgb, (1, 1, 1, 1), mode="replicate"), 3, 1)) ** 2).sum(1).numpy()
+    field = (arrays[:, :3].amax(1) > FUNDUS_THRESHOLD).numpy()
+    per_band = {band: [] for band in EDGE_BANDS}
+    for image, disc, inside_field in zip(power, (arrays[:, disc_channel] > 127).numpy(), field):
+        if not disc.any():
+            continue
+        distance = distance_transform_edt(~disc) - distance_transform_edt(disc)
+        for band, (low, high) in EDGE_BANDS.items():
+            where = (distance >= low) & (distance < high) & inside_field
+            if where.any():
+                per_band[band].append(float(image[where].mean()))
+    return {band: float(np.mean(values)) if values else float("nan") for band, values in per_band.items()}
+
+
+def edge_section(real: torch.Tensor, holdout: torch.Tensor, synthetic: torch.Tensor, disc_channel) -> Dict:
+    """The report's section on where the finest detail differs (the module docstring): the held-out photographs'
+    and the synthetic set's ``edge_profile`` as ratios to the real training set's (``disc_channel``: the disc
+    mask's channel, None where the sets hold no disc)."""
+    if disc_channel is None:
+        return {"computed": False, "reason": "the sets hold no disc mask"}
+    reference = edge_profile(real, disc_channel)
+    sets = {}
+    for name, arrays in ((CONTROL, holdout), ("synthetic", synthetic)):
+        profile = edge_profile(arrays, disc_channel)
+        sets[name] = {"n": len(arrays), "ratio": {band: profile[band] / reference[band] for band in EDGE_BANDS}}
+    return {"computed": True, "bands_px": {band: list(limits) for band, limits in EDGE_BANDS.items()}, "sets": sets}
+
+
+def edge_table(sets: Dict[str, Dict]) -> List[str]:
+    """Markdown lines: each of ``edge_section``'s ``sets`` with its image count and ratio per distance band."""
+    lines = ["| images | n | " + " | ".join(EDGE_BANDS) + " |", "|---|---:|" + "---:|" * len(EDGE_BANDS)]
+    return lines + [f"| {name} | {row['n']} | " + " | ".join(f"{row['ratio'][b]:.2f}" for b in EDGE_BANDS) + " |" for name, row in sets.items()]
