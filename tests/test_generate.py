@@ -459,3 +459,9 @@ def test_measured_metrics_reach_the_model_card_without_rewriting_weights(models,
     assert capsys.readouterr().err == ""
     warn_if_other_data(str(model), "/data/other")
     assert re.search(r"^\S+: warning: .* was trained on .* but the evaluation's real data is /data/other", capsys.readouterr().err)
+    from fundus_diffusion.evaluation.model_card import holdout_seen_by_generator  # new-user pass, session 34
+
+    seen = holdout_seen_by_generator(str(model), {"real": trained_on, "holdout": None})
+    assert seen.startswith("the generator trained on train-split, the held-out images included")
+    assert holdout_seen_by_generator(str(model), {"real": trained_on, "holdout": str(tmp_path / "test-split")}) is None
+    assert holdout_seen_by_generator(str(model), {"real": "/data/other", "holdout": None}) is None

@@ -144,9 +144,28 @@ def update_model_card(report: Dict, synthetic_dir: str, model_dir: Optional[str]
     """Add ``report``'s headline metrics, named by the sampler that made ``synthetic_dir``, to the card of
     ``card_model_dir(synthetic_dir, model_dir)``; returns the card's path."""
     model_dir = card_model_dir(synthetic_dir, model_dir)
-    warn_if_other_data(model_dir, report["config"]["inputs"].get("real"))
+    inputs = report["config"]["inputs"]
+    warn_if_other_data(model_dir, inputs.get("real"))
     metrics = model_card_metrics(report, sampler=sampler_description(synthetic_dir))
+    seen = holdout_seen_by_generator(model_dir, inputs)
+    if seen:
+        warn(f"{model_dir}: {seen}; the card says so.")
+        metrics = [{**m, "notes": f"{m['notes']}; {seen}"} if m["name"].startswith("held-out ") else m for m in metrics]
     return add_model_card_metrics(model_dir, metrics)
+
+
+def holdout_seen_by_generator(model_dir: str, inputs: Dict) -> Optional[str]:
+    """Why the evaluation's held-out images are not held out from the generator, or None: it trained on the whole
+    ``--real`` set and the evaluation split off its held-out part itself (no ``--holdout``), so a "held-out" Dice
+    is measured on images the generator saw."""
+    trained_on = (read_model_index(model_dir).get("training_info") or {}).get("dataset")
+    real = inputs.get("real")
+    if not trained_on or not real or inputs.get("holdout") or portable_name(trained_on) != portable_name(real):
+        return None
+    return (
+        f"the generator trained on {portable_name(trained_on)}, the held-out images included: held out from the "
+        "segmenters only (train the generator on a split's train part and pass its test part as --holdout)"
+    )
 
 
 def control_note(found: Dict) -> str:
