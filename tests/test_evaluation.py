@@ -381,5 +381,10 @@ def test_images_drawn_for_the_held_out_masks_are_said_to_train_on_the_test_label
     drawn_with_a_cup = two_masks(drawn_for_them[:1], cup)
     assert held_out_masks_reused(drawn_with_a_cup, two_masks(disc_only, torch.zeros_like(cup))) == 1
     assert held_out_masks_reused(drawn_with_a_cup, two_masks(disc_only, torch.flip(cup, (0,)))) == 0  # another cup
+    # a training image whose disc equals a held-out image's (new-user pass, session 34: 21 pixels at 32 px): a sample
+    # as near one as the other is not counted; one nearer the held-out image is
+    training = torch.stack([pair(4, 4, 20), pair(28, 28, 21)])
+    assert held_out_masks_reused(torch.cat([drawn_for_them, generated]), holdout, training) == 1  # (10, 12) only
+    assert held_out_masks_reused(drawn_for_them, holdout, training[1:]) == 2
     report = {"downstream": {"synthetic_with_holdout_masks": 2}, "counts": {"synthetic": 5}}
     assert report_warnings(report)[0].startswith("TEST LABELS IN TRAINING: 2 of the 5 synthetic samples")

@@ -277,25 +277,39 @@ def _per_source(per_seed_images: List[Dict], sources: Sequence[str]) -> Dict:
 REUSED_MASK_DICE = 0.98  # a synthetic sample's masks this close to a held-out image's are that image's own
 
 
-def held_out_masks_reused(synthetic: torch.Tensor, holdout: torch.Tensor, chunk: int = 256) -> int:
+def held_out_masks_reused(
+    synthetic: torch.Tensor, holdout: torch.Tensor, real: Optional[torch.Tensor] = None, chunk: int = 256
+) -> int:
     """How many synthetic samples (``uint8 [N, 3 + M, S, S]``) carry a held-out image's masks: Dice at least
     ``REUSED_MASK_DICE`` in every mask that held-out image has pixels of (a mask it is not annotated for is drawn by
-    the model and compared with nothing; held-out images without any mask pixel are left out). These are images drawn
-    for the held-out images' own masks (the mask-to-image path): segmenters trained on them have seen the test
-    labels, so the synthetic and real + synthetic Dice rows are not a held-out score."""
-    held_out = (holdout[:, 3:] > 127).flatten(2).float()  # [H, M, P]
-    held_out = held_out[held_out.sum(2).amax(1) > 0]
-    if synthetic.shape[1] <= 3 or not len(held_out):
+    the model and compared with nothing; held-out images without any mask pixel are left out), and closer to it than
+    to every ``real`` training image's masks (at 32 px a training disc of 21 pixels can equal a held-out one: then
+    a sample nearest both is not counted). These are images drawn for the held-out images' own masks (the
+    mask-to-image path): segmenters trained on them have seen the test labels, so the synthetic and real + synthetic
+    Dice rows are not a held-out score."""
+    if synthetic.shape[1] <= 3:
         return 0
-    present = held_out.sum(2) > 0  # [H, M]
     reused = 0
     for start in range(0, len(synthetic), chunk):
-        masks = (synthetic[start : start + chunk, 3:] > 127).flatten(2).float()  # [N, M, P]
-        overlap = torch.einsum("nmp,hmp->nhm", masks, held_out)
-        dice = 2 * overlap / (masks.sum(2)[:, None] + held_out.sum(2)[None]).clamp(min=1)  # [N, H, M]
-        worst = torch.where(present[None], dice, torch.ones_like(dice)).amin(2)  # over the masks the image has
-        reused += int((worst.amax(1) >= REUSED_MASK_DICE).sum())
+        masks = synthetic[start : start + chunk]
+        nearest_held_out = _best_mask_dice(masks, holdout)
+        nearest_real = _best_mask_dice(masks, real) if real is not None else torch.zeros_like(nearest_held_out)
+        reused += int(((nearest_held_out >= REUSED_MASK_DICE) & (nearest_held_out > nearest_real)).sum())
     return reused
+
+
+def _best_mask_dice(synthetic: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``[N]``: each sample's best match among the ``reference`` images with some mask pixel, as the worst Dice
+    over the masks that image has (0 where none has any)."""
+    masks = (synthetic[:, 3:] > 127).flatten(2).float()  # [N, M, P]
+    others = (reference[:, 3:] > 127).flatten(2).float()  # [H, M, P]
+    others = others[others.sum(2).amax(1) > 0]
+    if not len(others):
+        return torch.zeros(len(synthetic))
+    overlap = torch.einsum("nmp,hmp->nhm", masks, others)
+    dice = 2 * overlap / (masks.sum(2)[:, None] + others.sum(2)[None]).clamp(min=1)  # [N, H, M]
+    present = others.sum(2) > 0  # [H, M]
+    return torch.where(present[None], dice, torch.ones_like(dice)).amin(2).amax(1)  # worst mask, best image
 
 
 def _downstream(arrays, annotated, mask_names, config: EvaluationConfig, device, holdout_sources: Sequence[str]):
@@ -541,7 +555,9 @@ def evaluate(
             on_device, annotated, mask_names, config, device, holdout_sources
         )
         real_models = models["real"]
-        report["downstream"]["synthetic_with_holdout_masks"] = held_out_masks_reused(arrays["synthetic"], arrays["holdout"])
+        report["downstream"]["synthetic_with_holdout_masks"] = held_out_masks_reused(
+            arrays["synthetic"], arrays["holdout"], arrays["real"]
+        )
         report["downstream"]["worst_holdout"], worst = _worst_holdout(
             per_image, models, on_device, holdout_ids, holdout_sources, mask_names, config.worst_images, resolution
         )
