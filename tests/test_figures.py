@@ -65,6 +65,12 @@ def test_titled_keeps_the_sheet_and_shows_the_outline_colours():
         assert len(_pixels_of(header, mask_colour(name))) > 10 and len(_pixels_of(plain_header, mask_colour(name))) == 0
     long = titled(sheet, "a title far longer than the sheet is wide, which must wrap onto a second line " * 2)
     assert long.height > plain.height
+    narrow = sheet.crop((0, 0, 96, 32))  # three 32 px images (worst_holdout at 32 px: its title was cut off)
+    out = titled(narrow, "worst held-out images for the synthetic-trained segmenter, disc Dice, 32 px")
+    header = np.asarray(out)[: out.height - 32]
+    left = (out.width - 96) // 2
+    assert out.width > 200 and np.array_equal(np.asarray(out)[-32:, left : left + 96], np.asarray(narrow))
+    assert (header[:, -4:] == header[0, -1]).all()  # the text ends before the strip's edge: nothing cut
 
 
 def test_report_markdown_captions_each_known_figure(tmp_path):

@@ -104,7 +104,7 @@ def bar_chart(
         ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], fontsize=8, padding=2)
     ax.set_xticks(range(len(groups)), list(groups))
     ax.set_ylim(0, 1.1)
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, int((width - 1.5) * DPI / 7))), fontsize=10)  # over the bars, not the legend
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.legend(title=legend_title, fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -155,6 +155,9 @@ def ratio_chart(
     return _to_image(figure)
 
 
+MIN_TITLED_WIDTH = 240  # px: about 40 characters of a title line at 9 pt
+
+
 def titled(figure: Image.Image, title: str, outlines: Sequence[str] = ()) -> Image.Image:
     """``figure`` (a contact sheet, pasted pixel for pixel) under a strip carrying ``title`` and, when given, a legend
     of the outline colours (``visualization.mask_colour``) of the masks named in ``outlines``. The strip is as dark as the sheet, on which the
@@ -162,7 +165,11 @@ def titled(figure: Image.Image, title: str, outlines: Sequence[str] = ()) -> Ima
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
-    lines = textwrap.wrap(title, max(20, figure.width // 6)) or [""]
+    if figure.width < MIN_TITLED_WIDTH:  # a sheet of a few 32 px images: centred on a strip wide enough to read
+        wider = Image.new("RGB", (MIN_TITLED_WIDTH, figure.height), tuple(int(c * 255) for c in STRIP))
+        wider.paste(figure, ((MIN_TITLED_WIDTH - figure.width) // 2, 0))
+        figure = wider
+    lines = textwrap.wrap(title, int(figure.width / 7.5)) or [""]  # about 6.7 px a character at 9 pt
     columns = max(1, min(len(outlines), figure.width // 120))
     legend_rows = -(-len(outlines) // columns)
     height = 0.16 * len(lines) + 0.1 + 0.2 * legend_rows

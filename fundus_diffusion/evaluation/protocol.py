@@ -415,7 +415,7 @@ def _mask_figures(report: Dict, arrays, annotated, mask_names) -> Dict[str, Imag
     n_holdout = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     figures = {
         "dice_bars": bar_chart(
-            f"Dice at {resolution} px on {n_holdout} held-out real images showing the mask (mean +- std, {seeds} seeds)",
+            f"Dice at {resolution} px on {n_holdout} held-out real images showing the mask (mean +- std, {seeds} seed{'s' * (seeds != 1)})",
             dice,
             x_label="mask",
             y_label="Dice",
