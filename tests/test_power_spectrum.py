@@ -102,7 +102,7 @@ def test_the_report_section_is_computed_from_128_px_and_shows_each_band():
 def test_speckle_on_the_disc_edge_shows_on_the_edge_and_nowhere_else():
     """edge_section can fail: a set against itself is 1 at every distance; the same set with speckle added within 2 px
     of each disc's edge is far above 1 there and 1 on the retina; the report renders it, and without a disc says so."""
-    real = dataset_arrays(load_phantom_dataset(6, size=96), 96, ["disc"], "phantoms")
+    real = dataset_arrays(load_phantom_dataset(6, size=128), 128, ["disc"], "phantoms")
     disc = real[:, 3:4].float() / 255
     near_edge = (F.max_pool2d(disc, 5, 1, 2) - (-F.max_pool2d(-disc, 5, 1, 2))) > 0  # within 2 px of the edge
     noise = torch.randn(real[:, :3].shape, generator=torch.Generator().manual_seed(0)) * 40
@@ -112,10 +112,13 @@ def test_speckle_on_the_disc_edge_shows_on_the_edge_and_nowhere_else():
     assert all(ratio == pytest.approx(1.0) for ratio in same["sets"]["synthetic"]["ratio"].values())
     ratios = spectrum.edge_section(real, real, speckled, 3)["sets"]["synthetic"]["ratio"]
     assert ratios["the edge, within 3 px"] > 3 and ratios["retina, over 20 px out"] == pytest.approx(1.0, abs=0.05)
-    lines = "\n".join(edge_lines(spectrum.edge_section(real, real, speckled, 3), "96 px"))
+    lines = "\n".join(edge_lines(spectrum.edge_section(real, real, speckled, 3), "128 px"))
     assert f"| synthetic | 6 | {ratios['disc, over 6 px inside']:.2f} |" in lines and "the edge, within 3 px" in lines
-    assert "Not computed: the sets hold no disc mask" in "\n".join(edge_lines(spectrum.edge_section(real, real, real, None), "96 px"))
-    assert edge_lines(None, "96 px") == []  # a report from before the section
+    assert "Not computed: the sets hold no disc mask" in "\n".join(edge_lines(spectrum.edge_section(real, real, real, None), "128 px"))
+    small = spectrum.edge_section(real[:, :, ::2, ::2], real[:, :, ::2, ::2], real[:, :, ::2, ::2], 3)
+    assert not small["computed"] and "128 or more pixels a side (these: 64)" in small["reason"]
+    assert edge_lines(None, "128 px") == []  # a report from before the section
+    json.dumps(spectrum.edge_section(real, real, speckled, 3), allow_nan=False)  # open ends and empty bands: JSON
 
 
 def test_evaluate_reports_the_spectrum_with_its_figure_and_older_reports_render_without(tmp_path):

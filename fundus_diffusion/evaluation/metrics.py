@@ -174,5 +174,7 @@ def format_value(value) -> str:
 
 
 def format_mean_std(stat: Dict) -> str:
-    """A ``summarise`` result as "mean ± std"."""
+    """A ``summarise`` result as "mean ± std", or "mean (n = 1)" for one value, whose std of 0 is no spread measured."""
+    if stat.get("n") == 1:
+        return f"{format_value(stat['mean'])} (n = 1)"
     return f"{format_value(stat['mean'])} ± {format_value(stat['std'])}"

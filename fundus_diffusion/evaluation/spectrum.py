@@ -163,15 +163,21 @@ def edge_section(real: torch.Tensor, holdout: torch.Tensor, synthetic: torch.Ten
     mask's channel, None where the sets hold no disc)."""
     if disc_channel is None:
         return {"computed": False, "reason": "the sets hold no disc mask"}
+    size = real.shape[-1]
+    if size < MIN_RESOLUTION:
+        return {"computed": False, "reason": f"the distance bands need images of {MIN_RESOLUTION} or more pixels a side (these: {size})"}
     reference = edge_profile(real, disc_channel)
     sets = {}
     for name, arrays in ((CONTROL, holdout), ("synthetic", synthetic)):
         profile = edge_profile(arrays, disc_channel)
-        sets[name] = {"n": len(arrays), "ratio": {band: profile[band] / reference[band] for band in EDGE_BANDS}}
-    return {"computed": True, "bands_px": {band: list(limits) for band, limits in EDGE_BANDS.items()}, "sets": sets}
+        ratios = {band: profile[band] / reference[band] if reference[band] > 0 else float("nan") for band in EDGE_BANDS}
+        sets[name] = {"n": len(arrays), "ratio": {band: None if np.isnan(r) else r for band, r in ratios.items()}}
+    bands = {band: [None if np.isinf(x) else x for x in limits] for band, limits in EDGE_BANDS.items()}  # None: open
+    return {"computed": True, "bands_px": bands, "sets": sets}
 
 
 def edge_table(sets: Dict[str, Dict]) -> List[str]:
     """Markdown lines: each of ``edge_section``'s ``sets`` with its image count and ratio per distance band."""
     lines = ["| images | n | " + " | ".join(EDGE_BANDS) + " |", "|---|---:|" + "---:|" * len(EDGE_BANDS)]
-    return lines + [f"| {name} | {row['n']} | " + " | ".join(f"{row['ratio'][b]:.2f}" for b in EDGE_BANDS) + " |" for name, row in sets.items()]
+    cell = lambda ratio: "n/a" if ratio is None else f"{ratio:.2f}"  # noqa: E731  (None: no pixel at that distance)
+    return lines + [f"| {name} | {row['n']} | " + " | ".join(cell(row["ratio"][b]) for b in EDGE_BANDS) + " |" for name, row in sets.items()]
