@@ -38,7 +38,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image as PILImage
 
 from .data.schema import LABEL_NAMES, ORIGIN_COLUMN, annotation_flags, dataset_mask_names, mask_column, parse_mask_names
-from .data.transforms import pair_to_array
+from .data.transforms import is_generated, pair_to_array
 
 PARQUET_DIR = "data"  # the folder push_to_hub uploads shards to
 ARROW_DIR = "arrow"  # where the save_to_disk files of a folder in the Hub layout live
@@ -157,7 +157,8 @@ def export_imagefolder(
     already there are kept, so several exports combine; return the number of rows in ``metadata.csv``.
 
     ``resolution``: each photograph and its masks framed as for training at that size (``pair_to_array``: the fundus
-    field cropped square, padded with black, resized; PNG), instead of the stored bytes.
+    field cropped square, padded with black, resized; a generated sample only resized; PNG), instead of the stored
+    bytes.
 
     Columns: ``file_name`` (``images/<uid>.<ext>``, the stored bytes unchanged unless framed), ``<name>_mask_file_name``
     (``masks/<name>/<uid>.png``, empty where the row is not annotated for the mask), ``id`` (= ``uid``, what the
@@ -180,7 +181,7 @@ def export_imagefolder(
         annotated = {m: bool(flags[m][index]) and row[mask_column(m)] is not None for m in names}
         files = {m: _png_bytes(row[mask_column(m)]) for m in names if annotated[m]}
         if resolution is not None:
-            data, files = _framed(data, files, resolution)
+            data, files = _framed(data, files, resolution, is_generated(row))
         file_name = f"images/{uid}{_extension(data)}"
         entry = {"file_name": file_name, "id": uid, "source_id": row["id"], "source": row["source"], "split": row["split"]}
         entry["label"] = _label_name(row["label"])
@@ -196,11 +197,12 @@ def export_imagefolder(
     return len(rows)
 
 
-def _framed(image: bytes, masks: Dict[str, bytes], resolution: int):
-    """A photograph and its masks (encoded bytes) framed as for training at ``resolution`` px, as PNG bytes."""
+def _framed(image: bytes, masks: Dict[str, bytes], resolution: int, generated: bool):
+    """A photograph and its masks (encoded bytes) framed as for training at ``resolution`` px (a ``generated`` sample,
+    framed already, only resized: ``transforms.is_generated``), as PNG bytes."""
     names = list(masks)
     opened = {m: PILImage.open(io.BytesIO(data)) for m, data in masks.items()}
-    array = pair_to_array(PILImage.open(io.BytesIO(image)), opened, names, resolution)
+    array = pair_to_array(PILImage.open(io.BytesIO(image)), opened, names, resolution, framed=generated)
     encoded = []
     for channels, mode in [(array[:3].transpose(1, 2, 0), "RGB"), *((array[3 + k], "L") for k in range(len(names)))]:
         buffer = io.BytesIO()

@@ -198,6 +198,27 @@ def test_a_built_dataset_loads_with_load_dataset(tmp_path):
     assert "configs" in (out / "README.md").read_text() and (out / ARROW_DIR / "state.json").exists()
 
 
+def test_a_generated_sample_exported_at_its_resolution_comes_back_as_drawn(tmp_path):
+    """A generated sample is framed already (``transforms.is_generated``): exported at a resolution it is resized,
+    not re-centred on its own field as a photograph is (an off-centre field moved by up to 22 px, session 34)."""
+    drawn = Image.new("RGB", (32, 32))
+    drawn.paste((200, 110, 40), (0, 2, 32, 22))  # a DRIONS-like frame: black bands, the field above the centre
+    disc = Image.new("L", (32, 32))
+    disc.paste(255, (10, 8, 16, 14))
+    rows = [
+        {"id": f"{source}/0", "source": source, "split": "train", "image": drawn, "disc_mask": disc,
+         "has_disc_annotation": True, "label": 0}
+        for source in ("synthetic:run", "photographs")
+    ]  # fmt: skip
+    dataset = Dataset.from_list(rows, features=fundus_features(["disc"]))
+    assert export_imagefolder(dataset, str(tmp_path / "out"), resolution=32) == 2
+    with open(tmp_path / "out" / "metadata.csv", newline="") as f:
+        files = {row["source"]: row for row in csv.DictReader(f)}
+    generated, photograph = (pixels(Image.open(tmp_path / "out" / files[s]["file_name"])) for s in ("synthetic:run", "photographs"))
+    assert (generated == pixels(drawn)).all() and not (photograph == pixels(drawn)).all()  # the photograph re-centred
+    assert (pixels(Image.open(tmp_path / "out" / files["synthetic:run"]["disc_mask_file_name"])) == pixels(disc)).all()
+
+
 def test_imagefolder_export_at_a_resolution_frames_photographs_and_masks_as_training_does(tmp_path):
     """Non-square photographs with their masks, exported at a model's resolution: every file is what the training
     view makes of the row (fundus field cropped square, resized), so generate.py --masks_from takes the masks."""
