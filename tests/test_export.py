@@ -217,6 +217,12 @@ def test_a_generated_sample_exported_at_its_resolution_comes_back_as_drawn(tmp_p
     generated, photograph = (pixels(Image.open(tmp_path / "out" / files[s]["file_name"])) for s in ("synthetic:run", "photographs"))
     assert (generated == pixels(drawn)).all() and not (photograph == pixels(drawn)).all()  # the photograph re-centred
     assert (pixels(Image.open(tmp_path / "out" / files["synthetic:run"]["disc_mask_file_name"])) == pixels(disc)).all()
+    from fundus_diffusion.evaluation.arrays import dataset_arrays  # read back as a folder, it is still known as drawn
+
+    reloaded = load_fundus_dataset(str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    assert sorted(reloaded["source"]) == ["folder:out", "synthetic:run"]
+    generated_row = reloaded.filter(lambda row: row["source"] == "synthetic:run")
+    assert (dataset_arrays(generated_row, 32, ["disc"], "set")[0, :3].permute(1, 2, 0).numpy() == pixels(drawn)).all()
 
 
 def test_imagefolder_export_at_a_resolution_frames_photographs_and_masks_as_training_does(tmp_path):

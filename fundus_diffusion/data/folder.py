@@ -24,6 +24,7 @@ from .readers import (
     stem,
 )
 from .schema import ORIGIN_COLUMN, UNKNOWN_LABEL, check_mask_name
+from .transforms import GENERATED_SOURCE_PREFIX
 
 FOLDER_LAYOUT = """generic folder layout:
   <folder_dir>/images/<id>.jpg (or .png, ...)
@@ -80,9 +81,13 @@ def scan_folder(root: str, require_masks: bool = True) -> SourceScan:
         if key not in files["disc"] and require_masks:
             scan.excluded.append((path, "no disc mask"))
             continue
+        # a generated set written as a folder (fundus-generate --png, export_imagefolder) keeps its synthetic:<model>
+        # source, by which its pictures are known to be framed already (transforms.is_generated)
+        generated = str(meta.get("source") or "").startswith(GENERATED_SOURCE_PREFIX)
         scan.candidates.append(
             Candidate(
-                id=f"folder:{name}/{key}", source=f"folder:{name}", split=meta.get("split", "train"), image_path=path,
+                id=f"folder:{name}/{key}", source=meta["source"] if generated else f"folder:{name}",
+                split=meta.get("split", "train"), image_path=path,
                 masks={mask: found[key] for mask, found in files.items() if key in found},
                 label=meta.get("label", UNKNOWN_LABEL), zero_is_structure=False, origin=meta.get("source") or f"folder:{name}",
             )
