@@ -47,7 +47,8 @@ PAPER_TABLE_1 = {
     "class_conditional": False,
 }
 PAPER_EPOCHS = {1: 100, 2: 130}  # one mask (or none): 100 epochs; two or more: 130
-_NUMBER = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*%?\s*(?:±\s*\d+(?:\.\d+)?\s*%?)?\s*")  # "0.7", "0.7 ± 0.1", "97%"
+# "0.7", "0.7 ± 0.1", "97%", "0.7 (n = 1)" (evaluation.metrics.format_mean_std of one value)
+_NUMBER = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*%?\s*(?:±\s*\d+(?:\.\d+)?\s*%?|\(n = \d+\))?\s*")
 
 
 def render_card(card_class, template: str, card_data, **context) -> RepoCard:

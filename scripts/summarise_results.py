@@ -9,6 +9,7 @@ that evaluated it (else the last that trained it): a later file's runs replace a
 
 
 from fundus_diffusion.cli import run_script
+from fundus_diffusion.evaluation.metrics import format_mean_std
 from fundus_diffusion.evaluation.protocol import EQUAL_REAL_PASSES, REAL_AS_LONG
 from fundus_diffusion.evaluation.summary import load_summaries, realism_cell, row_source, training_run
 from fundus_diffusion.training.args import CommandParser
@@ -49,7 +50,7 @@ def describe(model, args):
 
 
 def fmt(stat):
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat else "—"
+    return format_mean_std(stat) if stat else "—"
 
 
 def rate(count, seconds):

@@ -386,5 +386,9 @@ def test_images_drawn_for_the_held_out_masks_are_said_to_train_on_the_test_label
     training = torch.stack([pair(4, 4, 20), pair(28, 28, 21)])
     assert held_out_masks_reused(torch.cat([drawn_for_them, generated]), holdout, training) == 1  # (10, 12) only
     assert held_out_masks_reused(drawn_for_them, holdout, training[1:]) == 2
+    # compared over the same masks: a training image with that disc but without the held-out image's cup does not
+    # hide a sample drawn for the held-out disc and cup (review, session 34)
+    disc_only_training = two_masks(training[:1], torch.zeros_like(cup))
+    assert held_out_masks_reused(drawn_with_a_cup, two_masks(holdout[:1], cup), disc_only_training) == 1
     report = {"downstream": {"synthetic_with_holdout_masks": 2}, "counts": {"synthetic": 5}}
     assert report_warnings(report)[0].startswith("TEST LABELS IN TRAINING: 2 of the 5 synthetic samples")

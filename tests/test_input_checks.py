@@ -467,6 +467,8 @@ def test_a_card_is_updated_only_for_the_model_that_generated_the_set(tmp_path):
     (synthetic / CONFIG_FILE).write_text(json.dumps({"model": "model-a"}))  # relative to where it was generated
     with pytest.raises(ValueError, match=r"another model, model-a .*if .*model-b is that model renamed"):
         card_model_dir(str(synthetic), str(tmp_path / "model-b"))
+    (synthetic / CONFIG_FILE).write_text(json.dumps({"model": "runs/model-b/"}))  # typed elsewhere, several parts
+    assert card_model_dir(str(synthetic), str(tmp_path / "model-b")) == str(tmp_path / "model-b")
 
 
 def test_generate_without_a_sample_count_says_which_flag_gives_it(tmp_path, capsys, monkeypatch):

@@ -90,6 +90,20 @@ def test_antialiased_masks_train_grey_edges_and_are_kept_on_resume(tmp_path, cac
     resume[resume.index("--max_train_steps") + 1] = "2"
     with pytest.raises(ValueError, match=r"antialiased_masks"):
         ddpm.train(ddpm.parse_args(resume + ["--logger", "none", "--validation_steps", "100", "--resume_from_checkpoint", "latest"]))
+    # a checkpoint from before the flag existed trained without it: resumed with it, refused too
+    from fundus_diffusion.training.checkpointing import MANIFEST_FILE, STATE_FILE
+
+    old = [a if a != str(tmp_path / "run") else str(tmp_path / "old") for a in resume]
+    old[old.index("--max_train_steps") + 1] = "1"
+    ddpm.train(ddpm.parse_args(old + ["--logger", "none", "--validation_steps", "100"]))
+    (state_file,) = (tmp_path / "old").glob(f"checkpoint-*/{STATE_FILE}")
+    state = json.loads(state_file.read_text())
+    del state["settings"]["antialiased_masks"]
+    state_file.write_text(json.dumps(state))
+    (state_file.parent / MANIFEST_FILE).unlink()  # an older checkpoint's form: verified by structure, not checksums
+    old[old.index("--max_train_steps") + 1] = "2"
+    with pytest.raises(ValueError, match=r"antialiased_masks"):
+        ddpm.train(ddpm.parse_args(old + ["--antialiased_masks", "--logger", "none", "--validation_steps", "100", "--resume_from_checkpoint", "latest"]))
 
 
 def test_presets_and_schedule_facts():

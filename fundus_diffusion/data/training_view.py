@@ -146,7 +146,8 @@ class FundusTrainingView(Dataset):
         row = self.dataset[index]
         masks = {name: row[mask_column(name)] for name in self.mask_names}
         return pair_to_array(
-            row["image"], masks, self.mask_names, self.resolution, is_generated(row), self.antialiased_masks
+            row["image"], masks, self.mask_names, self.resolution, framed=is_generated(row),
+            antialiased_masks=self.antialiased_masks,
         )
 
     def __len__(self) -> int:

@@ -47,6 +47,7 @@ def frame_pair(
     image: Image.Image,
     masks: Optional[Dict[str, Optional[Image.Image]]] = None,
     resolution: int = 256,
+    *,
     framed: bool = False,
     antialiased_masks: bool = False,
 ) -> Tuple[Image.Image, Dict[str, Optional[Image.Image]]]:
@@ -68,19 +69,24 @@ def frame_pair(
             f"({image.width}x{image.height} px): a mask is framed by the photograph's fundus field, so it must be "
             "the photograph's own. Fix: give the masks as annotated on this photograph, at its size."
         )
+    if framed and image.width != image.height:
+        raise ValueError(
+            f"A generated sample ({image.width}x{image.height} px) should be square: it would be stretched. Fix: give "
+            "the samples as generate.py wrote them."
+        )
     box = (0, 0, image.width, image.height) if framed else square_box(fundus_bbox(image))
     size = (resolution, resolution)
     rgb = image.convert("RGB").crop(box).resize(size, Image.LANCZOS, reducing_gap=3.0)
-    framed = {}
+    framed_masks = {}
     for name, mask in (masks or {}).items():
         if mask is None:
-            framed[name] = None
+            framed_masks[name] = None
         elif antialiased_masks:
             binary = mask.convert("L").point(lambda v: 255 if v >= 128 else 0)
-            framed[name] = binary.crop(box).resize(size, Image.LANCZOS, reducing_gap=3.0)
+            framed_masks[name] = binary.crop(box).resize(size, Image.LANCZOS, reducing_gap=3.0)
         else:
-            framed[name] = mask.convert("L").crop(box).resize(size, Image.NEAREST).point(lambda v: 255 if v >= 128 else 0)
-    return rgb, framed
+            framed_masks[name] = mask.convert("L").crop(box).resize(size, Image.NEAREST).point(lambda v: 255 if v >= 128 else 0)
+    return rgb, framed_masks
 
 
 def pair_to_array(
@@ -88,6 +94,7 @@ def pair_to_array(
     masks: Dict[str, Image.Image],
     mask_names: Sequence[str],
     resolution: int,
+    *,
     framed: bool = False,
     antialiased_masks: bool = False,
 ) -> np.ndarray:
@@ -97,7 +104,9 @@ def pair_to_array(
     annotation flags (``schema.annotation_matrix``) tell apart from an empty mask. The uint8 form is what the training
     cache stores (4x smaller than float).
     """
-    rgb, framed_masks = frame_pair(image, {name: masks[name] for name in mask_names}, resolution, framed, antialiased_masks)
+    rgb, framed_masks = frame_pair(
+        image, {name: masks[name] for name in mask_names}, resolution, framed=framed, antialiased_masks=antialiased_masks
+    )
     channels = [np.asarray(rgb).transpose(2, 0, 1)]
     for name in mask_names:
         mask = framed_masks[name]

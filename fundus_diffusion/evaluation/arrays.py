@@ -24,7 +24,7 @@ def dataset_arrays(dataset, resolution: int, mask_names: Sequence[str], desc: st
     out = torch.empty((len(dataset), 3 + len(mask_names), resolution, resolution), dtype=torch.uint8)
     for i, row in enumerate(tqdm(dataset, desc=f"loading {desc}", unit="img", leave=False)):
         masks = {name: row[mask_column(name)] for name in mask_names}
-        out[i] = torch.from_numpy(pair_to_array(row["image"], masks, mask_names, resolution, is_generated(row)))
+        out[i] = torch.from_numpy(pair_to_array(row["image"], masks, mask_names, resolution, framed=is_generated(row)))
     return out
 
 

@@ -287,29 +287,35 @@ def held_out_masks_reused(
     a sample nearest both is not counted). These are images drawn for the held-out images' own masks (the
     mask-to-image path): segmenters trained on them have seen the test labels, so the synthetic and real + synthetic
     Dice rows are not a held-out score."""
-    if synthetic.shape[1] <= 3:
+    held_out = _mask_pixels(holdout)
+    if synthetic.shape[1] <= 3 or not len(held_out):
         return 0
+    present = held_out.sum(2) > 0  # [H, M]: the masks each held-out image has
+    training = _mask_pixels(real) if real is not None else None
     reused = 0
     for start in range(0, len(synthetic), chunk):
-        masks = synthetic[start : start + chunk]
-        nearest_held_out = _best_mask_dice(masks, holdout)
-        nearest_real = _best_mask_dice(masks, real) if real is not None else torch.zeros_like(nearest_held_out)
-        reused += int(((nearest_held_out >= REUSED_MASK_DICE) & (nearest_held_out > nearest_real)).sum())
+        masks = (synthetic[start : start + chunk, 3:] > 127).flatten(2).float()  # [N, M, P]
+        worst = torch.where(present[None], _mask_dice(masks, held_out), 1.0).amin(2)  # [N, H]: over its masks
+        best, nearest = worst.max(1)
+        if training is not None and len(training):  # the same masks (the nearest held-out image's) of each training image
+            over = present[nearest][:, None]  # [N, 1, M]
+            as_near = torch.where(over, _mask_dice(masks, training), 1.0).amin(2).amax(1) >= best
+        else:
+            as_near = torch.zeros_like(best, dtype=torch.bool)
+        reused += int(((best >= REUSED_MASK_DICE) & ~as_near).sum())
     return reused
 
 
-def _best_mask_dice(synthetic: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``[N]``: each sample's best match among the ``reference`` images with some mask pixel, as the worst Dice
-    over the masks that image has (0 where none has any)."""
-    masks = (synthetic[:, 3:] > 127).flatten(2).float()  # [N, M, P]
-    others = (reference[:, 3:] > 127).flatten(2).float()  # [H, M, P]
-    others = others[others.sum(2).amax(1) > 0]
-    if not len(others):
-        return torch.zeros(len(synthetic))
-    overlap = torch.einsum("nmp,hmp->nhm", masks, others)
-    dice = 2 * overlap / (masks.sum(2)[:, None] + others.sum(2)[None]).clamp(min=1)  # [N, H, M]
-    present = others.sum(2) > 0  # [H, M]
-    return torch.where(present[None], dice, torch.ones_like(dice)).amin(2).amax(1)  # worst mask, best image
+def _mask_pixels(arrays: torch.Tensor) -> torch.Tensor:
+    """``[K, M, P]`` float masks of the images (``uint8 [N, 3 + M, S, S]``) that have some mask pixel."""
+    masks = (arrays[:, 3:] > 127).flatten(2).float()
+    return masks[masks.sum(2).amax(1) > 0]
+
+
+def _mask_dice(masks: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """``[N, K, M]``: Dice of each sample's masks (``[N, M, P]``) with each other image's (``[K, M, P]``), per mask."""
+    overlap = torch.einsum("nmp,kmp->nkm", masks, others)
+    return 2 * overlap / (masks.sum(2)[:, None] + others.sum(2)[None]).clamp(min=1)
 
 
 def _downstream(arrays, annotated, mask_names, config: EvaluationConfig, device, holdout_sources: Sequence[str]):

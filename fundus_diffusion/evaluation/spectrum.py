@@ -33,7 +33,8 @@ from .figures import ratio_chart
 BANDS = {"coarse": (0.0, 1 / 32), "middle": (1 / 32, 1 / 8), "fine": (1 / 8, 1 / 3), "pixel": (1 / 3, 0.5)}
 MIN_RESOLUTION = 128  # the coarse band (below 1/32 cycles per px) holds frequencies 1-3 of a 128 px image
 CONTROL = "held-out real (control)"
-# signed distance to the disc mask's edge in px (negative inside the disc), for edge_section
+# signed distance to the disc mask's edge in px at the judged resolution, measured from the boundary between pixels
+# (the first ring outside the disc at 0.5, the first inside at -0.5: the edge band takes three rings on each side)
 EDGE_BANDS = {
     "disc, over 6 px inside": (-np.inf, -6), "3-6 px inside": (-6, -3), "the edge, within 3 px": (-3, 3),
     "3-6 px outside": (3, 6), "6-20 px outside": (6, 20), "retina, over 20 px out": (20, np.inf),
@@ -149,7 +150,7 @@ def edge_profile(arrays: torch.Tensor, disc_channel: int) -> Dict[str, float]:
     for image, disc, inside_field in zip(power, (arrays[:, disc_channel] > 127).numpy(), field):
         if not disc.any():
             continue
-        distance = distance_transform_edt(~disc) - distance_transform_edt(disc)
+        distance = np.where(disc, 0.5 - distance_transform_edt(disc), distance_transform_edt(~disc) - 0.5)
         for band, (low, high) in EDGE_BANDS.items():
             where = (distance >= low) & (distance < high) & inside_field
             if where.any():

@@ -60,6 +60,8 @@ class ModelKind:
     OPTIMIZER_FLAGS: Tuple[str, ...] = ("learning_rate", "adam_beta1", "adam_beta2")
     LOSS_FLAGS: Tuple[str, ...] = ()  # how the error is weighted: equal on resume, as the card states it for the run
     DATA_FLAGS: Tuple[str, ...] = ("random_flip", "antialiased_masks")  # which views of the images train: equal on resume, as the card says
+    # what a checkpoint from before a flag existed trained with: compared as if it had recorded it
+    PREDATING_DEFAULTS: Dict = {"antialiased_masks": False}
     LOSSES: Tuple[str, ...] = ("loss",)
     PEAK_METRICS: Dict[str, str] = {}
     VALIDATION_LOG: Optional[str] = None
@@ -401,7 +403,8 @@ def train(args, kind_class) -> str:
     global_step = 0
     if resume_path:
         global_step = load_checkpoint(
-            accelerator, resume_path, flags, saved_objects, kind.comparable_flags, shaping=kind.MODEL_FLAGS
+            accelerator, resume_path, flags, saved_objects,
+            lambda recorded: kind.comparable_flags({**kind.PREDATING_DEFAULTS, **recorded}), shaping=kind.MODEL_FLAGS,
         )
         logger.info(f"Resumed from {resume_path} at step {global_step}")
         kind.check_resumed(global_step)
