@@ -83,7 +83,10 @@ EVAL_FLAGS=${EVAL_FLAGS:-}  # more evaluate.py flags, e.g. "--resolution 128" fo
 # (STEPS_MAX, SNAPSHOT, STEPS, N_SYN, SAMPLES_BACK, SAMPLERS, SEEDS, EVAL_FLAGS) are given there with its commands.
 # Tried once each on seed 3 at 4,000 steps (0.899 for the preset, session 23): --schedule_detail_resolution 1024 (0.921,
 # session 27) and --origin_conditioning (0.870, session 29; then seeds 0 and 1 at 5,000 steps, session 33: 0.877 and
-# 0.848, where the preset's scored 0.824 and 0.817 / 0.717: not adopted).
+# 0.848, where the preset's scored 0.824 and 0.817 / 0.717: not adopted). On seed 0: --model_config small256_s2d (0.871
+# at 5,000 steps, session 32; to 10,000, session 34: 0.874 and 0.855 at 5,000 and 7,500, synthetic-only Dice 0.65-0.67:
+# not adopted). Built, not yet trained: --antialiased_masks (session 34 found the speckle on the masks' edges; its A/B
+# against the preset is RESULTS.md session 34's plan).
 # Earlier ablations and their VARIANTS: RESULTS.md, each session with its command (before session 15 the ours preset
 # shifted its log-SNR by a constant: add --schedule_detail_resolution 64 to reproduce those). A variant's flags come
 # after the recipe's and the common flags (--seed 0 among them), so they override them.
