@@ -35,7 +35,7 @@ from .folder import scan_folder
 from .palm import is_palm_2019, palm_2024_root, scan_palm
 from .readers import BadFileError, Candidate, FundusDataError, SourceScan, read_label_table, stem
 from .schema import LABEL_NAMES, UNKNOWN_LABEL, annotation_column, fundus_features, mask_column
-from .transforms import GENERATED_SOURCE_PREFIX
+from .transforms import is_generated_source
 
 ROWS_FORMAT_VERSION = 2  # bump when the rows written for the same files change, to invalidate cached raw builds
 INVERTED_DISC_FRACTION = 0.5  # a real optic disc covers a few percent of a fundus photograph, never half of it
@@ -316,7 +316,7 @@ def load_pair(c: Candidate, mask_names: Sequence[str]) -> Tuple[dict, List[str],
     fraction = masks["disc"].mean() if "disc" in masks else 0.0
     # A generated set written back as a folder (export_imagefolder names its source) has its masks in the schema's
     # polarity by construction: a large disc there is the model's, for the evaluation to judge, not a flipped file.
-    if fraction > INVERTED_DISC_FRACTION and not c.origin.startswith(GENERATED_SOURCE_PREFIX):
+    if fraction > INVERTED_DISC_FRACTION and not is_generated_source(c.origin):
         polarity = "0 = disc" if c.zero_is_structure else "255 = disc"
         raise BadFileError(
             c.masks["disc"],

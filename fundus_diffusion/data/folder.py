@@ -24,7 +24,7 @@ from .readers import (
     stem,
 )
 from .schema import ORIGIN_COLUMN, UNKNOWN_LABEL, check_mask_name
-from .transforms import GENERATED_SOURCE_PREFIX
+from .transforms import is_generated_source
 
 FOLDER_LAYOUT = """generic folder layout:
   <folder_dir>/images/<id>.jpg (or .png, ...)
@@ -83,7 +83,7 @@ def scan_folder(root: str, require_masks: bool = True) -> SourceScan:
             continue
         # a generated set written as a folder (fundus-generate --png, export_imagefolder) keeps its synthetic:<model>
         # source, by which its pictures are known to be framed already (transforms.is_generated)
-        generated = str(meta.get("source") or "").startswith(GENERATED_SOURCE_PREFIX)
+        generated = is_generated_source(meta.get("source"))
         scan.candidates.append(
             Candidate(
                 id=f"folder:{name}/{key}", source=meta["source"] if generated else f"folder:{name}",

@@ -16,12 +16,17 @@ FUNDUS_THRESHOLD = 12  # a pixel whose brightest channel exceeds this (of 255) b
 GENERATED_SOURCE_PREFIX = "synthetic:"  # the source column of the rows generate.py writes: synthetic:<model>
 
 
+def is_generated_source(source: Optional[str]) -> bool:
+    """Whether a ``source`` value names a generated set (``synthetic:<model>``, as ``generate.py`` writes it)."""
+    return str(source or "").startswith(GENERATED_SOURCE_PREFIX)
+
+
 def is_generated(row: Dict) -> bool:
     """Whether a schema row is a generated sample (``generate.py``): a picture framed already, since the model draws
     framed pictures. Framing it again re-centres the square on its own fundus field, which moved 27 of 64 samples
     and their masks by 8-22 px (RESULTS.md session 34) and hid exact copies of training photographs from the copy
     check."""
-    return str(row.get("source") or "").startswith(GENERATED_SOURCE_PREFIX)
+    return is_generated_source(row.get("source"))
 
 
 def fundus_bbox(image: Image.Image) -> Tuple[int, int, int, int]:

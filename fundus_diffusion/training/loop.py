@@ -72,6 +72,11 @@ class ModelKind:
         of one model must compare equal."""
         return dict(flags)
 
+    def resume_comparable(self, flags: dict) -> dict:
+        """What a resume compares: ``comparable_flags`` of ``flags`` with ``PREDATING_DEFAULTS`` for the flags an
+        older checkpoint did not record."""
+        return self.comparable_flags({**self.PREDATING_DEFAULTS, **flags})
+
     def data_settings(self) -> dict:
         """Model settings the dataset decides rather than a flag (by flag name: they replace its value in every
         checkpoint's record, so a resume on data that decides otherwise is refused as a changed flag)."""
@@ -403,8 +408,7 @@ def train(args, kind_class) -> str:
     global_step = 0
     if resume_path:
         global_step = load_checkpoint(
-            accelerator, resume_path, flags, saved_objects,
-            lambda recorded: kind.comparable_flags({**kind.PREDATING_DEFAULTS, **recorded}), shaping=kind.MODEL_FLAGS,
+            accelerator, resume_path, flags, saved_objects, kind.resume_comparable, shaping=kind.MODEL_FLAGS
         )
         logger.info(f"Resumed from {resume_path} at step {global_step}")
         kind.check_resumed(global_step)
